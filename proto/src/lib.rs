@@ -1,0 +1,493 @@
+//! Every type that crosses a process boundary in baton lives here, and nothing
+//! else does. No I/O: the agent, the command line and the server each bring
+//! their own transport.
+//!
+//! The agent's control protocol is newline-delimited JSON over a unix stream
+//! socket. The client sends one [`ClientMessage`]; the agent answers with one or
+//! more [`AgentMessage`]s (several when the client asked to follow a restart).
+//! Every message carries [`PROTOCOL_VERSION`]; an agent refuses a version it
+//! does not speak with [`ErrorKind::UnsupportedVersion`] instead of guessing.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch. Wall-clock, for people and for the
+/// server's history; durations inside the agent use a monotonic clock.
+pub type UnixMillis = u64;
+
+/// Identifies one restart on one agent. Unique for the agent's lifetime
+/// together with [`AgentStatus::boot_id`].
+pub type RestartId = u64;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientMessage {
+    pub version: u32,
+    pub request: Request,
+}
+
+impl ClientMessage {
+    pub fn new(request: Request) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            request,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Every service, its generations and its last restart.
+    Status,
+    /// Start a hot restart of one service. With `follow`, the connection stays
+    /// open and receives every event of that restart, then its report.
+    Restart {
+        service: String,
+        #[serde(default)]
+        follow: bool,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// A restart's report, running or finished.
+    GetRestart { id: RestartId },
+    /// Events with a sequence number greater than `after`, oldest first. With
+    /// `follow`, the connection then streams new events as they happen.
+    Events {
+        #[serde(default)]
+        after: u64,
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentMessage {
+    pub version: u32,
+    #[serde(flatten)]
+    pub body: Response,
+}
+
+impl AgentMessage {
+    pub fn new(body: Response) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            body,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Status(AgentStatus),
+    /// The restart was accepted and has started.
+    RestartAccepted { id: RestartId },
+    /// One step of a followed restart, or one event of a followed event stream.
+    Event(Event),
+    /// The report of a restart; when following, this ends the stream.
+    Restart(RestartReport),
+    Error(ErrorBody),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// For [`ErrorKind::RestartInProgress`]: the restart that is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_restart: Option<RestartId>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    UnsupportedVersion,
+    UnknownService,
+    UnknownRestart,
+    RestartInProgress,
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    pub host: String,
+    pub agent_version: String,
+    /// Random per agent start, so restart ids of two agent lifetimes are told apart.
+    pub boot_id: String,
+    pub pid: u32,
+    pub started_at: UnixMillis,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: ServiceState,
+    pub sockets: Vec<SocketInfo>,
+    /// Live generations, newest last: the serving one, and during a restart the
+    /// starting or draining one.
+    pub generations: Vec<GenerationInfo>,
+    /// Crashes since the last generation that stayed up.
+    pub consecutive_crashes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_restart: Option<RestartId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<RestartReport>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// The first generation is starting and not ready yet.
+    Starting,
+    /// A generation is ready and serving.
+    Ready,
+    /// A hot restart is running.
+    Restarting,
+    /// The last generation died and the next start waits for its backoff.
+    CrashLooping,
+    /// No generation runs and none will start on its own.
+    Stopped,
+}
+
+impl fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceState::Starting => "starting",
+            ServiceState::Ready => "ready",
+            ServiceState::Restarting => "restarting",
+            ServiceState::CrashLooping => "crash-looping",
+            ServiceState::Stopped => "stopped",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SocketInfo {
+    pub name: String,
+    /// As configured: `tcp://127.0.0.1:8000`, `udp://[::1]:53`, `unix:///run/web.sock`.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerationInfo {
+    pub generation: u64,
+    pub pid: u32,
+    pub state: GenerationState,
+    pub started_at: UnixMillis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<UnixMillis>,
+    /// The last `STATUS=` the generation sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
+    /// Established connections of the generation's process group, from the
+    /// kernel's tables; `None` when they could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationState {
+    Starting,
+    Ready,
+    Draining,
+    /// Being stopped without draining (rollback, agent shutdown, removal).
+    Stopping,
+}
+
+impl fmt::Display for GenerationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GenerationState::Starting => "starting",
+            GenerationState::Ready => "ready",
+            GenerationState::Draining => "draining",
+            GenerationState::Stopping => "stopping",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartOutcome {
+    /// The new generation became ready and the old one exited within the drain timeout.
+    Succeeded,
+    /// The old generation was killed at the drain timeout; `connections_cut` says how many it held.
+    Forced,
+    /// The new generation never became ready; it was stopped and the old one kept serving.
+    RolledBack,
+    /// Anything else; `reason` says what.
+    Failed,
+}
+
+impl RestartOutcome {
+    pub const ALL: [RestartOutcome; 4] = [
+        RestartOutcome::Succeeded,
+        RestartOutcome::Forced,
+        RestartOutcome::RolledBack,
+        RestartOutcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartOutcome::Succeeded => "succeeded",
+            RestartOutcome::Forced => "forced",
+            RestartOutcome::RolledBack => "rolled_back",
+            RestartOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for RestartOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RestartOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RestartOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown outcome {s:?}"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestartReport {
+    pub id: RestartId,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub started_at: UnixMillis,
+    /// `None` while the restart runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<UnixMillis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RestartOutcome>,
+    /// Why the outcome is what it is, for anything but `succeeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_reason: Option<String>,
+    /// The generation that served when the restart began, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_generation: Option<u64>,
+    /// Connections of the old generation that were open when it was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_cut: Option<u32>,
+    /// Every event of this restart, oldest first.
+    pub steps: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Increases by one for every event of an agent's lifetime.
+    pub seq: u64,
+    pub at: UnixMillis,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartId>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    RestartStarted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    GenerationSpawned {
+        generation: u64,
+        pid: u32,
+    },
+    GenerationReady {
+        generation: u64,
+        pid: u32,
+        /// From spawn to readiness, in microseconds.
+        startup_us: u64,
+    },
+    GenerationStatus {
+        generation: u64,
+        status: String,
+    },
+    /// The old generation was sent its stop signal and is draining.
+    GenerationDraining {
+        generation: u64,
+        pid: u32,
+        signal: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connections: Option<u32>,
+    },
+    /// The connection count of a draining generation changed.
+    DrainProgress {
+        generation: u64,
+        connections: u32,
+    },
+    GenerationKilled {
+        generation: u64,
+        pid: u32,
+        connections_cut: u32,
+    },
+    GenerationExited {
+        generation: u64,
+        pid: u32,
+        /// `exited with status 0`, `killed by SIGKILL`.
+        status: String,
+        /// True when the generation died without being asked to stop.
+        unexpected: bool,
+    },
+    CrashRestartScheduled {
+        generation: u64,
+        backoff_ms: u64,
+        consecutive_crashes: u32,
+    },
+    NotifyIgnored {
+        pid: u32,
+        message: String,
+    },
+    RestartFinished {
+        outcome: RestartOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventKind::RestartStarted { reason: Some(r) } => write!(f, "restart started ({r})"),
+            EventKind::RestartStarted { reason: None } => write!(f, "restart started"),
+            EventKind::GenerationSpawned { generation, pid } => {
+                write!(f, "generation {generation} spawned (pid {pid})")
+            }
+            EventKind::GenerationReady {
+                generation,
+                pid,
+                startup_us,
+            } => write!(
+                f,
+                "generation {generation} ready (pid {pid}, after {:.1} ms)",
+                *startup_us as f64 / 1000.0
+            ),
+            EventKind::GenerationStatus { generation, status } => {
+                write!(f, "generation {generation} status: {status}")
+            }
+            EventKind::GenerationDraining {
+                generation,
+                pid,
+                signal,
+                connections,
+            } => {
+                write!(f, "generation {generation} draining (pid {pid}, {signal}")?;
+                match connections {
+                    Some(n) => write!(f, ", {n} connections)"),
+                    None => write!(f, ")"),
+                }
+            }
+            EventKind::DrainProgress {
+                generation,
+                connections,
+            } => write!(f, "generation {generation}: {connections} connections left"),
+            EventKind::GenerationKilled {
+                generation,
+                pid,
+                connections_cut,
+            } => write!(
+                f,
+                "generation {generation} killed at the drain deadline (pid {pid}, {connections_cut} connections cut)"
+            ),
+            EventKind::GenerationExited {
+                generation,
+                pid,
+                status,
+                unexpected,
+            } => {
+                let how = if *unexpected { "died" } else { "exited" };
+                write!(f, "generation {generation} {how} (pid {pid}, {status})")
+            }
+            EventKind::CrashRestartScheduled {
+                generation,
+                backoff_ms,
+                consecutive_crashes,
+            } => write!(
+                f,
+                "generation {generation} crashed ({consecutive_crashes} in a row); next start in {backoff_ms} ms"
+            ),
+            EventKind::NotifyIgnored { pid, message } => {
+                write!(f, "ignored notify message from pid {pid}: {message}")
+            }
+            EventKind::RestartFinished {
+                outcome,
+                reason: Some(r),
+            } => write!(f, "restart {outcome}: {r}"),
+            EventKind::RestartFinished {
+                outcome,
+                reason: None,
+            } => write!(f, "restart {outcome}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format_is_stable() {
+        let msg = ClientMessage::new(Request::Restart {
+            service: "web".into(),
+            follow: true,
+            reason: None,
+        });
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"request":{"type":"restart","service":"web","follow":true,"reason":null}}"#
+        );
+        let minimal: ClientMessage =
+            serde_json::from_str(r#"{"version":1,"request":{"type":"restart","service":"web"}}"#)
+                .unwrap();
+        assert_eq!(
+            minimal.request,
+            Request::Restart {
+                service: "web".into(),
+                follow: false,
+                reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn events_round_trip_with_flat_tags() {
+        let event = Event {
+            seq: 7,
+            at: 1_700_000_000_000,
+            service: "web".into(),
+            restart: Some(3),
+            kind: EventKind::DrainProgress {
+                generation: 2,
+                connections: 5,
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], "drain_progress");
+        assert_eq!(json["connections"], 5);
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn outcomes_parse_from_their_names() {
+        for outcome in RestartOutcome::ALL {
+            assert_eq!(outcome.as_str().parse::<RestartOutcome>(), Ok(outcome));
+        }
+        assert!("success".parse::<RestartOutcome>().is_err());
+    }
+}
