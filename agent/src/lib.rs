@@ -1,2 +1,17 @@
+//! baton-agent: holds the listening sockets of a host's services and
+//! hot-restarts them without dropping a connection.
+//!
+//! `unsafe` is denied everywhere but in `sys`, which holds the fork/exec.
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod config;
 pub mod connections;
+pub mod control;
+pub mod events;
 pub mod notify;
+pub mod reaper;
+pub mod service;
+pub mod sockets;
+pub mod spawn;
+pub mod sys;

@@ -1,1 +1,201 @@
-fn main() {}
+#![forbid(unsafe_code)]
+
+mod agent_client;
+mod output;
+
+use agent_client::{AgentClient, ClientError};
+use baton_proto::{ErrorKind, Request, Response, RestartOutcome};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Exit codes a CI step can branch on.
+pub mod exit {
+    pub const SUCCEEDED: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const ROLLED_BACK: u8 = 2;
+    pub const FORCED: u8 = 3;
+    pub const TIMEOUT: u8 = 4;
+    /// The restart was refused: another one is running, or the agent is stopping.
+    pub const REFUSED: u8 = 5;
+    /// The agent could not be reached or answered something unexpected.
+    pub const UNREACHABLE: u8 = 6;
+    /// Bad command line or unknown service.
+    pub const USAGE: u8 = 64;
+}
+
+/// Drive baton: restart services without dropping connections, and see their state.
+#[derive(Parser)]
+#[command(name = "baton", version)]
+struct Cli {
+    /// The agent's control socket [default: $BATON_AGENT_SOCKET, else
+    /// $XDG_RUNTIME_DIR/baton/agent.sock, else /run/baton/agent.sock].
+    #[arg(long, global = true, env = "BATON_AGENT_SOCKET")]
+    agent: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every service with its generations, connections and last restart.
+    Status {
+        /// Print the agent's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hot-restart a service.
+    Restart {
+        service: String,
+        /// Print every step as it happens; exit 0 only if the restart succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (e.g. 90s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Show a restart's report.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the agent's events, oldest first.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let socket = cli.agent.unwrap_or_else(baton_proto::default_agent_socket);
+    let code = match run(&socket, cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("baton: {e}");
+            e.exit_code()
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
+    let mut client = AgentClient::connect(socket)?;
+    match command {
+        Command::Status { json } => {
+            let Response::Status(status) = client.request(Request::Status)? else {
+                return Err(ClientError::Unexpected("status"));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+            } else {
+                print!("{}", output::status_table(&status));
+            }
+            Ok(exit::SUCCEEDED)
+        }
+        Command::Show { id, json } => {
+            let Response::Restart(report) = client.request(Request::GetRestart { id })? else {
+                return Err(ClientError::Unexpected("restart report"));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", output::report(&report));
+            }
+            Ok(exit::SUCCEEDED)
+        }
+        Command::Events { follow } => {
+            client.send(Request::Events { after: 0, follow })?;
+            if !follow {
+                // The agent closes after answering the last request it read.
+                client.finish_sending()?;
+            }
+            loop {
+                match client.next(None)? {
+                    Some(Response::Event(event)) => println!("{}", output::event_line(&event)),
+                    Some(other) => return Err(ClientError::from_response(other)),
+                    None => return Ok(exit::SUCCEEDED),
+                }
+            }
+        }
+        Command::Restart {
+            service,
+            wait,
+            timeout,
+            reason,
+        } => {
+            let started = Instant::now();
+            let deadline = timeout.map(|t| started + t);
+            client.send(Request::Restart {
+                service: service.clone(),
+                follow: wait,
+                reason,
+            })?;
+            let id = match client.next(deadline)? {
+                Some(Response::RestartAccepted { id }) => id,
+                Some(other) => return Err(ClientError::from_response(other)),
+                None => return Err(ClientError::Closed),
+            };
+            if !wait {
+                println!("restart {id} of {service} started");
+                return Ok(exit::SUCCEEDED);
+            }
+            println!("restart {id} of {service} started");
+            loop {
+                match client.next(deadline) {
+                    Ok(Some(Response::Event(event))) => {
+                        println!("{}", output::step_line(&event, started));
+                    }
+                    Ok(Some(Response::Restart(report))) => {
+                        let outcome = report.outcome;
+                        return Ok(match outcome {
+                            Some(RestartOutcome::Succeeded) => exit::SUCCEEDED,
+                            Some(RestartOutcome::RolledBack) => exit::ROLLED_BACK,
+                            Some(RestartOutcome::Forced) => exit::FORCED,
+                            Some(RestartOutcome::Failed) | None => exit::FAILED,
+                        });
+                    }
+                    Ok(Some(other)) => return Err(ClientError::from_response(other)),
+                    Ok(None) => return Err(ClientError::Closed),
+                    Err(ClientError::TimedOut) => {
+                        eprintln!(
+                            "baton: gave up waiting after {}; restart {id} is still running (see `baton show {id}`)",
+                            humantime::format_duration(started.elapsed())
+                        );
+                        return Ok(exit::TIMEOUT);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+impl ClientError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Agent(body) => match body.kind {
+                ErrorKind::UnknownService | ErrorKind::UnknownRestart | ErrorKind::BadRequest => {
+                    exit::USAGE
+                }
+                ErrorKind::RestartInProgress | ErrorKind::ShuttingDown => exit::REFUSED,
+                ErrorKind::UnsupportedVersion => exit::UNREACHABLE,
+            },
+            ClientError::TimedOut => exit::TIMEOUT,
+            _ => exit::UNREACHABLE,
+        }
+    }
+}

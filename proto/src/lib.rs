@@ -13,6 +13,15 @@ use std::fmt;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Where the agent's control socket is when nothing says otherwise:
+/// `$XDG_RUNTIME_DIR/baton/agent.sock`, else `/run/baton/agent.sock`.
+pub fn default_agent_socket() -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir).join("baton/agent.sock"),
+        _ => std::path::PathBuf::from("/run/baton/agent.sock"),
+    }
+}
+
 /// Milliseconds since the Unix epoch. Wall-clock, for people and for the
 /// server's history; durations inside the agent use a monotonic clock.
 pub type UnixMillis = u64;

@@ -1,0 +1,582 @@
+//! The agent's TOML configuration, parsed into validated types.
+//!
+//! Parse, don't validate: everything the rest of the agent reads has already
+//! been checked here, and every error names the file, the line and the field.
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub control_socket: PathBuf,
+    /// Where generations send `READY=1`; next to the control socket unless set.
+    pub notify_socket: PathBuf,
+    /// The name this host reports; the kernel's host name unless set.
+    pub host: Option<String>,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<PathBuf>,
+    pub user: Option<String>,
+    pub ready: Readiness,
+    pub ready_timeout: Duration,
+    pub stop_signal: Signal,
+    pub drain_timeout: Duration,
+    pub restart_on_crash: bool,
+    /// Nice value of a generation until it is ready, so its warm-up yields the
+    /// CPU to the generation that is serving. 0 leaves the priority alone.
+    pub warmup_nice: i32,
+    pub sockets: Vec<SocketConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// The generation sends `READY=1` on `NOTIFY_SOCKET`.
+    Notify,
+    /// Running is ready.
+    Exec,
+    /// `GET` on an address the generation owns answers 2xx. The template may
+    /// hold `{generation}` and `{port}` (a free port the agent picks for each
+    /// generation and passes as `BATON_PROBE_PORT`).
+    Http { url: String },
+    /// A TCP connect to an address the generation owns succeeds.
+    Tcp { addr: String },
+}
+
+impl Readiness {
+    pub fn uses_probe_port(&self) -> bool {
+        match self {
+            Readiness::Http { url } => url.contains("{port}"),
+            Readiness::Tcp { addr } => addr.contains("{port}"),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketConfig {
+    pub name: String,
+    pub listen: ListenAddr,
+    pub backlog: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{text:?} has no scheme; use tcp://, udp:// or unix://"))?;
+        match scheme {
+            "tcp" | "udp" => {
+                let addr: SocketAddr = rest.parse().map_err(|_| {
+                    format!("{rest:?} is not an IP address and port, like 127.0.0.1:8000 or [::1]:8000")
+                })?;
+                Ok(if scheme == "tcp" {
+                    ListenAddr::Tcp(addr)
+                } else {
+                    ListenAddr::Udp(addr)
+                })
+            }
+            "unix" => {
+                let path = PathBuf::from(rest);
+                if !path.is_absolute() {
+                    return Err(format!("unix socket path {rest:?} must be absolute"));
+                }
+                Ok(ListenAddr::Unix(path))
+            }
+            other => Err(format!(
+                "unknown scheme {other:?}; use tcp://, udp:// or unix://"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            ListenAddr::Udp(a) => write!(f, "udp://{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Invalid { line, .. } => Some(*line),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    control_socket: Option<PathBuf>,
+    notify_socket: Option<PathBuf>,
+    host: Option<String>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    workdir: Option<PathBuf>,
+    user: Option<Spanned<String>>,
+    ready: Option<Spanned<String>>,
+    ready_timeout: Option<Spanned<String>>,
+    stop_signal: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    restart_on_crash: bool,
+    warmup_nice: Option<Spanned<i32>>,
+    #[serde(default, rename = "socket")]
+    sockets: Vec<RawSocket>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSocket {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    backlog: Option<Spanned<i32>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// `origin` names the text in errors (the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = span
+                .map(|s| line_and_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: origin.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end().to_string();
+            err(e.span(), message)
+        })?;
+
+        let control_socket = raw
+            .control_socket
+            .unwrap_or_else(baton_proto::default_agent_socket);
+        let notify_socket = raw.notify_socket.unwrap_or_else(|| {
+            control_socket
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("notify.sock")
+        });
+
+        let mut services = Vec::with_capacity(raw.services.len());
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for raw_service in raw.services {
+            let service = parse_service(raw_service, &err)?;
+            services.push(service);
+        }
+        for service in &services {
+            if !names.insert(service.name.clone()) {
+                return Err(err(
+                    find_span(text, &format!("\"{}\"", service.name), 1),
+                    format!("service {:?} is defined twice", service.name),
+                ));
+            }
+            for socket in &service.sockets {
+                let is_ephemeral = matches!(&socket.listen,
+                    ListenAddr::Tcp(a) | ListenAddr::Udp(a) if a.port() == 0);
+                if !is_ephemeral && !addresses.insert(socket.listen.clone()) {
+                    return Err(err(
+                        find_span(text, &socket.listen.to_string(), 2),
+                        format!(
+                            "service {:?}, socket {:?}: {} is already used by another socket",
+                            service.name, socket.name, socket.listen
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Config {
+            control_socket,
+            notify_socket,
+            host: raw.host,
+            services,
+        })
+    }
+}
+
+fn parse_service(
+    raw: RawService,
+    err: &impl Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<ServiceConfig, ConfigError> {
+    let name_span = raw.name.span();
+    let name = raw.name.into_inner();
+    if let Err(problem) = validate_name(&name) {
+        return Err(err(Some(name_span), format!("field `name`: {problem}")));
+    }
+    let at = |field: &str| format!("service {name:?}, field `{field}`");
+
+    let command_span = raw.command.span();
+    let command = raw.command.into_inner();
+    if command.is_empty() || command[0].is_empty() {
+        return Err(err(
+            Some(command_span),
+            format!("{}: must name a program", at("command")),
+        ));
+    }
+
+    let ready = match raw.ready {
+        None => Readiness::Notify,
+        Some(spanned) => {
+            let span = spanned.span();
+            parse_readiness(spanned.get_ref())
+                .map_err(|problem| err(Some(span), format!("{}: {problem}", at("ready"))))?
+        }
+    };
+    let ready_timeout = parse_duration_field(raw.ready_timeout, DEFAULT_READY_TIMEOUT)
+        .map_err(|(span, problem)| err(span, format!("{}: {problem}", at("ready_timeout"))))?;
+    let drain_timeout = parse_duration_field(raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
+        .map_err(|(span, problem)| err(span, format!("{}: {problem}", at("drain_timeout"))))?;
+    let stop_signal = match raw.stop_signal {
+        None => Signal::SIGTERM,
+        Some(spanned) => {
+            let span = spanned.span();
+            parse_signal(spanned.get_ref())
+                .map_err(|problem| err(Some(span), format!("{}: {problem}", at("stop_signal"))))?
+        }
+    };
+    if let Some(user) = &raw.user
+        && user.get_ref().is_empty()
+    {
+        return Err(err(
+            Some(user.span()),
+            format!("{}: must not be empty", at("user")),
+        ));
+    }
+    let warmup_nice = match raw.warmup_nice {
+        None => 0,
+        Some(nice) if (0..=19).contains(nice.get_ref()) => nice.into_inner(),
+        Some(nice) => {
+            return Err(err(
+                Some(nice.span()),
+                format!("{}: must be between 0 and 19", at("warmup_nice")),
+            ));
+        }
+    };
+
+    let mut sockets = Vec::with_capacity(raw.sockets.len());
+    let mut socket_names = HashSet::new();
+    for raw_socket in raw.sockets {
+        let name_span = raw_socket.name.span();
+        let socket_name = raw_socket.name.into_inner();
+        validate_name(&socket_name).map_err(|problem| {
+            err(
+                Some(name_span.clone()),
+                format!("service {name:?}, socket field `name`: {problem}"),
+            )
+        })?;
+        if !socket_names.insert(socket_name.clone()) {
+            return Err(err(
+                Some(name_span),
+                format!("service {name:?}: socket {socket_name:?} is defined twice"),
+            ));
+        }
+        let listen_span = raw_socket.listen.span();
+        let listen = ListenAddr::parse(raw_socket.listen.get_ref()).map_err(|problem| {
+            err(
+                Some(listen_span),
+                format!("service {name:?}, socket {socket_name:?}, field `listen`: {problem}"),
+            )
+        })?;
+        let backlog = match raw_socket.backlog {
+            None => DEFAULT_BACKLOG,
+            Some(b) if *b.get_ref() > 0 => b.into_inner(),
+            Some(b) => {
+                return Err(err(
+                    Some(b.span()),
+                    format!("service {name:?}, socket {socket_name:?}, field `backlog`: must be positive"),
+                ));
+            }
+        };
+        sockets.push(SocketConfig {
+            name: socket_name,
+            listen,
+            backlog,
+        });
+    }
+
+    Ok(ServiceConfig {
+        name,
+        command,
+        env: raw.env,
+        workdir: raw.workdir,
+        user: raw.user.map(Spanned::into_inner),
+        ready,
+        ready_timeout,
+        stop_signal,
+        drain_timeout,
+        restart_on_crash: raw.restart_on_crash,
+        warmup_nice,
+        sockets,
+    })
+}
+
+/// Names end up in URLs, file names and `LISTEN_FDNAMES` (where `:` separates).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("{name:?} must be 1 to 64 characters long"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "{name:?} may hold only letters, digits, '-', '_' and '.', and must not start with '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_readiness(text: &str) -> Result<Readiness, String> {
+    match text {
+        "notify" => Ok(Readiness::Notify),
+        "exec" => Ok(Readiness::Exec),
+        _ if text.starts_with("http://") => {
+            let rest = &text["http://".len()..];
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(format!("{text:?} has no host"));
+            }
+            Ok(Readiness::Http {
+                url: text.to_string(),
+            })
+        }
+        _ if text.starts_with("tcp://") => Ok(Readiness::Tcp {
+            addr: text["tcp://".len()..].to_string(),
+        }),
+        _ => Err(format!(
+            "{text:?} is not one of \"notify\", \"exec\", \"http://HOST:PORT/PATH\", \"tcp://HOST:PORT\""
+        )),
+    }
+}
+
+fn parse_duration_field(
+    field: Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, (Option<Range<usize>>, String)> {
+    match field {
+        None => Ok(default),
+        Some(spanned) => humantime::parse_duration(spanned.get_ref()).map_err(|e| {
+            (
+                Some(spanned.span()),
+                format!("{:?} is not a duration like \"30s\" or \"500ms\" ({e})", spanned.get_ref()),
+            )
+        }),
+    }
+}
+
+pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    let upper = text.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| format!("{text:?} is not a signal name like \"SIGTERM\""))
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Best effort to point at the `nth` occurrence of a value for errors found
+/// after parsing, when the value's own span is gone.
+fn find_span(text: &str, needle: &str, nth: usize) -> Option<Range<usize>> {
+    text.match_indices(needle)
+        .nth(nth.saturating_sub(1))
+        .or_else(|| text.match_indices(needle).next())
+        .map(|(i, _)| i..i + needle.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+control_socket = "/tmp/baton-test/agent.sock"
+
+[[service]]
+name = "web"
+command = ["/srv/web/current/bin/web", "--port-from-fd"]
+env = { RUST_LOG = "info" }
+workdir = "/srv/web"
+user = "www-data"
+ready = "notify"
+ready_timeout = "30s"
+stop_signal = "SIGTERM"
+drain_timeout = "60s"
+restart_on_crash = true
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:8000"
+
+[[service.socket]]
+name = "admin"
+listen = "unix:///run/web.sock"
+
+[[service]]
+name = "dns"
+command = ["dnsd"]
+ready = "http://127.0.0.1:{port}/healthz"
+stop_signal = "QUIT"
+
+[[service.socket]]
+name = "udp"
+listen = "udp://[::1]:5353"
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let config = Config::parse(GOOD, "agent.toml").unwrap();
+        assert_eq!(config.control_socket, PathBuf::from("/tmp/baton-test/agent.sock"));
+        assert_eq!(config.notify_socket, PathBuf::from("/tmp/baton-test/notify.sock"));
+        let web = &config.services[0];
+        assert_eq!(web.name, "web");
+        assert_eq!(web.user.as_deref(), Some("www-data"));
+        assert_eq!(web.ready, Readiness::Notify);
+        assert_eq!(web.drain_timeout, Duration::from_secs(60));
+        assert_eq!(web.sockets.len(), 2);
+        assert_eq!(
+            web.sockets[1].listen,
+            ListenAddr::Unix(PathBuf::from("/run/web.sock"))
+        );
+        let dns = &config.services[1];
+        assert_eq!(dns.stop_signal, Signal::SIGQUIT);
+        assert!(dns.ready.uses_probe_port());
+        assert_eq!(dns.sockets[0].listen.to_string(), "udp://[::1]:5353");
+    }
+
+    fn error_of(text: &str) -> (usize, String) {
+        match Config::parse(text, "agent.toml") {
+            Err(ConfigError::Invalid {
+                line,
+                message,
+                path,
+                ..
+            }) => {
+                assert_eq!(path, "agent.toml");
+                (line, message)
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let (line, message) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\ndrain_timeout = \"soon\"\n");
+        assert_eq!(line, 4);
+        assert!(message.contains("drain_timeout"), "{message}");
+
+        let (line, message) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\n\n[[service.socket]]\nname = \"http\"\nlisten = \"http://127.0.0.1:80\"\n");
+        assert_eq!(line, 7);
+        assert!(message.contains("listen"), "{message}");
+        assert!(message.contains("unknown scheme"), "{message}");
+
+        let (line, message) = error_of("[[service]]\nname = \"web\"\ncomand = [\"x\"]\n");
+        assert_eq!(line, 3);
+        assert!(message.contains("comand"), "{message}");
+
+        let (line, message) = error_of("[[service]]\nname = \"web/1\"\ncommand = [\"x\"]\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("name"), "{message}");
+
+        let (line, _) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\nstop_signal = \"SIGNOPE\"\n");
+        assert_eq!(line, 4);
+
+        let (line, message) = error_of("[[service]]\nname = \"web\"\ncommand = []\n");
+        assert_eq!(line, 3);
+        assert!(message.contains("command"), "{message}");
+
+        let (_, message) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\n[[service]]\nname = \"web\"\ncommand = [\"y\"]\n");
+        assert!(message.contains("defined twice"), "{message}");
+
+        let (line, message) = error_of("[[service]]\nname = \"a\"\ncommand = [\"x\"]\n[[service.socket]]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:9\"\n[[service]]\nname = \"b\"\ncommand = [\"x\"]\n[[service.socket]]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:9\"\n");
+        assert_eq!(line, 12);
+        assert!(message.contains("already used"), "{message}");
+
+        let (line, _) = error_of("this is not toml\n");
+        assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn signals_parse_with_or_without_prefix() {
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("sigquit").unwrap(), Signal::SIGQUIT);
+        assert!(parse_signal("SIGFOO").is_err());
+    }
+}

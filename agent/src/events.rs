@@ -1,0 +1,208 @@
+//! The agent's memory of what happened: every event with a sequence number,
+//! and the report of every restart. Kept in memory, bounded, for the command
+//! line and for the server to collect.
+
+use baton_proto::{Event, EventKind, RestartId, RestartOutcome, RestartReport, UnixMillis};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+const MAX_EVENTS: usize = 50_000;
+const MAX_RESTARTS: usize = 5_000;
+
+pub fn now_millis() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub struct EventLog {
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<Event>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_seq: u64,
+    next_restart: RestartId,
+    events: VecDeque<Event>,
+    restarts: BTreeMap<RestartId, RestartReport>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        let (live, _) = broadcast::channel(4096);
+        EventLog {
+            inner: Mutex::new(Inner {
+                next_seq: 1,
+                next_restart: 1,
+                ..Inner::default()
+            }),
+            live,
+        }
+    }
+}
+
+impl EventLog {
+    /// Records an event; with `restart`, it also becomes a step of that restart.
+    pub fn emit(&self, service: &str, restart: Option<RestartId>, kind: EventKind) -> Event {
+        let mut inner = self.inner.lock().expect("event log lock");
+        let event = Event {
+            seq: inner.next_seq,
+            at: now_millis(),
+            service: service.to_string(),
+            restart,
+            kind,
+        };
+        inner.next_seq += 1;
+        if let Some(id) = restart
+            && let Some(report) = inner.restarts.get_mut(&id)
+        {
+            report.steps.push(event.clone());
+        }
+        if inner.events.len() == MAX_EVENTS {
+            inner.events.pop_front();
+        }
+        inner.events.push_back(event.clone());
+        // Sent under the lock so subscribers see events in sequence order.
+        let _ = self.live.send(event.clone());
+        event
+    }
+
+    /// Opens the report of a new restart and returns its id.
+    pub fn begin_restart(
+        &self,
+        service: &str,
+        reason: Option<String>,
+        old_generation: Option<u64>,
+    ) -> RestartId {
+        let id = {
+            let mut inner = self.inner.lock().expect("event log lock");
+            let id = inner.next_restart;
+            inner.next_restart += 1;
+            if inner.restarts.len() == MAX_RESTARTS
+                && let Some(oldest) = inner.restarts.keys().next().copied()
+            {
+                inner.restarts.remove(&oldest);
+            }
+            inner.restarts.insert(
+                id,
+                RestartReport {
+                    id,
+                    service: service.to_string(),
+                    reason: reason.clone(),
+                    started_at: now_millis(),
+                    finished_at: None,
+                    outcome: None,
+                    outcome_reason: None,
+                    old_generation,
+                    new_generation: None,
+                    connections_cut: None,
+                    steps: Vec::new(),
+                },
+            );
+            id
+        };
+        self.emit(service, Some(id), EventKind::RestartStarted { reason });
+        id
+    }
+
+    pub fn update_restart(&self, id: RestartId, update: impl FnOnce(&mut RestartReport)) {
+        let mut inner = self.inner.lock().expect("event log lock");
+        if let Some(report) = inner.restarts.get_mut(&id) {
+            update(report);
+        }
+    }
+
+    pub fn finish_restart(
+        &self,
+        service: &str,
+        id: RestartId,
+        outcome: RestartOutcome,
+        reason: Option<String>,
+        connections_cut: Option<u32>,
+    ) {
+        self.update_restart(id, |report| {
+            report.finished_at = Some(now_millis());
+            report.outcome = Some(outcome);
+            report.outcome_reason = reason.clone();
+            report.connections_cut = connections_cut;
+        });
+        self.emit(
+            service,
+            Some(id),
+            EventKind::RestartFinished { outcome, reason },
+        );
+    }
+
+    pub fn restart(&self, id: RestartId) -> Option<RestartReport> {
+        self.inner
+            .lock()
+            .expect("event log lock")
+            .restarts
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn last_restart_of(&self, service: &str) -> Option<RestartReport> {
+        self.inner
+            .lock()
+            .expect("event log lock")
+            .restarts
+            .values()
+            .rev()
+            .find(|r| r.service == service)
+            .cloned()
+    }
+
+    /// Events after `after`, oldest first, and a receiver for the ones to come
+    /// (taken under the same lock, so nothing falls between the two).
+    pub fn since(&self, after: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let inner = self.inner.lock().expect("event log lock");
+        let events = inner
+            .events
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect();
+        (events, self.live.subscribe())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_steps_collect_their_events_in_order() {
+        let log = EventLog::default();
+        let mut live = log.subscribe();
+        let id = log.begin_restart("web", Some("deploy".into()), Some(1));
+        log.emit(
+            "web",
+            Some(id),
+            EventKind::GenerationSpawned {
+                generation: 2,
+                pid: 42,
+            },
+        );
+        log.emit("other", None, EventKind::NotifyIgnored {
+            pid: 1,
+            message: "READY=1".into(),
+        });
+        log.finish_restart("web", id, RestartOutcome::Succeeded, None, None);
+        let report = log.restart(id).unwrap();
+        assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
+        assert_eq!(report.steps.len(), 3);
+        assert!(report.steps.windows(2).all(|w| w[0].seq < w[1].seq));
+        let (after_first, _) = log.since(1);
+        assert_eq!(after_first.len(), 3);
+        assert_eq!(live.try_recv().unwrap().seq, 1);
+    }
+}

@@ -1,0 +1,64 @@
+use baton_agent::config::Config;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Holds the listening sockets of this host's services and hot-restarts them.
+#[derive(Parser)]
+#[command(name = "baton-agent", version)]
+struct Args {
+    /// The agent's TOML configuration.
+    #[arg(long, short, env = "BATON_AGENT_CONFIG")]
+    config: PathBuf,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// sysexits' EX_CONFIG would be 78; baton uses EX_USAGE (64) for every bad input.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("baton-agent: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: ok ({} services)",
+            args.config.display(),
+            config.services.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("baton-agent: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(baton_agent::agent::run(args.config, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Turns a service's configuration into a running generation: the
+//! environment of the systemd protocol, the program found on PATH, the user
+//! to run as. Everything is resolved here, before the fork in `sys`.
+
+use crate::config::ServiceConfig;
+use crate::reaper::{ExitWatch, Reaper};
+use crate::sockets::BoundSocket;
+use crate::sys::{Credentials, SpawnSpec};
+use nix::unistd::{Pid, User};
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Variables the agent sets itself; never inherited from its own environment.
+const PROTOCOL_VARIABLES: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "BATON_SERVICE",
+    "BATON_GENERATION",
+    "BATON_PROBE_PORT",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub struct GenerationLaunch {
+    pub config: Arc<ServiceConfig>,
+    pub sockets: Arc<Vec<Arc<BoundSocket>>>,
+    /// Fds kept by earlier generations with `FDSTORE=1`, passed after the sockets.
+    pub stored_fds: Vec<(String, OwnedFd)>,
+    pub generation: u64,
+    pub notify_socket: PathBuf,
+    pub probe_port: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("program {0:?} not found on PATH")]
+    NotFound(String),
+    #[error("{0:?} is not an executable file")]
+    NotExecutable(PathBuf),
+    #[error("user {0:?} does not exist")]
+    UnknownUser(String),
+    #[error("looking up user {user:?}: {source}")]
+    UserLookup {
+        user: String,
+        source: nix::errno::Errno,
+    },
+    #[error("{0} contains a NUL byte")]
+    Nul(String),
+    #[error(transparent)]
+    Spawn(#[from] crate::sys::SpawnError),
+}
+
+/// Blocking: forks, execs and waits for the exec to be confirmed.
+pub fn launch(reaper: &Reaper, launch: GenerationLaunch) -> Result<(Pid, ExitWatch), LaunchError> {
+    let config = &launch.config;
+    let credentials = match &config.user {
+        Some(user) => Some(resolve_user(user)?),
+        None => None,
+    };
+
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(key, _)| {
+            !PROTOCOL_VARIABLES
+                .iter()
+                .any(|p| OsStr::new(p) == key.as_os_str())
+        })
+        .collect();
+    let mut set = |key: &str, value: OsString| {
+        env.retain(|(k, _)| k.as_os_str() != OsStr::new(key));
+        env.push((key.into(), value));
+    };
+    if let Some((user, home)) = credentials.as_ref().map(|c| (&c.name, &c.home)) {
+        set("USER", user.into());
+        set("LOGNAME", user.into());
+        set("HOME", home.into());
+    }
+    for (key, value) in &config.env {
+        set(key, value.into());
+    }
+    let fd_count = launch.sockets.len() + launch.stored_fds.len();
+    let names: Vec<&str> = launch
+        .sockets
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(launch.stored_fds.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    if fd_count > 0 {
+        set("LISTEN_FDS", fd_count.to_string().into());
+        set("LISTEN_FDNAMES", names.join(":").into());
+    }
+    set("NOTIFY_SOCKET", launch.notify_socket.clone().into_os_string());
+    set("BATON_SERVICE", config.name.clone().into());
+    set("BATON_GENERATION", launch.generation.to_string().into());
+    if let Some(port) = launch.probe_port {
+        set("BATON_PROBE_PORT", port.to_string().into());
+    }
+
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    let program = resolve_program(&config.command[0], &path_var, config.workdir.as_deref())?;
+
+    let cstring = |bytes: Vec<u8>, what: &str| {
+        CString::new(bytes).map_err(|_| LaunchError::Nul(what.to_string()))
+    };
+    let env = env
+        .into_iter()
+        .map(|(k, v)| {
+            let mut entry = k.into_vec();
+            entry.push(b'=');
+            entry.extend(v.into_vec());
+            cstring(entry, "an environment variable")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let argv = config
+        .command
+        .iter()
+        .map(|a| cstring(a.clone().into_bytes(), "the command"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let workdir = config
+        .workdir
+        .as_ref()
+        .map(|w| cstring(w.as_os_str().as_bytes().to_vec(), "workdir"))
+        .transpose()?;
+
+    let fds = launch
+        .sockets
+        .iter()
+        .map(|s| s.fd())
+        .chain(launch.stored_fds.iter().map(|(_, fd)| fd.as_fd()))
+        .collect();
+    let spec = SpawnSpec {
+        program: cstring(program.into_os_string().into_vec(), "the program path")?,
+        argv,
+        env,
+        fds,
+        listen_pid: fd_count > 0,
+        workdir,
+        credentials: credentials.map(|c| c.ids),
+        nice: config.warmup_nice,
+    };
+    Ok(reaper.spawn(&spec)?)
+}
+
+struct ResolvedUser {
+    name: String,
+    home: PathBuf,
+    ids: Credentials,
+}
+
+fn resolve_user(name: &str) -> Result<ResolvedUser, LaunchError> {
+    let user = User::from_name(name)
+        .map_err(|source| LaunchError::UserLookup {
+            user: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| LaunchError::UnknownUser(name.to_string()))?;
+    let cname = CString::new(name).map_err(|_| LaunchError::Nul("user".into()))?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|source| LaunchError::UserLookup {
+            user: name.to_string(),
+            source,
+        })?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    Ok(ResolvedUser {
+        name: user.name,
+        home: user.dir,
+        ids: Credentials {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups,
+        },
+    })
+}
+
+/// Like execvp's search, done before the fork where allocation is allowed.
+fn resolve_program(
+    program: &str,
+    path_var: &OsStr,
+    workdir: Option<&Path>,
+) -> Result<PathBuf, LaunchError> {
+    if program.contains('/') {
+        let path = Path::new(program);
+        let full = match (path.is_relative(), workdir) {
+            (true, Some(dir)) => dir.join(path),
+            _ => path.to_path_buf(),
+        };
+        return if is_executable(&full) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(LaunchError::NotExecutable(full))
+        };
+    }
+    std::env::split_paths(path_var)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| LaunchError::NotFound(program.to_string()))
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// A port nobody listens on now, for a generation's own probe address.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_programs_on_path_and_rejects_missing_ones() {
+        let found = resolve_program("sh", OsStr::new("/nonexistent:/bin:/usr/bin"), None).unwrap();
+        assert!(found.ends_with("sh"));
+        assert!(matches!(
+            resolve_program("no-such-program-here", OsStr::new("/bin"), None),
+            Err(LaunchError::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve_program("/etc/passwd", OsStr::new("/bin"), None),
+            Err(LaunchError::NotExecutable(_))
+        ));
+    }
+}

@@ -1,0 +1,336 @@
+//! The agent's only `unsafe` code: fork and exec of a generation, and the
+//! priority change of a process group.
+//!
+//! Why fork by hand instead of `std::process::Command`: the systemd protocol
+//! wants `LISTEN_PID` to be the child's own pid, which exists only after the
+//! fork, and the child of a multi-threaded process may only make
+//! async-signal-safe calls until it execs (no allocation, no locks, so no
+//! `setenv`). Everything the child needs (argv, envp, the `LISTEN_PID=` buffer,
+//! scratch space for fd numbers) is allocated here before the fork; the child
+//! only writes into that memory and makes raw syscalls.
+#![allow(unsafe_code)]
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+use std::ffi::{CString, c_char, c_int};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::ptr;
+
+/// Who the child runs as, resolved before the fork (looking a user up reads
+/// files and allocates, which the child may not do).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+pub struct SpawnSpec<'a> {
+    /// A path execve accepts as is: PATH was searched by the caller.
+    pub program: CString,
+    pub argv: Vec<CString>,
+    /// The whole environment, without `LISTEN_PID`, which the child adds itself.
+    pub env: Vec<CString>,
+    /// Become fds 3, 4, ... in the child, in this order.
+    pub fds: Vec<BorrowedFd<'a>>,
+    pub listen_pid: bool,
+    pub workdir: Option<CString>,
+    pub credentials: Option<Credentials>,
+    /// Nice value the child starts with (0: inherit).
+    pub nice: i32,
+}
+
+/// The step of the child's setup that failed, sent to the parent with errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ChildStep {
+    ProcessGroup = 1,
+    PassFds = 2,
+    Nice = 3,
+    Groups = 4,
+    Gid = 5,
+    Uid = 6,
+    Workdir = 7,
+    Exec = 8,
+}
+
+impl ChildStep {
+    fn from_code(code: u32) -> Option<ChildStep> {
+        use ChildStep::*;
+        [ProcessGroup, PassFds, Nice, Groups, Gid, Uid, Workdir, Exec]
+            .into_iter()
+            .find(|s| *s as u32 == code)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChildStep::ProcessGroup => "setpgid",
+            ChildStep::PassFds => "passing the sockets",
+            ChildStep::Nice => "setpriority",
+            ChildStep::Groups => "setgroups",
+            ChildStep::Gid => "setgid",
+            ChildStep::Uid => "setuid",
+            ChildStep::Workdir => "chdir to the workdir",
+            ChildStep::Exec => "exec",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("fork failed: {0}")]
+    Fork(Errno),
+    #[error("could not create the exec status pipe: {0}")]
+    Pipe(Errno),
+    #[error("{} failed: {errno}", step.describe())]
+    Child { step: ChildStep, errno: Errno },
+}
+
+/// A forked child whose exec has not been confirmed yet.
+pub struct Forked {
+    pub pid: Pid,
+    status_pipe: OwnedFd,
+}
+
+/// Forks and execs `spec`. The child is the leader of a new process group, so
+/// the whole generation (workers included) can be signalled at once.
+///
+/// Returns right after the fork, so the caller can register the pid with the
+/// reaper before the child can possibly be reaped; [`Forked::wait_exec`] then
+/// tells whether the exec happened.
+pub fn fork_exec(spec: &SpawnSpec<'_>) -> Result<Forked, SpawnError> {
+    let (status_read, status_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+
+    let argv: Vec<*const c_char> = spec
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
+    // "LISTEN_PID=" + up to 20 digits + NUL; the child fills in the digits.
+    let mut listen_pid = [0u8; 11 + 21];
+    listen_pid[..11].copy_from_slice(b"LISTEN_PID=");
+    let mut envp: Vec<*const c_char> = spec.env.iter().map(|e| e.as_ptr()).collect();
+    if spec.listen_pid {
+        envp.push(listen_pid.as_ptr().cast());
+    }
+    envp.push(ptr::null());
+    let source_fds: Vec<RawFd> = spec.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut scratch_fds: Vec<RawFd> = vec![-1; source_fds.len()];
+    let groups: Vec<libc::gid_t> = spec
+        .credentials
+        .as_ref()
+        .map(|c| c.groups.clone())
+        .unwrap_or_default();
+
+    let setup = ChildSetup {
+        program: spec.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        listen_pid: if spec.listen_pid {
+            listen_pid.as_mut_ptr()
+        } else {
+            ptr::null_mut()
+        },
+        source_fds: &source_fds,
+        scratch_fds: scratch_fds.as_mut_ptr(),
+        workdir: spec.workdir.as_ref().map(|w| w.as_ptr()),
+        credentials: spec.credentials.as_ref().map(|c| (c.uid, c.gid)),
+        groups: &groups,
+        nice: spec.nice,
+        status_fd: status_write.as_raw_fd(),
+    };
+
+    // SAFETY: after the fork the child runs only `child_main`, which makes raw
+    // async-signal-safe syscalls on memory prepared above and never returns
+    // (it execs or `_exit`s). The parent continues normally.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::Fork(Errno::last()));
+    }
+    if pid == 0 {
+        // SAFETY: see above; we are the child of a fork.
+        unsafe { child_main(&setup) }
+    }
+    drop(status_write);
+    Ok(Forked {
+        pid: Pid::from_raw(pid),
+        status_pipe: status_read,
+    })
+}
+
+impl Forked {
+    /// Blocks until the child has exec'd (the pipe closes on exec) or reported
+    /// the step that failed. Takes well under a millisecond normally.
+    pub fn wait_exec(self) -> Result<Pid, SpawnError> {
+        let mut report = [0u8; 8];
+        let mut filled = 0;
+        while filled < report.len() {
+            match nix::unistd::read(&self.status_pipe, &mut report[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(SpawnError::Child {
+                        step: ChildStep::Exec,
+                        errno,
+                    });
+                }
+            }
+        }
+        if filled == 0 {
+            return Ok(self.pid);
+        }
+        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+        Err(SpawnError::Child {
+            step: ChildStep::from_code(step).unwrap_or(ChildStep::Exec),
+            errno: Errno::from_raw(errno),
+        })
+    }
+}
+
+struct ChildSetup<'a> {
+    program: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    listen_pid: *mut u8,
+    source_fds: &'a [RawFd],
+    scratch_fds: *mut RawFd,
+    workdir: Option<*const c_char>,
+    credentials: Option<(u32, u32)>,
+    groups: &'a [libc::gid_t],
+    nice: i32,
+    status_fd: RawFd,
+}
+
+/// Runs in the forked child. Only async-signal-safe libc calls; no allocation,
+/// no panics (no indexing that could fail, no `expect`).
+///
+/// SAFETY (for callers): must be called only in the child of `fork`, with a
+/// `setup` whose pointers were valid in the parent at the time of the fork.
+unsafe fn child_main(setup: &ChildSetup<'_>) -> ! {
+    unsafe {
+        // Dispositions set to "ignore" survive exec (Rust ignores SIGPIPE) and
+        // so does the signal mask: give the service the defaults it expects.
+        for signal in 1..libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+
+        if libc::setpgid(0, 0) != 0 {
+            fail(setup.status_fd, ChildStep::ProcessGroup);
+        }
+
+        // Move the sockets out of the way first, above every target number,
+        // so that placing fd i at 3+i never overwrites a source still needed.
+        let count = setup.source_fds.len() as c_int;
+        let floor = 3 + count;
+        for (i, fd) in setup.source_fds.iter().enumerate() {
+            let moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, floor);
+            if moved < 0 {
+                fail(setup.status_fd, ChildStep::PassFds);
+            }
+            *setup.scratch_fds.add(i) = moved;
+        }
+        for i in 0..count {
+            // dup2 clears close-on-exec on the target: these are the fds we pass.
+            if libc::dup2(*setup.scratch_fds.add(i as usize), 3 + i) < 0 {
+                fail(setup.status_fd, ChildStep::PassFds);
+            }
+        }
+        // Anything else open in the agent must not leak into the service, even
+        // if some library forgot O_CLOEXEC. Marking (not closing) keeps the
+        // status pipe usable until exec.
+        libc::syscall(
+            libc::SYS_close_range,
+            floor as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        );
+
+        if setup.nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, setup.nice) != 0 {
+            fail(setup.status_fd, ChildStep::Nice);
+        }
+        if let Some((uid, gid)) = setup.credentials {
+            if libc::setgroups(setup.groups.len(), setup.groups.as_ptr()) != 0 {
+                fail(setup.status_fd, ChildStep::Groups);
+            }
+            if libc::setgid(gid) != 0 {
+                fail(setup.status_fd, ChildStep::Gid);
+            }
+            if libc::setuid(uid) != 0 {
+                fail(setup.status_fd, ChildStep::Uid);
+            }
+        }
+        if let Some(dir) = setup.workdir
+            && libc::chdir(dir) != 0
+        {
+            fail(setup.status_fd, ChildStep::Workdir);
+        }
+        if !setup.listen_pid.is_null() {
+            write_decimal(setup.listen_pid.add(11), libc::getpid() as u64);
+        }
+        libc::execve(setup.program, setup.argv, setup.envp);
+        fail(setup.status_fd, ChildStep::Exec)
+    }
+}
+
+/// Writes `value` in decimal followed by NUL. The buffer has room for 21 bytes.
+unsafe fn write_decimal(out: *mut u8, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (value % 10) as u8;
+        n += 1;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        // SAFETY: n <= 20 and the caller's buffer holds 21 bytes.
+        unsafe { *out.add(i) = digits[n - 1 - i] };
+    }
+    // SAFETY: as above, index n <= 20.
+    unsafe { *out.add(n) = 0 };
+}
+
+unsafe fn fail(status_fd: RawFd, step: ChildStep) -> ! {
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut report = [0u8; 8];
+        report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        report[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(status_fd, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
+}
+
+/// Sets the nice value of every process in group `pgid`. Lowering it again
+/// (raising priority) needs CAP_SYS_NICE, which an unprivileged agent lacks.
+pub fn set_group_nice(pgid: Pid, nice: i32) -> Result<(), Errno> {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PGRP, pgid.as_raw() as libc::id_t, nice) };
+    if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_digits() {
+        for value in [0u64, 7, 10, 12345, u64::MAX] {
+            let mut buf = [0xffu8; 21];
+            unsafe { write_decimal(buf.as_mut_ptr(), value) };
+            let end = buf.iter().position(|b| *b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), value.to_string());
+        }
+    }
+}

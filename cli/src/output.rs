@@ -1,0 +1,140 @@
+//! How the command line prints what the agent says.
+
+use baton_proto::{AgentStatus, Event, RestartReport, UnixMillis};
+use std::fmt::Write;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+fn now_millis() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `HH:MM:SS.mmm` in UTC: CI logs are read next to other UTC timestamps.
+pub fn clock(at: UnixMillis) -> String {
+    let ms = at % 1000;
+    let secs = at / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+pub fn step_line(event: &Event, started: Instant) -> String {
+    format!(
+        "{}  +{:>7.3}s  {}",
+        clock(event.at),
+        started.elapsed().as_secs_f64(),
+        event.kind
+    )
+}
+
+pub fn event_line(event: &Event) -> String {
+    let restart = event
+        .restart
+        .map(|r| format!(" [restart {r}]"))
+        .unwrap_or_default();
+    format!(
+        "{:>6}  {}  {}{restart}  {}",
+        event.seq,
+        clock(event.at),
+        event.service,
+        event.kind
+    )
+}
+
+fn age(since: UnixMillis) -> String {
+    let secs = now_millis().saturating_sub(since) / 1000;
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+pub fn status_table(status: &AgentStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "host {} (agent {}, pid {})",
+        status.host, status.agent_version, status.pid
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:<12}  LAST RESTART",
+        "SERVICE", "STATE", "GEN", "PID", "UPTIME", "CONNS", "GEN STATE"
+    );
+    for service in &status.services {
+        let last = service
+            .last_restart
+            .as_ref()
+            .map(|r| match r.outcome {
+                Some(outcome) => format!("#{} {outcome} {} ago", r.id, age(r.started_at)),
+                None => format!("#{} running", r.id),
+            })
+            .unwrap_or_else(|| "-".into());
+        if service.generations.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:<12}  {last}",
+                service.name,
+                service.state.to_string(),
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
+            );
+        }
+        for generation in &service.generations {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:<12}  {last}",
+                service.name,
+                service.state.to_string(),
+                generation.generation,
+                generation.pid,
+                age(generation.started_at),
+                generation
+                    .connections
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                generation.state.to_string()
+            );
+        }
+    }
+    out
+}
+
+pub fn report(report: &RestartReport) -> String {
+    let mut out = String::new();
+    let outcome = report
+        .outcome
+        .map(|o| o.to_string())
+        .unwrap_or_else(|| "running".into());
+    let _ = writeln!(out, "restart {} of {}: {outcome}", report.id, report.service);
+    if let Some(reason) = &report.outcome_reason {
+        let _ = writeln!(out, "  {reason}");
+    }
+    for step in &report.steps {
+        let offset = step.at.saturating_sub(report.started_at);
+        let _ = writeln!(
+            out,
+            "  {}  +{:>6}ms  {}",
+            clock(step.at),
+            offset,
+            step.kind
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        // 2023-11-14T22:13:20.123Z
+        assert_eq!(clock(1_700_000_000_123), "22:13:20.123");
+    }
+}

@@ -1,0 +1,235 @@
+//! One generation's life: start (optionally slowly), serve, say READY, drain
+//! on request, exit when the last connection is done.
+//!
+//! `run` is the seam of the crate (after mini-redis): the caller supplies the
+//! sockets and the future that asks for a drain, so tests can drive a whole
+//! generation in-process without signals.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tracing::Instrument as _;
+
+use crate::behaviour::Behaviour;
+use crate::drain::{self, DrainWatch, TaskGuard, TaskTracker};
+use crate::http::{self, HttpContext};
+use crate::notify::Notifier;
+use crate::sockets::{NamedSocket, ServiceSocket};
+use crate::udp;
+use crate::warmup;
+
+/// How often a draining generation reports what it is still waiting for.
+const DRAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// A pause after a failed accept, so that running out of fds does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// Everything about this generation that is not a socket.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BATON_GENERATION`, shown in every response.
+    pub generation: String,
+    pub pid: u32,
+    /// Crash, never-ready, ignore-sigterm and start delay, for tests.
+    pub behaviour: Behaviour,
+    /// CPU-bound start-up time before READY.
+    pub warmup: Duration,
+    /// How long an idle keep-alive connection may still send one request once
+    /// draining has begun.
+    pub drain_idle_grace: Duration,
+    /// Loopback listeners that only this generation owns, opened after the
+    /// warm-up, so that an HTTP probe proves *this* generation is up.
+    pub probe_addresses: Vec<SocketAddr>,
+    /// Print `listening on ADDR` lines on stdout, so a test that bound port 0
+    /// can learn the port.
+    pub print_addresses: bool,
+}
+
+/// Runs one generation until it has drained. `stop` resolves when the
+/// supervisor asks us to stop (SIGTERM); with `ignore_sigterm` the caller
+/// simply passes a future that never resolves.
+pub async fn run(
+    settings: Settings,
+    sockets: Vec<NamedSocket>,
+    notifier: Notifier,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(stop);
+    tokio::select! {
+        _ = start_up(&settings) => {}
+        _ = &mut stop => {
+            tracing::info!("stop requested before ready; exiting");
+            return Ok(());
+        }
+    }
+
+    let context = HttpContext::new(&settings.generation, settings.pid, settings.drain_idle_grace);
+    let (trigger, drain_watch) = drain::channel();
+    let tracker = TaskTracker::default();
+    let mut printed = Vec::new();
+    for named in sockets {
+        printed.push(format!("listening on {}", named.describe()));
+        spawn_socket(named, &context, &drain_watch, tracker.guard())?;
+    }
+    for address in &settings.probe_addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("failed to bind probe listener on {address}"))?;
+        printed.push(format!("probe listening on {}", listener.local_addr()?));
+        let guard = tracker.guard();
+        let task = accept_tcp(listener, "probe".to_owned(), context.clone(), drain_watch.clone(), guard);
+        tokio::spawn(task.in_current_span());
+    }
+    if settings.print_addresses {
+        for line in &printed {
+            println!("{line}");
+        }
+    }
+
+    if settings.behaviour.never_ready {
+        tracing::warn!("serving, but never sending READY=1 (never-ready mode)");
+    } else {
+        let message = format!("READY=1\nSTATUS=serving, generation {}", context.generation());
+        if let Err(error) = notifier.notify(&message).await {
+            tracing::error!(%error, "failed to notify readiness");
+        }
+        tracing::info!(notify = notifier.is_enabled(), "ready");
+    }
+
+    stop.await;
+    tracing::info!(tasks = tracker.active(), "draining");
+    trigger.start();
+    let status = format!("STOPPING=1\nSTATUS=draining, generation {}", context.generation());
+    if let Err(error) = notifier.notify(&status).await {
+        tracing::warn!(%error, "failed to notify stopping");
+    }
+    let active = tracker.active_count();
+    let all_done = tracker.wait_all_done();
+    tokio::pin!(all_done);
+    let mut progress = tokio::time::interval(DRAIN_PROGRESS_INTERVAL);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut all_done => break,
+            _ = progress.tick() => tracing::info!(tasks = active.get(), "still draining"),
+        }
+    }
+    tracing::info!("drained");
+    Ok(())
+}
+
+async fn start_up(settings: &Settings) {
+    if !settings.behaviour.start_delay.is_zero() {
+        tracing::info!(delay = ?settings.behaviour.start_delay, "slow start");
+        tokio::time::sleep(settings.behaviour.start_delay).await;
+    }
+    if !settings.warmup.is_zero() {
+        tracing::info!(warmup = ?settings.warmup, "warming up");
+        warmup::burn_cpu(settings.warmup).await;
+    }
+}
+
+fn spawn_socket(
+    named: NamedSocket,
+    context: &Arc<HttpContext>,
+    drain_watch: &DrainWatch,
+    guard: TaskGuard,
+) -> anyhow::Result<()> {
+    let NamedSocket { name, socket } = named;
+    let context = context.clone();
+    let drain_watch = drain_watch.clone();
+    match socket {
+        ServiceSocket::Tcp(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(listener)?;
+            tokio::spawn(accept_tcp(listener, name, context, drain_watch, guard).in_current_span());
+        }
+        ServiceSocket::Unix(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = UnixListener::from_std(listener)?;
+            tokio::spawn(accept_unix(listener, name, context, drain_watch, guard).in_current_span());
+        }
+        ServiceSocket::Udp(socket) => {
+            socket.set_nonblocking(true)?;
+            let socket = UdpSocket::from_std(socket)?;
+            let generation = context.generation().to_owned();
+            tokio::spawn(udp::serve_udp(socket, generation, drain_watch, guard).in_current_span());
+        }
+    }
+    Ok(())
+}
+
+/// Accepts until draining begins, then drops the listener. Our fd closes, but
+/// the agent holds the same socket, so connections still queued on it wait
+/// for the next generation instead of being refused.
+async fn accept_tcp(
+    listener: TcpListener,
+    name: String,
+    context: Arc<HttpContext>,
+    mut drain_watch: DrainWatch,
+    guard: TaskGuard,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain_watch.draining() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                // Responses are written whole; Nagle would only delay them.
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, &context, &drain_watch, &guard);
+            }
+            Err(error) => accept_failed(&name, error).await,
+        }
+    }
+    drop(listener);
+    tracing::info!(socket = %name, "stopped accepting");
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    name: String,
+    context: Arc<HttpContext>,
+    mut drain_watch: DrainWatch,
+    guard: TaskGuard,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain_watch.draining() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => spawn_connection(stream, &context, &drain_watch, &guard),
+            Err(error) => accept_failed(&name, error).await,
+        }
+    }
+    drop(listener);
+    tracing::info!(socket = %name, "stopped accepting");
+}
+
+fn spawn_connection<S>(stream: S, context: &Arc<HttpContext>, drain_watch: &DrainWatch, guard: &TaskGuard)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let context = context.clone();
+    let drain_watch = drain_watch.clone();
+    let guard = guard.clone();
+    let connection = async move {
+        if let Err(error) = http::serve_connection(stream, context, drain_watch).await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+        drop(guard);
+    };
+    tokio::spawn(connection.in_current_span());
+}
+
+async fn accept_failed(name: &str, error: std::io::Error) {
+    tracing::warn!(socket = %name, %error, "accept failed");
+    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+}
