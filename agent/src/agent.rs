@@ -73,7 +73,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         tasks: HashMap::new(),
     };
     for service in &config.services {
-        start_service(service, &running.sockets, &shared, &view, &mut running.tasks);
+        start_service(
+            service,
+            &running.sockets,
+            &shared,
+            &view,
+            &mut running.tasks,
+        );
     }
     tracing::info!(
         services = config.services.len(),
@@ -141,7 +147,11 @@ fn sockets_for(
         service
             .sockets
             .iter()
-            .filter_map(|s| sockets.get(&(service.name.clone(), s.name.clone())).cloned())
+            .filter_map(|s| {
+                sockets
+                    .get(&(service.name.clone(), s.name.clone()))
+                    .cloned()
+            })
             .collect(),
     )
 }
@@ -178,7 +188,9 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
     if new.control_socket != running.config.control_socket
         || new.notify_socket != running.config.notify_socket
     {
-        tracing::warn!("control_socket and notify_socket changes take effect when the agent restarts");
+        tracing::warn!(
+            "control_socket and notify_socket changes take effect when the agent restarts"
+        );
     }
     let old_services: HashMap<&str, &ServiceConfig> = running
         .config
@@ -194,7 +206,8 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
             bind_sockets_of(service, &running.sockets, &mut next_sockets)
         } else {
             let mut fresh = HashMap::new();
-            bind_sockets_of(service, &running.sockets, &mut fresh).map(|()| next_sockets.extend(fresh))
+            bind_sockets_of(service, &running.sockets, &mut fresh)
+                .map(|()| next_sockets.extend(fresh))
         };
         if let Err(e) = result {
             tracing::error!(error = %format!("{e:#}"), "reload refused; nothing changed");
@@ -231,7 +244,10 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
                     .get(&service.name)
                     .cloned();
                 if let Some(handle) = handle {
-                    handle.replace(Arc::new(service.clone()), sockets_for(service, &next_sockets));
+                    handle.replace(
+                        Arc::new(service.clone()),
+                        sockets_for(service, &next_sockets),
+                    );
                 }
             }
             Some(_) => {}
@@ -275,4 +291,3 @@ async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {
         }
     }
 }
-

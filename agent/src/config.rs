@@ -87,7 +87,9 @@ impl ListenAddr {
         match scheme {
             "tcp" | "udp" => {
                 let addr: SocketAddr = rest.parse().map_err(|_| {
-                    format!("{rest:?} is not an IP address and port, like 127.0.0.1:8000 or [::1]:8000")
+                    format!(
+                        "{rest:?} is not an IP address and port, like 127.0.0.1:8000 or [::1]:8000"
+                    )
                 })?;
                 Ok(if scheme == "tcp" {
                     ListenAddr::Tcp(addr)
@@ -189,7 +191,6 @@ fn default_true() -> bool {
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKLOG: i32 = 4096;
-
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -354,7 +355,9 @@ fn parse_service(
             Some(b) => {
                 return Err(err(
                     Some(b.span()),
-                    format!("service {name:?}, socket {socket_name:?}, field `backlog`: must be positive"),
+                    format!(
+                        "service {name:?}, socket {socket_name:?}, field `backlog`: must be positive"
+                    ),
                 ));
             }
         };
@@ -429,7 +432,10 @@ fn parse_duration_field(
         Some(spanned) => humantime::parse_duration(spanned.get_ref()).map_err(|e| {
             (
                 Some(spanned.span()),
-                format!("{:?} is not a duration like \"30s\" or \"500ms\" ({e})", spanned.get_ref()),
+                format!(
+                    "{:?} is not a duration like \"30s\" or \"500ms\" ({e})",
+                    spanned.get_ref()
+                ),
             )
         }),
     }
@@ -503,8 +509,14 @@ listen = "udp://[::1]:5353"
     #[test]
     fn parses_the_documented_example() {
         let config = Config::parse(GOOD, "agent.toml").unwrap();
-        assert_eq!(config.control_socket, PathBuf::from("/tmp/baton-test/agent.sock"));
-        assert_eq!(config.notify_socket, PathBuf::from("/tmp/baton-test/notify.sock"));
+        assert_eq!(
+            config.control_socket,
+            PathBuf::from("/tmp/baton-test/agent.sock")
+        );
+        assert_eq!(
+            config.notify_socket,
+            PathBuf::from("/tmp/baton-test/notify.sock")
+        );
         let web = &config.services[0];
         assert_eq!(web.name, "web");
         assert_eq!(web.user.as_deref(), Some("www-data"));
@@ -538,11 +550,14 @@ listen = "udp://[::1]:5353"
 
     #[test]
     fn errors_name_the_line_and_field() {
-        let (line, message) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\ndrain_timeout = \"soon\"\n");
+        let (line, message) =
+            error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\ndrain_timeout = \"soon\"\n");
         assert_eq!(line, 4);
         assert!(message.contains("drain_timeout"), "{message}");
 
-        let (line, message) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\n\n[[service.socket]]\nname = \"http\"\nlisten = \"http://127.0.0.1:80\"\n");
+        let (line, message) = error_of(
+            "[[service]]\nname = \"web\"\ncommand = [\"x\"]\n\n[[service.socket]]\nname = \"http\"\nlisten = \"http://127.0.0.1:80\"\n",
+        );
         assert_eq!(line, 7);
         assert!(message.contains("listen"), "{message}");
         assert!(message.contains("unknown scheme"), "{message}");
@@ -555,17 +570,22 @@ listen = "udp://[::1]:5353"
         assert_eq!(line, 2);
         assert!(message.contains("name"), "{message}");
 
-        let (line, _) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\nstop_signal = \"SIGNOPE\"\n");
+        let (line, _) =
+            error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\nstop_signal = \"SIGNOPE\"\n");
         assert_eq!(line, 4);
 
         let (line, message) = error_of("[[service]]\nname = \"web\"\ncommand = []\n");
         assert_eq!(line, 3);
         assert!(message.contains("command"), "{message}");
 
-        let (_, message) = error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\n[[service]]\nname = \"web\"\ncommand = [\"y\"]\n");
+        let (_, message) = error_of(
+            "[[service]]\nname = \"web\"\ncommand = [\"x\"]\n[[service]]\nname = \"web\"\ncommand = [\"y\"]\n",
+        );
         assert!(message.contains("defined twice"), "{message}");
 
-        let (line, message) = error_of("[[service]]\nname = \"a\"\ncommand = [\"x\"]\n[[service.socket]]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:9\"\n[[service]]\nname = \"b\"\ncommand = [\"x\"]\n[[service.socket]]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:9\"\n");
+        let (line, message) = error_of(
+            "[[service]]\nname = \"a\"\ncommand = [\"x\"]\n[[service.socket]]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:9\"\n[[service]]\nname = \"b\"\ncommand = [\"x\"]\n[[service.socket]]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:9\"\n",
+        );
         assert_eq!(line, 12);
         assert!(message.contains("already used"), "{message}");
 

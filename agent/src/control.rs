@@ -126,7 +126,10 @@ pub async fn serve(listener: UnixListener, agent: Arc<AgentView>) {
         match stream.peer_cred() {
             Ok(cred) if cred.uid() == own_uid || cred.uid() == 0 => {}
             Ok(cred) => {
-                tracing::warn!(uid = cred.uid(), "control connection from another user refused");
+                tracing::warn!(
+                    uid = cred.uid(),
+                    "control connection from another user refused"
+                );
                 continue;
             }
             Err(e) => {
@@ -181,7 +184,9 @@ async fn handle_connection(stream: UnixStream, agent: Arc<AgentView>) -> io::Res
                 let response = match version {
                     Some(v) if v != u64::from(PROTOCOL_VERSION) => error(
                         ErrorKind::UnsupportedVersion,
-                        format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}"),
+                        format!(
+                            "protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}"
+                        ),
                     ),
                     _ => error(ErrorKind::BadRequest, format!("malformed request: {e}")),
                 };
@@ -216,7 +221,10 @@ async fn handle_request(conn: &mut Conn, agent: &AgentView, request: Request) ->
             None => {
                 send(
                     conn,
-                    error(ErrorKind::UnknownRestart, format!("no restart with id {id}")),
+                    error(
+                        ErrorKind::UnknownRestart,
+                        format!("no restart with id {id}"),
+                    ),
                 )
                 .await
             }
@@ -237,7 +245,11 @@ async fn handle_request(conn: &mut Conn, agent: &AgentView, request: Request) ->
                 .await;
             };
             if agent.shutting_down.is_cancelled() {
-                return send(conn, error(ErrorKind::ShuttingDown, "the agent is stopping")).await;
+                return send(
+                    conn,
+                    error(ErrorKind::ShuttingDown, "the agent is stopping"),
+                )
+                .await;
             }
             // Subscribed before the restart starts, so no step can be missed.
             let mut live = agent.events.subscribe();

@@ -192,10 +192,14 @@ mod tests {
                 pid: 42,
             },
         );
-        log.emit("other", None, EventKind::NotifyIgnored {
-            pid: 1,
-            message: "READY=1".into(),
-        });
+        log.emit(
+            "other",
+            None,
+            EventKind::NotifyIgnored {
+                pid: 1,
+                message: "READY=1".into(),
+            },
+        );
         log.finish_restart("web", id, RestartOutcome::Succeeded, None, None);
         let report = log.restart(id).unwrap();
         assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));

@@ -144,7 +144,9 @@ impl ServiceHandle {
     pub async fn restart(&self, reason: Option<String>) -> Result<RestartId, ErrorBody> {
         let (reply, answer) = oneshot::channel();
         self.send(Msg::Restart { reason, reply });
-        answer.await.unwrap_or_else(|_| Err(shutting_down(&self.name)))
+        answer
+            .await
+            .unwrap_or_else(|_| Err(shutting_down(&self.name)))
     }
 
     pub async fn status(&self) -> Option<ServiceStatus> {
@@ -181,11 +183,17 @@ fn shutting_down(service: &str) -> ErrorBody {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
-    Starting { deadline: Instant },
+    Starting {
+        deadline: Instant,
+    },
     Ready,
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
     /// Stopped without draining, SIGKILL at `kill_at`.
-    Stopping { kill_at: Instant },
+    Stopping {
+        kill_at: Instant,
+    },
 }
 
 struct Generation {
@@ -644,6 +652,7 @@ impl Service {
         let phase = generation.phase;
         let pid = generation.pid;
         let unexpected = matches!(phase, Phase::Starting { .. } | Phase::Ready);
+        let was_current = self.current == Some(number);
         let stayed_up = generation
             .ready_instant
             .map(|t| t.elapsed() >= CRASH_FORGIVEN_AFTER)
@@ -678,15 +687,13 @@ impl Service {
             Phase::Starting { .. } => {
                 let in_restart = self.restart.as_ref().and_then(|r| r.new) == Some(number);
                 if in_restart {
-                    self.roll_back(format!(
-                        "generation {number} {exit} before it was ready"
-                    ));
+                    self.roll_back(format!("generation {number} {exit} before it was ready"));
                 } else if !self.stopping {
                     self.on_crash(Some(number));
                 }
             }
             Phase::Ready => {
-                if self.current == Some(number) {
+                if was_current {
                     self.current = None;
                     if stayed_up {
                         self.consecutive_crashes = 0;
@@ -709,7 +716,10 @@ impl Service {
     fn roll_back(&mut self, reason: String) {
         let Some(run) = &mut self.restart else { return };
         let new = run.new;
-        let outcome = if run.old.is_some_and(|old| self.generations.contains_key(&old)) {
+        let outcome = if run
+            .old
+            .is_some_and(|old| self.generations.contains_key(&old))
+        {
             RestartOutcome::RolledBack
         } else {
             RestartOutcome::Failed
@@ -793,13 +803,9 @@ impl Service {
             },
         };
         tracing::info!(service = %self.name, restart = run.id, %outcome, reason = reason.as_deref().unwrap_or(""), "restart finished");
-        self.shared.events.finish_restart(
-            &self.name,
-            run.id,
-            outcome,
-            reason,
-            run.connections_cut,
-        );
+        self.shared
+            .events
+            .finish_restart(&self.name, run.id, outcome, reason, run.connections_cut);
         if self.restart_queued && !self.stopping {
             self.restart_queued = false;
             let tx = self.tx.clone();
@@ -811,7 +817,13 @@ impl Service {
         }
     }
 
-    fn on_notify(&mut self, number: u64, pid: i32, messages: Vec<NotifyMessage>, fds: Vec<OwnedFd>) {
+    fn on_notify(
+        &mut self,
+        number: u64,
+        pid: i32,
+        messages: Vec<NotifyMessage>,
+        fds: Vec<OwnedFd>,
+    ) {
         let mut fds = fds;
         for message in messages {
             match message {
@@ -1092,8 +1104,14 @@ async fn count_while_draining(
 }
 
 enum ProbeTarget {
-    Http { addr: String, host: String, path: String },
-    Tcp { addr: String },
+    Http {
+        addr: String,
+        host: String,
+        path: String,
+    },
+    Tcp {
+        addr: String,
+    },
 }
 
 fn probe_target(ready: &Readiness, generation: u64, port: Option<u16>) -> Option<ProbeTarget> {

@@ -58,7 +58,8 @@ pub fn bind(config: &SocketConfig) -> Result<BoundSocket, BindError> {
     let (socket, bound) = match &config.listen {
         ListenAddr::Tcp(addr) => {
             // socket2 opens with SOCK_CLOEXEC: only the fork's dup2 passes it on.
-            let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(wrap)?;
+            let socket =
+                Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(wrap)?;
             socket.set_reuse_address(true).map_err(wrap)?;
             if addr.is_ipv6() {
                 socket.set_only_v6(true).map_err(wrap)?;
@@ -69,7 +70,8 @@ pub fn bind(config: &SocketConfig) -> Result<BoundSocket, BindError> {
             (socket, ListenAddr::Tcp(local))
         }
         ListenAddr::Udp(addr) => {
-            let socket = Socket::new(Domain::for_address(*addr), Type::DGRAM, None).map_err(wrap)?;
+            let socket =
+                Socket::new(Domain::for_address(*addr), Type::DGRAM, None).map_err(wrap)?;
             socket.set_reuse_address(true).map_err(wrap)?;
             if addr.is_ipv6() {
                 socket.set_only_v6(true).map_err(wrap)?;
@@ -84,7 +86,9 @@ pub fn bind(config: &SocketConfig) -> Result<BoundSocket, BindError> {
                 std::fs::create_dir_all(parent).map_err(wrap)?;
             }
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(wrap)?;
-            socket.bind(&SockAddr::unix(path).map_err(wrap)?).map_err(wrap)?;
+            socket
+                .bind(&SockAddr::unix(path).map_err(wrap)?)
+                .map_err(wrap)?;
             socket.listen(config.backlog).map_err(wrap)?;
             (socket, ListenAddr::Unix(path.clone()))
         }

@@ -96,7 +96,10 @@ pub fn launch(reaper: &Reaper, launch: GenerationLaunch) -> Result<(Pid, ExitWat
         set("LISTEN_FDS", fd_count.to_string().into());
         set("LISTEN_FDNAMES", names.join(":").into());
     }
-    set("NOTIFY_SOCKET", launch.notify_socket.clone().into_os_string());
+    set(
+        "NOTIFY_SOCKET",
+        launch.notify_socket.clone().into_os_string(),
+    );
     set("BATON_SERVICE", config.name.clone().into());
     set("BATON_GENERATION", launch.generation.to_string().into());
     if let Some(port) = launch.probe_port {

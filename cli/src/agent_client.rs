@@ -8,7 +8,9 @@ use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {path}: {source} (is baton-agent running? set --agent or BATON_AGENT_SOCKET)")]
+    #[error(
+        "cannot reach the agent at {path}: {source} (is baton-agent running? set --agent or BATON_AGENT_SOCKET)"
+    )]
     Connect { path: PathBuf, source: io::Error },
     #[error("talking to the agent: {0}")]
     Io(#[from] io::Error),
@@ -95,7 +97,12 @@ impl AgentClient {
                 let message: AgentMessage = serde_json::from_str(&line)?;
                 Ok(Some(message.body))
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Err(ClientError::TimedOut)
             }
             Err(e) => Err(e.into()),

@@ -100,7 +100,10 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
                 return Err(ClientError::Unexpected("status"));
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
             } else {
                 print!("{}", output::status_table(&status));
             }
@@ -111,7 +114,10 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
                 return Err(ClientError::Unexpected("restart report"));
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else {
                 print!("{}", output::report(&report));
             }

@@ -111,19 +111,17 @@ pub fn report(report: &RestartReport) -> String {
         .outcome
         .map(|o| o.to_string())
         .unwrap_or_else(|| "running".into());
-    let _ = writeln!(out, "restart {} of {}: {outcome}", report.id, report.service);
+    let _ = writeln!(
+        out,
+        "restart {} of {}: {outcome}",
+        report.id, report.service
+    );
     if let Some(reason) = &report.outcome_reason {
         let _ = writeln!(out, "  {reason}");
     }
     for step in &report.steps {
         let offset = step.at.saturating_sub(report.started_at);
-        let _ = writeln!(
-            out,
-            "  {}  +{:>6}ms  {}",
-            clock(step.at),
-            offset,
-            step.kind
-        );
+        let _ = writeln!(out, "  {}  +{:>6}ms  {}", clock(step.at), offset, step.kind);
     }
     out
 }

@@ -66,7 +66,11 @@ pub async fn run(
         }
     }
 
-    let context = HttpContext::new(&settings.generation, settings.pid, settings.drain_idle_grace);
+    let context = HttpContext::new(
+        &settings.generation,
+        settings.pid,
+        settings.drain_idle_grace,
+    );
     let (trigger, drain_watch) = drain::channel();
     let tracker = TaskTracker::default();
     let mut printed = Vec::new();
@@ -80,7 +84,13 @@ pub async fn run(
             .with_context(|| format!("failed to bind probe listener on {address}"))?;
         printed.push(format!("probe listening on {}", listener.local_addr()?));
         let guard = tracker.guard();
-        let task = accept_tcp(listener, "probe".to_owned(), context.clone(), drain_watch.clone(), guard);
+        let task = accept_tcp(
+            listener,
+            "probe".to_owned(),
+            context.clone(),
+            drain_watch.clone(),
+            guard,
+        );
         tokio::spawn(task.in_current_span());
     }
     if settings.print_addresses {
@@ -92,7 +102,10 @@ pub async fn run(
     if settings.behaviour.never_ready {
         tracing::warn!("serving, but never sending READY=1 (never-ready mode)");
     } else {
-        let message = format!("READY=1\nSTATUS=serving, generation {}", context.generation());
+        let message = format!(
+            "READY=1\nSTATUS=serving, generation {}",
+            context.generation()
+        );
         if let Err(error) = notifier.notify(&message).await {
             tracing::error!(%error, "failed to notify readiness");
         }
@@ -102,7 +115,10 @@ pub async fn run(
     stop.await;
     tracing::info!(tasks = tracker.active(), "draining");
     trigger.start();
-    let status = format!("STOPPING=1\nSTATUS=draining, generation {}", context.generation());
+    let status = format!(
+        "STOPPING=1\nSTATUS=draining, generation {}",
+        context.generation()
+    );
     if let Err(error) = notifier.notify(&status).await {
         tracing::warn!(%error, "failed to notify stopping");
     }
@@ -150,7 +166,9 @@ fn spawn_socket(
         ServiceSocket::Unix(listener) => {
             listener.set_nonblocking(true)?;
             let listener = UnixListener::from_std(listener)?;
-            tokio::spawn(accept_unix(listener, name, context, drain_watch, guard).in_current_span());
+            tokio::spawn(
+                accept_unix(listener, name, context, drain_watch, guard).in_current_span(),
+            );
         }
         ServiceSocket::Udp(socket) => {
             socket.set_nonblocking(true)?;
@@ -213,8 +231,12 @@ async fn accept_unix(
     tracing::info!(socket = %name, "stopped accepting");
 }
 
-fn spawn_connection<S>(stream: S, context: &Arc<HttpContext>, drain_watch: &DrainWatch, guard: &TaskGuard)
-where
+fn spawn_connection<S>(
+    stream: S,
+    context: &Arc<HttpContext>,
+    drain_watch: &DrainWatch,
+    guard: &TaskGuard,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let context = context.clone();

@@ -26,9 +26,13 @@ pub struct Behaviour {
 /// A mode file or mode string that could not be understood.
 #[derive(Debug, thiserror::Error)]
 pub enum ModeError {
-    #[error("unknown mode {0:?} (expected normal, crash, never-ready, ignore-sigterm or slow:<ms>)")]
+    #[error(
+        "unknown mode {0:?} (expected normal, crash, never-ready, ignore-sigterm or slow:<ms>)"
+    )]
     UnknownMode(String),
-    #[error("invalid delay in {0:?}: expected slow:<milliseconds> or slow:<duration> such as slow:1.5s")]
+    #[error(
+        "invalid delay in {0:?}: expected slow:<milliseconds> or slow:<duration> such as slow:1.5s"
+    )]
     InvalidDelay(String),
     #[error("cannot read mode file {path}: {source}")]
     Unreadable {
@@ -92,10 +96,17 @@ mod tests {
 
     #[test]
     fn parses_each_mode() {
-        assert_eq!(Behaviour::parse_mode("normal").unwrap(), Behaviour::default());
+        assert_eq!(
+            Behaviour::parse_mode("normal").unwrap(),
+            Behaviour::default()
+        );
         assert!(Behaviour::parse_mode("crash").unwrap().crash_at_start);
         assert!(Behaviour::parse_mode("never-ready").unwrap().never_ready);
-        assert!(Behaviour::parse_mode("ignore-sigterm").unwrap().ignore_sigterm);
+        assert!(
+            Behaviour::parse_mode("ignore-sigterm")
+                .unwrap()
+                .ignore_sigterm
+        );
         assert_eq!(
             Behaviour::parse_mode("slow:250").unwrap().start_delay,
             Duration::from_millis(250)

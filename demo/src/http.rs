@@ -37,11 +37,12 @@ impl HttpContext {
     /// `generation` is `BATON_GENERATION`; it goes into a header, so anything
     /// but visible ASCII is replaced by `0` rather than corrupt the response.
     pub fn new(generation: &str, pid: u32, drain_idle_grace: Duration) -> Arc<Self> {
-        let generation = if !generation.is_empty() && generation.bytes().all(|b| b.is_ascii_graphic()) {
-            generation.to_owned()
-        } else {
-            "0".to_owned()
-        };
+        let generation =
+            if !generation.is_empty() && generation.bytes().all(|b| b.is_ascii_graphic()) {
+                generation.to_owned()
+            } else {
+                "0".to_owned()
+            };
         Arc::new(HttpContext {
             hello_body: format!("hello from generation {generation} pid {pid}\n"),
             identity_headers: format!("X-Baton-Generation: {generation}\r\nX-Baton-Pid: {pid}\r\n"),
@@ -81,11 +82,17 @@ struct Request {
 }
 
 enum Parsed {
-    Complete { head_length: usize, request: Request },
+    Complete {
+        head_length: usize,
+        request: Request,
+    },
     Partial,
     /// The request cannot be answered in a way the client could frame; the
     /// connection ends after this response.
-    Unframeable { status: u16, reason: &'static str },
+    Unframeable {
+        status: u16,
+        reason: &'static str,
+    },
 }
 
 /// Serves one connection until the client leaves, an error occurs, or
@@ -248,7 +255,9 @@ fn route(target: &str) -> Route {
                 .find_map(|pair| pair.strip_prefix("ms="))
                 .and_then(|value| value.parse::<u64>().ok());
             match milliseconds {
-                Some(milliseconds) => Route::Sleep(Duration::from_millis(milliseconds).min(MAX_SLEEP)),
+                Some(milliseconds) => {
+                    Route::Sleep(Duration::from_millis(milliseconds).min(MAX_SLEEP))
+                }
                 None => Route::BadRequest("expected /sleep?ms=<milliseconds>\n"),
             }
         }
@@ -257,7 +266,11 @@ fn route(target: &str) -> Route {
 }
 
 /// Reads and drops a request body. Returns false when the client left midway.
-async fn discard_body<S>(stream: &mut S, input: &mut BytesMut, mut remaining: u64) -> std::io::Result<bool>
+async fn discard_body<S>(
+    stream: &mut S,
+    input: &mut BytesMut,
+    mut remaining: u64,
+) -> std::io::Result<bool>
 where
     S: AsyncRead + Unpin,
 {
@@ -274,7 +287,12 @@ where
     }
 }
 
-fn write_response(context: &HttpContext, request: &Request, keep_alive: bool, output: &mut Vec<u8>) {
+fn write_response(
+    context: &HttpContext,
+    request: &Request,
+    keep_alive: bool,
+    output: &mut Vec<u8>,
+) {
     let sleep_body;
     let (status, body): (u16, &str) = match &request.route {
         Route::Hello => (200, &context.hello_body),
@@ -303,7 +321,13 @@ fn write_simple(context: &HttpContext, status: u16, body: &str, output: &mut Vec
     output.extend_from_slice(body.as_bytes());
 }
 
-fn write_head(context: &HttpContext, status: u16, body_length: usize, connection: &str, output: &mut Vec<u8>) {
+fn write_head(
+    context: &HttpContext,
+    status: u16,
+    body_length: usize,
+    connection: &str,
+    output: &mut Vec<u8>,
+) {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -444,14 +468,22 @@ mod tests {
         assert_eq!(hello.header("x-baton-generation"), Some("7"));
         assert_eq!(hello.header("x-baton-pid"), Some("4242"));
         assert_eq!(hello.header("connection"), None);
-        assert_eq!(read_response(&mut stream).await.unwrap().status, 404, "POST is not routed");
+        assert_eq!(
+            read_response(&mut stream).await.unwrap().status,
+            404,
+            "POST is not routed"
+        );
         let health = read_response(&mut stream).await.unwrap();
         assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
         assert_eq!(read_response(&mut stream).await.unwrap().status, 404);
         // Still open: a request sent later in pieces is answered too.
         stream.get_mut().write_all(b"GET /heal").await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        stream.get_mut().write_all(b"thz HTTP/1.1\r\n\r\n").await.unwrap();
+        stream
+            .get_mut()
+            .write_all(b"thz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(read_response(&mut stream).await.unwrap().body, "ok\n");
     }
 
@@ -459,7 +491,10 @@ mod tests {
     async fn honours_connection_close_and_http_10() {
         let (address, _trigger) = start_server(Duration::from_secs(2)).await;
         for (request, expected_connection) in [
-            (&b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..], Some("close")),
+            (
+                &b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+                Some("close"),
+            ),
             (&b"GET / HTTP/1.0\r\n\r\n"[..], Some("close")),
         ] {
             let mut stream = BufReader::new(TcpStream::connect(address).await.unwrap());
@@ -478,7 +513,11 @@ mod tests {
             .unwrap();
         let response = read_response(&mut stream).await.unwrap();
         assert_eq!(response.header("connection"), Some("keep-alive"));
-        stream.get_mut().write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
+        stream
+            .get_mut()
+            .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(read_response(&mut stream).await.unwrap().status, 200);
     }
 
@@ -486,9 +525,17 @@ mod tests {
     async fn malformed_and_bad_requests_are_refused() {
         let (address, _trigger) = start_server(Duration::from_secs(2)).await;
         let mut stream = BufReader::new(TcpStream::connect(address).await.unwrap());
-        stream.get_mut().write_all(b"GET /sleep HTTP/1.1\r\n\r\n").await.unwrap();
+        stream
+            .get_mut()
+            .write_all(b"GET /sleep HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(read_response(&mut stream).await.unwrap().status, 400);
-        stream.get_mut().write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+        stream
+            .get_mut()
+            .write_all(b"NOT HTTP AT ALL\r\n\r\n")
+            .await
+            .unwrap();
         let response = read_response(&mut stream).await.unwrap();
         assert_eq!(response.status, 400);
         assert_eq!(response.header("connection"), Some("close"));
@@ -498,13 +545,21 @@ mod tests {
     async fn draining_answers_the_next_request_with_connection_close() {
         let (address, trigger) = start_server(Duration::from_secs(5)).await;
         let mut stream = BufReader::new(TcpStream::connect(address).await.unwrap());
-        stream.get_mut().write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        stream
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         let before = read_response(&mut stream).await.unwrap();
         assert_eq!(before.header("connection"), None);
         trigger.start();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The connection is idle but inside its grace period: still answered.
-        stream.get_mut().write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        stream
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         let last = read_response(&mut stream).await.unwrap();
         assert_eq!(last.status, 200);
         assert_eq!(last.header("connection"), Some("close"));
@@ -534,7 +589,10 @@ mod tests {
     async fn draining_closes_an_idle_connection_after_the_grace() {
         let (address, trigger) = start_server(Duration::from_millis(200)).await;
         let mut stream = TcpStream::connect(address).await.unwrap();
-        stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         let mut reader = BufReader::new(&mut stream);
         read_response(&mut reader).await.unwrap();
         let started = std::time::Instant::now();
@@ -557,7 +615,13 @@ mod tests {
         ] {
             assert!(matches!(parse_request(request), Parsed::Unframeable { .. }));
         }
-        assert!(matches!(parse_request(b"GET / HTTP/1.1\r\n"), Parsed::Partial));
-        assert_eq!(route("/sleep?x=1&ms=25"), Route::Sleep(Duration::from_millis(25)));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\n"),
+            Parsed::Partial
+        ));
+        assert_eq!(
+            route("/sleep?x=1&ms=25"),
+            Route::Sleep(Duration::from_millis(25))
+        );
     }
 }

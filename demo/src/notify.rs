@@ -24,11 +24,9 @@ impl Notifier {
     /// the abstract namespace. Must be called inside a tokio runtime.
     pub fn from_env() -> io::Result<Self> {
         match std::env::var_os("NOTIFY_SOCKET") {
-            Some(value) if !value.is_empty() => {
-                Self::connect(value.to_str().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "NOTIFY_SOCKET is not UTF-8")
-                })?)
-            }
+            Some(value) if !value.is_empty() => Self::connect(value.to_str().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "NOTIFY_SOCKET is not UTF-8")
+            })?),
             _ => Ok(Self::disabled()),
         }
     }
@@ -41,7 +39,9 @@ impl Notifier {
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("NOTIFY_SOCKET {notify_socket:?} is neither an absolute path nor @abstract"),
+                    format!(
+                        "NOTIFY_SOCKET {notify_socket:?} is neither an absolute path nor @abstract"
+                    ),
                 ));
             }
         };

@@ -10,7 +10,12 @@ const MAX_DATAGRAM: usize = 65_536;
 
 /// Echoes until draining begins, then drops the socket: datagrams still queued
 /// stay on the shared socket for the next generation.
-pub async fn serve_udp(socket: UdpSocket, generation: String, mut drain: DrainWatch, _guard: TaskGuard) {
+pub async fn serve_udp(
+    socket: UdpSocket,
+    generation: String,
+    mut drain: DrainWatch,
+    _guard: TaskGuard,
+) {
     let mut input = vec![0u8; MAX_DATAGRAM];
     let mut reply = Vec::with_capacity(MAX_DATAGRAM + generation.len() + 1);
     loop {

@@ -20,7 +20,9 @@ pub async fn burn_cpu(duration: Duration) {
     let mut burners = Vec::with_capacity(threads);
     for _ in 0..threads {
         let cancelled = cancelled.clone();
-        burners.push(tokio::task::spawn_blocking(move || spin(deadline, &cancelled)));
+        burners.push(tokio::task::spawn_blocking(move || {
+            spin(deadline, &cancelled)
+        }));
     }
     for burner in burners {
         let _ = burner.await;

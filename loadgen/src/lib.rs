@@ -154,7 +154,10 @@ impl fmt::Display for FailureKind {
 /// Runs the load until `stop` resolves or `max_duration` passes. Requests in
 /// flight at that moment may finish (up to `request_timeout`) and count as
 /// usual; connects and pauses in progress are abandoned without counting.
-pub async fn run(config: LoadConfig, stop: impl Future<Output = ()> + Send + 'static) -> LoadReport {
+pub async fn run(
+    config: LoadConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> LoadReport {
     let (stop_sender, stop_receiver) = watch::channel(false);
     let max_duration = config.max_duration;
     let stopper = tokio::spawn(async move {
@@ -169,7 +172,13 @@ pub async fn run(config: LoadConfig, stop: impl Future<Output = ()> + Send + 'st
     let started = tokio::time::Instant::now();
     let shared = Arc::new(worker::Shared::new(&config));
     let workers: Vec<_> = (0..config.connections)
-        .map(|_| tokio::spawn(worker::run_worker(shared.clone(), stop_receiver.clone(), started)))
+        .map(|_| {
+            tokio::spawn(worker::run_worker(
+                shared.clone(),
+                stop_receiver.clone(),
+                started,
+            ))
+        })
         .collect();
     if workers.is_empty() {
         let mut stop_receiver = stop_receiver.clone();

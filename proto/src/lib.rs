@@ -92,7 +92,9 @@ impl AgentMessage {
 pub enum Response {
     Status(AgentStatus),
     /// The restart was accepted and has started.
-    RestartAccepted { id: RestartId },
+    RestartAccepted {
+        id: RestartId,
+    },
     /// One step of a followed restart, or one event of a followed event stream.
     Event(Event),
     /// The report of a restart; when following, this ends the stream.

@@ -1,0 +1,174 @@
+//! Bad input gets a clear error and changes nothing.
+
+use baton_proto::{ErrorKind, EventKind, Request, Response, RestartOutcome, ServiceState};
+use baton_tests::{AgentUnderTest, bin, demo_service, demo_service_args};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn a_malformed_config_names_the_file_line_and_field_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "[[service]]\nname = \"web\"\ncommand = [\"x\"]\ndrain_timeout = \"forever\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("baton-agent"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:4:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("drain_timeout"), "{stderr}");
+}
+
+#[test]
+fn the_cli_reports_an_unknown_service_and_a_missing_agent() {
+    let agent = AgentUnderTest::start(&demo_service("web", ""));
+    let out = Command::new(bin("baton"))
+        .args(["--agent"])
+        .arg(&agent.socket)
+        .args(["restart", "nope", "--wait"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service named \"nope\""));
+
+    let out = Command::new(bin("baton"))
+        .args(["--agent", "/nonexistent/agent.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"));
+
+    let out = Command::new(bin("baton"))
+        .args(["restart"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn malformed_and_future_requests_get_errors_and_the_connection_survives() {
+    let agent = AgentUnderTest::start(&demo_service("web", ""));
+    let mut client = agent.client();
+    client.send_raw("{not json");
+    match client.next() {
+        Some(Response::Error(body)) => assert_eq!(body.kind, ErrorKind::BadRequest),
+        other => panic!("{other:?}"),
+    }
+    client.send_raw(r#"{"version":99,"request":{"type":"status"}}"#);
+    match client.next() {
+        Some(Response::Error(body)) => assert_eq!(body.kind, ErrorKind::UnsupportedVersion),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        client.request(Request::Status),
+        Response::Status(_)
+    ));
+    match client.request(Request::GetRestart { id: 12345 }) {
+        Response::Error(body) => assert_eq!(body.kind, ErrorKind::UnknownRestart),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_second_restart_while_one_runs_is_refused_with_the_running_id() {
+    let agent = AgentUnderTest::start(&demo_service_args("web", &["--start-delay", "1s"], ""));
+    let mut first = agent.client();
+    first.send(Request::Restart {
+        service: "web".into(),
+        follow: true,
+        reason: None,
+    });
+    let Some(Response::RestartAccepted { id }) = first.next() else {
+        panic!("first restart refused")
+    };
+    match agent.client().request(Request::Restart {
+        service: "web".into(),
+        follow: false,
+        reason: None,
+    }) {
+        Response::Error(body) => {
+            assert_eq!(body.kind, ErrorKind::RestartInProgress);
+            assert_eq!(body.running_restart, Some(id));
+        }
+        other => panic!("second restart was not refused: {other:?}"),
+    }
+    let out = Command::new(bin("baton"))
+        .arg("--agent")
+        .arg(&agent.socket)
+        .args(["restart", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    loop {
+        match first.next() {
+            Some(Response::Restart(report)) => {
+                assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("stream ended early"),
+        }
+    }
+}
+
+#[test]
+fn a_ready_message_from_a_stranger_pid_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode_file = dir.path().join("mode");
+    let agent = AgentUnderTest::start(&demo_service_args(
+        "web",
+        &["--mode-file", mode_file.to_str().unwrap()],
+        r#"ready_timeout = "2s""#,
+    ));
+    std::fs::write(&mode_file, "never-ready").unwrap();
+    let mut follower = agent.client();
+    follower.send(Request::Restart {
+        service: "web".into(),
+        follow: true,
+        reason: None,
+    });
+    assert!(matches!(
+        follower.next(),
+        Some(Response::RestartAccepted { .. })
+    ));
+    // This test process is no generation: its READY=1 must not count.
+    std::thread::sleep(Duration::from_millis(300));
+    let stranger = UnixDatagram::unbound().unwrap();
+    for _ in 0..3 {
+        stranger
+            .send_to(b"READY=1\nSTATUS=fake", &agent.notify_socket)
+            .unwrap();
+    }
+    let report = loop {
+        match follower.next() {
+            Some(Response::Restart(report)) => break report,
+            Some(_) => {}
+            None => panic!("stream ended early"),
+        }
+    };
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::RolledBack),
+        "{report:?}"
+    );
+    let ignored = agent
+        .client()
+        .events()
+        .into_iter()
+        .filter(|e| {
+            matches!(&e.kind, EventKind::NotifyIgnored { pid, .. } if *pid == std::process::id())
+        })
+        .count();
+    assert_eq!(ignored, 3);
+    assert_eq!(agent.service("web").state, ServiceState::Ready);
+}

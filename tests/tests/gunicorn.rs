@@ -1,0 +1,87 @@
+//! An unmodified third-party server: gunicorn checks LISTEN_PID and takes
+//! fds 3.. only when it matches, then sends READY=1 itself.
+
+use baton_loadgen::Target;
+use baton_proto::RestartOutcome;
+use baton_tests::AgentUnderTest;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const APP: &str = r#"
+import os
+GENERATION = os.environ.get("BATON_GENERATION", "?")
+def app(environ, start_response):
+    body = ("hello from generation %s\n" % GENERATION).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body))),
+                              ("X-Baton-Generation", GENERATION)])
+    return [body]
+"#;
+
+fn gunicorn() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("gunicorn"))
+            .find(|p| p.exists())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gunicorn_is_hot_restarted_under_load_without_a_failed_request() {
+    let gunicorn = gunicorn().expect("gunicorn is not installed (.ci/run installs it with pip)");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.py"), APP).unwrap();
+    let agent = Arc::new(AgentUnderTest::start(&format!(
+        r#"
+[[service]]
+name = "py"
+command = ["{gunicorn}", "--workers", "2", "--graceful-timeout", "10", "app:app"]
+workdir = "{dir}"
+ready_timeout = "30s"
+drain_timeout = "20s"
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#,
+        gunicorn = gunicorn.display(),
+        dir = dir.path().display()
+    )));
+    let addr = agent.tcp_addr("py", "http");
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    let load = tokio::spawn(baton_tests::load(Target::Tcp(addr), 16, async move {
+        stopped.notified().await
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarter = agent.clone();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        (0..3)
+            .map(|_| {
+                let report = restarter.restart("py").1;
+                std::thread::sleep(Duration::from_millis(300));
+                report
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    stop.notify_one();
+    let report = load.await.unwrap();
+    for restart in &outcomes {
+        assert_eq!(
+            restart.outcome,
+            Some(RestartOutcome::Succeeded),
+            "{restart:?}"
+        );
+    }
+    eprintln!("{report}");
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(report.ok > 500, "{report}");
+    assert!(
+        report.generations_seen.len() >= 4,
+        "{:?}",
+        report.generations_seen
+    );
+}
