@@ -65,9 +65,15 @@ impl Reaper {
     }
 
     /// Forks and execs `spec`, returning its pid and a watch that receives its
-    /// exit. Blocks the calling thread until the exec is confirmed (well under
-    /// a millisecond), so async callers wrap it in `spawn_blocking`.
-    pub fn spawn(&self, spec: &SpawnSpec<'_>) -> Result<(Pid, ExitWatch), SpawnError> {
+    /// exit. `on_forked` runs right after the fork, before the child can exec
+    /// and talk to anyone: the place to make its pid known. Blocks the calling
+    /// thread until the exec is confirmed (well under a millisecond), so async
+    /// callers wrap it in `spawn_blocking`.
+    pub fn spawn(
+        &self,
+        spec: &SpawnSpec<'_>,
+        on_forked: impl FnOnce(Pid),
+    ) -> Result<(Pid, ExitWatch), SpawnError> {
         let (sender, receiver) = watch::channel(None);
         let forked = {
             let mut children = self.children.lock().expect("reaper lock");
@@ -75,6 +81,7 @@ impl Reaper {
             children.insert(forked.pid, sender);
             forked
         };
+        on_forked(forked.pid);
         // A failed exec leaves a child that exits at once; the reaper collects it.
         let pid = forked.wait_exec()?;
         Ok((pid, receiver))

@@ -441,22 +441,33 @@ impl Service {
             notify_socket: self.shared.notify_socket.clone(),
             probe_port,
         };
-        let reaper = self.shared.reaper.clone();
-        let spawned = tokio::task::spawn_blocking(move || spawn::launch(&reaper, launch))
-            .await
-            .map_err(|e| format!("spawn task failed: {e}"))?;
-        let (pid, exit_watch) = spawned.map_err(|e| e.to_string())?;
+        let shared = self.shared.clone();
+        let route = Route {
+            service: self.name.clone(),
+            generation: number,
+            tx: self.tx.clone(),
+        };
+        let spawned = tokio::task::spawn_blocking(move || {
+            // Routed before the exec: a fast service's READY=1 may arrive
+            // before this task runs again.
+            spawn::launch(&shared.reaper, launch, |pid| {
+                shared.directory.insert(pid, route)
+            })
+        })
+        .await
+        .map_err(|e| format!("spawn task failed: {e}"))?;
+        let (pid, exit_watch) = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                if let spawn::LaunchError::Spawn(crate::sys::SpawnError::Child { pid, .. }) = &e {
+                    self.shared.directory.remove(*pid);
+                }
+                return Err(e.to_string());
+            }
+        };
 
         let now = Instant::now();
         let tasks = CancellationToken::new();
-        self.shared.directory.insert(
-            pid,
-            Route {
-                service: self.name.clone(),
-                generation: number,
-                tx: self.tx.clone(),
-            },
-        );
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let exit = wait_exit(exit_watch).await;

@@ -59,7 +59,12 @@ pub enum LaunchError {
 }
 
 /// Blocking: forks, execs and waits for the exec to be confirmed.
-pub fn launch(reaper: &Reaper, launch: GenerationLaunch) -> Result<(Pid, ExitWatch), LaunchError> {
+/// `on_forked` gets the pid before the child can exec (see [`Reaper::spawn`]).
+pub fn launch(
+    reaper: &Reaper,
+    launch: GenerationLaunch,
+    on_forked: impl FnOnce(Pid),
+) -> Result<(Pid, ExitWatch), LaunchError> {
     let config = &launch.config;
     let credentials = match &config.user {
         Some(user) => Some(resolve_user(user)?),
@@ -152,7 +157,7 @@ pub fn launch(reaper: &Reaper, launch: GenerationLaunch) -> Result<(Pid, ExitWat
         credentials: credentials.map(|c| c.ids),
         nice: config.warmup_nice,
     };
-    Ok(reaper.spawn(&spec)?)
+    Ok(reaper.spawn(&spec, on_forked)?)
 }
 
 struct ResolvedUser {

@@ -83,7 +83,11 @@ pub enum SpawnError {
     #[error("could not create the exec status pipe: {0}")]
     Pipe(Errno),
     #[error("{} failed: {errno}", step.describe())]
-    Child { step: ChildStep, errno: Errno },
+    Child {
+        step: ChildStep,
+        errno: Errno,
+        pid: Pid,
+    },
 }
 
 /// A forked child whose exec has not been confirmed yet.
@@ -175,6 +179,7 @@ impl Forked {
                     return Err(SpawnError::Child {
                         step: ChildStep::Exec,
                         errno,
+                        pid: self.pid,
                     });
                 }
             }
@@ -187,6 +192,7 @@ impl Forked {
         Err(SpawnError::Child {
             step: ChildStep::from_code(step).unwrap_or(ChildStep::Exec),
             errno: Errno::from_raw(errno),
+            pid: self.pid,
         })
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 
+use std::io::IsTerminal as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
@@ -13,8 +14,8 @@ use clap::Parser;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::Instrument as _;
 
-/// Exit code for a configuration the program cannot run with (sysexits
-/// EX_CONFIG is 78, but the project uses 64 for every config error).
+/// Exit code for an unusable configuration (an invalid mode file or
+/// BATON_PROBE_PORT), the project-wide code for configuration errors.
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when there is nothing to serve on, like a usage error.
 const EXIT_NO_SOCKETS: u8 = 2;
@@ -122,6 +123,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // The agent keeps our stderr in its logs: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -138,14 +138,14 @@ where
             &buffers.input[head.length..]
         }
     };
-    if let Some(prefix) = expect_body_prefix {
-        if !body.starts_with(prefix) {
-            return Err(if body.len() < prefix.len() && prefix.starts_with(body) {
-                FailureKind::ShortBody
-            } else {
-                FailureKind::UnexpectedBody
-            });
-        }
+    let unexpected_prefix = expect_body_prefix.filter(|prefix| !body.starts_with(prefix));
+    if let Some(prefix) = unexpected_prefix {
+        let truncated = body.len() < prefix.len() && prefix.starts_with(body);
+        return Err(if truncated {
+            FailureKind::ShortBody
+        } else {
+            FailureKind::UnexpectedBody
+        });
     }
     Ok(Accepted {
         keep_alive,
