@@ -270,7 +270,7 @@ impl ControlClient {
         self.send_raw(&line);
     }
 
-    pub fn next(&mut self) -> Option<Response> {
+    pub fn next_response(&mut self) -> Option<Response> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
@@ -285,7 +285,7 @@ impl ControlClient {
 
     pub fn request(&mut self, request: Request) -> Response {
         self.send(request);
-        self.next().expect("an answer")
+        self.next_response().expect("an answer")
     }
 
     /// Every event the agent remembers, oldest first.
@@ -299,7 +299,7 @@ impl ControlClient {
             .shutdown(std::net::Shutdown::Write)
             .expect("shutdown");
         let mut events = Vec::new();
-        while let Some(response) = self.next() {
+        while let Some(response) = self.next_response() {
             match response {
                 Response::Event(event) => events.push(event),
                 other => panic!("unexpected answer to events: {other:?}"),
@@ -314,13 +314,13 @@ impl ControlClient {
             follow: true,
             reason: None,
         });
-        match self.next() {
+        match self.next_response() {
             Some(Response::RestartAccepted { .. }) => {}
             other => panic!("restart not accepted: {other:?}"),
         }
         let mut events = Vec::new();
         loop {
-            match self.next() {
+            match self.next_response() {
                 Some(Response::Event(event)) => events.push(event),
                 Some(Response::Restart(report)) => return (events, report),
                 other => panic!("unexpected answer while following: {other:?}"),

@@ -60,12 +60,12 @@ fn malformed_and_future_requests_get_errors_and_the_connection_survives() {
     let agent = AgentUnderTest::start(&demo_service("web", ""));
     let mut client = agent.client();
     client.send_raw("{not json");
-    match client.next() {
+    match client.next_response() {
         Some(Response::Error(body)) => assert_eq!(body.kind, ErrorKind::BadRequest),
         other => panic!("{other:?}"),
     }
     client.send_raw(r#"{"version":99,"request":{"type":"status"}}"#);
-    match client.next() {
+    match client.next_response() {
         Some(Response::Error(body)) => assert_eq!(body.kind, ErrorKind::UnsupportedVersion),
         other => panic!("{other:?}"),
     }
@@ -88,7 +88,7 @@ fn a_second_restart_while_one_runs_is_refused_with_the_running_id() {
         follow: true,
         reason: None,
     });
-    let Some(Response::RestartAccepted { id }) = first.next() else {
+    let Some(Response::RestartAccepted { id }) = first.next_response() else {
         panic!("first restart refused")
     };
     match agent.client().request(Request::Restart {
@@ -110,7 +110,7 @@ fn a_second_restart_while_one_runs_is_refused_with_the_running_id() {
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     loop {
-        match first.next() {
+        match first.next_response() {
             Some(Response::Restart(report)) => {
                 assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
                 break;
@@ -138,7 +138,7 @@ fn a_ready_message_from_a_stranger_pid_is_ignored() {
         reason: None,
     });
     assert!(matches!(
-        follower.next(),
+        follower.next_response(),
         Some(Response::RestartAccepted { .. })
     ));
     // This test process is no generation: its READY=1 must not count.
@@ -150,7 +150,7 @@ fn a_ready_message_from_a_stranger_pid_is_ignored() {
             .unwrap();
     }
     let report = loop {
-        match follower.next() {
+        match follower.next_response() {
             Some(Response::Restart(report)) => break report,
             Some(_) => {}
             None => panic!("stream ended early"),
