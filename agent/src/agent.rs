@@ -89,6 +89,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     tokio::spawn(control::serve(listener, view.clone()));
     tokio::spawn(route_notifications(notify, shared.clone()));
+    if let Some(server) = config.server.clone() {
+        tokio::spawn(crate::uplink::run(server, view.clone()));
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -20,7 +20,16 @@ pub struct Config {
     pub notify_socket: PathBuf,
     /// The name this host reports; the kernel's host name unless set.
     pub host: Option<String>,
+    /// The control plane this agent reports to, if any.
+    pub server: Option<ServerConfig>,
     pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `http://HOST:PORT` (or `ws://`); the agent dials `/agent/v1/connect`.
+    pub url: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,8 +161,17 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     notify_socket: Option<PathBuf>,
     host: Option<String>,
+    server: Option<RawServer>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: Spanned<String>,
+    token: Option<String>,
+    token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -257,13 +275,69 @@ impl Config {
                 }
             }
         }
+        let server = match raw.server {
+            None => None,
+            Some(server) => Some(parse_server(server, &err)?),
+        };
         Ok(Config {
             control_socket,
             notify_socket,
             host: raw.host,
+            server,
             services,
         })
     }
+}
+
+fn parse_server(
+    raw: RawServer,
+    err: &impl Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<ServerConfig, ConfigError> {
+    let url_span = raw.url.span();
+    let url = raw.url.into_inner();
+    let rest = ["http://", "ws://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
+        _ => {
+            return Err(err(
+                Some(url_span),
+                format!("server field `url`: {url:?} is not like \"http://HOST:PORT\""),
+            ));
+        }
+    }
+    let token = match (raw.token, raw.token_file) {
+        (Some(token), None) => token,
+        (None, Some(file)) => {
+            let span = file.span();
+            let path = file.into_inner();
+            std::fs::read_to_string(&path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| {
+                    err(
+                        Some(span),
+                        format!("server field `token_file`: {}: {e}", path.display()),
+                    )
+                })?
+        }
+        _ => {
+            return Err(err(
+                Some(url_span),
+                "server: set exactly one of `token` and `token_file`".to_string(),
+            ));
+        }
+    };
+    if token.is_empty() {
+        return Err(err(
+            Some(url_span),
+            "server: the token is empty".to_string(),
+        ));
+    }
+    Ok(ServerConfig {
+        url: url.trim_end_matches('/').to_string(),
+        token,
+    })
 }
 
 fn parse_service(
@@ -591,6 +665,37 @@ listen = "udp://[::1]:5353"
 
         let (line, _) = error_of("this is not toml\n");
         assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn the_server_section_takes_a_token_or_a_token_file() {
+        let config = Config::parse(
+            "[server]\nurl = \"http://127.0.0.1:8080/\"\ntoken = \"abc\"\n",
+            "agent.toml",
+        )
+        .unwrap();
+        let server = config.server.unwrap();
+        assert_eq!(server.url, "http://127.0.0.1:8080");
+        assert_eq!(server.token, "abc");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "secret\n").unwrap();
+        let config = Config::parse(
+            &format!(
+                "[server]\nurl = \"http://h:1\"\ntoken_file = \"{}\"\n",
+                file.display()
+            ),
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(config.server.unwrap().token, "secret");
+
+        let (line, message) = error_of("\n[server]\nurl = \"ftp://h\"\ntoken = \"t\"\n");
+        assert_eq!(line, 3);
+        assert!(message.contains("url"), "{message}");
+        let (_, message) = error_of("[server]\nurl = \"http://h:1\"\n");
+        assert!(message.contains("token"), "{message}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct AgentView {
 }
 
 impl AgentView {
-    fn service(&self, name: &str) -> Option<ServiceHandle> {
+    pub fn service(&self, name: &str) -> Option<ServiceHandle> {
         self.services
             .read()
             .expect("services lock")
@@ -41,7 +41,9 @@ impl AgentView {
             .cloned()
     }
 
-    pub async fn status(&self) -> AgentStatus {
+    /// With `count_serving`, connections of ready generations are read from
+    /// the kernel too (draining ones always have a fresh count).
+    pub async fn status(&self, count_serving: bool) -> AgentStatus {
         let handles: Vec<ServiceHandle> = self
             .services
             .read()
@@ -61,7 +63,7 @@ impl AgentView {
                         .iter(),
                 );
                 for generation in &mut status.generations {
-                    if generation.connections.is_none() {
+                    if count_serving && generation.connections.is_none() {
                         let pgid = nix::unistd::Pid::from_raw(generation.pid as i32);
                         generation.connections = count_blocking(pgid, listen.clone()).await;
                     }
@@ -213,7 +215,7 @@ async fn handle_connection(stream: UnixStream, agent: Arc<AgentView>) -> io::Res
 async fn handle_request(conn: &mut Conn, agent: &AgentView, request: Request) -> io::Result<()> {
     match request {
         Request::Status => {
-            let status = agent.status().await;
+            let status = agent.status(true).await;
             send(conn, Response::Status(status)).await
         }
         Request::GetRestart { id } => match agent.events.restart(id) {

@@ -170,6 +170,11 @@ impl EventLog {
         (events, self.live.subscribe())
     }
 
+    /// The sequence number of the newest event, 0 before the first.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.lock().expect("event log lock").next_seq - 1
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()
     }

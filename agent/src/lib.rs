@@ -15,3 +15,4 @@ pub mod service;
 pub mod sockets;
 pub mod spawn;
 pub mod sys;
+pub mod uplink;

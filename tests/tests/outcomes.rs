@@ -199,3 +199,62 @@ fn a_crash_loop_is_visible_and_backs_off() {
     });
     assert_eq!(status.services[0].generations.len(), 1);
 }
+
+#[test]
+fn an_http_probe_reaches_the_new_generation_on_its_own_port() {
+    let agent = AgentUnderTest::start(&demo_service_args(
+        "web",
+        &["--start-delay", "400ms"],
+        r#"ready = "http://127.0.0.1:{port}/healthz""#,
+    ));
+    let (_, report) = agent.restart("web");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
+    let startup_us = report
+        .steps
+        .iter()
+        .find_map(|s| match s.kind {
+            EventKind::GenerationReady { startup_us, .. } => Some(startup_us),
+            _ => None,
+        })
+        .unwrap();
+    // The demo opens its probe port only after its start delay: the probe
+    // could not have been answered by the old generation or the backlog.
+    assert!(startup_us >= 400_000, "ready after {startup_us} us");
+}
+
+fn nice_of(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_warming_generation_runs_at_lower_priority_until_ready() {
+    let agent = AgentUnderTest::start(&demo_service_args(
+        "web",
+        &["--start-delay", "1s"],
+        "warmup_nice = 10",
+    ));
+    let serving = agent.service("web").generations[0].pid;
+    assert_eq!(nice_of(serving), 0);
+    let mut client = agent.client();
+    client.send(baton_proto::Request::Restart {
+        service: "web".into(),
+        follow: false,
+        reason: None,
+    });
+    let status = agent.wait_for("a starting generation", Duration::from_secs(5), |s| {
+        s.services[0].generations.len() == 2
+    });
+    let starting = status.services[0].generations[1].pid;
+    assert_eq!(nice_of(starting), 10);
+    agent.wait_for("the new generation alone", Duration::from_secs(10), |s| {
+        s.services[0].generations.len() == 1 && s.services[0].generations[0].pid == starting
+    });
+    assert_eq!(nice_of(starting), 0);
+}

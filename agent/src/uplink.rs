@@ -1,0 +1,173 @@
+//! The agent's link to the server: it dials out (the server never reaches
+//! into hosts), says who it is, sends every event the server has not stored
+//! yet, a status picture every second, and takes restart commands.
+//!
+//! Exactly-once delivery as the server sees it: the server answers `Hello`
+//! with the highest sequence number it stored for this agent's `boot_id`, and
+//! the agent sends everything after it. Whatever happened while the server was
+//! away is still in the agent's event log and goes out on reconnect.
+
+use crate::config::ServerConfig;
+use crate::control::AgentView;
+use baton_proto::Event;
+use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
+use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Connection counts of serving generations are read this often; draining
+/// ones are counted every 100 ms anyway.
+const COUNT_EVERY_N_STATUS: u32 = 5;
+const BATCH_MAX: usize = 500;
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
+    let url = format!(
+        "{}/agent/v1/connect",
+        server.url.replacen("http://", "ws://", 1)
+    );
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        if agent.shutting_down.is_cancelled() {
+            return;
+        }
+        match session(&url, &server.token, &agent).await {
+            Ok(()) => backoff = BACKOFF_FIRST,
+            Err(e) => tracing::warn!(server = %url, error = %e, "server link down; retrying"),
+        }
+        tokio::select! {
+            _ = agent.shutting_down.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+type LinkError = Box<dyn std::error::Error + Send + Sync>;
+
+fn frame(frame: &AgentFrame) -> Result<Message, LinkError> {
+    Ok(Message::text(serde_json::to_string(frame)?))
+}
+
+async fn session(url: &str, token: &str, agent: &AgentView) -> Result<(), LinkError> {
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    let (socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .map_err(|_| "connect timed out")??;
+    let (mut sink, mut stream) = socket.split();
+
+    let status = agent.status(true).await;
+    sink.send(frame(&AgentFrame::Hello {
+        version: LINK_VERSION,
+        host: status.host.clone(),
+        agent_version: status.agent_version.clone(),
+        boot_id: status.boot_id.clone(),
+        last_seq: agent.events.last_seq(),
+        services: status.services,
+    })?)
+    .await?;
+
+    let resume_after = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerFrame>(&text)? {
+                ServerFrame::Welcome { resume_after } => break resume_after,
+                ServerFrame::Refused { message } => {
+                    return Err(format!("server refused the link: {message}").into());
+                }
+                _ => {}
+            },
+            Some(Ok(Message::Close(_))) | None => return Err("closed before welcome".into()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    };
+    tracing::info!(server = %url, resume_after, "linked to the server");
+
+    // Backlog and live stream come from one lock, so nothing falls between.
+    let (backlog, mut live) = agent.events.since(resume_after);
+    let mut sent = resume_after;
+    for chunk in backlog.chunks(BATCH_MAX) {
+        sent = chunk.last().map(|e| e.seq).unwrap_or(sent);
+        sink.send(frame(&AgentFrame::Events {
+            events: chunk.to_vec(),
+        })?)
+        .await?;
+    }
+
+    let mut ticker = tokio::time::interval(STATUS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    loop {
+        tokio::select! {
+            _ = agent.shutting_down.cancelled() => {
+                let _ = sink.send(Message::Close(None)).await;
+                return Ok(());
+            }
+            received = live.recv() => {
+                let mut batch: Vec<Event> = Vec::new();
+                match received {
+                    Ok(event) => batch.push(event),
+                    Err(RecvError::Lagged(_)) => {
+                        let (missed, _) = agent.events.since(sent);
+                        batch.extend(missed);
+                    }
+                    Err(RecvError::Closed) => return Ok(()),
+                }
+                while batch.len() < BATCH_MAX {
+                    match live.try_recv() {
+                        Ok(event) => batch.push(event),
+                        Err(_) => break,
+                    }
+                }
+                batch.retain(|e| e.seq > sent);
+                if let Some(last) = batch.last() {
+                    sent = last.seq;
+                    sink.send(frame(&AgentFrame::Events { events: batch })?).await?;
+                }
+            }
+            _ = ticker.tick() => {
+                ticks = ticks.wrapping_add(1);
+                let status = agent.status(ticks % COUNT_EVERY_N_STATUS == 1).await;
+                sink.send(frame(&AgentFrame::Status { services: status.services })?).await?;
+            }
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str::<ServerFrame>(&text) {
+                        Ok(ServerFrame::Restart { command_id, service, reason }) => {
+                            let result = match agent.service(&service) {
+                                Some(handle) => handle.restart(reason).await,
+                                None => Err(baton_proto::ErrorBody {
+                                    kind: baton_proto::ErrorKind::UnknownService,
+                                    message: format!("no service named {service:?} on this agent"),
+                                    running_restart: None,
+                                }),
+                            };
+                            sink.send(frame(&AgentFrame::RestartStarted { command_id, result })?).await?;
+                        }
+                        Ok(ServerFrame::Ack { .. }) | Ok(ServerFrame::Welcome { .. }) => {}
+                        Ok(ServerFrame::Refused { message }) => {
+                            return Err(format!("server closed the link: {message}").into());
+                        }
+                        Err(e) => tracing::warn!(error = %e, "unreadable frame from the server"),
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return Err("server closed the link".into()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+            },
+        }
+    }
+}
