@@ -5,6 +5,7 @@
 use crate::config::{Config, ServiceConfig};
 use crate::control::{self, AgentView};
 use crate::events::{EventLog, now_millis};
+use crate::handover::{Handover, ServiceHandover};
 use crate::notify::NotifySocket;
 use crate::reaper::Reaper;
 use crate::service::{self, Directory, Msg, ServiceHandle, Shared};
@@ -12,6 +13,9 @@ use crate::sockets::{self, BoundSocket};
 use anyhow::Context;
 use baton_proto::EventKind;
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,23 +31,62 @@ struct Running {
 }
 
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    // Resolved now: once a new binary is installed over this one, the running
+    // image's path no longer names it.
+    let exe = std::env::current_exe().context("could not find the agent's own binary")?;
+    let inherited = match Handover::inherited() {
+        Some(Ok(handover)) => Some(handover),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "ignoring the handover of the previous image");
+            None
+        }
+        None => None,
+    };
     let reaper = Reaper::start().context("could not watch for exiting children")?;
+
     let mut sockets = HashMap::new();
-    for service in &config.services {
-        bind_sockets_of(service, &HashMap::new(), &mut sockets)?;
+    let mut adopted_services: HashMap<String, ServiceHandover> = HashMap::new();
+    if let Some(handover) = &inherited {
+        adopt_sockets(handover, &config, &mut sockets);
+        for service in &handover.services {
+            if config.services.iter().any(|s| s.name == service.name) {
+                adopted_services.insert(service.name.clone(), service.clone());
+            } else {
+                stop_orphaned(service);
+            }
+        }
     }
-    let notify = NotifySocket::bind(&config.notify_socket).with_context(|| {
+    for service in &config.services {
+        let existing = sockets.clone();
+        bind_sockets_of(service, &existing, &mut sockets)?;
+    }
+    let notify = match &inherited {
+        Some(handover) => crate::sys::adopt_inherited_fd(handover.notify_fd)
+            .and_then(|fd| NotifySocket::from_fd(fd, &config.notify_socket)),
+        None => NotifySocket::bind(&config.notify_socket),
+    }
+    .with_context(|| {
         format!(
             "could not bind the notify socket {}",
             config.notify_socket.display()
         )
     })?;
-    let listener = control::bind(&config.control_socket).with_context(|| {
+    let listener = match &inherited {
+        Some(handover) => crate::sys::adopt_inherited_fd(handover.control_fd).and_then(|fd| {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            listener.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(listener)
+        }),
+        None => control::bind(&config.control_socket),
+    }
+    .with_context(|| {
         format!(
             "could not bind the control socket {}",
             config.control_socket.display()
         )
     })?;
+    let control_fd = listener.as_raw_fd();
+    let notify_fd = notify.raw_fd();
     let events = Arc::new(EventLog::default());
     let shared = Arc::new(Shared {
         reaper,
@@ -73,13 +116,31 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         tasks: HashMap::new(),
     };
     for service in &config.services {
+        let adopted = adopted_services.remove(&service.name);
         start_service(
             service,
             &running.sockets,
             &shared,
             &view,
             &mut running.tasks,
+            adopted,
         );
+    }
+    if inherited.is_some() {
+        // Every adopted pid is registered once each service has answered;
+        // children that exited during the exec are collected now.
+        let handles: Vec<ServiceHandle> = view
+            .services
+            .read()
+            .expect("services lock")
+            .values()
+            .cloned()
+            .collect();
+        for handle in handles {
+            let _ = handle.status().await;
+        }
+        shared.reaper.reap_all();
+        tracing::info!("upgraded in place; every socket and generation carried over");
     }
     tracing::info!(
         services = config.services.len(),
@@ -96,11 +157,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => reload(&config_path, &mut running, &shared, &view),
+            _ = sigusr2.recv() => upgrade(&exe, control_fd, notify_fd, &view).await,
         }
     }
 
@@ -118,6 +181,131 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&running.config.notify_socket);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Takes the listening sockets the previous image handed over, for sockets
+/// still configured the same way; the others are closed.
+fn adopt_sockets(
+    handover: &Handover,
+    config: &Config,
+    into: &mut HashMap<SocketKey, Arc<BoundSocket>>,
+) {
+    for service in &handover.services {
+        for socket in &service.sockets {
+            let fd = match crate::sys::adopt_inherited_fd(socket.fd) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::warn!(service = %service.name, socket = %socket.name, error = %e, "handed-over socket lost");
+                    continue;
+                }
+            };
+            let configured = config
+                .services
+                .iter()
+                .find(|s| s.name == service.name)
+                .and_then(|s| s.sockets.iter().find(|c| c.name == socket.name))
+                .filter(|c| c.listen.to_string() == socket.configured);
+            let Some(socket_config) = configured else {
+                // Dropping the fd closes the socket: it is no longer configured.
+                continue;
+            };
+            match BoundSocket::adopt(socket_config, fd) {
+                Ok(bound) => {
+                    into.insert((service.name.clone(), socket.name.clone()), Arc::new(bound));
+                }
+                Err(e) => {
+                    tracing::warn!(service = %service.name, socket = %socket.name, error = %e, "handed-over socket unusable")
+                }
+            }
+        }
+    }
+}
+
+/// Generations of a service that the new configuration no longer has.
+fn stop_orphaned(service: &ServiceHandover) {
+    tracing::info!(service = %service.name, "service no longer configured; stopping its generations");
+    for generation in &service.generations {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(generation.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// SIGUSR2: re-exec the agent's binary in place, handing everything over.
+/// Refused (and nothing changes) while a restart or a start is running.
+async fn upgrade(exe: &Path, control_fd: RawFd, notify_fd: RawFd, view: &Arc<AgentView>) {
+    let handles: Vec<ServiceHandle> = view
+        .services
+        .read()
+        .expect("services lock")
+        .values()
+        .cloned()
+        .collect();
+    let mut services = Vec::with_capacity(handles.len());
+    let mut frozen = Vec::new();
+    for handle in &handles {
+        match handle.handover().await {
+            Ok(service) => {
+                services.push(service);
+                frozen.push(handle.clone());
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "upgrade refused; try again when it is done");
+                frozen.iter().for_each(ServiceHandle::thaw);
+                return;
+            }
+        }
+    }
+    let handover = Handover::new(control_fd, notify_fd, services);
+    let error = exec_with(exe, &handover);
+    tracing::error!(error = %error, exe = %exe.display(), "upgrade failed; carrying on with this image");
+    for fd in handover.fds() {
+        let _ = crate::sys::set_cloexec(fd, true);
+    }
+    frozen.iter().for_each(ServiceHandle::thaw);
+}
+
+/// Only returns on failure.
+fn exec_with(exe: &Path, handover: &Handover) -> anyhow::Error {
+    let json = match serde_json::to_string(handover) {
+        Ok(json) => json,
+        Err(e) => return e.into(),
+    };
+    let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(anyhow::Error::from);
+    let build = || -> anyhow::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let program = cstring(exe.as_os_str().as_bytes().to_vec())?;
+        let argv = std::env::args_os()
+            .map(|a| cstring(a.into_vec()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut env = std::env::vars_os()
+            .filter(|(k, _)| k != crate::handover::ENV)
+            .map(|(k, v)| {
+                let mut entry = k.into_vec();
+                entry.push(b'=');
+                entry.extend(v.into_vec());
+                cstring(entry)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        env.push(cstring(
+            format!("{}={json}", crate::handover::ENV).into_bytes(),
+        )?);
+        Ok((program, argv, env))
+    };
+    let (program, argv, env) = match build() {
+        Ok(parts) => parts,
+        Err(e) => return e,
+    };
+    for fd in handover.fds() {
+        if let Err(e) = crate::sys::set_cloexec(fd, false) {
+            return anyhow::anyhow!("could not pass fd {fd}: {e}");
+        }
+    }
+    tracing::info!(exe = %exe.display(), "upgrading in place");
+    match nix::unistd::execve(&program, &argv, &env) {
+        Err(errno) => anyhow::anyhow!("execve: {errno}"),
+        Ok(never) => match never {},
+    }
 }
 
 fn bind_sockets_of(
@@ -165,11 +353,13 @@ fn start_service(
     shared: &Arc<Shared>,
     view: &Arc<AgentView>,
     tasks: &mut HashMap<String, JoinHandle<()>>,
+    adopted: Option<ServiceHandover>,
 ) {
     let (handle, task) = service::start(
         Arc::new(config.clone()),
         sockets_for(config, sockets),
         shared.clone(),
+        adopted,
     );
     view.services
         .write()
@@ -236,7 +426,14 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
         match old_services.get(service.name.as_str()) {
             None => {
                 tracing::info!(service = %service.name, "service added");
-                start_service(service, &next_sockets, shared, view, &mut running.tasks);
+                start_service(
+                    service,
+                    &next_sockets,
+                    shared,
+                    view,
+                    &mut running.tasks,
+                    None,
+                );
             }
             Some(old) if *old != service => {
                 tracing::info!(service = %service.name, "service changed; restarting it");

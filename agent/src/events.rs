@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
-const MAX_EVENTS: usize = 50_000;
-const MAX_RESTARTS: usize = 5_000;
+const MAX_EVENTS: usize = 10_000;
+const MAX_RESTARTS: usize = 1_000;
 
 pub fn now_millis() -> UnixMillis {
     SystemTime::now()

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod control;
 pub mod events;
+pub mod handover;
 pub mod notify;
 pub mod reaper;
 pub mod service;

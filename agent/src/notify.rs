@@ -133,8 +133,24 @@ impl NotifySocket {
         })
     }
 
+    /// Wraps a notify socket handed over by the agent's previous image.
+    /// Must be called within a tokio runtime.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, path: &Path) -> io::Result<Self> {
+        let socket = std::os::unix::net::UnixDatagram::from(fd);
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket: UnixDatagram::from_std(socket)?,
+            path: path.to_owned(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
     }
 
     /// Waits for the next datagram. A truncated datagram is returned with

@@ -87,7 +87,19 @@ impl Reaper {
         Ok((pid, receiver))
     }
 
-    fn reap_all(&self) {
+    /// Watches a child that an earlier image of this process started. One
+    /// that already exited is reported by the next [`Reaper::reap_all`].
+    pub fn adopt(&self, pid: Pid) -> ExitWatch {
+        let (sender, receiver) = watch::channel(None);
+        self.children
+            .lock()
+            .expect("reaper lock")
+            .insert(pid, sender);
+        receiver
+    }
+
+    /// Collects every child that has exited; runs on each SIGCHLD.
+    pub fn reap_all(&self) {
         let mut children = self.children.lock().expect("reaper lock");
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {

@@ -15,6 +15,7 @@
 use crate::config::{ListenAddr, Readiness, ServiceConfig};
 use crate::connections::{self, ListenAddrs};
 use crate::events::{EventLog, now_millis};
+use crate::handover::{GenerationHandover, HandedPhase, ServiceHandover, SocketHandover};
 use crate::notify::NotifyMessage;
 use crate::reaper::{ExitInfo, Reaper, wait_exit};
 use crate::sockets::BoundSocket;
@@ -26,7 +27,7 @@ use baton_proto::{
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,6 +129,13 @@ pub enum Msg {
     ProbeReady {
         generation: u64,
     },
+    /// The agent is about to re-exec itself: describe the service so the
+    /// next image can adopt it. Refused while a restart or a start runs.
+    Handover {
+        reply: oneshot::Sender<Result<ServiceHandover, String>>,
+    },
+    /// The re-exec failed: carry on.
+    Thaw,
     Connections {
         generation: u64,
         count: Option<u32>,
@@ -155,8 +163,21 @@ impl ServiceHandle {
         answer.await.ok()
     }
 
+    /// Resumes after a failed re-exec.
+    pub fn thaw(&self) {
+        self.send(Msg::Thaw);
+    }
+
     pub fn replace(&self, config: Arc<ServiceConfig>, sockets: Arc<Vec<Arc<BoundSocket>>>) {
         self.send(Msg::Replace { config, sockets });
+    }
+
+    pub async fn handover(&self) -> Result<ServiceHandover, String> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Handover { reply });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(format!("service {:?} is stopping", self.name)))
     }
 
     /// Resolves when every generation of the service has exited.
@@ -253,12 +274,17 @@ pub struct Service {
     fd_store: Vec<(String, OwnedFd)>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     stopping: bool,
+    /// Handed over to the next image: start nothing new until thawed.
+    frozen: bool,
 }
 
+/// Starts the service's task; with `adopted`, it takes over the generations
+/// the agent's previous image ran instead of starting one.
 pub fn start(
     config: Arc<ServiceConfig>,
     sockets: Arc<Vec<Arc<BoundSocket>>>,
     shared: Arc<Shared>,
+    adopted: Option<ServiceHandover>,
 ) -> (ServiceHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let name = config.name.clone();
@@ -278,14 +304,20 @@ pub fn start(
         fd_store: Vec::new(),
         stop_waiters: Vec::new(),
         stopping: false,
+        frozen: false,
     };
-    let task = tokio::spawn(service.run(rx));
+    let task = tokio::spawn(service.run(rx, adopted));
     (ServiceHandle { name, tx }, task)
 }
 
 impl Service {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        if let Err(reason) = self.start_generation().await {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, adopted: Option<ServiceHandover>) {
+        if let Some(handed) = adopted {
+            self.adopt(handed);
+        }
+        if self.current.is_none()
+            && let Err(reason) = self.start_generation().await
+        {
             tracing::error!(service = %self.name, %reason, "first generation did not start");
             self.on_crash(None);
         }
@@ -338,6 +370,12 @@ impl Service {
                 fds,
             } => self.on_notify(generation, pid, messages, fds),
             Msg::ProbeReady { generation } => self.on_ready(generation).await,
+            Msg::Handover { reply } => {
+                let handover = self.handover();
+                self.frozen = handover.is_ok();
+                let _ = reply.send(handover);
+            }
+            Msg::Thaw => self.frozen = false,
             Msg::Connections { generation, count } => {
                 if let Some(generation_state) = self.generations.get_mut(&generation)
                     && let Some(count) = count
@@ -360,6 +398,137 @@ impl Service {
         }
     }
 
+    fn handover(&self) -> Result<ServiceHandover, String> {
+        if let Some(run) = &self.restart {
+            return Err(format!("restart {} of {:?} is running", run.id, self.name));
+        }
+        if self
+            .generations
+            .values()
+            .any(|g| matches!(g.phase, Phase::Starting { .. }))
+        {
+            return Err(format!("a generation of {:?} is starting", self.name));
+        }
+        let now = Instant::now();
+        let left = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+        Ok(ServiceHandover {
+            name: self.name.clone(),
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| SocketHandover {
+                    name: s.name.clone(),
+                    configured: s.configured.to_string(),
+                    fd: s.raw_fd(),
+                })
+                .collect(),
+            generations: self
+                .generations
+                .values()
+                .filter(|g| g.main_exit.is_none())
+                .map(|g| GenerationHandover {
+                    number: g.number,
+                    pid: g.pid.as_raw(),
+                    phase: match g.phase {
+                        Phase::Draining { deadline } => HandedPhase::Draining {
+                            left_ms: left(deadline),
+                        },
+                        Phase::Stopping { kill_at } => HandedPhase::Stopping {
+                            left_ms: left(kill_at),
+                        },
+                        Phase::Ready | Phase::Starting { .. } => HandedPhase::Ready,
+                    },
+                    started_at: g.started_at,
+                    ready_at: g.ready_at,
+                    status_text: g.status_text.clone(),
+                })
+                .collect(),
+            current: self.current,
+            next_generation: self.next_generation,
+            consecutive_crashes: self.consecutive_crashes,
+            fd_store: self
+                .fd_store
+                .iter()
+                .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
+                .collect(),
+        })
+    }
+
+    /// Takes over what the agent's previous image ran.
+    fn adopt(&mut self, handed: ServiceHandover) {
+        self.next_generation = handed.next_generation;
+        self.consecutive_crashes = handed.consecutive_crashes;
+        for (name, fd) in handed.fd_store {
+            match crate::sys::adopt_inherited_fd(fd) {
+                Ok(fd) => self.fd_store.push((name, fd)),
+                Err(e) => {
+                    tracing::warn!(service = %self.name, fd, error = %e, "stored fd lost in the upgrade")
+                }
+            }
+        }
+        let now = Instant::now();
+        let listen = self.listen_addrs();
+        for handed in handed.generations {
+            let pid = Pid::from_raw(handed.pid);
+            let number = handed.number;
+            let exit_watch = self.shared.reaper.adopt(pid);
+            self.shared.directory.insert(
+                pid,
+                Route {
+                    service: self.name.clone(),
+                    generation: number,
+                    tx: self.tx.clone(),
+                },
+            );
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let exit = wait_exit(exit_watch).await;
+                let _ = tx.send(Msg::Exited {
+                    generation: number,
+                    exit,
+                });
+            });
+            let tasks = CancellationToken::new();
+            let phase = match handed.phase {
+                HandedPhase::Ready => Phase::Ready,
+                HandedPhase::Draining { left_ms } => {
+                    tokio::spawn(count_while_draining(
+                        pid,
+                        listen.clone(),
+                        number,
+                        self.tx.clone(),
+                        tasks.clone(),
+                    ));
+                    Phase::Draining {
+                        deadline: now + Duration::from_millis(left_ms),
+                    }
+                }
+                HandedPhase::Stopping { left_ms } => Phase::Stopping {
+                    kill_at: now + Duration::from_millis(left_ms),
+                },
+            };
+            self.generations.insert(
+                number,
+                Generation {
+                    number,
+                    pid,
+                    phase,
+                    started_at: handed.started_at,
+                    spawned: now,
+                    ready_at: handed.ready_at,
+                    ready_instant: handed.ready_at.map(|_| now),
+                    status_text: handed.status_text,
+                    connections: None,
+                    main_exit: None,
+                    _sockets: self.sockets.clone(),
+                    tasks,
+                },
+            );
+        }
+        self.current = handed.current.filter(|n| self.generations.contains_key(n));
+        tracing::info!(service = %self.name, generations = self.generations.len(), current = ?self.current, "adopted from the previous agent image");
+    }
+
     async fn begin_restart(&mut self, reason: Option<String>) -> Result<RestartId, ErrorBody> {
         if let Some(run) = &self.restart {
             return Err(ErrorBody {
@@ -373,6 +542,13 @@ impl Service {
         }
         if self.stopping {
             return Err(shutting_down(&self.name));
+        }
+        if self.frozen {
+            return Err(ErrorBody {
+                kind: ErrorKind::ShuttingDown,
+                message: "the agent is upgrading itself; try again in a moment".into(),
+                running_restart: None,
+            });
         }
         let id = self
             .shared
@@ -898,6 +1074,10 @@ impl Service {
     }
 
     async fn on_timer(&mut self) {
+        if self.frozen {
+            // Deadlines are handed over; the next image acts on them.
+            return;
+        }
         let now = Instant::now();
         if self.backoff_until.is_some_and(|t| t <= now) {
             self.backoff_until = None;
@@ -996,6 +1176,9 @@ impl Service {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.frozen {
+            return None;
+        }
         let mut next = self.backoff_until;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for generation in self.generations.values() {

@@ -31,6 +31,27 @@ impl BoundSocket {
     pub fn is_stream(&self) -> bool {
         !matches!(self.bound, ListenAddr::Udp(_))
     }
+
+    /// A socket handed over by the agent's previous image.
+    pub fn adopt(config: &SocketConfig, fd: std::os::fd::OwnedFd) -> io::Result<BoundSocket> {
+        let socket = Socket::from(fd);
+        let bound = match &config.listen {
+            ListenAddr::Tcp(_) => ListenAddr::Tcp(local_inet(&socket)?),
+            ListenAddr::Udp(_) => ListenAddr::Udp(local_inet(&socket)?),
+            ListenAddr::Unix(path) => ListenAddr::Unix(path.clone()),
+        };
+        Ok(BoundSocket {
+            name: config.name.clone(),
+            configured: config.listen.clone(),
+            bound,
+            socket,
+        })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
 }
 
 impl Drop for BoundSocket {

@@ -25,6 +25,7 @@ const PROTOCOL_VARIABLES: &[&str] = &[
     "BATON_PROBE_PORT",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    crate::handover::ENV,
 ];
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,5 +1,6 @@
-//! The agent's only `unsafe` code: fork and exec of a generation, and the
-//! priority change of a process group.
+//! The agent's only `unsafe` code: fork and exec of a generation, the
+//! priority change of a process group, and taking ownership of the fds a
+//! previous image of the agent handed over.
 //!
 //! Why fork by hand instead of `std::process::Command`: the systemd protocol
 //! wants `LISTEN_PID` to be the child's own pid, which exists only after the
@@ -324,6 +325,43 @@ pub fn set_group_nice(pgid: Pid, nice: i32) -> Result<(), Errno> {
     // SAFETY: setpriority takes plain integers and touches no memory of ours.
     let rc = unsafe { libc::setpriority(libc::PRIO_PGRP, pgid.as_raw() as libc::id_t, nice) };
     if rc == 0 { Ok(()) } else { Err(Errno::last()) }
+}
+
+/// Sets or clears close-on-exec on an fd by number: the handover passes fds
+/// that are owned elsewhere in the agent (by tokio and socket2 types).
+pub fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
+    let flags = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD changes only the fd's flags; an invalid number fails with EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes ownership of an fd inherited from the agent's previous image.
+///
+/// The number comes from the handover the previous image wrote just before
+/// exec; nothing else in this process knows it, so ownership is unique. The fd
+/// is checked to be open and made close-on-exec again.
+pub fn adopt_inherited_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return Err(std::io::Error::other(format!(
+            "fd {fd} cannot be a handed-over socket"
+        )));
+    }
+    // SAFETY: F_GETFD only reads the flags of an fd number; no memory is touched.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open (checked above) and owned by nobody else in this
+    // process (see the function's documentation).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(owned)
 }
 
 #[cfg(test)]

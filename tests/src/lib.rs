@@ -6,6 +6,7 @@
 //! command does it) and found next to the test executable's folder.
 #![forbid(unsafe_code)]
 
+
 use baton_proto::{
     AgentMessage, AgentStatus, ClientMessage, Event, Request, Response, RestartReport,
     ServiceState, ServiceStatus,
@@ -79,7 +80,8 @@ impl AgentUnderTest {
         agent
     }
 
-    /// Starts an agent and waits only for its control socket.
+    /// Starts an agent and waits only for its control socket. `services` may
+    /// begin with top-level keys (`host = ...`) and a `[server]` table.
     pub fn start_unchecked(services: &str) -> AgentUnderTest {
         let dir = tempfile::Builder::new()
             .prefix("baton-test-")
@@ -155,6 +157,17 @@ impl AgentUnderTest {
         }
     }
 
+    /// `None` when the agent closed the connection without answering (it
+    /// re-executes itself during an upgrade).
+    pub fn try_status(&self) -> Option<AgentStatus> {
+        let mut client = ControlClient::try_connect(&self.socket)?;
+        client.send(Request::Status);
+        match client.next_response() {
+            Some(Response::Status(status)) => Some(status),
+            _ => None,
+        }
+    }
+
     pub fn service(&self, name: &str) -> ServiceStatus {
         self.status()
             .services
@@ -187,7 +200,14 @@ impl AgentUnderTest {
     ) -> AgentStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            let status = self.status();
+            let Some(status) = self.try_status() else {
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}: no status"
+                );
+                std::thread::sleep(Duration::from_millis(25));
+                continue;
+            };
             if done(&status) {
                 return status;
             }
@@ -248,6 +268,17 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
+    pub fn try_connect(path: &Path) -> Option<ControlClient> {
+        let stream = UnixStream::connect(path).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .ok()?;
+        Some(ControlClient {
+            writer: stream.try_clone().ok()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
     pub fn connect(path: &Path) -> ControlClient {
         let stream = UnixStream::connect(path).expect("connect to agent");
         stream
@@ -274,6 +305,7 @@ impl ControlClient {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
             Ok(_) => Some(
                 serde_json::from_str::<AgentMessage>(&line)
                     .unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"))
