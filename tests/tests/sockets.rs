@@ -123,3 +123,55 @@ fn a_generation_gets_only_its_sockets_and_the_standard_fds() {
         }
     }
 }
+
+const FDSTORE_SERVICE: &str = r#"
+import os, signal, socket
+names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+generation = os.environ["BATON_GENERATION"]
+address = os.environ["NOTIFY_SOCKET"]
+notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+notify.connect(address)
+if "state" in names:
+    fd = 3 + names.index("state")
+    with open(os.environ["OUT"], "w") as out:
+        out.write(os.pread(fd, 100, 0).decode() + " read by generation " + generation)
+else:
+    fd = os.memfd_create("state")
+    os.write(fd, b"written by generation " + generation.encode())
+    socket.send_fds(notify, [b"FDSTORE=1\nFDNAME=state"], [fd])
+notify.send(b"READY=1")
+signal.sigwait({signal.SIGTERM})
+"#;
+
+#[test]
+fn fds_kept_with_fdstore_reach_the_next_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let agent = AgentUnderTest::start(&format!(
+        r#"
+[[service]]
+name = "stateful"
+command = ["python3", "-c", '''{FDSTORE_SERVICE}''']
+env = {{ OUT = "{out}" }}
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#,
+        out = out.display()
+    ));
+    let (_, report) = agent.restart("stateful");
+    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "written by generation 1 read by generation 2"
+    );
+    let pid = agent.service("stateful").generations[0].pid;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ
+            .split('\0')
+            .any(|v| v == "LISTEN_FDNAMES=http:state")
+    );
+}
