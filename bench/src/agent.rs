@@ -1,0 +1,260 @@
+//! A `baton-agent` started for one scenario, and a blocking client of its
+//! control socket. The bench only observes the agent through the same
+//! protocol the `baton` command line uses.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use baton_proto::{
+    AgentMessage, AgentStatus, ClientMessage, EventKind, Request, Response, RestartOutcome,
+    ServiceState,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A restart as the bench saw it, on its own monotonic clock.
+#[derive(Debug, Clone)]
+pub struct RestartRecord {
+    /// Just before connecting to the control socket to ask for the restart.
+    pub sent: Instant,
+    /// When the new generation's `generation_ready` event arrived.
+    pub ready: Option<Instant>,
+    /// When the restart's report arrived, which ends the followed stream.
+    pub finished: Instant,
+    /// `None` when the report arrived without one, which the agent never
+    /// does for a finished restart.
+    pub outcome: Option<RestartOutcome>,
+    /// The agent's own spawn-to-ready time for the new generation.
+    pub startup: Option<Duration>,
+}
+
+pub struct Agent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// Writes a config with these `[[service]]` blocks into a fresh folder
+    /// and starts an agent on it; returns once its control socket answers.
+    pub fn start(agent_binary: &Path, services: &str) -> anyhow::Result<Agent> {
+        let dir = tempfile::Builder::new()
+            .prefix("baton-bench-")
+            .tempdir()
+            .context("cannot create a temporary folder")?;
+        let socket = dir.path().join("agent.sock");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!("control_socket = \"{}\"\n{services}", socket.display()),
+        )
+        .context("cannot write the agent's config")?;
+        let log = std::fs::File::create(dir.path().join("agent.log"))
+            .context("cannot create the agent's log")?;
+        let child = Command::new(agent_binary)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", agent_binary.display()))?;
+        let mut agent = Agent {
+            dir,
+            child: Some(child),
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&agent.socket).is_err() {
+            if let Some(child) = agent.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!("baton-agent exited with {status}:\n{}", agent.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent's control socket never appeared:\n{}",
+                    agent.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last lines of the agent's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn client(&self) -> anyhow::Result<ControlClient> {
+        ControlClient::connect(&self.socket)
+    }
+
+    pub fn status(&self) -> anyhow::Result<AgentStatus> {
+        let mut client = self.client()?;
+        client.send(Request::Status)?;
+        match client.next()? {
+            Some(Response::Status(status)) => Ok(status),
+            other => bail!("unexpected answer to status: {other:?}"),
+        }
+    }
+
+    pub fn wait_all_ready(&self, timeout: Duration) -> anyhow::Result<AgentStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status()?;
+            if status
+                .services
+                .iter()
+                .all(|service| service.state == ServiceState::Ready)
+            {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let states: Vec<String> = status
+                    .services
+                    .iter()
+                    .filter(|service| service.state != ServiceState::Ready)
+                    .map(|service| format!("{} {}", service.name, service.state))
+                    .collect();
+                bail!(
+                    "services not ready after {timeout:?}: {}\n{}",
+                    states.join(", "),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where a service's socket is bound (configs ask for port 0).
+    pub fn tcp_address(&self, service: &str) -> anyhow::Result<SocketAddr> {
+        let status = self.status()?;
+        let service_status = status
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .with_context(|| format!("the agent has no service {service:?}"))?;
+        let listen = &service_status
+            .sockets
+            .first()
+            .with_context(|| format!("service {service:?} has no socket"))?
+            .listen;
+        listen
+            .strip_prefix("tcp://")
+            .and_then(|address| address.parse().ok())
+            .with_context(|| format!("socket {listen:?} is not a TCP address"))
+    }
+
+    /// Restarts a service, follows it to its report, and times the steps.
+    pub fn restart(&self, service: &str) -> anyhow::Result<RestartRecord> {
+        let sent = Instant::now();
+        let mut client = self.client()?;
+        client.send(Request::Restart {
+            service: service.to_owned(),
+            follow: true,
+            reason: Some("baton-bench".to_owned()),
+        })?;
+        match client.next()? {
+            Some(Response::RestartAccepted { .. }) => {}
+            other => bail!("restart of {service} not accepted: {other:?}"),
+        }
+        let mut ready = None;
+        let mut startup = None;
+        loop {
+            match client.next()? {
+                Some(Response::Event(event)) => {
+                    if let EventKind::GenerationReady { startup_us, .. } = event.kind
+                        && ready.is_none()
+                    {
+                        ready = Some(Instant::now());
+                        startup = Some(Duration::from_micros(startup_us));
+                    }
+                }
+                Some(Response::Restart(report)) => {
+                    return Ok(RestartRecord {
+                        sent,
+                        ready,
+                        finished: Instant::now(),
+                        outcome: report.outcome,
+                        startup,
+                    });
+                }
+                other => bail!("unexpected answer while following a restart: {other:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The agent stops its services on SIGTERM; give it time to, so that
+        // no generation outlives the scenario and skews the next one.
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+struct ControlClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl ControlClient {
+    fn connect(path: &Path) -> anyhow::Result<ControlClient> {
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("cannot connect to the agent at {}", path.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        Ok(ControlClient {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    fn send(&mut self, request: Request) -> anyhow::Result<()> {
+        let mut line = serde_json::to_string(&ClientMessage::new(request))?;
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .context("cannot send to the agent")
+    }
+
+    fn next(&mut self) -> anyhow::Result<Option<Response>> {
+        let mut line = String::new();
+        if self
+            .reader
+            .read_line(&mut line)
+            .context("cannot read from the agent")?
+            == 0
+        {
+            return Ok(None);
+        }
+        let message: AgentMessage = serde_json::from_str(&line)
+            .with_context(|| format!("the agent sent something unreadable: {line:?}"))?;
+        Ok(Some(message.body))
+    }
+}

@@ -1,0 +1,343 @@
+//! The markdown the bench prints: what was run, the tables, and the targets
+//! of the issue with a PASS or FAIL each.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::cli::Scenario;
+use crate::memory::Memory;
+use crate::overhead::Overhead;
+use crate::stats::{Latencies, LoadStats};
+use crate::under_load::LoadSettings;
+
+/// A restart may make the whole run's p99 at most this much worse.
+const P99_RATIO_LIMIT: f64 = 1.5;
+const OVERHEAD_LIMIT: Duration = Duration::from_millis(5);
+const MEMORY_LIMIT_BYTES: u64 = 15_000_000;
+
+pub struct Results {
+    pub settings: LoadSettings,
+    pub runs: u32,
+    pub warmup_nice: i32,
+    pub load: Vec<(Scenario, LoadStats)>,
+    pub overhead: Option<Overhead>,
+    pub memory: Option<Memory>,
+    /// `/proc/loadavg`'s first three fields before and after the scenarios,
+    /// to tell a quiet machine from one that was busy with something else.
+    pub load_average_before: Option<String>,
+    pub load_average_after: Option<String>,
+}
+
+pub fn render(results: &Results) -> String {
+    let mut out = String::new();
+    let baseline = results
+        .load
+        .iter()
+        .find(|(scenario, _)| *scenario == Scenario::Baseline)
+        .map(|(_, stats)| stats);
+
+    let _ = writeln!(out, "# baton-bench\n");
+    write_setup(&mut out, results);
+
+    if !results.load.is_empty() {
+        let _ = writeln!(out, "\n## Restarts under load\n");
+        let _ = writeln!(
+            out,
+            "| scenario | restarts | outcomes | restart window (median) | requests ok | failed | req/s | req/s vs baseline |"
+        );
+        let _ = writeln!(out, "|---|--:|---|--:|--:|---|--:|--:|");
+        for (scenario, stats) in &results.load {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+                scenario.name(),
+                stats.restarts,
+                outcomes(stats),
+                stats.window.map_or_else(dash, ms),
+                stats.ok,
+                failures(stats),
+                stats.requests_per_second,
+                baseline.map_or_else(dash, |b| ratio(
+                    stats.requests_per_second,
+                    b.requests_per_second
+                )),
+            );
+        }
+
+        let _ = writeln!(out, "\n## Latency and stalls\n");
+        let _ = writeln!(
+            out,
+            "| scenario | restart windows p50 / p99 / max | steady state p50 / p99 / max | whole run p99 | p99 vs baseline | longest gap, restart windows | longest gap, steady state | gap vs baseline's longest |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for (scenario, stats) in &results.load {
+            let whole_p99 = stats.whole_run.map(|l| l.p99);
+            let worst_gap = stats.gap_in_restarts.unwrap_or(stats.gap_steady);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                scenario.name(),
+                triple(stats.in_restarts),
+                triple(stats.steady),
+                whole_p99.map_or_else(dash, ms),
+                match (whole_p99, baseline.and_then(|b| b.whole_run)) {
+                    (Some(p99), Some(base)) => ratio_durations(p99, base.p99),
+                    _ => dash(),
+                },
+                stats.gap_in_restarts.map_or_else(dash, ms),
+                ms(stats.gap_steady),
+                baseline.map_or_else(dash, |b| ratio_durations(worst_gap, b.gap_steady)),
+            );
+        }
+    }
+
+    if let Some(overhead) = &results.overhead {
+        let _ = writeln!(out, "\n## Agent overhead per restart (no load)\n");
+        let _ = writeln!(
+            out,
+            "| restarts | outcomes | command → ready via agent, median / p90 | service alone, exec → READY=1, median / p90 | agent overhead (difference of medians) | agent's own spawn → ready, median |"
+        );
+        let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} / {} | {} / {} | {} | {} |",
+            overhead.restarts,
+            join_counts(overhead.outcomes.iter().map(|(k, v)| (k.as_str(), *v))),
+            ms(overhead.via_agent),
+            ms(overhead.via_agent_p90),
+            ms(overhead.standalone),
+            ms(overhead.standalone_p90),
+            ms(overhead.per_restart()),
+            ms(overhead.agent_reported_startup),
+        );
+    }
+
+    if let Some(memory) = &results.memory {
+        let _ = writeln!(out, "\n## Agent memory\n");
+        let _ = writeln!(
+            out,
+            "| services | VmRSS, all ready | VmRSS, after one restart of each | VmHWM (peak) |"
+        );
+        let _ = writeln!(out, "|--:|--:|--:|--:|");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            memory.services,
+            megabytes(memory.after_start),
+            megabytes(memory.after_restarts),
+            megabytes(memory.peak),
+        );
+    }
+
+    write_targets(&mut out, results, baseline);
+    out
+}
+
+fn write_setup(out: &mut String, results: &Results) {
+    let settings = &results.settings;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "- Machine: {} cores ({}), Linux {}. The agent, the services and the load generator all run on it and compete for the same cores; the load generator drives every connection from one thread.",
+        cores,
+        cpu_model().unwrap_or_else(|| "unknown CPU".to_owned()),
+        kernel_release().unwrap_or_else(|| "unknown".to_owned()),
+    );
+    let _ = writeln!(
+        out,
+        "- Load average (1, 5, 15 min) before: {}; after: {}. Anything else running on the machine during the bench skews every number.",
+        results.load_average_before.as_deref().unwrap_or("unknown"),
+        results.load_average_after.as_deref().unwrap_or("unknown"),
+    );
+    let _ = writeln!(
+        out,
+        "- Load: {} keep-alive connections, one request in flight each, `GET /` on `baton-demo --warmup {}` (a warm-up that burns every core before READY=1); {} per scenario, a restart every {}.",
+        settings.connections,
+        humantime::format_duration(settings.warmup),
+        humantime::format_duration(settings.duration),
+        humantime::format_duration(settings.restart_every),
+    );
+    let _ = writeln!(
+        out,
+        "- Scenarios: `baseline` agent, no restarts; `agent` hot restarts through the control socket; `agent+nice` the same with `warmup_nice = {}`; `naive` no agent, SIGTERM, wait for the exit, start a process that binds the port itself.",
+        results.warmup_nice
+    );
+    let _ = writeln!(
+        out,
+        "- A restart window runs from the restart command (naive: the SIGTERM) to the end of the restart (agent: its report, after the old generation exited; naive: the new process's READY=1). Restart-window latencies are those of requests in flight at any moment of a window; steady state is every other request. A gap is the time between two consecutive responses across all connections."
+    );
+    if results.runs > 1 {
+        let _ = writeln!(
+            out,
+            "- {} runs: counts (requests, failures, restarts) are totals; rates, latencies, gaps and memory are medians of the runs.",
+            results.runs
+        );
+    }
+}
+
+fn write_targets(out: &mut String, results: &Results, baseline: Option<&LoadStats>) {
+    let _ = writeln!(out, "\n## Targets\n");
+    let _ = writeln!(out, "| target | scenario | measured | limit | result |");
+    let _ = writeln!(out, "|---|---|--:|--:|---|");
+    for (scenario, stats) in &results.load {
+        if !matches!(scenario, Scenario::Agent | Scenario::AgentNice) {
+            continue;
+        }
+        let name = scenario.name();
+        let _ = writeln!(
+            out,
+            "| no failed request | {name} | {} over {} restarts | 0 | {} |",
+            stats.failed,
+            stats.restarts,
+            mark(stats.failed == 0)
+        );
+        // Without a baseline, the run's own steady state is the reference.
+        let (reference, reference_name) = match baseline {
+            Some(b) => (b.gap_steady, "baseline's longest gap"),
+            None => (stats.gap_steady, "own steady state's longest gap"),
+        };
+        if let Some(gap) = stats.gap_in_restarts {
+            let _ = writeln!(
+                out,
+                "| no client stall | {name} | longest gap {} | ≤ {} ({reference_name}) | {} |",
+                ms(gap),
+                ms(reference),
+                mark(gap <= reference)
+            );
+        }
+        if let (Some(whole), Some(base)) = (stats.whole_run, baseline.and_then(|b| b.whole_run)) {
+            let limit = base.p99.mul_f64(P99_RATIO_LIMIT);
+            let _ = writeln!(
+                out,
+                "| p99 within {P99_RATIO_LIMIT}x of no restarts | {name} | {} ({}) | ≤ {} | {} |",
+                ms(whole.p99),
+                ratio_durations(whole.p99, base.p99),
+                ms(limit),
+                mark(whole.p99 <= limit)
+            );
+        }
+    }
+    if let Some(overhead) = &results.overhead {
+        let _ = writeln!(
+            out,
+            "| agent overhead per restart | overhead | {} | < {} | {} |",
+            ms(overhead.per_restart()),
+            ms(OVERHEAD_LIMIT),
+            mark(overhead.per_restart() < OVERHEAD_LIMIT)
+        );
+    }
+    if let Some(memory) = &results.memory {
+        let worst = memory.after_start.max(memory.after_restarts);
+        let _ = writeln!(
+            out,
+            "| agent resident memory with {} services | memory | {} | < {} | {} |",
+            memory.services,
+            megabytes(worst),
+            megabytes(MEMORY_LIMIT_BYTES),
+            mark(worst < MEMORY_LIMIT_BYTES)
+        );
+    }
+}
+
+fn outcomes(stats: &LoadStats) -> String {
+    if stats.outcomes.is_empty() {
+        return dash();
+    }
+    join_counts(stats.outcomes.iter().map(|(k, v)| (k.as_str(), *v)))
+}
+
+fn failures(stats: &LoadStats) -> String {
+    if stats.failed == 0 {
+        return "0".to_owned();
+    }
+    format!(
+        "{} ({})",
+        stats.failed,
+        join_counts(stats.failures.iter().map(|(k, v)| (k.as_str(), *v)))
+    )
+}
+
+fn join_counts<'a>(counts: impl Iterator<Item = (&'a str, u64)>) -> String {
+    counts
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn triple(latencies: Option<Latencies>) -> String {
+    latencies.map_or_else(dash, |l| {
+        format!("{} / {} / {}", ms(l.p50), ms(l.p99), ms(l.max))
+    })
+}
+
+/// Milliseconds with as many decimals as the size deserves.
+fn ms(duration: Duration) -> String {
+    let value = duration.as_secs_f64() * 1000.0;
+    if value < 10.0 {
+        format!("{value:.2} ms")
+    } else if value < 100.0 {
+        format!("{value:.1} ms")
+    } else {
+        format!("{value:.0} ms")
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn ratio(value: f64, reference: f64) -> String {
+    if reference <= 0.0 {
+        return dash();
+    }
+    format!("{:.2}x", value / reference)
+}
+
+fn ratio_durations(value: Duration, reference: Duration) -> String {
+    ratio(value.as_secs_f64(), reference.as_secs_f64())
+}
+
+fn mark(pass: bool) -> String {
+    if pass { "PASS" } else { "FAIL" }.to_owned()
+}
+
+fn dash() -> String {
+    "–".to_owned()
+}
+
+fn cpu_model() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name").then(|| value.trim().to_owned())
+    })
+}
+
+pub fn load_average() -> Option<String> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        loadavg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn kernel_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|release| release.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_keep_three_significant_digits() {
+        assert_eq!(ms(Duration::from_micros(1234)), "1.23 ms");
+        assert_eq!(ms(Duration::from_micros(12_345)), "12.3 ms");
+        assert_eq!(ms(Duration::from_micros(512_345)), "512 ms");
+    }
+}
