@@ -109,3 +109,21 @@ impl AgentClient {
         }
     }
 }
+
+/// `(service, http://address)` of every service whose generation is ready,
+/// for people to curl.
+pub fn ready_addresses(socket: &Path) -> Result<Vec<(String, String)>, ClientError> {
+    let mut client = AgentClient::connect(socket)?;
+    let Response::Status(status) = client.request(Request::Status)? else {
+        return Err(ClientError::Unexpected("status"));
+    };
+    Ok(status
+        .services
+        .iter()
+        .filter(|s| s.state == baton_proto::ServiceState::Ready)
+        .filter_map(|s| {
+            let listen = s.sockets.first()?.listen.as_str();
+            Some((s.name.clone(), listen.replacen("tcp://", "http://", 1)))
+        })
+        .collect())
+}

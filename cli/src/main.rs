@@ -1,7 +1,10 @@
 #![forbid(unsafe_code)]
 
 mod agent_client;
+mod demo;
 mod output;
+mod server_client;
+mod server_mode;
 
 use agent_client::{AgentClient, ClientError};
 use baton_proto::{ErrorKind, Request, Response, RestartOutcome};
@@ -21,6 +24,8 @@ pub mod exit {
     pub const REFUSED: u8 = 5;
     /// The agent could not be reached or answered something unexpected.
     pub const UNREACHABLE: u8 = 6;
+    /// The server refused the token (missing, invalid, or not an operator's).
+    pub const NOT_AUTHORIZED: u8 = 7;
     /// Bad command line or unknown service.
     pub const USAGE: u8 = 64;
 }
@@ -33,6 +38,12 @@ struct Cli {
     /// $XDG_RUNTIME_DIR/baton/agent.sock, else /run/baton/agent.sock].
     #[arg(long, global = true, env = "BATON_AGENT_SOCKET")]
     agent: Option<PathBuf>,
+    /// Talk to the server at this URL instead of a local agent.
+    #[arg(long, global = true, env = "BATON_SERVER")]
+    server: Option<String>,
+    /// API token for the server (an operator's to restart).
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,6 +81,21 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// A service's restart history (server mode).
+    History {
+        service: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Run a server, an agent and two demo services on this machine.
+    Demo {
+        /// Where the server (API and dashboard) listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Keep the SQLite file, logs and configs here [default: a temporary folder].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +107,40 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Command::Demo { listen, data_dir } = cli.command {
+        return match demo::run(listen, data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("baton demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(server) = &cli.server {
+        let client = server_client::ServerClient::new(server, cli.token.clone());
+        let result = match cli.command {
+            Command::Restart {
+                service,
+                wait,
+                timeout,
+                reason,
+            } => server_mode::restart(&client, &service, wait, timeout, reason),
+            Command::Status { .. } => server_mode::status(&client),
+            Command::History { service, limit } => server_mode::history(&client, &service, limit),
+            Command::Show { .. } | Command::Events { .. } | Command::Demo { .. } => {
+                eprintln!("baton: this command talks to an agent; drop --server");
+                return ExitCode::from(exit::USAGE);
+            }
+        };
+        return ExitCode::from(result.unwrap_or_else(|e| {
+            eprintln!("baton: {e}");
+            e.exit_code()
+        }));
+    }
+    if let Command::History { .. } = cli.command {
+        eprintln!("baton: history is kept by the server; pass --server URL (or set BATON_SERVER)");
+        return ExitCode::from(exit::USAGE);
+    }
     let socket = cli.agent.unwrap_or_else(baton_proto::default_agent_socket);
     let code = match run(&socket, cli.command) {
         Ok(code) => code,
@@ -95,6 +155,7 @@ fn main() -> ExitCode {
 fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
     let mut client = AgentClient::connect(socket)?;
     match command {
+        Command::Demo { .. } | Command::History { .. } => unreachable!("handled before connecting"),
         Command::Status { json } => {
             let Response::Status(status) = client.request(Request::Status)? else {
                 return Err(ClientError::Unexpected("status"));

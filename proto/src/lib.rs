@@ -8,6 +8,7 @@
 //! Every message carries [`PROTOCOL_VERSION`]; an agent refuses a version it
 //! does not speak with [`ErrorKind::UnsupportedVersion`] instead of guessing.
 
+pub mod api;
 pub mod link;
 
 use serde::{Deserialize, Serialize};

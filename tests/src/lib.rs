@@ -6,6 +6,7 @@
 //! command does it) and found next to the test executable's folder.
 #![forbid(unsafe_code)]
 
+pub mod server;
 
 use baton_proto::{
     AgentMessage, AgentStatus, ClientMessage, Event, Request, Response, RestartReport,

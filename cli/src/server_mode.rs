@@ -1,0 +1,200 @@
+//! Commands run against the server (`--server URL` or `BATON_SERVER`).
+
+use crate::exit;
+use crate::output::clock;
+use crate::server_client::{ServerClient, ServerError, is_finished};
+use baton_proto::RestartOutcome;
+use baton_proto::api::HostRestartState;
+use reqwest::StatusCode;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const POLL_EVERY: Duration = Duration::from_millis(200);
+
+impl ServerError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Api { status, .. } => match *status {
+                StatusCode::NOT_FOUND
+                | StatusCode::BAD_REQUEST
+                | StatusCode::UNPROCESSABLE_ENTITY => exit::USAGE,
+                StatusCode::CONFLICT => exit::REFUSED,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::NOT_AUTHORIZED,
+                _ => exit::UNREACHABLE,
+            },
+            _ => exit::UNREACHABLE,
+        }
+    }
+}
+
+pub fn outcome_code(outcome: Option<RestartOutcome>) -> u8 {
+    match outcome {
+        Some(RestartOutcome::Succeeded) => exit::SUCCEEDED,
+        Some(RestartOutcome::RolledBack) => exit::ROLLED_BACK,
+        Some(RestartOutcome::Forced) => exit::FORCED,
+        Some(RestartOutcome::Failed) | None => exit::FAILED,
+    }
+}
+
+pub fn restart(
+    client: &ServerClient,
+    service: &str,
+    wait: bool,
+    timeout: Option<Duration>,
+    reason: Option<String>,
+) -> Result<u8, ServerError> {
+    let started = Instant::now();
+    let restart = client.start_restart(service, reason)?;
+    let hosts: Vec<&str> = restart.hosts.iter().map(|h| h.host.as_str()).collect();
+    println!(
+        "restart {} of {service} started on {} host(s): {}",
+        restart.id,
+        hosts.len(),
+        hosts.join(", ")
+    );
+    if !wait {
+        return Ok(exit::SUCCEEDED);
+    }
+    let id = restart.id;
+    let mut printed: HashMap<String, usize> = HashMap::new();
+    let mut finished_hosts: HashMap<String, bool> = HashMap::new();
+    loop {
+        let restart = client.restart(id)?;
+        for host in &restart.hosts {
+            let shown = printed.entry(host.host.clone()).or_default();
+            for step in host.steps.iter().skip(*shown) {
+                println!(
+                    "{}  +{:>7.3}s  {}: {}",
+                    clock(step.at),
+                    started.elapsed().as_secs_f64(),
+                    host.host,
+                    step.kind
+                );
+            }
+            *shown = host.steps.len().max(*shown);
+            let done = matches!(
+                host.state,
+                HostRestartState::Finished | HostRestartState::Skipped
+            );
+            if done
+                && !finished_hosts
+                    .insert(host.host.clone(), true)
+                    .unwrap_or(false)
+            {
+                match (host.state, host.outcome) {
+                    (HostRestartState::Skipped, _) => println!("{}: skipped", host.host),
+                    (_, Some(outcome)) => match &host.outcome_reason {
+                        Some(reason) => println!("{}: {outcome} ({reason})", host.host),
+                        None => println!("{}: {outcome}", host.host),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        if is_finished(&restart) {
+            match (&restart.outcome, &restart.outcome_reason) {
+                (Some(outcome), Some(reason)) => println!("restart {id}: {outcome} ({reason})"),
+                (Some(outcome), None) => println!("restart {id}: {outcome}"),
+                (None, _) => println!("restart {id}: finished without an outcome"),
+            }
+            return Ok(outcome_code(restart.outcome));
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            eprintln!(
+                "baton: gave up waiting after {}; restart {id} is still running",
+                humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+            );
+            return Ok(exit::TIMEOUT);
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+pub fn status(client: &ServerClient) -> Result<u8, ServerError> {
+    let list = client.services()?;
+    println!(
+        "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6}  DRAINING",
+        "SERVICE", "HOST", "ONLINE", "STATE", "GEN", "PID", "CONNS"
+    );
+    for service in &list.services {
+        for host in &service.hosts {
+            let (generation, pid, connections) = match &host.current {
+                Some(g) => (
+                    g.generation.to_string(),
+                    g.pid.to_string(),
+                    g.connections
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let draining: Vec<String> = host
+                .draining
+                .iter()
+                .map(|g| {
+                    format!(
+                        "gen {} ({} conns)",
+                        g.generation,
+                        g.connections.unwrap_or(0)
+                    )
+                })
+                .collect();
+            println!(
+                "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6}  {}",
+                service.name,
+                host.host,
+                if host.online { "yes" } else { "no" },
+                host.state.to_string(),
+                generation,
+                pid,
+                connections,
+                if draining.is_empty() {
+                    "-".to_string()
+                } else {
+                    draining.join(", ")
+                }
+            );
+        }
+    }
+    Ok(exit::SUCCEEDED)
+}
+
+pub fn history(client: &ServerClient, service: &str, limit: u32) -> Result<u8, ServerError> {
+    let page = client.history(service, limit)?;
+    println!(
+        "{:>6}  {:<20} {:<12} {:>9}  HOSTS",
+        "ID", "STARTED (UTC)", "OUTCOME", "DURATION"
+    );
+    for restart in &page.restarts {
+        let outcome = restart
+            .outcome
+            .map(|o| o.to_string())
+            .unwrap_or_else(|| "running".into());
+        let duration = restart
+            .finished_at
+            .map(|f| {
+                format!(
+                    "{:.1}s",
+                    f.saturating_sub(restart.created_at) as f64 / 1000.0
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        let hosts: Vec<String> = restart
+            .hosts
+            .iter()
+            .map(|h| match h.outcome {
+                Some(o) => format!("{}={o}", h.host),
+                None => format!("{}={:?}", h.host, h.state).to_lowercase(),
+            })
+            .collect();
+        println!(
+            "{:>6}  {:<20} {:<12} {:>9}  {}",
+            restart.id,
+            clock(restart.created_at),
+            outcome,
+            duration,
+            hosts.join(" ")
+        );
+    }
+    Ok(exit::SUCCEEDED)
+}

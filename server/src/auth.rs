@@ -1,0 +1,149 @@
+//! Bearer tokens. A token is 32 random bytes, shown once; the database keeps
+//! only its sha256, which is safe for tokens of that entropy and lets every
+//! request be checked with one indexed lookup (then a cache hit).
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::RwLock;
+
+use crate::domain::Role;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::store::{self, Db};
+
+const TOKEN_PREFIX: &str = "baton_";
+
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The name given at `token create`, recorded as `requested_by`.
+    pub name: String,
+    pub role: Role,
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates and stores a token; the returned text is the only copy.
+pub async fn create_token(db: &Db, name: &str, role: Role) -> anyhow::Result<String> {
+    let bytes: [u8; 32] = rand::random();
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
+    store::insert_token(db, name, role, &hash_token(&token)).await?;
+    Ok(token)
+}
+
+/// Known tokens by hash. Tokens are never revoked yet, so a positive cache
+/// needs no invalidation; tokens created by `baton-server token create`
+/// while the server runs are found in the database on first use.
+#[derive(Default)]
+pub struct TokenCache {
+    known: RwLock<HashMap<String, Principal>>,
+}
+
+impl TokenCache {
+    pub async fn authenticate(
+        &self,
+        db: &Db,
+        request: &HttpRequest,
+    ) -> Result<Principal, ApiError> {
+        let token = bearer_token(request)?;
+        let hash = hash_token(token);
+        if let Some(principal) = self.known.read().expect("token cache lock").get(&hash) {
+            return Ok(principal.clone());
+        }
+        let Some((name, role)) = store::find_token(db, &hash).await? else {
+            return Err(ApiError::Unauthorized("invalid token".into()));
+        };
+        let principal = Principal { name, role };
+        self.known
+            .write()
+            .expect("token cache lock")
+            .insert(hash, principal.clone());
+        Ok(principal)
+    }
+}
+
+fn bearer_token(request: &HttpRequest) -> Result<&str, ApiError> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::Unauthorized(
+            "expected Authorization: Bearer <token>".into(),
+        ));
+    }
+    Ok(token.trim())
+}
+
+type AuthFuture<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
+
+fn authorize(
+    request: &HttpRequest,
+    allowed: &'static [Role],
+    what: &'static str,
+) -> AuthFuture<Principal> {
+    let request = request.clone();
+    Box::pin(async move {
+        let state = request
+            .app_data::<web::Data<AppState>>()
+            .ok_or_else(|| anyhow::anyhow!("application state missing"))?
+            .clone();
+        let principal = state.tokens.authenticate(&state.db, &request).await?;
+        if !allowed.contains(&principal.role) {
+            return Err(ApiError::Forbidden(format!(
+                "a {} token may not {what}",
+                principal.role.as_str()
+            )));
+        }
+        Ok(principal)
+    })
+}
+
+/// Any viewer or operator token: reads.
+pub struct Reader(pub Principal);
+/// An operator token: restarts.
+pub struct Operator(pub Principal);
+/// An agent token: the agent link.
+pub struct Agent(pub Principal);
+
+impl FromRequest for Reader {
+    type Error = ApiError;
+    type Future = AuthFuture<Self>;
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let auth = authorize(request, &[Role::Viewer, Role::Operator], "read the API");
+        Box::pin(async move { auth.await.map(Reader) })
+    }
+}
+
+impl FromRequest for Operator {
+    type Error = ApiError;
+    type Future = AuthFuture<Self>;
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let auth = authorize(
+            request,
+            &[Role::Operator],
+            "start restarts (an operator token is needed)",
+        );
+        Box::pin(async move { auth.await.map(Operator) })
+    }
+}
+
+impl FromRequest for Agent {
+    type Error = ApiError;
+    type Future = AuthFuture<Self>;
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let auth = authorize(request, &[Role::Agent], "connect as an agent");
+        Box::pin(async move { auth.await.map(Agent) })
+    }
+}

@@ -1,0 +1,69 @@
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+use baton_proto::api::ApiError as ErrorBody;
+
+/// What a handler can fail with; each variant is one HTTP status and every
+/// answer is the JSON `{"error": "..."}` of [`ErrorBody`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { message: String, restart_id: u64 },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let body = match self {
+            // The cause goes to the log, not to the client.
+            ApiError::Unexpected(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                ErrorBody {
+                    error: "internal error".to_string(),
+                    restart_id: None,
+                }
+            }
+            ApiError::Conflict {
+                message,
+                restart_id,
+            } => ErrorBody {
+                error: message.clone(),
+                restart_id: Some(*restart_id),
+            },
+            other => ErrorBody {
+                error: other.to_string(),
+                restart_id: None,
+            },
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(body)
+    }
+}

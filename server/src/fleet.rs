@@ -1,0 +1,432 @@
+//! The live picture of the fleet: which agents are connected, what each last
+//! reported, and the channel to send each one a command. Reads for the API
+//! come from here, not from the database, so `GET /services` costs no query.
+
+use baton_proto::api::{Host, Service, ServiceOnHost};
+use baton_proto::link::ServerFrame;
+use baton_proto::{ErrorBody, GenerationState, RestartId, ServiceStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::domain::now_millis;
+use crate::store::HostRow;
+
+/// What the orchestrator waits on; it re-reads what it needs on each notice.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// New events of this host are committed.
+    Events {
+        host: String,
+    },
+    Online {
+        host: String,
+    },
+    Offline {
+        host: String,
+    },
+}
+
+/// The agent's answer to a restart command.
+#[derive(Debug)]
+pub enum CommandAnswer {
+    Started(RestartId),
+    Refused(ErrorBody),
+    /// The link closed before an answer came; the agent may or may not have
+    /// started the restart.
+    LinkClosed,
+}
+
+pub struct HostState {
+    pub agent_version: String,
+    pub boot_id: String,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub services: Vec<ServiceStatus>,
+    link: Option<LinkHandle>,
+    /// The agent's `last_seq` at its hello: once `stored_seq` reaches it, every
+    /// event the agent had before it connected is stored.
+    pub announced_seq: u64,
+    pub stored_seq: u64,
+    pub offline_since: Option<Instant>,
+}
+
+struct LinkHandle {
+    connection: u64,
+    frames: mpsc::UnboundedSender<ServerFrame>,
+}
+
+/// A host as the orchestrator sees it at one moment.
+#[derive(Debug, Clone)]
+pub struct LinkState {
+    pub online: bool,
+    pub boot_id: String,
+    pub connection: Option<u64>,
+    pub offline_since: Option<Instant>,
+    /// Every event the agent had at its hello is stored.
+    pub caught_up: bool,
+    pub stored_seq: u64,
+}
+
+struct PendingCommand {
+    host: String,
+    answer: oneshot::Sender<CommandAnswer>,
+}
+
+pub struct Fleet {
+    hosts: RwLock<BTreeMap<String, HostState>>,
+    commands: Mutex<HashMap<String, PendingCommand>>,
+    notices: broadcast::Sender<Notice>,
+    next_connection: AtomicU64,
+    /// Bumped on every change `GET /services` can show, so its JSON is
+    /// rendered once per change instead of once per request.
+    version: AtomicU64,
+    services_json: Mutex<Option<(u64, bytes::Bytes)>>,
+}
+
+impl Fleet {
+    /// Starts from the hosts the database knows, all offline until their
+    /// agents reconnect.
+    pub fn new(rows: Vec<HostRow>) -> Fleet {
+        let now = Instant::now();
+        let hosts = rows
+            .into_iter()
+            .map(|row| {
+                let services = row.services();
+                (
+                    row.name,
+                    HostState {
+                        agent_version: row.agent_version,
+                        boot_id: row.boot_id,
+                        first_seen: u64::try_from(row.first_seen).unwrap_or(0),
+                        last_seen: u64::try_from(row.last_seen).unwrap_or(0),
+                        services,
+                        link: None,
+                        announced_seq: 0,
+                        stored_seq: 0,
+                        offline_since: Some(now),
+                    },
+                )
+            })
+            .collect();
+        let (notices, _) = broadcast::channel(4096);
+        Fleet {
+            hosts: RwLock::new(hosts),
+            commands: Mutex::new(HashMap::new()),
+            notices,
+            next_connection: AtomicU64::new(1),
+            version: AtomicU64::new(1),
+            services_json: Mutex::new(None),
+        }
+    }
+
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// `GET /services` as JSON, rendered at most once per change.
+    pub fn services_json(&self) -> bytes::Bytes {
+        let version = self.version.load(Ordering::Acquire);
+        if let Some((cached, json)) = &*self.services_json.lock().expect("cache lock")
+            && *cached == version
+        {
+            return json.clone();
+        }
+        let list = baton_proto::api::ServiceList {
+            services: self.services(),
+        };
+        let json = bytes::Bytes::from(serde_json::to_vec(&list).unwrap_or_default());
+        *self.services_json.lock().expect("cache lock") = Some((version, json.clone()));
+        json
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    fn notify(&self, notice: Notice) {
+        // No receiver simply means no restart is waiting.
+        let _ = self.notices.send(notice);
+    }
+
+    /// Registers a new link for a host after its hello. A previous link of the
+    /// same host (a half-dead socket the agent gave up on) is replaced: its
+    /// frame channel closes, which ends its task.
+    pub fn connect(
+        &self,
+        host: &str,
+        agent_version: &str,
+        boot_id: &str,
+        announced_seq: u64,
+        stored_seq: u64,
+        services: Vec<ServiceStatus>,
+    ) -> (u64, mpsc::UnboundedReceiver<ServerFrame>) {
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (frames, receiver) = mpsc::unbounded_channel();
+        let now = now_millis();
+        {
+            let mut hosts = self.hosts.write().expect("fleet lock");
+            let state = hosts.entry(host.to_string()).or_insert_with(|| HostState {
+                agent_version: String::new(),
+                boot_id: String::new(),
+                first_seen: now,
+                last_seen: now,
+                services: Vec::new(),
+                link: None,
+                announced_seq: 0,
+                stored_seq: 0,
+                offline_since: None,
+            });
+            state.agent_version = agent_version.to_string();
+            state.boot_id = boot_id.to_string();
+            state.last_seen = now;
+            state.services = services;
+            state.link = Some(LinkHandle { connection, frames });
+            state.announced_seq = announced_seq;
+            state.stored_seq = stored_seq;
+            state.offline_since = None;
+        }
+        self.changed();
+        self.notify(Notice::Online {
+            host: host.to_string(),
+        });
+        (connection, receiver)
+    }
+
+    /// Marks the host offline if `connection` is still its current link.
+    pub fn disconnect(&self, host: &str, connection: u64) -> bool {
+        {
+            let mut hosts = self.hosts.write().expect("fleet lock");
+            let Some(state) = hosts.get_mut(host) else {
+                return false;
+            };
+            if state.link.as_ref().map(|l| l.connection) != Some(connection) {
+                return false;
+            }
+            state.link = None;
+            state.offline_since = Some(Instant::now());
+        }
+        self.changed();
+        let mut commands = self.commands.lock().expect("commands lock");
+        let closed: Vec<String> = commands
+            .iter()
+            .filter(|(_, pending)| pending.host == host)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in closed {
+            if let Some(pending) = commands.remove(&id) {
+                let _ = pending.answer.send(CommandAnswer::LinkClosed);
+            }
+        }
+        drop(commands);
+        self.notify(Notice::Offline {
+            host: host.to_string(),
+        });
+        true
+    }
+
+    /// Records a status; false when the link is no longer the host's current one.
+    pub fn update_status(&self, host: &str, connection: u64, services: Vec<ServiceStatus>) -> bool {
+        let mut hosts = self.hosts.write().expect("fleet lock");
+        match hosts.get_mut(host) {
+            Some(state) if state.link.as_ref().map(|l| l.connection) == Some(connection) => {
+                if state.services != services {
+                    state.services = services;
+                    self.changed();
+                }
+                state.last_seen = now_millis();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn touch(&self, host: &str, connection: u64) {
+        let mut hosts = self.hosts.write().expect("fleet lock");
+        if let Some(state) = hosts.get_mut(host)
+            && state.link.as_ref().map(|l| l.connection) == Some(connection)
+        {
+            state.last_seen = now_millis();
+        }
+    }
+
+    pub fn events_stored(&self, host: &str, connection: u64, max_seq: u64) {
+        {
+            let mut hosts = self.hosts.write().expect("fleet lock");
+            if let Some(state) = hosts.get_mut(host)
+                && state.link.as_ref().map(|l| l.connection) == Some(connection)
+            {
+                state.stored_seq = state.stored_seq.max(max_seq);
+                state.last_seen = now_millis();
+            }
+        }
+        self.notify(Notice::Events {
+            host: host.to_string(),
+        });
+    }
+
+    pub fn services_of(&self, host: &str) -> Option<Vec<ServiceStatus>> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts.get(host).map(|s| s.services.clone())
+    }
+
+    pub fn link_state(&self, host: &str) -> Option<LinkState> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts.get(host).map(|s| LinkState {
+            online: s.link.is_some(),
+            boot_id: s.boot_id.clone(),
+            connection: s.link.as_ref().map(|l| l.connection),
+            offline_since: s.offline_since,
+            caught_up: s.link.is_some() && s.stored_seq >= s.announced_seq,
+            stored_seq: s.stored_seq,
+        })
+    }
+
+    /// Sends a restart command over the host's current link. `None` when the
+    /// host is offline.
+    pub fn send_restart(
+        &self,
+        host: &str,
+        command_id: &str,
+        service: &str,
+        reason: Option<String>,
+    ) -> Option<oneshot::Receiver<CommandAnswer>> {
+        let (answer, receiver) = oneshot::channel();
+        // Registered before sending, so an answer cannot overtake it.
+        self.commands.lock().expect("commands lock").insert(
+            command_id.to_string(),
+            PendingCommand {
+                host: host.to_string(),
+                answer,
+            },
+        );
+        let sent = {
+            let hosts = self.hosts.read().expect("fleet lock");
+            hosts
+                .get(host)
+                .and_then(|s| s.link.as_ref())
+                .map(|link| {
+                    link.frames
+                        .send(ServerFrame::Restart {
+                            command_id: command_id.to_string(),
+                            service: service.to_string(),
+                            reason,
+                        })
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        };
+        if !sent {
+            self.commands
+                .lock()
+                .expect("commands lock")
+                .remove(command_id);
+            return None;
+        }
+        Some(receiver)
+    }
+
+    pub fn forget_command(&self, command_id: &str) {
+        self.commands
+            .lock()
+            .expect("commands lock")
+            .remove(command_id);
+    }
+
+    pub fn command_answered(&self, command_id: &str, answer: CommandAnswer) {
+        if let Some(pending) = self
+            .commands
+            .lock()
+            .expect("commands lock")
+            .remove(command_id)
+        {
+            let _ = pending.answer.send(answer);
+        }
+    }
+
+    /// Hosts whose last report includes the service, by name.
+    pub fn hosts_running(&self, service: &str) -> Vec<String> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts
+            .iter()
+            .filter(|(_, s)| s.services.iter().any(|svc| svc.name == service))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    pub fn services(&self) -> Vec<Service> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        let mut services: BTreeMap<&str, Vec<ServiceOnHost>> = BTreeMap::new();
+        for (name, state) in hosts.iter() {
+            for status in &state.services {
+                services
+                    .entry(status.name.as_str())
+                    .or_default()
+                    .push(ServiceOnHost::from_status(
+                        name,
+                        state.link.is_some(),
+                        status,
+                    ));
+            }
+        }
+        services
+            .into_iter()
+            .map(|(name, hosts)| Service {
+                name: name.to_string(),
+                hosts,
+            })
+            .collect()
+    }
+
+    pub fn service(&self, service: &str) -> Option<Service> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        let on_hosts: Vec<ServiceOnHost> = hosts
+            .iter()
+            .filter_map(|(name, state)| {
+                state
+                    .services
+                    .iter()
+                    .find(|s| s.name == service)
+                    .map(|status| ServiceOnHost::from_status(name, state.link.is_some(), status))
+            })
+            .collect();
+        (!on_hosts.is_empty()).then(|| Service {
+            name: service.to_string(),
+            hosts: on_hosts,
+        })
+    }
+
+    pub fn hosts(&self) -> Vec<Host> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts
+            .iter()
+            .map(|(name, state)| Host {
+                name: name.clone(),
+                agent_version: state.agent_version.clone(),
+                boot_id: state.boot_id.clone(),
+                online: state.link.is_some(),
+                first_seen: state.first_seen,
+                last_seen: state.last_seen,
+                services: state.services.iter().map(|s| s.name.clone()).collect(),
+            })
+            .collect()
+    }
+
+    pub fn agents_online(&self) -> usize {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts.values().filter(|s| s.link.is_some()).count()
+    }
+
+    pub fn generations_draining(&self) -> usize {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts
+            .values()
+            .filter(|s| s.link.is_some())
+            .flat_map(|s| s.services.iter())
+            .flat_map(|s| s.generations.iter())
+            .filter(|g| g.state == GenerationState::Draining)
+            .count()
+    }
+}

@@ -1,0 +1,22 @@
+//! baton-server: the control plane. Agents connect to it over a WebSocket
+//! (`link`), report their services and stream their events, which are stored
+//! (`store`) and derived into a generation history; the REST API (`routes`)
+//! reads the live picture (`fleet`) and the history, and starts rolling
+//! restarts (`orchestrator`) that send commands back over the links.
+//!
+//! Architecture invariant: only `store` contains SQL, and only `link` speaks
+//! the WebSocket protocol.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod domain;
+pub mod error;
+pub mod fleet;
+pub mod link;
+pub mod metrics;
+pub mod openapi;
+pub mod orchestrator;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod store;

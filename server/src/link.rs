@@ -1,0 +1,238 @@
+//! The server's end of the agent link (`proto::link`): one WebSocket per
+//! agent, JSON text frames. The first frame must be `Hello`; the server
+//! answers `Welcome` with the highest sequence it has stored for that agent
+//! lifetime, stores the events that follow (duplicates dropped), and
+//! acknowledges each batch once it is committed.
+
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, Session};
+use baton_proto::ServiceStatus;
+use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::domain::{now_millis, validate_host_name};
+use crate::fleet::CommandAnswer;
+use crate::startup::AppState;
+use crate::store;
+
+/// An event batch after a long outage can be big (the agent keeps 50,000).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Agents report every second; the database needs a copy only for
+/// `GET /services` after a server restart, so connection-count churn is
+/// written at most this often.
+const STATUS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+
+enum Incoming {
+    Frame(AgentFrame),
+    /// A ping, pong or unparsable message: proof of life, nothing to do.
+    Noise,
+    Closed,
+}
+
+async fn receive(
+    session: &mut Session,
+    stream: &mut AggregatedMessageStream,
+    host: &str,
+) -> Incoming {
+    match stream.recv().await {
+        None => Incoming::Closed,
+        Some(Err(error)) => {
+            tracing::warn!(host, %error, "agent link protocol error");
+            Incoming::Closed
+        }
+        Some(Ok(message)) => {
+            let bytes: &[u8] = match &message {
+                AggregatedMessage::Text(text) => text.as_bytes(),
+                AggregatedMessage::Binary(bytes) => bytes,
+                AggregatedMessage::Ping(payload) => {
+                    let _ = session.pong(payload).await;
+                    return Incoming::Noise;
+                }
+                AggregatedMessage::Pong(_) => return Incoming::Noise,
+                AggregatedMessage::Close(_) => return Incoming::Closed,
+            };
+            match serde_json::from_slice(bytes) {
+                Ok(frame) => Incoming::Frame(frame),
+                Err(error) => {
+                    tracing::warn!(host, %error, "unparsable frame from an agent; ignored");
+                    Incoming::Noise
+                }
+            }
+        }
+    }
+}
+
+async fn send(session: &mut Session, frame: &ServerFrame) -> bool {
+    match serde_json::to_string(frame) {
+        Ok(text) => session.text(text).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn refuse(mut session: Session, message: String) {
+    tracing::warn!(%message, "agent link refused");
+    let _ = send(&mut session, &ServerFrame::Refused { message }).await;
+    let _ = session.close(None).await;
+}
+
+pub async fn run(state: Arc<AppState>, mut session: Session, mut stream: AggregatedMessageStream) {
+    let silence = state.settings.timeouts.agent_silence;
+    let hello = match tokio::time::timeout(silence, receive(&mut session, &mut stream, "?")).await {
+        Ok(Incoming::Frame(frame)) => frame,
+        Ok(_) => return refuse(session, "the first frame must be hello".into()).await,
+        Err(_) => return refuse(session, "no hello in time".into()).await,
+    };
+    let AgentFrame::Hello {
+        version,
+        host,
+        agent_version,
+        boot_id,
+        last_seq,
+        services,
+    } = hello
+    else {
+        return refuse(session, "the first frame must be hello".into()).await;
+    };
+    if version != LINK_VERSION {
+        return refuse(
+            session,
+            format!("link version {version} is not supported (this server speaks {LINK_VERSION})"),
+        )
+        .await;
+    }
+    if let Err(message) = validate_host_name(&host) {
+        return refuse(session, message).await;
+    }
+    if boot_id.is_empty() {
+        return refuse(session, "empty boot_id".into()).await;
+    }
+
+    let stored = match store::max_seq(&state.db, &host, &boot_id).await {
+        Ok(seq) => seq,
+        Err(error) => {
+            tracing::error!(
+                host,
+                error = format!("{error:#}"),
+                "cannot read the agent's last event"
+            );
+            let _ = session.close(None).await;
+            return;
+        }
+    };
+    let now = now_millis();
+    if let Err(error) =
+        store::upsert_host(&state.db, &host, &agent_version, &boot_id, now, &services).await
+    {
+        tracing::error!(host, error = format!("{error:#}"), "cannot store the host");
+        let _ = session.close(None).await;
+        return;
+    }
+    let (connection, mut frames) = state.fleet.connect(
+        &host,
+        &agent_version,
+        &boot_id,
+        last_seq,
+        stored,
+        services.clone(),
+    );
+    tracing::info!(
+        host,
+        agent_version,
+        boot_id,
+        last_seq,
+        resume_after = stored,
+        "agent connected"
+    );
+    if !send(
+        &mut session,
+        &ServerFrame::Welcome {
+            resume_after: stored,
+        },
+    )
+    .await
+    {
+        state.fleet.disconnect(&host, connection);
+        return;
+    }
+
+    let mut persisted_services = services;
+    let mut persisted_at = Instant::now();
+    let mut deadline = tokio::time::Instant::now() + silence;
+    let reason = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(frame) => {
+                    if !send(&mut session, &frame).await {
+                        break "send failed";
+                    }
+                }
+                None => break "replaced by a newer link",
+            },
+            _ = tokio::time::sleep_until(deadline) => break "silent for too long",
+            incoming = receive(&mut session, &mut stream, &host) => {
+                deadline = tokio::time::Instant::now() + silence;
+                match incoming {
+                    Incoming::Closed => break "closed",
+                    Incoming::Noise => state.fleet.touch(&host, connection),
+                    Incoming::Frame(AgentFrame::Hello { .. }) => break "second hello",
+                    Incoming::Frame(AgentFrame::Events { events }) => {
+                        let Some(max_seq) = events.iter().map(|e| e.seq).max() else {
+                            continue;
+                        };
+                        match store::store_events(&state.db, &host, &boot_id, &events).await {
+                            Ok(new_events) => {
+                                tracing::debug!(host, received = events.len(), new = new_events.len(), max_seq, "events stored");
+                                state.fleet.events_stored(&host, connection, max_seq);
+                                if !send(&mut session, &ServerFrame::Ack { seq: max_seq }).await {
+                                    break "send failed";
+                                }
+                            }
+                            Err(error) => {
+                                // Not acknowledged: the agent resends after it reconnects.
+                                tracing::error!(host, error = format!("{error:#}"), "cannot store events");
+                                break "storage error";
+                            }
+                        }
+                    }
+                    Incoming::Frame(AgentFrame::Status { services }) => {
+                        if !state.fleet.update_status(&host, connection, services.clone()) {
+                            break "replaced by a newer link";
+                        }
+                        if services != persisted_services || persisted_at.elapsed() >= STATUS_PERSIST_INTERVAL {
+                            persist_status(&state, &host, true, &services).await;
+                            persisted_services = services;
+                            persisted_at = Instant::now();
+                        }
+                    }
+                    Incoming::Frame(AgentFrame::RestartStarted { command_id, result }) => {
+                        state.fleet.touch(&host, connection);
+                        let answer = match result {
+                            Ok(id) => CommandAnswer::Started(id),
+                            Err(error) => CommandAnswer::Refused(error),
+                        };
+                        state.fleet.command_answered(&command_id, answer);
+                    }
+                }
+            }
+        }
+    };
+    tracing::info!(host, reason, "agent link closed");
+    if state.fleet.disconnect(&host, connection) {
+        let services = state.fleet.services_of(&host).unwrap_or_default();
+        persist_status(&state, &host, false, &services).await;
+    }
+    let _ = session.close(None).await;
+}
+
+async fn persist_status(state: &AppState, host: &str, online: bool, services: &[ServiceStatus]) {
+    if let Err(error) =
+        store::save_host_status(&state.db, host, now_millis(), online, services).await
+    {
+        tracing::warn!(
+            host,
+            error = format!("{error:#}"),
+            "cannot store the host's status"
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Prometheus text exposition, written by hand: four series do not need a
+//! metrics framework.
+
+use baton_proto::RestartOutcome;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::fleet::Fleet;
+
+/// Upper bounds of the restart duration histogram, in seconds: a restart
+/// takes from well under a second to the agents' drain timeouts.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    restarts: HashMap<RestartOutcome, u64>,
+    bucket_counts: [u64; DURATION_BUCKETS.len()],
+    duration_count: u64,
+    duration_sum: f64,
+}
+
+impl Metrics {
+    /// Counters start from the history, so they survive a server restart.
+    pub fn with_counts(counts: Vec<(RestartOutcome, u64)>) -> Self {
+        let metrics = Metrics::default();
+        metrics.inner.lock().expect("metrics lock").restarts = counts.into_iter().collect();
+        metrics
+    }
+
+    pub fn restart_finished(&self, outcome: RestartOutcome, duration: Duration) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        *inner.restarts.entry(outcome).or_default() += 1;
+        let seconds = duration.as_secs_f64();
+        for (bound, count) in DURATION_BUCKETS.iter().zip(inner.bucket_counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        inner.duration_count += 1;
+        inner.duration_sum += seconds;
+    }
+
+    pub fn render(&self, fleet: &Fleet) -> String {
+        let inner = self.inner.lock().expect("metrics lock");
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP baton_restarts_total Restarts that ended, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE baton_restarts_total counter");
+        for outcome in RestartOutcome::ALL {
+            let n = inner.restarts.get(&outcome).copied().unwrap_or(0);
+            let _ = writeln!(out, "baton_restarts_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP baton_restart_duration_seconds From the request to the end of a restart across its hosts."
+        );
+        let _ = writeln!(out, "# TYPE baton_restart_duration_seconds histogram");
+        for (bound, count) in DURATION_BUCKETS.iter().zip(inner.bucket_counts.iter()) {
+            let _ = writeln!(
+                out,
+                "baton_restart_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "baton_restart_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            inner.duration_count
+        );
+        let _ = writeln!(
+            out,
+            "baton_restart_duration_seconds_sum {}",
+            inner.duration_sum
+        );
+        let _ = writeln!(
+            out,
+            "baton_restart_duration_seconds_count {}",
+            inner.duration_count
+        );
+        let _ = writeln!(out, "# HELP baton_agents_online Agents connected now.");
+        let _ = writeln!(out, "# TYPE baton_agents_online gauge");
+        let _ = writeln!(out, "baton_agents_online {}", fleet.agents_online());
+        let _ = writeln!(
+            out,
+            "# HELP baton_generations_draining Old generations still draining connections, across connected hosts."
+        );
+        let _ = writeln!(out, "# TYPE baton_generations_draining gauge");
+        let _ = writeln!(
+            out,
+            "baton_generations_draining {}",
+            fleet.generations_draining()
+        );
+        out
+    }
+}

@@ -1,0 +1,428 @@
+//! Rolling restarts across hosts.
+//!
+//! Every step is written to the database before it is acted on, so a server
+//! killed in the middle of a restart picks it up again at start
+//! ([`Orchestrator::resume_running`]): a host whose command was sent waits
+//! for its agent to reconnect and resend the events of that restart, and the
+//! outcome the agent reported is the one recorded.
+//!
+//! Per host: send `Restart` over the link, learn the agent's restart id from
+//! its `restart_started` answer (or, if that answer was lost, from the first
+//! `restart_started` event of the service after the command), then wait for
+//! that restart's `restart_finished` event in the stored stream.
+
+use anyhow::Context;
+use baton_proto::RestartOutcome;
+use baton_proto::api::{Restart, RestartState};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::{CommandAnswer, Fleet, Notice};
+use crate::metrics::Metrics;
+use crate::settings::Timeouts;
+use crate::store::{self, CommandSent, Db, RestartHostRow, RestartRow};
+
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
+    timeouts: Timeouts,
+    /// Restarts driven by a task right now, so a restart never gets two.
+    active: Mutex<HashSet<u64>>,
+    /// The id of every restart that ends, for `?wait=true`.
+    finished: broadcast::Sender<u64>,
+    /// Restarts run on the server's main runtime, not on the HTTP worker that
+    /// received the request: a worker may stop, the restart must not.
+    runtime: tokio::runtime::Handle,
+    /// Stops every restart task when the server stops; their state is on
+    /// disk and the next start resumes them.
+    shutdown: CancellationToken,
+}
+
+type HostResult = (RestartOutcome, Option<String>);
+
+impl Orchestrator {
+    pub fn new(
+        db: Db,
+        fleet: Arc<Fleet>,
+        metrics: Arc<Metrics>,
+        timeouts: Timeouts,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let (finished, _) = broadcast::channel(1024);
+        Orchestrator {
+            inner: Arc::new(Inner {
+                db,
+                fleet,
+                metrics,
+                timeouts,
+                active: Mutex::new(HashSet::new()),
+                finished,
+                runtime,
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Drives a restart to its end in the background.
+    pub fn start(&self, restart_id: u64) {
+        if !self
+            .inner
+            .active
+            .lock()
+            .expect("active lock")
+            .insert(restart_id)
+        {
+            return;
+        }
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            // A database error must not lose the restart: its state is on
+            // disk, so try again until it ends.
+            let drive = async {
+                loop {
+                    match drive_restart(&inner, restart_id).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            tracing::error!(
+                                restart_id,
+                                error = format!("{error:#}"),
+                                "restart stalled; retrying"
+                            );
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => return,
+                _ = drive => {}
+            }
+            inner
+                .active
+                .lock()
+                .expect("active lock")
+                .remove(&restart_id);
+            let _ = inner.finished.send(restart_id);
+        });
+    }
+
+    /// Stops driving restarts, leaving them `running` in the database.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Re-attaches to the restarts a previous run of the server left running.
+    pub async fn resume_running(&self) -> anyhow::Result<()> {
+        for id in store::running_restarts(&self.inner.db).await? {
+            tracing::info!(restart_id = id, "resuming restart");
+            self.start(id);
+        }
+        Ok(())
+    }
+
+    /// Answers once the restart has ended.
+    pub async fn wait_finished(&self, restart_id: u64) -> anyhow::Result<Restart> {
+        let mut finished = self.inner.finished.subscribe();
+        loop {
+            let restart = store::get_restart(&self.inner.db, restart_id)
+                .await?
+                .context("the restart disappeared")?;
+            if restart.state == RestartState::Finished {
+                return Ok(restart);
+            }
+            loop {
+                match finished.recv().await {
+                    Ok(id) if id == restart_id => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        anyhow::bail!("the orchestrator stopped")
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn drive_restart(inner: &Arc<Inner>, restart_id: u64) -> anyhow::Result<()> {
+    let restart = store::restart_row(&inner.db, restart_id)
+        .await?
+        .context("unknown restart")?;
+    if restart.state == "finished" {
+        return Ok(());
+    }
+    let hosts = store::restart_host_rows(&inner.db, restart_id).await?;
+    let max_parallel = usize::try_from(restart.max_parallel).unwrap_or(1).max(1);
+
+    let mut results: Vec<Option<HostResult>> = vec![None; hosts.len()];
+    let mut stop = false;
+    let mut pending = std::collections::VecDeque::new();
+    let mut in_flight = FuturesUnordered::new();
+    for (index, host) in hosts.into_iter().enumerate() {
+        match host.state.as_str() {
+            "finished" | "skipped" => {
+                let outcome = host
+                    .outcome
+                    .as_deref()
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or(RestartOutcome::Failed);
+                stop |= outcome != RestartOutcome::Succeeded;
+                results[index] = Some((outcome, host.outcome_reason));
+            }
+            // Already started by a previous run: always followed to its end.
+            "running" => in_flight.push(drive_host_indexed(
+                inner.clone(),
+                restart.clone(),
+                host,
+                index,
+            )),
+            _ => pending.push_back((index, host)),
+        }
+    }
+    loop {
+        while in_flight.len() < max_parallel && !stop {
+            let Some((index, host)) = pending.pop_front() else {
+                break;
+            };
+            in_flight.push(drive_host_indexed(
+                inner.clone(),
+                restart.clone(),
+                host,
+                index,
+            ));
+        }
+        let Some((index, result)) = in_flight.next().await else {
+            break;
+        };
+        let result = result?;
+        stop |= result.0 != RestartOutcome::Succeeded;
+        results[index] = Some(result);
+    }
+
+    let host_names = store::restart_host_rows(&inner.db, restart_id).await?;
+    let first_bad = results
+        .iter()
+        .zip(host_names.iter())
+        .find_map(|(result, host)| match result {
+            Some((outcome, reason)) if *outcome != RestartOutcome::Succeeded => Some((
+                *outcome,
+                Some(format!(
+                    "host {}: {}",
+                    host.host,
+                    reason.as_deref().unwrap_or(outcome.as_str())
+                )),
+            )),
+            _ => None,
+        });
+    let (outcome, reason) = match first_bad {
+        Some(bad) => bad,
+        None if results.is_empty() => (
+            RestartOutcome::Failed,
+            Some("no host runs the service".to_string()),
+        ),
+        None => (RestartOutcome::Succeeded, None),
+    };
+    store::finish_restart(&inner.db, restart_id, outcome, reason.as_deref()).await?;
+    let started = u64::try_from(restart.created_at).unwrap_or(0);
+    let duration = crate::domain::now_millis().saturating_sub(started);
+    inner
+        .metrics
+        .restart_finished(outcome, Duration::from_millis(duration));
+    tracing::info!(restart_id, service = %restart.service, %outcome, reason = reason.as_deref().unwrap_or(""), "restart finished");
+    Ok(())
+}
+
+async fn drive_host_indexed(
+    inner: Arc<Inner>,
+    restart: RestartRow,
+    host: RestartHostRow,
+    index: usize,
+) -> (usize, anyhow::Result<HostResult>) {
+    let result = drive_host(&inner, &restart, host).await;
+    (index, result)
+}
+
+async fn finish_host(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    outcome: RestartOutcome,
+    reason: Option<String>,
+) -> anyhow::Result<HostResult> {
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    store::finish_host(&inner.db, restart_id, host, outcome, reason.as_deref()).await?;
+    tracing::info!(restart_id, host, %outcome, reason = reason.as_deref().unwrap_or(""), "host restart finished");
+    Ok((outcome, reason))
+}
+
+async fn drive_host(
+    inner: &Inner,
+    restart: &RestartRow,
+    row: RestartHostRow,
+) -> anyhow::Result<HostResult> {
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    let host = row.host.as_str();
+    let service = restart.service.as_str();
+    // Subscribed before anything is read, so no notice falls in between.
+    let mut notices = inner.fleet.subscribe();
+
+    let boot_id: String;
+    let seq_at_command: u64;
+    let mut agent_restart_id = row.agent_restart_id.and_then(|id| u64::try_from(id).ok());
+    // The link the command went over; `None` after a server restart, when any
+    // new link is a reconnect.
+    let mut command_connection = None;
+    let mut answer_lost = false;
+
+    if row.state == "pending" {
+        let Some(link) = inner.fleet.link_state(host).filter(|l| l.online) else {
+            return finish_host(
+                inner,
+                restart,
+                host,
+                RestartOutcome::Failed,
+                Some("host offline".into()),
+            )
+            .await;
+        };
+        let command_id = format!("restart-{restart_id}-{}", row.position);
+        store::mark_host_running(
+            &inner.db,
+            &CommandSent {
+                restart_id,
+                host,
+                command_id: &command_id,
+                boot_id: &link.boot_id,
+                seq_at_command: link.stored_seq,
+            },
+        )
+        .await?;
+        boot_id = link.boot_id.clone();
+        seq_at_command = link.stored_seq;
+        command_connection = link.connection;
+        let Some(answer) =
+            inner
+                .fleet
+                .send_restart(host, &command_id, service, restart.reason.clone())
+        else {
+            return finish_host(
+                inner,
+                restart,
+                host,
+                RestartOutcome::Failed,
+                Some("host offline".into()),
+            )
+            .await;
+        };
+        tracing::info!(restart_id, host, service, "restart command sent");
+        match tokio::time::timeout(inner.timeouts.command_answer, answer).await {
+            Ok(Ok(CommandAnswer::Started(id))) => {
+                store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+                agent_restart_id = Some(id);
+            }
+            Ok(Ok(CommandAnswer::Refused(error))) => {
+                return finish_host(
+                    inner,
+                    restart,
+                    host,
+                    RestartOutcome::Failed,
+                    Some(error.message),
+                )
+                .await;
+            }
+            Ok(Ok(CommandAnswer::LinkClosed)) | Ok(Err(_)) => {}
+            Err(_) => {
+                inner.fleet.forget_command(&command_id);
+                answer_lost = true;
+            }
+        }
+    } else {
+        boot_id = row.boot_id.clone().unwrap_or_default();
+        seq_at_command = row
+            .seq_at_command
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0);
+    }
+
+    let deadline = Instant::now() + inner.timeouts.host_restart;
+    loop {
+        if agent_restart_id.is_none()
+            && let Some(id) = store::find_restart_started_after(
+                &inner.db,
+                host,
+                &boot_id,
+                service,
+                seq_at_command,
+            )
+            .await?
+        {
+            store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+            agent_restart_id = Some(id);
+        }
+        if let Some(id) = agent_restart_id
+            && let Some((outcome, reason)) =
+                store::find_restart_finished(&inner.db, host, &boot_id, id).await?
+        {
+            return finish_host(inner, restart, host, outcome, reason).await;
+        }
+
+        let link = inner.fleet.link_state(host);
+        let failure = match &link {
+            None => Some("host offline".to_string()),
+            Some(link) if link.online && link.boot_id != boot_id => {
+                Some("the agent restarted before reporting the outcome".to_string())
+            }
+            Some(link)
+                if agent_restart_id.is_none()
+                    && link.online
+                    && link.caught_up
+                    && (answer_lost
+                        || command_connection.is_none_or(|c| link.connection != Some(c))) =>
+            {
+                Some("the agent never started the restart (its command was lost)".to_string())
+            }
+            Some(link)
+                if !link.online
+                    && link
+                        .offline_since
+                        .is_some_and(|since| since.elapsed() >= inner.timeouts.offline_grace) =>
+            {
+                Some("host offline".to_string())
+            }
+            _ if Instant::now() >= deadline => Some(format!(
+                "no outcome from the agent within {}",
+                humantime::format_duration(inner.timeouts.host_restart)
+            )),
+            _ => None,
+        };
+        if let Some(reason) = failure {
+            return finish_host(inner, restart, host, RestartOutcome::Failed, Some(reason)).await;
+        }
+
+        // Wake on news of this host, or at least every second for the timers.
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                _ = &mut tick => break,
+                notice = notices.recv() => match notice {
+                    Ok(Notice::Events { host: h } | Notice::Online { host: h } | Notice::Offline { host: h }) if h == host => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => anyhow::bail!("the fleet is gone"),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server needs to start. Built by `main.rs` from the command
+/// line, and by tests with short timeouts.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port 0 picks a free port; `Application::port` tells which.
+    pub listen: SocketAddr,
+    /// The SQLite file; created with its migrations on first start.
+    pub database: PathBuf,
+    pub timeouts: Timeouts,
+    /// Largest accepted request body; bigger ones get `413`.
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// An agent that sends nothing for this long is offline (agents send a
+    /// status every second).
+    pub agent_silence: Duration,
+    /// How long a host may stay offline in the middle of its restart before
+    /// the restart fails there with "host offline". Long enough for an agent
+    /// to reconnect after a server restart or a network blip.
+    pub offline_grace: Duration,
+    /// How long the agent may take to answer a restart command.
+    pub command_answer: Duration,
+    /// The longest a host's restart may run before it counts as failed; the
+    /// server does not know the service's ready and drain timeouts.
+    pub host_restart: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            agent_silence: Duration::from_secs(5),
+            offline_grace: Duration::from_secs(60),
+            command_answer: Duration::from_secs(10),
+            host_restart: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Settings {
+    pub fn new(listen: SocketAddr, database: PathBuf) -> Self {
+        Settings {
+            listen,
+            database,
+            timeouts: Timeouts::default(),
+            body_limit: 16 * 1024,
+        }
+    }
+}

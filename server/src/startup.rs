@@ -1,0 +1,100 @@
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use crate::auth::TokenCache;
+use crate::error::ApiError;
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::orchestrator::Orchestrator;
+use crate::routes;
+use crate::settings::Settings;
+use crate::store::{self, Db};
+
+/// What every handler and every agent link shares.
+pub struct AppState {
+    pub db: Db,
+    pub fleet: Arc<Fleet>,
+    pub orchestrator: Orchestrator,
+    pub tokens: TokenCache,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    orchestrator: Orchestrator,
+}
+
+impl Application {
+    /// Opens the database (migrating it), binds the listener, and re-attaches
+    /// to restarts a previous run left running. Must be called inside a tokio
+    /// runtime, which is where restarts are driven.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let db = store::open(&settings.database).await?;
+        store::mark_all_hosts_offline(&db).await?;
+        let fleet = Arc::new(Fleet::new(store::load_hosts(&db).await?));
+        let metrics = Arc::new(Metrics::with_counts(
+            store::count_restarts_by_outcome(&db).await?,
+        ));
+        let orchestrator = Orchestrator::new(
+            db.clone(),
+            fleet.clone(),
+            metrics.clone(),
+            settings.timeouts.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("failed to bind {}", settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            db,
+            fleet,
+            orchestrator: orchestrator.clone(),
+            tokens: TokenCache::default(),
+            metrics,
+            settings,
+        });
+        orchestrator.resume_running().await?;
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                    ApiError::BadRequest(format!("invalid query string: {error}")).into()
+                }))
+                .app_data(web::PathConfig::default().error_handler(|error, _| {
+                    ApiError::BadRequest(format!("invalid path: {error}")).into()
+                }))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .listen(listener)?
+        // Agent links never end on their own; do not wait 30 s for them.
+        .shutdown_timeout(2)
+        .run();
+        Ok(Application {
+            port,
+            server,
+            orchestrator,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server from elsewhere (tests simulate a server restart).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.orchestrator.shutdown();
+        result
+    }
+}

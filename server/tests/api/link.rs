@@ -1,0 +1,162 @@
+use baton_proto::link::{AgentFrame, ServerFrame};
+use baton_proto::{EventKind, RestartOutcome};
+use std::time::Duration;
+
+use crate::helpers::{FakeAgent, open_link, service, spawn_app};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn event_count(app: &crate::helpers::TestApp, host: &str) -> i64 {
+    let db = app.db().await;
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events WHERE host = $1")
+        .bind(host)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn hello_is_welcomed_and_the_host_is_listed() {
+    let app = spawn_app().await;
+    let agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    assert_eq!(agent.resume_after, 0);
+    let hosts = app.get_json("/hosts").await;
+    assert_eq!(hosts["hosts"][0]["name"], "alpha");
+    assert_eq!(hosts["hosts"][0]["online"], true);
+    assert_eq!(hosts["hosts"][0]["agent_version"], "0.1.0-test");
+    assert_eq!(hosts["hosts"][0]["services"][0], "web");
+    let web = app.get_json("/services/web").await;
+    assert_eq!(web["hosts"][0]["current"]["generation"], 1);
+    assert_eq!(web["hosts"][0]["current"]["connections"], 3);
+
+    agent.close().await;
+    for _ in 0..50 {
+        if app.get_json("/hosts").await["hosts"][0]["online"] == false {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the host stayed online after its link closed");
+}
+
+#[tokio::test]
+async fn events_are_stored_once_across_reconnects() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let events = agent.restart_events("web", 1, 1, RestartOutcome::Succeeded);
+    agent.send_events(events.clone()).await;
+    assert_eq!(event_count(&app, "alpha").await, events.len() as i64);
+    agent.close().await;
+
+    // The agent did not see the ack and resends everything after reconnecting.
+    let mut agent = FakeAgent::connect_with_seq(
+        &app,
+        "alpha",
+        "boot-1",
+        events.len() as u64,
+        vec![service("web", 2)],
+    )
+    .await;
+    assert_eq!(agent.resume_after, events.len() as u64);
+    agent.send_events(events.clone()).await;
+    assert_eq!(event_count(&app, "alpha").await, events.len() as i64);
+
+    // A new agent lifetime starts its sequence again.
+    agent.close().await;
+    let agent = FakeAgent::connect(&app, "alpha", "boot-2", vec![service("web", 1)]).await;
+    assert_eq!(agent.resume_after, 0);
+
+    // The generation history was derived once: generation 2 spawned and
+    // ready, generation 1 exited.
+    let history = app.get_json("/services/web/generations").await;
+    let generations = history["generations"].as_array().unwrap();
+    assert_eq!(generations.len(), 2, "{history}");
+    assert_eq!(generations[0]["generation"], 1);
+    assert_eq!(generations[0]["phase"], "exited");
+    assert_eq!(generations[1]["generation"], 2);
+    assert_eq!(generations[1]["phase"], "ready");
+    assert_eq!(generations[1]["agent_restart_id"], 1);
+}
+
+#[tokio::test]
+async fn a_wrong_version_or_a_missing_hello_is_refused() {
+    let app = spawn_app().await;
+    let mut ws = open_link(&app, &app.agent).await.unwrap();
+    let hello = serde_json::json!({
+        "type": "hello", "version": 99, "host": "a", "agent_version": "x",
+        "boot_id": "b", "last_seq": 0, "services": []
+    });
+    ws.send(Message::text(hello.to_string())).await.unwrap();
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("no answer")
+    };
+    let frame: ServerFrame = serde_json::from_str(&text).unwrap();
+    assert!(matches!(frame, ServerFrame::Refused { .. }), "{frame:?}");
+
+    let mut ws = open_link(&app, &app.agent).await.unwrap();
+    ws.send(Message::text(
+        serde_json::to_string(&AgentFrame::Status { services: vec![] }).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("no answer")
+    };
+    let frame: ServerFrame = serde_json::from_str(&text).unwrap();
+    assert!(matches!(frame, ServerFrame::Refused { .. }), "{frame:?}");
+}
+
+#[tokio::test]
+async fn status_updates_show_draining_generations() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let mut status = service("web", 2);
+    let mut draining = status.generations[0].clone();
+    draining.generation = 1;
+    draining.state = baton_proto::GenerationState::Draining;
+    draining.connections = Some(7);
+    status.generations.insert(0, draining);
+    agent
+        .send(&AgentFrame::Status {
+            services: vec![status],
+        })
+        .await;
+    for _ in 0..50 {
+        let web = app.get_json("/services/web").await;
+        if web["hosts"][0]["draining"][0]["connections"] == 7 {
+            assert_eq!(web["hosts"][0]["current"]["generation"], 2);
+            let metrics = app.get("/metrics", None).await.text().await.unwrap();
+            assert!(
+                metrics.contains("baton_generations_draining 1"),
+                "{metrics}"
+            );
+            assert!(metrics.contains("baton_agents_online 1"), "{metrics}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the draining generation never showed");
+}
+
+#[tokio::test]
+async fn the_last_status_survives_a_server_restart() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let event = agent.event(
+        "web",
+        None,
+        EventKind::GenerationStatus {
+            generation: 1,
+            status: "ok".into(),
+        },
+    );
+    agent.send_events(vec![event]).await;
+    let app = app.restart_server().await;
+    let web = app.get_json("/services/web").await;
+    assert_eq!(web["hosts"][0]["host"], "alpha");
+    assert_eq!(web["hosts"][0]["online"], false);
+    let agent =
+        FakeAgent::connect_with_seq(&app, "alpha", "boot-1", 1, vec![service("web", 1)]).await;
+    assert_eq!(agent.resume_after, 1);
+}

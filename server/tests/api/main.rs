@@ -1,0 +1,6 @@
+mod auth;
+mod helpers;
+mod input;
+mod link;
+mod openapi;
+mod restarts;

@@ -1,0 +1,342 @@
+use baton_proto::link::{AgentFrame, ServerFrame};
+use baton_proto::{ErrorBody, ErrorKind, RestartOutcome};
+use std::time::Duration;
+
+use crate::helpers::{FakeAgent, service, spawn_app};
+
+#[tokio::test]
+async fn a_restart_flows_to_the_agent_and_its_outcome_settles_it() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let post = app.post_restart(
+        "web",
+        Some(&app.operator),
+        Some(r#"{"reason": "deploy 42"}"#),
+        None,
+        true,
+    );
+    let serve = agent.serve_restart("web", 1, RestartOutcome::Succeeded);
+    let (response, agent_restart) = tokio::join!(post, serve);
+    assert_eq!(response.status(), 200);
+    let restart: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(restart["state"], "finished");
+    assert_eq!(restart["outcome"], "succeeded");
+    assert_eq!(restart["reason"], "deploy 42");
+    let host = &restart["hosts"][0];
+    assert_eq!(host["outcome"], "succeeded");
+    assert_eq!(host["agent_restart_id"], agent_restart);
+    let steps: Vec<&str> = host["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "restart_started",
+            "generation_spawned",
+            "generation_ready",
+            "generation_draining",
+            "generation_exited",
+            "restart_finished"
+        ]
+    );
+
+    let list = app
+        .get_json("/restarts?service=web&outcome=succeeded&host=alpha")
+        .await;
+    assert_eq!(list["restarts"][0]["id"], restart["id"]);
+    let none = app.get_json("/restarts?outcome=failed").await;
+    assert_eq!(none["restarts"].as_array().unwrap().len(), 0);
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("baton_restarts_total{outcome=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotent_retry_returns_the_same_restart() {
+    let app = spawn_app().await;
+    let _agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let first = app
+        .post_restart("web", Some(&app.operator), None, Some("deploy-42"), false)
+        .await;
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let retry = app
+        .post_restart("web", Some(&app.operator), None, Some("deploy-42"), false)
+        .await;
+    assert_eq!(retry.status(), 202);
+    let retry: serde_json::Value = retry.json().await.unwrap();
+    assert_eq!(first["id"], retry["id"]);
+    let list = app.get_json("/restarts").await;
+    assert_eq!(list["restarts"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_second_restart_while_one_runs_is_409() {
+    let app = spawn_app().await;
+    let _agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let first: serde_json::Value = app
+        .post_restart("web", Some(&app.operator), None, None, false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second = app
+        .post_restart("web", Some(&app.operator), None, None, false)
+        .await;
+    assert_eq!(second.status(), 409);
+    let error: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(error["restart_id"], first["id"]);
+    assert!(error["error"].as_str().unwrap().contains("already running"));
+}
+
+#[tokio::test]
+async fn concurrent_requests_create_one_restart() {
+    let app = spawn_app().await;
+    let _agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let requests = (0..8).map(|_| app.post_restart("web", Some(&app.operator), None, None, false));
+    let statuses: Vec<u16> = futures::future::join_all(requests)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        7,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rolling_restart_stops_at_the_first_host_that_does_not_succeed() {
+    let app = spawn_app().await;
+    let mut first = FakeAgent::connect(&app, "host-a", "boot-a", vec![service("web", 1)]).await;
+    let mut second = FakeAgent::connect(&app, "host-b", "boot-b", vec![service("web", 1)]).await;
+    let post = app.post_restart("web", Some(&app.operator), None, None, true);
+    let serve = first.serve_restart("web", 1, RestartOutcome::RolledBack);
+    let (response, _) = tokio::join!(post, serve);
+    let restart: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(restart["outcome"], "rolled_back", "{restart}");
+    assert!(
+        restart["outcome_reason"]
+            .as_str()
+            .unwrap()
+            .contains("host-a")
+    );
+    assert_eq!(restart["hosts"][0]["outcome"], "rolled_back");
+    assert_eq!(restart["hosts"][0]["outcome_reason"], "not ready within 1s");
+    assert_eq!(restart["hosts"][1]["host"], "host-b");
+    assert_eq!(restart["hosts"][1]["state"], "skipped");
+    assert!(restart["hosts"][1].get("outcome").is_none());
+    assert!(
+        second
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the second host must never get a command"
+    );
+}
+
+#[tokio::test]
+async fn hosts_restart_one_at_a_time_in_name_order() {
+    let app = spawn_app().await;
+    let mut b = FakeAgent::connect(&app, "b", "boot-b", vec![service("web", 1)]).await;
+    let mut a = FakeAgent::connect(&app, "a", "boot-a", vec![service("web", 1)]).await;
+    let response = app
+        .post_restart("web", Some(&app.operator), None, None, false)
+        .await;
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        b.recv_within(Duration::from_millis(200)).await.is_none(),
+        "b goes after a"
+    );
+    a.serve_restart("web", 1, RestartOutcome::Succeeded).await;
+    b.serve_restart("web", 1, RestartOutcome::Succeeded).await;
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "succeeded");
+    assert_eq!(restart["hosts"][0]["host"], "a");
+    assert_eq!(restart["hosts"][1]["host"], "b");
+}
+
+#[tokio::test]
+async fn an_offline_host_fails_with_host_offline() {
+    let app = spawn_app().await;
+    let agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    agent.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = app
+        .post_restart("web", Some(&app.operator), None, None, true)
+        .await;
+    assert_eq!(response.status(), 200);
+    let restart: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(restart["outcome"], "failed");
+    assert_eq!(restart["hosts"][0]["outcome_reason"], "host offline");
+}
+
+#[tokio::test]
+async fn a_host_that_goes_away_mid_restart_fails_after_the_grace() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let response = app
+        .post_restart("web", Some(&app.operator), None, None, false)
+        .await;
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let ServerFrame::Restart { command_id, .. } = agent.recv().await else {
+        panic!("expected a command")
+    };
+    agent
+        .send(&AgentFrame::RestartStarted {
+            command_id,
+            result: Ok(1),
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    agent.close().await;
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "failed");
+    assert_eq!(restart["hosts"][0]["outcome_reason"], "host offline");
+}
+
+#[tokio::test]
+async fn an_agent_refusal_fails_the_host_with_its_message() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let response = app
+        .post_restart("web", Some(&app.operator), None, None, false)
+        .await;
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let ServerFrame::Restart { command_id, .. } = agent.recv().await else {
+        panic!("expected a command")
+    };
+    agent
+        .send(&AgentFrame::RestartStarted {
+            command_id,
+            result: Err(ErrorBody {
+                kind: ErrorKind::RestartInProgress,
+                message: "web is already restarting".into(),
+                running_restart: Some(9),
+            }),
+        })
+        .await;
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "failed");
+    assert_eq!(
+        restart["hosts"][0]["outcome_reason"],
+        "web is already restarting"
+    );
+}
+
+/// The server dies after sending the command; the agent finishes on its own,
+/// reconnects to the new server and resends its events: the restart ends
+/// with the agent's true outcome.
+#[tokio::test]
+async fn a_restart_survives_a_server_restart() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let response = app
+        .post_restart("web", Some(&app.operator), None, None, false)
+        .await;
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let ServerFrame::Restart { command_id, .. } = agent.recv().await else {
+        panic!("expected a command")
+    };
+    // The answer is never delivered: the server is gone first.
+    let app = app.restart_server().await;
+    drop(command_id);
+    let events = agent.restart_events("web", 1, 1, RestartOutcome::Forced);
+    let last_seq = events.last().unwrap().seq;
+    let mut agent =
+        FakeAgent::connect_with_seq(&app, "alpha", "boot-1", last_seq, vec![service("web", 2)])
+            .await;
+    assert_eq!(agent.resume_after, 0);
+    assert_eq!(
+        app.get_json(&format!("/restarts/{id}")).await["state"],
+        "running"
+    );
+    agent.send_events(events).await;
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "forced", "{restart}");
+    assert_eq!(restart["hosts"][0]["agent_restart_id"], 1);
+    assert_eq!(restart["hosts"][0]["steps"].as_array().unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn a_restart_whose_command_never_arrived_fails_once_the_agent_caught_up() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let response = app
+        .post_restart("web", Some(&app.operator), None, None, false)
+        .await;
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let _ = agent.recv().await;
+    let app = app.restart_server().await;
+    let _agent =
+        FakeAgent::connect_with_seq(&app, "alpha", "boot-1", 0, vec![service("web", 1)]).await;
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "failed");
+    assert!(
+        restart["hosts"][0]["outcome_reason"]
+            .as_str()
+            .unwrap()
+            .contains("never started")
+    );
+}
+
+#[tokio::test]
+async fn max_parallel_and_a_host_filter_are_honoured() {
+    let app = spawn_app().await;
+    let mut a = FakeAgent::connect(&app, "a", "boot-a", vec![service("web", 1)]).await;
+    let mut b = FakeAgent::connect(&app, "b", "boot-b", vec![service("web", 1)]).await;
+    let mut c = FakeAgent::connect(&app, "c", "boot-c", vec![service("web", 1)]).await;
+
+    // Both commands go out before either host has answered.
+    let response = app
+        .post_restart(
+            "web",
+            Some(&app.operator),
+            Some(r#"{"max_parallel": 2, "hosts": ["c", "a"]}"#),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let (ra, rc) = tokio::join!(
+        a.serve_restart("web", 1, RestartOutcome::Succeeded),
+        c.serve_restart("web", 1, RestartOutcome::Succeeded)
+    );
+    assert_eq!((ra, rc), (1, 1));
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "succeeded");
+    let hosts: Vec<&str> = restart["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["a", "c"]);
+    assert!(b.recv_within(Duration::from_millis(200)).await.is_none());
+    let by_host = app.get_json("/restarts?host=b").await;
+    assert_eq!(by_host["restarts"].as_array().unwrap().len(), 0);
+}

@@ -1,0 +1,270 @@
+//! A server and several agents ("hosts" on distinct loopback addresses):
+//! rolling restarts through the REST API, under load.
+
+use baton_loadgen::Target;
+use baton_proto::RestartOutcome;
+use baton_proto::api::{GenerationRecord, HostRestartState, Restart};
+use baton_tests::server::ServerUnderTest;
+use baton_tests::{AgentUnderTest, bin, load};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+fn host_config(server: &ServerUnderTest, host: &str, ip: &str, extra_args: &[&str]) -> String {
+    let args: String = extra_args.iter().map(|a| format!(", \"{a}\"")).collect();
+    format!(
+        r#"host = "{host}"
+{server}
+[[service]]
+name = "demo"
+command = ["{demo}", "--drain-idle-grace", "300ms"{args}]
+ready_timeout = "3s"
+
+[[service.socket]]
+name = "http"
+listen = "tcp://{ip}:0"
+"#,
+        server = server.agent_section(),
+        demo = bin("baton-demo").display(),
+    )
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn wait_for_hosts(server: &ServerUnderTest, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list: serde_json::Value = http()
+            .get(format!("{}/hosts", server.url()))
+            .bearer_auth(&server.viewer_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let online = list["hosts"]
+            .as_array()
+            .map(|h| h.iter().filter(|h| h["online"] == true).count())
+            .unwrap_or(0);
+        if online == count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "hosts never came online: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn restart_and_wait(server: &ServerUnderTest, service: &str) -> Restart {
+    let response = http()
+        .post(format!(
+            "{}/services/{service}/restart?wait=true",
+            server.url()
+        ))
+        .bearer_auth(&server.operator_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_across_two_hosts_under_load_fails_no_request() {
+    let server = ServerUnderTest::start();
+    let a = AgentUnderTest::start(&host_config(&server, "host-a", "127.0.0.2", &[]));
+    let b = AgentUnderTest::start(&host_config(&server, "host-b", "127.0.0.3", &[]));
+    wait_for_hosts(&server, 2).await;
+
+    let stop = Arc::new(Notify::new());
+    let mut loads = Vec::new();
+    for agent in [&a, &b] {
+        let stopped = stop.clone();
+        loads.push(tokio::spawn(load(
+            Target::Tcp(agent.tcp_addr("demo", "http")),
+            16,
+            async move { stopped.notified().await },
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restart = restart_and_wait(&server, "demo").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.notify_waiters();
+
+    assert_eq!(
+        restart.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{restart:#?}"
+    );
+    let hosts: Vec<(&str, Option<RestartOutcome>)> = restart
+        .hosts
+        .iter()
+        .map(|h| (h.host.as_str(), h.outcome))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("host-a", Some(RestartOutcome::Succeeded)),
+            ("host-b", Some(RestartOutcome::Succeeded))
+        ]
+    );
+    // One host at a time: b started after a finished.
+    assert!(restart.hosts[1].started_at >= restart.hosts[0].finished_at);
+    for load in loads {
+        let report = load.await.unwrap();
+        assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+        assert!(report.ok > 500, "{report}");
+    }
+
+    // The history shows both generations on both hosts.
+    let generations: serde_json::Value = http()
+        .get(format!("{}/services/demo/generations", server.url()))
+        .bearer_auth(&server.viewer_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let records: Vec<GenerationRecord> =
+        serde_json::from_value(generations["generations"].clone()).unwrap();
+    for host in ["host-a", "host-b"] {
+        let mut numbers: Vec<u64> = records
+            .iter()
+            .filter(|r| r.host == host)
+            .map(|r| r.generation)
+            .collect();
+        numbers.sort();
+        assert_eq!(numbers, [1, 2], "{host}: {records:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_rolls_back_stops_the_rollout_before_the_next_host() {
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mode_b = dir.path().join("mode-b");
+    let a = AgentUnderTest::start(&host_config(&server, "host-a", "127.0.0.2", &[]));
+    let b = AgentUnderTest::start(&host_config(
+        &server,
+        "host-b",
+        "127.0.0.3",
+        &["--mode-file", mode_b.to_str().unwrap()],
+    ));
+    let c = AgentUnderTest::start(&host_config(&server, "host-c", "127.0.0.4", &[]));
+    wait_for_hosts(&server, 3).await;
+    std::fs::write(&mode_b, "never-ready").unwrap();
+    let c_before = c.service("demo").generations[0].clone();
+
+    let restart = restart_and_wait(&server, "demo").await;
+    assert_eq!(
+        restart.outcome,
+        Some(RestartOutcome::RolledBack),
+        "{restart:#?}"
+    );
+    assert_eq!(restart.hosts[0].outcome, Some(RestartOutcome::Succeeded));
+    assert_eq!(restart.hosts[1].outcome, Some(RestartOutcome::RolledBack));
+    assert_eq!(restart.hosts[2].state, HostRestartState::Skipped);
+    assert_eq!(a.service("demo").generations[0].generation, 2);
+    assert_eq!(b.service("demo").generations[0].generation, 1);
+    let c_after = c.service("demo");
+    assert_eq!(c_after.generations.len(), 1);
+    assert_eq!(
+        c_after.generations[0].pid, c_before.pid,
+        "host-c was touched"
+    );
+    assert!(c_after.last_restart.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_restart_learns_the_true_outcome_when_it_returns() {
+    let mut server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mode = dir.path().join("mode");
+    let agent = AgentUnderTest::start(&host_config(
+        &server,
+        "host-a",
+        "127.0.0.2",
+        &["--mode-file", mode.to_str().unwrap()],
+    ));
+    wait_for_hosts(&server, 1).await;
+    std::fs::write(&mode, "slow:1500").unwrap();
+
+    let response = http()
+        .post(format!("{}/services/demo/restart", server.url()))
+        .bearer_auth(&server.operator_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let restart: Restart = response.json().await.unwrap();
+    assert_eq!(location, format!("/restarts/{}", restart.id));
+
+    // Killed while the new generation warms up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill();
+    let agent_status = agent.wait_for("the agent to finish alone", Duration::from_secs(10), |s| {
+        s.services[0].running_restart.is_none() && s.services[0].last_restart.is_some()
+    });
+    let agent_outcome = agent_status.services[0]
+        .last_restart
+        .as_ref()
+        .unwrap()
+        .outcome;
+    assert_eq!(agent_outcome, Some(RestartOutcome::Succeeded));
+
+    server.launch();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let settled = loop {
+        let restart: Restart = http()
+            .get(format!("{}{location}", server.url()))
+            .bearer_auth(&server.viewer_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if restart.outcome.is_some() {
+            break restart;
+        }
+        assert!(Instant::now() < deadline, "never settled: {restart:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        settled.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{settled:#?}"
+    );
+    let steps = &settled.hosts[0].steps;
+    let names: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            serde_json::to_value(&s.kind).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for expected in [
+        "generation_spawned",
+        "generation_ready",
+        "generation_draining",
+        "restart_finished",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    // Nothing doubled when the agent resent its events.
+    let mut seqs: Vec<u64> = steps.iter().map(|s| s.seq).collect();
+    seqs.dedup();
+    assert_eq!(seqs.len(), steps.len());
+}
