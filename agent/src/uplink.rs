@@ -9,9 +9,10 @@
 
 use crate::config::ServerConfig;
 use crate::control::AgentView;
-use baton_proto::Event;
 use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
+use baton_proto::{Event, ServiceStatus};
 use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -110,6 +111,7 @@ async fn session(url: &str, token: &str, agent: &AgentView) -> Result<(), LinkEr
     let mut ticker = tokio::time::interval(STATUS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
+    let mut counts = LastCounts::default();
     loop {
         tokio::select! {
             _ = agent.shutting_down.cancelled() => {
@@ -136,12 +138,26 @@ async fn session(url: &str, token: &str, agent: &AgentView) -> Result<(), LinkEr
                 if let Some(last) = batch.last() {
                     sent = last.seq;
                     sink.send(frame(&AgentFrame::Events { events: batch })?).await?;
+                    // The server's picture of generations changes with these
+                    // events; don't leave it a second behind.
+                    let status = agent.status(false).await;
+                    sink.send(frame(&AgentFrame::Status {
+                        services: counts.fill(status.services),
+                    })?)
+                    .await?;
                 }
             }
             _ = ticker.tick() => {
                 ticks = ticks.wrapping_add(1);
-                let status = agent.status(ticks % COUNT_EVERY_N_STATUS == 1).await;
-                sink.send(frame(&AgentFrame::Status { services: status.services })?).await?;
+                let fresh = ticks % COUNT_EVERY_N_STATUS == 1;
+                let status = agent.status(fresh).await;
+                let services = if fresh {
+                    counts.remember(&status.services);
+                    status.services
+                } else {
+                    counts.fill(status.services)
+                };
+                sink.send(frame(&AgentFrame::Status { services })?).await?;
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
@@ -169,5 +185,38 @@ async fn session(url: &str, token: &str, agent: &AgentView) -> Result<(), LinkEr
                 Some(Err(e)) => return Err(e.into()),
             },
         }
+    }
+}
+
+/// Connection counts of serving generations from the last time they were
+/// read, shown in the statuses between two readings.
+#[derive(Default)]
+struct LastCounts(HashMap<(String, u64), u32>);
+
+impl LastCounts {
+    fn remember(&mut self, services: &[ServiceStatus]) {
+        self.0.clear();
+        for service in services {
+            for generation in &service.generations {
+                if let Some(count) = generation.connections {
+                    self.0
+                        .insert((service.name.clone(), generation.generation), count);
+                }
+            }
+        }
+    }
+
+    fn fill(&self, mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
+        for service in &mut services {
+            for generation in &mut service.generations {
+                if generation.connections.is_none() {
+                    generation.connections = self
+                        .0
+                        .get(&(service.name.clone(), generation.generation))
+                        .copied();
+                }
+            }
+        }
+        services
     }
 }
