@@ -268,3 +268,85 @@ async fn a_server_killed_mid_restart_learns_the_true_outcome_when_it_returns() {
     seqs.dedup();
     assert_eq!(seqs.len(), steps.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mode = dir.path().join("mode");
+    let _a = AgentUnderTest::start(&host_config(
+        &server,
+        "host-a",
+        "127.0.0.2",
+        &["--mode-file", mode.to_str().unwrap()],
+    ));
+    wait_for_hosts(&server, 1).await;
+    let url = server.url();
+    let cli = move |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(bin("baton"))
+            .args(["--server", &url, "--token", token])
+            .args(args)
+            .env_remove("BATON_AGENT_SOCKET")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let operator = server.operator_token.clone();
+    let viewer = server.viewer_token.clone();
+
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        let operator = operator.clone();
+        move || cli(&operator, &["restart", "demo", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("host-a: generation 2 ready"), "{stdout}");
+    assert!(stdout.contains("host-a: succeeded"), "{stdout}");
+
+    std::fs::write(&mode, "crash").unwrap();
+    let (code, stdout, _) = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        let operator = operator.clone();
+        move || cli(&operator, &["restart", "demo", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(2), "rolled back: {stdout}");
+
+    let (code, _, stderr) = cli(&viewer, &["restart", "demo", "--wait"]);
+    assert_eq!(code, Some(7), "{stderr}");
+    let (code, _, stderr) = cli(&operator, &["restart", "nope", "--wait"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    let (code, stdout, _) = cli(&viewer, &["history", "demo"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("rolled_back") && stdout.contains("succeeded"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cli(&viewer, &["status"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("host-a"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_an_offline_host_fails_there_with_that_reason() {
+    let server = ServerUnderTest::start();
+    let a = AgentUnderTest::start(&host_config(&server, "host-a", "127.0.0.2", &[]));
+    wait_for_hosts(&server, 1).await;
+    assert!(a.stop().success());
+    wait_for_hosts(&server, 0).await;
+    let restart = restart_and_wait(&server, "demo").await;
+    assert_eq!(
+        restart.outcome,
+        Some(RestartOutcome::Failed),
+        "{restart:#?}"
+    );
+    let reason = restart.hosts[0].outcome_reason.as_deref().unwrap_or("");
+    assert!(reason.contains("offline"), "{reason}");
+}
