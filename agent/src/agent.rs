@@ -129,13 +129,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if inherited.is_some() {
         // Every adopted pid is registered once each service has answered;
         // children that exited during the exec are collected now.
-        let handles: Vec<ServiceHandle> = view
-            .services
-            .read()
-            .expect("services lock")
-            .values()
-            .cloned()
-            .collect();
+        let handles = view.handles();
         for handle in handles {
             let _ = handle.status().await;
         }
@@ -169,13 +163,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     tracing::info!("stopping every service");
     view.shutting_down.cancel();
-    let handles: Vec<ServiceHandle> = view
-        .services
-        .read()
-        .expect("services lock")
-        .values()
-        .cloned()
-        .collect();
+    let handles = view.handles();
     futures::future::join_all(handles.iter().map(|h| h.stop())).await;
     let _ = std::fs::remove_file(&running.config.control_socket);
     let _ = std::fs::remove_file(&running.config.notify_socket);
@@ -235,13 +223,7 @@ fn stop_orphaned(service: &ServiceHandover) {
 /// SIGUSR2: re-exec the agent's binary in place, handing everything over.
 /// Refused (and nothing changes) while a restart or a start is running.
 async fn upgrade(exe: &Path, control_fd: RawFd, notify_fd: RawFd, view: &Arc<AgentView>) {
-    let handles: Vec<ServiceHandle> = view
-        .services
-        .read()
-        .expect("services lock")
-        .values()
-        .cloned()
-        .collect();
+    let handles = view.handles();
     let mut services = Vec::with_capacity(handles.len());
     let mut frozen = Vec::new();
     for handle in &handles {

@@ -43,14 +43,18 @@ impl AgentView {
 
     /// With `count_serving`, connections of ready generations are read from
     /// the kernel too (draining ones always have a fresh count).
-    pub async fn status(&self, count_serving: bool) -> AgentStatus {
-        let handles: Vec<ServiceHandle> = self
-            .services
+    /// Every service, in name order.
+    pub fn handles(&self) -> Vec<ServiceHandle> {
+        self.services
             .read()
             .expect("services lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    pub async fn status(&self, count_serving: bool) -> AgentStatus {
+        let handles = self.handles();
         let mut services = Vec::with_capacity(handles.len());
         for handle in handles {
             if let Some(mut status) = handle.status().await {

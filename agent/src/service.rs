@@ -454,6 +454,18 @@ impl Service {
         })
     }
 
+    /// Turns the reaper's news of the generation's main process into a message.
+    fn report_exit(&self, number: u64, exit_watch: crate::reaper::ExitWatch) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let exit = wait_exit(exit_watch).await;
+            let _ = tx.send(Msg::Exited {
+                generation: number,
+                exit,
+            });
+        });
+    }
+
     /// Takes over what the agent's previous image ran.
     fn adopt(&mut self, handed: ServiceHandover) {
         self.next_generation = handed.next_generation;
@@ -480,14 +492,7 @@ impl Service {
                     tx: self.tx.clone(),
                 },
             );
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let exit = wait_exit(exit_watch).await;
-                let _ = tx.send(Msg::Exited {
-                    generation: number,
-                    exit,
-                });
-            });
+            self.report_exit(number, exit_watch);
             let tasks = CancellationToken::new();
             let phase = match handed.phase {
                 HandedPhase::Ready => Phase::Ready,
@@ -644,14 +649,7 @@ impl Service {
 
         let now = Instant::now();
         let tasks = CancellationToken::new();
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let exit = wait_exit(exit_watch).await;
-            let _ = tx.send(Msg::Exited {
-                generation: number,
-                exit,
-            });
-        });
+        self.report_exit(number, exit_watch);
         if let Some(target) = probe_target(&self.config.ready, number, probe_port) {
             tokio::spawn(probe_until_ready(
                 target,
