@@ -172,3 +172,43 @@ fn a_ready_message_from_a_stranger_pid_is_ignored() {
     assert_eq!(ignored, 3);
     assert_eq!(agent.service("web").state, ServiceState::Ready);
 }
+
+#[test]
+fn a_service_that_cannot_start_never_takes_the_agent_or_the_others_down() {
+    let agent = AgentUnderTest::start_unchecked(&format!(
+        "{}{}",
+        demo_service("good", ""),
+        r#"
+[[service]]
+name = "broken"
+command = ["/nonexistent/bin/server"]
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#
+    ));
+    let status = agent.wait_for(
+        "good ready, broken crash-looping",
+        Duration::from_secs(10),
+        |s| {
+            let good = s.services.iter().find(|x| x.name == "good").unwrap();
+            let broken = s.services.iter().find(|x| x.name == "broken").unwrap();
+            good.state == ServiceState::Ready
+                && broken.state == ServiceState::CrashLooping
+                && broken.consecutive_crashes >= 2
+        },
+    );
+    assert!(
+        status
+            .services
+            .iter()
+            .any(|s| s.name == "broken" && s.generations.is_empty())
+    );
+    let (_, report) = agent.restart("broken");
+    assert_eq!(report.outcome, Some(RestartOutcome::Failed));
+    let reason = report.outcome_reason.unwrap_or_default();
+    assert!(reason.contains("/nonexistent/bin/server"), "{reason}");
+    let (_, report) = agent.restart("good");
+    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
+}
