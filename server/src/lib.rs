@@ -4,11 +4,14 @@
 //! reads the live picture (`fleet`) and the history, and starts rolling
 //! restarts (`orchestrator`) that send commands back over the links.
 //!
+//! `dashboard` renders the same reads as HTML for browsers.
+//!
 //! Architecture invariant: only `store` contains SQL, and only `link` speaks
 //! the WebSocket protocol.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod fleet;

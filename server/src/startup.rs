@@ -1,10 +1,12 @@
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpServer, web};
+use actix_web::http::header;
+use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use crate::auth::TokenCache;
+use crate::dashboard::Sessions;
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -19,6 +21,8 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     pub orchestrator: Orchestrator,
     pub tokens: TokenCache,
+    /// Signed-in browsers of the dashboard.
+    pub sessions: Sessions,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
 }
@@ -55,6 +59,7 @@ impl Application {
             fleet,
             orchestrator: orchestrator.clone(),
             tokens: TokenCache::default(),
+            sessions: Sessions::default(),
             metrics,
             settings,
         });
@@ -62,6 +67,9 @@ impl Application {
 
         let server = HttpServer::new(move || {
             App::new()
+                // The same paths answer HTML or JSON by `Accept`; caches must
+                // keep the two apart.
+                .wrap(middleware::DefaultHeaders::new().add((header::VARY, "Accept")))
                 .app_data(state.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid query string: {error}")).into()

@@ -704,28 +704,45 @@ pub struct RestartFilter {
 }
 
 /// Newest first. Only the conditions asked for are in the statement, so
-/// each filter can use its `(column, id)` index.
+/// each filter can use its `(column, id)` index. A host filter walks
+/// `restart_hosts_by_host` backwards from the cursor and stops at the page's
+/// end, so even a host with no restart at all costs one index probe, not a
+/// look at every restart.
 pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<RestartPage> {
-    let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {RESTART_COLUMNS} FROM restarts r WHERE 1 = 1"
-    ));
+    let columns = RESTART_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (mut query, id_column) = match &filter.host {
+        Some(host) => {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {columns} FROM restart_hosts h JOIN restarts r ON r.id = h.restart_id
+                 WHERE h.host = "
+            ));
+            query.push_bind(host.clone());
+            (query, "h.restart_id")
+        }
+        None => (
+            sqlx::QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {columns} FROM restarts r WHERE 1 = 1"
+            )),
+            "r.id",
+        ),
+    };
     if let Some(service) = &filter.service {
         query.push(" AND r.service = ").push_bind(service.clone());
     }
     if let Some(outcome) = filter.outcome {
         query.push(" AND r.outcome = ").push_bind(outcome.as_str());
     }
-    if let Some(host) = &filter.host {
-        query
-            .push(" AND EXISTS (SELECT 1 FROM restart_hosts h WHERE h.restart_id = r.id AND h.host = ")
-            .push_bind(host.clone())
-            .push(")");
-    }
     if let Some(before) = filter.before {
-        query.push(" AND r.id < ").push_bind(to_i64(before));
+        query
+            .push(format!(" AND {id_column} < "))
+            .push_bind(to_i64(before));
     }
     query
-        .push(" ORDER BY r.id DESC LIMIT ")
+        .push(format!(" ORDER BY {id_column} DESC LIMIT "))
         .push_bind(i64::from(filter.limit));
     let rows: Vec<RestartRow> = query
         .build_query_as()

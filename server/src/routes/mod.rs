@@ -8,7 +8,7 @@ mod hosts;
 mod metrics;
 mod openapi;
 mod restarts;
-mod services;
+pub mod services;
 
 use actix_web::{HttpResponse, web};
 use futures::StreamExt;
@@ -16,6 +16,8 @@ use futures::StreamExt;
 use crate::error::ApiError;
 
 pub fn configure(config: &mut web::ServiceConfig) {
+    // First, so a browser asking for HTML gets the page before the JSON route.
+    crate::dashboard::configure(config);
     config
         .route("/healthz", web::get().to(health::get))
         .route("/metrics", web::get().to(metrics::get))
@@ -36,8 +38,18 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/agent/v1/connect", web::get().to(agent::connect));
 }
 
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route".into()))
+pub async fn not_found(request: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    let accept = request
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if crate::dashboard::prefers_html(accept) {
+        crate::dashboard::PageError::NotFound("There is no page here.".into()).error_response()
+    } else {
+        ApiError::NotFound("no such route".into()).error_response()
+    }
 }
 
 /// Reads a request body up to `limit` bytes; anything bigger is a `413`

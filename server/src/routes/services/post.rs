@@ -47,15 +47,44 @@ pub async fn restart(
             "reason is longer than {MAX_REASON_CHARS} characters"
         )));
     }
-    let max_parallel = body.max_parallel.unwrap_or(1);
+    let id = start_restart(&state, &service, &body, &operator.0.name, idempotency_key).await?;
+
+    let restart: Restart = if query.wait {
+        state.orchestrator.wait_finished(id).await?
+    } else {
+        store::get_restart(&state.db, id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("restart {id} vanished"))?
+    };
+    let mut response = if query.wait {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Accepted()
+    };
+    Ok(response
+        .insert_header((header::LOCATION, format!("/restarts/{id}")))
+        .json(restart))
+}
+
+/// Creates a restart of `service` on the hosts that run it (or those the
+/// request names) and starts driving it; shared by the API and the
+/// dashboard's restart button. Returns the restart's id, which is an older
+/// restart's when the idempotency key was seen before.
+pub async fn start_restart(
+    state: &AppState,
+    service: &ServiceName,
+    request: &RestartRequest,
+    requested_by: &str,
+    idempotency_key: Option<&str>,
+) -> Result<u64, ApiError> {
+    let max_parallel = request.max_parallel.unwrap_or(1);
     if max_parallel == 0 {
         return Err(ApiError::Unprocessable(
             "max_parallel must be at least 1".into(),
         ));
     }
-
     let running_hosts = state.fleet.hosts_running(service.as_str());
-    let hosts = match &body.hosts {
+    let hosts = match &request.hosts {
         None => running_hosts,
         Some(wanted) => {
             if wanted.is_empty() {
@@ -91,8 +120,8 @@ pub async fn restart(
             &state.db,
             &NewRestart {
                 service: service.as_str(),
-                reason: body.reason.as_deref(),
-                requested_by: &operator.0.name,
+                reason: request.reason.as_deref(),
+                requested_by,
                 idempotency_key,
                 max_parallel,
                 hosts: &hosts,
@@ -102,7 +131,7 @@ pub async fn restart(
     };
     let id = match created {
         Created::New(id) => {
-            tracing::info!(restart_id = id, %service, hosts = hosts.len(), by = %operator.0.name, "restart requested");
+            tracing::info!(restart_id = id, %service, hosts = hosts.len(), by = %requested_by, "restart requested");
             state.orchestrator.start(id);
             id
         }
@@ -126,21 +155,7 @@ pub async fn restart(
         }
     };
 
-    let restart: Restart = if query.wait {
-        state.orchestrator.wait_finished(id).await?
-    } else {
-        store::get_restart(&state.db, id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("restart {id} vanished"))?
-    };
-    let mut response = if query.wait {
-        HttpResponse::Ok()
-    } else {
-        HttpResponse::Accepted()
-    };
-    Ok(response
-        .insert_header((header::LOCATION, format!("/restarts/{id}")))
-        .json(restart))
+    Ok(id)
 }
 
 fn idempotency_key(request: &HttpRequest) -> Result<Option<&str>, ApiError> {

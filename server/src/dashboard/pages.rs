@@ -1,0 +1,431 @@
+//! One handler per page. Reads need a signed-in session; the restart form
+//! needs an operator session and the session's form token.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use baton_proto::RestartOutcome;
+use baton_proto::api::{RestartRequest, RestartState};
+
+use crate::auth::hash_token;
+use crate::dashboard::views::{
+    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewPage, RestartDetail, RestartLine,
+    RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
+};
+use crate::dashboard::{PageError, SignedIn, page, page_with_status, see_other, timeline};
+use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
+use crate::error::ApiError;
+use crate::routes::services::post::start_restart;
+use crate::startup::AppState;
+use crate::store::{self, RestartFilter};
+
+const RECENT_RESTARTS: u32 = 12;
+const HISTORY_PAGE: u32 = 50;
+/// Enough generations for the timeline's last restarts on a few hosts.
+const TIMELINE_GENERATIONS: u32 = 60;
+
+#[derive(serde::Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a path on this server: an open redirect would let a link to our
+/// login page forward a freshly signed-in person anywhere.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
+            next.to_string()
+        }
+        _ => "/".to_string(),
+    }
+}
+
+pub async fn login_form(
+    query: web::Query<NextQuery>,
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, PageError> {
+    let next = safe_next(query.next.as_deref());
+    if state.sessions.find(&request).is_some() {
+        return Ok(see_other(&next));
+    }
+    page(&LoginPage {
+        layout: Layout::anonymous("login"),
+        next,
+        error: None,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+pub async fn login(
+    form: web::Form<LoginForm>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let next = safe_next(form.next.as_deref());
+    let token = form.token.trim();
+    let refused = |error: &str| {
+        page_with_status(
+            StatusCode::UNAUTHORIZED,
+            &LoginPage {
+                layout: Layout::anonymous("login"),
+                next: next.clone(),
+                error: Some(error.to_string()),
+            },
+        )
+    };
+    if token.is_empty() {
+        return refused("Paste a viewer or operator token.");
+    }
+    match store::find_token(&state.db, &hash_token(token)).await? {
+        Some((name, role @ (Role::Viewer | Role::Operator))) => {
+            tracing::info!(token = %name, role = role.as_str(), "dashboard sign-in");
+            let cookie = state.sessions.open(&name, role);
+            let mut response = see_other(&next);
+            response
+                .add_cookie(&cookie)
+                .map_err(|e| anyhow::anyhow!("cannot set the session cookie: {e}"))?;
+            Ok(response)
+        }
+        Some((_, Role::Agent)) => {
+            refused("That is an agent token; sign in with a viewer or operator token.")
+        }
+        None => refused("This token is not known to this server."),
+    }
+}
+
+pub async fn logout(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let cookie = state.sessions.close(&request);
+    let mut response = see_other("/login");
+    response
+        .add_cookie(&cookie)
+        .map_err(|e| anyhow::anyhow!("cannot clear the session cookie: {e}"))?;
+    Ok(response)
+}
+
+pub async fn overview(
+    SignedIn(session): SignedIn,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let now = now_millis();
+    let services = state.fleet.services();
+    let hosts = state.fleet.hosts();
+    let recent = store::list_restarts(
+        &state.db,
+        &RestartFilter {
+            limit: RECENT_RESTARTS,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let lines: Vec<ServiceLine> = services.iter().map(|s| ServiceLine::new(s, now)).collect();
+    let summary = Summary {
+        services: services.len(),
+        hosts_online: hosts.iter().filter(|h| h.online).count(),
+        hosts: hosts.len(),
+        draining: lines
+            .iter()
+            .flat_map(|s| &s.hosts)
+            .map(|h| h.draining.len())
+            .sum(),
+        attention: lines
+            .iter()
+            .flat_map(|s| &s.hosts)
+            .filter(|h| matches!(h.badge.label, "crash-looping" | "offline" | "stopped"))
+            .count(),
+    };
+    page(&OverviewPage {
+        layout: Layout::for_session(&session, "overview"),
+        summary,
+        services: lines,
+        restarts: recent
+            .restarts
+            .iter()
+            .map(|r| RestartLine::new(r, now))
+            .collect(),
+    })
+}
+
+fn parse_service(name: &str) -> Result<ServiceName, PageError> {
+    ServiceName::parse(name).map_err(PageError::NotFound)
+}
+
+/// The live part of the service page: hosts and the timeline.
+pub async fn service_live(state: &AppState, name: &ServiceName) -> anyhow::Result<ServiceLive> {
+    let now = now_millis();
+    let service = state.fleet.service(name.as_str());
+    let generations =
+        store::list_generations(&state.db, name.as_str(), None, TIMELINE_GENERATIONS).await?;
+    let running_restart = store::running_restart_of(&state.db, name.as_str()).await?;
+    Ok(ServiceLive {
+        name: name.to_string(),
+        hosts: service
+            .as_ref()
+            .map(|s| s.hosts.iter().map(|h| HostLine::new(h, now)).collect())
+            .unwrap_or_default(),
+        timeline: timeline::render(&generations.generations, service.as_ref(), now),
+        running_restart,
+    })
+}
+
+pub async fn service(
+    SignedIn(session): SignedIn,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let name = parse_service(&path)?;
+    let live = service_live(&state, &name).await?;
+    let restarts = store::list_restarts(
+        &state.db,
+        &RestartFilter {
+            service: Some(name.to_string()),
+            limit: RECENT_RESTARTS,
+            ..Default::default()
+        },
+    )
+    .await?;
+    if live.hosts.is_empty()
+        && restarts.restarts.is_empty()
+        && live.timeline.contains("No generation")
+    {
+        return Err(PageError::NotFound(format!(
+            "No host runs a service named {name}, and none ever did."
+        )));
+    }
+    let now = now_millis();
+    page(&ServicePage {
+        layout: Layout::for_session(&session, "overview"),
+        name: name.to_string(),
+        host_count: live.hosts.len(),
+        live,
+        restarts: restarts
+            .restarts
+            .iter()
+            .map(|r| RestartLine::new(r, now))
+            .collect(),
+    })
+}
+
+fn require_operator(session: &crate::dashboard::Session) -> Result<(), PageError> {
+    if session.can_restart() {
+        Ok(())
+    } else {
+        Err(PageError::Forbidden(format!(
+            "You are signed in as {} with a viewer token, which can look but not restart. \
+             Sign in with an operator token to restart services.",
+            session.name
+        )))
+    }
+}
+
+/// The confirmation step for browsers without JavaScript (with it, the same
+/// form opens in a dialog on the service page).
+pub async fn confirm_restart(
+    SignedIn(session): SignedIn,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let name = parse_service(&path)?;
+    require_operator(&session)?;
+    let service = state
+        .fleet
+        .service(name.as_str())
+        .ok_or_else(|| PageError::NotFound(format!("No host runs a service named {name}.")))?;
+    let now = now_millis();
+    page(&ConfirmPage {
+        layout: Layout::for_session(&session, "overview"),
+        name: name.to_string(),
+        hosts: service
+            .hosts
+            .iter()
+            .map(|h| HostLine::new(h, now))
+            .collect(),
+        running_restart: store::running_restart_of(&state.db, name.as_str()).await?,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct RestartForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+}
+
+/// The restart button's final POST: checks the form token before anything
+/// else, then starts the restart and sends the browser to its live page.
+pub async fn restart(
+    SignedIn(session): SignedIn,
+    path: web::Path<String>,
+    form: web::Form<RestartForm>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    if !session.csrf_matches(form.csrf.as_deref()) {
+        return Err(PageError::Forbidden(
+            "This form is missing its security token or it has expired. \
+             Go back, reload the page and try again."
+                .into(),
+        ));
+    }
+    require_operator(&session)?;
+    let name = parse_service(&path)?;
+    let reason = form
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| r.chars().take(1024).collect::<String>());
+    let request = RestartRequest {
+        reason,
+        ..Default::default()
+    };
+    match start_restart(&state, &name, &request, &session.name, None).await {
+        Ok(id) => Ok(see_other(&format!("/restarts/{id}"))),
+        // The one already running is what the person wants to watch.
+        Err(ApiError::Conflict { restart_id, .. }) => {
+            Ok(see_other(&format!("/restarts/{restart_id}")))
+        }
+        Err(ApiError::NotFound(message)) => Err(PageError::NotFound(message)),
+        Err(ApiError::Unexpected(error)) => Err(PageError::Unexpected(error)),
+        Err(other) => Err(PageError::BadRequest(other.to_string())),
+    }
+}
+
+pub async fn restart_detail(state: &AppState, id: u64) -> Result<RestartDetail, PageError> {
+    let restart = store::get_restart(&state.db, id)
+        .await?
+        .ok_or_else(|| PageError::NotFound(format!("There is no restart {id}.")))?;
+    let live = if restart.state == RestartState::Running {
+        state.fleet.service(&restart.service)
+    } else {
+        None
+    };
+    Ok(RestartDetail::new(&restart, live.as_ref(), now_millis()))
+}
+
+pub async fn restart_page(
+    SignedIn(session): SignedIn,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let id: u64 = path
+        .parse()
+        .map_err(|_| PageError::NotFound(format!("There is no restart {path}.")))?;
+    page(&RestartPage {
+        layout: Layout::for_session(&session, "restarts"),
+        detail: restart_detail(&state, id).await?,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct HistoryQuery {
+    service: Option<String>,
+    host: Option<String>,
+    outcome: Option<String>,
+    before: Option<u64>,
+}
+
+fn history_url(service: &str, host: &str, outcome: &str, before: Option<u64>) -> String {
+    let mut params = Vec::new();
+    for (key, value) in [("service", service), ("host", host), ("outcome", outcome)] {
+        if !value.is_empty() {
+            params.push(format!("{key}={}", crate::dashboard::percent_encode(value)));
+        }
+    }
+    if let Some(before) = before {
+        params.push(format!("before={before}"));
+    }
+    if params.is_empty() {
+        "/restarts".into()
+    } else {
+        format!("/restarts?{}", params.join("&"))
+    }
+}
+
+/// Newest first, 50 a page, paged by id (`before`), never by offset: each
+/// page costs the same however deep, and the filters use the indexes.
+pub async fn restarts(
+    SignedIn(session): SignedIn,
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let query = query.into_inner();
+    let service = query.service.unwrap_or_default().trim().to_string();
+    let host = query.host.unwrap_or_default().trim().to_string();
+    let outcome = query.outcome.unwrap_or_default();
+    let mut error = None;
+    let mut filter = RestartFilter {
+        before: query.before,
+        limit: HISTORY_PAGE,
+        ..Default::default()
+    };
+    if !service.is_empty() {
+        match ServiceName::parse(&service) {
+            Ok(name) => filter.service = Some(name.to_string()),
+            Err(e) => error = Some(e),
+        }
+    }
+    if !host.is_empty() {
+        match validate_host_name(&host) {
+            Ok(()) => filter.host = Some(host.clone()),
+            Err(e) => error = Some(e),
+        }
+    }
+    if !outcome.is_empty() {
+        match outcome.parse::<RestartOutcome>() {
+            Ok(o) => filter.outcome = Some(o),
+            Err(e) => error = Some(e),
+        }
+    }
+    let now = now_millis();
+    let (lines, next_before) = if error.is_some() {
+        (Vec::new(), None)
+    } else {
+        let page = store::list_restarts(&state.db, &filter).await?;
+        (
+            page.restarts
+                .iter()
+                .map(|r| RestartLine::new(r, now))
+                .collect(),
+            page.next_before,
+        )
+    };
+    let outcomes = RestartOutcome::ALL
+        .iter()
+        .map(|o| Choice {
+            value: o.as_str(),
+            label: match o {
+                RestartOutcome::Succeeded => "succeeded",
+                RestartOutcome::Forced => "forced",
+                RestartOutcome::RolledBack => "rolled back",
+                RestartOutcome::Failed => "failed",
+            },
+            selected: o.as_str() == outcome,
+        })
+        .collect();
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    page_with_status(
+        status,
+        &RestartsPage {
+            layout: Layout::for_session(&session, "restarts"),
+            filtered: !(service.is_empty() && host.is_empty() && outcome.is_empty()),
+            newer: query
+                .before
+                .map(|_| history_url(&service, &host, &outcome, None)),
+            older: next_before.map(|b| history_url(&service, &host, &outcome, Some(b))),
+            service,
+            host,
+            outcomes,
+            error,
+            restarts: lines,
+        },
+    )
+}

@@ -1,0 +1,274 @@
+//! The service page's picture of generations: one lane per host, one bar per
+//! generation on a shared time axis, so the overlap of a restart (the new
+//! generation starting while the old one still serves, then drains) is seen
+//! at a glance. Rendered on the server as SVG: no chart library, no script.
+
+use baton_proto::UnixMillis;
+use baton_proto::api::{GenerationRecord, Service};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::dashboard::format::{clock, duration_ms, timestamp};
+
+/// Older generations add nothing to the picture of the last restarts and
+/// would squeeze the recent ones into slivers.
+const GENERATIONS_PER_HOST: usize = 6;
+const WIDTH: f64 = 1000.0;
+const LABEL_WIDTH: f64 = 120.0;
+const LANE_HEIGHT: f64 = 44.0;
+const BAR_HEIGHT: f64 = 16.0;
+const AXIS_HEIGHT: f64 = 26.0;
+const MAX_SPAN_MS: u64 = 15 * 60 * 1000;
+/// Roughly the width of one character of a bar label, to leave out labels
+/// that would spill out of their bar.
+const LABEL_CHAR_WIDTH: f64 = 7.5;
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `generations` newest first, as the store lists them; `live` is the
+/// service as its agents report it now.
+pub fn render(generations: &[GenerationRecord], live: Option<&Service>, now: UnixMillis) -> String {
+    let mut by_host: BTreeMap<&str, Vec<&GenerationRecord>> = BTreeMap::new();
+    for generation in generations {
+        let lane = by_host.entry(generation.host.as_str()).or_default();
+        if lane.len() < GENERATIONS_PER_HOST {
+            lane.push(generation);
+        }
+    }
+    if by_host.is_empty() {
+        return "<p class=\"empty\">No generation recorded yet.</p>".to_string();
+    }
+    let start_of = |g: &GenerationRecord| {
+        g.spawned_at
+            .or(g.ready_at)
+            .or(g.draining_at)
+            .or(g.exited_at)
+            .unwrap_or(now)
+    };
+    let earliest = by_host
+        .values()
+        .flatten()
+        .map(|g| start_of(g))
+        .min()
+        .unwrap_or(now);
+    // The newest start (the last restart) gets at least half the width, so
+    // its overlap is visible even after a generation that served for a week;
+    // at least a minute, at most a quarter of an hour. Older starts are
+    // clipped at the left edge.
+    let newest = by_host
+        .values()
+        .flatten()
+        .map(|g| start_of(g))
+        .max()
+        .unwrap_or(now);
+    let span = (2 * now.saturating_sub(newest))
+        .clamp(60_000, MAX_SPAN_MS)
+        .min(now.saturating_sub(earliest).max(60_000));
+    let window_start = now - span - span / 20;
+    let window = (now - window_start) as f64;
+    let plot_width = WIDTH - LABEL_WIDTH - 10.0;
+    let x = |at: UnixMillis| {
+        LABEL_WIDTH + (at.saturating_sub(window_start) as f64 / window) * plot_width
+    };
+
+    let height = AXIS_HEIGHT + LANE_HEIGHT * by_host.len() as f64 + 4.0;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<svg class=\"timeline\" viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" aria-labelledby=\"timeline-title\">\
+         <title id=\"timeline-title\">Generations per host from {} to {}</title>",
+        timestamp(window_start),
+        timestamp(now)
+    );
+    for tick in 0..=4 {
+        let at = window_start + (now - window_start) * tick / 4;
+        let tx = x(at);
+        let anchor = match tick {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            svg,
+            "<line class=\"grid\" x1=\"{tx:.1}\" x2=\"{tx:.1}\" y1=\"{AXIS_HEIGHT}\" y2=\"{:.1}\"/>\
+             <text class=\"axis\" x=\"{tx:.1}\" y=\"16\" text-anchor=\"{anchor}\">{}</text>",
+            height - 2.0,
+            clock(at)
+        );
+    }
+    for (lane, (host, generations)) in by_host.iter().enumerate() {
+        let top = AXIS_HEIGHT + LANE_HEIGHT * lane as f64;
+        let _ = write!(
+            svg,
+            "<text class=\"host\" x=\"0\" y=\"{:.1}\">{}</text>",
+            top + LANE_HEIGHT / 2.0 + 4.0,
+            escape(host)
+        );
+        let on_host = live.and_then(|s| s.hosts.iter().find(|h| h.host == *host));
+        let oldest_first: Vec<&GenerationRecord> = generations.iter().rev().copied().collect();
+        for (index, generation) in oldest_first.iter().enumerate() {
+            // Neighbouring generations alternate between two rows, so the
+            // overlap of a restart shows as two bars one above the other.
+            let row = (index % 2) as f64;
+            let y = top + 4.0 + row * (BAR_HEIGHT + 4.0);
+            // A generation with no recorded exit that its connected agent no
+            // longer reports ended unseen (the agent was replaced, or its
+            // last events were lost): end it where its successor began.
+            let vanished = generation.exited_at.is_none()
+                && on_host.is_some_and(|h| {
+                    h.online && !h.generations.iter().any(|g| g.pid == generation.pid)
+                });
+            let end = if generation.exited_at.is_some() {
+                generation.exited_at
+            } else if vanished {
+                Some(
+                    oldest_first
+                        .get(index + 1)
+                        .map(|next| start_of(next))
+                        .unwrap_or(now),
+                )
+            } else {
+                None
+            };
+            render_bar(&mut svg, generation, start_of(generation), end, now, y, &x);
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn render_bar(
+    svg: &mut String,
+    generation: &GenerationRecord,
+    start: UnixMillis,
+    ended: Option<UnixMillis>,
+    now: UnixMillis,
+    y: f64,
+    x: &impl Fn(UnixMillis) -> f64,
+) {
+    let end = ended.unwrap_or(now);
+    let ready = generation.ready_at;
+    let draining = generation.draining_at;
+    // Phases in order; each ends where the next begins.
+    let serving_from = ready.unwrap_or(end);
+    let serving_to = draining.unwrap_or(end);
+    let segments = [
+        ("starting", start, serving_from),
+        ("serving", serving_from, serving_to),
+        ("draining", draining.unwrap_or(end), end),
+    ];
+    let mut tooltip = format!(
+        "generation {} · pid {}",
+        generation.generation, generation.pid
+    );
+    for (label, at) in [
+        ("spawned", generation.spawned_at),
+        ("ready", ready),
+        ("draining", draining),
+        ("exited", generation.exited_at),
+    ] {
+        if let Some(at) = at {
+            let _ = write!(tooltip, " · {label} {}", clock(at));
+        }
+    }
+    if let Some(ready) = ready {
+        let _ = write!(
+            tooltip,
+            " · ready after {}",
+            duration_ms(ready.saturating_sub(start))
+        );
+    }
+    if ended.is_some() && generation.exited_at.is_none() {
+        tooltip.push_str(" · its end was not recorded");
+    }
+    if let Some(cut) = generation.connections_cut {
+        let _ = write!(tooltip, " · {cut} connections cut");
+    }
+    let _ = write!(
+        svg,
+        "<g class=\"generation\" data-generation=\"{}\"><title>{}</title>",
+        generation.generation,
+        escape(&tooltip)
+    );
+    for (class, from, to) in segments {
+        if to <= from {
+            continue;
+        }
+        let x1 = x(from);
+        let w = (x(to) - x1).max(1.5);
+        let _ = write!(
+            svg,
+            "<rect class=\"{class}\" x=\"{x1:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{BAR_HEIGHT}\" rx=\"3\"/>"
+        );
+    }
+    let serving = ended.is_none() && draining.is_none() && ready.is_some();
+    let bar_width = x(end) - x(start);
+    let long_label = format!("{} serving", generation.generation);
+    let short_label = generation.generation.to_string();
+    let label = [long_label, short_label]
+        .into_iter()
+        .filter(|l| serving || !l.contains(' '))
+        .find(|l| (l.len() as f64) * LABEL_CHAR_WIDTH + 8.0 <= bar_width);
+    if let Some(label) = label {
+        let _ = write!(
+            svg,
+            "<text class=\"bar-label\" x=\"{:.1}\" y=\"{:.1}\">{label}</text>",
+            x(start) + 4.0,
+            y + BAR_HEIGHT - 4.0,
+        );
+    }
+    svg.push_str("</g>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::api::GenerationPhase;
+
+    fn record(generation: u64, spawned: u64, exited: Option<u64>) -> GenerationRecord {
+        GenerationRecord {
+            id: generation,
+            host: "alpha".into(),
+            service: "web".into(),
+            generation,
+            pid: 100 + generation as u32,
+            phase: if exited.is_some() {
+                GenerationPhase::Exited
+            } else {
+                GenerationPhase::Ready
+            },
+            spawned_at: Some(spawned),
+            ready_at: Some(spawned + 500),
+            draining_at: exited.map(|e| e - 1000),
+            exited_at: exited,
+            exit_status: None,
+            connections_cut: None,
+            agent_restart_id: None,
+        }
+    }
+
+    #[test]
+    fn overlapping_generations_are_two_bars_on_one_lane() {
+        let now = 1_000_000;
+        let svg = render(
+            &[record(2, 900_000, None), record(1, 800_000, Some(902_000))],
+            None,
+            now,
+        );
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert_eq!(svg.matches("class=\"generation\"").count(), 2);
+        assert_eq!(svg.matches("class=\"draining\"").count(), 1);
+        assert!(svg.contains("2 serving"), "{svg}");
+        assert!(svg.contains(">alpha<"));
+    }
+
+    #[test]
+    fn no_generation_is_a_sentence_not_an_empty_picture() {
+        assert!(render(&[], None, 5).contains("No generation"));
+    }
+}

@@ -1,0 +1,539 @@
+//! What each page shows, already formatted: the templates in `web/templates`
+//! only lay these values out.
+
+use askama::Template;
+use baton_proto::api::{Restart, RestartState, Service, ServiceOnHost};
+use baton_proto::{EventKind, GenerationState, UnixMillis};
+
+use crate::dashboard::assets;
+use crate::dashboard::format::{
+    Badge, ago, clock_millis, duration_ms, host_restart_badge, restart_badge, service_state_badge,
+    timestamp,
+};
+use crate::dashboard::session::Session;
+use crate::domain::Role;
+
+/// The frame around every page: who is signed in, the form token, the assets.
+pub struct Layout {
+    pub user: Option<String>,
+    pub role: &'static str,
+    pub is_operator: bool,
+    pub csrf_token: String,
+    /// Which navigation entry is highlighted.
+    pub section: &'static str,
+    pub css: &'static str,
+    pub js: &'static str,
+}
+
+impl Layout {
+    pub fn anonymous(section: &'static str) -> Layout {
+        Layout {
+            user: None,
+            role: "",
+            is_operator: false,
+            csrf_token: String::new(),
+            section,
+            css: assets::css_url(),
+            js: assets::js_url(),
+        }
+    }
+
+    pub fn for_session(session: &Session, section: &'static str) -> Layout {
+        Layout {
+            user: Some(session.name.clone()),
+            role: session.role.as_str(),
+            is_operator: session.role == Role::Operator,
+            csrf_token: session.csrf_token.clone(),
+            section,
+            css: assets::css_url(),
+            js: assets::js_url(),
+        }
+    }
+}
+
+pub struct DrainLine {
+    pub generation: u64,
+    pub pid: u32,
+    pub connections: String,
+}
+
+/// One service on one host, as the overview and the service page list it.
+pub struct HostLine {
+    pub host: String,
+    pub badge: Badge,
+    pub generation: String,
+    pub pid: String,
+    pub uptime: String,
+    pub connections: String,
+    pub draining: Vec<DrainLine>,
+    pub starting: Option<String>,
+    pub status_text: Option<String>,
+    pub crashes: u32,
+}
+
+fn connections(n: Option<u32>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+}
+
+impl HostLine {
+    pub fn new(on_host: &ServiceOnHost, now: UnixMillis) -> HostLine {
+        let current = on_host.current.as_ref();
+        HostLine {
+            host: on_host.host.clone(),
+            badge: service_state_badge(on_host),
+            generation: current
+                .map(|g| g.generation.to_string())
+                .unwrap_or_else(|| "—".into()),
+            pid: current
+                .map(|g| g.pid.to_string())
+                .unwrap_or_else(|| "—".into()),
+            uptime: current
+                .map(|g| duration_ms(now.saturating_sub(g.ready_at.unwrap_or(g.started_at))))
+                .unwrap_or_else(|| "—".into()),
+            connections: current
+                .map(|g| connections(g.connections))
+                .unwrap_or_else(|| "—".into()),
+            draining: on_host
+                .draining
+                .iter()
+                .map(|g| DrainLine {
+                    generation: g.generation,
+                    pid: g.pid,
+                    connections: connections(g.connections),
+                })
+                .collect(),
+            starting: on_host
+                .generations
+                .iter()
+                .find(|g| g.state == GenerationState::Starting)
+                .map(|g| format!("generation {} starting (pid {})", g.generation, g.pid)),
+            status_text: current.and_then(|g| g.status_text.clone()),
+            crashes: on_host.consecutive_crashes,
+        }
+    }
+}
+
+pub struct ServiceLine {
+    pub name: String,
+    pub hosts: Vec<HostLine>,
+}
+
+impl ServiceLine {
+    pub fn new(service: &Service, now: UnixMillis) -> ServiceLine {
+        ServiceLine {
+            name: service.name.clone(),
+            hosts: service
+                .hosts
+                .iter()
+                .map(|h| HostLine::new(h, now))
+                .collect(),
+        }
+    }
+}
+
+/// One restart in a list.
+pub struct RestartLine {
+    pub id: u64,
+    pub service: String,
+    pub badge: Badge,
+    pub hosts: String,
+    pub requested_by: String,
+    pub reason: String,
+    pub started: String,
+    pub started_ago: String,
+    pub duration: String,
+}
+
+impl RestartLine {
+    pub fn new(restart: &Restart, now: UnixMillis) -> RestartLine {
+        RestartLine {
+            id: restart.id,
+            service: restart.service.clone(),
+            badge: restart_badge(restart.state, restart.outcome),
+            hosts: restart
+                .hosts
+                .iter()
+                .map(|h| h.host.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            requested_by: restart.requested_by.clone().unwrap_or_default(),
+            reason: restart
+                .outcome_reason
+                .clone()
+                .or_else(|| restart.reason.clone())
+                .unwrap_or_default(),
+            started: timestamp(restart.created_at),
+            started_ago: ago(restart.created_at, now),
+            duration: duration_ms(
+                restart
+                    .finished_at
+                    .unwrap_or(now)
+                    .saturating_sub(restart.created_at),
+            ),
+        }
+    }
+}
+
+/// One milestone of a host's restart: spawned, ready, draining, old exited.
+pub struct Phase {
+    pub label: &'static str,
+    pub reached: bool,
+    pub at: String,
+    /// Time since the milestone before it.
+    pub after: String,
+    pub note: String,
+}
+
+pub struct Step {
+    pub clock: String,
+    pub offset: String,
+    pub text: String,
+    pub kind: &'static str,
+}
+
+pub struct HostDetail {
+    pub host: String,
+    pub badge: Badge,
+    pub outcome_reason: Option<String>,
+    pub phases: Vec<Phase>,
+    pub steps: Vec<Step>,
+    pub took: Option<String>,
+    /// What the agent reports right now, while the restart runs.
+    pub live: Option<String>,
+}
+
+pub struct RestartDetail {
+    pub id: u64,
+    pub service: String,
+    pub running: bool,
+    pub badge: Badge,
+    pub outcome_reason: Option<String>,
+    pub reason: Option<String>,
+    pub requested_by: String,
+    pub started: String,
+    pub finished: Option<String>,
+    pub duration: String,
+    pub hosts: Vec<HostDetail>,
+}
+
+fn step_kind(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::RestartStarted { .. } => "started",
+        EventKind::GenerationSpawned { .. } => "spawned",
+        EventKind::GenerationReady { .. } => "ready",
+        EventKind::GenerationDraining { .. } | EventKind::DrainProgress { .. } => "draining",
+        EventKind::GenerationKilled { .. } => "killed",
+        EventKind::GenerationExited { .. } => "exited",
+        EventKind::RestartFinished { .. } => "finished",
+        _ => "other",
+    }
+}
+
+impl RestartDetail {
+    /// `live` is the service as the fleet reports it now, for the draining
+    /// generation's connection count between drain events.
+    pub fn new(restart: &Restart, live: Option<&Service>, now: UnixMillis) -> RestartDetail {
+        let running = restart.state == RestartState::Running;
+        let hosts = restart
+            .hosts
+            .iter()
+            .map(|host| {
+                let first_at = host
+                    .steps
+                    .first()
+                    .map(|s| s.at)
+                    .or(host.started_at)
+                    .unwrap_or(restart.created_at);
+                let steps = host
+                    .steps
+                    .iter()
+                    .map(|event| Step {
+                        clock: clock_millis(event.at),
+                        offset: format!("+{}", duration_ms(event.at.saturating_sub(first_at))),
+                        text: event.kind.to_string(),
+                        kind: step_kind(&event.kind),
+                    })
+                    .collect();
+                let live_line = live
+                    .filter(|_| running)
+                    .and_then(|s| s.hosts.iter().find(|h| h.host == host.host))
+                    .map(describe_live);
+                HostDetail {
+                    host: host.host.clone(),
+                    badge: host_restart_badge(host.state, host.outcome),
+                    outcome_reason: host.outcome_reason.clone(),
+                    phases: phases(&host.steps, first_at),
+                    steps,
+                    took: match (host.started_at, host.finished_at) {
+                        (Some(start), Some(end)) => Some(duration_ms(end.saturating_sub(start))),
+                        _ => None,
+                    },
+                    live: live_line,
+                }
+            })
+            .collect();
+        RestartDetail {
+            id: restart.id,
+            service: restart.service.clone(),
+            running,
+            badge: restart_badge(restart.state, restart.outcome),
+            outcome_reason: restart.outcome_reason.clone(),
+            reason: restart.reason.clone(),
+            requested_by: restart.requested_by.clone().unwrap_or_default(),
+            started: timestamp(restart.created_at),
+            finished: restart.finished_at.map(timestamp),
+            duration: duration_ms(
+                restart
+                    .finished_at
+                    .unwrap_or(now)
+                    .saturating_sub(restart.created_at),
+            ),
+            hosts,
+        }
+    }
+}
+
+fn plural(n: u32, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn describe_live(on_host: &ServiceOnHost) -> String {
+    let mut parts: Vec<String> = on_host
+        .generations
+        .iter()
+        .map(|g| {
+            let connections = g
+                .connections
+                .map(|n| format!(", {}", plural(n, "connection")))
+                .unwrap_or_default();
+            format!("generation {} {}{connections}", g.generation, g.state)
+        })
+        .collect();
+    if !on_host.online {
+        parts.push("agent offline".into());
+    }
+    parts.join(" · ")
+}
+
+/// The four milestones of a hot restart, read from the agent's events.
+fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
+    let new_generation = steps.iter().find_map(|e| match e.kind {
+        EventKind::GenerationSpawned { generation, .. } => Some(generation),
+        _ => None,
+    });
+    let mut spawned = None;
+    let mut ready = None;
+    let mut draining = None;
+    let mut drain_note = String::new();
+    let mut drained_from: Option<(u64, Option<u32>)> = None;
+    let mut killed = false;
+    let mut exited = None;
+    let mut exit_note = String::new();
+    let mut spawn_note = String::new();
+    let mut ready_note = String::new();
+    for event in steps {
+        match &event.kind {
+            EventKind::GenerationSpawned { generation, pid } => {
+                spawned.get_or_insert(event.at);
+                spawn_note = format!("generation {generation}, pid {pid}");
+            }
+            EventKind::GenerationReady { generation, .. }
+                if Some(*generation) == new_generation =>
+            {
+                ready = Some(event.at);
+                ready_note = format!("generation {generation} serves");
+            }
+            EventKind::GenerationDraining {
+                generation,
+                connections,
+                ..
+            } if Some(*generation) != new_generation => {
+                draining = Some(event.at);
+                drained_from = Some((*generation, *connections));
+                drain_note = match connections {
+                    Some(n) => {
+                        format!("generation {generation}: {} open", plural(*n, "connection"))
+                    }
+                    None => format!("generation {generation}"),
+                };
+            }
+            EventKind::DrainProgress {
+                generation,
+                connections,
+            } if Some(*generation) != new_generation => {
+                drain_note = match drained_from {
+                    Some((_, Some(first))) => format!(
+                        "generation {generation}: {first} → {} left",
+                        plural(*connections, "connection")
+                    ),
+                    _ => format!(
+                        "generation {generation}: {} left",
+                        plural(*connections, "connection")
+                    ),
+                };
+            }
+            EventKind::GenerationKilled {
+                connections_cut, ..
+            } => {
+                killed = true;
+                exit_note = format!(
+                    "killed at the drain timeout, {} cut",
+                    plural(*connections_cut, "connection")
+                );
+            }
+            EventKind::GenerationExited {
+                generation, status, ..
+            } if Some(*generation) != new_generation => {
+                exited = Some(event.at);
+                if !killed {
+                    exit_note = format!("generation {generation} {status}");
+                    if let Some((drained, Some(first))) = drained_from
+                        && drained == *generation
+                    {
+                        drain_note = format!(
+                            "generation {generation}: {} drained",
+                            plural(first, "connection")
+                        );
+                    }
+                }
+            }
+            EventKind::GenerationExited {
+                generation, status, ..
+            } => {
+                exit_note =
+                    format!("new generation {generation} {status}; the old one kept serving");
+            }
+            _ => {}
+        }
+    }
+    let mut previous = first_at;
+    [
+        ("spawned", spawned, spawn_note),
+        ("ready", ready, ready_note),
+        ("draining", draining, drain_note),
+        ("old exited", exited, exit_note),
+    ]
+    .into_iter()
+    .map(|(label, at, note)| {
+        let phase = Phase {
+            label,
+            reached: at.is_some(),
+            at: at.map(clock_millis).unwrap_or_else(|| "—".into()),
+            after: at
+                .map(|at| format!("+{}", duration_ms(at.saturating_sub(previous))))
+                .unwrap_or_default(),
+            note,
+        };
+        if let Some(at) = at {
+            previous = at;
+        }
+        phase
+    })
+    .collect()
+}
+
+// ---------------------------------------------------------------- pages
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub layout: Layout,
+    pub next: String,
+    pub error: Option<String>,
+}
+
+pub struct Summary {
+    pub services: usize,
+    pub hosts_online: usize,
+    pub hosts: usize,
+    pub draining: usize,
+    pub attention: usize,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+pub struct OverviewPage {
+    pub layout: Layout,
+    pub summary: Summary,
+    pub services: Vec<ServiceLine>,
+    pub restarts: Vec<RestartLine>,
+}
+
+/// The part of the service page that the live stream replaces.
+pub struct ServiceLive {
+    pub name: String,
+    pub hosts: Vec<HostLine>,
+    pub timeline: String,
+    pub running_restart: Option<u64>,
+}
+
+#[derive(Template)]
+#[template(path = "service_live.html")]
+pub struct ServiceLiveFragment {
+    pub live: ServiceLive,
+}
+
+#[derive(Template)]
+#[template(path = "service.html")]
+pub struct ServicePage {
+    pub layout: Layout,
+    pub name: String,
+    pub live: ServiceLive,
+    pub host_count: usize,
+    pub restarts: Vec<RestartLine>,
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+pub struct ConfirmPage {
+    pub layout: Layout,
+    pub name: String,
+    pub hosts: Vec<HostLine>,
+    pub running_restart: Option<u64>,
+}
+
+#[derive(Template)]
+#[template(path = "restart_live.html")]
+pub struct RestartLiveFragment {
+    pub detail: RestartDetail,
+}
+
+#[derive(Template)]
+#[template(path = "restart.html")]
+pub struct RestartPage {
+    pub layout: Layout,
+    pub detail: RestartDetail,
+}
+
+pub struct Choice {
+    pub value: &'static str,
+    pub label: &'static str,
+    pub selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "restarts.html")]
+pub struct RestartsPage {
+    pub layout: Layout,
+    pub service: String,
+    pub host: String,
+    pub outcomes: Vec<Choice>,
+    pub filtered: bool,
+    pub error: Option<String>,
+    pub restarts: Vec<RestartLine>,
+    pub newer: Option<String>,
+    pub older: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub layout: Layout,
+    pub status: u16,
+    pub title: &'static str,
+    pub message: String,
+}

@@ -1,0 +1,497 @@
+//! The dashboard in a real browser: Debian's headless Chromium driven over
+//! WebDriver (chromedriver), against the real baton-server and a real agent
+//! running the demo service. An operator signs in, opens the service, presses
+//! Restart, confirms, and watches the restart page turn to `succeeded` with
+//! the new generation, without the page reloading; a request without the
+//! form token is refused; a viewer cannot restart. Screenshots of the
+//! overview, service and restart pages, at laptop and phone widths, are
+//! saved in `target/artifacts/`.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `apt-get install -y chromium
+//! chromium-driver`); the test fails, saying so, when they are missing.
+
+use baton_tests::server::ServerUnderTest;
+use baton_tests::{AgentUnderTest, bin};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn chromedriver_path() -> PathBuf {
+    let candidates = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
+    let found = candidates.iter().map(PathBuf::from).find(|p| p.exists());
+    assert!(
+        Path::new(CHROMIUM).exists() && found.is_some(),
+        "the browser test needs Debian's Chromium and ChromeDriver: \
+         apt-get install -y chromium chromium-driver"
+    );
+    found.unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn artifacts_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The few WebDriver commands the test needs, over plain HTTP.
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    driver: ChromeDriver,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let profile = tempfile::Builder::new()
+            .prefix("baton-chromium-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let child = Command::new(chromedriver_path())
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = ChromeDriver {
+            child,
+            port,
+            _profile: profile,
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http
+                .get(format!("http://127.0.0.1:{port}/status"))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Without the networking flags Chromium keeps trying to reach
+        // Google's services, which a closed CI network refuses.
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                    format!("--user-data-dir={}", driver._profile.path().display()),
+                ]
+            }
+        }}});
+        let response: Value = http
+            .post(format!("http://127.0.0.1:{port}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = response["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {response}"))
+            .to_string();
+        Browser {
+            http,
+            session,
+            driver,
+        }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!(
+            "http://127.0.0.1:{}/session/{}{path}",
+            self.driver.port, self.session
+        );
+        let mut request = self.http.request(method.clone(), url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response: Value = request.send().await.unwrap().json().await.unwrap();
+        let value = response["value"].clone();
+        assert!(
+            value.get("error").is_none(),
+            "WebDriver {method} {path}: {value}"
+        );
+        value
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.command(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.command(reqwest::Method::GET, path, None).await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    async fn path(&self) -> String {
+        let url = self.get("/url").await.as_str().unwrap().to_string();
+        let after_host = url.splitn(4, '/').nth(3).unwrap_or("");
+        format!("/{after_host}")
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let found = self
+            .post("/element", json!({"using": "css selector", "value": css}))
+            .await;
+        found[ELEMENT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.post(&format!("/element/{element}/click"), json!({}))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.post(
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    /// Read in one script call: the live parts are replaced several times a
+    /// second, so an element found first and read later may be gone by then.
+    async fn text(&self, css: &str) -> String {
+        self.post(
+            "/execute/sync",
+            json!({
+                "script": "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                "args": [css],
+            }),
+        )
+        .await
+        .as_str()
+        .unwrap_or_else(|| panic!("no element {css}"))
+        .to_string()
+    }
+
+    async fn enabled(&self, css: &str) -> bool {
+        let element = self.find(css).await;
+        self.get(&format!("/element/{element}/enabled"))
+            .await
+            .as_bool()
+            .unwrap()
+    }
+
+    async fn run(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({"script": script, "args": []}))
+            .await
+    }
+
+    async fn wait_for_path(&self, wanted: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let path = self.path().await;
+            if wanted(&path) {
+                return path;
+            }
+            assert!(Instant::now() < deadline, "never reached {what}; at {path}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for_text(&self, css: &str, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.text(css).await;
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {needle:?}; it shows:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The whole page at this width, as a PNG in `target/artifacts/`.
+    async fn screenshot(&self, name: &str, width: u32) {
+        self.post("/window/rect", json!({"width": width, "height": 900}))
+            .await;
+        let height = self
+            .run("return document.documentElement.scrollHeight")
+            .await
+            .as_u64()
+            .unwrap_or(900);
+        self.post(
+            "/window/rect",
+            json!({"width": width, "height": (height + 140).min(4000)}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let png = self.get("/screenshot").await;
+        let bytes = base64_decode(png.as_str().unwrap());
+        let path = artifacts_dir().join(format!("dashboard-{name}-{width}.png"));
+        std::fs::write(&path, bytes).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+
+    async fn screenshots(&self, name: &str) {
+        self.screenshot(name, 390).await;
+        self.screenshot(name, 1280).await;
+    }
+
+    async fn cookie(&self, name: &str) -> String {
+        self.get(&format!("/cookie/{name}")).await["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn sign_in(&self, base: &str, token: &str) {
+        self.goto(&format!("{base}/login")).await;
+        self.type_into("#token", token).await;
+        self.click("form[action='/login'] button[type=submit]")
+            .await;
+        self.wait_for_path(|p| p == "/", "the overview after signing in")
+            .await;
+    }
+
+    async fn quit(self) {
+        let _ = self
+            .http
+            .delete(format!(
+                "http://127.0.0.1:{}/session/{}",
+                self.driver.port, self.session
+            ))
+            .send()
+            .await;
+    }
+}
+
+/// Screenshots come base64-encoded; a decoder is twenty lines, a crate is
+/// one more dependency for every build.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut buffer = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter_map(value) {
+        buffer = (buffer << 6) | c;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn agent_config(server: &ServerUnderTest) -> String {
+    // The new generation takes 2 s to get ready, so the restart page is
+    // surely open while the restart runs and must update itself.
+    format!(
+        r#"host = "alpha"
+{server}
+[[service]]
+name = "web"
+command = ["{demo}", "--drain-idle-grace", "300ms", "--start-delay", "2s"]
+ready_timeout = "10s"
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#,
+        server = server.agent_section(),
+        demo = bin("baton-demo").display(),
+    )
+}
+
+async fn wait_for_service(server: &ServerUnderTest) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = reqwest::Client::new()
+            .get(format!("{}/services/web", server.url()))
+            .bearer_auth(&server.viewer_token)
+            .send()
+            .await
+            .unwrap();
+        if response.status().is_success() {
+            let service: Value = response.json().await.unwrap();
+            if service["hosts"][0]["state"] == "ready" && service["hosts"][0]["online"] == true {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "web never reached the server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restarts_from_the_browser_and_watches_it_succeed_live() {
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let _agent = AgentUnderTest::start(&agent_config(&server));
+    wait_for_service(&server).await;
+    let base = server.url();
+    let browser = Browser::start().await;
+
+    browser.sign_in(&base, &server.operator_token).await;
+    browser
+        .wait_for_text("table.services", "web", Duration::from_secs(5))
+        .await;
+    browser.screenshots("overview").await;
+
+    browser.click("a[href='/services/web']").await;
+    browser
+        .wait_for_path(|p| p == "/services/web", "the service page")
+        .await;
+    assert!(browser.enabled("#restart-button").await);
+    browser.screenshots("service").await;
+
+    // With JavaScript the confirmation opens in a dialog on the same page.
+    browser.click("#restart-button").await;
+    assert_eq!(
+        browser
+            .run("return document.getElementById('restart-dialog').open")
+            .await,
+        true
+    );
+    browser.type_into("#reason-dialog", "browser test").await;
+    browser.click("#confirm-restart-dialog").await;
+    let restart_path = browser
+        .wait_for_path(|p| p.starts_with("/restarts/"), "the restart page")
+        .await;
+
+    // Marks this page load: a reload would lose it.
+    browser.run("window.batonPageLoad = 'first'").await;
+    let first = browser.text("#restart-live").await;
+    assert!(
+        first.contains("running"),
+        "the restart was not running at first:\n{first}"
+    );
+    let finished = browser
+        .wait_for_text(
+            "#restart-live .outcome-line",
+            "succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(!finished.contains("running"), "{finished}");
+    let steps = browser.text("#restart-live").await;
+    assert!(steps.contains("generation 2 ready"), "{steps}");
+    assert_eq!(
+        browser.run("return window.batonPageLoad").await,
+        "first",
+        "the page reloaded instead of updating itself"
+    );
+    assert_eq!(browser.path().await, restart_path);
+    browser.screenshots("restart").await;
+
+    // The service page now shows generation 2 serving.
+    browser.goto(&format!("{base}/services/web")).await;
+    browser
+        .wait_for_text("#service-live table.hosts", "2", Duration::from_secs(5))
+        .await;
+    let serving = browser.text("#service-live .generation-cell").await;
+    assert_eq!(serving.trim(), "2");
+    browser.screenshots("service-after-restart").await;
+
+    // The session cookie alone, without the page's form token, restarts nothing.
+    let cookie = browser.cookie("baton_session").await;
+    let forged = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/services/web/restart/confirm"))
+        .header("cookie", format!("baton_session={cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("reason=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let restarts: Value = reqwest::Client::new()
+        .get(format!("{base}/restarts"))
+        .bearer_auth(&server.viewer_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(restarts["restarts"].as_array().unwrap().len(), 1);
+    assert_eq!(restarts["restarts"][0]["reason"], "browser test");
+
+    // A viewer sees the button disabled, with the reason, and is refused.
+    browser.click(".who button[type=submit]").await;
+    browser
+        .wait_for_path(
+            |p| p.starts_with("/login"),
+            "the login page after signing out",
+        )
+        .await;
+    browser.sign_in(&base, &server.viewer_token).await;
+    browser.goto(&format!("{base}/services/web")).await;
+    assert!(!browser.enabled("#restart-button").await);
+    let why = browser.text("#restart-why").await;
+    assert!(why.contains("Viewers cannot restart"), "{why}");
+    browser
+        .goto(&format!("{base}/services/web/restart/confirm"))
+        .await;
+    let refusal = browser.text("main").await;
+    assert!(refusal.contains("operator token"), "{refusal}");
+    browser.screenshots("viewer-refused").await;
+
+    browser.quit().await;
+}
