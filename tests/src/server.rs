@@ -117,6 +117,21 @@ impl ServerUnderTest {
         }
     }
 
+    /// A whole agent config for one host of this server: `service` runs the
+    /// demo (with `args`) on `ip`, with `extra` lines in its table.
+    pub fn host_config(
+        &self,
+        host: &str,
+        ip: &str,
+        service: &str,
+        args: &[&str],
+        extra: &str,
+    ) -> String {
+        let service = crate::demo_service_args(service, args, extra)
+            .replace("tcp://127.0.0.1:0", &format!("tcp://{ip}:0"));
+        format!("host = \"{host}\"\n{}{service}", self.agent_section())
+    }
+
     /// The `[server]` section of an agent config for this server.
     pub fn agent_section(&self) -> String {
         format!(

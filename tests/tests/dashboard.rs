@@ -10,8 +10,8 @@
 //! Needs `chromium` and `chromedriver` (Debian: `apt-get install -y chromium
 //! chromium-driver`); the test fails, saying so, when they are missing.
 
+use baton_tests::AgentUnderTest;
 use baton_tests::server::ServerUnderTest;
-use baton_tests::{AgentUnderTest, bin};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -340,20 +340,12 @@ fn base64_decode(text: &str) -> Vec<u8> {
 fn agent_config(server: &ServerUnderTest) -> String {
     // The new generation takes 2 s to get ready, so the restart page is
     // surely open while the restart runs and must update itself.
-    format!(
-        r#"host = "alpha"
-{server}
-[[service]]
-name = "web"
-command = ["{demo}", "--drain-idle-grace", "300ms", "--start-delay", "2s"]
-ready_timeout = "10s"
-
-[[service.socket]]
-name = "http"
-listen = "tcp://127.0.0.1:0"
-"#,
-        server = server.agent_section(),
-        demo = bin("baton-demo").display(),
+    server.host_config(
+        "alpha",
+        "127.0.0.1",
+        "web",
+        &["--start-delay", "2s"],
+        r#"ready_timeout = "10s""#,
     )
 }
 

@@ -11,22 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 fn host_config(server: &ServerUnderTest, host: &str, ip: &str, extra_args: &[&str]) -> String {
-    let args: String = extra_args.iter().map(|a| format!(", \"{a}\"")).collect();
-    format!(
-        r#"host = "{host}"
-{server}
-[[service]]
-name = "demo"
-command = ["{demo}", "--drain-idle-grace", "300ms"{args}]
-ready_timeout = "3s"
-
-[[service.socket]]
-name = "http"
-listen = "tcp://{ip}:0"
-"#,
-        server = server.agent_section(),
-        demo = bin("baton-demo").display(),
-    )
+    server.host_config(host, ip, "demo", extra_args, r#"ready_timeout = "3s""#)
 }
 
 fn http() -> reqwest::Client {
