@@ -104,6 +104,8 @@ pub struct Service {
     pub hosts: Vec<ServiceOnHost>,
 }
 
+/// One service on one host. Every live generation appears exactly once, in
+/// the list that says what it is doing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServiceOnHost {
     pub host: String,
@@ -113,10 +115,17 @@ pub struct ServiceOnHost {
     /// The newest ready generation: the one that serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<GenerationInfo>,
-    /// Old generations still finishing their connections.
+    /// A new generation on its way up (during a restart or after a crash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub starting: Vec<GenerationInfo>,
+    /// Old generations still finishing their connections. An older
+    /// generation that still reports ready is listed here too: it is on its
+    /// way out.
     pub draining: Vec<GenerationInfo>,
-    /// Every live generation, newest last.
-    pub generations: Vec<GenerationInfo>,
+    /// Generations being stopped without a drain (a rolled-back new one, or
+    /// all of them when the service is removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopping: Vec<GenerationInfo>,
     pub consecutive_crashes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_restart: Option<RestartId>,
@@ -125,28 +134,47 @@ pub struct ServiceOnHost {
 impl ServiceOnHost {
     pub fn from_status(host: &str, online: bool, status: &ServiceStatus) -> Self {
         use crate::GenerationState;
-        let current = status
+        let newest_ready = status
             .generations
             .iter()
-            .rev()
-            .find(|g| g.state == GenerationState::Ready)
-            .cloned();
-        let draining = status
-            .generations
-            .iter()
-            .filter(|g| g.state == GenerationState::Draining)
-            .cloned()
-            .collect();
-        ServiceOnHost {
+            .rposition(|g| g.state == GenerationState::Ready);
+        let mut on_host = ServiceOnHost {
             host: host.to_string(),
             online,
             state: status.state,
-            current,
-            draining,
-            generations: status.generations.clone(),
+            current: None,
+            starting: Vec::new(),
+            draining: Vec::new(),
+            stopping: Vec::new(),
             consecutive_crashes: status.consecutive_crashes,
             running_restart: status.running_restart,
+        };
+        for (index, generation) in status.generations.iter().enumerate() {
+            let list = match generation.state {
+                GenerationState::Ready if Some(index) == newest_ready => {
+                    on_host.current = Some(generation.clone());
+                    continue;
+                }
+                GenerationState::Starting => &mut on_host.starting,
+                GenerationState::Ready | GenerationState::Draining => &mut on_host.draining,
+                GenerationState::Stopping => &mut on_host.stopping,
+            };
+            list.push(generation.clone());
         }
+        on_host
+    }
+
+    /// Every live generation, oldest first.
+    pub fn generations(&self) -> Vec<&GenerationInfo> {
+        let mut all: Vec<&GenerationInfo> = self
+            .current
+            .iter()
+            .chain(&self.starting)
+            .chain(&self.draining)
+            .chain(&self.stopping)
+            .collect();
+        all.sort_by_key(|g| g.generation);
+        all
     }
 }
 
@@ -215,4 +243,70 @@ pub struct GenerationPage {
     pub generations: Vec<GenerationRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_before: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GenerationState, ServiceState};
+
+    fn generation(number: u64, state: GenerationState) -> GenerationInfo {
+        GenerationInfo {
+            generation: number,
+            pid: 100 + number as u32,
+            state,
+            started_at: 1,
+            ready_at: None,
+            status_text: None,
+            connections: Some(number as u32),
+        }
+    }
+
+    fn status(generations: Vec<GenerationInfo>) -> ServiceStatus {
+        ServiceStatus {
+            name: "web".into(),
+            state: ServiceState::Restarting,
+            sockets: Vec::new(),
+            generations,
+            consecutive_crashes: 0,
+            running_restart: None,
+            last_restart: None,
+        }
+    }
+
+    #[test]
+    fn every_live_generation_is_listed_once_where_it_belongs() {
+        use GenerationState::*;
+        let all = vec![
+            generation(1, Draining),
+            generation(2, Ready),
+            generation(3, Ready),
+            generation(4, Starting),
+            generation(5, Stopping),
+        ];
+        let on_host = ServiceOnHost::from_status("h1", true, &status(all.clone()));
+        assert_eq!(on_host.current.as_ref().map(|g| g.generation), Some(3));
+        let numbers =
+            |list: &[GenerationInfo]| list.iter().map(|g| g.generation).collect::<Vec<_>>();
+        assert_eq!(numbers(&on_host.draining), [1, 2]);
+        assert_eq!(numbers(&on_host.starting), [4]);
+        assert_eq!(numbers(&on_host.stopping), [5]);
+        let listed: Vec<GenerationInfo> = on_host.generations().into_iter().cloned().collect();
+        assert_eq!(listed, all);
+    }
+
+    #[test]
+    fn empty_lists_are_left_out_of_the_json_but_draining_is_always_there() {
+        let on_host = ServiceOnHost::from_status(
+            "h1",
+            true,
+            &status(vec![generation(7, GenerationState::Ready)]),
+        );
+        let json = serde_json::to_value(&on_host).unwrap();
+        assert_eq!(json["current"]["generation"], 7);
+        assert_eq!(json["draining"], serde_json::json!([]));
+        assert!(json.get("starting").is_none() && json.get("stopping").is_none());
+        let back: ServiceOnHost = serde_json::from_value(json).unwrap();
+        assert_eq!(back, on_host);
+    }
 }

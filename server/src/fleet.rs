@@ -7,7 +7,7 @@ use baton_proto::link::ServerFrame;
 use baton_proto::{ErrorBody, GenerationState, RestartId, ServiceStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -83,7 +83,39 @@ pub struct Fleet {
     /// Bumped on every change `GET /services` can show, so its JSON is
     /// rendered once per change instead of once per request.
     version: AtomicU64,
-    services_json: Mutex<Option<(u64, bytes::Bytes)>>,
+    services_doc: Mutex<Option<Arc<ServicesDocument>>>,
+    /// Makes ETags of this run differ from those of an earlier one, whose
+    /// versions started at 1 too.
+    etag_prefix: String,
+}
+
+/// `GET /services` rendered once per fleet change: the JSON, its gzip made on
+/// first demand, and the ETag that names this version.
+pub struct ServicesDocument {
+    version: u64,
+    pub etag: String,
+    pub json: bytes::Bytes,
+    gzip: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl ServicesDocument {
+    /// The JSON compressed once for every client that accepts gzip. A fast
+    /// level: the list repeats the same keys, so it still shrinks about
+    /// tenfold, and a change must not stall the next reader for long.
+    pub fn gzip(&self) -> bytes::Bytes {
+        self.gzip
+            .get_or_init(|| {
+                use std::io::Write as _;
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(self.json.len() / 8),
+                    flate2::Compression::new(3),
+                );
+                // Writing into a Vec cannot fail.
+                let _ = encoder.write_all(&self.json);
+                bytes::Bytes::from(encoder.finish().unwrap_or_default())
+            })
+            .clone()
+    }
 }
 
 impl Fleet {
@@ -118,7 +150,8 @@ impl Fleet {
             notices,
             next_connection: AtomicU64::new(1),
             version: AtomicU64::new(1),
-            services_json: Mutex::new(None),
+            services_doc: Mutex::new(None),
+            etag_prefix: format!("{:08x}", rand::random::<u32>()),
         }
     }
 
@@ -126,20 +159,29 @@ impl Fleet {
         self.version.fetch_add(1, Ordering::Release);
     }
 
-    /// `GET /services` as JSON, rendered at most once per change.
-    pub fn services_json(&self) -> bytes::Bytes {
+    /// `GET /services`, rendered at most once per change.
+    pub fn services_document(&self) -> Arc<ServicesDocument> {
         let version = self.version.load(Ordering::Acquire);
-        if let Some((cached, json)) = &*self.services_json.lock().expect("cache lock")
-            && *cached == version
+        if let Some(doc) = &*self.services_doc.lock().expect("cache lock")
+            && doc.version == version
         {
-            return json.clone();
+            return doc.clone();
         }
         let list = baton_proto::api::ServiceList {
             services: self.services(),
         };
-        let json = bytes::Bytes::from(serde_json::to_vec(&list).unwrap_or_default());
-        *self.services_json.lock().expect("cache lock") = Some((version, json.clone()));
-        json
+        let doc = Arc::new(ServicesDocument {
+            version,
+            etag: format!("\"{}-{version}\"", self.etag_prefix),
+            json: bytes::Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
+            gzip: std::sync::OnceLock::new(),
+        });
+        let mut cached = self.services_doc.lock().expect("cache lock");
+        // A slower reader that rendered an older version must not replace a newer one.
+        if cached.as_ref().is_none_or(|c| c.version < version) {
+            *cached = Some(doc.clone());
+        }
+        doc
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {

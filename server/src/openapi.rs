@@ -137,13 +137,15 @@ pub fn document() -> Value {
                     }
                 },
                 "ServiceOnHost": {
-                    "type": "object", "required": ["host", "online", "state", "draining", "generations", "consecutive_crashes"],
+                    "type": "object", "required": ["host", "online", "state", "draining", "consecutive_crashes"],
+                    "description": "Every live generation is in exactly one of current, starting, draining and stopping.",
                     "properties": {
                         "host": { "type": "string" }, "online": { "type": "boolean" },
                         "state": { "type": "string", "enum": ["starting", "ready", "restarting", "crash_looping", "stopped"] },
-                        "current": { "$ref": "#/components/schemas/Generation" },
-                        "draining": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" } },
-                        "generations": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" } },
+                        "current": { "$ref": "#/components/schemas/Generation", "description": "The newest ready generation: the one that serves." },
+                        "starting": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" }, "description": "Absent when empty." },
+                        "draining": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" }, "description": "Old generations finishing their connections." },
+                        "stopping": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" }, "description": "Stopped without a drain; absent when empty." },
                         "consecutive_crashes": { "type": "integer" },
                         "running_restart": { "type": "integer", "description": "The agent's id of its running restart." }
                     }

@@ -314,8 +314,8 @@ async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
         stdout.contains("rolled_back") && stdout.contains("succeeded"),
         "{stdout}"
     );
-    let (code, stdout, _) = cli(&viewer, &["status"]);
-    assert_eq!(code, Some(0));
+    let (code, stdout, stderr) = cli(&viewer, &["status"]);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("host-a"), "{stdout}");
 }
 

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 
 use server::fleet::{self, Fleet, FleetSettings};
+use server::http::ClientKind;
 use server::procs::{Binaries, RealAgent, Server};
 use server::report::{self, Results, Setup};
 use server::scenarios::{self, RollingSummary};
@@ -117,19 +118,23 @@ async fn run(cli: &Cli) -> anyhow::Result<String> {
     let mut throughput = Vec::new();
     if wants(cli, Scenario::Throughput) {
         let one = format!("/services/{}", fleet::service_name(0));
-        for (path, duration) in [
-            ("/services", cli.duration),
-            (one.as_str(), cli.duration / 2),
-            ("/metrics", cli.duration / 2),
-            ("/healthz", cli.duration / 2),
+        for (path, client, duration) in [
+            ("/services", ClientKind::Gzip, cli.duration),
+            ("/services", ClientKind::Plain, cli.duration / 2),
+            ("/services", ClientKind::Revalidating, cli.duration / 2),
+            (one.as_str(), ClientKind::Plain, cli.duration / 2),
+            ("/metrics", ClientKind::Plain, cli.duration / 2),
+            ("/healthz", ClientKind::Plain, cli.duration / 2),
         ] {
             progress(&format!(
-                "GET {path} for {}",
+                "GET {path} ({}) for {}",
+                client.label(),
                 humantime::format_duration(duration)
             ));
             let run = scenarios::throughput(
                 &server,
                 path,
+                client,
                 cli.connections,
                 cli.client_threads,
                 duration,

@@ -10,7 +10,7 @@ use baton_proto::api::{Restart, RestartState};
 use baton_proto::{EventKind, RestartOutcome};
 
 use super::fleet::{Fleet, HostRestart};
-use super::http::{self, LoadSettings, Throughput};
+use super::http::{self, ClientKind, LoadSettings, Throughput};
 use super::procs::{EventFeed, RealAgent, Server};
 use super::stats::{cpu_seconds, machine_times, median, percentile};
 
@@ -31,6 +31,7 @@ pub struct ThroughputRun {
 pub fn throughput(
     server: &Server,
     path: &str,
+    client: ClientKind,
     connections: usize,
     threads: usize,
     duration: Duration,
@@ -42,6 +43,7 @@ pub fn throughput(
         connections,
         threads,
         duration,
+        client,
     };
     let server_before = server.pid().and_then(cpu_seconds);
     let bench_before = cpu_seconds(std::process::id());

@@ -2,7 +2,7 @@
 //! formatted on the server, so the pages need no JavaScript to make sense.
 
 use baton_proto::api::{HostRestartState, RestartState, ServiceOnHost};
-use baton_proto::{GenerationState, RestartOutcome, ServiceState, UnixMillis};
+use baton_proto::{RestartOutcome, ServiceState, UnixMillis};
 
 /// `2026-11-25 22:43:15 UTC`: one zone for everyone reading the same page
 /// during an incident.
@@ -150,10 +150,7 @@ pub fn service_state_badge(on_host: &ServiceOnHost) -> Badge {
             label: "offline",
         };
     }
-    let draining = on_host
-        .generations
-        .iter()
-        .any(|g| g.state == GenerationState::Draining);
+    let draining = !on_host.draining.is_empty();
     match on_host.state {
         _ if draining => Badge {
             class: "warn",

@@ -121,7 +121,7 @@ pub fn render(generations: &[GenerationRecord], live: Option<&Service>, now: Uni
             // last events were lost): end it where its successor began.
             let vanished = generation.exited_at.is_none()
                 && on_host.is_some_and(|h| {
-                    h.online && !h.generations.iter().any(|g| g.pid == generation.pid)
+                    h.online && !h.generations().iter().any(|g| g.pid == generation.pid)
                 });
             let end = if generation.exited_at.is_some() {
                 generation.exited_at

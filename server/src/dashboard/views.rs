@@ -3,7 +3,7 @@
 
 use askama::Template;
 use baton_proto::api::{Restart, RestartState, Service, ServiceOnHost};
-use baton_proto::{EventKind, GenerationState, UnixMillis};
+use baton_proto::{EventKind, UnixMillis};
 
 use crate::dashboard::assets;
 use crate::dashboard::format::{
@@ -103,9 +103,8 @@ impl HostLine {
                 })
                 .collect(),
             starting: on_host
-                .generations
-                .iter()
-                .find(|g| g.state == GenerationState::Starting)
+                .starting
+                .first()
                 .map(|g| format!("generation {} starting (pid {})", g.generation, g.pid)),
             status_text: current.and_then(|g| g.status_text.clone()),
             crashes: on_host.consecutive_crashes,
@@ -303,8 +302,8 @@ fn plural(n: u32, word: &str) -> String {
 
 fn describe_live(on_host: &ServiceOnHost) -> String {
     let mut parts: Vec<String> = on_host
-        .generations
-        .iter()
+        .generations()
+        .into_iter()
         .map(|g| {
             let connections = g
                 .connections

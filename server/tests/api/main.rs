@@ -4,3 +4,4 @@ mod input;
 mod link;
 mod openapi;
 mod restarts;
+mod services;
