@@ -8,10 +8,9 @@ use crate::events::{EventLog, now_millis};
 use crate::handover::{Handover, ServiceHandover};
 use crate::notify::NotifySocket;
 use crate::reaper::Reaper;
-use crate::service::{self, Directory, Msg, ServiceHandle, Shared};
+use crate::service::{self, Directory, Routed, ServiceHandle, Shared, ignore_notification};
 use crate::sockets::{self, BoundSocket};
 use anyhow::Context;
-use baton_proto::EventKind;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
@@ -449,27 +448,8 @@ async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {
                 continue;
             }
         };
-        match shared.directory.lookup(datagram.pid) {
-            Some(route) => {
-                let _ = route.tx.send(Msg::Notify {
-                    generation: route.generation,
-                    pid: datagram.pid,
-                    messages: datagram.messages,
-                    fds: datagram.fds,
-                });
-            }
-            None => {
-                let message: String = datagram.text.chars().take(200).collect();
-                tracing::warn!(pid = datagram.pid, %message, "notify message from a process of no generation ignored");
-                shared.events.emit(
-                    "-",
-                    None,
-                    EventKind::NotifyIgnored {
-                        pid: datagram.pid.max(0) as u32,
-                        message,
-                    },
-                );
-            }
+        if let Routed::Nobody(datagram) = shared.directory.route(datagram) {
+            ignore_notification(&shared.events, datagram);
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::config::{ListenAddr, Readiness, ServiceConfig};
 use crate::connections::{self, ListenAddrs};
 use crate::events::{EventLog, now_millis};
 use crate::handover::{GenerationHandover, HandedPhase, ServiceHandover, SocketHandover};
-use crate::notify::NotifyMessage;
+use crate::notify::{NotifyDatagram, NotifyMessage};
 use crate::reaper::{ExitInfo, Reaper, wait_exit};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, GenerationLaunch};
@@ -57,10 +57,32 @@ pub struct Shared {
 }
 
 /// Which generation a process group belongs to, for routing notify messages.
+///
+/// A generation's pid is known only once its exec has happened, and a fast
+/// service can send `READY=1` before the spawning thread has registered it.
+/// So while a spawn is in flight, a message from an unknown sender is parked
+/// and routed again when the spawn registers its pid; only when no spawn is
+/// in flight is an unknown sender really nobody's.
 #[derive(Default)]
 pub struct Directory {
-    routes: Mutex<HashMap<i32, Route>>,
+    inner: Mutex<DirectoryInner>,
 }
+
+#[derive(Default)]
+struct DirectoryInner {
+    routes: HashMap<i32, Route>,
+    spawns_in_flight: usize,
+    parked: Vec<Parked>,
+}
+
+struct Parked {
+    /// The sender's process group when the message came, if it still had one.
+    pgid: Option<i32>,
+    datagram: NotifyDatagram,
+}
+
+/// More would only come from a local flood of the notify socket.
+const MAX_PARKED: usize = 256;
 
 #[derive(Clone)]
 pub struct Route {
@@ -69,34 +91,156 @@ pub struct Route {
     pub tx: mpsc::UnboundedSender<Msg>,
 }
 
+impl Route {
+    pub fn deliver(&self, datagram: NotifyDatagram) {
+        let _ = self.tx.send(Msg::Notify {
+            generation: self.generation,
+            pid: datagram.pid,
+            messages: datagram.messages,
+            fds: datagram.fds,
+        });
+    }
+}
+
+/// What became of a notify message.
+pub enum Routed {
+    Delivered,
+    /// Kept until the spawns in flight have registered their pids.
+    Parked,
+    /// From no generation of ours.
+    Nobody(NotifyDatagram),
+}
+
+impl DirectoryInner {
+    fn find(&self, pid: i32, pgid: Option<i32>) -> Option<&Route> {
+        self.routes
+            .get(&pid)
+            .or_else(|| pgid.and_then(|g| self.routes.get(&g)))
+    }
+}
+
 impl Directory {
-    /// The generation a process belongs to: its own group's, found by the
+    /// Sends a message to the generation of its sender: found by the
     /// sender's pid or its process group.
-    pub fn lookup(&self, pid: i32) -> Option<Route> {
+    pub fn route(&self, datagram: NotifyDatagram) -> Routed {
+        let pid = datagram.pid;
         if pid <= 0 {
-            return None;
+            return Routed::Nobody(datagram);
         }
-        let routes = self.routes.lock().expect("directory lock");
-        if let Some(route) = routes.get(&pid) {
-            return Some(route.clone());
+        let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            .ok()
+            .map(Pid::as_raw);
+        let mut inner = self.inner.lock().expect("directory lock");
+        if let Some(route) = inner.find(pid, pgid) {
+            route.deliver(datagram);
+            return Routed::Delivered;
         }
-        let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok()?;
-        routes.get(&pgid.as_raw()).cloned()
+        if inner.spawns_in_flight > 0 && inner.parked.len() < MAX_PARKED {
+            inner.parked.push(Parked { pgid, datagram });
+            return Routed::Parked;
+        }
+        Routed::Nobody(datagram)
+    }
+
+    /// Opens a spawn window; `SpawnWindow::register` then records the pid.
+    pub fn begin_spawn(&self) -> SpawnWindow<'_> {
+        self.inner.lock().expect("directory lock").spawns_in_flight += 1;
+        SpawnWindow {
+            directory: self,
+            closed: false,
+            ignored: Vec::new(),
+        }
     }
 
     fn insert(&self, pgid: Pid, route: Route) {
-        self.routes
+        self.inner
             .lock()
             .expect("directory lock")
+            .routes
             .insert(pgid.as_raw(), route);
     }
 
     fn remove(&self, pgid: Pid) {
-        self.routes
+        self.inner
             .lock()
             .expect("directory lock")
+            .routes
             .remove(&pgid.as_raw());
     }
+}
+
+/// One spawn in flight. Registering its pid delivers the messages its
+/// generation sent before; closing the window (on drop) gives back the
+/// parked messages that no generation claimed once no spawn is left.
+pub struct SpawnWindow<'a> {
+    directory: &'a Directory,
+    closed: bool,
+    ignored: Vec<NotifyDatagram>,
+}
+
+impl SpawnWindow<'_> {
+    pub fn register(&mut self, pgid: Pid, route: Route) {
+        let mut inner = self.directory.inner.lock().expect("directory lock");
+        inner.routes.insert(pgid.as_raw(), route);
+        Self::replay(&mut inner);
+    }
+
+    /// Closes the window and returns what was parked for nobody.
+    pub fn close(mut self) -> Vec<NotifyDatagram> {
+        self.finish();
+        std::mem::take(&mut self.ignored)
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let mut inner = self.directory.inner.lock().expect("directory lock");
+        inner.spawns_in_flight -= 1;
+        Self::replay(&mut inner);
+        if inner.spawns_in_flight == 0 {
+            self.ignored
+                .extend(inner.parked.drain(..).map(|p| p.datagram));
+        }
+    }
+
+    fn replay(inner: &mut DirectoryInner) {
+        let parked = std::mem::take(&mut inner.parked);
+        for parked in parked {
+            match inner.find(parked.datagram.pid, parked.pgid) {
+                Some(route) => route.deliver(parked.datagram),
+                None => inner.parked.push(parked),
+            }
+        }
+    }
+}
+
+impl Drop for SpawnWindow<'_> {
+    /// A window dropped without `close` (a panic in the spawn) still ends,
+    /// and whatever it held for nobody is dropped with a warning.
+    fn drop(&mut self) {
+        self.finish();
+        for datagram in self.ignored.drain(..) {
+            tracing::warn!(
+                pid = datagram.pid,
+                "notify message from a process of no generation ignored"
+            );
+        }
+    }
+}
+
+/// Logs and records a notify message that no generation sent.
+pub fn ignore_notification(events: &EventLog, datagram: NotifyDatagram) {
+    let message: String = datagram.text.chars().take(200).collect();
+    tracing::warn!(pid = datagram.pid, %message, "notify message from a process of no generation ignored");
+    events.emit(
+        "-",
+        None,
+        EventKind::NotifyIgnored {
+            pid: datagram.pid.max(0) as u32,
+            message,
+        },
+    );
 }
 
 pub enum Msg {
@@ -629,11 +773,13 @@ impl Service {
             tx: self.tx.clone(),
         };
         let spawned = tokio::task::spawn_blocking(move || {
-            // Routed before the exec: a fast service's READY=1 may arrive
-            // before this task runs again.
-            spawn::launch(&shared.reaper, launch, |pid| {
-                shared.directory.insert(pid, route)
-            })
+            // Notify messages that beat the registration wait for it.
+            let mut window = shared.directory.begin_spawn();
+            let launched = spawn::launch(&shared.reaper, launch, |pid| window.register(pid, route));
+            for datagram in window.close() {
+                ignore_notification(&shared.events, datagram);
+            }
+            launched
         })
         .await
         .map_err(|e| format!("spawn task failed: {e}"))?;
@@ -1387,5 +1533,98 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    fn datagram(pid: i32) -> NotifyDatagram {
+        NotifyDatagram {
+            pid,
+            uid: 0,
+            gid: 0,
+            text: "READY=1".into(),
+            messages: vec![NotifyMessage::Ready],
+            fds: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    fn route(generation: u64) -> (Route, mpsc::UnboundedReceiver<Msg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Route {
+                service: "web".into(),
+                generation,
+                tx,
+            },
+            rx,
+        )
+    }
+
+    fn notified(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Option<(u64, i32)> {
+        match rx.try_recv().ok()? {
+            Msg::Notify {
+                generation, pid, ..
+            } => Some((generation, pid)),
+            _ => None,
+        }
+    }
+
+    /// Pids far above any real one, so `getpgid` finds no such process.
+    const CHILD: i32 = 0x3fff_fff0;
+    const STRANGER: i32 = 0x3fff_fff1;
+
+    #[test]
+    fn a_message_that_beats_the_registration_is_delivered_once_it_lands() {
+        let directory = Directory::default();
+        let (route, mut rx) = route(7);
+        let mut window = directory.begin_spawn();
+        assert!(matches!(directory.route(datagram(CHILD)), Routed::Parked));
+        assert!(notified(&mut rx).is_none());
+        window.register(Pid::from_raw(CHILD), route);
+        assert_eq!(notified(&mut rx), Some((7, CHILD)));
+        assert!(window.close().is_empty());
+        // Registered now: later messages go straight through.
+        assert!(matches!(
+            directory.route(datagram(CHILD)),
+            Routed::Delivered
+        ));
+        assert_eq!(notified(&mut rx), Some((7, CHILD)));
+    }
+
+    #[test]
+    fn a_message_nobody_claims_is_given_back_when_the_last_spawn_ends() {
+        let directory = Directory::default();
+        let (route, _rx) = route(1);
+        let mut first = directory.begin_spawn();
+        let second = directory.begin_spawn();
+        assert!(matches!(
+            directory.route(datagram(STRANGER)),
+            Routed::Parked
+        ));
+        first.register(Pid::from_raw(CHILD), route);
+        assert!(first.close().is_empty(), "another spawn is still in flight");
+        let ignored = second.close();
+        assert_eq!(
+            ignored.iter().map(|d| d.pid).collect::<Vec<_>>(),
+            [STRANGER]
+        );
+        assert!(matches!(
+            directory.route(datagram(STRANGER)),
+            Routed::Nobody(_)
+        ));
+    }
+
+    #[test]
+    fn without_a_spawn_in_flight_an_unknown_sender_is_nobody() {
+        let directory = Directory::default();
+        assert!(matches!(
+            directory.route(datagram(STRANGER)),
+            Routed::Nobody(_)
+        ));
+        assert!(matches!(directory.route(datagram(0)), Routed::Nobody(_)));
     }
 }

@@ -9,9 +9,17 @@
 //! `setenv`). Everything the child needs (argv, envp, the `LISTEN_PID=` buffer,
 //! scratch space for fd numbers) is allocated here before the fork; the child
 //! only writes into that memory and makes raw syscalls.
+//!
+//! The "fork" is `clone(CLONE_VM | CLONE_VFORK)`, as `posix_spawn` does: the
+//! child runs on a stack of its own in the agent's memory until it execs,
+//! and the calling thread sleeps until then. A real fork would copy the
+//! agent's page tables only for exec to throw the copy away; with many
+//! threads and a warm heap that costs a few hundred microseconds per
+//! generation, on the path from a restart request to the new generation.
 #![allow(unsafe_code)]
 
 use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
 use nix::unistd::Pid;
 use std::ffi::{CString, c_char, c_int};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -147,16 +155,38 @@ pub fn fork_exec(spec: &SpawnSpec<'_>) -> Result<Forked, SpawnError> {
         status_fd: status_write.as_raw_fd(),
     };
 
-    // SAFETY: after the fork the child runs only `child_main`, which makes raw
-    // async-signal-safe syscalls on memory prepared above and never returns
-    // (it execs or `_exit`s). The parent continues normally.
-    let pid = unsafe { libc::fork() };
+    let stack = ChildStack::new().map_err(SpawnError::Fork)?;
+    // Every signal stays blocked from before the clone until the child has
+    // reset the dispositions: a handler of the agent's must never run on the
+    // child's side of the shared memory.
+    let mut previous = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    )
+    .map_err(SpawnError::Fork)?;
+    // SAFETY: the child shares this memory (CLONE_VM) and this thread is
+    // suspended until the child execs or exits (CLONE_VFORK), so `setup` and
+    // everything it points to stays alive and unchanged while the child reads
+    // it. The child runs only `child_entry` on its own stack, makes raw
+    // syscalls without allocating or taking locks, never unwinds and never
+    // returns into our frames (it execs or `_exit`s). Its signal handlers are
+    // a copy (no CLONE_SIGHAND), so resetting them leaves ours alone.
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw const setup).cast_mut().cast(),
+        )
+    };
+    let clone_errno = Errno::last();
+    // Cannot fail: the mask is one this thread had a moment ago.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
+    drop(stack);
     if pid < 0 {
-        return Err(SpawnError::Fork(Errno::last()));
-    }
-    if pid == 0 {
-        // SAFETY: see above; we are the child of a fork.
-        unsafe { child_main(&setup) }
+        return Err(SpawnError::Fork(clone_errno));
     }
     drop(status_write);
     Ok(Forked {
@@ -212,11 +242,67 @@ struct ChildSetup<'a> {
     status_fd: RawFd,
 }
 
-/// Runs in the forked child. Only async-signal-safe libc calls; no allocation,
-/// no panics (no indexing that could fail, no `expect`).
+/// The child's stack while it shares the agent's memory: mapped fresh for
+/// each spawn, with an inaccessible lowest page so an overflow faults
+/// instead of writing over the agent's heap.
+struct ChildStack {
+    base: *mut libc::c_void,
+}
+
+impl ChildStack {
+    const SIZE: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> Result<ChildStack, Errno> {
+        // SAFETY: a new private anonymous mapping that nothing else refers to.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                Self::SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let stack = ChildStack { base };
+        // SAFETY: the first page of the mapping made above.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(Errno::last());
+        }
+        Ok(stack)
+    }
+
+    /// Stacks grow down: the child starts at the end, which mmap aligned.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, as clone expects.
+        unsafe { self.base.cast::<u8>().add(Self::SIZE).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; the child that used it has
+        // exec'd or exited by the time the vfork-style clone returns.
+        unsafe { libc::munmap(self.base, Self::SIZE) };
+    }
+}
+
+extern "C" fn child_entry(setup: *mut libc::c_void) -> c_int {
+    // SAFETY: `fork_exec` passes a pointer to its `ChildSetup`, alive until
+    // the child execs or exits.
+    unsafe { child_main(&*setup.cast::<ChildSetup<'_>>()) }
+}
+
+/// Runs in the cloned child. Only async-signal-safe raw syscalls; no
+/// allocation, no locks, no panics (no indexing that could fail, no `expect`).
 ///
-/// SAFETY (for callers): must be called only in the child of `fork`, with a
-/// `setup` whose pointers were valid in the parent at the time of the fork.
+/// SAFETY (for callers): must be called only in the child of the
+/// vfork-style clone in `fork_exec`, with every signal blocked, and a `setup`
+/// whose pointers are valid in the shared memory.
 unsafe fn child_main(setup: &ChildSetup<'_>) -> ! {
     unsafe {
         // Dispositions set to "ignore" survive exec (Rust ignores SIGPIPE) and
@@ -264,14 +350,22 @@ unsafe fn child_main(setup: &ChildSetup<'_>) -> ! {
         if setup.nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, setup.nice) != 0 {
             fail(setup.status_fd, ChildStep::Nice);
         }
+        // Raw syscalls, not the libc wrappers: those make every thread of a
+        // multi-threaded process change credentials, and in this child the
+        // thread list they would walk is the agent's.
         if let Some((uid, gid)) = setup.credentials {
-            if libc::setgroups(setup.groups.len(), setup.groups.as_ptr()) != 0 {
+            if libc::syscall(
+                libc::SYS_setgroups,
+                setup.groups.len(),
+                setup.groups.as_ptr(),
+            ) != 0
+            {
                 fail(setup.status_fd, ChildStep::Groups);
             }
-            if libc::setgid(gid) != 0 {
+            if libc::syscall(libc::SYS_setgid, gid) != 0 {
                 fail(setup.status_fd, ChildStep::Gid);
             }
-            if libc::setuid(uid) != 0 {
+            if libc::syscall(libc::SYS_setuid, uid) != 0 {
                 fail(setup.status_fd, ChildStep::Uid);
             }
         }

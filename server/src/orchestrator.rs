@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::{CommandAnswer, Fleet, Notice};
 use crate::metrics::Metrics;
 use crate::settings::Timeouts;
-use crate::store::{self, CommandSent, Db, RestartHostRow, RestartRow};
+use crate::store::{self, CommandSent, Db, NewlyCreated, RestartHostRow, RestartRow};
 
 #[derive(Clone)]
 pub struct Orchestrator {
@@ -74,8 +74,18 @@ impl Orchestrator {
         }
     }
 
+    /// Drives a restart that was just created, from the rows it was stored
+    /// with: the first command goes out without reading them back.
+    pub fn start_created(&self, created: NewlyCreated) {
+        self.spawn_driver(created.id(), Some((created.row, created.hosts)));
+    }
+
     /// Drives a restart to its end in the background.
     pub fn start(&self, restart_id: u64) {
+        self.spawn_driver(restart_id, None);
+    }
+
+    fn spawn_driver(&self, restart_id: u64, mut stored: Option<(RestartRow, Vec<RestartHostRow>)>) {
         if !self
             .inner
             .active
@@ -91,7 +101,7 @@ impl Orchestrator {
             // disk, so try again until it ends.
             let drive = async {
                 loop {
-                    match drive_restart(&inner, restart_id).await {
+                    match drive_restart(&inner, restart_id, stored.take()).await {
                         Ok(()) => break,
                         Err(error) => {
                             tracing::error!(
@@ -155,14 +165,26 @@ impl Orchestrator {
     }
 }
 
-async fn drive_restart(inner: &Arc<Inner>, restart_id: u64) -> anyhow::Result<()> {
-    let restart = store::restart_row(&inner.db, restart_id)
-        .await?
-        .context("unknown restart")?;
+/// `stored` is the restart as just written, when the caller has it; a retry
+/// reads it again, since steps may have been recorded since.
+async fn drive_restart(
+    inner: &Arc<Inner>,
+    restart_id: u64,
+    stored: Option<(RestartRow, Vec<RestartHostRow>)>,
+) -> anyhow::Result<()> {
+    let (restart, hosts) = match stored {
+        Some(stored) => stored,
+        None => {
+            let restart = store::restart_row(&inner.db, restart_id)
+                .await?
+                .context("unknown restart")?;
+            let hosts = store::restart_host_rows(&inner.db, restart_id).await?;
+            (restart, hosts)
+        }
+    };
     if restart.state == "finished" {
         return Ok(());
     }
-    let hosts = store::restart_host_rows(&inner.db, restart_id).await?;
     let max_parallel = usize::try_from(restart.max_parallel).unwrap_or(1).max(1);
 
     let mut results: Vec<Option<HostResult>> = vec![None; hosts.len()];

@@ -487,11 +487,35 @@ pub struct NewRestart<'a> {
 }
 
 pub enum Created {
-    New(u64),
+    /// The rows as stored, so the first command can go out without reading
+    /// them back.
+    New(Box<NewlyCreated>),
     /// The service already has a running restart.
     AlreadyRunning(u64),
     /// The idempotency key was used before, by this restart.
     Replayed(u64),
+}
+
+pub struct NewlyCreated {
+    pub row: RestartRow,
+    pub hosts: Vec<RestartHostRow>,
+}
+
+impl NewlyCreated {
+    pub fn id(&self) -> u64 {
+        to_u64(self.row.id)
+    }
+
+    /// The restart as it starts: every host pending, no step yet.
+    pub fn view(&self) -> Restart {
+        restart_view(
+            self.row.clone(),
+            self.hosts
+                .iter()
+                .map(|h| host_view(h.clone(), Vec::new()))
+                .collect(),
+        )
+    }
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -507,6 +531,7 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
     {
         return Ok(Created::Replayed(id));
     }
+    let created_at = now_millis();
     let mut tx = db.begin().await.context("failed to begin a transaction")?;
     let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
         "INSERT INTO restarts (service, reason, requested_by, idempotency_key, max_parallel, state, created_at)
@@ -517,7 +542,7 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
     .bind(new.requested_by)
     .bind(new.idempotency_key)
     .bind(i64::from(new.max_parallel))
-    .bind(to_i64(now_millis()))
+    .bind(to_i64(created_at))
     .fetch_one(&mut *tx)
     .await;
     let id = match inserted {
@@ -548,7 +573,39 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
         .context("failed to store the restart's hosts")?;
     }
     tx.commit().await.context("failed to commit the restart")?;
-    Ok(Created::New(to_u64(id)))
+    Ok(Created::New(Box::new(NewlyCreated {
+        row: RestartRow {
+            id,
+            service: new.service.to_owned(),
+            reason: new.reason.map(str::to_owned),
+            requested_by: Some(new.requested_by.to_owned()),
+            max_parallel: i64::from(new.max_parallel),
+            state: "running".to_owned(),
+            outcome: None,
+            outcome_reason: None,
+            created_at: to_i64(created_at),
+            finished_at: None,
+        },
+        hosts: new
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(position, host)| RestartHostRow {
+                restart_id: id,
+                host: host.clone(),
+                position: position as i64,
+                state: "pending".to_owned(),
+                outcome: None,
+                outcome_reason: None,
+                command_id: None,
+                boot_id: None,
+                seq_at_command: None,
+                agent_restart_id: None,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect(),
+    })))
 }
 
 pub async fn restart_by_idempotency_key(db: &Db, key: &str) -> anyhow::Result<Option<u64>> {

@@ -72,6 +72,20 @@ fn a_service_with_a_user_runs_as_that_user() {
         .map(|u| u.parse().unwrap())
         .collect();
     assert!(uids.iter().all(|u| *u == nobody.uid.as_raw()), "{uid_line}");
+    let gid_line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+    assert!(
+        gid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|g| g.parse::<u32>().unwrap() == nobody.gid.as_raw()),
+        "{gid_line}"
+    );
+    // Root's supplementary groups are gone.
+    let groups_line = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert!(
+        !groups_line.split_whitespace().skip(1).any(|g| g == "0"),
+        "{groups_line}"
+    );
     // It still serves on the socket the root agent bound for it.
     let (_, report) = agent.restart("web");
     assert_eq!(report.outcome, Some(baton_proto::RestartOutcome::Succeeded));

@@ -258,3 +258,37 @@ fn a_warming_generation_runs_at_lower_priority_until_ready() {
     });
     assert_eq!(nice_of(starting), 0);
 }
+
+/// A service that sends READY=1 the moment it starts can beat the agent's
+/// own bookkeeping of the new pid; the message must still count.
+#[test]
+fn a_generation_ready_at_once_is_never_missed() {
+    let agent = AgentUnderTest::start(&format!(
+        r#"
+[[service]]
+name = "web"
+command = ["{}", "--drain-idle-grace", "0ms"]
+ready_timeout = "5s"
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#,
+        baton_tests::bin("baton-demo").display()
+    ));
+    for round in 0..100 {
+        let (_, report) = agent.restart("web");
+        assert_eq!(
+            report.outcome,
+            Some(RestartOutcome::Succeeded),
+            "restart {round}: {report:?}"
+        );
+    }
+    let ignored = agent
+        .client()
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::NotifyIgnored { .. }))
+        .count();
+    assert_eq!(ignored, 0, "notify messages were dropped");
+}

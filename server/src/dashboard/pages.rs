@@ -284,7 +284,7 @@ pub async fn restart(
         ..Default::default()
     };
     match start_restart(&state, &name, &request, &session.name, None).await {
-        Ok(id) => Ok(see_other(&format!("/restarts/{id}"))),
+        Ok(started) => Ok(see_other(&format!("/restarts/{}", started.id))),
         // The one already running is what the person wants to watch.
         Err(ApiError::Conflict { restart_id, .. }) => {
             Ok(see_other(&format!("/restarts/{restart_id}")))

@@ -26,7 +26,7 @@ async fn history_filters_by_service_host_and_outcome_and_pages_by_id() {
         } else {
             ("api", &hosts_b)
         };
-        let Created::New(id) = store::create_restart(
+        let Created::New(created) = store::create_restart(
             &db,
             &NewRestart {
                 service,
@@ -46,7 +46,7 @@ async fn history_filters_by_service_host_and_outcome_and_pages_by_id() {
         } else {
             RestartOutcome::Succeeded
         };
-        store::finish_restart(&db, id, outcome, None).await.unwrap();
+        store::finish_restart(&db, created.id(), outcome, None).await.unwrap();
     }
     let mut browser = Browser::new(&app);
     browser.sign_in(&app.viewer).await;

@@ -47,14 +47,15 @@ pub async fn restart(
             "reason is longer than {MAX_REASON_CHARS} characters"
         )));
     }
-    let id = start_restart(&state, &service, &body, &operator.0.name, idempotency_key).await?;
+    let started = start_restart(&state, &service, &body, &operator.0.name, idempotency_key).await?;
+    let id = started.id;
 
-    let restart: Restart = if query.wait {
-        state.orchestrator.wait_finished(id).await?
-    } else {
-        store::get_restart(&state.db, id)
+    let restart: Restart = match started.created {
+        _ if query.wait => state.orchestrator.wait_finished(id).await?,
+        Some(created) => created,
+        None => store::get_restart(&state.db, id)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("restart {id} vanished"))?
+            .ok_or_else(|| anyhow::anyhow!("restart {id} vanished"))?,
     };
     let mut response = if query.wait {
         HttpResponse::Ok()
@@ -66,17 +67,23 @@ pub async fn restart(
         .json(restart))
 }
 
+pub struct Started {
+    /// An older restart's id when the idempotency key was seen before.
+    pub id: u64,
+    /// A new restart as it starts; `None` for a replay.
+    pub created: Option<Restart>,
+}
+
 /// Creates a restart of `service` on the hosts that run it (or those the
 /// request names) and starts driving it; shared by the API and the
-/// dashboard's restart button. Returns the restart's id, which is an older
-/// restart's when the idempotency key was seen before.
+/// dashboard's restart button.
 pub async fn start_restart(
     state: &AppState,
     service: &ServiceName,
     request: &RestartRequest,
     requested_by: &str,
     idempotency_key: Option<&str>,
-) -> Result<u64, ApiError> {
+) -> Result<Started, ApiError> {
     let max_parallel = request.max_parallel.unwrap_or(1);
     if max_parallel == 0 {
         return Err(ApiError::Unprocessable(
@@ -130,10 +137,15 @@ pub async fn start_restart(
         .await?
     };
     let id = match created {
-        Created::New(id) => {
+        Created::New(created) => {
+            let id = created.id();
+            let view = created.view();
+            state.orchestrator.start_created(*created);
             tracing::info!(restart_id = id, %service, hosts = hosts.len(), by = %requested_by, "restart requested");
-            state.orchestrator.start(id);
-            id
+            return Ok(Started {
+                id,
+                created: Some(view),
+            });
         }
         Created::Replayed(id) => {
             let previous = store::restart_row(&state.db, id)
@@ -155,7 +167,7 @@ pub async fn start_restart(
         }
     };
 
-    Ok(id)
+    Ok(Started { id, created: None })
 }
 
 fn idempotency_key(request: &HttpRequest) -> Result<Option<&str>, ApiError> {
