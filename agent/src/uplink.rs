@@ -64,7 +64,9 @@ async fn session(url: &str, token: &str, agent: &AgentView) -> Result<(), LinkEr
     );
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(request),
+        // Nagle would hold a small frame (a restart's answer, an event
+        // batch) behind the server's delayed ACK for up to 40 ms.
+        tokio_tungstenite::connect_async_with_config(request, None, true),
     )
     .await
     .map_err(|_| "connect timed out")??;

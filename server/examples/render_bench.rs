@@ -200,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
     let database = dir.path().join("bench.db");
     let db = baton_server::store::open(&database).await?;
     let started = Instant::now();
-    fill(&db).await?;
+    fill(db.writes()).await?;
     let token = baton_server::auth::create_token(&db, "bench", Role::Operator).await?;
     db.close().await;
     eprintln!(

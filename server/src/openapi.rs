@@ -210,8 +210,16 @@ pub fn document() -> Value {
             } },
             "/services": { "get": {
                 "summary": "Every service on every host, as last reported (offline hosts included, with online=false).",
+                "description": "Gzipped for a client that sends Accept-Encoding: gzip. Every answer carries an ETag that changes with the fleet; a request whose If-None-Match holds it gets 304 and no body.",
                 "security": bearer.clone(),
-                "responses": merge(json!({ "200": json_response("Services by name", "ServiceList") }), read_errors())
+                "parameters": [
+                    { "name": "If-None-Match", "in": "header", "required": false, "schema": { "type": "string" } },
+                    { "name": "Accept-Encoding", "in": "header", "required": false, "schema": { "type": "string" } }
+                ],
+                "responses": merge(json!({
+                    "200": json_response("Services by name", "ServiceList"),
+                    "304": { "description": "Unchanged since the ETag sent in If-None-Match." }
+                }), read_errors())
             } },
             "/services/{name}": { "get": {
                 "summary": "One service: per host the current generation, draining generations with live connection counts.",

@@ -80,6 +80,9 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
+        // A restart command is one small frame on a link that just carried
+        // other small frames; Nagle would hold it for the agent's delayed ACK.
+        .tcp_nodelay(true)
         .listen(listener)?
         // Agent links never end on their own; do not wait 30 s for them.
         .shutdown_timeout(2)

@@ -16,7 +16,32 @@ use std::time::Duration;
 
 use crate::domain::{Role, now_millis};
 
-pub type Db = SqlitePool;
+/// The database, through two pools: every write goes through one
+/// connection, so writers queue here instead of colliding inside SQLite,
+/// whose busy handler would make the loser sleep (1, 2, 5, ... 50 ms) and
+/// stall whatever waits on that write. Reads run beside it (WAL).
+#[derive(Clone, Debug)]
+pub struct Db {
+    reads: SqlitePool,
+    writes: SqlitePool,
+}
+
+impl Db {
+    /// For statements outside this module: health checks, tests.
+    pub fn reads(&self) -> &SqlitePool {
+        &self.reads
+    }
+
+    /// The writer, for bulk loads outside this module (benchmarks).
+    pub fn writes(&self) -> &SqlitePool {
+        &self.writes
+    }
+
+    pub async fn close(&self) {
+        self.reads.close().await;
+        self.writes.close().await;
+    }
+}
 
 /// Opens (creating if needed) the database and applies the migrations.
 pub async fn open(path: &Path) -> anyhow::Result<Db> {
@@ -29,16 +54,21 @@ pub async fn open(path: &Path) -> anyhow::Result<Db> {
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
+    let writes = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .with_context(|| format!("failed to open the database {}", path.display()))?;
+    sqlx::migrate!("../migrations")
+        .run(&writes)
+        .await
+        .context("failed to apply the database migrations")?;
+    let reads = SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(options)
         .await
         .with_context(|| format!("failed to open the database {}", path.display()))?;
-    sqlx::migrate!("../migrations")
-        .run(&pool)
-        .await
-        .context("failed to apply the database migrations")?;
-    Ok(pool)
+    Ok(Db { reads, writes })
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -59,7 +89,7 @@ pub async fn insert_token(db: &Db, name: &str, role: Role, token_hash: &str) -> 
     .bind(role.as_str())
     .bind(token_hash)
     .bind(to_i64(now_millis()))
-    .execute(db)
+    .execute(&db.writes)
     .await
     .context("failed to store the token")?;
     Ok(())
@@ -69,7 +99,7 @@ pub async fn find_token(db: &Db, token_hash: &str) -> anyhow::Result<Option<(Str
     let row: Option<(String, String)> =
         sqlx::query_as("SELECT name, role FROM api_tokens WHERE token_hash = $1")
             .bind(token_hash)
-            .fetch_optional(db)
+            .fetch_optional(&db.reads)
             .await
             .context("failed to look up a token")?;
     Ok(match row {
@@ -101,7 +131,7 @@ pub async fn load_hosts(db: &Db) -> anyhow::Result<Vec<HostRow>> {
     sqlx::query_as(
         "SELECT name, agent_version, boot_id, first_seen, last_seen, online, services FROM hosts ORDER BY name",
     )
-    .fetch_all(db)
+    .fetch_all(&db.reads)
     .await
     .context("failed to load the hosts")
 }
@@ -109,7 +139,7 @@ pub async fn load_hosts(db: &Db) -> anyhow::Result<Vec<HostRow>> {
 /// At start no agent is connected, whatever the last run wrote.
 pub async fn mark_all_hosts_offline(db: &Db) -> anyhow::Result<()> {
     sqlx::query("UPDATE hosts SET online = FALSE")
-        .execute(db)
+        .execute(&db.writes)
         .await
         .context("failed to mark hosts offline")?;
     Ok(())
@@ -138,7 +168,7 @@ pub async fn upsert_host(
     .bind(boot_id)
     .bind(to_i64(now))
     .bind(serde_json::to_string(services)?)
-    .execute(db)
+    .execute(&db.writes)
     .await
     .context("failed to store the host")?;
     Ok(())
@@ -156,7 +186,7 @@ pub async fn save_host_status(
         .bind(to_i64(now))
         .bind(online)
         .bind(serde_json::to_string(services)?)
-        .execute(db)
+        .execute(&db.writes)
         .await
         .context("failed to store the host's status")?;
     Ok(())
@@ -170,7 +200,7 @@ pub async fn max_seq(db: &Db, host: &str, boot_id: &str) -> anyhow::Result<u64> 
         sqlx::query_as("SELECT MAX(seq) FROM events WHERE host = $1 AND boot_id = $2")
             .bind(host)
             .bind(boot_id)
-            .fetch_one(db)
+            .fetch_one(&db.reads)
             .await
             .context("failed to read the last event sequence")?;
     Ok(max.map(to_u64).unwrap_or(0))
@@ -192,7 +222,11 @@ pub async fn store_events(
     boot_id: &str,
     events: &[Event],
 ) -> anyhow::Result<Vec<Event>> {
-    let mut tx = db.begin().await.context("failed to begin a transaction")?;
+    let mut tx = db
+        .writes
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
     let mut new_events = Vec::new();
     for event in events {
         let inserted = sqlx::query(
@@ -348,7 +382,7 @@ pub async fn find_restart_started_after(
     .bind(boot_id)
     .bind(service)
     .bind(to_i64(after_seq))
-    .fetch_optional(db)
+    .fetch_optional(&db.reads)
     .await
     .context("failed to look for a restart_started event")?;
     Ok(row.and_then(|(id,)| id).map(to_u64))
@@ -370,7 +404,7 @@ pub async fn find_restart_finished(
     .bind(host)
     .bind(boot_id)
     .bind(to_i64(agent_restart_id))
-    .fetch_optional(db)
+    .fetch_optional(&db.reads)
     .await
     .context("failed to look for a restart_finished event")?;
     let Some((body,)) = row else { return Ok(None) };
@@ -393,7 +427,7 @@ async fn agent_restart_steps(
     .bind(host)
     .bind(boot_id)
     .bind(to_i64(agent_restart_id))
-    .fetch_all(db)
+    .fetch_all(&db.reads)
     .await
     .context("failed to read a restart's events")?;
     rows.into_iter()
@@ -459,7 +493,7 @@ pub async fn list_generations(
     .bind(service)
     .bind(before.map(to_i64).unwrap_or(i64::MAX))
     .bind(i64::from(limit))
-    .fetch_all(db)
+    .fetch_all(&db.reads)
     .await
     .context("failed to list generations")?;
     let generations: Vec<GenerationRecord> = rows.into_iter().map(Into::into).collect();
@@ -532,7 +566,11 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
         return Ok(Created::Replayed(id));
     }
     let created_at = now_millis();
-    let mut tx = db.begin().await.context("failed to begin a transaction")?;
+    let mut tx = db
+        .writes
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
     let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
         "INSERT INTO restarts (service, reason, requested_by, idempotency_key, max_parallel, state, created_at)
          VALUES ($1, $2, $3, $4, $5, 'running', $6) RETURNING id",
@@ -611,7 +649,7 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
 pub async fn restart_by_idempotency_key(db: &Db, key: &str) -> anyhow::Result<Option<u64>> {
     let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM restarts WHERE idempotency_key = $1")
         .bind(key)
-        .fetch_optional(db)
+        .fetch_optional(&db.reads)
         .await
         .context("failed to look up an idempotency key")?;
     Ok(row.map(|(id,)| to_u64(id)))
@@ -621,7 +659,7 @@ pub async fn running_restart_of(db: &Db, service: &str) -> anyhow::Result<Option
     let row: Option<(i64,)> =
         sqlx::query_as("SELECT id FROM restarts WHERE service = $1 AND state = 'running'")
             .bind(service)
-            .fetch_optional(db)
+            .fetch_optional(&db.reads)
             .await
             .context("failed to look up the running restart")?;
     Ok(row.map(|(id,)| to_u64(id)))
@@ -630,7 +668,7 @@ pub async fn running_restart_of(db: &Db, service: &str) -> anyhow::Result<Option
 pub async fn running_restarts(db: &Db) -> anyhow::Result<Vec<u64>> {
     let rows: Vec<(i64,)> =
         sqlx::query_as("SELECT id FROM restarts WHERE state = 'running' ORDER BY id")
-            .fetch_all(db)
+            .fetch_all(&db.reads)
             .await
             .context("failed to list running restarts")?;
     Ok(rows.into_iter().map(|(id,)| to_u64(id)).collect())
@@ -674,7 +712,7 @@ pub async fn restart_row(db: &Db, id: u64) -> anyhow::Result<Option<RestartRow>>
          FROM restarts WHERE id = $1",
     )
     .bind(to_i64(id))
-    .fetch_optional(db)
+    .fetch_optional(&db.reads)
     .await
     .context("failed to read a restart")
 }
@@ -686,7 +724,7 @@ pub async fn restart_host_rows(db: &Db, id: u64) -> anyhow::Result<Vec<RestartHo
          FROM restart_hosts WHERE restart_id = $1 ORDER BY position",
     )
     .bind(to_i64(id))
-    .fetch_all(db)
+    .fetch_all(&db.reads)
     .await
     .context("failed to read a restart's hosts")
 }
@@ -803,7 +841,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         .push_bind(i64::from(filter.limit));
     let rows: Vec<RestartRow> = query
         .build_query_as()
-        .fetch_all(db)
+        .fetch_all(&db.reads)
         .await
         .context("failed to list restarts")?;
 
@@ -822,7 +860,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         query.push(") ORDER BY restart_id, position");
         let host_rows: Vec<RestartHostRow> = query
             .build_query_as()
-            .fetch_all(db)
+            .fetch_all(&db.reads)
             .await
             .context("failed to list the restarts' hosts")?;
         for host in host_rows {
@@ -871,7 +909,7 @@ pub async fn mark_host_running(db: &Db, sent: &CommandSent<'_>) -> anyhow::Resul
     .bind(sent.boot_id)
     .bind(to_i64(sent.seq_at_command))
     .bind(to_i64(now_millis()))
-    .execute(db)
+    .execute(&db.writes)
     .await
     .context("failed to record the restart command")?;
     Ok(())
@@ -889,7 +927,7 @@ pub async fn set_agent_restart_id(
     .bind(to_i64(restart_id))
     .bind(host)
     .bind(to_i64(agent_restart_id))
-    .execute(db)
+    .execute(&db.writes)
     .await
     .context("failed to record the agent's restart id")?;
     Ok(())
@@ -912,7 +950,7 @@ pub async fn finish_host(
     .bind(outcome.as_str())
     .bind(reason)
     .bind(to_i64(now_millis()))
-    .execute(db)
+    .execute(&db.writes)
     .await
     .context("failed to record a host's outcome")?;
     Ok(())
@@ -925,7 +963,11 @@ pub async fn finish_restart(
     outcome: RestartOutcome,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut tx = db.begin().await.context("failed to begin a transaction")?;
+    let mut tx = db
+        .writes
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
     sqlx::query(
         "UPDATE restart_hosts SET state = 'skipped' WHERE restart_id = $1 AND state = 'pending'",
     )
@@ -954,7 +996,7 @@ pub async fn count_restarts_by_outcome(db: &Db) -> anyhow::Result<Vec<(RestartOu
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT outcome, COUNT(*) FROM restarts WHERE outcome IS NOT NULL GROUP BY outcome",
     )
-    .fetch_all(db)
+    .fetch_all(&db.reads)
     .await
     .context("failed to count restarts")?;
     Ok(rows

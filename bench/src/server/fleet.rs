@@ -216,7 +216,8 @@ impl SimHost {
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
-        let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        // As the real agent's uplink: no Nagle on the link.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .context("cannot open the link")?;
         send(

@@ -151,7 +151,7 @@ impl TestApp {
         panic!("restart {id} did not finish");
     }
 
-    pub async fn db(&self) -> sqlx::SqlitePool {
+    pub async fn db(&self) -> baton_server::store::Db {
         baton_server::store::open(&self.database).await.unwrap()
     }
 }

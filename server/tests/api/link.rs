@@ -10,7 +10,7 @@ async fn event_count(app: &crate::helpers::TestApp, host: &str) -> i64 {
     let db = app.db().await;
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events WHERE host = $1")
         .bind(host)
-        .fetch_one(&db)
+        .fetch_one(db.reads())
         .await
         .unwrap();
     n

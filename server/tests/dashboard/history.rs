@@ -46,7 +46,9 @@ async fn history_filters_by_service_host_and_outcome_and_pages_by_id() {
         } else {
             RestartOutcome::Succeeded
         };
-        store::finish_restart(&db, created.id(), outcome, None).await.unwrap();
+        store::finish_restart(&db, created.id(), outcome, None)
+            .await
+            .unwrap();
     }
     let mut browser = Browser::new(&app);
     browser.sign_in(&app.viewer).await;
