@@ -27,9 +27,12 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// `http://HOST:PORT` (or `ws://`); the agent dials `/agent/v1/connect`.
+    /// `http://HOST:PORT` or `https://HOST:PORT` (or `ws://`, `wss://`); the
+    /// agent dials `/agent/v1/connect`.
     pub url: String,
     pub token: String,
+    /// PEM CA certificates trusted for `https://` besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +175,7 @@ struct RawServer {
     url: Spanned<String>,
     token: Option<String>,
     token_file: Option<Spanned<PathBuf>>,
+    ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -298,7 +302,7 @@ fn parse_server(
 ) -> Result<ServerConfig, ConfigError> {
     let url_span = raw.url.span();
     let url = raw.url.into_inner();
-    let rest = ["http://", "ws://"]
+    let rest = ["http://", "ws://", "https://", "wss://"]
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme));
     match rest {
@@ -306,7 +310,9 @@ fn parse_server(
         _ => {
             return Err(err(
                 Some(url_span),
-                format!("server field `url`: {url:?} is not like \"http://HOST:PORT\""),
+                format!(
+                    "server field `url`: {url:?} is not like \"http://HOST:PORT\" or \"https://HOST:PORT\""
+                ),
             ));
         }
     }
@@ -337,9 +343,22 @@ fn parse_server(
             "server: the token is empty".to_string(),
         ));
     }
+    // Checked now, so a missing or broken CA file is a config error with
+    // its line, not a link that never comes up.
+    let ca_file = match raw.ca_file {
+        None => None,
+        Some(file) => {
+            let span = file.span();
+            let path = file.into_inner();
+            baton_tls::read_certificates(&path)
+                .map_err(|e| err(Some(span), format!("server field `ca_file`: {e}")))?;
+            Some(path)
+        }
+    };
     Ok(ServerConfig {
         url: url.trim_end_matches('/').to_string(),
         token,
+        ca_file,
     })
 }
 
@@ -702,6 +721,30 @@ listen = "udp://[::1]:5353"
         assert!(message.contains("url"), "{message}");
         let (_, message) = error_of("[server]\nurl = \"http://h:1\"\n");
         assert!(message.contains("token"), "{message}");
+    }
+
+    #[test]
+    fn an_https_server_takes_a_ca_file_that_must_hold_a_certificate() {
+        let config = Config::parse(
+            "[server]\nurl = \"https://baton.example:8443\"\ntoken = \"t\"\n",
+            "agent.toml",
+        )
+        .unwrap();
+        let server = config.server.unwrap();
+        assert_eq!(server.url, "https://baton.example:8443");
+        assert_eq!(server.ca_file, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing-ca.pem");
+        let (line, message) = error_of(&format!(
+            "[server]\nurl = \"https://h:1\"\ntoken = \"t\"\nca_file = \"{}\"\n",
+            missing.display()
+        ));
+        assert_eq!(line, 4);
+        assert!(
+            message.contains("ca_file") && message.contains("missing-ca.pem"),
+            "{message}"
+        );
     }
 
     #[test]

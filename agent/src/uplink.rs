@@ -29,16 +29,26 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
-    let url = format!(
-        "{}/agent/v1/connect",
-        server.url.replacen("http://", "ws://", 1)
-    );
+    let url = format!("{}/agent/v1/connect", websocket_url(&server.url));
+    // Built once: the roots do not change while the agent runs, and a bad CA
+    // file was refused when the config was read.
+    let tls = if url.starts_with("wss://") {
+        match baton_tls::client_config(server.ca_file.as_deref()) {
+            Ok(config) => Some(Arc::new(config)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up TLS for the server link; not connecting");
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let mut backoff = BACKOFF_FIRST;
     loop {
         if agent.shutting_down.is_cancelled() {
             return;
         }
-        match session(&url, &server.token, &agent).await {
+        match session(&url, &server.token, tls.clone(), &agent).await {
             Ok(()) => backoff = BACKOFF_FIRST,
             Err(e) => tracing::warn!(server = %url, error = %e, "server link down; retrying"),
         }
@@ -56,7 +66,23 @@ fn frame(frame: &AgentFrame) -> Result<Message, LinkError> {
     Ok(Message::text(serde_json::to_string(frame)?))
 }
 
-async fn session(url: &str, token: &str, agent: &AgentView) -> Result<(), LinkError> {
+/// `http(s)://` becomes `ws(s)://`; `ws(s)://` stays.
+fn websocket_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        url.to_string()
+    }
+}
+
+async fn session(
+    url: &str,
+    token: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    agent: &AgentView,
+) -> Result<(), LinkError> {
     let mut request = url.into_client_request()?;
     request.headers_mut().insert(
         "Authorization",
@@ -66,7 +92,12 @@ async fn session(url: &str, token: &str, agent: &AgentView) -> Result<(), LinkEr
         Duration::from_secs(10),
         // Nagle would hold a small frame (a restart's answer, an event
         // batch) behind the server's delayed ACK for up to 40 ms.
-        tokio_tungstenite::connect_async_with_config(request, None, true),
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            true,
+            tls.map(tokio_tungstenite::Connector::Rustls),
+        ),
     )
     .await
     .map_err(|_| "connect timed out")??;

@@ -44,6 +44,9 @@ struct Cli {
     /// API token for the server (an operator's to restart).
     #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificates to trust for an https:// server, besides the system's.
+    #[arg(long, global = true, env = "BATON_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,7 +120,17 @@ fn main() -> ExitCode {
         };
     }
     if let Some(server) = &cli.server {
-        let client = server_client::ServerClient::new(server, cli.token.clone());
+        let client = match server_client::ServerClient::new(
+            server,
+            cli.token.clone(),
+            cli.ca_cert.as_deref(),
+        ) {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("baton: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        };
         let result = match cli.command {
             Command::Restart {
                 service,

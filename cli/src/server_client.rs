@@ -3,11 +3,14 @@
 use baton_proto::api::{ApiError, Restart, RestartPage, RestartRequest, RestartState, ServiceList};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
+use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot reach the server at {url}: {source}")]
+    /// With every cause: reqwest's own message alone does not say that a
+    /// certificate was refused, or why.
+    #[error("cannot reach the server at {url}: {}", causes(source))]
     Unreachable { url: String, source: reqwest::Error },
     #[error("the server answered {status}: {message}")]
     Api {
@@ -19,6 +22,20 @@ pub enum ServerError {
     Decode(reqwest::Error),
 }
 
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 pub struct ServerClient {
     base: String,
     token: Option<String>,
@@ -26,15 +43,26 @@ pub struct ServerClient {
 }
 
 impl ServerClient {
-    pub fn new(base: &str, token: Option<String>) -> ServerClient {
-        ServerClient {
+    /// Fails only on a CA file that cannot be used.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+    ) -> Result<ServerClient, baton_tls::TlsError> {
+        baton_tls::install_default_provider();
+        let mut http = Client::builder().timeout(Duration::from_secs(30));
+        // Only an https:// server needs the roots; a CA file given for
+        // nothing is still checked.
+        if base.starts_with("https://") || ca_cert.is_some() {
+            http = http.tls_backend_preconfigured(baton_tls::client_config(ca_cert)?);
+        }
+        Ok(ServerClient {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: Client::builder()
-                .timeout(Duration::from_secs(30))
+            http: http
                 .build()
-                .expect("an HTTP client without TLS always builds"),
-        }
+                .expect("an HTTP client with a built TLS config always builds"),
+        })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {

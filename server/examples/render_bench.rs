@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
     let application = Application::build(Settings::new("127.0.0.1:0".parse()?, database)).await?;
     let base = format!("http://127.0.0.1:{}", application.port());
     tokio::spawn(application.run_until_stopped());
+    baton_tls::install_default_provider();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;

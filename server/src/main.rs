@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use baton_server::domain::Role;
-use baton_server::settings::Settings;
+use baton_server::settings::{Settings, TlsFiles};
 use baton_server::startup::Application;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -31,6 +31,13 @@ enum Command {
         /// The longest one host's restart may take.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         host_restart_timeout: Duration,
+        /// Serve HTTPS (and wss:// for agents) with this PEM certificate
+        /// chain, leaf first. Needs --tls-key.
+        #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage API and agent tokens.
     Token {
@@ -68,12 +75,21 @@ async fn main() -> anyhow::Result<()> {
             database,
             offline_grace,
             host_restart_timeout,
+            tls_cert,
+            tls_key,
         } => {
             let mut settings = Settings::new(listen, database);
+            settings.tls = tls_cert
+                .zip(tls_key)
+                .map(|(certificate, key)| TlsFiles { certificate, key });
             settings.timeouts.offline_grace = offline_grace;
             settings.timeouts.host_restart = host_restart_timeout;
             let application = Application::build(settings).await?;
-            tracing::info!(port = application.port(), "baton-server listening");
+            tracing::info!(
+                port = application.port(),
+                tls = application.tls(),
+                "baton-server listening"
+            );
             application
                 .run_until_stopped()
                 .await

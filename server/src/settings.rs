@@ -13,6 +13,16 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Largest accepted request body; bigger ones get `413`.
     pub body_limit: usize,
+    /// HTTPS instead of HTTP, for the API, the dashboard and the agent link.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +59,7 @@ impl Settings {
             database,
             timeouts: Timeouts::default(),
             body_limit: 16 * 1024,
+            tls: None,
         }
     }
 }

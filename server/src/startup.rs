@@ -29,6 +29,7 @@ pub struct AppState {
 
 pub struct Application {
     port: u16,
+    tls: bool,
     server: Server,
     orchestrator: Orchestrator,
 }
@@ -51,6 +52,14 @@ impl Application {
             settings.timeouts.clone(),
             tokio::runtime::Handle::current(),
         );
+        // Read before binding, so a bad file stops the start with its name.
+        let tls = match &settings.tls {
+            Some(files) => Some(
+                baton_tls::server_config(&files.certificate, &files.key)
+                    .context("cannot set up HTTPS")?,
+            ),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("failed to bind {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -83,11 +92,16 @@ impl Application {
         // A restart command is one small frame on a link that just carried
         // other small frames; Nagle would hold it for the agent's delayed ACK.
         .tcp_nodelay(true)
-        .listen(listener)?
         // Agent links never end on their own; do not wait 30 s for them.
-        .shutdown_timeout(2)
+        .shutdown_timeout(2);
+        let with_tls = tls.is_some();
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        }
         .run();
         Ok(Application {
+            tls: with_tls,
             port,
             server,
             orchestrator,
@@ -96,6 +110,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether it serves HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// Stops the server from elsewhere (tests simulate a server restart).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 pub struct ServerUnderTest {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: Option<TestCertificates>,
     pub addr: SocketAddr,
     pub operator_token: String,
     pub viewer_token: String,
@@ -44,6 +45,23 @@ pub fn create_token(database: &Path, name: &str, role: &str) -> String {
 
 impl ServerUnderTest {
     pub fn start() -> ServerUnderTest {
+        Self::start_with(None)
+    }
+
+    /// Serves HTTPS with a certificate for 127.0.0.1 from a CA of its own;
+    /// agents configured by [`ServerUnderTest::agent_section`] trust it.
+    pub fn start_tls() -> ServerUnderTest {
+        Self::start_with(Some(()))
+    }
+
+    /// The PEM file of the CA that signed the server's certificate.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca.as_path())
+    }
+
+    fn start_with(tls: Option<()>) -> ServerUnderTest {
+        // For the tests' own HTTP clients.
+        baton_tls::install_default_provider();
         let dir = tempfile::Builder::new()
             .prefix("baton-server-test-")
             .tempdir()
@@ -53,9 +71,11 @@ impl ServerUnderTest {
         let viewer_token = create_token(&database, "test-viewer", "viewer");
         let agent_token = create_token(&database, "test-agent", "agent");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let tls = tls.map(|()| TestCertificates::write(dir.path()));
         let mut server = ServerUnderTest {
             dir,
             child: None,
+            tls,
             addr,
             operator_token,
             viewer_token,
@@ -70,7 +90,8 @@ impl ServerUnderTest {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn log(&self) -> String {
@@ -85,9 +106,18 @@ impl ServerUnderTest {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(bin("baton-server"))
+        let mut command = Command::new(bin("baton-server"));
+        command
             .args(["serve", "--listen", &self.addr.to_string(), "--database"])
-            .arg(self.database())
+            .arg(self.database());
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--tls-cert")
+                .arg(&tls.certificate)
+                .arg("--tls-key")
+                .arg(&tls.key);
+        }
+        let child = command
             .env(
                 "RUST_LOG",
                 std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -134,8 +164,12 @@ impl ServerUnderTest {
 
     /// The `[server]` section of an agent config for this server.
     pub fn agent_section(&self) -> String {
+        let ca_file = self
+            .ca_file()
+            .map(|ca| format!("ca_file = \"{}\"\n", ca.display()))
+            .unwrap_or_default();
         format!(
-            "[server]\nurl = \"{}\"\ntoken = \"{}\"\n",
+            "[server]\nurl = \"{}\"\ntoken = \"{}\"\n{ca_file}",
             self.url(),
             self.agent_token
         )
@@ -162,5 +196,40 @@ impl Drop for ServerUnderTest {
         if std::thread::panicking() {
             eprintln!("--- server log ---\n{}", self.log());
         }
+    }
+}
+
+/// A CA of the test's own and a server certificate it signed for 127.0.0.1
+/// and localhost, as PEM files.
+struct TestCertificates {
+    ca: PathBuf,
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCertificates {
+    fn write(dir: &Path) -> TestCertificates {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "baton test CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let files = TestCertificates {
+            ca: dir.join("ca.pem"),
+            certificate: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&files.ca, ca.pem()).unwrap();
+        std::fs::write(&files.certificate, leaf.pem()).unwrap();
+        std::fs::write(&files.key, leaf_key.serialize_pem()).unwrap();
+        files
     }
 }

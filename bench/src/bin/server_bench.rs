@@ -68,6 +68,7 @@ enum Scenario {
 }
 
 fn main() -> ExitCode {
+    baton_tls::install_default_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -74,7 +74,10 @@ async fn start(
         operator,
         viewer,
         agent,
-        client: reqwest::Client::new(),
+        client: {
+            baton_tls::install_default_provider();
+            reqwest::Client::new()
+        },
         handle,
         server,
         dir,

@@ -35,6 +35,7 @@ fn encode(text: &str) -> String {
 
 impl Browser {
     pub fn new(app: &TestApp) -> Browser {
+        baton_tls::install_default_provider();
         Browser {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
