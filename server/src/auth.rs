@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use crate::domain::Role;
 use crate::error::ApiError;
@@ -23,6 +24,9 @@ pub struct Principal {
     /// The name given at `token create`, recorded as `requested_by`.
     pub name: String,
     pub role: Role,
+    /// Which token it was, so that long-lived uses (an agent link, a
+    /// dashboard session) can be ended when it is revoked.
+    pub token_hash: String,
 }
 
 pub fn hash_token(token: &str) -> String {
@@ -37,34 +41,58 @@ pub async fn create_token(db: &Db, name: &str, role: Role) -> anyhow::Result<Str
     Ok(token)
 }
 
-/// Known tokens by hash. Tokens are never revoked yet, so a positive cache
-/// needs no invalidation; tokens created by `baton-server token create`
-/// while the server runs are found in the database on first use.
-#[derive(Default)]
+/// Known tokens by hash. `baton-server token create` and `token revoke`
+/// change the database from another process, so a cached token is looked up
+/// again once it is older than `recheck`: a new token works at once, a
+/// revoked one stops working within `recheck`.
 pub struct TokenCache {
-    known: RwLock<HashMap<String, Principal>>,
+    known: RwLock<HashMap<String, (Principal, Instant)>>,
+    recheck: Duration,
 }
 
 impl TokenCache {
+    pub fn new(recheck: Duration) -> TokenCache {
+        TokenCache {
+            known: RwLock::new(HashMap::new()),
+            recheck,
+        }
+    }
+
     pub async fn authenticate(
         &self,
         db: &Db,
         request: &HttpRequest,
     ) -> Result<Principal, ApiError> {
-        let token = bearer_token(request)?;
-        let hash = hash_token(token);
-        if let Some(principal) = self.known.read().expect("token cache lock").get(&hash) {
-            return Ok(principal.clone());
+        let hash = hash_token(bearer_token(request)?);
+        self.check(db, &hash)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))
+    }
+
+    /// The token's holder, or `None` when the token is unknown or revoked.
+    pub async fn check(&self, db: &Db, hash: &str) -> anyhow::Result<Option<Principal>> {
+        if let Some((principal, checked)) = self.known.read().expect("token cache lock").get(hash)
+            && checked.elapsed() < self.recheck
+        {
+            return Ok(Some(principal.clone()));
         }
-        let Some((name, role)) = store::find_token(db, &hash).await? else {
-            return Err(ApiError::Unauthorized("invalid token".into()));
-        };
-        let principal = Principal { name, role };
-        self.known
-            .write()
-            .expect("token cache lock")
-            .insert(hash, principal.clone());
-        Ok(principal)
+        let found = store::find_token(db, hash).await?;
+        let mut known = self.known.write().expect("token cache lock");
+        Ok(match found {
+            Some((name, role)) => {
+                let principal = Principal {
+                    name,
+                    role,
+                    token_hash: hash.to_owned(),
+                };
+                known.insert(hash.to_owned(), (principal.clone(), Instant::now()));
+                Some(principal)
+            }
+            None => {
+                known.remove(hash);
+                None
+            }
+        })
     }
 }
 

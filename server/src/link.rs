@@ -76,7 +76,14 @@ async fn refuse(mut session: Session, message: String) {
     let _ = session.close(None).await;
 }
 
-pub async fn run(state: Arc<AppState>, mut session: Session, mut stream: AggregatedMessageStream) {
+/// `token_hash` is the agent token the link was opened with; the link ends
+/// once that token is revoked.
+pub async fn run(
+    state: Arc<AppState>,
+    token_hash: String,
+    mut session: Session,
+    mut stream: AggregatedMessageStream,
+) {
     let silence = state.settings.timeouts.agent_silence;
     let hello = match tokio::time::timeout(silence, receive(&mut session, &mut stream, "?")).await {
         Ok(Incoming::Frame(frame)) => frame,
@@ -159,8 +166,16 @@ pub async fn run(state: Arc<AppState>, mut session: Session, mut stream: Aggrega
     let mut persisted_services = services;
     let mut persisted_at = Instant::now();
     let mut deadline = tokio::time::Instant::now() + silence;
+    let mut token_check = tokio::time::interval(state.settings.timeouts.token_recheck);
+    token_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
+            _ = token_check.tick() => match state.tokens.check(&state.db, &token_hash).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break "its token was revoked",
+                // The database being away says nothing about the token.
+                Err(error) => tracing::warn!(host, error = format!("{error:#}"), "cannot check the agent's token"),
+            },
             frame = frames.recv() => match frame {
                 Some(frame) => {
                     if !send(&mut session, &frame).await {

@@ -4,6 +4,7 @@ use anyhow::Context;
 use baton_server::domain::Role;
 use baton_server::settings::{Settings, TlsFiles};
 use baton_server::startup::Application;
+use baton_server::store::{self, TokenSelector};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,10 @@ enum Command {
         /// The longest one host's restart may take.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         host_restart_timeout: Duration,
+        /// How soon a revoked token stops working, agent links and dashboard
+        /// sessions included.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        token_recheck: Duration,
         /// Serve HTTPS (and wss:// for agents) with this PEM certificate
         /// chain, leaf first. Needs --tls-key.
         #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
@@ -58,6 +63,24 @@ enum TokenCommand {
         #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
         role: Role,
     },
+    /// List every token: id, name, role, when it was created and revoked.
+    List {
+        #[arg(long, env = "BATON_DATABASE")]
+        database: PathBuf,
+    },
+    /// Revoke tokens: a running server refuses them within its
+    /// --token-recheck, and closes agent links and dashboard sessions opened
+    /// with them.
+    Revoke {
+        #[arg(long, env = "BATON_DATABASE")]
+        database: PathBuf,
+        /// Every live token of this name.
+        #[arg(long, required_unless_present = "id", conflicts_with = "id")]
+        name: Option<String>,
+        /// The one token with this id (see `token list`).
+        #[arg(long)]
+        id: Option<i64>,
+    },
 }
 
 #[tokio::main]
@@ -75,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             database,
             offline_grace,
             host_restart_timeout,
+            token_recheck,
             tls_cert,
             tls_key,
         } => {
@@ -84,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(certificate, key)| TlsFiles { certificate, key });
             settings.timeouts.offline_grace = offline_grace;
             settings.timeouts.host_restart = host_restart_timeout;
+            settings.timeouts.token_recheck = token_recheck;
             let application = Application::build(settings).await?;
             tracing::info!(
                 port = application.port(),
@@ -107,6 +132,48 @@ async fn main() -> anyhow::Result<()> {
             let token = baton_server::auth::create_token(&db, &name, role).await?;
             println!("{token}");
         }
+        Command::Token {
+            command: TokenCommand::List { database },
+        } => {
+            let db = baton_server::store::open(&database).await?;
+            println!(
+                "{:>5}  {:<24} {:<9} {:<21} REVOKED",
+                "ID", "NAME", "ROLE", "CREATED"
+            );
+            for token in store::list_tokens(&db).await? {
+                println!(
+                    "{:>5}  {:<24} {:<9} {:<21} {}",
+                    token.id,
+                    token.name,
+                    token.role,
+                    time(token.created_at),
+                    token.revoked_at.map(time).unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { database, name, id },
+        } => {
+            let db = baton_server::store::open(&database).await?;
+            let which = match (&name, id) {
+                (_, Some(id)) => TokenSelector::Id(id),
+                (Some(name), None) => TokenSelector::Name(name),
+                (None, None) => anyhow::bail!("give --name or --id"),
+            };
+            let revoked = store::revoke_tokens(&db, which).await?;
+            if revoked == 0 {
+                anyhow::bail!("no live token matches; `baton-server token list` shows them");
+            }
+            println!(
+                "revoked {revoked} token{}",
+                if revoked == 1 { "" } else { "s" }
+            );
+        }
     }
     Ok(())
+}
+
+fn time(millis: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
 }

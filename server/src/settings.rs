@@ -39,6 +39,9 @@ pub struct Timeouts {
     /// The longest a host's restart may run before it counts as failed; the
     /// server does not know the service's ready and drain timeouts.
     pub host_restart: Duration,
+    /// How soon a revoked token stops working: cached tokens, agent links
+    /// and dashboard sessions are checked against the database this often.
+    pub token_recheck: Duration,
 }
 
 impl Default for Timeouts {
@@ -48,6 +51,7 @@ impl Default for Timeouts {
             offline_grace: Duration::from_secs(60),
             command_answer: Duration::from_secs(10),
             host_restart: Duration::from_secs(600),
+            token_recheck: Duration::from_secs(5),
         }
     }
 }

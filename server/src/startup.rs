@@ -67,7 +67,7 @@ impl Application {
             db,
             fleet,
             orchestrator: orchestrator.clone(),
-            tokens: TokenCache::default(),
+            tokens: TokenCache::new(settings.timeouts.token_recheck),
             sessions: Sessions::default(),
             metrics,
             settings,

@@ -80,19 +80,17 @@ pub async fn login(
     if token.is_empty() {
         return refused("Paste a viewer or operator token.");
     }
-    match store::find_token(&state.db, &hash_token(token)).await? {
-        Some((name, role @ (Role::Viewer | Role::Operator))) => {
-            tracing::info!(token = %name, role = role.as_str(), "dashboard sign-in");
-            let cookie = state.sessions.open(&name, role);
+    match state.tokens.check(&state.db, &hash_token(token)).await? {
+        Some(principal) if principal.role != Role::Agent => {
+            tracing::info!(token = %principal.name, role = principal.role.as_str(), "dashboard sign-in");
+            let cookie = state.sessions.open(&principal);
             let mut response = see_other(&next);
             response
                 .add_cookie(&cookie)
                 .map_err(|e| anyhow::anyhow!("cannot set the session cookie: {e}"))?;
             Ok(response)
         }
-        Some((_, Role::Agent)) => {
-            refused("That is an agent token; sign in with a viewer or operator token.")
-        }
+        Some(_) => refused("That is an agent token; sign in with a viewer or operator token."),
         None => refused("This token is not known to this server."),
     }
 }

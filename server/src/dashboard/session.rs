@@ -10,10 +10,12 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::future::{Ready, ready};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use crate::auth::Principal;
 use crate::dashboard::PageError;
 use crate::domain::Role;
 use crate::startup::AppState;
@@ -28,6 +30,8 @@ pub struct Session {
     /// The token's name, recorded as `requested_by` on restarts.
     pub name: String,
     pub role: Role,
+    /// The token signed in with: revoking it ends the session.
+    token_hash: String,
     /// Sent back in a hidden field of every form that changes something.
     pub csrf_token: String,
     expires_at: Instant,
@@ -69,12 +73,13 @@ fn random_hex() -> String {
 
 impl Sessions {
     /// Opens a session and returns the cookie that names it.
-    pub fn open(&self, name: &str, role: Role) -> Cookie<'static> {
+    pub fn open(&self, principal: &Principal) -> Cookie<'static> {
         let id = random_hex();
         let now = Instant::now();
         let session = Session {
-            name: name.to_string(),
-            role,
+            name: principal.name.clone(),
+            role: principal.role,
+            token_hash: principal.token_hash.clone(),
             csrf_token: random_hex(),
             expires_at: now + SESSION_LIFETIME,
         };
@@ -100,6 +105,14 @@ impl Sessions {
             .cloned()
     }
 
+    /// Ends every session opened with a token that was revoked.
+    pub fn forget(&self, token_hash: &str) {
+        self.by_id_hash
+            .write()
+            .expect("sessions lock")
+            .retain(|_, s| s.token_hash != token_hash);
+    }
+
     /// Ends the request's session, if any, and returns a cookie that makes
     /// the browser forget it.
     pub fn close(&self, request: &HttpRequest) -> Cookie<'static> {
@@ -119,26 +132,37 @@ impl Sessions {
     }
 }
 
-/// A signed-in person; pages that need one send everybody else to `/login`.
+/// A signed-in person whose token is still valid; pages that need one send
+/// everybody else to `/login`.
 pub struct SignedIn(pub Session);
 
 impl FromRequest for SignedIn {
     type Error = PageError;
-    type Future = Ready<Result<Self, PageError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, PageError>>>>;
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let session = request
-            .app_data::<web::Data<AppState>>()
+        let state = request.app_data::<web::Data<AppState>>().cloned();
+        let session = state
+            .as_ref()
             .and_then(|state| state.sessions.find(request));
-        ready(match session {
-            Some(session) => Ok(SignedIn(session)),
-            None => Err(PageError::SignInRequired {
-                next: request
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_else(|| "/".into()),
-            }),
+        let sign_in = PageError::SignInRequired {
+            next: request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+        };
+        Box::pin(async move {
+            let (Some(state), Some(session)) = (state, session) else {
+                return Err(sign_in);
+            };
+            match state.tokens.check(&state.db, &session.token_hash).await? {
+                Some(_) => Ok(SignedIn(session)),
+                None => {
+                    state.sessions.forget(&session.token_hash);
+                    Err(sign_in)
+                }
+            }
         })
     }
 }
@@ -150,7 +174,11 @@ mod tests {
     #[test]
     fn csrf_tokens_must_match_exactly() {
         let sessions = Sessions::default();
-        let _ = sessions.open("ci", Role::Operator);
+        let _ = sessions.open(&Principal {
+            name: "ci".into(),
+            role: Role::Operator,
+            token_hash: "ab".into(),
+        });
         let session = sessions
             .by_id_hash
             .read()

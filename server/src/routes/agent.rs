@@ -10,7 +10,7 @@ pub async fn connect(
     request: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
-    _agent: Agent,
+    agent: Agent,
 ) -> Result<HttpResponse, ApiError> {
     let (response, session, stream) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
@@ -19,6 +19,11 @@ pub async fn connect(
         .aggregate_continuations()
         .max_continuation_size(link::MAX_FRAME_BYTES);
     // The request body stream is bound to this worker, so the link runs here.
-    actix_web::rt::spawn(link::run(state.into_inner(), session, stream));
+    actix_web::rt::spawn(link::run(
+        state.into_inner(),
+        agent.0.token_hash,
+        session,
+        stream,
+    ));
     Ok(response)
 }

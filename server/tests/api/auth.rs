@@ -85,3 +85,56 @@ async fn an_operator_starts_a_restart() {
     assert_eq!(body["requested_by"], "ci");
     assert_eq!(body["hosts"][0]["host"], "a");
 }
+
+async fn revoke(app: &crate::helpers::TestApp, name: &str) -> u64 {
+    baton_server::store::revoke_tokens(
+        &app.db().await,
+        baton_server::store::TokenSelector::Name(name),
+    )
+    .await
+    .unwrap()
+}
+
+/// Polls `probe` until it returns true; the server rechecks tokens every
+/// 200 ms in these tests.
+async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !probe().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_working_and_others_do_not() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/services", Some(&app.viewer)).await.status(), 200);
+    assert_eq!(revoke(&app, "dashboard").await, 1);
+    eventually("the revoked viewer token was still accepted", async || {
+        app.get("/services", Some(&app.viewer)).await.status() == 401
+    })
+    .await;
+    // The operator's token has another name and still works.
+    assert_eq!(
+        app.get("/services", Some(&app.operator)).await.status(),
+        200
+    );
+    // Revoking again finds nothing live.
+    assert_eq!(revoke(&app, "dashboard").await, 0);
+}
+
+#[tokio::test]
+async fn revoking_the_agent_token_closes_the_link() {
+    let app = spawn_app().await;
+    let _agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    assert_eq!(app.get_json("/hosts").await["hosts"][0]["online"], true);
+    assert_eq!(revoke(&app, "agents").await, 1);
+    eventually(
+        "the link of a revoked agent token stayed open",
+        async || app.get_json("/hosts").await["hosts"][0]["online"] == false,
+    )
+    .await;
+    // And it cannot come back with it.
+    let refused = crate::helpers::open_link(&app, &app.agent).await;
+    assert!(refused.is_err(), "a revoked agent token opened a link");
+}

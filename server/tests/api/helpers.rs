@@ -33,6 +33,7 @@ fn test_settings(database: PathBuf) -> Settings {
     settings.timeouts.offline_grace = Duration::from_secs(2);
     settings.timeouts.command_answer = Duration::from_secs(3);
     settings.timeouts.host_restart = Duration::from_secs(30);
+    settings.timeouts.token_recheck = Duration::from_millis(200);
     settings
 }
 

@@ -176,3 +176,35 @@ async fn pages_for_unknown_things_are_404_pages() {
     let anonymous = Browser::new(&app).get("/restarts/1/live").await;
     assert_eq!(anonymous.status(), 401);
 }
+
+#[tokio::test]
+async fn revoking_the_token_ends_the_dashboard_sessions_opened_with_it() {
+    let app = spawn_app().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.viewer).await;
+    assert_eq!(browser.get("/").await.status(), 200);
+    baton_server::store::revoke_tokens(
+        &app.db().await,
+        baton_server::store::TokenSelector::Name("dashboard"),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let response = browser.get("/").await;
+        if response.status() == 303 {
+            let location = response.headers()[header::LOCATION].to_str().unwrap();
+            assert!(location.starts_with("/login"), "{location}");
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session outlived its token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Signing in again with it is refused.
+    let response = browser.post_form("/login", &[("token", &app.viewer)]).await;
+    assert_eq!(response.status(), 401);
+}
