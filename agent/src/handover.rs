@@ -56,6 +56,9 @@ pub enum HandedPhase {
 pub struct GenerationHandover {
     pub number: u64,
     pub pid: i32,
+    /// `MAINPID=` of the generation, when it named another process.
+    #[serde(default)]
+    pub main_pid: Option<i32>,
     pub phase: HandedPhase,
     pub started_at: UnixMillis,
     pub ready_at: Option<UnixMillis>,

@@ -87,6 +87,9 @@ pub enum NotifyMessage {
     FdStoreRemove { name: Option<String> },
     /// `WATCHDOG=1`
     Watchdog,
+    /// `BARRIER=1` (`sd_notify_barrier`): the fd sent with it is closed once
+    /// every earlier message of the sender has been acted on.
+    Barrier,
     /// Anything else, or a known key with a value that does not parse. Kept for
     /// logging, never acted on.
     Unknown(String),
@@ -270,6 +273,7 @@ fn parse_assignment(line: &str, fd_name: &Option<String>) -> NotifyMessage {
         ("RELOADING", "1") => NotifyMessage::Reloading,
         ("STOPPING", "1") => NotifyMessage::Stopping,
         ("WATCHDOG", "1") => NotifyMessage::Watchdog,
+        ("BARRIER", "1") => NotifyMessage::Barrier,
         ("STATUS", status) => NotifyMessage::Status(status.to_owned()),
         ("MAINPID", pid) => match pid.parse::<i32>() {
             Ok(pid) if pid > 0 => NotifyMessage::MainPid(pid),
@@ -354,6 +358,8 @@ mod tests {
             ("STATUS=a=b", vec![Status("a=b".into())]),
             ("RELOADING=1\r\nSTOPPING=1", vec![Reloading, Stopping]),
             ("MAINPID=4242", vec![MainPid(4242)]),
+            ("BARRIER=1", vec![Barrier]),
+            ("BARRIER=0", vec![Unknown("BARRIER=0".into())]),
             ("MAINPID=abc", vec![Unknown("MAINPID=abc".into())]),
             ("MAINPID=0", vec![Unknown("MAINPID=0".into())]),
             ("MAINPID=-5", vec![Unknown("MAINPID=-5".into())]),

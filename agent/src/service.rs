@@ -262,6 +262,7 @@ pub enum Msg {
     },
     Exited {
         generation: u64,
+        pid: Pid,
         exit: ExitInfo,
     },
     Notify {
@@ -371,6 +372,10 @@ struct Generation {
     ready_instant: Option<Instant>,
     status_text: Option<String>,
     connections: Option<u32>,
+    /// The process `MAINPID=` named, when not `pid` (a service that forks its
+    /// real server and lets the first process exit). Its exit, not `pid`'s,
+    /// is the generation's main exit.
+    main_pid: Option<Pid>,
     /// Set once the main process is reaped; the generation is gone when its
     /// process group is empty too.
     main_exit: Option<ExitInfo>,
@@ -506,7 +511,11 @@ impl Service {
                 self.stop_waiters.push(reply);
                 self.stop_all();
             }
-            Msg::Exited { generation, exit } => self.on_exit(generation, exit),
+            Msg::Exited {
+                generation,
+                pid,
+                exit,
+            } => self.on_exit(generation, pid, exit),
             Msg::Notify {
                 generation,
                 pid,
@@ -573,6 +582,7 @@ impl Service {
                 .map(|g| GenerationHandover {
                     number: g.number,
                     pid: g.pid.as_raw(),
+                    main_pid: g.main_pid.map(Pid::as_raw),
                     phase: match g.phase {
                         Phase::Draining { deadline } => HandedPhase::Draining {
                             left_ms: left(deadline),
@@ -599,12 +609,13 @@ impl Service {
     }
 
     /// Turns the reaper's news of the generation's main process into a message.
-    fn report_exit(&self, number: u64, exit_watch: crate::reaper::ExitWatch) {
+    fn report_exit(&self, number: u64, pid: Pid, exit_watch: crate::reaper::ExitWatch) {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let exit = wait_exit(exit_watch).await;
             let _ = tx.send(Msg::Exited {
                 generation: number,
+                pid,
                 exit,
             });
         });
@@ -636,7 +647,12 @@ impl Service {
                     tx: self.tx.clone(),
                 },
             );
-            self.report_exit(number, exit_watch);
+            self.report_exit(number, pid, exit_watch);
+            let main_pid = handed.main_pid.map(Pid::from_raw);
+            if let Some(main) = main_pid {
+                let main_watch = self.shared.reaper.adopt(main);
+                self.report_exit(number, main, main_watch);
+            }
             let tasks = CancellationToken::new();
             let phase = match handed.phase {
                 HandedPhase::Ready => Phase::Ready,
@@ -668,6 +684,7 @@ impl Service {
                     ready_instant: handed.ready_at.map(|_| now),
                     status_text: handed.status_text,
                     connections: None,
+                    main_pid,
                     main_exit: None,
                     _sockets: self.sockets.clone(),
                     tasks,
@@ -795,7 +812,7 @@ impl Service {
 
         let now = Instant::now();
         let tasks = CancellationToken::new();
-        self.report_exit(number, exit_watch);
+        self.report_exit(number, pid, exit_watch);
         if let Some(target) = probe_target(&self.config.ready, number, probe_port) {
             tokio::spawn(probe_until_ready(
                 target,
@@ -818,6 +835,7 @@ impl Service {
                 ready_instant: None,
                 status_text: None,
                 connections: None,
+                main_pid: None,
                 main_exit: None,
                 _sockets: self.sockets.clone(),
                 tasks,
@@ -973,12 +991,26 @@ impl Service {
         self.check_restart_done();
     }
 
-    fn on_exit(&mut self, number: u64, exit: ExitInfo) {
+    fn on_exit(&mut self, number: u64, pid: Pid, exit: ExitInfo) {
         let signal = self.config.stop_signal;
         let drain_timeout = self.config.drain_timeout;
         let Some(generation) = self.generations.get_mut(&number) else {
             return;
         };
+        let main = generation.main_pid.unwrap_or(generation.pid);
+        if pid != main {
+            if pid != generation.pid {
+                // A process an earlier MAINPID= named, replaced since.
+                return;
+            }
+            // The first process handed over to `main` and exited. If `main`
+            // died first, while still its child, nobody will report that.
+            if in_group(main, generation.pid) {
+                tracing::info!(service = %self.name, generation = number, first = pid.as_raw(), main = main.as_raw(), %exit, "first process exited; the main process serves on");
+                return;
+            }
+            tracing::warn!(service = %self.name, generation = number, main = main.as_raw(), "the main process named by MAINPID is gone");
+        }
         generation.main_exit = Some(exit);
         let phase = generation.phase;
         let pid = generation.pid;
@@ -1204,8 +1236,11 @@ impl Service {
                     let name = name.unwrap_or_else(|| "stored".into());
                     self.fd_store.retain(|(n, _)| *n != name);
                 }
-                NotifyMessage::MainPid(main) => {
-                    tracing::info!(service = %self.name, generation = number, pid, main_pid = main, "MAINPID reported");
+                NotifyMessage::MainPid(main) => self.set_main_pid(number, pid, Pid::from_raw(main)),
+                NotifyMessage::Barrier => {
+                    // Closing the fds tells the sender that everything it
+                    // sent before has been acted on.
+                    fds.clear();
                 }
                 NotifyMessage::Stopping => {
                     tracing::debug!(service = %self.name, generation = number, "generation reports it is stopping");
@@ -1215,6 +1250,32 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// `MAINPID=`: from now on the generation lives as long as `main` does.
+    /// Only a process of the generation's own process group can be named, as
+    /// systemd accepts only one of the unit's processes.
+    fn set_main_pid(&mut self, number: u64, sender: i32, main: Pid) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        if generation.main_exit.is_some() || generation.main_pid == Some(main) {
+            return;
+        }
+        if main == generation.pid {
+            generation.main_pid = None;
+            return;
+        }
+        if !in_group(main, generation.pid) {
+            tracing::warn!(service = %self.name, generation = number, main = main.as_raw(), "MAINPID names a process outside the generation; ignored");
+            return;
+        }
+        generation.main_pid = Some(main);
+        tracing::info!(service = %self.name, generation = number, sender, main = main.as_raw(), "main process is now the one MAINPID named");
+        // It becomes the agent's child (the agent is a subreaper) once its
+        // parent exits, and is reaped and reported like any generation.
+        let watch = self.shared.reaper.adopt(main);
+        self.report_exit(number, main, watch);
     }
 
     async fn on_timer(&mut self) {
@@ -1384,6 +1445,7 @@ impl Service {
                 .map(|g| GenerationInfo {
                     generation: g.number,
                     pid: g.pid.as_raw() as u32,
+                    main_pid: g.main_pid.map(|p| p.as_raw() as u32),
                     state: g.state(),
                     started_at: g.started_at,
                     ready_at: g.ready_at,
@@ -1408,6 +1470,12 @@ pub fn listen_addrs_of<'a>(addrs: impl Iterator<Item = &'a ListenAddr>) -> Liste
         }
     }
     listen
+}
+
+/// True while `pid` runs (or is a zombie not yet reaped) in process group
+/// `pgid`; a pid reused by a process elsewhere does not count.
+fn in_group(pid: Pid, pgid: Pid) -> bool {
+    nix::unistd::getpgid(Some(pid)) == Ok(pgid)
 }
 
 fn group_alive(pgid: Pid) -> bool {

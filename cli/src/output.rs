@@ -92,7 +92,7 @@ pub fn status_table(status: &AgentStatus) -> String {
                 service.name,
                 service.state.to_string(),
                 generation.generation,
-                generation.pid,
+                generation.main_pid(),
                 age(generation.started_at),
                 generation
                     .connections

@@ -121,7 +121,7 @@ pub fn status(client: &ServerClient) -> Result<u8, ServerError> {
             let (generation, pid, connections) = match &host.current {
                 Some(g) => (
                     g.generation.to_string(),
-                    g.pid.to_string(),
+                    g.main_pid().to_string(),
                     g.connections
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "?".into()),

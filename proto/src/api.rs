@@ -254,6 +254,7 @@ mod tests {
         GenerationInfo {
             generation: number,
             pid: 100 + number as u32,
+            main_pid: None,
             state,
             started_at: 1,
             ready_at: None,

@@ -189,7 +189,12 @@ pub struct SocketInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GenerationInfo {
     pub generation: u64,
+    /// The process the agent started, leader of the generation's process group.
     pub pid: u32,
+    /// The process the generation named as its main one with `MAINPID=`, when
+    /// that is not `pid`: its exit is the generation's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_pid: Option<u32>,
     pub state: GenerationState,
     pub started_at: UnixMillis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +206,13 @@ pub struct GenerationInfo {
     /// kernel's tables; `None` when they could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+}
+
+impl GenerationInfo {
+    /// The process to point people at: the main one.
+    pub fn main_pid(&self) -> u32 {
+        self.main_pid.unwrap_or(self.pid)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -47,6 +47,7 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                 generations: vec![GenerationInfo {
                     generation: u64::from(GENERATIONS_PER_SERVICE_AND_HOST),
                     pid: 10_000 + s,
+                    main_pid: None,
                     state: GenerationState::Ready,
                     started_at: now as u64 - 3_600_000,
                     ready_at: Some(now as u64 - 3_599_000),

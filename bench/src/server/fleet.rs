@@ -186,6 +186,7 @@ impl SimHost {
                     generations: vec![GenerationInfo {
                         generation: 1,
                         pid: next_pid,
+                        main_pid: None,
                         state: GenerationState::Ready,
                         started_at: started,
                         ready_at: Some(started + 180),
@@ -351,6 +352,7 @@ impl SimHost {
         let mut new = GenerationInfo {
             generation: old.generation + 1,
             pid: self.next_pid,
+            main_pid: None,
             state: GenerationState::Starting,
             started_at,
             ready_at: None,

@@ -85,7 +85,7 @@ impl HostLine {
                 .map(|g| g.generation.to_string())
                 .unwrap_or_else(|| "—".into()),
             pid: current
-                .map(|g| g.pid.to_string())
+                .map(|g| g.main_pid().to_string())
                 .unwrap_or_else(|| "—".into()),
             uptime: current
                 .map(|g| duration_ms(now.saturating_sub(g.ready_at.unwrap_or(g.started_at))))
@@ -98,7 +98,7 @@ impl HostLine {
                 .iter()
                 .map(|g| DrainLine {
                     generation: g.generation,
-                    pid: g.pid,
+                    pid: g.main_pid(),
                     connections: connections(g.connections),
                 })
                 .collect(),

@@ -168,6 +168,7 @@ pub fn service(name: &str, generation: u64) -> ServiceStatus {
         generations: vec![GenerationInfo {
             generation,
             pid: 1000 + generation as u32,
+            main_pid: None,
             state: GenerationState::Ready,
             started_at: 1,
             ready_at: Some(2),
