@@ -375,3 +375,41 @@ pub async fn load(
     config.max_duration = Duration::from_secs(600);
     baton_loadgen::run(config, stop).await
 }
+
+/// Keeps `connections` clients busy on `addr` while `restarts` restarts of
+/// `service` run one after another, each followed by `pause`; returns the
+/// restarts' reports and what the clients saw.
+pub async fn restarts_under_load(
+    agent: &std::sync::Arc<AgentUnderTest>,
+    service: &str,
+    addr: SocketAddr,
+    connections: usize,
+    restarts: usize,
+    pause: Duration,
+) -> (Vec<RestartReport>, baton_loadgen::LoadReport) {
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let load = tokio::spawn(load(
+        baton_loadgen::Target::Tcp(addr),
+        connections,
+        async move { stopped.notified().await },
+    ));
+    // Every client connected and busy before the first restart.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarter = agent.clone();
+    let service = service.to_owned();
+    let reports = tokio::task::spawn_blocking(move || {
+        (0..restarts)
+            .map(|_| {
+                let report = restarter.restart(&service).1;
+                std::thread::sleep(pause);
+                report
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("the restarts ran");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.notify_one();
+    (reports, load.await.expect("the load ran"))
+}

@@ -1,12 +1,10 @@
 //! An unmodified third-party server: gunicorn checks LISTEN_PID and takes
 //! fds 3.. only when it matches, then sends READY=1 itself.
 
-use baton_loadgen::Target;
 use baton_proto::RestartOutcome;
 use baton_tests::AgentUnderTest;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 const APP: &str = r#"
 import os
@@ -50,26 +48,9 @@ listen = "tcp://127.0.0.1:0"
         dir = dir.path().display()
     )));
     let addr = agent.tcp_addr("py", "http");
-    let stop = Arc::new(Notify::new());
-    let stopped = stop.clone();
-    let load = tokio::spawn(baton_tests::load(Target::Tcp(addr), 16, async move {
-        stopped.notified().await
-    }));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let restarter = agent.clone();
-    let outcomes = tokio::task::spawn_blocking(move || {
-        (0..3)
-            .map(|_| {
-                let report = restarter.restart("py").1;
-                std::thread::sleep(Duration::from_millis(300));
-                report
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    stop.notify_one();
-    let report = load.await.unwrap();
+    let (outcomes, report) =
+        baton_tests::restarts_under_load(&agent, "py", addr, 16, 3, Duration::from_millis(300))
+            .await;
     for restart in &outcomes {
         assert_eq!(
             restart.outcome,

@@ -4,12 +4,10 @@
 //! main process, is drained and replaced by restarts, and its main process
 //! dying is a crash.
 
-use baton_loadgen::Target;
 use baton_proto::{EventKind, RestartOutcome};
-use baton_tests::{AgentUnderTest, bin};
+use baton_tests::{AgentUnderTest, bin, restarts_under_load};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Forks; the child execs the demo on the inherited sockets (with its own
 /// pid in LISTEN_PID), the parent names it and leaves.
@@ -75,22 +73,7 @@ listen = "tcp://127.0.0.1:0"
     );
 
     let addr = agent.tcp_addr("web", "http");
-    let stop = Arc::new(Notify::new());
-    let stopped = stop.clone();
-    let load = tokio::spawn(baton_tests::load(Target::Tcp(addr), 16, async move {
-        stopped.notified().await
-    }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let restarter = agent.clone();
-    let reports = tokio::task::spawn_blocking(move || {
-        (0..3)
-            .map(|_| restarter.restart("web").1)
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    stop.notify_one();
-    let report = load.await.unwrap();
+    let (reports, report) = restarts_under_load(&agent, "web", addr, 16, 3, Duration::ZERO).await;
     for restart in &reports {
         assert_eq!(
             restart.outcome,

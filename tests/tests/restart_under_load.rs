@@ -83,23 +83,8 @@ async fn a_new_generation_that_crashes_at_start_is_rolled_back_under_load() {
     let first = agent.service("web").generations[0].clone();
     std::fs::write(&mode_file, "crash").unwrap();
 
-    let stop = Arc::new(Notify::new());
-    let stopped = stop.clone();
-    let load = tokio::spawn(load(Target::Tcp(addr), CONNECTIONS, async move {
-        stopped.notified().await
-    }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let restarter = agent.clone();
-    let outcomes = tokio::task::spawn_blocking(move || {
-        (0..5)
-            .map(|_| restarter.restart("web").1)
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.notify_one();
-    let report = load.await.unwrap();
+    let (outcomes, report) =
+        baton_tests::restarts_under_load(&agent, "web", addr, CONNECTIONS, 5, Duration::ZERO).await;
 
     for restart in &outcomes {
         assert_eq!(
