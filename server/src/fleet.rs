@@ -94,6 +94,8 @@ pub struct Fleet {
 pub struct ServicesDocument {
     version: u64,
     pub etag: String,
+    /// The tag of the gzipped bytes, another representation.
+    pub gzip_etag: String,
     pub json: bytes::Bytes,
     gzip: std::sync::OnceLock<bytes::Bytes>,
 }
@@ -173,6 +175,7 @@ impl Fleet {
         let doc = Arc::new(ServicesDocument {
             version,
             etag: format!("\"{}-{version}\"", self.etag_prefix),
+            gzip_etag: format!("\"{}-{version}-gzip\"", self.etag_prefix),
             json: bytes::Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
             gzip: std::sync::OnceLock::new(),
         });

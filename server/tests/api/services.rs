@@ -29,11 +29,21 @@ async fn the_list_is_gzipped_for_clients_that_accept_it_and_says_the_same() {
     assert_eq!(header(&plain, "content-encoding"), None);
     let vary = header(&plain, "vary").unwrap().to_ascii_lowercase();
     assert!(vary.contains("accept-encoding"), "Vary: {vary}");
+    let plain_etag = header(&plain, "etag").unwrap().to_string();
     let plain = plain.bytes().await.unwrap();
 
     let gzipped = get_services(&app, &[("accept-encoding", "br;q=1, gzip;q=0.8")]).await;
     assert_eq!(gzipped.status(), 200);
     assert_eq!(header(&gzipped, "content-encoding"), Some("gzip"));
+    // Other bytes, another tag; either one revalidates.
+    let gzip_etag = header(&gzipped, "etag").unwrap().to_string();
+    assert_ne!(gzip_etag, plain_etag);
+    for tag in [&plain_etag, &gzip_etag] {
+        let again =
+            get_services(&app, &[("accept-encoding", "gzip"), ("if-none-match", tag)]).await;
+        assert_eq!(again.status(), 304, "{tag}");
+        assert_eq!(header(&again, "etag"), Some(gzip_etag.as_str()));
+    }
     let compressed = gzipped.bytes().await.unwrap();
     let mut unpacked = Vec::new();
     flate2::read::GzDecoder::new(&compressed[..])

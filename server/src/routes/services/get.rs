@@ -18,21 +18,27 @@ pub async fn list(
 ) -> HttpResponse {
     let doc = state.fleet.services_document();
     let headers = request.headers();
-    let not_modified = has_etag(headers.get(header::IF_NONE_MATCH), &doc.etag);
+    let gzip = accepts_gzip(headers.get(header::ACCEPT_ENCODING));
+    // The two encodings are two representations, so two tags; a client
+    // holding either has this version.
+    let etag = if gzip { &doc.gzip_etag } else { &doc.etag };
+    let if_none_match = headers.get(header::IF_NONE_MATCH);
+    let not_modified =
+        has_etag(if_none_match, &doc.etag) || has_etag(if_none_match, &doc.gzip_etag);
     let mut response = if not_modified {
         HttpResponse::NotModified()
     } else {
         HttpResponse::Ok()
     };
     response
-        .insert_header((header::ETAG, doc.etag.as_str()))
+        .insert_header((header::ETAG, etag.as_str()))
         .insert_header((header::VARY, "Accept, Accept-Encoding"))
         .insert_header((header::CACHE_CONTROL, "no-cache"));
     if not_modified {
         return response.finish();
     }
     response.content_type("application/json");
-    if accepts_gzip(headers.get(header::ACCEPT_ENCODING)) {
+    if gzip {
         response
             .insert_header((header::CONTENT_ENCODING, "gzip"))
             .body(doc.gzip())
