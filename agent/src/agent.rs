@@ -448,8 +448,10 @@ async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if let Routed::Nobody(datagram) = shared.directory.route(datagram) {
-            ignore_notification(&shared.events, datagram);
+        match shared.directory.route(datagram) {
+            Routed::Nobody(datagram) => ignore_notification(&shared.events, datagram),
+            Routed::Late => tracing::debug!("notify message from a generation that just ended"),
+            Routed::Delivered | Routed::Parked => {}
         }
     }
 }

@@ -73,7 +73,16 @@ struct DirectoryInner {
     routes: HashMap<i32, Route>,
     spawns_in_flight: usize,
     parked: Vec<Parked>,
+    /// Groups of generations that ended lately, newest last. A message sent
+    /// just before the exit can be read after it (`STOPPING=1` of a drain
+    /// that finished at once): it is late, not a stranger's.
+    gone: std::collections::VecDeque<(std::time::Instant, i32)>,
 }
+
+/// How long, and for how many ended generations, a late message is known
+/// for one of ours.
+const GONE_KEPT_FOR: Duration = Duration::from_secs(5);
+const GONE_KEPT_MAX: usize = 1024;
 
 struct Parked {
     /// The sender's process group when the message came, if it still had one.
@@ -107,11 +116,20 @@ pub enum Routed {
     Delivered,
     /// Kept until the spawns in flight have registered their pids.
     Parked,
+    /// From a generation that has just ended; nothing is left to act on it.
+    Late,
     /// From no generation of ours.
     Nobody(NotifyDatagram),
 }
 
 impl DirectoryInner {
+    fn recently_gone(&self, pid: i32, pgid: Option<i32>) -> bool {
+        let now = std::time::Instant::now();
+        self.gone.iter().any(|(at, group)| {
+            now.duration_since(*at) < GONE_KEPT_FOR && (*group == pid || Some(*group) == pgid)
+        })
+    }
+
     fn find(&self, pid: i32, pgid: Option<i32>) -> Option<&Route> {
         self.routes
             .get(&pid)
@@ -134,6 +152,9 @@ impl Directory {
         if let Some(route) = inner.find(pid, pgid) {
             route.deliver(datagram);
             return Routed::Delivered;
+        }
+        if inner.recently_gone(pid, pgid) {
+            return Routed::Late;
         }
         if inner.spawns_in_flight > 0 && inner.parked.len() < MAX_PARKED {
             inner.parked.push(Parked { pgid, datagram });
@@ -161,11 +182,19 @@ impl Directory {
     }
 
     fn remove(&self, pgid: Pid) {
-        self.inner
-            .lock()
-            .expect("directory lock")
-            .routes
-            .remove(&pgid.as_raw());
+        let mut inner = self.inner.lock().expect("directory lock");
+        if inner.routes.remove(&pgid.as_raw()).is_some() {
+            let now = std::time::Instant::now();
+            while inner.gone.len() >= GONE_KEPT_MAX
+                || inner
+                    .gone
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
+            {
+                inner.gone.pop_front();
+            }
+            inner.gone.push_back((now, pgid.as_raw()));
+        }
     }
 }
 
@@ -199,8 +228,12 @@ impl SpawnWindow<'_> {
         inner.spawns_in_flight -= 1;
         Self::replay(&mut inner);
         if inner.spawns_in_flight == 0 {
-            self.ignored
-                .extend(inner.parked.drain(..).map(|p| p.datagram));
+            let parked = std::mem::take(&mut inner.parked);
+            let strangers = parked
+                .into_iter()
+                .filter(|p| !inner.recently_gone(p.datagram.pid, p.pgid))
+                .map(|p| p.datagram);
+            self.ignored.extend(strangers);
         }
     }
 
@@ -1680,6 +1713,26 @@ mod directory_tests {
             ignored.iter().map(|d| d.pid).collect::<Vec<_>>(),
             [STRANGER]
         );
+        assert!(matches!(
+            directory.route(datagram(STRANGER)),
+            Routed::Nobody(_)
+        ));
+    }
+
+    #[test]
+    fn a_message_from_a_generation_that_just_ended_is_late_not_a_strangers() {
+        let directory = Directory::default();
+        let (route, mut rx) = route(3);
+        let mut window = directory.begin_spawn();
+        window.register(Pid::from_raw(CHILD), route);
+        assert!(window.close().is_empty());
+        directory.remove(Pid::from_raw(CHILD));
+        assert!(matches!(directory.route(datagram(CHILD)), Routed::Late));
+        assert!(notified(&mut rx).is_none());
+        // During a spawn it is not parked either, so it is never reported.
+        let window = directory.begin_spawn();
+        assert!(matches!(directory.route(datagram(CHILD)), Routed::Late));
+        assert!(window.close().is_empty());
         assert!(matches!(
             directory.route(datagram(STRANGER)),
             Routed::Nobody(_)
