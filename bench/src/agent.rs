@@ -2,7 +2,6 @@
 //! control socket. The bench only observes the agent through the same
 //! protocol the `baton` command line uses.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -10,10 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use baton_proto::{
-    AgentMessage, AgentStatus, ClientMessage, EventKind, Request, Response, RestartOutcome,
-    ServiceState,
-};
+
+use crate::control::ControlClient;
+use baton_proto::{AgentStatus, EventKind, Request, Response, RestartOutcome, ServiceState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -99,7 +97,7 @@ impl Agent {
     }
 
     fn client(&self) -> anyhow::Result<ControlClient> {
-        ControlClient::connect(&self.socket)
+        ControlClient::connect(&self.socket, Some(Duration::from_secs(120)))
     }
 
     pub fn status(&self) -> anyhow::Result<AgentStatus> {
@@ -216,45 +214,5 @@ impl Drop for Agent {
         }
         let _ = child.kill();
         let _ = child.wait();
-    }
-}
-
-struct ControlClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl ControlClient {
-    fn connect(path: &Path) -> anyhow::Result<ControlClient> {
-        let stream = UnixStream::connect(path)
-            .with_context(|| format!("cannot connect to the agent at {}", path.display()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-        Ok(ControlClient {
-            writer: stream.try_clone()?,
-            reader: BufReader::new(stream),
-        })
-    }
-
-    fn send(&mut self, request: Request) -> anyhow::Result<()> {
-        let mut line = serde_json::to_string(&ClientMessage::new(request))?;
-        line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .context("cannot send to the agent")
-    }
-
-    fn next(&mut self) -> anyhow::Result<Option<Response>> {
-        let mut line = String::new();
-        if self
-            .reader
-            .read_line(&mut line)
-            .context("cannot read from the agent")?
-            == 0
-        {
-            return Ok(None);
-        }
-        let message: AgentMessage = serde_json::from_str(&line)
-            .with_context(|| format!("the agent sent something unreadable: {line:?}"))?;
-        Ok(Some(message.body))
     }
 }

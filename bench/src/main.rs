@@ -5,6 +5,7 @@
 mod agent;
 mod binaries;
 mod cli;
+mod control;
 mod load;
 mod memory;
 mod overhead;

@@ -3,16 +3,17 @@
 //! linked to it. Both are taken from the folder this bench was built into, so
 //! a stale or debug build is never measured.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::TcpListener;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use baton_proto::{AgentMessage, ClientMessage, Event, Request, Response, ServiceState};
+
+use super::control::ControlClient;
+use baton_proto::{Event, Request, Response, ServiceState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -293,7 +294,7 @@ listen = "tcp://127.0.0.1:0"
     }
 
     fn status(&self) -> anyhow::Result<baton_proto::AgentStatus> {
-        let mut client = ControlClient::connect(&self.socket)?;
+        let mut client = ControlClient::connect(&self.socket, Some(Duration::from_secs(30)))?;
         client.send(Request::Status)?;
         match client.next()? {
             Some(Response::Status(status)) => Ok(status),
@@ -304,7 +305,7 @@ listen = "tcp://127.0.0.1:0"
     /// Asks for a restart without following it (its events arrive on the
     /// [`EventFeed`]); returns once the agent has accepted it.
     pub fn restart(&self, service: &str) -> anyhow::Result<()> {
-        let mut client = ControlClient::connect(&self.socket)?;
+        let mut client = ControlClient::connect(&self.socket, Some(Duration::from_secs(30)))?;
         client.send(Request::Restart {
             service: service.to_owned(),
             follow: false,
@@ -319,9 +320,8 @@ listen = "tcp://127.0.0.1:0"
     /// Every event of the agent from now on, each stamped with the moment
     /// this process read it.
     pub fn follow_events(&self) -> anyhow::Result<EventFeed> {
-        let mut client = ControlClient::connect(&self.socket)?;
         // A read timeout would end the feed during a quiet stretch.
-        client.reader.get_ref().set_read_timeout(None)?;
+        let mut client = ControlClient::connect(&self.socket, None)?;
         // The backlog comes first; callers drain it before they time anything.
         client.send(Request::Events {
             after: 0,
@@ -385,45 +385,5 @@ impl EventFeed {
                 }
             }
         }
-    }
-}
-
-struct ControlClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl ControlClient {
-    fn connect(path: &Path) -> anyhow::Result<ControlClient> {
-        let stream = UnixStream::connect(path)
-            .with_context(|| format!("cannot connect to the agent at {}", path.display()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(ControlClient {
-            writer: stream.try_clone()?,
-            reader: BufReader::new(stream),
-        })
-    }
-
-    fn send(&mut self, request: Request) -> anyhow::Result<()> {
-        let mut line = serde_json::to_string(&ClientMessage::new(request))?;
-        line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .context("cannot send to the agent")
-    }
-
-    fn next(&mut self) -> anyhow::Result<Option<Response>> {
-        let mut line = String::new();
-        if self
-            .reader
-            .read_line(&mut line)
-            .context("cannot read from the agent")?
-            == 0
-        {
-            return Ok(None);
-        }
-        let message: AgentMessage = serde_json::from_str(&line)
-            .with_context(|| format!("the agent sent something unreadable: {line:?}"))?;
-        Ok(Some(message.body))
     }
 }
