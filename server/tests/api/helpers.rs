@@ -143,6 +143,17 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// An operator's `POST /services/{service}/restart`, not waiting: its id.
+    pub async fn start_restart(&self, service: &str) -> u64 {
+        let response = self
+            .post_restart(service, Some(&self.operator), None, None, false)
+            .await;
+        assert_eq!(response.status(), 202, "POST a restart of {service}");
+        response.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_u64()
+            .expect("a restart id")
+    }
+
     /// Polls `GET /restarts/{id}` until it has ended.
     pub async fn wait_restart(&self, id: u64) -> serde_json::Value {
         for _ in 0..200 {
@@ -270,6 +281,14 @@ impl FakeAgent {
         self.recv_within(Duration::from_secs(10))
             .await
             .expect("a frame from the server")
+    }
+
+    /// The next frame, which must be a restart command: its id.
+    pub async fn expect_restart_command(&mut self) -> String {
+        match self.recv().await {
+            ServerFrame::Restart { command_id, .. } => command_id,
+            other => panic!("expected a restart command, got {other:?}"),
+        }
     }
 
     pub fn event(&mut self, service: &str, restart: Option<RestartId>, kind: EventKind) -> Event {

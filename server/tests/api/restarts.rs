@@ -1,4 +1,4 @@
-use baton_proto::link::{AgentFrame, ServerFrame};
+use baton_proto::link::AgentFrame;
 use baton_proto::{ErrorBody, ErrorKind, RestartOutcome};
 use std::time::Duration;
 
@@ -151,12 +151,7 @@ async fn hosts_restart_one_at_a_time_in_name_order() {
     let app = spawn_app().await;
     let mut b = FakeAgent::connect(&app, "b", "boot-b", vec![service("web", 1)]).await;
     let mut a = FakeAgent::connect(&app, "a", "boot-a", vec![service("web", 1)]).await;
-    let response = app
-        .post_restart("web", Some(&app.operator), None, None, false)
-        .await;
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let id = app.start_restart("web").await;
     assert!(
         b.recv_within(Duration::from_millis(200)).await.is_none(),
         "b goes after a"
@@ -188,15 +183,8 @@ async fn an_offline_host_fails_with_host_offline() {
 async fn a_host_that_goes_away_mid_restart_fails_after_the_grace() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
-    let response = app
-        .post_restart("web", Some(&app.operator), None, None, false)
-        .await;
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let ServerFrame::Restart { command_id, .. } = agent.recv().await else {
-        panic!("expected a command")
-    };
+    let id = app.start_restart("web").await;
+    let command_id = agent.expect_restart_command().await;
     agent
         .send(&AgentFrame::RestartStarted {
             command_id,
@@ -214,15 +202,8 @@ async fn a_host_that_goes_away_mid_restart_fails_after_the_grace() {
 async fn an_agent_refusal_fails_the_host_with_its_message() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
-    let response = app
-        .post_restart("web", Some(&app.operator), None, None, false)
-        .await;
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let ServerFrame::Restart { command_id, .. } = agent.recv().await else {
-        panic!("expected a command")
-    };
+    let id = app.start_restart("web").await;
+    let command_id = agent.expect_restart_command().await;
     agent
         .send(&AgentFrame::RestartStarted {
             command_id,
@@ -248,15 +229,8 @@ async fn an_agent_refusal_fails_the_host_with_its_message() {
 async fn a_restart_survives_a_server_restart() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
-    let response = app
-        .post_restart("web", Some(&app.operator), None, None, false)
-        .await;
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let ServerFrame::Restart { command_id, .. } = agent.recv().await else {
-        panic!("expected a command")
-    };
+    let id = app.start_restart("web").await;
+    let command_id = agent.expect_restart_command().await;
     // The answer is never delivered: the server is gone first.
     let app = app.restart_server().await;
     drop(command_id);
@@ -281,12 +255,7 @@ async fn a_restart_survives_a_server_restart() {
 async fn a_restart_whose_command_never_arrived_fails_once_the_agent_caught_up() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
-    let response = app
-        .post_restart("web", Some(&app.operator), None, None, false)
-        .await;
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let id = app.start_restart("web").await;
     let _ = agent.recv().await;
     let app = app.restart_server().await;
     let _agent =
