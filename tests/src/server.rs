@@ -98,6 +98,24 @@ impl ServerUnderTest {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// `GET path` with the viewer token: the JSON of its `200`.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client")
+            .get(format!("{}{path}", self.url()))
+            .bearer_auth(&self.viewer_token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(response.status(), 200, "GET {path}");
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     /// Starts the server process (again, after [`ServerUnderTest::kill`]) on
     /// the same database and address.
     pub fn launch(&mut self) {

@@ -453,15 +453,7 @@ async fn an_operator_restarts_from_the_browser_and_watches_it_succeed_live() {
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
-    let restarts: Value = reqwest::Client::new()
-        .get(format!("{base}/restarts"))
-        .bearer_auth(&server.viewer_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let restarts: Value = server.get_json("/restarts").await;
     assert_eq!(restarts["restarts"].as_array().unwrap().len(), 1);
     assert_eq!(restarts["restarts"][0]["reason"], "browser test");
 

@@ -24,15 +24,7 @@ fn http() -> reqwest::Client {
 async fn wait_for_hosts(server: &ServerUnderTest, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let list: serde_json::Value = http()
-            .get(format!("{}/hosts", server.url()))
-            .bearer_auth(&server.viewer_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: serde_json::Value = server.get_json("/hosts").await;
         let online = list["hosts"]
             .as_array()
             .map(|h| h.iter().filter(|h| h["online"] == true).count())
@@ -107,15 +99,7 @@ async fn a_rolling_restart_across_two_hosts_under_load_fails_no_request() {
     }
 
     // The history shows both generations on both hosts.
-    let generations: serde_json::Value = http()
-        .get(format!("{}/services/demo/generations", server.url()))
-        .bearer_auth(&server.viewer_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let generations: serde_json::Value = server.get_json("/services/demo/generations").await;
     let records: Vec<GenerationRecord> =
         serde_json::from_value(generations["generations"].clone()).unwrap();
     for host in ["host-a", "host-b"] {
@@ -207,15 +191,7 @@ async fn a_server_killed_mid_restart_learns_the_true_outcome_when_it_returns() {
     server.launch();
     let deadline = Instant::now() + Duration::from_secs(30);
     let settled = loop {
-        let restart: Restart = http()
-            .get(format!("{}{location}", server.url()))
-            .bearer_auth(&server.viewer_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let restart: Restart = server.get_json(&location).await;
         if restart.outcome.is_some() {
             break restart;
         }
