@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::child::{tail, wait_until_ready};
 use crate::control::ControlClient;
 use baton_proto::{AgentStatus, EventKind, Request, Response, RestartOutcome, ServiceState};
 use nix::sys::signal::{Signal, kill};
@@ -67,20 +68,15 @@ impl Agent {
             child: Some(child),
             socket,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&agent.socket).is_err() {
-            if let Some(child) = agent.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!("baton-agent exited with {status}:\n{}", agent.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the agent's control socket never appeared:\n{}",
-                    agent.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let log = agent.dir.path().join("agent.log");
+        if let Some(child) = agent.child.as_mut() {
+            wait_until_ready(
+                child,
+                &log,
+                "the agent's control socket never appeared",
+                || UnixStream::connect(&agent.socket).is_ok(),
+            )
+            .context("baton-agent did not start")?;
         }
         Ok(agent)
     }
@@ -91,9 +87,7 @@ impl Agent {
 
     /// The last lines of the agent's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        tail(&self.dir.path().join("agent.log"))
     }
 
     fn client(&self) -> anyhow::Result<ControlClient> {

@@ -4,6 +4,7 @@
 
 mod agent;
 mod binaries;
+mod child;
 mod cli;
 mod control;
 mod load;

@@ -31,14 +31,6 @@ fn chromedriver_path() -> PathBuf {
     found.unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn artifacts_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -74,7 +66,7 @@ impl Browser {
             .prefix("baton-chromium-")
             .tempdir()
             .unwrap();
-        let port = free_port();
+        let port = baton_tests::server::free_port();
         let child = Command::new(chromedriver_path())
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

@@ -1,6 +1,8 @@
 //! The pieces of `baton-server-bench`, kept apart from `baton-bench`'s own
 //! modules, which measure the agent alone.
 
+#[path = "../child.rs"]
+pub mod child;
 #[path = "../control.rs"]
 pub mod control;
 pub mod fleet;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use super::child::{tail, wait_until_ready};
 use super::control::ControlClient;
 use baton_proto::{Event, Request, Response, ServiceState};
 use nix::sys::signal::{Signal, kill};
@@ -126,24 +127,12 @@ impl Server {
             child: Some(child),
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if healthz(port) {
-                return Ok(server);
-            }
-            if let Some(child) = server.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!("baton-server exited with {status}:\n{}", server.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "baton-server never answered /healthz:\n{}",
-                    server.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let log = server.dir.path().join("server.log");
+        if let Some(child) = server.child.as_mut() {
+            wait_until_ready(child, &log, "it never answered /healthz", || healthz(port))
+                .context("baton-server did not start")?;
         }
+        Ok(server)
     }
 
     pub fn url(&self) -> String {
@@ -181,10 +170,13 @@ fn healthz(port: u16) -> bool {
     stream.read_exact(&mut answer).is_ok() && answer.starts_with(b"HTTP/1.1 200")
 }
 
-fn tail(path: &Path) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+fn status_of(socket: &Path) -> anyhow::Result<baton_proto::AgentStatus> {
+    let mut client = ControlClient::connect(socket, Some(Duration::from_secs(30)))?;
+    client.send(Request::Status)?;
+    match client.next()? {
+        Some(Response::Status(status)) => Ok(status),
+        other => bail!("unexpected answer to status: {other:?}"),
+    }
 }
 
 /// SIGTERM, then SIGKILL if it has not exited within `grace`.
@@ -264,42 +256,23 @@ listen = "tcp://127.0.0.1:0"
             child: Some(child),
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(status) = agent.status() {
-                if status
-                    .services
-                    .iter()
-                    .all(|service| service.state == ServiceState::Ready)
-                {
-                    return Ok(agent);
-                }
-            } else if let Some(child) = agent.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!("baton-agent exited with {status}:\n{}", agent.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the agent's service never became ready:\n{}",
-                    agent.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let log = agent.dir.path().join("agent.log");
+        if let Some(child) = agent.child.as_mut() {
+            wait_until_ready(child, &log, "its service never became ready", || {
+                status_of(&agent.socket).is_ok_and(|status| {
+                    status
+                        .services
+                        .iter()
+                        .all(|service| service.state == ServiceState::Ready)
+                })
+            })
+            .context("baton-agent did not start")?;
         }
+        Ok(agent)
     }
 
     pub fn log_tail(&self) -> String {
         tail(&self.dir.path().join("agent.log"))
-    }
-
-    fn status(&self) -> anyhow::Result<baton_proto::AgentStatus> {
-        let mut client = ControlClient::connect(&self.socket, Some(Duration::from_secs(30)))?;
-        client.send(Request::Status)?;
-        match client.next()? {
-            Some(Response::Status(status)) => Ok(status),
-            other => bail!("unexpected answer to status: {other:?}"),
-        }
     }
 
     /// Asks for a restart without following it (its events arrive on the
