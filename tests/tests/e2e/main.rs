@@ -1,0 +1,16 @@
+//! End-to-end tests: the real binaries run together. One test binary, one module per area.
+
+mod bad_input;
+mod cli;
+mod dashboard;
+mod deploy;
+mod fleet;
+mod gunicorn;
+mod lifecycle;
+mod mainpid;
+mod outcomes;
+mod restart_under_load;
+mod sockets;
+mod tls;
+mod tokens;
+mod upgrade;
