@@ -3,12 +3,14 @@
 //! (reload).
 
 use crate::config::{Config, ServiceConfig};
-use crate::control::{self, AgentView};
+use crate::control;
+use crate::view::AgentView;
 use crate::events::{EventLog, now_millis};
 use crate::handover::{Handover, ServiceHandover};
 use crate::notify::NotifySocket;
 use crate::reaper::Reaper;
-use crate::service::{self, Directory, Routed, ServiceHandle, Shared, ignore_notification};
+use crate::notify_router::{NotifyRouter, Routed, ignore_notification};
+use crate::service::{self, ServiceHandle, Shared};
 use crate::sockets::{self, BoundSocket};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
@@ -90,7 +92,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
-        directory: Directory::default(),
+        router: NotifyRouter::default(),
         notify_socket: config.notify_socket.clone(),
     });
     let host = config.host.clone().unwrap_or_else(|| {
@@ -130,7 +132,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         // children that exited during the exec are collected now.
         let handles = view.handles();
         for handle in handles {
-            let _ = handle.status().await;
+            let _ = handle.status(false).await;
         }
         shared.reaper.reap_all();
         tracing::info!("upgraded in place; every socket and generation carried over");
@@ -448,7 +450,7 @@ async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {
                 continue;
             }
         };
-        match shared.directory.route(datagram) {
+        match shared.router.route(datagram) {
             Routed::Nobody(datagram) => ignore_notification(&shared.events, datagram),
             Routed::Late => tracing::debug!("notify message from a generation that just ended"),
             Routed::Delivered | Routed::Parked => {}

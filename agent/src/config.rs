@@ -59,21 +59,82 @@ pub enum Readiness {
     Notify,
     /// Running is ready.
     Exec,
-    /// `GET` on an address the generation owns answers 2xx. The template may
-    /// hold `{generation}` and `{port}` (a free port the agent picks for each
-    /// generation and passes as `BATON_PROBE_PORT`).
-    Http { url: String },
+    /// `GET` on an address the generation owns answers 2xx.
+    Http(HttpProbe),
     /// A TCP connect to an address the generation owns succeeds.
-    Tcp { addr: String },
+    Tcp { addr: ProbeTemplate },
+}
+
+/// `http://AUTHORITY/PATH`, split once when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// `host:port`, also sent as the `Host` header.
+    pub authority: ProbeTemplate,
+    /// Starts with `/`.
+    pub path: ProbeTemplate,
 }
 
 impl Readiness {
     pub fn uses_probe_port(&self) -> bool {
         match self {
-            Readiness::Http { url } => url.contains("{port}"),
-            Readiness::Tcp { addr } => addr.contains("{port}"),
-            _ => false,
+            Readiness::Http(http) => http.authority.uses_port() || http.path.uses_port(),
+            Readiness::Tcp { addr } => addr.uses_port(),
+            Readiness::Notify | Readiness::Exec => false,
         }
+    }
+}
+
+/// Probe text that may hold `{generation}` and `{port}` (a free port the agent
+/// picks for each generation and passes as `BATON_PROBE_PORT`), split at its
+/// placeholders once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTemplate(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Generation,
+    Port,
+}
+
+impl ProbeTemplate {
+    pub fn parse(text: &str) -> Self {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = [("{generation}", Piece::Generation), ("{port}", Piece::Port)]
+                .into_iter()
+                .filter_map(|(mark, piece)| rest.find(mark).map(|at| (at, mark, piece)))
+                .min_by_key(|(at, _, _)| *at);
+            let Some((at, mark, piece)) = next else { break };
+            if at > 0 {
+                pieces.push(Piece::Text(rest[..at].to_string()));
+            }
+            pieces.push(piece);
+            rest = &rest[at + mark.len()..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        ProbeTemplate(pieces)
+    }
+
+    pub fn uses_port(&self) -> bool {
+        self.0.contains(&Piece::Port)
+    }
+
+    /// Without a port, `{port}` stays as written.
+    pub fn fill(&self, generation: u64, port: Option<u16>) -> String {
+        let mut text = String::new();
+        for piece in &self.0 {
+            match (piece, port) {
+                (Piece::Text(t), _) => text.push_str(t),
+                (Piece::Generation, _) => text.push_str(&generation.to_string()),
+                (Piece::Port, Some(port)) => text.push_str(&port.to_string()),
+                (Piece::Port, None) => text.push_str("{port}"),
+            }
+        }
+        text
     }
 }
 
@@ -509,12 +570,17 @@ fn parse_readiness(text: &str) -> Result<Readiness, String> {
             if rest.is_empty() || rest.starts_with('/') {
                 return Err(format!("{text:?} has no host"));
             }
-            Ok(Readiness::Http {
-                url: text.to_string(),
-            })
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, "/"),
+            };
+            Ok(Readiness::Http(HttpProbe {
+                authority: ProbeTemplate::parse(authority),
+                path: ProbeTemplate::parse(path),
+            }))
         }
         _ if text.starts_with("tcp://") => Ok(Readiness::Tcp {
-            addr: text["tcp://".len()..].to_string(),
+            addr: ProbeTemplate::parse(&text["tcp://".len()..]),
         }),
         _ => Err(format!(
             "{text:?} is not one of \"notify\", \"exec\", \"http://HOST:PORT/PATH\", \"tcp://HOST:PORT\""
@@ -630,6 +696,26 @@ listen = "udp://[::1]:5353"
         assert_eq!(dns.stop_signal, Signal::SIGQUIT);
         assert!(dns.ready.uses_probe_port());
         assert_eq!(dns.sockets[0].listen.to_string(), "udp://[::1]:5353");
+    }
+
+    #[test]
+    fn a_probe_url_is_split_once_and_filled_per_generation() {
+        let Ok(Readiness::Http(http)) = parse_readiness("http://127.0.0.1:{port}/g/{generation}")
+        else {
+            panic!("an http probe");
+        };
+        assert_eq!(http.authority.fill(7, Some(8080)), "127.0.0.1:8080");
+        assert_eq!(http.path.fill(7, Some(8080)), "/g/7");
+        let Ok(Readiness::Http(bare)) = parse_readiness("http://localhost:81") else {
+            panic!("an http probe");
+        };
+        assert_eq!(bare.path.fill(1, None), "/");
+        assert!(!bare.authority.uses_port());
+        let Ok(Readiness::Tcp { addr }) = parse_readiness("tcp://[::1]:{port}") else {
+            panic!("a tcp probe");
+        };
+        assert_eq!(addr.fill(3, None), "[::1]:{port}");
+        assert_eq!(addr.fill(3, Some(9)), "[::1]:9");
     }
 
     fn error_of(text: &str) -> (usize, String) {

@@ -6,6 +6,7 @@
 //! the kernel (`/proc/net/tcp` can hold tens of thousands of lines); ownership comes
 //! from the socket inodes behind `/proc/<pid>/fd`.
 
+use crate::config::ListenAddr;
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use netlink_packet_sock_diag::unix::nlas::UnixDiagName;
 use netlink_packet_sock_diag::unix::{self as unix_diag, UnixRequest};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use procfs::process::{FDTarget, Process};
+use tokio_util::sync::CancellationToken;
 
 /// The service's stream listeners, so that only connections accepted from them are
 /// counted (a generation's own outbound connections to a database are not "its
@@ -34,6 +36,50 @@ pub struct ListenAddrs {
     /// Compared byte for byte with the name the socket was bound to, so give the path
     /// exactly as it was bound.
     pub unix: Vec<PathBuf>,
+}
+
+impl ListenAddrs {
+    /// The stream listeners among a service's addresses (UDP has no connections).
+    pub fn of<'a>(addrs: impl IntoIterator<Item = &'a ListenAddr>) -> Self {
+        let mut listen = ListenAddrs::default();
+        for addr in addrs {
+            match addr {
+                ListenAddr::Tcp(a) => listen.tcp.push(*a),
+                ListenAddr::Unix(p) => listen.unix.push(p.clone()),
+                ListenAddr::Udp(_) => {}
+            }
+        }
+        listen
+    }
+}
+
+/// [`count_connections`] off the async threads; `None` when it could not count.
+pub async fn count(pgid: i32, listen: ListenAddrs) -> Option<u32> {
+    tokio::task::spawn_blocking(move || count_connections(pgid, &listen))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+}
+
+/// Counts a draining generation's connections every `every` and hands each
+/// count to `report`, until `stop` is cancelled or `report` says it is no
+/// longer listening.
+pub async fn watch_draining(
+    pgid: i32,
+    listen: ListenAddrs,
+    every: Duration,
+    report: impl Fn(Option<u32>) -> bool,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if !report(count(pgid, listen.clone()).await) {
+            return;
+        }
+    }
 }
 
 /// A dump never legitimately takes long; this only keeps a wedged kernel reply from

@@ -2,89 +2,21 @@
 //! request at a time per connection. Mode 0600 and a peer uid check: only the
 //! agent's own user (and root) may drive it.
 
-use crate::config::ListenAddr;
-use crate::events::EventLog;
-use crate::service::{ServiceHandle, count_blocking, listen_addrs_of};
+use crate::view::AgentView;
 use baton_proto::{
-    AgentMessage, AgentStatus, ClientMessage, ErrorBody, ErrorKind, EventKind, PROTOCOL_VERSION,
-    Request, Response,
+    AgentMessage, ClientMessage, ErrorBody, ErrorKind, EventKind, PROTOCOL_VERSION, Request,
+    Response,
 };
 use futures::{SinkExt, StreamExt};
-use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::codec::{Framed, LinesCodec};
-use tokio_util::sync::CancellationToken;
 
 const MAX_LINE: usize = 64 * 1024;
-
-/// What the control socket needs to see of the agent.
-pub struct AgentView {
-    pub host: String,
-    pub boot_id: String,
-    pub started_at: u64,
-    pub services: RwLock<BTreeMap<String, ServiceHandle>>,
-    pub events: Arc<EventLog>,
-    pub shutting_down: CancellationToken,
-}
-
-impl AgentView {
-    pub fn service(&self, name: &str) -> Option<ServiceHandle> {
-        self.services
-            .read()
-            .expect("services lock")
-            .get(name)
-            .cloned()
-    }
-
-    /// With `count_serving`, connections of ready generations are read from
-    /// the kernel too (draining ones always have a fresh count).
-    /// Every service, in name order.
-    pub fn handles(&self) -> Vec<ServiceHandle> {
-        self.services
-            .read()
-            .expect("services lock")
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    pub async fn status(&self, count_serving: bool) -> AgentStatus {
-        let handles = self.handles();
-        let mut services = Vec::with_capacity(handles.len());
-        for handle in handles {
-            if let Some(mut status) = handle.status().await {
-                let listen = listen_addrs_of(
-                    status
-                        .sockets
-                        .iter()
-                        .filter_map(|s| ListenAddr::parse(&s.listen).ok())
-                        .collect::<Vec<_>>()
-                        .iter(),
-                );
-                for generation in &mut status.generations {
-                    if count_serving && generation.connections.is_none() {
-                        let pgid = nix::unistd::Pid::from_raw(generation.pid as i32);
-                        generation.connections = count_blocking(pgid, listen.clone()).await;
-                    }
-                }
-                services.push(status);
-            }
-        }
-        AgentStatus {
-            host: self.host.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            boot_id: self.boot_id.clone(),
-            pid: std::process::id(),
-            started_at: self.started_at,
-            services,
-        }
-    }
-}
 
 /// Binds the control socket, replacing a stale one but never a live agent's.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -240,26 +172,9 @@ async fn handle_request(conn: &mut Conn, agent: &AgentView, request: Request) ->
             follow,
             reason,
         } => {
-            let Some(handle) = agent.service(&service) else {
-                return send(
-                    conn,
-                    error(
-                        ErrorKind::UnknownService,
-                        format!("no service named {service:?} on this agent"),
-                    ),
-                )
-                .await;
-            };
-            if agent.shutting_down.is_cancelled() {
-                return send(
-                    conn,
-                    error(ErrorKind::ShuttingDown, "the agent is stopping"),
-                )
-                .await;
-            }
             // Subscribed before the restart starts, so no step can be missed.
             let mut live = agent.events.subscribe();
-            let id = match handle.restart(reason).await {
+            let id = match agent.restart(&service, reason).await {
                 Ok(id) => id,
                 Err(body) => return send(conn, Response::Error(body)).await,
             };

@@ -8,7 +8,7 @@
 //! away is still in the agent's event log and goes out on reconnect.
 
 use crate::config::ServerConfig;
-use crate::control::AgentView;
+use crate::view::AgentView;
 use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
 use baton_proto::{Event, ServiceStatus};
 use futures::{SinkExt, StreamExt};
@@ -196,14 +196,7 @@ async fn session(
                 Some(Ok(Message::Text(text))) => {
                     match serde_json::from_str::<ServerFrame>(&text) {
                         Ok(ServerFrame::Restart { command_id, service, reason }) => {
-                            let result = match agent.service(&service) {
-                                Some(handle) => handle.restart(reason).await,
-                                None => Err(baton_proto::ErrorBody {
-                                    kind: baton_proto::ErrorKind::UnknownService,
-                                    message: format!("no service named {service:?} on this agent"),
-                                    running_restart: None,
-                                }),
-                            };
+                            let result = agent.restart(&service, reason).await;
                             sink.send(frame(&AgentFrame::RestartStarted { command_id, result })?).await?;
                         }
                         Ok(ServerFrame::Ack { .. }) | Ok(ServerFrame::Welcome { .. }) => {}

@@ -1,0 +1,353 @@
+//! Routes each notify message to the generation that sent it.
+//!
+//! A generation's pid is known only once its exec has happened, and a fast
+//! service can send `READY=1` before the spawning thread has registered it.
+//! So while a spawn is in flight, a message from an unknown sender is parked
+//! and routed again when the spawn registers its pid; only when no spawn is
+//! in flight is an unknown sender really nobody's. A message read just after
+//! its generation ended is late, not a stranger's.
+
+use crate::events::EventLog;
+use crate::notify::NotifyDatagram;
+use baton_proto::EventKind;
+use nix::unistd::Pid;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which generation a process group belongs to, for routing notify messages.
+#[derive(Default)]
+pub struct NotifyRouter {
+    inner: Mutex<RouterInner>,
+}
+
+#[derive(Default)]
+struct RouterInner {
+    routes: HashMap<i32, Route>,
+    spawns_in_flight: usize,
+    parked: Vec<Parked>,
+    /// Groups of generations that ended lately, newest last. A message sent
+    /// just before the exit can be read after it (`STOPPING=1` of a drain
+    /// that finished at once): it is late, not a stranger's.
+    gone: VecDeque<(Instant, i32)>,
+}
+
+/// How long, and for how many ended generations, a late message is known
+/// for one of ours.
+const GONE_KEPT_FOR: Duration = Duration::from_secs(5);
+const GONE_KEPT_MAX: usize = 1024;
+
+struct Parked {
+    /// The sender's process group when the message came, if it still had one.
+    pgid: Option<i32>,
+    datagram: NotifyDatagram,
+}
+
+/// More would only come from a local flood of the notify socket.
+const MAX_PARKED: usize = 256;
+
+/// A notify message on its way to the generation that sent it.
+pub struct Notification {
+    pub generation: u64,
+    pub datagram: NotifyDatagram,
+}
+
+/// Where one generation's notify messages go: into its service's queue, in
+/// the order they arrive among the service's other news.
+#[derive(Clone)]
+pub struct Route {
+    pub generation: u64,
+    deliver: Arc<dyn Fn(Notification) + Send + Sync>,
+}
+
+impl Route {
+    pub fn new(generation: u64, deliver: impl Fn(Notification) + Send + Sync + 'static) -> Self {
+        Route {
+            generation,
+            deliver: Arc::new(deliver),
+        }
+    }
+
+    pub fn deliver(&self, datagram: NotifyDatagram) {
+        (self.deliver)(Notification {
+            generation: self.generation,
+            datagram,
+        });
+    }
+}
+
+/// What became of a notify message.
+pub enum Routed {
+    Delivered,
+    /// Kept until the spawns in flight have registered their pids.
+    Parked,
+    /// From a generation that has just ended; nothing is left to act on it.
+    Late,
+    /// From no generation of ours.
+    Nobody(NotifyDatagram),
+}
+
+impl RouterInner {
+    fn recently_gone(&self, pid: i32, pgid: Option<i32>) -> bool {
+        let now = Instant::now();
+        self.gone.iter().any(|(at, group)| {
+            now.duration_since(*at) < GONE_KEPT_FOR && (*group == pid || Some(*group) == pgid)
+        })
+    }
+
+    fn find(&self, pid: i32, pgid: Option<i32>) -> Option<&Route> {
+        self.routes
+            .get(&pid)
+            .or_else(|| pgid.and_then(|g| self.routes.get(&g)))
+    }
+}
+
+impl NotifyRouter {
+    /// Sends a message to the generation of its sender: found by the
+    /// sender's pid or its process group.
+    pub fn route(&self, datagram: NotifyDatagram) -> Routed {
+        let pid = datagram.pid;
+        if pid <= 0 {
+            return Routed::Nobody(datagram);
+        }
+        let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            .ok()
+            .map(Pid::as_raw);
+        let mut inner = self.inner.lock().expect("notify router lock");
+        if let Some(route) = inner.find(pid, pgid) {
+            route.deliver(datagram);
+            return Routed::Delivered;
+        }
+        if inner.recently_gone(pid, pgid) {
+            return Routed::Late;
+        }
+        if inner.spawns_in_flight > 0 && inner.parked.len() < MAX_PARKED {
+            inner.parked.push(Parked { pgid, datagram });
+            return Routed::Parked;
+        }
+        Routed::Nobody(datagram)
+    }
+
+    /// Opens a spawn window; `SpawnWindow::register` then records the pid.
+    pub fn begin_spawn(&self) -> SpawnWindow<'_> {
+        self.inner.lock().expect("notify router lock").spawns_in_flight += 1;
+        SpawnWindow {
+            router: self,
+            closed: false,
+            ignored: Vec::new(),
+        }
+    }
+
+    /// Registers a generation the agent did not spawn itself (adopted in an
+    /// upgrade).
+    pub fn insert(&self, pgid: Pid, route: Route) {
+        self.inner
+            .lock()
+            .expect("notify router lock")
+            .routes
+            .insert(pgid.as_raw(), route);
+    }
+
+    /// Forgets an ended generation; its late messages are known for a while.
+    pub fn remove(&self, pgid: Pid) {
+        let mut inner = self.inner.lock().expect("notify router lock");
+        if inner.routes.remove(&pgid.as_raw()).is_some() {
+            let now = Instant::now();
+            while inner.gone.len() >= GONE_KEPT_MAX
+                || inner
+                    .gone
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
+            {
+                inner.gone.pop_front();
+            }
+            inner.gone.push_back((now, pgid.as_raw()));
+        }
+    }
+}
+
+/// One spawn in flight. Registering its pid delivers the messages its
+/// generation sent before; closing the window (on drop) gives back the
+/// parked messages that no generation claimed once no spawn is left.
+pub struct SpawnWindow<'a> {
+    router: &'a NotifyRouter,
+    closed: bool,
+    ignored: Vec<NotifyDatagram>,
+}
+
+impl SpawnWindow<'_> {
+    pub fn register(&mut self, pgid: Pid, route: Route) {
+        let mut inner = self.router.inner.lock().expect("notify router lock");
+        inner.routes.insert(pgid.as_raw(), route);
+        Self::replay(&mut inner);
+    }
+
+    /// Closes the window and returns what was parked for nobody.
+    pub fn close(mut self) -> Vec<NotifyDatagram> {
+        self.finish();
+        std::mem::take(&mut self.ignored)
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let mut inner = self.router.inner.lock().expect("notify router lock");
+        inner.spawns_in_flight -= 1;
+        Self::replay(&mut inner);
+        if inner.spawns_in_flight == 0 {
+            let parked = std::mem::take(&mut inner.parked);
+            let strangers = parked
+                .into_iter()
+                .filter(|p| !inner.recently_gone(p.datagram.pid, p.pgid))
+                .map(|p| p.datagram);
+            self.ignored.extend(strangers);
+        }
+    }
+
+    fn replay(inner: &mut RouterInner) {
+        let parked = std::mem::take(&mut inner.parked);
+        for parked in parked {
+            match inner.find(parked.datagram.pid, parked.pgid) {
+                Some(route) => route.deliver(parked.datagram),
+                None => inner.parked.push(parked),
+            }
+        }
+    }
+}
+
+impl Drop for SpawnWindow<'_> {
+    /// A window dropped without `close` (a panic in the spawn) still ends,
+    /// and whatever it held for nobody is dropped with a warning.
+    fn drop(&mut self) {
+        self.finish();
+        for datagram in self.ignored.drain(..) {
+            tracing::warn!(
+                pid = datagram.pid,
+                "notify message from a process of no generation ignored"
+            );
+        }
+    }
+}
+
+/// Logs and records a notify message that no generation sent.
+pub fn ignore_notification(events: &EventLog, datagram: NotifyDatagram) {
+    let message: String = datagram.text.chars().take(200).collect();
+    tracing::warn!(pid = datagram.pid, %message, "notify message from a process of no generation ignored");
+    events.emit(
+        "-",
+        None,
+        EventKind::NotifyIgnored {
+            pid: datagram.pid.max(0) as u32,
+            message,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::NotifyMessage;
+    use std::sync::mpsc;
+
+    fn datagram(pid: i32) -> NotifyDatagram {
+        NotifyDatagram {
+            pid,
+            uid: 0,
+            gid: 0,
+            text: "READY=1".into(),
+            messages: vec![NotifyMessage::Ready],
+            fds: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    fn route(generation: u64) -> (Route, mpsc::Receiver<Notification>) {
+        let (tx, rx) = mpsc::channel();
+        let route = Route::new(generation, move |n| {
+            let _ = tx.send(n);
+        });
+        (route, rx)
+    }
+
+    fn notified(rx: &mut mpsc::Receiver<Notification>) -> Option<(u64, i32)> {
+        rx.try_recv()
+            .ok()
+            .map(|n| (n.generation, n.datagram.pid))
+    }
+
+    /// Pids far above any real one, so `getpgid` finds no such process.
+    const CHILD: i32 = 0x3fff_fff0;
+    const STRANGER: i32 = 0x3fff_fff1;
+
+    #[test]
+    fn a_message_that_beats_the_registration_is_delivered_once_it_lands() {
+        let router = NotifyRouter::default();
+        let (route, mut rx) = route(7);
+        let mut window = router.begin_spawn();
+        assert!(matches!(router.route(datagram(CHILD)), Routed::Parked));
+        assert!(notified(&mut rx).is_none());
+        window.register(Pid::from_raw(CHILD), route);
+        assert_eq!(notified(&mut rx), Some((7, CHILD)));
+        assert!(window.close().is_empty());
+        // Registered now: later messages go straight through.
+        assert!(matches!(
+            router.route(datagram(CHILD)),
+            Routed::Delivered
+        ));
+        assert_eq!(notified(&mut rx), Some((7, CHILD)));
+    }
+
+    #[test]
+    fn a_message_nobody_claims_is_given_back_when_the_last_spawn_ends() {
+        let router = NotifyRouter::default();
+        let (route, _rx) = route(1);
+        let mut first = router.begin_spawn();
+        let second = router.begin_spawn();
+        assert!(matches!(
+            router.route(datagram(STRANGER)),
+            Routed::Parked
+        ));
+        first.register(Pid::from_raw(CHILD), route);
+        assert!(first.close().is_empty(), "another spawn is still in flight");
+        let ignored = second.close();
+        assert_eq!(
+            ignored.iter().map(|d| d.pid).collect::<Vec<_>>(),
+            [STRANGER]
+        );
+        assert!(matches!(
+            router.route(datagram(STRANGER)),
+            Routed::Nobody(_)
+        ));
+    }
+
+    #[test]
+    fn a_message_from_a_generation_that_just_ended_is_late_not_a_strangers() {
+        let router = NotifyRouter::default();
+        let (route, mut rx) = route(3);
+        let mut window = router.begin_spawn();
+        window.register(Pid::from_raw(CHILD), route);
+        assert!(window.close().is_empty());
+        router.remove(Pid::from_raw(CHILD));
+        assert!(matches!(router.route(datagram(CHILD)), Routed::Late));
+        assert!(notified(&mut rx).is_none());
+        // During a spawn it is not parked either, so it is never reported.
+        let window = router.begin_spawn();
+        assert!(matches!(router.route(datagram(CHILD)), Routed::Late));
+        assert!(window.close().is_empty());
+        assert!(matches!(
+            router.route(datagram(STRANGER)),
+            Routed::Nobody(_)
+        ));
+    }
+
+    #[test]
+    fn without_a_spawn_in_flight_an_unknown_sender_is_nobody() {
+        let router = NotifyRouter::default();
+        assert!(matches!(
+            router.route(datagram(STRANGER)),
+            Routed::Nobody(_)
+        ));
+        assert!(matches!(router.route(datagram(0)), Routed::Nobody(_)));
+    }
+}

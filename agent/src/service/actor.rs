@@ -1,0 +1,532 @@
+//! The service's tokio task: it turns messages and deadlines into inputs of
+//! the core, and carries out the effects the core returns. It decides
+//! nothing; where an effect asks a question (a count, whether a process
+//! group is empty), the answer goes back into the core as the next input,
+//! before any other message.
+
+use super::core::{Effect, Input, Now, ServiceCore};
+use super::{Msg, Shared};
+use crate::config::ServiceConfig;
+use crate::connections::{self, ListenAddrs};
+use crate::events::now_millis;
+use crate::handover::{ServiceHandover, SocketHandover};
+use crate::notify_router::{Route, ignore_notification};
+use crate::probe::{self, ProbeTarget};
+use crate::reaper::{ExitWatch, wait_exit};
+use crate::sockets::BoundSocket;
+use crate::spawn::{self, GenerationLaunch};
+use baton_proto::{ErrorBody, RestartId, ServiceStatus, SocketInfo};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How often a draining generation's connections are counted.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// Most fds one service may keep in the fd store.
+const FDSTORE_MAX: usize = 64;
+
+/// What a generation holds while it lives.
+struct Held {
+    /// The sockets it was started with stay open while it lives, even when
+    /// a reload replaced them.
+    _sockets: Arc<Vec<Arc<BoundSocket>>>,
+    /// Its probe and drain counter.
+    tasks: CancellationToken,
+}
+
+pub(super) struct Actor {
+    name: String,
+    core: ServiceCore,
+    sockets: Arc<Vec<Arc<BoundSocket>>>,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+    held: HashMap<u64, Held>,
+    fd_store: Vec<(String, OwnedFd)>,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// What one input led to, beyond its effects.
+#[derive(Default)]
+struct Outcome {
+    /// The answer to a restart request, if the input was one.
+    restart: Option<Result<RestartId, ErrorBody>>,
+}
+
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        unix_ms: now_millis(),
+    }
+}
+
+impl Actor {
+    pub(super) fn new(
+        config: Arc<ServiceConfig>,
+        sockets: Arc<Vec<Arc<BoundSocket>>>,
+        shared: Arc<Shared>,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Self {
+        Actor {
+            name: config.name.clone(),
+            core: ServiceCore::new(config),
+            sockets,
+            shared,
+            tx,
+            held: HashMap::new(),
+            fd_store: Vec::new(),
+            stop_waiters: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        adopted: Option<ServiceHandover>,
+    ) {
+        if let Some(handed) = adopted {
+            self.adopt(handed).await;
+        }
+        self.drive(Input::Start, Vec::new()).await;
+        loop {
+            let deadline = self.core.poll_timeout(Instant::now());
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => break,
+                },
+                _ = sleep_until(deadline) => {
+                    self.drive(Input::Timer, Vec::new()).await;
+                }
+            }
+            if self.core.is_done() {
+                for waiter in self.stop_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                break;
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Restart { reason, reply } => {
+                let outcome = self.drive(Input::Restart { reason }, Vec::new()).await;
+                if let Some(answer) = outcome.restart {
+                    let _ = reply.send(answer);
+                }
+            }
+            Msg::Status {
+                count_serving,
+                reply,
+            } => self.status(count_serving, reply),
+            Msg::Replace { config, sockets } => {
+                self.sockets = sockets;
+                self.drive(Input::Replace { config }, Vec::new()).await;
+            }
+            Msg::Stop { reply } => {
+                self.stop_waiters.push(reply);
+                self.drive(Input::Stop, Vec::new()).await;
+            }
+            Msg::Handover { reply } => {
+                let _ = reply.send(self.handover());
+            }
+            Msg::Thaw => {
+                self.drive(Input::Thaw, Vec::new()).await;
+            }
+            Msg::Exited {
+                generation,
+                pid,
+                exit,
+            } => {
+                let input = Input::Exited {
+                    generation,
+                    pid,
+                    exit,
+                };
+                self.drive(input, Vec::new()).await;
+            }
+            Msg::Notify {
+                generation,
+                sender,
+                messages,
+                fds,
+            } => {
+                let input = Input::Notify {
+                    generation,
+                    sender,
+                    messages,
+                };
+                self.drive(input, fds).await;
+            }
+            Msg::Ready { generation } => {
+                self.drive(Input::Ready { generation }, Vec::new()).await;
+            }
+            Msg::Connections { generation, count } => {
+                self.drive(Input::Connections { generation, count }, Vec::new())
+                    .await;
+            }
+            Msg::Requeued(input) => {
+                self.drive(input, Vec::new()).await;
+            }
+        }
+    }
+
+    /// Feeds one input to the core and carries out its effects, answering
+    /// the core's questions before anything else reaches it. `fds` came with
+    /// a notify message; what the core does not store is closed at the end.
+    async fn drive(&mut self, input: Input, mut fds: Vec<OwnedFd>) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            for effect in self.core.on(now(), input) {
+                if let Some(next) = self.carry_out(effect, &mut fds, &mut outcome).await {
+                    inputs.push_back(next);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn carry_out(
+        &mut self,
+        effect: Effect,
+        fds: &mut Vec<OwnedFd>,
+        outcome: &mut Outcome,
+    ) -> Option<Input> {
+        match effect {
+            Effect::Emit { restart, kind } => {
+                self.shared.events.emit(&self.name, restart, kind);
+            }
+            Effect::OpenRestart { reason, old } => {
+                let id = self.shared.events.begin_restart(&self.name, reason, old);
+                outcome.restart = Some(Ok(id));
+                return Some(Input::RestartOpened { id });
+            }
+            Effect::Refuse(body) => outcome.restart = Some(Err(body)),
+            Effect::RecordNewGeneration {
+                restart,
+                generation,
+            } => self.shared.events.update_restart(restart, |report| {
+                report.new_generation = Some(generation)
+            }),
+            Effect::FinishRestart {
+                restart,
+                outcome,
+                reason,
+                connections_cut,
+            } => self.shared.events.finish_restart(
+                &self.name,
+                restart,
+                outcome,
+                reason,
+                connections_cut,
+            ),
+            Effect::Spawn {
+                generation,
+                probe_port,
+            } => return Some(self.spawn(generation, probe_port).await),
+            Effect::Probe { generation, port } => {
+                let ready = &self.core.config().ready;
+                if let Some(target) = ProbeTarget::of(ready, generation, port) {
+                    let stop = self.tasks_of(generation);
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        if probe::until_ready(target, stop).await {
+                            let _ = tx.send(Msg::Ready { generation });
+                        }
+                    });
+                }
+            }
+            Effect::Signal { pgid, signal } => {
+                if let Err(errno) = killpg(pgid, signal) {
+                    tracing::debug!(service = %self.name, pgid = pgid.as_raw(), %errno, "could not signal a generation");
+                }
+            }
+            Effect::Kill { pgid } => {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            Effect::RestorePriority { generation, pgid } => {
+                if let Err(errno) = crate::sys::set_group_nice(pgid, 0) {
+                    tracing::warn!(service = %self.name, generation, %errno, "could not restore the priority of a ready generation");
+                }
+            }
+            Effect::Count {
+                generation,
+                pgid,
+                purpose,
+            } => {
+                let count = connections::count(pgid.as_raw(), self.listen_addrs()).await;
+                return Some(Input::Counted {
+                    generation,
+                    count,
+                    purpose,
+                });
+            }
+            Effect::WatchDrain { generation, pgid } => {
+                let stop = self.tasks_of(generation);
+                let tx = self.tx.clone();
+                let report = move |count| tx.send(Msg::Connections { generation, count }).is_ok();
+                tokio::spawn(connections::watch_draining(
+                    pgid.as_raw(),
+                    self.listen_addrs(),
+                    DRAIN_POLL,
+                    report,
+                    stop,
+                ));
+            }
+            Effect::WatchExit { generation, pid } => {
+                let watch = self.shared.reaper.adopt(pid);
+                self.report_exit(generation, pid, watch);
+            }
+            Effect::LocateMain {
+                generation,
+                main,
+                pgid,
+                after,
+            } => {
+                return Some(Input::MainLocated {
+                    generation,
+                    main,
+                    in_group: in_group(main, pgid),
+                    after,
+                });
+            }
+            Effect::CheckGroup { generation, pgid } => {
+                if !group_alive(pgid) {
+                    return Some(Input::GroupEmpty { generation });
+                }
+            }
+            Effect::Route { generation, pgid } => {
+                self.shared.router.insert(pgid, self.route(generation));
+            }
+            Effect::Forget { generation, pgid } => {
+                if let Some(held) = self.held.remove(&generation) {
+                    held.tasks.cancel();
+                }
+                self.shared.router.remove(pgid);
+            }
+            Effect::StoreFds { name } => {
+                for fd in fds.drain(..) {
+                    if self.fd_store.len() >= FDSTORE_MAX {
+                        tracing::warn!(service = %self.name, "fd store is full; fd dropped");
+                        break;
+                    }
+                    self.fd_store.push((name.clone(), fd));
+                }
+            }
+            Effect::RemoveFds { name } => self.fd_store.retain(|(n, _)| *n != name),
+            Effect::CloseFds => fds.clear(),
+            Effect::Requeue(input) => {
+                let _ = self.tx.send(Msg::Requeued(input));
+            }
+        }
+        None
+    }
+
+    /// Spawns a generation and answers `Effect::Spawn`.
+    async fn spawn(&mut self, generation: u64, wants_port: bool) -> Input {
+        let failed = |reason: String| Input::SpawnFailed { generation, reason };
+        let probe_port = if wants_port {
+            match spawn::free_loopback_port() {
+                Ok(port) => Some(port),
+                Err(e) => return failed(format!("no free probe port: {e}")),
+            }
+        } else {
+            None
+        };
+        let launch = GenerationLaunch {
+            config: self.core.config().clone(),
+            sockets: self.sockets.clone(),
+            stored_fds: self
+                .fd_store
+                .iter()
+                .filter_map(|(name, fd)| fd.try_clone().ok().map(|fd| (name.clone(), fd)))
+                .collect(),
+            generation,
+            notify_socket: self.shared.notify_socket.clone(),
+            probe_port,
+        };
+        let shared = self.shared.clone();
+        let route = self.route(generation);
+        let spawned = tokio::task::spawn_blocking(move || {
+            // Notify messages that beat the registration wait for it.
+            let mut window = shared.router.begin_spawn();
+            let launched = spawn::launch(&shared.reaper, launch, |pid| window.register(pid, route));
+            for datagram in window.close() {
+                ignore_notification(&shared.events, datagram);
+            }
+            launched
+        })
+        .await;
+        let (pid, exit_watch) = match spawned {
+            Ok(Ok(spawned)) => spawned,
+            Ok(Err(e)) => {
+                if let spawn::LaunchError::Spawn(crate::sys::SpawnError::Child { pid, .. }) = &e {
+                    self.shared.router.remove(*pid);
+                }
+                return failed(e.to_string());
+            }
+            Err(e) => return failed(format!("spawn task failed: {e}")),
+        };
+        self.report_exit(generation, pid, exit_watch);
+        self.held.insert(
+            generation,
+            Held {
+                _sockets: self.sockets.clone(),
+                tasks: CancellationToken::new(),
+            },
+        );
+        Input::Spawned {
+            generation,
+            pid,
+            probe_port,
+        }
+    }
+
+    fn route(&self, generation: u64) -> Route {
+        let tx = self.tx.clone();
+        Route::new(generation, move |notification| {
+            let datagram = notification.datagram;
+            let _ = tx.send(Msg::Notify {
+                generation: notification.generation,
+                sender: datagram.pid,
+                messages: datagram.messages,
+                fds: datagram.fds,
+            });
+        })
+    }
+
+    /// The token that ends a generation's tasks when it is forgotten.
+    fn tasks_of(&mut self, generation: u64) -> CancellationToken {
+        let sockets = &self.sockets;
+        self.held
+            .entry(generation)
+            .or_insert_with(|| Held {
+                _sockets: sockets.clone(),
+                tasks: CancellationToken::new(),
+            })
+            .tasks
+            .clone()
+    }
+
+    /// Turns the reaper's news of a process of the generation into a message.
+    fn report_exit(&self, generation: u64, pid: Pid, watch: ExitWatch) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let exit = wait_exit(watch).await;
+            let _ = tx.send(Msg::Exited {
+                generation,
+                pid,
+                exit,
+            });
+        });
+    }
+
+    fn listen_addrs(&self) -> ListenAddrs {
+        ListenAddrs::of(self.sockets.iter().map(|s| &s.bound))
+    }
+
+    /// Takes over what the agent's previous image ran.
+    async fn adopt(&mut self, handed: ServiceHandover) {
+        for (name, fd) in &handed.fd_store {
+            match crate::sys::adopt_inherited_fd(*fd) {
+                Ok(fd) => self.fd_store.push((name.clone(), fd)),
+                Err(e) => {
+                    tracing::warn!(service = %self.name, fd, error = %e, "stored fd lost in the upgrade")
+                }
+            }
+        }
+        for generation in &handed.generations {
+            self.tasks_of(generation.number);
+        }
+        let mut fds = Vec::new();
+        let mut outcome = Outcome::default();
+        for effect in self.core.adopt(&handed, Instant::now()) {
+            // Adopting asks no question of the kernel.
+            let _ = self.carry_out(effect, &mut fds, &mut outcome).await;
+        }
+    }
+
+    fn handover(&mut self) -> Result<ServiceHandover, super::HandoverRefused> {
+        let core = self.core.hand_over(Instant::now())?;
+        Ok(ServiceHandover {
+            name: self.name.clone(),
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| SocketHandover {
+                    name: s.name.clone(),
+                    configured: s.configured.to_string(),
+                    fd: s.raw_fd(),
+                })
+                .collect(),
+            generations: core.generations,
+            current: core.current,
+            next_generation: core.next_generation,
+            consecutive_crashes: core.consecutive_crashes,
+            fd_store: self
+                .fd_store
+                .iter()
+                .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
+                .collect(),
+        })
+    }
+
+    /// Answers a status request; counting serving generations' connections
+    /// happens off the task, so it never holds up a transition.
+    fn status(&self, count_serving: bool, reply: oneshot::Sender<ServiceStatus>) {
+        let mut status = ServiceStatus {
+            name: self.name.clone(),
+            state: self.core.state(),
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| SocketInfo {
+                    name: s.name.clone(),
+                    listen: s.bound.to_string(),
+                })
+                .collect(),
+            generations: self.core.generations(),
+            consecutive_crashes: self.core.consecutive_crashes(),
+            running_restart: self.core.running_restart(),
+            last_restart: self.shared.events.last_restart_of(&self.name),
+        };
+        if !count_serving || status.generations.iter().all(|g| g.connections.is_some()) {
+            let _ = reply.send(status);
+            return;
+        }
+        let listen = self.listen_addrs();
+        tokio::spawn(async move {
+            for generation in &mut status.generations {
+                if generation.connections.is_none() {
+                    let pgid = generation.pid as i32;
+                    generation.connections = connections::count(pgid, listen.clone()).await;
+                }
+            }
+            let _ = reply.send(status);
+        });
+    }
+}
+
+/// True while `pid` runs (or is a zombie not yet reaped) in process group
+/// `pgid`; a pid reused by a process elsewhere does not count.
+fn in_group(pid: Pid, pgid: Pid) -> bool {
+    nix::unistd::getpgid(Some(pid)) == Ok(pgid)
+}
+
+fn group_alive(pgid: Pid) -> bool {
+    // Signal 0 checks existence; zombies count until the reaper collects them.
+    killpg(pgid, None).is_ok()
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,1265 @@
+//! The service's decisions, without I/O: `ServiceCore::on(now, input)`
+//! returns the effects to carry out (spawn, signal, kill, count, emit, ...)
+//! and `poll_timeout` says when to call it again with `Input::Timer`. The
+//! actor (`actor.rs`) moves inputs in and carries effects out; an effect that
+//! asks a question of the kernel (`Count`, `CheckGroup`, `LocateMain`) or of
+//! the event log (`OpenRestart`) is answered by the actor with a follow-up
+//! input before anything else reaches the core, so a transition never
+//! interleaves with another.
+
+use super::generation::{Generation, Leftovers, Lifecycle};
+use super::restart::{RestartRun, Verdict};
+use crate::config::{Readiness, ServiceConfig};
+use crate::handover::{GenerationHandover, HandedPhase, ServiceHandover};
+use crate::notify::NotifyMessage;
+use crate::reaper::ExitInfo;
+use baton_proto::{
+    ErrorBody, ErrorKind, EventKind, GenerationInfo, RestartId, RestartOutcome, ServiceState,
+    UnixMillis,
+};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A generation that stayed up this long resets the crash count.
+pub const CRASH_FORGIVEN_AFTER: Duration = Duration::from_secs(10);
+/// How often a generation whose main process exited is checked for
+/// surviving members of its process group.
+pub const LINGER_POLL: Duration = Duration::from_millis(50);
+/// Stopping without draining never waits longer than this for the stop signal.
+const STOP_GRACE_MAX: Duration = Duration::from_secs(10);
+/// After a SIGKILL, the next one is this far off.
+const KILL_AGAIN_AFTER: Duration = Duration::from_secs(3600);
+
+/// The time an input happens at: monotonic for deadlines, wall clock for
+/// what is reported.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: Instant,
+    pub unix_ms: UnixMillis,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Input {
+    /// The task begins: start a generation unless an adopted one serves.
+    Start,
+    Restart {
+        reason: Option<String>,
+    },
+    /// Answers `Effect::OpenRestart`.
+    RestartOpened {
+        id: RestartId,
+    },
+    /// A reload changed the service: restart it with the new configuration.
+    Replace {
+        config: Arc<ServiceConfig>,
+    },
+    /// Stop every generation; the service is done once none is left.
+    Stop,
+    /// Answers `Effect::Spawn`.
+    Spawned {
+        generation: u64,
+        pid: Pid,
+        probe_port: Option<u16>,
+    },
+    /// Answers `Effect::Spawn`.
+    SpawnFailed {
+        generation: u64,
+        reason: String,
+    },
+    /// A watched process of the generation was reaped.
+    Exited {
+        generation: u64,
+        pid: Pid,
+        exit: ExitInfo,
+    },
+    /// Answers `Effect::LocateMain`.
+    MainLocated {
+        generation: u64,
+        main: Pid,
+        in_group: bool,
+        after: MainCheck,
+    },
+    Notify {
+        generation: u64,
+        sender: i32,
+        messages: Vec<NotifyMessage>,
+    },
+    /// `READY=1` (through the queue) or a successful probe.
+    Ready {
+        generation: u64,
+    },
+    /// A draining generation's periodic count.
+    Connections {
+        generation: u64,
+        count: Option<u32>,
+    },
+    /// Answers `Effect::Count`.
+    Counted {
+        generation: u64,
+        count: Option<u32>,
+        purpose: CountFor,
+    },
+    /// Answers `Effect::CheckGroup` when no process of the group is left.
+    GroupEmpty {
+        generation: u64,
+    },
+    /// `poll_timeout` has passed.
+    Timer,
+    /// The agent's re-exec failed: carry on.
+    Thaw,
+}
+
+/// Why a connection count was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountFor {
+    /// Right before the stop signal: the connections it starts draining with.
+    Drain,
+    /// Right before the SIGKILL at the drain deadline: the connections it cuts.
+    Cut,
+}
+
+/// Why it matters whether a process is in a generation's group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainCheck {
+    /// `MAINPID=` named it, sent by `sender`.
+    Named { sender: i32 },
+    /// The first process exited; the main process it handed over to should
+    /// still be there.
+    FirstExited(ExitInfo),
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Effect {
+    Emit {
+        restart: Option<RestartId>,
+        kind: EventKind,
+    },
+    /// Open a restart report (it emits `restart_started`); answered with
+    /// `Input::RestartOpened`. The restart request is accepted with its id.
+    OpenRestart {
+        reason: Option<String>,
+        old: Option<u64>,
+    },
+    /// The restart request is refused.
+    Refuse(ErrorBody),
+    /// The restart's report names its new generation.
+    RecordNewGeneration {
+        restart: RestartId,
+        generation: u64,
+    },
+    FinishRestart {
+        restart: RestartId,
+        outcome: RestartOutcome,
+        reason: Option<String>,
+        connections_cut: Option<u32>,
+    },
+    /// Spawn the generation (with a free probe port if asked); answered with
+    /// `Input::Spawned` or `Input::SpawnFailed`.
+    Spawn {
+        generation: u64,
+        probe_port: bool,
+    },
+    /// Probe the generation until it answers, then `Input::Ready`.
+    Probe {
+        generation: u64,
+        port: Option<u16>,
+    },
+    Signal {
+        pgid: Pid,
+        signal: Signal,
+    },
+    Kill {
+        pgid: Pid,
+    },
+    /// Give the ready generation back its normal priority.
+    RestorePriority {
+        generation: u64,
+        pgid: Pid,
+    },
+    /// Count the group's connections; answered with `Input::Counted`.
+    Count {
+        generation: u64,
+        pgid: Pid,
+        purpose: CountFor,
+    },
+    /// Count the draining generation's connections periodically
+    /// (`Input::Connections`) until it is forgotten.
+    WatchDrain {
+        generation: u64,
+        pgid: Pid,
+    },
+    /// Report the process's exit as `Input::Exited`.
+    WatchExit {
+        generation: u64,
+        pid: Pid,
+    },
+    /// Is `main` in the group `pgid`? Answered with `Input::MainLocated`.
+    LocateMain {
+        generation: u64,
+        main: Pid,
+        pgid: Pid,
+        after: MainCheck,
+    },
+    /// Answered with `Input::GroupEmpty` if no process of the group is left.
+    CheckGroup {
+        generation: u64,
+        pgid: Pid,
+    },
+    /// Route the group's notify messages to the generation (an adopted one;
+    /// a spawned one is routed as it is spawned).
+    Route {
+        generation: u64,
+        pgid: Pid,
+    },
+    /// The generation is gone: stop its tasks, stop routing its messages.
+    Forget {
+        generation: u64,
+        pgid: Pid,
+    },
+    /// Keep the fds that came with the notify message under this name.
+    StoreFds {
+        name: String,
+    },
+    RemoveFds {
+        name: String,
+    },
+    /// Close the fds that came with the notify message (`BARRIER=1`).
+    CloseFds,
+    /// Feed this input back through the service's queue, after what is
+    /// already waiting there.
+    Requeue(Input),
+}
+
+/// Why the agent may not re-exec itself now.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HandoverRefused {
+    #[error("restart {id} of {service:?} is running")]
+    Restarting { service: String, id: RestartId },
+    #[error("a generation of {service:?} is starting")]
+    Starting { service: String },
+    #[error("service {service:?} is stopping")]
+    Stopping { service: String },
+}
+
+/// A service's state and every decision about it.
+pub struct ServiceCore {
+    name: String,
+    config: Arc<ServiceConfig>,
+    generations: BTreeMap<u64, Generation>,
+    next_generation: u64,
+    /// The generation that serves.
+    current: Option<u64>,
+    restart: Option<RestartRun>,
+    /// A reload arrived during a restart: restart again once it ends.
+    restart_queued: bool,
+    consecutive_crashes: u32,
+    backoff_until: Option<Instant>,
+    stopping: bool,
+    /// Handed over to the next image: start nothing new, act on no deadline,
+    /// until thawed.
+    frozen: bool,
+}
+
+/// Collects one input's effects.
+struct Out(Vec<Effect>);
+
+impl Out {
+    fn push(&mut self, effect: Effect) {
+        self.0.push(effect);
+    }
+}
+
+impl ServiceCore {
+    pub fn new(config: Arc<ServiceConfig>) -> Self {
+        ServiceCore {
+            name: config.name.clone(),
+            config,
+            generations: BTreeMap::new(),
+            next_generation: 1,
+            current: None,
+            restart: None,
+            restart_queued: false,
+            consecutive_crashes: 0,
+            backoff_until: None,
+            stopping: false,
+            frozen: false,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<ServiceConfig> {
+        &self.config
+    }
+
+    /// Stopping and nothing left to wait for.
+    pub fn is_done(&self) -> bool {
+        self.stopping && self.generations.is_empty()
+    }
+
+    pub fn on(&mut self, now: Now, input: Input) -> Vec<Effect> {
+        let mut out = Out(Vec::new());
+        match input {
+            Input::Start => {
+                if self.current.is_none() {
+                    self.start_generation(&mut out);
+                }
+            }
+            Input::Restart { reason } => self.request_restart(reason, &mut out),
+            Input::RestartOpened { id } => self.begin_restart(id, now, &mut out),
+            Input::Replace { config } => {
+                self.config = config;
+                if self.restart.is_some() {
+                    self.restart_queued = true;
+                } else if !self.stopping {
+                    self.request_restart(Some("configuration changed".into()), &mut out);
+                }
+            }
+            Input::Stop => self.stop_all(now, &mut out),
+            Input::Spawned {
+                generation,
+                pid,
+                probe_port,
+            } => self.on_spawned(generation, pid, probe_port, now, &mut out),
+            Input::SpawnFailed { generation, reason } => {
+                self.on_spawn_failed(generation, reason, now, &mut out)
+            }
+            Input::Exited {
+                generation,
+                pid,
+                exit,
+            } => self.on_exit(generation, pid, exit, now, &mut out),
+            Input::MainLocated {
+                generation,
+                main,
+                in_group,
+                after,
+            } => self.on_main_located(generation, main, in_group, after, now, &mut out),
+            Input::Notify {
+                generation,
+                sender,
+                messages,
+            } => self.on_notify(generation, sender, messages, now, &mut out),
+            Input::Ready { generation } => self.on_ready(generation, now, &mut out),
+            Input::Connections { generation, count } => {
+                self.on_connections(generation, count, &mut out)
+            }
+            Input::Counted {
+                generation,
+                count,
+                purpose,
+            } => match purpose {
+                CountFor::Drain => self.drain_counted(generation, count, now, &mut out),
+                CountFor::Cut => self.cut_counted(generation, count, &mut out),
+            },
+            Input::GroupEmpty { generation } => {
+                if self.remove_exited(generation, &mut out) {
+                    self.check_restart_done(&mut out);
+                }
+            }
+            Input::Timer => self.on_timer(now, &mut out),
+            Input::Thaw => self.frozen = false,
+        }
+        out.0
+    }
+
+    /// When `on` wants `Input::Timer` next; `None` for never.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        if self.frozen {
+            // Deadlines are handed over; the next image acts on them.
+            return None;
+        }
+        let generations = self.generations.values().flat_map(|g| {
+            let linger = g.lifecycle.is_exited().then(|| now + LINGER_POLL);
+            [g.lifecycle.deadline(), linger]
+        });
+        self.backoff_until.into_iter().chain(generations.flatten()).min()
+    }
+
+    pub fn state(&self) -> ServiceState {
+        if self.restart.is_some() {
+            ServiceState::Restarting
+        } else if self.current.is_some() {
+            ServiceState::Ready
+        } else if self.backoff_until.is_some() || self.consecutive_crashes > 0 && !self.stopping {
+            ServiceState::CrashLooping
+        } else if self.generations.values().any(|g| g.lifecycle.is_starting()) {
+            ServiceState::Starting
+        } else {
+            ServiceState::Stopped
+        }
+    }
+
+    /// The generations still running, oldest first.
+    pub fn generations(&self) -> Vec<GenerationInfo> {
+        self.generations.values().filter_map(Generation::info).collect()
+    }
+
+    pub fn consecutive_crashes(&self) -> u32 {
+        self.consecutive_crashes
+    }
+
+    pub fn running_restart(&self) -> Option<RestartId> {
+        self.restart.as_ref().map(|r| r.id)
+    }
+
+    pub fn current(&self) -> Option<u64> {
+        self.current
+    }
+
+    pub fn lifecycle(&self, generation: u64) -> Option<Lifecycle> {
+        self.generations.get(&generation).map(|g| g.lifecycle)
+    }
+
+    fn request_restart(&mut self, reason: Option<String>, out: &mut Out) {
+        if let Some(run) = &self.restart {
+            return out.push(Effect::Refuse(ErrorBody {
+                kind: ErrorKind::RestartInProgress,
+                message: format!(
+                    "a restart of {:?} is already running (restart {})",
+                    self.name, run.id
+                ),
+                running_restart: Some(run.id),
+            }));
+        }
+        if self.stopping {
+            return out.push(Effect::Refuse(shutting_down(&self.name)));
+        }
+        if self.frozen {
+            return out.push(Effect::Refuse(ErrorBody {
+                kind: ErrorKind::ShuttingDown,
+                message: "the agent is upgrading itself; try again in a moment".into(),
+                running_restart: None,
+            }));
+        }
+        out.push(Effect::OpenRestart {
+            reason,
+            old: self.current,
+        });
+    }
+
+    fn begin_restart(&mut self, id: RestartId, now: Now, out: &mut Out) {
+        self.backoff_until = None;
+        // A crash restart already on its way is superseded by this one.
+        let crash_starts: Vec<u64> = self
+            .generations
+            .values()
+            .filter(|g| g.lifecycle.is_starting())
+            .map(|g| g.number)
+            .collect();
+        for number in crash_starts {
+            self.stop_generation(number, now, out);
+        }
+        self.restart = Some(RestartRun::new(id, self.current));
+        self.start_generation(out);
+    }
+
+    fn start_generation(&mut self, out: &mut Out) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        out.push(Effect::Spawn {
+            generation,
+            probe_port: self.config.ready.uses_probe_port(),
+        });
+    }
+
+    /// The restart waiting for its new generation, if this spawn is it.
+    fn restart_awaiting_spawn(&mut self) -> Option<&mut RestartRun> {
+        self.restart.as_mut().filter(|r| r.new.is_none())
+    }
+
+    fn on_spawned(
+        &mut self,
+        number: u64,
+        pid: Pid,
+        probe_port: Option<u16>,
+        now: Now,
+        out: &mut Out,
+    ) {
+        if matches!(self.config.ready, Readiness::Http(_) | Readiness::Tcp { .. }) {
+            out.push(Effect::Probe {
+                generation: number,
+                port: probe_port,
+            });
+        }
+        self.generations.insert(
+            number,
+            Generation {
+                number,
+                pid,
+                lifecycle: Lifecycle::Starting {
+                    deadline: now.at + self.config.ready_timeout,
+                },
+                started_at: now.unix_ms,
+                spawned: now.at,
+                ready_at: None,
+                ready_instant: None,
+                status_text: None,
+                connections: None,
+                main_pid: None,
+            },
+        );
+        tracing::info!(service = %self.name, generation = number, pid = pid.as_raw(), "generation spawned");
+        out.push(Effect::Emit {
+            restart: self.restart.as_ref().map(|r| r.id),
+            kind: EventKind::GenerationSpawned {
+                generation: number,
+                pid: pid.as_raw() as u32,
+            },
+        });
+        if let Some(run) = self.restart_awaiting_spawn() {
+            run.new = Some(number);
+            let restart = run.id;
+            out.push(Effect::RecordNewGeneration {
+                restart,
+                generation: number,
+            });
+        }
+        if self.config.ready == Readiness::Exec {
+            self.on_ready(number, now, out);
+        }
+    }
+
+    fn on_spawn_failed(&mut self, number: u64, reason: String, now: Now, out: &mut Out) {
+        if let Some(run) = self.restart_awaiting_spawn() {
+            run.verdict = Some(Verdict::new(
+                RestartOutcome::Failed,
+                format!("could not start a new generation: {reason}"),
+            ));
+            self.check_restart_done(out);
+        } else {
+            tracing::error!(service = %self.name, generation = number, %reason, "generation did not start");
+            self.on_crash(None, now, out);
+        }
+    }
+
+    fn on_ready(&mut self, number: u64, now: Now, out: &mut Out) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        if !generation.lifecycle.is_starting() {
+            return;
+        }
+        generation.lifecycle = Lifecycle::Ready;
+        generation.ready_at = Some(now.unix_ms);
+        generation.ready_instant = Some(now.at);
+        let startup_us = now.at.duration_since(generation.spawned).as_micros() as u64;
+        let pid = generation.pid;
+        if self.config.warmup_nice != 0 {
+            out.push(Effect::RestorePriority {
+                generation: number,
+                pgid: pid,
+            });
+        }
+        tracing::info!(service = %self.name, generation = number, pid = pid.as_raw(), startup_us, "generation ready");
+        out.push(Effect::Emit {
+            restart: self.restart_of(number),
+            kind: EventKind::GenerationReady {
+                generation: number,
+                pid: pid.as_raw() as u32,
+                startup_us,
+            },
+        });
+        let previous = self.current.replace(number);
+        if let Some(old) = previous
+            && old != number
+            && let Some(generation) = self.generations.get(&old)
+            && generation.lifecycle == Lifecycle::Ready
+        {
+            // Counted before the stop signal: the connections it drains.
+            out.push(Effect::Count {
+                generation: old,
+                pgid: generation.pid,
+                purpose: CountFor::Drain,
+            });
+        }
+        self.check_restart_done(out);
+    }
+
+    fn drain_counted(&mut self, number: u64, connections: Option<u32>, now: Now, out: &mut Out) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        if generation.lifecycle != Lifecycle::Ready {
+            return;
+        }
+        generation.connections = connections;
+        generation.lifecycle = Lifecycle::Draining {
+            deadline: now.at + self.config.drain_timeout,
+        };
+        let pid = generation.pid;
+        let signal = self.config.stop_signal;
+        out.push(Effect::Signal { pgid: pid, signal });
+        out.push(Effect::WatchDrain {
+            generation: number,
+            pgid: pid,
+        });
+        tracing::info!(service = %self.name, generation = number, ?connections, "draining");
+        out.push(Effect::Emit {
+            restart: self.restart_of(number),
+            kind: EventKind::GenerationDraining {
+                generation: number,
+                pid: pid.as_raw() as u32,
+                signal: signal.as_str().to_string(),
+                connections,
+            },
+        });
+    }
+
+    fn on_connections(&mut self, number: u64, count: Option<u32>, out: &mut Out) {
+        let restart = self.restart_of(number);
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        let Some(count) = count else { return };
+        if generation.connections == Some(count) {
+            return;
+        }
+        generation.connections = Some(count);
+        if matches!(generation.lifecycle, Lifecycle::Draining { .. }) {
+            out.push(Effect::Emit {
+                restart,
+                kind: EventKind::DrainProgress {
+                    generation: number,
+                    connections: count,
+                },
+            });
+        }
+    }
+
+    /// Stops a generation without draining: rollback, superseded start, stop.
+    fn stop_generation(&mut self, number: u64, now: Now, out: &mut Out) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        let grace = self.config.drain_timeout.min(STOP_GRACE_MAX);
+        match generation.lifecycle {
+            Lifecycle::Stopping { .. }
+            | Lifecycle::Exited {
+                leftovers: Leftovers::Kill { .. },
+                ..
+            } => return,
+            Lifecycle::Exited { exit, .. } => {
+                generation.lifecycle = Lifecycle::Exited {
+                    exit,
+                    leftovers: Leftovers::Kill { at: now.at + grace },
+                };
+            }
+            Lifecycle::Starting { .. } | Lifecycle::Ready => {
+                out.push(Effect::Signal {
+                    pgid: generation.pid,
+                    signal: self.config.stop_signal,
+                });
+                generation.lifecycle = Lifecycle::Stopping {
+                    kill_at: now.at + grace,
+                };
+            }
+            // Already signalled.
+            Lifecycle::Draining { .. } => {
+                generation.lifecycle = Lifecycle::Stopping {
+                    kill_at: now.at + grace,
+                };
+            }
+        }
+        if self.current == Some(number) {
+            self.current = None;
+        }
+    }
+
+    fn stop_all(&mut self, now: Now, out: &mut Out) {
+        self.stopping = true;
+        self.backoff_until = None;
+        for generation in self.generations.values_mut() {
+            if let Lifecycle::Starting { .. } | Lifecycle::Ready = generation.lifecycle {
+                out.push(Effect::Signal {
+                    pgid: generation.pid,
+                    signal: self.config.stop_signal,
+                });
+                generation.lifecycle = Lifecycle::Stopping {
+                    kill_at: now.at + self.config.drain_timeout,
+                };
+            }
+        }
+        self.current = None;
+        if let Some(run) = &mut self.restart
+            && run.verdict.is_none()
+        {
+            run.verdict = Some(Verdict::new(
+                RestartOutcome::Failed,
+                "the service was stopped during the restart",
+            ));
+        }
+        self.check_restart_done(out);
+    }
+
+    fn on_exit(&mut self, number: u64, pid: Pid, exit: ExitInfo, now: Now, out: &mut Out) {
+        let Some(generation) = self.generations.get(&number) else {
+            return;
+        };
+        if generation.lifecycle.is_exited() {
+            return;
+        }
+        let main = generation.main();
+        if pid != main {
+            if pid == generation.pid {
+                // The first process handed over to `main` and exited. If
+                // `main` died first, while still its child, nobody will
+                // report that.
+                out.push(Effect::LocateMain {
+                    generation: number,
+                    main,
+                    pgid: generation.pid,
+                    after: MainCheck::FirstExited(exit),
+                });
+            }
+            // Otherwise a process an earlier MAINPID= named, replaced since.
+            return;
+        }
+        self.main_exited(number, exit, now, out);
+    }
+
+    fn on_main_located(
+        &mut self,
+        number: u64,
+        main: Pid,
+        in_group: bool,
+        after: MainCheck,
+        now: Now,
+        out: &mut Out,
+    ) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        if generation.lifecycle.is_exited() {
+            return;
+        }
+        match after {
+            MainCheck::FirstExited(exit) => {
+                if generation.main() != main {
+                    return;
+                }
+                if in_group {
+                    tracing::info!(service = %self.name, generation = number, first = generation.pid.as_raw(), main = main.as_raw(), %exit, "first process exited; the main process serves on");
+                    return;
+                }
+                tracing::warn!(service = %self.name, generation = number, main = main.as_raw(), "the main process named by MAINPID is gone");
+                self.main_exited(number, exit, now, out);
+            }
+            MainCheck::Named { sender } => {
+                if !in_group {
+                    tracing::warn!(service = %self.name, generation = number, main = main.as_raw(), "MAINPID names a process outside the generation; ignored");
+                    return;
+                }
+                generation.main_pid = Some(main);
+                tracing::info!(service = %self.name, generation = number, sender, main = main.as_raw(), "main process is now the one MAINPID named");
+                // It becomes the agent's child (the agent is a subreaper)
+                // once its parent exits, and is reaped and reported like any
+                // generation.
+                out.push(Effect::WatchExit {
+                    generation: number,
+                    pid: main,
+                });
+            }
+        }
+    }
+
+    fn main_exited(&mut self, number: u64, exit: ExitInfo, now: Now, out: &mut Out) {
+        let restart = self.restart_of(number);
+        let was_current = self.current == Some(number);
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        let was = generation.lifecycle;
+        let pid = generation.pid;
+        let stayed_up = generation
+            .ready_instant
+            .is_some_and(|t| now.at.duration_since(t) >= CRASH_FORGIVEN_AFTER);
+        let (unexpected, leftovers) = match was {
+            Lifecycle::Starting { .. } | Lifecycle::Ready => {
+                // Workers left behind by a dead main process would keep
+                // serving with nobody to manage them.
+                out.push(Effect::Signal {
+                    pgid: pid,
+                    signal: self.config.stop_signal,
+                });
+                let at = now.at + self.config.drain_timeout;
+                (true, Leftovers::Kill { at })
+            }
+            Lifecycle::Draining { deadline } => (false, Leftovers::Drain { deadline }),
+            Lifecycle::Stopping { kill_at } => (false, Leftovers::Kill { at: kill_at }),
+            Lifecycle::Exited { .. } => return,
+        };
+        generation.lifecycle = Lifecycle::Exited { exit, leftovers };
+        if unexpected {
+            tracing::warn!(service = %self.name, generation = number, %exit, "generation died");
+        } else {
+            tracing::info!(service = %self.name, generation = number, %exit, "generation exited");
+        }
+        out.push(Effect::Emit {
+            restart,
+            kind: EventKind::GenerationExited {
+                generation: number,
+                pid: pid.as_raw() as u32,
+                status: exit.to_string(),
+                unexpected,
+            },
+        });
+        out.push(Effect::CheckGroup {
+            generation: number,
+            pgid: pid,
+        });
+        match was {
+            Lifecycle::Starting { .. } => {
+                if self.restart.as_ref().and_then(|r| r.new) == Some(number) {
+                    self.roll_back(
+                        format!("generation {number} {exit} before it was ready"),
+                        now,
+                        out,
+                    );
+                } else if !self.stopping {
+                    self.on_crash(Some(number), now, out);
+                }
+            }
+            Lifecycle::Ready if was_current => {
+                self.current = None;
+                if stayed_up {
+                    self.consecutive_crashes = 0;
+                }
+                let new_on_its_way = self
+                    .restart
+                    .as_ref()
+                    .and_then(|r| r.new)
+                    .is_some_and(|n| self.generations.contains_key(&n));
+                if !new_on_its_way && !self.stopping {
+                    self.on_crash(Some(number), now, out);
+                }
+            }
+            _ => {}
+        }
+        self.check_restart_done(out);
+    }
+
+    fn roll_back(&mut self, reason: String, now: Now, out: &mut Out) {
+        let Some(run) = &mut self.restart else { return };
+        let new = run.new;
+        let outcome = if run
+            .old
+            .is_some_and(|old| self.generations.contains_key(&old))
+        {
+            RestartOutcome::RolledBack
+        } else {
+            RestartOutcome::Failed
+        };
+        if run.verdict.is_none() {
+            run.verdict = Some(Verdict::new(outcome, reason));
+        }
+        if let Some(new) = new {
+            self.stop_generation(new, now, out);
+        }
+        if self.current.is_none() && !self.stopping {
+            // Nothing serves: the old generation died during the restart.
+            self.on_crash(None, now, out);
+        }
+    }
+
+    fn on_crash(&mut self, generation: Option<u64>, now: Now, out: &mut Out) {
+        if self.stopping || !self.config.restart_on_crash {
+            return;
+        }
+        self.consecutive_crashes += 1;
+        let exponent = (self.consecutive_crashes - 1).min(16);
+        let backoff = (BACKOFF_FIRST * 2u32.pow(exponent)).min(BACKOFF_MAX);
+        self.backoff_until = Some(now.at + backoff);
+        out.push(Effect::Emit {
+            restart: None,
+            kind: EventKind::CrashRestartScheduled {
+                generation: generation.unwrap_or(0),
+                backoff_ms: backoff.as_millis() as u64,
+                consecutive_crashes: self.consecutive_crashes,
+            },
+        });
+    }
+
+    /// Removes an exited generation whose group is empty. Returns whether
+    /// it was removed.
+    fn remove_exited(&mut self, number: u64, out: &mut Out) -> bool {
+        if !self
+            .generations
+            .get(&number)
+            .is_some_and(|g| g.lifecycle.is_exited())
+        {
+            return false;
+        }
+        let generation = self.generations.remove(&number).expect("present");
+        out.push(Effect::Forget {
+            generation: number,
+            pgid: generation.pid,
+        });
+        if self.current == Some(number) {
+            self.current = None;
+        }
+        true
+    }
+
+    fn check_restart_done(&mut self, out: &mut Out) {
+        let Some(run) = &self.restart else { return };
+        if !run.finished(|n| self.generations.contains_key(&n), self.current) {
+            return;
+        }
+        let run = self.restart.take().expect("checked above");
+        let Verdict { outcome, reason } = run.outcome(self.config.drain_timeout);
+        tracing::info!(service = %self.name, restart = run.id, %outcome, reason = reason.as_deref().unwrap_or(""), "restart finished");
+        out.push(Effect::FinishRestart {
+            restart: run.id,
+            outcome,
+            reason,
+            connections_cut: run.connections_cut,
+        });
+        if self.restart_queued && !self.stopping {
+            self.restart_queued = false;
+            out.push(Effect::Requeue(Input::Restart {
+                reason: Some("configuration changed".into()),
+            }));
+        }
+    }
+
+    fn on_notify(
+        &mut self,
+        number: u64,
+        sender: i32,
+        messages: Vec<NotifyMessage>,
+        now: Now,
+        out: &mut Out,
+    ) {
+        for message in messages {
+            match message {
+                NotifyMessage::Ready => {
+                    if self.config.ready == Readiness::Notify {
+                        // Through the queue, so readiness is handled like a probe's.
+                        out.push(Effect::Requeue(Input::Ready { generation: number }));
+                    }
+                }
+                NotifyMessage::Status(text) => {
+                    let restart = self.restart_of(number);
+                    if let Some(generation) = self.generations.get_mut(&number) {
+                        generation.status_text = Some(text.clone());
+                    }
+                    out.push(Effect::Emit {
+                        restart,
+                        kind: EventKind::GenerationStatus {
+                            generation: number,
+                            status: text,
+                        },
+                    });
+                }
+                NotifyMessage::ExtendTimeout(extra) => {
+                    if let Some(generation) = self.generations.get_mut(&number) {
+                        let wanted = now.at + extra;
+                        match &mut generation.lifecycle {
+                            Lifecycle::Starting { deadline }
+                            | Lifecycle::Draining { deadline }
+                            | Lifecycle::Exited {
+                                leftovers: Leftovers::Drain { deadline },
+                                ..
+                            } => *deadline = (*deadline).max(wanted),
+                            _ => {}
+                        }
+                    }
+                }
+                NotifyMessage::FdStore { name } => out.push(Effect::StoreFds {
+                    name: name.unwrap_or_else(|| "stored".into()),
+                }),
+                NotifyMessage::FdStoreRemove { name } => out.push(Effect::RemoveFds {
+                    name: name.unwrap_or_else(|| "stored".into()),
+                }),
+                NotifyMessage::MainPid(main) => {
+                    self.on_main_pid(number, sender, Pid::from_raw(main), out)
+                }
+                // Closing the fds tells the sender that everything it sent
+                // before has been acted on.
+                NotifyMessage::Barrier => out.push(Effect::CloseFds),
+                NotifyMessage::Stopping => {
+                    tracing::debug!(service = %self.name, generation = number, "generation reports it is stopping");
+                }
+                other => {
+                    tracing::debug!(service = %self.name, generation = number, message = ?other, "notify message ignored");
+                }
+            }
+        }
+    }
+
+    /// `MAINPID=`: from now on the generation lives as long as `main` does.
+    /// Only a process of the generation's own process group can be named, as
+    /// systemd accepts only one of the unit's processes.
+    fn on_main_pid(&mut self, number: u64, sender: i32, main: Pid, out: &mut Out) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        if generation.lifecycle.is_exited() || generation.main_pid == Some(main) {
+            return;
+        }
+        if main == generation.pid {
+            generation.main_pid = None;
+            return;
+        }
+        out.push(Effect::LocateMain {
+            generation: number,
+            main,
+            pgid: generation.pid,
+            after: MainCheck::Named { sender },
+        });
+    }
+
+    fn on_timer(&mut self, now: Now, out: &mut Out) {
+        if self.frozen {
+            return;
+        }
+        if self.backoff_until.is_some_and(|t| t <= now.at) {
+            self.backoff_until = None;
+            if self.current.is_none() && !self.stopping && self.restart.is_none() {
+                self.start_generation(out);
+            }
+        }
+        let due: Vec<(u64, Lifecycle)> = self
+            .generations
+            .values()
+            .filter(|g| g.lifecycle.deadline().is_some_and(|d| d <= now.at))
+            .map(|g| (g.number, g.lifecycle))
+            .collect();
+        for (number, lifecycle) in due {
+            match lifecycle {
+                Lifecycle::Starting { .. } => {
+                    let reason = format!(
+                        "generation {number} was not ready within {}",
+                        humantime::format_duration(self.config.ready_timeout)
+                    );
+                    tracing::warn!(service = %self.name, generation = number, "{reason}");
+                    if self.restart.as_ref().and_then(|r| r.new) == Some(number) {
+                        self.roll_back(reason, now, out);
+                    } else {
+                        self.stop_generation(number, now, out);
+                        self.on_crash(Some(number), now, out);
+                    }
+                }
+                Lifecycle::Draining { .. }
+                | Lifecycle::Exited {
+                    leftovers: Leftovers::Drain { .. },
+                    ..
+                } => self.cut(number, now, out),
+                Lifecycle::Stopping { .. }
+                | Lifecycle::Exited {
+                    leftovers: Leftovers::Kill { .. },
+                    ..
+                } => self.kill(number, now, out),
+                Lifecycle::Ready => {}
+            }
+        }
+        for generation in self.generations.values() {
+            if generation.lifecycle.is_exited() {
+                out.push(Effect::CheckGroup {
+                    generation: generation.number,
+                    pgid: generation.pid,
+                });
+            }
+        }
+    }
+
+    /// The drain deadline has passed: count what is cut, then kill.
+    fn cut(&mut self, number: u64, now: Now, out: &mut Out) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        let kill_at = now.at + KILL_AGAIN_AFTER;
+        generation.lifecycle = match generation.lifecycle {
+            Lifecycle::Exited { exit, .. } => Lifecycle::Exited {
+                exit,
+                leftovers: Leftovers::Kill { at: kill_at },
+            },
+            _ => Lifecycle::Stopping { kill_at },
+        };
+        out.push(Effect::Count {
+            generation: number,
+            pgid: generation.pid,
+            purpose: CountFor::Cut,
+        });
+    }
+
+    fn cut_counted(&mut self, number: u64, count: Option<u32>, out: &mut Out) {
+        let restart = self.restart_of(number);
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        let cut = count.unwrap_or(0);
+        let pid = generation.pid;
+        out.push(Effect::Kill { pgid: pid });
+        generation.connections = Some(cut);
+        tracing::warn!(service = %self.name, generation = number, connections_cut = cut, "killed at the drain deadline");
+        if let Some(run) = &mut self.restart
+            && run.old == Some(number)
+        {
+            run.connections_cut = Some(cut);
+        }
+        out.push(Effect::Emit {
+            restart,
+            kind: EventKind::GenerationKilled {
+                generation: number,
+                pid: pid.as_raw() as u32,
+                connections_cut: cut,
+            },
+        });
+    }
+
+    fn kill(&mut self, number: u64, now: Now, out: &mut Out) {
+        let Some(generation) = self.generations.get_mut(&number) else {
+            return;
+        };
+        out.push(Effect::Kill {
+            pgid: generation.pid,
+        });
+        let at = now.at + KILL_AGAIN_AFTER;
+        generation.lifecycle = match generation.lifecycle {
+            Lifecycle::Exited { exit, .. } => Lifecycle::Exited {
+                exit,
+                leftovers: Leftovers::Kill { at },
+            },
+            _ => Lifecycle::Stopping { kill_at: at },
+        };
+    }
+
+    /// The restart a generation takes part in, so its events become steps.
+    fn restart_of(&self, number: u64) -> Option<RestartId> {
+        self.restart
+            .as_ref()
+            .filter(|r| r.takes_part(number))
+            .map(|r| r.id)
+    }
+
+    /// Describes the service for the agent's next image and stops acting
+    /// until thawed. Refused while a restart or a start runs.
+    pub fn hand_over(&mut self, now: Instant) -> Result<HandedCore, HandoverRefused> {
+        if let Some(run) = &self.restart {
+            return Err(HandoverRefused::Restarting {
+                service: self.name.clone(),
+                id: run.id,
+            });
+        }
+        if self.generations.values().any(|g| g.lifecycle.is_starting()) {
+            return Err(HandoverRefused::Starting {
+                service: self.name.clone(),
+            });
+        }
+        let left = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+        let generations = self
+            .generations
+            .values()
+            .filter_map(|g| {
+                let phase = match g.lifecycle {
+                    Lifecycle::Draining { deadline } => HandedPhase::Draining {
+                        left_ms: left(deadline),
+                    },
+                    Lifecycle::Stopping { kill_at } => HandedPhase::Stopping {
+                        left_ms: left(kill_at),
+                    },
+                    Lifecycle::Ready | Lifecycle::Starting { .. } => HandedPhase::Ready,
+                    Lifecycle::Exited { .. } => return None,
+                };
+                Some(GenerationHandover {
+                    number: g.number,
+                    pid: g.pid.as_raw(),
+                    main_pid: g.main_pid.map(Pid::as_raw),
+                    phase,
+                    started_at: g.started_at,
+                    ready_at: g.ready_at,
+                    status_text: g.status_text.clone(),
+                })
+            })
+            .collect();
+        self.frozen = true;
+        Ok(HandedCore {
+            generations,
+            current: self.current,
+            next_generation: self.next_generation,
+            consecutive_crashes: self.consecutive_crashes,
+        })
+    }
+
+    /// Takes over the generations the agent's previous image ran.
+    pub fn adopt(&mut self, handed: &ServiceHandover, now: Instant) -> Vec<Effect> {
+        let mut out = Out(Vec::new());
+        self.next_generation = handed.next_generation;
+        self.consecutive_crashes = handed.consecutive_crashes;
+        for handed in &handed.generations {
+            let pid = Pid::from_raw(handed.pid);
+            let number = handed.number;
+            out.push(Effect::Route {
+                generation: number,
+                pgid: pid,
+            });
+            out.push(Effect::WatchExit {
+                generation: number,
+                pid,
+            });
+            let main_pid = handed.main_pid.map(Pid::from_raw);
+            if let Some(main) = main_pid {
+                out.push(Effect::WatchExit {
+                    generation: number,
+                    pid: main,
+                });
+            }
+            let lifecycle = match handed.phase {
+                HandedPhase::Ready => Lifecycle::Ready,
+                HandedPhase::Draining { left_ms } => {
+                    out.push(Effect::WatchDrain {
+                        generation: number,
+                        pgid: pid,
+                    });
+                    Lifecycle::Draining {
+                        deadline: now + Duration::from_millis(left_ms),
+                    }
+                }
+                HandedPhase::Stopping { left_ms } => Lifecycle::Stopping {
+                    kill_at: now + Duration::from_millis(left_ms),
+                },
+            };
+            self.generations.insert(
+                number,
+                Generation {
+                    number,
+                    pid,
+                    lifecycle,
+                    started_at: handed.started_at,
+                    spawned: now,
+                    ready_at: handed.ready_at,
+                    ready_instant: handed.ready_at.map(|_| now),
+                    status_text: handed.status_text.clone(),
+                    connections: None,
+                    main_pid,
+                },
+            );
+        }
+        self.current = handed
+            .current
+            .filter(|n| self.generations.contains_key(n));
+        tracing::info!(service = %self.name, generations = self.generations.len(), current = ?self.current, "adopted from the previous agent image");
+        out.0
+    }
+}
+
+/// The core's part of a service's handover.
+pub struct HandedCore {
+    pub generations: Vec<GenerationHandover>,
+    pub current: Option<u64>,
+    pub next_generation: u64,
+    pub consecutive_crashes: u32,
+}
+
+pub fn shutting_down(service: &str) -> ErrorBody {
+    ErrorBody {
+        kind: ErrorKind::ShuttingDown,
+        message: format!("service {service:?} is stopping"),
+        running_restart: None,
+    }
+}

@@ -1,0 +1,119 @@
+//! One generation as the service core sees it, and its lifecycle.
+
+use crate::reaper::ExitInfo;
+use baton_proto::{GenerationInfo, GenerationState, UnixMillis};
+use nix::unistd::Pid;
+use std::time::Instant;
+
+/// Where a generation is in its life. Every deadline the service acts on
+/// lives in the phase it belongs to.
+///
+/// ```text
+/// Starting ──ready──▶ Ready ──next one ready──▶ Draining ──drain_timeout──▶ Stopping (SIGKILLed)
+///    │ not ready in time, superseded, stop         │ stop                       ▲
+///    └──────────────────────────────────────▶ Stopping ◀──────────────────────┘
+/// any phase ──main process reaped──▶ Exited ──process group empty──▶ removed
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lifecycle {
+    Starting {
+        deadline: Instant,
+    },
+    Ready,
+    Draining {
+        deadline: Instant,
+    },
+    /// Stopped without draining (or killed at its drain deadline): SIGKILL
+    /// to the process group at `kill_at`.
+    Stopping {
+        kill_at: Instant,
+    },
+    /// The main process is reaped; the generation is gone once its process
+    /// group is empty too. Processes left behind still meet the deadline of
+    /// the phase it exited in.
+    Exited {
+        exit: ExitInfo,
+        leftovers: Leftovers,
+    },
+}
+
+/// What happens to the processes an exited generation left behind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Leftovers {
+    /// It was draining: at the drain deadline their connections are counted
+    /// as cut and the group is killed.
+    Drain { deadline: Instant },
+    /// The group is killed at `at`.
+    Kill { at: Instant },
+}
+
+impl Lifecycle {
+    pub fn is_starting(&self) -> bool {
+        matches!(self, Lifecycle::Starting { .. })
+    }
+
+    pub fn is_exited(&self) -> bool {
+        matches!(self, Lifecycle::Exited { .. })
+    }
+
+    /// When this phase next wants the service to act, if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        match *self {
+            Lifecycle::Starting { deadline } | Lifecycle::Draining { deadline } => Some(deadline),
+            Lifecycle::Stopping { kill_at } => Some(kill_at),
+            Lifecycle::Exited { leftovers, .. } => match leftovers {
+                Leftovers::Drain { deadline } => Some(deadline),
+                Leftovers::Kill { at } => Some(at),
+            },
+            Lifecycle::Ready => None,
+        }
+    }
+}
+
+pub struct Generation {
+    pub number: u64,
+    /// The first process, leader of the generation's process group.
+    pub pid: Pid,
+    pub lifecycle: Lifecycle,
+    pub started_at: UnixMillis,
+    pub spawned: Instant,
+    pub ready_at: Option<UnixMillis>,
+    pub ready_instant: Option<Instant>,
+    pub status_text: Option<String>,
+    pub connections: Option<u32>,
+    /// The process `MAINPID=` named, when not `pid` (a service that forks its
+    /// real server and lets the first process exit). Its exit, not `pid`'s,
+    /// is the generation's main exit.
+    pub main_pid: Option<Pid>,
+}
+
+impl Generation {
+    /// `None` once exited: an exited generation is no longer shown.
+    pub fn state(&self) -> Option<GenerationState> {
+        Some(match self.lifecycle {
+            Lifecycle::Starting { .. } => GenerationState::Starting,
+            Lifecycle::Ready => GenerationState::Ready,
+            Lifecycle::Draining { .. } => GenerationState::Draining,
+            Lifecycle::Stopping { .. } => GenerationState::Stopping,
+            Lifecycle::Exited { .. } => return None,
+        })
+    }
+
+    pub fn info(&self) -> Option<GenerationInfo> {
+        Some(GenerationInfo {
+            generation: self.number,
+            pid: self.pid.as_raw() as u32,
+            main_pid: self.main_pid.map(|p| p.as_raw() as u32),
+            state: self.state()?,
+            started_at: self.started_at,
+            ready_at: self.ready_at,
+            status_text: self.status_text.clone(),
+            connections: self.connections,
+        })
+    }
+
+    /// The process whose exit ends the generation.
+    pub fn main(&self) -> Pid {
+        self.main_pid.unwrap_or(self.pid)
+    }
+}

@@ -1,0 +1,165 @@
+//! One task per service owns everything about it: its generations, the
+//! restart in progress, crash backoff. Every change of state happens in that
+//! task, in response to one message or one deadline, so there are no locks
+//! around a service and no two transitions can interleave.
+//!
+//! The decisions live in [`core`], a state machine without I/O: it takes an
+//! input (a restart request, an exit, a notify message, a deadline) and
+//! returns effects (spawn, signal, kill, count, emit). [`actor`] is the tokio
+//! task that feeds it and carries the effects out.
+//!
+//! A hot restart, as the core drives it:
+//!
+//! ```text
+//! restart ─▶ spawn N+1 ─▶ Starting ──READY=1 / probe──▶ Ready ─▶ signal N ─▶ N Draining
+//!                           │  exit or ready_timeout                         │ exit      │ drain_timeout
+//!                           ▼                                                ▼           ▼
+//!                     stop N+1: rolled_back                             succeeded   SIGKILL: forced
+//! ```
+
+mod actor;
+pub mod core;
+pub mod generation;
+pub mod restart;
+#[cfg(test)]
+mod tests;
+
+use crate::config::ServiceConfig;
+use crate::events::EventLog;
+use crate::handover::ServiceHandover;
+use crate::notify::NotifyMessage;
+use crate::notify_router::NotifyRouter;
+use crate::reaper::{ExitInfo, Reaper};
+use crate::sockets::BoundSocket;
+use baton_proto::{ErrorBody, RestartId, ServiceStatus};
+pub use self::core::HandoverRefused;
+use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// What every service shares with the rest of the agent.
+pub struct Shared {
+    pub reaper: Arc<Reaper>,
+    pub events: Arc<EventLog>,
+    pub router: NotifyRouter,
+    pub notify_socket: PathBuf,
+}
+
+/// What reaches a service's task, in the order it arrived.
+enum Msg {
+    Restart {
+        reason: Option<String>,
+        reply: oneshot::Sender<Result<RestartId, ErrorBody>>,
+    },
+    Status {
+        count_serving: bool,
+        reply: oneshot::Sender<ServiceStatus>,
+    },
+    Replace {
+        config: Arc<ServiceConfig>,
+        sockets: Arc<Vec<Arc<BoundSocket>>>,
+    },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+    Handover {
+        reply: oneshot::Sender<Result<ServiceHandover, HandoverRefused>>,
+    },
+    Thaw,
+    Exited {
+        generation: u64,
+        pid: Pid,
+        exit: ExitInfo,
+    },
+    Notify {
+        generation: u64,
+        sender: i32,
+        messages: Vec<NotifyMessage>,
+        fds: Vec<OwnedFd>,
+    },
+    Ready {
+        generation: u64,
+    },
+    Connections {
+        generation: u64,
+        count: Option<u32>,
+    },
+    /// An input the core put back at the end of the queue.
+    Requeued(self::core::Input),
+}
+
+#[derive(Clone)]
+pub struct ServiceHandle {
+    pub name: String,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl ServiceHandle {
+    pub async fn restart(&self, reason: Option<String>) -> Result<RestartId, ErrorBody> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Restart { reason, reply });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(self::core::shutting_down(&self.name)))
+    }
+
+    /// With `count_serving`, the connections of generations that are not
+    /// draining (whose count is kept fresh anyway) are read from the kernel.
+    pub async fn status(&self, count_serving: bool) -> Option<ServiceStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Status {
+            count_serving,
+            reply,
+        });
+        answer.await.ok()
+    }
+
+    /// Resumes after a failed re-exec.
+    pub fn thaw(&self) {
+        self.send(Msg::Thaw);
+    }
+
+    pub fn replace(&self, config: Arc<ServiceConfig>, sockets: Arc<Vec<Arc<BoundSocket>>>) {
+        self.send(Msg::Replace { config, sockets });
+    }
+
+    pub async fn handover(&self) -> Result<ServiceHandover, HandoverRefused> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Handover { reply });
+        answer.await.unwrap_or_else(|_| {
+            Err(HandoverRefused::Stopping {
+                service: self.name.clone(),
+            })
+        })
+    }
+
+    /// Resolves when every generation of the service has exited.
+    pub async fn stop(&self) {
+        let (reply, answer) = oneshot::channel();
+        self.send(Msg::Stop { reply });
+        let _ = answer.await;
+    }
+
+    fn send(&self, msg: Msg) {
+        // A closed channel means the task already stopped; every reply
+        // channel then reports that by being dropped.
+        let _ = self.tx.send(msg);
+    }
+}
+
+/// Starts the service's task; with `adopted`, it takes over the generations
+/// the agent's previous image ran instead of starting one.
+pub fn start(
+    config: Arc<ServiceConfig>,
+    sockets: Arc<Vec<Arc<BoundSocket>>>,
+    shared: Arc<Shared>,
+    adopted: Option<ServiceHandover>,
+) -> (ServiceHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let name = config.name.clone();
+    let actor = actor::Actor::new(config, sockets, shared, tx.clone());
+    let task = tokio::spawn(actor.run(rx, adopted));
+    (ServiceHandle { name, tx }, task)
+}
