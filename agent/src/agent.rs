@@ -4,14 +4,14 @@
 
 use crate::config::{Config, ServiceConfig};
 use crate::control;
-use crate::view::AgentView;
 use crate::events::{EventLog, now_millis};
 use crate::handover::{Handover, ServiceHandover};
 use crate::notify::NotifySocket;
-use crate::reaper::Reaper;
 use crate::notify_router::{NotifyRouter, Routed, ignore_notification};
+use crate::reaper::Reaper;
 use crate::service::{self, ServiceHandle, Shared};
 use crate::sockets::{self, BoundSocket};
+use crate::view::AgentView;
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;

@@ -130,7 +130,10 @@ impl NotifyRouter {
 
     /// Opens a spawn window; `SpawnWindow::register` then records the pid.
     pub fn begin_spawn(&self) -> SpawnWindow<'_> {
-        self.inner.lock().expect("notify router lock").spawns_in_flight += 1;
+        self.inner
+            .lock()
+            .expect("notify router lock")
+            .spawns_in_flight += 1;
         SpawnWindow {
             router: self,
             closed: false,
@@ -271,9 +274,7 @@ mod tests {
     }
 
     fn notified(rx: &mut mpsc::Receiver<Notification>) -> Option<(u64, i32)> {
-        rx.try_recv()
-            .ok()
-            .map(|n| (n.generation, n.datagram.pid))
+        rx.try_recv().ok().map(|n| (n.generation, n.datagram.pid))
     }
 
     /// Pids far above any real one, so `getpgid` finds no such process.
@@ -291,10 +292,7 @@ mod tests {
         assert_eq!(notified(&mut rx), Some((7, CHILD)));
         assert!(window.close().is_empty());
         // Registered now: later messages go straight through.
-        assert!(matches!(
-            router.route(datagram(CHILD)),
-            Routed::Delivered
-        ));
+        assert!(matches!(router.route(datagram(CHILD)), Routed::Delivered));
         assert_eq!(notified(&mut rx), Some((7, CHILD)));
     }
 
@@ -304,10 +302,7 @@ mod tests {
         let (route, _rx) = route(1);
         let mut first = router.begin_spawn();
         let second = router.begin_spawn();
-        assert!(matches!(
-            router.route(datagram(STRANGER)),
-            Routed::Parked
-        ));
+        assert!(matches!(router.route(datagram(STRANGER)), Routed::Parked));
         first.register(Pid::from_raw(CHILD), route);
         assert!(first.close().is_empty(), "another spawn is still in flight");
         let ignored = second.close();

@@ -211,9 +211,10 @@ impl Actor {
             Effect::RecordNewGeneration {
                 restart,
                 generation,
-            } => self.shared.events.update_restart(restart, |report| {
-                report.new_generation = Some(generation)
-            }),
+            } => self
+                .shared
+                .events
+                .update_restart(restart, |report| report.new_generation = Some(generation)),
             Effect::FinishRestart {
                 restart,
                 outcome,

@@ -376,7 +376,10 @@ impl ServiceCore {
             let linger = g.lifecycle.is_exited().then(|| now + LINGER_POLL);
             [g.lifecycle.deadline(), linger]
         });
-        self.backoff_until.into_iter().chain(generations.flatten()).min()
+        self.backoff_until
+            .into_iter()
+            .chain(generations.flatten())
+            .min()
     }
 
     pub fn state(&self) -> ServiceState {
@@ -395,7 +398,10 @@ impl ServiceCore {
 
     /// The generations still running, oldest first.
     pub fn generations(&self) -> Vec<GenerationInfo> {
-        self.generations.values().filter_map(Generation::info).collect()
+        self.generations
+            .values()
+            .filter_map(Generation::info)
+            .collect()
     }
 
     pub fn consecutive_crashes(&self) -> u32 {
@@ -479,7 +485,10 @@ impl ServiceCore {
         now: Now,
         out: &mut Out,
     ) {
-        if matches!(self.config.ready, Readiness::Http(_) | Readiness::Tcp { .. }) {
+        if matches!(
+            self.config.ready,
+            Readiness::Http(_) | Readiness::Tcp { .. }
+        ) {
             out.push(Effect::Probe {
                 generation: number,
                 port: probe_port,
@@ -828,10 +837,21 @@ impl ServiceCore {
                 if stayed_up {
                     self.consecutive_crashes = 0;
                 }
+                if let Some(run) = &mut self.restart
+                    && run.new == Some(number)
+                    && run.verdict.is_none()
+                {
+                    // It died while the old one drained: nothing to roll back to.
+                    run.verdict = Some(Verdict::new(
+                        RestartOutcome::Failed,
+                        format!("generation {number} {exit} after it was ready"),
+                    ));
+                }
                 let new_on_its_way = self
                     .restart
                     .as_ref()
                     .and_then(|r| r.new)
+                    .filter(|&n| n != number)
                     .is_some_and(|n| self.generations.contains_key(&n));
                 if !new_on_its_way && !self.stopping {
                     self.on_crash(Some(number), now, out);
@@ -1240,9 +1260,7 @@ impl ServiceCore {
                 },
             );
         }
-        self.current = handed
-            .current
-            .filter(|n| self.generations.contains_key(n));
+        self.current = handed.current.filter(|n| self.generations.contains_key(n));
         tracing::info!(service = %self.name, generations = self.generations.len(), current = ?self.current, "adopted from the previous agent image");
         out.0
     }

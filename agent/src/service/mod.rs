@@ -24,6 +24,7 @@ pub mod restart;
 #[cfg(test)]
 mod tests;
 
+pub use self::core::HandoverRefused;
 use crate::config::ServiceConfig;
 use crate::events::EventLog;
 use crate::handover::ServiceHandover;
@@ -32,7 +33,6 @@ use crate::notify_router::NotifyRouter;
 use crate::reaper::{ExitInfo, Reaper};
 use crate::sockets::BoundSocket;
 use baton_proto::{ErrorBody, RestartId, ServiceStatus};
-pub use self::core::HandoverRefused;
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

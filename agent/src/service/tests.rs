@@ -1,0 +1,1090 @@
+//! Every transition of the service core, driven by hand: inputs in, effects
+//! and state out. No process is spawned and no clock is read but the one the
+//! test moves.
+
+use super::core::{CountFor, Effect, HandoverRefused, Input, MainCheck, Now, ServiceCore};
+use super::generation::{Leftovers, Lifecycle};
+use crate::config::{Readiness, ServiceConfig};
+use crate::notify::NotifyMessage;
+use crate::reaper::ExitInfo;
+use baton_proto::{ErrorKind, EventKind, RestartOutcome, ServiceState};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const RESTART: u64 = 7;
+const OLD: i32 = 100;
+const NEW: i32 = 200;
+
+fn config() -> ServiceConfig {
+    ServiceConfig {
+        name: "web".into(),
+        command: vec!["web".into()],
+        env: Default::default(),
+        workdir: None,
+        user: None,
+        ready: Readiness::Notify,
+        ready_timeout: READY_TIMEOUT,
+        stop_signal: Signal::SIGTERM,
+        drain_timeout: DRAIN_TIMEOUT,
+        restart_on_crash: true,
+        warmup_nice: 0,
+        sockets: Vec::new(),
+    }
+}
+
+fn pid(raw: i32) -> Pid {
+    Pid::from_raw(raw)
+}
+
+/// A core and the clock the test moves.
+struct Bench {
+    core: ServiceCore,
+    start: Instant,
+    now: Instant,
+}
+
+impl Bench {
+    fn new(config: ServiceConfig) -> Self {
+        let start = Instant::now();
+        Bench {
+            core: ServiceCore::new(Arc::new(config)),
+            start,
+            now: start,
+        }
+    }
+
+    fn on(&mut self, input: Input) -> Vec<Effect> {
+        let millis = self.now.duration_since(self.start).as_millis() as u64;
+        let now = Now {
+            at: self.now,
+            unix_ms: 1_000_000 + millis,
+        };
+        self.core.on(now, input)
+    }
+
+    fn wait(&mut self, duration: Duration) {
+        self.now += duration;
+    }
+
+    /// Waits until the core's next deadline and lets it act.
+    fn timer(&mut self) -> Vec<Effect> {
+        let deadline = self.core.poll_timeout(self.now).expect("a deadline");
+        self.now = self.now.max(deadline);
+        self.on(Input::Timer)
+    }
+
+    /// Generation 1 (pid 100) spawned and ready.
+    fn serving() -> Self {
+        let mut bench = Bench::new(config());
+        bench.serve_first();
+        bench
+    }
+
+    fn serve_first(&mut self) {
+        assert_eq!(
+            self.on(Input::Start),
+            [Effect::Spawn {
+                generation: 1,
+                probe_port: false
+            }]
+        );
+        self.on(Input::Spawned {
+            generation: 1,
+            pid: pid(OLD),
+            probe_port: None,
+        });
+        assert_eq!(
+            self.on(Input::Notify {
+                generation: 1,
+                sender: OLD,
+                messages: vec![NotifyMessage::Ready],
+            }),
+            [Effect::Requeue(Input::Ready { generation: 1 })]
+        );
+        self.on(Input::Ready { generation: 1 });
+        assert_eq!(self.core.state(), ServiceState::Ready);
+    }
+
+    /// Restart 7 begun: generation 2 (pid 200) spawned and starting.
+    fn restarting() -> Self {
+        let mut bench = Bench::serving();
+        bench.restart();
+        bench
+    }
+
+    fn restart(&mut self) {
+        assert_eq!(
+            self.on(Input::Restart {
+                reason: Some("deploy".into())
+            }),
+            [Effect::OpenRestart {
+                reason: Some("deploy".into()),
+                old: Some(1),
+            }]
+        );
+        assert_eq!(
+            self.on(Input::RestartOpened { id: RESTART }),
+            [Effect::Spawn {
+                generation: 2,
+                probe_port: false
+            }]
+        );
+        assert_eq!(
+            self.on(Input::Spawned {
+                generation: 2,
+                pid: pid(NEW),
+                probe_port: None,
+            }),
+            [
+                Effect::Emit {
+                    restart: Some(RESTART),
+                    kind: EventKind::GenerationSpawned {
+                        generation: 2,
+                        pid: NEW as u32
+                    },
+                },
+                Effect::RecordNewGeneration {
+                    restart: RESTART,
+                    generation: 2
+                },
+            ]
+        );
+        assert_eq!(self.core.state(), ServiceState::Restarting);
+    }
+
+    /// Generation 2 ready, generation 1 counted with 3 connections and draining.
+    fn draining() -> Self {
+        let mut bench = Bench::restarting();
+        bench.wait(Duration::from_millis(250));
+        let ready = bench.on(Input::Ready { generation: 2 });
+        assert_eq!(
+            ready,
+            [
+                Effect::Emit {
+                    restart: Some(RESTART),
+                    kind: EventKind::GenerationReady {
+                        generation: 2,
+                        pid: NEW as u32,
+                        startup_us: 250_000,
+                    },
+                },
+                Effect::Count {
+                    generation: 1,
+                    pgid: pid(OLD),
+                    purpose: CountFor::Drain,
+                },
+            ]
+        );
+        assert_eq!(
+            bench.on(Input::Counted {
+                generation: 1,
+                count: Some(3),
+                purpose: CountFor::Drain,
+            }),
+            [
+                Effect::Signal {
+                    pgid: pid(OLD),
+                    signal: Signal::SIGTERM
+                },
+                Effect::WatchDrain {
+                    generation: 1,
+                    pgid: pid(OLD)
+                },
+                Effect::Emit {
+                    restart: Some(RESTART),
+                    kind: EventKind::GenerationDraining {
+                        generation: 1,
+                        pid: OLD as u32,
+                        signal: "SIGTERM".into(),
+                        connections: Some(3),
+                    },
+                },
+            ]
+        );
+        assert_eq!(bench.core.current(), Some(2));
+        bench
+    }
+
+    /// The generation's main process exits and its group empties.
+    fn exit_and_empty(&mut self, generation: u64, raw: i32, exit: ExitInfo) -> Vec<Effect> {
+        let mut effects = self.on(Input::Exited {
+            generation,
+            pid: pid(raw),
+            exit,
+        });
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::CheckGroup { generation: g, .. } if *g == generation)),
+            "{effects:?}"
+        );
+        effects.extend(self.on(Input::GroupEmpty { generation }));
+        effects
+    }
+}
+
+fn finished(effects: &[Effect]) -> Option<(RestartOutcome, Option<String>, Option<u32>)> {
+    effects.iter().find_map(|e| match e {
+        Effect::FinishRestart {
+            outcome,
+            reason,
+            connections_cut,
+            ..
+        } => Some((*outcome, reason.clone(), *connections_cut)),
+        _ => None,
+    })
+}
+
+fn events(effects: &[Effect]) -> Vec<&EventKind> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Emit { kind, .. } => Some(kind),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_succeeds_once_the_old_generation_has_drained() {
+    let mut bench = Bench::draining();
+    assert!(matches!(
+        bench.core.lifecycle(1),
+        Some(Lifecycle::Draining { .. })
+    ));
+    assert_eq!(
+        bench.on(Input::Connections {
+            generation: 1,
+            count: Some(1)
+        }),
+        [Effect::Emit {
+            restart: Some(RESTART),
+            kind: EventKind::DrainProgress {
+                generation: 1,
+                connections: 1
+            },
+        }]
+    );
+    // The same count again is no news.
+    assert!(
+        bench
+            .on(Input::Connections {
+                generation: 1,
+                count: Some(1)
+            })
+            .is_empty()
+    );
+    let exited = bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD),
+        exit: ExitInfo::Code(0),
+    });
+    assert_eq!(
+        exited,
+        [
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::GenerationExited {
+                    generation: 1,
+                    pid: OLD as u32,
+                    status: "exited with status 0".into(),
+                    unexpected: false,
+                },
+            },
+            Effect::CheckGroup {
+                generation: 1,
+                pgid: pid(OLD)
+            },
+        ]
+    );
+    // Not done while a process of its group is left.
+    assert_eq!(bench.core.state(), ServiceState::Restarting);
+    assert_eq!(
+        bench.on(Input::GroupEmpty { generation: 1 }),
+        [
+            Effect::Forget {
+                generation: 1,
+                pgid: pid(OLD)
+            },
+            Effect::FinishRestart {
+                restart: RESTART,
+                outcome: RestartOutcome::Succeeded,
+                reason: None,
+                connections_cut: None,
+            },
+        ]
+    );
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+    assert_eq!(bench.core.current(), Some(2));
+    assert_eq!(bench.core.running_restart(), None);
+}
+
+#[test]
+fn a_survivor_of_an_exited_generation_keeps_it_until_the_group_is_empty() {
+    let mut bench = Bench::draining();
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD),
+        exit: ExitInfo::Code(0),
+    });
+    // A worker lingers: the core looks again a little later.
+    let deadline = bench.core.poll_timeout(bench.now).unwrap();
+    assert_eq!(deadline, bench.now + super::core::LINGER_POLL);
+    assert_eq!(
+        bench.timer(),
+        [Effect::CheckGroup {
+            generation: 1,
+            pgid: pid(OLD)
+        }]
+    );
+    assert!(bench.core.generations().iter().all(|g| g.generation == 2));
+    let done = bench.on(Input::GroupEmpty { generation: 1 });
+    assert_eq!(finished(&done).unwrap().0, RestartOutcome::Succeeded);
+}
+
+#[test]
+fn a_generation_not_ready_in_time_is_stopped_and_the_restart_rolled_back() {
+    let mut bench = Bench::restarting();
+    bench.wait(READY_TIMEOUT - Duration::from_millis(1));
+    assert!(bench.on(Input::Timer).is_empty(), "not yet");
+    bench.wait(Duration::from_millis(1));
+    assert_eq!(
+        bench.on(Input::Timer),
+        [Effect::Signal {
+            pgid: pid(NEW),
+            signal: Signal::SIGTERM
+        }]
+    );
+    assert!(matches!(
+        bench.core.lifecycle(2),
+        Some(Lifecycle::Stopping { .. })
+    ));
+    // The verdict waits for the new generation to be gone.
+    assert_eq!(bench.core.state(), ServiceState::Restarting);
+    let done = bench.exit_and_empty(2, NEW, ExitInfo::Code(0));
+    assert_eq!(
+        finished(&done),
+        Some((
+            RestartOutcome::RolledBack,
+            Some("generation 2 was not ready within 5s".into()),
+            None
+        ))
+    );
+    assert_eq!(bench.core.current(), Some(1));
+    assert_eq!(bench.core.lifecycle(1), Some(Lifecycle::Ready));
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+}
+
+#[test]
+fn a_stopped_generation_that_ignores_its_signal_is_killed_after_the_grace() {
+    let mut bench = Bench::restarting();
+    bench.wait(READY_TIMEOUT);
+    bench.on(Input::Timer);
+    // The grace is the drain timeout, at most 10 s.
+    bench.wait(Duration::from_secs(10));
+    assert_eq!(bench.on(Input::Timer), [Effect::Kill { pgid: pid(NEW) }]);
+    assert!(bench.on(Input::Timer).is_empty(), "killed once");
+}
+
+#[test]
+fn a_crash_during_warm_up_rolls_the_restart_back() {
+    let mut bench = Bench::restarting();
+    let effects = bench.exit_and_empty(2, NEW, ExitInfo::Code(1));
+    assert_eq!(
+        effects[..2],
+        [
+            // Workers it left behind are stopped.
+            Effect::Signal {
+                pgid: pid(NEW),
+                signal: Signal::SIGTERM
+            },
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::GenerationExited {
+                    generation: 2,
+                    pid: NEW as u32,
+                    status: "exited with status 1".into(),
+                    unexpected: true,
+                },
+            },
+        ]
+    );
+    assert_eq!(
+        finished(&effects),
+        Some((
+            RestartOutcome::RolledBack,
+            Some("generation 2 exited with status 1 before it was ready".into()),
+            None
+        ))
+    );
+    // The old generation serves on; no crash restart.
+    assert_eq!(bench.core.consecutive_crashes(), 0);
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+}
+
+#[test]
+fn a_drain_past_its_timeout_is_cut_and_the_restart_forced() {
+    let mut bench = Bench::draining();
+    bench.wait(DRAIN_TIMEOUT);
+    assert_eq!(
+        bench.on(Input::Timer),
+        [Effect::Count {
+            generation: 1,
+            pgid: pid(OLD),
+            purpose: CountFor::Cut
+        }]
+    );
+    assert_eq!(
+        bench.on(Input::Counted {
+            generation: 1,
+            count: Some(2),
+            purpose: CountFor::Cut
+        }),
+        [
+            Effect::Kill { pgid: pid(OLD) },
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::GenerationKilled {
+                    generation: 1,
+                    pid: OLD as u32,
+                    connections_cut: 2
+                },
+            },
+        ]
+    );
+    let done = bench.exit_and_empty(1, OLD, ExitInfo::Signal(Signal::SIGKILL));
+    assert_eq!(
+        finished(&done),
+        Some((
+            RestartOutcome::Forced,
+            Some(
+                "generation 1 did not exit within the drain timeout of 30s; 2 connections were cut"
+                    .into()
+            ),
+            Some(2)
+        ))
+    );
+}
+
+#[test]
+fn workers_left_draining_by_an_exited_generation_are_cut_at_the_drain_deadline() {
+    let mut bench = Bench::draining();
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD),
+        exit: ExitInfo::Code(0),
+    });
+    assert!(matches!(
+        bench.core.lifecycle(1),
+        Some(Lifecycle::Exited {
+            leftovers: Leftovers::Drain { .. },
+            ..
+        })
+    ));
+    bench.wait(DRAIN_TIMEOUT);
+    let effects = bench.on(Input::Timer);
+    assert!(effects.contains(&Effect::Count {
+        generation: 1,
+        pgid: pid(OLD),
+        purpose: CountFor::Cut
+    }));
+    bench.on(Input::Counted {
+        generation: 1,
+        count: Some(1),
+        purpose: CountFor::Cut,
+    });
+    let done = bench.on(Input::GroupEmpty { generation: 1 });
+    assert_eq!(finished(&done).unwrap().0, RestartOutcome::Forced);
+}
+
+#[test]
+fn a_crash_while_serving_restarts_after_a_doubling_backoff() {
+    let mut bench = Bench::serving();
+    let effects = bench.exit_and_empty(1, OLD, ExitInfo::Signal(Signal::SIGSEGV));
+    assert_eq!(
+        events(&effects),
+        [
+            &EventKind::GenerationExited {
+                generation: 1,
+                pid: OLD as u32,
+                status: "killed by SIGSEGV".into(),
+                unexpected: true,
+            },
+            &EventKind::CrashRestartScheduled {
+                generation: 1,
+                backoff_ms: 100,
+                consecutive_crashes: 1,
+            },
+        ]
+    );
+    assert_eq!(bench.core.state(), ServiceState::CrashLooping);
+    assert_eq!(
+        bench.core.poll_timeout(bench.now),
+        Some(bench.now + Duration::from_millis(100))
+    );
+    let mut backoffs = Vec::new();
+    for generation in 2..=12 {
+        assert_eq!(
+            bench.timer(),
+            [Effect::Spawn {
+                generation,
+                probe_port: false
+            }]
+        );
+        bench.on(Input::Spawned {
+            generation,
+            pid: pid(OLD + generation as i32),
+            probe_port: None,
+        });
+        let effects = bench.exit_and_empty(generation, OLD + generation as i32, ExitInfo::Code(1));
+        for kind in events(&effects) {
+            if let EventKind::CrashRestartScheduled { backoff_ms, .. } = kind {
+                backoffs.push(*backoff_ms);
+            }
+        }
+    }
+    assert_eq!(
+        backoffs,
+        [
+            200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000
+        ]
+    );
+    assert_eq!(bench.core.consecutive_crashes(), 12);
+}
+
+#[test]
+fn a_generation_that_stayed_up_long_enough_resets_the_crash_count() {
+    let mut bench = Bench::serving();
+    bench.exit_and_empty(1, OLD, ExitInfo::Code(1));
+    bench.timer();
+    bench.on(Input::Spawned {
+        generation: 2,
+        pid: pid(NEW),
+        probe_port: None,
+    });
+    bench.on(Input::Ready { generation: 2 });
+    assert_eq!(bench.core.consecutive_crashes(), 1);
+    bench.wait(super::core::CRASH_FORGIVEN_AFTER);
+    let effects = bench.exit_and_empty(2, NEW, ExitInfo::Code(1));
+    assert!(
+        events(&effects).contains(&&EventKind::CrashRestartScheduled {
+            generation: 2,
+            backoff_ms: 100,
+            consecutive_crashes: 1,
+        })
+    );
+}
+
+#[test]
+fn without_restart_on_crash_a_dead_service_stays_stopped() {
+    let mut bench = Bench::new(ServiceConfig {
+        restart_on_crash: false,
+        ..config()
+    });
+    bench.serve_first();
+    let effects = bench.exit_and_empty(1, OLD, ExitInfo::Code(1));
+    assert!(!effects.iter().any(|e| matches!(
+        e,
+        Effect::Emit {
+            kind: EventKind::CrashRestartScheduled { .. },
+            ..
+        }
+    )));
+    assert_eq!(bench.core.state(), ServiceState::Stopped);
+    assert_eq!(bench.core.poll_timeout(bench.now), None);
+}
+
+#[test]
+fn a_stop_during_a_restart_fails_it_once_both_generations_are_gone() {
+    let mut bench = Bench::restarting();
+    assert_eq!(
+        bench.on(Input::Stop),
+        [
+            Effect::Signal {
+                pgid: pid(OLD),
+                signal: Signal::SIGTERM
+            },
+            Effect::Signal {
+                pgid: pid(NEW),
+                signal: Signal::SIGTERM
+            },
+        ]
+    );
+    assert!(!bench.core.is_done());
+    let old = bench.exit_and_empty(1, OLD, ExitInfo::Code(0));
+    assert_eq!(finished(&old), None, "the new generation is still there");
+    // Neither exit is a crash.
+    assert!(events(&old).iter().all(|k| matches!(
+        k,
+        EventKind::GenerationExited {
+            unexpected: false,
+            ..
+        }
+    )));
+    let new = bench.exit_and_empty(2, NEW, ExitInfo::Code(0));
+    assert_eq!(
+        finished(&new),
+        Some((
+            RestartOutcome::Failed,
+            Some("the service was stopped during the restart".into()),
+            None
+        ))
+    );
+    assert!(bench.core.is_done());
+    assert!(matches!(
+        bench.on(Input::Restart { reason: None }).as_slice(),
+        [Effect::Refuse(body)] if body.kind == ErrorKind::ShuttingDown
+    ));
+}
+
+#[test]
+fn a_second_restart_is_refused_while_one_runs() {
+    let mut bench = Bench::restarting();
+    let refused = bench.on(Input::Restart { reason: None });
+    let [Effect::Refuse(body)] = refused.as_slice() else {
+        panic!("refused: {refused:?}");
+    };
+    assert_eq!(body.kind, ErrorKind::RestartInProgress);
+    assert_eq!(body.running_restart, Some(RESTART));
+    assert_eq!(bench.core.running_restart(), Some(RESTART));
+}
+
+#[test]
+fn a_new_generation_that_cannot_start_fails_the_restart_at_once() {
+    let mut bench = Bench::serving();
+    bench.on(Input::Restart { reason: None });
+    bench.on(Input::RestartOpened { id: RESTART });
+    let effects = bench.on(Input::SpawnFailed {
+        generation: 2,
+        reason: "program \"web\" not found on PATH".into(),
+    });
+    assert_eq!(
+        finished(&effects),
+        Some((
+            RestartOutcome::Failed,
+            Some("could not start a new generation: program \"web\" not found on PATH".into()),
+            None
+        ))
+    );
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+    assert_eq!(bench.core.current(), Some(1));
+}
+
+#[test]
+fn a_restart_whose_old_generation_died_fails_rather_than_rolls_back() {
+    let mut bench = Bench::restarting();
+    let died = bench.exit_and_empty(1, OLD, ExitInfo::Code(1));
+    // The new generation is on its way: no crash restart.
+    assert_eq!(bench.core.consecutive_crashes(), 0);
+    assert_eq!(finished(&died), None);
+    bench.wait(READY_TIMEOUT);
+    let timeout = bench.on(Input::Timer);
+    // Nothing serves now: a crash restart is scheduled.
+    assert!(
+        events(&timeout).contains(&&EventKind::CrashRestartScheduled {
+            generation: 0,
+            backoff_ms: 100,
+            consecutive_crashes: 1,
+        })
+    );
+    let done = bench.exit_and_empty(2, NEW, ExitInfo::Code(0));
+    assert_eq!(finished(&done).unwrap().0, RestartOutcome::Failed);
+    assert_eq!(bench.core.state(), ServiceState::CrashLooping);
+}
+
+#[test]
+fn extend_timeout_pushes_the_ready_deadline_back() {
+    let mut bench = Bench::restarting();
+    bench.wait(Duration::from_secs(1));
+    assert!(
+        bench
+            .on(Input::Notify {
+                generation: 2,
+                sender: NEW,
+                messages: vec![NotifyMessage::ExtendTimeout(Duration::from_secs(20))],
+            })
+            .is_empty()
+    );
+    bench.wait(READY_TIMEOUT);
+    assert!(bench.on(Input::Timer).is_empty());
+    assert!(bench.core.lifecycle(2).unwrap().is_starting());
+    assert_eq!(
+        bench.core.poll_timeout(bench.now),
+        Some(bench.start + Duration::from_secs(21))
+    );
+    // A shorter extension never brings the deadline forward.
+    bench.on(Input::Notify {
+        generation: 2,
+        sender: NEW,
+        messages: vec![NotifyMessage::ExtendTimeout(Duration::from_secs(1))],
+    });
+    assert_eq!(
+        bench.core.poll_timeout(bench.now),
+        Some(bench.start + Duration::from_secs(21))
+    );
+}
+
+#[test]
+fn mainpid_moves_the_generation_to_the_named_process_of_its_group() {
+    let mut bench = Bench::serving();
+    const MAIN: i32 = 150;
+    assert_eq!(
+        bench.on(Input::Notify {
+            generation: 1,
+            sender: OLD,
+            messages: vec![NotifyMessage::MainPid(MAIN)],
+        }),
+        [Effect::LocateMain {
+            generation: 1,
+            main: pid(MAIN),
+            pgid: pid(OLD),
+            after: MainCheck::Named { sender: OLD },
+        }]
+    );
+    assert_eq!(
+        bench.on(Input::MainLocated {
+            generation: 1,
+            main: pid(MAIN),
+            in_group: true,
+            after: MainCheck::Named { sender: OLD },
+        }),
+        [Effect::WatchExit {
+            generation: 1,
+            pid: pid(MAIN)
+        }]
+    );
+    assert_eq!(bench.core.generations()[0].main_pid, Some(MAIN as u32));
+    // The first process exits; the main process is still in the group.
+    assert_eq!(
+        bench.on(Input::Exited {
+            generation: 1,
+            pid: pid(OLD),
+            exit: ExitInfo::Code(0),
+        }),
+        [Effect::LocateMain {
+            generation: 1,
+            main: pid(MAIN),
+            pgid: pid(OLD),
+            after: MainCheck::FirstExited(ExitInfo::Code(0)),
+        }]
+    );
+    assert!(
+        bench
+            .on(Input::MainLocated {
+                generation: 1,
+                main: pid(MAIN),
+                in_group: true,
+                after: MainCheck::FirstExited(ExitInfo::Code(0)),
+            })
+            .is_empty()
+    );
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+    // The main process's exit is the generation's.
+    let effects = bench.exit_and_empty(1, MAIN, ExitInfo::Code(3));
+    assert!(events(&effects).contains(&&EventKind::GenerationExited {
+        generation: 1,
+        pid: OLD as u32,
+        status: "exited with status 3".into(),
+        unexpected: true,
+    }));
+}
+
+#[test]
+fn mainpid_outside_the_generation_is_ignored_and_a_vanished_main_ends_it() {
+    let mut bench = Bench::serving();
+    bench.on(Input::Notify {
+        generation: 1,
+        sender: OLD,
+        messages: vec![NotifyMessage::MainPid(999)],
+    });
+    assert!(
+        bench
+            .on(Input::MainLocated {
+                generation: 1,
+                main: pid(999),
+                in_group: false,
+                after: MainCheck::Named { sender: OLD },
+            })
+            .is_empty()
+    );
+    assert_eq!(bench.core.generations()[0].main_pid, None);
+
+    bench.on(Input::MainLocated {
+        generation: 1,
+        main: pid(150),
+        in_group: true,
+        after: MainCheck::Named { sender: OLD },
+    });
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD),
+        exit: ExitInfo::Code(0),
+    });
+    // The main process died before the first one: nobody else will say so.
+    let effects = bench.on(Input::MainLocated {
+        generation: 1,
+        main: pid(150),
+        in_group: false,
+        after: MainCheck::FirstExited(ExitInfo::Code(0)),
+    });
+    assert!(events(&effects).contains(&&EventKind::GenerationExited {
+        generation: 1,
+        pid: OLD as u32,
+        status: "exited with status 0".into(),
+        unexpected: true,
+    }));
+}
+
+#[test]
+fn notify_messages_update_status_and_the_fd_store() {
+    let mut bench = Bench::restarting();
+    let effects = bench.on(Input::Notify {
+        generation: 2,
+        sender: NEW,
+        messages: vec![
+            NotifyMessage::Status("warming caches".into()),
+            NotifyMessage::FdStore {
+                name: Some("cache".into()),
+            },
+            NotifyMessage::FdStoreRemove { name: None },
+            NotifyMessage::Barrier,
+            NotifyMessage::Ready,
+        ],
+    });
+    assert_eq!(
+        effects,
+        [
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::GenerationStatus {
+                    generation: 2,
+                    status: "warming caches".into()
+                },
+            },
+            Effect::StoreFds {
+                name: "cache".into()
+            },
+            Effect::RemoveFds {
+                name: "stored".into()
+            },
+            Effect::CloseFds,
+            Effect::Requeue(Input::Ready { generation: 2 }),
+        ]
+    );
+    let status = &bench.core.generations()[1];
+    assert_eq!(status.status_text.as_deref(), Some("warming caches"));
+}
+
+#[test]
+fn with_a_probe_readiness_ready_1_is_not_enough() {
+    let mut bench = Bench::new(ServiceConfig {
+        ready: Readiness::Tcp {
+            addr: crate::config::ProbeTemplate::parse("127.0.0.1:{port}"),
+        },
+        ..config()
+    });
+    assert_eq!(
+        bench.on(Input::Start),
+        [Effect::Spawn {
+            generation: 1,
+            probe_port: true
+        }]
+    );
+    let spawned = bench.on(Input::Spawned {
+        generation: 1,
+        pid: pid(OLD),
+        probe_port: Some(4000),
+    });
+    assert_eq!(
+        spawned[0],
+        Effect::Probe {
+            generation: 1,
+            port: Some(4000)
+        }
+    );
+    assert!(
+        bench
+            .on(Input::Notify {
+                generation: 1,
+                sender: OLD,
+                messages: vec![NotifyMessage::Ready],
+            })
+            .is_empty()
+    );
+}
+
+#[test]
+fn exec_readiness_is_ready_on_spawn_and_warm_up_priority_is_restored() {
+    let mut bench = Bench::new(ServiceConfig {
+        ready: Readiness::Exec,
+        warmup_nice: 10,
+        ..config()
+    });
+    bench.on(Input::Start);
+    let effects = bench.on(Input::Spawned {
+        generation: 1,
+        pid: pid(OLD),
+        probe_port: None,
+    });
+    assert!(effects.contains(&Effect::RestorePriority {
+        generation: 1,
+        pgid: pid(OLD)
+    }));
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+}
+
+#[test]
+fn a_reload_during_a_restart_restarts_again_once_it_ends() {
+    let mut bench = Bench::draining();
+    assert!(
+        bench
+            .on(Input::Replace {
+                config: Arc::new(config())
+            })
+            .is_empty()
+    );
+    let done = bench.exit_and_empty(1, OLD, ExitInfo::Code(0));
+    assert_eq!(finished(&done).unwrap().0, RestartOutcome::Succeeded);
+    assert_eq!(
+        done.last(),
+        Some(&Effect::Requeue(Input::Restart {
+            reason: Some("configuration changed".into())
+        }))
+    );
+    // Without a restart running, a reload restarts at once.
+    assert_eq!(
+        bench.on(Input::Replace {
+            config: Arc::new(config())
+        }),
+        [Effect::OpenRestart {
+            reason: Some("configuration changed".into()),
+            old: Some(2),
+        }]
+    );
+}
+
+#[test]
+fn an_upgrade_is_refused_during_a_restart_and_freezes_the_service_otherwise() {
+    let mut bench = Bench::restarting();
+    assert_eq!(
+        bench.core.hand_over(bench.now).err(),
+        Some(HandoverRefused::Restarting {
+            service: "web".into(),
+            id: RESTART
+        })
+    );
+    bench.on(Input::Ready { generation: 2 });
+    bench.on(Input::Counted {
+        generation: 1,
+        count: Some(0),
+        purpose: CountFor::Drain,
+    });
+    bench.exit_and_empty(1, OLD, ExitInfo::Code(0));
+
+    bench.wait(Duration::from_secs(1));
+    let handed = bench.core.hand_over(bench.now).expect("handed over");
+    assert_eq!(handed.current, Some(2));
+    assert_eq!(handed.next_generation, 3);
+    assert_eq!(
+        handed
+            .generations
+            .iter()
+            .map(|g| g.number)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    // Frozen: no deadline, no restart, until thawed.
+    assert_eq!(bench.core.poll_timeout(bench.now), None);
+    assert!(matches!(
+        bench.on(Input::Restart { reason: None }).as_slice(),
+        [Effect::Refuse(body)] if body.kind == ErrorKind::ShuttingDown
+    ));
+    bench.on(Input::Thaw);
+    assert!(matches!(
+        bench.on(Input::Restart { reason: None }).as_slice(),
+        [Effect::OpenRestart { old: Some(2), .. }]
+    ));
+}
+
+#[test]
+fn a_handed_over_service_is_adopted_with_its_deadlines() {
+    let mut bench = Bench::draining();
+    // A crash restart starting is not handed over; a draining generation is.
+    // The new generation dies while the old one drains: the restart fails
+    // and a crash restart follows.
+    let died = bench.exit_and_empty(2, NEW, ExitInfo::Code(1));
+    assert_eq!(
+        finished(&died),
+        Some((
+            RestartOutcome::Failed,
+            Some("generation 2 exited with status 1 after it was ready".into()),
+            None
+        ))
+    );
+    assert_eq!(bench.core.state(), ServiceState::CrashLooping);
+    bench.timer();
+    bench.on(Input::Spawned {
+        generation: 3,
+        pid: pid(300),
+        probe_port: None,
+    });
+    assert_eq!(
+        bench.core.hand_over(bench.now).err(),
+        Some(HandoverRefused::Starting {
+            service: "web".into()
+        })
+    );
+    bench.on(Input::Ready { generation: 3 });
+    let handed = bench.core.hand_over(bench.now).expect("handed over");
+    let service = crate::handover::ServiceHandover {
+        name: "web".into(),
+        sockets: Vec::new(),
+        generations: handed.generations,
+        current: handed.current,
+        next_generation: handed.next_generation,
+        consecutive_crashes: handed.consecutive_crashes,
+        fd_store: Vec::new(),
+    };
+
+    let mut next = Bench::new(config());
+    let effects = next.core.adopt(&service, next.now);
+    assert_eq!(
+        effects,
+        [
+            Effect::Route {
+                generation: 1,
+                pgid: pid(OLD)
+            },
+            Effect::WatchExit {
+                generation: 1,
+                pid: pid(OLD)
+            },
+            Effect::WatchDrain {
+                generation: 1,
+                pgid: pid(OLD)
+            },
+            Effect::Route {
+                generation: 3,
+                pgid: pid(300)
+            },
+            Effect::WatchExit {
+                generation: 3,
+                pid: pid(300)
+            },
+        ]
+    );
+    assert_eq!(next.core.current(), Some(3));
+    assert_eq!(next.core.consecutive_crashes(), 1);
+    assert!(next.on(Input::Start).is_empty(), "a generation serves");
+    assert!(matches!(
+        next.core.lifecycle(1),
+        Some(Lifecycle::Draining { .. })
+    ));
+    // The drain deadline carried over, minus the time already spent.
+    let left = next.core.poll_timeout(next.now).unwrap() - next.now;
+    assert!(left < DRAIN_TIMEOUT && left > DRAIN_TIMEOUT - Duration::from_secs(1));
+}
