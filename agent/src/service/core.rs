@@ -7,17 +7,18 @@
 //! input before anything else reaches the core, so a transition never
 //! interleaves with another.
 
+mod handover;
+
+pub use self::handover::{HandedCore, HandoverRefused};
+pub use super::effects::{CountFor, Effect, Input, MainCheck, Now};
 use super::generation::{Generation, Leftovers, Lifecycle};
 use super::restart::{RestartRun, Verdict};
 use crate::config::{Readiness, ServiceConfig};
-use crate::handover::{GenerationHandover, HandedPhase, ServiceHandover};
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
 use baton_proto::{
     ErrorBody, ErrorKind, EventKind, GenerationInfo, RestartId, RestartOutcome, ServiceState,
-    UnixMillis,
 };
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,217 +36,6 @@ const STOP_GRACE_MAX: Duration = Duration::from_secs(10);
 /// After a SIGKILL, the next one is this far off.
 const KILL_AGAIN_AFTER: Duration = Duration::from_secs(3600);
 
-/// The time an input happens at: monotonic for deadlines, wall clock for
-/// what is reported.
-#[derive(Debug, Clone, Copy)]
-pub struct Now {
-    pub at: Instant,
-    pub unix_ms: UnixMillis,
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Input {
-    /// The task begins: start a generation unless an adopted one serves.
-    Start,
-    Restart {
-        reason: Option<String>,
-    },
-    /// Answers `Effect::OpenRestart`.
-    RestartOpened {
-        id: RestartId,
-    },
-    /// A reload changed the service: restart it with the new configuration.
-    Replace {
-        config: Arc<ServiceConfig>,
-    },
-    /// Stop every generation; the service is done once none is left.
-    Stop,
-    /// Answers `Effect::Spawn`.
-    Spawned {
-        generation: u64,
-        pid: Pid,
-        probe_port: Option<u16>,
-    },
-    /// Answers `Effect::Spawn`.
-    SpawnFailed {
-        generation: u64,
-        reason: String,
-    },
-    /// A watched process of the generation was reaped.
-    Exited {
-        generation: u64,
-        pid: Pid,
-        exit: ExitInfo,
-    },
-    /// Answers `Effect::LocateMain`.
-    MainLocated {
-        generation: u64,
-        main: Pid,
-        in_group: bool,
-        after: MainCheck,
-    },
-    Notify {
-        generation: u64,
-        sender: i32,
-        messages: Vec<NotifyMessage>,
-    },
-    /// `READY=1` (through the queue) or a successful probe.
-    Ready {
-        generation: u64,
-    },
-    /// A draining generation's periodic count.
-    Connections {
-        generation: u64,
-        count: Option<u32>,
-    },
-    /// Answers `Effect::Count`.
-    Counted {
-        generation: u64,
-        count: Option<u32>,
-        purpose: CountFor,
-    },
-    /// Answers `Effect::CheckGroup` when no process of the group is left.
-    GroupEmpty {
-        generation: u64,
-    },
-    /// `poll_timeout` has passed.
-    Timer,
-    /// The agent's re-exec failed: carry on.
-    Thaw,
-}
-
-/// Why a connection count was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CountFor {
-    /// Right before the stop signal: the connections it starts draining with.
-    Drain,
-    /// Right before the SIGKILL at the drain deadline: the connections it cuts.
-    Cut,
-}
-
-/// Why it matters whether a process is in a generation's group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MainCheck {
-    /// `MAINPID=` named it, sent by `sender`.
-    Named { sender: i32 },
-    /// The first process exited; the main process it handed over to should
-    /// still be there.
-    FirstExited(ExitInfo),
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Effect {
-    Emit {
-        restart: Option<RestartId>,
-        kind: EventKind,
-    },
-    /// Open a restart report (it emits `restart_started`); answered with
-    /// `Input::RestartOpened`. The restart request is accepted with its id.
-    OpenRestart {
-        reason: Option<String>,
-        old: Option<u64>,
-    },
-    /// The restart request is refused.
-    Refuse(ErrorBody),
-    /// The restart's report names its new generation.
-    RecordNewGeneration {
-        restart: RestartId,
-        generation: u64,
-    },
-    FinishRestart {
-        restart: RestartId,
-        outcome: RestartOutcome,
-        reason: Option<String>,
-        connections_cut: Option<u32>,
-    },
-    /// Spawn the generation (with a free probe port if asked); answered with
-    /// `Input::Spawned` or `Input::SpawnFailed`.
-    Spawn {
-        generation: u64,
-        probe_port: bool,
-    },
-    /// Probe the generation until it answers, then `Input::Ready`.
-    Probe {
-        generation: u64,
-        port: Option<u16>,
-    },
-    Signal {
-        pgid: Pid,
-        signal: Signal,
-    },
-    Kill {
-        pgid: Pid,
-    },
-    /// Give the ready generation back its normal priority.
-    RestorePriority {
-        generation: u64,
-        pgid: Pid,
-    },
-    /// Count the group's connections; answered with `Input::Counted`.
-    Count {
-        generation: u64,
-        pgid: Pid,
-        purpose: CountFor,
-    },
-    /// Count the draining generation's connections periodically
-    /// (`Input::Connections`) until it is forgotten.
-    WatchDrain {
-        generation: u64,
-        pgid: Pid,
-    },
-    /// Report the process's exit as `Input::Exited`.
-    WatchExit {
-        generation: u64,
-        pid: Pid,
-    },
-    /// Is `main` in the group `pgid`? Answered with `Input::MainLocated`.
-    LocateMain {
-        generation: u64,
-        main: Pid,
-        pgid: Pid,
-        after: MainCheck,
-    },
-    /// Answered with `Input::GroupEmpty` if no process of the group is left.
-    CheckGroup {
-        generation: u64,
-        pgid: Pid,
-    },
-    /// Route the group's notify messages to the generation (an adopted one;
-    /// a spawned one is routed as it is spawned).
-    Route {
-        generation: u64,
-        pgid: Pid,
-    },
-    /// The generation is gone: stop its tasks, stop routing its messages.
-    Forget {
-        generation: u64,
-        pgid: Pid,
-    },
-    /// Keep the fds that came with the notify message under this name.
-    StoreFds {
-        name: String,
-    },
-    RemoveFds {
-        name: String,
-    },
-    /// Close the fds that came with the notify message (`BARRIER=1`).
-    CloseFds,
-    /// Feed this input back through the service's queue, after what is
-    /// already waiting there.
-    Requeue(Input),
-}
-
-/// Why the agent may not re-exec itself now.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HandoverRefused {
-    #[error("restart {id} of {service:?} is running")]
-    Restarting { service: String, id: RestartId },
-    #[error("a generation of {service:?} is starting")]
-    Starting { service: String },
-    #[error("service {service:?} is stopping")]
-    Stopping { service: String },
-}
-
 /// A service's state and every decision about it.
 pub struct ServiceCore {
     name: String,
@@ -259,10 +49,19 @@ pub struct ServiceCore {
     restart_queued: bool,
     consecutive_crashes: u32,
     backoff_until: Option<Instant>,
-    stopping: bool,
+    mode: Mode,
+}
+
+/// What the service as a whole is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Running,
     /// Handed over to the next image: start nothing new, act on no deadline,
     /// until thawed.
-    frozen: bool,
+    Frozen,
+    /// Every generation is being stopped; the service is done once none is
+    /// left. Nothing starts again.
+    Stopping,
 }
 
 /// Collects one input's effects.
@@ -286,9 +85,12 @@ impl ServiceCore {
             restart_queued: false,
             consecutive_crashes: 0,
             backoff_until: None,
-            stopping: false,
-            frozen: false,
+            mode: Mode::Running,
         }
+    }
+
+    fn stopping(&self) -> bool {
+        self.mode == Mode::Stopping
     }
 
     pub fn config(&self) -> &Arc<ServiceConfig> {
@@ -297,7 +99,7 @@ impl ServiceCore {
 
     /// Stopping and nothing left to wait for.
     pub fn is_done(&self) -> bool {
-        self.stopping && self.generations.is_empty()
+        self.stopping() && self.generations.is_empty()
     }
 
     pub fn on(&mut self, now: Now, input: Input) -> Vec<Effect> {
@@ -314,7 +116,7 @@ impl ServiceCore {
                 self.config = config;
                 if self.restart.is_some() {
                     self.restart_queued = true;
-                } else if !self.stopping {
+                } else if !self.stopping() {
                     self.request_restart(Some("configuration changed".into()), &mut out);
                 }
             }
@@ -361,14 +163,18 @@ impl ServiceCore {
                 }
             }
             Input::Timer => self.on_timer(now, &mut out),
-            Input::Thaw => self.frozen = false,
+            Input::Thaw => {
+                if self.mode == Mode::Frozen {
+                    self.mode = Mode::Running;
+                }
+            }
         }
         out.0
     }
 
     /// When `on` wants `Input::Timer` next; `None` for never.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        if self.frozen {
+        if self.mode == Mode::Frozen {
             // Deadlines are handed over; the next image acts on them.
             return None;
         }
@@ -387,7 +193,7 @@ impl ServiceCore {
             ServiceState::Restarting
         } else if self.current.is_some() {
             ServiceState::Ready
-        } else if self.backoff_until.is_some() || self.consecutive_crashes > 0 && !self.stopping {
+        } else if self.backoff_until.is_some() || self.consecutive_crashes > 0 && !self.stopping() {
             ServiceState::CrashLooping
         } else if self.generations.values().any(|g| g.lifecycle.is_starting()) {
             ServiceState::Starting
@@ -431,10 +237,10 @@ impl ServiceCore {
                 running_restart: Some(run.id),
             }));
         }
-        if self.stopping {
+        if self.stopping() {
             return out.push(Effect::Refuse(shutting_down(&self.name)));
         }
-        if self.frozen {
+        if self.mode == Mode::Frozen {
             return out.push(Effect::Refuse(ErrorBody {
                 kind: ErrorKind::ShuttingDown,
                 message: "the agent is upgrading itself; try again in a moment".into(),
@@ -679,7 +485,7 @@ impl ServiceCore {
     }
 
     fn stop_all(&mut self, now: Now, out: &mut Out) {
-        self.stopping = true;
+        self.mode = Mode::Stopping;
         self.backoff_until = None;
         for generation in self.generations.values_mut() {
             if let Lifecycle::Starting { .. } | Lifecycle::Ready = generation.lifecycle {
@@ -828,7 +634,7 @@ impl ServiceCore {
                         now,
                         out,
                     );
-                } else if !self.stopping {
+                } else if !self.stopping() {
                     self.on_crash(Some(number), now, out);
                 }
             }
@@ -853,7 +659,7 @@ impl ServiceCore {
                     .and_then(|r| r.new)
                     .filter(|&n| n != number)
                     .is_some_and(|n| self.generations.contains_key(&n));
-                if !new_on_its_way && !self.stopping {
+                if !new_on_its_way && !self.stopping() {
                     self.on_crash(Some(number), now, out);
                 }
             }
@@ -879,14 +685,14 @@ impl ServiceCore {
         if let Some(new) = new {
             self.stop_generation(new, now, out);
         }
-        if self.current.is_none() && !self.stopping {
+        if self.current.is_none() && !self.stopping() {
             // Nothing serves: the old generation died during the restart.
             self.on_crash(None, now, out);
         }
     }
 
     fn on_crash(&mut self, generation: Option<u64>, now: Now, out: &mut Out) {
-        if self.stopping || !self.config.restart_on_crash {
+        if self.stopping() || !self.config.restart_on_crash {
             return;
         }
         self.consecutive_crashes += 1;
@@ -938,7 +744,7 @@ impl ServiceCore {
             reason,
             connections_cut: run.connections_cut,
         });
-        if self.restart_queued && !self.stopping {
+        if self.restart_queued && !self.stopping() {
             self.restart_queued = false;
             out.push(Effect::Requeue(Input::Restart {
                 reason: Some("configuration changed".into()),
@@ -1034,12 +840,12 @@ impl ServiceCore {
     }
 
     fn on_timer(&mut self, now: Now, out: &mut Out) {
-        if self.frozen {
+        if self.mode == Mode::Frozen {
             return;
         }
         if self.backoff_until.is_some_and(|t| t <= now.at) {
             self.backoff_until = None;
-            if self.current.is_none() && !self.stopping && self.restart.is_none() {
+            if self.current.is_none() && !self.stopping() && self.restart.is_none() {
                 self.start_generation(out);
             }
         }
@@ -1156,122 +962,6 @@ impl ServiceCore {
             .filter(|r| r.takes_part(number))
             .map(|r| r.id)
     }
-
-    /// Describes the service for the agent's next image and stops acting
-    /// until thawed. Refused while a restart or a start runs.
-    pub fn hand_over(&mut self, now: Instant) -> Result<HandedCore, HandoverRefused> {
-        if let Some(run) = &self.restart {
-            return Err(HandoverRefused::Restarting {
-                service: self.name.clone(),
-                id: run.id,
-            });
-        }
-        if self.generations.values().any(|g| g.lifecycle.is_starting()) {
-            return Err(HandoverRefused::Starting {
-                service: self.name.clone(),
-            });
-        }
-        let left = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
-        let generations = self
-            .generations
-            .values()
-            .filter_map(|g| {
-                let phase = match g.lifecycle {
-                    Lifecycle::Draining { deadline } => HandedPhase::Draining {
-                        left_ms: left(deadline),
-                    },
-                    Lifecycle::Stopping { kill_at } => HandedPhase::Stopping {
-                        left_ms: left(kill_at),
-                    },
-                    Lifecycle::Ready | Lifecycle::Starting { .. } => HandedPhase::Ready,
-                    Lifecycle::Exited { .. } => return None,
-                };
-                Some(GenerationHandover {
-                    number: g.number,
-                    pid: g.pid.as_raw(),
-                    main_pid: g.main_pid.map(Pid::as_raw),
-                    phase,
-                    started_at: g.started_at,
-                    ready_at: g.ready_at,
-                    status_text: g.status_text.clone(),
-                })
-            })
-            .collect();
-        self.frozen = true;
-        Ok(HandedCore {
-            generations,
-            current: self.current,
-            next_generation: self.next_generation,
-            consecutive_crashes: self.consecutive_crashes,
-        })
-    }
-
-    /// Takes over the generations the agent's previous image ran.
-    pub fn adopt(&mut self, handed: &ServiceHandover, now: Instant) -> Vec<Effect> {
-        let mut out = Out(Vec::new());
-        self.next_generation = handed.next_generation;
-        self.consecutive_crashes = handed.consecutive_crashes;
-        for handed in &handed.generations {
-            let pid = Pid::from_raw(handed.pid);
-            let number = handed.number;
-            out.push(Effect::Route {
-                generation: number,
-                pgid: pid,
-            });
-            out.push(Effect::WatchExit {
-                generation: number,
-                pid,
-            });
-            let main_pid = handed.main_pid.map(Pid::from_raw);
-            if let Some(main) = main_pid {
-                out.push(Effect::WatchExit {
-                    generation: number,
-                    pid: main,
-                });
-            }
-            let lifecycle = match handed.phase {
-                HandedPhase::Ready => Lifecycle::Ready,
-                HandedPhase::Draining { left_ms } => {
-                    out.push(Effect::WatchDrain {
-                        generation: number,
-                        pgid: pid,
-                    });
-                    Lifecycle::Draining {
-                        deadline: now + Duration::from_millis(left_ms),
-                    }
-                }
-                HandedPhase::Stopping { left_ms } => Lifecycle::Stopping {
-                    kill_at: now + Duration::from_millis(left_ms),
-                },
-            };
-            self.generations.insert(
-                number,
-                Generation {
-                    number,
-                    pid,
-                    lifecycle,
-                    started_at: handed.started_at,
-                    spawned: now,
-                    ready_at: handed.ready_at,
-                    ready_instant: handed.ready_at.map(|_| now),
-                    status_text: handed.status_text.clone(),
-                    connections: None,
-                    main_pid,
-                },
-            );
-        }
-        self.current = handed.current.filter(|n| self.generations.contains_key(n));
-        tracing::info!(service = %self.name, generations = self.generations.len(), current = ?self.current, "adopted from the previous agent image");
-        out.0
-    }
-}
-
-/// The core's part of a service's handover.
-pub struct HandedCore {
-    pub generations: Vec<GenerationHandover>,
-    pub current: Option<u64>,
-    pub next_generation: u64,
-    pub consecutive_crashes: u32,
 }
 
 pub fn shutting_down(service: &str) -> ErrorBody {

@@ -19,6 +19,7 @@
 
 mod actor;
 pub mod core;
+pub mod effects;
 pub mod generation;
 pub mod restart;
 #[cfg(test)]
