@@ -85,3 +85,39 @@ impl AgentView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> (AgentView, impl Sized) {
+        let (web, queue) = ServiceHandle::unanswered("web");
+        let services = BTreeMap::from([("web".to_string(), web)]);
+        let view = AgentView {
+            host: "h".into(),
+            boot_id: "b".into(),
+            started_at: 0,
+            services: RwLock::new(services),
+            events: Arc::new(EventLog::default()),
+            shutting_down: CancellationToken::new(),
+        };
+        (view, queue)
+    }
+
+    #[test]
+    fn an_unknown_service_is_refused_by_name() {
+        let (view, _queue) = view();
+        let refused = futures::executor::block_on(view.restart("db", None)).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::UnknownService);
+        assert!(refused.message.contains("\"db\""), "{}", refused.message);
+    }
+
+    #[test]
+    fn a_stopping_agent_refuses_a_restart_before_asking_the_service() {
+        let (view, _queue) = view();
+        view.shutting_down.cancel();
+        // The service never answers: only a refusal up front returns.
+        let refused = futures::executor::block_on(view.restart("web", None)).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::ShuttingDown);
+    }
+}

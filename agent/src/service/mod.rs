@@ -143,6 +143,19 @@ impl ServiceHandle {
         let _ = answer.await;
     }
 
+    /// A handle whose task never answers, for tests of what is refused
+    /// before a request reaches the service. Requests queue in the second
+    /// value while it is kept.
+    #[cfg(test)]
+    pub(crate) fn unanswered(name: &str) -> (Self, impl Sized) {
+        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let handle = ServiceHandle {
+            name: name.to_string(),
+            tx,
+        };
+        (handle, rx)
+    }
+
     fn send(&self, msg: Msg) {
         // A closed channel means the task already stopped; every reply
         // channel then reports that by being dropped.
