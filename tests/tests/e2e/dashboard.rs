@@ -7,8 +7,8 @@
 //! overview, service and restart pages, at laptop and phone widths, are
 //! saved in `target/artifacts/`.
 //!
-//! Needs `chromium` and `chromedriver` (Debian: `apt-get install -y chromium
-//! chromium-driver`); the test fails, saying so, when they are missing.
+//! Needs Debian's `chromium` and `chromium-driver`, which ./scripts/test
+//! installs; the test fails, saying so, when they are missing.
 
 use baton_tests::AgentUnderTest;
 use baton_tests::server::ServerUnderTest;
@@ -26,7 +26,7 @@ fn chromedriver_path() -> PathBuf {
     assert!(
         Path::new(CHROMIUM).exists() && found.is_some(),
         "the browser test needs Debian's Chromium and ChromeDriver: \
-         apt-get install -y chromium chromium-driver"
+         run the tests with ./scripts/test, which installs them"
     );
     found.unwrap()
 }

@@ -17,7 +17,9 @@ fn the_compose_file_parses() {
         .arg(&compose)
         .args(["config", "--quiet"])
         .output()
-        .expect("docker-compose is not installed (.ci/run installs it with apt)");
+        .expect(
+            "docker-compose is not on PATH: run the tests with ./scripts/test, which installs it",
+        );
     assert!(
         out.status.success(),
         "{}",
