@@ -19,6 +19,7 @@ pub mod link;
 pub mod metrics;
 pub mod openapi;
 pub mod orchestrator;
+pub mod restarts;
 pub mod routes;
 pub mod settings;
 pub mod startup;
