@@ -584,3 +584,96 @@ async fn read_stored(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, service: &str, restart: Option<RestartId>, kind: EventKind) -> Event {
+        Event {
+            seq,
+            at: seq,
+            service: service.into(),
+            restart,
+            kind,
+        }
+    }
+
+    fn started(seq: u64, service: &str, id: RestartId) -> Event {
+        event(
+            seq,
+            service,
+            Some(id),
+            EventKind::RestartStarted { reason: None },
+        )
+    }
+
+    fn finished(seq: u64, id: RestartId, outcome: RestartOutcome) -> Event {
+        event(
+            seq,
+            "web",
+            Some(id),
+            EventKind::RestartFinished {
+                outcome,
+                reason: None,
+            },
+        )
+    }
+
+    fn progress(seq_at_command: u64, agent_restart_id: Option<RestartId>) -> Progress {
+        Progress {
+            boot_id: "boot".into(),
+            service: "web".into(),
+            seq_at_command,
+            agent_restart_id,
+        }
+    }
+
+    #[test]
+    fn the_agents_restart_is_the_first_of_the_service_after_the_command() {
+        let mut progress = progress(10, None);
+        let seen = progress.on_events(&[
+            started(9, "web", 3),
+            started(11, "api", 4),
+            started(12, "web", 5),
+            started(13, "web", 6),
+        ]);
+        assert_eq!(seen.started, Some(5));
+        assert_eq!(progress.agent_restart_id, Some(5));
+        assert_eq!(seen.finished, None);
+    }
+
+    #[test]
+    fn the_outcome_is_that_of_the_agents_restart_only() {
+        let mut progress = progress(10, Some(5));
+        let seen = progress.on_events(&[
+            finished(11, 4, RestartOutcome::Failed),
+            finished(12, 5, RestartOutcome::Forced),
+        ]);
+        assert_eq!(seen.started, None);
+        assert_eq!(seen.finished, Some((RestartOutcome::Forced, None)));
+    }
+
+    #[test]
+    fn a_restart_started_and_finished_in_one_batch_is_seen_whole() {
+        let mut progress = progress(0, None);
+        let seen = progress.on_events(&[
+            started(1, "web", 8),
+            finished(2, 8, RestartOutcome::Succeeded),
+        ]);
+        assert_eq!(
+            seen,
+            Seen {
+                started: Some(8),
+                finished: Some((RestartOutcome::Succeeded, None)),
+            }
+        );
+    }
+
+    #[test]
+    fn an_outcome_before_the_restart_is_known_is_not_taken() {
+        let mut progress = progress(0, None);
+        let seen = progress.on_events(&[finished(1, 8, RestartOutcome::Succeeded)]);
+        assert_eq!(seen, Seen::default());
+    }
+}

@@ -169,3 +169,169 @@ impl Restarts {
         self.orchestrator.wait_finished(restart_id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::settings::Timeouts;
+    use baton_proto::link::ServerFrame;
+    use baton_proto::{ServiceState, ServiceStatus};
+    use tokio::sync::mpsc;
+
+    fn status(service: &str) -> ServiceStatus {
+        ServiceStatus {
+            name: service.into(),
+            state: ServiceState::Ready,
+            sockets: Vec::new(),
+            generations: Vec::new(),
+            consecutive_crashes: 0,
+            running_restart: None,
+            last_restart: None,
+        }
+    }
+
+    /// A real database and fleet, with `web` on hosts alpha and beta.
+    struct Setup {
+        _dir: tempfile::TempDir,
+        restarts: Restarts,
+        /// The hosts' command channels, kept open so commands can be sent.
+        _links: Vec<mpsc::UnboundedReceiver<ServerFrame>>,
+    }
+
+    async fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::open(&dir.path().join("baton.db")).await.unwrap();
+        let fleet = Arc::new(Fleet::new(Vec::new()));
+        let links = ["alpha", "beta"]
+            .into_iter()
+            .map(|host| {
+                fleet
+                    .connect(host, "1", "boot", 0, 0, vec![status("web")])
+                    .1
+            })
+            .collect();
+        let orchestrator = Orchestrator::new(
+            db.clone(),
+            fleet.clone(),
+            Arc::new(Metrics::default()),
+            Timeouts::default(),
+            tokio::runtime::Handle::current(),
+        );
+        Setup {
+            _dir: dir,
+            restarts: Restarts::new(db, fleet, orchestrator),
+            _links: links,
+        }
+    }
+
+    fn web() -> ServiceName {
+        ServiceName::parse("web").unwrap()
+    }
+
+    fn order() -> RestartOrder<'static> {
+        RestartOrder {
+            requested_by: "ci",
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_starts_on_every_host_that_runs_the_service_in_name_order() {
+        let setup = setup().await;
+        let started = setup.restarts.start(&web(), &order()).await.unwrap();
+        let hosts: Vec<&str> = started
+            .restart
+            .hosts
+            .iter()
+            .map(|h| h.host.as_str())
+            .collect();
+        assert_eq!(hosts, ["alpha", "beta"]);
+        assert_eq!(started.restart.requested_by.as_deref(), Some("ci"));
+    }
+
+    #[tokio::test]
+    async fn a_second_restart_is_refused_with_the_running_ones_id() {
+        let setup = setup().await;
+        let first = setup.restarts.start(&web(), &order()).await.unwrap();
+        let second = setup.restarts.start(&web(), &order()).await;
+        assert!(
+            matches!(second, Err(StartError::AlreadyRunning { restart_id, .. }) if restart_id == first.id),
+            "{:?}",
+            second.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_no_host_runs_is_refused() {
+        let setup = setup().await;
+        let api = ServiceName::parse("api").unwrap();
+        let refused = setup.restarts.start(&api, &order()).await;
+        assert!(
+            matches!(&refused, Err(StartError::NoHostRunsIt(name)) if *name == api),
+            "{:?}",
+            refused.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_orders_are_refused_before_anything_is_written() {
+        let setup = setup().await;
+        let long_reason = "x".repeat(MAX_REASON_CHARS + 1);
+        let no_hosts: Vec<String> = Vec::new();
+        let elsewhere = vec!["gamma".to_string()];
+        let bad_name = vec!["a/b".to_string()];
+        let invalid = [
+            RestartOrder {
+                max_parallel: Some(0),
+                ..order()
+            },
+            RestartOrder {
+                reason: Some(&long_reason),
+                ..order()
+            },
+            RestartOrder {
+                hosts: Some(&no_hosts),
+                ..order()
+            },
+            RestartOrder {
+                hosts: Some(&elsewhere),
+                ..order()
+            },
+            RestartOrder {
+                hosts: Some(&bad_name),
+                ..order()
+            },
+        ];
+        for order in &invalid {
+            let refused = setup.restarts.start(&web(), order).await;
+            assert!(
+                matches!(refused, Err(StartError::Invalid(_))),
+                "{order:?} gave {:?}",
+                refused.err()
+            );
+        }
+        // Nothing was written: a valid order still starts the first restart.
+        assert_eq!(setup.restarts.start(&web(), &order()).await.unwrap().id, 1);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_replays_its_restart_and_belongs_to_one_service() {
+        let setup = setup().await;
+        let keyed = RestartOrder {
+            idempotency_key: Some("deploy-42"),
+            ..order()
+        };
+        let first = setup.restarts.start(&web(), &keyed).await.unwrap();
+        let again = setup.restarts.start(&web(), &keyed).await.unwrap();
+        assert_eq!(again.id, first.id);
+        let other = ServiceName::parse("api").unwrap();
+        // `api` runs nowhere, but the key names a restart of `web`.
+        let refused = setup.restarts.start(&other, &keyed).await;
+        assert!(
+            matches!(&refused, Err(StartError::Invalid(message)) if message.contains("Idempotency-Key")),
+            "{:?}",
+            refused.err()
+        );
+    }
+}
