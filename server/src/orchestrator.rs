@@ -199,7 +199,6 @@ async fn drive_restart(
     for (index, host) in hosts.into_iter().enumerate() {
         match host.state {
             HostRestartState::Finished | HostRestartState::Skipped => {
-                // A skipped host has no outcome of its own; it stopped nothing.
                 let outcome = host.outcome.map_or(RestartOutcome::Failed, Into::into);
                 stop |= outcome != RestartOutcome::Succeeded;
                 results[index] = Some((outcome, host.outcome_reason));

@@ -141,7 +141,7 @@ pub async fn overview(
         attention: lines
             .iter()
             .flat_map(|s| &s.hosts)
-            .filter(|h| matches!(h.badge.label, "crash-looping" | "offline" | "stopped"))
+            .filter(|h| h.needs_attention)
             .count(),
     };
     page(&OverviewPage {
