@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Role;
 use crate::error::ApiError;
-use crate::startup::AppState;
 use crate::store::{self, Db};
 
 const TOKEN_PREFIX: &str = "baton_";
@@ -46,37 +45,35 @@ pub async fn create_token(db: &Db, name: &str, role: Role) -> anyhow::Result<Str
 /// again once it is older than `recheck`: a new token works at once, a
 /// revoked one stops working within `recheck`.
 pub struct TokenCache {
+    db: Db,
     known: RwLock<HashMap<String, (Principal, Instant)>>,
     recheck: Duration,
 }
 
 impl TokenCache {
-    pub fn new(recheck: Duration) -> TokenCache {
+    pub fn new(db: Db, recheck: Duration) -> TokenCache {
         TokenCache {
+            db,
             known: RwLock::new(HashMap::new()),
             recheck,
         }
     }
 
-    pub async fn authenticate(
-        &self,
-        db: &Db,
-        request: &HttpRequest,
-    ) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, request: &HttpRequest) -> Result<Principal, ApiError> {
         let hash = hash_token(bearer_token(request)?);
-        self.check(db, &hash)
+        self.check(&hash)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))
     }
 
     /// The token's holder, or `None` when the token is unknown or revoked.
-    pub async fn check(&self, db: &Db, hash: &str) -> anyhow::Result<Option<Principal>> {
+    pub async fn check(&self, hash: &str) -> anyhow::Result<Option<Principal>> {
         if let Some((principal, checked)) = self.known.read().expect("token cache lock").get(hash)
             && checked.elapsed() < self.recheck
         {
             return Ok(Some(principal.clone()));
         }
-        let found = store::find_token(db, hash).await?;
+        let found = store::find_token(&self.db, hash).await?;
         let mut known = self.known.write().expect("token cache lock");
         Ok(match found {
             Some((name, role)) => {
@@ -123,11 +120,11 @@ fn authorize(
 ) -> AuthFuture<Principal> {
     let request = request.clone();
     Box::pin(async move {
-        let state = request
-            .app_data::<web::Data<AppState>>()
-            .ok_or_else(|| anyhow::anyhow!("application state missing"))?
+        let tokens = request
+            .app_data::<web::Data<TokenCache>>()
+            .ok_or_else(|| anyhow::anyhow!("the token cache is not registered"))?
             .clone();
-        let principal = state.tokens.authenticate(&state.db, &request).await?;
+        let principal = tokens.authenticate(&request).await?;
         if !allowed.contains(&principal.role) {
             return Err(ApiError::Forbidden(format!(
                 "a {} token may not {what}",

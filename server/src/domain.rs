@@ -47,7 +47,9 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
         .map_err(|e| e.replacen("service", "host", 1))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Stored in `api_tokens.role` by its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
     Operator,

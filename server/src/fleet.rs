@@ -4,7 +4,7 @@
 
 use baton_proto::api::{Host, Service, ServiceOnHost};
 use baton_proto::link::ServerFrame;
-use baton_proto::{ErrorBody, GenerationState, RestartId, ServiceStatus};
+use baton_proto::{ErrorBody, Event, GenerationState, RestartId, ServiceStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,12 +14,16 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::domain::now_millis;
 use crate::store::HostRow;
 
-/// What the orchestrator waits on; it re-reads what it needs on each notice.
+/// What the orchestrator waits on.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    /// New events of this host are committed.
+    /// A batch of this host's events is committed. `events` are the ones
+    /// that were new (a resend stores nothing twice), in sequence order, so a
+    /// restart follows its host without reading the events back.
     Events {
         host: String,
+        boot_id: String,
+        events: Arc<[Event]>,
     },
     Online {
         host: String,
@@ -27,6 +31,17 @@ pub enum Notice {
     Offline {
         host: String,
     },
+}
+
+impl Notice {
+    /// The host it is about.
+    pub fn host(&self) -> &str {
+        match self {
+            Notice::Events { host, .. } | Notice::Online { host } | Notice::Offline { host } => {
+                host
+            }
+        }
+    }
 }
 
 /// The agent's answer to a restart command.
@@ -80,44 +95,9 @@ pub struct Fleet {
     commands: Mutex<HashMap<String, PendingCommand>>,
     notices: broadcast::Sender<Notice>,
     next_connection: AtomicU64,
-    /// Bumped on every change `GET /services` can show, so its JSON is
-    /// rendered once per change instead of once per request.
+    /// Bumped on every change `GET /services` can show, so a reader can tell
+    /// whether what it rendered before is still the picture.
     version: AtomicU64,
-    services_doc: Mutex<Option<Arc<ServicesDocument>>>,
-    /// Makes ETags of this run differ from those of an earlier one, whose
-    /// versions started at 1 too.
-    etag_prefix: String,
-}
-
-/// `GET /services` rendered once per fleet change: the JSON, its gzip made on
-/// first demand, and the ETag that names this version.
-pub struct ServicesDocument {
-    version: u64,
-    pub etag: String,
-    /// The tag of the gzipped bytes, another representation.
-    pub gzip_etag: String,
-    pub json: bytes::Bytes,
-    gzip: std::sync::OnceLock<bytes::Bytes>,
-}
-
-impl ServicesDocument {
-    /// The JSON compressed once for every client that accepts gzip. A fast
-    /// level: the list repeats the same keys, so it still shrinks about
-    /// tenfold, and a change must not stall the next reader for long.
-    pub fn gzip(&self) -> bytes::Bytes {
-        self.gzip
-            .get_or_init(|| {
-                use std::io::Write as _;
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.json.len() / 8),
-                    flate2::Compression::new(3),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = encoder.write_all(&self.json);
-                bytes::Bytes::from(encoder.finish().unwrap_or_default())
-            })
-            .clone()
-    }
 }
 
 impl Fleet {
@@ -128,7 +108,6 @@ impl Fleet {
         let hosts = rows
             .into_iter()
             .map(|row| {
-                let services = row.services();
                 (
                     row.name,
                     HostState {
@@ -136,7 +115,7 @@ impl Fleet {
                         boot_id: row.boot_id,
                         first_seen: u64::try_from(row.first_seen).unwrap_or(0),
                         last_seen: u64::try_from(row.last_seen).unwrap_or(0),
-                        services,
+                        services: row.services,
                         link: None,
                         announced_seq: 0,
                         stored_seq: 0,
@@ -152,8 +131,6 @@ impl Fleet {
             notices,
             next_connection: AtomicU64::new(1),
             version: AtomicU64::new(1),
-            services_doc: Mutex::new(None),
-            etag_prefix: format!("{:08x}", rand::random::<u32>()),
         }
     }
 
@@ -161,30 +138,9 @@ impl Fleet {
         self.version.fetch_add(1, Ordering::Release);
     }
 
-    /// `GET /services`, rendered at most once per change.
-    pub fn services_document(&self) -> Arc<ServicesDocument> {
-        let version = self.version.load(Ordering::Acquire);
-        if let Some(doc) = &*self.services_doc.lock().expect("cache lock")
-            && doc.version == version
-        {
-            return doc.clone();
-        }
-        let list = baton_proto::api::ServiceList {
-            services: self.services(),
-        };
-        let doc = Arc::new(ServicesDocument {
-            version,
-            etag: format!("\"{}-{version}\"", self.etag_prefix),
-            gzip_etag: format!("\"{}-{version}-gzip\"", self.etag_prefix),
-            json: bytes::Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
-            gzip: std::sync::OnceLock::new(),
-        });
-        let mut cached = self.services_doc.lock().expect("cache lock");
-        // A slower reader that rendered an older version must not replace a newer one.
-        if cached.as_ref().is_none_or(|c| c.version < version) {
-            *cached = Some(doc.clone());
-        }
-        doc
+    /// Changes whenever what [`Fleet::services`] returns may have changed.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
@@ -297,18 +253,29 @@ impl Fleet {
         }
     }
 
-    pub fn events_stored(&self, host: &str, connection: u64, max_seq: u64) {
+    /// A batch up to `max_seq` is committed; `new_events` are the ones it
+    /// added.
+    pub fn events_stored(
+        &self,
+        host: &str,
+        connection: u64,
+        boot_id: &str,
+        max_seq: u64,
+        new_events: Vec<Event>,
+    ) {
+        let mut hosts = self.hosts.write().expect("fleet lock");
+        if let Some(state) = hosts.get_mut(host)
+            && state.link.as_ref().map(|l| l.connection) == Some(connection)
         {
-            let mut hosts = self.hosts.write().expect("fleet lock");
-            if let Some(state) = hosts.get_mut(host)
-                && state.link.as_ref().map(|l| l.connection) == Some(connection)
-            {
-                state.stored_seq = state.stored_seq.max(max_seq);
-                state.last_seen = now_millis();
-            }
+            state.stored_seq = state.stored_seq.max(max_seq);
+            state.last_seen = now_millis();
         }
+        // Sent under the lock: whoever reads a `LinkState` that counts these
+        // events has their notice waiting already.
         self.notify(Notice::Events {
             host: host.to_string(),
+            boot_id: boot_id.to_string(),
+            events: new_events.into(),
         });
     }
 

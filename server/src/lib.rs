@@ -2,9 +2,12 @@
 //! (`link`), report their services and stream their events, which are stored
 //! (`store`) and derived into a generation history; the REST API (`routes`)
 //! reads the live picture (`fleet`) and the history, and starts rolling
-//! restarts (`orchestrator`) that send commands back over the links.
+//! restarts (`restarts`) that the `orchestrator` drives by sending commands
+//! back over the links.
 //!
-//! `dashboard` renders the same reads as HTML for browsers.
+//! `dashboard` renders the same reads as HTML for browsers and starts
+//! restarts through the same `restarts`. `startup` registers each shared part
+//! as its own `web::Data`.
 //!
 //! Architecture invariant: only `store` contains SQL, and only `link` speaks
 //! the WebSocket protocol.
@@ -19,6 +22,7 @@ pub mod link;
 pub mod metrics;
 pub mod openapi;
 pub mod orchestrator;
+pub mod restarts;
 pub mod routes;
 pub mod settings;
 pub mod startup;

@@ -10,10 +10,11 @@ use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::TokenCache;
 use crate::domain::{now_millis, validate_host_name};
-use crate::fleet::CommandAnswer;
-use crate::startup::AppState;
-use crate::store;
+use crate::fleet::{CommandAnswer, Fleet};
+use crate::settings::Timeouts;
+use crate::store::{self, Db};
 
 /// An event batch after a long outage can be big (the agent keeps 50,000).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -76,15 +77,23 @@ async fn refuse(mut session: Session, message: String) {
     let _ = session.close(None).await;
 }
 
+/// What a link works with.
+pub struct LinkContext {
+    pub db: Db,
+    pub fleet: Arc<Fleet>,
+    pub tokens: Arc<TokenCache>,
+    pub timeouts: Timeouts,
+}
+
 /// `token_hash` is the agent token the link was opened with; the link ends
 /// once that token is revoked.
 pub async fn run(
-    state: Arc<AppState>,
+    context: LinkContext,
     token_hash: String,
     mut session: Session,
     mut stream: AggregatedMessageStream,
 ) {
-    let silence = state.settings.timeouts.agent_silence;
+    let silence = context.timeouts.agent_silence;
     let hello = match tokio::time::timeout(silence, receive(&mut session, &mut stream, "?")).await {
         Ok(Incoming::Frame(frame)) => frame,
         Ok(_) => return refuse(session, "the first frame must be hello".into()).await,
@@ -115,7 +124,7 @@ pub async fn run(
         return refuse(session, "empty boot_id".into()).await;
     }
 
-    let stored = match store::max_seq(&state.db, &host, &boot_id).await {
+    let stored = match store::max_seq(&context.db, &host, &boot_id).await {
         Ok(seq) => seq,
         Err(error) => {
             tracing::error!(
@@ -129,13 +138,13 @@ pub async fn run(
     };
     let now = now_millis();
     if let Err(error) =
-        store::upsert_host(&state.db, &host, &agent_version, &boot_id, now, &services).await
+        store::upsert_host(&context.db, &host, &agent_version, &boot_id, now, &services).await
     {
         tracing::error!(host, error = format!("{error:#}"), "cannot store the host");
         let _ = session.close(None).await;
         return;
     }
-    let (connection, mut frames) = state.fleet.connect(
+    let (connection, mut frames) = context.fleet.connect(
         &host,
         &agent_version,
         &boot_id,
@@ -159,18 +168,18 @@ pub async fn run(
     )
     .await
     {
-        state.fleet.disconnect(&host, connection);
+        context.fleet.disconnect(&host, connection);
         return;
     }
 
     let mut persisted_services = services;
     let mut persisted_at = Instant::now();
     let mut deadline = tokio::time::Instant::now() + silence;
-    let mut token_check = tokio::time::interval(state.settings.timeouts.token_recheck);
+    let mut token_check = tokio::time::interval(context.timeouts.token_recheck);
     token_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
-            _ = token_check.tick() => match state.tokens.check(&state.db, &token_hash).await {
+            _ = token_check.tick() => match context.tokens.check(&token_hash).await {
                 Ok(Some(_)) => {}
                 Ok(None) => break "its token was revoked",
                 // The database being away says nothing about the token.
@@ -189,16 +198,16 @@ pub async fn run(
                 deadline = tokio::time::Instant::now() + silence;
                 match incoming {
                     Incoming::Closed => break "closed",
-                    Incoming::Noise => state.fleet.touch(&host, connection),
+                    Incoming::Noise => context.fleet.touch(&host, connection),
                     Incoming::Frame(AgentFrame::Hello { .. }) => break "second hello",
                     Incoming::Frame(AgentFrame::Events { events }) => {
                         let Some(max_seq) = events.iter().map(|e| e.seq).max() else {
                             continue;
                         };
-                        match store::store_events(&state.db, &host, &boot_id, &events).await {
+                        match store::store_events(&context.db, &host, &boot_id, &events).await {
                             Ok(new_events) => {
                                 tracing::debug!(host, received = events.len(), new = new_events.len(), max_seq, "events stored");
-                                state.fleet.events_stored(&host, connection, max_seq);
+                                context.fleet.events_stored(&host, connection, &boot_id, max_seq, new_events);
                                 if !send(&mut session, &ServerFrame::Ack { seq: max_seq }).await {
                                     break "send failed";
                                 }
@@ -211,38 +220,43 @@ pub async fn run(
                         }
                     }
                     Incoming::Frame(AgentFrame::Status { services }) => {
-                        if !state.fleet.update_status(&host, connection, services.clone()) {
+                        if !context.fleet.update_status(&host, connection, services.clone()) {
                             break "replaced by a newer link";
                         }
                         if services != persisted_services || persisted_at.elapsed() >= STATUS_PERSIST_INTERVAL {
-                            persist_status(&state, &host, true, &services).await;
+                            persist_status(&context, &host, true, &services).await;
                             persisted_services = services;
                             persisted_at = Instant::now();
                         }
                     }
                     Incoming::Frame(AgentFrame::RestartStarted { command_id, result }) => {
-                        state.fleet.touch(&host, connection);
+                        context.fleet.touch(&host, connection);
                         let answer = match result {
                             Ok(id) => CommandAnswer::Started(id),
                             Err(error) => CommandAnswer::Refused(error),
                         };
-                        state.fleet.command_answered(&command_id, answer);
+                        context.fleet.command_answered(&command_id, answer);
                     }
                 }
             }
         }
     };
     tracing::info!(host, reason, "agent link closed");
-    if state.fleet.disconnect(&host, connection) {
-        let services = state.fleet.services_of(&host).unwrap_or_default();
-        persist_status(&state, &host, false, &services).await;
+    if context.fleet.disconnect(&host, connection) {
+        let services = context.fleet.services_of(&host).unwrap_or_default();
+        persist_status(&context, &host, false, &services).await;
     }
     let _ = session.close(None).await;
 }
 
-async fn persist_status(state: &AppState, host: &str, online: bool, services: &[ServiceStatus]) {
+async fn persist_status(
+    context: &LinkContext,
+    host: &str,
+    online: bool,
+    services: &[ServiceStatus],
+) {
     if let Err(error) =
-        store::save_host_status(&state.db, host, now_millis(), online, services).await
+        store::save_host_status(&context.db, host, now_millis(), online, services).await
     {
         tracing::warn!(
             host,

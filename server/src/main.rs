@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
                     "{:>5}  {:<24} {:<9} {:<21} {}",
                     token.id,
                     token.name,
-                    token.role,
+                    token.role.as_str(),
                     time(token.created_at),
                     token.revoked_at.map(time).unwrap_or_else(|| "-".into()),
                 );

@@ -9,11 +9,14 @@
 //! Per host: send `Restart` over the link, learn the agent's restart id from
 //! its `restart_started` answer (or, if that answer was lost, from the first
 //! `restart_started` event of the service after the command), then wait for
-//! that restart's `restart_finished` event in the stored stream.
+//! that restart's `restart_finished` event. The events come with the fleet's
+//! notices as they are stored; the database is read only for what was
+//! stored before the orchestrator was listening (a resumed restart) or
+//! while it lagged behind.
 
 use anyhow::Context;
-use baton_proto::RestartOutcome;
-use baton_proto::api::{Restart, RestartState};
+use baton_proto::api::{self, Restart};
+use baton_proto::{Event, EventKind, RestartId, RestartOutcome};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::HashSet;
@@ -25,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::{CommandAnswer, Fleet, Notice};
 use crate::metrics::Metrics;
 use crate::settings::Timeouts;
-use crate::store::{self, CommandSent, Db, NewlyCreated, RestartHostRow, RestartRow};
+use crate::store::{
+    self, CommandSent, Db, HostRestartState, NewlyCreated, RestartHostRow, RestartRow, RestartState,
+};
 
 #[derive(Clone)]
 pub struct Orchestrator {
@@ -148,7 +153,7 @@ impl Orchestrator {
             let restart = store::get_restart(&self.inner.db, restart_id)
                 .await?
                 .context("the restart disappeared")?;
-            if restart.state == RestartState::Finished {
+            if restart.state == api::RestartState::Finished {
                 return Ok(restart);
             }
             loop {
@@ -182,7 +187,7 @@ async fn drive_restart(
             (restart, hosts)
         }
     };
-    if restart.state == "finished" {
+    if restart.state == RestartState::Finished {
         return Ok(());
     }
     let max_parallel = usize::try_from(restart.max_parallel).unwrap_or(1).max(1);
@@ -192,24 +197,20 @@ async fn drive_restart(
     let mut pending = std::collections::VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     for (index, host) in hosts.into_iter().enumerate() {
-        match host.state.as_str() {
-            "finished" | "skipped" => {
-                let outcome = host
-                    .outcome
-                    .as_deref()
-                    .and_then(|o| o.parse().ok())
-                    .unwrap_or(RestartOutcome::Failed);
+        match host.state {
+            HostRestartState::Finished | HostRestartState::Skipped => {
+                let outcome = host.outcome.map_or(RestartOutcome::Failed, Into::into);
                 stop |= outcome != RestartOutcome::Succeeded;
                 results[index] = Some((outcome, host.outcome_reason));
             }
             // Already started by a previous run: always followed to its end.
-            "running" => in_flight.push(drive_host_indexed(
+            HostRestartState::Running => in_flight.push(drive_host_indexed(
                 inner.clone(),
                 restart.clone(),
                 host,
                 index,
             )),
-            _ => pending.push_back((index, host)),
+            HostRestartState::Pending => pending.push_back((index, host)),
         }
     }
     loop {
@@ -307,7 +308,10 @@ async fn drive_host(
     let mut command_connection = None;
     let mut answer_lost = false;
 
-    if row.state == "pending" {
+    // A host resumed after a server restart may have its events stored
+    // already; a command sent now has all of them still to come.
+    let mut read_store = row.state != HostRestartState::Pending;
+    if row.state == HostRestartState::Pending {
         let Some(link) = inner.fleet.link_state(host).filter(|l| l.online) else {
             return finish_host(
                 inner,
@@ -378,31 +382,42 @@ async fn drive_host(
     }
 
     let deadline = Instant::now() + inner.timeouts.host_restart;
+    let mut progress = Progress {
+        boot_id,
+        service: service.to_owned(),
+        seq_at_command,
+        agent_restart_id,
+    };
     loop {
-        if agent_restart_id.is_none()
-            && let Some(id) = store::find_restart_started_after(
-                &inner.db,
-                host,
-                &boot_id,
-                service,
-                seq_at_command,
-            )
-            .await?
-        {
-            store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
-            agent_restart_id = Some(id);
-        }
-        if let Some(id) = agent_restart_id
-            && let Some((outcome, reason)) =
-                store::find_restart_finished(&inner.db, host, &boot_id, id).await?
-        {
-            return finish_host(inner, restart, host, outcome, reason).await;
-        }
-
+        // Read before the waiting notices are taken: the fleet announces
+        // events before a link state can count them, so whatever this state
+        // counts is among the notices taken below.
         let link = inner.fleet.link_state(host);
+        loop {
+            match notices.try_recv() {
+                Ok(notice) => {
+                    if let Some(result) =
+                        on_notice(inner, restart, host, &mut progress, notice).await?
+                    {
+                        return Ok(result);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => read_store = true,
+                Err(broadcast::error::TryRecvError::Closed) => anyhow::bail!("the fleet is gone"),
+            }
+        }
+        if read_store {
+            read_store = false;
+            if let Some(result) = read_stored(inner, restart, host, &mut progress).await? {
+                return Ok(result);
+            }
+        }
+        let (boot_id, agent_restart_id) = (&progress.boot_id, progress.agent_restart_id);
+
         let failure = match &link {
             None => Some("host offline".to_string()),
-            Some(link) if link.online && link.boot_id != boot_id => {
+            Some(link) if link.online && link.boot_id != *boot_id => {
                 Some("the agent restarted before reporting the outcome".to_string())
             }
             Some(link)
@@ -439,12 +454,225 @@ async fn drive_host(
             tokio::select! {
                 _ = &mut tick => break,
                 notice = notices.recv() => match notice {
-                    Ok(Notice::Events { host: h } | Notice::Online { host: h } | Notice::Offline { host: h }) if h == host => break,
+                    Ok(notice) if notice.host() == host => {
+                        if let Some(result) = on_notice(inner, restart, host, &mut progress, notice).await? {
+                            return Ok(result);
+                        }
+                        break;
+                    }
                     Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        read_store = true;
+                        break;
+                    }
                     Err(broadcast::error::RecvError::Closed) => anyhow::bail!("the fleet is gone"),
                 },
             }
         }
+    }
+}
+
+/// What the orchestrator follows of one host's restart in the agent's events.
+#[derive(Debug)]
+struct Progress {
+    /// The agent lifetime the command went to; events of another are not
+    /// about this restart.
+    boot_id: String,
+    service: String,
+    /// The agent's restart is the first `restart_started` of the service
+    /// after this sequence.
+    seq_at_command: u64,
+    agent_restart_id: Option<RestartId>,
+}
+
+/// What a batch of events told about a host's restart.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    /// The agent's restart id, learned from these events.
+    started: Option<RestartId>,
+    /// That restart's outcome.
+    finished: Option<HostResult>,
+}
+
+impl Progress {
+    /// Takes in new events of the host's `boot_id`, in sequence order.
+    fn on_events(&mut self, events: &[Event]) -> Seen {
+        let mut seen = Seen::default();
+        for event in events {
+            match (&event.kind, self.agent_restart_id) {
+                (EventKind::RestartStarted { .. }, None)
+                    if event.service == self.service && event.seq > self.seq_at_command =>
+                {
+                    self.agent_restart_id = event.restart;
+                    seen.started = event.restart;
+                }
+                (EventKind::RestartFinished { outcome, reason }, Some(id))
+                    if event.restart == Some(id) =>
+                {
+                    seen.finished = Some((*outcome, reason.clone()));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        seen
+    }
+}
+
+/// Records what a notice tells of the host's restart; its result once the
+/// agent reported the outcome.
+async fn on_notice(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    progress: &mut Progress,
+    notice: Notice,
+) -> anyhow::Result<Option<HostResult>> {
+    let Notice::Events {
+        host: from,
+        boot_id,
+        events,
+    } = notice
+    else {
+        return Ok(None);
+    };
+    if from != host || boot_id != progress.boot_id {
+        return Ok(None);
+    }
+    let seen = progress.on_events(&events);
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    if let Some(id) = seen.started {
+        store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+    }
+    match seen.finished {
+        Some((outcome, reason)) => finish_host(inner, restart, host, outcome, reason)
+            .await
+            .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The same as [`on_notice`], from the events already stored.
+async fn read_stored(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<Option<HostResult>> {
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    if progress.agent_restart_id.is_none()
+        && let Some(id) = store::find_restart_started_after(
+            &inner.db,
+            host,
+            &progress.boot_id,
+            &progress.service,
+            progress.seq_at_command,
+        )
+        .await?
+    {
+        store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+        progress.agent_restart_id = Some(id);
+    }
+    if let Some(id) = progress.agent_restart_id
+        && let Some((outcome, reason)) =
+            store::find_restart_finished(&inner.db, host, &progress.boot_id, id).await?
+    {
+        return finish_host(inner, restart, host, outcome, reason)
+            .await
+            .map(Some);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, service: &str, restart: Option<RestartId>, kind: EventKind) -> Event {
+        Event {
+            seq,
+            at: seq,
+            service: service.into(),
+            restart,
+            kind,
+        }
+    }
+
+    fn started(seq: u64, service: &str, id: RestartId) -> Event {
+        event(
+            seq,
+            service,
+            Some(id),
+            EventKind::RestartStarted { reason: None },
+        )
+    }
+
+    fn finished(seq: u64, id: RestartId, outcome: RestartOutcome) -> Event {
+        event(
+            seq,
+            "web",
+            Some(id),
+            EventKind::RestartFinished {
+                outcome,
+                reason: None,
+            },
+        )
+    }
+
+    fn progress(seq_at_command: u64, agent_restart_id: Option<RestartId>) -> Progress {
+        Progress {
+            boot_id: "boot".into(),
+            service: "web".into(),
+            seq_at_command,
+            agent_restart_id,
+        }
+    }
+
+    #[test]
+    fn the_agents_restart_is_the_first_of_the_service_after_the_command() {
+        let mut progress = progress(10, None);
+        let seen = progress.on_events(&[
+            started(9, "web", 3),
+            started(11, "api", 4),
+            started(12, "web", 5),
+            started(13, "web", 6),
+        ]);
+        assert_eq!(seen.started, Some(5));
+        assert_eq!(progress.agent_restart_id, Some(5));
+        assert_eq!(seen.finished, None);
+    }
+
+    #[test]
+    fn the_outcome_is_that_of_the_agents_restart_only() {
+        let mut progress = progress(10, Some(5));
+        let seen = progress.on_events(&[
+            finished(11, 4, RestartOutcome::Failed),
+            finished(12, 5, RestartOutcome::Forced),
+        ]);
+        assert_eq!(seen.started, None);
+        assert_eq!(seen.finished, Some((RestartOutcome::Forced, None)));
+    }
+
+    #[test]
+    fn a_restart_started_and_finished_in_one_batch_is_seen_whole() {
+        let mut progress = progress(0, None);
+        let seen = progress.on_events(&[
+            started(1, "web", 8),
+            finished(2, 8, RestartOutcome::Succeeded),
+        ]);
+        assert_eq!(
+            seen,
+            Seen {
+                started: Some(8),
+                finished: Some((RestartOutcome::Succeeded, None)),
+            }
+        );
+    }
+
+    #[test]
+    fn an_outcome_before_the_restart_is_known_is_not_taken() {
+        let mut progress = progress(0, None);
+        let seen = progress.on_events(&[finished(1, 8, RestartOutcome::Succeeded)]);
+        assert_eq!(seen, Seen::default());
     }
 }

@@ -1,31 +1,25 @@
+//! Builds the server: opens the database, registers each shared part as its
+//! own `web::Data` (handlers name what they use), mounts the dashboard and
+//! then the API, and answers what neither has.
+
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::http::header;
-use actix_web::{App, HttpServer, middleware, web};
+use actix_web::http::header::{self, Accept};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, middleware, web};
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use crate::auth::TokenCache;
-use crate::dashboard::Sessions;
+use crate::dashboard::{self, PageError, Sessions};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
+use crate::restarts::Restarts;
 use crate::routes;
+use crate::routes::services::get::ServicesDocuments;
 use crate::settings::Settings;
-use crate::store::{self, Db};
-
-/// What every handler and every agent link shares.
-pub struct AppState {
-    pub db: Db,
-    pub fleet: Arc<Fleet>,
-    pub orchestrator: Orchestrator,
-    pub tokens: TokenCache,
-    /// Signed-in browsers of the dashboard.
-    pub sessions: Sessions,
-    pub metrics: Arc<Metrics>,
-    pub settings: Settings,
-}
+use crate::store;
 
 pub struct Application {
     port: u16,
@@ -63,15 +57,18 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("failed to bind {}", settings.listen))?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState {
-            db,
-            fleet,
-            orchestrator: orchestrator.clone(),
-            tokens: TokenCache::new(settings.timeouts.token_recheck),
-            sessions: Sessions::default(),
-            metrics,
-            settings,
-        });
+        let tokens = web::Data::new(TokenCache::new(db.clone(), settings.timeouts.token_recheck));
+        let restarts = web::Data::new(Restarts::new(
+            db.clone(),
+            fleet.clone(),
+            orchestrator.clone(),
+        ));
+        let sessions = web::Data::new(Sessions::default());
+        let documents = web::Data::new(ServicesDocuments::default());
+        let fleet = web::Data::from(fleet);
+        let metrics = web::Data::from(metrics);
+        let db = web::Data::new(db);
+        let settings = web::Data::new(settings);
         orchestrator.resume_running().await?;
 
         let server = HttpServer::new(move || {
@@ -79,15 +76,25 @@ impl Application {
                 // The same paths answer HTML or JSON by `Accept`; caches must
                 // keep the two apart.
                 .wrap(middleware::DefaultHeaders::new().add((header::VARY, "Accept")))
-                .app_data(state.clone())
+                .app_data(db.clone())
+                .app_data(fleet.clone())
+                .app_data(tokens.clone())
+                .app_data(sessions.clone())
+                .app_data(restarts.clone())
+                .app_data(metrics.clone())
+                .app_data(documents.clone())
+                .app_data(settings.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid query string: {error}")).into()
                 }))
                 .app_data(web::PathConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid path: {error}")).into()
                 }))
+                // First, so a browser asking for HTML gets the page before
+                // the JSON route of the same path.
+                .configure(dashboard::configure)
                 .configure(routes::configure)
-                .default_service(web::to(routes::not_found))
+                .default_service(web::to(not_found))
         })
         // A restart command is one small frame on a link that just carried
         // other small frames; Nagle would hold it for the agent's delayed ACK.
@@ -126,5 +133,18 @@ impl Application {
         let result = self.server.await;
         self.orchestrator.shutdown();
         result
+    }
+}
+
+/// No page and no route: a page for a browser, JSON for everybody else.
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    let browser = request
+        .get_header::<Accept>()
+        .is_some_and(|accept| dashboard::prefers_html(&accept));
+    if browser {
+        PageError::NotFound("There is no page here.".into()).error_response()
+    } else {
+        ApiError::NotFound("no such route".into()).error_response()
     }
 }

@@ -141,6 +141,17 @@ pub fn host_restart_badge(state: HostRestartState, outcome: Option<RestartOutcom
     }
 }
 
+/// Whether a service on a host wants a person to look: the badges
+/// offline, crash-looping and stopped.
+pub fn needs_attention(on_host: &ServiceOnHost) -> bool {
+    !on_host.online
+        || (on_host.draining.is_empty()
+            && matches!(
+                on_host.state,
+                ServiceState::CrashLooping | ServiceState::Stopped
+            ))
+}
+
 /// The five states the overview shows for a service on a host.
 pub fn service_state_badge(on_host: &ServiceOnHost) -> Badge {
     if !on_host.online {

@@ -16,9 +16,11 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use crate::dashboard::pages::{restart_detail, service_live};
+use crate::dashboard::session::Sessions;
 use crate::dashboard::views::{RestartLiveFragment, ServiceLiveFragment};
 use crate::domain::ServiceName;
-use crate::startup::AppState;
+use crate::fleet::Fleet;
+use crate::store::Db;
 
 const TICK: Duration = Duration::from_millis(250);
 /// A comment now and then keeps proxies from closing a quiet stream.
@@ -107,10 +109,6 @@ where
         .streaming(stream)
 }
 
-fn signed_in(request: &HttpRequest, state: &AppState) -> bool {
-    state.sessions.find(request).is_some()
-}
-
 fn unauthorized() -> HttpResponse {
     // Not 303 to the login page: EventSource would follow it and then fail on
     // the HTML; a plain refusal makes it give up.
@@ -121,16 +119,18 @@ fn unauthorized() -> HttpResponse {
 pub async fn restart(
     request: HttpRequest,
     path: web::Path<u64>,
-    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
 ) -> HttpResponse {
-    if !signed_in(&request, &state) {
+    if sessions.find(&request).is_none() {
         return unauthorized();
     }
     let id = path.into_inner();
     event_stream(move || {
-        let state = state.clone();
+        let (db, fleet) = (db.clone(), fleet.clone());
         async move {
-            match restart_detail(&state, id).await {
+            match restart_detail(&db, &fleet, id).await {
                 Ok(detail) => {
                     let finished = !detail.running;
                     match (RestartLiveFragment { detail }).render() {
@@ -149,21 +149,23 @@ pub async fn restart(
 pub async fn service(
     request: HttpRequest,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
 ) -> HttpResponse {
-    if !signed_in(&request, &state) {
+    if sessions.find(&request).is_none() {
         return unauthorized();
     }
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
     event_stream(move || {
-        let state = state.clone();
+        let (db, fleet) = (db.clone(), fleet.clone());
         let name = name.clone();
         async move {
             // A session that ended (sign-out elsewhere) stops the stream at
             // the next reconnect; within one stream the page stays readable.
-            match service_live(&state, &name).await {
+            match service_live(&db, &fleet, &name).await {
                 Ok(live) => match (ServiceLiveFragment { live }).render() {
                     Ok(html) => Frame::Html {
                         html,

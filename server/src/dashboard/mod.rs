@@ -14,17 +14,19 @@ pub mod assets;
 pub mod format;
 pub mod live;
 pub mod pages;
+pub mod response;
 pub mod session;
+pub mod signed_in;
 pub mod timeline;
 pub mod views;
 
 use actix_web::guard::{self, GuardContext};
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError, web};
-use askama::Template;
+use actix_web::http::header::{Accept, Quality};
+use actix_web::web;
 
-pub use session::{Session, Sessions, SignedIn};
+pub use response::PageError;
+pub use session::{Session, Sessions};
+pub use signed_in::SignedIn;
 
 /// Mounts the pages. Called before the JSON routes: a resource guarded by
 /// [`wants_html`] is skipped for other clients, which then reach the API.
@@ -77,149 +79,34 @@ pub fn configure(config: &mut web::ServiceConfig) {
 /// (`application/json`) do not name HTML at all.
 pub fn wants_html(context: &GuardContext<'_>) -> bool {
     context
-        .head()
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(prefers_html)
+        .header::<Accept>()
+        .is_some_and(|accept| prefers_html(&accept))
 }
 
-pub fn prefers_html(accept: &str) -> bool {
-    let mut html = 0.0f32;
-    let mut json = 0.0f32;
-    for part in accept.split(',') {
-        let mut fields = part.split(';');
-        let media = fields.next().unwrap_or("").trim().to_ascii_lowercase();
-        let quality = fields
-            .filter_map(|f| f.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        match media.as_str() {
-            "text/html" | "application/xhtml+xml" => html = html.max(quality),
-            "application/json" => json = json.max(quality),
-            _ => {}
-        }
-    }
-    html > 0.0 && html >= json
-}
-
-/// What a page handler can fail with. Unlike [`crate::error::ApiError`] it
-/// answers with a page, or sends the browser to sign in.
-#[derive(Debug, thiserror::Error)]
-pub enum PageError {
-    #[error("sign in to continue")]
-    SignInRequired { next: String },
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
-}
-
-impl From<askama::Error> for PageError {
-    fn from(error: askama::Error) -> Self {
-        PageError::Unexpected(anyhow::Error::new(error).context("failed to render a page"))
-    }
-}
-
-impl ResponseError for PageError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            PageError::SignInRequired { .. } => StatusCode::SEE_OTHER,
-            PageError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            PageError::Forbidden(_) => StatusCode::FORBIDDEN,
-            PageError::NotFound(_) => StatusCode::NOT_FOUND,
-            PageError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        if let PageError::SignInRequired { next } = self {
-            return see_other(&format!("/login?next={}", percent_encode(next)));
-        }
-        let message = match self {
-            PageError::Unexpected(error) => {
-                tracing::error!(error = format!("{error:#}"), "page failed");
-                "Something went wrong on the server; its log says what.".to_string()
-            }
-            other => other.to_string(),
-        };
-        let status = self.status_code();
-        let page = views::ErrorPage {
-            layout: views::Layout::anonymous(""),
-            status: status.as_u16(),
-            title: status.canonical_reason().unwrap_or("Error"),
-            message,
-        };
-        match page.render() {
-            Ok(body) => with_page_headers(HttpResponse::build(status)).body(body),
-            Err(_) => HttpResponse::build(status).body(status.to_string()),
-        }
-    }
-}
-
-fn with_page_headers(
-    mut builder: actix_web::HttpResponseBuilder,
-) -> actix_web::HttpResponseBuilder {
-    builder
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::VARY, "Accept, Cookie"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::REFERRER_POLICY, "same-origin"))
-        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-        // Only our own script and styles run: the pages have no inline
-        // script or style attribute, so an injected one is inert.
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                 connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            ),
-        ));
-    builder
-}
-
-/// A rendered page with the headers every page carries.
-pub fn page(template: &impl Template) -> Result<HttpResponse, PageError> {
-    page_with_status(StatusCode::OK, template)
-}
-
-pub fn page_with_status(
-    status: StatusCode,
-    template: &impl Template,
-) -> Result<HttpResponse, PageError> {
-    let body = template.render()?;
-    Ok(with_page_headers(HttpResponse::build(status)).body(body))
-}
-
-/// `303 See Other`: after a form POST the browser GETs the new location, so
-/// reloading the result never resubmits the form.
-pub fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
-}
-
-pub fn percent_encode(text: &str) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
+pub fn prefers_html(accept: &Accept) -> bool {
+    let quality_of = |names: &[&str]| {
+        accept
+            .iter()
+            .filter(|item| names.contains(&item.item.essence_str()))
+            .map(|item| item.quality)
+            .max()
+    };
+    let html = quality_of(&["text/html", "application/xhtml+xml"]);
+    let json = quality_of(&["application/json"]);
+    html.is_some_and(|html| html > Quality::ZERO && json.is_none_or(|json| html >= json))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prefers_html(accept: &str) -> bool {
+        use actix_web::http::header::Header;
+        let request = actix_web::test::TestRequest::default()
+            .insert_header(("accept", accept))
+            .to_http_request();
+        super::prefers_html(&Accept::parse(&request).unwrap())
+    }
 
     #[test]
     fn browsers_get_html_and_api_clients_json() {
@@ -233,13 +120,6 @@ mod tests {
         assert!(!prefers_html("application/json, text/html;q=0.5"));
         assert!(!prefers_html("text/html;q=0"));
         assert!(prefers_html("text/html;q=0.9, application/json;q=0.5"));
-    }
-
-    #[test]
-    fn next_paths_are_encoded() {
-        assert_eq!(
-            percent_encode("/restarts?service=web&host=a"),
-            "%2Frestarts%3Fservice%3Dweb%26host%3Da"
-        );
+        assert!(prefers_html("TEXT/HTML"));
     }
 }

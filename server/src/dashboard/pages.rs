@@ -4,19 +4,23 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use baton_proto::RestartOutcome;
-use baton_proto::api::{RestartRequest, RestartState};
+use baton_proto::api::RestartState;
 
-use crate::auth::hash_token;
+use percent_encoding::utf8_percent_encode;
+
+use crate::auth::{TokenCache, hash_token};
+use crate::dashboard::response::{PageError, QUERY_VALUE, page, page_with_status, see_other};
+use crate::dashboard::session::{Session, Sessions};
+use crate::dashboard::signed_in::SignedIn;
+use crate::dashboard::timeline;
 use crate::dashboard::views::{
     Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewPage, RestartDetail, RestartLine,
     RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
 };
-use crate::dashboard::{PageError, SignedIn, page, page_with_status, see_other, timeline};
 use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
-use crate::error::ApiError;
-use crate::routes::services::post::start_restart;
-use crate::startup::AppState;
-use crate::store::{self, RestartFilter};
+use crate::fleet::Fleet;
+use crate::restarts::{MAX_REASON_CHARS, RestartOrder, Restarts, StartError};
+use crate::store::{self, Db, RestartFilter};
 
 const RECENT_RESTARTS: u32 = 12;
 const HISTORY_PAGE: u32 = 50;
@@ -41,11 +45,11 @@ fn safe_next(next: Option<&str>) -> String {
 
 pub async fn login_form(
     query: web::Query<NextQuery>,
-    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
     request: HttpRequest,
 ) -> Result<HttpResponse, PageError> {
     let next = safe_next(query.next.as_deref());
-    if state.sessions.find(&request).is_some() {
+    if sessions.find(&request).is_some() {
         return Ok(see_other(&next));
     }
     page(&LoginPage {
@@ -63,7 +67,8 @@ pub struct LoginForm {
 
 pub async fn login(
     form: web::Form<LoginForm>,
-    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
+    tokens: web::Data<TokenCache>,
 ) -> Result<HttpResponse, PageError> {
     let next = safe_next(form.next.as_deref());
     let token = form.token.trim();
@@ -80,10 +85,10 @@ pub async fn login(
     if token.is_empty() {
         return refused("Paste a viewer or operator token.");
     }
-    match state.tokens.check(&state.db, &hash_token(token)).await? {
+    match tokens.check(&hash_token(token)).await? {
         Some(principal) if principal.role != Role::Agent => {
             tracing::info!(token = %principal.name, role = principal.role.as_str(), "dashboard sign-in");
-            let cookie = state.sessions.open(&principal);
+            let cookie = sessions.open(&principal);
             let mut response = see_other(&next);
             response
                 .add_cookie(&cookie)
@@ -97,9 +102,9 @@ pub async fn login(
 
 pub async fn logout(
     request: HttpRequest,
-    state: web::Data<AppState>,
+    sessions: web::Data<Sessions>,
 ) -> Result<HttpResponse, PageError> {
-    let cookie = state.sessions.close(&request);
+    let cookie = sessions.close(&request);
     let mut response = see_other("/login");
     response
         .add_cookie(&cookie)
@@ -109,13 +114,14 @@ pub async fn logout(
 
 pub async fn overview(
     SignedIn(session): SignedIn,
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
 ) -> Result<HttpResponse, PageError> {
     let now = now_millis();
-    let services = state.fleet.services();
-    let hosts = state.fleet.hosts();
+    let services = fleet.services();
+    let hosts = fleet.hosts();
     let recent = store::list_restarts(
-        &state.db,
+        &db,
         &RestartFilter {
             limit: RECENT_RESTARTS,
             ..Default::default()
@@ -135,7 +141,7 @@ pub async fn overview(
         attention: lines
             .iter()
             .flat_map(|s| &s.hosts)
-            .filter(|h| matches!(h.badge.label, "crash-looping" | "offline" | "stopped"))
+            .filter(|h| h.needs_attention)
             .count(),
     };
     page(&OverviewPage {
@@ -155,12 +161,16 @@ fn parse_service(name: &str) -> Result<ServiceName, PageError> {
 }
 
 /// The live part of the service page: hosts and the timeline.
-pub async fn service_live(state: &AppState, name: &ServiceName) -> anyhow::Result<ServiceLive> {
+pub async fn service_live(
+    db: &Db,
+    fleet: &Fleet,
+    name: &ServiceName,
+) -> anyhow::Result<ServiceLive> {
     let now = now_millis();
-    let service = state.fleet.service(name.as_str());
+    let service = fleet.service(name.as_str());
     let generations =
-        store::list_generations(&state.db, name.as_str(), None, TIMELINE_GENERATIONS).await?;
-    let running_restart = store::running_restart_of(&state.db, name.as_str()).await?;
+        store::list_generations(db, name.as_str(), None, TIMELINE_GENERATIONS).await?;
+    let running_restart = store::running_restart_of(db, name.as_str()).await?;
     Ok(ServiceLive {
         name: name.to_string(),
         hosts: service
@@ -175,12 +185,13 @@ pub async fn service_live(state: &AppState, name: &ServiceName) -> anyhow::Resul
 pub async fn service(
     SignedIn(session): SignedIn,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
 ) -> Result<HttpResponse, PageError> {
     let name = parse_service(&path)?;
-    let live = service_live(&state, &name).await?;
+    let live = service_live(&db, &fleet, &name).await?;
     let restarts = store::list_restarts(
-        &state.db,
+        &db,
         &RestartFilter {
             service: Some(name.to_string()),
             limit: RECENT_RESTARTS,
@@ -210,7 +221,7 @@ pub async fn service(
     })
 }
 
-fn require_operator(session: &crate::dashboard::Session) -> Result<(), PageError> {
+fn require_operator(session: &Session) -> Result<(), PageError> {
     if session.can_restart() {
         Ok(())
     } else {
@@ -227,12 +238,12 @@ fn require_operator(session: &crate::dashboard::Session) -> Result<(), PageError
 pub async fn confirm_restart(
     SignedIn(session): SignedIn,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
 ) -> Result<HttpResponse, PageError> {
     let name = parse_service(&path)?;
     require_operator(&session)?;
-    let service = state
-        .fleet
+    let service = fleet
         .service(name.as_str())
         .ok_or_else(|| PageError::NotFound(format!("No host runs a service named {name}.")))?;
     let now = now_millis();
@@ -244,7 +255,7 @@ pub async fn confirm_restart(
             .iter()
             .map(|h| HostLine::new(h, now))
             .collect(),
-        running_restart: store::running_restart_of(&state.db, name.as_str()).await?,
+        running_restart: store::running_restart_of(&db, name.as_str()).await?,
     })
 }
 
@@ -260,7 +271,7 @@ pub async fn restart(
     SignedIn(session): SignedIn,
     path: web::Path<String>,
     form: web::Form<RestartForm>,
-    state: web::Data<AppState>,
+    restarts: web::Data<Restarts>,
 ) -> Result<HttpResponse, PageError> {
     if !session.csrf_matches(form.csrf.as_deref()) {
         return Err(PageError::Forbidden(
@@ -276,29 +287,30 @@ pub async fn restart(
         .as_deref()
         .map(str::trim)
         .filter(|r| !r.is_empty())
-        .map(|r| r.chars().take(1024).collect::<String>());
-    let request = RestartRequest {
-        reason,
+        .map(|r| r.chars().take(MAX_REASON_CHARS).collect::<String>());
+    let order = RestartOrder {
+        reason: reason.as_deref(),
+        requested_by: &session.name,
         ..Default::default()
     };
-    match start_restart(&state, &name, &request, &session.name, None).await {
+    match restarts.start(&name, &order).await {
         Ok(started) => Ok(see_other(&format!("/restarts/{}", started.id))),
         // The one already running is what the person wants to watch.
-        Err(ApiError::Conflict { restart_id, .. }) => {
+        Err(StartError::AlreadyRunning { restart_id, .. }) => {
             Ok(see_other(&format!("/restarts/{restart_id}")))
         }
-        Err(ApiError::NotFound(message)) => Err(PageError::NotFound(message)),
-        Err(ApiError::Unexpected(error)) => Err(PageError::Unexpected(error)),
-        Err(other) => Err(PageError::BadRequest(other.to_string())),
+        Err(error @ StartError::NoHostRunsIt(_)) => Err(PageError::NotFound(error.to_string())),
+        Err(StartError::Invalid(message)) => Err(PageError::BadRequest(message)),
+        Err(StartError::Unexpected(error)) => Err(PageError::Unexpected(error)),
     }
 }
 
-pub async fn restart_detail(state: &AppState, id: u64) -> Result<RestartDetail, PageError> {
-    let restart = store::get_restart(&state.db, id)
+pub async fn restart_detail(db: &Db, fleet: &Fleet, id: u64) -> Result<RestartDetail, PageError> {
+    let restart = store::get_restart(db, id)
         .await?
         .ok_or_else(|| PageError::NotFound(format!("There is no restart {id}.")))?;
     let live = if restart.state == RestartState::Running {
-        state.fleet.service(&restart.service)
+        fleet.service(&restart.service)
     } else {
         None
     };
@@ -308,14 +320,15 @@ pub async fn restart_detail(state: &AppState, id: u64) -> Result<RestartDetail, 
 pub async fn restart_page(
     SignedIn(session): SignedIn,
     path: web::Path<String>,
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
 ) -> Result<HttpResponse, PageError> {
     let id: u64 = path
         .parse()
         .map_err(|_| PageError::NotFound(format!("There is no restart {path}.")))?;
     page(&RestartPage {
         layout: Layout::for_session(&session, "restarts"),
-        detail: restart_detail(&state, id).await?,
+        detail: restart_detail(&db, &fleet, id).await?,
     })
 }
 
@@ -331,7 +344,7 @@ fn history_url(service: &str, host: &str, outcome: &str, before: Option<u64>) ->
     let mut params = Vec::new();
     for (key, value) in [("service", service), ("host", host), ("outcome", outcome)] {
         if !value.is_empty() {
-            params.push(format!("{key}={}", crate::dashboard::percent_encode(value)));
+            params.push(format!("{key}={}", utf8_percent_encode(value, QUERY_VALUE)));
         }
     }
     if let Some(before) = before {
@@ -349,7 +362,7 @@ fn history_url(service: &str, host: &str, outcome: &str, before: Option<u64>) ->
 pub async fn restarts(
     SignedIn(session): SignedIn,
     query: web::Query<HistoryQuery>,
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
 ) -> Result<HttpResponse, PageError> {
     let query = query.into_inner();
     let service = query.service.unwrap_or_default().trim().to_string();
@@ -383,7 +396,7 @@ pub async fn restarts(
     let (lines, next_before) = if error.is_some() {
         (Vec::new(), None)
     } else {
-        let page = store::list_restarts(&state.db, &filter).await?;
+        let page = store::list_restarts(&db, &filter).await?;
         (
             page.restarts
                 .iter()

@@ -5,20 +5,15 @@
 //! Sessions live in memory: a server restart signs everyone out, which is
 //! cheaper than a table and its expiry sweeps for a tool used by a few people.
 
+use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
-use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest, web};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use crate::auth::Principal;
-use crate::dashboard::PageError;
 use crate::domain::Role;
-use crate::startup::AppState;
 
 pub const COOKIE_NAME: &str = "baton_session";
 /// A working day: long enough not to interrupt an incident, short enough that
@@ -31,7 +26,7 @@ pub struct Session {
     pub name: String,
     pub role: Role,
     /// The token signed in with: revoking it ends the session.
-    token_hash: String,
+    pub(super) token_hash: String,
     /// Sent back in a hidden field of every form that changes something.
     pub csrf_token: String,
     expires_at: Instant,
@@ -129,41 +124,6 @@ impl Sessions {
             .finish();
         cookie.make_removal();
         cookie
-    }
-}
-
-/// A signed-in person whose token is still valid; pages that need one send
-/// everybody else to `/login`.
-pub struct SignedIn(pub Session);
-
-impl FromRequest for SignedIn {
-    type Error = PageError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, PageError>>>>;
-
-    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = request.app_data::<web::Data<AppState>>().cloned();
-        let session = state
-            .as_ref()
-            .and_then(|state| state.sessions.find(request));
-        let sign_in = PageError::SignInRequired {
-            next: request
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
-        };
-        Box::pin(async move {
-            let (Some(state), Some(session)) = (state, session) else {
-                return Err(sign_in);
-            };
-            match state.tokens.check(&state.db, &session.token_hash).await? {
-                Some(_) => Ok(SignedIn(session)),
-                None => {
-                    state.sessions.forget(&session.token_hash);
-                    Err(sign_in)
-                }
-            }
-        })
     }
 }
 

@@ -7,8 +7,8 @@ use baton_proto::{EventKind, UnixMillis};
 
 use crate::dashboard::assets;
 use crate::dashboard::format::{
-    Badge, ago, clock_millis, duration_ms, host_restart_badge, restart_badge, service_state_badge,
-    timestamp,
+    Badge, ago, clock_millis, duration_ms, host_restart_badge, needs_attention, restart_badge,
+    service_state_badge, timestamp,
 };
 use crate::dashboard::session::Session;
 use crate::domain::Role;
@@ -69,6 +69,8 @@ pub struct HostLine {
     pub starting: Option<String>,
     pub status_text: Option<String>,
     pub crashes: u32,
+    /// Offline, crash-looping or stopped: counted on the overview.
+    pub needs_attention: bool,
 }
 
 fn connections(n: Option<u32>) -> String {
@@ -81,6 +83,7 @@ impl HostLine {
         HostLine {
             host: on_host.host.clone(),
             badge: service_state_badge(on_host),
+            needs_attention: needs_attention(on_host),
             generation: current
                 .map(|g| g.generation.to_string())
                 .unwrap_or_else(|| "—".into()),

@@ -1,16 +1,21 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::auth::Agent;
+use crate::auth::{Agent, TokenCache};
 use crate::error::ApiError;
-use crate::link;
-use crate::startup::AppState;
+use crate::fleet::Fleet;
+use crate::link::{self, LinkContext};
+use crate::settings::Settings;
+use crate::store::Db;
 
 /// `GET /agent/v1/connect`: the WebSocket upgrade of the agent link.
 pub async fn connect(
     request: HttpRequest,
     body: web::Payload,
-    state: web::Data<AppState>,
     agent: Agent,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
+    tokens: web::Data<TokenCache>,
+    settings: web::Data<Settings>,
 ) -> Result<HttpResponse, ApiError> {
     let (response, session, stream) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
@@ -18,12 +23,13 @@ pub async fn connect(
         .max_frame_size(link::MAX_FRAME_BYTES)
         .aggregate_continuations()
         .max_continuation_size(link::MAX_FRAME_BYTES);
+    let context = LinkContext {
+        db: db.get_ref().clone(),
+        fleet: fleet.into_inner(),
+        tokens: tokens.into_inner(),
+        timeouts: settings.timeouts.clone(),
+    };
     // The request body stream is bound to this worker, so the link runs here.
-    actix_web::rt::spawn(link::run(
-        state.into_inner(),
-        agent.0.token_hash,
-        session,
-        stream,
-    ));
+    actix_web::rt::spawn(link::run(context, agent.0.token_hash, session, stream));
     Ok(response)
 }

@@ -1,9 +1,10 @@
 use actix_web::{HttpResponse, web};
 
-use crate::startup::AppState;
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 
-pub async fn get(state: web::Data<AppState>) -> HttpResponse {
+pub async fn get(metrics: web::Data<Metrics>, fleet: web::Data<Fleet>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(&state.fleet))
+        .body(metrics.render(&fleet))
 }

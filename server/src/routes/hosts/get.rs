@@ -2,10 +2,10 @@ use actix_web::{HttpResponse, web};
 use baton_proto::api::HostList;
 
 use crate::auth::Reader;
-use crate::startup::AppState;
+use crate::fleet::Fleet;
 
-pub async fn list(_reader: Reader, state: web::Data<AppState>) -> HttpResponse {
+pub async fn list(_reader: Reader, fleet: web::Data<Fleet>) -> HttpResponse {
     HttpResponse::Ok().json(HostList {
-        hosts: state.fleet.hosts(),
+        hosts: fleet.hosts(),
     })
 }

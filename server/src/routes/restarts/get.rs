@@ -4,9 +4,8 @@ use baton_proto::RestartOutcome;
 use crate::auth::Reader;
 use crate::domain::{ServiceName, validate_host_name};
 use crate::error::ApiError;
-use crate::routes::page_limit;
-use crate::startup::AppState;
-use crate::store::{self, RestartFilter};
+use crate::routes::request::page_limit;
+use crate::store::{self, Db, RestartFilter};
 
 #[derive(serde::Deserialize)]
 pub struct ListQuery {
@@ -20,7 +19,7 @@ pub struct ListQuery {
 pub async fn list(
     _reader: Reader,
     query: web::Query<ListQuery>,
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let service = query
@@ -43,17 +42,17 @@ pub async fn list(
         before: query.before,
         limit: page_limit(query.limit)?,
     };
-    let page = store::list_restarts(&state.db, &filter).await?;
+    let page = store::list_restarts(&db, &filter).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
 pub async fn one(
     _reader: Reader,
     path: web::Path<u64>,
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let restart = store::get_restart(&state.db, id)
+    let restart = store::get_restart(&db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no restart {id}")))?;
     Ok(HttpResponse::Ok().json(restart))

@@ -1,0 +1,135 @@
+//! How a page answers: the headers every page carries, the error page, and
+//! the redirect after a form.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use askama::Template;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::dashboard::views::{ErrorPage, Layout};
+
+/// What a query value may hold unescaped: the unreserved characters of RFC 3986.
+pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// What a page handler can fail with. Unlike [`crate::error::ApiError`] it
+/// answers with a page, or sends the browser to sign in.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("sign in to continue")]
+    SignInRequired { next: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<askama::Error> for PageError {
+    fn from(error: askama::Error) -> Self {
+        PageError::Unexpected(anyhow::Error::new(error).context("failed to render a page"))
+    }
+}
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            PageError::SignInRequired { .. } => StatusCode::SEE_OTHER,
+            PageError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PageError::Forbidden(_) => StatusCode::FORBIDDEN,
+            PageError::NotFound(_) => StatusCode::NOT_FOUND,
+            PageError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let PageError::SignInRequired { next } = self {
+            return see_other(&format!(
+                "/login?next={}",
+                utf8_percent_encode(next, QUERY_VALUE)
+            ));
+        }
+        let message = match self {
+            PageError::Unexpected(error) => {
+                tracing::error!(error = format!("{error:#}"), "page failed");
+                "Something went wrong on the server; its log says what.".to_string()
+            }
+            other => other.to_string(),
+        };
+        let status = self.status_code();
+        let page = ErrorPage {
+            layout: Layout::anonymous(""),
+            status: status.as_u16(),
+            title: status.canonical_reason().unwrap_or("Error"),
+            message,
+        };
+        match page.render() {
+            Ok(body) => with_page_headers(HttpResponse::build(status)).body(body),
+            Err(_) => HttpResponse::build(status).body(status.to_string()),
+        }
+    }
+}
+
+fn with_page_headers(
+    mut builder: actix_web::HttpResponseBuilder,
+) -> actix_web::HttpResponseBuilder {
+    builder
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::VARY, "Accept, Cookie"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "same-origin"))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        // Only our own script and styles run: the pages have no inline
+        // script or style attribute, so an injected one is inert.
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                 connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        ));
+    builder
+}
+
+/// A rendered page with the headers every page carries.
+pub fn page(template: &impl Template) -> Result<HttpResponse, PageError> {
+    page_with_status(StatusCode::OK, template)
+}
+
+pub fn page_with_status(
+    status: StatusCode,
+    template: &impl Template,
+) -> Result<HttpResponse, PageError> {
+    let body = template.render()?;
+    Ok(with_page_headers(HttpResponse::build(status)).body(body))
+}
+
+/// `303 See Other`: after a form POST the browser GETs the new location, so
+/// reloading the result never resubmits the form.
+pub fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_paths_are_encoded() {
+        assert_eq!(
+            utf8_percent_encode("/restarts?service=web&host=a", QUERY_VALUE).to_string(),
+            "%2Frestarts%3Fservice%3Dweb%26host%3Da"
+        );
+    }
+}

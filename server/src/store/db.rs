@@ -1,0 +1,77 @@
+use anyhow::Context;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::path::Path;
+use std::time::Duration;
+
+/// The database, through two pools: every write goes through one
+/// connection, so writers queue here instead of colliding inside SQLite,
+/// whose busy handler would make the loser sleep (1, 2, 5, ... 50 ms) and
+/// stall whatever waits on that write. Reads run beside it (WAL).
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub(super) reads: SqlitePool,
+    pub(super) writes: SqlitePool,
+}
+
+impl Db {
+    /// For tests that look at the tables directly.
+    pub fn reads(&self) -> &SqlitePool {
+        &self.reads
+    }
+
+    /// The writer, for bulk loads outside the server (benchmarks).
+    pub fn writes(&self) -> &SqlitePool {
+        &self.writes
+    }
+
+    pub async fn close(&self) {
+        self.reads.close().await;
+        self.writes.close().await;
+    }
+}
+
+/// Opens (creating if needed) the database and applies the migrations.
+pub async fn open(path: &Path) -> anyhow::Result<Db> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // With WAL, NORMAL still never corrupts the database; a power loss may
+        // drop the last transactions, but a killed process loses nothing.
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let writes = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .with_context(|| format!("failed to open the database {}", path.display()))?;
+    sqlx::migrate!("../migrations")
+        .run(&writes)
+        .await
+        .context("failed to apply the database migrations")?;
+    let reads = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("failed to open the database {}", path.display()))?;
+    Ok(Db { reads, writes })
+}
+
+/// Whether the database answers, for `/healthz`.
+pub async fn ping(db: &Db) -> anyhow::Result<()> {
+    sqlx::query("SELECT 1")
+        .execute(&db.reads)
+        .await
+        .context("database unreachable")?;
+    Ok(())
+}
+
+pub(super) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(super) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}

@@ -1,0 +1,27 @@
+//! Every SQL statement of the server, one file per group of tables.
+//! Statements use `$N` parameters and standard SQL (ON CONFLICT, partial
+//! indexes, RETURNING) so that a PostgreSQL pool can follow without
+//! rewriting them.
+//!
+//! Columns that hold a state are read into enums (`sqlx::Type`): a value no
+//! variant names is an error, never a silent default.
+
+mod db;
+mod events;
+mod generations;
+mod hosts;
+mod restarts;
+mod tokens;
+
+pub use db::{Db, open, ping};
+pub use events::{find_restart_finished, find_restart_started_after, max_seq, store_events};
+pub use generations::{GenerationPhase, list_generations};
+pub use hosts::{HostRow, load_hosts, mark_all_hosts_offline, save_host_status, upsert_host};
+pub use restarts::{
+    CommandSent, Created, HostRestartState, NewRestart, NewlyCreated, Outcome, RestartFilter,
+    RestartHostRow, RestartRow, RestartState, count_restarts_by_outcome, create_restart,
+    finish_host, finish_restart, get_restart, list_restarts, mark_host_running,
+    restart_by_idempotency_key, restart_host_rows, restart_row, running_restart_of,
+    running_restarts, set_agent_restart_id,
+};
+pub use tokens::{TokenRow, TokenSelector, find_token, insert_token, list_tokens, revoke_tokens};

@@ -1,0 +1,631 @@
+use anyhow::Context;
+use baton_proto::api::{self, Restart, RestartHost, RestartPage};
+use baton_proto::{Event, RestartId, RestartOutcome};
+use sqlx::Sqlite;
+
+use super::db::{Db, to_i64, to_u64};
+use super::events::agent_restart_steps;
+use crate::domain::now_millis;
+
+/// `restarts.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(rename_all = "snake_case")]
+pub enum RestartState {
+    Running,
+    Finished,
+}
+
+/// `restart_hosts.state`: one host's step of a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(rename_all = "snake_case")]
+pub enum HostRestartState {
+    /// Not started yet.
+    Pending,
+    /// The command was sent.
+    Running,
+    Finished,
+    /// Never started because a host before it did not succeed.
+    Skipped,
+}
+
+/// `restarts.outcome` and `restart_hosts.outcome`, named as the agent names
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Forced,
+    RolledBack,
+    Failed,
+}
+
+impl From<RestartOutcome> for Outcome {
+    fn from(outcome: RestartOutcome) -> Self {
+        match outcome {
+            RestartOutcome::Succeeded => Outcome::Succeeded,
+            RestartOutcome::Forced => Outcome::Forced,
+            RestartOutcome::RolledBack => Outcome::RolledBack,
+            RestartOutcome::Failed => Outcome::Failed,
+        }
+    }
+}
+
+impl From<Outcome> for RestartOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Succeeded => RestartOutcome::Succeeded,
+            Outcome::Forced => RestartOutcome::Forced,
+            Outcome::RolledBack => RestartOutcome::RolledBack,
+            Outcome::Failed => RestartOutcome::Failed,
+        }
+    }
+}
+
+impl From<RestartState> for api::RestartState {
+    fn from(state: RestartState) -> Self {
+        match state {
+            RestartState::Running => api::RestartState::Running,
+            RestartState::Finished => api::RestartState::Finished,
+        }
+    }
+}
+
+impl From<HostRestartState> for api::HostRestartState {
+    fn from(state: HostRestartState) -> Self {
+        match state {
+            HostRestartState::Pending => api::HostRestartState::Pending,
+            HostRestartState::Running => api::HostRestartState::Running,
+            HostRestartState::Finished => api::HostRestartState::Finished,
+            HostRestartState::Skipped => api::HostRestartState::Skipped,
+        }
+    }
+}
+
+pub struct NewRestart<'a> {
+    pub service: &'a str,
+    pub reason: Option<&'a str>,
+    pub requested_by: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub max_parallel: u32,
+    /// In restart order.
+    pub hosts: &'a [String],
+}
+
+pub enum Created {
+    /// The rows as stored, so the first command can go out without reading
+    /// them back.
+    New(Box<NewlyCreated>),
+    /// The service already has a running restart.
+    AlreadyRunning(u64),
+    /// The idempotency key was used before, by this restart.
+    Replayed(u64),
+}
+
+pub struct NewlyCreated {
+    pub row: RestartRow,
+    pub hosts: Vec<RestartHostRow>,
+}
+
+impl NewlyCreated {
+    pub fn id(&self) -> u64 {
+        to_u64(self.row.id)
+    }
+
+    /// The restart as it starts: every host pending, no step yet.
+    pub fn view(&self) -> Restart {
+        restart_view(
+            self.row.clone(),
+            self.hosts
+                .iter()
+                .map(|h| host_view(h.clone(), Vec::new()))
+                .collect(),
+        )
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+/// Creates a restart with its hosts pending, in one transaction. The unique
+/// indexes decide races: two requests for one service, or two retries with
+/// one idempotency key, never both create a restart.
+pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Created> {
+    if let Some(key) = new.idempotency_key
+        && let Some(id) = restart_by_idempotency_key(db, key).await?
+    {
+        return Ok(Created::Replayed(id));
+    }
+    let created_at = now_millis();
+    let mut tx = db
+        .writes
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
+    let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
+        "INSERT INTO restarts (service, reason, requested_by, idempotency_key, max_parallel, state, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(new.service)
+    .bind(new.reason)
+    .bind(new.requested_by)
+    .bind(new.idempotency_key)
+    .bind(i64::from(new.max_parallel))
+    .bind(RestartState::Running)
+    .bind(to_i64(created_at))
+    .fetch_one(&mut *tx)
+    .await;
+    let id = match inserted {
+        Ok((id,)) => id,
+        Err(e) if is_unique_violation(&e) => {
+            drop(tx);
+            if let Some(key) = new.idempotency_key
+                && let Some(id) = restart_by_idempotency_key(db, key).await?
+            {
+                return Ok(Created::Replayed(id));
+            }
+            if let Some(id) = running_restart_of(db, new.service).await? {
+                return Ok(Created::AlreadyRunning(id));
+            }
+            return Err(anyhow::Error::new(e).context("failed to create the restart"));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("failed to create the restart")),
+    };
+    for (position, host) in new.hosts.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO restart_hosts (restart_id, host, position, state) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(position as i64)
+        .bind(HostRestartState::Pending)
+        .execute(&mut *tx)
+        .await
+        .context("failed to store the restart's hosts")?;
+    }
+    tx.commit().await.context("failed to commit the restart")?;
+    Ok(Created::New(Box::new(NewlyCreated {
+        row: RestartRow {
+            id,
+            service: new.service.to_owned(),
+            reason: new.reason.map(str::to_owned),
+            requested_by: Some(new.requested_by.to_owned()),
+            max_parallel: i64::from(new.max_parallel),
+            state: RestartState::Running,
+            outcome: None,
+            outcome_reason: None,
+            created_at: to_i64(created_at),
+            finished_at: None,
+        },
+        hosts: new
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(position, host)| RestartHostRow {
+                restart_id: id,
+                host: host.clone(),
+                position: position as i64,
+                state: HostRestartState::Pending,
+                outcome: None,
+                outcome_reason: None,
+                command_id: None,
+                boot_id: None,
+                seq_at_command: None,
+                agent_restart_id: None,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect(),
+    })))
+}
+
+pub async fn restart_by_idempotency_key(db: &Db, key: &str) -> anyhow::Result<Option<u64>> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM restarts WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(&db.reads)
+        .await
+        .context("failed to look up an idempotency key")?;
+    Ok(row.map(|(id,)| to_u64(id)))
+}
+
+pub async fn running_restart_of(db: &Db, service: &str) -> anyhow::Result<Option<u64>> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT id FROM restarts WHERE service = $1 AND state = 'running'")
+            .bind(service)
+            .fetch_optional(&db.reads)
+            .await
+            .context("failed to look up the running restart")?;
+    Ok(row.map(|(id,)| to_u64(id)))
+}
+
+pub async fn running_restarts(db: &Db) -> anyhow::Result<Vec<u64>> {
+    let rows: Vec<(i64,)> =
+        sqlx::query_as("SELECT id FROM restarts WHERE state = 'running' ORDER BY id")
+            .fetch_all(&db.reads)
+            .await
+            .context("failed to list running restarts")?;
+    Ok(rows.into_iter().map(|(id,)| to_u64(id)).collect())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RestartRow {
+    pub id: i64,
+    pub service: String,
+    pub reason: Option<String>,
+    pub requested_by: Option<String>,
+    pub max_parallel: i64,
+    pub state: RestartState,
+    pub outcome: Option<Outcome>,
+    pub outcome_reason: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RestartHostRow {
+    pub restart_id: i64,
+    pub host: String,
+    pub position: i64,
+    pub state: HostRestartState,
+    pub outcome: Option<Outcome>,
+    pub outcome_reason: Option<String>,
+    pub command_id: Option<String>,
+    pub boot_id: Option<String>,
+    pub seq_at_command: Option<i64>,
+    pub agent_restart_id: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+const RESTART_COLUMNS: &str = "id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at";
+
+pub async fn restart_row(db: &Db, id: u64) -> anyhow::Result<Option<RestartRow>> {
+    sqlx::query_as(
+        "SELECT id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at
+         FROM restarts WHERE id = $1",
+    )
+    .bind(to_i64(id))
+    .fetch_optional(&db.reads)
+    .await
+    .context("failed to read a restart")
+}
+
+pub async fn restart_host_rows(db: &Db, id: u64) -> anyhow::Result<Vec<RestartHostRow>> {
+    sqlx::query_as(
+        "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
+                seq_at_command, agent_restart_id, started_at, finished_at
+         FROM restart_hosts WHERE restart_id = $1 ORDER BY position",
+    )
+    .bind(to_i64(id))
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to read a restart's hosts")
+}
+
+fn restart_view(row: RestartRow, hosts: Vec<RestartHost>) -> Restart {
+    Restart {
+        id: to_u64(row.id),
+        service: row.service,
+        reason: row.reason,
+        requested_by: row.requested_by,
+        state: row.state.into(),
+        outcome: row.outcome.map(Into::into),
+        outcome_reason: row.outcome_reason,
+        max_parallel: u32::try_from(row.max_parallel).unwrap_or(1),
+        created_at: to_u64(row.created_at),
+        finished_at: row.finished_at.map(to_u64),
+        hosts,
+    }
+}
+
+fn host_view(row: RestartHostRow, steps: Vec<Event>) -> RestartHost {
+    RestartHost {
+        host: row.host,
+        state: row.state.into(),
+        outcome: row.outcome.map(Into::into),
+        outcome_reason: row.outcome_reason,
+        agent_restart_id: row.agent_restart_id.map(to_u64),
+        started_at: row.started_at.map(to_u64),
+        finished_at: row.finished_at.map(to_u64),
+        steps,
+    }
+}
+
+/// One restart with every host's steps.
+pub async fn get_restart(db: &Db, id: u64) -> anyhow::Result<Option<Restart>> {
+    let Some(row) = restart_row(db, id).await? else {
+        return Ok(None);
+    };
+    let mut hosts = Vec::new();
+    for host in restart_host_rows(db, id).await? {
+        let steps = match (&host.boot_id, host.agent_restart_id) {
+            (Some(boot_id), Some(agent_id)) => {
+                agent_restart_steps(db, &host.host, boot_id, to_u64(agent_id)).await?
+            }
+            _ => Vec::new(),
+        };
+        hosts.push(host_view(host, steps));
+    }
+    Ok(Some(restart_view(row, hosts)))
+}
+
+#[derive(Debug, Default)]
+pub struct RestartFilter {
+    pub service: Option<String>,
+    pub outcome: Option<RestartOutcome>,
+    pub host: Option<String>,
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
+/// Newest first. Only the conditions asked for are in the statement, so
+/// each filter can use its `(column, id)` index. A host filter walks
+/// `restart_hosts_by_host` backwards from the cursor and stops at the page's
+/// end, so even a host with no restart at all costs one index probe, not a
+/// look at every restart.
+pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<RestartPage> {
+    let columns = RESTART_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (mut query, id_column) = match &filter.host {
+        Some(host) => {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {columns} FROM restart_hosts h JOIN restarts r ON r.id = h.restart_id
+                 WHERE h.host = "
+            ));
+            query.push_bind(host.clone());
+            (query, "h.restart_id")
+        }
+        None => (
+            sqlx::QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {columns} FROM restarts r WHERE 1 = 1"
+            )),
+            "r.id",
+        ),
+    };
+    if let Some(service) = &filter.service {
+        query.push(" AND r.service = ").push_bind(service.clone());
+    }
+    if let Some(outcome) = filter.outcome {
+        query
+            .push(" AND r.outcome = ")
+            .push_bind(Outcome::from(outcome));
+    }
+    if let Some(before) = filter.before {
+        query
+            .push(format!(" AND {id_column} < "))
+            .push_bind(to_i64(before));
+    }
+    query
+        .push(format!(" ORDER BY {id_column} DESC LIMIT "))
+        .push_bind(i64::from(filter.limit));
+    let rows: Vec<RestartRow> = query
+        .build_query_as()
+        .fetch_all(&db.reads)
+        .await
+        .context("failed to list restarts")?;
+
+    let mut hosts_by_restart: std::collections::HashMap<i64, Vec<RestartHost>> =
+        std::collections::HashMap::new();
+    if !rows.is_empty() {
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
+                    seq_at_command, agent_restart_id, started_at, finished_at
+             FROM restart_hosts WHERE restart_id IN (",
+        );
+        let mut ids = query.separated(", ");
+        for row in &rows {
+            ids.push_bind(row.id);
+        }
+        query.push(") ORDER BY restart_id, position");
+        let host_rows: Vec<RestartHostRow> = query
+            .build_query_as()
+            .fetch_all(&db.reads)
+            .await
+            .context("failed to list the restarts' hosts")?;
+        for host in host_rows {
+            hosts_by_restart
+                .entry(host.restart_id)
+                .or_default()
+                .push(host_view(host, Vec::new()));
+        }
+    }
+    let full_page = rows.len() == filter.limit as usize;
+    let restarts: Vec<Restart> = rows
+        .into_iter()
+        .map(|row| {
+            let hosts = hosts_by_restart.remove(&row.id).unwrap_or_default();
+            restart_view(row, hosts)
+        })
+        .collect();
+    let next_before = if full_page {
+        restarts.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(RestartPage {
+        restarts,
+        next_before,
+    })
+}
+
+pub struct CommandSent<'a> {
+    pub restart_id: u64,
+    pub host: &'a str,
+    pub command_id: &'a str,
+    pub boot_id: &'a str,
+    pub seq_at_command: u64,
+}
+
+pub async fn mark_host_running(db: &Db, sent: &CommandSent<'_>) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE restart_hosts SET state = 'running', command_id = $3, boot_id = $4,
+                seq_at_command = $5, started_at = $6
+         WHERE restart_id = $1 AND host = $2",
+    )
+    .bind(to_i64(sent.restart_id))
+    .bind(sent.host)
+    .bind(sent.command_id)
+    .bind(sent.boot_id)
+    .bind(to_i64(sent.seq_at_command))
+    .bind(to_i64(now_millis()))
+    .execute(&db.writes)
+    .await
+    .context("failed to record the restart command")?;
+    Ok(())
+}
+
+pub async fn set_agent_restart_id(
+    db: &Db,
+    restart_id: u64,
+    host: &str,
+    agent_restart_id: RestartId,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE restart_hosts SET agent_restart_id = $3 WHERE restart_id = $1 AND host = $2",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .bind(to_i64(agent_restart_id))
+    .execute(&db.writes)
+    .await
+    .context("failed to record the agent's restart id")?;
+    Ok(())
+}
+
+pub async fn finish_host(
+    db: &Db,
+    restart_id: u64,
+    host: &str,
+    outcome: RestartOutcome,
+    reason: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE restart_hosts SET state = 'finished', outcome = $3, outcome_reason = $4,
+                finished_at = $5, started_at = COALESCE(started_at, $5)
+         WHERE restart_id = $1 AND host = $2",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .bind(Outcome::from(outcome))
+    .bind(reason)
+    .bind(to_i64(now_millis()))
+    .execute(&db.writes)
+    .await
+    .context("failed to record a host's outcome")?;
+    Ok(())
+}
+
+/// Ends a restart: hosts never started become `skipped`.
+pub async fn finish_restart(
+    db: &Db,
+    restart_id: u64,
+    outcome: RestartOutcome,
+    reason: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut tx = db
+        .writes
+        .begin()
+        .await
+        .context("failed to begin a transaction")?;
+    sqlx::query(
+        "UPDATE restart_hosts SET state = 'skipped' WHERE restart_id = $1 AND state = 'pending'",
+    )
+    .bind(to_i64(restart_id))
+    .execute(&mut *tx)
+    .await
+    .context("failed to skip the remaining hosts")?;
+    sqlx::query(
+        "UPDATE restarts SET state = 'finished', outcome = $2, outcome_reason = $3, finished_at = $4
+         WHERE id = $1",
+    )
+    .bind(to_i64(restart_id))
+    .bind(Outcome::from(outcome))
+    .bind(reason)
+    .bind(to_i64(now_millis()))
+    .execute(&mut *tx)
+    .await
+    .context("failed to record the restart's outcome")?;
+    tx.commit()
+        .await
+        .context("failed to commit the restart's outcome")?;
+    Ok(())
+}
+
+pub async fn count_restarts_by_outcome(db: &Db) -> anyhow::Result<Vec<(RestartOutcome, u64)>> {
+    let rows: Vec<(Outcome, i64)> = sqlx::query_as(
+        "SELECT outcome, COUNT(*) FROM restarts WHERE outcome IS NOT NULL GROUP BY outcome",
+    )
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to count restarts")?;
+    Ok(rows
+        .into_iter()
+        .map(|(outcome, n)| (outcome.into(), to_u64(n)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn a_state_no_variant_names_is_an_error_not_a_default() {
+        let (_dir, db) = fresh_db().await;
+        let known: (RestartState, HostRestartState, Outcome) =
+            sqlx::query_as("SELECT 'finished', 'skipped', 'rolled_back'")
+                .fetch_one(&db.reads)
+                .await
+                .unwrap();
+        assert_eq!(
+            known,
+            (
+                RestartState::Finished,
+                HostRestartState::Skipped,
+                Outcome::RolledBack
+            )
+        );
+        for unknown in ["SELECT 'paused'", "SELECT ''", "SELECT 'Running'"] {
+            let read = sqlx::query_as::<_, (RestartState,)>(unknown)
+                .fetch_one(&db.reads)
+                .await;
+            assert!(read.is_err(), "{unknown} read as {read:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_with_an_unknown_outcome_fails_to_read() {
+        let (_dir, db) = fresh_db().await;
+        sqlx::query(
+            "INSERT INTO restarts (id, service, max_parallel, state, outcome, created_at)
+             VALUES (7, 'web', 1, 'finished', 'sideways', 0)",
+        )
+        .execute(&db.writes)
+        .await
+        .unwrap();
+        let error = get_restart(&db, 7).await.unwrap_err();
+        assert!(format!("{error:#}").contains("sideways"), "{error:#}");
+        assert!(count_restarts_by_outcome(&db).await.is_err());
+        assert!(
+            list_restarts(
+                &db,
+                &RestartFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+            .is_err()
+        );
+    }
+}
