@@ -7,28 +7,11 @@ mod server_client;
 mod server_mode;
 
 use agent_client::{AgentClient, ClientError};
-use baton_proto::{ErrorKind, Request, Response, RestartOutcome};
+use baton_proto::{ErrorKind, Request, Response, ServiceName, exit};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-/// Exit codes a CI step can branch on.
-pub mod exit {
-    pub const SUCCEEDED: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const ROLLED_BACK: u8 = 2;
-    pub const FORCED: u8 = 3;
-    pub const TIMEOUT: u8 = 4;
-    /// The restart was refused: another one is running, or the agent is stopping.
-    pub const REFUSED: u8 = 5;
-    /// The agent could not be reached or answered something unexpected.
-    pub const UNREACHABLE: u8 = 6;
-    /// The server refused the token (missing, invalid, or not an operator's).
-    pub const NOT_AUTHORIZED: u8 = 7;
-    /// Bad command line or unknown service.
-    pub const USAGE: u8 = 64;
-}
 
 /// Drive baton: restart services without dropping connections, and see their state.
 #[derive(Parser)]
@@ -61,7 +44,7 @@ enum Command {
     },
     /// Hot-restart a service.
     Restart {
-        service: String,
+        service: ServiceName,
         /// Print every step as it happens; exit 0 only if the restart succeeded.
         #[arg(long)]
         wait: bool,
@@ -86,7 +69,7 @@ enum Command {
     },
     /// A service's restart history (server mode).
     History {
-        service: String,
+        service: ServiceName,
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
@@ -137,9 +120,11 @@ fn main() -> ExitCode {
                 wait,
                 timeout,
                 reason,
-            } => server_mode::restart(&client, &service, wait, timeout, reason),
+            } => server_mode::restart(&client, service.as_str(), wait, timeout, reason),
             Command::Status { .. } => server_mode::status(&client),
-            Command::History { service, limit } => server_mode::history(&client, &service, limit),
+            Command::History { service, limit } => {
+                server_mode::history(&client, service.as_str(), limit)
+            }
             Command::Show { .. } | Command::Events { .. } | Command::Demo { .. } => {
                 eprintln!("baton: this command talks to an agent; drop --server");
                 return ExitCode::from(exit::USAGE);
@@ -220,7 +205,7 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
             let started = Instant::now();
             let deadline = timeout.map(|t| started + t);
             client.send(Request::Restart {
-                service: service.clone(),
+                service: service.to_string(),
                 follow: wait,
                 reason,
             })?;
@@ -240,13 +225,7 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
                         println!("{}", output::step_line(&event, started));
                     }
                     Ok(Some(Response::Restart(report))) => {
-                        let outcome = report.outcome;
-                        return Ok(match outcome {
-                            Some(RestartOutcome::Succeeded) => exit::SUCCEEDED,
-                            Some(RestartOutcome::RolledBack) => exit::ROLLED_BACK,
-                            Some(RestartOutcome::Forced) => exit::FORCED,
-                            Some(RestartOutcome::Failed) | None => exit::FAILED,
-                        });
+                        return Ok(exit::of_outcome(report.outcome));
                     }
                     Ok(Some(other)) => return Err(ClientError::from_response(other)),
                     Ok(None) => return Err(ClientError::Closed),

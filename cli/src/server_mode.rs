@@ -1,10 +1,9 @@
 //! Commands run against the server (`--server URL` or `BATON_SERVER`).
 
-use crate::exit;
 use crate::output::clock;
 use crate::server_client::{ServerClient, ServerError, is_finished};
-use baton_proto::RestartOutcome;
 use baton_proto::api::HostRestartState;
+use baton_proto::exit;
 use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,15 +23,6 @@ impl ServerError {
             },
             _ => exit::UNREACHABLE,
         }
-    }
-}
-
-pub fn outcome_code(outcome: Option<RestartOutcome>) -> u8 {
-    match outcome {
-        Some(RestartOutcome::Succeeded) => exit::SUCCEEDED,
-        Some(RestartOutcome::RolledBack) => exit::ROLLED_BACK,
-        Some(RestartOutcome::Forced) => exit::FORCED,
-        Some(RestartOutcome::Failed) | None => exit::FAILED,
     }
 }
 
@@ -97,7 +87,7 @@ pub fn restart(
                 (Some(outcome), None) => println!("restart {id}: {outcome}"),
                 (None, _) => println!("restart {id}: finished without an outcome"),
             }
-            return Ok(outcome_code(restart.outcome));
+            return Ok(exit::of_outcome(restart.outcome));
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             eprintln!(
