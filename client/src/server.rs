@@ -69,9 +69,7 @@ impl ServerClient {
         service: &ServiceName,
         body: &RestartRequest,
     ) -> Result<Restart> {
-        let path = format!("/services/{service}/restart");
-        self.send(self.request(Method::POST, &path).json(body))
-            .await
+        self.post_restart(service, body, "").await
     }
 
     /// `POST /services/{name}/restart?wait=true`: answers once the restart
@@ -81,7 +79,16 @@ impl ServerClient {
         service: &ServiceName,
         body: &RestartRequest,
     ) -> Result<Restart> {
-        let path = format!("/services/{service}/restart?wait=true");
+        self.post_restart(service, body, "?wait=true").await
+    }
+
+    async fn post_restart(
+        &self,
+        service: &ServiceName,
+        body: &RestartRequest,
+        query: &str,
+    ) -> Result<Restart> {
+        let path = format!("/services/{service}/restart{query}");
         self.send(self.request(Method::POST, &path).json(body))
             .await
     }
