@@ -257,7 +257,9 @@ fn a_hot_restart_on_one_inherited_socket_loses_no_request() {
         let ready = supervisor.next_message(PATIENCE);
         assert_eq!(
             ready,
-            Some(format!("READY=1\nSTATUS=serving, generation {generation}\n"))
+            Some(format!(
+                "READY=1\nSTATUS=serving, generation {generation}\n"
+            ))
         );
         child
     };
