@@ -3,6 +3,7 @@
 //! Parse, don't validate: everything the rest of the agent reads has already
 //! been checked here, and every error names the file, the line and the field.
 
+use baton_proto::ServiceName;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -545,20 +546,11 @@ fn parse_service(
 }
 
 /// Names end up in URLs, file names and `LISTEN_FDNAMES` (where `:` separates).
+/// Service and socket names follow the one rule of [`ServiceName`].
 pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(format!("{name:?} must be 1 to 64 characters long"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || name.starts_with('.')
-    {
-        return Err(format!(
-            "{name:?} may hold only letters, digits, '-', '_' and '.', and must not start with '.'"
-        ));
-    }
-    Ok(())
+    ServiceName::parse(name)
+        .map(drop)
+        .map_err(|e| format!("{name:?}: {}", e.problem()))
 }
 
 fn parse_readiness(text: &str) -> Result<Readiness, String> {

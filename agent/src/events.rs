@@ -2,21 +2,15 @@
 //! and the report of every restart. Kept in memory, bounded, for the command
 //! line and for the server to collect.
 
-use baton_proto::{Event, EventKind, RestartId, RestartOutcome, RestartReport, UnixMillis};
+use baton_proto::{Event, EventKind, RestartId, RestartOutcome, RestartReport};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 const MAX_EVENTS: usize = 10_000;
 const MAX_RESTARTS: usize = 1_000;
 
-pub fn now_millis() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use baton_proto::now_millis;
 
 pub struct EventLog {
     inner: Mutex<Inner>,

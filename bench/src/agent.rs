@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::child::{tail, wait_until_ready};
-use crate::control::ControlClient;
-use baton_proto::{AgentStatus, EventKind, Request, Response, RestartOutcome, ServiceState};
+use baton_client::AgentClient;
+use baton_proto::{AgentStatus, EventKind, RestartOutcome, ServiceState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -90,17 +90,12 @@ impl Agent {
         tail(&self.dir.path().join("agent.log"))
     }
 
-    fn client(&self) -> anyhow::Result<ControlClient> {
-        ControlClient::connect(&self.socket, Some(Duration::from_secs(120)))
+    fn client(&self) -> anyhow::Result<AgentClient> {
+        Ok(AgentClient::connect(&self.socket)?.with_patience(Some(Duration::from_secs(120))))
     }
 
     pub fn status(&self) -> anyhow::Result<AgentStatus> {
-        let mut client = self.client()?;
-        client.send(Request::Status)?;
-        match client.next()? {
-            Some(Response::Status(status)) => Ok(status),
-            other => bail!("unexpected answer to status: {other:?}"),
-        }
+        Ok(self.client()?.status()?)
     }
 
     pub fn wait_all_ready(&self, timeout: Duration) -> anyhow::Result<AgentStatus> {
@@ -154,39 +149,28 @@ impl Agent {
     pub fn restart(&self, service: &str) -> anyhow::Result<RestartRecord> {
         let sent = Instant::now();
         let mut client = self.client()?;
-        client.send(Request::Restart {
-            service: service.to_owned(),
-            follow: true,
-            reason: Some("baton-bench".to_owned()),
-        })?;
-        match client.next()? {
-            Some(Response::RestartAccepted { .. }) => {}
-            other => bail!("restart of {service} not accepted: {other:?}"),
-        }
+        client
+            .start_restart(service, Some("baton-bench".to_owned()), true)
+            .with_context(|| format!("restart of {service} not accepted"))?;
         let mut ready = None;
         let mut startup = None;
-        loop {
-            match client.next()? {
-                Some(Response::Event(event)) => {
-                    if let EventKind::GenerationReady { startup_us, .. } = event.kind
-                        && ready.is_none()
-                    {
-                        ready = Some(Instant::now());
-                        startup = Some(Duration::from_micros(startup_us));
-                    }
+        let report = client
+            .follow_restart(None, |event| {
+                if let EventKind::GenerationReady { startup_us, .. } = event.kind
+                    && ready.is_none()
+                {
+                    ready = Some(Instant::now());
+                    startup = Some(Duration::from_micros(startup_us));
                 }
-                Some(Response::Restart(report)) => {
-                    return Ok(RestartRecord {
-                        sent,
-                        ready,
-                        finished: Instant::now(),
-                        outcome: report.outcome,
-                        startup,
-                    });
-                }
-                other => bail!("unexpected answer while following a restart: {other:?}"),
-            }
-        }
+            })
+            .with_context(|| format!("following the restart of {service}"))?;
+        Ok(RestartRecord {
+            sent,
+            ready,
+            finished: Instant::now(),
+            outcome: report.outcome,
+            startup,
+        })
     }
 }
 

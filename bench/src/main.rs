@@ -6,7 +6,6 @@ mod agent;
 mod binaries;
 mod child;
 mod cli;
-mod control;
 mod load;
 mod memory;
 mod overhead;

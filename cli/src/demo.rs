@@ -223,7 +223,7 @@ listen = "tcp://127.0.0.1:0"
     )?;
     let mut addresses = Vec::new();
     wait_until("the services", Duration::from_secs(30), || {
-        addresses = crate::agent_client::ready_addresses(&control).unwrap_or_default();
+        addresses = ready_addresses(&control).unwrap_or_default();
         addresses.len() == 2
     })?;
 
@@ -255,4 +255,19 @@ listen = "tcp://127.0.0.1:0"
     agent.stop(Duration::from_secs(40));
     server.stop(Duration::from_secs(10));
     Ok(())
+}
+
+/// `(service, http://address)` of every service whose generation is ready,
+/// for people to curl.
+fn ready_addresses(socket: &Path) -> Result<Vec<(String, String)>, baton_client::Error> {
+    let status = baton_client::AgentClient::connect(socket)?.status()?;
+    Ok(status
+        .services
+        .iter()
+        .filter(|s| s.state == baton_proto::ServiceState::Ready)
+        .filter_map(|s| {
+            let listen = s.sockets.first()?.listen.as_str();
+            Some((s.name.clone(), listen.replacen("tcp://", "http://", 1)))
+        })
+        .collect())
 }

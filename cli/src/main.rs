@@ -1,34 +1,15 @@
 #![forbid(unsafe_code)]
 
-mod agent_client;
 mod demo;
 mod output;
-mod server_client;
 mod server_mode;
 
-use agent_client::{AgentClient, ClientError};
-use baton_proto::{ErrorKind, Request, Response, RestartOutcome};
+use baton_client::{AgentClient, Error, StatusCode};
+use baton_proto::{ErrorKind, Request, Response, ServiceName, exit};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-/// Exit codes a CI step can branch on.
-pub mod exit {
-    pub const SUCCEEDED: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const ROLLED_BACK: u8 = 2;
-    pub const FORCED: u8 = 3;
-    pub const TIMEOUT: u8 = 4;
-    /// The restart was refused: another one is running, or the agent is stopping.
-    pub const REFUSED: u8 = 5;
-    /// The agent could not be reached or answered something unexpected.
-    pub const UNREACHABLE: u8 = 6;
-    /// The server refused the token (missing, invalid, or not an operator's).
-    pub const NOT_AUTHORIZED: u8 = 7;
-    /// Bad command line or unknown service.
-    pub const USAGE: u8 = 64;
-}
 
 /// Drive baton: restart services without dropping connections, and see their state.
 #[derive(Parser)]
@@ -61,7 +42,7 @@ enum Command {
     },
     /// Hot-restart a service.
     Restart {
-        service: String,
+        service: ServiceName,
         /// Print every step as it happens; exit 0 only if the restart succeeded.
         #[arg(long)]
         wait: bool,
@@ -86,7 +67,7 @@ enum Command {
     },
     /// A service's restart history (server mode).
     History {
-        service: String,
+        service: ServiceName,
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
@@ -120,7 +101,7 @@ fn main() -> ExitCode {
         };
     }
     if let Some(server) = &cli.server {
-        let client = match server_client::ServerClient::new(
+        let client = match baton_client::ServerClient::new(
             server,
             cli.token.clone(),
             cli.ca_cert.as_deref(),
@@ -131,15 +112,29 @@ fn main() -> ExitCode {
                 return ExitCode::from(exit::USAGE);
             }
         };
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("baton: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let result = match cli.command {
             Command::Restart {
                 service,
                 wait,
                 timeout,
                 reason,
-            } => server_mode::restart(&client, &service, wait, timeout, reason),
-            Command::Status { .. } => server_mode::status(&client),
-            Command::History { service, limit } => server_mode::history(&client, &service, limit),
+            } => runtime.block_on(server_mode::restart(
+                &client, &service, wait, timeout, reason,
+            )),
+            Command::Status { .. } => runtime.block_on(server_mode::status(&client)),
+            Command::History { service, limit } => {
+                runtime.block_on(server_mode::history(&client, &service, limit))
+            }
             Command::Show { .. } | Command::Events { .. } | Command::Demo { .. } => {
                 eprintln!("baton: this command talks to an agent; drop --server");
                 return ExitCode::from(exit::USAGE);
@@ -147,7 +142,7 @@ fn main() -> ExitCode {
         };
         return ExitCode::from(result.unwrap_or_else(|e| {
             eprintln!("baton: {e}");
-            e.exit_code()
+            exit_code(&e)
         }));
     }
     if let Command::History { .. } = cli.command {
@@ -159,20 +154,22 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton: {e}");
-            e.exit_code()
+            exit_code(&e)
         }
     };
     ExitCode::from(code)
 }
 
-fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
-    let mut client = AgentClient::connect(socket)?;
+fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
+    let timeout = match &command {
+        Command::Restart { timeout, .. } => *timeout,
+        _ => None,
+    };
+    let mut client = AgentClient::connect(socket)?.with_patience(timeout);
     match command {
         Command::Demo { .. } | Command::History { .. } => unreachable!("handled before connecting"),
         Command::Status { json } => {
-            let Response::Status(status) = client.request(Request::Status)? else {
-                return Err(ClientError::Unexpected("status"));
-            };
+            let status = client.status()?;
             if json {
                 println!(
                     "{}",
@@ -184,9 +181,7 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
             Ok(exit::SUCCEEDED)
         }
         Command::Show { id, json } => {
-            let Response::Restart(report) = client.request(Request::GetRestart { id })? else {
-                return Err(ClientError::Unexpected("restart report"));
-            };
+            let report = client.restart_report(id)?;
             if json {
                 println!(
                     "{}",
@@ -204,9 +199,14 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
                 client.finish_sending()?;
             }
             loop {
-                match client.next(None)? {
+                match client.receive()? {
                     Some(Response::Event(event)) => println!("{}", output::event_line(&event)),
-                    Some(other) => return Err(ClientError::from_response(other)),
+                    Some(Response::Error(body)) => return Err(Error::Agent(body)),
+                    Some(_) => {
+                        return Err(
+                            baton_client::ProtocolError::Unexpected { expected: "event" }.into(),
+                        );
+                    }
                     None => return Ok(exit::SUCCEEDED),
                 }
             }
@@ -214,68 +214,56 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, ClientError> {
         Command::Restart {
             service,
             wait,
-            timeout,
+            timeout: _,
             reason,
         } => {
             let started = Instant::now();
             let deadline = timeout.map(|t| started + t);
-            client.send(Request::Restart {
-                service: service.clone(),
-                follow: wait,
-                reason,
-            })?;
-            let id = match client.next(deadline)? {
-                Some(Response::RestartAccepted { id }) => id,
-                Some(other) => return Err(ClientError::from_response(other)),
-                None => return Err(ClientError::Closed),
-            };
+            let id = client.start_restart(service.as_str(), reason, wait)?;
+            println!("restart {id} of {service} started");
             if !wait {
-                println!("restart {id} of {service} started");
                 return Ok(exit::SUCCEEDED);
             }
-            println!("restart {id} of {service} started");
-            loop {
-                match client.next(deadline) {
-                    Ok(Some(Response::Event(event))) => {
-                        println!("{}", output::step_line(&event, started));
-                    }
-                    Ok(Some(Response::Restart(report))) => {
-                        let outcome = report.outcome;
-                        return Ok(match outcome {
-                            Some(RestartOutcome::Succeeded) => exit::SUCCEEDED,
-                            Some(RestartOutcome::RolledBack) => exit::ROLLED_BACK,
-                            Some(RestartOutcome::Forced) => exit::FORCED,
-                            Some(RestartOutcome::Failed) | None => exit::FAILED,
-                        });
-                    }
-                    Ok(Some(other)) => return Err(ClientError::from_response(other)),
-                    Ok(None) => return Err(ClientError::Closed),
-                    Err(ClientError::TimedOut) => {
-                        eprintln!(
-                            "baton: gave up waiting after {}; restart {id} is still running (see `baton show {id}`)",
-                            humantime::format_duration(started.elapsed())
-                        );
-                        return Ok(exit::TIMEOUT);
-                    }
-                    Err(e) => return Err(e),
+            let followed = client.follow_restart(deadline, |event| {
+                println!("{}", output::step_line(&event, started));
+            });
+            match followed {
+                Ok(report) => Ok(exit::of_outcome(report.outcome)),
+                Err(Error::TimedOut) => {
+                    eprintln!(
+                        "baton: gave up waiting after {}; restart {id} is still running (see `baton show {id}`)",
+                        humantime::format_duration(started.elapsed())
+                    );
+                    Ok(exit::TIMEOUT)
                 }
+                Err(e) => Err(e),
             }
         }
     }
 }
 
-impl ClientError {
-    fn exit_code(&self) -> u8 {
-        match self {
-            ClientError::Agent(body) => match body.kind {
-                ErrorKind::UnknownService | ErrorKind::UnknownRestart | ErrorKind::BadRequest => {
-                    exit::USAGE
-                }
-                ErrorKind::RestartInProgress | ErrorKind::ShuttingDown => exit::REFUSED,
-                ErrorKind::UnsupportedVersion => exit::UNREACHABLE,
-            },
-            ClientError::TimedOut => exit::TIMEOUT,
+/// What a CI step sees when a command did not get as far as an outcome.
+fn exit_code(error: &Error) -> u8 {
+    match error {
+        Error::Agent(body) => match body.kind {
+            ErrorKind::UnknownService | ErrorKind::UnknownRestart | ErrorKind::BadRequest => {
+                exit::USAGE
+            }
+            ErrorKind::RestartInProgress | ErrorKind::ShuttingDown => exit::REFUSED,
+            ErrorKind::UnsupportedVersion => exit::UNREACHABLE,
+        },
+        Error::TokenRefused { .. } => exit::NOT_AUTHORIZED,
+        Error::Status { status, .. } => match *status {
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                exit::USAGE
+            }
+            StatusCode::CONFLICT => exit::REFUSED,
             _ => exit::UNREACHABLE,
-        }
+        },
+        Error::TimedOut => exit::TIMEOUT,
+        Error::AgentUnreachable { .. }
+        | Error::ServerUnreachable { .. }
+        | Error::Io(_)
+        | Error::Protocol(_) => exit::UNREACHABLE,
     }
 }

@@ -1,15 +1,8 @@
 //! How the command line prints what the agent says.
 
-use baton_proto::{AgentStatus, Event, RestartReport, UnixMillis};
+use baton_proto::{AgentStatus, Event, RestartReport, UnixMillis, now_millis};
 use std::fmt::Write;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-fn now_millis() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use std::time::Instant;
 
 /// `HH:MM:SS.mmm` in UTC: CI logs are read next to other UTC timestamps.
 pub fn clock(at: UnixMillis) -> String {

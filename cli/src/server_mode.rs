@@ -1,50 +1,27 @@
 //! Commands run against the server (`--server URL` or `BATON_SERVER`).
 
-use crate::exit;
 use crate::output::clock;
-use crate::server_client::{ServerClient, ServerError, is_finished};
-use baton_proto::RestartOutcome;
-use baton_proto::api::HostRestartState;
-use reqwest::StatusCode;
+use baton_client::{Error, ServerClient};
+use baton_proto::api::{HostRestartState, RestartRequest, RestartState};
+use baton_proto::{ServiceName, exit};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
-impl ServerError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ServerError::Api { status, .. } => match *status {
-                StatusCode::NOT_FOUND
-                | StatusCode::BAD_REQUEST
-                | StatusCode::UNPROCESSABLE_ENTITY => exit::USAGE,
-                StatusCode::CONFLICT => exit::REFUSED,
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::NOT_AUTHORIZED,
-                _ => exit::UNREACHABLE,
-            },
-            _ => exit::UNREACHABLE,
-        }
-    }
-}
-
-pub fn outcome_code(outcome: Option<RestartOutcome>) -> u8 {
-    match outcome {
-        Some(RestartOutcome::Succeeded) => exit::SUCCEEDED,
-        Some(RestartOutcome::RolledBack) => exit::ROLLED_BACK,
-        Some(RestartOutcome::Forced) => exit::FORCED,
-        Some(RestartOutcome::Failed) | None => exit::FAILED,
-    }
-}
-
-pub fn restart(
+pub async fn restart(
     client: &ServerClient,
-    service: &str,
+    service: &ServiceName,
     wait: bool,
     timeout: Option<Duration>,
     reason: Option<String>,
-) -> Result<u8, ServerError> {
+) -> Result<u8, Error> {
     let started = Instant::now();
-    let restart = client.start_restart(service, reason)?;
+    let body = RestartRequest {
+        reason,
+        ..RestartRequest::default()
+    };
+    let restart = client.start_restart(service, &body).await?;
     let hosts: Vec<&str> = restart.hosts.iter().map(|h| h.host.as_str()).collect();
     println!(
         "restart {} of {service} started on {} host(s): {}",
@@ -59,7 +36,7 @@ pub fn restart(
     let mut printed: HashMap<String, usize> = HashMap::new();
     let mut finished_hosts: HashMap<String, bool> = HashMap::new();
     loop {
-        let restart = client.restart(id)?;
+        let restart = client.restart(id).await?;
         for host in &restart.hosts {
             let shown = printed.entry(host.host.clone()).or_default();
             for step in host.steps.iter().skip(*shown) {
@@ -91,13 +68,13 @@ pub fn restart(
                 }
             }
         }
-        if is_finished(&restart) {
+        if restart.state == RestartState::Finished {
             match (&restart.outcome, &restart.outcome_reason) {
                 (Some(outcome), Some(reason)) => println!("restart {id}: {outcome} ({reason})"),
                 (Some(outcome), None) => println!("restart {id}: {outcome}"),
                 (None, _) => println!("restart {id}: finished without an outcome"),
             }
-            return Ok(outcome_code(restart.outcome));
+            return Ok(exit::of_outcome(restart.outcome));
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             eprintln!(
@@ -106,12 +83,12 @@ pub fn restart(
             );
             return Ok(exit::TIMEOUT);
         }
-        std::thread::sleep(POLL_EVERY);
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 
-pub fn status(client: &ServerClient) -> Result<u8, ServerError> {
-    let list = client.services()?;
+pub async fn status(client: &ServerClient) -> Result<u8, Error> {
+    let list = client.services().await?;
     println!(
         "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6}  DRAINING",
         "SERVICE", "HOST", "ONLINE", "STATE", "GEN", "PID", "CONNS"
@@ -159,8 +136,12 @@ pub fn status(client: &ServerClient) -> Result<u8, ServerError> {
     Ok(exit::SUCCEEDED)
 }
 
-pub fn history(client: &ServerClient, service: &str, limit: u32) -> Result<u8, ServerError> {
-    let page = client.history(service, limit)?;
+pub async fn history(
+    client: &ServerClient,
+    service: &ServiceName,
+    limit: u32,
+) -> Result<u8, Error> {
+    let page = client.history(service, limit).await?;
     println!(
         "{:>6}  {:<20} {:<12} {:>9}  HOSTS",
         "ID", "STARTED (UTC)", "OUTCOME", "DURATION"

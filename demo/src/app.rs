@@ -102,11 +102,8 @@ pub async fn run(
     if settings.behaviour.never_ready {
         tracing::warn!("serving, but never sending READY=1 (never-ready mode)");
     } else {
-        let message = format!(
-            "READY=1\nSTATUS=serving, generation {}",
-            context.generation()
-        );
-        if let Err(error) = notifier.notify(&message).await {
+        let status = format!("serving, generation {}", context.generation());
+        if let Err(error) = notifier.ready(&status) {
             tracing::error!(%error, "failed to notify readiness");
         }
         tracing::info!(notify = notifier.is_enabled(), "ready");
@@ -115,11 +112,8 @@ pub async fn run(
     stop.await;
     tracing::info!(tasks = tracker.active(), "draining");
     trigger.start();
-    let status = format!(
-        "STOPPING=1\nSTATUS=draining, generation {}",
-        context.generation()
-    );
-    if let Err(error) = notifier.notify(&status).await {
+    let status = format!("draining, generation {}", context.generation());
+    if let Err(error) = notifier.stopping(&status) {
         tracing::warn!(%error, "failed to notify stopping");
     }
     let active = tracker.active_count();

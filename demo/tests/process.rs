@@ -188,7 +188,7 @@ fn bind_mode_serves_then_drains_a_long_request_and_exits_zero() {
     let address = child.printed_address();
     assert_eq!(
         supervisor.next_message(PATIENCE).as_deref(),
-        Some("READY=1\nSTATUS=serving, generation 5")
+        Some("READY=1\nSTATUS=serving, generation 5\n")
     );
     let mut stream = connect(address);
     let hello = get(&mut stream, "/");
@@ -215,7 +215,7 @@ fn bind_mode_serves_then_drains_a_long_request_and_exits_zero() {
     child.signal(Signal::SIGTERM);
     assert_eq!(
         supervisor.next_message(PATIENCE).as_deref(),
-        Some("STOPPING=1\nSTATUS=draining, generation 5")
+        Some("STOPPING=1\nSTATUS=draining, generation 5\n")
     );
     let slept = read_response(&mut stream);
     assert_eq!(slept.status, 200);
@@ -257,7 +257,9 @@ fn a_hot_restart_on_one_inherited_socket_loses_no_request() {
         let ready = supervisor.next_message(PATIENCE);
         assert_eq!(
             ready,
-            Some(format!("READY=1\nSTATUS=serving, generation {generation}"))
+            Some(format!(
+                "READY=1\nSTATUS=serving, generation {generation}\n"
+            ))
         );
         child
     };
@@ -287,7 +289,7 @@ fn a_hot_restart_on_one_inherited_socket_loses_no_request() {
     first.signal(Signal::SIGTERM);
     assert_eq!(
         supervisor.next_message(PATIENCE).as_deref(),
-        Some("STOPPING=1\nSTATUS=draining, generation 1")
+        Some("STOPPING=1\nSTATUS=draining, generation 1\n")
     );
     assert!(first.wait_exit(PATIENCE).success());
     std::thread::sleep(Duration::from_millis(300));

@@ -9,7 +9,11 @@
 //! does not speak with [`ErrorKind::UnsupportedVersion`] instead of guessing.
 
 pub mod api;
+pub mod exit;
 pub mod link;
+mod name;
+
+pub use name::{InvalidServiceName, NameProblem, ServiceName};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -28,6 +32,14 @@ pub fn default_agent_socket() -> std::path::PathBuf {
 /// Milliseconds since the Unix epoch. Wall-clock, for people and for the
 /// server's history; durations inside the agent use a monotonic clock.
 pub type UnixMillis = u64;
+
+/// The wall clock now. A clock before 1970 reads as 0 rather than failing:
+/// these times are shown and stored, never used to decide.
+pub fn now_millis() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Identifies one restart on one agent. Unique for the agent's lifetime
 /// together with [`AgentStatus::boot_id`].

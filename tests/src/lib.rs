@@ -8,11 +8,10 @@
 
 pub mod server;
 
+use baton_client::AgentClient;
 use baton_proto::{
-    AgentMessage, AgentStatus, ClientMessage, Event, Request, Response, RestartReport,
-    ServiceState, ServiceStatus,
+    AgentStatus, Event, Request, Response, RestartReport, ServiceState, ServiceStatus,
 };
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -263,57 +262,37 @@ impl Drop for AgentUnderTest {
     }
 }
 
+/// The control socket through [`baton_client::AgentClient`], failing the
+/// test on anything but an answer.
 pub struct ControlClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    client: AgentClient,
 }
 
 impl ControlClient {
     pub fn try_connect(path: &Path) -> Option<ControlClient> {
-        let stream = UnixStream::connect(path).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .ok()?;
+        let client = AgentClient::connect(path).ok()?;
         Some(ControlClient {
-            writer: stream.try_clone().ok()?,
-            reader: BufReader::new(stream),
+            client: client.with_patience(Some(Duration::from_secs(120))),
         })
     }
 
     pub fn connect(path: &Path) -> ControlClient {
-        let stream = UnixStream::connect(path).expect("connect to agent");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .expect("timeout");
-        ControlClient {
-            writer: stream.try_clone().expect("clone"),
-            reader: BufReader::new(stream),
-        }
+        ControlClient::try_connect(path).expect("connect to agent")
     }
 
     pub fn send_raw(&mut self, line: &str) {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write request");
+        self.client.send_line(line).expect("write request");
     }
 
     pub fn send(&mut self, request: Request) {
-        let line = serde_json::to_string(&ClientMessage::new(request)).expect("encode");
-        self.send_raw(&line);
+        self.client.send(request).expect("write request");
     }
 
+    /// `None` once the agent closed the connection.
     pub fn next_response(&mut self) -> Option<Response> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
-            Ok(_) => Some(
-                serde_json::from_str::<AgentMessage>(&line)
-                    .unwrap_or_else(|e| panic!("bad answer {line:?}: {e}"))
-                    .body,
-            ),
-            Err(e) => panic!("reading from agent: {e}"),
-        }
+        self.client
+            .receive()
+            .unwrap_or_else(|e| panic!("reading from agent: {e}"))
     }
 
     pub fn request(&mut self, request: Request) -> Response {
@@ -322,43 +301,20 @@ impl ControlClient {
     }
 
     /// Every event the agent remembers, oldest first.
-    pub fn events(mut self) -> Vec<Event> {
-        self.send(Request::Events {
-            after: 0,
-            follow: false,
-        });
-        // The agent closes once it has answered the last request it read.
-        self.writer
-            .shutdown(std::net::Shutdown::Write)
-            .expect("shutdown");
-        let mut events = Vec::new();
-        while let Some(response) = self.next_response() {
-            match response {
-                Response::Event(event) => events.push(event),
-                other => panic!("unexpected answer to events: {other:?}"),
-            }
-        }
-        events
+    pub fn events(self) -> Vec<Event> {
+        self.client.events().expect("the agent's events")
     }
 
     pub fn restart_follow(&mut self, service: &str) -> (Vec<Event>, RestartReport) {
-        self.send(Request::Restart {
-            service: service.to_string(),
-            follow: true,
-            reason: None,
-        });
-        match self.next_response() {
-            Some(Response::RestartAccepted { .. }) => {}
-            other => panic!("restart not accepted: {other:?}"),
-        }
+        self.client
+            .start_restart(service, None, true)
+            .unwrap_or_else(|e| panic!("restart not accepted: {e}"));
         let mut events = Vec::new();
-        loop {
-            match self.next_response() {
-                Some(Response::Event(event)) => events.push(event),
-                Some(Response::Restart(report)) => return (events, report),
-                other => panic!("unexpected answer while following: {other:?}"),
-            }
-        }
+        let report = self
+            .client
+            .follow_restart(None, |event| events.push(event))
+            .unwrap_or_else(|e| panic!("following the restart: {e}"));
+        (events, report)
     }
 }
 

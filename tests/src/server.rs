@@ -101,20 +101,17 @@ impl ServerUnderTest {
 
     /// `GET path` with the viewer token: the JSON of its `200`.
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let response = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("an HTTP client")
-            .get(format!("{}{path}", self.url()))
-            .bearer_auth(&self.viewer_token)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        assert_eq!(response.status(), 200, "GET {path}");
-        response
-            .json()
+        self.client(&self.viewer_token)
+            .get_json(path)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// A REST client of this server with `token`, trusting its CA.
+    pub fn client(&self, token: &str) -> baton_client::ServerClient {
+        baton_client::ServerClient::new(&self.url(), Some(token.to_owned()), self.ca_file())
+            .expect("an HTTP client")
+            .with_timeout(Duration::from_secs(60))
     }
 
     /// Starts the server process (again, after [`ServerUnderTest::kill`]) on

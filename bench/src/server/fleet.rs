@@ -6,13 +6,13 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
 use baton_proto::{
     ErrorBody, ErrorKind, Event, EventKind, GenerationInfo, GenerationState, RestartId,
-    RestartOutcome, RestartReport, ServiceState, ServiceStatus, SocketInfo, UnixMillis,
+    RestartOutcome, RestartReport, ServiceState, ServiceStatus, SocketInfo, now_millis,
 };
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
@@ -161,12 +161,6 @@ struct SimHost {
     ticks: u32,
     service_start: Duration,
     log: Arc<Mutex<Vec<HostRestart>>>,
-}
-
-fn now_millis() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SimHost {

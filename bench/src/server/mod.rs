@@ -3,8 +3,6 @@
 
 #[path = "../child.rs"]
 pub mod child;
-#[path = "../control.rs"]
-pub mod control;
 pub mod fleet;
 pub mod http;
 pub mod procs;

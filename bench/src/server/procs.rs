@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::child::{tail, wait_until_ready};
-use super::control::ControlClient;
+use baton_client::AgentClient;
 use baton_proto::{Event, Request, Response, ServiceState};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -171,12 +171,8 @@ fn healthz(port: u16) -> bool {
 }
 
 fn status_of(socket: &Path) -> anyhow::Result<baton_proto::AgentStatus> {
-    let mut client = ControlClient::connect(socket, Some(Duration::from_secs(30)))?;
-    client.send(Request::Status)?;
-    match client.next()? {
-        Some(Response::Status(status)) => Ok(status),
-        other => bail!("unexpected answer to status: {other:?}"),
-    }
+    let mut client = AgentClient::connect(socket)?.with_patience(Some(Duration::from_secs(30)));
+    Ok(client.status()?)
 }
 
 /// SIGTERM, then SIGKILL if it has not exited within `grace`.
@@ -278,23 +274,23 @@ listen = "tcp://127.0.0.1:0"
     /// Asks for a restart without following it (its events arrive on the
     /// [`EventFeed`]); returns once the agent has accepted it.
     pub fn restart(&self, service: &str) -> anyhow::Result<()> {
-        let mut client = ControlClient::connect(&self.socket, Some(Duration::from_secs(30)))?;
-        client.send(Request::Restart {
-            service: service.to_owned(),
-            follow: false,
-            reason: Some("baton-server-bench baseline".to_owned()),
-        })?;
-        match client.next()? {
-            Some(Response::RestartAccepted { .. }) => Ok(()),
-            other => bail!("restart of {service} not accepted: {other:?}"),
-        }
+        let mut client =
+            AgentClient::connect(&self.socket)?.with_patience(Some(Duration::from_secs(30)));
+        client
+            .start_restart(
+                service,
+                Some("baton-server-bench baseline".to_owned()),
+                false,
+            )
+            .with_context(|| format!("restart of {service} not accepted"))?;
+        Ok(())
     }
 
     /// Every event of the agent from now on, each stamped with the moment
     /// this process read it.
     pub fn follow_events(&self) -> anyhow::Result<EventFeed> {
         // A read timeout would end the feed during a quiet stretch.
-        let mut client = ControlClient::connect(&self.socket, None)?;
+        let mut client = AgentClient::connect(&self.socket)?;
         // The backlog comes first; callers drain it before they time anything.
         client.send(Request::Events {
             after: 0,
@@ -307,7 +303,7 @@ listen = "tcp://127.0.0.1:0"
         std::thread::Builder::new()
             .name("agent-events".to_owned())
             .spawn(move || {
-                while let Ok(Some(response)) = client.next() {
+                while let Ok(Some(response)) = client.receive() {
                     if let Response::Event(event) = response
                         && sender.send((Instant::now(), event)).is_err()
                     {

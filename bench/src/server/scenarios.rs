@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use baton_proto::api::{Restart, RestartState};
-use baton_proto::{EventKind, RestartOutcome};
+use baton_client::ServerClient;
+use baton_proto::api::{RestartRequest, RestartState};
+use baton_proto::{EventKind, RestartOutcome, ServiceName};
 
 use super::fleet::{Fleet, HostRestart};
 use super::http::{self, ClientKind, LoadSettings, Throughput};
@@ -97,9 +98,11 @@ pub async fn post_to_spawn(
     program: &Path,
     runs: usize,
 ) -> anyhow::Result<PostToSpawn> {
-    let client = reqwest::Client::new();
+    let viewer = ServerClient::new(&server.url(), Some(server.tokens.viewer.clone()), None)?;
+    let operator = viewer.with_token(server.tokens.operator.clone());
+    let name = ServiceName::parse(service)?;
     let feed = agent.follow_events()?;
-    wait_until_listed(&client, server, service).await?;
+    wait_until_listed(&viewer, server, &name).await?;
     let mut result = PostToSpawn {
         runs,
         via_server: Vec::with_capacity(runs),
@@ -108,7 +111,7 @@ pub async fn post_to_spawn(
         bare_spawn: Vec::with_capacity(runs),
     };
     for run in 0..=runs {
-        let (spawn, answer) = restart_via_server(&client, server, &feed, service)
+        let (spawn, answer) = restart_via_server(&viewer, &operator, &feed, &name)
             .await
             .with_context(|| format!("restart {run} through the server"))?;
         let control = restart_via_control(agent, &feed, service)
@@ -141,25 +144,17 @@ fn bare_spawn(program: &Path) -> anyhow::Result<Duration> {
 }
 
 async fn wait_until_listed(
-    client: &reqwest::Client,
+    viewer: &ServerClient,
     server: &Server,
-    service: &str,
+    service: &ServiceName,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let response = client
-            .get(format!("{}/services/{service}", server.url()))
-            .bearer_auth(&server.tokens.viewer)
-            .send()
-            .await?;
-        if response.status() == 200 {
-            let body: serde_json::Value = response.json().await?;
-            if body["hosts"]
-                .as_array()
-                .is_some_and(|hosts| hosts.iter().any(|h| h["online"] == true))
-            {
-                return Ok(());
-            }
+        match viewer.service(service).await {
+            Ok(listed) if listed.hosts.iter().any(|h| h.online) => return Ok(()),
+            // Not listed yet.
+            Ok(_) | Err(baton_client::Error::Status { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
         if Instant::now() > deadline {
             bail!(
@@ -191,27 +186,19 @@ fn wait_finished(feed: &EventFeed, service: &str) -> anyhow::Result<()> {
 }
 
 async fn restart_via_server(
-    client: &reqwest::Client,
-    server: &Server,
+    viewer: &ServerClient,
+    operator: &ServerClient,
     feed: &EventFeed,
-    service: &str,
+    service: &ServiceName,
 ) -> anyhow::Result<(Duration, Duration)> {
     feed.drain();
-    let url = format!("{}/services/{service}/restart", server.url());
     let sent = Instant::now();
-    let response = client
-        .post(&url)
-        .bearer_auth(&server.tokens.operator)
-        .send()
-        .await?;
+    let restart = operator
+        .start_restart(service, &RestartRequest::default())
+        .await
+        .with_context(|| format!("POST /services/{service}/restart"))?;
     let answered = Instant::now();
-    ensure!(
-        response.status() == 202,
-        "POST {url} answered {}: {}",
-        response.status(),
-        response.text().await.unwrap_or_default()
-    );
-    let restart: Restart = response.json().await?;
+    let service = service.as_str();
     // The feed's thread stamped the event when it arrived, whether that was
     // before or after the answer above was read.
     let (spawned, _) = feed.wait_for(Duration::from_secs(10), is_spawn(service))?;
@@ -219,13 +206,7 @@ async fn restart_via_server(
     // The next POST would get a 409 until the server has recorded the end.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state: Restart = client
-            .get(format!("{}/restarts/{}", server.url(), restart.id))
-            .bearer_auth(&server.tokens.viewer)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let state = viewer.restart(restart.id).await?;
         if state.state == RestartState::Finished {
             ensure!(
                 state.outcome == Some(RestartOutcome::Succeeded),
@@ -278,22 +259,22 @@ pub async fn rolling(
     service: &str,
     expected_hosts: usize,
 ) -> anyhow::Result<RollingRun> {
-    let client = reqwest::Client::new();
+    let operator = ServerClient::new(&server.url(), Some(server.tokens.operator.clone()), None)?
+        // The answer waits for every host.
+        .with_timeout(Duration::from_secs(600));
+    let name = ServiceName::parse(service)?;
+    let body = RestartRequest {
+        max_parallel: Some(1),
+        reason: Some("baton-server-bench rolling restart".to_owned()),
+        ..RestartRequest::default()
+    };
     fleet.clear_restarts();
-    let url = format!("{}/services/{service}/restart?wait=true", server.url());
     let sent = Instant::now();
-    let response = client
-        .post(&url)
-        .bearer_auth(&server.tokens.operator)
-        .header("content-type", "application/json")
-        .body(r#"{"max_parallel":1,"reason":"baton-server-bench rolling restart"}"#)
-        .send()
-        .await?;
-    let status = response.status();
-    let body = response.text().await?;
+    let restart = operator
+        .restart_and_wait(&name, &body)
+        .await
+        .with_context(|| format!("POST /services/{service}/restart?wait=true"))?;
     let answered = Instant::now();
-    ensure!(status == 200, "POST {url} answered {status}: {body}");
-    let restart: Restart = serde_json::from_str(&body).context("unreadable restart")?;
     let mut hosts: Vec<HostRestart> = fleet
         .restarts()
         .into_iter()
