@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Every error answer: `{"error": "..."}`, plus the running restart's id on a `409`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -18,16 +19,54 @@ pub struct ApiError {
 /// Optional body of `POST /services/{name}/restart`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartRequest {
+    /// Why, for the history; at most 1024 characters.
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub reason: Option<String>,
-    /// Restrict the restart to these hosts; every host that runs the service when absent.
+    /// Restrict the restart to these hosts, each of which must run the
+    /// service; every host that runs the service when absent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Name>>, min_items = 1))]
     pub hosts: Option<Vec<String>>,
     /// How many hosts restart at the same time; 1 when absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 4294967295u32, format = Int64)
+    )]
     pub max_parallel: Option<u32>,
 }
 
+/// A service or host name as the OpenAPI document describes it: 1 to 64
+/// characters of `[A-Za-z0-9._-]`, not starting with a dot. A name that
+/// breaks the rule is answered `422`.
+#[cfg(feature = "openapi")]
+pub struct Name;
+
+#[cfg(feature = "openapi")]
+impl Name {
+    pub const PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$";
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Name {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(Self::PATTERN))
+            .description(Some(
+                "1 to 64 characters of [A-Za-z0-9._-], not starting with '.'.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Name {}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RestartState {
     Running,
     Finished,
@@ -35,6 +74,7 @@ pub enum RestartState {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum HostRestartState {
     /// Not started yet.
     Pending,
@@ -46,6 +86,7 @@ pub enum HostRestartState {
 
 /// A restart of one service across hosts, as `GET /restarts/{id}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Restart {
     pub id: u64,
     pub service: String,
@@ -62,14 +103,17 @@ pub struct Restart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_reason: Option<String>,
     pub max_parallel: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_at: UnixMillis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub finished_at: Option<UnixMillis>,
     /// In the order they restart (by host name).
     pub hosts: Vec<RestartHost>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartHost {
     pub host: String,
     pub state: HostRestartState,
@@ -79,10 +123,13 @@ pub struct RestartHost {
     pub outcome_reason: Option<String>,
     /// The agent's id of this restart, once the agent has accepted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub agent_restart_id: Option<RestartId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub started_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub finished_at: Option<UnixMillis>,
     /// The agent's events of this restart, oldest first. Empty in lists.
     #[serde(default)]
@@ -91,6 +138,7 @@ pub struct RestartHost {
 
 /// `GET /restarts`: newest first; pass `next_before` as `before` for the next page.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartPage {
     pub restarts: Vec<Restart>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +147,7 @@ pub struct RestartPage {
 
 /// One service across the fleet, as `GET /services/{name}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Service {
     pub name: String,
     pub hosts: Vec<ServiceOnHost>,
@@ -107,6 +156,7 @@ pub struct Service {
 /// One service on one host. Every live generation appears exactly once, in
 /// the list that says what it is doing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceOnHost {
     pub host: String,
     /// False when the host's agent is not connected; the rest is what it last reported.
@@ -128,6 +178,7 @@ pub struct ServiceOnHost {
     pub stopping: Vec<GenerationInfo>,
     pub consecutive_crashes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub running_restart: Option<RestartId>,
 }
 
@@ -179,29 +230,35 @@ impl ServiceOnHost {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceList {
     pub services: Vec<Service>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Host {
     pub name: String,
     pub agent_version: String,
     pub boot_id: String,
     pub online: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub first_seen: UnixMillis,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub last_seen: UnixMillis,
     /// Names of the services it last reported.
     pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostList {
     pub hosts: Vec<Host>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GenerationPhase {
     Starting,
     Ready,
@@ -211,6 +268,7 @@ pub enum GenerationPhase {
 
 /// One generation in the history, derived from the agent's events.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerationRecord {
     pub id: u64,
     pub host: String,
@@ -219,12 +277,16 @@ pub struct GenerationRecord {
     pub pid: u32,
     pub phase: GenerationPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub spawned_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub ready_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub draining_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub exited_at: Option<UnixMillis>,
     /// `exited with status 0`, `killed by SIGKILL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,11 +296,13 @@ pub struct GenerationRecord {
     pub connections_cut: Option<u32>,
     /// The agent restart that spawned it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub agent_restart_id: Option<RestartId>,
 }
 
 /// `GET /services/{name}/generations`: newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerationPage {
     pub generations: Vec<GenerationRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
