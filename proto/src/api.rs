@@ -33,7 +33,44 @@ pub struct RestartRequest {
         feature = "openapi",
         schema(minimum = 1, maximum = 4294967295u32, format = Int64)
     )]
+    #[serde(deserialize_with = "whole_number")]
     pub max_parallel: Option<u32>,
+}
+
+impl RestartRequest {
+    /// Reads a request body. Only a JSON object is one: serde alone would
+    /// also take an array as the fields in order.
+    pub fn from_json(body: &[u8]) -> serde_json::Result<RestartRequest> {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
+        serde_json::from_value(serde_json::Value::Object(object))
+    }
+}
+
+/// JSON has one kind of number, and JSON Schema calls `2.0` an integer, so a
+/// client that writes whole numbers with a fraction is understood.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            let unexpected = match number.as_f64() {
+                Some(f) => Unexpected::Float(f),
+                None => Unexpected::Other("a number"),
+            };
+            D::Error::invalid_value(unexpected, &"a whole number from 0 to 4294967295")
+        })
 }
 
 /// A service or host name as the OpenAPI document describes it: 1 to 64
@@ -336,6 +373,32 @@ mod tests {
             consecutive_crashes: 0,
             running_restart: None,
             last_restart: None,
+        }
+    }
+
+    #[test]
+    fn a_restart_request_is_a_json_object_with_whole_numbers() {
+        let request =
+            RestartRequest::from_json(br#"{"max_parallel": 3.0, "hosts": ["a"]}"#).unwrap();
+        assert_eq!(request.max_parallel, Some(3));
+        assert_eq!(request.hosts, Some(vec!["a".to_string()]));
+        let request =
+            RestartRequest::from_json(br#"{"max_parallel": null, "reason": null}"#).unwrap();
+        assert_eq!(request, RestartRequest::default());
+        for body in [
+            "[null, null]",
+            "null",
+            "3",
+            r#"{"max_parallel": 1.5}"#,
+            r#"{"max_parallel": -1}"#,
+            r#"{"max_parallel": 4294967296}"#,
+            r#"{"max_parallel": "2"}"#,
+            r#"{"surprise": 1}"#,
+        ] {
+            assert!(
+                RestartRequest::from_json(body.as_bytes()).is_err(),
+                "{body}"
+            );
         }
     }
 
