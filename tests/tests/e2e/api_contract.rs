@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const SEED: &str = "20261203";
 /// Per operation and phase; enough to reach every constraint, small enough
 /// to keep the test within a minute or two.
-const MAX_EXAMPLES: &str = "25";
+const MAX_EXAMPLES: &str = "50";
 
 async fn wait_for_host(server: &ServerUnderTest) {
     let deadline = Instant::now() + Duration::from_secs(20);
