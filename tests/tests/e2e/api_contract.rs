@@ -113,4 +113,11 @@ async fn schemathesis_finds_nothing_wrong_with_the_api() {
         "schemathesis found something ({}):\n{stdout}\n{stderr}",
         output.status
     );
+    // A run that tested nothing would pass too.
+    let generated: u32 = stdout
+        .lines()
+        .find_map(|line| line.trim().split_once(" generated, "))
+        .and_then(|(count, _)| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count of generated cases in:\n{stdout}"));
+    assert!(generated >= 100, "only {generated} cases:\n{stdout}");
 }
