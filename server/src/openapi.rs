@@ -88,73 +88,9 @@ impl Modify for RestartBodyMayBeLeftOut {
     }
 }
 
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-struct ServicePath {
-    /// The service; a name that breaks the rule is `422`.
-    #[param(value_type = Name)]
-    #[allow(dead_code)]
-    name: String,
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-struct RestartPath {
-    /// The server's id of the restart; anything but an unsigned 64-bit number is `400`.
-    #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
-    #[allow(dead_code)]
-    id: u64,
-}
-
-/// `limit` and `before`; a repeated or unparsable one is `400`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-struct PageQuery {
-    /// How many items: 50 when absent, and a number above 500 is taken as
-    /// 500. `0` is `422`.
-    #[param(minimum = 1, maximum = 4294967295u32, format = "uint32")]
-    limit: Option<u32>,
-    /// Only items with an id below this: the `next_before` of the previous page.
-    #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
-    before: Option<u64>,
-}
-
-/// The filters of `GET /restarts`; a value that breaks its rule is `422`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-struct RestartFilterQuery {
-    /// Only restarts of this service.
-    #[param(value_type = Option<Name>)]
-    service: Option<String>,
-    /// Only restarts that ended so.
-    outcome: Option<RestartOutcome>,
-    /// Only restarts that included this host.
-    #[param(value_type = Option<Name>)]
-    host: Option<String>,
-}
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-struct RestartQuery {
-    /// Answer `200` when the restart has ended instead of `202` at once.
-    #[param(default = false)]
-    wait: Option<bool>,
-}
-
-/// The answer of `GET /healthz`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct Health {
-    /// `ok`.
-    #[schema(pattern = "^ok$")]
-    status: String,
-}
-
-/// The operations. These functions are never called: each is the anchor of
-/// one `#[utoipa::path]`, whose handler lives in `routes/`.
+/// The operations and their parameters as the document describes them.
+/// Nothing here is called or built: the handlers in `routes/` are, and these
+/// only carry the `#[utoipa::path]` and `IntoParams` attributes.
 #[allow(dead_code)]
 mod paths {
     use super::*;
@@ -162,6 +98,65 @@ mod paths {
         ApiError, GenerationPage, HostList, Restart, RestartPage, RestartRequest, Service,
         ServiceList,
     };
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    struct ServicePath {
+        /// The service; a name that breaks the rule is `422`.
+        #[param(value_type = Name)]
+        name: String,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    struct RestartPath {
+        /// The server's id of the restart; anything but an unsigned 64-bit number is `400`.
+        #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
+        id: u64,
+    }
+
+    /// `limit` and `before`; a repeated or unparsable one is `400`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct PageQuery {
+        /// How many items: 50 when absent, and a number above 500 is taken as
+        /// 500. `0` is `422`.
+        #[param(minimum = 1, maximum = 4294967295u32, format = "uint32")]
+        limit: Option<u32>,
+        /// Only items with an id below this: the `next_before` of the previous page.
+        #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
+        before: Option<u64>,
+    }
+
+    /// The filters of `GET /restarts`; a value that breaks its rule is `422`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct RestartFilterQuery {
+        /// Only restarts of this service.
+        #[param(value_type = Option<Name>)]
+        service: Option<String>,
+        /// Only restarts that ended so.
+        outcome: Option<RestartOutcome>,
+        /// Only restarts that included this host.
+        #[param(value_type = Option<Name>)]
+        host: Option<String>,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct RestartQuery {
+        /// Answer `200` when the restart has ended instead of `202` at once.
+        #[param(default = false)]
+        wait: Option<bool>,
+    }
+
+    /// The answer of `GET /healthz`.
+    #[derive(ToSchema)]
+    struct Health {
+        /// `ok`.
+        #[schema(pattern = "^ok$")]
+        status: String,
+    }
 
     /// The server and its database answer.
     #[utoipa::path(
