@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Every error answer: `{"error": "..."}`, plus the running restart's id on a `409`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -18,16 +19,89 @@ pub struct ApiError {
 /// Optional body of `POST /services/{name}/restart`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartRequest {
+    /// Why, for the history; at most 1024 characters.
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub reason: Option<String>,
-    /// Restrict the restart to these hosts; every host that runs the service when absent.
+    /// Restrict the restart to these hosts, each of which must run the
+    /// service; every host that runs the service when absent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Name>>, min_items = 1))]
     pub hosts: Option<Vec<String>>,
     /// How many hosts restart at the same time; 1 when absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 4294967295u32, format = Int64)
+    )]
+    #[serde(deserialize_with = "whole_number")]
     pub max_parallel: Option<u32>,
 }
 
+impl RestartRequest {
+    /// Reads a request body. Only a JSON object is one: serde alone would
+    /// also take an array as the fields in order.
+    pub fn from_json(body: &[u8]) -> serde_json::Result<RestartRequest> {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
+        serde_json::from_value(serde_json::Value::Object(object))
+    }
+}
+
+/// JSON has one kind of number, and JSON Schema calls `2.0` an integer, so a
+/// client that writes whole numbers with a fraction is understood.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::de::{Error, Unexpected};
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            let unexpected = match number.as_f64() {
+                Some(f) => Unexpected::Float(f),
+                None => Unexpected::Other("a number"),
+            };
+            D::Error::invalid_value(unexpected, &"a whole number from 0 to 4294967295")
+        })
+}
+
+/// A service or host name as the OpenAPI document describes it: 1 to 64
+/// characters of `[A-Za-z0-9._-]`, not starting with a dot. A name that
+/// breaks the rule is answered `422`.
+#[cfg(feature = "openapi")]
+pub struct Name;
+
+#[cfg(feature = "openapi")]
+impl Name {
+    pub const PATTERN: &str = crate::ServiceName::PATTERN;
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Name {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(Self::PATTERN))
+            .description(Some(crate::ServiceName::RULE))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Name {}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RestartState {
     Running,
     Finished,
@@ -35,6 +109,7 @@ pub enum RestartState {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum HostRestartState {
     /// Not started yet.
     Pending,
@@ -46,6 +121,7 @@ pub enum HostRestartState {
 
 /// A restart of one service across hosts, as `GET /restarts/{id}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Restart {
     pub id: u64,
     pub service: String,
@@ -62,14 +138,17 @@ pub struct Restart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_reason: Option<String>,
     pub max_parallel: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_at: UnixMillis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub finished_at: Option<UnixMillis>,
     /// In the order they restart (by host name).
     pub hosts: Vec<RestartHost>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartHost {
     pub host: String,
     pub state: HostRestartState,
@@ -79,10 +158,13 @@ pub struct RestartHost {
     pub outcome_reason: Option<String>,
     /// The agent's id of this restart, once the agent has accepted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub agent_restart_id: Option<RestartId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub started_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub finished_at: Option<UnixMillis>,
     /// The agent's events of this restart, oldest first. Empty in lists.
     #[serde(default)]
@@ -91,6 +173,7 @@ pub struct RestartHost {
 
 /// `GET /restarts`: newest first; pass `next_before` as `before` for the next page.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartPage {
     pub restarts: Vec<Restart>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +182,7 @@ pub struct RestartPage {
 
 /// One service across the fleet, as `GET /services/{name}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Service {
     pub name: String,
     pub hosts: Vec<ServiceOnHost>,
@@ -107,6 +191,7 @@ pub struct Service {
 /// One service on one host. Every live generation appears exactly once, in
 /// the list that says what it is doing.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceOnHost {
     pub host: String,
     /// False when the host's agent is not connected; the rest is what it last reported.
@@ -128,6 +213,7 @@ pub struct ServiceOnHost {
     pub stopping: Vec<GenerationInfo>,
     pub consecutive_crashes: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub running_restart: Option<RestartId>,
 }
 
@@ -179,29 +265,35 @@ impl ServiceOnHost {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceList {
     pub services: Vec<Service>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Host {
     pub name: String,
     pub agent_version: String,
     pub boot_id: String,
     pub online: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub first_seen: UnixMillis,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub last_seen: UnixMillis,
     /// Names of the services it last reported.
     pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostList {
     pub hosts: Vec<Host>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GenerationPhase {
     Starting,
     Ready,
@@ -211,6 +303,7 @@ pub enum GenerationPhase {
 
 /// One generation in the history, derived from the agent's events.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerationRecord {
     pub id: u64,
     pub host: String,
@@ -219,12 +312,16 @@ pub struct GenerationRecord {
     pub pid: u32,
     pub phase: GenerationPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub spawned_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub ready_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub draining_at: Option<UnixMillis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub exited_at: Option<UnixMillis>,
     /// `exited with status 0`, `killed by SIGKILL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,11 +331,13 @@ pub struct GenerationRecord {
     pub connections_cut: Option<u32>,
     /// The agent restart that spawned it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub agent_restart_id: Option<RestartId>,
 }
 
 /// `GET /services/{name}/generations`: newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerationPage {
     pub generations: Vec<GenerationRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,6 +371,32 @@ mod tests {
             consecutive_crashes: 0,
             running_restart: None,
             last_restart: None,
+        }
+    }
+
+    #[test]
+    fn a_restart_request_is_a_json_object_with_whole_numbers() {
+        let request =
+            RestartRequest::from_json(br#"{"max_parallel": 3.0, "hosts": ["a"]}"#).unwrap();
+        assert_eq!(request.max_parallel, Some(3));
+        assert_eq!(request.hosts, Some(vec!["a".to_string()]));
+        let request =
+            RestartRequest::from_json(br#"{"max_parallel": null, "reason": null}"#).unwrap();
+        assert_eq!(request, RestartRequest::default());
+        for body in [
+            "[null, null]",
+            "null",
+            "3",
+            r#"{"max_parallel": 1.5}"#,
+            r#"{"max_parallel": -1}"#,
+            r#"{"max_parallel": 4294967296}"#,
+            r#"{"max_parallel": "2"}"#,
+            r#"{"surprise": 1}"#,
+        ] {
+            assert!(
+                RestartRequest::from_json(body.as_bytes()).is_err(),
+                "{body}"
+            );
         }
     }
 

@@ -166,6 +166,7 @@ pub struct ServiceStatus {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ServiceState {
     /// The first generation is starting and not ready yet.
     Starting,
@@ -199,6 +200,7 @@ pub struct SocketInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenerationInfo {
     pub generation: u64,
     /// The process the agent started, leader of the generation's process group.
@@ -208,8 +210,10 @@ pub struct GenerationInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_pid: Option<u32>,
     pub state: GenerationState,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub started_at: UnixMillis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub ready_at: Option<UnixMillis>,
     /// The last `STATUS=` the generation sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,6 +233,7 @@ impl GenerationInfo {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GenerationState {
     Starting,
     Ready,
@@ -250,6 +255,7 @@ impl fmt::Display for GenerationState {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RestartOutcome {
     /// The new generation became ready and the old one exited within the drain timeout.
     Succeeded,
@@ -323,12 +329,15 @@ pub struct RestartReport {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Increases by one for every event of an agent's lifetime.
     pub seq: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub at: UnixMillis,
     pub service: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub restart: Option<RestartId>,
     #[serde(flatten)]
     pub kind: EventKind,
@@ -336,6 +345,7 @@ pub struct Event {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventKind {
     RestartStarted {
         #[serde(default, skip_serializing_if = "Option::is_none")]

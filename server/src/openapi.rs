@@ -1,300 +1,804 @@
-//! `GET /openapi.json`, written by hand next to the shapes in
-//! `baton_proto::api`; the API tests check every route is listed.
+//! `GET /openapi.json`, generated from the types in `baton_proto::api`. The
+//! operations are declared here rather than on the handlers: one place to
+//! read the whole contract, and the handlers stay plain actix-web.
+//!
+//! Every constraint the server enforces is declared, with the status that
+//! enforces it, so a client (or a property-based tester) can tell a bad
+//! request from a server fault. Tests check the document against the mounted
+//! routes and real values against the schemas.
 
-use serde_json::{Value, json};
+use std::sync::LazyLock;
 
-fn error_response(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
-    })
+use baton_proto::RestartOutcome;
+use baton_proto::api::Name;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "baton-server",
+        description = "Control plane of baton. Errors are always JSON {\"error\": \"...\"}. \
+Reads need a viewer or operator token, restarts an operator token, the agent link an agent \
+token; /healthz, /metrics and /openapi.json are open. Times are Unix milliseconds. A method \
+a path does not have is answered 405 with an Allow header."
+    ),
+    paths(
+        paths::healthz,
+        paths::metrics,
+        paths::openapi_json,
+        paths::services,
+        paths::service,
+        paths::generations,
+        paths::restart,
+        paths::restarts,
+        paths::restart_by_id,
+        paths::hosts,
+        paths::agent_connect,
+    ),
+    modifiers(&BearerToken, &RestartBodyMayBeLeftOut)
+)]
+struct Document;
+
+/// The document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(Document::openapi);
+    &DOCUMENT
 }
 
-fn json_response(description: &str, schema: &str) -> Value {
-    json!({
-        "description": description,
-        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
-    })
+/// The document as served.
+pub fn json() -> bytes::Bytes {
+    static JSON: LazyLock<bytes::Bytes> = LazyLock::new(|| {
+        serde_json::to_vec(document())
+            .expect("the OpenAPI document serialises")
+            .into()
+    });
+    JSON.clone()
 }
 
-fn read_errors() -> Value {
-    json!({
-        "401": error_response("No token, or an unknown one."),
-        "403": error_response("The token's role may not read (agent tokens)."),
-    })
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
 }
 
-fn merge(mut base: Value, extra: Value) -> Value {
-    if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            base.insert(k.clone(), v.clone());
+/// `Option<RestartRequest>` would declare `null` a body, which it is not:
+/// the body may only be left out.
+struct RestartBodyMayBeLeftOut;
+
+impl Modify for RestartBodyMayBeLeftOut {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let body = openapi
+            .paths
+            .paths
+            .get_mut("/services/{name}/restart")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|operation| operation.request_body.as_mut());
+        if let Some(body) = body {
+            body.required = Some(utoipa::openapi::Required::False);
         }
     }
-    base
 }
 
-fn service_name_parameter() -> Value {
-    json!({
-        "name": "name", "in": "path", "required": true,
-        "description": "1 to 64 characters of [A-Za-z0-9._-], not starting with '.'; anything else is 422.",
-        "schema": { "type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$" }
-    })
+/// The operations and their parameters as the document describes them.
+/// Nothing here is called or built: the handlers in `routes/` are, and these
+/// only carry the `#[utoipa::path]` and `IntoParams` attributes.
+#[allow(dead_code)]
+mod paths {
+    use super::*;
+    use baton_proto::api::{
+        ApiError, GenerationPage, HostList, Restart, RestartPage, RestartRequest, Service,
+        ServiceList,
+    };
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    struct ServicePath {
+        /// The service; a name that breaks the rule is `422`.
+        #[param(value_type = Name)]
+        name: String,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    struct RestartPath {
+        /// The server's id of the restart; anything but an unsigned 64-bit number is `400`.
+        #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
+        id: u64,
+    }
+
+    /// `limit` and `before`; a repeated or unparsable one is `400`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct PageQuery {
+        /// How many items: 50 when absent, and a number above 500 is taken as
+        /// 500. `0` is `422`.
+        #[param(minimum = 1, maximum = 4294967295u32, format = "uint32")]
+        limit: Option<u32>,
+        /// Only items with an id below this: the `next_before` of the previous page.
+        #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
+        before: Option<u64>,
+    }
+
+    /// The filters of `GET /restarts`; a value that breaks its rule is `422`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct RestartFilterQuery {
+        /// Only restarts of this service.
+        #[param(value_type = Option<Name>)]
+        service: Option<String>,
+        /// Only restarts that ended so.
+        outcome: Option<RestartOutcome>,
+        /// Only restarts that included this host.
+        #[param(value_type = Option<Name>)]
+        host: Option<String>,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct RestartQuery {
+        /// Answer `200` when the restart has ended instead of `202` at once.
+        #[param(default = false)]
+        wait: Option<bool>,
+    }
+
+    /// The answer of `GET /healthz`.
+    #[derive(ToSchema)]
+    struct Health {
+        /// `ok`.
+        #[schema(pattern = "^ok$")]
+        status: String,
+    }
+
+    /// The server and its database answer.
+    #[utoipa::path(
+        tag = "health",
+        get,
+        path = "/healthz",
+        responses(
+            (status = 200, description = "Healthy.", body = inline(Health)),
+            (status = 500, description = "The database does not answer.", body = ApiError),
+        )
+    )]
+    pub fn healthz() {}
+
+    /// Prometheus text: `baton_restarts_total{outcome}`,
+    /// `baton_restart_duration_seconds`, `baton_agents_online`,
+    /// `baton_generations_draining`.
+    #[utoipa::path(
+        tag = "health",
+        get,
+        path = "/metrics",
+        responses(
+            (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"),
+        )
+    )]
+    pub fn metrics() {}
+
+    /// This document.
+    #[utoipa::path(
+        tag = "health",
+        get,
+        path = "/openapi.json",
+        responses(
+            (status = 200, description = "OpenAPI 3.1.", body = Object, content_type = "application/json"),
+        )
+    )]
+    pub fn openapi_json() {}
+
+    /// Every service on every host, as last reported (offline hosts
+    /// included, with `online: false`).
+    ///
+    /// Gzipped for a client that sends `Accept-Encoding: gzip`. Every answer
+    /// carries an ETag that changes with the fleet; a request whose
+    /// `If-None-Match` holds it gets `304` and no body.
+    #[utoipa::path(
+        tag = "services",
+        get,
+        path = "/services",
+        params(
+            ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETags of versions the client has, or `*`."),
+            ("Accept-Encoding" = Option<String>, Header, nullable = false, description = "`gzip` for a gzipped answer."),
+        ),
+        responses(
+            (status = 200, description = "Services by name.", body = ServiceList,
+                headers(("ETag" = String, description = "The version of the list."))),
+            (status = 304, description = "Unchanged since the ETag sent in If-None-Match.",
+                headers(("ETag" = String, description = "The version of the list."))),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn services() {}
+
+    /// One service: per host the current generation, and draining
+    /// generations with live connection counts.
+    #[utoipa::path(
+        tag = "services",
+        get,
+        path = "/services/{name}",
+        params(ServicePath),
+        responses(
+            (status = 200, description = "The service.", body = Service),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
+            (status = 404, description = "No host runs it.", body = ApiError),
+            (status = 422, description = "Invalid name.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn service() {}
+
+    /// Generation history of a service, newest first. The history outlives
+    /// the service, so an unknown name is an empty page.
+    #[utoipa::path(
+        tag = "services",
+        get,
+        path = "/services/{name}/generations",
+        params(ServicePath, PageQuery),
+        responses(
+            (status = 200, description = "A page of generations.", body = GenerationPage),
+            (status = 400, description = "Unparsable query: a repeated or non-numeric `limit` or `before`.", body = ApiError),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
+            (status = 422, description = "Invalid name, or `limit` 0.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn generations() {}
+
+    /// Rolling restart of a service on every host that runs it (or those
+    /// named in `hosts`), `max_parallel` hosts at a time in host-name order,
+    /// stopping at the first host that does not succeed.
+    #[utoipa::path(
+        tag = "services",
+        post,
+        path = "/services/{name}/restart",
+        params(
+            ServicePath,
+            RestartQuery,
+            ("Idempotency-Key" = Option<String>, Header, nullable = false,
+                description = "A retried request with the same key answers the same restart instead of starting another. 1 to 255 visible ASCII characters; anything else is `400`.",
+                min_length = 1, max_length = 255, pattern = "^[!-~]([\\t -~]{0,253}[!-~])?$"),
+        ),
+        request_body(content = RestartRequest, description = "Optional; an empty body restarts every host that runs the service.", content_type = "application/json"),
+        responses(
+            (status = 202, description = "Started.", body = Restart,
+                headers(("Location" = String, description = "`/restarts/{id}`"))),
+            (status = 200, description = "With `?wait=true`: the restart as it ended.", body = Restart,
+                headers(("Location" = String, description = "`/restarts/{id}`"))),
+            (status = 400, description = "Malformed JSON, an unknown field, a bad Idempotency-Key or an unparsable query.", body = ApiError),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "Not an operator token.", body = ApiError),
+            (status = 404, description = "No host runs the service.", body = ApiError),
+            (status = 409, description = "A restart of the service is running; `restart_id` tells which.", body = ApiError),
+            (status = 413, description = "A body over the limit (16 KiB by default).", body = ApiError),
+            (status = 422, description = "Invalid service name, `max_parallel`, `hosts` (or a host that does not run the service) or `reason`; or an Idempotency-Key already used for another service.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn restart() {}
+
+    /// Restarts, newest first, without their steps.
+    #[utoipa::path(
+        tag = "restarts",
+        get,
+        path = "/restarts",
+        params(RestartFilterQuery, PageQuery),
+        responses(
+            (status = 200, description = "A page of restarts.", body = RestartPage),
+            (status = 400, description = "Unparsable query: a repeated parameter, or a non-numeric `limit` or `before`.", body = ApiError),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
+            (status = 422, description = "An invalid filter, or `limit` 0.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn restarts() {}
+
+    /// One restart with every host's steps (the agent's events) and outcome.
+    #[utoipa::path(
+        tag = "restarts",
+        get,
+        path = "/restarts/{id}",
+        params(RestartPath),
+        responses(
+            (status = 200, description = "The restart.", body = Restart),
+            (status = 400, description = "The id is not an unsigned 64-bit number.", body = ApiError),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
+            (status = 404, description = "No such restart.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn restart_by_id() {}
+
+    /// Every agent the server has seen.
+    #[utoipa::path(
+        tag = "hosts",
+        get,
+        path = "/hosts",
+        responses(
+            (status = 200, description = "Hosts by name.", body = HostList),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn hosts() {}
+
+    /// The agent link: a WebSocket of JSON text frames (`baton_proto::link`).
+    ///
+    /// First frame Hello, answered by Welcome{resume_after}; then Events
+    /// (answered by Ack{seq}), Status every second, RestartStarted answers to
+    /// Restart commands. Silence over 5 s marks the host offline.
+    #[utoipa::path(
+        tag = "agent",
+        get,
+        path = "/agent/v1/connect",
+        responses(
+            (status = 101, description = "Switching protocols."),
+            (status = 400, description = "Not a WebSocket upgrade.", body = ApiError),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "Not an agent token.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn agent_connect() {}
 }
 
-fn page_parameters() -> Vec<Value> {
-    vec![
-        json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } }),
-        json!({ "name": "before", "in": "query", "description": "Only items with an id below this: the `next_before` of the previous page.", "schema": { "type": "integer" } }),
-    ]
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::{Method, StatusCode, header};
+    use actix_web::test::{self as actix_test, TestRequest};
+    use actix_web::{App, HttpRequest, HttpResponse, web};
+    use baton_proto::api::{
+        ApiError, GenerationPage, GenerationPhase, GenerationRecord, Host, HostList,
+        HostRestartState, Restart, RestartHost, RestartPage, RestartRequest, RestartState, Service,
+        ServiceList, ServiceOnHost,
+    };
+    use baton_proto::{
+        Event, EventKind, GenerationInfo, GenerationState, ServiceState, ServiceStatus,
+    };
+    use serde_json::{Value, json};
+    use std::collections::BTreeSet;
 
-pub fn document() -> Value {
-    let bearer = json!([{ "bearer": [] }]);
-    let mut restart_list_parameters = vec![
-        json!({ "name": "service", "in": "query", "schema": { "type": "string" } }),
-        json!({ "name": "outcome", "in": "query", "schema": { "$ref": "#/components/schemas/Outcome" } }),
-        json!({ "name": "host", "in": "query", "description": "Restarts that included this host.", "schema": { "type": "string" } }),
+    fn document_json() -> Value {
+        serde_json::from_slice(&json()).unwrap()
+    }
+
+    /// A validator for one component of the document. Every object component
+    /// is made strict (`unevaluatedProperties: false`) so that a field the
+    /// document does not know fails, as `main_pid` once did.
+    fn validator(component: &str) -> jsonschema::Validator {
+        let mut components = document_json()["components"].take();
+        for schema in components["schemas"].as_object_mut().unwrap().values_mut() {
+            if schema.get("properties").is_some() || schema.get("allOf").is_some() {
+                schema["unevaluatedProperties"] = json!(false);
+            }
+        }
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": format!("#/components/schemas/{component}"),
+            "components": components,
+        });
+        jsonschema::validator_for(&schema).unwrap()
+    }
+
+    #[track_caller]
+    fn assert_valid(component: &str, value: &impl serde::Serialize) {
+        let value = serde_json::to_value(value).unwrap();
+        let errors: Vec<String> = validator(component)
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{component} does not describe {value:#}:\n{}",
+            errors.join("\n")
+        );
+    }
+
+    #[track_caller]
+    fn assert_invalid(component: &str, value: Value) {
+        assert!(
+            !validator(component).is_valid(&value),
+            "{component} accepts {value:#}"
+        );
+    }
+
+    fn generation(number: u64, state: GenerationState) -> GenerationInfo {
+        GenerationInfo {
+            generation: number,
+            pid: 4100 + number as u32,
+            main_pid: None,
+            state,
+            started_at: 1_700_000_000_000 + number,
+            ready_at: None,
+            status_text: None,
+            connections: Some(3),
+        }
+    }
+
+    fn service() -> Service {
+        let serving = GenerationInfo {
+            main_pid: Some(4123),
+            ready_at: Some(1_700_000_000_500),
+            status_text: Some("serving".into()),
+            ..generation(2, GenerationState::Ready)
+        };
+        let status = ServiceStatus {
+            name: "web".into(),
+            state: ServiceState::Restarting,
+            sockets: Vec::new(),
+            generations: vec![
+                generation(1, GenerationState::Draining),
+                serving,
+                generation(3, GenerationState::Starting),
+                generation(4, GenerationState::Stopping),
+            ],
+            consecutive_crashes: 0,
+            running_restart: Some(7),
+            last_restart: None,
+        };
+        Service {
+            name: "web".into(),
+            hosts: vec![ServiceOnHost::from_status("host-a", true, &status)],
+        }
+    }
+
+    fn every_event_kind() -> Vec<EventKind> {
+        use baton_proto::RestartOutcome::*;
+        vec![
+            EventKind::RestartStarted {
+                reason: Some("deploy".into()),
+            },
+            EventKind::GenerationSpawned {
+                generation: 3,
+                pid: 4103,
+            },
+            EventKind::GenerationReady {
+                generation: 3,
+                pid: 4103,
+                startup_us: 12_345,
+            },
+            EventKind::GenerationStatus {
+                generation: 3,
+                status: "warming".into(),
+            },
+            EventKind::GenerationDraining {
+                generation: 2,
+                pid: 4102,
+                signal: "SIGTERM".into(),
+                connections: Some(4),
+            },
+            EventKind::DrainProgress {
+                generation: 2,
+                connections: 1,
+            },
+            EventKind::GenerationKilled {
+                generation: 2,
+                pid: 4102,
+                connections_cut: 1,
+            },
+            EventKind::GenerationExited {
+                generation: 2,
+                pid: 4102,
+                status: "killed by SIGKILL".into(),
+                unexpected: false,
+            },
+            EventKind::CrashRestartScheduled {
+                generation: 3,
+                backoff_ms: 200,
+                consecutive_crashes: 2,
+            },
+            EventKind::NotifyIgnored {
+                pid: 999,
+                message: "READY=1".into(),
+            },
+            EventKind::RestartFinished {
+                outcome: Forced,
+                reason: Some("drain timeout".into()),
+            },
+        ]
+    }
+
+    fn restart() -> Restart {
+        let steps = every_event_kind()
+            .into_iter()
+            .enumerate()
+            .map(|(seq, kind)| Event {
+                seq: seq as u64 + 1,
+                at: 1_700_000_001_000 + seq as u64,
+                service: "web".into(),
+                restart: Some(7),
+                kind,
+            })
+            .collect();
+        Restart {
+            id: 12,
+            service: "web".into(),
+            reason: Some("deploy".into()),
+            requested_by: Some("ci".into()),
+            state: RestartState::Finished,
+            outcome: Some(baton_proto::RestartOutcome::Forced),
+            outcome_reason: Some("host host-a: drain timeout".into()),
+            max_parallel: 1,
+            created_at: 1_700_000_000_900,
+            finished_at: Some(1_700_000_002_000),
+            hosts: vec![
+                RestartHost {
+                    host: "host-a".into(),
+                    state: HostRestartState::Finished,
+                    outcome: Some(baton_proto::RestartOutcome::Forced),
+                    outcome_reason: Some("drain timeout".into()),
+                    agent_restart_id: Some(7),
+                    started_at: Some(1_700_000_001_000),
+                    finished_at: Some(1_700_000_002_000),
+                    steps,
+                },
+                RestartHost {
+                    host: "host-b".into(),
+                    state: HostRestartState::Skipped,
+                    outcome: None,
+                    outcome_reason: None,
+                    agent_restart_id: None,
+                    started_at: None,
+                    finished_at: None,
+                    steps: Vec::new(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_service_with_a_main_pid_matches_its_schema() {
+        let service = service();
+        let on_host = &service.hosts[0];
+        assert_eq!(on_host.current.as_ref().unwrap().main_pid, Some(4123));
+        assert!(!on_host.starting.is_empty() && !on_host.stopping.is_empty());
+        assert_valid("GenerationInfo", on_host.current.as_ref().unwrap());
+        assert_valid("Service", &service);
+        assert_valid(
+            "ServiceList",
+            &ServiceList {
+                services: vec![service],
+            },
+        );
+    }
+
+    #[test]
+    fn a_restart_with_every_kind_of_step_matches_its_schema() {
+        let restart = restart();
+        assert_valid("Restart", &restart);
+        assert_valid(
+            "RestartPage",
+            &RestartPage {
+                restarts: vec![restart],
+                next_before: Some(12),
+            },
+        );
+        let running = Restart {
+            state: RestartState::Running,
+            outcome: None,
+            outcome_reason: None,
+            finished_at: None,
+            reason: None,
+            requested_by: None,
+            ..self::restart()
+        };
+        assert_valid("Restart", &running);
+    }
+
+    #[test]
+    fn hosts_generations_and_errors_match_their_schemas() {
+        let host = Host {
+            name: "host-a".into(),
+            agent_version: "0.1.0".into(),
+            boot_id: "5f0c".into(),
+            online: true,
+            first_seen: 1_700_000_000_000,
+            last_seen: 1_700_000_009_000,
+            services: vec!["web".into()],
+        };
+        assert_valid("Host", &host);
+        assert_valid("HostList", &HostList { hosts: vec![host] });
+        let record = GenerationRecord {
+            id: 3,
+            host: "host-a".into(),
+            service: "web".into(),
+            generation: 2,
+            pid: 4102,
+            phase: GenerationPhase::Exited,
+            spawned_at: Some(1),
+            ready_at: Some(2),
+            draining_at: Some(3),
+            exited_at: Some(4),
+            exit_status: Some("exited with status 0".into()),
+            connections_cut: Some(0),
+            agent_restart_id: Some(7),
+        };
+        assert_valid(
+            "GenerationPage",
+            &GenerationPage {
+                generations: vec![record],
+                next_before: Some(3),
+            },
+        );
+        assert_valid(
+            "ApiError",
+            &ApiError {
+                error: "a restart of web is already running".into(),
+                restart_id: Some(7),
+            },
+        );
+        assert_valid(
+            "RestartRequest",
+            &RestartRequest {
+                reason: Some("deploy".into()),
+                hosts: Some(vec!["host-a".into()]),
+                max_parallel: Some(2),
+            },
+        );
+        assert_valid("RestartRequest", &RestartRequest::default());
+    }
+
+    #[test]
+    fn the_schemas_reject_what_the_server_rejects_or_never_sends() {
+        let mut generation = serde_json::to_value(generation(1, GenerationState::Ready)).unwrap();
+        generation["main_pid_of_another_kind"] = json!(1);
+        assert_invalid("GenerationInfo", generation);
+        let mut restart = serde_json::to_value(restart()).unwrap();
+        restart["hosts"][0]["steps"][0]["surprise"] = json!(true);
+        assert_invalid("Restart", restart);
+        let mut restart = serde_json::to_value(self::restart()).unwrap();
+        restart.as_object_mut().unwrap().remove("hosts");
+        assert_invalid("Restart", restart);
+        for body in [
+            json!({"max_parallel": 0}),
+            json!({"max_parallel": 4_294_967_296u64}),
+            json!({"hosts": []}),
+            json!({"hosts": [""]}),
+            json!({"hosts": [".hidden"]}),
+            json!({"reason": "x".repeat(1025)}),
+            json!({"unknown": 1}),
+        ] {
+            assert_invalid("RestartRequest", body);
+        }
+    }
+
+    #[test]
+    fn the_name_pattern_is_the_servers_name_rule() {
+        let pattern = jsonschema::validator_for(&json!({
+            "type": "string",
+            "pattern": Name::PATTERN,
+        }))
+        .unwrap();
+        let long = "x".repeat(64);
+        let too_long = "x".repeat(65);
+        for name in [
+            "web", "a", "-", "_x", "api.v2", "my_svc-1", "a..b", &long, "", ".", ".hidden", "a/b",
+            "web ", " web", "é", "a\nb", &too_long,
+        ] {
+            assert_eq!(
+                pattern.is_valid(&json!(name)),
+                crate::domain::ServiceName::parse(name).is_ok(),
+                "{name:?}"
+            );
+            assert_eq!(
+                crate::domain::ServiceName::parse(name).is_ok(),
+                crate::domain::validate_host_name(name).is_ok(),
+                "{name:?}"
+            );
+        }
+    }
+
+    /// Every resource pattern `configure` mounts. actix-web lists its
+    /// resources nowhere public but in its resource map's debug form.
+    async fn mounted_patterns(configure: fn(&mut web::ServiceConfig)) -> BTreeSet<String> {
+        let app = actix_test::init_service(App::new().configure(configure).default_service(
+            web::to(|request: HttpRequest| async move {
+                HttpResponse::Ok().body(format!("{:?}", request.resource_map()))
+            }),
+        ))
+        .await;
+        let request = TestRequest::get().uri("/no/such/route").to_request();
+        let map = String::from_utf8(actix_test::call_and_read_body(&app, request).await.to_vec())
+            .unwrap();
+        let patterns: BTreeSet<String> = map
+            .split("patterns: Single(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("\")").map(|(p, _)| p.to_string()))
+            .collect();
+        assert!(!patterns.is_empty(), "no patterns found in {map}");
+        patterns
+    }
+
+    const METHODS: [Method; 8] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
     ];
-    restart_list_parameters.extend(page_parameters());
-    let mut generation_parameters = vec![service_name_parameter()];
-    generation_parameters.extend(page_parameters());
 
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "baton-server",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Control plane of baton. Errors are always JSON {\"error\": \"...\"}. Reads need a viewer or operator token, restarts an operator token, the agent link an agent token; /healthz, /metrics and /openapi.json are open. Times are Unix milliseconds."
-        },
-        "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Error": {
-                    "type": "object", "required": ["error"],
-                    "properties": {
-                        "error": { "type": "string" },
-                        "restart_id": { "type": "integer", "description": "On 409: the restart that is running." }
-                    }
-                },
-                "Outcome": { "type": "string", "enum": ["succeeded", "forced", "rolled_back", "failed"] },
-                "RestartRequest": {
-                    "type": "object", "additionalProperties": false,
-                    "properties": {
-                        "reason": { "type": "string", "maxLength": 1024 },
-                        "hosts": { "type": "array", "items": { "type": "string" }, "minItems": 1, "description": "Only these hosts (each must run the service); all when absent." },
-                        "max_parallel": { "type": "integer", "minimum": 1, "default": 1 }
-                    }
-                },
-                "Event": {
-                    "type": "object", "required": ["seq", "at", "service", "event"],
-                    "description": "An agent event (baton_proto::Event); the other fields depend on `event`.",
-                    "properties": {
-                        "seq": { "type": "integer" }, "at": { "type": "integer" },
-                        "service": { "type": "string" }, "restart": { "type": "integer" },
-                        "event": { "type": "string", "enum": ["restart_started", "generation_spawned", "generation_ready", "generation_status", "generation_draining", "drain_progress", "generation_killed", "generation_exited", "crash_restart_scheduled", "notify_ignored", "restart_finished"] }
-                    }
-                },
-                "RestartHost": {
-                    "type": "object", "required": ["host", "state", "steps"],
-                    "properties": {
-                        "host": { "type": "string" },
-                        "state": { "type": "string", "enum": ["pending", "running", "finished", "skipped"] },
-                        "outcome": { "$ref": "#/components/schemas/Outcome" },
-                        "outcome_reason": { "type": "string" },
-                        "agent_restart_id": { "type": "integer" },
-                        "started_at": { "type": "integer" }, "finished_at": { "type": "integer" },
-                        "steps": { "type": "array", "items": { "$ref": "#/components/schemas/Event" }, "description": "Empty in lists." }
-                    }
-                },
-                "Restart": {
-                    "type": "object", "required": ["id", "service", "state", "max_parallel", "created_at", "hosts"],
-                    "properties": {
-                        "id": { "type": "integer" }, "service": { "type": "string" },
-                        "reason": { "type": "string" }, "requested_by": { "type": "string" },
-                        "state": { "type": "string", "enum": ["running", "finished"] },
-                        "outcome": { "$ref": "#/components/schemas/Outcome" },
-                        "outcome_reason": { "type": "string", "description": "\"host NAME: reason\" of the first host that did not succeed." },
-                        "max_parallel": { "type": "integer" },
-                        "created_at": { "type": "integer" }, "finished_at": { "type": "integer" },
-                        "hosts": { "type": "array", "items": { "$ref": "#/components/schemas/RestartHost" } }
-                    }
-                },
-                "RestartPage": {
-                    "type": "object", "required": ["restarts"],
-                    "properties": {
-                        "restarts": { "type": "array", "items": { "$ref": "#/components/schemas/Restart" } },
-                        "next_before": { "type": "integer" }
-                    }
-                },
-                "Generation": {
-                    "type": "object", "required": ["generation", "pid", "state", "started_at"],
-                    "properties": {
-                        "generation": { "type": "integer" }, "pid": { "type": "integer" },
-                        "state": { "type": "string", "enum": ["starting", "ready", "draining", "stopping"] },
-                        "started_at": { "type": "integer" }, "ready_at": { "type": "integer" },
-                        "status_text": { "type": "string" },
-                        "connections": { "type": "integer", "description": "Established connections, from the kernel." }
-                    }
-                },
-                "ServiceOnHost": {
-                    "type": "object", "required": ["host", "online", "state", "draining", "consecutive_crashes"],
-                    "description": "Every live generation is in exactly one of current, starting, draining and stopping.",
-                    "properties": {
-                        "host": { "type": "string" }, "online": { "type": "boolean" },
-                        "state": { "type": "string", "enum": ["starting", "ready", "restarting", "crash_looping", "stopped"] },
-                        "current": { "$ref": "#/components/schemas/Generation", "description": "The newest ready generation: the one that serves." },
-                        "starting": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" }, "description": "Absent when empty." },
-                        "draining": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" }, "description": "Old generations finishing their connections." },
-                        "stopping": { "type": "array", "items": { "$ref": "#/components/schemas/Generation" }, "description": "Stopped without a drain; absent when empty." },
-                        "consecutive_crashes": { "type": "integer" },
-                        "running_restart": { "type": "integer", "description": "The agent's id of its running restart." }
-                    }
-                },
-                "Service": {
-                    "type": "object", "required": ["name", "hosts"],
-                    "properties": {
-                        "name": { "type": "string" },
-                        "hosts": { "type": "array", "items": { "$ref": "#/components/schemas/ServiceOnHost" } }
-                    }
-                },
-                "ServiceList": {
-                    "type": "object", "required": ["services"],
-                    "properties": { "services": { "type": "array", "items": { "$ref": "#/components/schemas/Service" } } }
-                },
-                "GenerationRecord": {
-                    "type": "object", "required": ["id", "host", "service", "generation", "pid", "phase"],
-                    "properties": {
-                        "id": { "type": "integer" }, "host": { "type": "string" }, "service": { "type": "string" },
-                        "generation": { "type": "integer" }, "pid": { "type": "integer" },
-                        "phase": { "type": "string", "enum": ["starting", "ready", "draining", "exited"] },
-                        "spawned_at": { "type": "integer" }, "ready_at": { "type": "integer" },
-                        "draining_at": { "type": "integer" }, "exited_at": { "type": "integer" },
-                        "exit_status": { "type": "string" }, "connections_cut": { "type": "integer" },
-                        "agent_restart_id": { "type": "integer" }
-                    }
-                },
-                "GenerationPage": {
-                    "type": "object", "required": ["generations"],
-                    "properties": {
-                        "generations": { "type": "array", "items": { "$ref": "#/components/schemas/GenerationRecord" } },
-                        "next_before": { "type": "integer" }
-                    }
-                },
-                "Host": {
-                    "type": "object", "required": ["name", "agent_version", "boot_id", "online", "first_seen", "last_seen", "services"],
-                    "properties": {
-                        "name": { "type": "string" }, "agent_version": { "type": "string" },
-                        "boot_id": { "type": "string" }, "online": { "type": "boolean" },
-                        "first_seen": { "type": "integer" }, "last_seen": { "type": "integer" },
-                        "services": { "type": "array", "items": { "type": "string" } }
-                    }
-                },
-                "HostList": {
-                    "type": "object", "required": ["hosts"],
-                    "properties": { "hosts": { "type": "array", "items": { "$ref": "#/components/schemas/Host" } } }
+    fn documented_methods(item: &Value) -> BTreeSet<String> {
+        METHODS
+            .iter()
+            .map(|m| m.as_str().to_string())
+            .filter(|m| item.get(m.to_ascii_lowercase()).is_some())
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn every_route_the_server_mounts_is_documented_and_every_documented_one_is_mounted() {
+        let document = document_json();
+        let paths = document["paths"].as_object().unwrap();
+        let documented: BTreeSet<String> = paths.keys().cloned().collect();
+        let mounted = mounted_patterns(crate::routes::configure).await;
+        let pages = mounted_patterns(crate::dashboard::configure).await;
+        let undocumented: Vec<&String> = mounted
+            .iter()
+            .filter(|p| !documented.contains(*p) && !pages.contains(*p))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "mounted, not documented: {undocumented:?}"
+        );
+        let unmounted: Vec<&String> = documented.difference(&mounted).collect();
+        assert!(
+            unmounted.is_empty(),
+            "documented, not mounted: {unmounted:?}"
+        );
+
+        // Methods: what is documented is routed; anything else is a 405
+        // whose Allow lists exactly the documented methods.
+        let app = actix_test::init_service(App::new().configure(crate::routes::configure)).await;
+        for (path, item) in paths {
+            let uri = path.replace("{name}", "web").replace("{id}", "1");
+            let allowed = documented_methods(item);
+            for method in METHODS {
+                let request = TestRequest::default()
+                    .method(method.clone())
+                    .uri(&uri)
+                    .insert_header((header::ACCEPT, "application/json"))
+                    .to_request();
+                let response = actix_test::call_service(&app, request).await;
+                let status = response.status();
+                if allowed.contains(method.as_str()) {
+                    assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                    assert_ne!(status, StatusCode::NOT_FOUND, "{method} {path}");
+                    continue;
+                }
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                let allow: BTreeSet<String> = response
+                    .headers()
+                    .get(header::ALLOW)
+                    .unwrap_or_else(|| panic!("{method} {path}: no Allow"))
+                    .to_str()
+                    .unwrap()
+                    .split(',')
+                    .map(|m| m.trim().to_string())
+                    .collect();
+                assert_eq!(allow, allowed, "{method} {path}");
+                if method != Method::HEAD {
+                    let body: Value = actix_test::read_body_json(response).await;
+                    assert!(body["error"].is_string(), "{method} {path}: {body}");
                 }
             }
-        },
-        "paths": {
-            "/healthz": { "get": {
-                "summary": "The server and its database answer.",
-                "responses": { "200": { "description": "{\"status\": \"ok\"}", "content": { "application/json": { "schema": { "type": "object" } } } } }
-            } },
-            "/metrics": { "get": {
-                "summary": "Prometheus text: baton_restarts_total{outcome}, baton_restart_duration_seconds, baton_agents_online, baton_generations_draining.",
-                "responses": { "200": { "description": "Prometheus text format 0.0.4", "content": { "text/plain": { "schema": { "type": "string" } } } } }
-            } },
-            "/openapi.json": { "get": {
-                "summary": "This document.",
-                "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } } }
-            } },
-            "/services": { "get": {
-                "summary": "Every service on every host, as last reported (offline hosts included, with online=false).",
-                "description": "Gzipped for a client that sends Accept-Encoding: gzip. Every answer carries an ETag that changes with the fleet; a request whose If-None-Match holds it gets 304 and no body.",
-                "security": bearer.clone(),
-                "parameters": [
-                    { "name": "If-None-Match", "in": "header", "required": false, "schema": { "type": "string" } },
-                    { "name": "Accept-Encoding", "in": "header", "required": false, "schema": { "type": "string" } }
-                ],
-                "responses": merge(json!({
-                    "200": json_response("Services by name", "ServiceList"),
-                    "304": { "description": "Unchanged since the ETag sent in If-None-Match." }
-                }), read_errors())
-            } },
-            "/services/{name}": { "get": {
-                "summary": "One service: per host the current generation, draining generations with live connection counts.",
-                "security": bearer.clone(),
-                "parameters": [service_name_parameter()],
-                "responses": merge(json!({
-                    "200": json_response("The service", "Service"),
-                    "404": error_response("No host runs it."),
-                    "422": error_response("Invalid name.")
-                }), read_errors())
-            } },
-            "/services/{name}/generations": { "get": {
-                "summary": "Generation history of a service, newest first.",
-                "security": bearer.clone(),
-                "parameters": generation_parameters,
-                "responses": merge(json!({
-                    "200": json_response("A page of generations (empty for an unknown service)", "GenerationPage"),
-                    "422": error_response("Invalid name or limit.")
-                }), read_errors())
-            } },
-            "/services/{name}/restart": { "post": {
-                "summary": "Rolling restart of a service on every host that runs it, one host at a time by host name, stopping at the first host that does not succeed.",
-                "security": bearer.clone(),
-                "parameters": [
-                    service_name_parameter(),
-                    { "name": "wait", "in": "query", "description": "Answer 200 when the restart has ended instead of 202 at once.", "schema": { "type": "boolean", "default": false } },
-                    { "name": "Idempotency-Key", "in": "header", "description": "A retried request with the same key answers the same restart instead of starting another.", "schema": { "type": "string", "maxLength": 255 } }
-                ],
-                "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RestartRequest" } } } },
-                "responses": {
-                    "202": merge(json_response("Started; Location: /restarts/{id}", "Restart"), json!({ "headers": { "Location": { "schema": { "type": "string" } } } })),
-                    "200": merge(json_response("With ?wait=true: the restart as it ended; Location: /restarts/{id}", "Restart"), json!({ "headers": { "Location": { "schema": { "type": "string" } } } })),
-                    "400": error_response("Malformed JSON, unknown field or bad Idempotency-Key."),
-                    "401": error_response("No token, or an unknown one."),
-                    "403": error_response("Not an operator token."),
-                    "404": error_response("No host runs the service."),
-                    "409": error_response("A restart of the service is running; restart_id tells which."),
-                    "413": error_response("Body over 16 KiB."),
-                    "422": error_response("Invalid service name, max_parallel, hosts or reason; or an Idempotency-Key reused for another service.")
-                }
-            } },
-            "/restarts": { "get": {
-                "summary": "Restarts, newest first, without steps.",
-                "security": bearer.clone(),
-                "parameters": restart_list_parameters,
-                "responses": merge(json!({
-                    "200": json_response("A page of restarts", "RestartPage"),
-                    "400": error_response("Unparsable query."),
-                    "422": error_response("Invalid filter value.")
-                }), read_errors())
-            } },
-            "/restarts/{id}": { "get": {
-                "summary": "One restart with every host's steps (the agent's events) and outcome.",
-                "security": bearer.clone(),
-                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
-                "responses": merge(json!({
-                    "200": json_response("The restart", "Restart"),
-                    "404": error_response("No such restart.")
-                }), read_errors())
-            } },
-            "/hosts": { "get": {
-                "summary": "Every agent the server has seen.",
-                "security": bearer.clone(),
-                "responses": merge(json!({ "200": json_response("Hosts by name", "HostList") }), read_errors())
-            } },
-            "/agent/v1/connect": { "get": {
-                "summary": "The agent link: a WebSocket of JSON text frames (baton_proto::link). First frame Hello, answered by Welcome{resume_after}; then Events (answered by Ack{seq}), Status every second, RestartStarted answers to Restart commands. Silence over 5 s marks the host offline.",
-                "security": bearer.clone(),
-                "responses": {
-                    "101": { "description": "Switching protocols." },
-                    "400": error_response("Not a WebSocket upgrade."),
-                    "401": error_response("No token, or an unknown one."),
-                    "403": error_response("Not an agent token.")
-                }
-            } }
         }
-    })
+    }
 }

@@ -1,5 +1,7 @@
 use actix_web::HttpResponse;
 
 pub async fn get() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::document())
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::openapi::json())
 }

@@ -167,7 +167,9 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
             if let Some(id) = running_restart_of(db, new.service).await? {
                 return Ok(Created::AlreadyRunning(id));
             }
-            return Err(anyhow::Error::new(e).context("failed to create the restart"));
+            // The running restart ended between the insert and the look
+            // for it: the service is free again.
+            return Box::pin(create_restart(db, new)).await;
         }
         Err(e) => return Err(anyhow::Error::new(e).context("failed to create the restart")),
     };

@@ -1,35 +1,56 @@
 use crate::helpers::spawn_app;
 
 #[tokio::test]
-async fn openapi_lists_every_route() {
+async fn the_served_document_is_the_one_generated_from_the_types() {
     let app = spawn_app().await;
     let document = app.get_json("/openapi.json").await;
-    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
-    let paths = document["paths"].as_object().unwrap();
-    for (path, method) in [
-        ("/healthz", "get"),
-        ("/metrics", "get"),
-        ("/openapi.json", "get"),
-        ("/services", "get"),
-        ("/services/{name}", "get"),
-        ("/services/{name}/generations", "get"),
-        ("/services/{name}/restart", "post"),
-        ("/restarts", "get"),
-        ("/restarts/{id}", "get"),
-        ("/hosts", "get"),
-        ("/agent/v1/connect", "get"),
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert_eq!(
+        document,
+        serde_json::to_value(baton_server::openapi::document()).unwrap()
+    );
+    let generation = &document["components"]["schemas"]["GenerationInfo"]["properties"];
+    assert!(generation.get("main_pid").is_some(), "{generation}");
+}
+
+#[tokio::test]
+async fn a_method_a_path_does_not_have_is_405_with_allow_and_a_json_error() {
+    let app = spawn_app().await;
+    for (method, path, allow) in [
+        ("TRACE", "/services", "GET"),
+        ("DELETE", "/services/web", "GET"),
+        ("GET", "/services/web/restart", "POST"),
+        ("PUT", "/restarts/1", "GET"),
+        ("POST", "/healthz", "GET"),
     ] {
+        let response = app
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", app.address),
+            )
+            .bearer_auth(&app.operator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+        let body: serde_json::Value = response.json().await.unwrap();
         assert!(
-            paths.get(path).and_then(|p| p.get(method)).is_some(),
-            "{method} {path} missing from /openapi.json"
+            body["error"].as_str().unwrap().contains(method),
+            "{method} {path}: {body}"
         );
     }
-    assert_eq!(
-        paths.len(),
-        11,
-        "a route the test does not know: {:?}",
-        paths.keys()
-    );
+    let response = app
+        .client
+        .request(
+            reqwest::Method::TRACE,
+            format!("{}/no/such/route", app.address),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ pub async fn restart(
     let body: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RestartRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        RestartRequest::from_json(&body)
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
     };
     let order = RestartOrder {
