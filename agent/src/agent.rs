@@ -92,7 +92,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
-        router: NotifyRouter::default(),
+        router: NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups)),
         notify_socket: config.notify_socket.clone(),
     });
     let host = config.host.clone().unwrap_or_else(|| {

@@ -23,6 +23,10 @@ pub struct Config {
     /// The control plane this agent reports to, if any.
     pub server: Option<ServerConfig>,
     pub services: Vec<ServiceConfig>,
+    /// Give each generation a cgroup of its own where a writable cgroup v2
+    /// hierarchy exists (`cgroups = false` turns that off: each generation
+    /// then starts a session of its own instead).
+    pub cgroups: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +230,7 @@ struct RawConfig {
     notify_socket: Option<PathBuf>,
     host: Option<String>,
     server: Option<RawServer>,
+    cgroups: Option<bool>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -353,6 +358,7 @@ impl Config {
             host: raw.host,
             server,
             services,
+            cgroups: raw.cgroups.unwrap_or(true),
         })
     }
 }

@@ -1,5 +1,12 @@
 //! Routes each notify message to the generation that sent it.
 //!
+//! A message is attributed by what its sender cannot forge: the
+//! kernel-reported pid (the generation's own main process), then the
+//! sender's cgroup where the agent gives each generation one. Without
+//! cgroups it is the sender's process group, which is safe only because
+//! every generation then starts a session of its own and `setpgid` into a
+//! group of another session fails.
+//!
 //! A generation's pid is known only once its exec has happened, and a fast
 //! service can send `READY=1` before the spawning thread has registered it.
 //! So while a spawn is in flight, a message from an unknown sender is parked
@@ -7,6 +14,7 @@
 //! in flight is an unknown sender really nobody's. A message read just after
 //! its generation ended is late, not a stranger's.
 
+use crate::cgroup::Cgroups;
 use crate::events::EventLog;
 use crate::notify::NotifyDatagram;
 use baton_proto::EventKind;
@@ -15,21 +23,26 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Which generation a process group belongs to, for routing notify messages.
+/// Which generation a process group (or cgroup) belongs to, for routing
+/// notify messages.
 #[derive(Default)]
 pub struct NotifyRouter {
+    cgroups: Option<Cgroups>,
     inner: Mutex<RouterInner>,
 }
 
 #[derive(Default)]
 struct RouterInner {
-    routes: HashMap<i32, Route>,
+    /// By the generation's process group (its leader's pid).
+    routes: HashMap<i32, (Route, Option<String>)>,
+    /// A generation's cgroup to its process group.
+    by_cgroup: HashMap<String, i32>,
     spawns_in_flight: usize,
     parked: Vec<Parked>,
-    /// Groups of generations that ended lately, newest last. A message sent
+    /// Generations that ended lately, newest last. A message sent
     /// just before the exit can be read after it (`STOPPING=1` of a drain
     /// that finished at once): it is late, not a stranger's.
-    gone: VecDeque<(Instant, i32)>,
+    gone: VecDeque<(Instant, i32, Option<String>)>,
 }
 
 /// How long, and for how many ended generations, a late message is known
@@ -37,9 +50,16 @@ struct RouterInner {
 const GONE_KEPT_FOR: Duration = Duration::from_secs(5);
 const GONE_KEPT_MAX: usize = 1024;
 
+/// Where a sender was when its message was read.
+#[derive(Clone, Debug, PartialEq)]
+enum Origin {
+    Group(i32),
+    Cgroup(String),
+    Unknown,
+}
+
 struct Parked {
-    /// The sender's process group when the message came, if it still had one.
-    pgid: Option<i32>,
+    origin: Origin,
     datagram: NotifyDatagram,
 }
 
@@ -88,41 +108,82 @@ pub enum Routed {
 }
 
 impl RouterInner {
-    fn recently_gone(&self, pid: i32, pgid: Option<i32>) -> bool {
+    fn recently_gone(&self, pid: i32, origin: &Origin) -> bool {
         let now = Instant::now();
-        self.gone.iter().any(|(at, group)| {
-            now.duration_since(*at) < GONE_KEPT_FOR && (*group == pid || Some(*group) == pgid)
+        self.gone.iter().any(|(at, group, cgroup)| {
+            now.duration_since(*at) < GONE_KEPT_FOR
+                && (*group == pid
+                    || match origin {
+                        Origin::Group(g) => g == group,
+                        Origin::Cgroup(c) => cgroup.as_ref() == Some(c),
+                        Origin::Unknown => false,
+                    })
         })
     }
 
-    fn find(&self, pid: i32, pgid: Option<i32>) -> Option<&Route> {
+    fn find(&self, pid: i32, origin: &Origin) -> Option<&Route> {
+        let group = match origin {
+            Origin::Group(group) => Some(*group),
+            Origin::Cgroup(cgroup) => self.by_cgroup.get(cgroup).copied(),
+            Origin::Unknown => None,
+        };
         self.routes
             .get(&pid)
-            .or_else(|| pgid.and_then(|g| self.routes.get(&g)))
+            .or_else(|| group.and_then(|g| self.routes.get(&g)))
+            .map(|(route, _)| route)
+    }
+
+    fn insert(&mut self, pgid: i32, cgroup: Option<String>, route: Route) {
+        if let Some(cgroup) = &cgroup {
+            self.by_cgroup.insert(cgroup.clone(), pgid);
+        }
+        self.routes.insert(pgid, (route, cgroup));
     }
 }
 
 impl NotifyRouter {
+    /// A router that attributes by cgroup when `cgroups` is given, else by
+    /// process group.
+    pub fn new(cgroups: Option<Cgroups>) -> Self {
+        NotifyRouter {
+            cgroups,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The agent's generation cgroups, when it has them.
+    pub fn cgroups(&self) -> Option<&Cgroups> {
+        self.cgroups.as_ref()
+    }
+
+    fn origin(&self, pid: i32) -> Origin {
+        match &self.cgroups {
+            Some(cgroups) => crate::cgroup::of_pid(pid)
+                .filter(|c| cgroups.owns(c))
+                .map_or(Origin::Unknown, Origin::Cgroup),
+            None => nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+                .map_or(Origin::Unknown, |g| Origin::Group(g.as_raw())),
+        }
+    }
+
     /// Sends a message to the generation of its sender: found by the
-    /// sender's pid or its process group.
+    /// sender's pid, then its cgroup (or, without cgroups, its process group).
     pub fn route(&self, datagram: NotifyDatagram) -> Routed {
         let pid = datagram.pid;
         if pid <= 0 {
             return Routed::Nobody(datagram);
         }
-        let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
-            .ok()
-            .map(Pid::as_raw);
+        let origin = self.origin(pid);
         let mut inner = self.inner.lock().expect("notify router lock");
-        if let Some(route) = inner.find(pid, pgid) {
+        if let Some(route) = inner.find(pid, &origin) {
             route.deliver(datagram);
             return Routed::Delivered;
         }
-        if inner.recently_gone(pid, pgid) {
+        if inner.recently_gone(pid, &origin) {
             return Routed::Late;
         }
         if inner.spawns_in_flight > 0 && inner.parked.len() < MAX_PARKED {
-            inner.parked.push(Parked { pgid, datagram });
+            inner.parked.push(Parked { origin, datagram });
             return Routed::Parked;
         }
         Routed::Nobody(datagram)
@@ -142,29 +203,39 @@ impl NotifyRouter {
     }
 
     /// Registers a generation the agent did not spawn itself (adopted in an
-    /// upgrade).
+    /// upgrade): its cgroup is the one its leader is in, if that is one of
+    /// the agent's generation cgroups.
     pub fn insert(&self, pgid: Pid, route: Route) {
+        let cgroup = self.cgroups.as_ref().and_then(|cgroups| {
+            crate::cgroup::of_pid(pgid.as_raw()).filter(|c| cgroups.owns(c))
+        });
         self.inner
             .lock()
             .expect("notify router lock")
-            .routes
-            .insert(pgid.as_raw(), route);
+            .insert(pgid.as_raw(), cgroup, route);
     }
 
-    /// Forgets an ended generation; its late messages are known for a while.
+    /// Forgets an ended generation and removes its cgroup; its late
+    /// messages are known for a while.
     pub fn remove(&self, pgid: Pid) {
         let mut inner = self.inner.lock().expect("notify router lock");
-        if inner.routes.remove(&pgid.as_raw()).is_some() {
+        if let Some((_, cgroup)) = inner.routes.remove(&pgid.as_raw()) {
+            if let Some(cgroup) = &cgroup {
+                inner.by_cgroup.remove(cgroup);
+                if let Some(cgroups) = &self.cgroups {
+                    cgroups.remove(cgroup);
+                }
+            }
             let now = Instant::now();
             while inner.gone.len() >= GONE_KEPT_MAX
                 || inner
                     .gone
                     .front()
-                    .is_some_and(|(at, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
+                    .is_some_and(|(at, _, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
             {
                 inner.gone.pop_front();
             }
-            inner.gone.push_back((now, pgid.as_raw()));
+            inner.gone.push_back((now, pgid.as_raw(), cgroup));
         }
     }
 }
@@ -179,9 +250,10 @@ pub struct SpawnWindow<'a> {
 }
 
 impl SpawnWindow<'_> {
-    pub fn register(&mut self, pgid: Pid, route: Route) {
+    /// Records the spawned generation's group and, if it has one, its cgroup.
+    pub fn register(&mut self, pgid: Pid, cgroup: Option<String>, route: Route) {
         let mut inner = self.router.inner.lock().expect("notify router lock");
-        inner.routes.insert(pgid.as_raw(), route);
+        inner.insert(pgid.as_raw(), cgroup, route);
         Self::replay(&mut inner);
     }
 
@@ -202,7 +274,7 @@ impl SpawnWindow<'_> {
             let parked = std::mem::take(&mut inner.parked);
             let strangers = parked
                 .into_iter()
-                .filter(|p| !inner.recently_gone(p.datagram.pid, p.pgid))
+                .filter(|p| !inner.recently_gone(p.datagram.pid, &p.origin))
                 .map(|p| p.datagram);
             self.ignored.extend(strangers);
         }
@@ -211,7 +283,7 @@ impl SpawnWindow<'_> {
     fn replay(inner: &mut RouterInner) {
         let parked = std::mem::take(&mut inner.parked);
         for parked in parked {
-            match inner.find(parked.datagram.pid, parked.pgid) {
+            match inner.find(parked.datagram.pid, &parked.origin) {
                 Some(route) => route.deliver(parked.datagram),
                 None => inner.parked.push(parked),
             }
@@ -288,7 +360,7 @@ mod tests {
         let mut window = router.begin_spawn();
         assert!(matches!(router.route(datagram(CHILD)), Routed::Parked));
         assert!(notified(&mut rx).is_none());
-        window.register(Pid::from_raw(CHILD), route);
+        window.register(Pid::from_raw(CHILD), None, route);
         assert_eq!(notified(&mut rx), Some((7, CHILD)));
         assert!(window.close().is_empty());
         // Registered now: later messages go straight through.
@@ -303,7 +375,7 @@ mod tests {
         let mut first = router.begin_spawn();
         let second = router.begin_spawn();
         assert!(matches!(router.route(datagram(STRANGER)), Routed::Parked));
-        first.register(Pid::from_raw(CHILD), route);
+        first.register(Pid::from_raw(CHILD), None, route);
         assert!(first.close().is_empty(), "another spawn is still in flight");
         let ignored = second.close();
         assert_eq!(
@@ -321,7 +393,7 @@ mod tests {
         let router = NotifyRouter::default();
         let (route, mut rx) = route(3);
         let mut window = router.begin_spawn();
-        window.register(Pid::from_raw(CHILD), route);
+        window.register(Pid::from_raw(CHILD), None, route);
         assert!(window.close().is_empty());
         router.remove(Pid::from_raw(CHILD));
         assert!(matches!(router.route(datagram(CHILD)), Routed::Late));

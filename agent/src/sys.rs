@@ -47,6 +47,13 @@ pub struct SpawnSpec<'a> {
     pub credentials: Option<Credentials>,
     /// Nice value the child starts with (0: inherit).
     pub nice: i32,
+    /// The `cgroup.procs` of the generation's cgroup: the child moves itself
+    /// there before anything else.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// Start a session of its own (`setsid`) instead of only a process group:
+    /// without cgroups, this is what keeps another generation's processes
+    /// from joining its group (`setpgid` fails across sessions).
+    pub new_session: bool,
 }
 
 /// The step of the child's setup that failed, sent to the parent with errno.
@@ -61,12 +68,25 @@ pub enum ChildStep {
     Uid = 6,
     Workdir = 7,
     Exec = 8,
+    Cgroup = 9,
+    Session = 10,
 }
 
 impl ChildStep {
     fn from_code(code: u32) -> Option<ChildStep> {
         use ChildStep::*;
-        [ProcessGroup, PassFds, Nice, Groups, Gid, Uid, Workdir, Exec]
+        [
+            ProcessGroup,
+            PassFds,
+            Nice,
+            Groups,
+            Gid,
+            Uid,
+            Workdir,
+            Exec,
+            Cgroup,
+            Session,
+        ]
             .into_iter()
             .find(|s| *s as u32 == code)
     }
@@ -81,6 +101,8 @@ impl ChildStep {
             ChildStep::Uid => "setuid",
             ChildStep::Workdir => "chdir to the workdir",
             ChildStep::Exec => "exec",
+            ChildStep::Cgroup => "joining the generation's cgroup",
+            ChildStep::Session => "setsid",
         }
     }
 }
@@ -152,6 +174,8 @@ pub fn fork_exec(spec: &SpawnSpec<'_>) -> Result<Forked, SpawnError> {
         credentials: spec.credentials.as_ref().map(|c| (c.uid, c.gid)),
         groups: &groups,
         nice: spec.nice,
+        cgroup_procs: spec.cgroup_procs.map(|fd| fd.as_raw_fd()),
+        new_session: spec.new_session,
         status_fd: status_write.as_raw_fd(),
     };
 
@@ -239,6 +263,8 @@ struct ChildSetup<'a> {
     credentials: Option<(u32, u32)>,
     groups: &'a [libc::gid_t],
     nice: i32,
+    cgroup_procs: Option<RawFd>,
+    new_session: bool,
     status_fd: RawFd,
 }
 
@@ -316,7 +342,17 @@ unsafe fn child_main(setup: &ChildSetup<'_>) -> ! {
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
 
-        if libc::setpgid(0, 0) != 0 {
+        // First, so that every process the service ever starts is in it.
+        if let Some(procs) = setup.cgroup_procs
+            && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+        {
+            fail(setup.status_fd, ChildStep::Cgroup);
+        }
+        if setup.new_session {
+            if libc::setsid() < 0 {
+                fail(setup.status_fd, ChildStep::Session);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
             fail(setup.status_fd, ChildStep::ProcessGroup);
         }
 

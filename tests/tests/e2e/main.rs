@@ -8,6 +8,7 @@ mod fleet;
 mod gunicorn;
 mod lifecycle;
 mod mainpid;
+mod notify_attribution;
 mod outcomes;
 mod restart_under_load;
 mod sockets;

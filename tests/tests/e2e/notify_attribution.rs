@@ -1,0 +1,113 @@
+//! A service cannot speak for another: a process of one service that joins
+//! the process group of another's new generation and sends `READY=1` does
+//! not make that generation ready, with cgroups (attribution by cgroup) and
+//! without (each generation in its own session, so the join fails).
+
+use baton_proto::{RestartOutcome, ServiceState};
+use baton_tests::{AgentUnderTest, demo_service_args};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A service that becomes ready, then waits for a process group number in
+/// `target`, moves itself into that group if it can, and sends what `send`
+/// says to the notify socket from there.
+fn intruder(target: &Path, send: &str) -> String {
+    let script = format!(
+        r#"
+import os, socket, time
+def notify(text):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.connect(os.environ["NOTIFY_SOCKET"])
+    s.send(text.encode())
+notify("READY=1")
+while not os.path.exists("{target}"):
+    time.sleep(0.01)
+time.sleep(0.05)
+group = int(open("{target}").read())
+try:
+    os.setpgid(0, group)
+    print("joined", group, flush=True)
+except OSError as e:
+    print("setpgid refused:", e, flush=True)
+notify("{send}".replace("PID", str(os.getpid())))
+time.sleep(3600)
+"#,
+        target = target.display()
+    );
+    format!(
+        r#"
+[[service]]
+name = "intruder"
+command = ["/usr/bin/python3", "-c", {script:?}]
+"#
+    )
+}
+
+/// Restarts `web` into a generation that never becomes ready while the
+/// intruder speaks for it; returns the restart's outcome.
+fn attack(cgroups: bool, send: &str) -> (RestartOutcome, AgentUnderTest, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mode_file = dir.path().join("mode");
+    let target = dir.path().join("target");
+    let top = if cgroups { "" } else { "cgroups = false\n" };
+    let agent = AgentUnderTest::start(&format!(
+        "{top}{}{}",
+        demo_service_args(
+            "web",
+            &["--mode-file", mode_file.to_str().unwrap()],
+            r#"ready_timeout = "2s""#
+        ),
+        intruder(&target, send)
+    ));
+    let before = agent.service("web").generations[0].pid;
+    std::fs::write(&mode_file, "never-ready").unwrap();
+    let outcome = std::thread::scope(|scope| {
+        let restart = scope.spawn(|| agent.restart("web").1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let new = loop {
+            if let Some(generation) = agent
+                .service("web")
+                .generations
+                .iter()
+                .find(|g| g.pid != before)
+            {
+                break generation.pid;
+            }
+            assert!(Instant::now() < deadline, "no new generation of web");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::fs::write(&target, new.to_string()).unwrap();
+        let report = restart.join().unwrap();
+        report.outcome.expect("an outcome")
+    });
+    (outcome, agent, before)
+}
+
+fn assert_old_generation_serves(agent: &AgentUnderTest, before: u32) {
+    let web = agent.service("web");
+    assert_eq!(web.state, ServiceState::Ready);
+    assert_eq!(web.generations.len(), 1, "{web:?}");
+    assert_eq!(web.generations[0].pid, before);
+    std::net::TcpStream::connect(agent.tcp_addr("web", "http")).unwrap();
+}
+
+#[test]
+fn a_process_of_another_service_cannot_mark_a_generation_ready_with_cgroups() {
+    let (outcome, agent, before) = attack(true, "READY=1");
+    assert_eq!(outcome, RestartOutcome::RolledBack, "{}", agent.log());
+    assert_old_generation_serves(&agent, before);
+}
+
+#[test]
+fn a_process_of_another_service_cannot_mark_a_generation_ready_without_cgroups() {
+    let (outcome, agent, before) = attack(false, "READY=1");
+    assert_eq!(outcome, RestartOutcome::RolledBack, "{}", agent.log());
+    assert_old_generation_serves(&agent, before);
+}
+
+#[test]
+fn a_process_of_another_service_cannot_become_a_generations_main_process() {
+    let (outcome, agent, before) = attack(true, "MAINPID=PID\\nREADY=1");
+    assert_eq!(outcome, RestartOutcome::RolledBack, "{}", agent.log());
+    assert_old_generation_serves(&agent, before);
+}
