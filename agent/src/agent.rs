@@ -168,6 +168,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     futures::future::join_all(handles.iter().map(|h| h.stop())).await;
     let _ = std::fs::remove_file(&running.config.control_socket);
     let _ = std::fs::remove_file(&running.config.notify_socket);
+    if let Some(cgroups) = shared.router.cgroups() {
+        cgroups.remove_all();
+    }
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -116,6 +116,25 @@ impl Cgroups {
     }
 }
 
+impl Cgroups {
+    /// Removes the agent's folder when the agent stops for good (not when it
+    /// execs its successor, which goes on using it). Generation cgroups
+    /// still in it are removed when empty.
+    pub fn remove_all(&self) {
+        let folder = join(&self.mount, &self.relative);
+        if let Ok(entries) = std::fs::read_dir(&folder) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&folder) {
+            tracing::warn!(cgroup = %folder.display(), error = %e, "cgroup folder not removed");
+        }
+    }
+}
+
 /// The cgroup v2 path of a process, as its `/proc/PID/cgroup` names it.
 pub fn of_pid(pid: i32) -> Option<String> {
     own_cgroup(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
@@ -157,7 +176,9 @@ fn unescape_octal(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let value = bytes[i + 1..i + 4]
                 .iter()

@@ -206,9 +206,10 @@ impl NotifyRouter {
     /// upgrade): its cgroup is the one its leader is in, if that is one of
     /// the agent's generation cgroups.
     pub fn insert(&self, pgid: Pid, route: Route) {
-        let cgroup = self.cgroups.as_ref().and_then(|cgroups| {
-            crate::cgroup::of_pid(pgid.as_raw()).filter(|c| cgroups.owns(c))
-        });
+        let cgroup = self
+            .cgroups
+            .as_ref()
+            .and_then(|cgroups| crate::cgroup::of_pid(pgid.as_raw()).filter(|c| cgroups.owns(c)));
         self.inner
             .lock()
             .expect("notify router lock")

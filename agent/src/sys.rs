@@ -87,8 +87,8 @@ impl ChildStep {
             Cgroup,
             Session,
         ]
-            .into_iter()
-            .find(|s| *s as u32 == code)
+        .into_iter()
+        .find(|s| *s as u32 == code)
     }
 
     pub fn describe(self) -> &'static str {

@@ -8,29 +8,37 @@ use baton_tests::{AgentUnderTest, demo_service_args};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A service that becomes ready, then waits for a process group number in
-/// `target`, moves itself into that group if it can, and sends what `send`
-/// says to the notify socket from there.
+/// A service that becomes ready, then a process of it waits for a process
+/// group number in `target`, moves itself into that group if it can, and
+/// sends what `send` says to the notify socket from there.
 fn intruder(target: &Path, send: &str) -> String {
     let script = format!(
         r#"
-import os, socket, time
+import os, signal, socket, sys, time
 def notify(text):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.connect(os.environ["NOTIFY_SOCKET"])
     s.send(text.encode())
 notify("READY=1")
+# A process of the service other than its main one, as a worker would be.
+# Reaped at once when it exits: a zombie still counts in web's group.
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+if os.fork() != 0:
+    time.sleep(3600)
 while not os.path.exists("{target}"):
     time.sleep(0.01)
 time.sleep(0.05)
 group = int(open("{target}").read())
 try:
     os.setpgid(0, group)
-    print("joined", group, flush=True)
+    print("joined", group, file=sys.stderr, flush=True)
 except OSError as e:
-    print("setpgid refused:", e, flush=True)
+    print("setpgid refused:", e, file=sys.stderr, flush=True)
 notify("{send}".replace("PID", str(os.getpid())))
-time.sleep(3600)
+# Alive while the agent reads the message, then gone: a process left in
+# web's group would hold the rolled-back generation until its drain timeout.
+time.sleep(1)
+os._exit(0)
 "#,
         target = target.display()
     );
