@@ -454,7 +454,7 @@ async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {
             }
         };
         match shared.router.route(datagram) {
-            Routed::Nobody(datagram) => ignore_notification(&shared.events, datagram),
+            Routed::Nobody(datagram) => ignore_notification(datagram),
             Routed::Late => tracing::debug!("notify message from a generation that just ended"),
             Routed::Delivered | Routed::Parked => {}
         }

@@ -15,11 +15,10 @@
 //! its generation ended is late, not a stranger's.
 
 use crate::cgroup::Cgroups;
-use crate::events::EventLog;
 use crate::notify::NotifyDatagram;
-use baton_proto::EventKind;
 use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +77,36 @@ pub struct Notification {
 pub struct Route {
     pub generation: u64,
     deliver: Arc<dyn Fn(Notification) + Send + Sync>,
+    bucket: Arc<Mutex<Bucket>>,
+}
+
+/// Messages one generation may send at once, and per second after that.
+/// Beyond, its messages are counted and dropped: each one costs the agent
+/// a queue entry and often an event.
+pub const NOTIFY_BURST: u32 = 512;
+pub const NOTIFY_PER_SECOND: u32 = 256;
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+    logged: Option<Instant>,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(NOTIFY_PER_SECOND);
+        self.tokens = (self.tokens + refill).min(f64::from(NOTIFY_BURST));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Route {
@@ -85,16 +114,48 @@ impl Route {
         Route {
             generation,
             deliver: Arc::new(deliver),
+            bucket: Arc::new(Mutex::new(Bucket {
+                tokens: f64::from(NOTIFY_BURST),
+                at: Instant::now(),
+                dropped: 0,
+                logged: None,
+            })),
         }
     }
 
-    pub fn deliver(&self, datagram: NotifyDatagram) {
+    /// Delivers a message unless the generation is over its rate; returns
+    /// whether it was delivered.
+    pub fn deliver(&self, datagram: NotifyDatagram) -> bool {
+        {
+            let mut bucket = self.bucket.lock().expect("notify bucket lock");
+            if !bucket.take() {
+                bucket.dropped += 1;
+                if bucket.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                    bucket.logged = Some(Instant::now());
+                    tracing::warn!(
+                        generation = self.generation,
+                        dropped = bucket.dropped,
+                        "generation over its notify rate; messages dropped"
+                    );
+                }
+                return false;
+            }
+        }
         (self.deliver)(Notification {
             generation: self.generation,
             datagram,
         });
+        true
+    }
+
+    /// Messages dropped for going over the rate.
+    pub fn dropped(&self) -> u64 {
+        self.bucket.lock().expect("notify bucket lock").dropped
     }
 }
+
+/// At most one log line per this interval for a flood of dropped messages.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What became of a notify message.
 pub enum Routed {
@@ -285,7 +346,9 @@ impl SpawnWindow<'_> {
         let parked = std::mem::take(&mut inner.parked);
         for parked in parked {
             match inner.find(parked.datagram.pid, &parked.origin) {
-                Some(route) => route.deliver(parked.datagram),
+                Some(route) => {
+                    route.deliver(parked.datagram);
+                }
                 None => inner.parked.push(parked),
             }
         }
@@ -306,17 +369,48 @@ impl Drop for SpawnWindow<'_> {
     }
 }
 
-/// Logs and records a notify message that no generation sent.
-pub fn ignore_notification(events: &EventLog, datagram: NotifyDatagram) {
-    let message: String = datagram.text.chars().take(200).collect();
-    tracing::warn!(pid = datagram.pid, %message, "notify message from a process of no generation ignored");
-    events.emit(
-        "-",
-        None,
-        EventKind::NotifyIgnored {
-            pid: datagram.pid.max(0) as u32,
-            message,
-        },
+/// Notify messages from processes of no generation, since the agent started.
+static STRANGERS: AtomicU64 = AtomicU64::new(0);
+/// When a stranger's message was last logged, in ms since `LOG_EPOCH`.
+static STRANGER_LOGGED_MS: AtomicU64 = AtomicU64::new(0);
+static LOG_EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// How many notify messages came from processes of no generation.
+pub fn strangers() -> u64 {
+    STRANGERS.load(Ordering::Relaxed)
+}
+
+/// Counts a notify message that no generation sent, and logs it at most
+/// once a second (with the count). It is not stored: the socket is open to
+/// every local user, and a stored event each would let anyone flush the
+/// agent's history.
+pub fn ignore_notification(datagram: NotifyDatagram) {
+    let count = STRANGERS.fetch_add(1, Ordering::Relaxed) + 1;
+    let now_ms = LOG_EPOCH.elapsed().as_millis() as u64 + LOG_EVERY.as_millis() as u64;
+    let last = STRANGER_LOGGED_MS.load(Ordering::Relaxed);
+    if last != 0 && now_ms < last + LOG_EVERY.as_millis() as u64 {
+        return;
+    }
+    if STRANGER_LOGGED_MS
+        .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    // Escaped: a newline in a datagram must not start a log line of its own.
+    let message: String = datagram
+        .text
+        .chars()
+        .take(200)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    tracing::warn!(
+        pid = datagram.pid,
+        uid = datagram.uid,
+        %message,
+        strangers = count,
+        "notify message from a process of no generation ignored"
     );
 }
 
@@ -407,6 +501,19 @@ mod tests {
             router.route(datagram(STRANGER)),
             Routed::Nobody(_)
         ));
+    }
+
+    #[test]
+    fn a_generation_flooding_its_notify_socket_is_held_to_its_rate() {
+        let (route, rx) = route(4);
+        let delivered = (0..20_000)
+            .filter(|_| route.deliver(datagram(CHILD)))
+            .count();
+        assert!(delivered >= NOTIFY_BURST as usize, "{delivered}");
+        // The burst, and what the rate refilled while the loop ran.
+        assert!(delivered < 2 * NOTIFY_BURST as usize, "{delivered}");
+        assert_eq!(route.dropped(), (20_000 - delivered) as u64);
+        assert_eq!(rx.try_iter().count(), delivered);
     }
 
     #[test]

@@ -372,7 +372,7 @@ impl Actor {
                 window.register(pid, cgroup_name, route)
             });
             for datagram in window.close() {
-                ignore_notification(&shared.events, datagram);
+                ignore_notification(datagram);
             }
             launched
         })

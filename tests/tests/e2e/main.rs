@@ -9,6 +9,7 @@ mod gunicorn;
 mod lifecycle;
 mod mainpid;
 mod notify_attribution;
+mod notify_flood;
 mod outcomes;
 mod restart_under_load;
 mod sockets;
