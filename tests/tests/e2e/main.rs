@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod dashboard;
 mod deploy;
+mod env_check;
 mod fleet;
 mod gunicorn;
 mod lifecycle;
