@@ -34,7 +34,13 @@ try:
     print("joined", group, file=sys.stderr, flush=True)
 except OSError as e:
     print("setpgid refused:", e, file=sys.stderr, flush=True)
-notify("{send}".replace("PID", str(os.getpid())))
+text = "{send}".replace("PID", str(os.getpid()))
+if "FDSTORE=1" in text:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.connect(os.environ["NOTIFY_SOCKET"])
+    socket.send_fds(s, [text.encode()], [os.open("/dev/null", os.O_RDONLY)])
+else:
+    notify(text)
 # Alive while the agent reads the message, then gone: a process left in
 # web's group would hold the rolled-back generation until its drain timeout.
 time.sleep(1)
@@ -54,6 +60,15 @@ command = ["/usr/bin/python3", "-c", {script:?}]
 /// Restarts `web` into a generation that never becomes ready while the
 /// intruder speaks for it; returns the restart's outcome.
 fn attack(cgroups: bool, send: &str) -> (RestartOutcome, AgentUnderTest, u32) {
+    let (outcome, agent, before, _) = attack_in(cgroups, send);
+    (outcome, agent, before)
+}
+
+/// Like [`attack`], also returning the folder of web's mode file.
+fn attack_in(
+    cgroups: bool,
+    send: &str,
+) -> (RestartOutcome, AgentUnderTest, u32, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mode_file = dir.path().join("mode");
     let target = dir.path().join("target");
@@ -88,7 +103,7 @@ fn attack(cgroups: bool, send: &str) -> (RestartOutcome, AgentUnderTest, u32) {
         let report = restart.join().unwrap();
         report.outcome.expect("an outcome")
     });
-    (outcome, agent, before)
+    (outcome, agent, before, dir)
 }
 
 fn assert_old_generation_serves(agent: &AgentUnderTest, before: u32) {
@@ -118,4 +133,28 @@ fn a_process_of_another_service_cannot_become_a_generations_main_process() {
     let (outcome, agent, before) = attack(true, "MAINPID=PID\\nREADY=1");
     assert_eq!(outcome, RestartOutcome::RolledBack, "{}", agent.log());
     assert_old_generation_serves(&agent, before);
+}
+
+#[test]
+fn a_process_of_another_service_cannot_store_fds_for_a_generation() {
+    let (outcome, agent, before, dir) = attack_in(true, "FDSTORE=1\\nFDNAME=planted\\nREADY=1");
+    assert_eq!(outcome, RestartOutcome::RolledBack, "{}", agent.log());
+    assert_old_generation_serves(&agent, before);
+    // The next generation of web is handed only web's own sockets.
+    std::fs::write(dir.path().join("mode"), "normal").unwrap();
+    let (_, report) = agent.restart("web");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
+    let pid = agent.service("web").generations[0].pid;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    let names = environ
+        .split('\0')
+        .find_map(|v| v.strip_prefix("LISTEN_FDNAMES="))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(names, "http", "{environ}");
 }
