@@ -58,6 +58,9 @@ impl Cgroups {
             let path = join(&mount, &relative);
             match std::fs::create_dir_all(&path) {
                 Ok(()) => {
+                    if let Some(parent) = path.parent() {
+                        remove_stale_folders(parent);
+                    }
                     tracing::info!(cgroup = %path.display(), "each generation gets a cgroup of its own");
                     return Some(Cgroups { mount, relative });
                 }
@@ -132,6 +135,35 @@ impl Cgroups {
         if let Err(e) = std::fs::remove_dir(&folder) {
             tracing::warn!(cgroup = %folder.display(), error = %e, "cgroup folder not removed");
         }
+    }
+}
+
+/// Removes the folders of agents that are gone (killed before they could
+/// remove their own); a folder with processes left in it stays.
+fn remove_stale_folders(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("agent-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(generations) = std::fs::read_dir(entry.path()) {
+            for generation in generations.flatten() {
+                if generation.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(generation.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(entry.path());
     }
 }
 
