@@ -371,9 +371,8 @@ impl Drop for SpawnWindow<'_> {
 
 /// Notify messages from processes of no generation, since the agent started.
 static STRANGERS: AtomicU64 = AtomicU64::new(0);
-/// When a stranger's message was last logged, in ms since `LOG_EPOCH`.
-static STRANGER_LOGGED_MS: AtomicU64 = AtomicU64::new(0);
-static LOG_EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+/// When a stranger's message was last logged.
+static STRANGER_LOGGED: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// How many notify messages came from processes of no generation.
 pub fn strangers() -> u64 {
@@ -386,16 +385,12 @@ pub fn strangers() -> u64 {
 /// agent's history.
 pub fn ignore_notification(datagram: NotifyDatagram) {
     let count = STRANGERS.fetch_add(1, Ordering::Relaxed) + 1;
-    let now_ms = LOG_EPOCH.elapsed().as_millis() as u64 + LOG_EVERY.as_millis() as u64;
-    let last = STRANGER_LOGGED_MS.load(Ordering::Relaxed);
-    if last != 0 && now_ms < last + LOG_EVERY.as_millis() as u64 {
-        return;
-    }
-    if STRANGER_LOGGED_MS
-        .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-        .is_err()
     {
-        return;
+        let mut logged = STRANGER_LOGGED.lock().expect("stranger log lock");
+        if logged.is_some_and(|at| at.elapsed() < LOG_EVERY) {
+            return;
+        }
+        *logged = Some(Instant::now());
     }
     // Escaped: a newline in a datagram must not start a log line of its own.
     let message: String = datagram

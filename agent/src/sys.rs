@@ -1,4 +1,5 @@
-//! The agent's only `unsafe` code: fork and exec of a generation, the
+//! The agent's only `unsafe` code: fork and exec of a generation (into its
+//! cgroup, or its own session), the
 //! priority change of a process group, and taking ownership of the fds a
 //! previous image of the agent handed over.
 //!
@@ -127,8 +128,10 @@ pub struct Forked {
     status_pipe: OwnedFd,
 }
 
-/// Forks and execs `spec`. The child is the leader of a new process group, so
-/// the whole generation (workers included) can be signalled at once.
+/// Forks and execs `spec`. The child joins the generation's cgroup if it has
+/// one, and is the leader of a new process group (of a new session without
+/// cgroups), so the whole generation (workers included) can be signalled at
+/// once.
 ///
 /// Returns right after the fork, so the caller can register the pid with the
 /// reaper before the child can possibly be reaped; [`Forked::wait_exec`] then
