@@ -1,7 +1,6 @@
 //! The agent's only `unsafe` code: fork and exec of a generation (into its
-//! cgroup, or its own session), the
-//! priority change of a process group, and taking ownership of the fds a
-//! previous image of the agent handed over.
+//! cgroup, or its own session), the priority change of a process group, and
+//! taking ownership of the fds a previous image of the agent handed over.
 //!
 //! Why fork by hand instead of `std::process::Command`: the systemd protocol
 //! wants `LISTEN_PID` to be the child's own pid, which exists only after the
