@@ -92,7 +92,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
-        router: NotifyRouter::default(),
+        router: NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups)),
         notify_socket: config.notify_socket.clone(),
     });
     let host = config.host.clone().unwrap_or_else(|| {
@@ -168,6 +168,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     futures::future::join_all(handles.iter().map(|h| h.stop())).await;
     let _ = std::fs::remove_file(&running.config.control_socket);
     let _ = std::fs::remove_file(&running.config.notify_socket);
+    if let Some(cgroups) = shared.router.cgroups() {
+        cgroups.remove_all();
+    }
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -451,7 +454,7 @@ async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {
             }
         };
         match shared.router.route(datagram) {
-            Routed::Nobody(datagram) => ignore_notification(&shared.events, datagram),
+            Routed::Nobody(datagram) => ignore_notification(datagram),
             Routed::Late => tracing::debug!("notify message from a generation that just ended"),
             Routed::Delivered | Routed::Parked => {}
         }

@@ -24,6 +24,10 @@ pub struct Config {
     /// The control plane this agent reports to, if any.
     pub server: Option<ServerConfig>,
     pub services: Vec<ServiceConfig>,
+    /// Give each generation a cgroup of its own where a writable cgroup v2
+    /// hierarchy exists (`cgroups = false` turns that off: each generation
+    /// then starts a session of its own instead).
+    pub cgroups: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +231,7 @@ struct RawConfig {
     notify_socket: Option<PathBuf>,
     host: Option<String>,
     server: Option<RawServer>,
+    cgroups: Option<bool>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -246,7 +251,7 @@ struct RawService {
     name: Spanned<String>,
     command: Spanned<Vec<String>>,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<Spanned<String>, String>,
     workdir: Option<PathBuf>,
     user: Option<Spanned<String>>,
     ready: Option<Spanned<String>>,
@@ -354,6 +359,7 @@ impl Config {
             host: raw.host,
             server,
             services,
+            cgroups: raw.cgroups.unwrap_or(true),
         })
     }
 }
@@ -486,6 +492,15 @@ fn parse_service(
         }
     };
 
+    let mut env = BTreeMap::new();
+    for (key, value) in raw.env {
+        let span = key.span();
+        let key = key.into_inner();
+        check_env(&key, &value)
+            .map_err(|problem| err(Some(span), format!("{}: {problem}", at("env"))))?;
+        env.insert(key, value);
+    }
+
     let mut sockets = Vec::with_capacity(raw.sockets.len());
     let mut socket_names = HashSet::new();
     for raw_socket in raw.sockets {
@@ -532,7 +547,7 @@ fn parse_service(
     Ok(ServiceConfig {
         name,
         command,
-        env: raw.env,
+        env,
         workdir: raw.workdir,
         user: raw.user.map(Spanned::into_inner),
         ready,
@@ -618,6 +633,28 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Best effort to point at the `nth` occurrence of a value for errors found
 /// after parsing, when the value's own span is gone.
+/// A variable a service may set: a name the environment can hold, and not
+/// one of those the agent sets itself for the protocol (a service that set
+/// `LISTEN_FDS` or `NOTIFY_SOCKET` would be told of sockets it does not
+/// have, or speak for itself on a socket of its choosing).
+fn check_env(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("a variable needs a name".into());
+    }
+    if key.contains('=') || key.contains('\0') {
+        return Err(format!("{key:?} is not a variable name (no `=` or NUL)"));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of {key:?} contains a NUL byte"));
+    }
+    if key.starts_with("LISTEN_") || key == "NOTIFY_SOCKET" || key.starts_with("BATON_") {
+        return Err(format!(
+            "{key:?} is set by the agent (LISTEN_*, NOTIFY_SOCKET and BATON_* are reserved)"
+        ));
+    }
+    Ok(())
+}
+
 fn find_span(text: &str, needle: &str, nth: usize) -> Option<Range<usize>> {
     text.match_indices(needle)
         .nth(nth.saturating_sub(1))
@@ -722,6 +759,40 @@ listen = "udp://[::1]:5353"
                 (line, message)
             }
             other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_keys_the_agent_sets_or_the_environment_cannot_hold_are_refused() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"RUST_LOG = "info""#, None),
+            (r#"LISTEN = "x""#, None),
+            (r#"MY_BATON_HOME = "x""#, None),
+            (r#""A=B" = "x""#, Some("not a variable name")),
+            (r#""" = "x""#, Some("needs a name")),
+            (r#""A\u0000" = "x""#, Some("not a variable name")),
+            (r#"A = "x\u0000y""#, Some("NUL")),
+            (r#"LISTEN_FDS = "3""#, Some("reserved")),
+            (r#"LISTEN_PID = "1""#, Some("reserved")),
+            (r#"NOTIFY_SOCKET = "/tmp/x""#, Some("reserved")),
+            (r#"BATON_SERVICE = "db""#, Some("reserved")),
+            (r#"BATON_GENERATION = "9""#, Some("reserved")),
+        ];
+        for (entry, problem) in cases {
+            let text = format!(
+                "[[service]]\nname = \"web\"\ncommand = [\"x\"]\n\n[service.env]\n{entry}\n"
+            );
+            match problem {
+                None => {
+                    Config::parse(&text, "agent.toml").unwrap_or_else(|e| panic!("{entry}: {e}"));
+                }
+                Some(problem) => {
+                    let (line, message) = error_of(&text);
+                    assert_eq!(line, 6, "{entry}: {message}");
+                    assert!(message.contains("`env`"), "{entry}: {message}");
+                    assert!(message.contains(problem), "{entry}: {message}");
+                }
+            }
         }
     }
 

@@ -8,7 +8,14 @@ use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 const MAX_EVENTS: usize = 10_000;
+/// The history is bounded by its size too: 10,000 events of long text would
+/// otherwise be hundreds of megabytes.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 const MAX_RESTARTS: usize = 1_000;
+/// Steps kept in one restart's report; the step that finishes it is always
+/// kept. A service that floods its notify socket during its restart would
+/// otherwise grow the report without end.
+pub const MAX_RESTART_STEPS: usize = 200;
 
 pub use baton_proto::now_millis;
 
@@ -21,7 +28,9 @@ pub struct EventLog {
 struct Inner {
     next_seq: u64,
     next_restart: RestartId,
-    events: VecDeque<Event>,
+    events: VecDeque<(usize, Event)>,
+    /// The sum of the sizes of `events`.
+    bytes: usize,
     restarts: BTreeMap<RestartId, RestartReport>,
 }
 
@@ -53,13 +62,21 @@ impl EventLog {
         inner.next_seq += 1;
         if let Some(id) = restart
             && let Some(report) = inner.restarts.get_mut(&id)
+            && (report.steps.len() < MAX_RESTART_STEPS
+                || matches!(event.kind, EventKind::RestartFinished { .. }))
         {
             report.steps.push(event.clone());
         }
-        if inner.events.len() == MAX_EVENTS {
-            inner.events.pop_front();
+        let size = stored_size(&event);
+        while !inner.events.is_empty()
+            && (inner.events.len() >= MAX_EVENTS || inner.bytes + size > MAX_EVENT_BYTES)
+        {
+            if let Some((dropped, _)) = inner.events.pop_front() {
+                inner.bytes -= dropped;
+            }
         }
-        inner.events.push_back(event.clone());
+        inner.bytes += size;
+        inner.events.push_back((size, event.clone()));
         // Sent under the lock so subscribers see events in sequence order.
         let _ = self.live.send(event.clone());
         event
@@ -158,6 +175,7 @@ impl EventLog {
         let events = inner
             .events
             .iter()
+            .map(|(_, e)| e)
             .filter(|e| e.seq > after)
             .cloned()
             .collect();
@@ -172,6 +190,16 @@ impl EventLog {
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()
     }
+
+    /// The size of the stored history, as counted against [`MAX_EVENT_BYTES`].
+    pub fn stored_bytes(&self) -> usize {
+        self.inner.lock().expect("event log lock").bytes
+    }
+}
+
+/// What one event costs in the history: its size as sent to a client.
+fn stored_size(event: &Event) -> usize {
+    serde_json::to_vec(event).map_or(256, |bytes| bytes.len())
 }
 
 #[cfg(test)]
@@ -207,5 +235,43 @@ mod tests {
         let (after_first, _) = log.since(1);
         assert_eq!(after_first.len(), 3);
         assert_eq!(live.try_recv().unwrap().seq, 1);
+    }
+
+    fn status(text: &str) -> EventKind {
+        EventKind::GenerationStatus {
+            generation: 2,
+            status: text.into(),
+        }
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_its_size_as_well_as_its_count() {
+        let log = EventLog::default();
+        let long = "x".repeat(32 * 1024);
+        for _ in 0..3_000 {
+            log.emit("web", None, status(&long));
+        }
+        assert!(log.stored_bytes() <= MAX_EVENT_BYTES);
+        let (kept, _) = log.since(0);
+        let counted: usize = kept.iter().map(stored_size).sum();
+        assert_eq!(counted, log.stored_bytes());
+        assert!(kept.len() < 3_000 && !kept.is_empty());
+        assert_eq!(kept.last().unwrap().seq, 3_000, "the newest are kept");
+    }
+
+    #[test]
+    fn a_restart_report_keeps_a_bounded_number_of_steps_and_its_end() {
+        let log = EventLog::default();
+        let id = log.begin_restart("web", None, Some(1));
+        for _ in 0..5_000 {
+            log.emit("web", Some(id), status("warming"));
+        }
+        log.finish_restart("web", id, RestartOutcome::Succeeded, None, None);
+        let report = log.restart(id).unwrap();
+        assert_eq!(report.steps.len(), MAX_RESTART_STEPS + 1);
+        assert!(matches!(
+            report.steps.last().unwrap().kind,
+            EventKind::RestartFinished { .. }
+        ));
     }
 }

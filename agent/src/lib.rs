@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod cgroup;
 pub mod config;
 pub mod connections;
 pub mod control;

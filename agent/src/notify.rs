@@ -30,6 +30,11 @@ pub const MAX_FDS_PER_DATAGRAM: usize = 16;
 const CONTROL_BYTES: usize =
     rustix::cmsg_space!(ScmRights(MAX_FDS_PER_DATAGRAM), ScmCredentials(1));
 
+/// The longest `STATUS=` kept, as a status line: a longer one is cut (on a
+/// character boundary). Every status is stored and shown, so its size is the
+/// agent's memory.
+pub const MAX_STATUS_BYTES: usize = 256;
+
 /// The longest `FDNAME=` systemd accepts, because names end up joined in `LISTEN_FDNAMES`.
 const MAX_FD_NAME_BYTES: usize = 255;
 
@@ -274,7 +279,7 @@ fn parse_assignment(line: &str, fd_name: &Option<String>) -> NotifyMessage {
         ("STOPPING", "1") => NotifyMessage::Stopping,
         ("WATCHDOG", "1") => NotifyMessage::Watchdog,
         ("BARRIER", "1") => NotifyMessage::Barrier,
-        ("STATUS", status) => NotifyMessage::Status(status.to_owned()),
+        ("STATUS", status) => NotifyMessage::Status(status_line(status)),
         ("MAINPID", pid) => match pid.parse::<i32>() {
             Ok(pid) if pid > 0 => NotifyMessage::MainPid(pid),
             _ => unknown(),
@@ -295,6 +300,26 @@ fn parse_assignment(line: &str, fd_name: &Option<String>) -> NotifyMessage {
         },
         _ => unknown(),
     }
+}
+
+/// A status as it is kept: control characters escaped (a status ends up in
+/// log lines and event streams, where a raw one could forge a line), at
+/// most [`MAX_STATUS_BYTES`].
+fn status_line(status: &str) -> String {
+    let mut line = String::with_capacity(status.len().min(MAX_STATUS_BYTES));
+    for c in status.chars() {
+        let before = line.len();
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+        if line.len() > MAX_STATUS_BYTES {
+            line.truncate(before);
+            break;
+        }
+    }
+    line
 }
 
 /// A name that can be passed on in `LISTEN_FDNAMES`: printable ASCII without the `:`
@@ -341,6 +366,24 @@ mod tests {
             SendFlags::empty(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_status_is_cut_on_a_character_boundary_and_carries_no_control_characters() {
+        let long = format!(
+            "{}é{}",
+            "a".repeat(MAX_STATUS_BYTES - 1),
+            "b".repeat(40_000)
+        );
+        let [Status(cut)] = &parse(&format!("STATUS={long}"))[..] else {
+            panic!("one status");
+        };
+        assert_eq!(cut, &"a".repeat(MAX_STATUS_BYTES - 1));
+        let [Status(escaped)] = &parse("STATUS=ok\u{1b}[2J\tdone")[..] else {
+            panic!("one status");
+        };
+        assert_eq!(escaped, "ok\\u{1b}[2J\\tdone");
+        assert!(!escaped.chars().any(char::is_control));
     }
 
     #[test]

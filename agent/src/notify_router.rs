@@ -1,5 +1,12 @@
 //! Routes each notify message to the generation that sent it.
 //!
+//! A message is attributed by what its sender cannot forge: the
+//! kernel-reported pid (the generation's own main process), then the
+//! sender's cgroup where the agent gives each generation one. Without
+//! cgroups it is the sender's process group, which is safe only because
+//! every generation then starts a session of its own and `setpgid` into a
+//! group of another session fails.
+//!
 //! A generation's pid is known only once its exec has happened, and a fast
 //! service can send `READY=1` before the spawning thread has registered it.
 //! So while a spawn is in flight, a message from an unknown sender is parked
@@ -7,29 +14,34 @@
 //! in flight is an unknown sender really nobody's. A message read just after
 //! its generation ended is late, not a stranger's.
 
-use crate::events::EventLog;
+use crate::cgroup::Cgroups;
 use crate::notify::NotifyDatagram;
-use baton_proto::EventKind;
 use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Which generation a process group belongs to, for routing notify messages.
+/// Which generation a process group (or cgroup) belongs to, for routing
+/// notify messages.
 #[derive(Default)]
 pub struct NotifyRouter {
+    cgroups: Option<Cgroups>,
     inner: Mutex<RouterInner>,
 }
 
 #[derive(Default)]
 struct RouterInner {
-    routes: HashMap<i32, Route>,
+    /// By the generation's process group (its leader's pid).
+    routes: HashMap<i32, (Route, Option<String>)>,
+    /// A generation's cgroup to its process group.
+    by_cgroup: HashMap<String, i32>,
     spawns_in_flight: usize,
     parked: Vec<Parked>,
-    /// Groups of generations that ended lately, newest last. A message sent
+    /// Generations that ended lately, newest last. A message sent
     /// just before the exit can be read after it (`STOPPING=1` of a drain
     /// that finished at once): it is late, not a stranger's.
-    gone: VecDeque<(Instant, i32)>,
+    gone: VecDeque<(Instant, i32, Option<String>)>,
 }
 
 /// How long, and for how many ended generations, a late message is known
@@ -37,9 +49,16 @@ struct RouterInner {
 const GONE_KEPT_FOR: Duration = Duration::from_secs(5);
 const GONE_KEPT_MAX: usize = 1024;
 
+/// Where a sender was when its message was read.
+#[derive(Clone, Debug, PartialEq)]
+enum Origin {
+    Group(i32),
+    Cgroup(String),
+    Unknown,
+}
+
 struct Parked {
-    /// The sender's process group when the message came, if it still had one.
-    pgid: Option<i32>,
+    origin: Origin,
     datagram: NotifyDatagram,
 }
 
@@ -58,6 +77,36 @@ pub struct Notification {
 pub struct Route {
     pub generation: u64,
     deliver: Arc<dyn Fn(Notification) + Send + Sync>,
+    bucket: Arc<Mutex<Bucket>>,
+}
+
+/// Messages one generation may send at once, and per second after that.
+/// Beyond, its messages are counted and dropped: each one costs the agent
+/// a queue entry and often an event.
+pub const NOTIFY_BURST: u32 = 512;
+pub const NOTIFY_PER_SECOND: u32 = 256;
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+    logged: Option<Instant>,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(NOTIFY_PER_SECOND);
+        self.tokens = (self.tokens + refill).min(f64::from(NOTIFY_BURST));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Route {
@@ -65,16 +114,48 @@ impl Route {
         Route {
             generation,
             deliver: Arc::new(deliver),
+            bucket: Arc::new(Mutex::new(Bucket {
+                tokens: f64::from(NOTIFY_BURST),
+                at: Instant::now(),
+                dropped: 0,
+                logged: None,
+            })),
         }
     }
 
-    pub fn deliver(&self, datagram: NotifyDatagram) {
+    /// Delivers a message unless the generation is over its rate; returns
+    /// whether it was delivered.
+    pub fn deliver(&self, datagram: NotifyDatagram) -> bool {
+        {
+            let mut bucket = self.bucket.lock().expect("notify bucket lock");
+            if !bucket.take() {
+                bucket.dropped += 1;
+                if bucket.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                    bucket.logged = Some(Instant::now());
+                    tracing::warn!(
+                        generation = self.generation,
+                        dropped = bucket.dropped,
+                        "generation over its notify rate; messages dropped"
+                    );
+                }
+                return false;
+            }
+        }
         (self.deliver)(Notification {
             generation: self.generation,
             datagram,
         });
+        true
+    }
+
+    /// Messages dropped for going over the rate.
+    pub fn dropped(&self) -> u64 {
+        self.bucket.lock().expect("notify bucket lock").dropped
     }
 }
+
+/// At most one log line per this interval for a flood of dropped messages.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What became of a notify message.
 pub enum Routed {
@@ -88,41 +169,82 @@ pub enum Routed {
 }
 
 impl RouterInner {
-    fn recently_gone(&self, pid: i32, pgid: Option<i32>) -> bool {
+    fn recently_gone(&self, pid: i32, origin: &Origin) -> bool {
         let now = Instant::now();
-        self.gone.iter().any(|(at, group)| {
-            now.duration_since(*at) < GONE_KEPT_FOR && (*group == pid || Some(*group) == pgid)
+        self.gone.iter().any(|(at, group, cgroup)| {
+            now.duration_since(*at) < GONE_KEPT_FOR
+                && (*group == pid
+                    || match origin {
+                        Origin::Group(g) => g == group,
+                        Origin::Cgroup(c) => cgroup.as_ref() == Some(c),
+                        Origin::Unknown => false,
+                    })
         })
     }
 
-    fn find(&self, pid: i32, pgid: Option<i32>) -> Option<&Route> {
+    fn find(&self, pid: i32, origin: &Origin) -> Option<&Route> {
+        let group = match origin {
+            Origin::Group(group) => Some(*group),
+            Origin::Cgroup(cgroup) => self.by_cgroup.get(cgroup).copied(),
+            Origin::Unknown => None,
+        };
         self.routes
             .get(&pid)
-            .or_else(|| pgid.and_then(|g| self.routes.get(&g)))
+            .or_else(|| group.and_then(|g| self.routes.get(&g)))
+            .map(|(route, _)| route)
+    }
+
+    fn insert(&mut self, pgid: i32, cgroup: Option<String>, route: Route) {
+        if let Some(cgroup) = &cgroup {
+            self.by_cgroup.insert(cgroup.clone(), pgid);
+        }
+        self.routes.insert(pgid, (route, cgroup));
     }
 }
 
 impl NotifyRouter {
+    /// A router that attributes by cgroup when `cgroups` is given, else by
+    /// process group.
+    pub fn new(cgroups: Option<Cgroups>) -> Self {
+        NotifyRouter {
+            cgroups,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The agent's generation cgroups, when it has them.
+    pub fn cgroups(&self) -> Option<&Cgroups> {
+        self.cgroups.as_ref()
+    }
+
+    fn origin(&self, pid: i32) -> Origin {
+        match &self.cgroups {
+            Some(cgroups) => crate::cgroup::of_pid(pid)
+                .filter(|c| cgroups.owns(c))
+                .map_or(Origin::Unknown, Origin::Cgroup),
+            None => nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+                .map_or(Origin::Unknown, |g| Origin::Group(g.as_raw())),
+        }
+    }
+
     /// Sends a message to the generation of its sender: found by the
-    /// sender's pid or its process group.
+    /// sender's pid, then its cgroup (or, without cgroups, its process group).
     pub fn route(&self, datagram: NotifyDatagram) -> Routed {
         let pid = datagram.pid;
         if pid <= 0 {
             return Routed::Nobody(datagram);
         }
-        let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
-            .ok()
-            .map(Pid::as_raw);
+        let origin = self.origin(pid);
         let mut inner = self.inner.lock().expect("notify router lock");
-        if let Some(route) = inner.find(pid, pgid) {
+        if let Some(route) = inner.find(pid, &origin) {
             route.deliver(datagram);
             return Routed::Delivered;
         }
-        if inner.recently_gone(pid, pgid) {
+        if inner.recently_gone(pid, &origin) {
             return Routed::Late;
         }
         if inner.spawns_in_flight > 0 && inner.parked.len() < MAX_PARKED {
-            inner.parked.push(Parked { pgid, datagram });
+            inner.parked.push(Parked { origin, datagram });
             return Routed::Parked;
         }
         Routed::Nobody(datagram)
@@ -142,29 +264,40 @@ impl NotifyRouter {
     }
 
     /// Registers a generation the agent did not spawn itself (adopted in an
-    /// upgrade).
+    /// upgrade): its cgroup is the one its leader is in, if that is one of
+    /// the agent's generation cgroups.
     pub fn insert(&self, pgid: Pid, route: Route) {
+        let cgroup = self
+            .cgroups
+            .as_ref()
+            .and_then(|cgroups| crate::cgroup::of_pid(pgid.as_raw()).filter(|c| cgroups.owns(c)));
         self.inner
             .lock()
             .expect("notify router lock")
-            .routes
-            .insert(pgid.as_raw(), route);
+            .insert(pgid.as_raw(), cgroup, route);
     }
 
-    /// Forgets an ended generation; its late messages are known for a while.
+    /// Forgets an ended generation and removes its cgroup; its late
+    /// messages are known for a while.
     pub fn remove(&self, pgid: Pid) {
         let mut inner = self.inner.lock().expect("notify router lock");
-        if inner.routes.remove(&pgid.as_raw()).is_some() {
+        if let Some((_, cgroup)) = inner.routes.remove(&pgid.as_raw()) {
+            if let Some(cgroup) = &cgroup {
+                inner.by_cgroup.remove(cgroup);
+                if let Some(cgroups) = &self.cgroups {
+                    cgroups.remove(cgroup);
+                }
+            }
             let now = Instant::now();
             while inner.gone.len() >= GONE_KEPT_MAX
                 || inner
                     .gone
                     .front()
-                    .is_some_and(|(at, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
+                    .is_some_and(|(at, _, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
             {
                 inner.gone.pop_front();
             }
-            inner.gone.push_back((now, pgid.as_raw()));
+            inner.gone.push_back((now, pgid.as_raw(), cgroup));
         }
     }
 }
@@ -179,9 +312,10 @@ pub struct SpawnWindow<'a> {
 }
 
 impl SpawnWindow<'_> {
-    pub fn register(&mut self, pgid: Pid, route: Route) {
+    /// Records the spawned generation's group and, if it has one, its cgroup.
+    pub fn register(&mut self, pgid: Pid, cgroup: Option<String>, route: Route) {
         let mut inner = self.router.inner.lock().expect("notify router lock");
-        inner.routes.insert(pgid.as_raw(), route);
+        inner.insert(pgid.as_raw(), cgroup, route);
         Self::replay(&mut inner);
     }
 
@@ -202,7 +336,7 @@ impl SpawnWindow<'_> {
             let parked = std::mem::take(&mut inner.parked);
             let strangers = parked
                 .into_iter()
-                .filter(|p| !inner.recently_gone(p.datagram.pid, p.pgid))
+                .filter(|p| !inner.recently_gone(p.datagram.pid, &p.origin))
                 .map(|p| p.datagram);
             self.ignored.extend(strangers);
         }
@@ -211,8 +345,10 @@ impl SpawnWindow<'_> {
     fn replay(inner: &mut RouterInner) {
         let parked = std::mem::take(&mut inner.parked);
         for parked in parked {
-            match inner.find(parked.datagram.pid, parked.pgid) {
-                Some(route) => route.deliver(parked.datagram),
+            match inner.find(parked.datagram.pid, &parked.origin) {
+                Some(route) => {
+                    route.deliver(parked.datagram);
+                }
                 None => inner.parked.push(parked),
             }
         }
@@ -233,17 +369,43 @@ impl Drop for SpawnWindow<'_> {
     }
 }
 
-/// Logs and records a notify message that no generation sent.
-pub fn ignore_notification(events: &EventLog, datagram: NotifyDatagram) {
-    let message: String = datagram.text.chars().take(200).collect();
-    tracing::warn!(pid = datagram.pid, %message, "notify message from a process of no generation ignored");
-    events.emit(
-        "-",
-        None,
-        EventKind::NotifyIgnored {
-            pid: datagram.pid.max(0) as u32,
-            message,
-        },
+/// Notify messages from processes of no generation, since the agent started.
+static STRANGERS: AtomicU64 = AtomicU64::new(0);
+/// When a stranger's message was last logged.
+static STRANGER_LOGGED: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// How many notify messages came from processes of no generation.
+pub fn strangers() -> u64 {
+    STRANGERS.load(Ordering::Relaxed)
+}
+
+/// Counts a notify message that no generation sent, and logs it at most
+/// once a second (with the count). It is not stored: the socket is open to
+/// every local user, and a stored event each would let anyone flush the
+/// agent's history.
+pub fn ignore_notification(datagram: NotifyDatagram) {
+    let count = STRANGERS.fetch_add(1, Ordering::Relaxed) + 1;
+    {
+        let mut logged = STRANGER_LOGGED.lock().expect("stranger log lock");
+        if logged.is_some_and(|at| at.elapsed() < LOG_EVERY) {
+            return;
+        }
+        *logged = Some(Instant::now());
+    }
+    // Escaped: a newline in a datagram must not start a log line of its own.
+    let message: String = datagram
+        .text
+        .chars()
+        .take(200)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    tracing::warn!(
+        pid = datagram.pid,
+        uid = datagram.uid,
+        %message,
+        strangers = count,
+        "notify message from a process of no generation ignored"
     );
 }
 
@@ -288,7 +450,7 @@ mod tests {
         let mut window = router.begin_spawn();
         assert!(matches!(router.route(datagram(CHILD)), Routed::Parked));
         assert!(notified(&mut rx).is_none());
-        window.register(Pid::from_raw(CHILD), route);
+        window.register(Pid::from_raw(CHILD), None, route);
         assert_eq!(notified(&mut rx), Some((7, CHILD)));
         assert!(window.close().is_empty());
         // Registered now: later messages go straight through.
@@ -303,7 +465,7 @@ mod tests {
         let mut first = router.begin_spawn();
         let second = router.begin_spawn();
         assert!(matches!(router.route(datagram(STRANGER)), Routed::Parked));
-        first.register(Pid::from_raw(CHILD), route);
+        first.register(Pid::from_raw(CHILD), None, route);
         assert!(first.close().is_empty(), "another spawn is still in flight");
         let ignored = second.close();
         assert_eq!(
@@ -321,7 +483,7 @@ mod tests {
         let router = NotifyRouter::default();
         let (route, mut rx) = route(3);
         let mut window = router.begin_spawn();
-        window.register(Pid::from_raw(CHILD), route);
+        window.register(Pid::from_raw(CHILD), None, route);
         assert!(window.close().is_empty());
         router.remove(Pid::from_raw(CHILD));
         assert!(matches!(router.route(datagram(CHILD)), Routed::Late));
@@ -334,6 +496,19 @@ mod tests {
             router.route(datagram(STRANGER)),
             Routed::Nobody(_)
         ));
+    }
+
+    #[test]
+    fn a_generation_flooding_its_notify_socket_is_held_to_its_rate() {
+        let (route, rx) = route(4);
+        let delivered = (0..20_000)
+            .filter(|_| route.deliver(datagram(CHILD)))
+            .count();
+        assert!(delivered >= NOTIFY_BURST as usize, "{delivered}");
+        // The burst, and what the rate refilled while the loop ran.
+        assert!(delivered < 2 * NOTIFY_BURST as usize, "{delivered}");
+        assert_eq!(route.dropped(), (20_000 - delivered) as u64);
+        assert_eq!(rx.try_iter().count(), delivered);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct GenerationLaunch {
     pub generation: u64,
     pub notify_socket: PathBuf,
     pub probe_port: Option<u16>,
+    /// The generation's cgroup; without one the generation starts a session
+    /// of its own.
+    pub cgroup: Option<crate::cgroup::GenerationCgroup>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +160,8 @@ pub fn launch(
         workdir,
         credentials: credentials.map(|c| c.ids),
         nice: config.warmup_nice,
+        cgroup_procs: launch.cgroup.as_ref().map(|c| c.procs.as_fd()),
+        new_session: launch.cgroup.is_none(),
     };
     Ok(reaper.spawn(&spec, on_forked)?)
 }

@@ -1,6 +1,6 @@
-//! The agent's only `unsafe` code: fork and exec of a generation, the
-//! priority change of a process group, and taking ownership of the fds a
-//! previous image of the agent handed over.
+//! The agent's only `unsafe` code: fork and exec of a generation (into its
+//! cgroup, or its own session), the priority change of a process group, and
+//! taking ownership of the fds a previous image of the agent handed over.
 //!
 //! Why fork by hand instead of `std::process::Command`: the systemd protocol
 //! wants `LISTEN_PID` to be the child's own pid, which exists only after the
@@ -47,6 +47,13 @@ pub struct SpawnSpec<'a> {
     pub credentials: Option<Credentials>,
     /// Nice value the child starts with (0: inherit).
     pub nice: i32,
+    /// The `cgroup.procs` of the generation's cgroup: the child moves itself
+    /// there before anything else.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// Start a session of its own (`setsid`) instead of only a process group:
+    /// without cgroups, this is what keeps another generation's processes
+    /// from joining its group (`setpgid` fails across sessions).
+    pub new_session: bool,
 }
 
 /// The step of the child's setup that failed, sent to the parent with errno.
@@ -61,14 +68,27 @@ pub enum ChildStep {
     Uid = 6,
     Workdir = 7,
     Exec = 8,
+    Cgroup = 9,
+    Session = 10,
 }
 
 impl ChildStep {
     fn from_code(code: u32) -> Option<ChildStep> {
         use ChildStep::*;
-        [ProcessGroup, PassFds, Nice, Groups, Gid, Uid, Workdir, Exec]
-            .into_iter()
-            .find(|s| *s as u32 == code)
+        [
+            ProcessGroup,
+            PassFds,
+            Nice,
+            Groups,
+            Gid,
+            Uid,
+            Workdir,
+            Exec,
+            Cgroup,
+            Session,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == code)
     }
 
     pub fn describe(self) -> &'static str {
@@ -81,6 +101,8 @@ impl ChildStep {
             ChildStep::Uid => "setuid",
             ChildStep::Workdir => "chdir to the workdir",
             ChildStep::Exec => "exec",
+            ChildStep::Cgroup => "joining the generation's cgroup",
+            ChildStep::Session => "setsid",
         }
     }
 }
@@ -105,8 +127,10 @@ pub struct Forked {
     status_pipe: OwnedFd,
 }
 
-/// Forks and execs `spec`. The child is the leader of a new process group, so
-/// the whole generation (workers included) can be signalled at once.
+/// Forks and execs `spec`. The child joins the generation's cgroup if it has
+/// one, and is the leader of a new process group (of a new session without
+/// cgroups), so the whole generation (workers included) can be signalled at
+/// once.
 ///
 /// Returns right after the fork, so the caller can register the pid with the
 /// reaper before the child can possibly be reaped; [`Forked::wait_exec`] then
@@ -152,6 +176,8 @@ pub fn fork_exec(spec: &SpawnSpec<'_>) -> Result<Forked, SpawnError> {
         credentials: spec.credentials.as_ref().map(|c| (c.uid, c.gid)),
         groups: &groups,
         nice: spec.nice,
+        cgroup_procs: spec.cgroup_procs.map(|fd| fd.as_raw_fd()),
+        new_session: spec.new_session,
         status_fd: status_write.as_raw_fd(),
     };
 
@@ -239,6 +265,8 @@ struct ChildSetup<'a> {
     credentials: Option<(u32, u32)>,
     groups: &'a [libc::gid_t],
     nice: i32,
+    cgroup_procs: Option<RawFd>,
+    new_session: bool,
     status_fd: RawFd,
 }
 
@@ -316,7 +344,17 @@ unsafe fn child_main(setup: &ChildSetup<'_>) -> ! {
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
 
-        if libc::setpgid(0, 0) != 0 {
+        // First, so that every process the service ever starts is in it.
+        if let Some(procs) = setup.cgroup_procs
+            && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+        {
+            fail(setup.status_fd, ChildStep::Cgroup);
+        }
+        if setup.new_session {
+            if libc::setsid() < 0 {
+                fail(setup.status_fd, ChildStep::Session);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
             fail(setup.status_fd, ChildStep::ProcessGroup);
         }
 

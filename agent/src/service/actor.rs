@@ -351,15 +351,28 @@ impl Actor {
             generation,
             notify_socket: self.shared.notify_socket.clone(),
             probe_port,
+            cgroup: None,
         };
+        let cgroup = match self.shared.router.cgroups() {
+            Some(cgroups) => match cgroups.create(&self.name, generation) {
+                Ok(cgroup) => Some(cgroup),
+                Err(e) => return failed(format!("no cgroup for the generation: {e}")),
+            },
+            None => None,
+        };
+        let cgroup_name = cgroup.as_ref().map(|c| c.relative.clone());
+        let launch = GenerationLaunch { cgroup, ..launch };
         let shared = self.shared.clone();
         let route = self.route(generation);
+        let unused_cgroup = cgroup_name.clone();
         let spawned = tokio::task::spawn_blocking(move || {
             // Notify messages that beat the registration wait for it.
             let mut window = shared.router.begin_spawn();
-            let launched = spawn::launch(&shared.reaper, launch, |pid| window.register(pid, route));
+            let launched = spawn::launch(&shared.reaper, launch, |pid| {
+                window.register(pid, cgroup_name, route)
+            });
             for datagram in window.close() {
-                ignore_notification(&shared.events, datagram);
+                ignore_notification(datagram);
             }
             launched
         })
@@ -369,6 +382,10 @@ impl Actor {
             Ok(Err(e)) => {
                 if let spawn::LaunchError::Spawn(crate::sys::SpawnError::Child { pid, .. }) = &e {
                     self.shared.router.remove(*pid);
+                } else if let (Some(cgroups), Some(cgroup)) =
+                    (self.shared.router.cgroups(), &unused_cgroup)
+                {
+                    cgroups.remove(cgroup);
                 }
                 return failed(e.to_string());
             }

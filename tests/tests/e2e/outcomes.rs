@@ -291,4 +291,9 @@ listen = "tcp://127.0.0.1:0"
         .filter(|e| matches!(e.kind, EventKind::NotifyIgnored { .. }))
         .count();
     assert_eq!(ignored, 0, "notify messages were dropped");
+    // A stranger's message is only logged (never stored), so look there too.
+    assert!(
+        !agent.log().contains("from a process of no generation"),
+        "notify messages were taken for a stranger's"
+    );
 }

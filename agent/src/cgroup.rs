@@ -1,0 +1,267 @@
+//! One cgroup v2 per generation, so that a notify message is attributed by
+//! the sender's cgroup, which an unprivileged process cannot leave for
+//! another's, rather than by its process group, which any process of the
+//! agent's session can join.
+//!
+//! The hierarchy is found from the mount table (the `cgroup2` mount); the
+//! generations' cgroups are made under the agent's own cgroup when that is
+//! delegated to it (systemd `Delegate=yes`), else under a `baton` folder at
+//! the top of the mount. Each agent keeps its generations in a folder named
+//! by its pid, so agents on one host never share a cgroup. Without a
+//! writable hierarchy the agent runs without cgroups and every generation
+//! starts in a session of its own instead (see `sys::fork_exec`).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// The folder of this agent's generation cgroups.
+#[derive(Debug)]
+pub struct Cgroups {
+    mount: PathBuf,
+    /// The folder, relative to the mount, as `/proc/PID/cgroup` names it.
+    relative: String,
+}
+
+/// A generation's cgroup, made before its spawn. The child joins it by
+/// writing `0` into `procs` before it execs.
+#[derive(Debug)]
+pub struct GenerationCgroup {
+    /// As `/proc/PID/cgroup` names it.
+    pub relative: String,
+    pub procs: OwnedFd,
+}
+
+impl Cgroups {
+    /// The agent's cgroups, or `None` when there is no writable cgroup v2
+    /// hierarchy or `wanted` is false (the config's `cgroups = false`).
+    pub fn detect(wanted: bool) -> Option<Cgroups> {
+        if !wanted {
+            tracing::info!("cgroups turned off; each generation gets its own session");
+            return None;
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let Some(mount) = cgroup2_mount(&mountinfo) else {
+            tracing::info!("no cgroup v2 hierarchy; each generation gets its own session");
+            return None;
+        };
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|text| own_cgroup(&text));
+        let folder = format!("agent-{}", std::process::id());
+        let candidates = own
+            .filter(|own| own != "/")
+            .map(|own| format!("{}/{folder}", own.trim_end_matches('/')))
+            .into_iter()
+            .chain(std::iter::once(format!("/baton/{folder}")));
+        for relative in candidates {
+            let path = join(&mount, &relative);
+            match std::fs::create_dir_all(&path) {
+                Ok(()) => {
+                    if let Some(parent) = path.parent() {
+                        remove_stale_folders(parent);
+                    }
+                    tracing::info!(cgroup = %path.display(), "each generation gets a cgroup of its own");
+                    return Some(Cgroups { mount, relative });
+                }
+                Err(e) => {
+                    tracing::debug!(cgroup = %path.display(), error = %e, "cgroup folder not writable")
+                }
+            }
+        }
+        tracing::info!(
+            mount = %mount.display(),
+            "cgroup v2 hierarchy not writable; each generation gets its own session"
+        );
+        None
+    }
+
+    /// Makes the cgroup of one generation and opens its `cgroup.procs`.
+    pub fn create(&self, service: &str, generation: u64) -> io::Result<GenerationCgroup> {
+        let relative = format!("{}/{service}.{generation}", self.relative);
+        let path = join(&self.mount, &relative);
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(with_path(e, &path)),
+        }
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join("cgroup.procs"))
+            .map_err(|e| with_path(e, &path))?;
+        Ok(GenerationCgroup {
+            relative,
+            procs: procs.into(),
+        })
+    }
+
+    /// Whether `relative` is one of this agent's generation cgroups (or
+    /// below one): only those attribute a message.
+    pub fn owns(&self, relative: &str) -> bool {
+        relative
+            .strip_prefix(&self.relative)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| !rest.is_empty())
+    }
+
+    /// Removes a generation's cgroup once its processes are gone. A cgroup
+    /// that still has processes stays (EBUSY) and is logged.
+    pub fn remove(&self, relative: &str) {
+        if !self.owns(relative) {
+            return;
+        }
+        let path = join(&self.mount, relative);
+        if let Err(e) = std::fs::remove_dir(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(cgroup = %path.display(), error = %e, "generation cgroup not removed");
+        }
+    }
+}
+
+impl Cgroups {
+    /// Removes the agent's folder when the agent stops for good (not when it
+    /// execs its successor, which goes on using it). Generation cgroups
+    /// still in it are removed when empty.
+    pub fn remove_all(&self) {
+        let folder = join(&self.mount, &self.relative);
+        if let Ok(entries) = std::fs::read_dir(&folder) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&folder) {
+            tracing::warn!(cgroup = %folder.display(), error = %e, "cgroup folder not removed");
+        }
+    }
+}
+
+/// Removes the folders of agents that are gone (killed before they could
+/// remove their own); a folder with processes left in it stays.
+fn remove_stale_folders(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("agent-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(generations) = std::fs::read_dir(entry.path()) {
+            for generation in generations.flatten() {
+                if generation.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(generation.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(entry.path());
+    }
+}
+
+/// The cgroup v2 path of a process, as its `/proc/PID/cgroup` names it.
+pub fn of_pid(pid: i32) -> Option<String> {
+    own_cgroup(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+fn join(mount: &Path, relative: &str) -> PathBuf {
+    mount.join(relative.trim_start_matches('/'))
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("cgroup {}: {e}", path.display()))
+}
+
+/// The mount point of the first `cgroup2` filesystem in a mountinfo table.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let fstype = after.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        let mount_point = before.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_octal(mount_point)))
+    })
+}
+
+/// The `0::PATH` line of a `/proc/PID/cgroup`.
+fn own_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end_matches(" (deleted)").to_string())
+}
+
+/// mountinfo writes a space, tab, newline and backslash in a path as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+            out.push(value as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_read_from_the_mount_table() {
+        let table = "\
+30 25 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/my\\040unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount(table),
+            Some(PathBuf::from("/sys/fs/cgroup/my unified"))
+        );
+        assert_eq!(cgroup2_mount("31 30 0:27 / /x rw - cgroup cgroup rw"), None);
+    }
+
+    #[test]
+    fn the_own_cgroup_is_the_unified_line() {
+        let text = "12:cpu:/x\n0::/system.slice/baton.service\n";
+        assert_eq!(
+            own_cgroup(text).as_deref(),
+            Some("/system.slice/baton.service")
+        );
+        assert_eq!(own_cgroup("1:name=systemd:/\n"), None);
+    }
+
+    #[test]
+    fn only_generation_cgroups_below_the_folder_are_owned() {
+        let cgroups = Cgroups {
+            mount: "/sys/fs/cgroup".into(),
+            relative: "/baton/agent-7".into(),
+        };
+        assert!(cgroups.owns("/baton/agent-7/web.3"));
+        assert!(!cgroups.owns("/baton/agent-7"));
+        assert!(!cgroups.owns("/baton/agent-70/web.3"));
+        assert!(!cgroups.owns("/"));
+    }
+}
