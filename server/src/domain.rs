@@ -1,41 +1,11 @@
-use std::fmt;
-
-/// A service name as a URL path segment and an agent config key. The rule
-/// is [`baton_proto::ServiceName`]'s; this keeps the server's handlers'
-/// shape, where a refused name becomes the text of a 422 or 404.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServiceName(baton_proto::ServiceName);
-
-impl ServiceName {
-    pub fn parse(name: &str) -> Result<ServiceName, String> {
-        baton_proto::ServiceName::parse(name)
-            .map(ServiceName)
-            .map_err(|e| e.to_string())
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl From<ServiceName> for baton_proto::ServiceName {
-    fn from(name: ServiceName) -> baton_proto::ServiceName {
-        name.0
-    }
-}
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use baton_proto::ServiceName;
 
 /// Host names follow the same rule as service names (they come from the
 /// agent's configuration or the machine's host name).
 pub fn validate_host_name(name: &str) -> Result<(), String> {
     ServiceName::parse(name)
         .map(|_| ())
-        .map_err(|e| e.replacen("service", "host", 1))
+        .map_err(|e| e.to_string().replacen("service", "host", 1))
 }
 
 /// Stored in `api_tokens.role` by its lowercase name.

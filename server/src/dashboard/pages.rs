@@ -157,7 +157,7 @@ pub async fn overview(
 }
 
 fn parse_service(name: &str) -> Result<ServiceName, PageError> {
-    ServiceName::parse(name).map_err(PageError::NotFound)
+    ServiceName::parse(name).map_err(|e| PageError::NotFound(e.to_string()))
 }
 
 /// The live part of the service page: hosts and the timeline.
@@ -377,7 +377,7 @@ pub async fn restarts(
     if !service.is_empty() {
         match ServiceName::parse(&service) {
             Ok(name) => filter.service = Some(name.to_string()),
-            Err(e) => error = Some(e),
+            Err(e) => error = Some(e.to_string()),
         }
     }
     if !host.is_empty() {

@@ -26,7 +26,7 @@ pub async fn list(
         .service
         .map(|s| ServiceName::parse(&s).map(|n| n.as_str().to_string()))
         .transpose()
-        .map_err(ApiError::Unprocessable)?;
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let outcome = query
         .outcome
         .map(|o| o.parse::<RestartOutcome>())

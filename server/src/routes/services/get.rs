@@ -169,7 +169,7 @@ pub async fn one(
     path: web::Path<String>,
     fleet: web::Data<Fleet>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = ServiceName::parse(&path).map_err(ApiError::Unprocessable)?;
+    let name = ServiceName::parse(&path).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let service = fleet
         .service(name.as_str())
         .ok_or_else(|| ApiError::NotFound(format!("no host runs a service named {name}")))?;
@@ -189,7 +189,7 @@ pub async fn generations(
     query: web::Query<PageQuery>,
     db: web::Data<Db>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = ServiceName::parse(&path).map_err(ApiError::Unprocessable)?;
+    let name = ServiceName::parse(&path).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let page =
         store::list_generations(&db, name.as_str(), query.before, page_limit(query.limit)?).await?;
     Ok(HttpResponse::Ok().json(page))

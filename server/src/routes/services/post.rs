@@ -29,7 +29,7 @@ pub async fn restart(
     settings: web::Data<Settings>,
     restarts: web::Data<Restarts>,
 ) -> Result<HttpResponse, ApiError> {
-    let service = ServiceName::parse(&path).map_err(ApiError::Unprocessable)?;
+    let service = ServiceName::parse(&path).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let body = read_body(&request, payload, settings.body_limit).await?;
     let body: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RestartRequest::default()
