@@ -107,6 +107,16 @@ impl ServerUnderTest {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// `POST /services/{service}/restart?wait=true` with the operator token:
+    /// the restart once it has ended on every host.
+    pub async fn restart_and_wait(&self, service: &str) -> baton_proto::api::Restart {
+        let name = baton_proto::ServiceName::parse(service).expect("a valid service name");
+        self.client(&self.operator_token)
+            .restart_and_wait(&name, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("restart {service}: {e}"))
+    }
+
     /// A REST client of this server with `token`, trusting its CA.
     pub fn client(&self, token: &str) -> baton_client::ServerClient {
         baton_client::ServerClient::new(&self.url(), Some(token.to_owned()), self.ca_file())

@@ -1011,6 +1011,22 @@ fn an_upgrade_is_refused_during_a_restart_and_freezes_the_service_otherwise() {
 }
 
 #[test]
+fn a_new_generation_that_dies_while_the_old_one_drains_fails_the_restart() {
+    let mut bench = Bench::draining();
+    let died = bench.exit_and_empty(2, NEW, ExitInfo::Code(1));
+    assert_eq!(
+        finished(&died),
+        Some((
+            RestartOutcome::Failed,
+            Some("generation 2 exited with status 1 after it was ready".into()),
+            None
+        ))
+    );
+    // The restart is over, so the crash restart and later restarts can run.
+    assert_eq!(bench.core.state(), ServiceState::CrashLooping);
+}
+
+#[test]
 fn a_handed_over_service_is_adopted_with_its_deadlines() {
     let mut bench = Bench::draining();
     // A crash restart starting is not handed over; a draining generation is.

@@ -30,20 +30,6 @@ async fn wait_for_host(server: &ServerUnderTest) {
     }
 }
 
-/// One restart, so the restart and generation lists have something in them.
-async fn restart(server: &ServerUnderTest, service: &str) {
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/services/{service}/restart?wait=true",
-            server.url()
-        ))
-        .bearer_auth(&server.operator_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-}
-
 /// Warnings fail the run too, and what the schema cannot say.
 fn config_file() -> &'static str {
     r#"
@@ -71,7 +57,8 @@ async fn schemathesis_finds_nothing_wrong_with_the_api() {
     let server = ServerUnderTest::start();
     let _agent = AgentUnderTest::start(&server.host_config("host-a", "127.0.0.1", "web", &[], ""));
     wait_for_host(&server).await;
-    restart(&server, "web").await;
+    // One restart, so the restart and generation lists have something in them.
+    server.restart_and_wait("web").await;
 
     // Its own folder, so nothing it writes lands in the checkout.
     let dir = tempfile::tempdir().unwrap();

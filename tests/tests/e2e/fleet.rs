@@ -37,20 +37,6 @@ async fn wait_for_hosts(server: &ServerUnderTest, count: usize) {
     }
 }
 
-async fn restart_and_wait(server: &ServerUnderTest, service: &str) -> Restart {
-    let response = http()
-        .post(format!(
-            "{}/services/{service}/restart?wait=true",
-            server.url()
-        ))
-        .bearer_auth(&server.operator_token)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    response.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_across_two_hosts_under_load_fails_no_request() {
     let server = ServerUnderTest::start();
@@ -69,7 +55,7 @@ async fn a_rolling_restart_across_two_hosts_under_load_fails_no_request() {
         )));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let restart = restart_and_wait(&server, "demo").await;
+    let restart = server.restart_and_wait("demo").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.notify_waiters();
 
@@ -130,7 +116,7 @@ async fn a_host_that_rolls_back_stops_the_rollout_before_the_next_host() {
     std::fs::write(&mode_b, "never-ready").unwrap();
     let c_before = c.service("demo").generations[0].clone();
 
-    let restart = restart_and_wait(&server, "demo").await;
+    let restart = server.restart_and_wait("demo").await;
     assert_eq!(
         restart.outcome,
         Some(RestartOutcome::RolledBack),
@@ -302,7 +288,7 @@ async fn a_restart_on_an_offline_host_fails_there_with_that_reason() {
     wait_for_hosts(&server, 1).await;
     assert!(a.stop().success());
     wait_for_hosts(&server, 0).await;
-    let restart = restart_and_wait(&server, "demo").await;
+    let restart = server.restart_and_wait("demo").await;
     assert_eq!(
         restart.outcome,
         Some(RestartOutcome::Failed),
