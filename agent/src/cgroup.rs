@@ -23,12 +23,14 @@ pub struct Cgroups {
     relative: String,
 }
 
-/// A generation's cgroup, made before its spawn. The child joins it by
-/// writing `0` into `procs` before it execs.
+/// A generation's cgroup, made before its spawn. The child is created in it
+/// (`clone3` with `CLONE_INTO_CGROUP`, given `dir`) or, on kernels without
+/// that, joins it by writing `0` into `procs` before it execs.
 #[derive(Debug)]
 pub struct GenerationCgroup {
     /// As `/proc/PID/cgroup` names it.
     pub relative: String,
+    pub dir: OwnedFd,
     pub procs: OwnedFd,
 }
 
@@ -76,7 +78,7 @@ impl Cgroups {
         None
     }
 
-    /// Makes the cgroup of one generation and opens its `cgroup.procs`.
+    /// Makes the cgroup of one generation and opens it and its `cgroup.procs`.
     pub fn create(&self, service: &str, generation: u64) -> io::Result<GenerationCgroup> {
         let relative = format!("{}/{service}.{generation}", self.relative);
         let path = join(&self.mount, &relative);
@@ -85,12 +87,14 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(with_path(e, &path)),
         }
+        let dir = std::fs::File::open(&path).map_err(|e| with_path(e, &path))?;
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(path.join("cgroup.procs"))
             .map_err(|e| with_path(e, &path))?;
         Ok(GenerationCgroup {
             relative,
+            dir: dir.into(),
             procs: procs.into(),
         })
     }

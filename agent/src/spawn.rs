@@ -160,6 +160,7 @@ pub fn launch(
         workdir,
         credentials: credentials.map(|c| c.ids),
         nice: config.warmup_nice,
+        cgroup_dir: launch.cgroup.as_ref().map(|c| c.dir.as_fd()),
         cgroup_procs: launch.cgroup.as_ref().map(|c| c.procs.as_fd()),
         new_session: launch.cgroup.is_none(),
     };

@@ -82,6 +82,7 @@ impl AgentView {
             pid: std::process::id(),
             started_at: self.started_at,
             services,
+            notify_strangers: crate::notify_router::strangers(),
         }
     }
 }

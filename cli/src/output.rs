@@ -95,6 +95,13 @@ pub fn status_table(status: &AgentStatus) -> String {
             );
         }
     }
+    if status.notify_strangers > 0 {
+        let _ = writeln!(
+            out,
+            "{} notify message(s) from processes of no generation ignored",
+            status.notify_strangers
+        );
+    }
     out
 }
 

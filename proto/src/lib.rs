@@ -146,6 +146,10 @@ pub struct AgentStatus {
     pub pid: u32,
     pub started_at: UnixMillis,
     pub services: Vec<ServiceStatus>,
+    /// Notify messages from processes of no generation since the agent
+    /// started: counted, never stored.
+    #[serde(default)]
+    pub notify_strangers: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

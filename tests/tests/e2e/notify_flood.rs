@@ -26,6 +26,11 @@ fn the_event_history_survives_a_flood_of_strangers() {
     // Something of web's after the flood, to know the agent has read it all.
     let (_, report) = agent.restart("web");
     assert!(report.outcome.is_some());
+    assert_eq!(
+        agent.status().notify_strangers,
+        30_001,
+        "every stranger's message is counted"
+    );
     let events = agent.client().events();
     assert_eq!(
         events[0].seq, 1,
