@@ -109,6 +109,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         services: RwLock::new(BTreeMap::new()),
         events: events.clone(),
         shutting_down: CancellationToken::new(),
+        process_tracking: match shared.router.cgroups() {
+            Some(_) => baton_proto::ProcessTracking::Cgroup,
+            None => baton_proto::ProcessTracking::Session,
+        },
     });
 
     let mut running = Running {

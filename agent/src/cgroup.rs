@@ -10,6 +10,10 @@
 //! by its pid, so agents on one host never share a cgroup. Without a
 //! writable hierarchy the agent runs without cgroups and every generation
 //! starts in a session of its own instead (see `sys::fork_exec`).
+//!
+//! The same cgroups track a generation: it lives while its cgroup is
+//! populated, whatever its processes did to their process group or session,
+//! and it ends with `cgroup.kill`.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -168,6 +172,75 @@ fn remove_stale_folders(parent: &Path) {
             }
         }
         let _ = std::fs::remove_dir(entry.path());
+    }
+}
+
+impl Cgroups {
+    /// The folder of a cgroup named as `/proc/PID/cgroup` names it.
+    pub fn folder(&self, relative: &str) -> PathBuf {
+        join(&self.mount, relative)
+    }
+}
+
+/// How deep below a generation's cgroup processes are looked for: a service
+/// given a delegated subtree may make cgroups of its own.
+const NESTING_MAX: usize = 8;
+
+/// Pids in the cgroup at `folder` and in the cgroups below it, ascending.
+/// A cgroup that is gone has none.
+pub fn procs_of(folder: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    collect_procs(folder, 0, &mut pids);
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+fn collect_procs(folder: &Path, depth: usize, pids: &mut Vec<i32>) {
+    if let Ok(text) = std::fs::read_to_string(folder.join("cgroup.procs")) {
+        pids.extend(
+            text.lines()
+                .filter_map(|line| line.trim().parse::<i32>().ok()),
+        );
+    }
+    if depth >= NESTING_MAX {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(folder) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_procs(&entry.path(), depth + 1, pids);
+            }
+        }
+    }
+}
+
+/// Whether a process is left in the cgroup or below it (`populated` of
+/// `cgroup.events`, which the kernel keeps for the whole subtree). A cgroup
+/// that is gone is empty.
+pub fn populated(folder: &Path) -> bool {
+    std::fs::read_to_string(folder.join("cgroup.events"))
+        .is_ok_and(|events| events.lines().any(|line| line.trim() == "populated 1"))
+}
+
+/// SIGKILLs every process in the cgroup and below it at once with
+/// `cgroup.kill` (Linux 5.14+), which no process can escape by forking. On
+/// older kernels the processes are killed one by one from `cgroup.procs`;
+/// one forking in a loop could outrun that, so the caller repeats it while
+/// the cgroup stays populated.
+pub fn kill_all(folder: &Path) -> io::Result<()> {
+    match std::fs::write(folder.join("cgroup.kill"), "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && folder.exists() => {
+            for pid in procs_of(folder) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(with_path(e, folder)),
     }
 }
 

@@ -1,8 +1,8 @@
 //! How many connections a draining generation still holds, read from the kernel.
 //!
 //! A connection belongs to a generation when the socket is open in one of the
-//! processes of the generation's process group and was accepted from one of the
-//! service's listeners. Sockets come from sock_diag netlink dumps filtered by state in
+//! generation's processes (those of its cgroup, or without cgroups those of its
+//! process group) and was accepted from one of the service's listeners. Sockets come from sock_diag netlink dumps filtered by state in
 //! the kernel (`/proc/net/tcp` can hold tens of thousands of lines); ownership comes
 //! from the socket inodes behind `/proc/<pid>/fd`.
 
@@ -53,9 +53,37 @@ impl ListenAddrs {
     }
 }
 
+/// The processes whose sockets are a generation's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Members {
+    /// The live processes of a process group.
+    Group(i32),
+    /// The processes of a cgroup (its folder under the cgroup v2 mount),
+    /// including any that left the process group with `setsid`. Reading
+    /// `cgroup.procs` also spares a walk of every process on the host.
+    Cgroup(PathBuf),
+}
+
+impl Members {
+    /// Pids of the members, ascending; zombies and vanished ones left out.
+    pub fn pids(&self) -> Vec<i32> {
+        match self {
+            Members::Group(pgid) => group_members(*pgid),
+            Members::Cgroup(folder) => {
+                let mut pids = crate::cgroup::procs_of(folder);
+                pids.retain(|pid| {
+                    Process::new(*pid)
+                        .is_ok_and(|p| p.stat().is_ok_and(|stat| !matches!(stat.state, 'Z' | 'X')))
+                });
+                pids
+            }
+        }
+    }
+}
+
 /// [`count_connections`] off the async threads; `None` when it could not count.
-pub async fn count(pgid: i32, listen: ListenAddrs) -> Option<u32> {
-    tokio::task::spawn_blocking(move || count_connections(pgid, &listen))
+pub async fn count(members: Members, listen: ListenAddrs) -> Option<u32> {
+    tokio::task::spawn_blocking(move || count_connections(&members, &listen))
         .await
         .ok()
         .and_then(|r| r.ok())
@@ -65,7 +93,7 @@ pub async fn count(pgid: i32, listen: ListenAddrs) -> Option<u32> {
 /// count to `report`, until `stop` is cancelled or `report` says it is no
 /// longer listening.
 pub async fn watch_draining(
-    pgid: i32,
+    members: Members,
     listen: ListenAddrs,
     every: Duration,
     report: impl Fn(Option<u32>) -> bool,
@@ -76,7 +104,7 @@ pub async fn watch_draining(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if !report(count(pgid, listen.clone()).await) {
+        if !report(count(members.clone(), listen.clone()).await) {
             return;
         }
     }
@@ -96,19 +124,19 @@ const SOCK_SEQPACKET: u8 = libc::SOCK_SEQPACKET as u8;
 /// `SS_CONNECTED` in the `St` column of `/proc/net/unix`.
 const PROC_NET_UNIX_CONNECTED: u8 = 3;
 
-/// Number of open connections held by the processes of process group `pgid` that were
+/// Number of open connections held by the generation's processes that were
 /// accepted from one of `listen`: TCP sockets (IPv4 and IPv6) in any state but LISTEN,
 /// TIME_WAIT and CLOSE whose local port is a listener's port and whose local address is
 /// the listener's (or the listener's address is unspecified); plus connected unix
 /// stream sockets accepted on one of the unix paths. A socket shared by several
-/// processes of the group counts once.
+/// processes of the generation counts once.
 ///
 /// Blocking (netlink and `/proc`); call it from `spawn_blocking` in async code.
-pub fn count_connections(pgid: i32, listen: &ListenAddrs) -> io::Result<u32> {
-    if pgid <= 0 || (listen.tcp.is_empty() && listen.unix.is_empty()) {
+pub fn count_connections(members: &Members, listen: &ListenAddrs) -> io::Result<u32> {
+    if listen.tcp.is_empty() && listen.unix.is_empty() {
         return Ok(0);
     }
-    let group_inodes = group_socket_inodes(pgid)?;
+    let group_inodes = socket_inodes(members)?;
     if group_inodes.is_empty() {
         return Ok(0);
     }
@@ -180,19 +208,31 @@ fn is_live_member(process: &Process, pgid: i32) -> bool {
         .is_ok_and(|stat| stat.pgrp == pgid && !matches!(stat.state, 'Z' | 'X'))
 }
 
-/// Inodes of every socket open in a process of the group. A process reads its fds
-/// through the `/proc/<pid>` directory it opened, so a pid reused mid-scan cannot
-/// lend the group a stranger's sockets.
-fn group_socket_inodes(pgid: i32) -> io::Result<HashSet<u64>> {
-    let processes = procfs::process::all_processes().map_err(proc_error)?;
-    let mut inodes = HashSet::new();
-    for process in processes.flatten() {
-        if !is_live_member(&process, pgid) {
-            continue;
+/// Inodes of every socket open in a member. A process reads its fds through
+/// the `/proc/<pid>` directory it opened, so a pid reused mid-scan cannot
+/// lend the generation a stranger's sockets.
+fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
+    let processes: Vec<Process> = match members {
+        Members::Group(pgid) => {
+            if *pgid <= 0 {
+                return Ok(HashSet::new());
+            }
+            procfs::process::all_processes()
+                .map_err(proc_error)?
+                .flatten()
+                .filter(|process| is_live_member(process, *pgid))
+                .collect()
         }
+        Members::Cgroup(folder) => crate::cgroup::procs_of(folder)
+            .into_iter()
+            .filter_map(|pid| Process::new(pid).ok())
+            .collect(),
+    };
+    let mut inodes = HashSet::new();
+    for process in processes {
         let fds = match process.fd() {
             Ok(fds) => fds,
-            // Exited between the stat and the fd listing.
+            // Exited between the listing and the fd listing.
             Err(procfs::ProcError::NotFound(_)) => continue,
             // Anything else would silently undercount: a drain could then end early.
             Err(error) => return Err(proc_error(error)),
@@ -568,7 +608,8 @@ while True:
         let service = spawn_service(&counted_path, &other_path, database_address.port());
         let (_database_side, _) = database.accept().unwrap();
         let pgid = service.pgid;
-        let count = |listen: &ListenAddrs| count_connections(pgid, listen).unwrap();
+        let count =
+            |listen: &ListenAddrs| count_connections(&Members::Group(pgid), listen).unwrap();
 
         let mut clients: Vec<TcpStream> = (0..3)
             .map(|_| TcpStream::connect(loopback(service.port)).unwrap())
@@ -613,7 +654,7 @@ while True:
         // Our own accepted side of it is on the database port, but not in the group.
         let our_pgid = nix::unistd::getpgrp().as_raw();
         assert_eq!(
-            count_connections(our_pgid, &tcp(&[database_address])).unwrap(),
+            count_connections(&Members::Group(our_pgid), &tcp(&[database_address])).unwrap(),
             1
         );
 
@@ -630,7 +671,7 @@ while True:
         assert_eq!(count(&ListenAddrs::default()), 0);
 
         // The /proc/net/unix fallback sees the same unix connections.
-        let group_inodes = group_socket_inodes(pgid).unwrap();
+        let group_inodes = socket_inodes(&Members::Group(pgid)).unwrap();
         let from_proc: Vec<_> = parse_proc_net_unix(&std::fs::read("/proc/net/unix").unwrap())
             .into_iter()
             .filter(|socket| {
@@ -680,13 +721,16 @@ while True:
         let _clients: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(v6).unwrap()).collect();
         let pgid = service.pgid;
         assert_eventually("2 IPv6 clients", 2, || {
-            count_connections(pgid, &tcp(&[v6])).unwrap()
+            count_connections(&Members::Group(pgid), &tcp(&[v6])).unwrap()
         });
         let any_v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, service.v6_port));
-        assert_eq!(count_connections(pgid, &tcp(&[any_v6])).unwrap(), 2);
+        assert_eq!(
+            count_connections(&Members::Group(pgid), &tcp(&[any_v6])).unwrap(),
+            2
+        );
         // An IPv4 listener on the same port number is a different socket family.
         assert_eq!(
-            count_connections(pgid, &tcp(&[loopback(service.v6_port)])).unwrap(),
+            count_connections(&Members::Group(pgid), &tcp(&[loopback(service.v6_port)])).unwrap(),
             0
         );
     }
@@ -714,7 +758,7 @@ while True:
             unix: vec![counted_path.clone()],
         };
         assert_eventually("every client", 2 * CLIENTS as u32, || {
-            count_connections(service.pgid, &listen).unwrap()
+            count_connections(&Members::Group(service.pgid), &listen).unwrap()
         });
     }
 
@@ -739,7 +783,7 @@ while True:
         // are not members.
         assert_eventually("killed group", Vec::<i32>::new(), || group_members(pgid));
         assert_eq!(
-            count_connections(pgid, &tcp(&[loopback(service.port)])).unwrap(),
+            count_connections(&Members::Group(pgid), &tcp(&[loopback(service.port)])).unwrap(),
             0
         );
     }

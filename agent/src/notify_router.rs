@@ -18,6 +18,7 @@ use crate::cgroup::Cgroups;
 use crate::notify::NotifyDatagram;
 use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -275,6 +276,14 @@ impl NotifyRouter {
             .lock()
             .expect("notify router lock")
             .insert(pgid.as_raw(), cgroup, route);
+    }
+
+    /// The folder of the cgroup of the generation led by `pgid`, if it has one.
+    pub fn cgroup_folder(&self, pgid: Pid) -> Option<PathBuf> {
+        let cgroups = self.cgroups.as_ref()?;
+        let inner = self.inner.lock().expect("notify router lock");
+        let (_, cgroup) = inner.routes.get(&pgid.as_raw())?;
+        cgroup.as_deref().map(|relative| cgroups.folder(relative))
     }
 
     /// Forgets an ended generation and removes its cgroup; its late

@@ -4,7 +4,7 @@
 
 use crate::events::EventLog;
 use crate::service::ServiceHandle;
-use baton_proto::{AgentStatus, ErrorBody, ErrorKind, RestartId};
+use baton_proto::{AgentStatus, ErrorBody, ErrorKind, ProcessTracking, RestartId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ pub struct AgentView {
     pub services: RwLock<BTreeMap<String, ServiceHandle>>,
     pub events: Arc<EventLog>,
     pub shutting_down: CancellationToken,
+    pub process_tracking: ProcessTracking,
 }
 
 impl AgentView {
@@ -83,6 +84,7 @@ impl AgentView {
             started_at: self.started_at,
             services,
             notify_strangers: crate::notify_router::strangers(),
+            process_tracking: Some(self.process_tracking),
         }
     }
 }
@@ -101,6 +103,7 @@ mod tests {
             services: RwLock::new(services),
             events: Arc::new(EventLog::default()),
             shutting_down: CancellationToken::new(),
+            process_tracking: ProcessTracking::Cgroup,
         };
         (view, queue)
     }

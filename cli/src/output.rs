@@ -95,6 +95,12 @@ pub fn status_table(status: &AgentStatus) -> String {
             );
         }
     }
+    if status.process_tracking == Some(baton_proto::ProcessTracking::Session) {
+        let _ = writeln!(
+            out,
+            "warning: no writable cgroup v2 hierarchy; a process that starts a session of its own escapes its generation and is not stopped with it"
+        );
+    }
     if status.notify_strangers > 0 {
         let _ = writeln!(
             out,

@@ -150,6 +150,22 @@ pub struct AgentStatus {
     /// started: counted, never stored.
     #[serde(default)]
     pub notify_strangers: u64,
+    /// How the agent knows a generation's processes; `None` from agents
+    /// that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_tracking: Option<ProcessTracking>,
+}
+
+/// How an agent tells which processes belong to a generation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessTracking {
+    /// One cgroup per generation: every process it starts is tracked and
+    /// stopped, whatever it does to its session.
+    Cgroup,
+    /// A session per generation: a process that starts a session of its own
+    /// (a daemon) escapes tracking.
+    Session,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

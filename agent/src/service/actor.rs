@@ -7,7 +7,7 @@
 use super::core::{Effect, Input, Now, ServiceCore};
 use super::{Msg, Shared};
 use crate::config::ServiceConfig;
-use crate::connections::{self, ListenAddrs};
+use crate::connections::{self, ListenAddrs, Members};
 use crate::events::now_millis;
 use crate::handover::{ServiceHandover, SocketHandover};
 use crate::notify_router::{Route, ignore_notification};
@@ -247,9 +247,24 @@ impl Actor {
                 if let Err(errno) = killpg(pgid, signal) {
                     tracing::debug!(service = %self.name, pgid = pgid.as_raw(), %errno, "could not signal a generation");
                 }
+                // The group first, as it always was; then whatever of the
+                // generation left the group (a `setsid` daemon).
+                if let Some(folder) = self.shared.router.cgroup_folder(pgid) {
+                    for pid in crate::cgroup::procs_of(&folder) {
+                        let pid = Pid::from_raw(pid);
+                        if !in_group(pid, pgid) {
+                            let _ = nix::sys::signal::kill(pid, signal);
+                        }
+                    }
+                }
             }
             Effect::Kill { pgid } => {
                 let _ = killpg(pgid, Signal::SIGKILL);
+                if let Some(folder) = self.shared.router.cgroup_folder(pgid)
+                    && let Err(e) = crate::cgroup::kill_all(&folder)
+                {
+                    tracing::warn!(service = %self.name, pgid = pgid.as_raw(), error = %e, "could not kill a generation's cgroup");
+                }
             }
             Effect::RestorePriority { generation, pgid } => {
                 if let Err(errno) = crate::sys::set_group_nice(pgid, 0) {
@@ -261,7 +276,7 @@ impl Actor {
                 pgid,
                 purpose,
             } => {
-                let count = connections::count(pgid.as_raw(), self.listen_addrs()).await;
+                let count = connections::count(self.members(pgid), self.listen_addrs()).await;
                 return Some(Input::Counted {
                     generation,
                     count,
@@ -273,7 +288,7 @@ impl Actor {
                 let tx = self.tx.clone();
                 let report = move |count| tx.send(Msg::Connections { generation, count }).is_ok();
                 tokio::spawn(connections::watch_draining(
-                    pgid.as_raw(),
+                    self.members(pgid),
                     self.listen_addrs(),
                     DRAIN_POLL,
                     report,
@@ -298,7 +313,13 @@ impl Actor {
                 });
             }
             Effect::CheckGroup { generation, pgid } => {
-                if !group_alive(pgid) {
+                let alive = match self.shared.router.cgroup_folder(pgid) {
+                    // Zombies are still in the cgroup until reaped, as in
+                    // the group.
+                    Some(folder) => crate::cgroup::populated(&folder) || group_alive(pgid),
+                    None => group_alive(pgid),
+                };
+                if !alive {
                     return Some(Input::GroupEmpty { generation });
                 }
             }
@@ -445,6 +466,15 @@ impl Actor {
         });
     }
 
+    /// Whose sockets are the generation's: its cgroup's processes where it
+    /// has one, else its process group's.
+    fn members(&self, pgid: Pid) -> Members {
+        match self.shared.router.cgroup_folder(pgid) {
+            Some(folder) => Members::Cgroup(folder),
+            None => Members::Group(pgid.as_raw()),
+        }
+    }
+
     fn listen_addrs(&self) -> ListenAddrs {
         ListenAddrs::of(self.sockets.iter().map(|s| &s.bound))
     }
@@ -519,11 +549,15 @@ impl Actor {
             return;
         }
         let listen = self.listen_addrs();
+        let members: Vec<Members> = status
+            .generations
+            .iter()
+            .map(|g| self.members(Pid::from_raw(g.pid as i32)))
+            .collect();
         tokio::spawn(async move {
-            for generation in &mut status.generations {
+            for (generation, members) in status.generations.iter_mut().zip(members) {
                 if generation.connections.is_none() {
-                    let pgid = generation.pid as i32;
-                    generation.connections = connections::count(pgid, listen.clone()).await;
+                    generation.connections = connections::count(members, listen.clone()).await;
                 }
             }
             let _ = reply.send(status);

@@ -202,12 +202,9 @@ impl ServiceCore {
         }
     }
 
-    /// The generations still running, oldest first.
+    /// The generations still running (or with processes left), oldest first.
     pub fn generations(&self) -> Vec<GenerationInfo> {
-        self.generations
-            .values()
-            .filter_map(Generation::info)
-            .collect()
+        self.generations.values().map(Generation::info).collect()
     }
 
     pub fn consecutive_crashes(&self) -> u32 {

@@ -88,28 +88,34 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// `None` once exited: an exited generation is no longer shown.
-    pub fn state(&self) -> Option<GenerationState> {
-        Some(match self.lifecycle {
+    /// An exited generation whose processes live on (workers, or a daemon
+    /// that left the process group) is still draining or stopping, and shown
+    /// until the last of them is gone. (One whose group is empty is removed
+    /// in the same step its exit is handled, so it is never shown.)
+    pub fn state(&self) -> GenerationState {
+        match self.lifecycle {
             Lifecycle::Starting { .. } => GenerationState::Starting,
             Lifecycle::Ready => GenerationState::Ready,
             Lifecycle::Draining { .. } => GenerationState::Draining,
             Lifecycle::Stopping { .. } => GenerationState::Stopping,
-            Lifecycle::Exited { .. } => return None,
-        })
+            Lifecycle::Exited { leftovers, .. } => match leftovers {
+                Leftovers::Drain { .. } => GenerationState::Draining,
+                Leftovers::Kill { .. } => GenerationState::Stopping,
+            },
+        }
     }
 
-    pub fn info(&self) -> Option<GenerationInfo> {
-        Some(GenerationInfo {
+    pub fn info(&self) -> GenerationInfo {
+        GenerationInfo {
             generation: self.number,
             pid: self.pid.as_raw() as u32,
             main_pid: self.main_pid.map(|p| p.as_raw() as u32),
-            state: self.state()?,
+            state: self.state(),
             started_at: self.started_at,
             ready_at: self.ready_at,
             status_text: self.status_text.clone(),
             connections: self.connections,
-        })
+        }
     }
 
     /// The process whose exit ends the generation.

@@ -7,7 +7,7 @@ use super::generation::{Leftovers, Lifecycle};
 use crate::config::{Readiness, ServiceConfig};
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
-use baton_proto::{ErrorKind, EventKind, RestartOutcome, ServiceState};
+use baton_proto::{ErrorKind, EventKind, GenerationState, RestartOutcome, ServiceState};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::sync::Arc;
@@ -341,9 +341,16 @@ fn a_survivor_of_an_exited_generation_keeps_it_until_the_group_is_empty() {
             pgid: pid(OLD)
         }]
     );
-    assert!(bench.core.generations().iter().all(|g| g.generation == 2));
+    // Shown while its processes live: a daemon that left the group serves too.
+    let shown = bench.core.generations();
+    assert_eq!(shown.len(), 2);
+    assert_eq!(
+        (shown[0].generation, shown[0].state),
+        (1, GenerationState::Draining)
+    );
     let done = bench.on(Input::GroupEmpty { generation: 1 });
     assert_eq!(finished(&done).unwrap().0, RestartOutcome::Succeeded);
+    assert!(bench.core.generations().iter().all(|g| g.generation == 2));
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod mainpid;
 mod notify_attribution;
 mod notify_flood;
 mod outcomes;
+mod process_tracking;
 mod restart_under_load;
 mod sockets;
 mod tls;
