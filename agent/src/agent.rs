@@ -11,8 +11,9 @@ use crate::notify_router::{NotifyRouter, Routed, ignore_notification};
 use crate::reaper::Reaper;
 use crate::service::{self, ServiceHandle, Shared};
 use crate::sockets::{self, BoundSocket};
-use crate::view::AgentView;
+use crate::view::{AgentView, ReloadRequest};
 use anyhow::Context;
+use baton_proto::ReloadSummary;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
@@ -100,6 +101,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into())
     });
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let view = Arc::new(AgentView {
         host,
         boot_id: std::fs::read_to_string("/proc/sys/kernel/random/uuid")
@@ -113,6 +115,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             Some(_) => baton_proto::ProcessTracking::Cgroup,
             None => baton_proto::ProcessTracking::Session,
         },
+        reloads: reload_tx,
     });
 
     let mut running = Running {
@@ -161,7 +164,20 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sighup.recv() => reload(&config_path, &mut running, &shared, &view),
+            _ = sighup.recv() => {
+                match reload(&config_path, &mut running, &shared, &view) {
+                    Ok(summary) => tracing::info!(?summary, "reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload refused; nothing changed"),
+                }
+            }
+            Some(reply) = reload_rx.recv() => {
+                let result = reload(&config_path, &mut running, &shared, &view);
+                match &result {
+                    Ok(summary) => tracing::info!(?summary, "reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload refused; nothing changed"),
+                }
+                let _ = reply.send(result);
+            }
             _ = sigusr2.recv() => upgrade(&exe, control_fd, notify_fd, &view).await,
         }
     }
@@ -358,16 +374,18 @@ fn start_service(
     tasks.insert(config.name.clone(), task);
 }
 
-/// SIGHUP: services added are started, removed ones stopped, changed ones
-/// hot-restarted with their new configuration. A bad file changes nothing.
-fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<AgentView>) {
-    let new = match Config::load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused: the configuration is invalid; nothing changed");
-            return;
-        }
-    };
+/// SIGHUP or `baton reload`: services added are started, removed ones
+/// stopped, changed ones hot-restarted with their new configuration. A
+/// socket whose address moves to another service (a renamed service) is
+/// carried over open, so no connection is refused in between. A bad file
+/// changes nothing, and the error names where it is.
+fn reload(
+    path: &Path,
+    running: &mut Running,
+    shared: &Arc<Shared>,
+    view: &Arc<AgentView>,
+) -> Result<ReloadSummary, String> {
+    let new = Config::load(path).map_err(|e| format!("{e:#}"))?;
     if new.control_socket != running.config.control_socket
         || new.notify_socket != running.config.notify_socket
     {
@@ -381,26 +399,25 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
         .iter()
         .map(|s| (s.name.as_str(), s))
         .collect();
+    let mut summary = ReloadSummary::default();
+    let existing = carry_sockets(&running.sockets, &new, &mut summary.carried);
 
     let mut next_sockets = HashMap::new();
     for service in &new.services {
         let unchanged = old_services.get(service.name.as_str()) == Some(&service);
         let result = if unchanged {
-            bind_sockets_of(service, &running.sockets, &mut next_sockets)
+            bind_sockets_of(service, &existing, &mut next_sockets)
         } else {
             let mut fresh = HashMap::new();
-            bind_sockets_of(service, &running.sockets, &mut fresh)
-                .map(|()| next_sockets.extend(fresh))
+            bind_sockets_of(service, &existing, &mut fresh).map(|()| next_sockets.extend(fresh))
         };
-        if let Err(e) = result {
-            tracing::error!(error = %format!("{e:#}"), "reload refused; nothing changed");
-            return;
-        }
+        result.map_err(|e| format!("{e:#}"))?;
     }
 
     for old in &running.config.services {
         if !new.services.iter().any(|s| s.name == old.name) {
             tracing::info!(service = %old.name, "service removed from the configuration; stopping it");
+            summary.removed.push(old.name.clone());
             let handle = view
                 .services
                 .write()
@@ -416,6 +433,7 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
         match old_services.get(service.name.as_str()) {
             None => {
                 tracing::info!(service = %service.name, "service added");
+                summary.added.push(service.name.clone());
                 start_service(
                     service,
                     &next_sockets,
@@ -427,6 +445,7 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
             }
             Some(old) if *old != service => {
                 tracing::info!(service = %service.name, "service changed; restarting it");
+                summary.changed.push(service.name.clone());
                 let handle = view
                     .services
                     .read()
@@ -445,6 +464,44 @@ fn reload(path: &Path, running: &mut Running, shared: &Arc<Shared>, view: &Arc<A
     }
     running.sockets = next_sockets;
     running.config = new;
+    Ok(summary)
+}
+
+/// The open sockets a reload may reuse: every one under its own key, and a
+/// socket whose key the new configuration drops also under the key of the
+/// new socket that has its address, so it is carried over rather than bound
+/// again (which would fail while the old generations hold it, or refuse
+/// connections in between).
+fn carry_sockets(
+    sockets: &HashMap<SocketKey, Arc<BoundSocket>>,
+    new: &Config,
+    carried: &mut Vec<String>,
+) -> HashMap<SocketKey, Arc<BoundSocket>> {
+    let mut existing = sockets.clone();
+    let kept: std::collections::HashSet<SocketKey> = new
+        .services
+        .iter()
+        .flat_map(|s| s.sockets.iter().map(|k| (s.name.clone(), k.name.clone())))
+        .collect();
+    for service in &new.services {
+        for socket in &service.sockets {
+            let key = (service.name.clone(), socket.name.clone());
+            if sockets
+                .get(&key)
+                .is_some_and(|bound| bound.configured == socket.listen)
+            {
+                continue;
+            }
+            let dropped = sockets
+                .iter()
+                .find(|(old, bound)| !kept.contains(*old) && bound.configured == socket.listen);
+            if let Some((old, bound)) = dropped {
+                carried.push(format!("{}/{} -> {}/{}", old.0, old.1, key.0, key.1));
+                existing.insert(key, bound.clone());
+            }
+        }
+    }
+    existing
 }
 
 async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {

@@ -154,6 +154,10 @@ async fn handle_request(conn: &mut Conn, agent: &AgentView, request: Request) ->
             let status = agent.status(true).await;
             send(conn, Response::Status(status)).await
         }
+        Request::Reload => match agent.reload().await {
+            Ok(summary) => send(conn, Response::Reloaded(summary)).await,
+            Err(body) => send(conn, Response::Error(body)).await,
+        },
         Request::GetRestart { id } => match agent.events.restart(id) {
             Some(report) => send(conn, Response::Restart(report)).await,
             None => {

@@ -4,9 +4,10 @@
 
 use crate::events::EventLog;
 use crate::service::ServiceHandle;
-use baton_proto::{AgentStatus, ErrorBody, ErrorKind, ProcessTracking, RestartId};
+use baton_proto::{AgentStatus, ErrorBody, ErrorKind, ProcessTracking, ReloadSummary, RestartId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub struct AgentView {
@@ -17,7 +18,12 @@ pub struct AgentView {
     pub events: Arc<EventLog>,
     pub shutting_down: CancellationToken,
     pub process_tracking: ProcessTracking,
+    /// To the agent's main loop, which owns the running configuration.
+    pub reloads: mpsc::Sender<ReloadRequest>,
 }
+
+/// A reload asked for on the control socket, with where its answer goes.
+pub type ReloadRequest = oneshot::Sender<Result<ReloadSummary, String>>;
 
 impl AgentView {
     pub fn service(&self, name: &str) -> Option<ServiceHandle> {
@@ -66,6 +72,37 @@ impl AgentView {
         handle.restart(reason).await
     }
 
+    /// Reloads the configuration file, as SIGHUP does, and says what changed
+    /// or why nothing did.
+    pub async fn reload(&self) -> Result<ReloadSummary, ErrorBody> {
+        let refused = |kind, message: String| ErrorBody {
+            kind,
+            message,
+            running_restart: None,
+        };
+        if self.shutting_down.is_cancelled() {
+            return Err(refused(
+                ErrorKind::ShuttingDown,
+                "the agent is stopping".into(),
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.reloads.send(reply).await.is_err() {
+            return Err(refused(
+                ErrorKind::ShuttingDown,
+                "the agent is stopping".into(),
+            ));
+        }
+        match answer.await {
+            Ok(Ok(summary)) => Ok(summary),
+            Ok(Err(message)) => Err(refused(ErrorKind::InvalidConfig, message)),
+            Err(_) => Err(refused(
+                ErrorKind::ShuttingDown,
+                "the agent is stopping".into(),
+            )),
+        }
+    }
+
     /// With `count_serving`, connections of serving generations are read
     /// from the kernel too (draining ones always have a fresh count).
     pub async fn status(&self, count_serving: bool) -> AgentStatus {
@@ -104,6 +141,7 @@ mod tests {
             events: Arc::new(EventLog::default()),
             shutting_down: CancellationToken::new(),
             process_tracking: ProcessTracking::Cgroup,
+            reloads: mpsc::channel(1).0,
         };
         (view, queue)
     }

@@ -65,6 +65,10 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Have the agent read its configuration again and apply it: added
+    /// services start, removed ones stop, changed ones hot-restart. A bad
+    /// file changes nothing and is reported with its line.
+    Reload,
     /// A service's restart history (server mode).
     History {
         service: ServiceName,
@@ -135,7 +139,10 @@ fn main() -> ExitCode {
             Command::History { service, limit } => {
                 runtime.block_on(server_mode::history(&client, &service, limit))
             }
-            Command::Show { .. } | Command::Events { .. } | Command::Demo { .. } => {
+            Command::Show { .. }
+            | Command::Events { .. }
+            | Command::Reload
+            | Command::Demo { .. } => {
                 eprintln!("baton: this command talks to an agent; drop --server");
                 return ExitCode::from(exit::USAGE);
             }
@@ -178,6 +185,11 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
             } else {
                 print!("{}", output::status_table(&status));
             }
+            Ok(exit::SUCCEEDED)
+        }
+        Command::Reload => {
+            let summary = client.reload()?;
+            print!("{}", output::reload(&summary));
             Ok(exit::SUCCEEDED)
         }
         Command::Show { id, json } => {
@@ -249,7 +261,9 @@ fn exit_code(error: &Error) -> u8 {
             ErrorKind::UnknownService | ErrorKind::UnknownRestart | ErrorKind::BadRequest => {
                 exit::USAGE
             }
-            ErrorKind::RestartInProgress | ErrorKind::ShuttingDown => exit::REFUSED,
+            ErrorKind::RestartInProgress | ErrorKind::ShuttingDown | ErrorKind::InvalidConfig => {
+                exit::REFUSED
+            }
             ErrorKind::UnsupportedVersion => exit::UNREACHABLE,
         },
         Error::TokenRefused { .. } => exit::NOT_AUTHORIZED,

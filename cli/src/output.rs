@@ -1,6 +1,6 @@
 //! How the command line prints what the agent says.
 
-use baton_proto::{AgentStatus, Event, RestartReport, UnixMillis, now_millis};
+use baton_proto::{AgentStatus, Event, ReloadSummary, RestartReport, UnixMillis, now_millis};
 use std::fmt::Write;
 use std::time::Instant;
 
@@ -107,6 +107,25 @@ pub fn status_table(status: &AgentStatus) -> String {
             "{} notify message(s) from processes of no generation ignored",
             status.notify_strangers
         );
+    }
+    out
+}
+
+pub fn reload(summary: &ReloadSummary) -> String {
+    let mut out = String::new();
+    let lists = [
+        ("added", &summary.added),
+        ("removed", &summary.removed),
+        ("restarted", &summary.changed),
+        ("carried over", &summary.carried),
+    ];
+    for (what, names) in lists {
+        if !names.is_empty() {
+            let _ = writeln!(out, "{what}: {}", names.join(", "));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("reloaded; nothing changed\n");
     }
     out
 }

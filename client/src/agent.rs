@@ -3,7 +3,8 @@
 
 use crate::{Error, ProtocolError, Result};
 use baton_proto::{
-    AgentMessage, AgentStatus, ClientMessage, Event, Request, Response, RestartId, RestartReport,
+    AgentMessage, AgentStatus, ClientMessage, Event, ReloadSummary, Request, Response, RestartId,
+    RestartReport,
 };
 use std::io::{self, BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
@@ -125,6 +126,14 @@ impl AgentClient {
         match self.request(Request::Status)? {
             Response::Status(status) => Ok(status),
             _ => Err(Error::unexpected("status")),
+        }
+    }
+
+    /// Has the agent read its configuration file again and apply it.
+    pub fn reload(&mut self) -> Result<ReloadSummary> {
+        match self.request(Request::Reload)? {
+            Response::Reloaded(summary) => Ok(summary),
+            _ => Err(Error::unexpected("reload summary")),
         }
     }
 

@@ -84,6 +84,22 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Read the configuration file again and apply it, as SIGHUP does, but
+    /// answered: what changed, or why nothing did.
+    Reload,
+}
+
+/// What a reload changed, by service name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Hot-restarted with their new configuration.
+    pub changed: Vec<String>,
+    /// Sockets that moved to another service with their address, as
+    /// `"old-service/socket -> new-service/socket"`: kept open, not rebound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +130,7 @@ pub enum Response {
     Event(Event),
     /// The report of a restart; when following, this ends the stream.
     Restart(RestartReport),
+    Reloaded(ReloadSummary),
     Error(ErrorBody),
 }
 
@@ -135,6 +152,9 @@ pub enum ErrorKind {
     UnknownRestart,
     RestartInProgress,
     ShuttingDown,
+    /// A reload found the configuration invalid (the message names the file
+    /// and line) or could not bind a socket; nothing changed.
+    InvalidConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -115,3 +115,140 @@ fn sigterm_stops_every_generation_gracefully_and_the_agent_exits_zero() {
     }
     assert!(!socket.exists(), "control socket removed");
 }
+
+fn baton(agent: &AgentUnderTest, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(baton_tests::bin("baton"))
+        .arg("--agent")
+        .arg(&agent.socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn baton_reload_answers_with_the_config_error_and_changes_nothing() {
+    let agent = AgentUnderTest::start(&demo_service("keep", ""));
+    let pid = agent.service("keep").generations[0].pid;
+    let config = std::fs::read_to_string(&agent.config_path).unwrap();
+
+    std::fs::write(
+        &agent.config_path,
+        format!("{config}\n[[service]]\nname = \"bad name\"\ncommand = [\"x\"]\n"),
+    )
+    .unwrap();
+    let out = baton(&agent, &["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    let line = config.lines().count() + 3;
+    assert!(
+        stderr.contains(&format!("agent.toml:{line}:")),
+        "names the file and line {line}: {stderr}"
+    );
+    assert_eq!(agent.status().services.len(), 1);
+    assert_eq!(agent.service("keep").generations[0].pid, pid);
+
+    std::fs::write(
+        &agent.config_path,
+        format!("{config}{}", demo_service("added", "")),
+    )
+    .unwrap();
+    let out = baton(&agent, &["reload"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout.trim(), "added: added");
+    assert_eq!(agent.service("keep").generations[0].pid, pid, "unchanged");
+}
+
+#[test]
+fn a_renamed_service_keeps_its_address_in_one_reload_without_a_refused_connection() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = |name: &str| {
+        demo_service(name, "").replace("tcp://127.0.0.1:0", &format!("tcp://127.0.0.1:{port}"))
+    };
+    let agent = AgentUnderTest::start(&service("old"));
+    let config = std::fs::read_to_string(&agent.config_path).unwrap();
+    let control_line = config.lines().next().unwrap().to_string();
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failed) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(port) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        });
+        // Ends the load even when an assertion below fails.
+        let stopper = StopOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(
+            &agent.config_path,
+            format!("{control_line}\n{}", service("new")),
+        )
+        .unwrap();
+        let out = baton(&agent, &["reload"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("carried over: old/http -> new/http"),
+            "{stdout}"
+        );
+        agent.wait_for("the renamed service", Duration::from_secs(20), |s| {
+            s.services.len() == 1
+                && s.services[0].name == "new"
+                && s.services[0].state == ServiceState::Ready
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        drop(stopper);
+        load.join().unwrap()
+    });
+    assert!(ok > 10, "only {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One request on a new connection.
+fn get(port: u16) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    if answer.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&answer).into_owned())
+    }
+}
