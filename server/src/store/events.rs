@@ -136,3 +136,66 @@ pub(super) async fn agent_restart_steps(
         .map(|(body,)| serde_json::from_str(&body).context("a stored event does not parse"))
         .collect()
 }
+
+/// How many events one statement of [`prune_events`] deletes at most: the
+/// writer is shared, and a restart's events must not wait behind a delete of
+/// a million rows.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// Deletes the events older than `older_than` (Unix milliseconds) and all
+/// but the newest `max_rows`, oldest first, a chunk at a time. The newest
+/// event of every host's current agent lifetime is kept whatever its age:
+/// it is where that agent resumes after a reconnect, and without it the
+/// agent would send its whole backlog again and the history derived from
+/// it would be replayed. Returns how many were deleted.
+pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Result<u64> {
+    // The first id past the cap: every id up to it goes.
+    let (cap_id,): (Option<i64>,) =
+        sqlx::query_as("SELECT (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $1)")
+            .bind(to_i64(max_rows))
+            .fetch_one(&db.reads)
+            .await
+            .context("failed to find the event row cap")?;
+    let resume_points: Vec<(Option<i64>,)> = sqlx::query_as(
+        "SELECT (SELECT e.id FROM events e WHERE e.host = h.name AND e.boot_id = h.boot_id
+                 ORDER BY e.seq DESC LIMIT 1)
+         FROM hosts h",
+    )
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to find the hosts' last events")?;
+    let mut deleted = 0;
+    loop {
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE (at < ",
+        );
+        query
+            .push_bind(to_i64(older_than))
+            .push(" OR id <= ")
+            .push_bind(cap_id.unwrap_or(0))
+            .push(")");
+        let kept: Vec<i64> = resume_points.iter().filter_map(|&(id,)| id).collect();
+        if !kept.is_empty() {
+            query.push(" AND id NOT IN (");
+            let mut ids = query.separated(", ");
+            for id in kept {
+                ids.push_bind(id);
+            }
+            query.push(")");
+        }
+        query
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(PRUNE_CHUNK)
+            .push(")");
+        let n = query
+            .build()
+            .execute(&db.writes)
+            .await
+            .context("failed to prune events")?
+            .rows_affected();
+        deleted += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(deleted);
+        }
+    }
+}
