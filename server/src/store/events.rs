@@ -199,3 +199,96 @@ pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::ServiceStatus;
+
+    fn event(seq: u64, at: u64) -> Event {
+        Event {
+            seq,
+            at,
+            service: "web".into(),
+            restart: None,
+            kind: EventKind::GenerationStatus {
+                generation: 1,
+                status: format!("status {seq}"),
+            },
+        }
+    }
+
+    async fn seqs(db: &Db, host: &str) -> Vec<i64> {
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT seq FROM events WHERE host = $1 ORDER BY seq")
+                .bind(host)
+                .fetch_all(&db.reads)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(seq,)| seq).collect()
+    }
+
+    #[tokio::test]
+    async fn events_past_the_retention_are_deleted_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        // An older lifetime of alpha, then its current one.
+        let old: Vec<Event> = (1..=3).map(|seq| event(seq, 1_000 + seq)).collect();
+        store_events(&db, "alpha", "boot-0", &old).await.unwrap();
+        let current: Vec<Event> = (1..=4)
+            .map(|seq| event(seq, if seq <= 2 { 2_000 + seq } else { 9_000 + seq }))
+            .collect();
+        store_events(&db, "alpha", "boot-1", &current)
+            .await
+            .unwrap();
+        super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
+            .await
+            .unwrap();
+
+        let deleted = prune_events(&db, 5_000, 1_000).await.unwrap();
+        assert_eq!(deleted, 5);
+        assert_eq!(seqs(&db, "alpha").await, [3, 4]);
+        assert_eq!(max_seq(&db, "alpha", "boot-1").await.unwrap(), 4);
+        assert_eq!(max_seq(&db, "alpha", "boot-0").await.unwrap(), 0);
+        // Nothing more to do.
+        assert_eq!(prune_events(&db, 5_000, 1_000).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_row_cap_the_oldest_go_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        let n = (PRUNE_CHUNK as u64) * 2 + 10;
+        let events: Vec<Event> = (1..=n).map(|seq| event(seq, 10_000 + seq)).collect();
+        store_events(&db, "alpha", "boot-1", &events).await.unwrap();
+
+        let deleted = prune_events(&db, 0, 100).await.unwrap();
+        assert_eq!(deleted, n - 100);
+        let kept = seqs(&db, "alpha").await;
+        assert_eq!(kept.len(), 100);
+        assert_eq!(kept[0], i64::try_from(n).unwrap() - 99);
+    }
+
+    #[tokio::test]
+    async fn the_last_event_of_a_hosts_current_lifetime_survives_any_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        let events: Vec<Event> = (1..=5).map(|seq| event(seq, seq)).collect();
+        store_events(&db, "alpha", "boot-1", &events).await.unwrap();
+        store_events(&db, "beta", "boot-9", &events).await.unwrap();
+        super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
+            .await
+            .unwrap();
+
+        prune_events(&db, u64::MAX, 0).await.unwrap();
+        // alpha resumes after 5, not from the start; beta is no host.
+        assert_eq!(seqs(&db, "alpha").await, [5]);
+        assert_eq!(seqs(&db, "beta").await, Vec::<i64>::new());
+    }
+}

@@ -275,6 +275,11 @@ impl FakeAgent {
             .unwrap();
     }
 
+    /// Any text, frame or not.
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
     pub async fn recv_within(&mut self, limit: Duration) -> Option<ServerFrame> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
