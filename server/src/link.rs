@@ -18,7 +18,8 @@ use crate::settings::Timeouts;
 use crate::store::{self, Db};
 
 /// The largest frame an agent may send. An agent sends events in batches of
-/// at most 500 and 256 KiB, and a status of a few KiB per service (its
+/// at most 500 (a few hundred bytes each; reasons the server sends are at
+/// most 1024 characters) and a status of a few KiB per service (its
 /// `STATUS=` text is capped at 256 bytes), so a bigger frame is not an
 /// agent's; the link closes before the frame is read.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
