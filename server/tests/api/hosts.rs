@@ -45,23 +45,52 @@ async fn an_operator_forgets_an_offline_host_and_nobody_else_may() {
     let _beta = FakeAgent::connect(&app, "beta", "boot-1", vec![service("web", 1)]).await;
 
     assert_eq!(delete_host(&app, "alpha", None).await.status(), 401);
-    assert_eq!(delete_host(&app, "alpha", Some(&app.viewer)).await.status(), 403);
-    assert_eq!(delete_host(&app, "alpha", Some(&app.agent)).await.status(), 403);
+    assert_eq!(
+        delete_host(&app, "alpha", Some(&app.viewer)).await.status(),
+        403
+    );
+    assert_eq!(
+        delete_host(&app, "alpha", Some(&app.agent)).await.status(),
+        403
+    );
     // A connected host would only come back: refused.
     let connected = delete_host(&app, "alpha", Some(&app.operator)).await;
     assert_eq!(connected.status(), 409);
     let body: serde_json::Value = connected.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("connected"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("connected"),
+        "{body}"
+    );
 
     alpha.close().await;
     wait_offline(&app, "alpha").await;
-    assert_eq!(delete_host(&app, "alpha", Some(&app.operator)).await.status(), 204);
+    assert_eq!(
+        delete_host(&app, "alpha", Some(&app.operator))
+            .await
+            .status(),
+        204
+    );
     assert_eq!(host_names(&app).await, ["beta"]);
     let web = app.get_json("/services/web").await;
     assert_eq!(web["hosts"].as_array().unwrap().len(), 1, "{web}");
-    assert_eq!(delete_host(&app, "alpha", Some(&app.operator)).await.status(), 404);
-    assert_eq!(delete_host(&app, "nobody", Some(&app.operator)).await.status(), 404);
-    assert_eq!(delete_host(&app, ".hidden", Some(&app.operator)).await.status(), 422);
+    assert_eq!(
+        delete_host(&app, "alpha", Some(&app.operator))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        delete_host(&app, "nobody", Some(&app.operator))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        delete_host(&app, ".hidden", Some(&app.operator))
+            .await
+            .status(),
+        422
+    );
 
     // Forgotten for good: not back after a server restart.
     let app = app.restart_server().await;

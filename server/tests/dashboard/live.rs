@@ -26,7 +26,11 @@ async fn events_within(response: &mut reqwest::Response, window: Duration) -> Ve
         if line.is_empty() {
             if !data.is_empty() {
                 events.push(SseEvent {
-                    event: if event.is_empty() { "message".into() } else { event.clone() },
+                    event: if event.is_empty() {
+                        "message".into()
+                    } else {
+                        event.clone()
+                    },
                     data: data.join("\n"),
                 });
             }
