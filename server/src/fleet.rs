@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::domain::now_millis;
-use crate::store::HostRow;
+use crate::store::{HostForgotten, HostRow};
 
 /// What the orchestrator waits on.
 #[derive(Debug, Clone)]
@@ -424,6 +424,25 @@ impl Fleet {
                 services: state.services.iter().map(|s| s.name.clone()).collect(),
             })
             .collect()
+    }
+
+    /// Drops a host from the picture unless its agent is connected.
+    pub fn forget(&self, host: &str) -> HostForgotten {
+        let forgotten = {
+            let mut hosts = self.hosts.write().expect("fleet lock");
+            match hosts.get(host) {
+                None => HostForgotten::Unknown,
+                Some(state) if state.link.is_some() => HostForgotten::Online,
+                Some(_) => {
+                    hosts.remove(host);
+                    HostForgotten::Forgotten
+                }
+            }
+        };
+        if forgotten == HostForgotten::Forgotten {
+            self.changed();
+        }
+        forgotten
     }
 
     pub fn agents_online(&self) -> usize {

@@ -13,11 +13,13 @@
 //! the WebSocket protocol.
 #![forbid(unsafe_code)]
 
+pub mod agent_input;
 pub mod auth;
 pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod fleet;
+pub mod housekeeping;
 pub mod link;
 pub mod metrics;
 pub mod openapi;

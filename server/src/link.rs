@@ -10,14 +10,19 @@ use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::agent_input::{self, FrameError};
 use crate::auth::TokenCache;
 use crate::domain::{now_millis, validate_host_name};
 use crate::fleet::{CommandAnswer, Fleet};
 use crate::settings::Timeouts;
 use crate::store::{self, Db};
 
-/// An event batch after a long outage can be big (the agent keeps 50,000).
-pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// The largest frame an agent may send. An agent sends events in batches of
+/// at most 500 (a few hundred bytes each; reasons the server sends are at
+/// most 1024 characters) and a status of a few KiB per service (its
+/// `STATUS=` text is capped at 256 bytes), so a bigger frame is not an
+/// agent's; the link closes before the frame is read.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
 /// Agents report every second; the database needs a copy only for
 /// `GET /services` after a server restart, so connection-count churn is
@@ -28,6 +33,9 @@ enum Incoming {
     Frame(AgentFrame),
     /// A ping, pong or unparsable message: proof of life, nothing to do.
     Noise,
+    /// A frame no honest agent sends (too large, a forged service name):
+    /// the link closes with this reason.
+    Refused(String),
     Closed,
 }
 
@@ -38,6 +46,9 @@ async fn receive(
 ) -> Incoming {
     match stream.recv().await {
         None => Incoming::Closed,
+        Some(Err(actix_ws::ProtocolError::Overflow)) => Incoming::Refused(format!(
+            "a frame is larger than the limit of {MAX_FRAME_BYTES} bytes"
+        )),
         Some(Err(error)) => {
             tracing::warn!(host, %error, "agent link protocol error");
             Incoming::Closed
@@ -53,8 +64,9 @@ async fn receive(
                 AggregatedMessage::Pong(_) => return Incoming::Noise,
                 AggregatedMessage::Close(_) => return Incoming::Closed,
             };
-            match serde_json::from_slice(bytes) {
+            match agent_input::parse_frame(bytes) {
                 Ok(frame) => Incoming::Frame(frame),
+                Err(FrameError::Refused(reason)) => Incoming::Refused(reason),
                 Err(error) => {
                     tracing::warn!(host, %error, "unparsable frame from an agent; ignored");
                     Incoming::Noise
@@ -96,6 +108,7 @@ pub async fn run(
     let silence = context.timeouts.agent_silence;
     let hello = match tokio::time::timeout(silence, receive(&mut session, &mut stream, "?")).await {
         Ok(Incoming::Frame(frame)) => frame,
+        Ok(Incoming::Refused(reason)) => return refuse(session, reason).await,
         Ok(_) => return refuse(session, "the first frame must be hello".into()).await,
         Err(_) => return refuse(session, "no hello in time".into()).await,
     };
@@ -198,6 +211,11 @@ pub async fn run(
                 deadline = tokio::time::Instant::now() + silence;
                 match incoming {
                     Incoming::Closed => break "closed",
+                    Incoming::Refused(message) => {
+                        tracing::warn!(host, %message, "agent frame refused");
+                        let _ = send(&mut session, &ServerFrame::Refused { message }).await;
+                        break "frame refused";
+                    }
                     Incoming::Noise => context.fleet.touch(&host, connection),
                     Incoming::Frame(AgentFrame::Hello { .. }) => break "second hello",
                     Incoming::Frame(AgentFrame::Events { events }) => {

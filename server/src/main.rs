@@ -26,9 +26,20 @@ enum Command {
         /// SQLite file, created on first start.
         #[arg(long, env = "BATON_DATABASE")]
         database: PathBuf,
-        /// How long a host may stay offline during its restart before it fails there.
+        /// How long a host may stay offline during its restart before it
+        /// fails there; a host offline for longer when its turn in a
+        /// rollout comes is skipped (`skipped: offline`).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         offline_grace: Duration,
+        /// Events older than this are deleted.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        event_retention: Duration,
+        /// At most this many events are kept, the newest.
+        #[arg(long, default_value_t = 1_000_000)]
+        event_max_rows: u64,
+        /// A host offline for longer than this is forgotten.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        forget_offline_hosts_after: Duration,
         /// The longest one host's restart may take.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         host_restart_timeout: Duration,
@@ -48,6 +59,23 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Manage the hosts the server knows.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Forget an offline host: it leaves the host list, the services it ran
+    /// and the rollouts that have not reached it; its history stays. A
+    /// running server drops it within a minute.
+    Forget {
+        #[arg(long, env = "BATON_DATABASE")]
+        database: PathBuf,
+        name: String,
     },
 }
 
@@ -97,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
             listen,
             database,
             offline_grace,
+            event_retention,
+            event_max_rows,
+            forget_offline_hosts_after,
             host_restart_timeout,
             token_recheck,
             tls_cert,
@@ -109,6 +140,9 @@ async fn main() -> anyhow::Result<()> {
             settings.timeouts.offline_grace = offline_grace;
             settings.timeouts.host_restart = host_restart_timeout;
             settings.timeouts.token_recheck = token_recheck;
+            settings.housekeeping.event_retention = event_retention;
+            settings.housekeeping.event_max_rows = event_max_rows;
+            settings.housekeeping.forget_offline_hosts_after = forget_offline_hosts_after;
             let application = Application::build(settings).await?;
             tracing::info!(
                 port = application.port(),
@@ -168,6 +202,21 @@ async fn main() -> anyhow::Result<()> {
                 "revoked {revoked} token{}",
                 if revoked == 1 { "" } else { "s" }
             );
+        }
+        Command::Host {
+            command: HostCommand::Forget { database, name },
+        } => {
+            baton_server::domain::validate_host_name(&name).map_err(|e| anyhow::anyhow!(e))?;
+            let db = baton_server::store::open(&database).await?;
+            match store::forget_host(&db, &name).await? {
+                store::HostForgotten::Forgotten => println!("forgot host {name}"),
+                store::HostForgotten::Online => anyhow::bail!(
+                    "host {name} is connected; stop its agent (or revoke its token) first"
+                ),
+                store::HostForgotten::Unknown => {
+                    anyhow::bail!("no host is named {name}; `GET /hosts` lists them")
+                }
+            }
         }
     }
     Ok(())

@@ -34,6 +34,7 @@ a path does not have is answered 405 with an Allow header."
         paths::restarts,
         paths::restart_by_id,
         paths::hosts,
+        paths::forget_host,
         paths::agent_connect,
     ),
     modifiers(&BearerToken, &RestartBodyMayBeLeftOut)
@@ -335,6 +336,35 @@ mod paths {
         security(("bearer" = []))
     )]
     pub fn hosts() {}
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    struct HostPath {
+        /// The host, by the name its agent reports; a name that breaks the rule is `422`.
+        #[param(value_type = Name)]
+        name: String,
+    }
+
+    /// Forgets an offline host: it leaves `GET /hosts`, the services it ran
+    /// and the rollouts that have not reached it; its history stays. Hosts
+    /// offline for longer than the server's `--forget-offline-hosts-after`
+    /// are forgotten on their own.
+    #[utoipa::path(
+        tag = "hosts",
+        delete,
+        path = "/hosts/{name}",
+        params(HostPath),
+        responses(
+            (status = 204, description = "Forgotten."),
+            (status = 401, description = "No token, or an unknown one.", body = ApiError),
+            (status = 403, description = "Not an operator token.", body = ApiError),
+            (status = 404, description = "No such host.", body = ApiError),
+            (status = 409, description = "The host's agent is connected; stop it (or revoke its token) first.", body = ApiError),
+            (status = 422, description = "Invalid name.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn forget_host() {}
 
     /// The agent link: a WebSocket of JSON text frames (`baton_proto::link`).
     ///

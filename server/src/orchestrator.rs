@@ -56,6 +56,10 @@ struct Inner {
 
 type HostResult = (RestartOutcome, Option<String>);
 
+/// The reason recorded with a host a rollout passed by because it had been
+/// offline for longer than the grace.
+pub const SKIPPED_OFFLINE: &str = "offline";
+
 impl Orchestrator {
     pub fn new(
         db: Db,
@@ -194,11 +198,14 @@ async fn drive_restart(
 
     let mut results: Vec<Option<HostResult>> = vec![None; hosts.len()];
     let mut stop = false;
+    let mut n_skipped_offline = 0;
     let mut pending = std::collections::VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     for (index, host) in hosts.into_iter().enumerate() {
         match host.state {
-            HostRestartState::Finished | HostRestartState::Skipped => {
+            // Only a host gone offline is skipped while its restart runs.
+            HostRestartState::Skipped => n_skipped_offline += 1,
+            HostRestartState::Finished => {
                 let outcome = host.outcome.map_or(RestartOutcome::Failed, Into::into);
                 stop |= outcome != RestartOutcome::Succeeded;
                 results[index] = Some((outcome, host.outcome_reason));
@@ -228,9 +235,13 @@ async fn drive_restart(
         let Some((index, result)) = in_flight.next().await else {
             break;
         };
-        let result = result?;
-        stop |= result.0 != RestartOutcome::Succeeded;
-        results[index] = Some(result);
+        match result? {
+            Some(result) => {
+                stop |= result.0 != RestartOutcome::Succeeded;
+                results[index] = Some(result);
+            }
+            None => n_skipped_offline += 1,
+        }
     }
 
     let host_names = store::restart_host_rows(&inner.db, restart_id).await?;
@@ -254,6 +265,11 @@ async fn drive_restart(
             RestartOutcome::Failed,
             Some("no host runs the service".to_string()),
         ),
+        // Nothing was restarted: that is no success.
+        None if n_skipped_offline == results.len() => (
+            RestartOutcome::Failed,
+            Some("every host was offline".to_string()),
+        ),
         None => (RestartOutcome::Succeeded, None),
     };
     store::finish_restart(&inner.db, restart_id, outcome, reason.as_deref()).await?;
@@ -271,7 +287,7 @@ async fn drive_host_indexed(
     restart: RestartRow,
     host: RestartHostRow,
     index: usize,
-) -> (usize, anyhow::Result<HostResult>) {
+) -> (usize, anyhow::Result<Option<HostResult>>) {
     let result = drive_host(&inner, &restart, host).await;
     (index, result)
 }
@@ -289,7 +305,36 @@ async fn finish_host(
     Ok((outcome, reason))
 }
 
+/// One host's restart: its result, or `None` when the host was skipped
+/// because it had been offline for longer than the grace.
 async fn drive_host(
+    inner: &Inner,
+    restart: &RestartRow,
+    row: RestartHostRow,
+) -> anyhow::Result<Option<HostResult>> {
+    if row.state == HostRestartState::Pending && long_offline(inner, &row.host) {
+        let restart_id = u64::try_from(restart.id).unwrap_or(0);
+        store::skip_host(&inner.db, restart_id, &row.host, SKIPPED_OFFLINE).await?;
+        tracing::info!(restart_id, host = %row.host, "host skipped: offline");
+        return Ok(None);
+    }
+    follow_host(inner, restart, row).await.map(Some)
+}
+
+/// Offline for longer than the grace, or forgotten: gone, not blinking.
+fn long_offline(inner: &Inner, host: &str) -> bool {
+    match inner.fleet.link_state(host) {
+        None => true,
+        Some(link) => {
+            !link.online
+                && link
+                    .offline_since
+                    .is_some_and(|since| since.elapsed() >= inner.timeouts.offline_grace)
+        }
+    }
+}
+
+async fn follow_host(
     inner: &Inner,
     restart: &RestartRow,
     row: RestartHostRow,

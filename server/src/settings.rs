@@ -15,6 +15,33 @@ pub struct Settings {
     pub body_limit: usize,
     /// HTTPS instead of HTTP, for the API, the dashboard and the agent link.
     pub tls: Option<TlsFiles>,
+    pub housekeeping: Housekeeping,
+}
+
+/// What the server forgets, and how often it looks. Everything an agent
+/// sends is kept only this long, so no agent can fill the disk.
+#[derive(Debug, Clone)]
+pub struct Housekeeping {
+    /// Events older than this (by their time) are deleted.
+    pub event_retention: Duration,
+    /// At most this many events are kept, the newest.
+    pub event_max_rows: u64,
+    /// A host offline for longer than this (since it was last seen) is
+    /// forgotten, as by `DELETE /hosts/{name}`.
+    pub forget_offline_hosts_after: Duration,
+    /// How often the background task prunes and forgets.
+    pub interval: Duration,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Self {
+        Housekeeping {
+            event_retention: Duration::from_secs(30 * 24 * 3600),
+            event_max_rows: 1_000_000,
+            forget_offline_hosts_after: Duration::from_secs(7 * 24 * 3600),
+            interval: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -32,7 +59,10 @@ pub struct Timeouts {
     pub agent_silence: Duration,
     /// How long a host may stay offline in the middle of its restart before
     /// the restart fails there with "host offline". Long enough for an agent
-    /// to reconnect after a server restart or a network blip.
+    /// to reconnect after a server restart or a network blip. A host that
+    /// has been offline for longer when its turn in a rollout comes is gone,
+    /// not blinking: it is skipped (`skipped`, reason `offline`) and the
+    /// rollout goes on; one offline for less fails there.
     pub offline_grace: Duration,
     /// How long the agent may take to answer a restart command.
     pub command_answer: Duration,
@@ -64,6 +94,7 @@ impl Settings {
             timeouts: Timeouts::default(),
             body_limit: 16 * 1024,
             tls: None,
+            housekeeping: Housekeeping::default(),
         }
     }
 }

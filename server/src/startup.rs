@@ -26,6 +26,7 @@ pub struct Application {
     tls: bool,
     server: Server,
     orchestrator: Orchestrator,
+    housekeeping: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -70,6 +71,12 @@ impl Application {
         let db = web::Data::new(db);
         let settings = web::Data::new(settings);
         orchestrator.resume_running().await?;
+        let housekeeping = crate::housekeeping::spawn(
+            db.get_ref().clone(),
+            fleet.clone().into_inner(),
+            settings.housekeeping.clone(),
+            &tokio::runtime::Handle::current(),
+        );
 
         let server = HttpServer::new(move || {
             App::new()
@@ -112,6 +119,7 @@ impl Application {
             port,
             server,
             orchestrator,
+            housekeeping,
         })
     }
 
@@ -132,6 +140,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.orchestrator.shutdown();
+        self.housekeeping.abort();
         result
     }
 }

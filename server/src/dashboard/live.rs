@@ -26,19 +26,46 @@ const TICK: Duration = Duration::from_millis(250);
 /// A comment now and then keeps proxies from closing a quiet stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// One SSE message; every line of the HTML becomes a `data:` line.
+/// One SSE message; every line of the HTML becomes a `data:` line. A line
+/// ends where an SSE parser ends it, at `\r\n`, `\r` or `\n`: splitting on
+/// `\n` alone would leave a `\r` that the browser reads as a line end, and
+/// text inside the HTML could start a line of its own (`event: done`).
 fn message(event: &str, html: &str) -> Bytes {
     let mut out = String::with_capacity(html.len() + 64);
     out.push_str("event: ");
     out.push_str(event);
     out.push('\n');
-    for line in html.lines() {
+    for line in sse_lines(html) {
         out.push_str("data: ");
         out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
     Bytes::from(out)
+}
+
+/// The lines of `text` as the SSE grammar splits them; a final line end
+/// adds no empty line, as with `str::lines`.
+fn sse_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\r', '\n']) {
+            Some(end) => {
+                let after = if current[end..].starts_with("\r\n") {
+                    end + 2
+                } else {
+                    end + 1
+                };
+                rest = (after < current.len()).then(|| &current[after..]);
+                Some(&current[..end])
+            }
+            None => {
+                rest = None;
+                (!current.is_empty()).then_some(current)
+            }
+        }
+    })
 }
 
 enum Frame {
@@ -177,4 +204,47 @@ pub async fn service(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every line of a message as an SSE parser reads it.
+    fn parsed_lines(message: &Bytes) -> Vec<String> {
+        let text = std::str::from_utf8(message).unwrap();
+        text.replace("\r\n", "\n")
+            .replace('\r', "\n")
+            .split('\n')
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn no_line_break_in_the_html_starts_a_field_of_its_own() {
+        let html = "<p>ok\revent: done\r\ndata: injected\n\nretry: 1</p>";
+        let lines = parsed_lines(&message("update", html));
+        assert_eq!(
+            lines,
+            [
+                "event: update",
+                "data: <p>ok",
+                "data: event: done",
+                "data: data: injected",
+                "data: ",
+                "data: retry: 1</p>",
+                "",
+                "",
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_split_as_the_sse_grammar_splits_them() {
+        let split = |text| sse_lines(text).collect::<Vec<_>>();
+        assert_eq!(split("a\nb\r\nc\rd"), ["a", "b", "c", "d"]);
+        assert_eq!(split("a\n"), ["a"]);
+        assert_eq!(split("a\r\n\r\nb"), ["a", "", "b"]);
+        assert_eq!(split(""), Vec::<&str>::new());
+    }
 }

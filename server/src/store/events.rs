@@ -136,3 +136,159 @@ pub(super) async fn agent_restart_steps(
         .map(|(body,)| serde_json::from_str(&body).context("a stored event does not parse"))
         .collect()
 }
+
+/// How many events one statement of [`prune_events`] deletes at most: the
+/// writer is shared, and a restart's events must not wait behind a delete of
+/// a million rows.
+const PRUNE_CHUNK: i64 = 5_000;
+
+/// Deletes the events older than `older_than` (Unix milliseconds) and all
+/// but the newest `max_rows`, oldest first, a chunk at a time. The newest
+/// event of every host's current agent lifetime is kept whatever its age:
+/// it is where that agent resumes after a reconnect, and without it the
+/// agent would send its whole backlog again and the history derived from
+/// it would be replayed. Returns how many were deleted.
+pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Result<u64> {
+    // The first id past the cap: every id up to it goes.
+    let (cap_id,): (Option<i64>,) =
+        sqlx::query_as("SELECT (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $1)")
+            .bind(to_i64(max_rows))
+            .fetch_one(&db.reads)
+            .await
+            .context("failed to find the event row cap")?;
+    let resume_points: Vec<(Option<i64>,)> = sqlx::query_as(
+        "SELECT (SELECT e.id FROM events e WHERE e.host = h.name AND e.boot_id = h.boot_id
+                 ORDER BY e.seq DESC LIMIT 1)
+         FROM hosts h",
+    )
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to find the hosts' last events")?;
+    let mut deleted = 0;
+    loop {
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE (at < ",
+        );
+        query
+            .push_bind(to_i64(older_than))
+            .push(" OR id <= ")
+            .push_bind(cap_id.unwrap_or(0))
+            .push(")");
+        let kept: Vec<i64> = resume_points.iter().filter_map(|&(id,)| id).collect();
+        if !kept.is_empty() {
+            query.push(" AND id NOT IN (");
+            let mut ids = query.separated(", ");
+            for id in kept {
+                ids.push_bind(id);
+            }
+            query.push(")");
+        }
+        query
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(PRUNE_CHUNK)
+            .push(")");
+        let n = query
+            .build()
+            .execute(&db.writes)
+            .await
+            .context("failed to prune events")?
+            .rows_affected();
+        deleted += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::ServiceStatus;
+
+    fn event(seq: u64, at: u64) -> Event {
+        Event {
+            seq,
+            at,
+            service: "web".into(),
+            restart: None,
+            kind: EventKind::GenerationStatus {
+                generation: 1,
+                status: format!("status {seq}"),
+            },
+        }
+    }
+
+    async fn seqs(db: &Db, host: &str) -> Vec<i64> {
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT seq FROM events WHERE host = $1 ORDER BY seq")
+                .bind(host)
+                .fetch_all(&db.reads)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(seq,)| seq).collect()
+    }
+
+    #[tokio::test]
+    async fn events_past_the_retention_are_deleted_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        // An older lifetime of alpha, then its current one.
+        let old: Vec<Event> = (1..=3).map(|seq| event(seq, 1_000 + seq)).collect();
+        store_events(&db, "alpha", "boot-0", &old).await.unwrap();
+        let current: Vec<Event> = (1..=4)
+            .map(|seq| event(seq, if seq <= 2 { 2_000 + seq } else { 9_000 + seq }))
+            .collect();
+        store_events(&db, "alpha", "boot-1", &current)
+            .await
+            .unwrap();
+        super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
+            .await
+            .unwrap();
+
+        let deleted = prune_events(&db, 5_000, 1_000).await.unwrap();
+        assert_eq!(deleted, 5);
+        assert_eq!(seqs(&db, "alpha").await, [3, 4]);
+        assert_eq!(max_seq(&db, "alpha", "boot-1").await.unwrap(), 4);
+        assert_eq!(max_seq(&db, "alpha", "boot-0").await.unwrap(), 0);
+        // Nothing more to do.
+        assert_eq!(prune_events(&db, 5_000, 1_000).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_row_cap_the_oldest_go_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        let n = (PRUNE_CHUNK as u64) * 2 + 10;
+        let events: Vec<Event> = (1..=n).map(|seq| event(seq, 10_000 + seq)).collect();
+        store_events(&db, "alpha", "boot-1", &events).await.unwrap();
+
+        let deleted = prune_events(&db, 0, 100).await.unwrap();
+        assert_eq!(deleted, n - 100);
+        let kept = seqs(&db, "alpha").await;
+        assert_eq!(kept.len(), 100);
+        assert_eq!(kept[0], i64::try_from(n).unwrap() - 99);
+    }
+
+    #[tokio::test]
+    async fn the_last_event_of_a_hosts_current_lifetime_survives_any_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        let events: Vec<Event> = (1..=5).map(|seq| event(seq, seq)).collect();
+        store_events(&db, "alpha", "boot-1", &events).await.unwrap();
+        store_events(&db, "beta", "boot-9", &events).await.unwrap();
+        super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
+            .await
+            .unwrap();
+
+        prune_events(&db, u64::MAX, 0).await.unwrap();
+        // alpha resumes after 5, not from the start; beta is no host.
+        assert_eq!(seqs(&db, "alpha").await, [5]);
+        assert_eq!(seqs(&db, "beta").await, Vec::<i64>::new());
+    }
+}

@@ -106,3 +106,57 @@ pub async fn save_host_status(
         .context("failed to store the host's status")?;
     Ok(())
 }
+
+/// What [`forget_host`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostForgotten {
+    Forgotten,
+    /// Its agent is connected; a connected host is not forgotten.
+    Online,
+    Unknown,
+}
+
+/// Deletes a host that is offline. Its events, generations and restarts
+/// stay: they are history, pruned with the rest of it.
+pub async fn forget_host(db: &Db, name: &str) -> anyhow::Result<HostForgotten> {
+    let deleted = sqlx::query("DELETE FROM hosts WHERE name = $1 AND online = FALSE")
+        .bind(name)
+        .execute(&db.writes)
+        .await
+        .context("failed to forget the host")?
+        .rows_affected();
+    if deleted > 0 {
+        return Ok(HostForgotten::Forgotten);
+    }
+    let online: Option<(bool,)> = sqlx::query_as("SELECT online FROM hosts WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&db.writes)
+        .await
+        .context("failed to read the host")?;
+    Ok(match online {
+        Some(_) => HostForgotten::Online,
+        None => HostForgotten::Unknown,
+    })
+}
+
+/// The hosts offline and last seen before `last_seen_before` (Unix
+/// milliseconds).
+pub async fn hosts_offline_since(db: &Db, last_seen_before: u64) -> anyhow::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT name FROM hosts WHERE online = FALSE AND last_seen < $1 ORDER BY name",
+    )
+    .bind(to_i64(last_seen_before))
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to list long-offline hosts")?;
+    Ok(rows.into_iter().map(|(name,)| name).collect())
+}
+
+/// Every host's name.
+pub async fn host_names(db: &Db) -> anyhow::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT name FROM hosts ORDER BY name")
+        .fetch_all(&db.reads)
+        .await
+        .context("failed to list the hosts")?;
+    Ok(rows.into_iter().map(|(name,)| name).collect())
+}

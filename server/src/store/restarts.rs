@@ -24,7 +24,9 @@ pub enum HostRestartState {
     /// The command was sent.
     Running,
     Finished,
-    /// Never started because a host before it did not succeed.
+    /// Never started: a host before it did not succeed (no reason), or it
+    /// had been offline for longer than the grace when its turn came
+    /// (reason `offline`), which does not stop the rollout.
     Skipped,
 }
 
@@ -517,6 +519,22 @@ pub async fn finish_host(
     .execute(&db.writes)
     .await
     .context("failed to record a host's outcome")?;
+    Ok(())
+}
+
+/// Passes a host by without sending it anything; `reason` says why.
+pub async fn skip_host(db: &Db, restart_id: u64, host: &str, reason: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE restart_hosts SET state = 'skipped', outcome_reason = $3, finished_at = $4
+         WHERE restart_id = $1 AND host = $2",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .bind(reason)
+    .bind(to_i64(now_millis()))
+    .execute(&db.writes)
+    .await
+    .context("failed to record a skipped host")?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ pub struct TestApp {
     pub viewer: String,
     pub agent: String,
     pub client: reqwest::Client,
+    tweak: fn(&mut Settings),
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Dropped last: the database lives in it.
@@ -39,6 +40,12 @@ fn test_settings(database: PathBuf) -> Settings {
 
 /// A server on port 0 with a fresh SQLite file and one token per role.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with settings of the test's own, kept across
+/// [`TestApp::restart_server`].
+pub async fn spawn_app_with(tweak: fn(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("baton.db");
     let db = baton_server::store::open(&database).await.unwrap();
@@ -52,7 +59,7 @@ pub async fn spawn_app() -> TestApp {
         .await
         .unwrap();
     db.close().await;
-    start(dir, database, operator, viewer, agent).await
+    start(dir, database, operator, viewer, agent, tweak).await
 }
 
 async fn start(
@@ -61,8 +68,11 @@ async fn start(
     operator: String,
     viewer: String,
     agent: String,
+    tweak: fn(&mut Settings),
 ) -> TestApp {
-    let application = Application::build(test_settings(database.clone()))
+    let mut settings = test_settings(database.clone());
+    tweak(&mut settings);
+    let application = Application::build(settings)
         .await
         .expect("the application builds");
     let port = application.port();
@@ -79,6 +89,7 @@ async fn start(
             baton_tls::install_default_provider();
             reqwest::Client::new()
         },
+        tweak,
         handle,
         server,
         dir,
@@ -97,6 +108,7 @@ impl TestApp {
             self.operator,
             self.viewer,
             self.agent,
+            self.tweak,
         )
         .await
     }
@@ -261,6 +273,11 @@ impl FakeAgent {
             .send(Message::text(serde_json::to_string(frame).unwrap()))
             .await
             .unwrap();
+    }
+
+    /// Any text, frame or not.
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.unwrap();
     }
 
     pub async fn recv_within(&mut self, limit: Duration) -> Option<ServerFrame> {

@@ -160,3 +160,217 @@ async fn the_last_status_survives_a_server_restart() {
         FakeAgent::connect_with_seq(&app, "alpha", "boot-1", 1, vec![service("web", 1)]).await;
     assert_eq!(agent.resume_after, 1);
 }
+
+/// The resident memory of this process (the server runs in it), in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The frames until the server closes the link.
+async fn frames_until_closed(agent: &mut FakeAgent) -> Vec<ServerFrame> {
+    let mut frames = Vec::new();
+    while let Some(frame) = agent.recv_within(Duration::from_secs(5)).await {
+        frames.push(frame);
+    }
+    frames
+}
+
+async fn wait_offline(app: &crate::helpers::TestApp, host: &str) {
+    for _ in 0..100 {
+        let hosts = app.get_json("/hosts").await;
+        let online = hosts["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == host && h["online"] == true);
+        if !online {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{host} stayed online");
+}
+
+#[tokio::test]
+async fn a_frame_over_a_mebibyte_closes_the_link_with_its_reason_and_memory_stays_flat() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let mut huge = service("web", 1);
+    huge.generations[0].status_text = Some("x".repeat(2 * 1024 * 1024));
+    let frame = serde_json::to_string(&AgentFrame::Status {
+        services: vec![huge],
+    })
+    .unwrap();
+    let before = resident_bytes();
+    agent.send_text(frame).await;
+    let frames = frames_until_closed(&mut agent).await;
+    let grown = resident_bytes().saturating_sub(before);
+
+    let refusal = frames.iter().find_map(|f| match f {
+        ServerFrame::Refused { message } => Some(message.clone()),
+        _ => None,
+    });
+    let refusal = refusal.unwrap_or_else(|| panic!("no refusal before the close: {frames:?}"));
+    assert!(refusal.contains("larger than the limit"), "{refusal}");
+    wait_offline(&app, "alpha").await;
+    // The frame was never read whole, let alone parsed; the 2 MiB counted
+    // here are the test's own copy of it.
+    assert!(
+        grown < 16 * 1024 * 1024,
+        "the process grew by {} MiB",
+        grown / 1024 / 1024
+    );
+    // Nothing of it reached the picture.
+    let web = app.get_json("/services/web").await;
+    assert!(web["hosts"][0]["current"]["status_text"].is_null(), "{web}");
+}
+
+#[tokio::test]
+async fn a_frame_just_under_the_limit_is_taken() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let mut big = service("web", 1);
+    big.generations[0].status_text = Some("x".repeat(1024 * 1024 - 1024));
+    agent
+        .send(&AgentFrame::Status {
+            services: vec![big],
+        })
+        .await;
+    for _ in 0..100 {
+        let web = app.get_json("/services/web").await;
+        if web["hosts"][0]["current"]["status_text"].is_string() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the status never showed");
+}
+
+#[tokio::test]
+async fn a_forged_service_name_is_refused_and_the_link_closed() {
+    let app = spawn_app().await;
+    for forged in ["web/../api", "web\r\nevent: done", "a/b", "web\u{1b}"] {
+        let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+        agent
+            .send(&AgentFrame::Status {
+                services: vec![service("web", 1), service(forged, 1)],
+            })
+            .await;
+        let frames = frames_until_closed(&mut agent).await;
+        assert!(
+            frames.iter().any(|f| matches!(f,
+                ServerFrame::Refused { message } if message.contains("invalid service name"))),
+            "{forged:?}: {frames:?}"
+        );
+        wait_offline(&app, "alpha").await;
+        let services = app.get_json("/services").await;
+        let names: Vec<&str> = services["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["web"], "{forged:?}");
+    }
+
+    // In events and in the hello alike.
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let event = agent.event(
+        "../web",
+        None,
+        EventKind::GenerationStatus {
+            generation: 1,
+            status: "ok".into(),
+        },
+    );
+    agent
+        .send(&AgentFrame::Events {
+            events: vec![event],
+        })
+        .await;
+    let frames = frames_until_closed(&mut agent).await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Refused { .. })),
+        "{frames:?}"
+    );
+    assert_eq!(event_count(&app, "alpha").await, 0);
+
+    let mut ws = open_link(&app, &app.agent).await.unwrap();
+    let hello = AgentFrame::Hello {
+        version: baton_proto::link::LINK_VERSION,
+        host: "beta".into(),
+        agent_version: "x".into(),
+        boot_id: "b".into(),
+        last_seq: 0,
+        services: vec![service("we/b", 1)],
+    };
+    ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
+        .await
+        .unwrap();
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("no answer")
+    };
+    let frame: ServerFrame = serde_json::from_str(&text).unwrap();
+    assert!(
+        matches!(&frame, ServerFrame::Refused { message } if message.contains("invalid service name")),
+        "{frame:?}"
+    );
+    let hosts = app.get_json("/hosts").await;
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 1, "{hosts}");
+}
+
+#[tokio::test]
+async fn control_characters_in_agent_text_are_kept_escaped() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let mut status = service("web", 1);
+    status.generations[0].status_text = Some("ok\r\nevent: done\rdata: \u{1b}[2J".into());
+    agent
+        .send(&AgentFrame::Status {
+            services: vec![status],
+        })
+        .await;
+    let event = agent.event(
+        "web",
+        None,
+        EventKind::GenerationStatus {
+            generation: 1,
+            status: "line one\nline two".into(),
+        },
+    );
+    agent.send_events(vec![event]).await;
+    for _ in 0..100 {
+        let web = app.get_json("/services/web").await;
+        if let Some(text) = web["hosts"][0]["current"]["status_text"].as_str() {
+            assert_eq!(text, "ok\\r\\nevent: done\\rdata: \\u{1b}[2J");
+            let db = app.db().await;
+            let (body,): (String,) = sqlx::query_as("SELECT body FROM events WHERE host = 'alpha'")
+                .fetch_one(db.reads())
+                .await
+                .unwrap();
+            let stored: baton_proto::Event = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                stored.kind,
+                EventKind::GenerationStatus {
+                    generation: 1,
+                    status: "line one\\nline two".into()
+                }
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the status never showed");
+}

@@ -1,5 +1,6 @@
 mod auth;
 mod helpers;
+mod hosts;
 mod input;
 mod link;
 mod openapi;

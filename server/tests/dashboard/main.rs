@@ -8,5 +8,6 @@ mod helpers;
 
 mod browser;
 mod history;
+mod live;
 mod pages;
 mod restart;

@@ -1,1 +1,2 @@
+pub mod delete;
 pub mod get;
