@@ -121,6 +121,23 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// Waits until `GET /hosts` shows `host` offline (or not at all).
+    pub async fn wait_offline(&self, host: &str) {
+        for _ in 0..100 {
+            let hosts = self.get_json("/hosts").await;
+            let online = hosts["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["name"] == host && h["online"] == true);
+            if !online {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{host} stayed online");
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.get(path, Some(&self.viewer)).await;
         assert_eq!(response.status(), 200, "GET {path}");

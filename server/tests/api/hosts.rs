@@ -22,22 +22,6 @@ async fn host_names(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
-async fn wait_offline(app: &TestApp, host: &str) {
-    for _ in 0..100 {
-        let hosts = app.get_json("/hosts").await;
-        let online = hosts["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["name"] == host && h["online"] == true);
-        if !online {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{host} stayed online");
-}
-
 #[tokio::test]
 async fn an_operator_forgets_an_offline_host_and_nobody_else_may() {
     let app = spawn_app().await;
@@ -63,7 +47,7 @@ async fn an_operator_forgets_an_offline_host_and_nobody_else_may() {
     );
 
     alpha.close().await;
-    wait_offline(&app, "alpha").await;
+    app.wait_offline("alpha").await;
     assert_eq!(
         delete_host(&app, "alpha", Some(&app.operator))
             .await
@@ -151,7 +135,7 @@ async fn host_forget_removes_an_offline_host_and_refuses_a_connected_or_unknown_
     assert!(text.contains("no host is named nobody"), "{text}");
 
     alpha.close().await;
-    wait_offline(&app, "alpha").await;
+    app.wait_offline("alpha").await;
     let (code, text) = host_forget(&app, "alpha");
     assert_eq!(code, Some(0), "{text}");
     // The running server drops it from its picture at its next round.
@@ -171,7 +155,7 @@ async fn a_rollout_skips_a_host_offline_for_longer_than_the_grace_and_succeeds_o
     let b = FakeAgent::connect(&app, "b", "boot-1", vec![service("web", 1)]).await;
     let mut c = FakeAgent::connect(&app, "c", "boot-1", vec![service("web", 1)]).await;
     b.close().await;
-    wait_offline(&app, "b").await;
+    app.wait_offline("b").await;
     // The test server's grace is 2 s.
     tokio::time::sleep(Duration::from_millis(2_200)).await;
 
@@ -194,7 +178,7 @@ async fn a_rollout_whose_every_host_is_long_offline_fails() {
     let app = spawn_app().await;
     let a = FakeAgent::connect(&app, "a", "boot-1", vec![service("web", 1)]).await;
     a.close().await;
-    wait_offline(&app, "a").await;
+    app.wait_offline("a").await;
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     let id = app.start_restart("web").await;
     let restart = app.wait_restart(id).await;

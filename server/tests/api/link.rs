@@ -185,22 +185,6 @@ async fn frames_until_closed(agent: &mut FakeAgent) -> Vec<ServerFrame> {
     frames
 }
 
-async fn wait_offline(app: &crate::helpers::TestApp, host: &str) {
-    for _ in 0..100 {
-        let hosts = app.get_json("/hosts").await;
-        let online = hosts["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["name"] == host && h["online"] == true);
-        if !online {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{host} stayed online");
-}
-
 #[tokio::test]
 async fn a_frame_over_a_mebibyte_closes_the_link_with_its_reason_and_memory_stays_flat() {
     let app = spawn_app().await;
@@ -222,7 +206,7 @@ async fn a_frame_over_a_mebibyte_closes_the_link_with_its_reason_and_memory_stay
     });
     let refusal = refusal.unwrap_or_else(|| panic!("no refusal before the close: {frames:?}"));
     assert!(refusal.contains("larger than the limit"), "{refusal}");
-    wait_offline(&app, "alpha").await;
+    app.wait_offline("alpha").await;
     // The frame was never read whole, let alone parsed; the 2 MiB counted
     // here are the test's own copy of it.
     assert!(
@@ -272,7 +256,7 @@ async fn a_forged_service_name_is_refused_and_the_link_closed() {
                 ServerFrame::Refused { message } if message.contains("invalid service name"))),
             "{forged:?}: {frames:?}"
         );
-        wait_offline(&app, "alpha").await;
+        app.wait_offline("alpha").await;
         let services = app.get_json("/services").await;
         let names: Vec<&str> = services["services"]
             .as_array()
