@@ -3,6 +3,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::auth::{Agent, TokenCache};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::link::{self, LinkContext};
 use crate::settings::Settings;
 use crate::store::Db;
@@ -15,6 +16,7 @@ pub async fn connect(
     db: web::Data<Db>,
     fleet: web::Data<Fleet>,
     tokens: web::Data<TokenCache>,
+    metrics: web::Data<Metrics>,
     settings: web::Data<Settings>,
 ) -> Result<HttpResponse, ApiError> {
     let (response, session, stream) = actix_ws::handle(&request, body)
@@ -27,9 +29,10 @@ pub async fn connect(
         db: db.get_ref().clone(),
         fleet: fleet.into_inner(),
         tokens: tokens.into_inner(),
+        metrics: metrics.into_inner(),
         timeouts: settings.timeouts.clone(),
     };
     // The request body stream is bound to this worker, so the link runs here.
-    actix_web::rt::spawn(link::run(context, agent.0.token_hash, session, stream));
+    actix_web::rt::spawn(link::run(context, agent.0, session, stream));
     Ok(response)
 }

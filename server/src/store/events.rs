@@ -23,20 +23,44 @@ fn event_kind_name(kind: &EventKind) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Stores a batch in one transaction. Events already stored (a resend after
-/// a reconnect) are skipped, so the generation history derived from them is
-/// updated exactly once per event. Returns the events that were new.
+/// A hole in an agent's event sequence: nothing arrived between `after_seq`
+/// and `next_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventGap {
+    pub after_seq: u64,
+    pub next_seq: u64,
+}
+
+/// Stores a batch in one transaction, with the gaps it leaves in the
+/// agent's sequence. Events already stored (a resend after a reconnect) are
+/// skipped, so the generation history derived from them is updated exactly
+/// once per event. Returns the events that were new.
 pub async fn store_events(
     db: &Db,
     host: &str,
     boot_id: &str,
     events: &[Event],
+    gaps: &[EventGap],
 ) -> anyhow::Result<Vec<Event>> {
     let mut tx = db
         .writes
         .begin()
         .await
         .context("failed to begin a transaction")?;
+    for gap in gaps {
+        sqlx::query(
+            "INSERT INTO event_gaps (host, boot_id, after_seq, next_seq, detected_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(host)
+        .bind(boot_id)
+        .bind(to_i64(gap.after_seq))
+        .bind(to_i64(gap.next_seq))
+        .bind(to_i64(baton_proto::now_millis()))
+        .execute(&mut *tx)
+        .await
+        .context("failed to record a gap in the event sequence")?;
+    }
     let mut new_events = Vec::new();
     for event in events {
         let inserted = sqlx::query(

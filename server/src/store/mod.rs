@@ -14,7 +14,9 @@ mod restarts;
 mod tokens;
 
 pub use db::{Db, open, ping};
-pub use events::{find_restart_finished, find_restart_started_after, max_seq, store_events};
+pub use events::{
+    EventGap, find_restart_finished, find_restart_started_after, max_seq, store_events,
+};
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{HostRow, load_hosts, mark_all_hosts_offline, save_host_status, upsert_host};
 pub use restarts::{
@@ -24,4 +26,7 @@ pub use restarts::{
     restart_by_idempotency_key, restart_host_rows, restart_row, running_restart_of,
     running_restarts, set_agent_restart_id,
 };
-pub use tokens::{TokenRow, TokenSelector, find_token, insert_token, list_tokens, revoke_tokens};
+pub use tokens::{
+    FoundToken, TokenRow, TokenSelector, bind_token_host, find_token, insert_token, list_tokens,
+    revoke_tokens,
+};

@@ -20,7 +20,10 @@ pub struct TestApp {
     pub database: PathBuf,
     pub operator: String,
     pub viewer: String,
+    /// The agent token of host `alpha` (named `agents`).
     pub agent: String,
+    /// The agent tokens of the other hosts, made on first use.
+    agent_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
     pub client: reqwest::Client,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -42,17 +45,17 @@ pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("baton.db");
     let db = baton_server::store::open(&database).await.unwrap();
-    let operator = baton_server::auth::create_token(&db, "ci", Role::Operator)
+    let operator = baton_server::auth::create_token(&db, "ci", Role::Operator, None)
         .await
         .unwrap();
-    let viewer = baton_server::auth::create_token(&db, "dashboard", Role::Viewer)
+    let viewer = baton_server::auth::create_token(&db, "dashboard", Role::Viewer, None)
         .await
         .unwrap();
-    let agent = baton_server::auth::create_token(&db, "agents", Role::Agent)
+    let agent = baton_server::auth::create_token(&db, "agents", Role::Agent, Some("alpha"))
         .await
         .unwrap();
     db.close().await;
-    start(dir, database, operator, viewer, agent).await
+    start(dir, database, operator, viewer, agent, Default::default()).await
 }
 
 async fn start(
@@ -61,6 +64,7 @@ async fn start(
     operator: String,
     viewer: String,
     agent: String,
+    agent_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 ) -> TestApp {
     let application = Application::build(test_settings(database.clone()))
         .await
@@ -75,6 +79,7 @@ async fn start(
         operator,
         viewer,
         agent,
+        agent_tokens,
         client: {
             baton_tls::install_default_provider();
             reqwest::Client::new()
@@ -97,8 +102,34 @@ impl TestApp {
             self.operator,
             self.viewer,
             self.agent,
+            self.agent_tokens,
         )
         .await
+    }
+
+    /// The agent token of `host`: an agent token speaks for one host.
+    pub async fn agent_token(&self, host: &str) -> String {
+        if host == "alpha" {
+            return self.agent.clone();
+        }
+        if let Some(token) = self.agent_tokens.lock().unwrap().get(host) {
+            return token.clone();
+        }
+        let db = self.db().await;
+        let token = baton_server::auth::create_token(
+            &db,
+            &format!("agent-{host}"),
+            Role::Agent,
+            Some(host),
+        )
+        .await
+        .unwrap();
+        db.close().await;
+        self.agent_tokens
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), token.clone());
+        token
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -232,7 +263,8 @@ impl FakeAgent {
         last_seq: u64,
         services: Vec<ServiceStatus>,
     ) -> FakeAgent {
-        let ws = open_link(app, &app.agent).await.expect("the link opens");
+        let token = app.agent_token(host).await;
+        let ws = open_link(app, &token).await.expect("the link opens");
         let mut agent = FakeAgent {
             ws,
             next_seq: last_seq + 1,

@@ -36,9 +36,10 @@ fn status_with(server: &ServerUnderTest, token: &str) -> (Option<i32>, String) {
 #[test]
 fn a_token_revoked_from_the_command_line_is_refused_by_the_running_server() {
     let server = ServerUnderTest::start();
+    server.agent_token("host-a");
     let (code, listed, _) = token_command(&server, &["list"]);
     assert_eq!(code, Some(0));
-    for name in ["test-operator", "test-viewer", "test-agent"] {
+    for name in ["test-operator", "test-viewer", "test-agent-host-a"] {
         assert!(listed.contains(name), "{listed}");
     }
     assert_eq!(status_with(&server, &server.viewer_token).0, Some(0));
