@@ -158,8 +158,7 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<(), DemoErro
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let database = dir.join("baton.db");
 
-    let operator_token =
-        create_token(&server_bin, &database, "demo-operator", "operator", None)?;
+    let operator_token = create_token(&server_bin, &database, "demo-operator", "operator", None)?;
     let agent_token = create_token(
         &server_bin,
         &database,

@@ -225,7 +225,9 @@ pub async fn run(
     // it produced were not sent by it, and resuming after them would drop
     // its next events without a word.
     let stored = if stored > last_seq {
-        context.metrics.sequence_anomaly(SequenceAnomaly::AheadOfAgent);
+        context
+            .metrics
+            .sequence_anomaly(SequenceAnomaly::AheadOfAgent);
         tracing::error!(
             host,
             boot_id,
@@ -467,14 +469,20 @@ mod tests {
     #[test]
     fn a_hole_below_the_announced_sequence_is_a_gap() {
         let mut sequence = Sequence::new(2, 100);
-        assert_eq!(sequence.take(&events(&[40, 41, 99])), Ok(vec![gap(2, 40), gap(41, 99)]));
+        assert_eq!(
+            sequence.take(&events(&[40, 41, 99])),
+            Ok(vec![gap(2, 40), gap(41, 99)])
+        );
         assert_eq!(sequence.take(&events(&[100, 101])), Ok(vec![]));
     }
 
     #[test]
     fn a_jump_beyond_the_announced_sequence_is_refused_and_moves_nothing() {
         let mut sequence = Sequence::new(5, 5);
-        assert_eq!(sequence.take(&events(&[6, 1_000_001])), Err(gap(6, 1_000_001)));
+        assert_eq!(
+            sequence.take(&events(&[6, 1_000_001])),
+            Err(gap(6, 1_000_001))
+        );
         assert_eq!(sequence.take(&events(&[6, 7])), Ok(vec![]));
     }
 }

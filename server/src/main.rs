@@ -134,8 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let db = baton_server::store::open(&database).await?;
-            let token =
-                baton_server::auth::create_token(&db, &name, role, host.as_deref()).await?;
+            let token = baton_server::auth::create_token(&db, &name, role, host.as_deref()).await?;
             println!("{token}");
         }
         Command::Token {

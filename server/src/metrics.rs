@@ -126,11 +126,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE baton_event_sequence_anomalies_total counter");
         for anomaly in SequenceAnomaly::ALL {
-            let n = inner
-                .sequence_anomalies
-                .get(&anomaly)
-                .copied()
-                .unwrap_or(0);
+            let n = inner.sequence_anomalies.get(&anomaly).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
                 "baton_event_sequence_anomalies_total{{kind=\"{}\"}} {n}",

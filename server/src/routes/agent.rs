@@ -3,8 +3,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::auth::{Agent, TokenCache};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
-use crate::metrics::Metrics;
 use crate::link::{self, LinkContext};
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Db;
 

@@ -110,12 +110,11 @@ pub async fn bind_token_host(
     .execute(&db.writes)
     .await
     .context("failed to bind the agent token to its host")?;
-    let bound: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT host FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(token_hash)
-    .fetch_optional(&db.writes)
-    .await
-    .context("failed to read the agent token's host")?;
+    let bound: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT host FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(token_hash)
+            .fetch_optional(&db.writes)
+            .await
+            .context("failed to read the agent token's host")?;
     Ok(bound.and_then(|(host,)| host))
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub struct TestApp {
@@ -223,6 +224,13 @@ pub fn service(name: &str, generation: u64) -> ServiceStatus {
     }
 }
 
+/// The server's answer to a hello that was not a welcome, and how it closed the link.
+#[derive(Debug)]
+pub struct NotWelcomed {
+    pub frame: ServerFrame,
+    pub close: Option<CloseFrame>,
+}
+
 /// Speaks `proto::link` as an agent would, with every step in the test's hands.
 pub struct FakeAgent {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -264,7 +272,23 @@ impl FakeAgent {
         services: Vec<ServiceStatus>,
     ) -> FakeAgent {
         let token = app.agent_token(host).await;
-        let ws = open_link(app, &token).await.expect("the link opens");
+        match Self::try_connect(app, &token, host, boot_id, last_seq, services).await {
+            Ok(agent) => agent,
+            Err(refused) => panic!("expected welcome, got {refused:?}"),
+        }
+    }
+
+    /// Opens a link with `token` and says hello as `host`: the agent once
+    /// welcomed, or what the server answered instead.
+    pub async fn try_connect(
+        app: &TestApp,
+        token: &str,
+        host: &str,
+        boot_id: &str,
+        last_seq: u64,
+        services: Vec<ServiceStatus>,
+    ) -> Result<FakeAgent, NotWelcomed> {
+        let ws = open_link(app, token).await.expect("the link opens");
         let mut agent = FakeAgent {
             ws,
             next_seq: last_seq + 1,
@@ -282,10 +306,29 @@ impl FakeAgent {
             })
             .await;
         match agent.recv().await {
-            ServerFrame::Welcome { resume_after } => agent.resume_after = resume_after,
-            other => panic!("expected welcome, got {other:?}"),
+            ServerFrame::Welcome { resume_after } => {
+                agent.resume_after = resume_after;
+                Ok(agent)
+            }
+            frame => {
+                let close = agent.close_frame().await;
+                Err(NotWelcomed { frame, close })
+            }
         }
-        agent
+    }
+
+    /// Reads until the server closes the link: its close frame, if it sent one.
+    pub async fn close_frame(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("the server closes the link")
+            {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
     }
 
     pub async fn send(&mut self, frame: &AgentFrame) {

@@ -1,5 +1,6 @@
 mod auth;
 mod helpers;
+mod host_binding;
 mod input;
 mod link;
 mod openapi;

@@ -40,11 +40,7 @@ fn the_agent_configs_of_the_compose_file_are_valid() {
         assert!(text.contains(&token_file));
         // The token file exists only inside the containers.
         let config = dir.path().join(format!("agent-{n}.toml"));
-        std::fs::write(
-            &config,
-            text.replace(&token_file, token.to_str().unwrap()),
-        )
-        .unwrap();
+        std::fs::write(&config, text.replace(&token_file, token.to_str().unwrap())).unwrap();
         let out = Command::new(bin("baton-agent"))
             .arg("--check")
             .arg("--config")
