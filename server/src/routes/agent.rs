@@ -16,9 +16,12 @@ pub async fn connect(
     db: web::Data<Db>,
     fleet: web::Data<Fleet>,
     tokens: web::Data<TokenCache>,
-    metrics: web::Data<Metrics>,
     settings: web::Data<Settings>,
 ) -> Result<HttpResponse, ApiError> {
+    let metrics = request
+        .app_data::<web::Data<Metrics>>()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the metrics are not registered"))?;
     let (response, session, stream) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream
