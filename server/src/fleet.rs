@@ -459,3 +459,31 @@ impl Fleet {
             .count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_link_a_command_went_over_can_answer_it() {
+        let fleet = Fleet::new(Vec::new());
+        let (old, _old_frames) = fleet.connect("a", "v", "boot", 0, 0, Vec::new());
+        let (current, mut frames) = fleet.connect("a", "v", "boot", 0, 0, Vec::new());
+        let (other, _other_frames) = fleet.connect("b", "v", "boot-b", 0, 0, Vec::new());
+        let mut answer = fleet.send_restart("a", "c1", "web", None).unwrap();
+        assert!(matches!(
+            frames.try_recv(),
+            Ok(ServerFrame::Restart { command_id, .. }) if command_id == "c1"
+        ));
+
+        fleet.command_answered("b", other, "c1", CommandAnswer::Started(9));
+        fleet.command_answered("a", old, "c1", CommandAnswer::Started(8));
+        assert!(
+            answer.try_recv().is_err(),
+            "an answer from another link counted"
+        );
+
+        fleet.command_answered("a", current, "c1", CommandAnswer::Started(1));
+        assert!(matches!(answer.try_recv(), Ok(CommandAnswer::Started(1))));
+    }
+}
