@@ -221,21 +221,35 @@ pub async fn run(
             return;
         }
     };
-    // The agent is the authority on its own sequence: rows beyond what it says
-    // it produced were not sent by it, and resuming after them would drop
-    // its next events without a word.
+    // The agent is the authority on its own sequence: rows of this lifetime
+    // beyond the last event it says it produced were not sent by it (forged
+    // before tokens named their host). Resuming after them would drop its
+    // next events, and a command's restart could be looked up among them:
+    // they go, loudly.
     let stored = if stored > last_seq {
         context
             .metrics
             .sequence_anomaly(SequenceAnomaly::AheadOfAgent);
-        tracing::error!(
-            host,
-            boot_id,
-            stored,
-            last_seq,
-            "the server holds events of this agent lifetime beyond the last the agent produced; \
-             resuming after the agent's own last event"
-        );
+        match store::forget_events_after(&context.db, &host, &boot_id, last_seq).await {
+            Ok(forgotten) => tracing::error!(
+                host,
+                boot_id,
+                stored,
+                last_seq,
+                forgotten,
+                "the server held events of this agent lifetime beyond the last the agent produced; \
+                 they were forgotten and the agent resumes after its own last event"
+            ),
+            Err(error) => {
+                tracing::error!(
+                    host,
+                    error = format!("{error:#}"),
+                    "cannot forget events the agent never produced"
+                );
+                let _ = session.close(None).await;
+                return;
+            }
+        }
         last_seq
     } else {
         stored

@@ -16,6 +16,24 @@ pub async fn max_seq(db: &Db, host: &str, boot_id: &str) -> anyhow::Result<u64> 
     Ok(max.map(to_u64).unwrap_or(0))
 }
 
+/// Deletes the events of one agent lifetime above `seq`: ones the agent
+/// says it never produced. Returns how many there were.
+pub async fn forget_events_after(
+    db: &Db,
+    host: &str,
+    boot_id: &str,
+    seq: u64,
+) -> anyhow::Result<u64> {
+    let done = sqlx::query("DELETE FROM events WHERE host = $1 AND boot_id = $2 AND seq > $3")
+        .bind(host)
+        .bind(boot_id)
+        .bind(to_i64(seq))
+        .execute(&db.writes)
+        .await
+        .context("failed to forget events the agent never produced")?;
+    Ok(done.rows_affected())
+}
+
 fn event_kind_name(kind: &EventKind) -> String {
     serde_json::to_value(kind)
         .ok()

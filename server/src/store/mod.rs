@@ -15,7 +15,8 @@ mod tokens;
 
 pub use db::{Db, open, ping};
 pub use events::{
-    EventGap, find_restart_finished, find_restart_started_after, max_seq, store_events,
+    EventGap, find_restart_finished, find_restart_started_after, forget_events_after, max_seq,
+    store_events,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{HostRow, load_hosts, mark_all_hosts_offline, save_host_status, upsert_host};

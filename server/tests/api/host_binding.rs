@@ -208,3 +208,48 @@ async fn an_agent_token_from_before_tokens_named_a_host_is_pinned_to_its_first()
             .unwrap();
     assert_eq!(host.as_deref(), Some("gamma"));
 }
+
+#[tokio::test]
+async fn stored_events_beyond_what_the_agent_produced_are_forgotten_and_its_own_take_their_place() {
+    let app = spawn_app().await;
+    let mut alpha = FakeAgent::connect(&app, "alpha", "boot-a", vec![service("web", 1)]).await;
+    let forged: Vec<_> = (0..6)
+        .map(|_| alpha.event("web", None, EventKind::RestartStarted { reason: None }))
+        .collect();
+    alpha.send_events(forged).await;
+    alpha.close().await;
+
+    // The agent itself has produced only two events of this lifetime.
+    let mut alpha =
+        FakeAgent::connect_with_seq(&app, "alpha", "boot-a", 2, vec![service("web", 1)]).await;
+    assert_eq!(alpha.resume_after, 2);
+    let own = alpha.event(
+        "web",
+        Some(7),
+        EventKind::RestartFinished {
+            outcome: RestartOutcome::Succeeded,
+            reason: None,
+        },
+    );
+    assert_eq!(own.seq, 3);
+    alpha.send_events(vec![own]).await;
+    let db = app.db().await;
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, kind FROM events WHERE host = 'alpha' ORDER BY seq")
+            .fetch_all(db.reads())
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "restart_started".into()),
+            (2, "restart_started".into()),
+            (3, "restart_finished".into()),
+        ]
+    );
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("baton_event_sequence_anomalies_total{kind=\"ahead_of_agent\"} 1"),
+        "{metrics}"
+    );
+}
