@@ -102,7 +102,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Creates one token per role on a fresh database, then serves it and
+    /// Creates an operator and a viewer token on a fresh database (agent
+    /// tokens, one per host, come from [`Server::agent_token`]), then serves it and
     /// returns once `/healthz` answers.
     pub fn start(binary: &Path) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
