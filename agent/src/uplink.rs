@@ -6,10 +6,13 @@
 //! with the highest sequence number it stored for this agent's `boot_id`, and
 //! the agent sends everything after it. Whatever happened while the server was
 //! away is still in the agent's event log and goes out on reconnect.
+//!
+//! A refusal that no retry can cure (the token speaks for another host) ends
+//! the link for good, logged as an error; the services run on regardless.
 
 use crate::config::ServerConfig;
 use crate::view::AgentView;
-use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
+use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
 use baton_proto::{Event, ServiceStatus};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -50,7 +53,18 @@ pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
         }
         match session(&url, &server.token, tls.clone(), &agent).await {
             Ok(()) => backoff = BACKOFF_FIRST,
-            Err(e) => tracing::warn!(server = %url, error = %e, "server link down; retrying"),
+            Err(e) => match e.downcast_ref::<Refused>() {
+                Some(refused) if refused.refusal.is_final() => {
+                    tracing::error!(
+                        server = %url,
+                        reason = %refused.message,
+                        "the server refuses this agent for good; no longer linking \
+                         (the services keep running; fix the token or host in the config and restart the agent)"
+                    );
+                    return;
+                }
+                _ => tracing::warn!(server = %url, error = %e, "server link down; retrying"),
+            },
         }
         tokio::select! {
             _ = agent.shutting_down.cancelled() => return,
@@ -61,6 +75,14 @@ pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
 }
 
 type LinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The server's `Refused` frame.
+#[derive(Debug, thiserror::Error)]
+#[error("server refused the link: {message}")]
+struct Refused {
+    message: String,
+    refusal: Refusal,
+}
 
 fn frame(frame: &AgentFrame) -> Result<Message, LinkError> {
     Ok(Message::text(serde_json::to_string(frame)?))
@@ -118,12 +140,15 @@ async fn session(
         match stream.next().await {
             Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerFrame>(&text)? {
                 ServerFrame::Welcome { resume_after } => break resume_after,
-                ServerFrame::Refused { message } => {
-                    return Err(format!("server refused the link: {message}").into());
+                ServerFrame::Refused { message, refusal } => {
+                    return Err(Refused { message, refusal }.into());
                 }
                 _ => {}
             },
-            Some(Ok(Message::Close(_))) | None => return Err("closed before welcome".into()),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return Err(format!("closed before welcome: {}", frame.reason).into());
+            }
+            Some(Ok(Message::Close(None))) | None => return Err("closed before welcome".into()),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e.into()),
         }
@@ -200,8 +225,8 @@ async fn session(
                             sink.send(frame(&AgentFrame::RestartStarted { command_id, result })?).await?;
                         }
                         Ok(ServerFrame::Ack { .. }) | Ok(ServerFrame::Welcome { .. }) => {}
-                        Ok(ServerFrame::Refused { message }) => {
-                            return Err(format!("server closed the link: {message}").into());
+                        Ok(ServerFrame::Refused { message, refusal }) => {
+                            return Err(Refused { message, refusal }.into());
                         }
                         Err(e) => tracing::warn!(error = %e, "unreadable frame from the server"),
                     }

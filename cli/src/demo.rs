@@ -87,11 +87,13 @@ fn create_token(
     database: &Path,
     name: &str,
     role: &str,
+    host: Option<&str>,
 ) -> Result<String, DemoError> {
     let out = Command::new(server)
         .args(["token", "create", "--database"])
         .arg(database)
         .args(["--name", name, "--role", role])
+        .args(host.map(|host| ["--host", host]).into_iter().flatten())
         .output()
         .map_err(io("creating a token"))?;
     if !out.status.success() {
@@ -156,8 +158,14 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<(), DemoErro
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let database = dir.join("baton.db");
 
-    let operator_token = create_token(&server_bin, &database, "demo-operator", "operator")?;
-    let agent_token = create_token(&server_bin, &database, "demo-agent", "agent")?;
+    let operator_token = create_token(&server_bin, &database, "demo-operator", "operator", None)?;
+    let agent_token = create_token(
+        &server_bin,
+        &database,
+        "demo-agent",
+        "agent",
+        Some("demo-host"),
+    )?;
 
     let mut server = spawn(
         "baton-server",

@@ -53,8 +53,35 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
-    /// The server refuses the link (bad version, unknown host name clash...).
-    Refused { message: String },
+    /// The server refuses the link (bad version, a host its token does not
+    /// speak for...). The server closes the link after it.
+    Refused {
+        message: String,
+        /// Absent from servers that predate it: [`Refusal::Other`].
+        #[serde(default)]
+        refusal: Refusal,
+    },
+}
+
+/// Why a link was refused, for the agent to tell a refusal that a retry
+/// may cure from one that only a change of its configuration can.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The agent's token speaks for another host than the one its hello
+    /// names: retrying with the same token and host never succeeds.
+    WrongHost,
+    /// Anything else, including reasons a newer server adds: retry.
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+impl Refusal {
+    /// Retrying with the same configuration cannot succeed.
+    pub fn is_final(self) -> bool {
+        matches!(self, Refusal::WrongHost)
+    }
 }
 
 #[cfg(test)]
@@ -78,5 +105,26 @@ mod tests {
         };
         let json = serde_json::to_string(&answer).unwrap();
         assert_eq!(serde_json::from_str::<AgentFrame>(&json).unwrap(), answer);
+    }
+
+    #[test]
+    fn a_refusal_without_or_with_an_unknown_reason_is_one_to_retry() {
+        for json in [
+            r#"{"type":"refused","message":"m"}"#,
+            r#"{"type":"refused","message":"m","refusal":"something_newer"}"#,
+        ] {
+            let ServerFrame::Refused { refusal, .. } = serde_json::from_str(json).unwrap() else {
+                panic!("{json}");
+            };
+            assert_eq!(refusal, Refusal::Other);
+            assert!(!refusal.is_final());
+        }
+        let ServerFrame::Refused { refusal, .. } =
+            serde_json::from_str(r#"{"type":"refused","message":"m","refusal":"wrong_host"}"#)
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert!(refusal.is_final());
     }
 }

@@ -202,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     let db = baton_server::store::open(&database).await?;
     let started = Instant::now();
     fill(db.writes()).await?;
-    let token = baton_server::auth::create_token(&db, "bench", Role::Operator).await?;
+    let token = baton_server::auth::create_token(&db, "bench", Role::Operator, None).await?;
     db.close().await;
     eprintln!(
         "filled {SERVICES} services on {HOSTS} hosts, {RESTARTS} restarts in {:.1} s",

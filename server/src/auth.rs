@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use crate::domain::Role;
+use crate::domain::{Role, validate_host_name};
 use crate::error::ApiError;
 use crate::store::{self, Db};
 
@@ -26,17 +26,50 @@ pub struct Principal {
     /// Which token it was, so that long-lived uses (an agent link, a
     /// dashboard session) can be ended when it is revoked.
     pub token_hash: String,
+    /// The one host an agent token speaks for. `None` for other roles, and
+    /// for an agent token from before tokens named their host until its
+    /// first link binds it ([`TokenCache::bind_host`]).
+    pub host: Option<String>,
 }
 
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Creates and stores a token; the returned text is the only copy.
-pub async fn create_token(db: &Db, name: &str, role: Role) -> anyhow::Result<String> {
+/// Why a token cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTokenError {
+    #[error(
+        "an agent token speaks for one host: give --host NAME (the `host` of that agent's config)"
+    )]
+    AgentWithoutHost,
+    #[error("only an agent token names a host; a {0} token does not take --host")]
+    HostForAnotherRole(&'static str),
+    #[error("{0}")]
+    InvalidHost(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// Creates and stores a token; the returned text is the only copy. An agent
+/// token names the one host it speaks for; no other token names one.
+pub async fn create_token(
+    db: &Db,
+    name: &str,
+    role: Role,
+    host: Option<&str>,
+) -> Result<String, CreateTokenError> {
+    match (role, host) {
+        (Role::Agent, None) => return Err(CreateTokenError::AgentWithoutHost),
+        (Role::Agent, Some(host)) => {
+            validate_host_name(host).map_err(CreateTokenError::InvalidHost)?
+        }
+        (other, Some(_)) => return Err(CreateTokenError::HostForAnotherRole(other.as_str())),
+        (_, None) => {}
+    }
     let bytes: [u8; 32] = rand::random();
     let token = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
-    store::insert_token(db, name, role, &hash_token(&token)).await?;
+    store::insert_token(db, name, role, host, &hash_token(&token)).await?;
     Ok(token)
 }
 
@@ -76,11 +109,12 @@ impl TokenCache {
         let found = store::find_token(&self.db, hash).await?;
         let mut known = self.known.write().expect("token cache lock");
         Ok(match found {
-            Some((name, role)) => {
+            Some(found) => {
                 let principal = Principal {
-                    name,
-                    role,
+                    name: found.name,
+                    role: found.role,
                     token_hash: hash.to_owned(),
+                    host: found.host,
                 };
                 known.insert(hash.to_owned(), (principal.clone(), Instant::now()));
                 Some(principal)
@@ -90,6 +124,28 @@ impl TokenCache {
                 None
             }
         })
+    }
+}
+
+impl TokenCache {
+    /// Binds an agent token that names no host to `host` (its first link
+    /// after an upgrade) and returns the host it is bound to from now on:
+    /// `host`, or the one a racing link bound it to first. `None` when the
+    /// token is no longer live.
+    pub async fn bind_host(&self, hash: &str, host: &str) -> anyhow::Result<Option<String>> {
+        let bound = store::bind_token_host(&self.db, hash, host).await?;
+        let mut known = self.known.write().expect("token cache lock");
+        match &bound {
+            Some(bound) => {
+                if let Some((principal, _)) = known.get_mut(hash) {
+                    principal.host = Some(bound.clone());
+                }
+            }
+            None => {
+                known.remove(hash);
+            }
+        }
+        Ok(bound)
     }
 }
 

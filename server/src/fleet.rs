@@ -85,8 +85,11 @@ pub struct LinkState {
     pub stored_seq: u64,
 }
 
+/// A command waiting for its answer, which counts only from the link it
+/// was sent on.
 struct PendingCommand {
     host: String,
+    connection: u64,
     answer: oneshot::Sender<CommandAnswer>,
 }
 
@@ -297,7 +300,7 @@ impl Fleet {
     }
 
     /// Sends a restart command over the host's current link. `None` when the
-    /// host is offline.
+    /// host is offline. Only that link's answer to `command_id` counts.
     pub fn send_restart(
         &self,
         host: &str,
@@ -306,30 +309,26 @@ impl Fleet {
         reason: Option<String>,
     ) -> Option<oneshot::Receiver<CommandAnswer>> {
         let (answer, receiver) = oneshot::channel();
+        let hosts = self.hosts.read().expect("fleet lock");
+        let link = hosts.get(host).and_then(|s| s.link.as_ref())?;
         // Registered before sending, so an answer cannot overtake it.
         self.commands.lock().expect("commands lock").insert(
             command_id.to_string(),
             PendingCommand {
                 host: host.to_string(),
+                connection: link.connection,
                 answer,
             },
         );
-        let sent = {
-            let hosts = self.hosts.read().expect("fleet lock");
-            hosts
-                .get(host)
-                .and_then(|s| s.link.as_ref())
-                .map(|link| {
-                    link.frames
-                        .send(ServerFrame::Restart {
-                            command_id: command_id.to_string(),
-                            service: service.to_string(),
-                            reason,
-                        })
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        };
+        let sent = link
+            .frames
+            .send(ServerFrame::Restart {
+                command_id: command_id.to_string(),
+                service: service.to_string(),
+                reason,
+            })
+            .is_ok();
+        drop(hosts);
         if !sent {
             self.commands
                 .lock()
@@ -347,14 +346,32 @@ impl Fleet {
             .remove(command_id);
     }
 
-    pub fn command_answered(&self, command_id: &str, answer: CommandAnswer) {
-        if let Some(pending) = self
-            .commands
-            .lock()
-            .expect("commands lock")
-            .remove(command_id)
-        {
-            let _ = pending.answer.send(answer);
+    /// An answer that arrived on `host`'s link `connection`. It counts only
+    /// if the command was sent on that very link; any other is ignored and
+    /// the command keeps waiting for its own link's answer.
+    pub fn command_answered(
+        &self,
+        host: &str,
+        connection: u64,
+        command_id: &str,
+        answer: CommandAnswer,
+    ) {
+        let mut commands = self.commands.lock().expect("commands lock");
+        match commands.get(command_id) {
+            Some(pending) if pending.host == host && pending.connection == connection => {
+                if let Some(pending) = commands.remove(command_id) {
+                    let _ = pending.answer.send(answer);
+                }
+            }
+            Some(pending) => tracing::warn!(
+                host,
+                command_host = pending.host,
+                "an answer to a command sent on another link; ignored"
+            ),
+            None => tracing::warn!(
+                host,
+                "an answer to no command this link is waiting on; ignored"
+            ),
         }
     }
 
@@ -459,5 +476,33 @@ impl Fleet {
             .flat_map(|s| s.generations.iter())
             .filter(|g| g.state == GenerationState::Draining)
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_link_a_command_went_over_can_answer_it() {
+        let fleet = Fleet::new(Vec::new());
+        let (old, _old_frames) = fleet.connect("a", "v", "boot", 0, 0, Vec::new());
+        let (current, mut frames) = fleet.connect("a", "v", "boot", 0, 0, Vec::new());
+        let (other, _other_frames) = fleet.connect("b", "v", "boot-b", 0, 0, Vec::new());
+        let mut answer = fleet.send_restart("a", "c1", "web", None).unwrap();
+        assert!(matches!(
+            frames.try_recv(),
+            Ok(ServerFrame::Restart { command_id, .. }) if command_id == "c1"
+        ));
+
+        fleet.command_answered("b", other, "c1", CommandAnswer::Started(9));
+        fleet.command_answered("a", old, "c1", CommandAnswer::Started(8));
+        assert!(
+            answer.try_recv().is_err(),
+            "an answer from another link counted"
+        );
+
+        fleet.command_answered("a", current, "c1", CommandAnswer::Started(1));
+        assert!(matches!(answer.try_recv(), Ok(CommandAnswer::Started(1))));
     }
 }

@@ -3,19 +3,27 @@
 //! answers `Welcome` with the highest sequence it has stored for that agent
 //! lifetime, stores the events that follow (duplicates dropped), and
 //! acknowledges each batch once it is committed.
+//!
+//! An agent token speaks for one host: a hello naming another is refused
+//! before anything is stored or any link replaced. Within a link, the
+//! events must follow on from what this host stored: a hole below the
+//! sequence the agent announced in its hello (events it evicted while the
+//! server was away) is recorded as a gap; a jump beyond it is refused, since
+//! the agent cannot have produced that event without the ones before it.
 
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, Session};
-use baton_proto::ServiceStatus;
-use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
+use baton_proto::{Event, ServiceStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::agent_input::{self, FrameError};
-use crate::auth::TokenCache;
+use crate::auth::{Principal, TokenCache};
 use crate::domain::{now_millis, validate_host_name};
 use crate::fleet::{CommandAnswer, Fleet};
+use crate::metrics::{Metrics, SequenceAnomaly};
 use crate::settings::Timeouts;
-use crate::store::{self, Db};
+use crate::store::{self, Db, EventGap};
 
 /// The largest frame an agent may send. An agent sends events in batches of
 /// at most 500 (a few hundred bytes each; reasons the server sends are at
@@ -83,10 +91,30 @@ async fn send(session: &mut Session, frame: &ServerFrame) -> bool {
     }
 }
 
-async fn refuse(mut session: Session, message: String) {
-    tracing::warn!(%message, "agent link refused");
-    let _ = send(&mut session, &ServerFrame::Refused { message }).await;
-    let _ = session.close(None).await;
+async fn refuse(session: Session, message: String) {
+    refuse_because(session, message, Refusal::Other).await
+}
+
+/// Says why in a `Refused` frame and again as the close frame's reason, so
+/// an agent that reads only one of them still learns it.
+async fn refuse_because(mut session: Session, message: String, refusal: Refusal) {
+    tracing::warn!(%message, ?refusal, "agent link refused");
+    let reason = CloseReason {
+        code: CloseCode::Policy,
+        description: Some(close_description(&message)),
+    };
+    let _ = send(&mut session, &ServerFrame::Refused { message, refusal }).await;
+    let _ = session.close(Some(reason)).await;
+}
+
+/// A close frame is a control frame: its payload (2 bytes of code and the
+/// reason) must fit in 125 bytes.
+fn close_description(message: &str) -> String {
+    let mut end = message.len().min(123);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
 }
 
 /// What a link works with.
@@ -94,17 +122,45 @@ pub struct LinkContext {
     pub db: Db,
     pub fleet: Arc<Fleet>,
     pub tokens: Arc<TokenCache>,
+    pub metrics: Arc<Metrics>,
     pub timeouts: Timeouts,
 }
 
-/// `token_hash` is the agent token the link was opened with; the link ends
-/// once that token is revoked.
+/// The host the agent token speaks for. A token from before tokens named
+/// their host is bound to the first host it names, and pinned there.
+async fn host_of_token(
+    context: &LinkContext,
+    token: &Principal,
+    hello_host: &str,
+) -> anyhow::Result<Option<String>> {
+    if let Some(host) = &token.host {
+        return Ok(Some(host.clone()));
+    }
+    let bound = context
+        .tokens
+        .bind_host(&token.token_hash, hello_host)
+        .await?;
+    if bound.as_deref() == Some(hello_host) {
+        tracing::warn!(
+            host = hello_host,
+            token = token.name,
+            "an agent token that names no host is now bound to this host, the first it named; \
+             other hosts sharing it are refused: give each host its own token \
+             (baton-server token create --role agent --host NAME)"
+        );
+    }
+    Ok(bound)
+}
+
+/// `token` is the agent token the link was opened with; the link speaks only
+/// for its host and ends once the token is revoked.
 pub async fn run(
     context: LinkContext,
-    token_hash: String,
+    token: Principal,
     mut session: Session,
     mut stream: AggregatedMessageStream,
 ) {
+    let token_hash = token.token_hash.clone();
     let silence = context.timeouts.agent_silence;
     let hello = match tokio::time::timeout(silence, receive(&mut session, &mut stream, "?")).await {
         Ok(Incoming::Frame(frame)) => frame,
@@ -136,6 +192,35 @@ pub async fn run(
     if boot_id.is_empty() {
         return refuse(session, "empty boot_id".into()).await;
     }
+    // Checked before anything is stored or a link replaced: a refused hello
+    // leaves the real host's link alone.
+    match host_of_token(&context, &token, &host).await {
+        Ok(Some(own)) if own == host => {}
+        Ok(Some(own)) => {
+            tracing::warn!(
+                host,
+                token = token.name,
+                token_host = own,
+                "an agent token spoke for another host than its own"
+            );
+            return refuse_because(
+                session,
+                format!("this agent token speaks for host {own:?}, not {host:?}"),
+                Refusal::WrongHost,
+            )
+            .await;
+        }
+        Ok(None) => return refuse(session, "the token was revoked".into()).await,
+        Err(error) => {
+            tracing::error!(
+                host,
+                error = format!("{error:#}"),
+                "cannot read the agent token's host"
+            );
+            let _ = session.close(None).await;
+            return;
+        }
+    }
 
     let stored = match store::max_seq(&context.db, &host, &boot_id).await {
         Ok(seq) => seq,
@@ -148,6 +233,39 @@ pub async fn run(
             let _ = session.close(None).await;
             return;
         }
+    };
+    // The agent is the authority on its own sequence: rows of this lifetime
+    // beyond the last event it says it produced were not sent by it (forged
+    // before tokens named their host). Resuming after them would drop its
+    // next events, and a command's restart could be looked up among them:
+    // they go, loudly.
+    let stored = if stored > last_seq {
+        context
+            .metrics
+            .sequence_anomaly(SequenceAnomaly::AheadOfAgent);
+        match store::forget_events_after(&context.db, &host, &boot_id, last_seq).await {
+            Ok(forgotten) => tracing::error!(
+                host,
+                boot_id,
+                stored,
+                last_seq,
+                forgotten,
+                "the server held events of this agent lifetime beyond the last the agent produced; \
+                 they were forgotten and the agent resumes after its own last event"
+            ),
+            Err(error) => {
+                tracing::error!(
+                    host,
+                    error = format!("{error:#}"),
+                    "cannot forget events the agent never produced"
+                );
+                let _ = session.close(None).await;
+                return;
+            }
+        }
+        last_seq
+    } else {
+        stored
     };
     let now = now_millis();
     if let Err(error) =
@@ -185,6 +303,7 @@ pub async fn run(
         return;
     }
 
+    let mut sequence = Sequence::new(stored, last_seq);
     let mut persisted_services = services;
     let mut persisted_at = Instant::now();
     let mut deadline = tokio::time::Instant::now() + silence;
@@ -213,7 +332,10 @@ pub async fn run(
                     Incoming::Closed => break "closed",
                     Incoming::Refused(message) => {
                         tracing::warn!(host, %message, "agent frame refused");
-                        let _ = send(&mut session, &ServerFrame::Refused { message }).await;
+                        let _ = send(&mut session, &ServerFrame::Refused {
+                            message,
+                            refusal: baton_proto::link::Refusal::Other,
+                        }).await;
                         break "frame refused";
                     }
                     Incoming::Noise => context.fleet.touch(&host, connection),
@@ -222,7 +344,19 @@ pub async fn run(
                         let Some(max_seq) = events.iter().map(|e| e.seq).max() else {
                             continue;
                         };
-                        match store::store_events(&context.db, &host, &boot_id, &events).await {
+                        let gaps = match sequence.take(&events) {
+                            Ok(gaps) => gaps,
+                            Err(jump) => {
+                                context.metrics.sequence_anomaly(SequenceAnomaly::Jump);
+                                tracing::warn!(host, boot_id, after = jump.after_seq, got = jump.next_seq, announced = last_seq, "an event sequence jumped beyond what the agent announced; batch refused");
+                                break "its event sequence jumped ahead";
+                            }
+                        };
+                        for gap in &gaps {
+                            context.metrics.sequence_anomaly(SequenceAnomaly::Gap);
+                            tracing::warn!(host, boot_id, after = gap.after_seq, next = gap.next_seq, "events missing from the agent's sequence; gap recorded");
+                        }
+                        match store::store_events(&context.db, &host, &boot_id, &events, &gaps).await {
                             Ok(new_events) => {
                                 tracing::debug!(host, received = events.len(), new = new_events.len(), max_seq, "events stored");
                                 context.fleet.events_stored(&host, connection, &boot_id, max_seq, new_events);
@@ -253,7 +387,7 @@ pub async fn run(
                             Ok(id) => CommandAnswer::Started(id),
                             Err(error) => CommandAnswer::Refused(error),
                         };
-                        context.fleet.command_answered(&command_id, answer);
+                        context.fleet.command_answered(&host, connection, &command_id, answer);
                     }
                 }
             }
@@ -281,5 +415,109 @@ async fn persist_status(
             error = format!("{error:#}"),
             "cannot store the host's status"
         );
+    }
+}
+
+/// One link's view of the agent's event sequence, without I/O.
+#[derive(Debug)]
+struct Sequence {
+    /// The highest sequence stored for this agent lifetime, or received on
+    /// this link.
+    last: u64,
+    /// The agent's `last_seq` at its hello: it may have evicted events up to
+    /// there, never beyond.
+    announced: u64,
+}
+
+impl Sequence {
+    fn new(stored: u64, announced: u64) -> Sequence {
+        Sequence {
+            last: stored,
+            announced,
+        }
+    }
+
+    /// Takes a batch in; the gaps it leaves (to record), or the jump that
+    /// refuses it whole. An event at or below the last one is a resend,
+    /// which the store drops.
+    fn take(&mut self, events: &[Event]) -> Result<Vec<EventGap>, EventGap> {
+        let mut last = self.last;
+        let mut gaps = Vec::new();
+        for event in events {
+            if event.seq <= last {
+                continue;
+            }
+            if event.seq > last + 1 {
+                let gap = EventGap {
+                    after_seq: last,
+                    next_seq: event.seq,
+                };
+                if event.seq > self.announced {
+                    return Err(gap);
+                }
+                gaps.push(gap);
+            }
+            last = event.seq;
+        }
+        self.last = last;
+        Ok(gaps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::EventKind;
+
+    fn events(seqs: &[u64]) -> Vec<Event> {
+        seqs.iter()
+            .map(|&seq| Event {
+                seq,
+                at: seq,
+                service: "web".into(),
+                restart: None,
+                kind: EventKind::RestartStarted { reason: None },
+            })
+            .collect()
+    }
+
+    fn gap(after_seq: u64, next_seq: u64) -> EventGap {
+        EventGap {
+            after_seq,
+            next_seq,
+        }
+    }
+
+    #[test]
+    fn events_that_follow_on_leave_no_gap() {
+        let mut sequence = Sequence::new(3, 5);
+        assert_eq!(sequence.take(&events(&[4, 5, 6, 7])), Ok(vec![]));
+        assert_eq!(sequence.take(&events(&[8])), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_resend_is_no_gap_and_no_jump() {
+        let mut sequence = Sequence::new(6, 6);
+        assert_eq!(sequence.take(&events(&[1, 2, 3, 7])), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_hole_below_the_announced_sequence_is_a_gap() {
+        let mut sequence = Sequence::new(2, 100);
+        assert_eq!(
+            sequence.take(&events(&[40, 41, 99])),
+            Ok(vec![gap(2, 40), gap(41, 99)])
+        );
+        assert_eq!(sequence.take(&events(&[100, 101])), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_jump_beyond_the_announced_sequence_is_refused_and_moves_nothing() {
+        let mut sequence = Sequence::new(5, 5);
+        assert_eq!(
+            sequence.take(&events(&[6, 1_000_001])),
+            Err(gap(6, 1_000_001))
+        );
+        assert_eq!(sequence.take(&events(&[6, 7])), Ok(vec![]));
     }
 }

@@ -90,8 +90,12 @@ enum TokenCommand {
         /// viewer (reads), operator (reads and restarts) or agent (the agent link).
         #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
         role: Role,
+        /// The one host an agent token speaks for (the `host` of that
+        /// agent's config); required for an agent token, refused for others.
+        #[arg(long)]
+        host: Option<String>,
     },
-    /// List every token: id, name, role, when it was created and revoked.
+    /// List every token: id, name, role, host, when it was created and revoked.
     List {
         #[arg(long, env = "BATON_DATABASE")]
         database: PathBuf,
@@ -160,10 +164,11 @@ async fn main() -> anyhow::Result<()> {
                     database,
                     name,
                     role,
+                    host,
                 },
         } => {
             let db = baton_server::store::open(&database).await?;
-            let token = baton_server::auth::create_token(&db, &name, role).await?;
+            let token = baton_server::auth::create_token(&db, &name, role, host.as_deref()).await?;
             println!("{token}");
         }
         Command::Token {
@@ -171,15 +176,23 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let db = baton_server::store::open(&database).await?;
             println!(
-                "{:>5}  {:<24} {:<9} {:<21} REVOKED",
-                "ID", "NAME", "ROLE", "CREATED"
+                "{:>5}  {:<24} {:<9} {:<24} {:<21} REVOKED",
+                "ID", "NAME", "ROLE", "HOST", "CREATED"
             );
             for token in store::list_tokens(&db).await? {
+                // An agent token from before tokens named their host binds
+                // to the first host its agent names.
+                let host = match (token.role, token.host) {
+                    (_, Some(host)) => host,
+                    (Role::Agent, None) => "(first to connect)".into(),
+                    (_, None) => "-".into(),
+                };
                 println!(
-                    "{:>5}  {:<24} {:<9} {:<21} {}",
+                    "{:>5}  {:<24} {:<9} {:<24} {:<21} {}",
                     token.id,
                     token.name,
                     token.role.as_str(),
+                    host,
                     time(token.created_at),
                     token.revoked_at.map(time).unwrap_or_else(|| "-".into()),
                 );

@@ -1,5 +1,5 @@
-//! Prometheus text exposition, written by hand: four series do not need a
-//! metrics framework.
+//! Prometheus text exposition, written by hand: a handful of series do not
+//! need a metrics framework.
 
 use baton_proto::RestartOutcome;
 use std::collections::HashMap;
@@ -15,6 +15,33 @@ const DURATION_BUCKETS: [f64; 12] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+/// Something wrong with an agent's event sequence, as a link saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SequenceAnomaly {
+    /// Events missing below what the agent announced (recorded, accepted).
+    Gap,
+    /// An event beyond what the agent announced, not following on (refused).
+    Jump,
+    /// Stored events beyond the agent's own last one at its hello.
+    AheadOfAgent,
+}
+
+impl SequenceAnomaly {
+    const ALL: [SequenceAnomaly; 3] = [
+        SequenceAnomaly::Gap,
+        SequenceAnomaly::Jump,
+        SequenceAnomaly::AheadOfAgent,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SequenceAnomaly::Gap => "gap",
+            SequenceAnomaly::Jump => "jump",
+            SequenceAnomaly::AheadOfAgent => "ahead_of_agent",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
@@ -26,6 +53,7 @@ struct Inner {
     bucket_counts: [u64; DURATION_BUCKETS.len()],
     duration_count: u64,
     duration_sum: f64,
+    sequence_anomalies: HashMap<SequenceAnomaly, u64>,
 }
 
 impl Metrics {
@@ -47,6 +75,11 @@ impl Metrics {
         }
         inner.duration_count += 1;
         inner.duration_sum += seconds;
+    }
+
+    pub fn sequence_anomaly(&self, anomaly: SequenceAnomaly) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        *inner.sequence_anomalies.entry(anomaly).or_default() += 1;
     }
 
     pub fn render(&self, fleet: &Fleet) -> String {
@@ -87,6 +120,19 @@ impl Metrics {
             "baton_restart_duration_seconds_count {}",
             inner.duration_count
         );
+        let _ = writeln!(
+            out,
+            "# HELP baton_event_sequence_anomalies_total Agent event sequences that did not follow on: gaps recorded, jumps refused, stored events ahead of the agent."
+        );
+        let _ = writeln!(out, "# TYPE baton_event_sequence_anomalies_total counter");
+        for anomaly in SequenceAnomaly::ALL {
+            let n = inner.sequence_anomalies.get(&anomaly).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "baton_event_sequence_anomalies_total{{kind=\"{}\"}} {n}",
+                anomaly.as_str()
+            );
+        }
         let _ = writeln!(out, "# HELP baton_agents_online Agents connected now.");
         let _ = writeln!(out, "# TYPE baton_agents_online gauge");
         let _ = writeln!(out, "baton_agents_online {}", fleet.agents_online());

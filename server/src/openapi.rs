@@ -172,7 +172,7 @@ mod paths {
     pub fn healthz() {}
 
     /// Prometheus text: `baton_restarts_total{outcome}`,
-    /// `baton_restart_duration_seconds`, `baton_agents_online`,
+    /// `baton_restart_duration_seconds`, `baton_event_sequence_anomalies_total{kind}`, `baton_agents_online`,
     /// `baton_generations_draining`.
     #[utoipa::path(
         tag = "health",

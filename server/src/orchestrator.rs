@@ -367,7 +367,7 @@ async fn follow_host(
             )
             .await;
         };
-        let command_id = format!("restart-{restart_id}-{}", row.position);
+        let command_id = new_command_id();
         store::mark_host_running(
             &inner.db,
             &CommandSent {
@@ -515,6 +515,12 @@ async fn follow_host(
             }
         }
     }
+}
+
+/// 128 random bits, so no one can guess a command's id; and an answer counts
+/// only on the link the command went over (`Fleet::command_answered`).
+fn new_command_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// What the orchestrator follows of one host's restart in the agent's events.
@@ -671,6 +677,16 @@ mod tests {
             seq_at_command,
             agent_restart_id,
         }
+    }
+
+    #[test]
+    fn command_ids_are_random_128_bit_values() {
+        let ids: HashSet<String> = (0..100).map(|_| new_command_id()).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
     }
 
     #[test]

@@ -13,7 +13,6 @@ pub struct ServerUnderTest {
     pub addr: SocketAddr,
     pub operator_token: String,
     pub viewer_token: String,
-    pub agent_token: String,
 }
 
 /// A loopback port nothing listens on right now.
@@ -25,11 +24,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub fn create_token(database: &Path, name: &str, role: &str) -> String {
+/// `host` is the one host an agent token speaks for.
+pub fn create_token(database: &Path, name: &str, role: &str, host: Option<&str>) -> String {
     let out = Command::new(bin("baton-server"))
         .args(["token", "create", "--database"])
         .arg(database)
         .args(["--name", name, "--role", role])
+        .args(host.map(|host| ["--host", host]).into_iter().flatten())
         .output()
         .expect("run baton-server token create");
     assert!(
@@ -68,9 +69,8 @@ impl ServerUnderTest {
             .tempdir()
             .unwrap();
         let database = dir.path().join("baton.db");
-        let operator_token = create_token(&database, "test-operator", "operator");
-        let viewer_token = create_token(&database, "test-viewer", "viewer");
-        let agent_token = create_token(&database, "test-agent", "agent");
+        let operator_token = create_token(&database, "test-operator", "operator", None);
+        let viewer_token = create_token(&database, "test-viewer", "viewer", None);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let tls = tls.map(|()| TestCertificates::write(dir.path()));
         let mut server = ServerUnderTest {
@@ -80,7 +80,6 @@ impl ServerUnderTest {
             addr,
             operator_token,
             viewer_token,
-            agent_token,
         };
         server.launch();
         server
@@ -185,11 +184,27 @@ impl ServerUnderTest {
     ) -> String {
         let service = crate::demo_service_args(service, args, extra)
             .replace("tcp://127.0.0.1:0", &format!("tcp://{ip}:0"));
-        format!("host = \"{host}\"\n{}{service}", self.agent_section())
+        format!("host = \"{host}\"\n{}{service}", self.agent_section(host))
     }
 
-    /// The `[server]` section of an agent config for this server.
-    pub fn agent_section(&self) -> String {
+    /// A new agent token for `host` (an agent token speaks for one host).
+    pub fn agent_token(&self, host: &str) -> String {
+        create_token(
+            &self.database(),
+            &format!("test-agent-{host}"),
+            "agent",
+            Some(host),
+        )
+    }
+
+    /// The `[server]` section of an agent config for `host` of this server,
+    /// with a token of its own.
+    pub fn agent_section(&self, host: &str) -> String {
+        self.agent_section_with(&self.agent_token(host))
+    }
+
+    /// The `[server]` section of an agent config for this server with `token`.
+    pub fn agent_section_with(&self, token: &str) -> String {
         let ca_file = self
             .ca_file()
             .map(|ca| format!("ca_file = \"{}\"\n", ca.display()))
@@ -197,7 +212,7 @@ impl ServerUnderTest {
         format!(
             "[server]\nurl = \"{}\"\ntoken = \"{}\"\n{ca_file}",
             self.url(),
-            self.agent_token
+            token
         )
     }
 }

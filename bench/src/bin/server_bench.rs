@@ -104,9 +104,12 @@ async fn run(cli: &Cli) -> anyhow::Result<String> {
         "server on port {}; linking {} simulated hosts",
         server.port, cli.hosts
     ));
+    let tokens = (0..cli.hosts)
+        .map(|index| server.agent_token(&fleet::host_name(index)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let fleet = Fleet::start(FleetSettings {
         url: server.url(),
-        token: server.tokens.agent.clone(),
+        tokens,
         hosts: cli.hosts,
         services_per_host: cli.services_per_host,
         service_start: cli.service_start,

@@ -28,7 +28,8 @@ const COUNT_EVERY_N_STATUS: u32 = 5;
 
 pub struct FleetSettings {
     pub url: String,
-    pub token: String,
+    /// One agent token per host, by host index: a token speaks for one host.
+    pub tokens: Vec<String>,
     pub hosts: usize,
     pub services_per_host: usize,
     /// From `generation_spawned` to `generation_ready`: the service's own start.
@@ -128,7 +129,11 @@ async fn run(
     let mut hosts = Vec::with_capacity(settings.hosts);
     for index in 0..settings.hosts {
         let host = SimHost::new(index, &settings, log.clone());
-        match host.connect(&url, &settings.token).await {
+        let token = settings
+            .tokens
+            .get(index)
+            .with_context(|| format!("no agent token for host {}", host_name(index)))?;
+        match host.connect(&url, token).await {
             Ok(connected) => hosts.push(connected),
             Err(error) => {
                 let _ = ready.send(Err(error.context(format!("host {}", host_name(index)))));
@@ -231,7 +236,7 @@ impl SimHost {
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(&text)? {
                     ServerFrame::Welcome { .. } => return Ok((self, ws)),
-                    ServerFrame::Refused { message } => bail!("refused: {message}"),
+                    ServerFrame::Refused { message, .. } => bail!("refused: {message}"),
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None => bail!("closed before welcome"),

@@ -60,18 +60,50 @@ fn free_port() -> anyhow::Result<u16> {
 pub struct Tokens {
     pub operator: String,
     pub viewer: String,
-    pub agent: String,
+}
+
+/// `baton-server token create`; `host` is the one host an agent token
+/// speaks for.
+fn create_token(
+    binary: &Path,
+    database: &Path,
+    name: &str,
+    role: &str,
+    host: Option<&str>,
+) -> anyhow::Result<String> {
+    let output = Command::new(binary)
+        .args(["token", "create", "--database"])
+        .arg(database)
+        .args(["--name", name, "--role", role])
+        .args(host.map(|host| ["--host", host]).into_iter().flatten())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "baton-server token create failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .last()
+        .map(str::to_owned)
+        .context("baton-server token create printed no token")
 }
 
 pub struct Server {
     pub port: u16,
     pub tokens: Tokens,
+    binary: PathBuf,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
 impl Server {
-    /// Creates one token per role on a fresh database, then serves it and
+    /// Creates an operator and a viewer token on a fresh database (agent
+    /// tokens, one per host, come from [`Server::agent_token`]), then serves it and
     /// returns once `/healthz` answers.
     pub fn start(binary: &Path) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
@@ -79,31 +111,9 @@ impl Server {
             .tempdir()
             .context("cannot create a temporary folder")?;
         let database = dir.path().join("baton.db");
-        let token = |name: &str, role: &str| -> anyhow::Result<String> {
-            let output = Command::new(binary)
-                .args(["token", "create", "--database"])
-                .arg(&database)
-                .args(["--name", name, "--role", role])
-                .stdin(Stdio::null())
-                .output()
-                .with_context(|| format!("cannot run {}", binary.display()))?;
-            if !output.status.success() {
-                bail!(
-                    "baton-server token create failed ({}): {}",
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            String::from_utf8_lossy(&output.stdout)
-                .split_whitespace()
-                .last()
-                .map(str::to_owned)
-                .context("baton-server token create printed no token")
-        };
         let tokens = Tokens {
-            operator: token("bench-operator", "operator")?,
-            viewer: token("bench-viewer", "viewer")?,
-            agent: token("bench-agents", "agent")?,
+            operator: create_token(binary, &database, "bench-operator", "operator", None)?,
+            viewer: create_token(binary, &database, "bench-viewer", "viewer", None)?,
         };
 
         let port = free_port()?;
@@ -124,6 +134,7 @@ impl Server {
         let mut server = Server {
             port,
             tokens,
+            binary: binary.to_path_buf(),
             child: Some(child),
             dir,
         };
@@ -133,6 +144,17 @@ impl Server {
                 .context("baton-server did not start")?;
         }
         Ok(server)
+    }
+
+    /// A new agent token for `host`: an agent token speaks for one host.
+    pub fn agent_token(&self, host: &str) -> anyhow::Result<String> {
+        create_token(
+            &self.binary,
+            &self.dir.path().join("baton.db"),
+            &format!("bench-agent-{host}"),
+            "agent",
+            Some(host),
+        )
     }
 
     pub fn url(&self) -> String {
@@ -231,7 +253,7 @@ listen = "tcp://127.0.0.1:0"
 "#,
                 socket = socket.display(),
                 url = server.url(),
-                token = server.tokens.agent,
+                token = server.agent_token(host)?,
                 demo = binaries.demo.display(),
             ),
         )

@@ -138,6 +138,7 @@ mod tests {
             name: "ci".into(),
             role: Role::Operator,
             token_hash: "ab".into(),
+            host: None,
         });
         let session = sessions
             .by_id_hash

@@ -4,6 +4,7 @@ use crate::auth::{Agent, TokenCache};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::link::{self, LinkContext};
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Db;
 
@@ -17,6 +18,10 @@ pub async fn connect(
     tokens: web::Data<TokenCache>,
     settings: web::Data<Settings>,
 ) -> Result<HttpResponse, ApiError> {
+    let metrics = request
+        .app_data::<web::Data<Metrics>>()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the metrics are not registered"))?;
     let (response, session, stream) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream
@@ -27,9 +32,10 @@ pub async fn connect(
         db: db.get_ref().clone(),
         fleet: fleet.into_inner(),
         tokens: tokens.into_inner(),
+        metrics: metrics.into_inner(),
         timeouts: settings.timeouts.clone(),
     };
     // The request body stream is bound to this worker, so the link runs here.
-    actix_web::rt::spawn(link::run(context, agent.0.token_hash, session, stream));
+    actix_web::rt::spawn(link::run(context, agent.0, session, stream));
     Ok(response)
 }

@@ -16,6 +16,24 @@ pub async fn max_seq(db: &Db, host: &str, boot_id: &str) -> anyhow::Result<u64> 
     Ok(max.map(to_u64).unwrap_or(0))
 }
 
+/// Deletes the events of one agent lifetime above `seq`: ones the agent
+/// says it never produced. Returns how many there were.
+pub async fn forget_events_after(
+    db: &Db,
+    host: &str,
+    boot_id: &str,
+    seq: u64,
+) -> anyhow::Result<u64> {
+    let done = sqlx::query("DELETE FROM events WHERE host = $1 AND boot_id = $2 AND seq > $3")
+        .bind(host)
+        .bind(boot_id)
+        .bind(to_i64(seq))
+        .execute(&db.writes)
+        .await
+        .context("failed to forget events the agent never produced")?;
+    Ok(done.rows_affected())
+}
+
 fn event_kind_name(kind: &EventKind) -> String {
     serde_json::to_value(kind)
         .ok()
@@ -23,20 +41,44 @@ fn event_kind_name(kind: &EventKind) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Stores a batch in one transaction. Events already stored (a resend after
-/// a reconnect) are skipped, so the generation history derived from them is
-/// updated exactly once per event. Returns the events that were new.
+/// A hole in an agent's event sequence: nothing arrived between `after_seq`
+/// and `next_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventGap {
+    pub after_seq: u64,
+    pub next_seq: u64,
+}
+
+/// Stores a batch in one transaction, with the gaps it leaves in the
+/// agent's sequence. Events already stored (a resend after a reconnect) are
+/// skipped, so the generation history derived from them is updated exactly
+/// once per event. Returns the events that were new.
 pub async fn store_events(
     db: &Db,
     host: &str,
     boot_id: &str,
     events: &[Event],
+    gaps: &[EventGap],
 ) -> anyhow::Result<Vec<Event>> {
     let mut tx = db
         .writes
         .begin()
         .await
         .context("failed to begin a transaction")?;
+    for gap in gaps {
+        sqlx::query(
+            "INSERT INTO event_gaps (host, boot_id, after_seq, next_seq, detected_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(host)
+        .bind(boot_id)
+        .bind(to_i64(gap.after_seq))
+        .bind(to_i64(gap.next_seq))
+        .bind(to_i64(baton_proto::now_millis()))
+        .execute(&mut *tx)
+        .await
+        .context("failed to record a gap in the event sequence")?;
+    }
     let mut new_events = Vec::new();
     for event in events {
         let inserted = sqlx::query(
@@ -236,11 +278,11 @@ mod tests {
             .unwrap();
         // An older lifetime of alpha, then its current one.
         let old: Vec<Event> = (1..=3).map(|seq| event(seq, 1_000 + seq)).collect();
-        store_events(&db, "alpha", "boot-0", &old).await.unwrap();
+        store_events(&db, "alpha", "boot-0", &old, &[]).await.unwrap();
         let current: Vec<Event> = (1..=4)
             .map(|seq| event(seq, if seq <= 2 { 2_000 + seq } else { 9_000 + seq }))
             .collect();
-        store_events(&db, "alpha", "boot-1", &current)
+        store_events(&db, "alpha", "boot-1", &current, &[])
             .await
             .unwrap();
         super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
@@ -264,7 +306,7 @@ mod tests {
             .unwrap();
         let n = (PRUNE_CHUNK as u64) * 2 + 10;
         let events: Vec<Event> = (1..=n).map(|seq| event(seq, 10_000 + seq)).collect();
-        store_events(&db, "alpha", "boot-1", &events).await.unwrap();
+        store_events(&db, "alpha", "boot-1", &events, &[]).await.unwrap();
 
         let deleted = prune_events(&db, 0, 100).await.unwrap();
         assert_eq!(deleted, n - 100);
@@ -280,8 +322,8 @@ mod tests {
             .await
             .unwrap();
         let events: Vec<Event> = (1..=5).map(|seq| event(seq, seq)).collect();
-        store_events(&db, "alpha", "boot-1", &events).await.unwrap();
-        store_events(&db, "beta", "boot-9", &events).await.unwrap();
+        store_events(&db, "alpha", "boot-1", &events, &[]).await.unwrap();
+        store_events(&db, "beta", "boot-9", &events, &[]).await.unwrap();
         super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
             .await
             .unwrap();

@@ -15,7 +15,8 @@ mod tokens;
 
 pub use db::{Db, open, ping};
 pub use events::{
-    find_restart_finished, find_restart_started_after, max_seq, prune_events, store_events,
+    EventGap, find_restart_finished, find_restart_started_after, forget_events_after, max_seq,
+    prune_events, store_events,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{
@@ -29,4 +30,7 @@ pub use restarts::{
     restart_by_idempotency_key, restart_host_rows, restart_row, running_restart_of,
     running_restarts, set_agent_restart_id, skip_host,
 };
-pub use tokens::{TokenRow, TokenSelector, find_token, insert_token, list_tokens, revoke_tokens};
+pub use tokens::{
+    FoundToken, TokenRow, TokenSelector, bind_token_host, find_token, insert_token, list_tokens,
+    revoke_tokens,
+};

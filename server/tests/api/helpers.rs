@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub struct TestApp {
@@ -20,7 +21,10 @@ pub struct TestApp {
     pub database: PathBuf,
     pub operator: String,
     pub viewer: String,
+    /// The agent token of host `alpha` (named `agents`).
     pub agent: String,
+    /// The agent tokens of the other hosts, made on first use.
+    agent_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
     pub client: reqwest::Client,
     tweak: fn(&mut Settings),
     handle: actix_web::dev::ServerHandle,
@@ -49,17 +53,17 @@ pub async fn spawn_app_with(tweak: fn(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("baton.db");
     let db = baton_server::store::open(&database).await.unwrap();
-    let operator = baton_server::auth::create_token(&db, "ci", Role::Operator)
+    let operator = baton_server::auth::create_token(&db, "ci", Role::Operator, None)
         .await
         .unwrap();
-    let viewer = baton_server::auth::create_token(&db, "dashboard", Role::Viewer)
+    let viewer = baton_server::auth::create_token(&db, "dashboard", Role::Viewer, None)
         .await
         .unwrap();
-    let agent = baton_server::auth::create_token(&db, "agents", Role::Agent)
+    let agent = baton_server::auth::create_token(&db, "agents", Role::Agent, Some("alpha"))
         .await
         .unwrap();
     db.close().await;
-    start(dir, database, operator, viewer, agent, tweak).await
+    start(dir, database, operator, viewer, agent, tweak, Default::default()).await
 }
 
 async fn start(
@@ -69,6 +73,7 @@ async fn start(
     viewer: String,
     agent: String,
     tweak: fn(&mut Settings),
+    agent_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 ) -> TestApp {
     let mut settings = test_settings(database.clone());
     tweak(&mut settings);
@@ -85,6 +90,7 @@ async fn start(
         operator,
         viewer,
         agent,
+        agent_tokens,
         client: {
             baton_tls::install_default_provider();
             reqwest::Client::new()
@@ -109,8 +115,34 @@ impl TestApp {
             self.viewer,
             self.agent,
             self.tweak,
+            self.agent_tokens,
         )
         .await
+    }
+
+    /// The agent token of `host`: an agent token speaks for one host.
+    pub async fn agent_token(&self, host: &str) -> String {
+        if host == "alpha" {
+            return self.agent.clone();
+        }
+        if let Some(token) = self.agent_tokens.lock().unwrap().get(host) {
+            return token.clone();
+        }
+        let db = self.db().await;
+        let token = baton_server::auth::create_token(
+            &db,
+            &format!("agent-{host}"),
+            Role::Agent,
+            Some(host),
+        )
+        .await
+        .unwrap();
+        db.close().await;
+        self.agent_tokens
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), token.clone());
+        token
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -221,6 +253,13 @@ pub fn service(name: &str, generation: u64) -> ServiceStatus {
     }
 }
 
+/// The server's answer to a hello that was not a welcome, and how it closed the link.
+#[derive(Debug)]
+pub struct NotWelcomed {
+    pub frame: ServerFrame,
+    pub close: Option<CloseFrame>,
+}
+
 /// Speaks `proto::link` as an agent would, with every step in the test's hands.
 pub struct FakeAgent {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -261,7 +300,24 @@ impl FakeAgent {
         last_seq: u64,
         services: Vec<ServiceStatus>,
     ) -> FakeAgent {
-        let ws = open_link(app, &app.agent).await.expect("the link opens");
+        let token = app.agent_token(host).await;
+        match Self::try_connect(app, &token, host, boot_id, last_seq, services).await {
+            Ok(agent) => agent,
+            Err(refused) => panic!("expected welcome, got {refused:?}"),
+        }
+    }
+
+    /// Opens a link with `token` and says hello as `host`: the agent once
+    /// welcomed, or what the server answered instead.
+    pub async fn try_connect(
+        app: &TestApp,
+        token: &str,
+        host: &str,
+        boot_id: &str,
+        last_seq: u64,
+        services: Vec<ServiceStatus>,
+    ) -> Result<FakeAgent, NotWelcomed> {
+        let ws = open_link(app, token).await.expect("the link opens");
         let mut agent = FakeAgent {
             ws,
             next_seq: last_seq + 1,
@@ -279,10 +335,29 @@ impl FakeAgent {
             })
             .await;
         match agent.recv().await {
-            ServerFrame::Welcome { resume_after } => agent.resume_after = resume_after,
-            other => panic!("expected welcome, got {other:?}"),
+            ServerFrame::Welcome { resume_after } => {
+                agent.resume_after = resume_after;
+                Ok(agent)
+            }
+            frame => {
+                let close = agent.close_frame().await;
+                Err(NotWelcomed { frame, close })
+            }
         }
-        agent
+    }
+
+    /// Reads until the server closes the link: its close frame, if it sent one.
+    pub async fn close_frame(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("the server closes the link")
+            {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
     }
 
     pub async fn send(&mut self, frame: &AgentFrame) {

@@ -201,7 +201,7 @@ async fn a_frame_over_a_mebibyte_closes_the_link_with_its_reason_and_memory_stay
     let grown = resident_bytes().saturating_sub(before);
 
     let refusal = frames.iter().find_map(|f| match f {
-        ServerFrame::Refused { message } => Some(message.clone()),
+        ServerFrame::Refused { message, .. } => Some(message.clone()),
         _ => None,
     });
     let refusal = refusal.unwrap_or_else(|| panic!("no refusal before the close: {frames:?}"));
@@ -253,7 +253,7 @@ async fn a_forged_service_name_is_refused_and_the_link_closed() {
         let frames = frames_until_closed(&mut agent).await;
         assert!(
             frames.iter().any(|f| matches!(f,
-                ServerFrame::Refused { message } if message.contains("invalid service name"))),
+                ServerFrame::Refused { message, .. } if message.contains("invalid service name"))),
             "{forged:?}: {frames:?}"
         );
         app.wait_offline("alpha").await;
@@ -308,7 +308,7 @@ async fn a_forged_service_name_is_refused_and_the_link_closed() {
     };
     let frame: ServerFrame = serde_json::from_str(&text).unwrap();
     assert!(
-        matches!(&frame, ServerFrame::Refused { message } if message.contains("invalid service name")),
+        matches!(&frame, ServerFrame::Refused { message, .. } if message.contains("invalid service name")),
         "{frame:?}"
     );
     let hosts = app.get_json("/hosts").await;

@@ -1,5 +1,6 @@
 mod auth;
 mod helpers;
+mod host_binding;
 mod hosts;
 mod input;
 mod link;

@@ -35,14 +35,12 @@ fn the_agent_configs_of_the_compose_file_are_valid() {
     for n in [1, 2] {
         let source = workspace().join(format!("deploy/agent-{n}.toml"));
         let text = std::fs::read_to_string(&source).unwrap();
-        assert!(text.contains("/data/agent.token"));
+        // One token per host: the compose file creates /data/agent-N.token.
+        let token_file = format!("/data/agent-{n}.token");
+        assert!(text.contains(&token_file));
         // The token file exists only inside the containers.
         let config = dir.path().join(format!("agent-{n}.toml"));
-        std::fs::write(
-            &config,
-            text.replace("/data/agent.token", token.to_str().unwrap()),
-        )
-        .unwrap();
+        std::fs::write(&config, text.replace(&token_file, token.to_str().unwrap())).unwrap();
         let out = Command::new(bin("baton-agent"))
             .arg("--check")
             .arg("--config")

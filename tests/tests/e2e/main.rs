@@ -8,6 +8,7 @@ mod deploy;
 mod env_check;
 mod fleet;
 mod gunicorn;
+mod host_binding;
 mod lifecycle;
 mod mainpid;
 mod notify_attribution;

@@ -36,9 +36,10 @@ fn status_with(server: &ServerUnderTest, token: &str) -> (Option<i32>, String) {
 #[test]
 fn a_token_revoked_from_the_command_line_is_refused_by_the_running_server() {
     let server = ServerUnderTest::start();
+    server.agent_token("host-a");
     let (code, listed, _) = token_command(&server, &["list"]);
     assert_eq!(code, Some(0));
-    for name in ["test-operator", "test-viewer", "test-agent"] {
+    for name in ["test-operator", "test-viewer", "test-agent-host-a"] {
         assert!(listed.contains(name), "{listed}");
     }
     assert_eq!(status_with(&server, &server.viewer_token).0, Some(0));
@@ -74,4 +75,50 @@ fn a_token_revoked_from_the_command_line_is_refused_by_the_running_server() {
         .find(|l| l.contains("test-operator"))
         .unwrap();
     assert!(operator_line.trim_end().ends_with('-'), "{operator_line}");
+}
+
+#[test]
+fn an_agent_token_names_its_host_and_the_list_shows_it() {
+    let server = ServerUnderTest::start();
+    let (code, _, stderr) =
+        token_command(&server, &["create", "--name", "web-1", "--role", "agent"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--host"), "{stderr}");
+    let (code, _, stderr) = token_command(
+        &server,
+        &[
+            "create", "--name", "ci", "--role", "operator", "--host", "web-1",
+        ],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("only an agent token names a host"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = token_command(
+        &server,
+        &[
+            "create", "--name", "web-1", "--role", "agent", "--host", "web 1",
+        ],
+    );
+    assert_ne!(code, Some(0), "an invalid host name was taken");
+    assert!(stderr.contains("host"), "{stderr}");
+
+    let (code, _, stderr) = token_command(
+        &server,
+        &[
+            "create", "--name", "web-1", "--role", "agent", "--host", "web-1",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (_, listed, _) = token_command(&server, &["list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.contains("web-1"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        line.contains("agent") && line.matches("web-1").count() == 2,
+        "{line}"
+    );
+    assert!(listed.lines().next().unwrap().contains("HOST"), "{listed}");
 }
