@@ -28,6 +28,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// ones are counted every 100 ms anyway.
 const COUNT_EVERY_N_STATUS: u32 = 5;
 const BATCH_MAX: usize = 500;
+/// And at most this much JSON per frame: the server refuses frames over
+/// 1 MiB, and an event can carry a reason of up to 64 KiB.
+const BATCH_BYTES: usize = 256 * 1024;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -82,6 +85,25 @@ type LinkError = Box<dyn std::error::Error + Send + Sync>;
 struct Refused {
     message: String,
     refusal: Refusal,
+}
+
+/// Splits events into frames of at most `BATCH_MAX` events and about
+/// `BATCH_BYTES` of JSON (an event bigger than that goes alone).
+fn batches(events: &[Event]) -> Vec<&[Event]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, event) in events.iter().enumerate() {
+        let size = serde_json::to_vec(event).map_or(0, |json| json.len() + 1);
+        if i > start && (i - start >= BATCH_MAX || bytes + size > BATCH_BYTES) {
+            out.push(&events[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < events.len() {
+        out.push(&events[start..]);
+    }
+    out
 }
 
 fn frame(frame: &AgentFrame) -> Result<Message, LinkError> {
@@ -158,7 +180,7 @@ async fn session(
     // Backlog and live stream come from one lock, so nothing falls between.
     let (backlog, mut live) = agent.events.since(resume_after);
     let mut sent = resume_after;
-    for chunk in backlog.chunks(BATCH_MAX) {
+    for chunk in batches(&backlog) {
         sent = chunk.last().map(|e| e.seq).unwrap_or(sent);
         sink.send(frame(&AgentFrame::Events {
             events: chunk.to_vec(),
@@ -195,7 +217,12 @@ async fn session(
                 batch.retain(|e| e.seq > sent);
                 if let Some(last) = batch.last() {
                     sent = last.seq;
-                    sink.send(frame(&AgentFrame::Events { events: batch })?).await?;
+                    for chunk in batches(&batch) {
+                        sink.send(frame(&AgentFrame::Events {
+                            events: chunk.to_vec(),
+                        })?)
+                        .await?;
+                    }
                     // The server's picture of generations changes with these
                     // events; don't leave it a second behind.
                     let status = agent.status(false).await;
@@ -269,5 +296,51 @@ impl LastCounts {
             }
         }
         services
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::EventKind;
+
+    fn event(seq: u64, reason_bytes: usize) -> Event {
+        Event {
+            seq,
+            at: 0,
+            service: "web".into(),
+            restart: Some(seq),
+            kind: EventKind::RestartStarted {
+                reason: Some("r".repeat(reason_bytes)),
+            },
+        }
+    }
+
+    fn json_len(events: &[Event]) -> usize {
+        serde_json::to_string(&AgentFrame::Events {
+            events: events.to_vec(),
+        })
+        .unwrap()
+        .len()
+    }
+
+    #[test]
+    fn a_backlog_of_long_reasons_goes_in_frames_the_server_accepts() {
+        // The agent's whole log, each event with a 64 KiB reason.
+        let events: Vec<Event> = (1..=64).map(|seq| event(seq, 64 * 1024)).collect();
+        let frames = batches(&events);
+        assert!(frames.len() > 1);
+        assert_eq!(frames.iter().map(|f| f.len()).sum::<usize>(), events.len());
+        for chunk in &frames {
+            assert!(json_len(chunk) < 1024 * 1024, "{} bytes", json_len(chunk));
+        }
+    }
+
+    #[test]
+    fn small_events_go_five_hundred_to_a_frame() {
+        let events: Vec<Event> = (1..=1_200).map(|seq| event(seq, 10)).collect();
+        let sizes: Vec<usize> = batches(&events).iter().map(|f| f.len()).collect();
+        assert_eq!(sizes, [500, 500, 200]);
+        assert!(batches(&[]).is_empty());
     }
 }

@@ -278,7 +278,9 @@ mod tests {
             .unwrap();
         // An older lifetime of alpha, then its current one.
         let old: Vec<Event> = (1..=3).map(|seq| event(seq, 1_000 + seq)).collect();
-        store_events(&db, "alpha", "boot-0", &old, &[]).await.unwrap();
+        store_events(&db, "alpha", "boot-0", &old, &[])
+            .await
+            .unwrap();
         let current: Vec<Event> = (1..=4)
             .map(|seq| event(seq, if seq <= 2 { 2_000 + seq } else { 9_000 + seq }))
             .collect();
@@ -306,7 +308,9 @@ mod tests {
             .unwrap();
         let n = (PRUNE_CHUNK as u64) * 2 + 10;
         let events: Vec<Event> = (1..=n).map(|seq| event(seq, 10_000 + seq)).collect();
-        store_events(&db, "alpha", "boot-1", &events, &[]).await.unwrap();
+        store_events(&db, "alpha", "boot-1", &events, &[])
+            .await
+            .unwrap();
 
         let deleted = prune_events(&db, 0, 100).await.unwrap();
         assert_eq!(deleted, n - 100);
@@ -322,8 +326,12 @@ mod tests {
             .await
             .unwrap();
         let events: Vec<Event> = (1..=5).map(|seq| event(seq, seq)).collect();
-        store_events(&db, "alpha", "boot-1", &events, &[]).await.unwrap();
-        store_events(&db, "beta", "boot-9", &events, &[]).await.unwrap();
+        store_events(&db, "alpha", "boot-1", &events, &[])
+            .await
+            .unwrap();
+        store_events(&db, "beta", "boot-9", &events, &[])
+            .await
+            .unwrap();
         super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
             .await
             .unwrap();

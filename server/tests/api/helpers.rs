@@ -63,7 +63,16 @@ pub async fn spawn_app_with(tweak: fn(&mut Settings)) -> TestApp {
         .await
         .unwrap();
     db.close().await;
-    start(dir, database, operator, viewer, agent, tweak, Default::default()).await
+    start(
+        dir,
+        database,
+        operator,
+        viewer,
+        agent,
+        tweak,
+        Default::default(),
+    )
+    .await
 }
 
 async fn start(
