@@ -31,6 +31,12 @@ const BATCH_MAX: usize = 500;
 /// And at most this much JSON per frame: the server refuses frames over
 /// 1 MiB, and an event can carry a reason of up to 64 KiB.
 const BATCH_BYTES: usize = 256 * 1024;
+/// A server that sends nothing for this long (the agent pings it every
+/// second, so a live one always answers) is gone, even if the TCP
+/// connection looks open: a frozen proxy or a dead peer behind a NAT.
+const SERVER_SILENCE: Duration = Duration::from_secs(5);
+/// A frame the server does not take within this long means the same.
+const SEND_DEADLINE: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -106,6 +112,22 @@ fn batches(events: &[Event]) -> Vec<&[Event]> {
     out
 }
 
+/// Sends one message, or gives up on the link after `SEND_DEADLINE`.
+async fn send<S>(sink: &mut S, message: Message) -> Result<(), LinkError>
+where
+    S: futures::Sink<Message> + Unpin,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(SEND_DEADLINE, sink.send(message)).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(format!(
+            "the server took no data for {}s; reconnecting",
+            SEND_DEADLINE.as_secs()
+        )
+        .into()),
+    }
+}
+
 fn frame(frame: &AgentFrame) -> Result<Message, LinkError> {
     Ok(Message::text(serde_json::to_string(frame)?))
 }
@@ -148,32 +170,45 @@ async fn session(
     let (mut sink, mut stream) = socket.split();
 
     let status = agent.status(true).await;
-    sink.send(frame(&AgentFrame::Hello {
-        version: LINK_VERSION,
-        host: status.host.clone(),
-        agent_version: status.agent_version.clone(),
-        boot_id: status.boot_id.clone(),
-        last_seq: agent.events.last_seq(),
-        services: status.services,
-    })?)
+    send(
+        &mut sink,
+        frame(&AgentFrame::Hello {
+            version: LINK_VERSION,
+            host: status.host.clone(),
+            agent_version: status.agent_version.clone(),
+            boot_id: status.boot_id.clone(),
+            last_seq: agent.events.last_seq(),
+            services: status.services,
+        })?,
+    )
     .await?;
 
-    let resume_after = loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerFrame>(&text)? {
-                ServerFrame::Welcome { resume_after } => break resume_after,
-                ServerFrame::Refused { message, refusal } => {
-                    return Err(Refused { message, refusal }.into());
+    let welcome = tokio::time::timeout(SERVER_SILENCE, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str::<ServerFrame>(&text)? {
+                        ServerFrame::Welcome { resume_after } => return Ok(resume_after),
+                        ServerFrame::Refused { message, refusal } => {
+                            return Err(Refused { message, refusal }.into());
+                        }
+                        _ => {}
+                    }
                 }
-                _ => {}
-            },
-            Some(Ok(Message::Close(Some(frame)))) => {
-                return Err(format!("closed before welcome: {}", frame.reason).into());
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Err(format!("closed before welcome: {}", frame.reason).into());
+                }
+                Some(Ok(Message::Close(None))) | None => {
+                    return Err("closed before welcome".into());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(LinkError::from(e)),
             }
-            Some(Ok(Message::Close(None))) | None => return Err("closed before welcome".into()),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
         }
+    });
+    let resume_after: u64 = match welcome.await {
+        Ok(answer) => answer?,
+        Err(_) => return Err("no welcome from the server within 5s".into()),
     };
     tracing::info!(server = %url, resume_after, "linked to the server");
 
@@ -182,9 +217,12 @@ async fn session(
     let mut sent = resume_after;
     for chunk in batches(&backlog) {
         sent = chunk.last().map(|e| e.seq).unwrap_or(sent);
-        sink.send(frame(&AgentFrame::Events {
-            events: chunk.to_vec(),
-        })?)
+        send(
+            &mut sink,
+            frame(&AgentFrame::Events {
+                events: chunk.to_vec(),
+            })?,
+        )
         .await?;
     }
 
@@ -192,10 +230,11 @@ async fn session(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
     let mut counts = LastCounts::default();
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = agent.shutting_down.cancelled() => {
-                let _ = sink.send(Message::Close(None)).await;
+                let _ = send(&mut sink, Message::Close(None)).await;
                 return Ok(());
             }
             received = live.recv() => {
@@ -218,21 +257,27 @@ async fn session(
                 if let Some(last) = batch.last() {
                     sent = last.seq;
                     for chunk in batches(&batch) {
-                        sink.send(frame(&AgentFrame::Events {
+                        send(&mut sink, frame(&AgentFrame::Events {
                             events: chunk.to_vec(),
-                        })?)
-                        .await?;
+                        })?).await?;
                     }
                     // The server's picture of generations changes with these
                     // events; don't leave it a second behind.
                     let status = agent.status(false).await;
-                    sink.send(frame(&AgentFrame::Status {
+                    send(&mut sink, frame(&AgentFrame::Status {
                         services: counts.fill(status.services),
-                    })?)
-                    .await?;
+                    })?).await?;
                 }
             }
             _ = ticker.tick() => {
+                if last_heard.elapsed() > SERVER_SILENCE {
+                    return Err(format!(
+                        "the server sent nothing for {}s; reconnecting",
+                        SERVER_SILENCE.as_secs()
+                    )
+                    .into());
+                }
+                send(&mut sink, Message::Ping(Default::default())).await?;
                 ticks = ticks.wrapping_add(1);
                 let fresh = ticks % COUNT_EVERY_N_STATUS == 1;
                 let status = agent.status(fresh).await;
@@ -242,14 +287,15 @@ async fn session(
                 } else {
                     counts.fill(status.services)
                 };
-                sink.send(frame(&AgentFrame::Status { services })?).await?;
+                send(&mut sink, frame(&AgentFrame::Status { services })?).await?;
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
+                    last_heard = tokio::time::Instant::now();
                     match serde_json::from_str::<ServerFrame>(&text) {
                         Ok(ServerFrame::Restart { command_id, service, reason }) => {
                             let result = agent.restart(&service, reason).await;
-                            sink.send(frame(&AgentFrame::RestartStarted { command_id, result })?).await?;
+                            send(&mut sink, frame(&AgentFrame::RestartStarted { command_id, result })?).await?;
                         }
                         Ok(ServerFrame::Ack { .. }) | Ok(ServerFrame::Welcome { .. }) => {}
                         Ok(ServerFrame::Refused { message, refusal }) => {
@@ -259,7 +305,7 @@ async fn session(
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => return Err("server closed the link".into()),
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
                 Some(Err(e)) => return Err(e.into()),
             },
         }

@@ -10,6 +10,7 @@ mod fleet;
 mod gunicorn;
 mod host_binding;
 mod lifecycle;
+mod link_faults;
 mod mainpid;
 mod notify_attribution;
 mod notify_flood;
