@@ -18,6 +18,7 @@ pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod fleet;
+pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod openapi;

@@ -43,6 +43,18 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// How long a client may take to send a request's head, and then its
+        /// body, before it is cut; also how long an idle connection stays open.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        request_timeout: Duration,
+        /// Connections one client address may hold at once; more are answered
+        /// 429 and closed. Agents behind one NAT share an address.
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+        connections_per_ip: u32,
+        /// How long an Idempotency-Key names its restart; after that the same
+        /// key starts a new restart.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        idempotency_key_lifetime: Duration,
     },
     /// Manage API and agent tokens.
     Token {
@@ -101,6 +113,9 @@ async fn main() -> anyhow::Result<()> {
             token_recheck,
             tls_cert,
             tls_key,
+            request_timeout,
+            connections_per_ip,
+            idempotency_key_lifetime,
         } => {
             let mut settings = Settings::new(listen, database);
             settings.tls = tls_cert
@@ -109,6 +124,9 @@ async fn main() -> anyhow::Result<()> {
             settings.timeouts.offline_grace = offline_grace;
             settings.timeouts.host_restart = host_restart_timeout;
             settings.timeouts.token_recheck = token_recheck;
+            settings.timeouts.request_timeout = request_timeout;
+            settings.timeouts.idempotency_key_lifetime = idempotency_key_lifetime;
+            settings.connections_per_ip = connections_per_ip as usize;
             let application = Application::build(settings).await?;
             tracing::info!(
                 port = application.port(),

@@ -18,9 +18,9 @@ pub use events::{find_restart_finished, find_restart_started_after, max_seq, sto
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{HostRow, load_hosts, mark_all_hosts_offline, save_host_status, upsert_host};
 pub use restarts::{
-    CommandSent, Created, HostRestartState, NewRestart, NewlyCreated, Outcome, RestartFilter,
-    RestartHostRow, RestartRow, RestartState, count_restarts_by_outcome, create_restart,
-    finish_host, finish_restart, get_restart, list_restarts, mark_host_running,
+    CommandSent, Created, HostRestartState, IdempotencyKey, NewRestart, NewlyCreated, Outcome,
+    RestartFilter, RestartHostRow, RestartRow, RestartState, count_restarts_by_outcome,
+    create_restart, finish_host, finish_restart, get_restart, list_restarts, mark_host_running,
     restart_by_idempotency_key, restart_host_rows, restart_row, running_restart_of,
     running_restarts, set_agent_restart_id,
 };
