@@ -35,6 +35,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    for file in config.token_readable_by_others(&args.config) {
+        tracing::warn!(
+            file = %file.display(),
+            "this file holds the server token and others than its owner may read it; \
+             `chmod 600` it"
+        );
+    }
     if args.check {
         println!(
             "{}: ok ({} services)",
@@ -42,13 +49,6 @@ fn main() -> ExitCode {
             config.services.len()
         );
         return ExitCode::SUCCESS;
-    }
-    for file in config.token_readable_by_others(&args.config) {
-        tracing::warn!(
-            file = %file.display(),
-            "this file holds the server token and others than its owner may read it; \
-             `chmod 600` it"
-        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

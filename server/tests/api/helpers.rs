@@ -22,6 +22,7 @@ pub struct TestApp {
     pub viewer: String,
     pub agent: String,
     pub client: reqwest::Client,
+    pub settings: Settings,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Dropped last: the database lives in it.
@@ -39,6 +40,11 @@ fn test_settings(database: PathBuf) -> Settings {
 
 /// A server on port 0 with a fresh SQLite file and one token per role.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with settings of the test's own.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("baton.db");
     let db = baton_server::store::open(&database).await.unwrap();
@@ -52,17 +58,20 @@ pub async fn spawn_app() -> TestApp {
         .await
         .unwrap();
     db.close().await;
-    start(dir, database, operator, viewer, agent).await
+    let mut settings = test_settings(database.clone());
+    configure(&mut settings);
+    start(dir, database, settings, operator, viewer, agent).await
 }
 
 async fn start(
     dir: tempfile::TempDir,
     database: PathBuf,
+    settings: Settings,
     operator: String,
     viewer: String,
     agent: String,
 ) -> TestApp {
-    let application = Application::build(test_settings(database.clone()))
+    let application = Application::build(settings.clone())
         .await
         .expect("the application builds");
     let port = application.port();
@@ -79,6 +88,7 @@ async fn start(
             baton_tls::install_default_provider();
             reqwest::Client::new()
         },
+        settings,
         handle,
         server,
         dir,
@@ -94,6 +104,7 @@ impl TestApp {
         start(
             self.dir,
             self.database,
+            self.settings,
             self.operator,
             self.viewer,
             self.agent,

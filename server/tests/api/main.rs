@@ -1,6 +1,7 @@
 mod auth;
 mod helpers;
 mod input;
+mod limits;
 mod link;
 mod openapi;
 mod restarts;
