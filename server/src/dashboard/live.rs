@@ -32,8 +32,10 @@ use crate::store::Db;
 /// How often relative times ("up for", "ago", the timeline's right edge) move
 /// on when nothing else changes.
 const CLOCK: Duration = Duration::from_secs(5);
-/// A comment now and then keeps proxies from closing a quiet stream.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A comment now and then keeps proxies from closing a quiet stream, and
+/// finds out that a browser went away (only a write does), which gives its
+/// place among the session's streams back.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// One SSE message; every line of the HTML becomes a `data:` line.
 fn message(event: &str, html: &str) -> Bytes {

@@ -6,7 +6,8 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod attacks;
 mod browser;
 mod history;
 mod pages;
-mod restart;
+pub mod restart;
