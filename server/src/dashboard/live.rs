@@ -32,6 +32,10 @@ use crate::store::Db;
 /// How often relative times ("up for", "ago", the timeline's right edge) move
 /// on when nothing else changes.
 const CLOCK: Duration = Duration::from_secs(5);
+/// The least time between two renders of one stream: a burst of changes
+/// (a drain reporting every 100 ms on many hosts) becomes one render, and a
+/// change still shows sooner than the 250 ms tick pages once rendered on.
+const COALESCE: Duration = Duration::from_millis(100);
 /// A comment now and then keeps proxies from closing a quiet stream, and
 /// finds out that a browser went away (only a write does), which gives its
 /// place among the session's streams back.
@@ -123,6 +127,7 @@ struct LiveState<F> {
     render: F,
     watcher: Watcher,
     last: Option<String>,
+    rendered_at: Instant,
     done: bool,
 }
 
@@ -136,6 +141,7 @@ where
             render,
             watcher,
             last: None,
+            rendered_at: Instant::now(),
             done: false,
         },
         |mut stream| async move {
@@ -145,7 +151,11 @@ where
             loop {
                 if stream.last.is_some() {
                     match stream.watcher.next().await {
-                        Wake::Render => {}
+                        Wake::Render => {
+                            tokio::time::sleep_until(stream.rendered_at + COALESCE).await;
+                            // This render shows every change until now.
+                            stream.watcher.changes.borrow_and_update();
+                        }
                         Wake::End => return None,
                         Wake::KeepAlive => {
                             stream.watcher.keep_alive_at = Instant::now() + KEEP_ALIVE;
@@ -156,6 +166,7 @@ where
                         }
                     }
                 }
+                stream.rendered_at = Instant::now();
                 match (stream.render)().await {
                     Frame::Gone => return None,
                     Frame::Html { html, finished } => {

@@ -116,6 +116,7 @@ fn the_demo_writes_its_secrets_for_its_owner_only() {
             data.join("agent.toml"),
             data.join("baton.db"),
             data.join("baton.db-wal"),
+            data.join("baton.db-shm"),
         ]
         .map(|file| (file.clone(), mode_of(&file)))
     });
