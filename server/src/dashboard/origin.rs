@@ -35,18 +35,22 @@ fn same_origin(request: &HttpRequest) -> bool {
         (None, Some(referer)) => referer,
         (None, None) => return true,
     };
-    let Some(host) = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
-    else {
+    let Some(authority) = sent_from.to_str().ok().and_then(authority_of) else {
         return false;
     };
-    sent_from
-        .to_str()
-        .ok()
-        .and_then(authority_of)
-        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+    // A proxy in front may rewrite `Host` and say the public one in
+    // `X-Forwarded-Host`; a page elsewhere can set neither on a form.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let forwarded = headers
+        .get("x-forwarded-host")
+        .and_then(|host| host.to_str().ok());
+    [host, forwarded]
+        .into_iter()
+        .flatten()
+        .any(|host| authority.eq_ignore_ascii_case(host.trim()))
 }
 
 /// `host[:port]` of an http(s) URL; `None` for anything else (`Origin: null`
@@ -93,6 +97,11 @@ mod tests {
             "referer",
             "https://baton.example:8080@evil.example/"
         )]));
+        // Behind a proxy that rewrote Host.
+        assert!(allowed(&[
+            ("origin", "https://baton.example"),
+            ("x-forwarded-host", "baton.example")
+        ]));
         // Origin wins over a Referer that would pass.
         assert!(!allowed(&[
             ("origin", "https://evil.example"),

@@ -244,15 +244,6 @@ impl Sessions {
         cookie.make_removal();
         cookie
     }
-
-    /// How many sessions are open (expired ones not swept yet included).
-    pub fn len(&self) -> usize {
-        self.table.read().expect("sessions lock").by_id_hash.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The hash of a session id, as the table keys it.
