@@ -27,6 +27,7 @@ use crate::dashboard::session::{SessionKey, Sessions, StreamPermit};
 use crate::dashboard::views::{RestartLiveFragment, ServiceLiveFragment};
 use crate::domain::ServiceName;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::store::Db;
 
 /// How often relative times ("up for", "ago", the timeline's right edge) move
@@ -76,6 +77,7 @@ struct Watcher {
     recheck: Interval,
     clock: Interval,
     keep_alive_at: Instant,
+    metrics: web::Data<Metrics>,
     _permit: StreamPermit,
 }
 
@@ -88,16 +90,20 @@ enum Wake {
 
 impl Watcher {
     async fn next(&mut self) -> Wake {
-        tokio::select! {
-            changed = self.changes.changed() => match changed {
-                Ok(()) => Wake::Render,
-                Err(_) => Wake::End,
-            },
-            _ = self.clock.tick() => Wake::Render,
-            _ = self.recheck.tick() => {
-                if self.still_signed_in().await { Wake::Render } else { Wake::End }
+        loop {
+            tokio::select! {
+                changed = self.changes.changed() => return match changed {
+                    Ok(()) => Wake::Render,
+                    Err(_) => Wake::End,
+                },
+                _ = self.clock.tick() => return Wake::Render,
+                _ = self.recheck.tick() => {
+                    if !self.still_signed_in().await {
+                        return Wake::End;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.keep_alive_at) => return Wake::KeepAlive,
             }
-            _ = tokio::time::sleep_until(self.keep_alive_at) => Wake::KeepAlive,
         }
     }
 
@@ -167,6 +173,7 @@ where
                     }
                 }
                 stream.rendered_at = Instant::now();
+                stream.watcher.metrics.live_part_rendered();
                 match (stream.render)().await {
                     Frame::Gone => return None,
                     Frame::Html { html, finished } => {
@@ -219,6 +226,7 @@ fn watch(
     sessions: &web::Data<Sessions>,
     tokens: &web::Data<TokenCache>,
     fleet: &Fleet,
+    metrics: &web::Data<Metrics>,
 ) -> Result<Watcher, Refused> {
     let (Some(session), Some(key)) = (sessions.find(request), Sessions::key(request)) else {
         return Err(Refused::SignIn);
@@ -243,6 +251,7 @@ fn watch(
         recheck: every(tokens.recheck()),
         clock: every(CLOCK),
         keep_alive_at: Instant::now() + KEEP_ALIVE,
+        metrics: metrics.clone(),
         _permit: permit,
     })
 }
@@ -255,8 +264,9 @@ pub async fn restart(
     tokens: web::Data<TokenCache>,
     db: web::Data<Db>,
     fleet: web::Data<Fleet>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
-    let watcher = match watch(&request, &sessions, &tokens, &fleet) {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };
@@ -287,11 +297,12 @@ pub async fn service(
     tokens: web::Data<TokenCache>,
     db: web::Data<Db>,
     fleet: web::Data<Fleet>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
-    let watcher = match watch(&request, &sessions, &tokens, &fleet) {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };

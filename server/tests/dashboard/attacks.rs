@@ -178,6 +178,16 @@ fn with_connections(connections: u32) -> Vec<ServiceStatus> {
     vec![web]
 }
 
+async fn live_renders(app: &crate::helpers::TestApp) -> u64 {
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("baton_dashboard_live_renders_total "))
+        .expect("the live render counter")
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_live_page_sends_nothing_while_nothing_changes_and_a_change_at_once() {
     let app = spawn_app().await;
@@ -190,6 +200,7 @@ async fn a_live_page_sends_nothing_while_nothing_changes_and_a_change_at_once() 
     assert!(first.contains("alpha"), "{first}");
 
     // The same status again changes nothing: nothing is rendered or sent.
+    let renders_before = live_renders(&app).await;
     agent
         .send(&AgentFrame::Status {
             services: with_connections(3),
@@ -197,6 +208,11 @@ async fn a_live_page_sends_nothing_while_nothing_changes_and_a_change_at_once() 
         .await;
     let quiet = tokio::time::timeout(Duration::from_secs(2), stream.chunk()).await;
     assert!(quiet.is_err(), "sent while nothing changed: {quiet:?}");
+    assert_eq!(
+        live_renders(&app).await,
+        renders_before,
+        "rendered while nothing changed"
+    );
 
     // A change is on the page at once, not at the next tick.
     let sent = Instant::now();
