@@ -49,7 +49,7 @@ enum Command {
         request_timeout: Duration,
         /// Connections one client address may hold at once; more are answered
         /// 429 and closed. Agents behind one NAT share an address.
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
         connections_per_ip: u32,
         /// How long an Idempotency-Key names its restart; after that the same
         /// key starts a new restart.

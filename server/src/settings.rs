@@ -76,7 +76,7 @@ impl Settings {
             timeouts: Timeouts::default(),
             body_limit: 16 * 1024,
             tls: None,
-            connections_per_ip: 128,
+            connections_per_ip: 256,
         }
     }
 }
