@@ -6,10 +6,11 @@
 //! Actix cuts a connection whose request head is late
 //! (`client_request_timeout`, set in `startup`); this module adds the rest as
 //! one middleware:
-//! - a connection takes a place among its peer address's connections at its
-//!   first request and gives it back when it closes (its place lives in the
-//!   connection's data, put there by `HttpServer::on_connect`); past
-//!   `connections_per_ip`, its requests are answered `429` and it is closed;
+//! - a connection takes a place among its peer address's connections when it
+//!   is accepted (over TLS: at its first request) and gives it back when it
+//!   closes (its place lives in the connection's data, put there by
+//!   `HttpServer::on_connect`); past `connections_per_ip`, its requests are
+//!   answered `429` and it is closed;
 //! - a request body must arrive in full within `request_timeout`; a late one
 //!   ends in a read error (the handler answers `400`) and the connection is
 //!   closed.
@@ -23,7 +24,8 @@ use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse, web};
 use futures::StreamExt;
-use std::cell::RefCell;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,8 +96,12 @@ impl Drop for Place {
 
 /// Put into each connection's data when it is accepted (`on_connect`), and
 /// dropped with the connection.
-#[derive(Default)]
-pub struct ConnectionSlot(RefCell<Slot>);
+pub struct ConnectionSlot {
+    slot: RefCell<Slot>,
+    limits: Arc<ClientLimits>,
+    opened: Instant,
+    served: Cell<bool>,
+}
 
 #[derive(Default)]
 enum Slot {
@@ -105,35 +111,75 @@ enum Slot {
     Refused,
 }
 
+impl ClientLimits {
+    /// The slot of a connection just accepted. Over plain TCP its peer is
+    /// known at once and its place is taken now, so connections that never
+    /// finish a request head count too; over TLS the place is taken at the
+    /// first request.
+    pub fn on_connect(self: &Arc<Self>, io: &dyn Any) -> ConnectionSlot {
+        let peer = io
+            .downcast_ref::<actix_web::rt::net::TcpStream>()
+            .and_then(|stream| stream.peer_addr().ok())
+            .map(|address| address.ip());
+        let connection = ConnectionSlot {
+            slot: RefCell::new(Slot::Unclaimed),
+            limits: self.clone(),
+            opened: Instant::now(),
+            served: Cell::new(false),
+        };
+        if let Some(ip) = peer {
+            connection.claim(ip);
+        }
+        connection
+    }
+
+    fn refused(&self, ip: IpAddr) {
+        self.refused_log.log(|suppressed| {
+            tracing::warn!(
+                peer = %ip,
+                limit = self.connections_per_ip,
+                suppressed,
+                "refused a connection: too many from one address"
+            )
+        });
+    }
+}
+
 impl ConnectionSlot {
-    /// Whether the connection may be served: its place is taken at its first
-    /// request and kept until it closes.
-    fn admit(&self, limits: &Arc<ClientLimits>, peer: Option<IpAddr>) -> bool {
-        let mut slot = self.0.borrow_mut();
-        match &*slot {
-            Slot::Counted(_) => true,
-            Slot::Refused => false,
-            Slot::Unclaimed => {
-                let Some(ip) = peer else { return true };
-                match limits.take_place(ip) {
-                    Some(place) => {
-                        *slot = Slot::Counted(place);
-                        true
-                    }
-                    None => {
-                        *slot = Slot::Refused;
-                        limits.refused_log.log(|suppressed| {
-                            tracing::warn!(
-                                peer = %ip,
-                                limit = limits.connections_per_ip,
-                                suppressed,
-                                "refused a connection: too many from one address"
-                            )
-                        });
-                        false
-                    }
-                }
+    fn claim(&self, ip: IpAddr) {
+        let mut slot = self.slot.borrow_mut();
+        *slot = match self.limits.take_place(ip) {
+            Some(place) => Slot::Counted(place),
+            None => {
+                self.limits.refused(ip);
+                Slot::Refused
             }
+        };
+    }
+
+    /// Whether the connection may be served: its place is taken at accept
+    /// (or its first request) and kept until it closes.
+    fn admit(&self, peer: Option<IpAddr>) -> bool {
+        self.served.set(true);
+        let unclaimed = matches!(*self.slot.borrow(), Slot::Unclaimed);
+        if unclaimed && let Some(ip) = peer {
+            self.claim(ip);
+        }
+        !matches!(*self.slot.borrow(), Slot::Refused)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        // Actix cut it for a request head that never came in time.
+        if !self.served.get() && self.opened.elapsed() >= self.limits.request_timeout {
+            self.limits.slow_log.log(|suppressed| {
+                tracing::info!(
+                    timeout = ?self.limits.request_timeout,
+                    suppressed,
+                    "closed a connection that sent no complete request in time"
+                )
+            });
         }
     }
 }
@@ -155,7 +201,7 @@ pub async fn limit_clients(
     let peer = request.peer_addr().map(|address| address.ip());
     let admitted = request
         .conn_data::<ConnectionSlot>()
-        .is_none_or(|slot| slot.admit(&limits, peer));
+        .is_none_or(|slot| slot.admit(peer));
     if !admitted {
         let response = HttpResponse::TooManyRequests()
             .force_close()

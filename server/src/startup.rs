@@ -14,7 +14,7 @@ use crate::auth::TokenCache;
 use crate::dashboard::{self, PageError, Sessions};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
-use crate::limits::{self, ClientLimits, ConnectionSlot};
+use crate::limits::{self, ClientLimits};
 use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
 use crate::restarts::Restarts;
@@ -71,6 +71,7 @@ impl Application {
             settings.connections_per_ip,
             settings.timeouts.request_timeout,
         ));
+        let connection_limits = limits.get_ref().clone();
         let request_timeout = settings.timeouts.request_timeout;
         let body_limit = settings.body_limit;
         let documents = web::Data::new(ServicesDocuments::default());
@@ -130,8 +131,8 @@ impl Application {
         .keep_alive(request_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))
         // Where a connection keeps its place among its address's (`limits`).
-        .on_connect(|_, data| {
-            data.insert(ConnectionSlot::default());
+        .on_connect(move |io, data| {
+            data.insert(connection_limits.on_connect(io));
         });
         let server = match tls {
             Some(config) => server.listen_rustls_0_23(listener, config)?,

@@ -141,3 +141,25 @@ async fn one_address_may_hold_only_so_many_connections() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn connections_that_never_send_a_request_count_against_the_cap_until_cut() {
+    let app = limited_app(2, Duration::from_secs(1)).await;
+    let silent = [
+        TcpStream::connect(("127.0.0.1", app.port)).await.unwrap(),
+        TcpStream::connect(("127.0.0.1", app.port)).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = app.get("/healthz", None).await;
+    assert_eq!(refused.status(), 429);
+    // Actix cuts the silent ones at the timeout, which frees their places.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.get("/healthz", None).await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the silent connections kept their places"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(silent);
+}
