@@ -36,6 +36,8 @@ pub struct ServerConfig {
     /// agent dials `/agent/v1/connect`.
     pub url: String,
     pub token: String,
+    /// Where the token was read from, when not from the config itself.
+    pub token_file: Option<PathBuf>,
     /// PEM CA certificates trusted for `https://` besides the system's.
     pub ca_file: Option<PathBuf>,
 }
@@ -285,6 +287,23 @@ pub const DEFAULT_BACKLOG: i32 = 4096;
 pub const DEFAULT_WARMUP_NICE: i32 = 10;
 
 impl Config {
+    /// The files holding the server token (the config itself, or its
+    /// `token_file`) that users other than their owner may read: whoever can
+    /// read the token can speak for this host to the server.
+    pub fn token_readable_by_others(&self, config_path: &Path) -> Vec<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(server) = &self.server else {
+            return Vec::new();
+        };
+        let holder = server.token_file.as_deref().unwrap_or(config_path);
+        match std::fs::metadata(holder) {
+            Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => {
+                vec![holder.to_path_buf()]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
@@ -384,11 +403,13 @@ fn parse_server(
             ));
         }
     }
+    let mut token_file = None;
     let token = match (raw.token, raw.token_file) {
         (Some(token), None) => token,
         (None, Some(file)) => {
             let span = file.span();
             let path = file.into_inner();
+            token_file = Some(path.clone());
             std::fs::read_to_string(&path)
                 .map(|t| t.trim().to_string())
                 .map_err(|e| {
@@ -426,6 +447,7 @@ fn parse_server(
     Ok(ServerConfig {
         url: url.trim_end_matches('/').to_string(),
         token,
+        token_file,
         ca_file,
     })
 }
@@ -839,6 +861,37 @@ listen = "udp://[::1]:5353"
 
         let (line, _) = error_of("this is not toml\n");
         assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn a_token_that_others_may_read_is_pointed_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("agent.toml");
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, "secret\n").unwrap();
+        let chmod = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let inline = "[server]\nurl = \"http://h:1\"\ntoken = \"t\"\n".to_string();
+        let in_file = format!(
+            "[server]\nurl = \"http://h:1\"\ntoken_file = \"{}\"\n",
+            token_path.display()
+        );
+        for (text, holder) in [(&inline, &config_path), (&in_file, &token_path)] {
+            std::fs::write(&config_path, text).unwrap();
+            let config = Config::load(&config_path).unwrap();
+            chmod(&config_path, 0o644);
+            chmod(&token_path, 0o644);
+            assert_eq!(
+                config.token_readable_by_others(&config_path),
+                vec![holder.clone()]
+            );
+            chmod(holder, 0o600);
+            assert!(config.token_readable_by_others(&config_path).is_empty());
+        }
+        let no_server = Config::parse("", "agent.toml").unwrap();
+        assert!(no_server.token_readable_by_others(&config_path).is_empty());
     }
 
     #[test]

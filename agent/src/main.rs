@@ -35,6 +35,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    for file in config.token_readable_by_others(&args.config) {
+        tracing::warn!(
+            file = %file.display(),
+            "this file holds the server token and others than its owner may read it; \
+             `chmod 600` it"
+        );
+    }
     if args.check {
         println!(
             "{}: ok ({} services)",

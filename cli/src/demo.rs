@@ -223,7 +223,7 @@ listen = "tcp://127.0.0.1:0"
         demo = demo_bin.display(),
     );
     let config_path = dir.join("agent.toml");
-    std::fs::write(&config_path, config).map_err(io("writing the agent config"))?;
+    write_secret(&config_path, &config).map_err(io("writing the agent config"))?;
     let mut agent = spawn(
         "baton-agent",
         Command::new(&agent_bin).arg("--config").arg(&config_path),
@@ -278,4 +278,19 @@ fn ready_addresses(socket: &Path) -> Result<Vec<(String, String)>, baton_client:
             Some((s.name.clone(), listen.replacen("tcp://", "http://", 1)))
         })
         .collect())
+}
+
+/// Writes a file only its owner may read: the agent config holds a token.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An older file keeps its mode through `open`; tighten it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
 }

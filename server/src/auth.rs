@@ -84,6 +84,11 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
+    /// How often a long-lived use of a token looks it up again.
+    pub fn recheck(&self) -> Duration {
+        self.recheck
+    }
+
     pub fn new(db: Db, recheck: Duration) -> TokenCache {
         TokenCache {
             db,
@@ -106,6 +111,13 @@ impl TokenCache {
         {
             return Ok(Some(principal.clone()));
         }
+        self.check_now(hash).await
+    }
+
+    /// Like [`TokenCache::check`], but always asks the database: what a
+    /// long-lived use (a live page) calls every `recheck`, so a revocation
+    /// reaches it within that time, not twice that.
+    pub async fn check_now(&self, hash: &str) -> anyhow::Result<Option<Principal>> {
         let found = store::find_token(&self.db, hash).await?;
         let mut known = self.known.write().expect("token cache lock");
         Ok(match found {

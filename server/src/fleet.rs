@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::domain::now_millis;
 use crate::store::{HostForgotten, HostRow};
@@ -101,6 +101,10 @@ pub struct Fleet {
     /// Bumped on every change `GET /services` can show, so a reader can tell
     /// whether what it rendered before is still the picture.
     version: AtomicU64,
+    /// Signalled on every change a dashboard page can show: the picture
+    /// above, stored events, and a restart's progress (`history_changed`).
+    /// Live pages re-render when it fires instead of on a timer.
+    changes: watch::Sender<()>,
 }
 
 impl Fleet {
@@ -134,11 +138,25 @@ impl Fleet {
             notices,
             next_connection: AtomicU64::new(1),
             version: AtomicU64::new(1),
+            changes: watch::Sender::new(()),
         }
     }
 
     fn changed(&self) {
         self.version.fetch_add(1, Ordering::Release);
+        self.history_changed();
+    }
+
+    /// Something the pages read from the database changed (a restart was
+    /// written, a host's step moved on).
+    pub fn history_changed(&self) {
+        self.changes.send_replace(());
+    }
+
+    /// Fires after every change a page can show; a receiver sees a burst of
+    /// changes as at least one.
+    pub fn watch_changes(&self) -> watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     /// Changes whenever what [`Fleet::services`] returns may have changed.
@@ -280,6 +298,7 @@ impl Fleet {
             boot_id: boot_id.to_string(),
             events: new_events.into(),
         });
+        self.history_changed();
     }
 
     pub fn services_of(&self, host: &str) -> Option<Vec<ServiceStatus>> {

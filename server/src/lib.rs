@@ -20,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod fleet;
 pub mod housekeeping;
+pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod openapi;

@@ -54,6 +54,18 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// How long a client may take to send a request's head, and then its
+        /// body, before it is cut; also how long an idle connection stays open.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        request_timeout: Duration,
+        /// Connections one client address may hold at once; more are answered
+        /// 429 and closed. Agents behind one NAT share an address.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+        connections_per_ip: u32,
+        /// How long an Idempotency-Key names its restart; after that the same
+        /// key starts a new restart.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        idempotency_key_lifetime: Duration,
     },
     /// Manage API and agent tokens.
     Token {
@@ -136,6 +148,9 @@ async fn main() -> anyhow::Result<()> {
             token_recheck,
             tls_cert,
             tls_key,
+            request_timeout,
+            connections_per_ip,
+            idempotency_key_lifetime,
         } => {
             let mut settings = Settings::new(listen, database);
             settings.tls = tls_cert
@@ -147,6 +162,9 @@ async fn main() -> anyhow::Result<()> {
             settings.housekeeping.event_retention = event_retention;
             settings.housekeeping.event_max_rows = event_max_rows;
             settings.housekeeping.forget_offline_hosts_after = forget_offline_hosts_after;
+            settings.timeouts.request_timeout = request_timeout;
+            settings.timeouts.idempotency_key_lifetime = idempotency_key_lifetime;
+            settings.connections_per_ip = connections_per_ip as usize;
             let application = Application::build(settings).await?;
             tracing::info!(
                 port = application.port(),

@@ -5,6 +5,7 @@ use baton_proto::RestartOutcome;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::fleet::Fleet;
@@ -45,6 +46,8 @@ impl SequenceAnomaly {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Renders of live dashboard parts: what open pages cost.
+    live_renders: AtomicU64,
 }
 
 #[derive(Default)]
@@ -82,9 +85,23 @@ impl Metrics {
         *inner.sequence_anomalies.entry(anomaly).or_default() += 1;
     }
 
+    pub fn live_part_rendered(&self) {
+        self.live_renders.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn render(&self, fleet: &Fleet) -> String {
         let inner = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP baton_dashboard_live_renders_total Renders of the live part of an open dashboard page."
+        );
+        let _ = writeln!(out, "# TYPE baton_dashboard_live_renders_total counter");
+        let _ = writeln!(
+            out,
+            "baton_dashboard_live_renders_total {}",
+            self.live_renders.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP baton_restarts_total Restarts that ended, by outcome."

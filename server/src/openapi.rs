@@ -37,7 +37,7 @@ a path does not have is answered 405 with an Allow header."
         paths::forget_host,
         paths::agent_connect,
     ),
-    modifiers(&BearerToken, &RestartBodyMayBeLeftOut)
+    modifiers(&BearerToken, &RestartBodyMayBeLeftOut, &TooManyConnections)
 )]
 struct Document;
 
@@ -85,6 +85,44 @@ impl Modify for RestartBodyMayBeLeftOut {
             .and_then(|operation| operation.request_body.as_mut());
         if let Some(body) = body {
             body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+}
+
+/// Every operation may meet the per-address connection cap (`limits.rs`).
+struct TooManyConnections;
+
+impl Modify for TooManyConnections {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let response = ResponseBuilder::new()
+            .description(
+                "The client's address holds more connections than the server's \
+                 `--connections-per-ip`; this one is closed.",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .insert("429".into(), response.clone().into());
+            }
         }
     }
 }
@@ -268,7 +306,7 @@ mod paths {
             ServicePath,
             RestartQuery,
             ("Idempotency-Key" = Option<String>, Header, nullable = false,
-                description = "A retried request with the same key answers the same restart instead of starting another. 1 to 255 visible ASCII characters; anything else is `400`.",
+                description = "A retried request with the same key, from the same token for the same service, answers the same restart instead of starting another, for 24 hours (the server's `--idempotency-key-lifetime`). 1 to 255 visible ASCII characters; anything else is `400`.",
                 min_length = 1, max_length = 255, pattern = "^[!-~]([\\t -~]{0,253}[!-~])?$"),
         ),
         request_body(content = RestartRequest, description = "Optional; an empty body restarts every host that runs the service.", content_type = "application/json"),
@@ -277,13 +315,13 @@ mod paths {
                 headers(("Location" = String, description = "`/restarts/{id}`"))),
             (status = 200, description = "With `?wait=true`: the restart as it ended.", body = Restart,
                 headers(("Location" = String, description = "`/restarts/{id}`"))),
-            (status = 400, description = "Malformed JSON, an unknown field, a bad Idempotency-Key or an unparsable query.", body = ApiError),
+            (status = 400, description = "Malformed JSON, an unknown field, a bad Idempotency-Key, an unparsable query, or a body that did not arrive within the server's `--request-timeout`.", body = ApiError),
             (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "Not an operator token.", body = ApiError),
             (status = 404, description = "No host runs the service.", body = ApiError),
             (status = 409, description = "A restart of the service is running; `restart_id` tells which.", body = ApiError),
             (status = 413, description = "A body over the limit (16 KiB by default).", body = ApiError),
-            (status = 422, description = "Invalid service name, `max_parallel`, `hosts` (or a host that does not run the service) or `reason`; or an Idempotency-Key already used for another service.", body = ApiError),
+            (status = 422, description = "Invalid service name, `max_parallel`, `hosts` (or a host that does not run the service) or `reason`.", body = ApiError),
         ),
         security(("bearer" = []))
     )]

@@ -273,6 +273,7 @@ async fn drive_restart(
         None => (RestartOutcome::Succeeded, None),
     };
     store::finish_restart(&inner.db, restart_id, outcome, reason.as_deref()).await?;
+    inner.fleet.history_changed();
     let started = u64::try_from(restart.created_at).unwrap_or(0);
     let duration = crate::domain::now_millis().saturating_sub(started);
     inner
@@ -301,6 +302,7 @@ async fn finish_host(
 ) -> anyhow::Result<HostResult> {
     let restart_id = u64::try_from(restart.id).unwrap_or(0);
     store::finish_host(&inner.db, restart_id, host, outcome, reason.as_deref()).await?;
+    inner.fleet.history_changed();
     tracing::info!(restart_id, host, %outcome, reason = reason.as_deref().unwrap_or(""), "host restart finished");
     Ok((outcome, reason))
 }
@@ -379,6 +381,7 @@ async fn follow_host(
             },
         )
         .await?;
+        inner.fleet.history_changed();
         boot_id = link.boot_id.clone();
         seq_at_command = link.stored_seq;
         command_connection = link.connection;
@@ -400,6 +403,7 @@ async fn follow_host(
         match tokio::time::timeout(inner.timeouts.command_answer, answer).await {
             Ok(Ok(CommandAnswer::Started(id))) => {
                 store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+                inner.fleet.history_changed();
                 agent_restart_id = Some(id);
             }
             Ok(Ok(CommandAnswer::Refused(error))) => {
@@ -594,6 +598,7 @@ async fn on_notice(
     let restart_id = u64::try_from(restart.id).unwrap_or(0);
     if let Some(id) = seen.started {
         store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+        inner.fleet.history_changed();
     }
     match seen.finished {
         Some((outcome, reason)) => finish_host(inner, restart, host, outcome, reason)
@@ -622,6 +627,7 @@ async fn read_stored(
         .await?
     {
         store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+        inner.fleet.history_changed();
         progress.agent_restart_id = Some(id);
     }
     if let Some(id) = progress.agent_restart_id

@@ -5,11 +5,12 @@
 
 use baton_proto::api::Restart;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::domain::{ServiceName, validate_host_name};
+use crate::domain::{ServiceName, now_millis, validate_host_name};
 use crate::fleet::Fleet;
 use crate::orchestrator::Orchestrator;
-use crate::store::{self, Created, Db, NewRestart};
+use crate::store::{self, Created, Db, IdempotencyKey, NewRestart};
 
 pub const MAX_REASON_CHARS: usize = 1024;
 
@@ -23,8 +24,16 @@ pub struct RestartOrder<'a> {
     pub max_parallel: Option<u32>,
     /// The token's name, recorded with the restart.
     pub requested_by: &'a str,
-    /// A retry with the same key finds the restart the first try started.
-    pub idempotency_key: Option<&'a str>,
+    /// A retry with the same key, from the same token for the same service,
+    /// finds the restart the first try started.
+    pub idempotency_key: Option<RequestKey<'a>>,
+}
+
+/// An `Idempotency-Key` and the token (by hash) that sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestKey<'a> {
+    pub token_hash: &'a str,
+    pub key: &'a str,
 }
 
 /// Why a restart was not started.
@@ -57,14 +66,21 @@ pub struct Restarts {
     db: Db,
     fleet: Arc<Fleet>,
     orchestrator: Orchestrator,
+    idempotency_key_lifetime: Duration,
 }
 
 impl Restarts {
-    pub fn new(db: Db, fleet: Arc<Fleet>, orchestrator: Orchestrator) -> Restarts {
+    pub fn new(
+        db: Db,
+        fleet: Arc<Fleet>,
+        orchestrator: Orchestrator,
+        idempotency_key_lifetime: Duration,
+    ) -> Restarts {
         Restarts {
             db,
             fleet,
             orchestrator,
+            idempotency_key_lifetime,
         }
     }
 
@@ -111,10 +127,17 @@ impl Restarts {
             }
         };
 
+        let idempotency_key = order.idempotency_key.map(|key| IdempotencyKey {
+            token_hash: key.token_hash,
+            key: key.key,
+            not_before: now_millis().saturating_sub(
+                u64::try_from(self.idempotency_key_lifetime.as_millis()).unwrap_or(u64::MAX),
+            ),
+        });
         let created = if hosts.is_empty() {
             // A retry must still find its restart if the service went away since.
-            match order.idempotency_key {
-                Some(key) => store::restart_by_idempotency_key(&self.db, key)
+            match idempotency_key {
+                Some(key) => store::restart_by_idempotency_key(&self.db, service.as_str(), key)
                     .await?
                     .map(Created::Replayed),
                 None => None,
@@ -127,7 +150,7 @@ impl Restarts {
                     service: service.as_str(),
                     reason: order.reason,
                     requested_by: order.requested_by,
-                    idempotency_key: order.idempotency_key,
+                    idempotency_key,
                     max_parallel,
                     hosts: &hosts,
                 },
@@ -139,6 +162,7 @@ impl Restarts {
                 let id = created.id();
                 let view = created.view();
                 self.orchestrator.start_created(*created);
+                self.fleet.history_changed();
                 tracing::info!(restart_id = id, %service, hosts = hosts.len(), by = %order.requested_by, "restart requested");
                 Ok(Started { id, restart: view })
             }
@@ -146,12 +170,6 @@ impl Restarts {
                 let previous = store::get_restart(&self.db, id)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("restart {id} vanished"))?;
-                if previous.service != service.as_str() {
-                    return Err(StartError::Invalid(format!(
-                        "Idempotency-Key was already used for restart {id} of {}",
-                        previous.service
-                    )));
-                }
                 Ok(Started {
                     id,
                     restart: previous,
@@ -220,7 +238,7 @@ mod tests {
         );
         Setup {
             _dir: dir,
-            restarts: Restarts::new(db, fleet, orchestrator),
+            restarts: Restarts::new(db, fleet, orchestrator, Duration::from_secs(3600)),
             _links: links,
         }
     }
@@ -316,20 +334,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idempotency_key_replays_its_restart_and_belongs_to_one_service() {
+    async fn an_idempotency_key_replays_its_restart_for_its_token_and_service_only() {
         let setup = setup().await;
-        let keyed = RestartOrder {
-            idempotency_key: Some("deploy-42"),
+        let keyed = |token_hash| RestartOrder {
+            idempotency_key: Some(RequestKey {
+                token_hash,
+                key: "deploy-42",
+            }),
             ..order()
         };
-        let first = setup.restarts.start(&web(), &keyed).await.unwrap();
-        let again = setup.restarts.start(&web(), &keyed).await.unwrap();
+        let first = setup.restarts.start(&web(), &keyed("a")).await.unwrap();
+        let again = setup.restarts.start(&web(), &keyed("a")).await.unwrap();
         assert_eq!(again.id, first.id);
-        let other = ServiceName::parse("api").unwrap();
-        // `api` runs nowhere, but the key names a restart of `web`.
-        let refused = setup.restarts.start(&other, &keyed).await;
+        // Another token's key is its own, so it meets the running restart.
+        let other_token = setup.restarts.start(&web(), &keyed("b")).await;
         assert!(
-            matches!(&refused, Err(StartError::Invalid(message)) if message.contains("Idempotency-Key")),
+            matches!(other_token, Err(StartError::AlreadyRunning { restart_id, .. }) if restart_id == first.id),
+            "{:?}",
+            other_token.err()
+        );
+        // `api` runs nowhere: the key names no restart of `api`.
+        let other = ServiceName::parse("api").unwrap();
+        let refused = setup.restarts.start(&other, &keyed("a")).await;
+        assert!(
+            matches!(&refused, Err(StartError::NoHostRunsIt(_))),
             "{:?}",
             refused.err()
         );

@@ -16,6 +16,9 @@ pub struct Settings {
     /// HTTPS instead of HTTP, for the API, the dashboard and the agent link.
     pub tls: Option<TlsFiles>,
     pub housekeeping: Housekeeping,
+    /// Connections one client address may hold open at once; more are
+    /// answered `429` and closed. Agents behind one NAT share an address.
+    pub connections_per_ip: usize,
 }
 
 /// What the server forgets, and how often it looks. Everything an agent
@@ -72,6 +75,13 @@ pub struct Timeouts {
     /// How soon a revoked token stops working: cached tokens, agent links
     /// and dashboard sessions are checked against the database this often.
     pub token_recheck: Duration,
+    /// How long a client may take to send a request's head, and then its
+    /// body; a slower one is cut. Also how long an idle keep-alive
+    /// connection stays open.
+    pub request_timeout: Duration,
+    /// How long an `Idempotency-Key` names its restart; after that the same
+    /// key starts a new one.
+    pub idempotency_key_lifetime: Duration,
 }
 
 impl Default for Timeouts {
@@ -82,6 +92,8 @@ impl Default for Timeouts {
             command_answer: Duration::from_secs(10),
             host_restart: Duration::from_secs(600),
             token_recheck: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            idempotency_key_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -95,6 +107,7 @@ impl Settings {
             body_limit: 16 * 1024,
             tls: None,
             housekeeping: Housekeeping::default(),
+            connections_per_ip: 256,
         }
     }
 }

@@ -8,11 +8,13 @@ use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, middlew
 use anyhow::Context;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::TokenCache;
 use crate::dashboard::{self, PageError, Sessions};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
+use crate::limits::{self, ClientLimits};
 use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
 use crate::restarts::Restarts;
@@ -63,8 +65,16 @@ impl Application {
             db.clone(),
             fleet.clone(),
             orchestrator.clone(),
+            settings.timeouts.idempotency_key_lifetime,
         ));
         let sessions = web::Data::new(Sessions::default());
+        let limits = web::Data::new(ClientLimits::new(
+            settings.connections_per_ip,
+            settings.timeouts.request_timeout,
+        ));
+        let connection_limits = limits.get_ref().clone();
+        let request_timeout = settings.timeouts.request_timeout;
+        let body_limit = settings.body_limit;
         let documents = web::Data::new(ServicesDocuments::default());
         let fleet = web::Data::from(fleet);
         let metrics = web::Data::from(metrics);
@@ -78,11 +88,22 @@ impl Application {
             &tokio::runtime::Handle::current(),
         );
 
+        let with_tls = tls.is_some();
         let server = HttpServer::new(move || {
             App::new()
                 // The same paths answer HTML or JSON by `Accept`; caches must
                 // keep the two apart.
                 .wrap(middleware::DefaultHeaders::new().add((header::VARY, "Accept")))
+                // A browser that once reached us over HTTPS never tries
+                // plain HTTP again, where the session cookie could be read.
+                .wrap(middleware::Condition::new(
+                    with_tls,
+                    middleware::DefaultHeaders::new()
+                        .add((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000")),
+                ))
+                // Outermost: a refused connection costs nothing more.
+                .wrap(middleware::from_fn(limits::limit_clients))
+                .app_data(limits.clone())
                 .app_data(db.clone())
                 .app_data(fleet.clone())
                 .app_data(tokens.clone())
@@ -94,6 +115,8 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid query string: {error}")).into()
                 }))
+                .app_data(web::FormConfig::default().limit(body_limit))
+                .app_data(web::JsonConfig::default().limit(body_limit))
                 .app_data(web::PathConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid path: {error}")).into()
                 }))
@@ -107,8 +130,17 @@ impl Application {
         // other small frames; Nagle would hold it for the agent's delayed ACK.
         .tcp_nodelay(true)
         // Agent links never end on their own; do not wait 30 s for them.
-        .shutdown_timeout(2);
-        let with_tls = tls.is_some();
+        .shutdown_timeout(2)
+        // A client must send its request head this fast (the body's deadline
+        // is `limits`'), and an idle keep-alive connection is closed after
+        // as long: neither costs a connection for longer.
+        .client_request_timeout(request_timeout)
+        .keep_alive(request_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        // Where a connection keeps its place among its address's (`limits`).
+        .on_connect(move |io, data| {
+            data.insert(connection_limits.on_connect(io));
+        });
         let server = match tls {
             Some(config) => server.listen_rustls_0_23(listener, config)?,
             None => server.listen(listener)?,

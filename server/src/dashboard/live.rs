@@ -3,10 +3,14 @@
 //! the same template as the first render, so the browser script only swaps
 //! it in and there is one way to draw a restart, not two.
 //!
-//! The stream re-renders on a short tick and sends only when the HTML
-//! changed: the sources of change (stored events, agent status reports,
-//! the orchestrator) are many, and a render costs less than wiring each of
-//! them to every open page.
+//! A stream re-renders when the fleet says something changed (an agent's
+//! status, stored events, a restart's step: `Fleet::watch_changes`), and
+//! sends only when the HTML changed: a quiet fleet costs no render. Relative
+//! times ("up for 3 min") move on a slow clock. Every `--token-recheck` the
+//! stream checks that its session is still open and its token not revoked,
+//! and ends otherwise; a session holds at most
+//! [`STREAMS_PER_SESSION`](crate::dashboard::session::STREAMS_PER_SESSION)
+//! streams at once.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -14,17 +18,29 @@ use askama::Template;
 use bytes::Bytes;
 use std::convert::Infallible;
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use crate::auth::TokenCache;
 use crate::dashboard::pages::{restart_detail, service_live};
-use crate::dashboard::session::Sessions;
+use crate::dashboard::session::{SessionKey, Sessions, StreamPermit};
 use crate::dashboard::views::{RestartLiveFragment, ServiceLiveFragment};
 use crate::domain::ServiceName;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::store::Db;
 
-const TICK: Duration = Duration::from_millis(250);
-/// A comment now and then keeps proxies from closing a quiet stream.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often relative times ("up for", "ago", the timeline's right edge) move
+/// on when nothing else changes.
+const CLOCK: Duration = Duration::from_secs(5);
+/// The least time between two renders of one stream: a burst of changes
+/// (a drain reporting every 100 ms on many hosts) becomes one render, and a
+/// change still shows sooner than the 250 ms tick pages once rendered on.
+const COALESCE: Duration = Duration::from_millis(100);
+/// A comment now and then keeps proxies from closing a quiet stream, and
+/// finds out that a browser went away (only a write does), which gives its
+/// place among the session's streams back.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// One SSE message; every line of the HTML becomes a `data:` line. A line
 /// ends where an SSE parser ends it, at `\r\n`, `\r` or `\n`: splitting on
@@ -77,14 +93,78 @@ enum Frame {
     Gone,
 }
 
+/// What keeps a stream going: its session open, its token live, the fleet
+/// telling it when to look again.
+struct Watcher {
+    sessions: web::Data<Sessions>,
+    session: SessionKey,
+    tokens: web::Data<TokenCache>,
+    token_hash: String,
+    changes: watch::Receiver<()>,
+    recheck: Interval,
+    clock: Interval,
+    keep_alive_at: Instant,
+    metrics: web::Data<Metrics>,
+    _permit: StreamPermit,
+}
+
+/// Why the stream woke up.
+enum Wake {
+    Render,
+    KeepAlive,
+    End,
+}
+
+impl Watcher {
+    async fn next(&mut self) -> Wake {
+        loop {
+            tokio::select! {
+                changed = self.changes.changed() => return match changed {
+                    Ok(()) => Wake::Render,
+                    Err(_) => Wake::End,
+                },
+                _ = self.clock.tick() => return Wake::Render,
+                _ = self.recheck.tick() => {
+                    if !self.still_signed_in().await {
+                        return Wake::End;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.keep_alive_at) => return Wake::KeepAlive,
+            }
+        }
+    }
+
+    async fn still_signed_in(&self) -> bool {
+        if !self.sessions.is_open(&self.session) {
+            return false;
+        }
+        match self.tokens.check_now(&self.token_hash).await {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                self.sessions.forget(&self.token_hash);
+                false
+            }
+            // The database being away says nothing about the token.
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot check a live page's token"
+                );
+                true
+            }
+        }
+    }
+}
+
 struct LiveState<F> {
     render: F,
+    watcher: Watcher,
     last: Option<String>,
-    quiet_for: Duration,
+    rendered_at: Instant,
     done: bool,
 }
 
-fn event_stream<F, Fut>(render: F) -> HttpResponse
+fn event_stream<F, Fut>(watcher: Watcher, render: F) -> HttpResponse
 where
     F: FnMut() -> Fut + 'static,
     Fut: Future<Output = Frame>,
@@ -92,8 +172,9 @@ where
     let stream = futures::stream::unfold(
         LiveState {
             render,
+            watcher,
             last: None,
-            quiet_for: Duration::ZERO,
+            rendered_at: Instant::now(),
             done: false,
         },
         |mut stream| async move {
@@ -102,26 +183,37 @@ where
             }
             loop {
                 if stream.last.is_some() {
-                    tokio::time::sleep(TICK).await;
+                    match stream.watcher.next().await {
+                        Wake::Render => {
+                            tokio::time::sleep_until(stream.rendered_at + COALESCE).await;
+                            // This render shows every change until now.
+                            stream.watcher.changes.borrow_and_update();
+                        }
+                        Wake::End => return None,
+                        Wake::KeepAlive => {
+                            stream.watcher.keep_alive_at = Instant::now() + KEEP_ALIVE;
+                            return Some((
+                                Ok::<_, Infallible>(Bytes::from_static(b": keep-alive\n\n")),
+                                stream,
+                            ));
+                        }
+                    }
                 }
+                stream.rendered_at = Instant::now();
+                stream.watcher.metrics.live_part_rendered();
                 match (stream.render)().await {
                     Frame::Gone => return None,
                     Frame::Html { html, finished } => {
                         if finished {
                             stream.done = true;
                             let bytes = message("done", &html);
-                            return Some((Ok::<_, Infallible>(bytes), stream));
+                            return Some((Ok(bytes), stream));
                         }
                         if stream.last.as_deref() != Some(html.as_str()) {
                             let bytes = message("update", &html);
                             stream.last = Some(html);
-                            stream.quiet_for = Duration::ZERO;
+                            stream.watcher.keep_alive_at = Instant::now() + KEEP_ALIVE;
                             return Some((Ok(bytes), stream));
-                        }
-                        stream.quiet_for += TICK;
-                        if stream.quiet_for >= KEEP_ALIVE {
-                            stream.quiet_for = Duration::ZERO;
-                            return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), stream));
                         }
                     }
                 }
@@ -136,10 +228,59 @@ where
         .streaming(stream)
 }
 
-fn unauthorized() -> HttpResponse {
-    // Not 303 to the login page: EventSource would follow it and then fail on
-    // the HTML; a plain refusal makes it give up.
-    HttpResponse::Unauthorized().body("sign in first")
+/// Why a stream was not opened.
+enum Refused {
+    SignIn,
+    TooManyStreams,
+}
+
+impl Refused {
+    fn response(&self) -> HttpResponse {
+        match self {
+            // Not 303 to the login page: EventSource would follow it and then
+            // fail on the HTML; a plain refusal makes it give up.
+            Refused::SignIn => HttpResponse::Unauthorized().body("sign in first"),
+            Refused::TooManyStreams => HttpResponse::TooManyRequests()
+                .insert_header((header::RETRY_AFTER, "5"))
+                .body("too many live pages open in this session"),
+        }
+    }
+}
+
+/// The request's session and a place among its streams, or the refusal.
+fn watch(
+    request: &HttpRequest,
+    sessions: &web::Data<Sessions>,
+    tokens: &web::Data<TokenCache>,
+    fleet: &Fleet,
+    metrics: &web::Data<Metrics>,
+) -> Result<Watcher, Refused> {
+    let (Some(session), Some(key)) = (sessions.find(request), Sessions::key(request)) else {
+        return Err(Refused::SignIn);
+    };
+    let Some(permit) = session.stream_permit() else {
+        return Err(Refused::TooManyStreams);
+    };
+    let every = |period| {
+        let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        interval
+    };
+    let mut changes = fleet.watch_changes();
+    // What the first render shows is the picture as of now.
+    changes.borrow_and_update();
+    Ok(Watcher {
+        sessions: sessions.clone(),
+        session: key,
+        tokens: tokens.clone(),
+        token_hash: session.token_hash().to_owned(),
+        changes,
+        recheck: every(tokens.recheck()),
+        clock: every(CLOCK),
+        keep_alive_at: Instant::now() + KEEP_ALIVE,
+        metrics: metrics.clone(),
+        _permit: permit,
+    })
 }
 
 /// `GET /restarts/{id}/live`: the restart's steps until it ends.
@@ -147,14 +288,17 @@ pub async fn restart(
     request: HttpRequest,
     path: web::Path<u64>,
     sessions: web::Data<Sessions>,
+    tokens: web::Data<TokenCache>,
     db: web::Data<Db>,
     fleet: web::Data<Fleet>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
-    if sessions.find(&request).is_none() {
-        return unauthorized();
-    }
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+        Ok(watcher) => watcher,
+        Err(refused) => return refused.response(),
+    };
     let id = path.into_inner();
-    event_stream(move || {
+    event_stream(watcher, move || {
         let (db, fleet) = (db.clone(), fleet.clone());
         async move {
             match restart_detail(&db, &fleet, id).await {
@@ -177,21 +321,22 @@ pub async fn service(
     request: HttpRequest,
     path: web::Path<String>,
     sessions: web::Data<Sessions>,
+    tokens: web::Data<TokenCache>,
     db: web::Data<Db>,
     fleet: web::Data<Fleet>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
-    if sessions.find(&request).is_none() {
-        return unauthorized();
-    }
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
-    event_stream(move || {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+        Ok(watcher) => watcher,
+        Err(refused) => return refused.response(),
+    };
+    event_stream(watcher, move || {
         let (db, fleet) = (db.clone(), fleet.clone());
         let name = name.clone();
         async move {
-            // A session that ended (sign-out elsewhere) stops the stream at
-            // the next reconnect; within one stream the page stays readable.
             match service_live(&db, &fleet, &name).await {
                 Ok(live) => match (ServiceLiveFragment { live }).render() {
                     Ok(html) => Frame::Html {

@@ -13,6 +13,7 @@
 pub mod assets;
 pub mod format;
 pub mod live;
+pub mod origin;
 pub mod pages;
 pub mod response;
 pub mod session;

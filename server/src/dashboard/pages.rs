@@ -9,6 +9,7 @@ use baton_proto::api::RestartState;
 use percent_encoding::utf8_percent_encode;
 
 use crate::auth::{TokenCache, hash_token};
+use crate::dashboard::origin::require_same_origin;
 use crate::dashboard::response::{PageError, QUERY_VALUE, page, page_with_status, see_other};
 use crate::dashboard::session::{Session, Sessions};
 use crate::dashboard::signed_in::SignedIn;
@@ -20,6 +21,7 @@ use crate::dashboard::views::{
 use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
 use crate::fleet::Fleet;
 use crate::restarts::{MAX_REASON_CHARS, RestartOrder, Restarts, StartError};
+use crate::settings::Settings;
 use crate::store::{self, Db, RestartFilter};
 
 const RECENT_RESTARTS: u32 = 12;
@@ -36,11 +38,20 @@ pub struct NextQuery {
 /// login page forward a freshly signed-in person anywhere.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
-            next.to_string()
-        }
+        Some(next) if is_local_path(next) => next.to_string(),
         _ => "/".to_string(),
     }
+}
+
+/// One leading `/` and then only visible ASCII. Browsers drop tabs and line
+/// breaks from a URL and read `\` as `/`, so `/\t/evil.example` and
+/// `/\evil.example` would name another host; a line break would not even
+/// fit in a `Location` header. Paths that came through our own `next=` are
+/// percent-encoded, so nothing legitimate is lost.
+fn is_local_path(next: &str) -> bool {
+    next.starts_with('/')
+        && !next.starts_with("//")
+        && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
 }
 
 pub async fn login_form(
@@ -66,10 +77,13 @@ pub struct LoginForm {
 }
 
 pub async fn login(
+    request: HttpRequest,
     form: web::Form<LoginForm>,
     sessions: web::Data<Sessions>,
     tokens: web::Data<TokenCache>,
+    settings: web::Data<Settings>,
 ) -> Result<HttpResponse, PageError> {
+    require_same_origin(&request)?;
     let next = safe_next(form.next.as_deref());
     let token = form.token.trim();
     let refused = |error: &str| {
@@ -88,7 +102,7 @@ pub async fn login(
     match tokens.check(&hash_token(token)).await? {
         Some(principal) if principal.role != Role::Agent => {
             tracing::info!(token = %principal.name, role = principal.role.as_str(), "dashboard sign-in");
-            let cookie = sessions.open(&principal);
+            let cookie = sessions.open(&principal, settings.tls.is_some());
             let mut response = see_other(&next);
             response
                 .add_cookie(&cookie)
@@ -103,8 +117,10 @@ pub async fn login(
 pub async fn logout(
     request: HttpRequest,
     sessions: web::Data<Sessions>,
+    settings: web::Data<Settings>,
 ) -> Result<HttpResponse, PageError> {
-    let cookie = sessions.close(&request);
+    require_same_origin(&request)?;
+    let cookie = sessions.close(&request, settings.tls.is_some());
     let mut response = see_other("/login");
     response
         .add_cookie(&cookie)
@@ -268,11 +284,13 @@ pub struct RestartForm {
 /// The restart button's final POST: checks the form token before anything
 /// else, then starts the restart and sends the browser to its live page.
 pub async fn restart(
+    request: HttpRequest,
     SignedIn(session): SignedIn,
     path: web::Path<String>,
     form: web::Form<RestartForm>,
     restarts: web::Data<Restarts>,
 ) -> Result<HttpResponse, PageError> {
+    require_same_origin(&request)?;
     if !session.csrf_matches(form.csrf.as_deref()) {
         return Err(PageError::Forbidden(
             "This form is missing its security token or it has expired. \

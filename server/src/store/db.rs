@@ -33,6 +33,7 @@ impl Db {
 
 /// Opens (creating if needed) the database and applies the migrations.
 pub async fn open(path: &Path) -> anyhow::Result<Db> {
+    owner_only(path)?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -57,6 +58,54 @@ pub async fn open(path: &Path) -> anyhow::Result<Db> {
         .await
         .with_context(|| format!("failed to open the database {}", path.display()))?;
     Ok(Db { reads, writes })
+}
+
+/// The database holds token hashes and the fleet's history: only its owner
+/// may read it. SQLite gives its `-wal` and `-shm` files the mode of the
+/// database file, so creating that one `0600` (or tightening an older one)
+/// covers all three.
+fn owner_only(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("failed to create the database {}", path.display())));
+        }
+    }
+    for file in [
+        path.to_path_buf(),
+        suffixed(path, "-wal"),
+        suffixed(path, "-shm"),
+    ] {
+        let Ok(metadata) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0 {
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700)) {
+                Ok(()) => {
+                    tracing::warn!(file = %file.display(), "others could read the database; it is owner-only now")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "others can read the database; `chmod 600` it")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn suffixed(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// Whether the database answers, for `/healthz`.

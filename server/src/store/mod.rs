@@ -24,9 +24,9 @@ pub use hosts::{
     mark_all_hosts_offline, save_host_status, upsert_host,
 };
 pub use restarts::{
-    CommandSent, Created, HostRestartState, NewRestart, NewlyCreated, Outcome, RestartFilter,
-    RestartHostRow, RestartRow, RestartState, count_restarts_by_outcome, create_restart,
-    finish_host, finish_restart, get_restart, list_restarts, mark_host_running,
+    CommandSent, Created, HostRestartState, IdempotencyKey, NewRestart, NewlyCreated, Outcome,
+    RestartFilter, RestartHostRow, RestartRow, RestartState, count_restarts_by_outcome,
+    create_restart, finish_host, finish_restart, get_restart, list_restarts, mark_host_running,
     restart_by_idempotency_key, restart_host_rows, restart_row, running_restart_of,
     running_restarts, set_agent_restart_id, skip_host,
 };

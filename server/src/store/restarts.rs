@@ -83,11 +83,21 @@ impl From<HostRestartState> for api::HostRestartState {
     }
 }
 
+/// An `Idempotency-Key` as it is scoped: the token that sent it (by hash)
+/// and, with the service it is used for, the key itself.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey<'a> {
+    pub token_hash: &'a str,
+    pub key: &'a str,
+    /// Keys stored before this time (Unix ms) have expired.
+    pub not_before: u64,
+}
+
 pub struct NewRestart<'a> {
     pub service: &'a str,
     pub reason: Option<&'a str>,
     pub requested_by: &'a str,
-    pub idempotency_key: Option<&'a str>,
+    pub idempotency_key: Option<IdempotencyKey<'a>>,
     pub max_parallel: u32,
     /// In restart order.
     pub hosts: &'a [String],
@@ -134,7 +144,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 /// one idempotency key, never both create a restart.
 pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Created> {
     if let Some(key) = new.idempotency_key
-        && let Some(id) = restart_by_idempotency_key(db, key).await?
+        && let Some(id) = restart_by_idempotency_key(db, new.service, key).await?
     {
         return Ok(Created::Replayed(id));
     }
@@ -145,13 +155,12 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
         .await
         .context("failed to begin a transaction")?;
     let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-        "INSERT INTO restarts (service, reason, requested_by, idempotency_key, max_parallel, state, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO restarts (service, reason, requested_by, max_parallel, state, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(new.service)
     .bind(new.reason)
     .bind(new.requested_by)
-    .bind(new.idempotency_key)
     .bind(i64::from(new.max_parallel))
     .bind(RestartState::Running)
     .bind(to_i64(created_at))
@@ -162,7 +171,7 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
         Err(e) if is_unique_violation(&e) => {
             drop(tx);
             if let Some(key) = new.idempotency_key
-                && let Some(id) = restart_by_idempotency_key(db, key).await?
+                && let Some(id) = restart_by_idempotency_key(db, new.service, key).await?
             {
                 return Ok(Created::Replayed(id));
             }
@@ -186,6 +195,39 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
         .execute(&mut *tx)
         .await
         .context("failed to store the restart's hosts")?;
+    }
+    if let Some(key) = new.idempotency_key {
+        // Expired keys go as new ones come: the table holds one lifetime's.
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(to_i64(key.not_before))
+            .execute(&mut *tx)
+            .await
+            .context("failed to forget expired idempotency keys")?;
+        let stored = sqlx::query(
+            "INSERT INTO idempotency_keys (token_hash, service, idempotency_key, restart_id, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(key.token_hash)
+        .bind(new.service)
+        .bind(key.key)
+        .bind(id)
+        .bind(to_i64(created_at))
+        .execute(&mut *tx)
+        .await;
+        match stored {
+            Ok(_) => {}
+            // A retry with the same key won the race: this restart never was.
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                return match restart_by_idempotency_key(db, new.service, key).await? {
+                    Some(id) => Ok(Created::Replayed(id)),
+                    None => Box::pin(create_restart(db, new)).await,
+                };
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("failed to store the idempotency key"));
+            }
+        }
     }
     tx.commit().await.context("failed to commit the restart")?;
     Ok(Created::New(Box::new(NewlyCreated {
@@ -223,12 +265,24 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
     })))
 }
 
-pub async fn restart_by_idempotency_key(db: &Db, key: &str) -> anyhow::Result<Option<u64>> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM restarts WHERE idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(&db.reads)
-        .await
-        .context("failed to look up an idempotency key")?;
+/// The restart this token started for this service with this key, while
+/// the key has not expired.
+pub async fn restart_by_idempotency_key(
+    db: &Db,
+    service: &str,
+    key: IdempotencyKey<'_>,
+) -> anyhow::Result<Option<u64>> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT restart_id FROM idempotency_keys
+         WHERE token_hash = $1 AND service = $2 AND idempotency_key = $3 AND created_at >= $4",
+    )
+    .bind(key.token_hash)
+    .bind(service)
+    .bind(key.key)
+    .bind(to_i64(key.not_before))
+    .fetch_optional(&db.reads)
+    .await
+    .context("failed to look up an idempotency key")?;
     Ok(row.map(|(id,)| to_u64(id)))
 }
 

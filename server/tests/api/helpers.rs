@@ -26,7 +26,7 @@ pub struct TestApp {
     /// The agent tokens of the other hosts, made on first use.
     agent_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
     pub client: reqwest::Client,
-    tweak: fn(&mut Settings),
+    pub settings: Settings,
     handle: actix_web::dev::ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     // Dropped last: the database lives in it.
@@ -49,7 +49,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// [`spawn_app`] with settings of the test's own, kept across
 /// [`TestApp::restart_server`].
-pub async fn spawn_app_with(tweak: fn(&mut Settings)) -> TestApp {
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("baton.db");
     let db = baton_server::store::open(&database).await.unwrap();
@@ -63,13 +63,15 @@ pub async fn spawn_app_with(tweak: fn(&mut Settings)) -> TestApp {
         .await
         .unwrap();
     db.close().await;
+    let mut settings = test_settings(database.clone());
+    configure(&mut settings);
     start(
         dir,
         database,
+        settings,
         operator,
         viewer,
         agent,
-        tweak,
         Default::default(),
     )
     .await
@@ -78,15 +80,13 @@ pub async fn spawn_app_with(tweak: fn(&mut Settings)) -> TestApp {
 async fn start(
     dir: tempfile::TempDir,
     database: PathBuf,
+    settings: Settings,
     operator: String,
     viewer: String,
     agent: String,
-    tweak: fn(&mut Settings),
     agent_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 ) -> TestApp {
-    let mut settings = test_settings(database.clone());
-    tweak(&mut settings);
-    let application = Application::build(settings)
+    let application = Application::build(settings.clone())
         .await
         .expect("the application builds");
     let port = application.port();
@@ -104,7 +104,7 @@ async fn start(
             baton_tls::install_default_provider();
             reqwest::Client::new()
         },
-        tweak,
+        settings,
         handle,
         server,
         dir,
@@ -120,10 +120,10 @@ impl TestApp {
         start(
             self.dir,
             self.database,
+            self.settings,
             self.operator,
             self.viewer,
             self.agent,
-            self.tweak,
             self.agent_tokens,
         )
         .await

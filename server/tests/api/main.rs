@@ -3,6 +3,7 @@ mod helpers;
 mod host_binding;
 mod hosts;
 mod input;
+mod limits;
 mod link;
 mod openapi;
 mod restarts;

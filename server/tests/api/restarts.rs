@@ -309,3 +309,61 @@ async fn max_parallel_and_a_host_filter_are_honoured() {
     let by_host = app.get_json("/restarts?host=b").await;
     assert_eq!(by_host["restarts"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn an_idempotency_key_is_its_tokens_for_its_service_until_it_expires() {
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.timeouts.idempotency_key_lifetime = Duration::from_secs(2);
+    })
+    .await;
+    let other_operator = baton_server::auth::create_token(
+        &app.db().await,
+        "another-operator",
+        baton_server::domain::Role::Operator,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut agent = FakeAgent::connect(
+        &app,
+        "alpha",
+        "boot-1",
+        vec![service("web", 1), service("api", 1)],
+    )
+    .await;
+    let mut generation = 1;
+    // A restart that must be new: the agent is asked to run it.
+    let mut fresh = async |token: &str, name: &str| -> u64 {
+        let post = app.post_restart(name, Some(token), None, Some("deploy-42"), true);
+        let serve = agent.serve_restart(name, generation, RestartOutcome::Succeeded);
+        let (response, _) = tokio::join!(post, serve);
+        generation += 1;
+        assert_eq!(response.status(), 200, "a new restart of {name}");
+        response.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = fresh(&app.operator, "web").await;
+    // Another operator who happens to pick the same key gets a restart of
+    // their own, not the first operator's.
+    let by_other = fresh(&other_operator, "web").await;
+    assert_ne!(by_other, first);
+    // The same key for another service is another restart.
+    let other_service = fresh(&app.operator, "api").await;
+    assert_ne!(other_service, first);
+    // A retry of the first operator's request is still the first restart.
+    let retry = app
+        .post_restart("web", Some(&app.operator), None, Some("deploy-42"), false)
+        .await;
+    assert_eq!(retry.status(), 202);
+    assert_eq!(
+        retry.json::<serde_json::Value>().await.unwrap()["id"],
+        first
+    );
+    // Once the key has expired, it starts a new restart.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let after_expiry = fresh(&app.operator, "web").await;
+    assert!(after_expiry > other_service, "{after_expiry}");
+    let list = app.get_json("/restarts").await;
+    assert_eq!(list["restarts"].as_array().unwrap().len(), 4);
+}

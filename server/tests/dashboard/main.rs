@@ -6,8 +6,9 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod attacks;
 mod browser;
 mod history;
 mod live;
 mod pages;
-mod restart;
+pub mod restart;

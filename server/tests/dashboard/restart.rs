@@ -146,7 +146,11 @@ async fn a_viewer_sees_the_button_disabled_and_cannot_restart() {
 }
 
 /// Reads server-sent events until one of `kind` arrives; its data.
-async fn next_event(response: &mut reqwest::Response, buffer: &mut String, kind: &str) -> String {
+pub async fn next_event(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    kind: &str,
+) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         while let Some(end) = buffer.find("\n\n") {

@@ -35,8 +35,7 @@ fn config_file() -> &'static str {
     r#"
 warnings = { fail-on = true }
 
-# Which hosts run a service, and which service an Idempotency-Key was first
-# used for, is the fleet's and the history's state, which no schema can
+# Which hosts run a service is the fleet's state, which no schema can
 # declare: a restart the schema calls valid may still get the documented 422
 # (say, for a host that does not run the service).
 [[operations]]

@@ -77,3 +77,96 @@ fn restart_wait_prints_each_step_and_exits_by_outcome() {
     assert_eq!(code, Some(0));
     assert!(stdout.lines().count() > 10, "{stdout}");
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_demo_writes_its_secrets_for_its_owner_only() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let listen = format!("127.0.0.1:{}", baton_tests::server::free_port());
+    let mut demo = Command::new(bin("baton"))
+        .args(["demo", "--listen", &listen, "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (running, ready) = std::sync::mpsc::channel();
+    let stdout = demo.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("baton demo is running") {
+                let _ = running.send(());
+            }
+        }
+    });
+    let started = ready.recv_timeout(std::time::Duration::from_secs(60));
+    let modes = started.is_ok().then(|| {
+        [
+            data.join("agent.toml"),
+            data.join("baton.db"),
+            data.join("baton.db-wal"),
+            data.join("baton.db-shm"),
+        ]
+        .map(|file| (file.clone(), mode_of(&file)))
+    });
+    let pid = nix::unistd::Pid::from_raw(demo.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while demo.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = demo.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let modes = modes.expect("the demo never said it was running");
+    for (file, mode) in modes {
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+}
+
+#[test]
+fn the_agent_warns_when_others_may_read_its_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket = \"{}\"\n[server]\nurl = \"http://127.0.0.1:1\"\ntoken = \"baton_secret\"\n",
+            dir.path().join("agent.sock").display()
+        ),
+    )
+    .unwrap();
+    let check = |mode| {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = Command::new(bin("baton-agent"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let readable = check(0o644);
+    assert!(readable.contains("WARN"), "{readable}");
+    assert!(readable.contains("holds the server token"), "{readable}");
+    assert!(
+        readable.contains(&config.display().to_string()),
+        "{readable}"
+    );
+    let private = check(0o600);
+    assert!(!private.contains("server token"), "{private}");
+}

@@ -76,3 +76,56 @@ fn an_agent_and_the_cli_restart_through_an_https_server_they_were_told_to_trust(
     let (code, _, stderr) = cli(&plain, None, &server.viewer_token, &["status"]);
     assert_eq!(code, Some(6), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_tls_the_session_cookie_is_secure_and_browsers_are_told_to_stay_on_https() {
+    let server = ServerUnderTest::start_tls();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(baton_tls::client_config(server.ca_file()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("{}/login", server.url()))
+        .header("accept", "text/html")
+        .header("origin", server.url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", server.viewer_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("baton_session="), "{cookie}");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+    // The API says so too: the header is the connection's, not the page's.
+    let health = client
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.headers().contains_key("strict-transport-security"));
+
+    // The same server over plain HTTP says neither.
+    let plain = ServerUnderTest::start();
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/login", plain.url()))
+        .header("accept", "text/html")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", plain.viewer_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    assert!(!response.headers().contains_key("strict-transport-security"));
+}

@@ -5,7 +5,7 @@ use baton_proto::api::{Restart, RestartRequest};
 use crate::auth::Operator;
 use crate::domain::ServiceName;
 use crate::error::ApiError;
-use crate::restarts::{RestartOrder, Restarts, StartError};
+use crate::restarts::{RequestKey, RestartOrder, Restarts, StartError};
 use crate::routes::request::read_body;
 use crate::settings::Settings;
 
@@ -42,7 +42,10 @@ pub async fn restart(
         hosts: body.hosts.as_deref(),
         max_parallel: body.max_parallel,
         requested_by: &operator.0.name,
-        idempotency_key: idempotency_key(&request)?,
+        idempotency_key: idempotency_key(&request)?.map(|key| RequestKey {
+            token_hash: &operator.0.token_hash,
+            key,
+        }),
     };
     let started = restarts
         .start(&service, &order)
