@@ -187,12 +187,10 @@ impl Agent {
     ) -> anyhow::Result<AgentStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            let status = self.status();
-            if let Ok(status) = &status
-                && done(status)
-            {
-                return status.map_err(Into::into);
-            }
+            let status = match self.status() {
+                Ok(status) if done(&status) => return Ok(status),
+                other => other,
+            };
             if Instant::now() > deadline {
                 let last = match status {
                     Ok(status) => format!("{status:#?}"),
@@ -256,5 +254,24 @@ impl Agent {
     /// SIGTERM, then waits for the agent to drain and exit.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.process.stop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_with_a_broken_config_fails_to_start_naming_its_log() {
+        let Ok(binary) = crate::binary("baton-agent") else {
+            panic!("baton-agent is missing: run `cargo build --workspace` first");
+        };
+        let error = AgentSetup::new(binary, "[[service]]\nname = \n")
+            .start()
+            .err()
+            .expect("an agent without a valid config does not start");
+        let message = format!("{error:#}");
+        assert!(message.contains("baton-agent exited with"), "{message}");
+        assert!(message.contains("agent.log"), "{message}");
     }
 }

@@ -323,3 +323,40 @@ impl Certificates {
         Ok(files)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_binary() -> PathBuf {
+        crate::binary("baton-server")
+            .unwrap_or_else(|missing| panic!("{missing}: run `cargo build --workspace` first"))
+    }
+
+    #[test]
+    fn a_tls_server_is_awaited_through_its_own_ca_and_restarts_on_the_same_log() {
+        let mut server = ServerSetup::new(server_binary()).tls().start().unwrap();
+        assert!(server.url().starts_with("https://127.0.0.1:"));
+        let token = server.create_token("kit-agent", "agent").unwrap();
+        assert!(server.agent_section(&token).contains("ca_file = "));
+        let first_log = server.log();
+        server.kill();
+        assert_eq!(server.pid(), None);
+        server.launch().unwrap();
+        assert!(server.log().starts_with(&first_log));
+        assert!(server.log().len() > first_log.len());
+    }
+
+    #[test]
+    fn a_server_that_cannot_bind_fails_naming_its_log() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let error = ServerSetup::new(server_binary())
+            .listen(taken.local_addr().unwrap())
+            .start()
+            .err()
+            .expect("the address is taken");
+        let message = format!("{error:#}");
+        assert!(message.contains("baton-server exited with"), "{message}");
+        assert!(message.contains("server.log"), "{message}");
+    }
+}
