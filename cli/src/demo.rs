@@ -82,9 +82,7 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<(), DemoErro
     let operator_token = server
         .create_token("demo-operator", "operator")
         .map_err(failed)?;
-    let agent_token = server
-        .create_token("demo-agent", "agent")
-        .map_err(failed)?;
+    let agent_token = server.create_token("demo-agent", "agent").map_err(failed)?;
     server.launch().map_err(failed)?;
 
     let config = format!(

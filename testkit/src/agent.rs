@@ -109,8 +109,8 @@ impl AgentSetup {
             &config_path,
             &format!("control_socket = \"{}\"\n{}", socket.display(), self.config),
         )?;
-        let mut spawn = Spawn::new("baton-agent", folder.path().join("agent.log"))
-            .stop_grace(self.stop_grace);
+        let mut spawn =
+            Spawn::new("baton-agent", folder.path().join("agent.log")).stop_grace(self.stop_grace);
         if self.own_process_group {
             spawn = spawn.own_process_group();
         }

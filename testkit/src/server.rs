@@ -217,7 +217,8 @@ impl Server {
     /// same database and address, its log continued) and returns once
     /// `/healthz` answers.
     pub fn launch(&mut self) -> anyhow::Result<()> {
-        let mut spawn = Spawn::new("baton-server", self.log_path()).stop_grace(self.setup.stop_grace);
+        let mut spawn =
+            Spawn::new("baton-server", self.log_path()).stop_grace(self.setup.stop_grace);
         if self.launches > 0 {
             spawn = spawn.append_to_log();
         }
@@ -239,9 +240,7 @@ impl Server {
         let mut process = spawn.spawn(&mut command)?;
         self.launches += 1;
         let client = self.client(None)?.with_timeout(Duration::from_secs(2));
-        let healthy = || {
-            block_on(client.get_json::<serde_json::Value>("/healthz")).is_ok()
-        };
+        let healthy = || block_on(client.get_json::<serde_json::Value>("/healthz")).is_ok();
         process.wait_until("/healthz answered", Duration::from_secs(20), healthy)?;
         self.process = Some(process);
         Ok(())
