@@ -80,9 +80,11 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<(), DemoErro
         .prepare()
         .map_err(failed)?;
     let operator_token = server
-        .create_token("demo-operator", "operator")
+        .create_token("demo-operator", "operator", None)
         .map_err(failed)?;
-    let agent_token = server.create_token("demo-agent", "agent").map_err(failed)?;
+    let agent_token = server
+        .create_token("demo-agent", "agent", None)
+        .map_err(failed)?;
     server.launch().map_err(failed)?;
 
     let config = format!(

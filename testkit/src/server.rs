@@ -20,17 +20,20 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(probe.local_addr()?.port())
 }
 
-/// `baton-server token create` on `database`: the new token.
+/// `baton-server token create` on `database`: the new token. `host` is the
+/// one host an agent token speaks for.
 pub fn create_token(
     server: &Path,
     database: &Path,
     name: &str,
     role: &str,
+    host: Option<&str>,
 ) -> anyhow::Result<String> {
     let output = Command::new(server)
         .args(["token", "create", "--database"])
         .arg(database)
         .args(["--name", name, "--role", role])
+        .args(host.map(|host| ["--host", host]).into_iter().flatten())
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", server.display()))?;
@@ -199,9 +202,15 @@ impl Server {
         self.process.as_ref().and_then(Process::pid)
     }
 
-    /// A token of `role` on this server's database.
-    pub fn create_token(&self, name: &str, role: &str) -> anyhow::Result<String> {
-        create_token(&self.setup.binary, &self.database(), name, role)
+    /// A token of `role` on this server's database; `host` as for
+    /// [`create_token`].
+    pub fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        host: Option<&str>,
+    ) -> anyhow::Result<String> {
+        create_token(&self.setup.binary, &self.database(), name, role, host)
     }
 
     /// A REST client with `token`, trusting the server's CA.
@@ -336,7 +345,7 @@ mod tests {
     fn a_tls_server_is_awaited_through_its_own_ca_and_restarts_on_the_same_log() {
         let mut server = ServerSetup::new(server_binary()).tls().start().unwrap();
         assert!(server.url().starts_with("https://127.0.0.1:"));
-        let token = server.create_token("kit-agent", "agent").unwrap();
+        let token = server.create_token("kit-agent", "agent", None).unwrap();
         assert!(server.agent_section(&token).contains("ca_file = "));
         let first_log = server.log();
         server.kill();

@@ -20,7 +20,7 @@ pub fn free_port() -> u16 {
 }
 
 pub fn create_token(database: &Path, name: &str, role: &str) -> String {
-    baton_testkit::create_token(&bin("baton-server"), database, name, role)
+    baton_testkit::create_token(&bin("baton-server"), database, name, role, None)
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
@@ -53,7 +53,7 @@ impl ServerUnderTest {
             .unwrap_or_else(|e| panic!("{e:#}"));
         let token = |name: &str, role: &str| {
             server
-                .create_token(name, role)
+                .create_token(name, role, None)
                 .unwrap_or_else(|e| panic!("{e:#}"))
         };
         let operator_token = token("test-operator", "operator");

@@ -58,9 +58,9 @@ impl Server {
             .env("RUST_LOG", "warn")
             .prepare()?;
         let tokens = Tokens {
-            operator: server.create_token("bench-operator", "operator")?,
-            viewer: server.create_token("bench-viewer", "viewer")?,
-            agent: server.create_token("bench-agents", "agent")?,
+            operator: server.create_token("bench-operator", "operator", None)?,
+            viewer: server.create_token("bench-viewer", "viewer", None)?,
+            agent: server.create_token("bench-agents", "agent", None)?,
         };
         server.launch().context("baton-server did not start")?;
         Ok(Server {
