@@ -1,9 +1,9 @@
 //! The programs under test, taken from the folder this bench was built into so
 //! that the bench never measures a stale or differently optimised build.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -13,27 +13,20 @@ pub struct Binaries {
 
 impl Binaries {
     pub fn next_to_this_program() -> anyhow::Result<Binaries> {
-        let exe = std::env::current_exe().context("cannot find the path of baton-bench")?;
-        let dir = exe
-            .parent()
-            .context("baton-bench's path has no parent folder")?;
         Ok(Binaries {
-            agent: find(dir, "baton-agent")?,
-            demo: find(dir, "baton-demo")?,
+            agent: find("baton-agent")?,
+            demo: find("baton-demo")?,
         })
     }
 }
 
-fn find(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.is_file() {
-        bail!(
-            "{} is missing; build it in the same profile as the bench: \
-             cargo build --release -p baton-bench -p baton-agent -p baton-demo",
-            path.display()
-        );
-    }
-    Ok(path)
+fn find(name: &str) -> anyhow::Result<PathBuf> {
+    baton_testkit::binary(name).map_err(|missing| {
+        anyhow::anyhow!(
+            "{missing}; build it in the same profile as the bench: \
+             cargo build --release -p baton-bench -p baton-agent -p baton-demo"
+        )
+    })
 }
 
 /// An absolute path for a program on `PATH`, because the agent's config

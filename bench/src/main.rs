@@ -4,7 +4,6 @@
 
 mod agent;
 mod binaries;
-mod child;
 mod cli;
 mod load;
 mod memory;

@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod client;
 mod connection;
 mod report;
 mod response;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub use client::{Body, Client, Response};
 pub use report::{FailureEvent, LoadReport, Sample};
 
 /// Where the load goes.
@@ -150,6 +152,8 @@ impl fmt::Display for FailureKind {
         formatter.write_str(self.as_str())
     }
 }
+
+impl std::error::Error for FailureKind {}
 
 /// Runs the load until `stop` resolves or `max_duration` passes. Requests in
 /// flight at that moment may finish (up to `request_timeout`) and count as

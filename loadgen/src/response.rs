@@ -14,22 +14,53 @@ const MAX_HEADERS: usize = 64;
 /// Reads ask for at least this much room, so a full buffer does not turn
 /// into many tiny reads.
 const READ_RESERVE: usize = 8 * 1024;
+/// Reads of a body that is not kept go here, as large as a socket's
+/// receive buffer commonly is, so a big body takes few reads.
+const SCRATCH_BYTES: usize = 256 * 1024;
 
 /// Buffers reused across requests, so the hot path does not allocate.
 #[derive(Debug, Default)]
 pub(crate) struct Buffers {
     input: Vec<u8>,
     chunked_body: Vec<u8>,
+    /// Where a body that is not kept is read into and forgotten.
+    scratch: Vec<u8>,
+    /// Where the last body read is, when it was kept.
+    body: BodyAt,
     /// `X-Baton-Generation` of the last response, when it had one.
     pub(crate) generation: String,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum BodyAt {
+    #[default]
+    Nowhere,
+    Input {
+        start: usize,
+        end: usize,
+    },
+    Chunked,
 }
 
 impl Buffers {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Buffers {
             input: Vec::with_capacity(capacity),
-            chunked_body: Vec::new(),
-            generation: String::new(),
+            ..Buffers::default()
+        }
+    }
+
+    /// The head of the last response read, status line to blank line.
+    pub(crate) fn head(&self, head: &Head) -> &[u8] {
+        &self.input[..head.length]
+    }
+
+    /// The last body read, when it was kept.
+    pub(crate) fn body(&self) -> Option<&[u8]> {
+        match self.body {
+            BodyAt::Nowhere => None,
+            BodyAt::Input { start, end } => Some(&self.input[start..end]),
+            BodyAt::Chunked => Some(&self.chunked_body),
         }
     }
 }
@@ -51,16 +82,25 @@ enum Framing {
     Empty,
 }
 
-#[derive(Debug)]
-struct Head {
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Head {
     length: usize,
-    status: u16,
+    pub(crate) status: u16,
     keep_alive: bool,
     framing: Framing,
     has_generation: bool,
 }
 
-/// Reads one response from `stream`, which must hold nothing else.
+/// How a body ended: its length, and whether the connection can carry
+/// another request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyEnd {
+    pub(crate) length: usize,
+    pub(crate) keep_alive: bool,
+}
+
+/// Reads one response from `stream`, which must hold nothing else, and
+/// accepts only a `200` whose body starts with `expect_body_prefix`.
 pub(crate) async fn read_response<S>(
     stream: &mut S,
     buffers: &mut Buffers,
@@ -69,15 +109,43 @@ pub(crate) async fn read_response<S>(
 where
     S: AsyncRead + Unpin,
 {
+    let head = read_head(stream, buffers).await?;
+    if head.status != 200 {
+        return Err(FailureKind::BadStatus);
+    }
+    let end = read_body(stream, buffers, &head, true).await?;
+    let body = buffers.body().unwrap_or_default();
+    let unexpected_prefix = expect_body_prefix.filter(|prefix| !body.starts_with(prefix));
+    if let Some(prefix) = unexpected_prefix {
+        let truncated = body.len() < prefix.len() && prefix.starts_with(body);
+        return Err(if truncated {
+            FailureKind::ShortBody
+        } else {
+            FailureKind::UnexpectedBody
+        });
+    }
+    Ok(Accepted {
+        keep_alive: end.keep_alive,
+        has_generation: head.has_generation,
+    })
+}
+
+/// Reads the head of the next final response (skipping interim ones); any
+/// bytes of the body read with it stay in the input buffer.
+pub(crate) async fn read_head<S>(stream: &mut S, buffers: &mut Buffers) -> Result<Head, FailureKind>
+where
+    S: AsyncRead + Unpin,
+{
     buffers.input.clear();
-    let head = loop {
+    buffers.body = BodyAt::Nowhere;
+    loop {
         if let Some(head) = parse_head(&buffers.input, &mut buffers.generation)? {
             if (100..200).contains(&head.status) {
                 // An interim response (100 Continue, 103 Early Hints): the real one follows.
                 buffers.input.drain(..head.length);
                 continue;
             }
-            break head;
+            return Ok(head);
         }
         if buffers.input.len() > MAX_HEAD_BYTES {
             return Err(FailureKind::InvalidResponse);
@@ -85,17 +153,51 @@ where
         if read_more(stream, &mut buffers.input).await? == 0 {
             return Err(FailureKind::EofBeforeResponse);
         }
-    };
-    if head.status != 200 {
-        return Err(FailureKind::BadStatus);
     }
+}
+
+/// Reads the body `head` announced. A kept body is in [`Buffers::body`].
+/// One that is not kept is counted without being stored when it has a
+/// `Content-Length`; a chunked body or one that runs to the close is read
+/// whole all the same, but not handed out.
+pub(crate) async fn read_body<S>(
+    stream: &mut S,
+    buffers: &mut Buffers,
+    head: &Head,
+    keep: bool,
+) -> Result<BodyEnd, FailureKind>
+where
+    S: AsyncRead + Unpin,
+{
     let mut keep_alive = head.keep_alive;
-    let body: &[u8] = match head.framing {
+    let length = match head.framing {
         Framing::Empty => {
             if buffers.input.len() > head.length {
                 return Err(FailureKind::InvalidResponse);
             }
-            &[]
+            0
+        }
+        Framing::Length(length) if !keep => {
+            let already = buffers.input.len() - head.length;
+            if already > length {
+                return Err(FailureKind::InvalidResponse);
+            }
+            buffers.input.truncate(head.length);
+            let mut left = length - already;
+            if left > 0 && buffers.scratch.is_empty() {
+                buffers.scratch = vec![0; SCRATCH_BYTES];
+            }
+            while left > 0 {
+                let read = stream
+                    .read(&mut buffers.scratch)
+                    .await
+                    .map_err(|error| classify_io_error(&error))?;
+                if read == 0 {
+                    return Err(FailureKind::ShortBody);
+                }
+                left = left.checked_sub(read).ok_or(FailureKind::InvalidResponse)?;
+            }
+            length
         }
         Framing::Length(length) => {
             let end = head
@@ -110,7 +212,11 @@ where
             if buffers.input.len() > end {
                 return Err(FailureKind::InvalidResponse);
             }
-            &buffers.input[head.length..end]
+            buffers.body = BodyAt::Input {
+                start: head.length,
+                end,
+            };
+            length
         }
         Framing::Chunked => {
             loop {
@@ -126,7 +232,8 @@ where
                     return Err(FailureKind::ShortBody);
                 }
             }
-            &buffers.chunked_body
+            buffers.body = BodyAt::Chunked;
+            buffers.chunked_body.len()
         }
         Framing::UntilEof => {
             keep_alive = false;
@@ -135,22 +242,18 @@ where
                     return Err(FailureKind::InvalidResponse);
                 }
             }
-            &buffers.input[head.length..]
+            let end = buffers.input.len();
+            buffers.body = BodyAt::Input {
+                start: head.length,
+                end,
+            };
+            end - head.length
         }
     };
-    let unexpected_prefix = expect_body_prefix.filter(|prefix| !body.starts_with(prefix));
-    if let Some(prefix) = unexpected_prefix {
-        let truncated = body.len() < prefix.len() && prefix.starts_with(body);
-        return Err(if truncated {
-            FailureKind::ShortBody
-        } else {
-            FailureKind::UnexpectedBody
-        });
+    if !keep {
+        buffers.body = BodyAt::Nowhere;
     }
-    Ok(Accepted {
-        keep_alive,
-        has_generation: head.has_generation,
-    })
+    Ok(BodyEnd { length, keep_alive })
 }
 
 async fn read_more<S>(stream: &mut S, input: &mut Vec<u8>) -> Result<usize, FailureKind>
@@ -348,6 +451,30 @@ mod tests {
         .await
         .unwrap();
         assert!(!closing.keep_alive);
+    }
+
+    #[tokio::test]
+    async fn a_body_not_kept_is_counted_across_reads() {
+        let body = vec![b'x'; 300 * 1024];
+        let mut response = b"HTTP/1.1 200 OK\r\nContent-Length: 307200\r\n\r\n".to_vec();
+        response.extend_from_slice(&body);
+        let mut stream = &response[..];
+        let mut buffers = Buffers::default();
+        let head = read_head(&mut stream, &mut buffers).await.unwrap();
+        let end = read_body(&mut stream, &mut buffers, &head, false)
+            .await
+            .unwrap();
+        assert_eq!(end.length, 300 * 1024);
+        assert!(end.keep_alive);
+        assert_eq!(buffers.body(), None);
+        assert!(buffers.head(&head).starts_with(b"HTTP/1.1 200 OK"));
+
+        let mut longer = response.clone();
+        longer.extend_from_slice(b"extra");
+        let mut stream = &longer[..];
+        let head = read_head(&mut stream, &mut buffers).await.unwrap();
+        let overrun = read_body(&mut stream, &mut buffers, &head, false).await;
+        assert_eq!(overrun.unwrap_err(), FailureKind::InvalidResponse);
     }
 
     #[tokio::test]

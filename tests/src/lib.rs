@@ -1,6 +1,5 @@
-//! Helpers for end-to-end tests: start the real `baton-agent` with a config
-//! written to a fresh temporary folder, talk to it over its control socket,
-//! and find the other binaries of the workspace.
+//! Helpers for end-to-end tests: the real binaries started through
+//! [`baton_testkit`], with every failure a panic that says what went wrong.
 //!
 //! The binaries are built by `cargo build --workspace` (the README's test
 //! command does it) and found next to the test executable's folder.
@@ -12,27 +11,16 @@ use baton_client::AgentClient;
 use baton_proto::{
     AgentStatus, Event, Request, Response, RestartReport, ServiceState, ServiceStatus,
 };
+use baton_testkit::{Agent, AgentSetup};
 use std::net::SocketAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 /// A binary of this workspace, built in the same profile as the tests.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
+    baton_testkit::binary(name)
+        .unwrap_or_else(|missing| panic!("{missing}: run `cargo build --workspace` first"))
 }
 
 /// A `[[service]]` block running the demo service on one TCP socket.
@@ -42,25 +30,11 @@ pub fn demo_service(name: &str, extra: &str) -> String {
 
 /// Like [`demo_service`], with more flags for the demo.
 pub fn demo_service_args(name: &str, args: &[&str], extra: &str) -> String {
-    let args: String = args.iter().map(|a| format!(", \"{a}\"")).collect();
-    format!(
-        r#"
-[[service]]
-name = "{name}"
-command = ["{demo}", "--drain-idle-grace", "300ms"{args}]
-{extra}
-
-[[service.socket]]
-name = "http"
-listen = "tcp://127.0.0.1:0"
-"#,
-        demo = bin("baton-demo").display()
-    )
+    baton_testkit::demo_service(&bin("baton-demo"), name, args, extra)
 }
 
 pub struct AgentUnderTest {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    agent: Agent,
     pub socket: PathBuf,
     pub notify_socket: PathBuf,
     pub config_path: PathBuf,
@@ -83,67 +57,32 @@ impl AgentUnderTest {
     /// Starts an agent and waits only for its control socket. `services` may
     /// begin with top-level keys (`host = ...`) and a `[server]` table.
     pub fn start_unchecked(services: &str) -> AgentUnderTest {
-        let dir = tempfile::Builder::new()
+        let agent = AgentSetup::new(bin("baton-agent"), services)
             .prefix("baton-test-")
-            .tempdir()
-            .expect("temp dir");
-        let socket = dir.path().join("agent.sock");
-        let notify_socket = dir.path().join("notify.sock");
-        let config_path = dir.path().join("agent.toml");
-        std::fs::write(
-            &config_path,
-            format!("control_socket = \"{}\"\n{services}", socket.display()),
-        )
-        .expect("write config");
-        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
-        let child = Command::new(bin("baton-agent"))
-            .arg("--config")
-            .arg(&config_path)
             .env(
                 "BATON_LOG",
                 std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start baton-agent");
-        let mut agent = AgentUnderTest {
-            dir,
-            child: Some(child),
-            socket,
-            notify_socket,
-            config_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&agent.socket).is_err() {
-            if let Some(status) = agent
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("baton-agent exited with {status}:\n{}", agent.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent control socket never appeared:\n{}",
-                agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            .start()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        AgentUnderTest {
+            socket: agent.socket().to_path_buf(),
+            notify_socket: agent.folder().join("notify.sock"),
+            config_path: agent.config_path().to_path_buf(),
+            agent,
         }
-        agent
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.agent.folder()
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+        self.agent.process().pid().expect("running") as i32
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.agent.process().log()
     }
 
     pub fn client(&self) -> ControlClient {
@@ -151,45 +90,24 @@ impl AgentUnderTest {
     }
 
     pub fn status(&self) -> AgentStatus {
-        match self.client().request(Request::Status) {
-            Response::Status(status) => status,
-            other => panic!("unexpected answer to status: {other:?}"),
-        }
+        self.agent.status().unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// `None` when the agent closed the connection without answering (it
     /// re-executes itself during an upgrade).
     pub fn try_status(&self) -> Option<AgentStatus> {
-        let mut client = ControlClient::try_connect(&self.socket)?;
-        client.send(Request::Status);
-        match client.next_response() {
-            Some(Response::Status(status)) => Some(status),
-            _ => None,
-        }
+        self.agent.status().ok()
     }
 
     pub fn service(&self, name: &str) -> ServiceStatus {
-        self.status()
-            .services
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no service {name}"))
+        self.agent.service(name).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The bound address of a service's TCP socket (configs use port 0).
     pub fn tcp_addr(&self, service: &str, socket: &str) -> SocketAddr {
-        let status = self.service(service);
-        let listen = &status
-            .sockets
-            .iter()
-            .find(|s| s.name == socket)
-            .unwrap_or_else(|| panic!("no socket {socket}"))
-            .listen;
-        listen
-            .trim_start_matches("tcp://")
-            .trim_start_matches("udp://")
-            .parse()
-            .expect("socket address")
+        self.agent
+            .address(service, Some(socket))
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn wait_for(
@@ -198,64 +116,37 @@ impl AgentUnderTest {
         timeout: Duration,
         done: impl Fn(&AgentStatus) -> bool,
     ) -> AgentStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let Some(status) = self.try_status() else {
-                assert!(
-                    Instant::now() < deadline,
-                    "timed out waiting for {what}: no status"
-                );
-                std::thread::sleep(Duration::from_millis(25));
-                continue;
-            };
-            if done(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last status: {status:#?}\nagent log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        self.agent
+            .wait_for(what, timeout, done)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Restarts a service and follows it to the end.
     pub fn restart(&self, service: &str) -> (Vec<Event>, RestartReport) {
-        self.client().restart_follow(service)
+        let mut events = Vec::new();
+        let report = self
+            .agent
+            .restart(service, None, |event| events.push(event))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        (events, report)
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
-            .expect("signal agent");
+        self.agent
+            .process()
+            .signal(signal)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// SIGTERM and wait for the agent to exit.
     pub fn stop(mut self) -> ExitStatus {
-        self.terminate().expect("agent was running")
-    }
-
-    fn terminate(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.agent.stop().expect("agent was running")
     }
 }
 
 impl Drop for AgentUnderTest {
     fn drop(&mut self) {
-        self.terminate();
+        self.agent.stop();
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.log());
         }
@@ -303,18 +194,6 @@ impl ControlClient {
     /// Every event the agent remembers, oldest first.
     pub fn events(self) -> Vec<Event> {
         self.client.events().expect("the agent's events")
-    }
-
-    pub fn restart_follow(&mut self, service: &str) -> (Vec<Event>, RestartReport) {
-        self.client
-            .start_restart(service, None, true)
-            .unwrap_or_else(|e| panic!("restart not accepted: {e}"));
-        let mut events = Vec::new();
-        let report = self
-            .client
-            .follow_restart(None, |event| events.push(event))
-            .unwrap_or_else(|e| panic!("following the restart: {e}"));
-        (events, report)
     }
 }
 

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 
 use server::fleet::{self, Fleet, FleetSettings};
-use server::http::ClientKind;
+use server::load::ClientKind;
 use server::procs::{Binaries, RealAgent, Server};
 use server::report::{self, Results, Setup};
 use server::scenarios::{self, RollingSummary};

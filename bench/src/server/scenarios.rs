@@ -11,7 +11,7 @@ use baton_proto::api::{RestartRequest, RestartState};
 use baton_proto::{EventKind, RestartOutcome, ServiceName};
 
 use super::fleet::{Fleet, HostRestart};
-use super::http::{self, ClientKind, LoadSettings, Throughput};
+use super::load::{self, ClientKind, LoadSettings, Throughput};
 use super::procs::{EventFeed, RealAgent, Server};
 use super::stats::{cpu_seconds, machine_times, median, percentile};
 
@@ -49,7 +49,7 @@ pub fn throughput(
     let server_before = server.pid().and_then(cpu_seconds);
     let bench_before = cpu_seconds(std::process::id());
     let machine_before = machine_times();
-    let result = http::run(&settings).with_context(|| format!("GET {path}"))?;
+    let result = load::run(&settings).with_context(|| format!("GET {path}"))?;
     let cores = |before: Option<f64>, after: Option<f64>| {
         Some((after? - before?) / result.elapsed.as_secs_f64())
     };
