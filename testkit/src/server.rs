@@ -345,7 +345,9 @@ mod tests {
     fn a_tls_server_is_awaited_through_its_own_ca_and_restarts_on_the_same_log() {
         let mut server = ServerSetup::new(server_binary()).tls().start().unwrap();
         assert!(server.url().starts_with("https://127.0.0.1:"));
-        let token = server.create_token("kit-agent", "agent", None).unwrap();
+        let token = server
+            .create_token("kit-agent", "agent", Some("kit-host"))
+            .unwrap();
         assert!(server.agent_section(&token).contains("ca_file = "));
         let first_log = server.log();
         server.kill();
