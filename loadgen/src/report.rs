@@ -9,7 +9,6 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use crate::FailureKind;
-use crate::worker::WorkerOutcome;
 
 /// Latencies beyond an hour are recorded as an hour.
 const LONGEST_RECORDED_MICROS: u64 = 3_600_000_000;
@@ -29,6 +28,17 @@ pub struct Sample {
 pub struct FailureEvent {
     pub at: Duration,
     pub kind: FailureKind,
+}
+
+/// One worker's tally, merged into the report at the end.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerOutcome {
+    pub(crate) ok: u64,
+    pub(crate) failures: BTreeMap<FailureKind, u64>,
+    pub(crate) failure_events: Vec<FailureEvent>,
+    pub(crate) reconnects: u64,
+    pub(crate) samples: Vec<Sample>,
+    pub(crate) generations: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default)]

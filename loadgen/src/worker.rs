@@ -1,6 +1,5 @@
 //! One connection's loop: connect, send, read, judge, repeat.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::connection::{Connection, classify_io_error};
-use crate::report::{FailureEvent, Sample};
+use crate::report::{FailureEvent, Sample, WorkerOutcome};
 use crate::response::{Buffers, read_response};
 use crate::{FailureKind, LoadConfig, Target};
 
@@ -47,17 +46,6 @@ impl Shared {
             expect_body_prefix: config.expect_body_prefix.clone().map(String::into_bytes),
         }
     }
-}
-
-/// One worker's tally, merged into the report at the end.
-#[derive(Debug, Default)]
-pub(crate) struct WorkerOutcome {
-    pub(crate) ok: u64,
-    pub(crate) failures: BTreeMap<FailureKind, u64>,
-    pub(crate) failure_events: Vec<FailureEvent>,
-    pub(crate) reconnects: u64,
-    pub(crate) samples: Vec<Sample>,
-    pub(crate) generations: BTreeSet<String>,
 }
 
 impl WorkerOutcome {
