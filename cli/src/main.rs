@@ -271,7 +271,8 @@ fn exit_code(error: &Error) -> u8 {
             StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
                 exit::USAGE
             }
-            StatusCode::CONFLICT => exit::REFUSED,
+            StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS => exit::REFUSED,
+            status if status.is_server_error() => exit::SERVER_ERROR,
             _ => exit::UNREACHABLE,
         },
         Error::TimedOut => exit::TIMEOUT,
@@ -279,5 +280,37 @@ fn exit_code(error: &Error) -> u8 {
         | Error::ServerUnreachable { .. }
         | Error::Io(_)
         | Error::Protocol(_) => exit::UNREACHABLE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: StatusCode) -> Error {
+        Error::Status {
+            status,
+            message: "no".into(),
+            restart_id: None,
+        }
+    }
+
+    #[test]
+    fn a_failing_server_is_told_from_an_unreachable_one() {
+        assert_eq!(
+            exit_code(&answered(StatusCode::SERVICE_UNAVAILABLE)),
+            exit::SERVER_ERROR
+        );
+        assert_eq!(
+            exit_code(&answered(StatusCode::INTERNAL_SERVER_ERROR)),
+            exit::SERVER_ERROR
+        );
+        assert_eq!(exit_code(&answered(StatusCode::CONFLICT)), exit::REFUSED);
+        assert_eq!(
+            exit_code(&answered(StatusCode::TOO_MANY_REQUESTS)),
+            exit::REFUSED
+        );
+        let io = Error::Io(std::io::Error::other("reset"));
+        assert_eq!(exit_code(&io), exit::UNREACHABLE);
     }
 }

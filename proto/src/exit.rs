@@ -14,6 +14,10 @@ pub const REFUSED: u8 = 5;
 pub const UNREACHABLE: u8 = 6;
 /// The server refused the token (missing, invalid, or not an operator's).
 pub const NOT_AUTHORIZED: u8 = 7;
+/// The server was reached but failed (a 5xx, whose message is printed: a
+/// full disk, a locked database). Not the same as unreachable: the server
+/// is up, and retrying later may succeed.
+pub const SERVER_ERROR: u8 = 8;
 /// Bad command line or unknown service.
 pub const USAGE: u8 = 64;
 
