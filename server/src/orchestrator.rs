@@ -314,6 +314,9 @@ async fn drive_host(
     restart: &RestartRow,
     row: RestartHostRow,
 ) -> anyhow::Result<Option<HostResult>> {
+    if row.state == HostRestartState::Pending {
+        wait_for_link(inner, &row.host).await;
+    }
     if row.state == HostRestartState::Pending && long_offline(inner, &row.host) {
         let restart_id = u64::try_from(restart.id).unwrap_or(0);
         store::skip_host(&inner.db, restart_id, &row.host, SKIPPED_OFFLINE).await?;
@@ -321,6 +324,29 @@ async fn drive_host(
         return Ok(None);
     }
     follow_host(inner, restart, row).await.map(Some)
+}
+
+/// A host offline when its turn comes, but for less than the grace, is
+/// waited for until it is back or the grace is over: its agent may be
+/// reconnecting, as every agent is right after a server restart (they back
+/// off up to 5 s), and failing it then would fail a restart the server
+/// accepted before it died.
+async fn wait_for_link(inner: &Inner, host: &str) {
+    loop {
+        let Some(link) = inner.fleet.link_state(host) else {
+            return;
+        };
+        if link.online {
+            return;
+        }
+        let left = link
+            .offline_since
+            .and_then(|since| inner.timeouts.offline_grace.checked_sub(since.elapsed()));
+        let Some(left) = left else {
+            return;
+        };
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+    }
 }
 
 /// Offline for longer than the grace, or forgotten: gone, not blinking.

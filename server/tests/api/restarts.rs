@@ -165,18 +165,23 @@ async fn hosts_restart_one_at_a_time_in_name_order() {
 }
 
 #[tokio::test]
-async fn an_offline_host_fails_with_host_offline() {
+async fn an_offline_host_is_waited_for_until_the_grace_then_skipped() {
     let app = spawn_app().await;
     let agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     agent.close().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = std::time::Instant::now();
     let response = app
         .post_restart("web", Some(&app.operator), None, None, true)
         .await;
     assert_eq!(response.status(), 200);
+    // The test server's grace is 2 s, counted from when the host went away.
+    assert!(asked.elapsed() >= Duration::from_millis(1_800));
     let restart: serde_json::Value = response.json().await.unwrap();
     assert_eq!(restart["outcome"], "failed");
-    assert_eq!(restart["hosts"][0]["outcome_reason"], "host offline");
+    assert_eq!(restart["outcome_reason"], "every host was offline");
+    assert_eq!(restart["hosts"][0]["state"], "skipped", "{restart}");
+    assert_eq!(restart["hosts"][0]["outcome_reason"], "offline", "{restart}");
 }
 
 #[tokio::test]
@@ -366,4 +371,29 @@ async fn an_idempotency_key_is_its_tokens_for_its_service_until_it_expires() {
     assert!(after_expiry > other_service, "{after_expiry}");
     let list = app.get_json("/restarts").await;
     assert_eq!(list["restarts"].as_array().unwrap().len(), 4);
+}
+
+/// The server dies while the first host restarts; the second host's agent
+/// reconnects only after the first is done (agents back off): its turn
+/// waits for it within the offline grace instead of failing it.
+#[tokio::test]
+async fn a_host_still_reconnecting_after_a_server_restart_is_waited_for() {
+    let app = spawn_app().await;
+    let mut a = FakeAgent::connect(&app, "a", "boot-a", vec![service("web", 1)]).await;
+    let b = FakeAgent::connect(&app, "b", "boot-b", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    let _command = a.expect_restart_command().await;
+    let app = app.restart_server().await;
+    drop(b);
+    let events = a.restart_events("web", 1, 1, RestartOutcome::Succeeded);
+    let last_seq = events.last().unwrap().seq;
+    let mut a =
+        FakeAgent::connect_with_seq(&app, "a", "boot-a", last_seq, vec![service("web", 2)]).await;
+    a.send_events(events).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut b = FakeAgent::connect(&app, "b", "boot-b", vec![service("web", 1)]).await;
+    b.serve_restart("web", 1, RestartOutcome::Succeeded).await;
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "succeeded", "{restart}");
+    assert_eq!(restart["hosts"][1]["outcome"], "succeeded", "{restart}");
 }
