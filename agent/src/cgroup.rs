@@ -182,21 +182,28 @@ impl Cgroups {
     }
 }
 
-/// How deep below a generation's cgroup processes are looked for: a service
-/// given a delegated subtree may make cgroups of its own.
+/// How deep below a generation's cgroup processes are looked for, and in how
+/// many cgroups at most: a service running as the agent's user may make
+/// cgroups of its own below its generation's.
 const NESTING_MAX: usize = 8;
+const FOLDERS_MAX: usize = 1024;
 
 /// Pids in the cgroup at `folder` and in the cgroups below it, ascending.
 /// A cgroup that is gone has none.
 pub fn procs_of(folder: &Path) -> Vec<i32> {
     let mut pids = Vec::new();
-    collect_procs(folder, 0, &mut pids);
+    let mut budget = FOLDERS_MAX;
+    collect_procs(folder, 0, &mut budget, &mut pids);
     pids.sort_unstable();
     pids.dedup();
     pids
 }
 
-fn collect_procs(folder: &Path, depth: usize, pids: &mut Vec<i32>) {
+fn collect_procs(folder: &Path, depth: usize, budget: &mut usize, pids: &mut Vec<i32>) {
+    if *budget == 0 {
+        return;
+    }
+    *budget -= 1;
     if let Ok(text) = std::fs::read_to_string(folder.join("cgroup.procs")) {
         pids.extend(
             text.lines()
@@ -209,7 +216,7 @@ fn collect_procs(folder: &Path, depth: usize, pids: &mut Vec<i32>) {
     if let Ok(entries) = std::fs::read_dir(folder) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_procs(&entry.path(), depth + 1, pids);
+                collect_procs(&entry.path(), depth + 1, budget, pids);
             }
         }
     }
@@ -305,6 +312,25 @@ fn unescape_octal(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_are_read_from_nested_cgroups_within_a_bound() {
+        let top = tempfile::tempdir().unwrap();
+        std::fs::write(top.path().join("cgroup.procs"), "30\n10\n").unwrap();
+        let nested = top.path().join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(nested.join("cgroup.procs"), "20\n10\n").unwrap();
+        assert_eq!(procs_of(top.path()), [10, 20, 30]);
+
+        let wide = tempfile::tempdir().unwrap();
+        for i in 0..FOLDERS_MAX + 100 {
+            let folder = wide.path().join(i.to_string());
+            std::fs::create_dir(&folder).unwrap();
+            std::fs::write(folder.join("cgroup.procs"), format!("{}\n", i + 1)).unwrap();
+        }
+        assert_eq!(procs_of(wide.path()).len(), FOLDERS_MAX - 1);
+        assert!(procs_of(&wide.path().join("gone")).is_empty());
+    }
 
     #[test]
     fn the_cgroup2_mount_is_read_from_the_mount_table() {

@@ -181,7 +181,10 @@ async fn an_offline_host_is_waited_for_until_the_grace_then_skipped() {
     assert_eq!(restart["outcome"], "failed");
     assert_eq!(restart["outcome_reason"], "every host was offline");
     assert_eq!(restart["hosts"][0]["state"], "skipped", "{restart}");
-    assert_eq!(restart["hosts"][0]["outcome_reason"], "offline", "{restart}");
+    assert_eq!(
+        restart["hosts"][0]["outcome_reason"], "offline",
+        "{restart}"
+    );
 }
 
 #[tokio::test]
