@@ -14,13 +14,24 @@ use baton_proto::{
 use baton_testkit::{Agent, AgentSetup};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 /// A binary of this workspace, built in the same profile as the tests.
 pub fn bin(name: &str) -> PathBuf {
     baton_testkit::binary(name)
         .unwrap_or_else(|missing| panic!("{missing}: run `cargo build --workspace` first"))
+}
+
+/// `baton-agent --check --config CONFIG`: what the agent says of a config
+/// without running it.
+pub fn agent_check(config: &Path) -> std::process::Output {
+    Command::new(bin("baton-agent"))
+        .arg("--check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run baton-agent --check")
 }
 
 /// A `[[service]]` block running the demo service on one TCP socket.

@@ -151,12 +151,7 @@ fn the_agent_warns_when_others_may_read_its_token() {
     .unwrap();
     let check = |mode| {
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
-        let out = Command::new(bin("baton-agent"))
-            .arg("--check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = baton_tests::agent_check(&config);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

@@ -1,7 +1,6 @@
 //! docker-compose.yml cannot run here (no Docker engine), but it must parse,
 //! and the agent configs it mounts must be valid.
 
-use baton_tests::bin;
 use std::path::Path;
 use std::process::Command;
 
@@ -41,12 +40,7 @@ fn the_agent_configs_of_the_compose_file_are_valid() {
         // The token file exists only inside the containers.
         let config = dir.path().join(format!("agent-{n}.toml"));
         std::fs::write(&config, text.replace(&token_file, token.to_str().unwrap())).unwrap();
-        let out = Command::new(bin("baton-agent"))
-            .arg("--check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = baton_tests::agent_check(&config);
         assert!(
             out.status.success(),
             "{}: {}",

@@ -2,9 +2,6 @@
 //! hold a name the environment cannot: `--check` refuses it with the file
 //! and line, exit 64.
 
-use baton_tests::bin;
-use std::process::Command;
-
 #[test]
 fn check_refuses_env_keys_the_agent_sets_or_that_are_not_names() {
     let dir = tempfile::tempdir().unwrap();
@@ -24,12 +21,7 @@ fn check_refuses_env_keys_the_agent_sets_or_that_are_not_names() {
             ),
         )
         .unwrap();
-        let out = Command::new(bin("baton-agent"))
-            .arg("--check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = baton_tests::agent_check(&config);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{key}: {stderr}");
         assert!(
