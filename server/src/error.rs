@@ -37,6 +37,9 @@ impl ResponseError for ApiError {
             ApiError::Conflict { .. } | ApiError::StateConflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unexpected(error) if database_unavailable(error).is_some() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,8 +49,14 @@ impl ResponseError for ApiError {
             // The cause goes to the log, not to the client.
             ApiError::Unexpected(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
+                let message = match database_unavailable(error) {
+                    Some(cause) => format!(
+                        "nothing was done: the database cannot be written ({cause}); try again later"
+                    ),
+                    None => "internal error".to_string(),
+                };
                 ErrorBody {
-                    error: "internal error".to_string(),
+                    error: message,
                     restart_id: None,
                 }
             }
@@ -68,5 +77,26 @@ impl ResponseError for ApiError {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         response.json(body)
+    }
+}
+
+/// Why the database refused a write, when that is a state of the machine it
+/// runs on rather than a bug: the client may try again once it is cleared.
+fn database_unavailable(error: &anyhow::Error) -> Option<&'static str> {
+    let sqlx_error = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<sqlx::Error>())?;
+    match sqlx_error {
+        // SQLite's primary result codes (the low byte of an extended one).
+        sqlx::Error::Database(db) => match db.code()?.parse::<u32>().ok()? & 0xff {
+            13 => Some("disk full"),
+            5 | 6 => Some("database locked"),
+            8 => Some("database read-only"),
+            10 => Some("I/O error"),
+            _ => None,
+        },
+        sqlx::Error::Io(_) => Some("I/O error"),
+        sqlx::Error::PoolTimedOut => Some("database busy"),
+        _ => None,
     }
 }

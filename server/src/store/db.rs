@@ -1,6 +1,7 @@
 use anyhow::Context;
-use sqlx::SqlitePool;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, Sqlite, SqliteConnection, SqlitePool};
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,6 +29,73 @@ impl Db {
     pub async fn close(&self) {
         self.reads.close().await;
         self.writes.close().await;
+    }
+
+    /// Begins a transaction on the writer connection.
+    pub(super) async fn begin_write(&self) -> anyhow::Result<WriteTx> {
+        let mut conn = self
+            .writes
+            .acquire()
+            .await
+            .context("the database writer is unavailable")?;
+        conn.execute("BEGIN")
+            .await
+            .context("failed to begin a transaction")?;
+        Ok(WriteTx { conn: Some(conn) })
+    }
+}
+
+/// A transaction on the writer connection that is rolled back for sure when
+/// it is not committed. SQLite keeps a transaction open after a COMMIT that
+/// failed (a full disk); a connection given back to the pool inside one turns
+/// every later transaction into a savepoint of it, answered as saved and
+/// never written. So a transaction that fails, or is dropped, takes its
+/// connection with it (closing it rolls back) and the pool opens a new one.
+pub(super) struct WriteTx {
+    conn: Option<PoolConnection<Sqlite>>,
+}
+
+impl WriteTx {
+    pub(super) async fn commit(mut self) -> anyhow::Result<()> {
+        let mut conn = self.conn.take().expect("a transaction commits once");
+        match conn.execute("COMMIT").await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                drop(conn.detach());
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl WriteTx {
+    /// Rolls back, keeping the connection when that works.
+    pub(super) async fn rollback(mut self) {
+        let mut conn = self.conn.take().expect("a transaction ends once");
+        if conn.execute("ROLLBACK").await.is_err() {
+            drop(conn.detach());
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_ref().expect("an open transaction")
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("an open transaction")
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
     }
 }
 

@@ -60,11 +60,7 @@ pub async fn store_events(
     events: &[Event],
     gaps: &[EventGap],
 ) -> anyhow::Result<Vec<Event>> {
-    let mut tx = db
-        .writes
-        .begin()
-        .await
-        .context("failed to begin a transaction")?;
+    let mut tx = db.begin_write().await?;
     for gap in gaps {
         sqlx::query(
             "INSERT INTO event_gaps (host, boot_id, after_seq, next_seq, detected_at)

@@ -1,7 +1,6 @@
 use anyhow::Context;
 use baton_proto::api::{self, GenerationPage, GenerationRecord};
 use baton_proto::{Event, EventKind, RestartId};
-use sqlx::{Sqlite, Transaction};
 
 use super::db::{Db, to_i64, to_u64};
 
@@ -42,7 +41,7 @@ struct GenerationUpdate {
 
 /// Updates the generation history from one newly stored event.
 pub(super) async fn record_event(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     host: &str,
     boot_id: &str,
     event: &Event,
@@ -130,7 +129,7 @@ pub(super) async fn record_event(
     .bind(update.exit_status)
     .bind(update.connections_cut.map(i64::from))
     .bind(update.agent_restart_id.map(to_i64))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .context("failed to update the generation history")?;
     Ok(())

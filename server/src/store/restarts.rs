@@ -149,11 +149,7 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
         return Ok(Created::Replayed(id));
     }
     let created_at = now_millis();
-    let mut tx = db
-        .writes
-        .begin()
-        .await
-        .context("failed to begin a transaction")?;
+    let mut tx = db.begin_write().await?;
     let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
         "INSERT INTO restarts (service, reason, requested_by, max_parallel, state, created_at)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -169,7 +165,7 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
     let id = match inserted {
         Ok((id,)) => id,
         Err(e) if is_unique_violation(&e) => {
-            drop(tx);
+            tx.rollback().await;
             if let Some(key) = new.idempotency_key
                 && let Some(id) = restart_by_idempotency_key(db, new.service, key).await?
             {
@@ -599,11 +595,7 @@ pub async fn finish_restart(
     outcome: RestartOutcome,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut tx = db
-        .writes
-        .begin()
-        .await
-        .context("failed to begin a transaction")?;
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "UPDATE restart_hosts SET state = 'skipped' WHERE restart_id = $1 AND state = 'pending'",
     )

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod dashboard;
 mod deploy;
+mod disk_full;
 mod env_check;
 mod fleet;
 mod gunicorn;
