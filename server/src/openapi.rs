@@ -89,7 +89,8 @@ impl Modify for RestartBodyMayBeLeftOut {
     }
 }
 
-/// Every operation may meet the per-address connection cap (`limits.rs`).
+/// Every operation may meet the per-address connection cap (`limits.rs`),
+/// and every write an unwritable database (`error.rs`).
 struct TooManyConnections;
 
 impl Modify for TooManyConnections {
@@ -99,6 +100,18 @@ impl Modify for TooManyConnections {
             .description(
                 "The client's address holds more connections than the server's \
                  `--connections-per-ip`; this one is closed.",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build();
+        let unwritable = ResponseBuilder::new()
+            .description(
+                "The database cannot be written (disk full, locked): nothing was done; \
+                 try again once it is cleared.",
             )
             .content(
                 "application/json",
@@ -122,6 +135,12 @@ impl Modify for TooManyConnections {
                     .responses
                     .responses
                     .insert("429".into(), response.clone().into());
+            }
+            for operation in [&mut item.post, &mut item.delete].into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .insert("503".into(), unwritable.clone().into());
             }
         }
     }
