@@ -1,10 +1,11 @@
 //! `baton demo`: a server, an agent and two demo services on this machine,
 //! stopped cleanly on Ctrl-C.
 
-use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,8 @@ pub enum DemoError {
     },
     #[error("{0}")]
     Failed(String),
+    #[error("stopped before it was running")]
+    Interrupted,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
@@ -35,13 +38,49 @@ fn failed(error: anyhow::Error) -> DemoError {
     DemoError::Failed(format!("{error:#}"))
 }
 
+/// SIGINT and SIGTERM, caught from the very start as a flag the waits look
+/// at: a Ctrl-C while the demo starts must still stop what it started.
+/// Handlers, unlike a blocked signal mask, are not inherited across exec, so
+/// the children keep their default dispositions.
+fn catch_stop_signals() -> Result<Arc<AtomicBool>, DemoError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the signal watcher"))?;
+    let (mut interrupt, mut terminate) = runtime
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .map_err(io("catching SIGINT and SIGTERM"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let raised = stop.clone();
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        });
+        raised.store(true, Ordering::SeqCst);
+    });
+    Ok(stop)
+}
+
 fn wait_until(
     what: &str,
     timeout: Duration,
+    stop: &AtomicBool,
     mut done: impl FnMut() -> bool,
 ) -> Result<(), DemoError> {
     let deadline = Instant::now() + timeout;
     while !done() {
+        if stop.load(Ordering::SeqCst) {
+            return Err(DemoError::Interrupted);
+        }
         if Instant::now() > deadline {
             return Err(DemoError::Failed(format!("timed out waiting for {what}")));
         }
@@ -51,6 +90,7 @@ fn wait_until(
 }
 
 pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<(), DemoError> {
+    let stop = catch_stop_signals()?;
     let server_bin = sibling("baton-server")?;
     let agent_bin = sibling("baton-agent")?;
     let demo_bin = sibling("baton-demo")?;
@@ -86,6 +126,9 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<(), DemoErro
         .create_token("demo-agent", "agent", Some("demo-host"))
         .map_err(failed)?;
     server.launch().map_err(failed)?;
+    if stop.load(Ordering::SeqCst) {
+        return Err(DemoError::Interrupted);
+    }
 
     let config = format!(
         r#"host = "demo-host"
@@ -123,7 +166,7 @@ listen = "tcp://127.0.0.1:0"
         .map_err(failed)?;
     let control = agent.socket().to_path_buf();
     let mut addresses = Vec::new();
-    wait_until("the services", Duration::from_secs(30), || {
+    wait_until("the services", Duration::from_secs(30), &stop, || {
         addresses = ready_addresses(&control).unwrap_or_default();
         addresses.len() == 2
     })?;
@@ -145,13 +188,9 @@ listen = "tcp://127.0.0.1:0"
     println!("Ctrl-C stops everything.");
     let _ = std::io::stdout().flush();
 
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals
-        .thread_block()
-        .map_err(|e| DemoError::Failed(format!("blocking signals: {e}")))?;
-    let _ = signals.wait();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     println!("stopping: the agent drains its services, then the server stops");
     agent.stop();
     server.stop();

@@ -134,6 +134,58 @@ fn the_demo_writes_its_secrets_for_its_owner_only() {
     for (file, mode) in modes {
         assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
     }
+    assert_eq!(processes_mentioning(&data), Vec::<i32>::new());
+}
+
+/// Pids of the live processes whose command line names `path`.
+fn processes_mentioning(path: &std::path::Path) -> Vec<i32> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let zombie = stat.rsplit_once(") ")?.1.starts_with('Z');
+            (!zombie && String::from_utf8_lossy(&cmdline).contains(&needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// A Ctrl-C while the demo is still starting stops what it started.
+#[test]
+fn the_demo_interrupted_while_it_starts_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let listen = format!("127.0.0.1:{}", baton_tests::server::free_port());
+    let mut demo = Command::new(bin("baton"))
+        .args(["demo", "--listen", &listen, "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The agent is started (its log exists) but its services are not ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !data.join("agent.log").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pid = nix::unistd::Pid::from_raw(demo.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while demo.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(processes_mentioning(&data), Vec::<i32>::new());
 }
 
 #[test]
