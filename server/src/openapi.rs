@@ -37,7 +37,7 @@ a path does not have is answered 405 with an Allow header."
         paths::forget_host,
         paths::agent_connect,
     ),
-    modifiers(&BearerToken, &RestartBodyMayBeLeftOut, &TooManyConnections)
+    modifiers(&BearerToken, &RestartBodyMayBeLeftOut, &SharedResponses)
 )]
 struct Document;
 
@@ -89,58 +89,52 @@ impl Modify for RestartBodyMayBeLeftOut {
     }
 }
 
-/// Every operation may meet the per-address connection cap (`limits.rs`),
-/// and every write an unwritable database (`error.rs`).
-struct TooManyConnections;
+/// Answers that many operations share, added here rather than repeated on
+/// each: every operation may meet the per-address connection cap
+/// (`limits.rs`), every one that needs a token may be refused it, and every
+/// write may find the database unwritable (`error.rs`).
+struct SharedResponses;
 
-impl Modify for TooManyConnections {
+impl Modify for SharedResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let response = ResponseBuilder::new()
-            .description(
-                "The client's address holds more connections than the server's \
-                 `--connections-per-ip`; this one is closed.",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ApiError")))
-                    .build(),
-            )
-            .build();
-        let unwritable = ResponseBuilder::new()
-            .description(
-                "The database cannot be written (disk full, locked): nothing was done; \
-                 try again once it is cleared.",
-            )
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ApiError")))
-                    .build(),
-            )
-            .build();
+        use utoipa::openapi::{ContentBuilder, Ref, Response, ResponseBuilder};
+        let error = |description: &str| -> Response {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ApiError")))
+                        .build(),
+                )
+                .build()
+        };
+        let too_many = error(
+            "The client's address holds more connections than the server's \
+             `--connections-per-ip`; this one is closed.",
+        );
+        let no_token = error("No token, or an unknown one.");
+        let unwritable = error(
+            "The database cannot be written (disk full, locked): nothing was done; \
+             try again once it is cleared.",
+        );
         for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                operation
-                    .responses
-                    .responses
-                    .insert("429".into(), response.clone().into());
-            }
-            for operation in [&mut item.post, &mut item.delete].into_iter().flatten() {
-                operation
-                    .responses
-                    .responses
-                    .insert("503".into(), unwritable.clone().into());
+            for (operation, write) in [
+                (&mut item.get, false),
+                (&mut item.post, true),
+                (&mut item.put, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
+            ] {
+                let Some(operation) = operation else { continue };
+                let responses = &mut operation.responses.responses;
+                responses.insert("429".into(), too_many.clone().into());
+                if operation.security.is_some() {
+                    responses.insert("401".into(), no_token.clone().into());
+                }
+                if write {
+                    responses.insert("503".into(), unwritable.clone().into());
+                }
             }
         }
     }
@@ -271,7 +265,6 @@ mod paths {
                 headers(("ETag" = String, description = "The version of the list."))),
             (status = 304, description = "Unchanged since the ETag sent in If-None-Match.",
                 headers(("ETag" = String, description = "The version of the list."))),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
         ),
         security(("bearer" = []))
@@ -287,7 +280,6 @@ mod paths {
         params(ServicePath),
         responses(
             (status = 200, description = "The service.", body = Service),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
             (status = 404, description = "No host runs it.", body = ApiError),
             (status = 422, description = "Invalid name.", body = ApiError),
@@ -306,7 +298,6 @@ mod paths {
         responses(
             (status = 200, description = "A page of generations.", body = GenerationPage),
             (status = 400, description = "Unparsable query: a repeated or non-numeric `limit` or `before`.", body = ApiError),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
             (status = 422, description = "Invalid name, or `limit` 0.", body = ApiError),
         ),
@@ -335,7 +326,6 @@ mod paths {
             (status = 200, description = "With `?wait=true`: the restart as it ended.", body = Restart,
                 headers(("Location" = String, description = "`/restarts/{id}`"))),
             (status = 400, description = "Malformed JSON, an unknown field, a bad Idempotency-Key, an unparsable query, or a body that did not arrive within the server's `--request-timeout`.", body = ApiError),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "Not an operator token.", body = ApiError),
             (status = 404, description = "No host runs the service.", body = ApiError),
             (status = 409, description = "A restart of the service is running; `restart_id` tells which.", body = ApiError),
@@ -355,7 +345,6 @@ mod paths {
         responses(
             (status = 200, description = "A page of restarts.", body = RestartPage),
             (status = 400, description = "Unparsable query: a repeated parameter, or a non-numeric `limit` or `before`.", body = ApiError),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
             (status = 422, description = "An invalid filter, or `limit` 0.", body = ApiError),
         ),
@@ -372,7 +361,6 @@ mod paths {
         responses(
             (status = 200, description = "The restart.", body = Restart),
             (status = 400, description = "The id is not an unsigned 64-bit number.", body = ApiError),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
             (status = 404, description = "No such restart.", body = ApiError),
         ),
@@ -387,7 +375,6 @@ mod paths {
         path = "/hosts",
         responses(
             (status = 200, description = "Hosts by name.", body = HostList),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
         ),
         security(("bearer" = []))
@@ -413,7 +400,6 @@ mod paths {
         params(HostPath),
         responses(
             (status = 204, description = "Forgotten."),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "Not an operator token.", body = ApiError),
             (status = 404, description = "No such host.", body = ApiError),
             (status = 409, description = "The host's agent is connected; stop it (or revoke its token) first.", body = ApiError),
@@ -435,7 +421,6 @@ mod paths {
         responses(
             (status = 101, description = "Switching protocols."),
             (status = 400, description = "Not a WebSocket upgrade.", body = ApiError),
-            (status = 401, description = "No token, or an unknown one.", body = ApiError),
             (status = 403, description = "Not an agent token.", body = ApiError),
         ),
         security(("bearer" = []))
