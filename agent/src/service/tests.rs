@@ -1019,6 +1019,13 @@ fn an_upgrade_is_refused_during_a_restart_and_freezes_the_service_otherwise() {
 
 #[test]
 fn a_new_generation_that_dies_while_the_old_one_drains_fails_the_restart() {
+    new_generation_dies_while_the_old_one_drains();
+}
+
+/// The new generation of a restart dies while the old one drains: the
+/// restart fails, and is over, so the crash restart and later restarts can
+/// run.
+fn new_generation_dies_while_the_old_one_drains() -> Bench {
     let mut bench = Bench::draining();
     let died = bench.exit_and_empty(2, NEW, ExitInfo::Code(1));
     assert_eq!(
@@ -1029,26 +1036,16 @@ fn a_new_generation_that_dies_while_the_old_one_drains_fails_the_restart() {
             None
         ))
     );
-    // The restart is over, so the crash restart and later restarts can run.
     assert_eq!(bench.core.state(), ServiceState::CrashLooping);
+    bench
 }
 
 #[test]
 fn a_handed_over_service_is_adopted_with_its_deadlines() {
-    let mut bench = Bench::draining();
     // A crash restart starting is not handed over; a draining generation is.
     // The new generation dies while the old one drains: the restart fails
     // and a crash restart follows.
-    let died = bench.exit_and_empty(2, NEW, ExitInfo::Code(1));
-    assert_eq!(
-        finished(&died),
-        Some((
-            RestartOutcome::Failed,
-            Some("generation 2 exited with status 1 after it was ready".into()),
-            None
-        ))
-    );
-    assert_eq!(bench.core.state(), ServiceState::CrashLooping);
+    let mut bench = new_generation_dies_while_the_old_one_drains();
     bench.timer();
     bench.on(Input::Spawned {
         generation: 3,

@@ -92,14 +92,7 @@ fn the_demo_writes_its_secrets_for_its_owner_only() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
-    let listen = format!("127.0.0.1:{}", baton_tests::server::free_port());
-    let mut demo = Command::new(bin("baton"))
-        .args(["demo", "--listen", &listen, "--data-dir"])
-        .arg(&data)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = start_demo(&data, std::process::Stdio::piped());
     let (running, ready) = std::sync::mpsc::channel();
     let stdout = demo.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -120,21 +113,40 @@ fn the_demo_writes_its_secrets_for_its_owner_only() {
         ]
         .map(|file| (file.clone(), mode_of(&file)))
     });
-    let pid = nix::unistd::Pid::from_raw(demo.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while demo.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = demo.kill();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    if !interrupt(&mut demo) {
+        let _ = demo.kill();
     }
     let modes = modes.expect("the demo never said it was running");
     for (file, mode) in modes {
         assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
     }
     assert_eq!(processes_mentioning(&data), Vec::<i32>::new());
+}
+
+/// `baton demo` on a free port, keeping its files in `data`.
+fn start_demo(data: &std::path::Path, stdout: std::process::Stdio) -> std::process::Child {
+    let listen = format!("127.0.0.1:{}", baton_tests::server::free_port());
+    Command::new(bin("baton"))
+        .args(["demo", "--listen", &listen, "--data-dir"])
+        .arg(data)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C, then whether the demo exited within a minute.
+fn interrupt(demo: &mut std::process::Child) -> bool {
+    let pid = nix::unistd::Pid::from_raw(demo.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while demo.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
 }
 
 /// Pids of the live processes whose command line names `path`.
@@ -158,14 +170,7 @@ fn processes_mentioning(path: &std::path::Path) -> Vec<i32> {
 fn the_demo_interrupted_while_it_starts_leaves_nothing_running() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
-    let listen = format!("127.0.0.1:{}", baton_tests::server::free_port());
-    let mut demo = Command::new(bin("baton"))
-        .args(["demo", "--listen", &listen, "--data-dir"])
-        .arg(&data)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = start_demo(&data, std::process::Stdio::null());
     // The agent is started (its log exists) but its services are not ready.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !data.join("agent.log").exists() {
@@ -175,16 +180,7 @@ fn the_demo_interrupted_while_it_starts_leaves_nothing_running() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let pid = nix::unistd::Pid::from_raw(demo.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while demo.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(interrupt(&mut demo), "the demo did not stop");
     assert_eq!(processes_mentioning(&data), Vec::<i32>::new());
 }
 
