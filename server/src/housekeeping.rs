@@ -65,6 +65,12 @@ pub async fn run_once(db: &Db, fleet: &Fleet, settings: &Housekeeping) -> anyhow
         settings.event_max_rows,
     )
     .await?;
+    store::prune_event_gaps(
+        db,
+        before(settings.event_retention),
+        settings.event_max_rows,
+    )
+    .await?;
     let mut hosts_forgotten = Vec::new();
     for name in store::hosts_offline_since(db, before(settings.forget_offline_hosts_after)).await? {
         match forget_host(db, fleet, &name).await {

@@ -238,6 +238,23 @@ pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Re
     }
 }
 
+/// Deletes recorded gaps detected before `older_than` and all but the newest
+/// `max_rows`: an agent decides how many holes its sequence has, so their
+/// record is bounded like the events themselves.
+pub async fn prune_event_gaps(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Result<u64> {
+    let deleted = sqlx::query(
+        "DELETE FROM event_gaps WHERE detected_at < $1
+            OR id <= (SELECT id FROM event_gaps ORDER BY id DESC LIMIT 1 OFFSET $2)",
+    )
+    .bind(to_i64(older_than))
+    .bind(to_i64(max_rows))
+    .execute(&db.writes)
+    .await
+    .context("failed to prune event gaps")?
+    .rows_affected();
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +353,34 @@ mod tests {
         // alpha resumes after 5, not from the start; beta is no host.
         assert_eq!(seqs(&db, "alpha").await, [5]);
         assert_eq!(seqs(&db, "beta").await, Vec::<i64>::new());
+    }
+
+    #[tokio::test]
+    async fn recorded_gaps_are_bounded_by_age_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open(&dir.path().join("baton.db"))
+            .await
+            .unwrap();
+        let gaps: Vec<EventGap> = (0..50)
+            .map(|i| EventGap {
+                after_seq: 2 * i + 1,
+                next_seq: 2 * i + 3,
+            })
+            .collect();
+        store_events(&db, "alpha", "boot-1", &[], &gaps)
+            .await
+            .unwrap();
+        let count = || async {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM event_gaps")
+                .fetch_one(db.reads())
+                .await
+                .unwrap();
+            n
+        };
+
+        assert_eq!(prune_event_gaps(&db, 0, 20).await.unwrap(), 30);
+        assert_eq!(count().await, 20);
+        assert_eq!(prune_event_gaps(&db, u64::MAX, 1_000).await.unwrap(), 20);
+        assert_eq!(count().await, 0);
     }
 }

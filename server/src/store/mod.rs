@@ -16,7 +16,7 @@ mod tokens;
 pub use db::{Db, open, ping};
 pub use events::{
     EventGap, find_restart_finished, find_restart_started_after, forget_events_after, max_seq,
-    prune_events, store_events,
+    prune_event_gaps, prune_events, store_events,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{
