@@ -90,10 +90,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let control_fd = listener.as_raw_fd();
     let notify_fd = notify.raw_fd();
     let events = Arc::new(EventLog::default());
+    let router = NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups));
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
-        router: NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups)),
+        lineage: router.cgroups().is_none().then(Default::default),
+        router,
         notify_socket: config.notify_socket.clone(),
     });
     let host = config.host.clone().unwrap_or_else(|| {
@@ -115,6 +117,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             Some(_) => baton_proto::ProcessTracking::Cgroup,
             None => baton_proto::ProcessTracking::Session,
         },
+        lineage: shared.lineage.clone(),
         reloads: reload_tx,
     });
 

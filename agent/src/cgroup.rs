@@ -68,6 +68,7 @@ impl Cgroups {
                         remove_stale_folders(parent);
                     }
                     tracing::info!(cgroup = %path.display(), "each generation gets a cgroup of its own");
+                    enable_controllers(&path);
                     return Some(Cgroups { mount, relative });
                 }
                 Err(e) => {
@@ -142,6 +143,31 @@ impl Cgroups {
         }
         if let Err(e) = std::fs::remove_dir(&folder) {
             tracing::warn!(cgroup = %folder.display(), error = %e, "cgroup folder not removed");
+        }
+    }
+}
+
+/// Controllers the generations' cgroups get when the agent's folder has
+/// them: `memory` for `memory.current`. (`cpu.stat`'s `usage_usec` is there
+/// without any.)
+const WANTED_CONTROLLERS: &[&str] = &["memory", "cpu"];
+
+/// Enables the wanted controllers for the generations' cgroups where the
+/// hierarchy offers them to the agent's folder; a hierarchy that does not
+/// (a hybrid layout, a parent that keeps them) is fine: the figures are
+/// then read from the processes.
+fn enable_controllers(folder: &Path) {
+    let available = std::fs::read_to_string(folder.join("cgroup.controllers")).unwrap_or_default();
+    for controller in WANTED_CONTROLLERS {
+        if !available.split_whitespace().any(|c| c == *controller) {
+            tracing::debug!(controller, "cgroup controller not available to the agent");
+            continue;
+        }
+        if let Err(e) = std::fs::write(
+            folder.join("cgroup.subtree_control"),
+            format!("+{controller}"),
+        ) {
+            tracing::info!(controller, error = %e, "could not enable a cgroup controller for the generations");
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum Members {
     /// including any that left the process group with `setsid`. Reading
     /// `cgroup.procs` also spares a walk of every process on the host.
     Cgroup(PathBuf),
+    /// Without cgroups: its process group, and the processes that left it
+    /// but are traced back to it (`lineage.rs`).
+    Traced(crate::lineage::Traced),
 }
 
 impl Members {
@@ -77,6 +80,7 @@ impl Members {
                 });
                 pids
             }
+            Members::Traced(traced) => traced.pids(),
         }
     }
 }
@@ -224,6 +228,11 @@ fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
                 .collect()
         }
         Members::Cgroup(folder) => crate::cgroup::procs_of(folder)
+            .into_iter()
+            .filter_map(|pid| Process::new(pid).ok())
+            .collect(),
+        Members::Traced(traced) => traced
+            .pids()
             .into_iter()
             .filter_map(|pid| Process::new(pid).ok())
             .collect(),

@@ -18,6 +18,8 @@ pub struct AgentView {
     pub events: Arc<EventLog>,
     pub shutting_down: CancellationToken,
     pub process_tracking: ProcessTracking,
+    /// Without cgroups: what says which orphans no generation claims.
+    pub lineage: Option<Arc<crate::lineage::Lineage>>,
     /// To the agent's main loop, which owns the running configuration.
     pub reloads: mpsc::Sender<ReloadRequest>,
 }
@@ -122,9 +124,29 @@ impl AgentView {
             services,
             notify_strangers: crate::notify_router::strangers(),
             process_tracking: Some(self.process_tracking),
+            untracked: self.untracked(count_serving).await,
         }
     }
 }
+
+impl AgentView {
+    /// Orphans no generation claims; a fresh status walks `/proc` for them
+    /// (or reuses the walk its services just made).
+    async fn untracked(&self, fresh: bool) -> Vec<baton_proto::UntrackedProcess> {
+        let Some(lineage) = self.lineage.clone() else {
+            return Vec::new();
+        };
+        if fresh {
+            let walked = lineage.clone();
+            let _ = tokio::task::spawn_blocking(move || walked.walk_unless_within(STATUS_WALK_REUSED_FOR))
+                .await;
+        }
+        lineage.untracked()
+    }
+}
+
+/// A walk of `/proc` this recent is fresh enough for a status.
+const STATUS_WALK_REUSED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -141,6 +163,7 @@ mod tests {
             events: Arc::new(EventLog::default()),
             shutting_down: CancellationToken::new(),
             process_tracking: ProcessTracking::Cgroup,
+            lineage: None,
             reloads: mpsc::channel(1).0,
         };
         (view, queue)

@@ -53,8 +53,8 @@ pub fn status_table(status: &AgentStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:<12}  LAST RESTART",
-        "SERVICE", "STATE", "GEN", "PID", "UPTIME", "CONNS", "GEN STATE"
+        "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12}  LAST RESTART",
+        "SERVICE", "STATE", "GEN", "PID", "UPTIME", "CONNS", "MEM", "CPU", "GEN STATE"
     );
     for service in &status.services {
         let last = service
@@ -68,9 +68,11 @@ pub fn status_table(status: &AgentStatus) -> String {
         if service.generations.is_empty() {
             let _ = writeln!(
                 out,
-                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:<12}  {last}",
+                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12}  {last}",
                 service.name,
                 service.state.to_string(),
+                "-",
+                "-",
                 "-",
                 "-",
                 "-",
@@ -81,7 +83,7 @@ pub fn status_table(status: &AgentStatus) -> String {
         for generation in &service.generations {
             let _ = writeln!(
                 out,
-                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:<12}  {last}",
+                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12}  {last}",
                 service.name,
                 service.state.to_string(),
                 generation.generation,
@@ -91,6 +93,8 @@ pub fn status_table(status: &AgentStatus) -> String {
                     .connections
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "?".into()),
+                generation.memory_bytes.map_or_else(|| "?".into(), memory),
+                generation.cpu_usec.map_or_else(|| "?".into(), cpu_time),
                 generation.state.to_string()
             );
         }
@@ -98,7 +102,14 @@ pub fn status_table(status: &AgentStatus) -> String {
     if status.process_tracking == Some(baton_proto::ProcessTracking::Session) {
         let _ = writeln!(
             out,
-            "warning: no writable cgroup v2 hierarchy; a process that starts a session of its own escapes its generation and is not stopped with it"
+            "warning: no writable cgroup v2 hierarchy; a process that starts a session of its own is traced back to its generation by its ancestry or its BATON_* environment, but one that also cleared its environment escapes its generation and is not stopped with it"
+        );
+    }
+    for process in &status.untracked {
+        let _ = writeln!(
+            out,
+            "warning: process {} ({}) was left to the agent by no generation it can trace; it is not tracked or stopped",
+            process.pid, process.command
         );
     }
     if status.notify_strangers > 0 {
@@ -109,6 +120,33 @@ pub fn status_table(status: &AgentStatus) -> String {
         );
     }
     out
+}
+
+/// Bytes in binary units, three figures at most: `512 KiB`, `12.3 MiB`.
+pub fn memory(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value >= 100.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// CPU time: `0.42s`, `75.3s`, `12m05s`, `3h07m`.
+pub fn cpu_time(usec: u64) -> String {
+    let secs = usec / 1_000_000;
+    match secs {
+        0..10 => format!("{:.2}s", usec as f64 / 1e6),
+        10..600 => format!("{:.1}s", usec as f64 / 1e6),
+        600..36_000 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs / 60) % 60),
+    }
 }
 
 pub fn reload(summary: &ReloadSummary) -> String {
@@ -159,5 +197,17 @@ mod tests {
     fn clock_is_utc_time_of_day() {
         // 2023-11-14T22:13:20.123Z
         assert_eq!(clock(1_700_000_000_123), "22:13:20.123");
+    }
+
+    #[test]
+    fn memory_and_cpu_read_at_a_glance() {
+        assert_eq!(memory(900), "900 B");
+        assert_eq!(memory(512 * 1024), "512 KiB");
+        assert_eq!(memory(12_900_000), "12.3 MiB");
+        assert_eq!(memory(3 << 30), "3.0 GiB");
+        assert_eq!(cpu_time(420_000), "0.42s");
+        assert_eq!(cpu_time(75_300_000), "75.3s");
+        assert_eq!(cpu_time(725_000_000), "12m05s");
+        assert_eq!(cpu_time(11_220_000_000), "3h07m");
     }
 }

@@ -90,20 +90,24 @@ pub async fn restart(
 pub async fn status(client: &ServerClient) -> Result<u8, Error> {
     let list = client.services().await?;
     println!(
-        "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6}  DRAINING",
-        "SERVICE", "HOST", "ONLINE", "STATE", "GEN", "PID", "CONNS"
+        "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  DRAINING",
+        "SERVICE", "HOST", "ONLINE", "STATE", "GEN", "PID", "CONNS", "MEM", "CPU"
     );
     for service in &list.services {
         for host in &service.hosts {
-            let (generation, pid, connections) = match &host.current {
+            let (generation, pid, connections, memory, cpu) = match &host.current {
                 Some(g) => (
                     g.generation.to_string(),
                     g.main_pid().to_string(),
                     g.connections
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "?".into()),
+                    g.memory_bytes
+                        .map_or_else(|| "?".into(), crate::output::memory),
+                    g.cpu_usec
+                        .map_or_else(|| "?".into(), crate::output::cpu_time),
                 ),
-                None => ("-".into(), "-".into(), "-".into()),
+                None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
             };
             let draining: Vec<String> = host
                 .draining
@@ -117,7 +121,7 @@ pub async fn status(client: &ServerClient) -> Result<u8, Error> {
                 })
                 .collect();
             println!(
-                "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6}  {}",
+                "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  {}",
                 service.name,
                 host.host,
                 if host.online { "yes" } else { "no" },
@@ -125,6 +129,8 @@ pub async fn status(client: &ServerClient) -> Result<u8, Error> {
                 generation,
                 pid,
                 connections,
+                memory,
+                cpu,
                 if draining.is_empty() {
                     "-".to_string()
                 } else {

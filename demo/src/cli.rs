@@ -53,6 +53,15 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
     pub warmup: Duration,
 
+    /// Allocate and touch this many MiB at start and hold them until exit,
+    /// as a service with a large cache would.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub hold_memory: u64,
+
+    /// Keep one thread burning this share of a core (0-100) while running.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub busy: u8,
+
     /// While draining, how long an idle keep-alive connection may still send
     /// one last request (answered with Connection: close).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2s")]

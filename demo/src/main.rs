@@ -83,6 +83,13 @@ fn main() -> ExitCode {
         tracing::info!(socket = %socket.name, address = %socket.describe(), "socket");
     }
 
+    // Held until main returns.
+    let _held_memory = baton_demo::warmup::hold_memory(cli.hold_memory);
+    if cli.busy > 0 {
+        let percent = cli.busy;
+        std::thread::spawn(move || baton_demo::warmup::keep_busy(percent));
+    }
+
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

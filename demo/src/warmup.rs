@@ -51,6 +51,28 @@ fn spin(deadline: Instant, cancelled: &AtomicBool) -> u64 {
     state
 }
 
+/// `mib` MiB, every page written so that it is resident.
+pub fn hold_memory(mib: u64) -> Vec<u8> {
+    let bytes = usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let mut held = vec![0u8; bytes];
+    for page in held.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    black_box(held)
+}
+
+/// Burns `percent` of every 100 ms on this thread, for ever.
+pub fn keep_busy(percent: u8) {
+    let busy = Duration::from_millis(u64::from(percent.min(100)));
+    let period = Duration::from_millis(100);
+    let never = AtomicBool::new(false);
+    loop {
+        let started = Instant::now();
+        spin(started + busy, &never);
+        std::thread::sleep(period.saturating_sub(started.elapsed()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -359,6 +359,10 @@ mod tests {
             ready_at: None,
             status_text: None,
             connections: Some(number as u32),
+            memory_bytes: None,
+            memory_source: None,
+            cpu_usec: None,
+            cpu_source: None,
         }
     }
 

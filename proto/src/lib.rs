@@ -174,6 +174,18 @@ pub struct AgentStatus {
     /// that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_tracking: Option<ProcessTracking>,
+    /// Without cgroups: processes left to the agent (their parent died) that
+    /// no generation could be traced to. They are not stopped by the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untracked: Vec<UntrackedProcess>,
+}
+
+/// A process that escaped every generation, as the agent found it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UntrackedProcess {
+    pub pid: u32,
+    /// Its command name (`comm`), at most 15 bytes.
+    pub command: String,
 }
 
 /// How an agent tells which processes belong to a generation.
@@ -184,7 +196,9 @@ pub enum ProcessTracking {
     /// stopped, whatever it does to its session.
     Cgroup,
     /// A session per generation: a process that starts a session of its own
-    /// (a daemon) escapes tracking.
+    /// (a daemon) is traced back to its generation by its ancestry or its
+    /// `BATON_*` environment; one that also cleared its environment before
+    /// its parent died escapes tracking.
     Session,
 }
 
@@ -262,6 +276,43 @@ pub struct GenerationInfo {
     /// kernel's tables; `None` when they could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    /// Memory the generation's processes use, in bytes: its cgroup's
+    /// `memory.current` (page cache and kernel memory included) where the
+    /// memory controller is enabled, else the resident sets of its
+    /// processes summed (a page shared by two processes counts twice).
+    /// Read when a fresh status is asked for; `None` when not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_source: Option<UsageSource>,
+    /// CPU time (user and system) the generation has used since it started,
+    /// in microseconds: cumulative, so two readings give its rate. From its
+    /// cgroup's `cpu.stat` (every process it ever had), else summed over its
+    /// live processes (and the children they reaped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usec: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_source: Option<UsageSource>,
+}
+
+/// Where a generation's memory or CPU figure was read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum UsageSource {
+    /// The generation's cgroup, which counts every process it ever had.
+    Cgroup,
+    /// The generation's live processes, read one by one from `/proc`.
+    Processes,
+}
+
+impl fmt::Display for UsageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UsageSource::Cgroup => "cgroup",
+            UsageSource::Processes => "processes",
+        })
+    }
 }
 
 impl GenerationInfo {

@@ -440,7 +440,7 @@ mod tests {
         ServiceList, ServiceOnHost,
     };
     use baton_proto::{
-        Event, EventKind, GenerationInfo, GenerationState, ServiceState, ServiceStatus,
+        Event, EventKind, GenerationInfo, GenerationState, ServiceState, ServiceStatus, UsageSource,
     };
     use serde_json::{Value, json};
     use std::collections::BTreeSet;
@@ -499,6 +499,10 @@ mod tests {
             ready_at: None,
             status_text: None,
             connections: Some(3),
+            memory_bytes: None,
+            memory_source: None,
+            cpu_usec: None,
+            cpu_source: None,
         }
     }
 
@@ -507,6 +511,10 @@ mod tests {
             main_pid: Some(4123),
             ready_at: Some(1_700_000_000_500),
             status_text: Some("serving".into()),
+            memory_bytes: Some(48 << 20),
+            memory_source: Some(UsageSource::Processes),
+            cpu_usec: Some(1_250_000),
+            cpu_source: Some(UsageSource::Cgroup),
             ..generation(2, GenerationState::Ready)
         };
         let status = ServiceStatus {
@@ -729,6 +737,12 @@ mod tests {
     fn the_schemas_reject_what_the_server_rejects_or_never_sends() {
         let mut generation = serde_json::to_value(generation(1, GenerationState::Ready)).unwrap();
         generation["main_pid_of_another_kind"] = json!(1);
+        assert_invalid("GenerationInfo", generation);
+        let mut generation = serde_json::to_value(self::generation(1, GenerationState::Ready)).unwrap();
+        generation["memory_source"] = json!("guessed");
+        assert_invalid("GenerationInfo", generation);
+        let mut generation = serde_json::to_value(self::generation(1, GenerationState::Ready)).unwrap();
+        generation["cpu_usec"] = json!(-1);
         assert_invalid("GenerationInfo", generation);
         let mut restart = serde_json::to_value(restart()).unwrap();
         restart["hosts"][0]["steps"][0]["surprise"] = json!(true);

@@ -48,6 +48,8 @@ pub(super) struct Actor {
     held: HashMap<u64, Held>,
     fd_store: Vec<(String, OwnedFd)>,
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// Each generation's last memory and CPU reading.
+    usage: crate::usage::Cache,
 }
 
 /// What one input led to, beyond its effects.
@@ -80,6 +82,7 @@ impl Actor {
             held: HashMap::new(),
             fd_store: Vec::new(),
             stop_waiters: Vec::new(),
+            usage: crate::usage::Cache::default(),
         }
     }
 
@@ -256,14 +259,18 @@ impl Actor {
                             let _ = nix::sys::signal::kill(pid, signal);
                         }
                     }
+                } else {
+                    self.signal_escaped(pgid, signal).await;
                 }
             }
             Effect::Kill { pgid } => {
                 let _ = killpg(pgid, Signal::SIGKILL);
-                if let Some(folder) = self.shared.router.cgroup_folder(pgid)
-                    && let Err(e) = crate::cgroup::kill_all(&folder)
-                {
-                    tracing::warn!(service = %self.name, pgid = pgid.as_raw(), error = %e, "could not kill a generation's cgroup");
+                if let Some(folder) = self.shared.router.cgroup_folder(pgid) {
+                    if let Err(e) = crate::cgroup::kill_all(&folder) {
+                        tracing::warn!(service = %self.name, pgid = pgid.as_raw(), error = %e, "could not kill a generation's cgroup");
+                    }
+                } else {
+                    self.signal_escaped(pgid, Signal::SIGKILL).await;
                 }
             }
             Effect::RestorePriority { generation, pgid } => {
@@ -317,7 +324,7 @@ impl Actor {
                     // Zombies are still in the cgroup until reaped, as in
                     // the group.
                     Some(folder) => crate::cgroup::populated(&folder) || group_alive(pgid),
-                    None => group_alive(pgid),
+                    None => group_alive(pgid) || self.escaped_alive(pgid).await,
                 };
                 if !alive {
                     return Some(Input::GroupEmpty { generation });
@@ -325,12 +332,18 @@ impl Actor {
             }
             Effect::Route { generation, pgid } => {
                 self.shared.router.insert(pgid, self.route(generation));
+                if let Some(lineage) = &self.shared.lineage {
+                    lineage.register(pgid, &self.name, generation);
+                }
             }
             Effect::Forget { generation, pgid } => {
                 if let Some(held) = self.held.remove(&generation) {
                     held.tasks.cancel();
                 }
                 self.shared.router.remove(pgid);
+                if let Some(lineage) = &self.shared.lineage {
+                    lineage.forget(pgid);
+                }
             }
             Effect::StoreFds { name } => {
                 for fd in fds.drain(..) {
@@ -412,6 +425,9 @@ impl Actor {
             }
             Err(e) => return failed(format!("spawn task failed: {e}")),
         };
+        if let Some(lineage) = &self.shared.lineage {
+            lineage.register(pid, &self.name, generation);
+        }
         self.report_exit(generation, pid, exit_watch);
         self.held.insert(
             generation,
@@ -467,12 +483,41 @@ impl Actor {
     }
 
     /// Whose sockets are the generation's: its cgroup's processes where it
-    /// has one, else its process group's.
+    /// has one, else its process group's and those traced to it.
     fn members(&self, pgid: Pid) -> Members {
-        match self.shared.router.cgroup_folder(pgid) {
-            Some(folder) => Members::Cgroup(folder),
-            None => Members::Group(pgid.as_raw()),
+        match (self.shared.router.cgroup_folder(pgid), &self.shared.lineage) {
+            (Some(folder), _) => Members::Cgroup(folder),
+            (None, Some(lineage)) => Members::Traced(lineage.traced(pgid)),
+            (None, None) => Members::Group(pgid.as_raw()),
         }
+    }
+
+    /// Without cgroups: signals the generation's processes that left its
+    /// process group, found by lineage.
+    async fn signal_escaped(&self, pgid: Pid, signal: Signal) {
+        let Some(lineage) = self.shared.lineage.clone() else {
+            return;
+        };
+        let escaped = tokio::task::spawn_blocking(move || lineage.escaped(pgid))
+            .await
+            .unwrap_or_default();
+        for pid in escaped {
+            if !in_group(pid, pgid) {
+                tracing::info!(service = %self.name, pgid = pgid.as_raw(), pid = pid.as_raw(), signal = signal.as_str(), "signalling a process that left its generation's group");
+                let _ = nix::sys::signal::kill(pid, signal);
+            }
+        }
+    }
+
+    /// Without cgroups: whether a process that left the generation's process
+    /// group lives on.
+    async fn escaped_alive(&self, pgid: Pid) -> bool {
+        let Some(lineage) = self.shared.lineage.clone() else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || lineage.escaped_alive(pgid))
+            .await
+            .unwrap_or(false)
     }
 
     fn listen_addrs(&self) -> ListenAddrs {
@@ -544,7 +589,9 @@ impl Actor {
             running_restart: self.core.running_restart(),
             last_restart: self.shared.events.last_restart_of(&self.name),
         };
-        if !count_serving || status.generations.iter().all(|g| g.connections.is_some()) {
+        let usage = self.usage.clone();
+        if !count_serving {
+            usage.fill(&mut status.generations);
             let _ = reply.send(status);
             return;
         }
@@ -555,11 +602,17 @@ impl Actor {
             .map(|g| self.members(Pid::from_raw(g.pid as i32)))
             .collect();
         tokio::spawn(async move {
-            for (generation, members) in status.generations.iter_mut().zip(members) {
+            for (generation, members) in status.generations.iter_mut().zip(&members) {
                 if generation.connections.is_none() {
-                    generation.connections = connections::count(members, listen.clone()).await;
+                    generation.connections =
+                        connections::count(members.clone(), listen.clone()).await;
                 }
             }
+            let readings = crate::usage::sample_all(members).await;
+            for (generation, reading) in status.generations.iter_mut().zip(readings) {
+                usage.remember(generation.generation, reading);
+            }
+            usage.fill(&mut status.generations);
             let _ = reply.send(status);
         });
     }

@@ -115,6 +115,10 @@ impl Generation {
             ready_at: self.ready_at,
             status_text: self.status_text.clone(),
             connections: self.connections,
+            memory_bytes: None,
+            memory_source: None,
+            cpu_usec: None,
+            cpu_source: None,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Shared {
     pub reaper: Arc<Reaper>,
     pub events: Arc<EventLog>,
     pub router: NotifyRouter,
+    /// Without cgroups: the generations' processes traced by lineage.
+    pub lineage: Option<Arc<crate::lineage::Lineage>>,
     pub notify_socket: PathBuf,
 }
 

@@ -191,6 +191,10 @@ impl SimHost {
                         ready_at: Some(started + 180),
                         status_text: Some("serving".to_owned()),
                         connections: Some(((index * 7 + s * 13) % 50) as u32),
+                        memory_bytes: None,
+                        memory_source: None,
+                        cpu_usec: None,
+                        cpu_source: None,
                     }],
                     consecutive_crashes: 0,
                     running_restart: None,
@@ -357,6 +361,10 @@ impl SimHost {
             ready_at: None,
             status_text: None,
             connections: Some(0),
+            memory_bytes: None,
+            memory_source: None,
+            cpu_usec: None,
+            cpu_source: None,
         };
         let mut steps = vec![
             self.event(

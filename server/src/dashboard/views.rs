@@ -7,7 +7,7 @@ use baton_proto::{EventKind, UnixMillis};
 
 use crate::dashboard::assets;
 use crate::dashboard::format::{
-    Badge, ago, clock_millis, duration_ms, host_restart_badge, needs_attention, restart_badge,
+    Badge, ago, bytes, clock_millis, cpu_time, duration_ms, host_restart_badge, needs_attention, restart_badge,
     service_state_badge, timestamp,
 };
 use crate::dashboard::session::Session;
@@ -65,6 +65,11 @@ pub struct HostLine {
     pub pid: String,
     pub uptime: String,
     pub connections: String,
+    /// The serving generation's memory, and where it was read.
+    pub memory: String,
+    /// The CPU time it used since it started.
+    pub cpu: String,
+    pub usage_source: String,
     pub draining: Vec<DrainLine>,
     pub starting: Option<String>,
     pub status_text: Option<String>,
@@ -96,6 +101,21 @@ impl HostLine {
             connections: current
                 .map(|g| connections(g.connections))
                 .unwrap_or_else(|| "—".into()),
+            memory: current
+                .map(|g| g.memory_bytes.map_or_else(|| "?".into(), bytes))
+                .unwrap_or_else(|| "—".into()),
+            cpu: current
+                .map(|g| g.cpu_usec.map_or_else(|| "?".into(), cpu_time))
+                .unwrap_or_else(|| "—".into()),
+            usage_source: current
+                .map(|g| {
+                    let sources = [g.memory_source, g.cpu_source];
+                    let mut named: Vec<String> =
+                        sources.iter().flatten().map(|s| s.to_string()).collect();
+                    named.dedup();
+                    named.join(" and ")
+                })
+                .unwrap_or_default(),
             draining: on_host
                 .draining
                 .iter()
