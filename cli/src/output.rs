@@ -144,7 +144,7 @@ pub fn cpu_time(usec: u64) -> String {
     match secs {
         0..10 => format!("{:.2}s", usec as f64 / 1e6),
         10..600 => format!("{:.1}s", usec as f64 / 1e6),
-        600..36_000 => format!("{}m{:02}s", secs / 60, secs % 60),
+        600..3_600 => format!("{}m{:02}s", secs / 60, secs % 60),
         _ => format!("{}h{:02}m", secs / 3600, (secs / 60) % 60),
     }
 }

@@ -336,7 +336,7 @@ fn agent_config(server: &ServerUnderTest) -> String {
         "alpha",
         "127.0.0.1",
         "web",
-        &["--start-delay", "2s"],
+        &["--start-delay", "2s", "--hold-memory", "32"],
         r#"ready_timeout = "10s""#,
     )
 }
@@ -429,6 +429,20 @@ async fn an_operator_restarts_from_the_browser_and_watches_it_succeed_live() {
         .await;
     let serving = browser.text("#service-live .generation-cell").await;
     assert_eq!(serving.trim(), "2");
+    // With its memory (the demo holds 32 MiB) and CPU time, as the agent
+    // last read them.
+    let memory = browser
+        .wait_for_text("#service-live td.memory", "MiB", Duration::from_secs(15))
+        .await;
+    let mib: f64 = memory
+        .trim()
+        .trim_end_matches("MiB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("memory shown as {memory:?}"));
+    assert!(mib >= 32.0, "memory shown as {memory:?}");
+    let cpu = browser.text("#service-live td.cpu").await;
+    assert!(cpu.trim().ends_with('s'), "CPU time shown as {cpu:?}");
     browser.screenshots("service-after-restart").await;
 
     // The session cookie alone, without the page's form token, restarts nothing.

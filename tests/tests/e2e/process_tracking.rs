@@ -2,8 +2,8 @@
 //! daemon that left the generation's process group with `setsid` and keeps
 //! the listening socket.
 
-use baton_proto::{GenerationState, ProcessTracking, RestartOutcome};
-use baton_tests::{AgentUnderTest, bin};
+use baton_proto::{GenerationState, ProcessTracking, RestartOutcome, UsageSource};
+use baton_tests::{AgentUnderTest, bin, demo_service_args};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -175,4 +175,194 @@ fn without_cgroups_the_status_says_escaped_processes_are_not_tracked() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("escapes its generation"), "{text}");
+}
+
+#[test]
+fn without_cgroups_a_setsid_daemon_is_traced_to_its_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentUnderTest::start(&format!(
+        "cgroups = false\n{}",
+        forking_service(dir.path(), true, "drain_timeout = \"2s\"")
+    ));
+    assert_eq!(
+        agent.status().process_tracking,
+        Some(ProcessTracking::Session)
+    );
+    let daemon = daemon_pid(dir.path(), 1);
+    let leader = agent.service("web").generations[0].pid as i32;
+    assert_ne!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(daemon))).unwrap(),
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(leader))).unwrap(),
+        "the daemon left the generation's session"
+    );
+
+    let started = Instant::now();
+    let report = std::thread::scope(|scope| {
+        let restart = scope.spawn(|| agent.restart("web").1);
+        // The first process drains and exits at once; the daemon, now the
+        // agent's orphan, keeps generation 1 draining, and shown.
+        agent.wait_for(
+            "generation 1 draining after its main process exited",
+            Duration::from_secs(10),
+            |status| {
+                let generations = &status.services[0].generations;
+                generations.len() == 2
+                    && generations[0].generation == 1
+                    && generations[0].state == GenerationState::Draining
+                    && generations[0].connections == Some(0)
+            },
+        );
+        assert!(alive(daemon));
+        assert_eq!(
+            parent_of(daemon),
+            agent.pid(),
+            "the daemon is the agent's orphan now"
+        );
+        assert!(agent.status().untracked.is_empty());
+        restart.join().unwrap()
+    });
+    assert_eq!(report.outcome, Some(RestartOutcome::Forced), "{report:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the drain ended before its deadline"
+    );
+    assert!(
+        wait_gone(daemon, Duration::from_secs(5)),
+        "the daemon survived the kill at the drain deadline"
+    );
+
+    let second = daemon_pid(dir.path(), 2);
+    assert!(alive(second));
+    agent.stop();
+    assert!(
+        wait_gone(second, Duration::from_secs(5)),
+        "a daemon outlived the agent's stop"
+    );
+}
+
+#[test]
+fn without_cgroups_an_orphan_of_no_generation_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // A daemon that cleared its environment and whose parent died at once:
+    // neither its ancestry nor its environment names a generation.
+    let script = format!(
+        "(setsid env -i /bin/sh -c 'echo $$ > {dir}/stray; exec sleep 600' </dev/null >/dev/null 2>&1 &); exec {demo}",
+        dir = dir.path().display(),
+        demo = bin("baton-demo").display(),
+    );
+    let agent = AgentUnderTest::start(&format!(
+        r#"cgroups = false
+[[service]]
+name = "web"
+command = ["/bin/sh", "-c", "{script}"]
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#
+    ));
+    let stray = {
+        let file = dir.path().join("stray");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(pid) = std::fs::read_to_string(&file).unwrap_or_default().trim().parse::<i32>() {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the stray never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let _kill_stray = KillOnDrop(stray);
+    let status = agent.wait_for("the stray reported", Duration::from_secs(10), |status| {
+        status.untracked.iter().any(|p| p.pid == stray as u32)
+    });
+    let reported = status
+        .untracked
+        .iter()
+        .find(|p| p.pid == stray as u32)
+        .unwrap();
+    assert_eq!(reported.command, "sleep");
+    let out = std::process::Command::new(bin("baton"))
+        .arg("--agent")
+        .arg(&agent.socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("process {stray} (sleep)")),
+        "{text}"
+    );
+    assert!(agent.log().contains("belongs to no generation"));
+}
+
+/// Memory held and CPU burnt by the demo show in its generation's status,
+/// read from its cgroup or from its processes.
+fn usage_is_reported(cgroups: bool) {
+    let agent = AgentUnderTest::start(&format!(
+        "cgroups = {cgroups}\n{}",
+        demo_service_args("web", &["--hold-memory", "64", "--busy", "30"], "")
+    ));
+    let usage = |status: &baton_proto::AgentStatus| {
+        let generation = &status.services[0].generations[0];
+        (
+            generation.memory_bytes,
+            generation.memory_source,
+            generation.cpu_usec,
+            generation.cpu_source,
+        )
+    };
+    let (memory, memory_source, first_cpu, cpu_source) = usage(&agent.status());
+    let memory = memory.expect("memory reported");
+    assert!(memory >= 64 << 20, "{memory} bytes");
+    let first_cpu = first_cpu.expect("CPU reported");
+    if cgroups {
+        assert_eq!(cpu_source, Some(UsageSource::Cgroup));
+        assert!(memory_source.is_some());
+    } else {
+        assert_eq!(cpu_source, Some(UsageSource::Processes));
+        assert_eq!(memory_source, Some(UsageSource::Processes));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, _, later_cpu, _) = usage(&agent.status());
+    let later_cpu = later_cpu.unwrap();
+    assert!(
+        later_cpu >= first_cpu + 100_000,
+        "CPU went from {first_cpu} to {later_cpu} µs"
+    );
+}
+
+#[test]
+fn a_generations_memory_and_cpu_are_read_from_its_cgroup() {
+    usage_is_reported(true);
+}
+
+#[test]
+fn without_cgroups_a_generations_memory_and_cpu_are_summed_from_its_processes() {
+    usage_is_reported(false);
+}
+
+fn parent_of(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
