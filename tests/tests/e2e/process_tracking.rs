@@ -212,13 +212,22 @@ fn without_cgroups_a_setsid_daemon_is_traced_to_its_generation() {
                     && generations[0].connections == Some(0)
             },
         );
+        // Its main process gone, the daemon is the agent's orphan, still
+        // counted as generation 1's.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while parent_of(daemon) != agent.pid() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never became the agent's orphan"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert!(alive(daemon));
-        assert_eq!(
-            parent_of(daemon),
-            agent.pid(),
-            "the daemon is the agent's orphan now"
-        );
-        assert!(agent.status().untracked.is_empty());
+        let status = agent.status();
+        let generations = &status.services[0].generations;
+        assert_eq!(generations[0].generation, 1, "{generations:?}");
+        assert_eq!(generations[0].state, GenerationState::Draining);
+        assert!(status.untracked.is_empty(), "{:?}", status.untracked);
         restart.join().unwrap()
     });
     assert_eq!(report.outcome, Some(RestartOutcome::Forced), "{report:?}");
