@@ -90,7 +90,8 @@ pub struct Traced {
 impl Traced {
     /// Live members, ascending, from a walk made now.
     pub fn pids(&self) -> Vec<i32> {
-        self.lineage.members(Pid::from_raw(self.pgid), Duration::ZERO)
+        self.lineage
+            .members(Pid::from_raw(self.pgid), Duration::ZERO)
     }
 
     /// Live members, from a walk no older than `within` (one walk then
@@ -248,7 +249,8 @@ impl Inner {
         environ: impl Fn(i32) -> Option<(String, u64)>,
     ) {
         let present: HashMap<i32, &Entry> = entries.iter().map(|e| (e.pid, e)).collect();
-        let is_present = |key: &ProcessKey| present.get(&key.pid).is_some_and(|e| e.start == key.start);
+        let is_present =
+            |key: &ProcessKey| present.get(&key.pid).is_some_and(|e| e.start == key.start);
         let mut children: HashMap<i32, Vec<&Entry>> = HashMap::new();
         for entry in entries {
             children.entry(entry.ppid).or_default().push(entry);
@@ -294,11 +296,7 @@ impl Inner {
                     }
                 }
                 None => {
-                    if self
-                        .untracked
-                        .insert(key, orphan.command.clone())
-                        .is_none()
-                    {
+                    if self.untracked.insert(key, orphan.command.clone()).is_none() {
                         tracing::warn!(pid = orphan.pid, command = %orphan.command, "a process left to the agent belongs to no generation it can trace; it is not tracked or stopped");
                     }
                 }
@@ -313,9 +311,7 @@ impl Inner {
             let mut queue: VecDeque<&Entry> = entries
                 .iter()
                 .filter(|e| {
-                    e.pgrp == pgid
-                        || e.session == pgid
-                        || tracked.escaped.contains(&e.key())
+                    e.pgrp == pgid || e.session == pgid || tracked.escaped.contains(&e.key())
                 })
                 .collect();
             let mut members = Vec::new();

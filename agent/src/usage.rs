@@ -137,10 +137,7 @@ pub fn of_processes(pids: &[i32]) -> Usage {
     }
     Usage {
         memory: Some((memory, UsageSource::Processes)),
-        cpu_usec: Some((
-            ticks * 1_000_000 / ticks_per_second,
-            UsageSource::Processes,
-        )),
+        cpu_usec: Some((ticks * 1_000_000 / ticks_per_second, UsageSource::Processes)),
     }
 }
 

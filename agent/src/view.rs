@@ -138,8 +138,10 @@ impl AgentView {
         };
         if fresh {
             let walked = lineage.clone();
-            let _ = tokio::task::spawn_blocking(move || walked.walk_unless_within(STATUS_WALK_REUSED_FOR))
-                .await;
+            let _ = tokio::task::spawn_blocking(move || {
+                walked.walk_unless_within(STATUS_WALK_REUSED_FOR)
+            })
+            .await;
         }
         lineage.untracked()
     }

@@ -738,10 +738,12 @@ mod tests {
         let mut generation = serde_json::to_value(generation(1, GenerationState::Ready)).unwrap();
         generation["main_pid_of_another_kind"] = json!(1);
         assert_invalid("GenerationInfo", generation);
-        let mut generation = serde_json::to_value(self::generation(1, GenerationState::Ready)).unwrap();
+        let mut generation =
+            serde_json::to_value(self::generation(1, GenerationState::Ready)).unwrap();
         generation["memory_source"] = json!("guessed");
         assert_invalid("GenerationInfo", generation);
-        let mut generation = serde_json::to_value(self::generation(1, GenerationState::Ready)).unwrap();
+        let mut generation =
+            serde_json::to_value(self::generation(1, GenerationState::Ready)).unwrap();
         generation["cpu_usec"] = json!(-1);
         assert_invalid("GenerationInfo", generation);
         let mut restart = serde_json::to_value(restart()).unwrap();

@@ -7,8 +7,8 @@ use baton_proto::{EventKind, UnixMillis};
 
 use crate::dashboard::assets;
 use crate::dashboard::format::{
-    Badge, ago, bytes, clock_millis, cpu_time, duration_ms, host_restart_badge, needs_attention, restart_badge,
-    service_state_badge, timestamp,
+    Badge, ago, bytes, clock_millis, cpu_time, duration_ms, host_restart_badge, needs_attention,
+    restart_badge, service_state_badge, timestamp,
 };
 use crate::dashboard::session::Session;
 use crate::domain::Role;

@@ -274,7 +274,11 @@ listen = "tcp://127.0.0.1:0"
         let file = dir.path().join("stray");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(pid) = std::fs::read_to_string(&file).unwrap_or_default().trim().parse::<i32>() {
+            if let Ok(pid) = std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .trim()
+                .parse::<i32>()
+            {
                 break pid;
             }
             assert!(Instant::now() < deadline, "the stray never started");
@@ -298,10 +302,7 @@ listen = "tcp://127.0.0.1:0"
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("process {stray} (sleep)")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("process {stray} (sleep)")), "{text}");
     assert!(agent.log().contains("belongs to no generation"));
 }
 
