@@ -190,6 +190,11 @@ fn without_cgroups_a_setsid_daemon_is_traced_to_its_generation() {
     );
     let daemon = daemon_pid(dir.path(), 1);
     let leader = agent.service("web").generations[0].pid as i32;
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(leader))).unwrap(),
+        nix::unistd::Pid::from_raw(leader),
+        "the generation leads a session of its own"
+    );
     assert_ne!(
         nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(daemon))).unwrap(),
         nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(leader))).unwrap(),
@@ -253,9 +258,12 @@ fn without_cgroups_a_setsid_daemon_is_traced_to_its_generation() {
 fn without_cgroups_an_orphan_of_no_generation_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     // A daemon that cleared its environment and whose parent died at once:
-    // neither its ancestry nor its environment names a generation.
+    // neither its ancestry nor its environment names a generation. It
+    // starts once the agent is up and no status walks `/proc`, so that it
+    // is not seen as a descendant in the few milliseconds before its
+    // parent dies.
     let script = format!(
-        "(setsid env -i /bin/sh -c 'echo $$ > {dir}/stray; exec sleep 600' </dev/null >/dev/null 2>&1 &); exec {demo}",
+        "(sleep 2; setsid env -i /bin/sh -c 'echo $$ > {dir}/stray; exec sleep 600' </dev/null >/dev/null 2>&1 &) & exec {demo}",
         dir = dir.path().display(),
         demo = bin("baton-demo").display(),
     );
@@ -286,6 +294,8 @@ listen = "tcp://127.0.0.1:0"
         }
     };
     let _kill_stray = KillOnDrop(stray);
+    // Its `exec sleep` done.
+    std::thread::sleep(Duration::from_millis(300));
     let status = agent.wait_for("the stray reported", Duration::from_secs(10), |status| {
         status.untracked.iter().any(|p| p.pid == stray as u32)
     });
@@ -333,6 +343,15 @@ fn usage_is_reported(cgroups: bool) {
         assert_eq!(cpu_source, Some(UsageSource::Processes));
         assert_eq!(memory_source, Some(UsageSource::Processes));
     }
+    let out = std::process::Command::new(bin("baton"))
+        .arg("--agent")
+        .arg(&agent.socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("MEM") && text.contains(" MiB"), "{text}");
+
     std::thread::sleep(Duration::from_millis(1500));
     let (_, _, later_cpu, _) = usage(&agent.status());
     let later_cpu = later_cpu.unwrap();
