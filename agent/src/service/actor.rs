@@ -493,18 +493,30 @@ impl Actor {
     }
 
     /// Without cgroups: signals the generation's processes that left its
-    /// process group, found by lineage.
+    /// process group, found by lineage. A SIGKILL is sent again to what the
+    /// next walks find, for a process forked between a walk and its
+    /// parent's death (no `cgroup.kill` here to do it at once).
     async fn signal_escaped(&self, pgid: Pid, signal: Signal) {
         let Some(lineage) = self.shared.lineage.clone() else {
             return;
         };
-        let escaped = tokio::task::spawn_blocking(move || lineage.escaped(pgid))
-            .await
-            .unwrap_or_default();
-        for pid in escaped {
-            if !in_group(pid, pgid) {
-                tracing::info!(service = %self.name, pgid = pgid.as_raw(), pid = pid.as_raw(), signal = signal.as_str(), "signalling a process that left its generation's group");
-                let _ = nix::sys::signal::kill(pid, signal);
+        let rounds = if signal == Signal::SIGKILL { 3 } else { 1 };
+        for round in 0..rounds {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let walker = lineage.clone();
+            let escaped = tokio::task::spawn_blocking(move || walker.escaped(pgid))
+                .await
+                .unwrap_or_default();
+            if escaped.is_empty() {
+                return;
+            }
+            for pid in escaped {
+                if !in_group(pid, pgid) {
+                    tracing::info!(service = %self.name, pgid = pgid.as_raw(), pid = pid.as_raw(), signal = signal.as_str(), "signalling a process that left its generation's group");
+                    let _ = nix::sys::signal::kill(pid, signal);
+                }
             }
         }
     }
