@@ -395,3 +395,87 @@ impl Drop for KillOnDrop {
         );
     }
 }
+
+/// A daemon that leaves the generation's session, ignores SIGTERM and holds
+/// one connection accepted from the service's listener (fd 3).
+const HOLDING_DAEMON: &str = r#"
+import os, select, signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# Non-blocking: the file description is shared with the generation's server.
+listener = socket.socket(fileno=3)
+while True:
+    select.select([listener], [], [])
+    try:
+        connection, _ = listener.accept()
+        break
+    except BlockingIOError:
+        pass
+with open(sys.argv[1], "w") as marker:
+    marker.write(str(os.getpid()))
+time.sleep(600)
+"#;
+
+#[test]
+fn without_cgroups_the_connections_of_a_traced_daemon_are_counted_and_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon_script = dir.path().join("daemon.py");
+    std::fs::write(&daemon_script, HOLDING_DAEMON).unwrap();
+    let marker = dir.path().join("accepted");
+    let script = format!(
+        "setsid python3 {script} {marker} </dev/null >/dev/null 2>&1 & exec {demo} --drain-idle-grace 300ms",
+        script = daemon_script.display(),
+        marker = marker.display(),
+        demo = bin("baton-demo").display(),
+    );
+    let agent = AgentUnderTest::start(&format!(
+        r#"cgroups = false
+[[service]]
+name = "web"
+command = ["/bin/sh", "-c", "{script}"]
+drain_timeout = "2s"
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#
+    ));
+    let address = agent.tcp_addr("web", "http");
+    // Connect until the daemon has taken one (the demo takes the others).
+    let mut clients = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let daemon: i32 = loop {
+        if let Ok(pid) = std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the daemon never accepted");
+        clients.push(std::net::TcpStream::connect(address).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _kill_daemon = KillOnDrop(daemon);
+
+    let report = std::thread::scope(|scope| {
+        let restart = scope.spawn(|| agent.restart("web").1);
+        agent.wait_for(
+            "generation 1 draining on the daemon's connection alone",
+            Duration::from_secs(10),
+            |status| {
+                let generations = &status.services[0].generations;
+                generations[0].generation == 1
+                    && generations[0].state == GenerationState::Draining
+                    && generations[0].connections == Some(1)
+                    && parent_of(daemon) == agent.pid()
+            },
+        );
+        restart.join().unwrap()
+    });
+    assert_eq!(report.outcome, Some(RestartOutcome::Forced), "{report:?}");
+    assert_eq!(report.connections_cut, Some(1), "{report:?}");
+    assert!(
+        wait_gone(daemon, Duration::from_secs(5)),
+        "the daemon survived the kill at the drain deadline"
+    );
+}
