@@ -63,8 +63,12 @@ impl Entry {
 struct Inner {
     /// By the generation's process group (its leader's pid).
     generations: HashMap<i32, Tracked>,
-    /// What an orphan's environment named, read once per process.
-    environs: HashMap<ProcessKey, Option<(String, u64)>>,
+    /// What an orphan's environment named, read once per process image
+    /// (its command name tells an exec).
+    environs: HashMap<ProcessKey, (String, Option<(String, u64)>)>,
+    /// Generations being spawned: their first process may be seen before
+    /// it is registered.
+    spawning: HashSet<(String, u64)>,
     /// Orphans of no generation, with their command names.
     untracked: BTreeMap<ProcessKey, String>,
     walked_at: Option<Instant>,
@@ -130,9 +134,26 @@ impl Lineage {
         }
     }
 
+    /// A generation is about to be spawned: until it is registered, its
+    /// first process is neither traced nor reported.
+    pub fn spawning(&self, service: &str, generation: u64) {
+        self.lock()
+            .spawning
+            .insert((service.to_string(), generation));
+    }
+
+    /// The spawn announced by [`Lineage::spawning`] failed.
+    pub fn spawn_failed(&self, service: &str, generation: u64) {
+        self.lock()
+            .spawning
+            .remove(&(service.to_string(), generation));
+    }
+
     /// Starts tracking a generation led by `pgid`.
     pub fn register(&self, pgid: Pid, service: &str, generation: u64) {
-        self.lock().generations.insert(
+        let mut inner = self.lock();
+        inner.spawning.remove(&(service.to_string(), generation));
+        inner.generations.insert(
             pgid.as_raw(),
             Tracked {
                 service: service.to_string(),
@@ -259,7 +280,11 @@ impl Inner {
             tracked.escaped.retain(|key| is_present(key));
         }
         self.environs.retain(|key, _| is_present(key));
-        self.untracked.retain(|key, _| is_present(key));
+        let was_untracked = std::mem::take(&mut self.untracked);
+        // A child the agent has just forked is in the agent's own process
+        // group until it starts its session; a generation's process never
+        // is (it cannot join a group of another session).
+        let agent_group = present.get(&agent).map(|e| e.pgrp);
 
         // The agent's children that are not a generation's own processes
         // are orphans: traced by the ancestry recorded before, else by
@@ -273,16 +298,30 @@ impl Inner {
             let key = orphan.key();
             if orphan.zombie
                 || known.contains(&key)
+                || Some(orphan.pgrp) == agent_group
+                || self.generations.contains_key(&orphan.pid)
                 || self.generations.contains_key(&orphan.pgrp)
                 || self.generations.contains_key(&orphan.session)
             {
                 continue;
             }
-            let named = self
+            let cached = self
                 .environs
-                .entry(key)
-                .or_insert_with(|| environ(orphan.pid))
-                .clone();
+                .get(&key)
+                .filter(|(command, _)| *command == orphan.command);
+            let named = match cached {
+                Some((_, named)) => named.clone(),
+                None => {
+                    let named = environ(orphan.pid);
+                    self.environs
+                        .insert(key, (orphan.command.clone(), named.clone()));
+                    named
+                }
+            };
+            if named.as_ref().is_some_and(|n| self.spawning.contains(n)) {
+                // A generation's first process, not registered yet.
+                continue;
+            }
             let owner = named.and_then(|(service, generation)| {
                 self.generations
                     .iter_mut()
@@ -291,12 +330,12 @@ impl Inner {
             match owner {
                 Some((_, tracked)) => {
                     if tracked.escaped.insert(key) {
-                        self.untracked.remove(&key);
                         tracing::info!(service = %tracked.service, generation = tracked.generation, pid = orphan.pid, command = %orphan.command, "a process that left its generation is traced back to it by its environment");
                     }
                 }
                 None => {
-                    if self.untracked.insert(key, orphan.command.clone()).is_none() {
+                    self.untracked.insert(key, orphan.command.clone());
+                    if !was_untracked.contains_key(&key) {
                         tracing::warn!(pid = orphan.pid, command = %orphan.command, "a process left to the agent belongs to no generation it can trace; it is not tracked or stopped");
                     }
                 }
@@ -471,6 +510,43 @@ mod tests {
         // Gone: no longer reported.
         inner.apply(AGENT, &entries[..4], environ);
         assert!(inner.untracked.is_empty());
+    }
+
+    #[test]
+    fn a_generation_being_spawned_is_neither_traced_nor_reported() {
+        let mut inner = lineage_with(&[(20, "web", 1)]);
+        inner.spawning.insert(("web".to_string(), 2));
+        let entries = [
+            entry(AGENT, 1, AGENT, AGENT),
+            // Just forked, before its session: in the agent's group.
+            entry(30, AGENT, AGENT, AGENT),
+            // Execed, not registered yet.
+            entry(31, AGENT, 31, 31),
+        ];
+        let environ = |pid| (pid == 31).then(|| ("web".to_string(), 2));
+        inner.apply(AGENT, &entries, environ);
+        assert!(inner.untracked.is_empty());
+        assert!(members(&inner, 20).is_empty());
+    }
+
+    #[test]
+    fn an_orphan_claimed_later_is_no_longer_reported() {
+        let mut inner = lineage_with(&[]);
+        let entries = [entry(AGENT, 1, AGENT, AGENT), entry(31, AGENT, 31, 31)];
+        inner.apply(AGENT, &entries, |_| None);
+        assert_eq!(inner.untracked.len(), 1);
+        inner.generations.insert(
+            31,
+            Tracked {
+                service: "web".into(),
+                generation: 1,
+                escaped: HashSet::new(),
+                members: Vec::new(),
+            },
+        );
+        inner.apply(AGENT, &entries, |_| None);
+        assert!(inner.untracked.is_empty());
+        assert_eq!(members(&inner, 31), [31]);
     }
 
     #[test]

@@ -399,6 +399,9 @@ impl Actor {
         let shared = self.shared.clone();
         let route = self.route(generation);
         let unused_cgroup = cgroup_name.clone();
+        if let Some(lineage) = &self.shared.lineage {
+            lineage.spawning(&self.name, generation);
+        }
         let spawned = tokio::task::spawn_blocking(move || {
             // Notify messages that beat the registration wait for it.
             let mut window = shared.router.begin_spawn();
@@ -411,6 +414,11 @@ impl Actor {
             launched
         })
         .await;
+        if spawned.as_ref().map_or(true, |r| r.is_err())
+            && let Some(lineage) = &self.shared.lineage
+        {
+            lineage.spawn_failed(&self.name, generation);
+        }
         let (pid, exit_watch) = match spawned {
             Ok(Ok(spawned)) => spawned,
             Ok(Err(e)) => {
