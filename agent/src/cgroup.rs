@@ -68,6 +68,14 @@ impl Cgroups {
                         remove_stale_folders(parent);
                     }
                     tracing::info!(cgroup = %path.display(), "each generation gets a cgroup of its own");
+                    // The parent first: a controller reaches a cgroup only
+                    // through its parent's `subtree_control`. Never the
+                    // mount's root, which would change every cgroup.
+                    if let Some(parent) = path.parent()
+                        && parent != mount
+                    {
+                        enable_controllers(parent);
+                    }
                     enable_controllers(&path);
                     return Some(Cgroups { mount, relative });
                 }
@@ -152,10 +160,11 @@ impl Cgroups {
 /// without any.)
 const WANTED_CONTROLLERS: &[&str] = &["memory", "cpu"];
 
-/// Enables the wanted controllers for the generations' cgroups where the
-/// hierarchy offers them to the agent's folder; a hierarchy that does not
-/// (a hybrid layout, a parent that keeps them) is fine: the figures are
-/// then read from the processes.
+/// Enables the wanted controllers for the cgroups below `folder` where the
+/// hierarchy offers them to it; a hierarchy that does not (a hybrid layout
+/// without them in cgroup v2, or a parent that holds processes itself, as
+/// the agent's own cgroup under systemd does) is fine: the figures are then
+/// read from the processes.
 fn enable_controllers(folder: &Path) {
     let available = std::fs::read_to_string(folder.join("cgroup.controllers")).unwrap_or_default();
     for controller in WANTED_CONTROLLERS {
