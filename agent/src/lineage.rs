@@ -248,11 +248,16 @@ impl Lineage {
 
     /// Walks `/proc` once and brings every generation's members up to date.
     pub fn walk(&self) {
+        let started = Instant::now();
         let entries = read_processes();
-        let walked_at = Instant::now();
         let mut inner = self.lock();
+        // A walk that started later was applied already: this older picture
+        // would forget what it recorded.
+        if inner.walked_at.is_some_and(|at| at > started) {
+            return;
+        }
         inner.apply(self.agent, &entries, read_environ);
-        inner.walked_at = Some(walked_at);
+        inner.walked_at = Some(started);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
