@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::fleet::Fleet;
+use crate::write_probe::Probed;
 
 /// Upper bounds of the restart duration histogram, in seconds: a restart
 /// takes from well under a second to the agents' drain timeouts.
@@ -89,7 +90,7 @@ impl Metrics {
         self.live_renders.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, fleet: &Fleet) -> String {
+    pub fn render(&self, fleet: &Fleet, probed: &Probed) -> String {
         let inner = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
         let _ = writeln!(
@@ -162,6 +163,29 @@ impl Metrics {
             out,
             "baton_generations_draining {}",
             fleet.generations_draining()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_database_writable Whether the last write probe of the database went through (1) or not (0)."
+        );
+        let _ = writeln!(out, "# TYPE baton_database_writable gauge");
+        let _ = writeln!(
+            out,
+            "baton_database_writable {}",
+            u8::from(probed.writable())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_database_write_probe_timestamp_seconds When the last write probe of the database ran."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE baton_database_write_probe_timestamp_seconds gauge"
+        );
+        let _ = writeln!(
+            out,
+            "baton_database_write_probe_timestamp_seconds {:.3}",
+            probed.at as f64 / 1000.0
         );
         out
     }

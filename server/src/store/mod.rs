@@ -13,7 +13,7 @@ mod hosts;
 mod restarts;
 mod tokens;
 
-pub use db::{Db, open, ping};
+pub use db::{Db, open, probe_write};
 pub use events::{
     EventGap, find_restart_finished, find_restart_started_after, forget_events_after, max_seq,
     prune_event_gaps, prune_events, store_events,
