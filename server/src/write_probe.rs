@@ -48,7 +48,10 @@ impl WriteProbe {
             Ok(()) => None,
             Err(error) => {
                 let cause = crate::error::database_unavailable(&error).unwrap_or("database error");
-                tracing::warn!(error = format!("{error:#}"), "the database cannot be written");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the database cannot be written"
+                );
                 Some(cause.to_string())
             }
         };
@@ -59,5 +62,4 @@ impl WriteProbe {
         *last = Some((Instant::now(), probed.clone()));
         probed
     }
-
 }

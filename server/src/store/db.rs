@@ -197,6 +197,8 @@ pub async fn probe_write(db: &Db) -> anyhow::Result<()> {
     .execute(&mut *tx)
     .await
     .context("failed to write the probe row")?;
-    tx.commit().await.context("failed to commit the probe row")?;
+    tx.commit()
+        .await
+        .context("failed to commit the probe row")?;
     Ok(())
 }

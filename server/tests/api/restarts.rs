@@ -116,6 +116,61 @@ async fn concurrent_requests_create_one_restart() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_while_restarts_finish_fast_are_never_a_server_error() {
+    // Each restart ends as soon as its command arrives, so a request may
+    // meets the running restart when it inserts and finds it ended when it
+    // looks for it: the service is free again, never a 500.
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let posts = async {
+        let mut requests = Vec::new();
+        // 300 rounds 10 ms apart, four requests at a time: the window
+        // between the two looks is narrow.
+        for _ in 0..300 {
+            for _ in 0..4 {
+                requests.push(tokio::spawn({
+                    let client = app.client.clone();
+                    let url = format!("{}/services/web/restart", app.address);
+                    let operator = app.operator.clone();
+                    async move {
+                        let response = client.post(url).bearer_auth(operator).send().await.unwrap();
+                        let status = response.status().as_u16();
+                        (status, response.text().await.unwrap())
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        futures::future::join_all(requests).await
+    };
+    let serve = async {
+        let mut generation = 1;
+        loop {
+            agent
+                .serve_restart("web", generation, RestartOutcome::Succeeded)
+                .await;
+            generation += 1;
+        }
+    };
+    let answers = tokio::select! {
+        answers = posts => answers,
+        _ = serve => unreachable!(),
+    };
+    let statuses: Vec<u16> = answers.iter().map(|a| a.as_ref().unwrap().0).collect();
+    for answer in &answers {
+        let (status, body) = answer.as_ref().unwrap();
+        assert!(
+            *status == 202 || *status == 409,
+            "answered {status} {body}; all: {statuses:?}"
+        );
+    }
+    assert!(
+        statuses.contains(&202) && statuses.contains(&409),
+        "{statuses:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_rolling_restart_stops_at_the_first_host_that_does_not_succeed() {
     let app = spawn_app().await;
