@@ -119,7 +119,7 @@ async fn concurrent_requests_create_one_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_requests_while_restarts_finish_fast_are_never_a_server_error() {
     // Each restart ends as soon as its command arrives, so a request may
-    // meets the running restart when it inserts and finds it ended when it
+    // meet the running restart when it inserts and finds it ended when it
     // looks for it: the service is free again, never a 500.
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
