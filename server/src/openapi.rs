@@ -631,6 +631,7 @@ mod tests {
                     started_at: Some(1_700_000_001_000),
                     finished_at: Some(1_700_000_002_000),
                     steps,
+                    outcome_from_report: true,
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -641,6 +642,7 @@ mod tests {
                     started_at: None,
                     finished_at: None,
                     steps: Vec::new(),
+                    outcome_from_report: false,
                 },
             ],
         }
