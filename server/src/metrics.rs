@@ -49,6 +49,9 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// Renders of live dashboard parts: what open pages cost.
     live_renders: AtomicU64,
+    /// Hosts' restarts settled from a report fetched from the agent, their
+    /// events lost while the link was down.
+    settled_from_report: AtomicU64,
 }
 
 #[derive(Default)]
@@ -84,6 +87,10 @@ impl Metrics {
     pub fn sequence_anomaly(&self, anomaly: SequenceAnomaly) {
         let mut inner = self.inner.lock().expect("metrics lock");
         *inner.sequence_anomalies.entry(anomaly).or_default() += 1;
+    }
+
+    pub fn settled_from_report(&self) {
+        self.settled_from_report.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn live_part_rendered(&self) {
@@ -151,6 +158,19 @@ impl Metrics {
                 anomaly.as_str()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP baton_host_restarts_settled_from_report_total Hosts' restarts whose outcome came from the report fetched from the agent, their events lost while the link was down."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE baton_host_restarts_settled_from_report_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "baton_host_restarts_settled_from_report_total {}",
+            self.settled_from_report.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP baton_agents_online Agents connected now.");
         let _ = writeln!(out, "# TYPE baton_agents_online gauge");
         let _ = writeln!(out, "baton_agents_online {}", fleet.agents_online());

@@ -237,7 +237,8 @@ mod paths {
     /// Prometheus text: `baton_restarts_total{outcome}`,
     /// `baton_restart_duration_seconds`, `baton_event_sequence_anomalies_total{kind}`, `baton_agents_online`,
     /// `baton_generations_draining`, `baton_database_writable`,
-    /// `baton_database_write_probe_timestamp_seconds`.
+    /// `baton_database_write_probe_timestamp_seconds`,
+    /// `baton_host_restarts_settled_from_report_total`.
     #[utoipa::path(
         tag = "health",
         get,

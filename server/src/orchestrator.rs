@@ -726,6 +726,7 @@ async fn fetch_report_if_due(
     )
     .await?;
     inner.fleet.history_changed();
+    inner.metrics.settled_from_report();
     tracing::info!(restart_id, host, %outcome, reason = reason.as_deref().unwrap_or(""), "host restart finished, from the report fetched from its agent");
     Ok(Some((outcome, reason)))
 }

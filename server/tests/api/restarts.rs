@@ -541,6 +541,10 @@ async fn a_restart_whose_events_the_agent_lost_is_settled_from_its_fetched_repor
         metrics.contains("baton_event_sequence_anomalies_total{kind=\"gap\"} 1"),
         "the gap stays recorded:\n{metrics}"
     );
+    assert!(
+        metrics.contains("baton_host_restarts_settled_from_report_total 1"),
+        "{metrics}"
+    );
     let gaps: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM event_gaps")
         .fetch_one(app.db().await.reads())
         .await
