@@ -89,7 +89,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     })?;
     let control_fd = listener.as_raw_fd();
     let notify_fd = notify.raw_fd();
-    let events = Arc::new(EventLog::default());
+    let events = Arc::new(EventLog::with_history(config.event_history));
     let router = NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups));
     let shared = Arc::new(Shared {
         reaper,

@@ -28,6 +28,9 @@ pub struct Config {
     /// hierarchy exists (`cgroups = false` turns that off: each generation
     /// then starts a session of its own instead).
     pub cgroups: bool,
+    /// How many events the agent keeps for the server and `baton events`
+    /// (`event_history`); restart reports are kept apart from them.
+    pub event_history: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +237,7 @@ struct RawConfig {
     host: Option<String>,
     server: Option<RawServer>,
     cgroups: Option<bool>,
+    event_history: Option<Spanned<usize>>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -372,6 +376,19 @@ impl Config {
             None => None,
             Some(server) => Some(parse_server(server, &err)?),
         };
+        let event_history = match raw.event_history {
+            None => crate::events::DEFAULT_EVENT_HISTORY,
+            Some(n) if *n.get_ref() >= crate::events::MIN_EVENT_HISTORY => n.into_inner(),
+            Some(n) => {
+                return Err(err(
+                    Some(n.span()),
+                    format!(
+                        "event_history: must be at least {}",
+                        crate::events::MIN_EVENT_HISTORY
+                    ),
+                ));
+            }
+        };
         Ok(Config {
             control_socket,
             notify_socket,
@@ -379,6 +396,7 @@ impl Config {
             server,
             services,
             cgroups: raw.cgroups.unwrap_or(true),
+            event_history,
         })
     }
 }
@@ -816,6 +834,17 @@ listen = "udp://[::1]:5353"
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_event_history_has_a_default_and_a_floor() {
+        let config = Config::parse("event_history = 500\n", "agent.toml").unwrap();
+        assert_eq!(config.event_history, 500);
+        let config = Config::parse("", "agent.toml").unwrap();
+        assert_eq!(config.event_history, crate::events::DEFAULT_EVENT_HISTORY);
+        let (line, message) = error_of("host = \"a\"\nevent_history = 10\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("event_history"), "{message}");
     }
 
     #[test]

@@ -1,21 +1,36 @@
 //! The agent's memory of what happened: every event with a sequence number,
 //! and the report of every restart. Kept in memory, bounded, for the command
 //! line and for the server to collect.
+//!
+//! The reports are kept apart from the event history, with bounds of their
+//! own: a burst of events (a service flooding its notify socket, many
+//! restarts while the server is away) evicts events, not the outcome of a
+//! restart the server has not heard of yet, which it can then fetch
+//! (`ServerFrame::FetchReport`).
 
 use baton_proto::{Event, EventKind, RestartId, RestartOutcome, RestartReport};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 
-const MAX_EVENTS: usize = 10_000;
+/// Events kept unless the config says otherwise (`event_history`).
+pub const DEFAULT_EVENT_HISTORY: usize = 10_000;
+/// The fewest events a config may ask to keep: a restart has a handful.
+pub const MIN_EVENT_HISTORY: usize = 100;
 /// The history is bounded by its size too: 10,000 events of long text would
 /// otherwise be hundreds of megabytes.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
-const MAX_RESTARTS: usize = 1_000;
+/// Restart reports kept, the oldest finished one forgotten first.
+pub const MAX_RESTARTS: usize = 256;
+/// And at most this much of them, counted as [`MAX_EVENT_BYTES`] is.
+pub const MAX_RESTART_BYTES: usize = 8 * 1024 * 1024;
 /// Steps kept in one restart's report; the step that finishes it is always
 /// kept. A service that floods its notify socket during its restart would
 /// otherwise grow the report without end.
 pub const MAX_RESTART_STEPS: usize = 200;
+/// One report's steps stop growing past this size (the finishing step is
+/// kept regardless), so a report always fits in one frame of the link.
+pub const MAX_ONE_RESTART_BYTES: usize = 256 * 1024;
 
 pub use baton_proto::now_millis;
 
@@ -28,27 +43,65 @@ pub struct EventLog {
 struct Inner {
     next_seq: u64,
     next_restart: RestartId,
+    max_events: usize,
     events: VecDeque<(usize, Event)>,
     /// The sum of the sizes of `events`.
     bytes: usize,
-    restarts: BTreeMap<RestartId, RestartReport>,
+    restarts: BTreeMap<RestartId, Kept>,
+    /// The sum of the sizes of `restarts`.
+    restart_bytes: usize,
+}
+
+/// A restart's report and its size.
+struct Kept {
+    report: RestartReport,
+    bytes: usize,
+}
+
+/// What a report costs before its steps.
+const REPORT_BASE_BYTES: usize = 256;
+
+impl Inner {
+    /// Forgets reports, the oldest finished ones first, until both bounds
+    /// hold; the newest report always stays.
+    fn bound_restarts(&mut self) {
+        while self.restarts.len() > 1
+            && (self.restarts.len() > MAX_RESTARTS || self.restart_bytes > MAX_RESTART_BYTES)
+        {
+            let oldest = self
+                .restarts
+                .iter()
+                .find(|(_, kept)| kept.report.outcome.is_some())
+                .or_else(|| self.restarts.iter().next())
+                .map(|(id, _)| *id);
+            if let Some(kept) = oldest.and_then(|id| self.restarts.remove(&id)) {
+                self.restart_bytes -= kept.bytes;
+            }
+        }
+    }
 }
 
 impl Default for EventLog {
     fn default() -> Self {
+        EventLog::with_history(DEFAULT_EVENT_HISTORY)
+    }
+}
+
+impl EventLog {
+    /// Keeps at most `max_events` events (and [`MAX_EVENT_BYTES`]).
+    pub fn with_history(max_events: usize) -> Self {
         let (live, _) = broadcast::channel(4096);
         EventLog {
             inner: Mutex::new(Inner {
                 next_seq: 1,
                 next_restart: 1,
+                max_events: max_events.max(1),
                 ..Inner::default()
             }),
             live,
         }
     }
-}
 
-impl EventLog {
     /// Records an event; with `restart`, it also becomes a step of that restart.
     pub fn emit(&self, service: &str, restart: Option<RestartId>, kind: EventKind) -> Event {
         let mut inner = self.inner.lock().expect("event log lock");
@@ -60,16 +113,20 @@ impl EventLog {
             kind,
         };
         inner.next_seq += 1;
+        let size = stored_size(&event);
         if let Some(id) = restart
-            && let Some(report) = inner.restarts.get_mut(&id)
-            && (report.steps.len() < MAX_RESTART_STEPS
+            && let Some(kept) = inner.restarts.get_mut(&id)
+            && ((kept.report.steps.len() < MAX_RESTART_STEPS
+                && kept.bytes + size <= MAX_ONE_RESTART_BYTES)
                 || matches!(event.kind, EventKind::RestartFinished { .. }))
         {
-            report.steps.push(event.clone());
+            kept.report.steps.push(event.clone());
+            kept.bytes += size;
+            inner.restart_bytes += size;
+            inner.bound_restarts();
         }
-        let size = stored_size(&event);
         while !inner.events.is_empty()
-            && (inner.events.len() >= MAX_EVENTS || inner.bytes + size > MAX_EVENT_BYTES)
+            && (inner.events.len() >= inner.max_events || inner.bytes + size > MAX_EVENT_BYTES)
         {
             if let Some((dropped, _)) = inner.events.pop_front() {
                 inner.bytes -= dropped;
@@ -93,27 +150,23 @@ impl EventLog {
             let mut inner = self.inner.lock().expect("event log lock");
             let id = inner.next_restart;
             inner.next_restart += 1;
-            if inner.restarts.len() == MAX_RESTARTS
-                && let Some(oldest) = inner.restarts.keys().next().copied()
-            {
-                inner.restarts.remove(&oldest);
-            }
-            inner.restarts.insert(
+            let bytes = REPORT_BASE_BYTES + reason.as_ref().map_or(0, String::len);
+            inner.restart_bytes += bytes;
+            let report = RestartReport {
                 id,
-                RestartReport {
-                    id,
-                    service: service.to_string(),
-                    reason: reason.clone(),
-                    started_at: now_millis(),
-                    finished_at: None,
-                    outcome: None,
-                    outcome_reason: None,
-                    old_generation,
-                    new_generation: None,
-                    connections_cut: None,
-                    steps: Vec::new(),
-                },
-            );
+                service: service.to_string(),
+                reason: reason.clone(),
+                started_at: now_millis(),
+                finished_at: None,
+                outcome: None,
+                outcome_reason: None,
+                old_generation,
+                new_generation: None,
+                connections_cut: None,
+                steps: Vec::new(),
+            };
+            inner.restarts.insert(id, Kept { report, bytes });
+            inner.bound_restarts();
             id
         };
         self.emit(service, Some(id), EventKind::RestartStarted { reason });
@@ -122,8 +175,8 @@ impl EventLog {
 
     pub fn update_restart(&self, id: RestartId, update: impl FnOnce(&mut RestartReport)) {
         let mut inner = self.inner.lock().expect("event log lock");
-        if let Some(report) = inner.restarts.get_mut(&id) {
-            update(report);
+        if let Some(kept) = inner.restarts.get_mut(&id) {
+            update(&mut kept.report);
         }
     }
 
@@ -154,7 +207,7 @@ impl EventLog {
             .expect("event log lock")
             .restarts
             .get(&id)
-            .cloned()
+            .map(|kept| kept.report.clone())
     }
 
     pub fn last_restart_of(&self, service: &str) -> Option<RestartReport> {
@@ -164,6 +217,7 @@ impl EventLog {
             .restarts
             .values()
             .rev()
+            .map(|kept| &kept.report)
             .find(|r| r.service == service)
             .cloned()
     }
@@ -269,6 +323,68 @@ mod tests {
         log.finish_restart("web", id, RestartOutcome::Succeeded, None, None);
         let report = log.restart(id).unwrap();
         assert_eq!(report.steps.len(), MAX_RESTART_STEPS + 1);
+        assert!(matches!(
+            report.steps.last().unwrap().kind,
+            EventKind::RestartFinished { .. }
+        ));
+    }
+
+    #[test]
+    fn a_restart_report_outlives_the_events_that_made_it() {
+        let log = EventLog::with_history(MIN_EVENT_HISTORY);
+        let id = log.begin_restart("web", None, Some(1));
+        log.finish_restart("web", id, RestartOutcome::Succeeded, None, None);
+        for _ in 0..10 * MIN_EVENT_HISTORY {
+            log.emit("other", None, status("busy"));
+        }
+        let (kept, _) = log.since(0);
+        assert_eq!(kept.len(), MIN_EVENT_HISTORY);
+        assert!(kept.iter().all(|e| e.restart != Some(id)));
+        let report = log.restart(id).expect("the report is kept");
+        assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
+        assert_eq!(report.steps.len(), 2);
+    }
+
+    #[test]
+    fn reports_are_bounded_by_count_and_size_forgetting_the_oldest_finished_first() {
+        let log = EventLog::default();
+        let running = log.begin_restart("slow", None, Some(1));
+        let mut last = running;
+        for _ in 0..MAX_RESTARTS + 10 {
+            last = log.begin_restart("web", None, Some(1));
+            log.finish_restart("web", last, RestartOutcome::Succeeded, None, None);
+        }
+        assert!(log.restart(running).is_some(), "a running restart is kept");
+        assert!(log.restart(last).is_some());
+        assert!(log.restart(2).is_none(), "the oldest finished one went");
+        assert_eq!(log.inner.lock().unwrap().restarts.len(), MAX_RESTARTS);
+
+        let long = "x".repeat(60 * 1024);
+        for _ in 0..MAX_RESTARTS {
+            let id = log.begin_restart("web", None, Some(1));
+            for _ in 0..3 {
+                log.emit("web", Some(id), status(&long));
+            }
+            log.finish_restart("web", id, RestartOutcome::Succeeded, None, None);
+        }
+        let inner = log.inner.lock().unwrap();
+        assert!(inner.restart_bytes <= MAX_RESTART_BYTES);
+        let counted: usize = inner.restarts.values().map(|kept| kept.bytes).sum();
+        assert_eq!(counted, inner.restart_bytes);
+    }
+
+    #[test]
+    fn one_report_stays_small_enough_for_a_frame_and_keeps_its_end() {
+        let log = EventLog::default();
+        let id = log.begin_restart("web", None, Some(1));
+        let long = "x".repeat(60 * 1024);
+        for _ in 0..20 {
+            log.emit("web", Some(id), status(&long));
+        }
+        log.finish_restart("web", id, RestartOutcome::Forced, None, Some(3));
+        let report = log.restart(id).unwrap();
+        let size = serde_json::to_vec(&report).unwrap().len();
+        assert!(size <= MAX_ONE_RESTART_BYTES + 4096, "{size} bytes");
         assert!(matches!(
             report.steps.last().unwrap().kind,
             EventKind::RestartFinished { .. }

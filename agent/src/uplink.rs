@@ -7,6 +7,11 @@
 //! the agent sends everything after it. Whatever happened while the server was
 //! away is still in the agent's event log and goes out on reconnect.
 //!
+//! The event history is bounded (`event_history`): after a long outage the
+//! oldest events may be gone, and the server records the hole. The restart
+//! reports are kept apart from it, so the server fetches the report of a
+//! restart whose outcome it missed (`FetchReport`, answered with `Report`).
+//!
 //! A refusal that no retry can cure (the token speaks for another host) ends
 //! the link for good, logged as an error; the services run on regardless.
 
@@ -296,6 +301,10 @@ async fn session(
                         Ok(ServerFrame::Restart { command_id, service, reason }) => {
                             let result = agent.restart(&service, reason).await;
                             send(&mut sink, frame(&AgentFrame::RestartStarted { command_id, result })?).await?;
+                        }
+                        Ok(ServerFrame::FetchReport { restart_id }) => {
+                            let report = agent.events.restart(restart_id);
+                            send(&mut sink, frame(&AgentFrame::Report { restart_id, report })?).await?;
                         }
                         Ok(ServerFrame::Ack { .. }) | Ok(ServerFrame::Welcome { .. }) => {}
                         Ok(ServerFrame::Refused { message, refusal }) => {

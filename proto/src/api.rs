@@ -169,6 +169,11 @@ pub struct RestartHost {
     /// The agent's events of this restart, oldest first. Empty in lists.
     #[serde(default)]
     pub steps: Vec<Event>,
+    /// The outcome came from the restart's report, fetched from the agent,
+    /// because its events were lost while the link was down (the agent no
+    /// longer had them); `steps` then include the report's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outcome_from_report: bool,
 }
 
 /// `GET /restarts`: newest first; pass `next_before` as `before` for the next page.

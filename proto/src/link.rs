@@ -9,7 +9,7 @@
 //! The server acknowledges what it has committed; the agent resends
 //! unacknowledged events after a reconnect, and the server drops duplicates.
 
-use crate::{ErrorBody, Event, RestartId, ServiceStatus};
+use crate::{ErrorBody, Event, RestartId, RestartReport, ServiceStatus};
 use serde::{Deserialize, Serialize};
 
 pub const LINK_VERSION: u32 = 1;
@@ -37,6 +37,13 @@ pub enum AgentFrame {
         command_id: String,
         result: Result<RestartId, ErrorBody>,
     },
+    /// The answer to [`ServerFrame::FetchReport`]: the report of that
+    /// restart, or `None` when this agent lifetime has no such restart (or
+    /// no longer keeps it).
+    Report {
+        restart_id: RestartId,
+        report: Option<RestartReport>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,6 +60,12 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Send the report of one of the agent's restarts. The agent keeps its
+    /// last reports apart from its event history, so a server that missed
+    /// a restart's events (more of them than the agent keeps came while the
+    /// link was down) still learns its outcome. An agent that predates it
+    /// ignores it.
+    FetchReport { restart_id: RestartId },
     /// The server refuses the link (bad version, a host its token does not
     /// speak for...). The server closes the link after it.
     Refused {
@@ -105,6 +118,21 @@ mod tests {
         };
         let json = serde_json::to_string(&answer).unwrap();
         assert_eq!(serde_json::from_str::<AgentFrame>(&json).unwrap(), answer);
+    }
+
+    #[test]
+    fn a_report_and_an_unknown_one_travel_as_tagged_json() {
+        assert_eq!(
+            serde_json::to_string(&ServerFrame::FetchReport { restart_id: 7 }).unwrap(),
+            r#"{"type":"fetch_report","restart_id":7}"#
+        );
+        let unknown = AgentFrame::Report {
+            restart_id: 7,
+            report: None,
+        };
+        let json = serde_json::to_string(&unknown).unwrap();
+        assert_eq!(json, r#"{"type":"report","restart_id":7,"report":null}"#);
+        assert_eq!(serde_json::from_str::<AgentFrame>(&json).unwrap(), unknown);
     }
 
     #[test]

@@ -86,7 +86,14 @@ fn check_service_names(frame: &AgentFrame) -> Result<(), FrameError> {
             services.iter().try_for_each(check_status)
         }
         AgentFrame::Events { events } => events.iter().try_for_each(check_event),
-        AgentFrame::RestartStarted { .. } => Ok(()),
+        AgentFrame::RestartStarted { .. } | AgentFrame::Report { report: None, .. } => Ok(()),
+        AgentFrame::Report {
+            report: Some(report),
+            ..
+        } => {
+            check_name(&report.service)?;
+            report.steps.iter().try_for_each(check_event)
+        }
     }
 }
 

@@ -82,7 +82,7 @@ impl ResponseError for ApiError {
 
 /// Why the database refused a write, when that is a state of the machine it
 /// runs on rather than a bug: the client may try again once it is cleared.
-fn database_unavailable(error: &anyhow::Error) -> Option<&'static str> {
+pub(crate) fn database_unavailable(error: &anyhow::Error) -> Option<&'static str> {
     let sqlx_error = error
         .chain()
         .find_map(|e| e.downcast_ref::<sqlx::Error>())?;

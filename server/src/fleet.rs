@@ -4,7 +4,7 @@
 
 use baton_proto::api::{Host, Service, ServiceOnHost};
 use baton_proto::link::ServerFrame;
-use baton_proto::{ErrorBody, Event, GenerationState, RestartId, ServiceStatus};
+use baton_proto::{ErrorBody, Event, GenerationState, RestartId, RestartReport, ServiceStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +25,13 @@ pub enum Notice {
         boot_id: String,
         events: Arc<[Event]>,
     },
+    /// Events of this agent lifetime are missing from what the host's link
+    /// stored (the agent no longer had them): a restart waiting on them may
+    /// never see its outcome in the events.
+    Gap {
+        host: String,
+        boot_id: String,
+    },
     Online {
         host: String,
     },
@@ -37,9 +44,10 @@ impl Notice {
     /// The host it is about.
     pub fn host(&self) -> &str {
         match self {
-            Notice::Events { host, .. } | Notice::Online { host } | Notice::Offline { host } => {
-                host
-            }
+            Notice::Events { host, .. }
+            | Notice::Gap { host, .. }
+            | Notice::Online { host }
+            | Notice::Offline { host } => host,
         }
     }
 }
@@ -93,9 +101,19 @@ struct PendingCommand {
     answer: oneshot::Sender<CommandAnswer>,
 }
 
+/// A report asked of an agent, which counts only from the link it was
+/// asked on.
+struct PendingReport {
+    host: String,
+    connection: u64,
+    restart_id: RestartId,
+    answer: oneshot::Sender<Option<RestartReport>>,
+}
+
 pub struct Fleet {
     hosts: RwLock<BTreeMap<String, HostState>>,
     commands: Mutex<HashMap<String, PendingCommand>>,
+    reports: Mutex<Vec<PendingReport>>,
     notices: broadcast::Sender<Notice>,
     next_connection: AtomicU64,
     /// Bumped on every change `GET /services` can show, so a reader can tell
@@ -135,6 +153,7 @@ impl Fleet {
         Fleet {
             hosts: RwLock::new(hosts),
             commands: Mutex::new(HashMap::new()),
+            reports: Mutex::new(Vec::new()),
             notices,
             next_connection: AtomicU64::new(1),
             version: AtomicU64::new(1),
@@ -243,6 +262,11 @@ impl Fleet {
             }
         }
         drop(commands);
+        // Dropped: whoever waits on one learns the link is gone.
+        self.reports
+            .lock()
+            .expect("reports lock")
+            .retain(|pending| pending.connection != connection);
         self.notify(Notice::Offline {
             host: host.to_string(),
         });
@@ -299,6 +323,85 @@ impl Fleet {
             events: new_events.into(),
         });
         self.history_changed();
+    }
+
+    /// The host's link stored events with a hole in their sequence.
+    pub fn events_missing(&self, host: &str, boot_id: &str) {
+        self.notify(Notice::Gap {
+            host: host.to_string(),
+            boot_id: boot_id.to_string(),
+        });
+    }
+
+    /// Asks the host's agent for the report of its restart `restart_id`,
+    /// when its current link is of the agent lifetime `boot_id`. The answer
+    /// is `None` when the agent does not know the restart; the receiver
+    /// fails when the link closes first. `None` when there is no such link.
+    pub fn fetch_report(
+        &self,
+        host: &str,
+        boot_id: &str,
+        restart_id: RestartId,
+    ) -> Option<oneshot::Receiver<Option<RestartReport>>> {
+        let (answer, receiver) = oneshot::channel();
+        let hosts = self.hosts.read().expect("fleet lock");
+        let state = hosts.get(host).filter(|s| s.boot_id == boot_id)?;
+        let link = state.link.as_ref()?;
+        // Registered before sending, so an answer cannot overtake it.
+        self.reports
+            .lock()
+            .expect("reports lock")
+            .push(PendingReport {
+                host: host.to_string(),
+                connection: link.connection,
+                restart_id,
+                answer,
+            });
+        if link
+            .frames
+            .send(ServerFrame::FetchReport { restart_id })
+            .is_err()
+        {
+            return None;
+        }
+        Some(receiver)
+    }
+
+    /// A report that arrived on `host`'s link `connection`: for every fetch
+    /// of that restart asked on that very link.
+    pub fn report_answered(
+        &self,
+        host: &str,
+        connection: u64,
+        restart_id: RestartId,
+        report: Option<RestartReport>,
+    ) {
+        let mut reports = self.reports.lock().expect("reports lock");
+        let (asked, others): (Vec<PendingReport>, Vec<PendingReport>) =
+            std::mem::take(&mut *reports)
+                .into_iter()
+                .partition(|pending| {
+                    pending.host == host
+                        && pending.connection == connection
+                        && pending.restart_id == restart_id
+                });
+        // Fetches whose waiter gave up go too.
+        *reports = others
+            .into_iter()
+            .filter(|pending| !pending.answer.is_closed())
+            .collect();
+        drop(reports);
+        let answered = !asked.is_empty();
+        for pending in asked {
+            let _ = pending.answer.send(report.clone());
+        }
+        if !answered {
+            tracing::warn!(
+                host,
+                restart_id,
+                "a report no fetch on this link waits for; ignored"
+            );
+        }
     }
 
     pub fn services_of(&self, host: &str) -> Option<Vec<ServiceStatus>> {

@@ -30,3 +30,4 @@ pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod store;
+pub mod write_probe;

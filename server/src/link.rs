@@ -359,6 +359,9 @@ pub async fn run(
                         match store::store_events(&context.db, &host, &boot_id, &events, &gaps).await {
                             Ok(new_events) => {
                                 tracing::debug!(host, received = events.len(), new = new_events.len(), max_seq, "events stored");
+                                if !gaps.is_empty() {
+                                    context.fleet.events_missing(&host, &boot_id);
+                                }
                                 context.fleet.events_stored(&host, connection, &boot_id, max_seq, new_events);
                                 if !send(&mut session, &ServerFrame::Ack { seq: max_seq }).await {
                                     break "send failed";
@@ -388,6 +391,10 @@ pub async fn run(
                             Err(error) => CommandAnswer::Refused(error),
                         };
                         context.fleet.command_answered(&host, connection, &command_id, answer);
+                    }
+                    Incoming::Frame(AgentFrame::Report { restart_id, report }) => {
+                        context.fleet.touch(&host, connection);
+                        context.fleet.report_answered(&host, connection, restart_id, report);
                     }
                 }
             }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::fleet::Fleet;
+use crate::write_probe::Probed;
 
 /// Upper bounds of the restart duration histogram, in seconds: a restart
 /// takes from well under a second to the agents' drain timeouts.
@@ -48,6 +49,9 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// Renders of live dashboard parts: what open pages cost.
     live_renders: AtomicU64,
+    /// Hosts' restarts settled from a report fetched from the agent, their
+    /// events lost while the link was down.
+    settled_from_report: AtomicU64,
 }
 
 #[derive(Default)]
@@ -85,11 +89,15 @@ impl Metrics {
         *inner.sequence_anomalies.entry(anomaly).or_default() += 1;
     }
 
+    pub fn settled_from_report(&self) {
+        self.settled_from_report.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn live_part_rendered(&self) {
         self.live_renders.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, fleet: &Fleet) -> String {
+    pub fn render(&self, fleet: &Fleet, probed: &Probed) -> String {
         let inner = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
         let _ = writeln!(
@@ -150,6 +158,19 @@ impl Metrics {
                 anomaly.as_str()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP baton_host_restarts_settled_from_report_total Hosts' restarts whose outcome came from the report fetched from the agent, their events lost while the link was down."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE baton_host_restarts_settled_from_report_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "baton_host_restarts_settled_from_report_total {}",
+            self.settled_from_report.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP baton_agents_online Agents connected now.");
         let _ = writeln!(out, "# TYPE baton_agents_online gauge");
         let _ = writeln!(out, "baton_agents_online {}", fleet.agents_online());
@@ -162,6 +183,29 @@ impl Metrics {
             out,
             "baton_generations_draining {}",
             fleet.generations_draining()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_database_writable Whether the last write probe of the database went through (1) or not (0)."
+        );
+        let _ = writeln!(out, "# TYPE baton_database_writable gauge");
+        let _ = writeln!(
+            out,
+            "baton_database_writable {}",
+            u8::from(probed.writable())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_database_write_probe_timestamp_seconds When the last write probe of the database ran."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE baton_database_write_probe_timestamp_seconds gauge"
+        );
+        let _ = writeln!(
+            out,
+            "baton_database_write_probe_timestamp_seconds {:.3}",
+            probed.at as f64 / 1000.0
         );
         out
     }

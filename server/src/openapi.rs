@@ -210,21 +210,35 @@ mod paths {
         status: String,
     }
 
-    /// The server and its database answer.
+    /// The answer of `GET /healthz` when the database cannot be written.
+    #[derive(ToSchema)]
+    struct Unhealthy {
+        /// `unavailable`.
+        #[schema(pattern = "^unavailable$")]
+        status: String,
+        /// Why: disk full, database locked, read-only, I/O error...
+        error: String,
+    }
+
+    /// The server answers and its database can be written: a probe that
+    /// writes one row, run at most every 2 s (answers in between repeat
+    /// the last one).
     #[utoipa::path(
         tag = "health",
         get,
         path = "/healthz",
         responses(
             (status = 200, description = "Healthy.", body = inline(Health)),
-            (status = 500, description = "The database does not answer.", body = ApiError),
+            (status = 503, description = "The database cannot be written; `error` names the cause.", body = inline(Unhealthy)),
         )
     )]
     pub fn healthz() {}
 
     /// Prometheus text: `baton_restarts_total{outcome}`,
     /// `baton_restart_duration_seconds`, `baton_event_sequence_anomalies_total{kind}`, `baton_agents_online`,
-    /// `baton_generations_draining`.
+    /// `baton_generations_draining`, `baton_database_writable`,
+    /// `baton_database_write_probe_timestamp_seconds`,
+    /// `baton_host_restarts_settled_from_report_total`.
     #[utoipa::path(
         tag = "health",
         get,
@@ -626,6 +640,7 @@ mod tests {
                     started_at: Some(1_700_000_001_000),
                     finished_at: Some(1_700_000_002_000),
                     steps,
+                    outcome_from_report: true,
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -636,6 +651,7 @@ mod tests {
                     started_at: None,
                     finished_at: None,
                     steps: Vec::new(),
+                    outcome_from_report: false,
                 },
             ],
         }

@@ -56,6 +56,17 @@ struct Inner {
 
 type HostResult = (RestartOutcome, Option<String>);
 
+/// A host's outcome not in its events this long after the command is asked
+/// of its agent (the restart's report), and again every
+/// [`REPORT_FETCH_EVERY`] after: its events may have been lost while the
+/// link was down, without a hole the server could see (the agent had
+/// evicted even the last one the server stored). A recorded hole asks at
+/// once.
+const REPORT_FETCH_AFTER: Duration = Duration::from_secs(10);
+const REPORT_FETCH_EVERY: Duration = Duration::from_secs(5);
+/// How long an agent has to answer a fetch.
+const REPORT_ANSWER: Duration = Duration::from_secs(5);
+
 /// The reason recorded with a host a rollout passed by because it had been
 /// offline for longer than the grace.
 pub const SKIPPED_OFFLINE: &str = "offline";
@@ -462,6 +473,7 @@ async fn follow_host(
         service: service.to_owned(),
         seq_at_command,
         agent_restart_id,
+        fetch_report_at: Instant::now() + REPORT_FETCH_AFTER.min(inner.timeouts.host_restart / 2),
     };
     loop {
         // Read before the waiting notices are taken: the fleet announces
@@ -487,6 +499,9 @@ async fn follow_host(
             if let Some(result) = read_stored(inner, restart, host, &mut progress).await? {
                 return Ok(result);
             }
+        }
+        if let Some(result) = fetch_report_if_due(inner, restart, host, &mut progress).await? {
+            return Ok(result);
         }
         let (boot_id, agent_restart_id) = (&progress.boot_id, progress.agent_restart_id);
 
@@ -564,6 +579,9 @@ struct Progress {
     /// after this sequence.
     seq_at_command: u64,
     agent_restart_id: Option<RestartId>,
+    /// When to ask the agent for the restart's report, if its outcome has
+    /// not come in the events by then.
+    fetch_report_at: Instant,
 }
 
 /// What a batch of events told about a host's restart.
@@ -609,13 +627,22 @@ async fn on_notice(
     progress: &mut Progress,
     notice: Notice,
 ) -> anyhow::Result<Option<HostResult>> {
-    let Notice::Events {
-        host: from,
-        boot_id,
-        events,
-    } = notice
-    else {
-        return Ok(None);
+    let (from, boot_id, events) = match notice {
+        Notice::Events {
+            host,
+            boot_id,
+            events,
+        } => (host, boot_id, events),
+        Notice::Gap {
+            host: from,
+            boot_id,
+        } => {
+            if from == host && boot_id == progress.boot_id {
+                progress.fetch_report_at = Instant::now();
+            }
+            return Ok(None);
+        }
+        Notice::Online { .. } | Notice::Offline { .. } => return Ok(None),
     };
     if from != host || boot_id != progress.boot_id {
         return Ok(None);
@@ -632,6 +659,76 @@ async fn on_notice(
             .map(Some),
         None => Ok(None),
     }
+}
+
+/// Asks the agent for the report of its restart once that is due, and
+/// settles the host from it when it says how the restart ended.
+async fn fetch_report_if_due(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<Option<HostResult>> {
+    let Some(agent_restart_id) = progress.agent_restart_id else {
+        return Ok(None);
+    };
+    if Instant::now() < progress.fetch_report_at {
+        return Ok(None);
+    }
+    progress.fetch_report_at = Instant::now() + REPORT_FETCH_EVERY;
+    let Some(answer) = inner
+        .fleet
+        .fetch_report(host, &progress.boot_id, agent_restart_id)
+    else {
+        return Ok(None);
+    };
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    let report = match tokio::time::timeout(REPORT_ANSWER, answer).await {
+        Ok(Ok(Some(report))) => report,
+        Ok(Ok(None)) => {
+            tracing::warn!(
+                restart_id,
+                host,
+                agent_restart_id,
+                "the agent does not know the restart's report"
+            );
+            return Ok(None);
+        }
+        // The link closed or the agent predates reports: the events may
+        // still come.
+        Ok(Err(_)) | Err(_) => return Ok(None),
+    };
+    if report.id != agent_restart_id || report.service != progress.service {
+        tracing::warn!(
+            restart_id,
+            host,
+            agent_restart_id,
+            "the agent sent the report of another restart; ignored"
+        );
+        return Ok(None);
+    }
+    let Some(outcome) = report.outcome else {
+        return Ok(None);
+    };
+    let reason = report.outcome_reason.clone();
+    let steps: Vec<Event> = report
+        .steps
+        .into_iter()
+        .filter(|step| step.restart == Some(agent_restart_id))
+        .collect();
+    store::finish_host_from_report(
+        &inner.db,
+        restart_id,
+        host,
+        outcome,
+        reason.as_deref(),
+        &steps,
+    )
+    .await?;
+    inner.fleet.history_changed();
+    inner.metrics.settled_from_report();
+    tracing::info!(restart_id, host, %outcome, reason = reason.as_deref().unwrap_or(""), "host restart finished, from the report fetched from its agent");
+    Ok(Some((outcome, reason)))
 }
 
 /// The same as [`on_notice`], from the events already stored.
@@ -708,6 +805,7 @@ mod tests {
             service: "web".into(),
             seq_at_command,
             agent_restart_id,
+            fetch_report_at: Instant::now(),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::routes;
 use crate::routes::services::get::ServicesDocuments;
 use crate::settings::Settings;
 use crate::store;
+use crate::write_probe::WriteProbe;
 
 pub struct Application {
     port: u16,
@@ -76,6 +77,7 @@ impl Application {
         let request_timeout = settings.timeouts.request_timeout;
         let body_limit = settings.body_limit;
         let documents = web::Data::new(ServicesDocuments::default());
+        let write_probe = web::Data::new(WriteProbe::default());
         let fleet = web::Data::from(fleet);
         let metrics = web::Data::from(metrics);
         let db = web::Data::new(db);
@@ -111,6 +113,7 @@ impl Application {
                 .app_data(restarts.clone())
                 .app_data(metrics.clone())
                 .app_data(documents.clone())
+                .app_data(write_probe.clone())
                 .app_data(settings.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid query string: {error}")).into()

@@ -176,19 +176,29 @@ fn suffixed(path: &Path, suffix: &str) -> std::path::PathBuf {
     name.into()
 }
 
-/// Whether the database answers, for `/healthz`.
-pub async fn ping(db: &Db) -> anyhow::Result<()> {
-    sqlx::query("SELECT 1")
-        .execute(&db.reads)
-        .await
-        .context("database unreachable")?;
-    Ok(())
-}
-
 pub(super) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 pub(super) fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
+}
+
+/// Writes the probe row in a transaction of its own: whether the database
+/// can be written right now. A full disk leaves reads working, so only a
+/// write tells.
+pub async fn probe_write(db: &Db) -> anyhow::Result<()> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query(
+        "INSERT INTO write_probe (id, at) VALUES (1, $1)
+         ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )
+    .bind(to_i64(baton_proto::now_millis()))
+    .execute(&mut *tx)
+    .await
+    .context("failed to write the probe row")?;
+    tx.commit()
+        .await
+        .context("failed to commit the probe row")?;
+    Ok(())
 }

@@ -256,6 +256,7 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
                 agent_restart_id: None,
                 started_at: None,
                 finished_at: None,
+                from_report: false,
             })
             .collect(),
     })))
@@ -329,6 +330,8 @@ pub struct RestartHostRow {
     pub agent_restart_id: Option<i64>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The outcome came from a report fetched from the agent.
+    pub from_report: bool,
 }
 
 const RESTART_COLUMNS: &str = "id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at";
@@ -347,7 +350,8 @@ pub async fn restart_row(db: &Db, id: u64) -> anyhow::Result<Option<RestartRow>>
 pub async fn restart_host_rows(db: &Db, id: u64) -> anyhow::Result<Vec<RestartHostRow>> {
     sqlx::query_as(
         "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
-                seq_at_command, agent_restart_id, started_at, finished_at
+                seq_at_command, agent_restart_id, started_at, finished_at,
+                fetched_steps IS NOT NULL AS from_report
          FROM restart_hosts WHERE restart_id = $1 ORDER BY position",
     )
     .bind(to_i64(id))
@@ -382,6 +386,7 @@ fn host_view(row: RestartHostRow, steps: Vec<Event>) -> RestartHost {
         started_at: row.started_at.map(to_u64),
         finished_at: row.finished_at.map(to_u64),
         steps,
+        outcome_from_report: row.from_report,
     }
 }
 
@@ -392,12 +397,15 @@ pub async fn get_restart(db: &Db, id: u64) -> anyhow::Result<Option<Restart>> {
     };
     let mut hosts = Vec::new();
     for host in restart_host_rows(db, id).await? {
-        let steps = match (&host.boot_id, host.agent_restart_id) {
+        let mut steps = match (&host.boot_id, host.agent_restart_id) {
             (Some(boot_id), Some(agent_id)) => {
                 agent_restart_steps(db, &host.host, boot_id, to_u64(agent_id)).await?
             }
             _ => Vec::new(),
         };
+        if host.from_report {
+            merge_steps(&mut steps, fetched_steps(db, id, &host.host).await?);
+        }
         hosts.push(host_view(host, steps));
     }
     Ok(Some(restart_view(row, hosts)))
@@ -466,7 +474,8 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
     if !rows.is_empty() {
         let mut query = sqlx::QueryBuilder::<Sqlite>::new(
             "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
-                    seq_at_command, agent_restart_id, started_at, finished_at
+                    seq_at_command, agent_restart_id, started_at, finished_at,
+                    fetched_steps IS NOT NULL AS from_report
              FROM restart_hosts WHERE restart_id IN (",
         );
         let mut ids = query.separated(", ");
@@ -570,6 +579,58 @@ pub async fn finish_host(
     .await
     .context("failed to record a host's outcome")?;
     Ok(())
+}
+
+/// Records a host's outcome taken from the restart's report, fetched from
+/// its agent, with the report's steps: the events that carried them were
+/// lost. Those steps are kept with the host, not as events, so the event
+/// history (and the generations derived from it) keeps its gap.
+pub async fn finish_host_from_report(
+    db: &Db,
+    restart_id: u64,
+    host: &str,
+    outcome: RestartOutcome,
+    reason: Option<&str>,
+    steps: &[Event],
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE restart_hosts SET state = 'finished', outcome = $3, outcome_reason = $4,
+                finished_at = $5, started_at = COALESCE(started_at, $5), fetched_steps = $6
+         WHERE restart_id = $1 AND host = $2",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .bind(Outcome::from(outcome))
+    .bind(reason)
+    .bind(to_i64(now_millis()))
+    .bind(serde_json::to_string(steps)?)
+    .execute(&db.writes)
+    .await
+    .context("failed to record a host's outcome from its report")?;
+    Ok(())
+}
+
+async fn fetched_steps(db: &Db, restart_id: u64, host: &str) -> anyhow::Result<Vec<Event>> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT fetched_steps FROM restart_hosts WHERE restart_id = $1 AND host = $2",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .fetch_optional(&db.reads)
+    .await
+    .context("failed to read a report's steps")?;
+    match row.and_then(|(steps,)| steps) {
+        Some(json) => serde_json::from_str(&json).context("stored report steps do not parse"),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The stored events of a restart and the steps of its report, once each,
+/// in sequence order.
+fn merge_steps(steps: &mut Vec<Event>, from_report: Vec<Event>) {
+    let known: std::collections::HashSet<u64> = steps.iter().map(|e| e.seq).collect();
+    steps.extend(from_report.into_iter().filter(|e| !known.contains(&e.seq)));
+    steps.sort_by_key(|e| e.seq);
 }
 
 /// Passes a host by without sending it anything; `reason` says why.

@@ -64,6 +64,8 @@ async fn metrics_are_prometheus_text() {
         "baton_restart_duration_seconds_bucket{le=\"+Inf\"} 0",
         "baton_agents_online 0",
         "baton_generations_draining 0",
+        "baton_database_writable 1",
+        "baton_database_write_probe_timestamp_seconds ",
     ] {
         assert!(text.contains(series), "{series} missing:\n{text}");
     }

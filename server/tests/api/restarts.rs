@@ -1,5 +1,5 @@
-use baton_proto::link::AgentFrame;
-use baton_proto::{ErrorBody, ErrorKind, RestartOutcome};
+use baton_proto::link::{AgentFrame, ServerFrame};
+use baton_proto::{ErrorBody, ErrorKind, EventKind, RestartOutcome, RestartReport};
 use std::time::Duration;
 
 use crate::helpers::{FakeAgent, service, spawn_app};
@@ -112,6 +112,61 @@ async fn concurrent_requests_create_one_restart() {
     assert_eq!(
         statuses.iter().filter(|s| **s == 409).count(),
         7,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_while_restarts_finish_fast_are_never_a_server_error() {
+    // Each restart ends as soon as its command arrives, so a request may
+    // meet the running restart when it inserts and finds it ended when it
+    // looks for it: the service is free again, never a 500.
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let posts = async {
+        let mut requests = Vec::new();
+        // 300 rounds 10 ms apart, four requests at a time: the window
+        // between the two looks is narrow.
+        for _ in 0..300 {
+            for _ in 0..4 {
+                requests.push(tokio::spawn({
+                    let client = app.client.clone();
+                    let url = format!("{}/services/web/restart", app.address);
+                    let operator = app.operator.clone();
+                    async move {
+                        let response = client.post(url).bearer_auth(operator).send().await.unwrap();
+                        let status = response.status().as_u16();
+                        (status, response.text().await.unwrap())
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        futures::future::join_all(requests).await
+    };
+    let serve = async {
+        let mut generation = 1;
+        loop {
+            agent
+                .serve_restart("web", generation, RestartOutcome::Succeeded)
+                .await;
+            generation += 1;
+        }
+    };
+    let answers = tokio::select! {
+        answers = posts => answers,
+        _ = serve => unreachable!(),
+    };
+    let statuses: Vec<u16> = answers.iter().map(|a| a.as_ref().unwrap().0).collect();
+    for answer in &answers {
+        let (status, body) = answer.as_ref().unwrap();
+        assert!(
+            *status == 202 || *status == 409,
+            "answered {status} {body}; all: {statuses:?}"
+        );
+    }
+    assert!(
+        statuses.contains(&202) && statuses.contains(&409),
         "{statuses:?}"
     );
 }
@@ -399,4 +454,100 @@ async fn a_host_still_reconnecting_after_a_server_restart_is_waited_for() {
     let restart = app.wait_restart(id).await;
     assert_eq!(restart["outcome"], "succeeded", "{restart}");
     assert_eq!(restart["hosts"][1]["outcome"], "succeeded", "{restart}");
+}
+
+#[tokio::test]
+async fn a_restart_whose_events_the_agent_lost_is_settled_from_its_fetched_report() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    let command_id = agent.expect_restart_command().await;
+    agent
+        .send(&AgentFrame::RestartStarted {
+            command_id,
+            result: Ok(1),
+        })
+        .await;
+    let steps = agent.restart_events("web", 1, 1, RestartOutcome::Succeeded);
+    agent.send_events(steps[..1].to_vec()).await;
+    agent.close().await;
+    app.wait_offline("alpha").await;
+
+    // While the link was down the restart ended, and so many events came
+    // after it that the agent kept none of the restart's.
+    let mut agent = FakeAgent::connect_with_seq(
+        &app,
+        "alpha",
+        "boot-1",
+        steps.last().unwrap().seq + 50,
+        vec![service("web", 2)],
+    )
+    .await;
+    assert_eq!(agent.resume_after, 1);
+    agent.next_seq = steps.last().unwrap().seq + 30;
+    let kept: Vec<_> = (0..21)
+        .map(|_| {
+            agent.event(
+                "other",
+                None,
+                EventKind::GenerationStatus {
+                    generation: 1,
+                    status: "busy".into(),
+                },
+            )
+        })
+        .collect();
+    agent.send(&AgentFrame::Events { events: kept }).await;
+    let restart_id = loop {
+        match agent.recv().await {
+            ServerFrame::FetchReport { restart_id } => break restart_id,
+            ServerFrame::Ack { .. } => continue,
+            other => panic!("expected a fetch of the report, got {other:?}"),
+        }
+    };
+    assert_eq!(restart_id, 1);
+    agent
+        .send(&AgentFrame::Report {
+            restart_id,
+            report: Some(RestartReport {
+                id: 1,
+                service: "web".into(),
+                reason: None,
+                started_at: steps[0].at,
+                finished_at: Some(steps.last().unwrap().at),
+                outcome: Some(RestartOutcome::Succeeded),
+                outcome_reason: None,
+                old_generation: Some(1),
+                new_generation: Some(2),
+                connections_cut: None,
+                steps: steps.clone(),
+            }),
+        })
+        .await;
+
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "succeeded", "{restart}");
+    let host = &restart["hosts"][0];
+    assert_eq!(host["outcome_from_report"], true, "{restart}");
+    let seqs: Vec<u64> = host["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, steps.iter().map(|s| s.seq).collect::<Vec<_>>());
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("baton_event_sequence_anomalies_total{kind=\"gap\"} 1"),
+        "the gap stays recorded:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("baton_host_restarts_settled_from_report_total 1"),
+        "{metrics}"
+    );
+    let gaps: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM event_gaps")
+        .fetch_one(app.db().await.reads())
+        .await
+        .unwrap();
+    assert_eq!(gaps.0, 1);
 }

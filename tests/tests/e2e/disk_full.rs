@@ -92,6 +92,13 @@ async fn a_full_disk_is_a_503_sends_no_command_and_the_server_recovers() {
 
     let filler = disk.fill();
     let http = reqwest::Client::new();
+    let health = health_until(&http, &server.url(), 503).await;
+    assert_eq!(health["status"], "unavailable", "{health}");
+    assert!(
+        health["error"].as_str().unwrap().contains("disk full"),
+        "{health}"
+    );
+    assert_eq!(writable_gauge(&http, &server.url()).await, "0");
     for _ in 0..4 {
         let response = http
             .post(format!("{}/services/web/restart", server.url()))
@@ -115,6 +122,9 @@ async fn a_full_disk_is_a_503_sends_no_command_and_the_server_recovers() {
     );
 
     std::fs::remove_file(filler).unwrap();
+    let health = health_until(&http, &server.url(), 200).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(writable_gauge(&http, &server.url()).await, "1");
     let second = client
         .restart_and_wait(&web, &RestartRequest::default())
         .await
@@ -129,4 +139,39 @@ async fn a_full_disk_is_a_503_sends_no_command_and_the_server_recovers() {
     assert_eq!(stored.outcome, Some(RestartOutcome::Succeeded));
     drop(agent);
     drop(server);
+}
+
+/// `/healthz`'s body once it answers `status` (its write probe's answer
+/// stands for up to 2 s).
+async fn health_until(http: &reqwest::Client, url: &str, status: u16) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = http.get(format!("{url}/healthz")).send().await.unwrap();
+        let got = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still answers {got} {body}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The value of `baton_database_writable` in `/metrics`.
+async fn writable_gauge(http: &reqwest::Client, url: &str) -> String {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("baton_database_writable "))
+        .unwrap_or_else(|| panic!("no baton_database_writable in\n{text}"))
+        .to_string()
 }

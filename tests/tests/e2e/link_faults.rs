@@ -1,6 +1,7 @@
 //! Faults between agent and server: a proxy in between that freezes (keeps
 //! the TCP connection open but passes nothing on) must not leave either side
-//! believing in a dead link.
+//! believing in a dead link; a link down while a restart ends and more
+//! events come than the agent keeps must not lose the restart's outcome.
 
 use baton_proto::RestartOutcome;
 use baton_tests::AgentUnderTest;
@@ -17,6 +18,10 @@ use std::time::{Duration, Instant};
 struct FreezingProxy {
     addr: SocketAddr,
     frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// While set, new connections are closed at once.
+    down: Arc<AtomicBool>,
+    /// Both ends of every connection, to cut them.
+    streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl FreezingProxy {
@@ -24,12 +29,22 @@ impl FreezingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let down: Arc<AtomicBool> = Arc::default();
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let flags = frozen.clone();
+        let (is_down, open) = (down.clone(), streams.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
+                if is_down.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
+                let mut ends = open.lock().unwrap();
+                ends.push(client.try_clone().unwrap());
+                ends.push(server.try_clone().unwrap());
+                drop(ends);
                 let flag = Arc::new(AtomicBool::new(false));
                 flags.lock().unwrap().push(flag.clone());
                 pump(
@@ -40,7 +55,24 @@ impl FreezingProxy {
                 pump(server, client, flag);
             }
         });
-        FreezingProxy { addr, frozen }
+        FreezingProxy {
+            addr,
+            frozen,
+            down,
+            streams,
+        }
+    }
+
+    /// Closes every connection and refuses new ones until [`Self::restore`].
+    fn cut(&self) {
+        self.down.store(true, Ordering::Relaxed);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::Relaxed);
     }
 
     fn freeze_current(&self) {
@@ -138,5 +170,104 @@ async fn an_agent_behind_a_frozen_proxy_notices_within_seconds_and_links_again()
         restart.outcome,
         Some(RestartOutcome::Succeeded),
         "{restart:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_ends_while_the_link_is_down_and_its_events_are_evicted_keeps_its_outcome() {
+    let server = ServerUnderTest::start();
+    let proxy = FreezingProxy::start(server.addr);
+    let config = server
+        .host_config("host-a", "127.0.0.1", "web", &["--start-delay", "2s"], "")
+        .replace(&server.url(), &format!("http://{}", proxy.addr))
+        .replace(
+            "host = \"host-a\"\n",
+            "host = \"host-a\"\nevent_history = 100\n",
+        )
+        + &baton_tests::demo_service("other", "");
+    let agent = AgentUnderTest::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while online_with_run(&server, "host-a").await.is_none() {
+        assert!(Instant::now() < deadline, "host-a never linked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let operator = server.client(&server.operator_token);
+    let web = baton_proto::ServiceName::parse("web").unwrap();
+    let id = operator
+        .start_restart(&web, &Default::default())
+        .await
+        .expect("the restart is accepted")
+        .id;
+    // Cut once the agent has taken the command: the restart then ends
+    // while the server cannot hear of it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let restart: serde_json::Value = server.get_json(&format!("/restarts/{id}")).await;
+        if restart["hosts"][0]["agent_restart_id"].is_u64() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never took the command: {restart}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    let status = agent.wait_for("web's restart ends", Duration::from_secs(20), |status| {
+        status.services.iter().any(|s| {
+            s.name == "web" && s.last_restart.as_ref().is_some_and(|r| r.outcome.is_some())
+        })
+    });
+    let report = status
+        .services
+        .iter()
+        .find(|s| s.name == "web")
+        .and_then(|s| s.last_restart.clone())
+        .unwrap();
+    let finished_seq = report.steps.last().unwrap().seq;
+    // More events than the agent keeps come after the restart's last one.
+    let mut last_seq = finished_seq;
+    while last_seq < finished_seq + 120 {
+        let (events, _) = agent.restart("other");
+        last_seq = events.last().map_or(last_seq, |e| e.seq);
+    }
+    let kept = agent.client().events();
+    assert!(
+        kept.iter().all(|e| e.seq > finished_seq),
+        "the restart's events should be gone from the agent's history"
+    );
+    proxy.restore();
+
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let restart = loop {
+        let restart: serde_json::Value = server.get_json(&format!("/restarts/{id}")).await;
+        if restart["state"] == "finished" {
+            break restart;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restart never ended after the link came back: {restart}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(restart["outcome"], "succeeded", "{restart}");
+    let host = &restart["hosts"][0];
+    assert_eq!(host["outcome_from_report"], true, "{restart}");
+    assert_eq!(
+        host["steps"].as_array().unwrap().len(),
+        report.steps.len(),
+        "{restart}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("baton_event_sequence_anomalies_total{kind=\"gap\"} 0"),
+        "the gap is recorded as a gap:\n{metrics}"
     );
 }
