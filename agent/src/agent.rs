@@ -9,7 +9,9 @@ use crate::handover::{Handover, ServiceHandover};
 use crate::notify::NotifySocket;
 use crate::notify_router::{NotifyRouter, Routed, ignore_notification};
 use crate::reaper::Reaper;
-use crate::service::{self, ServiceHandle, Shared};
+use crate::recovery::Recovered;
+use crate::service::{self, Adopted, Predecessor, ServiceHandle, Shared};
+use crate::state::{AgentState, StateWriter};
 use crate::sockets::{self, BoundSocket};
 use crate::view::{AgentView, ReloadRequest};
 use anyhow::Context;
@@ -46,21 +48,55 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     let reaper = Reaper::start().context("could not watch for exiting children")?;
 
-    let mut sockets = HashMap::new();
-    let mut adopted_services: HashMap<String, ServiceHandover> = HashMap::new();
+    let state_path = crate::state::path_for(&config.control_socket);
+    let recovered = match &inherited {
+        // The same process: the state file simply goes on.
+        Some(_) => Recovered::default(),
+        None => recover_from_state(&state_path, &config)?,
+    };
+    let mut sockets = recovered.sockets.clone();
+    let mut blocked = recovered.blocked.clone();
+    let mut adopted_services: HashMap<String, Adopted> = recovered
+        .services
+        .into_iter()
+        .map(|(name, service)| {
+            let adopted = Adopted {
+                service,
+                from: Predecessor::Dead,
+            };
+            (name, adopted)
+        })
+        .collect();
     if let Some(handover) = &inherited {
         adopt_sockets(handover, &config, &mut sockets);
         for service in &handover.services {
             if config.services.iter().any(|s| s.name == service.name) {
-                adopted_services.insert(service.name.clone(), service.clone());
+                let adopted = Adopted {
+                    service: service.clone(),
+                    from: Predecessor::Image,
+                };
+                adopted_services.insert(service.name.clone(), adopted);
             } else {
                 stop_orphaned(service);
             }
         }
     }
     for service in &config.services {
+        if blocked.contains_key(&service.name) {
+            continue;
+        }
         let existing = sockets.clone();
-        bind_sockets_of(service, &existing, &mut sockets)?;
+        let mut fresh = HashMap::new();
+        match bind_sockets_of(service, &existing, &mut fresh) {
+            Ok(()) => sockets.extend(fresh),
+            Err(e) => match held_by_stranger(&e) {
+                Some(reason) => {
+                    tracing::error!(service = %service.name, %reason, "service not started: never a second copy beside what holds its address");
+                    blocked.insert(service.name.clone(), reason);
+                }
+                None => return Err(e),
+            },
+        }
     }
     let notify = match &inherited {
         Some(handover) => crate::sys::adopt_inherited_fd(handover.notify_fd)
@@ -90,11 +126,17 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let control_fd = listener.as_raw_fd();
     let notify_fd = notify.raw_fd();
     let events = Arc::new(EventLog::default());
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_millis()));
+    let state = Arc::new(StateWriter::new(state_path, boot_id.clone()));
+    tokio::spawn(state.clone().run());
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
         router: NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups)),
         notify_socket: config.notify_socket.clone(),
+        state: Some(state.clone()),
     });
     let host = config.host.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -104,9 +146,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let view = Arc::new(AgentView {
         host,
-        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_millis())),
+        boot_id,
         started_at: now_millis(),
         services: RwLock::new(BTreeMap::new()),
         events: events.clone(),
@@ -125,6 +165,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     for service in &config.services {
         let adopted = adopted_services.remove(&service.name);
+        let blocked = blocked.remove(&service.name);
         start_service(
             service,
             &running.sockets,
@@ -132,6 +173,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             &view,
             &mut running.tasks,
             adopted,
+            blocked,
         );
     }
     if inherited.is_some() {
@@ -186,6 +228,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     view.shutting_down.cancel();
     let handles = view.handles();
     futures::future::join_all(handles.iter().map(|h| h.stop())).await;
+    state.remove();
     let _ = std::fs::remove_file(&running.config.control_socket);
     let _ = std::fs::remove_file(&running.config.notify_socket);
     if let Some(cgroups) = shared.router.cgroups() {
@@ -193,6 +236,60 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// What a previous agent that did not stop cleanly left running, from its
+/// state file. An agent that still runs with this state file is not
+/// competed with.
+fn recover_from_state(path: &Path, config: &Config) -> anyhow::Result<Recovered> {
+    let previous = match AgentState::load(path) {
+        Ok(Some(previous)) => previous,
+        Ok(None) => return Ok(Recovered::default()),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "ignoring the state file");
+            return Ok(Recovered::default());
+        }
+    };
+    let own = std::process::id() as i32;
+    if previous.agent_pid != own
+        && crate::recovery::alive_as(previous.agent_pid, previous.agent_start_time)
+    {
+        anyhow::bail!(
+            "another agent (pid {}) is running with this runtime folder ({})",
+            previous.agent_pid,
+            path.display()
+        );
+    }
+    tracing::warn!(
+        pid = previous.agent_pid,
+        boot_id = %previous.boot_id,
+        "the previous agent did not stop cleanly; taking over what it left running"
+    );
+    Ok(crate::recovery::recover(&previous, config))
+}
+
+/// For a socket that could not be bound because a process holds its
+/// address: which processes, as an operator should read it.
+fn held_by_stranger(error: &anyhow::Error) -> Option<String> {
+    let bind = error.downcast_ref::<sockets::BindError>()?;
+    if bind.source.kind() != std::io::ErrorKind::AddrInUse {
+        return None;
+    }
+    let holders = crate::recovery::holders_of(&bind.listen);
+    let who = if holders.is_empty() {
+        "a process the agent cannot see".to_string()
+    } else {
+        holders
+            .iter()
+            .map(|(pid, command)| format!("pid {pid} ({command})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "{} is held by {who}, which this agent does not manage (a generation left by an \
+         agent that was killed and whose state file is gone?); stop it, then restart the agent",
+        bind.listen
+    ))
 }
 
 /// Takes the listening sockets the previous image handed over, for sockets
@@ -359,13 +456,15 @@ fn start_service(
     shared: &Arc<Shared>,
     view: &Arc<AgentView>,
     tasks: &mut HashMap<String, JoinHandle<()>>,
-    adopted: Option<ServiceHandover>,
+    adopted: Option<Adopted>,
+    blocked: Option<String>,
 ) {
     let (handle, task) = service::start(
         Arc::new(config.clone()),
         sockets_for(config, sockets),
         shared.clone(),
         adopted,
+        blocked,
     );
     view.services
         .write()
@@ -440,6 +539,7 @@ fn reload(
                     shared,
                     view,
                     &mut running.tasks,
+                    None,
                     None,
                 );
             }

@@ -18,6 +18,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The folder of this agent's generation cgroups.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct Cgroups {
     mount: PathBuf,
     /// The folder, relative to the mount, as `/proc/PID/cgroup` names it.
     relative: String,
+    /// Folders of killed agents whose generations this one took over.
+    adopted: Mutex<Vec<String>>,
 }
 
 /// A generation's cgroup, made before its spawn. The child is created in it
@@ -68,7 +71,11 @@ impl Cgroups {
                         remove_stale_folders(parent);
                     }
                     tracing::info!(cgroup = %path.display(), "each generation gets a cgroup of its own");
-                    return Some(Cgroups { mount, relative });
+                    return Some(Cgroups {
+                        mount,
+                        relative,
+                        adopted: Mutex::default(),
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(cgroup = %path.display(), error = %e, "cgroup folder not writable")
@@ -106,10 +113,25 @@ impl Cgroups {
     /// Whether `relative` is one of this agent's generation cgroups (or
     /// below one): only those attribute a message.
     pub fn owns(&self, relative: &str) -> bool {
-        relative
-            .strip_prefix(&self.relative)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .is_some_and(|rest| !rest.is_empty())
+        let below = |folder: &str| {
+            relative
+                .strip_prefix(folder)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|rest| !rest.is_empty())
+        };
+        below(&self.relative) || self.adopted.lock().expect("cgroups lock").iter().any(|f| below(f))
+    }
+
+    /// Takes over a generation cgroup of a killed agent (`agent-PID/SERVICE.N`):
+    /// its folder becomes this agent's too, and goes once it is empty.
+    pub fn adopt(&self, generation: &str) {
+        let Some((folder, _)) = generation.rsplit_once('/') else {
+            return;
+        };
+        let mut adopted = self.adopted.lock().expect("cgroups lock");
+        if folder != self.relative && !folder.is_empty() && !adopted.iter().any(|f| f == folder) {
+            adopted.push(folder.to_string());
+        }
     }
 
     /// Removes a generation's cgroup once its processes are gone. A cgroup
@@ -124,6 +146,12 @@ impl Cgroups {
         {
             tracing::warn!(cgroup = %path.display(), error = %e, "generation cgroup not removed");
         }
+        // A killed agent's folder goes with its last generation.
+        let mut adopted = self.adopted.lock().expect("cgroups lock");
+        adopted.retain(|folder| {
+            !(relative.starts_with(folder.as_str())
+                && std::fs::remove_dir(join(&self.mount, folder)).is_ok())
+        });
     }
 }
 
@@ -142,6 +170,9 @@ impl Cgroups {
         }
         if let Err(e) = std::fs::remove_dir(&folder) {
             tracing::warn!(cgroup = %folder.display(), error = %e, "cgroup folder not removed");
+        }
+        for adopted in self.adopted.lock().expect("cgroups lock").drain(..) {
+            let _ = std::fs::remove_dir(join(&self.mount, &adopted));
         }
     }
 }
@@ -361,6 +392,7 @@ mod tests {
         let cgroups = Cgroups {
             mount: "/sys/fs/cgroup".into(),
             relative: "/baton/agent-7".into(),
+            adopted: Mutex::default(),
         };
         assert!(cgroups.owns("/baton/agent-7/web.3"));
         assert!(!cgroups.owns("/baton/agent-7"));

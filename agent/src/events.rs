@@ -120,6 +120,14 @@ impl EventLog {
         id
     }
 
+    /// Takes over the report of a restart that a killed agent was running,
+    /// under its id; later restarts get higher ids.
+    pub fn resume_restart(&self, report: RestartReport) {
+        let mut inner = self.inner.lock().expect("event log lock");
+        inner.next_restart = inner.next_restart.max(report.id + 1);
+        inner.restarts.insert(report.id, report);
+    }
+
     pub fn update_restart(&self, id: RestartId, update: impl FnOnce(&mut RestartReport)) {
         let mut inner = self.inner.lock().expect("event log lock");
         if let Some(report) = inner.restarts.get_mut(&id) {

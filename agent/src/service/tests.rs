@@ -1068,10 +1068,17 @@ fn a_handed_over_service_is_adopted_with_its_deadlines() {
         next_generation: handed.next_generation,
         consecutive_crashes: handed.consecutive_crashes,
         fd_store: Vec::new(),
+        restart: handed.restart,
     };
 
     let mut next = Bench::new(config());
-    let effects = next.core.adopt(&service, next.now);
+    let next_now = Now {
+        at: next.now,
+        unix_ms: baton_proto::now_millis(),
+    };
+    let effects = next
+        .core
+        .adopt(&service, next_now, super::core::Predecessor::Image);
     assert_eq!(
         effects,
         [
