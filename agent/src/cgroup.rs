@@ -119,7 +119,13 @@ impl Cgroups {
                 .and_then(|rest| rest.strip_prefix('/'))
                 .is_some_and(|rest| !rest.is_empty())
         };
-        below(&self.relative) || self.adopted.lock().expect("cgroups lock").iter().any(|f| below(f))
+        below(&self.relative)
+            || self
+                .adopted
+                .lock()
+                .expect("cgroups lock")
+                .iter()
+                .any(|f| below(f))
     }
 
     /// Takes over a generation cgroup of a killed agent (`agent-PID/SERVICE.N`):

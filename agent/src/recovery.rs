@@ -55,9 +55,7 @@ pub fn alive_as(pid: i32, started: Option<u64>) -> bool {
 /// Why a socket could not be taken from a surviving generation.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeError {
-    #[error(
-        "pid {pid} holds no socket with inode {inode} any more (looked in /proc/{pid}/fd)"
-    )]
+    #[error("pid {pid} holds no socket with inode {inode} any more (looked in /proc/{pid}/fd)")]
     NotHeld { pid: i32, inode: u64 },
     #[error(
         "not allowed to take fd {fd} of pid {pid} ({source}): pidfd_getfd needs ptrace rights \
@@ -110,8 +108,8 @@ pub fn take_socket(pid: i32, inode: u64) -> Result<OwnedFd, TakeError> {
     let process = RustixPid::from_raw(pid).ok_or(TakeError::NotHeld { pid, inode })?;
     let pidfd = rustix::process::pidfd_open(process, PidfdFlags::empty()).map_err(failed)?;
     // The copy is close-on-exec, as every fd of the agent is.
-    let taken = rustix::process::pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty())
-        .map_err(failed)?;
+    let taken =
+        rustix::process::pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).map_err(failed)?;
     let found = std::fs::metadata(format!("/proc/self/fd/{}", taken.as_raw_fd()))
         .map(|m| m.ino())
         .map_err(|source| TakeError::Failed { pid, fd, source })?;
@@ -267,8 +265,12 @@ fn take_sockets(
         });
         match found {
             Some((pid, fd)) => {
-                let bound = BoundSocket::adopt(config, fd)
-                    .map_err(|e| format!("socket {:?} taken from pid {pid} is unusable: {e}", socket.name))?;
+                let bound = BoundSocket::adopt(config, fd).map_err(|e| {
+                    format!(
+                        "socket {:?} taken from pid {pid} is unusable: {e}",
+                        socket.name
+                    )
+                })?;
                 tracing::info!(service = %service.name, socket = %socket.name, pid, inode, "listening socket taken over from a surviving generation");
                 taken.push((socket.name.clone(), bound));
             }
@@ -302,7 +304,11 @@ pub fn holders_of(addr: &ListenAddr) -> Vec<(i32, String)> {
         return holders;
     };
     for process in processes.flatten() {
-        let Some(pid) = process.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {

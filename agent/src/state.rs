@@ -254,7 +254,10 @@ mod tests {
 
         let read = AgentState::load(&path).unwrap().expect("a state");
         assert_eq!(read.agent_pid, std::process::id() as i32);
-        assert_eq!(read.agent_start_time, crate::recovery::start_time(read.agent_pid));
+        assert_eq!(
+            read.agent_start_time,
+            crate::recovery::start_time(read.agent_pid)
+        );
         assert!(read.agent_start_time.is_some());
         assert_eq!(read.boot_id, "boot-1");
         assert_eq!(read.services, vec![service()]);
@@ -264,7 +267,13 @@ mod tests {
 
         writer.forget("web");
         writer.write_now().unwrap();
-        assert!(AgentState::load(&path).unwrap().unwrap().services.is_empty());
+        assert!(
+            AgentState::load(&path)
+                .unwrap()
+                .unwrap()
+                .services
+                .is_empty()
+        );
         writer.remove();
         assert!(!path.exists());
         // Removed for good: a late change writes nothing.

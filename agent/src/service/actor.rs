@@ -256,10 +256,7 @@ impl Actor {
         let mut generations = core.generations;
         for generation in &mut generations {
             generation.start_time = self.start_times.get(&generation.number).copied();
-            generation.cgroup = self
-                .shared
-                .router
-                .cgroup_of(Pid::from_raw(generation.pid));
+            generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
         }
         ServiceHandover {
             name: self.name.clone(),
@@ -627,19 +624,21 @@ impl Actor {
         if from == Predecessor::Dead
             && let Some(restart) = &handed.restart
         {
-            self.shared.events.resume_restart(baton_proto::RestartReport {
-                id: restart.id,
-                service: self.name.clone(),
-                reason: restart.reason.clone(),
-                started_at: restart.started_at,
-                finished_at: None,
-                outcome: None,
-                outcome_reason: None,
-                old_generation: restart.old,
-                new_generation: restart.new,
-                connections_cut: None,
-                steps: Vec::new(),
-            });
+            self.shared
+                .events
+                .resume_restart(baton_proto::RestartReport {
+                    id: restart.id,
+                    service: self.name.clone(),
+                    reason: restart.reason.clone(),
+                    started_at: restart.started_at,
+                    finished_at: None,
+                    outcome: None,
+                    outcome_reason: None,
+                    old_generation: restart.old,
+                    new_generation: restart.new,
+                    connections_cut: None,
+                    steps: Vec::new(),
+                });
         }
         let mut fds = Vec::new();
         let mut outcome = Outcome::default();

@@ -124,8 +124,11 @@ impl Drop for Host {
 
 fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'))
+        })
 }
 
 struct Load {
@@ -191,7 +194,10 @@ async fn an_agent_killed_while_idle_is_replaced_by_one_that_adopts_the_serving_g
     assert_eq!(after.state, ServiceState::Ready, "{after:?}");
     assert_eq!(after.sockets, before.sockets, "the same socket, taken over");
     assert_eq!(after.generations.len(), 1, "no duplicate: {after:?}");
-    assert_eq!(after.generations[0].pid, serving.pid, "the same process serves");
+    assert_eq!(
+        after.generations[0].pid, serving.pid,
+        "the same process serves"
+    );
     assert_eq!(after.generations[0].generation, serving.generation);
     sleep(300).await;
 
@@ -199,7 +205,11 @@ async fn an_agent_killed_while_idle_is_replaced_by_one_that_adopts_the_serving_g
     let host = Arc::new(host);
     let restarter = host.clone();
     let report = blocking(move || restarter.restart("web")).await;
-    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded), "{report:?}");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
     assert_eq!(report.old_generation, Some(serving.generation));
     assert!(!alive(serving.pid), "the drained generation exited");
     sleep(200).await;
@@ -207,7 +217,8 @@ async fn an_agent_killed_while_idle_is_replaced_by_one_that_adopts_the_serving_g
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
     assert!(report.generations_seen.len() >= 2);
     assert!(
-        host.log().contains("listening socket taken over from a surviving generation"),
+        host.log()
+            .contains("listening socket taken over from a surviving generation"),
         "{}",
         host.log()
     );
@@ -237,12 +248,16 @@ async fn an_agent_killed_while_a_new_generation_warms_up_reports_the_restart_int
     std::fs::write(&mode_file, "slow:20000").unwrap();
     let restart = host.begin_restart("web");
     let warming = host
-        .wait_for("the new generation warming up", Duration::from_secs(10), |s| {
-            s.services[0]
-                .generations
-                .iter()
-                .any(|g| g.state == GenerationState::Starting)
-        })
+        .wait_for(
+            "the new generation warming up",
+            Duration::from_secs(10),
+            |s| {
+                s.services[0]
+                    .generations
+                    .iter()
+                    .any(|g| g.state == GenerationState::Starting)
+            },
+        )
         .services[0]
         .generations
         .iter()
@@ -265,17 +280,34 @@ async fn an_agent_killed_while_a_new_generation_warms_up_reports_the_restart_int
     })
     .await;
     let after = host.service("web");
-    assert_eq!(after.generations[0].pid, serving.pid, "the old generation serves on: {after:?}");
-    assert!(!alive(warming.pid), "the half-started generation was stopped");
+    assert_eq!(
+        after.generations[0].pid, serving.pid,
+        "the old generation serves on: {after:?}"
+    );
+    assert!(
+        !alive(warming.pid),
+        "the half-started generation was stopped"
+    );
     let report = host.report(restart);
-    assert_eq!(report.outcome, Some(RestartOutcome::Interrupted), "{report:?}");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Interrupted),
+        "{report:?}"
+    );
     assert_eq!(report.new_generation, Some(warming.generation));
 
     let host = Arc::new(host);
     let restarter = host.clone();
     let report = blocking(move || restarter.restart("web")).await;
-    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded), "{report:?}");
-    assert!(report.id > restart, "restart ids go on after the recovered one");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
+    assert!(
+        report.id > restart,
+        "restart ids go on after the recovered one"
+    );
     sleep(200).await;
     let report = load.finish().await;
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
@@ -305,12 +337,16 @@ async fn an_agent_killed_mid_drain_kills_the_old_generation_at_its_original_dead
     sleep(300).await;
 
     let restart = host.begin_restart("web");
-    host.wait_for("the old generation draining", Duration::from_secs(10), |s| {
-        s.services[0]
-            .generations
-            .iter()
-            .any(|g| g.generation == old.generation && g.state == GenerationState::Draining)
-    });
+    host.wait_for(
+        "the old generation draining",
+        Duration::from_secs(10),
+        |s| {
+            s.services[0]
+                .generations
+                .iter()
+                .any(|g| g.generation == old.generation && g.state == GenerationState::Draining)
+        },
+    );
     let drain_began = Instant::now();
     let new = host
         .service("web")
@@ -329,7 +365,10 @@ async fn an_agent_killed_mid_drain_kills_the_old_generation_at_its_original_dead
     .await;
     let status = host.service("web");
     assert_eq!(status.generations.len(), 2, "{status:?}");
-    assert_eq!(status.generations[1].pid, new.pid, "the new generation serves on");
+    assert_eq!(
+        status.generations[1].pid, new.pid,
+        "the new generation serves on"
+    );
     // Still draining after the recovery, and gone by its original deadline.
     assert!(alive(old.pid), "killed too early");
     while alive(old.pid) && drain_began.elapsed() < Duration::from_secs(6) {
@@ -337,7 +376,10 @@ async fn an_agent_killed_mid_drain_kills_the_old_generation_at_its_original_dead
     }
     let gone_after = drain_began.elapsed();
     eprintln!("old generation gone {gone_after:?} after its drain began (drain_timeout 3s)");
-    assert!(!alive(old.pid), "the old generation still runs {gone_after:?} later");
+    assert!(
+        !alive(old.pid),
+        "the old generation still runs {gone_after:?} later"
+    );
     assert!(gone_after >= Duration::from_millis(2_900), "{gone_after:?}");
     let host = blocking(move || {
         host.wait_for("the restart to end", Duration::from_secs(5), |s| {
@@ -371,10 +413,8 @@ async fn an_agent_killed_mid_drain_kills_the_old_generation_at_its_original_dead
 async fn a_leftover_generation_without_a_state_file_is_reported_and_never_doubled() {
     let dir = tempfile::tempdir().unwrap();
     let port = baton_testkit::free_port().unwrap();
-    let web = demo_service("web", "").replace(
-        "tcp://127.0.0.1:0",
-        &format!("tcp://127.0.0.1:{port}"),
-    );
+    let web =
+        demo_service("web", "").replace("tcp://127.0.0.1:0", &format!("tcp://127.0.0.1:{port}"));
     let services = format!("{web}\n{}", demo_service("api", ""));
     let host = Host::start(dir.path(), &services);
     let mut host = blocking(move || {
@@ -395,14 +435,19 @@ async fn a_leftover_generation_without_a_state_file_is_reported_and_never_double
     let host = blocking(move || {
         host.start_agent();
         host.wait_for("api ready", Duration::from_secs(20), |s| {
-            s.services.iter().any(|s| s.name == "api" && s.state == ServiceState::Ready)
+            s.services
+                .iter()
+                .any(|s| s.name == "api" && s.state == ServiceState::Ready)
         });
         host
     })
     .await;
     let web = host.service("web");
     let _cleanup = KillOnDrop(leftover.pid);
-    assert!(web.generations.is_empty(), "a duplicate was started: {web:?}");
+    assert!(
+        web.generations.is_empty(),
+        "a duplicate was started: {web:?}"
+    );
     let blocked = web.blocked.clone().expect("web says why it does not run");
     assert!(
         blocked.contains(&format!("pid {}", leftover.pid)),
@@ -410,7 +455,11 @@ async fn a_leftover_generation_without_a_state_file_is_reported_and_never_double
     );
     assert!(host.log().contains(&format!("pid {}", leftover.pid)));
     assert!(alive(leftover.pid), "the leftover is left alone");
-    let refused = host.agent().client().unwrap().start_restart("web", None, false);
+    let refused = host
+        .agent()
+        .client()
+        .unwrap()
+        .start_restart("web", None, false);
     assert!(refused.is_err(), "a blocked service is not restarted");
 }
 

@@ -123,10 +123,7 @@ impl ServiceCore {
                 started_at: run.started_at,
                 old: run.old,
                 new: run.new,
-                verdict: run
-                    .verdict
-                    .as_ref()
-                    .map(|v| (v.outcome, v.reason.clone())),
+                verdict: run.verdict.as_ref().map(|v| (v.outcome, v.reason.clone())),
                 connections_cut: run.connections_cut,
             }),
         }
@@ -233,10 +230,10 @@ impl ServiceCore {
         run.started_at = handed.started_at;
         run.new = handed.new;
         run.connections_cut = handed.connections_cut;
-        run.verdict = handed.verdict.clone().map(|(outcome, reason)| Verdict {
-            outcome,
-            reason,
-        });
+        run.verdict = handed
+            .verdict
+            .clone()
+            .map(|(outcome, reason)| Verdict { outcome, reason });
         let new_serves = run.new.is_some() && run.new == self.current;
         if run.verdict.is_none() && !new_serves {
             let what = match run.new {
