@@ -145,7 +145,7 @@ pub fn watch_stranger(pid: i32, started: Option<u64>) -> ExitWatch {
             Some(_) if !alive_as(pid, started) => Err(std::io::Error::other("pid reused")),
             _ => Ok(pidfd),
         })
-        .and_then(|pidfd| crate::sys::async_fd(pidfd.into()));
+        .and_then(crate::sys::async_fd);
     match opened {
         Ok(pidfd) => {
             tokio::spawn(async move {
