@@ -621,6 +621,9 @@ impl Actor {
                 }
             }
         }
+        if from == Predecessor::Dead {
+            self.kill_unrecorded(&handed);
+        }
         if from == Predecessor::Dead
             && let Some(restart) = &handed.restart
         {
@@ -654,6 +657,56 @@ impl Actor {
             self.drive(input, Vec::new()).await;
         }
         self.record_state();
+    }
+
+    /// A generation spawned just before the killed agent could write it
+    /// down is in the state file of nobody: found as a cgroup of this
+    /// service numbered from the recorded next generation on, in the killed
+    /// agent's folder, and killed (it was not serving yet as far as anyone
+    /// knows). Without cgroups it cannot be found.
+    fn kill_unrecorded(&self, handed: &ServiceHandover) {
+        let Some(cgroups) = self.shared.router.cgroups() else {
+            return;
+        };
+        let folders: HashSet<&str> = handed
+            .generations
+            .iter()
+            .filter_map(|g| g.cgroup.as_deref()?.rsplit_once('/').map(|(f, _)| f))
+            .collect();
+        let prefix = format!("{}.", self.name);
+        for folder in folders {
+            let Ok(entries) = std::fs::read_dir(cgroups.folder(folder)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(number) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if number < handed.next_generation {
+                    continue;
+                }
+                let path = entry.path();
+                tracing::warn!(service = %self.name, generation = number, cgroup = %path.display(), "a generation the state file does not know (spawned as the agent was killed); killing it");
+                if let Err(e) = crate::cgroup::kill_all(&path) {
+                    tracing::warn!(service = %self.name, error = %e, "could not kill it");
+                    continue;
+                }
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        if !crate::cgroup::populated(&path) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let _ = std::fs::remove_dir(&path);
+                });
+            }
+        }
     }
 
     fn handover(&mut self) -> Result<ServiceHandover, super::HandoverRefused> {

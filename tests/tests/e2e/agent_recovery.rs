@@ -313,6 +313,73 @@ async fn an_agent_killed_while_a_new_generation_warms_up_reports_the_restart_int
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
 }
 
+/// The state file is written just after a spawn: an agent killed in
+/// between leaves a generation nobody wrote down. Its cgroup, numbered from
+/// the recorded next generation on, gives it away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_spawned_just_before_the_agent_was_killed_is_not_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode_file = dir.path().join("mode");
+    let services = demo_service_args(
+        "web",
+        &["--mode-file", mode_file.to_str().unwrap()],
+        r#"ready_timeout = "30s""#,
+    );
+    let host = Host::start(dir.path(), &services);
+    let mut host = blocking(move || {
+        host.wait_for("ready", Duration::from_secs(20), |s| {
+            s.services.iter().all(|s| s.state == ServiceState::Ready)
+        });
+        host
+    })
+    .await;
+    let serving = host.service("web").generations[0].clone();
+    std::fs::write(&mode_file, "slow:20000").unwrap();
+    host.begin_restart("web");
+    let warming = host
+        .wait_for(
+            "the new generation warming up",
+            Duration::from_secs(10),
+            |s| s.services[0].generations.len() == 2,
+        )
+        .services[0]
+        .generations[1]
+        .clone();
+    sleep(200).await;
+    host.kill_agent();
+    std::fs::remove_file(&mode_file).unwrap();
+    // As if killed before it wrote the spawn down.
+    let state_path = dir.path().join("agent-state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let web = &mut state["services"][0];
+    web["generations"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|g| g["number"] != warming.generation);
+    web["next_generation"] = warming.generation.into();
+    web.as_object_mut().unwrap().remove("restart");
+    std::fs::write(&state_path, state.to_string()).unwrap();
+
+    let host = blocking(move || {
+        host.start_agent();
+        host
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while alive(warming.pid) && Instant::now() < deadline {
+        sleep(20).await;
+    }
+    assert!(!alive(warming.pid), "the unrecorded generation still runs");
+    let after = host.service("web");
+    assert_eq!(after.generations.len(), 1, "{after:?}");
+    assert_eq!(after.generations[0].pid, serving.pid);
+    assert!(
+        host.log()
+            .contains("a generation the state file does not know")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_drain_kills_the_old_generation_at_its_original_deadline() {
     let dir = tempfile::tempdir().unwrap();
