@@ -158,6 +158,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         reloads: reload_tx,
     });
 
+    // What was taken over is in the file before any service reports, so an
+    // agent killed again right now leaves nothing unknown behind.
+    for adopted in adopted_services.values() {
+        state.update(adopted.service.clone());
+    }
+
     let mut running = Running {
         config: config.clone(),
         sockets,

@@ -136,9 +136,6 @@ impl StateWriter {
 
     /// Writes the file on every change, until the agent stops.
     pub async fn run(self: std::sync::Arc<Self>) {
-        // At once: a stale file of an earlier agent is replaced even when
-        // nothing changes.
-        self.changed.notify_one();
         loop {
             self.changed.notified().await;
             let writer = self.clone();

@@ -235,6 +235,9 @@ impl Actor {
         let core = self.core.snapshot(Instant::now(), self.anchor);
         let mut snapshot = self.describe(core);
         for generation in &mut snapshot.generations {
+            // A status text is no state that matters, and a service may
+            // send many: each would be a write.
+            generation.status_text = None;
             // The file keeps the wall-clock deadline; time left would make
             // every snapshot differ.
             generation.phase = match generation.phase {
