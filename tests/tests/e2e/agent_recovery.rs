@@ -131,6 +131,25 @@ fn alive(pid: u32) -> bool {
         })
 }
 
+/// The folder of the agent that runs the generation `pid` is in (the parent
+/// of the generation's cgroup), when generations get cgroups.
+fn cgroup_folder_of(pid: u32) -> Option<PathBuf> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let relative = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2").then(|| before.split_whitespace().nth(4))?
+    })?;
+    let (folder, _) = relative.rsplit_once('/')?;
+    folder
+        .contains("agent-")
+        .then(|| Path::new(mount).join(folder.trim_start_matches('/')))
+}
+
 struct Load {
     stop: Arc<Notify>,
     task: JoinHandle<LoadReport>,
@@ -180,6 +199,7 @@ async fn an_agent_killed_while_idle_is_replaced_by_one_that_adopts_the_serving_g
     .await;
     let before = host.service("web");
     let serving = before.generations[0].clone();
+    let killed_agents_folder = cgroup_folder_of(serving.pid);
     let load = start_load(&host, "web");
     sleep(300).await;
 
@@ -201,6 +221,18 @@ async fn an_agent_killed_while_idle_is_replaced_by_one_that_adopts_the_serving_g
     assert_eq!(after.generations[0].generation, serving.generation);
     sleep(300).await;
 
+    // Upgraded in place after the recovery, the agent still watches the
+    // adopted generation, which is not its child.
+    let boot_before = host.agent().status().unwrap().boot_id;
+    host.agent().process().signal(Signal::SIGUSR2).unwrap();
+    let host = blocking(move || {
+        host.wait_for("the new image", Duration::from_secs(10), |s| {
+            s.boot_id != boot_before
+        });
+        host
+    })
+    .await;
+
     // The adopted generation is managed: the next restart drains it.
     let host = Arc::new(host);
     let restarter = host.clone();
@@ -212,6 +244,9 @@ async fn an_agent_killed_while_idle_is_replaced_by_one_that_adopts_the_serving_g
     );
     assert_eq!(report.old_generation, Some(serving.generation));
     assert!(!alive(serving.pid), "the drained generation exited");
+    if let Some(folder) = killed_agents_folder {
+        assert!(!folder.exists(), "{} is left behind", folder.display());
+    }
     sleep(200).await;
     let report = load.finish().await;
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
