@@ -32,6 +32,9 @@ struct Running {
     config: Config,
     sockets: HashMap<SocketKey, Arc<BoundSocket>>,
     tasks: HashMap<String, JoinHandle<()>>,
+    /// Services not started because a process they do not manage holds
+    /// their address; a reload tries them again.
+    blocked: std::collections::HashSet<String>,
 }
 
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
@@ -168,6 +171,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         sockets,
         tasks: HashMap::new(),
+        blocked: blocked.keys().cloned().collect(),
     };
     for service in &config.services {
         let adopted = adopted_services.remove(&service.name);
@@ -508,15 +512,21 @@ fn reload(
     let existing = carry_sockets(&running.sockets, &new, &mut summary.carried);
 
     let mut next_sockets = HashMap::new();
+    let mut still_blocked = std::collections::HashSet::new();
     for service in &new.services {
         let unchanged = old_services.get(service.name.as_str()) == Some(&service);
-        let result = if unchanged {
+        let result = if unchanged && !running.blocked.contains(&service.name) {
             bind_sockets_of(service, &existing, &mut next_sockets)
         } else {
             let mut fresh = HashMap::new();
             bind_sockets_of(service, &existing, &mut fresh).map(|()| next_sockets.extend(fresh))
         };
-        result.map_err(|e| format!("{e:#}"))?;
+        match result {
+            Err(e) if running.blocked.contains(&service.name) && held_by_stranger(&e).is_some() => {
+                still_blocked.insert(service.name.clone());
+            }
+            other => other.map_err(|e| format!("{e:#}"))?,
+        }
     }
 
     for old in &running.config.services {
@@ -535,6 +545,32 @@ fn reload(
         }
     }
     for service in &new.services {
+        if running.blocked.contains(&service.name) {
+            if still_blocked.contains(&service.name) {
+                continue;
+            }
+            // Its address is free now: it starts afresh.
+            tracing::info!(service = %service.name, "address free again; starting the service");
+            summary.changed.push(service.name.clone());
+            let blocked_handle = view
+                .services
+                .write()
+                .expect("services lock")
+                .remove(&service.name);
+            if let Some(handle) = blocked_handle {
+                tokio::spawn(async move { handle.stop().await });
+            }
+            start_service(
+                service,
+                &next_sockets,
+                shared,
+                view,
+                &mut running.tasks,
+                None,
+                None,
+            );
+            continue;
+        }
         match old_services.get(service.name.as_str()) {
             None => {
                 tracing::info!(service = %service.name, "service added");
@@ -570,6 +606,7 @@ fn reload(
     }
     running.sockets = next_sockets;
     running.config = new;
+    running.blocked = still_blocked;
     Ok(summary)
 }
 

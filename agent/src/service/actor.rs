@@ -130,7 +130,11 @@ impl Actor {
                 break;
             }
         }
-        if let Some(state) = &self.shared.state {
+        // A blocked service never wrote a state; a service of its name may
+        // already run in its place.
+        if let Some(state) = &self.shared.state
+            && self.blocked.is_none()
+        {
             state.forget(&self.name);
         }
     }
@@ -232,6 +236,9 @@ impl Actor {
         let Some(state) = &self.shared.state else {
             return;
         };
+        if self.blocked.is_some() {
+            return;
+        }
         let core = self.core.snapshot(Instant::now(), self.anchor);
         let mut snapshot = self.describe(core);
         for generation in &mut snapshot.generations {

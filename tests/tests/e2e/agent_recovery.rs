@@ -563,6 +563,26 @@ async fn a_leftover_generation_without_a_state_file_is_reported_and_never_double
         .unwrap()
         .start_restart("web", None, false);
     assert!(refused.is_err(), "a blocked service is not restarted");
+
+    // Once the stranger is gone, a reload starts the service.
+    killpg(Pid::from_raw(leftover.pid as i32), Signal::SIGKILL).unwrap();
+    sleep(200).await;
+    let host = blocking(move || {
+        host.agent().client().unwrap().reload().unwrap();
+        host.wait_for("web ready", Duration::from_secs(20), |s| {
+            s.services.iter().all(|s| s.state == ServiceState::Ready)
+        });
+        host
+    })
+    .await;
+    let web = host.service("web");
+    assert_eq!(web.blocked, None);
+    assert_eq!(web.generations.len(), 1);
+    assert_eq!(
+        web.sockets[0].listen,
+        format!("tcp://127.0.0.1:{port}"),
+        "{web:?}"
+    );
 }
 
 struct KillOnDrop(u32);
