@@ -297,7 +297,7 @@ fn held_by_stranger(error: &anyhow::Error) -> Option<String> {
     };
     Some(format!(
         "{} is held by {who}, which this agent does not manage (a generation left by an \
-         agent that was killed and whose state file is gone?); stop it, then restart the agent",
+         agent that was killed and whose state file is gone?); stop it, then `baton reload`",
         bind.listen
     ))
 }

@@ -47,6 +47,45 @@ pub fn parent_of(pid: i32) -> Option<i32> {
     after_command.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Whether a process exists and is not a zombie.
+pub fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_command = stat[stat.rfind(')')? + 1..].to_string();
+            after_command.split_whitespace().next().map(|s| s != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether a process of group `pgid` runs (zombies do not count). Walks
+/// `/proc`: asked only for generations taken over from a killed agent.
+pub fn group_has_running(pgid: i32) -> bool {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    processes.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_command = stat[stat.rfind(')')? + 1..].to_string();
+                let mut fields = after_command.split_whitespace();
+                let state = fields.next()?;
+                // Fields 4 and 5: the parent and the process group.
+                let group = fields.nth(1)?.parse::<i32>().ok()?;
+                Some(state != "Z" && group == pgid)
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// Whether `pid` is the very process that started at `started`.
 pub fn alive_as(pid: i32, started: Option<u64>) -> bool {
     pid > 0 && started.is_some() && start_time(pid) == started
@@ -366,6 +405,7 @@ fn listening_inodes(addr: &ListenAddr) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn the_start_time_is_field_22_even_when_the_command_has_spaces_and_parentheses() {
@@ -390,6 +430,26 @@ mod tests {
         let child_started = start_time(pid);
         child.wait().unwrap();
         assert!(!alive_as(pid, child_started), "a reaped process is gone");
+    }
+
+    #[test]
+    fn a_zombie_is_not_running_and_its_group_is_empty() {
+        let mut child = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!running(pid), "exited, not reaped yet: a zombie");
+        assert!(!group_has_running(pid));
+        assert!(start_time(pid).is_some(), "the zombie is still there");
+        child.wait().unwrap();
+        let own = std::process::id() as i32;
+        assert!(running(own));
+        assert!(group_has_running(nix::unistd::getpgrp().as_raw()));
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub struct ServiceStatus {
     pub last_restart: Option<RestartReport>,
     /// Why the service is not running at all: the agent could not have its
     /// socket (a process the agent does not manage holds the address; the
-    /// message names it). Restart the agent once that process is gone.
+    /// message names it). `baton reload` starts it once that process is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
 }

@@ -422,6 +422,20 @@ impl Actor {
                     after,
                 });
             }
+            Effect::CheckGroup { generation, pgid } if self.strangers.contains(&generation) => {
+                // Not the agent's children: their zombies wait for someone
+                // else to reap them, and are gone as far as the generation
+                // is concerned.
+                let living = match self.shared.router.cgroup_folder(pgid) {
+                    Some(folder) => crate::cgroup::procs_of(&folder)
+                        .into_iter()
+                        .any(crate::recovery::running),
+                    None => false,
+                } || crate::recovery::group_has_running(pgid.as_raw());
+                if !living {
+                    return Some(Input::GroupEmpty { generation });
+                }
+            }
             Effect::CheckGroup { generation, pgid } => {
                 let alive = match self.shared.router.cgroup_folder(pgid) {
                     // Zombies are still in the cgroup until reaped, as in

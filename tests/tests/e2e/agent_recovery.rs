@@ -5,7 +5,7 @@
 //! connection and no duplicate generation.
 
 use baton_loadgen::{LoadReport, Target};
-use baton_proto::{GenerationState, RestartOutcome, ServiceState};
+use baton_proto::{EventKind, GenerationState, RestartOutcome, ServiceState};
 use baton_testkit::{Agent, AgentSetup};
 use baton_tests::{bin, demo_service, demo_service_args, load};
 use nix::sys::signal::{Signal, kill, killpg};
@@ -243,6 +243,16 @@ async fn an_agent_killed_while_idle_is_replaced_by_one_that_adopts_the_serving_g
         "{report:?}"
     );
     assert_eq!(report.old_generation, Some(serving.generation));
+    // Its notify messages reach it again: `STATUS=draining` as it drains.
+    assert!(
+        report.steps.iter().any(|step| matches!(
+            &step.kind,
+            EventKind::GenerationStatus { generation, status }
+                if *generation == serving.generation && status.starts_with("draining")
+        )),
+        "{report:?}"
+    );
+    assert_eq!(host.agent().status().unwrap().notify_strangers, 0);
     assert!(!alive(serving.pid), "the drained generation exited");
     if let Some(folder) = killed_agents_folder {
         assert!(!folder.exists(), "{} is left behind", folder.display());
