@@ -340,6 +340,15 @@ async fn an_agent_killed_while_a_new_generation_warms_up_reports_the_restart_int
         "{report:?}"
     );
     assert_eq!(report.new_generation, Some(warming.generation));
+    let shown = std::process::Command::new(bin("baton"))
+        .arg("--agent")
+        .arg(host.agent().socket())
+        .args(["show", &restart.to_string()])
+        .env_remove("BATON_SERVER")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("interrupted"), "baton show:\n{shown}");
 
     let host = Arc::new(host);
     let restarter = host.clone();
