@@ -575,6 +575,25 @@ async fn a_leftover_generation_without_a_state_file_is_reported_and_never_double
         "the holder is named: {blocked}"
     );
     assert!(host.log().contains(&format!("pid {}", leftover.pid)));
+    let status = std::process::Command::new(bin("baton"))
+        .arg("--agent")
+        .arg(host.agent().socket())
+        .arg("status")
+        .env_remove("BATON_SERVER")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!(
+            "web does not run: tcp://127.0.0.1:{port} is held by pid {}",
+            leftover.pid
+        )),
+        "baton status:\n{status}"
+    );
+    assert!(
+        status.contains(&format!("pid {}", leftover.pid)),
+        "{status}"
+    );
     assert!(alive(leftover.pid), "the leftover is left alone");
     let refused = host
         .agent()
