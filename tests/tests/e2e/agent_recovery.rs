@@ -501,7 +501,8 @@ async fn an_agent_killed_mid_drain_kills_the_old_generation_at_its_original_dead
         !alive(old.pid),
         "the old generation still runs {gone_after:?} later"
     );
-    assert!(gone_after >= Duration::from_millis(2_900), "{gone_after:?}");
+    // Not at the recovery (under a second in), but at the deadline.
+    assert!(gone_after >= Duration::from_secs(2), "{gone_after:?}");
     let host = blocking(move || {
         host.wait_for("the restart to end", Duration::from_secs(5), |s| {
             s.services[0].running_restart.is_none()
