@@ -155,7 +155,9 @@ impl Cgroups {
         // A killed agent's folder goes with its last generation.
         let mut adopted = self.adopted.lock().expect("cgroups lock");
         adopted.retain(|folder| {
-            !(relative.starts_with(folder.as_str())
+            !(relative
+                .strip_prefix(folder.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
                 && std::fs::remove_dir(join(&self.mount, folder)).is_ok())
         });
     }
@@ -178,7 +180,15 @@ impl Cgroups {
             tracing::warn!(cgroup = %folder.display(), error = %e, "cgroup folder not removed");
         }
         for adopted in self.adopted.lock().expect("cgroups lock").drain(..) {
-            let _ = std::fs::remove_dir(join(&self.mount, &adopted));
+            let folder = join(&self.mount, &adopted);
+            if let Ok(entries) = std::fs::read_dir(&folder) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(folder);
         }
     }
 }
@@ -404,5 +414,12 @@ mod tests {
         assert!(!cgroups.owns("/baton/agent-7"));
         assert!(!cgroups.owns("/baton/agent-70/web.3"));
         assert!(!cgroups.owns("/"));
+        // A killed agent's generations are owned once taken over.
+        assert!(!cgroups.owns("/baton/agent-5/web.1"));
+        cgroups.adopt("/baton/agent-5/web.1");
+        assert!(cgroups.owns("/baton/agent-5/web.1"));
+        assert!(cgroups.owns("/baton/agent-5/api.2"));
+        assert!(!cgroups.owns("/baton/agent-50/web.1"));
+        assert!(!cgroups.owns("/baton/agent-5"));
     }
 }
