@@ -9,8 +9,10 @@ use crate::handover::{Handover, ServiceHandover};
 use crate::notify::NotifySocket;
 use crate::notify_router::{NotifyRouter, Routed, ignore_notification};
 use crate::reaper::Reaper;
-use crate::service::{self, ServiceHandle, Shared};
+use crate::recovery::Recovered;
+use crate::service::{self, Adopted, Predecessor, ServiceHandle, Shared};
 use crate::sockets::{self, BoundSocket};
+use crate::state::{AgentState, StateWriter};
 use crate::view::{AgentView, ReloadRequest};
 use anyhow::Context;
 use baton_proto::ReloadSummary;
@@ -30,6 +32,9 @@ struct Running {
     config: Config,
     sockets: HashMap<SocketKey, Arc<BoundSocket>>,
     tasks: HashMap<String, JoinHandle<()>>,
+    /// Services not started because a process they do not manage holds
+    /// their address; a reload tries them again.
+    blocked: std::collections::HashSet<String>,
 }
 
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
@@ -46,21 +51,55 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     let reaper = Reaper::start().context("could not watch for exiting children")?;
 
-    let mut sockets = HashMap::new();
-    let mut adopted_services: HashMap<String, ServiceHandover> = HashMap::new();
+    let state_path = crate::state::path_for(&config.control_socket);
+    let recovered = match &inherited {
+        // The same process: the state file simply goes on.
+        Some(_) => Recovered::default(),
+        None => recover_from_state(&state_path, &config)?,
+    };
+    let mut sockets = recovered.sockets.clone();
+    let mut blocked = recovered.blocked.clone();
+    let mut adopted_services: HashMap<String, Adopted> = recovered
+        .services
+        .into_iter()
+        .map(|(name, service)| {
+            let adopted = Adopted {
+                service,
+                from: Predecessor::Dead,
+            };
+            (name, adopted)
+        })
+        .collect();
     if let Some(handover) = &inherited {
         adopt_sockets(handover, &config, &mut sockets);
         for service in &handover.services {
             if config.services.iter().any(|s| s.name == service.name) {
-                adopted_services.insert(service.name.clone(), service.clone());
+                let adopted = Adopted {
+                    service: service.clone(),
+                    from: Predecessor::Image,
+                };
+                adopted_services.insert(service.name.clone(), adopted);
             } else {
                 stop_orphaned(service);
             }
         }
     }
     for service in &config.services {
+        if blocked.contains_key(&service.name) {
+            continue;
+        }
         let existing = sockets.clone();
-        bind_sockets_of(service, &existing, &mut sockets)?;
+        let mut fresh = HashMap::new();
+        match bind_sockets_of(service, &existing, &mut fresh) {
+            Ok(()) => sockets.extend(fresh),
+            Err(e) => match held_by_stranger(&e) {
+                Some(reason) => {
+                    tracing::error!(service = %service.name, %reason, "service not started: never a second copy beside what holds its address");
+                    blocked.insert(service.name.clone(), reason);
+                }
+                None => return Err(e),
+            },
+        }
     }
     let notify = match &inherited {
         Some(handover) => crate::sys::adopt_inherited_fd(handover.notify_fd)
@@ -91,12 +130,18 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let notify_fd = notify.raw_fd();
     let events = Arc::new(EventLog::with_history(config.event_history));
     let router = NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups));
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_millis()));
+    let state = Arc::new(StateWriter::new(state_path, boot_id.clone()));
+    tokio::spawn(state.clone().run());
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
         lineage: router.cgroups().is_none().then(Default::default),
         router,
         notify_socket: config.notify_socket.clone(),
+        state: Some(state.clone()),
     });
     let host = config.host.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -106,9 +151,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let view = Arc::new(AgentView {
         host,
-        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_millis())),
+        boot_id,
         started_at: now_millis(),
         services: RwLock::new(BTreeMap::new()),
         events: events.clone(),
@@ -121,13 +164,21 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         reloads: reload_tx,
     });
 
+    // What was taken over is in the file before any service reports, so an
+    // agent killed again right now leaves nothing unknown behind.
+    for adopted in adopted_services.values() {
+        state.update(adopted.service.clone());
+    }
+
     let mut running = Running {
         config: config.clone(),
         sockets,
         tasks: HashMap::new(),
+        blocked: blocked.keys().cloned().collect(),
     };
     for service in &config.services {
         let adopted = adopted_services.remove(&service.name);
+        let blocked = blocked.remove(&service.name);
         start_service(
             service,
             &running.sockets,
@@ -135,6 +186,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             &view,
             &mut running.tasks,
             adopted,
+            blocked,
         );
     }
     if inherited.is_some() {
@@ -189,6 +241,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     view.shutting_down.cancel();
     let handles = view.handles();
     futures::future::join_all(handles.iter().map(|h| h.stop())).await;
+    state.remove();
     let _ = std::fs::remove_file(&running.config.control_socket);
     let _ = std::fs::remove_file(&running.config.notify_socket);
     if let Some(cgroups) = shared.router.cgroups() {
@@ -196,6 +249,60 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// What a previous agent that did not stop cleanly left running, from its
+/// state file. An agent that still runs with this state file is not
+/// competed with.
+fn recover_from_state(path: &Path, config: &Config) -> anyhow::Result<Recovered> {
+    let previous = match AgentState::load(path) {
+        Ok(Some(previous)) => previous,
+        Ok(None) => return Ok(Recovered::default()),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "ignoring the state file");
+            return Ok(Recovered::default());
+        }
+    };
+    let own = std::process::id() as i32;
+    if previous.agent_pid != own
+        && crate::recovery::alive_as(previous.agent_pid, previous.agent_start_time)
+    {
+        anyhow::bail!(
+            "another agent (pid {}) is running with this runtime folder ({})",
+            previous.agent_pid,
+            path.display()
+        );
+    }
+    tracing::warn!(
+        pid = previous.agent_pid,
+        boot_id = %previous.boot_id,
+        "the previous agent did not stop cleanly; taking over what it left running"
+    );
+    Ok(crate::recovery::recover(&previous, config))
+}
+
+/// For a socket that could not be bound because a process holds its
+/// address: which processes, as an operator should read it.
+fn held_by_stranger(error: &anyhow::Error) -> Option<String> {
+    let bind = error.downcast_ref::<sockets::BindError>()?;
+    if bind.source.kind() != std::io::ErrorKind::AddrInUse {
+        return None;
+    }
+    let holders = crate::recovery::holders_of(&bind.listen);
+    let who = if holders.is_empty() {
+        "a process the agent cannot see".to_string()
+    } else {
+        holders
+            .iter()
+            .map(|(pid, command)| format!("pid {pid} ({command})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "{} is held by {who}, which this agent does not manage (a generation left by an \
+         agent that was killed and whose state file is gone?); stop it, then `baton reload`",
+        bind.listen
+    ))
 }
 
 /// Takes the listening sockets the previous image handed over, for sockets
@@ -362,13 +469,15 @@ fn start_service(
     shared: &Arc<Shared>,
     view: &Arc<AgentView>,
     tasks: &mut HashMap<String, JoinHandle<()>>,
-    adopted: Option<ServiceHandover>,
+    adopted: Option<Adopted>,
+    blocked: Option<String>,
 ) {
     let (handle, task) = service::start(
         Arc::new(config.clone()),
         sockets_for(config, sockets),
         shared.clone(),
         adopted,
+        blocked,
     );
     view.services
         .write()
@@ -406,15 +515,21 @@ fn reload(
     let existing = carry_sockets(&running.sockets, &new, &mut summary.carried);
 
     let mut next_sockets = HashMap::new();
+    let mut still_blocked = std::collections::HashSet::new();
     for service in &new.services {
         let unchanged = old_services.get(service.name.as_str()) == Some(&service);
-        let result = if unchanged {
+        let result = if unchanged && !running.blocked.contains(&service.name) {
             bind_sockets_of(service, &existing, &mut next_sockets)
         } else {
             let mut fresh = HashMap::new();
             bind_sockets_of(service, &existing, &mut fresh).map(|()| next_sockets.extend(fresh))
         };
-        result.map_err(|e| format!("{e:#}"))?;
+        match result {
+            Err(e) if running.blocked.contains(&service.name) && held_by_stranger(&e).is_some() => {
+                still_blocked.insert(service.name.clone());
+            }
+            other => other.map_err(|e| format!("{e:#}"))?,
+        }
     }
 
     for old in &running.config.services {
@@ -433,6 +548,32 @@ fn reload(
         }
     }
     for service in &new.services {
+        if running.blocked.contains(&service.name) {
+            if still_blocked.contains(&service.name) {
+                continue;
+            }
+            // Its address is free now: it starts afresh.
+            tracing::info!(service = %service.name, "address free again; starting the service");
+            summary.changed.push(service.name.clone());
+            let blocked_handle = view
+                .services
+                .write()
+                .expect("services lock")
+                .remove(&service.name);
+            if let Some(handle) = blocked_handle {
+                tokio::spawn(async move { handle.stop().await });
+            }
+            start_service(
+                service,
+                &next_sockets,
+                shared,
+                view,
+                &mut running.tasks,
+                None,
+                None,
+            );
+            continue;
+        }
         match old_services.get(service.name.as_str()) {
             None => {
                 tracing::info!(service = %service.name, "service added");
@@ -443,6 +584,7 @@ fn reload(
                     shared,
                     view,
                     &mut running.tasks,
+                    None,
                     None,
                 );
             }
@@ -467,6 +609,7 @@ fn reload(
     }
     running.sockets = next_sockets;
     running.config = new;
+    running.blocked = still_blocked;
     Ok(summary)
 }
 

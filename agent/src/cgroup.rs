@@ -18,6 +18,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The folder of this agent's generation cgroups.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct Cgroups {
     mount: PathBuf,
     /// The folder, relative to the mount, as `/proc/PID/cgroup` names it.
     relative: String,
+    /// Folders of killed agents whose generations this one took over.
+    adopted: Mutex<Vec<String>>,
 }
 
 /// A generation's cgroup, made before its spawn. The child is created in it
@@ -77,7 +80,11 @@ impl Cgroups {
                         enable_controllers(parent);
                     }
                     enable_controllers(&path);
-                    return Some(Cgroups { mount, relative });
+                    return Some(Cgroups {
+                        mount,
+                        relative,
+                        adopted: Mutex::default(),
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(cgroup = %path.display(), error = %e, "cgroup folder not writable")
@@ -115,10 +122,31 @@ impl Cgroups {
     /// Whether `relative` is one of this agent's generation cgroups (or
     /// below one): only those attribute a message.
     pub fn owns(&self, relative: &str) -> bool {
-        relative
-            .strip_prefix(&self.relative)
-            .and_then(|rest| rest.strip_prefix('/'))
-            .is_some_and(|rest| !rest.is_empty())
+        let below = |folder: &str| {
+            relative
+                .strip_prefix(folder)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|rest| !rest.is_empty())
+        };
+        below(&self.relative)
+            || self
+                .adopted
+                .lock()
+                .expect("cgroups lock")
+                .iter()
+                .any(|f| below(f))
+    }
+
+    /// Takes over a generation cgroup of a killed agent (`agent-PID/SERVICE.N`):
+    /// its folder becomes this agent's too, and goes once it is empty.
+    pub fn adopt(&self, generation: &str) {
+        let Some((folder, _)) = generation.rsplit_once('/') else {
+            return;
+        };
+        let mut adopted = self.adopted.lock().expect("cgroups lock");
+        if folder != self.relative && !folder.is_empty() && !adopted.iter().any(|f| f == folder) {
+            adopted.push(folder.to_string());
+        }
     }
 
     /// Removes a generation's cgroup once its processes are gone. A cgroup
@@ -133,6 +161,14 @@ impl Cgroups {
         {
             tracing::warn!(cgroup = %path.display(), error = %e, "generation cgroup not removed");
         }
+        // A killed agent's folder goes with its last generation.
+        let mut adopted = self.adopted.lock().expect("cgroups lock");
+        adopted.retain(|folder| {
+            !(relative
+                .strip_prefix(folder.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+                && std::fs::remove_dir(join(&self.mount, folder)).is_ok())
+        });
     }
 }
 
@@ -151,6 +187,17 @@ impl Cgroups {
         }
         if let Err(e) = std::fs::remove_dir(&folder) {
             tracing::warn!(cgroup = %folder.display(), error = %e, "cgroup folder not removed");
+        }
+        for adopted in self.adopted.lock().expect("cgroups lock").drain(..) {
+            let folder = join(&self.mount, &adopted);
+            if let Ok(entries) = std::fs::read_dir(&folder) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(folder);
         }
     }
 }
@@ -396,10 +443,18 @@ mod tests {
         let cgroups = Cgroups {
             mount: "/sys/fs/cgroup".into(),
             relative: "/baton/agent-7".into(),
+            adopted: Mutex::default(),
         };
         assert!(cgroups.owns("/baton/agent-7/web.3"));
         assert!(!cgroups.owns("/baton/agent-7"));
         assert!(!cgroups.owns("/baton/agent-70/web.3"));
         assert!(!cgroups.owns("/"));
+        // A killed agent's generations are owned once taken over.
+        assert!(!cgroups.owns("/baton/agent-5/web.1"));
+        cgroups.adopt("/baton/agent-5/web.1");
+        assert!(cgroups.owns("/baton/agent-5/web.1"));
+        assert!(cgroups.owns("/baton/agent-5/api.2"));
+        assert!(!cgroups.owns("/baton/agent-50/web.1"));
+        assert!(!cgroups.owns("/baton/agent-5"));
     }
 }

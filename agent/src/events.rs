@@ -173,6 +173,21 @@ impl EventLog {
         id
     }
 
+    /// Takes over the report of a restart that a killed agent was running,
+    /// under its id; later restarts get higher ids.
+    pub fn resume_restart(&self, report: RestartReport) {
+        let mut inner = self.inner.lock().expect("event log lock");
+        inner.next_restart = inner.next_restart.max(report.id + 1);
+        let bytes = REPORT_BASE_BYTES
+            + report.reason.as_ref().map_or(0, String::len)
+            + report.steps.iter().map(stored_size).sum::<usize>();
+        inner.restart_bytes += bytes;
+        if let Some(replaced) = inner.restarts.insert(report.id, Kept { report, bytes }) {
+            inner.restart_bytes -= replaced.bytes;
+        }
+        inner.bound_restarts();
+    }
+
     pub fn update_restart(&self, id: RestartId, update: impl FnOnce(&mut RestartReport)) {
         let mut inner = self.inner.lock().expect("event log lock");
         if let Some(kept) = inner.restarts.get_mut(&id) {

@@ -3,8 +3,13 @@
 //! sockets, the control and notify sockets and the fd store are inherited by
 //! number; everything else the new image needs is in one environment variable.
 //! No socket is ever closed, so no client notices.
+//!
+//! The same description of a service is what the agent keeps in its state
+//! file (`state.rs`), so that an agent started after this one was killed can
+//! take over what it left running (`recovery.rs`). The fields only the state
+//! file needs are optional, so an image without them still reads a handover.
 
-use baton_proto::UnixMillis;
+use baton_proto::{RestartId, RestartOutcome, UnixMillis};
 use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
 
@@ -19,7 +24,7 @@ pub struct Handover {
     pub services: Vec<ServiceHandover>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServiceHandover {
     pub name: String,
     pub sockets: Vec<SocketHandover>,
@@ -28,19 +33,48 @@ pub struct ServiceHandover {
     pub next_generation: u64,
     pub consecutive_crashes: u32,
     pub fd_store: Vec<(String, RawFd)>,
+    /// The restart in progress (the state file only: an upgrade is refused
+    /// while one runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartHandover>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SocketHandover {
     pub name: String,
     /// As configured, so a changed configuration rebinds instead of adopting.
     pub configured: String,
+    /// In the state file, the dead agent's number: meaningless to anyone else.
     pub fd: RawFd,
+    /// The socket's inode, so a socket taken from a surviving generation is
+    /// known to be the very one (the state file only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestartHandover {
+    pub id: RestartId,
+    pub reason: Option<String>,
+    pub started_at: UnixMillis,
+    /// The generation that served when it began.
+    pub old: Option<u64>,
+    /// Its new generation, once spawned.
+    pub new: Option<u64>,
+    /// An outcome already decided (a rollback waiting for the new
+    /// generation to be gone).
+    pub verdict: Option<(RestartOutcome, Option<String>)>,
+    pub connections_cut: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HandedPhase {
+    /// Not ready yet, with this much of its ready timeout left (the state
+    /// file only: an upgrade is refused while a generation starts).
+    Starting {
+        left_ms: u64,
+    },
     Ready,
     /// Draining with this much of its drain timeout left.
     Draining {
@@ -52,7 +86,7 @@ pub enum HandedPhase {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GenerationHandover {
     pub number: u64,
     pub pid: i32,
@@ -63,6 +97,18 @@ pub struct GenerationHandover {
     pub started_at: UnixMillis,
     pub ready_at: Option<UnixMillis>,
     pub status_text: Option<String>,
+    /// When the process started, in clock ticks since boot (field 22 of
+    /// `/proc/PID/stat`): a pid reused by another process has another, so
+    /// it is never taken for the generation (the state file only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+    /// Its cgroup, as `/proc/PID/cgroup` names it (the state file only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The wall-clock time of its phase's deadline (ready timeout, drain
+    /// deadline, SIGKILL), which outlives the agent's monotonic clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<UnixMillis>,
 }
 
 impl Handover {

@@ -286,6 +286,13 @@ impl NotifyRouter {
         cgroup.as_deref().map(|relative| cgroups.folder(relative))
     }
 
+    /// The cgroup of the generation led by `pgid`, as `/proc/PID/cgroup`
+    /// names it, if it has one.
+    pub fn cgroup_of(&self, pgid: Pid) -> Option<String> {
+        let inner = self.inner.lock().expect("notify router lock");
+        inner.routes.get(&pgid.as_raw())?.1.clone()
+    }
+
     /// Forgets an ended generation and removes its cgroup; its late
     /// messages are known for a while.
     pub fn remove(&self, pgid: Pid) {

@@ -20,6 +20,9 @@ use tokio::sync::watch;
 pub enum ExitInfo {
     Code(i32),
     Signal(Signal),
+    /// A process the agent recovered from a killed predecessor: not its
+    /// child, so it sees the exit (through a pidfd) but not the status.
+    Unknown,
 }
 
 impl ExitInfo {
@@ -33,6 +36,7 @@ impl fmt::Display for ExitInfo {
         match self {
             ExitInfo::Code(code) => write!(f, "exited with status {code}"),
             ExitInfo::Signal(signal) => write!(f, "killed by {}", signal.as_str()),
+            ExitInfo::Unknown => write!(f, "exited (status unknown: not the agent's child)"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The agent's only `unsafe` code: fork and exec of a generation (into its
-//! cgroup, or its own session), the priority change of a process group, and
-//! taking ownership of the fds a previous image of the agent handed over.
+//! cgroup, or its own session), the priority change of a process group,
+//! taking ownership of the fds a previous image of the agent handed over, and
+//! registering a pidfd with tokio's reactor.
 //!
 //! Why fork by hand instead of `std::process::Command`: the systemd protocol
 //! wants `LISTEN_PID` to be the child's own pid, which exists only after the
@@ -629,6 +630,16 @@ pub fn adopt_inherited_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )?;
     Ok(owned)
+}
+
+/// Registers a pidfd (or any fd the caller owns) with tokio's reactor, so
+/// that its readiness can be awaited: a pidfd turns readable when its
+/// process exits.
+pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `register` wants the fd to stay open and the same for the
+    // AsyncFd's whole life: the AsyncFd owns the `OwnedFd`, which closes it
+    // only when dropped, and `as_raw_fd` of an `OwnedFd` never changes.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

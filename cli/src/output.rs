@@ -99,6 +99,11 @@ pub fn status_table(status: &AgentStatus) -> String {
             );
         }
     }
+    for service in &status.services {
+        if let Some(reason) = &service.blocked {
+            let _ = writeln!(out, "{} does not run: {reason}", service.name);
+        }
+    }
     if status.process_tracking == Some(baton_proto::ProcessTracking::Session) {
         let _ = writeln!(
             out,

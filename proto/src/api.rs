@@ -380,6 +380,7 @@ mod tests {
             consecutive_crashes: 0,
             running_restart: None,
             last_restart: None,
+            blocked: None,
         }
     }
 

@@ -18,6 +18,9 @@ pub const NOT_AUTHORIZED: u8 = 7;
 /// full disk, a locked database). Not the same as unreachable: the server
 /// is up, and retrying later may succeed.
 pub const SERVER_ERROR: u8 = 8;
+/// The agent died during the restart; the agent that took over its
+/// generations could not finish it (the old generation still serves).
+pub const INTERRUPTED: u8 = 9;
 /// Bad command line or unknown service.
 pub const USAGE: u8 = 64;
 
@@ -28,6 +31,7 @@ pub fn of_outcome(outcome: Option<RestartOutcome>) -> u8 {
         Some(RestartOutcome::Succeeded) => SUCCEEDED,
         Some(RestartOutcome::RolledBack) => ROLLED_BACK,
         Some(RestartOutcome::Forced) => FORCED,
+        Some(RestartOutcome::Interrupted) => INTERRUPTED,
         Some(RestartOutcome::Failed) | None => FAILED,
     }
 }
@@ -38,12 +42,13 @@ mod tests {
 
     #[test]
     fn every_outcome_has_the_exit_code_the_readme_promises() {
-        // README: 0 succeeded, 1 failed, 2 rolled back, 3 forced.
+        // README: 0 succeeded, 1 failed, 2 rolled back, 3 forced, 9 interrupted.
         let table = [
             (Some(RestartOutcome::Succeeded), 0),
             (Some(RestartOutcome::Failed), 1),
             (Some(RestartOutcome::RolledBack), 2),
             (Some(RestartOutcome::Forced), 3),
+            (Some(RestartOutcome::Interrupted), 9),
             (None, 1),
         ];
         for (outcome, code) in table {

@@ -216,6 +216,11 @@ pub struct ServiceStatus {
     pub running_restart: Option<RestartId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart: Option<RestartReport>,
+    /// Why the service is not running at all: the agent could not have its
+    /// socket (a process the agent does not manage holds the address; the
+    /// message names it). `baton reload` starts it once that process is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -356,14 +361,19 @@ pub enum RestartOutcome {
     RolledBack,
     /// Anything else; `reason` says what.
     Failed,
+    /// The agent died during the restart and the agent that recovered its
+    /// generations could not finish it: the generation that served before
+    /// still serves, the new one was stopped.
+    Interrupted,
 }
 
 impl RestartOutcome {
-    pub const ALL: [RestartOutcome; 4] = [
+    pub const ALL: [RestartOutcome; 5] = [
         RestartOutcome::Succeeded,
         RestartOutcome::Forced,
         RestartOutcome::RolledBack,
         RestartOutcome::Failed,
+        RestartOutcome::Interrupted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -372,6 +382,7 @@ impl RestartOutcome {
             RestartOutcome::Forced => "forced",
             RestartOutcome::RolledBack => "rolled_back",
             RestartOutcome::Failed => "failed",
+            RestartOutcome::Interrupted => "interrupted",
         }
     }
 }

@@ -61,6 +61,7 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                 consecutive_crashes: 0,
                 running_restart: None,
                 last_restart: None,
+                blocked: None,
             })
             .collect();
         sqlx::query(

@@ -544,6 +544,7 @@ mod tests {
             consecutive_crashes: 0,
             running_restart: Some(7),
             last_restart: None,
+            blocked: None,
         };
         Service {
             name: "web".into(),

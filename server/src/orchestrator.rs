@@ -508,7 +508,21 @@ async fn follow_host(
         let failure = match &link {
             None => Some("host offline".to_string()),
             Some(link) if link.online && link.boot_id != *boot_id => {
-                Some("the agent restarted before reporting the outcome".to_string())
+                // The agent died mid-restart; the one that took over its
+                // generations keeps the old one serving (or finishes the
+                // drain) and reports under its own lifetime.
+                return finish_host(
+                    inner,
+                    restart,
+                    host,
+                    RestartOutcome::Interrupted,
+                    Some(
+                        "the agent restarted before reporting the outcome; \
+                         what it recovered is in the host's events"
+                            .to_string(),
+                    ),
+                )
+                .await;
             }
             Some(link)
                 if agent_restart_id.is_none()

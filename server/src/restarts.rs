@@ -206,6 +206,7 @@ mod tests {
             consecutive_crashes: 0,
             running_restart: None,
             last_restart: None,
+            blocked: None,
         }
     }
 

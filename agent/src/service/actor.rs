@@ -4,12 +4,12 @@
 //! group is empty), the answer goes back into the core as the next input,
 //! before any other message.
 
-use super::core::{Effect, Input, Now, ServiceCore};
-use super::{Msg, Shared};
+use super::core::{Effect, Input, Now, Predecessor, ServiceCore};
+use super::{Adopted, Msg, Shared};
 use crate::config::ServiceConfig;
 use crate::connections::{self, ListenAddrs, Members};
 use crate::events::now_millis;
-use crate::handover::{ServiceHandover, SocketHandover};
+use crate::handover::{HandedPhase, ServiceHandover, SocketHandover};
 use crate::notify_router::{Route, ignore_notification};
 use crate::probe::{self, ProbeTarget};
 use crate::reaper::{ExitWatch, wait_exit};
@@ -18,7 +18,7 @@ use crate::spawn::{self, GenerationLaunch};
 use baton_proto::{ErrorBody, RestartId, ServiceStatus, SocketInfo};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,18 @@ pub(super) struct Actor {
     stop_waiters: Vec<oneshot::Sender<()>>,
     /// Each generation's last memory and CPU reading.
     usage: crate::usage::Cache,
+    /// Converts the core's deadlines to wall-clock times for the state file,
+    /// the same way every time.
+    anchor: Now,
+    /// What the state file last got from this service.
+    last_state: Option<ServiceHandover>,
+    /// When each generation's first process started (`/proc/PID/stat`).
+    start_times: HashMap<u64, u64>,
+    /// Generations taken over from a killed agent: not the agent's
+    /// children, so their exits are watched on pidfds.
+    strangers: HashSet<u64>,
+    /// Why the service cannot run (its address is held by a stranger).
+    blocked: Option<String>,
 }
 
 /// What one input led to, beyond its effects.
@@ -72,6 +84,7 @@ impl Actor {
         sockets: Arc<Vec<Arc<BoundSocket>>>,
         shared: Arc<Shared>,
         tx: mpsc::UnboundedSender<Msg>,
+        blocked: Option<String>,
     ) -> Self {
         Actor {
             name: config.name.clone(),
@@ -83,18 +96,25 @@ impl Actor {
             fd_store: Vec::new(),
             stop_waiters: Vec::new(),
             usage: crate::usage::Cache::default(),
+            anchor: now(),
+            last_state: None,
+            start_times: HashMap::new(),
+            strangers: HashSet::new(),
+            blocked,
         }
     }
 
     pub(super) async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Msg>,
-        adopted: Option<ServiceHandover>,
+        adopted: Option<Adopted>,
     ) {
-        if let Some(handed) = adopted {
-            self.adopt(handed).await;
+        if let Some(adopted) = adopted {
+            self.adopt(adopted).await;
         }
-        self.drive(Input::Start, Vec::new()).await;
+        if self.blocked.is_none() {
+            self.drive(Input::Start, Vec::new()).await;
+        }
         loop {
             let deadline = self.core.poll_timeout(Instant::now());
             tokio::select! {
@@ -113,10 +133,28 @@ impl Actor {
                 break;
             }
         }
+        // A blocked service never wrote a state; a service of its name may
+        // already run in its place.
+        if let Some(state) = &self.shared.state
+            && self.blocked.is_none()
+        {
+            state.forget(&self.name);
+        }
     }
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Restart { reply, .. } if self.blocked.is_some() => {
+                let _ = reply.send(Err(ErrorBody {
+                    kind: baton_proto::ErrorKind::InvalidConfig,
+                    message: format!(
+                        "service {:?} cannot run: {}",
+                        self.name,
+                        self.blocked.as_deref().unwrap_or_default()
+                    ),
+                    running_restart: None,
+                }));
+            }
             Msg::Restart { reason, reply } => {
                 let outcome = self.drive(Input::Restart { reason }, Vec::new()).await;
                 if let Some(answer) = outcome.restart {
@@ -192,7 +230,70 @@ impl Actor {
                 }
             }
         }
+        self.record_state();
         outcome
+    }
+
+    /// Hands the service's state to the state file when it changed.
+    fn record_state(&mut self) {
+        let Some(state) = &self.shared.state else {
+            return;
+        };
+        if self.blocked.is_some() {
+            return;
+        }
+        let core = self.core.snapshot(Instant::now(), self.anchor);
+        let mut snapshot = self.describe(core);
+        for generation in &mut snapshot.generations {
+            // A status text is no state that matters, and a service may
+            // send many: each would be a write.
+            generation.status_text = None;
+            // The file keeps the wall-clock deadline; time left would make
+            // every snapshot differ.
+            generation.phase = match generation.phase {
+                HandedPhase::Starting { .. } => HandedPhase::Starting { left_ms: 0 },
+                HandedPhase::Draining { .. } => HandedPhase::Draining { left_ms: 0 },
+                HandedPhase::Stopping { .. } => HandedPhase::Stopping { left_ms: 0 },
+                HandedPhase::Ready => HandedPhase::Ready,
+            };
+        }
+        if self.last_state.as_ref() != Some(&snapshot) {
+            state.update(snapshot.clone());
+            self.last_state = Some(snapshot);
+        }
+    }
+
+    /// The service as the core describes it, with what only the actor
+    /// knows: sockets, start times, cgroups, the fd store.
+    fn describe(&self, core: super::core::HandedCore) -> ServiceHandover {
+        let mut generations = core.generations;
+        for generation in &mut generations {
+            generation.start_time = self.start_times.get(&generation.number).copied();
+            generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
+        }
+        ServiceHandover {
+            name: self.name.clone(),
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| SocketHandover {
+                    name: s.name.clone(),
+                    configured: s.configured.to_string(),
+                    fd: s.raw_fd(),
+                    inode: nix::sys::stat::fstat(s.fd()).ok().map(|st| st.st_ino),
+                })
+                .collect(),
+            generations,
+            current: core.current,
+            next_generation: core.next_generation,
+            consecutive_crashes: core.consecutive_crashes,
+            fd_store: self
+                .fd_store
+                .iter()
+                .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
+                .collect(),
+            restart: core.restart,
+        }
     }
 
     async fn carry_out(
@@ -303,7 +404,16 @@ impl Actor {
                 ));
             }
             Effect::WatchExit { generation, pid } => {
-                let watch = self.shared.reaper.adopt(pid);
+                let watch = if self.strangers.contains(&generation) {
+                    let started = self
+                        .core
+                        .first_pid(generation)
+                        .filter(|first| *first == pid)
+                        .and_then(|_| self.start_times.get(&generation).copied());
+                    crate::recovery::watch_stranger(pid.as_raw(), started)
+                } else {
+                    self.shared.reaper.adopt(pid)
+                };
                 self.report_exit(generation, pid, watch);
             }
             Effect::LocateMain {
@@ -318,6 +428,20 @@ impl Actor {
                     in_group: in_group(main, pgid),
                     after,
                 });
+            }
+            Effect::CheckGroup { generation, pgid } if self.strangers.contains(&generation) => {
+                // Not the agent's children: their zombies wait for someone
+                // else to reap them, and are gone as far as the generation
+                // is concerned.
+                let living = match self.shared.router.cgroup_folder(pgid) {
+                    Some(folder) => crate::cgroup::procs_of(&folder)
+                        .into_iter()
+                        .any(crate::recovery::running),
+                    None => false,
+                } || crate::recovery::group_has_running(pgid.as_raw());
+                if !living {
+                    return Some(Input::GroupEmpty { generation });
+                }
             }
             Effect::CheckGroup { generation, pgid } => {
                 let alive = match self.shared.router.cgroup_folder(pgid) {
@@ -340,6 +464,8 @@ impl Actor {
                 if let Some(held) = self.held.remove(&generation) {
                     held.tasks.cancel();
                 }
+                self.start_times.remove(&generation);
+                self.strangers.remove(&generation);
                 self.shared.router.remove(pgid);
                 if let Some(lineage) = &self.shared.lineage {
                     lineage.forget(pgid);
@@ -437,6 +563,9 @@ impl Actor {
             lineage.register(pid, &self.name, generation);
         }
         self.report_exit(generation, pid, exit_watch);
+        if let Some(started) = crate::recovery::start_time(pid.as_raw()) {
+            self.start_times.insert(generation, started);
+        }
         self.held.insert(
             generation,
             Held {
@@ -544,8 +673,13 @@ impl Actor {
         ListenAddrs::of(self.sockets.iter().map(|s| &s.bound))
     }
 
-    /// Takes over what the agent's previous image ran.
-    async fn adopt(&mut self, handed: ServiceHandover) {
+    /// Takes over what the agent's previous image ran, or what a killed
+    /// agent left running.
+    async fn adopt(&mut self, adopted: Adopted) {
+        let Adopted {
+            service: handed,
+            from,
+        } = adopted;
         for (name, fd) in &handed.fd_store {
             match crate::sys::adopt_inherited_fd(*fd) {
                 Ok(fd) => self.fd_store.push((name.clone(), fd)),
@@ -554,40 +688,119 @@ impl Actor {
                 }
             }
         }
+        let own_pid = std::process::id() as i32;
         for generation in &handed.generations {
             self.tasks_of(generation.number);
+            if let Some(started) = generation.start_time {
+                self.start_times.insert(generation.number, started);
+            }
+            // After a killed agent nothing is the agent's child; after an
+            // upgrade, only what an earlier recovery took over is not.
+            let stranger = match from {
+                Predecessor::Dead => true,
+                Predecessor::Image => crate::recovery::parent_of(generation.pid)
+                    .is_some_and(|parent| parent != own_pid),
+            };
+            if stranger {
+                self.strangers.insert(generation.number);
+                if let (Some(cgroups), Some(cgroup)) =
+                    (self.shared.router.cgroups(), &generation.cgroup)
+                {
+                    cgroups.adopt(cgroup);
+                }
+            }
+        }
+        if from == Predecessor::Dead {
+            self.kill_unrecorded(&handed);
+        }
+        if from == Predecessor::Dead
+            && let Some(restart) = &handed.restart
+        {
+            self.shared
+                .events
+                .resume_restart(baton_proto::RestartReport {
+                    id: restart.id,
+                    service: self.name.clone(),
+                    reason: restart.reason.clone(),
+                    started_at: restart.started_at,
+                    finished_at: None,
+                    outcome: None,
+                    outcome_reason: None,
+                    old_generation: restart.old,
+                    new_generation: restart.new,
+                    connections_cut: None,
+                    steps: Vec::new(),
+                });
         }
         let mut fds = Vec::new();
         let mut outcome = Outcome::default();
-        for effect in self.core.adopt(&handed, Instant::now()) {
-            // Adopting asks no question of the kernel.
-            let _ = self.carry_out(effect, &mut fds, &mut outcome).await;
+        let mut inputs = VecDeque::new();
+        for effect in self.core.adopt(&handed, now(), from) {
+            if let Some(next) = self.carry_out(effect, &mut fds, &mut outcome).await {
+                inputs.push_back(next);
+            }
+        }
+        // The questions adopting asks (the counts of a drain that ended the
+        // restart) are answered like any other.
+        while let Some(input) = inputs.pop_front() {
+            self.drive(input, Vec::new()).await;
+        }
+        self.record_state();
+    }
+
+    /// A generation spawned just before the killed agent could write it
+    /// down is in the state file of nobody: found as a cgroup of this
+    /// service numbered from the recorded next generation on, in the killed
+    /// agent's folder, and killed (it was not serving yet as far as anyone
+    /// knows). Without cgroups it cannot be found.
+    fn kill_unrecorded(&self, handed: &ServiceHandover) {
+        let Some(cgroups) = self.shared.router.cgroups() else {
+            return;
+        };
+        let folders: HashSet<&str> = handed
+            .generations
+            .iter()
+            .filter_map(|g| g.cgroup.as_deref()?.rsplit_once('/').map(|(f, _)| f))
+            .collect();
+        let prefix = format!("{}.", self.name);
+        for folder in folders {
+            let Ok(entries) = std::fs::read_dir(cgroups.folder(folder)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(number) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if number < handed.next_generation {
+                    continue;
+                }
+                let path = entry.path();
+                tracing::warn!(service = %self.name, generation = number, cgroup = %path.display(), "a generation the state file does not know (spawned as the agent was killed); killing it");
+                if let Err(e) = crate::cgroup::kill_all(&path) {
+                    tracing::warn!(service = %self.name, error = %e, "could not kill it");
+                    continue;
+                }
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        if !crate::cgroup::populated(&path) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let _ = std::fs::remove_dir(&path);
+                });
+            }
         }
     }
 
     fn handover(&mut self) -> Result<ServiceHandover, super::HandoverRefused> {
         let core = self.core.hand_over(Instant::now())?;
-        Ok(ServiceHandover {
-            name: self.name.clone(),
-            sockets: self
-                .sockets
-                .iter()
-                .map(|s| SocketHandover {
-                    name: s.name.clone(),
-                    configured: s.configured.to_string(),
-                    fd: s.raw_fd(),
-                })
-                .collect(),
-            generations: core.generations,
-            current: core.current,
-            next_generation: core.next_generation,
-            consecutive_crashes: core.consecutive_crashes,
-            fd_store: self
-                .fd_store
-                .iter()
-                .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
-                .collect(),
-        })
+        Ok(self.describe(core))
     }
 
     /// Answers a status request; counting serving generations' connections
@@ -608,6 +821,7 @@ impl Actor {
             consecutive_crashes: self.core.consecutive_crashes(),
             running_restart: self.core.running_restart(),
             last_restart: self.shared.events.last_restart_of(&self.name),
+            blocked: self.blocked.clone(),
         };
         let usage = self.usage.clone();
         if !count_serving {

@@ -9,7 +9,7 @@
 
 mod handover;
 
-pub use self::handover::{HandedCore, HandoverRefused};
+pub use self::handover::{HandedCore, HandoverRefused, Predecessor};
 pub use super::effects::{CountFor, Effect, Input, MainCheck, Now};
 use super::generation::{Generation, Leftovers, Lifecycle};
 use super::restart::{RestartRun, Verdict};
@@ -45,6 +45,9 @@ pub struct ServiceCore {
     /// The generation that serves.
     current: Option<u64>,
     restart: Option<RestartRun>,
+    /// The reason of the restart being opened (between `OpenRestart` and
+    /// `RestartOpened`).
+    opening_reason: Option<String>,
     /// A reload arrived during a restart: restart again once it ends.
     restart_queued: bool,
     consecutive_crashes: u32,
@@ -82,6 +85,7 @@ impl ServiceCore {
             next_generation: 1,
             current: None,
             restart: None,
+            opening_reason: None,
             restart_queued: false,
             consecutive_crashes: 0,
             backoff_until: None,
@@ -219,6 +223,11 @@ impl ServiceCore {
         self.current
     }
 
+    /// The first process of a generation, leader of its process group.
+    pub fn first_pid(&self, generation: u64) -> Option<Pid> {
+        self.generations.get(&generation).map(|g| g.pid)
+    }
+
     pub fn lifecycle(&self, generation: u64) -> Option<Lifecycle> {
         self.generations.get(&generation).map(|g| g.lifecycle)
     }
@@ -244,6 +253,7 @@ impl ServiceCore {
                 running_restart: None,
             }));
         }
+        self.opening_reason = reason.clone();
         out.push(Effect::OpenRestart {
             reason,
             old: self.current,
@@ -262,7 +272,10 @@ impl ServiceCore {
         for number in crash_starts {
             self.stop_generation(number, now, out);
         }
-        self.restart = Some(RestartRun::new(id, self.current));
+        let mut run = RestartRun::new(id, self.current);
+        run.reason = self.opening_reason.take();
+        run.started_at = now.unix_ms;
+        self.restart = Some(run);
         self.start_generation(out);
     }
 

@@ -25,7 +25,7 @@ pub mod restart;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::HandoverRefused;
+pub use self::core::{HandoverRefused, Predecessor};
 use crate::config::ServiceConfig;
 use crate::events::EventLog;
 use crate::handover::ServiceHandover;
@@ -48,6 +48,15 @@ pub struct Shared {
     /// Without cgroups: the generations' processes traced by lineage.
     pub lineage: Option<Arc<crate::lineage::Lineage>>,
     pub notify_socket: PathBuf,
+    /// Where each service's state goes when it changes (none in tests of
+    /// the service alone).
+    pub state: Option<Arc<crate::state::StateWriter>>,
+}
+
+/// What a service task takes over instead of starting a generation.
+pub struct Adopted {
+    pub service: ServiceHandover,
+    pub from: Predecessor,
 }
 
 /// What reaches a service's task, in the order it arrived.
@@ -166,16 +175,19 @@ impl ServiceHandle {
 }
 
 /// Starts the service's task; with `adopted`, it takes over the generations
-/// the agent's previous image ran instead of starting one.
+/// the agent's previous image ran (or a killed agent left) instead of
+/// starting one. A `blocked` service (its address is held by a process it
+/// does not manage) starts nothing and says why in its status.
 pub fn start(
     config: Arc<ServiceConfig>,
     sockets: Arc<Vec<Arc<BoundSocket>>>,
     shared: Arc<Shared>,
-    adopted: Option<ServiceHandover>,
+    adopted: Option<Adopted>,
+    blocked: Option<String>,
 ) -> (ServiceHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let name = config.name.clone();
-    let actor = actor::Actor::new(config, sockets, shared, tx.clone());
+    let actor = actor::Actor::new(config, sockets, shared, tx.clone(), blocked);
     let task = tokio::spawn(actor.run(rx, adopted));
     (ServiceHandle { name, tx }, task)
 }

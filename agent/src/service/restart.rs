@@ -1,10 +1,14 @@
 //! A restart in progress and how its outcome is decided.
 
-use baton_proto::{RestartId, RestartOutcome};
+use baton_proto::{RestartId, RestartOutcome, UnixMillis};
 use std::time::Duration;
 
 pub struct RestartRun {
     pub id: RestartId,
+    /// Why it was asked for, and when it began: kept for the state file, so
+    /// an agent that takes over after this one was killed can report it.
+    pub reason: Option<String>,
+    pub started_at: UnixMillis,
     /// The generation that served when it began.
     pub old: Option<u64>,
     /// Set once the new generation is spawned.
@@ -36,6 +40,8 @@ impl RestartRun {
     pub fn new(id: RestartId, old: Option<u64>) -> Self {
         RestartRun {
             id,
+            reason: None,
+            started_at: 0,
             old,
             new: None,
             verdict: None,

@@ -1068,10 +1068,17 @@ fn a_handed_over_service_is_adopted_with_its_deadlines() {
         next_generation: handed.next_generation,
         consecutive_crashes: handed.consecutive_crashes,
         fd_store: Vec::new(),
+        restart: handed.restart,
     };
 
     let mut next = Bench::new(config());
-    let effects = next.core.adopt(&service, next.now);
+    let next_now = Now {
+        at: next.now,
+        unix_ms: baton_proto::now_millis(),
+    };
+    let effects = next
+        .core
+        .adopt(&service, next_now, super::core::Predecessor::Image);
     assert_eq!(
         effects,
         [
@@ -1107,4 +1114,122 @@ fn a_handed_over_service_is_adopted_with_its_deadlines() {
     // The drain deadline carried over, minus the time already spent.
     let left = next.core.poll_timeout(next.now).unwrap() - next.now;
     assert!(left < DRAIN_TIMEOUT && left > DRAIN_TIMEOUT - Duration::from_secs(1));
+}
+
+/// What a killed agent's state file says of the bench's service, written
+/// at the bench's `now`.
+fn state_file_entry(bench: &Bench) -> (crate::handover::ServiceHandover, u64) {
+    let unix_ms = 1_000_000 + bench.now.duration_since(bench.start).as_millis() as u64;
+    let anchor = Now {
+        at: bench.now,
+        unix_ms,
+    };
+    let core = bench.core.snapshot(bench.now, anchor);
+    let service = crate::handover::ServiceHandover {
+        name: "web".into(),
+        sockets: Vec::new(),
+        generations: core.generations,
+        current: core.current,
+        next_generation: core.next_generation,
+        consecutive_crashes: core.consecutive_crashes,
+        fd_store: Vec::new(),
+        restart: core.restart,
+    };
+    (service, unix_ms)
+}
+
+/// The agent that starts `later` after the killed one wrote its state.
+fn recover(
+    service: &crate::handover::ServiceHandover,
+    written_at: u64,
+    later: Duration,
+) -> (Bench, Vec<Effect>) {
+    let mut next = Bench::new(config());
+    let now = Now {
+        at: next.now,
+        unix_ms: written_at + later.as_millis() as u64,
+    };
+    let effects = next
+        .core
+        .adopt(service, now, super::core::Predecessor::Dead);
+    (next, effects)
+}
+
+#[test]
+fn a_restart_left_warming_up_by_a_killed_agent_ends_interrupted_and_the_old_generation_serves_on() {
+    let bench = Bench::restarting();
+    let (service, written_at) = state_file_entry(&bench);
+    assert_eq!(service.restart.as_ref().map(|r| r.id), Some(RESTART));
+    assert_eq!(
+        service.restart.as_ref().and_then(|r| r.reason.clone()),
+        Some("deploy".into())
+    );
+
+    let (mut next, adopted) = recover(&service, written_at, Duration::from_secs(1));
+    assert!(
+        adopted.contains(&Effect::Signal {
+            pgid: pid(NEW),
+            signal: Signal::SIGTERM
+        }),
+        "the half-started generation is stopped: {adopted:?}"
+    );
+    assert_eq!(finished(&adopted), None, "over once generation 2 is gone");
+    assert_eq!(next.core.current(), Some(1));
+    assert_eq!(next.core.running_restart(), Some(RESTART));
+    assert!(next.on(Input::Start).is_empty(), "no duplicate is started");
+
+    let gone = next.exit_and_empty(2, NEW, ExitInfo::Unknown);
+    let (outcome, reason, _) = finished(&gone).expect("the restart ends");
+    assert_eq!(outcome, RestartOutcome::Interrupted);
+    assert!(reason.unwrap().contains("generation 2"));
+    assert_eq!(next.core.state(), ServiceState::Ready);
+    assert!(matches!(
+        next.on(Input::Restart { reason: None }).as_slice(),
+        [Effect::OpenRestart { old: Some(1), .. }]
+    ));
+}
+
+#[test]
+fn a_drain_left_by_a_killed_agent_ends_at_its_wall_clock_deadline_and_finishes_the_restart() {
+    let mut bench = Bench::draining();
+    bench.wait(Duration::from_secs(1));
+    let (service, written_at) = state_file_entry(&bench);
+    let old = &service.generations[0];
+    assert_eq!(
+        old.deadline_at,
+        Some(written_at - 1_000 + DRAIN_TIMEOUT.as_millis() as u64)
+    );
+
+    // The next agent starts 2 s after the state was written.
+    let (mut next, adopted) = recover(&service, written_at, Duration::from_secs(2));
+    assert!(adopted.contains(&Effect::WatchDrain {
+        generation: 1,
+        pgid: pid(OLD)
+    }));
+    assert_eq!(finished(&adopted), None);
+    assert_eq!(next.core.current(), Some(2));
+    let left = next.core.poll_timeout(next.now).unwrap() - next.now;
+    assert_eq!(left, DRAIN_TIMEOUT - Duration::from_secs(3));
+
+    // The old generation ignores its signal: cut and killed at the deadline.
+    let due = next.timer();
+    assert!(due.iter().any(|e| matches!(
+        e,
+        Effect::Count {
+            generation: 1,
+            purpose: CountFor::Cut,
+            ..
+        }
+    )));
+    let killed = next.on(Input::Counted {
+        generation: 1,
+        count: Some(4),
+        purpose: CountFor::Cut,
+    });
+    assert!(killed.contains(&Effect::Kill { pgid: pid(OLD) }));
+    let gone = next.exit_and_empty(1, OLD, ExitInfo::Unknown);
+    assert_eq!(
+        finished(&gone).map(|f| (f.0, f.2)),
+        Some((RestartOutcome::Forced, Some(4)))
+    );
 }

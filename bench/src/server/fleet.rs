@@ -199,6 +199,7 @@ impl SimHost {
                     consecutive_crashes: 0,
                     running_restart: None,
                     last_restart: None,
+                    blocked: None,
                 }
             })
             .collect();

@@ -128,6 +128,11 @@ pub fn outcome_badge(outcome: Option<RestartOutcome>, running: bool) -> Badge {
             symbol: "✕",
             label: "failed",
         },
+        Some(RestartOutcome::Interrupted) => Badge {
+            class: "warn",
+            symbol: "↯",
+            label: "interrupted",
+        },
         None if running => Badge {
             class: "running",
             symbol: "●",

@@ -432,6 +432,7 @@ pub async fn restarts(
                 RestartOutcome::Forced => "forced",
                 RestartOutcome::RolledBack => "rolled back",
                 RestartOutcome::Failed => "failed",
+                RestartOutcome::Interrupted => "interrupted",
             },
             selected: o.as_str() == outcome,
         })

@@ -39,6 +39,7 @@ pub enum Outcome {
     Forced,
     RolledBack,
     Failed,
+    Interrupted,
 }
 
 impl From<RestartOutcome> for Outcome {
@@ -48,6 +49,7 @@ impl From<RestartOutcome> for Outcome {
             RestartOutcome::Forced => Outcome::Forced,
             RestartOutcome::RolledBack => Outcome::RolledBack,
             RestartOutcome::Failed => Outcome::Failed,
+            RestartOutcome::Interrupted => Outcome::Interrupted,
         }
     }
 }
@@ -59,6 +61,7 @@ impl From<Outcome> for RestartOutcome {
             Outcome::Forced => RestartOutcome::Forced,
             Outcome::RolledBack => RestartOutcome::RolledBack,
             Outcome::Failed => RestartOutcome::Failed,
+            Outcome::Interrupted => RestartOutcome::Interrupted,
         }
     }
 }

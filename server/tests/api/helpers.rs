@@ -263,6 +263,7 @@ pub fn service(name: &str, generation: u64) -> ServiceStatus {
         consecutive_crashes: 0,
         running_restart: None,
         last_restart: None,
+        blocked: None,
     }
 }
 

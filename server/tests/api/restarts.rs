@@ -551,3 +551,36 @@ async fn a_restart_whose_events_the_agent_lost_is_settled_from_its_fetched_repor
         .unwrap();
     assert_eq!(gaps.0, 1);
 }
+
+#[tokio::test]
+async fn a_restart_whose_agent_was_killed_and_came_back_ends_interrupted() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    let command_id = agent.expect_restart_command().await;
+    agent
+        .send(&AgentFrame::RestartStarted {
+            command_id,
+            result: Ok(1),
+        })
+        .await;
+    let started = agent.event(
+        "web",
+        Some(1),
+        baton_proto::EventKind::RestartStarted { reason: None },
+    );
+    agent.send_events(vec![started]).await;
+    // Killed before its outcome; the agent that takes over has a new lifetime.
+    agent.close().await;
+    let _next = FakeAgent::connect(&app, "alpha", "boot-2", vec![service("web", 1)]).await;
+
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["outcome"], "interrupted", "{restart}");
+    assert_eq!(restart["hosts"][0]["outcome"], "interrupted", "{restart}");
+    assert!(
+        restart["hosts"][0]["outcome_reason"]
+            .as_str()
+            .unwrap()
+            .contains("the agent restarted")
+    );
+}

@@ -1,10 +1,12 @@
-//! The core's side of the agent's upgrade in place: what it hands to the
-//! next image, and how that image takes it over.
+//! The core's side of the agent's upgrade in place and of its recovery after
+//! it was killed: the snapshot it hands to the next image or keeps in the
+//! state file, and how an agent takes such a snapshot over.
 
-use super::{Effect, Mode, Out, ServiceCore};
-use crate::handover::{GenerationHandover, HandedPhase, ServiceHandover};
+use super::{Effect, Mode, Now, Out, ServiceCore};
+use crate::handover::{GenerationHandover, HandedPhase, RestartHandover, ServiceHandover};
 use crate::service::generation::{Generation, Lifecycle};
-use baton_proto::RestartId;
+use crate::service::restart::{RestartRun, Verdict};
+use baton_proto::{RestartId, RestartOutcome};
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
@@ -19,12 +21,23 @@ pub enum HandoverRefused {
     Stopping { service: String },
 }
 
-/// The core's part of a service's handover.
+/// The core's part of a service's handover or state-file entry.
 pub struct HandedCore {
     pub generations: Vec<GenerationHandover>,
     pub current: Option<u64>,
     pub next_generation: u64,
     pub consecutive_crashes: u32,
+    pub restart: Option<RestartHandover>,
+}
+
+/// Where the snapshot being adopted comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Predecessor {
+    /// The agent's previous image, same pid: its generations are children.
+    Image,
+    /// An agent that was killed; its generations survived it and are
+    /// nobody's children now.
+    Dead,
 }
 
 impl ServiceCore {
@@ -47,19 +60,42 @@ impl ServiceCore {
                 service: self.name.clone(),
             });
         }
+        let anchor = Now {
+            at: now,
+            unix_ms: baton_proto::now_millis(),
+        };
+        let handed = self.snapshot(now, anchor);
+        self.mode = Mode::Frozen;
+        Ok(handed)
+    }
+
+    /// What the service runs, with every deadline both as time left from
+    /// `now` and as a wall-clock time, converted through `anchor` (a fixed
+    /// anchor gives the same wall-clock time for the same deadline on every
+    /// call, so unchanged state gives an equal snapshot).
+    pub fn snapshot(&self, now: Instant, anchor: Now) -> HandedCore {
         let left = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+        let wall = |t: Instant| match t.checked_duration_since(anchor.at) {
+            Some(after) => anchor.unix_ms + after.as_millis() as u64,
+            None => anchor
+                .unix_ms
+                .saturating_sub(anchor.at.duration_since(t).as_millis() as u64),
+        };
         let generations = self
             .generations
             .values()
             .filter_map(|g| {
                 let phase = match g.lifecycle {
+                    Lifecycle::Starting { deadline } => HandedPhase::Starting {
+                        left_ms: left(deadline),
+                    },
                     Lifecycle::Draining { deadline } => HandedPhase::Draining {
                         left_ms: left(deadline),
                     },
                     Lifecycle::Stopping { kill_at } => HandedPhase::Stopping {
                         left_ms: left(kill_at),
                     },
-                    Lifecycle::Ready | Lifecycle::Starting { .. } => HandedPhase::Ready,
+                    Lifecycle::Ready => HandedPhase::Ready,
                     Lifecycle::Exited { .. } => return None,
                 };
                 Some(GenerationHandover {
@@ -70,23 +106,45 @@ impl ServiceCore {
                     started_at: g.started_at,
                     ready_at: g.ready_at,
                     status_text: g.status_text.clone(),
+                    start_time: None,
+                    cgroup: None,
+                    deadline_at: g.lifecycle.deadline().map(wall),
                 })
             })
             .collect();
-        self.mode = Mode::Frozen;
-        Ok(HandedCore {
+        HandedCore {
             generations,
             current: self.current,
             next_generation: self.next_generation,
             consecutive_crashes: self.consecutive_crashes,
-        })
+            restart: self.restart.as_ref().map(|run| RestartHandover {
+                id: run.id,
+                reason: run.reason.clone(),
+                started_at: run.started_at,
+                old: run.old,
+                new: run.new,
+                verdict: run.verdict.as_ref().map(|v| (v.outcome, v.reason.clone())),
+                connections_cut: run.connections_cut,
+            }),
+        }
     }
 
-    /// Takes over the generations the agent's previous image ran.
-    pub fn adopt(&mut self, handed: &ServiceHandover, now: Instant) -> Vec<Effect> {
+    /// Takes over the generations the agent's previous image ran, or those
+    /// a killed agent left running (`from`). After a killed agent, deadlines
+    /// are its wall-clock ones, and a restart it was running goes on only
+    /// where it can be finished: its new generation serves and only the old
+    /// one's drain was left. Otherwise the new generation is stopped and the
+    /// restart ends `interrupted`.
+    pub fn adopt(&mut self, handed: &ServiceHandover, now: Now, from: Predecessor) -> Vec<Effect> {
         let mut out = Out(Vec::new());
         self.next_generation = handed.next_generation;
         self.consecutive_crashes = handed.consecutive_crashes;
+        let until = |left_ms: u64, deadline_at: Option<u64>| match (from, deadline_at) {
+            (Predecessor::Dead, Some(at)) => {
+                now.at + Duration::from_millis(at.saturating_sub(now.unix_ms))
+            }
+            _ => now.at + Duration::from_millis(left_ms),
+        };
         for handed in &handed.generations {
             let pid = Pid::from_raw(handed.pid);
             let number = handed.number;
@@ -107,17 +165,20 @@ impl ServiceCore {
             }
             let lifecycle = match handed.phase {
                 HandedPhase::Ready => Lifecycle::Ready,
+                HandedPhase::Starting { left_ms } => Lifecycle::Starting {
+                    deadline: until(left_ms, handed.deadline_at),
+                },
                 HandedPhase::Draining { left_ms } => {
                     out.push(Effect::WatchDrain {
                         generation: number,
                         pgid: pid,
                     });
                     Lifecycle::Draining {
-                        deadline: now + Duration::from_millis(left_ms),
+                        deadline: until(left_ms, handed.deadline_at),
                     }
                 }
                 HandedPhase::Stopping { left_ms } => Lifecycle::Stopping {
-                    kill_at: now + Duration::from_millis(left_ms),
+                    kill_at: until(left_ms, handed.deadline_at),
                 },
             };
             self.generations.insert(
@@ -127,9 +188,9 @@ impl ServiceCore {
                     pid,
                     lifecycle,
                     started_at: handed.started_at,
-                    spawned: now,
+                    spawned: now.at,
                     ready_at: handed.ready_at,
-                    ready_instant: handed.ready_at.map(|_| now),
+                    ready_instant: handed.ready_at.map(|_| now.at),
                     status_text: handed.status_text.clone(),
                     connections: None,
                     main_pid,
@@ -137,7 +198,60 @@ impl ServiceCore {
             );
         }
         self.current = handed.current.filter(|n| self.generations.contains_key(n));
-        tracing::info!(service = %self.name, generations = self.generations.len(), current = ?self.current, "adopted from the previous agent image");
+        if let Some(restart) = &handed.restart {
+            self.resume_restart(restart, now, &mut out);
+        }
+        // A generation left starting outside a restart (a crash restart) is
+        // stopped: its readiness was the dead agent's to see.
+        let starting: Vec<u64> = self
+            .generations
+            .values()
+            .filter(|g| g.lifecycle.is_starting())
+            .map(|g| g.number)
+            .collect();
+        for number in starting {
+            self.stop_generation(number, now, &mut out);
+        }
+        match from {
+            Predecessor::Image => {
+                tracing::info!(service = %self.name, generations = self.generations.len(), current = ?self.current, "adopted from the previous agent image")
+            }
+            Predecessor::Dead => {
+                tracing::info!(service = %self.name, generations = self.generations.len(), current = ?self.current, "recovered what the killed agent left running")
+            }
+        }
         out.0
+    }
+
+    /// Takes over a restart a killed agent was running.
+    fn resume_restart(&mut self, handed: &RestartHandover, now: Now, out: &mut Out) {
+        let mut run = RestartRun::new(handed.id, handed.old);
+        run.reason = handed.reason.clone();
+        run.started_at = handed.started_at;
+        run.new = handed.new;
+        run.connections_cut = handed.connections_cut;
+        run.verdict = handed
+            .verdict
+            .clone()
+            .map(|(outcome, reason)| Verdict { outcome, reason });
+        let new_serves = run.new.is_some() && run.new == self.current;
+        if run.verdict.is_none() && !new_serves {
+            let what = match run.new {
+                Some(new) if self.generations.contains_key(&new) => {
+                    format!("; generation {new}, not ready yet, was stopped")
+                }
+                _ => String::new(),
+            };
+            run.verdict = Some(Verdict::new(
+                RestartOutcome::Interrupted,
+                format!("the agent was killed during the restart{what}"),
+            ));
+            if let Some(new) = run.new {
+                self.stop_generation(new, now, out);
+            }
+        }
+        tracing::info!(service = %self.name, restart = run.id, verdict = ?run.verdict.as_ref().map(|v| v.outcome), "took over the restart the killed agent was running");
+        self.restart = Some(run);
+        self.check_restart_done(out);
     }
 }
