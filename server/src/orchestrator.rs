@@ -474,6 +474,7 @@ async fn follow_host(
         seq_at_command,
         agent_restart_id,
         fetch_report_at: Instant::now() + REPORT_FETCH_AFTER.min(inner.timeouts.host_restart / 2),
+        recovered_by: None,
     };
     loop {
         // Read before the waiting notices are taken: the fleet announces
@@ -507,10 +508,22 @@ async fn follow_host(
 
         let failure = match &link {
             None => Some("host offline".to_string()),
-            Some(link) if link.online && link.boot_id != *boot_id => {
-                // The agent died mid-restart; the one that took over its
-                // generations keeps the old one serving (or finishes the
-                // drain) and reports under its own lifetime.
+            Some(link)
+                if link.online
+                    && link.boot_id != *boot_id
+                    && progress.recovered_by.as_deref() != Some(link.boot_id.as_str()) =>
+            {
+                if let Some(result) =
+                    follow_recovery(inner, restart, host, &mut progress, &link.boot_id).await?
+                {
+                    return Ok(result);
+                }
+                if progress.recovered_by.as_deref() == Some(link.boot_id.as_str()) {
+                    continue;
+                }
+                // The agent died mid-restart and the one that took over
+                // knows nothing of it (its state file was lost): the old
+                // generation serves on, and nobody finishes this restart.
                 return finish_host(
                     inner,
                     restart,
@@ -596,6 +609,10 @@ struct Progress {
     /// When to ask the agent for the restart's report, if its outcome has
     /// not come in the events by then.
     fetch_report_at: Instant,
+    /// The lifetime of an agent that took over this restart from a killed
+    /// one (its state file carried the restart); its report, asked for
+    /// when its events of the restart come, has the outcome.
+    recovered_by: Option<String>,
 }
 
 /// What a batch of events told about a host's restart.
@@ -658,6 +675,17 @@ async fn on_notice(
         }
         Notice::Online { .. } | Notice::Offline { .. } => return Ok(None),
     };
+    if from == host && progress.recovered_by.as_deref() == Some(boot_id.as_str()) {
+        let finished = events.iter().any(|e| {
+            matches!(e.kind, EventKind::RestartFinished { .. })
+                && e.restart == progress.agent_restart_id
+                && e.service == progress.service
+        });
+        if finished {
+            progress.fetch_report_at = Instant::now();
+        }
+        return Ok(None);
+    }
     if from != host || boot_id != progress.boot_id {
         return Ok(None);
     }
@@ -690,10 +718,11 @@ async fn fetch_report_if_due(
         return Ok(None);
     }
     progress.fetch_report_at = Instant::now() + REPORT_FETCH_EVERY;
-    let Some(answer) = inner
-        .fleet
-        .fetch_report(host, &progress.boot_id, agent_restart_id)
-    else {
+    let boot_id = progress
+        .recovered_by
+        .as_deref()
+        .unwrap_or(&progress.boot_id);
+    let Some(answer) = inner.fleet.fetch_report(host, boot_id, agent_restart_id) else {
         return Ok(None);
     };
     let restart_id = u64::try_from(restart.id).unwrap_or(0);
@@ -743,6 +772,54 @@ async fn fetch_report_if_due(
     inner.metrics.settled_from_report();
     tracing::info!(restart_id, host, %outcome, reason = reason.as_deref().unwrap_or(""), "host restart finished, from the report fetched from its agent");
     Ok(Some((outcome, reason)))
+}
+
+/// How much earlier than the server's restart an agent's clock may put the
+/// start of that restart.
+const CLOCK_SLACK_MS: u64 = 60_000;
+
+/// The host's agent links again with a new lifetime while its restart runs:
+/// it was killed, and the one that took over its generations may have taken
+/// over the restart too (its state file carries it, under the same id). Asks
+/// it for the report: one that has the outcome settles the host; one still
+/// running is followed under the new lifetime (`recovered_by`). `None` and
+/// no `recovered_by` when the new agent does not know the restart.
+async fn follow_recovery(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    progress: &mut Progress,
+    new_boot: &str,
+) -> anyhow::Result<Option<HostResult>> {
+    let Some(agent_restart_id) = progress.agent_restart_id else {
+        return Ok(None);
+    };
+    let Some(answer) = inner.fleet.fetch_report(host, new_boot, agent_restart_id) else {
+        return Ok(None);
+    };
+    let Ok(Ok(Some(report))) = tokio::time::timeout(REPORT_ANSWER, answer).await else {
+        return Ok(None);
+    };
+    let created_at = u64::try_from(restart.created_at).unwrap_or(0);
+    // Ids start again at 1 in an agent that lost its state file: a report
+    // under the same id is this restart only if it began around when this
+    // one was sent.
+    if report.id != agent_restart_id
+        || report.service != progress.service
+        || report.started_at + CLOCK_SLACK_MS < created_at
+    {
+        return Ok(None);
+    }
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    tracing::info!(
+        restart_id,
+        host,
+        agent_restart_id,
+        "the agent was killed mid-restart; the one that took over carries the restart on"
+    );
+    progress.recovered_by = Some(new_boot.to_owned());
+    progress.fetch_report_at = Instant::now();
+    fetch_report_if_due(inner, restart, host, progress).await
 }
 
 /// The same as [`on_notice`], from the events already stored.
@@ -820,6 +897,7 @@ mod tests {
             seq_at_command,
             agent_restart_id,
             fetch_report_at: Instant::now(),
+            recovered_by: None,
         }
     }
 

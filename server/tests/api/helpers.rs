@@ -414,6 +414,17 @@ impl FakeAgent {
         }
     }
 
+    /// The next report the server asks for, past its acknowledgements.
+    pub async fn expect_fetch_report(&mut self) -> RestartId {
+        loop {
+            match self.recv().await {
+                ServerFrame::FetchReport { restart_id } => return restart_id,
+                ServerFrame::Ack { .. } => continue,
+                other => panic!("expected a fetch of a report, got {other:?}"),
+            }
+        }
+    }
+
     pub fn event(&mut self, service: &str, restart: Option<RestartId>, kind: EventKind) -> Event {
         let event = Event {
             seq: self.next_seq,

@@ -570,9 +570,16 @@ async fn a_restart_whose_agent_was_killed_and_came_back_ends_interrupted() {
         baton_proto::EventKind::RestartStarted { reason: None },
     );
     agent.send_events(vec![started]).await;
-    // Killed before its outcome; the agent that takes over has a new lifetime.
+    // Killed before its outcome; the agent that takes over has a new lifetime
+    // and no state file, so it knows nothing of the restart.
     agent.close().await;
-    let _next = FakeAgent::connect(&app, "alpha", "boot-2", vec![service("web", 1)]).await;
+    let mut next = FakeAgent::connect(&app, "alpha", "boot-2", vec![service("web", 1)]).await;
+    let restart_id = next.expect_fetch_report().await;
+    next.send(&AgentFrame::Report {
+        restart_id,
+        report: None,
+    })
+    .await;
 
     let restart = app.wait_restart(id).await;
     assert_eq!(restart["outcome"], "interrupted", "{restart}");
@@ -583,4 +590,75 @@ async fn a_restart_whose_agent_was_killed_and_came_back_ends_interrupted() {
             .unwrap()
             .contains("the agent restarted")
     );
+}
+
+#[tokio::test]
+async fn a_restart_taken_over_by_the_agent_that_replaced_a_killed_one_ends_with_its_outcome() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    let command_id = agent.expect_restart_command().await;
+    agent
+        .send(&AgentFrame::RestartStarted {
+            command_id,
+            result: Ok(1),
+        })
+        .await;
+    let steps = agent.restart_events("web", 1, 1, RestartOutcome::Forced);
+    agent.send_events(steps[..1].to_vec()).await;
+    agent.close().await;
+
+    // The agent that took over carries restart 1 on (its state file had it):
+    // still draining when the server asks, forced at the drain's deadline.
+    let mut next = FakeAgent::connect(&app, "alpha", "boot-2", vec![service("web", 1)]).await;
+    let mut report = RestartReport {
+        id: 1,
+        service: "web".into(),
+        reason: None,
+        started_at: steps[0].at,
+        finished_at: None,
+        outcome: None,
+        outcome_reason: None,
+        old_generation: Some(1),
+        new_generation: Some(2),
+        connections_cut: None,
+        steps: Vec::new(),
+    };
+    let restart_id = next.expect_fetch_report().await;
+    assert_eq!(restart_id, 1);
+    next.send(&AgentFrame::Report {
+        restart_id,
+        report: Some(report.clone()),
+    })
+    .await;
+    let finished = next.event(
+        "web",
+        Some(1),
+        EventKind::RestartFinished {
+            outcome: RestartOutcome::Forced,
+            reason: Some("drain timeout".into()),
+        },
+    );
+    next.send(&AgentFrame::Events {
+        events: vec![finished.clone()],
+    })
+    .await;
+    let restart_id = next.expect_fetch_report().await;
+    report.finished_at = Some(finished.at);
+    report.outcome = Some(RestartOutcome::Forced);
+    report.outcome_reason = Some("drain timeout".into());
+    report.steps = vec![finished];
+    next.send(&AgentFrame::Report {
+        restart_id,
+        report: Some(report),
+    })
+    .await;
+
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["hosts"][0]["outcome"], "forced", "{restart}");
+    assert_eq!(
+        restart["hosts"][0]["outcome_from_report"], true,
+        "{restart}"
+    );
+    assert_eq!(restart["outcome"], "forced", "{restart}");
 }
