@@ -170,6 +170,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         state.update(adopted.service.clone());
     }
 
+    let took_over = !adopted_services.is_empty();
     let mut running = Running {
         config: config.clone(),
         sockets,
@@ -198,6 +199,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
         shared.reaper.reap_all();
         tracing::info!("upgraded in place; every socket and generation carried over");
+    } else if took_over {
+        // A client that lost the killed agent mid-restart asks this one
+        // about that restart as soon as the control socket answers: every
+        // service has taken over its part (the restart included) first.
+        for handle in view.handles() {
+            let _ = handle.status(false).await;
+        }
     }
     tracing::info!(
         services = config.services.len(),

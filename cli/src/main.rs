@@ -4,8 +4,10 @@ mod demo;
 mod output;
 mod server_mode;
 
-use baton_client::{AgentClient, Error, StatusCode};
-use baton_proto::{ErrorKind, Request, Response, ServiceName, exit};
+use baton_client::{AgentClient, Error, ProtocolError, StatusCode};
+use baton_proto::{
+    ErrorBody, ErrorKind, EventKind, Request, Response, RestartOutcome, ServiceName, exit,
+};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -167,6 +169,102 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// How long `restart --wait` waits for an agent that went away mid-restart
+/// to come back (a supervisor starts it again in well under that), when the
+/// command has no `--timeout` of its own.
+const AGENT_RETURN_WAIT: Duration = Duration::from_secs(60);
+
+/// The agent went away while `restart --wait` followed restart `id` (killed,
+/// or restarted by its supervisor). The agent that takes over its
+/// generations carries the restart on under the same id: reconnect and
+/// follow it there. Its outcome, or `interrupted` when the new agent does
+/// not know the restart (its state was lost; the old generation serves on).
+fn follow_taken_over(
+    socket: &std::path::Path,
+    id: u64,
+    service: &str,
+    started: Instant,
+    deadline: Option<Instant>,
+) -> Result<Option<RestartOutcome>, Error> {
+    eprintln!(
+        "baton: lost the agent during restart {id}; following it on the agent that takes over"
+    );
+    let give_up = || deadline.unwrap_or_else(|| Instant::now() + AGENT_RETURN_WAIT);
+    let mut until = give_up();
+    loop {
+        let mut followed = false;
+        match follow_on_agent(socket, id, service, started, deadline, &mut followed) {
+            // A dying agent's listener may still take a connection before
+            // the kernel closes it: try again until the new agent answers.
+            Err(
+                Error::AgentUnreachable { .. }
+                | Error::Io(_)
+                | Error::Protocol(ProtocolError::Closed),
+            ) if Instant::now() < until || followed => {
+                if followed {
+                    // Lost again once following: as long again to return.
+                    until = give_up();
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One try of [`follow_taken_over`]; `followed` turns true once the agent
+/// has said it carries the restart on.
+fn follow_on_agent(
+    socket: &std::path::Path,
+    id: u64,
+    service: &str,
+    started: Instant,
+    deadline: Option<Instant>,
+    followed: &mut bool,
+) -> Result<Option<RestartOutcome>, Error> {
+    let mut events = AgentClient::connect(socket)?;
+    events.send(Request::Events {
+        after: 0,
+        follow: true,
+    })?;
+    // Asked once subscribed: an outcome reached in between is in one of the two.
+    match AgentClient::connect(socket)?.restart_report(id) {
+        Ok(report) if report.service == service => {
+            if report.outcome.is_some() {
+                return Ok(report.outcome);
+            }
+        }
+        Ok(_)
+        | Err(Error::Agent(ErrorBody {
+            kind: ErrorKind::UnknownRestart,
+            ..
+        })) => {
+            eprintln!(
+                "baton: the agent that took over does not know restart {id} (its state was lost); the old generation serves on"
+            );
+            return Ok(Some(RestartOutcome::Interrupted));
+        }
+        Err(e) => return Err(e),
+    }
+    *followed = true;
+    loop {
+        match events.receive_before(deadline)? {
+            Some(Response::Event(event))
+                if event.restart == Some(id) && event.service == service =>
+            {
+                println!("{}", output::step_line(&event, started));
+                if let EventKind::RestartFinished { outcome, .. } = event.kind {
+                    return Ok(Some(outcome));
+                }
+            }
+            Some(Response::Event(_)) => {}
+            Some(Response::Error(body)) => return Err(Error::Agent(body)),
+            Some(_) => return Err(ProtocolError::Unexpected { expected: "event" }.into()),
+            None => return Err(ProtocolError::Closed.into()),
+        }
+    }
+}
+
 fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
     let timeout = match &command {
         Command::Restart { timeout, .. } => *timeout,
@@ -236,11 +334,19 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
             if !wait {
                 return Ok(exit::SUCCEEDED);
             }
-            let followed = client.follow_restart(deadline, |event| {
-                println!("{}", output::step_line(&event, started));
-            });
+            let followed = client
+                .follow_restart(deadline, |event| {
+                    println!("{}", output::step_line(&event, started));
+                })
+                .map(|report| report.outcome);
+            let followed = match followed {
+                Err(Error::Protocol(ProtocolError::Closed) | Error::Io(_)) => {
+                    follow_taken_over(socket, id, service.as_str(), started, deadline)
+                }
+                other => other,
+            };
             match followed {
-                Ok(report) => Ok(exit::of_outcome(report.outcome)),
+                Ok(outcome) => Ok(exit::of_outcome(outcome)),
                 Err(Error::TimedOut) => {
                     eprintln!(
                         "baton: gave up waiting after {}; restart {id} is still running (see `baton show {id}`)",

@@ -631,3 +631,68 @@ impl Drop for KillOnDrop {
         let _ = killpg(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_wait_follows_the_restart_onto_the_agent_that_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode_file = dir.path().join("mode");
+    let services = demo_service_args(
+        "web",
+        &["--mode-file", mode_file.to_str().unwrap()],
+        r#"drain_timeout = "3s""#,
+    );
+    std::fs::write(&mode_file, "ignore-sigterm").unwrap();
+    let host = Host::start(dir.path(), &services);
+    let mut host = blocking(move || {
+        host.wait_for("ready", Duration::from_secs(20), |s| {
+            s.services.iter().all(|s| s.state == ServiceState::Ready)
+        });
+        host
+    })
+    .await;
+    std::fs::remove_file(&mode_file).unwrap();
+    let old = host.service("web").generations[0].clone();
+
+    // What a CI deploy step runs, while the agent is killed under it.
+    let waiting = std::process::Command::new(bin("baton"))
+        .arg("--agent")
+        .arg(host.agent().socket())
+        .args(["restart", "web", "--wait"])
+        .env_remove("BATON_SERVER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    host.wait_for(
+        "the old generation draining",
+        Duration::from_secs(10),
+        |s| {
+            s.services[0]
+                .generations
+                .iter()
+                .any(|g| g.generation == old.generation && g.state == GenerationState::Draining)
+        },
+    );
+    host.kill_agent();
+    sleep(300).await;
+    let host = blocking(move || {
+        host.start_agent();
+        host
+    })
+    .await;
+
+    let out = blocking(move || waiting.wait_with_output().unwrap()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Forced at the drain's deadline (the old generation ignores SIGTERM):
+    // the real outcome, not "agent unreachable".
+    assert_eq!(
+        out.status.code(),
+        Some(baton_proto::exit::FORCED as i32),
+        "stdout:\n{stdout}\nstderr:\n{stderr}\n{}",
+        host.log()
+    );
+    assert!(stderr.contains("lost the agent"), "{stderr}");
+    assert!(stdout.contains("forced"), "{stdout}");
+    assert!(!alive(old.pid));
+}
