@@ -220,6 +220,11 @@ pub struct ServiceOnHost {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub running_restart: Option<RestartId>,
+    /// Why the service cannot start on this host: a process the agent does
+    /// not know holds its address (left by an agent that was killed and
+    /// whose state was lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 impl ServiceOnHost {
@@ -239,6 +244,7 @@ impl ServiceOnHost {
             stopping: Vec::new(),
             consecutive_crashes: status.consecutive_crashes,
             running_restart: status.running_restart,
+            blocked: status.blocked.clone(),
         };
         for (index, generation) in status.generations.iter().enumerate() {
             let list = match generation.state {

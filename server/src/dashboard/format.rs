@@ -171,6 +171,7 @@ pub fn host_restart_badge(state: HostRestartState, outcome: Option<RestartOutcom
 /// offline, crash-looping and stopped.
 pub fn needs_attention(on_host: &ServiceOnHost) -> bool {
     !on_host.online
+        || on_host.blocked.is_some()
         || (on_host.draining.is_empty()
             && matches!(
                 on_host.state,

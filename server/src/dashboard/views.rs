@@ -74,7 +74,9 @@ pub struct HostLine {
     pub starting: Option<String>,
     pub status_text: Option<String>,
     pub crashes: u32,
-    /// Offline, crash-looping or stopped: counted on the overview.
+    /// Why the service cannot start there (a stranger holds its address).
+    pub blocked: Option<String>,
+    /// Offline, crash-looping, stopped or blocked: counted on the overview.
     pub needs_attention: bool,
 }
 
@@ -131,6 +133,7 @@ impl HostLine {
                 .map(|g| format!("generation {} starting (pid {})", g.generation, g.pid)),
             status_text: current.and_then(|g| g.status_text.clone()),
             crashes: on_host.consecutive_crashes,
+            blocked: on_host.blocked.clone(),
         }
     }
 }
@@ -222,6 +225,9 @@ pub struct HostDetail {
     pub took: Option<String>,
     /// What the agent reports right now, while the restart runs.
     pub live: Option<String>,
+    /// The outcome came from the report the server fetched from the agent,
+    /// not from its events (they were lost while the link was down).
+    pub from_report: bool,
 }
 
 pub struct RestartDetail {
@@ -291,6 +297,7 @@ impl RestartDetail {
                         _ => None,
                     },
                     live: live_line,
+                    from_report: host.outcome_from_report,
                 }
             })
             .collect();

@@ -208,3 +208,34 @@ async fn revoking_the_token_ends_the_dashboard_sessions_opened_with_it() {
     let response = browser.post_form("/login", &[("token", &app.viewer)]).await;
     assert_eq!(response.status(), 401);
 }
+
+#[tokio::test]
+async fn a_service_whose_address_a_stranger_holds_says_so_in_the_api_and_on_the_pages() {
+    let app = spawn_app().await;
+    let mut blocked = service("web", 1);
+    blocked.state = baton_proto::ServiceState::Stopped;
+    blocked.generations.clear();
+    blocked.blocked = Some("tcp://127.0.0.1:8000 is held by pid 4242 (old-web)".into());
+    let _agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![blocked]).await;
+
+    let json: serde_json::Value = app
+        .get("/services/web", Some(&app.viewer))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        json["hosts"][0]["blocked"],
+        "tcp://127.0.0.1:8000 is held by pid 4242 (old-web)"
+    );
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.viewer).await;
+    for path in ["/", "/services/web"] {
+        let page = browser.page(path).await;
+        assert!(
+            page.contains("held by pid 4242 (old-web)"),
+            "{path} does not say why web cannot start:\n{page}"
+        );
+    }
+}
