@@ -3,6 +3,7 @@
 //! (reload).
 
 use crate::config::{Config, ServiceConfig};
+use crate::connections::ConnectionCounter;
 use crate::control;
 use crate::events::{EventLog, now_millis};
 use crate::handover::{Handover, ServiceHandover};
@@ -25,6 +26,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 type SocketKey = (String, String);
+
+/// How often a draining generation's connections are counted.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct Running {
     config: Config,
@@ -90,11 +94,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let control_fd = listener.as_raw_fd();
     let notify_fd = notify.raw_fd();
     let events = Arc::new(EventLog::default());
+    let connections = ConnectionCounter::start(DRAIN_POLL);
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
         router: NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups)),
         notify_socket: config.notify_socket.clone(),
+        connections: connections.clone(),
     });
     let host = config.host.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -115,6 +121,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             Some(_) => baton_proto::ProcessTracking::Cgroup,
             None => baton_proto::ProcessTracking::Session,
         },
+        connections,
         reloads: reload_tx,
     });
 
@@ -139,7 +146,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         // children that exited during the exec are collected now.
         let handles = view.handles();
         for handle in handles {
-            let _ = handle.status(false).await;
+            let _ = handle.status().await;
         }
         shared.reaper.reap_all();
         tracing::info!("upgraded in place; every socket and generation carried over");

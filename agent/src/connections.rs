@@ -7,11 +7,12 @@
 //! from the socket inodes behind `/proc/<pid>/fd`.
 
 use crate::config::ListenAddr;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -24,7 +25,9 @@ use netlink_packet_sock_diag::unix::nlas::UnixDiagName;
 use netlink_packet_sock_diag::unix::{self as unix_diag, UnixRequest};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use procfs::process::{FDTarget, Process};
-use tokio_util::sync::CancellationToken;
+
+mod counter;
+pub use counter::{ConnectionCounter, Counts, Registration};
 
 /// The service's stream listeners, so that only connections accepted from them are
 /// counted (a generation's own outbound connections to a database are not "its
@@ -82,32 +85,13 @@ impl Members {
 }
 
 /// [`count_connections`] off the async threads; `None` when it could not count.
+/// For one generation at one moment (before a stop signal, at a drain's
+/// deadline); periodic counts of many go through [`ConnectionCounter`].
 pub async fn count(members: Members, listen: ListenAddrs) -> Option<u32> {
     tokio::task::spawn_blocking(move || count_connections(&members, &listen))
         .await
         .ok()
         .and_then(|r| r.ok())
-}
-
-/// Counts a draining generation's connections every `every` and hands each
-/// count to `report`, until `stop` is cancelled or `report` says it is no
-/// longer listening.
-pub async fn watch_draining(
-    members: Members,
-    listen: ListenAddrs,
-    every: Duration,
-    report: impl Fn(Option<u32>) -> bool,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if !report(count(members.clone(), listen.clone()).await) {
-            return;
-        }
-    }
 }
 
 /// A dump never legitimately takes long; this only keeps a wedged kernel reply from
@@ -124,6 +108,15 @@ const SOCK_SEQPACKET: u8 = libc::SOCK_SEQPACKET as u8;
 /// `SS_CONNECTED` in the `St` column of `/proc/net/unix`.
 const PROC_NET_UNIX_CONNECTED: u8 = 3;
 
+/// How many times this process read the kernel's socket tables to count
+/// (one [`count_many`] or [`count_connections`] is one, however many
+/// generations it counts). Tests hold the agent to one per tick with it.
+static SCANS: AtomicU64 = AtomicU64::new(0);
+
+pub fn scans() -> u64 {
+    SCANS.load(Ordering::Relaxed)
+}
+
 /// Number of open connections held by the generation's processes that were
 /// accepted from one of `listen`: TCP sockets (IPv4 and IPv6) in any state but LISTEN,
 /// TIME_WAIT and CLOSE whose local port is a listener's port and whose local address is
@@ -133,34 +126,97 @@ const PROC_NET_UNIX_CONNECTED: u8 = 3;
 ///
 /// Blocking (netlink and `/proc`); call it from `spawn_blocking` in async code.
 pub fn count_connections(members: &Members, listen: &ListenAddrs) -> io::Result<u32> {
-    if listen.tcp.is_empty() && listen.unix.is_empty() {
-        return Ok(0);
+    let mut counts = count_each(&[(members, listen)])?;
+    counts.pop().unwrap_or(Ok(0))
+}
+
+/// [`count_connections`] for many generations at once, with one walk of
+/// their processes and one sock_diag dump per socket family for all of them:
+/// the cost of a count grows with the sockets and processes on the host, not
+/// with their product. `None` where a generation could not be counted.
+///
+/// Blocking (netlink and `/proc`); call it from `spawn_blocking` in async code.
+pub fn count_many(targets: &[(Members, ListenAddrs)]) -> Vec<Option<u32>> {
+    let borrowed: Vec<(&Members, &ListenAddrs)> = targets.iter().map(|(m, l)| (m, l)).collect();
+    match count_each(&borrowed) {
+        Ok(counts) => counts.into_iter().map(Result::ok).collect(),
+        Err(error) => {
+            tracing::debug!(%error, "could not read the kernel's sockets");
+            vec![None; targets.len()]
+        }
     }
-    let group_inodes = socket_inodes(members)?;
-    if group_inodes.is_empty() {
-        return Ok(0);
+}
+
+/// The outer error is the kernel's tables being unreadable (every count
+/// fails); an inner one is one generation's processes being unreadable.
+fn count_each(targets: &[(&Members, &ListenAddrs)]) -> io::Result<Vec<io::Result<u32>>> {
+    let wanted: Vec<bool> = targets
+        .iter()
+        .map(|(_, listen)| !listen.tcp.is_empty() || !listen.unix.is_empty())
+        .collect();
+    let members: Vec<&Members> = targets
+        .iter()
+        .zip(&wanted)
+        .filter(|(_, wanted)| **wanted)
+        .map(|((members, _), _)| *members)
+        .collect();
+    if members.is_empty() {
+        return Ok(targets.iter().map(|_| Ok(0)).collect());
+    }
+    SCANS.fetch_add(1, Ordering::Relaxed);
+    let mut inodes = socket_inodes_of_all(&members).into_iter();
+    // Which targets hold each socket; a socket is normally one generation's.
+    let mut owners: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut results: Vec<io::Result<HashSet<u64>>> = Vec::with_capacity(targets.len());
+    for (index, wanted) in wanted.iter().enumerate() {
+        if !*wanted {
+            results.push(Ok(HashSet::new()));
+            continue;
+        }
+        match inodes.next().unwrap_or_else(|| Ok(HashSet::new())) {
+            Ok(held) => {
+                for inode in held {
+                    owners.entry(inode).or_default().push(index);
+                }
+                results.push(Ok(HashSet::new()));
+            }
+            Err(error) => results.push(Err(error)),
+        }
+    }
+    if owners.is_empty() {
+        return Ok(finish(results));
     }
 
-    let mut connections: HashSet<u64> = HashSet::new();
     let mut sock_diag = SockDiag::open()?;
-    for family in tcp_families(&listen.tcp) {
+    let tcp_listeners: Vec<SocketAddr> = targets
+        .iter()
+        .flat_map(|(_, listen)| listen.tcp.iter().copied())
+        .collect();
+    for family in tcp_families(&tcp_listeners) {
         sock_diag.dump(inet_request(family), |message| {
             let SockDiagMessage::InetResponse(response) = message else {
                 return;
             };
             let header = &response.header;
             let inode = u64::from(header.inode);
+            let Some(holders) = owners.get(&inode) else {
+                return;
+            };
             let local = SocketAddr::new(
                 header.socket_id.source_address,
                 header.socket_id.source_port,
             );
-            if group_inodes.contains(&inode) && accepted_from(&listen.tcp, local) {
-                connections.insert(inode);
+            for &index in holders {
+                if accepted_from(&targets[index].1.tcp, local)
+                    && let Ok(connections) = &mut results[index]
+                {
+                    connections.insert(inode);
+                }
             }
         })?;
     }
 
-    if !listen.unix.is_empty() {
+    if targets.iter().any(|(_, listen)| !listen.unix.is_empty()) {
         let unix_sockets = match unix_connections_from_sock_diag(&mut sock_diag) {
             Ok(sockets) => sockets,
             Err(error) => {
@@ -169,17 +225,29 @@ pub fn count_connections(members: &Members, listen: &ListenAddrs) -> io::Result<
             }
         };
         for socket in unix_sockets {
-            let listened_on = listen
-                .unix
-                .iter()
-                .any(|path| path.as_os_str().as_bytes() == socket.path.as_slice());
-            if listened_on && group_inodes.contains(&socket.inode) {
-                connections.insert(socket.inode);
+            let Some(holders) = owners.get(&socket.inode) else {
+                continue;
+            };
+            for &index in holders {
+                let listened_on = targets[index]
+                    .1
+                    .unix
+                    .iter()
+                    .any(|path| path.as_os_str().as_bytes() == socket.path.as_slice());
+                if listened_on && let Ok(connections) = &mut results[index] {
+                    connections.insert(socket.inode);
+                }
             }
         }
     }
+    Ok(finish(results))
+}
 
-    Ok(u32::try_from(connections.len()).unwrap_or(u32::MAX))
+fn finish(results: Vec<io::Result<HashSet<u64>>>) -> Vec<io::Result<u32>> {
+    results
+        .into_iter()
+        .map(|r| r.map(|connections| u32::try_from(connections.len()).unwrap_or(u32::MAX)))
+        .collect()
 }
 
 /// Pids of the live processes whose process group is `pgid`, in ascending order.
@@ -208,26 +276,56 @@ fn is_live_member(process: &Process, pgid: i32) -> bool {
         .is_ok_and(|stat| stat.pgrp == pgid && !matches!(stat.state, 'Z' | 'X'))
 }
 
-/// Inodes of every socket open in a member. A process reads its fds through
-/// the `/proc/<pid>` directory it opened, so a pid reused mid-scan cannot
-/// lend the generation a stranger's sockets.
-fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
-    let processes: Vec<Process> = match members {
-        Members::Group(pgid) => {
-            if *pgid <= 0 {
-                return Ok(HashSet::new());
+/// Inodes of every socket open in a member of each of `members`, in order.
+/// Process groups are found with one walk of `/proc` for all of them. A
+/// process reads its fds through the `/proc/<pid>` directory it opened, so a
+/// pid reused mid-scan cannot lend the generation a stranger's sockets.
+fn socket_inodes_of_all(members: &[&Members]) -> Vec<io::Result<HashSet<u64>>> {
+    let groups: HashSet<i32> = members
+        .iter()
+        .filter_map(|members| match members {
+            Members::Group(pgid) if *pgid > 0 => Some(*pgid),
+            _ => None,
+        })
+        .collect();
+    let mut by_group: HashMap<i32, Vec<Process>> = HashMap::new();
+    let mut walk_error = None;
+    if !groups.is_empty() {
+        match procfs::process::all_processes() {
+            Ok(processes) => {
+                for process in processes.flatten() {
+                    if let Ok(stat) = process.stat()
+                        && groups.contains(&stat.pgrp)
+                        && !matches!(stat.state, 'Z' | 'X')
+                    {
+                        by_group.entry(stat.pgrp).or_default().push(process);
+                    }
+                }
             }
-            procfs::process::all_processes()
-                .map_err(proc_error)?
-                .flatten()
-                .filter(|process| is_live_member(process, *pgid))
-                .collect()
+            Err(error) => walk_error = Some(error.to_string()),
         }
-        Members::Cgroup(folder) => crate::cgroup::procs_of(folder)
-            .into_iter()
-            .filter_map(|pid| Process::new(pid).ok())
-            .collect(),
-    };
+    }
+    members
+        .iter()
+        .map(|members| {
+            let processes: Vec<Process> = match members {
+                Members::Group(pgid) => {
+                    if let Some(error) = &walk_error {
+                        return Err(io::Error::other(error.clone()));
+                    }
+                    by_group.remove(pgid).unwrap_or_default()
+                }
+                Members::Cgroup(folder) => crate::cgroup::procs_of(folder)
+                    .into_iter()
+                    .filter_map(|pid| Process::new(pid).ok())
+                    .collect(),
+            };
+            socket_inodes_of(processes)
+        })
+        .collect()
+}
+
+fn socket_inodes_of(processes: Vec<Process>) -> io::Result<HashSet<u64>> {
     let mut inodes = HashSet::new();
     for process in processes {
         let fds = match process.fd() {
@@ -243,6 +341,14 @@ fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
         }));
     }
     Ok(inodes)
+}
+
+/// Inodes of every socket open in a member.
+#[cfg(test)]
+fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
+    socket_inodes_of_all(&[members])
+        .pop()
+        .unwrap_or_else(|| Ok(HashSet::new()))
 }
 
 fn proc_error(error: procfs::ProcError) -> io::Error {

@@ -11,11 +11,10 @@
 //! the link for good, logged as an error; the services run on regardless.
 
 use crate::config::ServerConfig;
-use crate::view::AgentView;
+use crate::view::{AgentView, Counting};
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
 use baton_proto::{Event, ServiceStatus};
 use futures::{SinkExt, StreamExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -23,10 +22,20 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+/// The link's heartbeat: a ping, and a status if it changed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
-/// Connection counts of serving generations are read this often; draining
-/// ones are counted every 100 ms anyway.
+/// Connection counts of serving generations are read this often for the
+/// server (one count for every service, off this loop); draining ones are
+/// counted every 100 ms anyway.
 const COUNT_EVERY_N_STATUS: u32 = 5;
+/// A status that did not change is sent again after this long, so the
+/// server's copy never drifts for good.
+const STATUS_UNCHANGED_RESEND: Duration = Duration::from_secs(10);
+/// Events change the server's picture of generations: a status follows
+/// them within this long, and a burst of events (one restart after another
+/// across many services) is followed by one status per this long, not one
+/// per batch.
+const STATUS_AFTER_EVENTS: Duration = Duration::from_millis(200);
 const BATCH_MAX: usize = 500;
 /// And at most this much JSON per frame: the server refuses frames over
 /// 1 MiB, and an event can carry a reason of up to 64 KiB.
@@ -169,7 +178,10 @@ async fn session(
     .map_err(|_| "connect timed out")??;
     let (mut sink, mut stream) = socket.split();
 
-    let status = agent.status(true).await;
+    // The last counts, however old: a hello never waits for the kernel.
+    // The first status after it brings fresh ones.
+    agent.connections.refresh();
+    let status = agent.status(Counting::Last).await;
     send(
         &mut sink,
         frame(&AgentFrame::Hello {
@@ -178,7 +190,7 @@ async fn session(
             agent_version: status.agent_version.clone(),
             boot_id: status.boot_id.clone(),
             last_seq: agent.events.last_seq(),
-            services: status.services,
+            services: for_the_server(status.services),
         })?,
     )
     .await?;
@@ -229,7 +241,9 @@ async fn session(
     let mut ticker = tokio::time::interval(STATUS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
-    let mut counts = LastCounts::default();
+    let mut last_status = StatusSent::default();
+    // When a status is due after events.
+    let mut status_due: Option<tokio::time::Instant> = None;
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -263,11 +277,14 @@ async fn session(
                     }
                     // The server's picture of generations changes with these
                     // events; don't leave it a second behind.
-                    let status = agent.status(false).await;
-                    send(&mut sink, frame(&AgentFrame::Status {
-                        services: counts.fill(status.services),
-                    })?).await?;
+                    let soonest = last_status.at.map_or_else(tokio::time::Instant::now, |at| at + STATUS_AFTER_EVENTS);
+                    status_due.get_or_insert(soonest);
                 }
+            }
+            _ = sleep_until(status_due) => {
+                status_due = None;
+                let status = agent.status(Counting::Last).await;
+                last_status.send_if_changed(&mut sink, status.services, Duration::MAX).await?;
             }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > SERVER_SILENCE {
@@ -279,15 +296,12 @@ async fn session(
                 }
                 send(&mut sink, Message::Ping(Default::default())).await?;
                 ticks = ticks.wrapping_add(1);
-                let fresh = ticks % COUNT_EVERY_N_STATUS == 1;
-                let status = agent.status(fresh).await;
-                let services = if fresh {
-                    counts.remember(&status.services);
-                    status.services
-                } else {
-                    counts.fill(status.services)
-                };
-                send(&mut sink, frame(&AgentFrame::Status { services })?).await?;
+                if ticks % COUNT_EVERY_N_STATUS == 0 {
+                    // Counted off this loop; the next ticks' statuses carry it.
+                    agent.connections.refresh();
+                }
+                let status = agent.status(Counting::Last).await;
+                last_status.send_if_changed(&mut sink, status.services, STATUS_UNCHANGED_RESEND).await?;
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
@@ -312,36 +326,60 @@ async fn session(
     }
 }
 
-/// Connection counts of serving generations from the last time they were
-/// read, shown in the statuses between two readings.
+/// The last status sent to the server, to send only what changed.
 #[derive(Default)]
-struct LastCounts(HashMap<(String, u64), u32>);
+struct StatusSent {
+    services: Vec<ServiceStatus>,
+    at: Option<tokio::time::Instant>,
+}
 
-impl LastCounts {
-    fn remember(&mut self, services: &[ServiceStatus]) {
-        self.0.clear();
-        for service in services {
-            for generation in &service.generations {
-                if let Some(count) = generation.connections {
-                    self.0
-                        .insert((service.name.clone(), generation.generation), count);
-                }
-            }
+impl StatusSent {
+    /// Sends a status when it differs from the last one sent, or when the
+    /// last one is older than `resend_after`.
+    async fn send_if_changed<S>(
+        &mut self,
+        sink: &mut S,
+        services: Vec<ServiceStatus>,
+        resend_after: Duration,
+    ) -> Result<(), LinkError>
+    where
+        S: futures::Sink<Message> + Unpin,
+        S::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let services = for_the_server(services);
+        let stale = self.at.is_none_or(|at| at.elapsed() >= resend_after);
+        if services == self.services && !stale {
+            return Ok(());
+        }
+        send(
+            sink,
+            frame(&AgentFrame::Status {
+                services: services.clone(),
+            })?,
+        )
+        .await?;
+        self.services = services;
+        self.at = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+}
+
+/// The statuses as the link carries them: a last restart without its steps.
+/// The server has every step as an event already, and with them a thousand
+/// services' statuses would not fit in one of its frames (1 MiB).
+fn for_the_server(mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
+    for service in &mut services {
+        if let Some(report) = &mut service.last_restart {
+            report.steps = Vec::new();
         }
     }
+    services
+}
 
-    fn fill(&self, mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
-        for service in &mut services {
-            for generation in &mut service.generations {
-                if generation.connections.is_none() {
-                    generation.connections = self
-                        .0
-                        .get(&(service.name.clone(), generation.generation))
-                        .copied();
-                }
-            }
-        }
-        services
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

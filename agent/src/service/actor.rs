@@ -7,7 +7,7 @@
 use super::core::{Effect, Input, Now, ServiceCore};
 use super::{Msg, Shared};
 use crate::config::ServiceConfig;
-use crate::connections::{self, ListenAddrs, Members};
+use crate::connections::{self, ListenAddrs, Members, Registration};
 use crate::events::now_millis;
 use crate::handover::{ServiceHandover, SocketHandover};
 use crate::notify_router::{Route, ignore_notification};
@@ -21,12 +21,10 @@ use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// How often a draining generation's connections are counted.
-const DRAIN_POLL: Duration = Duration::from_millis(100);
 /// Most fds one service may keep in the fd store.
 const FDSTORE_MAX: usize = 64;
 
@@ -35,8 +33,11 @@ struct Held {
     /// The sockets it was started with stay open while it lives, even when
     /// a reload replaced them.
     _sockets: Arc<Vec<Arc<BoundSocket>>>,
-    /// Its probe and drain counter.
+    /// Its probe.
     tasks: CancellationToken,
+    /// Its place in the agent's connection counts (a draining generation's
+    /// periodic count too); dropped when the generation is forgotten.
+    counted: Option<Registration>,
 }
 
 pub(super) struct Actor {
@@ -120,10 +121,7 @@ impl Actor {
                     let _ = reply.send(answer);
                 }
             }
-            Msg::Status {
-                count_serving,
-                reply,
-            } => self.status(count_serving, reply),
+            Msg::Status { reply } => self.status(reply),
             Msg::Replace { config, sockets } => {
                 self.sockets = sockets;
                 self.drive(Input::Replace { config }, Vec::new()).await;
@@ -276,7 +274,8 @@ impl Actor {
                 pgid,
                 purpose,
             } => {
-                let count = connections::count(self.members(pgid), self.listen_addrs()).await;
+                let listen = self.listen_addrs_of(generation);
+                let count = connections::count(self.members(pgid), listen).await;
                 return Some(Input::Counted {
                     generation,
                     count,
@@ -284,16 +283,11 @@ impl Actor {
                 });
             }
             Effect::WatchDrain { generation, pgid } => {
-                let stop = self.tasks_of(generation);
                 let tx = self.tx.clone();
                 let report = move |count| tx.send(Msg::Connections { generation, count }).is_ok();
-                tokio::spawn(connections::watch_draining(
-                    self.members(pgid),
-                    self.listen_addrs(),
-                    DRAIN_POLL,
-                    report,
-                    stop,
-                ));
+                if let Some(counted) = self.counted(generation, pgid) {
+                    counted.watch_drain(report);
+                }
             }
             Effect::WatchExit { generation, pid } => {
                 let watch = self.shared.reaper.adopt(pid);
@@ -325,6 +319,8 @@ impl Actor {
             }
             Effect::Route { generation, pgid } => {
                 self.shared.router.insert(pgid, self.route(generation));
+                // An adopted generation: counted from now on.
+                self.counted(generation, pgid);
             }
             Effect::Forget { generation, pgid } => {
                 if let Some(held) = self.held.remove(&generation) {
@@ -418,8 +414,10 @@ impl Actor {
             Held {
                 _sockets: self.sockets.clone(),
                 tasks: CancellationToken::new(),
+                counted: None,
             },
         );
+        self.counted(generation, pid);
         Input::Spawned {
             generation,
             pid,
@@ -448,9 +446,24 @@ impl Actor {
             .or_insert_with(|| Held {
                 _sockets: sockets.clone(),
                 tasks: CancellationToken::new(),
+                counted: None,
             })
             .tasks
             .clone()
+    }
+
+    /// The generation's place in the agent's connection counts, made on
+    /// first use; `None` for a generation already forgotten.
+    fn counted(&mut self, generation: u64, pgid: Pid) -> Option<&Registration> {
+        let members = self.members(pgid);
+        let listen = self.listen_addrs_of(generation);
+        let held = self.held.get_mut(&generation)?;
+        let counted = held.counted.get_or_insert_with(|| {
+            self.shared
+                .connections
+                .register(&self.name, generation, members, listen)
+        });
+        Some(counted)
     }
 
     /// Turns the reaper's news of a process of the generation into a message.
@@ -475,8 +488,14 @@ impl Actor {
         }
     }
 
-    fn listen_addrs(&self) -> ListenAddrs {
-        ListenAddrs::of(self.sockets.iter().map(|s| &s.bound))
+    /// The stream listeners a generation accepts from: those it was
+    /// started with, which a reload may since have replaced.
+    fn listen_addrs_of(&self, generation: u64) -> ListenAddrs {
+        let sockets = self
+            .held
+            .get(&generation)
+            .map_or(&self.sockets, |held| &held._sockets);
+        ListenAddrs::of(sockets.iter().map(|s| &s.bound))
     }
 
     /// Takes over what the agent's previous image ran.
@@ -525,10 +544,11 @@ impl Actor {
         })
     }
 
-    /// Answers a status request; counting serving generations' connections
-    /// happens off the task, so it never holds up a transition.
-    fn status(&self, count_serving: bool, reply: oneshot::Sender<ServiceStatus>) {
-        let mut status = ServiceStatus {
+    /// Answers a status request. Connections are those the core knows
+    /// (a draining generation's, counted every tick); the agent's view adds
+    /// the others from its one count of every service.
+    fn status(&self, reply: oneshot::Sender<ServiceStatus>) {
+        let status = ServiceStatus {
             name: self.name.clone(),
             state: self.core.state(),
             sockets: self
@@ -544,24 +564,7 @@ impl Actor {
             running_restart: self.core.running_restart(),
             last_restart: self.shared.events.last_restart_of(&self.name),
         };
-        if !count_serving || status.generations.iter().all(|g| g.connections.is_some()) {
-            let _ = reply.send(status);
-            return;
-        }
-        let listen = self.listen_addrs();
-        let members: Vec<Members> = status
-            .generations
-            .iter()
-            .map(|g| self.members(Pid::from_raw(g.pid as i32)))
-            .collect();
-        tokio::spawn(async move {
-            for (generation, members) in status.generations.iter_mut().zip(members) {
-                if generation.connections.is_none() {
-                    generation.connections = connections::count(members, listen.clone()).await;
-                }
-            }
-            let _ = reply.send(status);
-        });
+        let _ = reply.send(status);
     }
 }
 

@@ -27,6 +27,7 @@ mod tests;
 
 pub use self::core::HandoverRefused;
 use crate::config::ServiceConfig;
+use crate::connections::ConnectionCounter;
 use crate::events::EventLog;
 use crate::handover::ServiceHandover;
 use crate::notify::NotifyMessage;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub events: Arc<EventLog>,
     pub router: NotifyRouter,
     pub notify_socket: PathBuf,
+    /// Counts every service's connections, one scan for all of them.
+    pub connections: Arc<ConnectionCounter>,
 }
 
 /// What reaches a service's task, in the order it arrived.
@@ -55,7 +58,6 @@ enum Msg {
         reply: oneshot::Sender<Result<RestartId, ErrorBody>>,
     },
     Status {
-        count_serving: bool,
         reply: oneshot::Sender<ServiceStatus>,
     },
     Replace {
@@ -106,14 +108,11 @@ impl ServiceHandle {
             .unwrap_or_else(|_| Err(self::core::shutting_down(&self.name)))
     }
 
-    /// With `count_serving`, the connections of generations that are not
-    /// draining (whose count is kept fresh anyway) are read from the kernel.
-    pub async fn status(&self, count_serving: bool) -> Option<ServiceStatus> {
+    /// The service as its task sees it: connections only of draining
+    /// generations (see `AgentView::status` for the others).
+    pub async fn status(&self) -> Option<ServiceStatus> {
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Status {
-            count_serving,
-            reply,
-        });
+        self.send(Msg::Status { reply });
         answer.await.ok()
     }
 
