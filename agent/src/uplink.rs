@@ -180,6 +180,7 @@ async fn session(
 
     // The last counts, however old: a hello never waits for the kernel.
     // The first status after it brings fresh ones.
+    let hello_started = tokio::time::Instant::now();
     agent.connections.refresh();
     let status = agent.status(Counting::Last).await;
     send(
@@ -222,7 +223,9 @@ async fn session(
         Ok(answer) => answer?,
         Err(_) => return Err("no welcome from the server within 5s".into()),
     };
-    tracing::info!(server = %url, resume_after, "linked to the server");
+    // From building the hello to the welcome: what grows with the services.
+    let hello_ms = hello_started.elapsed().as_millis() as u64;
+    tracing::info!(server = %url, resume_after, hello_ms, "linked to the server");
 
     // Backlog and live stream come from one lock, so nothing falls between.
     let (backlog, mut live) = agent.events.since(resume_after);

@@ -31,7 +31,7 @@ pub struct Cli {
     #[arg(long, default_value_t = 100)]
     pub restarts: usize,
 
-    /// Services the memory scenario gives one agent.
+    /// Services the memory and many-services scenarios give one agent.
     #[arg(long, default_value_t = 100)]
     pub services: usize,
 
@@ -71,6 +71,10 @@ pub enum Scenario {
     Overhead,
     /// The agent's resident memory with many services.
     Memory,
+    /// One agent with `--services` demo services linked to a real server:
+    /// idle CPU, `baton status`, the link's hello, restarting every service,
+    /// memory. Not in the default set: it takes minutes at 1,000.
+    ManyServices,
 }
 
 impl Scenario {
@@ -82,6 +86,7 @@ impl Scenario {
             Scenario::Naive => "naive",
             Scenario::Overhead => "overhead",
             Scenario::Memory => "memory",
+            Scenario::ManyServices => "many-services",
         }
     }
 
