@@ -149,74 +149,55 @@ pub fn count_many(targets: &[(Members, ListenAddrs)]) -> Vec<Option<u32>> {
 
 /// The outer error is the kernel's tables being unreadable (every count
 /// fails); an inner one is one generation's processes being unreadable.
+///
+/// The kernel's connections come first, matched to the listeners they were
+/// accepted from; only generations whose listeners have a connection at all
+/// have their processes' fds read, to tell theirs from an older or newer
+/// generation's. An idle agent's count is one dump and nothing else.
 fn count_each(targets: &[(&Members, &ListenAddrs)]) -> io::Result<Vec<io::Result<u32>>> {
-    let wanted: Vec<bool> = targets
-        .iter()
-        .map(|(_, listen)| !listen.tcp.is_empty() || !listen.unix.is_empty())
-        .collect();
-    let members: Vec<&Members> = targets
-        .iter()
-        .zip(&wanted)
-        .filter(|(_, wanted)| **wanted)
-        .map(|((members, _), _)| *members)
-        .collect();
-    if members.is_empty() {
+    let mut candidates: Vec<HashSet<u64>> = vec![HashSet::new(); targets.len()];
+    let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+    let mut by_path: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    let mut tcp_listeners = Vec::new();
+    for (index, (_, listen)) in targets.iter().enumerate() {
+        for address in &listen.tcp {
+            by_port.entry(address.port()).or_default().push(index);
+            tcp_listeners.push(*address);
+        }
+        for path in &listen.unix {
+            by_path
+                .entry(path.as_os_str().as_bytes())
+                .or_default()
+                .push(index);
+        }
+    }
+    if by_port.is_empty() && by_path.is_empty() {
         return Ok(targets.iter().map(|_| Ok(0)).collect());
     }
     SCANS.fetch_add(1, Ordering::Relaxed);
-    let mut inodes = socket_inodes_of_all(&members).into_iter();
-    // Which targets hold each socket; a socket is normally one generation's.
-    let mut owners: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut results: Vec<io::Result<HashSet<u64>>> = Vec::with_capacity(targets.len());
-    for (index, wanted) in wanted.iter().enumerate() {
-        if !*wanted {
-            results.push(Ok(HashSet::new()));
-            continue;
-        }
-        match inodes.next().unwrap_or_else(|| Ok(HashSet::new())) {
-            Ok(held) => {
-                for inode in held {
-                    owners.entry(inode).or_default().push(index);
-                }
-                results.push(Ok(HashSet::new()));
-            }
-            Err(error) => results.push(Err(error)),
-        }
-    }
-    if owners.is_empty() {
-        return Ok(finish(results));
-    }
 
     let mut sock_diag = SockDiag::open()?;
-    let tcp_listeners: Vec<SocketAddr> = targets
-        .iter()
-        .flat_map(|(_, listen)| listen.tcp.iter().copied())
-        .collect();
     for family in tcp_families(&tcp_listeners) {
         sock_diag.dump(inet_request(family), |message| {
             let SockDiagMessage::InetResponse(response) = message else {
                 return;
             };
             let header = &response.header;
-            let inode = u64::from(header.inode);
-            let Some(holders) = owners.get(&inode) else {
+            let Some(listening) = by_port.get(&header.socket_id.source_port) else {
                 return;
             };
             let local = SocketAddr::new(
                 header.socket_id.source_address,
                 header.socket_id.source_port,
             );
-            for &index in holders {
-                if accepted_from(&targets[index].1.tcp, local)
-                    && let Ok(connections) = &mut results[index]
-                {
-                    connections.insert(inode);
+            for &index in listening {
+                if accepted_from(&targets[index].1.tcp, local) {
+                    candidates[index].insert(u64::from(header.inode));
                 }
             }
         })?;
     }
-
-    if targets.iter().any(|(_, listen)| !listen.unix.is_empty()) {
+    if !by_path.is_empty() {
         let unix_sockets = match unix_connections_from_sock_diag(&mut sock_diag) {
             Ok(sockets) => sockets,
             Err(error) => {
@@ -225,29 +206,24 @@ fn count_each(targets: &[(&Members, &ListenAddrs)]) -> io::Result<Vec<io::Result
             }
         };
         for socket in unix_sockets {
-            let Some(holders) = owners.get(&socket.inode) else {
-                continue;
-            };
-            for &index in holders {
-                let listened_on = targets[index]
-                    .1
-                    .unix
-                    .iter()
-                    .any(|path| path.as_os_str().as_bytes() == socket.path.as_slice());
-                if listened_on && let Ok(connections) = &mut results[index] {
-                    connections.insert(socket.inode);
-                }
+            for &index in by_path.get(socket.path.as_slice()).into_iter().flatten() {
+                candidates[index].insert(socket.inode);
             }
         }
     }
-    Ok(finish(results))
-}
 
-fn finish(results: Vec<io::Result<HashSet<u64>>>) -> Vec<io::Result<u32>> {
-    results
-        .into_iter()
-        .map(|r| r.map(|connections| u32::try_from(connections.len()).unwrap_or(u32::MAX)))
-        .collect()
+    let busy: Vec<usize> = (0..targets.len())
+        .filter(|&index| !candidates[index].is_empty())
+        .collect();
+    let members: Vec<&Members> = busy.iter().map(|&index| targets[index].0).collect();
+    let mut results: Vec<io::Result<u32>> = targets.iter().map(|_| Ok(0)).collect();
+    for (index, held) in busy.into_iter().zip(socket_inodes_of_all(&members)) {
+        results[index] = held.map(|held| {
+            let connections = candidates[index].intersection(&held).count();
+            u32::try_from(connections).unwrap_or(u32::MAX)
+        });
+    }
+    Ok(results)
 }
 
 /// Pids of the live processes whose process group is `pgid`, in ascending order.

@@ -93,9 +93,8 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
                 Scenario::Memory => {
                     memories.push(memory::measure(&binaries, cli.services).with_context(context)?)
                 }
-                Scenario::ManyServices => many_services.push(
-                    many_services::measure(&binaries, cli.services).with_context(context)?,
-                ),
+                Scenario::ManyServices => many_services
+                    .push(many_services::measure(&binaries, cli.services).with_context(context)?),
             }
         }
     }

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use baton_proto::link::AgentFrame;
 use baton_proto::ServiceStatus;
+use baton_proto::link::AgentFrame;
 
 use crate::agent::Agent;
 use crate::binaries::Binaries;
@@ -40,6 +40,11 @@ pub struct ManyServices {
     pub online_samples: (usize, usize),
     /// `baton status`, the command line's whole run, each counting afresh.
     pub status_times: Vec<Duration>,
+    /// The status request alone, through the control socket.
+    pub socket_status_times: Vec<Duration>,
+    /// Why the server closed the agent's link, each time it did before the
+    /// server's own restart.
+    pub link_drops: Vec<String>,
     /// Restarts of every service, one after another, each followed to its end.
     pub restart_all: Duration,
     pub restart_outcomes: Vec<(String, u64)>,
@@ -70,6 +75,7 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
         .map_err(|missing| anyhow::anyhow!("{missing}; build the workspace first"))?;
     let mut server = baton_testkit::ServerSetup::new(&server_binary)
         .prefix("baton-bench-server-")
+        .env("NO_COLOR", "1")
         .start()?;
     let agent_token = server.create_token("bench-agent", "agent", Some(HOST))?;
     let viewer_token = server.create_token("bench-viewer", "viewer", None)?;
@@ -78,9 +84,13 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
         .build()?;
     let client = server.client(Some(&viewer_token))?;
     let online = || -> bool {
-        runtime
-            .block_on(client.get_json::<baton_proto::api::HostList>("/hosts"))
-            .is_ok_and(|list| list.hosts.iter().any(|h| h.name == HOST && h.online))
+        // Asked twice before taken for offline: a pooled connection the
+        // server closed while the bench was busy elsewhere fails once.
+        (0..2).any(|_| {
+            runtime
+                .block_on(client.get_json::<baton_proto::api::HostList>("/hosts"))
+                .is_ok_and(|list| list.hosts.iter().any(|h| h.name == HOST && h.online))
+        })
     };
 
     let mut config = format!("host = \"{HOST}\"\n{}", server.agent_section(&agent_token));
@@ -95,7 +105,9 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
     eprintln!("baton-bench:   starting an agent with {services} demo services");
     let started = Instant::now();
     let agent = Agent::start_with(&binaries.agent, &config, |setup| {
-        setup.env("NO_COLOR", "1").stop_grace(Duration::from_secs(60))
+        setup
+            .env("NO_COLOR", "1")
+            .stop_grace(Duration::from_secs(60))
     })?;
     agent
         .wait_all_ready(Duration::from_secs(600))
@@ -114,9 +126,14 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
 
     eprintln!("baton-bench:   {STATUS_REQUESTS} runs of `baton status`");
     let mut status_times = Vec::with_capacity(STATUS_REQUESTS);
+    let mut socket_status_times = Vec::with_capacity(STATUS_REQUESTS);
     for _ in 0..STATUS_REQUESTS {
         std::thread::sleep(STATUS_SPACING);
         status_times.push(time_cli_status(&cli_binary, agent.socket())?);
+        std::thread::sleep(STATUS_SPACING);
+        let asked = Instant::now();
+        agent.status()?;
+        socket_status_times.push(asked.elapsed());
     }
 
     eprintln!("baton-bench:   restarting {services} services one after another");
@@ -142,6 +159,7 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
     eprintln!("baton-bench:   idle CPU after the restarts");
     let idle_cpu_after_restarts = measure_idle_cpu(pid, &online, &mut online_samples)?;
 
+    let link_drops = link_drops(&server.log());
     eprintln!("baton-bench:   restarting the server for a new hello");
     server.kill();
     server.launch()?;
@@ -160,6 +178,8 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
         idle_cpu_after_restarts,
         online_samples,
         status_times,
+        socket_status_times,
+        link_drops,
         restart_all,
         restart_outcomes: outcomes.into_iter().collect(),
         hello,
@@ -284,6 +304,19 @@ fn without_steps(mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
 
 fn frame_bytes(services: Vec<ServiceStatus>) -> anyhow::Result<usize> {
     Ok(serde_json::to_string(&AgentFrame::Status { services })?.len())
+}
+
+/// The reasons of the server's "agent link closed" lines.
+fn link_drops(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("agent link closed"))
+        .map(|line| {
+            line.find("reason=").map_or_else(
+                || line.to_owned(),
+                |at| line[at + "reason=".len()..].trim().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The `hello_ms` of the agent's last "linked to the server" line.

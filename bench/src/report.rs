@@ -8,7 +8,7 @@ use crate::cli::Scenario;
 use crate::many_services::ManyServices;
 use crate::memory::Memory;
 use crate::overhead::Overhead;
-use crate::stats::{Latencies, LoadStats};
+use crate::stats::{Latencies, LoadStats, median};
 use crate::under_load::LoadSettings;
 
 /// A restart may make the whole run's p99 at most this much worse.
@@ -177,11 +177,32 @@ fn write_many_services(out: &mut String, many: &ManyServices) {
             format!("{} of {}", many.online_samples.0, many.online_samples.1),
         ),
         (
+            "links the server closed before its restart (reasons)".to_owned(),
+            if many.link_drops.is_empty() {
+                "0".to_owned()
+            } else {
+                format!("{} ({})", many.link_drops.len(), many.link_drops.join("; "))
+            },
+        ),
+        (
             format!(
                 "`baton status`, whole command, {} runs each counting afresh: median / max",
                 many.status_times.len()
             ),
             format!("{} / {}", ms(many.status_median()), ms(many.status_max())),
+        ),
+        (
+            "status through the control socket alone (no command line): median / max".to_owned(),
+            format!(
+                "{} / {}",
+                ms(median(many.socket_status_times.iter().copied()).unwrap_or_default()),
+                ms(many
+                    .socket_status_times
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or_default())
+            ),
         ),
         (
             "restart every service one after another, each to its end".to_owned(),
@@ -199,7 +220,10 @@ fn write_many_services(out: &mut String, many: &ManyServices) {
             "server restarted → host online (includes the agent's reconnect backoff)".to_owned(),
             seconds(many.online_after_server_restart),
         ),
-        ("agent VmRSS after the restarts".to_owned(), megabytes(many.rss)),
+        (
+            "agent VmRSS after the restarts".to_owned(),
+            megabytes(many.rss),
+        ),
         ("agent VmHWM (peak)".to_owned(), megabytes(many.peak_rss)),
         (
             "status frame to the server (last restarts without steps)".to_owned(),
@@ -220,10 +244,15 @@ fn write_setup(out: &mut String, results: &Results) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
-        "- Machine: {} cores ({}), Linux {}. The agent, the services and the load generator all run on it and compete for the same cores; the load generator drives every connection from one thread.",
+        "- Machine: {} cores ({}), Linux {}, `{}` build. The agent, the services and the load generator all run on it and compete for the same cores; the load generator drives every connection from one thread.",
         cores,
         cpu_model().unwrap_or_else(|| "unknown CPU".to_owned()),
         kernel_release().unwrap_or_else(|| "unknown".to_owned()),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
     );
     let _ = writeln!(
         out,
@@ -231,6 +260,9 @@ fn write_setup(out: &mut String, results: &Results) {
         results.load_average_before.as_deref().unwrap_or("unknown"),
         results.load_average_after.as_deref().unwrap_or("unknown"),
     );
+    if results.load.is_empty() {
+        return;
+    }
     let _ = writeln!(
         out,
         "- Load: {} keep-alive connections, one request in flight each, `GET /` on `baton-demo --warmup {}` (a warm-up that burns every core before READY=1); {} per scenario, a restart every {}.",
