@@ -11,6 +11,7 @@
 //! the link for good, logged as an error; the services run on regardless.
 
 use crate::config::ServerConfig;
+use crate::connections::Counts;
 use crate::view::{AgentView, Counting};
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
 use baton_proto::{Event, ServiceStatus};
@@ -24,13 +25,17 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// The link's heartbeat: a ping, and a status if it changed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Every change of a service is an event, and events bring a status; so do
+/// new connection counts. The whole picture is read again this often only
+/// in case something changed without either.
+const STATUS_REBUILD_EVERY: Duration = Duration::from_secs(10);
 /// Connection counts of serving generations are read this often for the
 /// server (one count for every service, off this loop); draining ones are
 /// counted every 100 ms anyway.
 const COUNT_EVERY_N_STATUS: u32 = 5;
 /// A status that did not change is sent again after this long, so the
 /// server's copy never drifts for good.
-const STATUS_UNCHANGED_RESEND: Duration = Duration::from_secs(10);
+const STATUS_UNCHANGED_RESEND: Duration = Duration::from_secs(60);
 /// Events change the server's picture of generations: a status follows
 /// them within this long, and a burst of events (one restart after another
 /// across many services) is followed by one status per this long, not one
@@ -303,8 +308,13 @@ async fn session(
                     // Counted off this loop; the next ticks' statuses carry it.
                     agent.connections.refresh();
                 }
-                let status = agent.status(Counting::Last).await;
-                last_status.send_if_changed(&mut sink, status.services, STATUS_UNCHANGED_RESEND).await?;
+                let counts = agent.connections.latest();
+                let recounted = !counts.same_as(&last_status.counts);
+                if recounted || last_status.built_at.elapsed() >= STATUS_REBUILD_EVERY {
+                    let status = agent.status(Counting::Last).await;
+                    last_status.counts = counts;
+                    last_status.send_if_changed(&mut sink, status.services, STATUS_UNCHANGED_RESEND).await?;
+                }
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
@@ -330,10 +340,24 @@ async fn session(
 }
 
 /// The last status sent to the server, to send only what changed.
-#[derive(Default)]
 struct StatusSent {
     services: Vec<ServiceStatus>,
     at: Option<tokio::time::Instant>,
+    /// When the picture was last read from the services.
+    built_at: tokio::time::Instant,
+    /// The connection counts it was read with.
+    counts: Arc<Counts>,
+}
+
+impl Default for StatusSent {
+    fn default() -> Self {
+        StatusSent {
+            services: Vec::new(),
+            at: None,
+            built_at: tokio::time::Instant::now(),
+            counts: Arc::default(),
+        }
+    }
 }
 
 impl StatusSent {
@@ -350,6 +374,7 @@ impl StatusSent {
         S::Error: std::error::Error + Send + Sync + 'static,
     {
         let services = for_the_server(services);
+        self.built_at = tokio::time::Instant::now();
         let stale = self.at.is_none_or(|at| at.elapsed() >= resend_after);
         if services == self.services && !stale {
             return Ok(());

@@ -69,6 +69,11 @@ impl Counts {
             .get(&(service.to_owned(), generation))
             .copied()
     }
+
+    /// The same counts of the same generations, whenever taken.
+    pub fn same_as(&self, other: &Counts) -> bool {
+        self.by_generation == other.by_generation
+    }
 }
 
 /// A generation known to the counter; dropping it forgets the generation.

@@ -49,6 +49,9 @@ pub(super) struct Actor {
     held: HashMap<u64, Held>,
     fd_store: Vec<(String, OwnedFd)>,
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// The newest restart this task opened: its report is the status's
+    /// `last_restart`, found without looking through every service's.
+    last_restart: Option<RestartId>,
 }
 
 /// What one input led to, beyond its effects.
@@ -81,6 +84,7 @@ impl Actor {
             held: HashMap::new(),
             fd_store: Vec::new(),
             stop_waiters: Vec::new(),
+            last_restart: None,
         }
     }
 
@@ -202,6 +206,7 @@ impl Actor {
             }
             Effect::OpenRestart { reason, old } => {
                 let id = self.shared.events.begin_restart(&self.name, reason, old);
+                self.last_restart = Some(id);
                 outcome.restart = Some(Ok(id));
                 return Some(Input::RestartOpened { id });
             }
@@ -562,7 +567,9 @@ impl Actor {
             generations: self.core.generations(),
             consecutive_crashes: self.core.consecutive_crashes(),
             running_restart: self.core.running_restart(),
-            last_restart: self.shared.events.last_restart_of(&self.name),
+            last_restart: self
+                .last_restart
+                .and_then(|id| self.shared.events.restart(id)),
         };
         let _ = reply.send(status);
     }
