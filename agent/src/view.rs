@@ -202,6 +202,21 @@ mod tests {
         assert_eq!(refused.kind, ErrorKind::ShuttingDown);
     }
 
+    /// Kills the generations' process groups even when an assertion fails
+    /// before the services are stopped.
+    struct KillOnDrop(Vec<i32>);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for pgid in &self.0 {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(*pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
     /// Every service but one sleeps; `accepting` accepts every connection
     /// on its inherited socket and keeps it open.
     fn many_services(dir: &std::path::Path, count: usize, accepting: usize) -> Config {
@@ -285,6 +300,13 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        let _generations = KillOnDrop(
+            status
+                .services
+                .iter()
+                .map(|s| s.generations[0].pid as i32)
+                .collect(),
+        );
         let accepting = format!("svc-{ACCEPTING}");
         // In name order: the index of the accepting service's status.
         let at = status
