@@ -3,7 +3,7 @@
 //! (reload).
 
 use crate::config::{Config, ServiceConfig};
-use crate::connections::ConnectionCounter;
+use crate::connections::{self, ConnectionCounter};
 use crate::control;
 use crate::events::{EventLog, now_millis};
 use crate::handover::{Handover, ServiceHandover};
@@ -26,9 +26,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 type SocketKey = (String, String);
-
-/// How often a draining generation's connections are counted.
-const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct Running {
     config: Config,
@@ -94,7 +91,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let control_fd = listener.as_raw_fd();
     let notify_fd = notify.raw_fd();
     let events = Arc::new(EventLog::default());
-    let connections = ConnectionCounter::start(DRAIN_POLL);
+    let connections = ConnectionCounter::start(connections::DRAIN_EVERY);
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),

@@ -27,7 +27,7 @@ use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use procfs::process::{FDTarget, Process};
 
 mod counter;
-pub use counter::{ConnectionCounter, Counts, Registration};
+pub use counter::{ConnectionCounter, Counts, DRAIN_EVERY, Registration};
 
 /// The service's stream listeners, so that only connections accepted from them are
 /// counted (a generation's own outbound connections to a database are not "its

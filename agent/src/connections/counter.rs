@@ -21,6 +21,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+/// How often a draining generation's connections are counted.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
 /// Told each count of a draining generation; returns false once nobody
 /// listens any more.
 type DrainReport = Arc<dyn Fn(Option<u32>) -> bool + Send + Sync>;
