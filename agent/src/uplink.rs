@@ -304,7 +304,7 @@ async fn session(
                 }
                 send(&mut sink, Message::Ping(Default::default())).await?;
                 ticks = ticks.wrapping_add(1);
-                if ticks % COUNT_EVERY_N_STATUS == 0 {
+                if ticks.is_multiple_of(COUNT_EVERY_N_STATUS) {
                     // Counted off this loop; the next ticks' statuses carry it.
                     agent.connections.refresh();
                 }

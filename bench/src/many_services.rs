@@ -113,7 +113,7 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
         .wait_all_ready(Duration::from_secs(600))
         .context("not every service became ready")?;
     let all_ready = started.elapsed();
-    wait(Duration::from_secs(60), "the host online", &online)
+    wait(Duration::from_secs(60), "the host online", online)
         .with_context(|| format!("agent log:\n{}", agent.log_tail()))?;
     let online_after_start = started.elapsed();
     let pid = agent.pid().context("the agent is not running")?;
@@ -122,7 +122,7 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
     std::thread::sleep(Duration::from_secs(3));
     eprintln!("baton-bench:   idle CPU over {IDLE_WINDOW:?}");
     let mut online_samples = (0, 0);
-    let idle_cpu = measure_idle_cpu(pid, &online, &mut online_samples)?;
+    let idle_cpu = measure_idle_cpu(pid, online, &mut online_samples)?;
 
     eprintln!("baton-bench:   {STATUS_REQUESTS} runs of `baton status`");
     let mut status_times = Vec::with_capacity(STATUS_REQUESTS);
@@ -157,14 +157,14 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
 
     std::thread::sleep(Duration::from_secs(3));
     eprintln!("baton-bench:   idle CPU after the restarts");
-    let idle_cpu_after_restarts = measure_idle_cpu(pid, &online, &mut online_samples)?;
+    let idle_cpu_after_restarts = measure_idle_cpu(pid, online, &mut online_samples)?;
 
     let link_drops = link_drops(&server.log());
     eprintln!("baton-bench:   restarting the server for a new hello");
     server.kill();
     server.launch()?;
     let relaunched = Instant::now();
-    wait(Duration::from_secs(60), "the host online again", &online)
+    wait(Duration::from_secs(60), "the host online again", online)
         .with_context(|| format!("agent log:\n{}", agent.log_tail()))?;
     let online_after_server_restart = relaunched.elapsed();
     let hello = last_hello(&agent.process().log());
