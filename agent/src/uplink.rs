@@ -455,4 +455,120 @@ mod tests {
         assert_eq!(sizes, [500, 500, 200]);
         assert!(batches(&[]).is_empty());
     }
+
+    /// A thousand services, each restarted once, as `status` shows them.
+    fn restarted_services(count: u64) -> Vec<ServiceStatus> {
+        use baton_proto::{GenerationInfo, GenerationState, RestartOutcome, RestartReport};
+        (0..count)
+            .map(|index| {
+                let name = format!("service-{index:04}");
+                let step = |seq: u64, kind: EventKind| Event {
+                    seq: 7 * index + seq,
+                    at: 1_764_770_000_000 + seq,
+                    service: name.clone(),
+                    restart: Some(index + 1),
+                    kind,
+                };
+                let pid = 100_000 + index as u32;
+                let steps = vec![
+                    step(
+                        1,
+                        EventKind::RestartStarted {
+                            reason: Some("deploy 4711".into()),
+                        },
+                    ),
+                    step(2, EventKind::GenerationSpawned { generation: 2, pid }),
+                    step(
+                        3,
+                        EventKind::GenerationReady {
+                            generation: 2,
+                            pid,
+                            startup_us: 51_875,
+                        },
+                    ),
+                    step(
+                        4,
+                        EventKind::DrainProgress {
+                            generation: 1,
+                            connections: 3,
+                        },
+                    ),
+                    step(
+                        5,
+                        EventKind::DrainProgress {
+                            generation: 1,
+                            connections: 1,
+                        },
+                    ),
+                    step(
+                        6,
+                        EventKind::DrainProgress {
+                            generation: 1,
+                            connections: 0,
+                        },
+                    ),
+                    step(
+                        7,
+                        EventKind::RestartFinished {
+                            outcome: RestartOutcome::Succeeded,
+                            reason: None,
+                        },
+                    ),
+                ];
+                ServiceStatus {
+                    name: name.clone(),
+                    state: baton_proto::ServiceState::Ready,
+                    sockets: vec![baton_proto::SocketInfo {
+                        name: "http".into(),
+                        listen: "tcp://127.0.0.1:40000".into(),
+                    }],
+                    generations: vec![GenerationInfo {
+                        generation: 2,
+                        pid,
+                        main_pid: None,
+                        state: GenerationState::Ready,
+                        started_at: 1_764_770_000_000,
+                        ready_at: Some(1_764_770_000_052),
+                        status_text: Some("serving".into()),
+                        connections: Some(12),
+                    }],
+                    consecutive_crashes: 0,
+                    running_restart: None,
+                    last_restart: Some(RestartReport {
+                        id: index + 1,
+                        service: name,
+                        reason: Some("deploy 4711".into()),
+                        started_at: 1_764_770_000_000,
+                        finished_at: Some(1_764_770_000_400),
+                        outcome: Some(RestartOutcome::Succeeded),
+                        outcome_reason: None,
+                        old_generation: Some(1),
+                        new_generation: Some(2),
+                        connections_cut: None,
+                        steps,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn status_frame_bytes(services: Vec<ServiceStatus>) -> usize {
+        serde_json::to_string(&AgentFrame::Status { services })
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn a_thousand_restarted_services_fit_well_within_one_server_frame() {
+        let services = restarted_services(1_000);
+        // What the link sent before: past the server's limit, the link closed.
+        assert!(status_frame_bytes(services.clone()) > 1024 * 1024);
+        let sent = for_the_server(services);
+        let bytes = status_frame_bytes(sent.clone());
+        assert!(bytes < 512 * 1024, "{bytes} bytes");
+        // Only the steps go: the rest of the report stays.
+        let report = sent[0].last_restart.as_ref().unwrap();
+        assert!(report.steps.is_empty());
+        assert_eq!(report.outcome, Some(baton_proto::RestartOutcome::Succeeded));
+    }
 }
