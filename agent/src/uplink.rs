@@ -41,6 +41,10 @@ const STATUS_UNCHANGED_RESEND: Duration = Duration::from_secs(60);
 /// across many services) is followed by one status per this long, not one
 /// per batch.
 const STATUS_AFTER_EVENTS: Duration = Duration::from_millis(200);
+/// And no sooner than this many times what the last status took to build
+/// and send: with thousands of services, statuses after events take at most
+/// a tenth of the agent's time.
+const STATUS_COST_SHARE: u32 = 10;
 const BATCH_MAX: usize = 500;
 /// And at most this much JSON per frame: the server refuses frames over
 /// 1 MiB, and an event can carry a reason of up to 64 KiB.
@@ -285,14 +289,17 @@ async fn session(
                     }
                     // The server's picture of generations changes with these
                     // events; don't leave it a second behind.
-                    let soonest = last_status.at.map_or_else(tokio::time::Instant::now, |at| at + STATUS_AFTER_EVENTS);
+                    let gap = STATUS_AFTER_EVENTS.max(last_status.cost * STATUS_COST_SHARE);
+                    let soonest = last_status.at.map_or_else(tokio::time::Instant::now, |at| at + gap);
                     status_due.get_or_insert(soonest);
                 }
             }
             _ = sleep_until(status_due) => {
                 status_due = None;
+                let began = tokio::time::Instant::now();
                 let status = agent.status(Counting::Last).await;
                 last_status.send_if_changed(&mut sink, status.services, Duration::MAX).await?;
+                last_status.cost = began.elapsed();
             }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > SERVER_SILENCE {
@@ -347,6 +354,8 @@ struct StatusSent {
     built_at: tokio::time::Instant,
     /// The connection counts it was read with.
     counts: Arc<Counts>,
+    /// What reading and sending the last status after events took.
+    cost: Duration,
 }
 
 impl Default for StatusSent {
@@ -356,6 +365,7 @@ impl Default for StatusSent {
             at: None,
             built_at: tokio::time::Instant::now(),
             counts: Arc::default(),
+            cost: Duration::ZERO,
         }
     }
 }
