@@ -24,6 +24,9 @@ use tokio::time::Instant;
 /// How often a draining generation's connections are counted.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a status waits for a count before it answers with the last.
+const COUNT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Told each count of a draining generation; returns false once nobody
 /// listens any more.
 type DrainReport = Arc<dyn Fn(Option<u32>) -> bool + Send + Sync>;
@@ -182,8 +185,11 @@ impl ConnectionCounter {
             if wake {
                 self.wake.notify_one();
             }
-            if published.changed().await.is_err() {
-                return Arc::new(Counts::default());
+            // A count never legitimately takes this long (a netlink reply
+            // times out sooner); a status answers with what there is.
+            match tokio::time::timeout(COUNT_PATIENCE, published.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.latest(),
             }
         }
     }
