@@ -844,6 +844,52 @@ while True:
         });
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_draining_generation_is_counted_every_tick_until_it_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = TcpListener::bind(loopback(0)).unwrap();
+        let service = spawn_service(
+            &dir.path().join("a.sock"),
+            &dir.path().join("b.sock"),
+            database.local_addr().unwrap().port(),
+        );
+        let _clients: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(loopback(service.port)).unwrap())
+            .collect();
+        let counter = ConnectionCounter::start(Duration::from_millis(50));
+        let registration = counter.register(
+            "web",
+            1,
+            Members::Group(service.pgid),
+            tcp(&[loopback(service.port)]),
+        );
+        let (tx, mut counts) = tokio::sync::mpsc::unbounded_channel();
+        registration.watch_drain(move |count| tx.send(count).is_ok());
+        let mut reports = 0;
+        loop {
+            let count = tokio::time::timeout(SETTLE, counts.recv())
+                .await
+                .expect("a draining generation is counted every tick")
+                .unwrap();
+            reports += 1;
+            if count == Some(2) && reports >= 3 {
+                break;
+            }
+        }
+        // A drain count is no full count: a status still has none.
+        assert_eq!(counter.latest().of("web", 1), None);
+
+        drop(registration);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while counts.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            counts.try_recv().is_err(),
+            "a forgotten generation was counted"
+        );
+        assert_eq!(counter.fresh(Duration::ZERO).await.of("web", 1), None);
+    }
+
     #[test]
     fn group_members_lists_the_live_processes_of_the_group() {
         let dir = tempfile::tempdir().unwrap();
