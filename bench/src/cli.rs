@@ -49,6 +49,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
 
+    /// Measure this `baton-agent` instead of the one next to the bench: to
+    /// compare with another build (the other programs stay the bench's).
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<std::path::PathBuf>,
+
     /// The nice value of a starting generation in the `agent+nice` scenario.
     #[arg(long, default_value_t = 10)]
     pub warmup_nice: i32,

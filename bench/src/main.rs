@@ -42,7 +42,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<String> {
-    let binaries = Binaries::next_to_this_program()?;
+    let mut binaries = Binaries::next_to_this_program()?;
+    if let Some(agent) = &cli.agent_binary {
+        binaries.agent = agent.clone();
+    }
     let settings = LoadSettings {
         duration: cli.duration,
         restart_every: cli.restart_every,
