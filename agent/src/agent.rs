@@ -143,7 +143,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         // children that exited during the exec are collected now.
         let handles = view.handles();
         for handle in handles {
-            let _ = handle.status().await;
+            let _ = handle.status(false).await;
         }
         shared.reaper.reap_all();
         tracing::info!("upgraded in place; every socket and generation carried over");

@@ -12,7 +12,7 @@
 
 use crate::config::ServerConfig;
 use crate::connections::Counts;
-use crate::view::{AgentView, Counting};
+use crate::view::AgentView;
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
 use baton_proto::{Event, ServiceStatus};
 use futures::{SinkExt, StreamExt};
@@ -191,16 +191,16 @@ async fn session(
     // The first status after it brings fresh ones.
     let hello_started = tokio::time::Instant::now();
     agent.connections.refresh();
-    let status = agent.status(Counting::Last).await;
+    let services = agent.services_for_the_server().await;
     send(
         &mut sink,
         frame(&AgentFrame::Hello {
             version: LINK_VERSION,
-            host: status.host.clone(),
-            agent_version: status.agent_version.clone(),
-            boot_id: status.boot_id.clone(),
+            host: agent.host.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot_id: agent.boot_id.clone(),
             last_seq: agent.events.last_seq(),
-            services: for_the_server(status.services),
+            services,
         })?,
     )
     .await?;
@@ -297,8 +297,8 @@ async fn session(
             _ = sleep_until(status_due) => {
                 status_due = None;
                 let began = tokio::time::Instant::now();
-                let status = agent.status(Counting::Last).await;
-                last_status.send_if_changed(&mut sink, status.services, Duration::MAX).await?;
+                let services = agent.services_for_the_server().await;
+                last_status.send_if_changed(&mut sink, services, Duration::MAX).await?;
                 last_status.cost = began.elapsed();
             }
             _ = ticker.tick() => {
@@ -318,9 +318,9 @@ async fn session(
                 let counts = agent.connections.latest();
                 let recounted = !counts.same_as(&last_status.counts);
                 if recounted || last_status.built_at.elapsed() >= STATUS_REBUILD_EVERY {
-                    let status = agent.status(Counting::Last).await;
+                    let services = agent.services_for_the_server().await;
                     last_status.counts = counts;
-                    last_status.send_if_changed(&mut sink, status.services, STATUS_UNCHANGED_RESEND).await?;
+                    last_status.send_if_changed(&mut sink, services, STATUS_UNCHANGED_RESEND).await?;
                 }
             }
             message = stream.next() => match message {
@@ -383,7 +383,6 @@ impl StatusSent {
         S: futures::Sink<Message> + Unpin,
         S::Error: std::error::Error + Send + Sync + 'static,
     {
-        let services = for_the_server(services);
         self.built_at = tokio::time::Instant::now();
         let stale = self.at.is_none_or(|at| at.elapsed() >= resend_after);
         if services == self.services && !stale {
@@ -400,18 +399,6 @@ impl StatusSent {
         self.at = Some(tokio::time::Instant::now());
         Ok(())
     }
-}
-
-/// The statuses as the link carries them: a last restart without its steps.
-/// The server has every step as an event already, and with them a thousand
-/// services' statuses would not fit in one of its frames (1 MiB).
-fn for_the_server(mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
-    for service in &mut services {
-        if let Some(report) = &mut service.last_restart {
-            report.steps = Vec::new();
-        }
-    }
-    services
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -570,15 +557,15 @@ mod tests {
 
     #[test]
     fn a_thousand_restarted_services_fit_well_within_one_server_frame() {
-        let services = restarted_services(1_000);
-        // What the link sent before: past the server's limit, the link closed.
+        let mut services = restarted_services(1_000);
+        // With their last restarts, as the link sent them before: past the
+        // server's limit, and the link closed.
         assert!(status_frame_bytes(services.clone()) > 1024 * 1024);
-        let sent = for_the_server(services);
-        let bytes = status_frame_bytes(sent.clone());
+        // As `AgentView::services_for_the_server` reads them.
+        for service in &mut services {
+            service.last_restart = None;
+        }
+        let bytes = status_frame_bytes(services);
         assert!(bytes < 512 * 1024, "{bytes} bytes");
-        // Only the steps go: the rest of the report stays.
-        let report = sent[0].last_restart.as_ref().unwrap();
-        assert!(report.steps.is_empty());
-        assert_eq!(report.outcome, Some(baton_proto::RestartOutcome::Succeeded));
     }
 }

@@ -5,7 +5,9 @@
 use crate::connections::ConnectionCounter;
 use crate::events::EventLog;
 use crate::service::ServiceHandle;
-use baton_proto::{AgentStatus, ErrorBody, ErrorKind, ProcessTracking, ReloadSummary, RestartId};
+use baton_proto::{
+    AgentStatus, ErrorBody, ErrorKind, ProcessTracking, ReloadSummary, RestartId, ServiceStatus,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -121,9 +123,32 @@ impl AgentView {
     /// own fresh count; every other generation's come from the agent's one
     /// count of all services, as recent as `counting` asks.
     pub async fn status(&self, counting: Counting) -> AgentStatus {
+        let services = self.services(counting, true).await;
+        AgentStatus {
+            host: self.host.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot_id: self.boot_id.clone(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            services,
+            notify_strangers: crate::notify_router::strangers(),
+            process_tracking: Some(self.process_tracking),
+        }
+    }
+
+    /// Every service as the server link reports it: with the last count,
+    /// never waiting for one, and without last restarts. The server has
+    /// every restart as events; a thousand services' reports would not fit
+    /// in one of its frames (1 MiB).
+    pub async fn services_for_the_server(&self) -> Vec<ServiceStatus> {
+        self.services(Counting::Last, false).await
+    }
+
+    async fn services(&self, counting: Counting, last_restart: bool) -> Vec<ServiceStatus> {
         let handles = self.handles();
         // Asked all at once: the services answer in parallel.
-        let statuses = futures::future::join_all(handles.iter().map(|h| h.status())).await;
+        let statuses =
+            futures::future::join_all(handles.iter().map(|h| h.status(last_restart))).await;
         let counts = match counting {
             Counting::Fresh(max_age) => self.connections.fresh(max_age).await,
             Counting::Last => self.connections.latest(),
@@ -136,16 +161,7 @@ impl AgentView {
                 }
             }
         }
-        AgentStatus {
-            host: self.host.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            boot_id: self.boot_id.clone(),
-            pid: std::process::id(),
-            started_at: self.started_at,
-            services,
-            notify_strangers: crate::notify_router::strangers(),
-            process_tracking: Some(self.process_tracking),
-        }
+        services
     }
 }
 

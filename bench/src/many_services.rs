@@ -57,10 +57,11 @@ pub struct ManyServices {
     /// `VmRSS` after the restarts, and the peak.
     pub rss: u64,
     pub peak_rss: u64,
-    /// The status frame the agent sends the server, as it sends it (last
-    /// restarts without their steps), with every service restarted once.
+    /// The status frame the agent sends the server, as it sends it
+    /// (without last restarts), with every service restarted once.
     pub status_frame_bytes: usize,
-    /// The same with every step, as agents sent it before.
+    /// The same with every last restart and its steps, as agents sent it
+    /// before.
     pub status_frame_bytes_with_steps: usize,
 }
 
@@ -153,7 +154,7 @@ pub fn measure(binaries: &Binaries, services: usize) -> anyhow::Result<ManyServi
 
     let status = agent.status()?;
     let status_frame_bytes_with_steps = frame_bytes(status.services.clone())?;
-    let status_frame_bytes = frame_bytes(without_steps(status.services))?;
+    let status_frame_bytes = frame_bytes(without_last_restarts(status.services))?;
 
     std::thread::sleep(Duration::from_secs(3));
     eprintln!("baton-bench:   idle CPU after the restarts");
@@ -293,11 +294,9 @@ fn time_cli_status(cli: &Path, socket: &Path) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-fn without_steps(mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
+fn without_last_restarts(mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
     for service in &mut services {
-        if let Some(report) = &mut service.last_restart {
-            report.steps.clear();
-        }
+        service.last_restart = None;
     }
     services
 }

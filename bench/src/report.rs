@@ -226,11 +226,11 @@ fn write_many_services(out: &mut String, many: &ManyServices) {
         ),
         ("agent VmHWM (peak)".to_owned(), megabytes(many.peak_rss)),
         (
-            "status frame to the server (last restarts without steps)".to_owned(),
+            "status frame to the server, every service restarted once".to_owned(),
             kibibytes(many.status_frame_bytes),
         ),
         (
-            "the same frame with every step, as sent before".to_owned(),
+            "the same with each last restart and its steps, as sent before".to_owned(),
             kibibytes(many.status_frame_bytes_with_steps),
         ),
     ];

@@ -125,7 +125,10 @@ impl Actor {
                     let _ = reply.send(answer);
                 }
             }
-            Msg::Status { reply } => self.status(reply),
+            Msg::Status {
+                last_restart,
+                reply,
+            } => self.status(last_restart, reply),
             Msg::Replace { config, sockets } => {
                 self.sockets = sockets;
                 self.drive(Input::Replace { config }, Vec::new()).await;
@@ -552,7 +555,7 @@ impl Actor {
     /// Answers a status request. Connections are those the core knows
     /// (a draining generation's, counted every tick); the agent's view adds
     /// the others from its one count of every service.
-    fn status(&self, reply: oneshot::Sender<ServiceStatus>) {
+    fn status(&self, with_last_restart: bool, reply: oneshot::Sender<ServiceStatus>) {
         let status = ServiceStatus {
             name: self.name.clone(),
             state: self.core.state(),
@@ -569,6 +572,7 @@ impl Actor {
             running_restart: self.core.running_restart(),
             last_restart: self
                 .last_restart
+                .filter(|_| with_last_restart)
                 .and_then(|id| self.shared.events.restart(id)),
         };
         let _ = reply.send(status);

@@ -58,6 +58,7 @@ enum Msg {
         reply: oneshot::Sender<Result<RestartId, ErrorBody>>,
     },
     Status {
+        last_restart: bool,
         reply: oneshot::Sender<ServiceStatus>,
     },
     Replace {
@@ -109,10 +110,14 @@ impl ServiceHandle {
     }
 
     /// The service as its task sees it: connections only of draining
-    /// generations (see `AgentView::status` for the others).
-    pub async fn status(&self) -> Option<ServiceStatus> {
+    /// generations (see `AgentView::status` for the others); its last
+    /// restart's report only with `last_restart`.
+    pub async fn status(&self, last_restart: bool) -> Option<ServiceStatus> {
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Status { reply });
+        self.send(Msg::Status {
+            last_restart,
+            reply,
+        });
         answer.await.ok()
     }
 
