@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    baton_agent::sys::limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Blocking work (a spawn's fork and exec, a count) takes well under

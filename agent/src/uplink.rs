@@ -388,14 +388,14 @@ impl StatusSent {
         if services == self.services && !stale {
             return Ok(());
         }
-        send(
-            sink,
-            frame(&AgentFrame::Status {
-                services: services.clone(),
-            })?,
-        )
-        .await?;
-        self.services = services;
+        // Serialized from the frame, then taken back out of it: a thousand
+        // services' statuses are not copied for one send.
+        let status = AgentFrame::Status { services };
+        let message = frame(&status)?;
+        if let AgentFrame::Status { services } = status {
+            self.services = services;
+        }
+        send(sink, message).await?;
         self.at = Some(tokio::time::Instant::now());
         Ok(())
     }
