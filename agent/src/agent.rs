@@ -3,6 +3,7 @@
 //! (reload).
 
 use crate::config::{Config, ServiceConfig};
+use crate::connections::{self, ConnectionCounter};
 use crate::control;
 use crate::events::{EventLog, now_millis};
 use crate::handover::{Handover, ServiceHandover};
@@ -10,7 +11,7 @@ use crate::notify::NotifySocket;
 use crate::notify_router::{NotifyRouter, Routed, ignore_notification};
 use crate::reaper::Reaper;
 use crate::recovery::Recovered;
-use crate::service::{self, Adopted, Predecessor, ServiceHandle, Shared};
+use crate::service::{self, Adopted, Predecessor, ServiceHandle, Shared, StatusAsk};
 use crate::sockets::{self, BoundSocket};
 use crate::state::{AgentState, StateWriter};
 use crate::view::{AgentView, ReloadRequest};
@@ -135,6 +136,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|_| format!("{}-{}", std::process::id(), now_millis()));
     let state = Arc::new(StateWriter::new(state_path, boot_id.clone()));
     tokio::spawn(state.clone().run());
+    let connections = ConnectionCounter::start(connections::DRAIN_EVERY);
     let shared = Arc::new(Shared {
         reaper,
         events: events.clone(),
@@ -142,6 +144,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         router,
         notify_socket: config.notify_socket.clone(),
         state: Some(state.clone()),
+        connections: connections.clone(),
     });
     let host = config.host.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -161,6 +164,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             None => baton_proto::ProcessTracking::Session,
         },
         lineage: shared.lineage.clone(),
+        connections,
         reloads: reload_tx,
     });
 
@@ -195,7 +199,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         // children that exited during the exec are collected now.
         let handles = view.handles();
         for handle in handles {
-            let _ = handle.status(false).await;
+            let _ = handle.status(StatusAsk::default()).await;
         }
         shared.reaper.reap_all();
         tracing::info!("upgraded in place; every socket and generation carried over");
@@ -204,7 +208,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         // about that restart as soon as the control socket answers: every
         // service has taken over its part (the restart included) first.
         for handle in view.handles() {
-            let _ = handle.status(false).await;
+            let _ = handle.status(StatusAsk::default()).await;
         }
     }
     tracing::info!(

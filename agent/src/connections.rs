@@ -7,11 +7,12 @@
 //! from the socket inodes behind `/proc/<pid>/fd`.
 
 use crate::config::ListenAddr;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -24,7 +25,9 @@ use netlink_packet_sock_diag::unix::nlas::UnixDiagName;
 use netlink_packet_sock_diag::unix::{self as unix_diag, UnixRequest};
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use procfs::process::{FDTarget, Process};
-use tokio_util::sync::CancellationToken;
+
+mod counter;
+pub use counter::{ConnectionCounter, Counts, DRAIN_EVERY, Registration};
 
 /// The service's stream listeners, so that only connections accepted from them are
 /// counted (a generation's own outbound connections to a database are not "its
@@ -86,32 +89,13 @@ impl Members {
 }
 
 /// [`count_connections`] off the async threads; `None` when it could not count.
+/// For one generation at one moment (before a stop signal, at a drain's
+/// deadline); periodic counts of many go through [`ConnectionCounter`].
 pub async fn count(members: Members, listen: ListenAddrs) -> Option<u32> {
     tokio::task::spawn_blocking(move || count_connections(&members, &listen))
         .await
         .ok()
         .and_then(|r| r.ok())
-}
-
-/// Counts a draining generation's connections every `every` and hands each
-/// count to `report`, until `stop` is cancelled or `report` says it is no
-/// longer listening.
-pub async fn watch_draining(
-    members: Members,
-    listen: ListenAddrs,
-    every: Duration,
-    report: impl Fn(Option<u32>) -> bool,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if !report(count(members.clone(), listen.clone()).await) {
-            return;
-        }
-    }
 }
 
 /// A dump never legitimately takes long; this only keeps a wedged kernel reply from
@@ -128,6 +112,15 @@ const SOCK_SEQPACKET: u8 = libc::SOCK_SEQPACKET as u8;
 /// `SS_CONNECTED` in the `St` column of `/proc/net/unix`.
 const PROC_NET_UNIX_CONNECTED: u8 = 3;
 
+/// How many times this process read the kernel's socket tables to count
+/// (one [`count_many`] or [`count_connections`] is one, however many
+/// generations it counts). Tests hold the agent to one per tick with it.
+static SCANS: AtomicU64 = AtomicU64::new(0);
+
+pub fn scans() -> u64 {
+    SCANS.load(Ordering::Relaxed)
+}
+
 /// Number of open connections held by the generation's processes that were
 /// accepted from one of `listen`: TCP sockets (IPv4 and IPv6) in any state but LISTEN,
 /// TIME_WAIT and CLOSE whose local port is a listener's port and whose local address is
@@ -137,34 +130,78 @@ const PROC_NET_UNIX_CONNECTED: u8 = 3;
 ///
 /// Blocking (netlink and `/proc`); call it from `spawn_blocking` in async code.
 pub fn count_connections(members: &Members, listen: &ListenAddrs) -> io::Result<u32> {
-    if listen.tcp.is_empty() && listen.unix.is_empty() {
-        return Ok(0);
-    }
-    let group_inodes = socket_inodes(members)?;
-    if group_inodes.is_empty() {
-        return Ok(0);
-    }
+    let mut counts = count_each(&[(members, listen)])?;
+    counts.pop().unwrap_or(Ok(0))
+}
 
-    let mut connections: HashSet<u64> = HashSet::new();
+/// [`count_connections`] for many generations at once, with one walk of
+/// their processes and one sock_diag dump per socket family for all of them:
+/// the cost of a count grows with the sockets and processes on the host, not
+/// with their product. `None` where a generation could not be counted.
+///
+/// Blocking (netlink and `/proc`); call it from `spawn_blocking` in async code.
+pub fn count_many(targets: &[(Members, ListenAddrs)]) -> Vec<Option<u32>> {
+    let borrowed: Vec<(&Members, &ListenAddrs)> = targets.iter().map(|(m, l)| (m, l)).collect();
+    match count_each(&borrowed) {
+        Ok(counts) => counts.into_iter().map(Result::ok).collect(),
+        Err(error) => {
+            tracing::debug!(%error, "could not read the kernel's sockets");
+            vec![None; targets.len()]
+        }
+    }
+}
+
+/// The outer error is the kernel's tables being unreadable (every count
+/// fails); an inner one is one generation's processes being unreadable.
+///
+/// The kernel's connections come first, matched to the listeners they were
+/// accepted from; only generations whose listeners have a connection at all
+/// have their processes' fds read, to tell theirs from an older or newer
+/// generation's. An idle agent's count is one dump and nothing else.
+fn count_each(targets: &[(&Members, &ListenAddrs)]) -> io::Result<Vec<io::Result<u32>>> {
+    let mut candidates: Vec<HashSet<u64>> = vec![HashSet::new(); targets.len()];
+    let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+    let mut by_path: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    let mut tcp_listeners = Vec::new();
+    for (index, (_, listen)) in targets.iter().enumerate() {
+        for address in &listen.tcp {
+            by_port.entry(address.port()).or_default().push(index);
+            tcp_listeners.push(*address);
+        }
+        for path in &listen.unix {
+            by_path
+                .entry(path.as_os_str().as_bytes())
+                .or_default()
+                .push(index);
+        }
+    }
+    if by_port.is_empty() && by_path.is_empty() {
+        return Ok(targets.iter().map(|_| Ok(0)).collect());
+    }
+    SCANS.fetch_add(1, Ordering::Relaxed);
+
     let mut sock_diag = SockDiag::open()?;
-    for family in tcp_families(&listen.tcp) {
+    for family in tcp_families(&tcp_listeners) {
         sock_diag.dump(inet_request(family), |message| {
             let SockDiagMessage::InetResponse(response) = message else {
                 return;
             };
             let header = &response.header;
-            let inode = u64::from(header.inode);
+            let Some(listening) = by_port.get(&header.socket_id.source_port) else {
+                return;
+            };
             let local = SocketAddr::new(
                 header.socket_id.source_address,
                 header.socket_id.source_port,
             );
-            if group_inodes.contains(&inode) && accepted_from(&listen.tcp, local) {
-                connections.insert(inode);
+            for &index in listening {
+                if accepted_from(&targets[index].1.tcp, local) {
+                    candidates[index].insert(u64::from(header.inode));
+                }
             }
         })?;
     }
-
-    if !listen.unix.is_empty() {
+    if !by_path.is_empty() {
         let unix_sockets = match unix_connections_from_sock_diag(&mut sock_diag) {
             Ok(sockets) => sockets,
             Err(error) => {
@@ -173,17 +210,24 @@ pub fn count_connections(members: &Members, listen: &ListenAddrs) -> io::Result<
             }
         };
         for socket in unix_sockets {
-            let listened_on = listen
-                .unix
-                .iter()
-                .any(|path| path.as_os_str().as_bytes() == socket.path.as_slice());
-            if listened_on && group_inodes.contains(&socket.inode) {
-                connections.insert(socket.inode);
+            for &index in by_path.get(socket.path.as_slice()).into_iter().flatten() {
+                candidates[index].insert(socket.inode);
             }
         }
     }
 
-    Ok(u32::try_from(connections.len()).unwrap_or(u32::MAX))
+    let busy: Vec<usize> = (0..targets.len())
+        .filter(|&index| !candidates[index].is_empty())
+        .collect();
+    let members: Vec<&Members> = busy.iter().map(|&index| targets[index].0).collect();
+    let mut results: Vec<io::Result<u32>> = targets.iter().map(|_| Ok(0)).collect();
+    for (index, held) in busy.into_iter().zip(socket_inodes_of_all(&members)) {
+        results[index] = held.map(|held| {
+            let connections = candidates[index].intersection(&held).count();
+            u32::try_from(connections).unwrap_or(u32::MAX)
+        });
+    }
+    Ok(results)
 }
 
 /// Pids of the live processes whose process group is `pgid`, in ascending order.
@@ -212,31 +256,61 @@ fn is_live_member(process: &Process, pgid: i32) -> bool {
         .is_ok_and(|stat| stat.pgrp == pgid && !matches!(stat.state, 'Z' | 'X'))
 }
 
-/// Inodes of every socket open in a member. A process reads its fds through
-/// the `/proc/<pid>` directory it opened, so a pid reused mid-scan cannot
-/// lend the generation a stranger's sockets.
-fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
-    let processes: Vec<Process> = match members {
-        Members::Group(pgid) => {
-            if *pgid <= 0 {
-                return Ok(HashSet::new());
+/// Inodes of every socket open in a member of each of `members`, in order.
+/// Process groups are found with one walk of `/proc` for all of them. A
+/// process reads its fds through the `/proc/<pid>` directory it opened, so a
+/// pid reused mid-scan cannot lend the generation a stranger's sockets.
+fn socket_inodes_of_all(members: &[&Members]) -> Vec<io::Result<HashSet<u64>>> {
+    let groups: HashSet<i32> = members
+        .iter()
+        .filter_map(|members| match members {
+            Members::Group(pgid) if *pgid > 0 => Some(*pgid),
+            _ => None,
+        })
+        .collect();
+    let mut by_group: HashMap<i32, Vec<Process>> = HashMap::new();
+    let mut walk_error = None;
+    if !groups.is_empty() {
+        match procfs::process::all_processes() {
+            Ok(processes) => {
+                for process in processes.flatten() {
+                    if let Ok(stat) = process.stat()
+                        && groups.contains(&stat.pgrp)
+                        && !matches!(stat.state, 'Z' | 'X')
+                    {
+                        by_group.entry(stat.pgrp).or_default().push(process);
+                    }
+                }
             }
-            procfs::process::all_processes()
-                .map_err(proc_error)?
-                .flatten()
-                .filter(|process| is_live_member(process, *pgid))
-                .collect()
+            Err(error) => walk_error = Some(error.to_string()),
         }
-        Members::Cgroup(folder) => crate::cgroup::procs_of(folder)
-            .into_iter()
-            .filter_map(|pid| Process::new(pid).ok())
-            .collect(),
-        Members::Traced(traced) => traced
-            .pids()
-            .into_iter()
-            .filter_map(|pid| Process::new(pid).ok())
-            .collect(),
-    };
+    }
+    members
+        .iter()
+        .map(|members| {
+            let processes: Vec<Process> = match members {
+                Members::Group(pgid) => {
+                    if let Some(error) = &walk_error {
+                        return Err(io::Error::other(error.clone()));
+                    }
+                    by_group.remove(pgid).unwrap_or_default()
+                }
+                Members::Cgroup(folder) => crate::cgroup::procs_of(folder)
+                    .into_iter()
+                    .filter_map(|pid| Process::new(pid).ok())
+                    .collect(),
+                Members::Traced(traced) => traced
+                    .pids()
+                    .into_iter()
+                    .filter_map(|pid| Process::new(pid).ok())
+                    .collect(),
+            };
+            socket_inodes_of(processes)
+        })
+        .collect()
+}
+
+fn socket_inodes_of(processes: Vec<Process>) -> io::Result<HashSet<u64>> {
     let mut inodes = HashSet::new();
     for process in processes {
         let fds = match process.fd() {
@@ -252,6 +326,14 @@ fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
         }));
     }
     Ok(inodes)
+}
+
+/// Inodes of every socket open in a member.
+#[cfg(test)]
+fn socket_inodes(members: &Members) -> io::Result<HashSet<u64>> {
+    socket_inodes_of_all(&[members])
+        .pop()
+        .unwrap_or_else(|| Ok(HashSet::new()))
 }
 
 fn proc_error(error: procfs::ProcError) -> io::Error {
@@ -769,6 +851,52 @@ while True:
         assert_eventually("every client", 2 * CLIENTS as u32, || {
             count_connections(&Members::Group(service.pgid), &listen).unwrap()
         });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_draining_generation_is_counted_every_tick_until_it_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = TcpListener::bind(loopback(0)).unwrap();
+        let service = spawn_service(
+            &dir.path().join("a.sock"),
+            &dir.path().join("b.sock"),
+            database.local_addr().unwrap().port(),
+        );
+        let _clients: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(loopback(service.port)).unwrap())
+            .collect();
+        let counter = ConnectionCounter::start(Duration::from_millis(50));
+        let registration = counter.register(
+            "web",
+            1,
+            Members::Group(service.pgid),
+            tcp(&[loopback(service.port)]),
+        );
+        let (tx, mut counts) = tokio::sync::mpsc::unbounded_channel();
+        registration.watch_drain(move |count| tx.send(count).is_ok());
+        let mut reports = 0;
+        loop {
+            let count = tokio::time::timeout(SETTLE, counts.recv())
+                .await
+                .expect("a draining generation is counted every tick")
+                .unwrap();
+            reports += 1;
+            if count == Some(2) && reports >= 3 {
+                break;
+            }
+        }
+        // A drain count is no full count: a status still has none.
+        assert_eq!(counter.latest().of("web", 1), None);
+
+        drop(registration);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while counts.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            counts.try_recv().is_err(),
+            "a forgotten generation was counted"
+        );
+        assert_eq!(counter.fresh(Duration::ZERO).await.of("web", 1), None);
     }
 
     #[test]

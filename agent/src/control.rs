@@ -2,7 +2,7 @@
 //! request at a time per connection. Mode 0600 and a peer uid check: only the
 //! agent's own user (and root) may drive it.
 
-use crate::view::AgentView;
+use crate::view::{AgentView, Counting};
 use baton_proto::{
     AgentMessage, ClientMessage, ErrorBody, ErrorKind, EventKind, PROTOCOL_VERSION, Request,
     Response,
@@ -17,6 +17,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::codec::{Framed, LinesCodec};
 
 const MAX_LINE: usize = 64 * 1024;
+/// A `status` shows connections counted at most this long before it was
+/// asked: a burst of requests (a script polling, several operators) costs
+/// one count of every service.
+const STATUS_COUNT_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Binds the control socket, replacing a stale one but never a live agent's.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -151,7 +155,7 @@ async fn handle_connection(stream: UnixStream, agent: Arc<AgentView>) -> io::Res
 async fn handle_request(conn: &mut Conn, agent: &AgentView, request: Request) -> io::Result<()> {
     match request {
         Request::Status => {
-            let status = agent.status(true).await;
+            let status = agent.status(Counting::Fresh(STATUS_COUNT_MAX_AGE)).await;
             send(conn, Response::Status(status)).await
         }
         Request::Reload => match agent.reload().await {

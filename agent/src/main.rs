@@ -50,8 +50,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    baton_agent::sys::limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Blocking work (a spawn's fork and exec, a count) takes well under
+        // a millisecond; a thousand services starting at once queue for
+        // these threads instead of each getting one (and its stack, and its
+        // share of the allocator's arenas).
+        .max_blocking_threads(16)
         .enable_all()
         .build()
     {

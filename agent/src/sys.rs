@@ -587,6 +587,21 @@ unsafe fn fail(status_fd: RawFd, step: ChildStep) -> ! {
     }
 }
 
+/// Keeps the allocator to two arenas. glibc gives each thread that allocates
+/// an arena of its own (up to eight per core); the agent's statuses of a
+/// thousand services are built on one worker thread and freed on another,
+/// and every arena kept its own high-water mark. Call it first thing, before
+/// any other thread exists.
+pub fn limit_malloc_arenas() {
+    // SAFETY: `mallopt` only sets a parameter of the allocator; it is called
+    // before the runtime starts any thread, and an unknown parameter is
+    // refused with 0, never undefined behaviour.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Sets the nice value of every process in group `pgid`. Lowering it again
 /// (raising priority) needs CAP_SYS_NICE, which an unprivileged agent lacks.
 pub fn set_group_nice(pgid: Pid, nice: i32) -> Result<(), Errno> {

@@ -16,11 +16,11 @@
 //! the link for good, logged as an error; the services run on regardless.
 
 use crate::config::ServerConfig;
+use crate::connections::Counts;
 use crate::view::AgentView;
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
 use baton_proto::{Event, ServiceStatus};
 use futures::{SinkExt, StreamExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -28,10 +28,28 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+/// The link's heartbeat: a ping, and a status if it changed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
-/// Connection counts of serving generations are read this often; draining
-/// ones are counted every 100 ms anyway.
+/// Every change of a service is an event, and events bring a status; so do
+/// new connection counts. The whole picture is read again this often only
+/// in case something changed without either.
+const STATUS_REBUILD_EVERY: Duration = Duration::from_secs(10);
+/// Connection counts of serving generations are read this often for the
+/// server (one count for every service, off this loop); draining ones are
+/// counted every 100 ms anyway.
 const COUNT_EVERY_N_STATUS: u32 = 5;
+/// A status that did not change is sent again after this long, so the
+/// server's copy never drifts for good.
+const STATUS_UNCHANGED_RESEND: Duration = Duration::from_secs(60);
+/// Events change the server's picture of generations: a status follows
+/// them within this long, and a burst of events (one restart after another
+/// across many services) is followed by one status per this long, not one
+/// per batch.
+const STATUS_AFTER_EVENTS: Duration = Duration::from_millis(200);
+/// And no sooner than this many times what the last status took to build
+/// and send: with thousands of services, statuses after events take at most
+/// a tenth of the agent's time.
+const STATUS_COST_SHARE: u32 = 10;
 const BATCH_MAX: usize = 500;
 /// And at most this much JSON per frame: the server refuses frames over
 /// 1 MiB, and an event can carry a reason of up to 64 KiB.
@@ -174,16 +192,20 @@ async fn session(
     .map_err(|_| "connect timed out")??;
     let (mut sink, mut stream) = socket.split();
 
-    let status = agent.status(true).await;
+    // The last counts, however old: a hello never waits for the kernel.
+    // The first status after it brings fresh ones.
+    let hello_started = tokio::time::Instant::now();
+    agent.connections.refresh();
+    let services = agent.services_for_the_server(false).await;
     send(
         &mut sink,
         frame(&AgentFrame::Hello {
             version: LINK_VERSION,
-            host: status.host.clone(),
-            agent_version: status.agent_version.clone(),
-            boot_id: status.boot_id.clone(),
+            host: agent.host.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot_id: agent.boot_id.clone(),
             last_seq: agent.events.last_seq(),
-            services: status.services,
+            services,
         })?,
     )
     .await?;
@@ -215,7 +237,9 @@ async fn session(
         Ok(answer) => answer?,
         Err(_) => return Err("no welcome from the server within 5s".into()),
     };
-    tracing::info!(server = %url, resume_after, "linked to the server");
+    // From building the hello to the welcome: what grows with the services.
+    let hello_ms = hello_started.elapsed().as_millis() as u64;
+    tracing::info!(server = %url, resume_after, hello_ms, "linked to the server");
 
     // Backlog and live stream come from one lock, so nothing falls between.
     let (backlog, mut live) = agent.events.since(resume_after);
@@ -234,7 +258,9 @@ async fn session(
     let mut ticker = tokio::time::interval(STATUS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
-    let mut counts = LastCounts::default();
+    let mut last_status = StatusSent::default();
+    // When a status is due after events.
+    let mut status_due: Option<tokio::time::Instant> = None;
     let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -268,11 +294,17 @@ async fn session(
                     }
                     // The server's picture of generations changes with these
                     // events; don't leave it a second behind.
-                    let status = agent.status(false).await;
-                    send(&mut sink, frame(&AgentFrame::Status {
-                        services: counts.fill(status.services),
-                    })?).await?;
+                    let gap = STATUS_AFTER_EVENTS.max(last_status.cost * STATUS_COST_SHARE);
+                    let soonest = last_status.at.map_or_else(tokio::time::Instant::now, |at| at + gap);
+                    status_due.get_or_insert(soonest);
                 }
+            }
+            _ = sleep_until(status_due) => {
+                status_due = None;
+                let began = tokio::time::Instant::now();
+                let services = agent.services_for_the_server(false).await;
+                last_status.send_if_changed(&mut sink, services, Duration::MAX).await?;
+                last_status.cost = began.elapsed();
             }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > SERVER_SILENCE {
@@ -284,15 +316,19 @@ async fn session(
                 }
                 send(&mut sink, Message::Ping(Default::default())).await?;
                 ticks = ticks.wrapping_add(1);
-                let fresh = ticks % COUNT_EVERY_N_STATUS == 1;
-                let status = agent.status(fresh).await;
-                let services = if fresh {
-                    counts.remember(&status.services);
-                    status.services
-                } else {
-                    counts.fill(status.services)
-                };
-                send(&mut sink, frame(&AgentFrame::Status { services })?).await?;
+                if ticks.is_multiple_of(COUNT_EVERY_N_STATUS) {
+                    // Counted off this loop; the next ticks' statuses carry it.
+                    agent.connections.refresh();
+                }
+                let counts = agent.connections.latest();
+                let recounted = !counts.same_as(&last_status.counts);
+                let rebuild = last_status.built_at.elapsed() >= STATUS_REBUILD_EVERY;
+                if recounted || rebuild {
+                    // Memory and CPU are read again at each rebuild.
+                    let services = agent.services_for_the_server(rebuild).await;
+                    last_status.counts = counts;
+                    last_status.send_if_changed(&mut sink, services, STATUS_UNCHANGED_RESEND).await?;
+                }
             }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
@@ -321,36 +357,65 @@ async fn session(
     }
 }
 
-/// Connection counts of serving generations from the last time they were
-/// read, shown in the statuses between two readings.
-#[derive(Default)]
-struct LastCounts(HashMap<(String, u64), u32>);
+/// The last status sent to the server, to send only what changed.
+struct StatusSent {
+    services: Vec<ServiceStatus>,
+    at: Option<tokio::time::Instant>,
+    /// When the picture was last read from the services.
+    built_at: tokio::time::Instant,
+    /// The connection counts it was read with.
+    counts: Arc<Counts>,
+    /// What reading and sending the last status after events took.
+    cost: Duration,
+}
 
-impl LastCounts {
-    fn remember(&mut self, services: &[ServiceStatus]) {
-        self.0.clear();
-        for service in services {
-            for generation in &service.generations {
-                if let Some(count) = generation.connections {
-                    self.0
-                        .insert((service.name.clone(), generation.generation), count);
-                }
-            }
+impl Default for StatusSent {
+    fn default() -> Self {
+        StatusSent {
+            services: Vec::new(),
+            at: None,
+            built_at: tokio::time::Instant::now(),
+            counts: Arc::default(),
+            cost: Duration::ZERO,
         }
     }
+}
 
-    fn fill(&self, mut services: Vec<ServiceStatus>) -> Vec<ServiceStatus> {
-        for service in &mut services {
-            for generation in &mut service.generations {
-                if generation.connections.is_none() {
-                    generation.connections = self
-                        .0
-                        .get(&(service.name.clone(), generation.generation))
-                        .copied();
-                }
-            }
+impl StatusSent {
+    /// Sends a status when it differs from the last one sent, or when the
+    /// last one is older than `resend_after`.
+    async fn send_if_changed<S>(
+        &mut self,
+        sink: &mut S,
+        services: Vec<ServiceStatus>,
+        resend_after: Duration,
+    ) -> Result<(), LinkError>
+    where
+        S: futures::Sink<Message> + Unpin,
+        S::Error: std::error::Error + Send + Sync + 'static,
+    {
+        self.built_at = tokio::time::Instant::now();
+        let stale = self.at.is_none_or(|at| at.elapsed() >= resend_after);
+        if services == self.services && !stale {
+            return Ok(());
         }
-        services
+        // Serialized from the frame, then taken back out of it: a thousand
+        // services' statuses are not copied for one send.
+        let status = AgentFrame::Status { services };
+        let message = frame(&status)?;
+        if let AgentFrame::Status { services } = status {
+            self.services = services;
+        }
+        send(sink, message).await?;
+        self.at = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -397,5 +462,126 @@ mod tests {
         let sizes: Vec<usize> = batches(&events).iter().map(|f| f.len()).collect();
         assert_eq!(sizes, [500, 500, 200]);
         assert!(batches(&[]).is_empty());
+    }
+
+    /// A thousand services, each restarted once, as `status` shows them.
+    fn restarted_services(count: u64) -> Vec<ServiceStatus> {
+        use baton_proto::{GenerationInfo, GenerationState, RestartOutcome, RestartReport};
+        (0..count)
+            .map(|index| {
+                let name = format!("service-{index:04}");
+                let step = |seq: u64, kind: EventKind| Event {
+                    seq: 7 * index + seq,
+                    at: 1_764_770_000_000 + seq,
+                    service: name.clone(),
+                    restart: Some(index + 1),
+                    kind,
+                };
+                let pid = 100_000 + index as u32;
+                let steps = vec![
+                    step(
+                        1,
+                        EventKind::RestartStarted {
+                            reason: Some("deploy 4711".into()),
+                        },
+                    ),
+                    step(2, EventKind::GenerationSpawned { generation: 2, pid }),
+                    step(
+                        3,
+                        EventKind::GenerationReady {
+                            generation: 2,
+                            pid,
+                            startup_us: 51_875,
+                        },
+                    ),
+                    step(
+                        4,
+                        EventKind::DrainProgress {
+                            generation: 1,
+                            connections: 3,
+                        },
+                    ),
+                    step(
+                        5,
+                        EventKind::DrainProgress {
+                            generation: 1,
+                            connections: 1,
+                        },
+                    ),
+                    step(
+                        6,
+                        EventKind::DrainProgress {
+                            generation: 1,
+                            connections: 0,
+                        },
+                    ),
+                    step(
+                        7,
+                        EventKind::RestartFinished {
+                            outcome: RestartOutcome::Succeeded,
+                            reason: None,
+                        },
+                    ),
+                ];
+                ServiceStatus {
+                    name: name.clone(),
+                    state: baton_proto::ServiceState::Ready,
+                    sockets: vec![baton_proto::SocketInfo {
+                        name: "http".into(),
+                        listen: "tcp://127.0.0.1:40000".into(),
+                    }],
+                    generations: vec![GenerationInfo {
+                        generation: 2,
+                        pid,
+                        main_pid: None,
+                        state: GenerationState::Ready,
+                        started_at: 1_764_770_000_000,
+                        ready_at: Some(1_764_770_000_052),
+                        status_text: Some("serving".into()),
+                        connections: Some(12),
+                        memory_bytes: Some(52_428_800),
+                        memory_source: Some(baton_proto::UsageSource::Processes),
+                        cpu_usec: Some(1_234_567_890),
+                        cpu_source: Some(baton_proto::UsageSource::Cgroup),
+                    }],
+                    consecutive_crashes: 0,
+                    running_restart: None,
+                    blocked: None,
+                    last_restart: Some(RestartReport {
+                        id: index + 1,
+                        service: name,
+                        reason: Some("deploy 4711".into()),
+                        started_at: 1_764_770_000_000,
+                        finished_at: Some(1_764_770_000_400),
+                        outcome: Some(RestartOutcome::Succeeded),
+                        outcome_reason: None,
+                        old_generation: Some(1),
+                        new_generation: Some(2),
+                        connections_cut: None,
+                        steps,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    fn status_frame_bytes(services: Vec<ServiceStatus>) -> usize {
+        serde_json::to_string(&AgentFrame::Status { services })
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn a_thousand_restarted_services_fit_well_within_one_server_frame() {
+        let mut services = restarted_services(1_000);
+        // With their last restarts, as the link sent them before: past the
+        // server's limit, and the link closed.
+        assert!(status_frame_bytes(services.clone()) > 1024 * 1024);
+        // As `AgentView::services_for_the_server` reads them.
+        for service in &mut services {
+            service.last_restart = None;
+        }
+        let bytes = status_frame_bytes(services);
+        assert!(bytes < 512 * 1024, "{bytes} bytes");
     }
 }

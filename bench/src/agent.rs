@@ -40,8 +40,16 @@ impl Agent {
     /// Dropping it gives the agent time to stop its services, so that no
     /// generation outlives the scenario and skews the next one.
     pub fn start(agent_binary: &Path, services: &str) -> anyhow::Result<Agent> {
-        baton_testkit::AgentSetup::new(agent_binary, services)
-            .prefix("baton-bench-")
+        Agent::start_with(agent_binary, services, |setup| setup)
+    }
+
+    /// [`Agent::start`] with more said about how (environment, grace).
+    pub fn start_with(
+        agent_binary: &Path,
+        config: &str,
+        setup: impl FnOnce(baton_testkit::AgentSetup) -> baton_testkit::AgentSetup,
+    ) -> anyhow::Result<Agent> {
+        setup(baton_testkit::AgentSetup::new(agent_binary, config).prefix("baton-bench-"))
             .start()
             .map(Agent)
     }

@@ -31,7 +31,7 @@ pub struct Cli {
     #[arg(long, default_value_t = 100)]
     pub restarts: usize,
 
-    /// Services the memory scenario gives one agent.
+    /// Services the memory and many-services scenarios give one agent.
     #[arg(long, default_value_t = 100)]
     pub services: usize,
 
@@ -48,6 +48,11 @@ pub struct Cli {
     /// rates, latencies and gaps, and totals of counts.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+
+    /// Measure this `baton-agent` instead of the one next to the bench: to
+    /// compare with another build (the other programs stay the bench's).
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<std::path::PathBuf>,
 
     /// The nice value of a starting generation in the `agent+nice` scenario.
     #[arg(long, default_value_t = 10)]
@@ -71,6 +76,10 @@ pub enum Scenario {
     Overhead,
     /// The agent's resident memory with many services.
     Memory,
+    /// One agent with `--services` demo services linked to a real server:
+    /// idle CPU, `baton status`, the link's hello, restarting every service,
+    /// memory. Not in the default set: it takes minutes at 1,000.
+    ManyServices,
 }
 
 impl Scenario {
@@ -82,6 +91,7 @@ impl Scenario {
             Scenario::Naive => "naive",
             Scenario::Overhead => "overhead",
             Scenario::Memory => "memory",
+            Scenario::ManyServices => "many-services",
         }
     }
 

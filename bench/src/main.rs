@@ -6,6 +6,7 @@ mod agent;
 mod binaries;
 mod cli;
 mod load;
+mod many_services;
 mod memory;
 mod overhead;
 mod report;
@@ -41,7 +42,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<String> {
-    let binaries = Binaries::next_to_this_program()?;
+    let mut binaries = Binaries::next_to_this_program()?;
+    if let Some(agent) = &cli.agent_binary {
+        binaries.agent = agent.clone();
+    }
     let settings = LoadSettings {
         duration: cli.duration,
         restart_every: cli.restart_every,
@@ -56,6 +60,7 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
     let mut load: BTreeMap<Scenario, Vec<LoadStats>> = BTreeMap::new();
     let mut overheads = Vec::new();
     let mut memories = Vec::new();
+    let mut many_services = Vec::new();
     // Runs outermost, so that a drift of the machine over time spreads over
     // every scenario instead of favouring the ones that ran first.
     for run in 1..=cli.runs {
@@ -91,6 +96,8 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
                 Scenario::Memory => {
                     memories.push(memory::measure(&binaries, cli.services).with_context(context)?)
                 }
+                Scenario::ManyServices => many_services
+                    .push(many_services::measure(&binaries, cli.services).with_context(context)?),
             }
         }
     }
@@ -106,6 +113,8 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
             .collect(),
         overhead: combine_overheads(&overheads),
         memory: combine_memories(&memories),
+        // One run is minutes long; with several, each run gets its table.
+        many_services,
         load_average_before,
         load_average_after: report::load_average(),
     };

@@ -67,7 +67,7 @@ listen = "tcp://127.0.0.1:0"
 }
 
 /// A `kB` field of `/proc/PID/status`, in bytes.
-fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     parse_status_kilobytes(&status, field)

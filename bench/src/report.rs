@@ -5,15 +5,24 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::cli::Scenario;
+use crate::many_services::ManyServices;
 use crate::memory::Memory;
 use crate::overhead::Overhead;
-use crate::stats::{Latencies, LoadStats};
+use crate::stats::{Latencies, LoadStats, median};
 use crate::under_load::LoadSettings;
 
 /// A restart may make the whole run's p99 at most this much worse.
 const P99_RATIO_LIMIT: f64 = 1.5;
 const OVERHEAD_LIMIT: Duration = Duration::from_millis(5);
 const MEMORY_LIMIT_BYTES: u64 = 15_000_000;
+/// The targets of many services on one agent (issue 10, section 5).
+const MANY_IDLE_CPU_LIMIT: f64 = 0.02;
+const MANY_STATUS_LIMIT: Duration = Duration::from_millis(300);
+const MANY_HELLO_LIMIT: Duration = Duration::from_secs(1);
+const MANY_RESTART_ALL_LIMIT: Duration = Duration::from_secs(30);
+const MANY_MEMORY_LIMIT_BYTES: u64 = 40_000_000;
+/// The server's limit on one frame from an agent.
+const FRAME_LIMIT_BYTES: usize = 1024 * 1024;
 
 pub struct Results {
     pub settings: LoadSettings,
@@ -22,6 +31,7 @@ pub struct Results {
     pub load: Vec<(Scenario, LoadStats)>,
     pub overhead: Option<Overhead>,
     pub memory: Option<Memory>,
+    pub many_services: Vec<ManyServices>,
     /// `/proc/loadavg`'s first three fields before and after the scenarios,
     /// to tell a quiet machine from one that was busy with something else.
     pub load_average_before: Option<String>,
@@ -129,8 +139,104 @@ pub fn render(results: &Results) -> String {
         );
     }
 
+    for many in &results.many_services {
+        write_many_services(&mut out, many);
+    }
+
     write_targets(&mut out, results, baseline);
     out
+}
+
+fn write_many_services(out: &mut String, many: &ManyServices) {
+    let _ = writeln!(
+        out,
+        "\n## Many services on one agent ({} `baton-demo` services, linked to a server)\n",
+        many.services
+    );
+    let _ = writeln!(out, "| measure | value |");
+    let _ = writeln!(out, "|---|--:|");
+    let rows = [
+        (
+            "agent start → every service ready".to_owned(),
+            seconds(many.all_ready),
+        ),
+        (
+            "agent start → host online on the server".to_owned(),
+            seconds(many.online_after_start),
+        ),
+        (
+            "idle CPU, every service ready (share of one core)".to_owned(),
+            percent(many.idle_cpu),
+        ),
+        (
+            "idle CPU, after restarting every service".to_owned(),
+            percent(many.idle_cpu_after_restarts),
+        ),
+        (
+            "host online on the server, 1 s samples while idle".to_owned(),
+            format!("{} of {}", many.online_samples.0, many.online_samples.1),
+        ),
+        (
+            "links the server closed before its restart (reasons)".to_owned(),
+            if many.link_drops.is_empty() {
+                "0".to_owned()
+            } else {
+                format!("{} ({})", many.link_drops.len(), many.link_drops.join("; "))
+            },
+        ),
+        (
+            format!(
+                "`baton status`, whole command, {} runs each counting afresh: median / max",
+                many.status_times.len()
+            ),
+            format!("{} / {}", ms(many.status_median()), ms(many.status_max())),
+        ),
+        (
+            "status through the control socket alone (no command line): median / max".to_owned(),
+            format!(
+                "{} / {}",
+                ms(median(many.socket_status_times.iter().copied()).unwrap_or_default()),
+                ms(many
+                    .socket_status_times
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or_default())
+            ),
+        ),
+        (
+            "restart every service one after another, each to its end".to_owned(),
+            format!(
+                "{} ({})",
+                seconds(many.restart_all),
+                join_counts(many.restart_outcomes.iter().map(|(k, v)| (k.as_str(), *v)))
+            ),
+        ),
+        (
+            "link hello: building it → the server's welcome (agent's log)".to_owned(),
+            many.hello.map_or_else(dash, ms),
+        ),
+        (
+            "server restarted → host online (includes the agent's reconnect backoff)".to_owned(),
+            seconds(many.online_after_server_restart),
+        ),
+        (
+            "agent VmRSS after the restarts".to_owned(),
+            megabytes(many.rss),
+        ),
+        ("agent VmHWM (peak)".to_owned(), megabytes(many.peak_rss)),
+        (
+            "status frame to the server, every service restarted once".to_owned(),
+            kibibytes(many.status_frame_bytes),
+        ),
+        (
+            "the same with each last restart and its steps, as sent before".to_owned(),
+            kibibytes(many.status_frame_bytes_with_steps),
+        ),
+    ];
+    for (measure, value) in rows {
+        let _ = writeln!(out, "| {measure} | {value} |");
+    }
 }
 
 fn write_setup(out: &mut String, results: &Results) {
@@ -138,10 +244,15 @@ fn write_setup(out: &mut String, results: &Results) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
-        "- Machine: {} cores ({}), Linux {}. The agent, the services and the load generator all run on it and compete for the same cores; the load generator drives every connection from one thread.",
+        "- Machine: {} cores ({}), Linux {}, `{}` build. The agent, the services and the load generator all run on it and compete for the same cores; the load generator drives every connection from one thread.",
         cores,
         cpu_model().unwrap_or_else(|| "unknown CPU".to_owned()),
         kernel_release().unwrap_or_else(|| "unknown".to_owned()),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
     );
     let _ = writeln!(
         out,
@@ -149,6 +260,9 @@ fn write_setup(out: &mut String, results: &Results) {
         results.load_average_before.as_deref().unwrap_or("unknown"),
         results.load_average_after.as_deref().unwrap_or("unknown"),
     );
+    if results.load.is_empty() {
+        return;
+    }
     let _ = writeln!(
         out,
         "- Load: {} keep-alive connections, one request in flight each, `GET /` on `baton-demo --warmup {}` (a warm-up that burns every core before READY=1); {} per scenario, a restart every {}.",
@@ -226,6 +340,9 @@ fn write_targets(out: &mut String, results: &Results, baseline: Option<&LoadStat
             mark(overhead.per_restart() < OVERHEAD_LIMIT)
         );
     }
+    for many in &results.many_services {
+        write_many_services_targets(out, many);
+    }
     if let Some(memory) = &results.memory {
         let worst = memory.after_start.max(memory.after_restarts);
         let _ = writeln!(
@@ -237,6 +354,93 @@ fn write_targets(out: &mut String, results: &Results, baseline: Option<&LoadStat
             mark(worst < MEMORY_LIMIT_BYTES)
         );
     }
+}
+
+/// The figures of issue 10 with the agent before one count served every
+/// service (same machine), for 1,000 services.
+fn many_services_before(services: usize, target: &str) -> &'static str {
+    if services != 1000 {
+        return "–";
+    }
+    match target {
+        "cpu" => "67 %",
+        "status" => "33.5 s",
+        "hello" => "never linked",
+        "online" => "never",
+        _ => "–",
+    }
+}
+
+fn write_many_services_targets(out: &mut String, many: &ManyServices) {
+    let n = many.services;
+    let name = "many-services";
+    let idle = many.idle_cpu.max(many.idle_cpu_after_restarts);
+    let _ = writeln!(
+        out,
+        "| idle agent CPU, {n} services (worse of the two windows; before: {}) | {name} | {} | < {} | {} |",
+        many_services_before(n, "cpu"),
+        percent(idle),
+        percent(MANY_IDLE_CPU_LIMIT),
+        mark(idle < MANY_IDLE_CPU_LIMIT)
+    );
+    let _ = writeln!(
+        out,
+        "| `baton status`, median / max (before: {}) | {name} | {} / {} | < {} | {} |",
+        many_services_before(n, "status"),
+        ms(many.status_median()),
+        ms(many.status_max()),
+        ms(MANY_STATUS_LIMIT),
+        mark(many.status_max() < MANY_STATUS_LIMIT)
+    );
+    let _ = writeln!(
+        out,
+        "| link hello round trip (before: {}) | {name} | {} | < {} | {} |",
+        many_services_before(n, "hello"),
+        many.hello.map_or_else(dash, ms),
+        ms(MANY_HELLO_LIMIT),
+        mark(many.hello.is_some_and(|hello| hello < MANY_HELLO_LIMIT))
+    );
+    let (up, sampled) = many.online_samples;
+    let _ = writeln!(
+        out,
+        "| link online while idle (before: {}) | {name} | {up} of {sampled} samples | all | {} |",
+        many_services_before(n, "online"),
+        mark(up == sampled)
+    );
+    let _ = writeln!(
+        out,
+        "| restart all {n}, one after another | {name} | {} | < {} | {} |",
+        seconds(many.restart_all),
+        seconds(MANY_RESTART_ALL_LIMIT),
+        mark(many.restart_all < MANY_RESTART_ALL_LIMIT)
+    );
+    let _ = writeln!(
+        out,
+        "| agent resident memory, {n} services | {name} | {} | < {} | {} |",
+        megabytes(many.rss),
+        megabytes(MANY_MEMORY_LIMIT_BYTES),
+        mark(many.rss < MANY_MEMORY_LIMIT_BYTES)
+    );
+    let _ = writeln!(
+        out,
+        "| status frame to the server | {name} | {} ({:.0} % of the limit) | < {} | {} |",
+        kibibytes(many.status_frame_bytes),
+        many.status_frame_bytes as f64 * 100.0 / FRAME_LIMIT_BYTES as f64,
+        kibibytes(FRAME_LIMIT_BYTES),
+        mark(many.status_frame_bytes < FRAME_LIMIT_BYTES)
+    );
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.2} %", share * 100.0)
+}
+
+fn kibibytes(bytes: usize) -> String {
+    format!("{:.0} KiB", bytes as f64 / 1024.0)
 }
 
 fn outcomes(stats: &LoadStats) -> String {

@@ -7,7 +7,7 @@
 use super::core::{Effect, Input, Now, Predecessor, ServiceCore};
 use super::{Adopted, Msg, Shared};
 use crate::config::ServiceConfig;
-use crate::connections::{self, ListenAddrs, Members};
+use crate::connections::{self, ListenAddrs, Members, Registration};
 use crate::events::now_millis;
 use crate::handover::{HandedPhase, ServiceHandover, SocketHandover};
 use crate::notify_router::{Route, ignore_notification};
@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// How often a draining generation's connections are counted.
-const DRAIN_POLL: Duration = Duration::from_millis(100);
 /// Most fds one service may keep in the fd store.
 const FDSTORE_MAX: usize = 64;
 
@@ -35,8 +33,11 @@ struct Held {
     /// The sockets it was started with stay open while it lives, even when
     /// a reload replaced them.
     _sockets: Arc<Vec<Arc<BoundSocket>>>,
-    /// Its probe and drain counter.
+    /// Its probe.
     tasks: CancellationToken,
+    /// Its place in the agent's connection counts (a draining generation's
+    /// periodic count too); dropped when the generation is forgotten.
+    counted: Option<Registration>,
 }
 
 pub(super) struct Actor {
@@ -62,6 +63,9 @@ pub(super) struct Actor {
     strangers: HashSet<u64>,
     /// Why the service cannot run (its address is held by a stranger).
     blocked: Option<String>,
+    /// The newest restart this task opened: its report is the status's
+    /// `last_restart`, found without looking through every service's.
+    last_restart: Option<RestartId>,
 }
 
 /// What one input led to, beyond its effects.
@@ -101,6 +105,7 @@ impl Actor {
             start_times: HashMap::new(),
             strangers: HashSet::new(),
             blocked,
+            last_restart: None,
         }
     }
 
@@ -161,10 +166,7 @@ impl Actor {
                     let _ = reply.send(answer);
                 }
             }
-            Msg::Status {
-                count_serving,
-                reply,
-            } => self.status(count_serving, reply),
+            Msg::Status { ask, reply } => self.status(ask, reply),
             Msg::Replace { config, sockets } => {
                 self.sockets = sockets;
                 self.drive(Input::Replace { config }, Vec::new()).await;
@@ -308,6 +310,7 @@ impl Actor {
             }
             Effect::OpenRestart { reason, old } => {
                 let id = self.shared.events.begin_restart(&self.name, reason, old);
+                self.last_restart = Some(id);
                 outcome.restart = Some(Ok(id));
                 return Some(Input::RestartOpened { id });
             }
@@ -384,7 +387,8 @@ impl Actor {
                 pgid,
                 purpose,
             } => {
-                let count = connections::count(self.members(pgid), self.listen_addrs()).await;
+                let listen = self.listen_addrs_of(generation);
+                let count = connections::count(self.members(pgid), listen).await;
                 return Some(Input::Counted {
                     generation,
                     count,
@@ -392,16 +396,11 @@ impl Actor {
                 });
             }
             Effect::WatchDrain { generation, pgid } => {
-                let stop = self.tasks_of(generation);
                 let tx = self.tx.clone();
                 let report = move |count| tx.send(Msg::Connections { generation, count }).is_ok();
-                tokio::spawn(connections::watch_draining(
-                    self.members(pgid),
-                    self.listen_addrs(),
-                    DRAIN_POLL,
-                    report,
-                    stop,
-                ));
+                if let Some(counted) = self.counted(generation, pgid) {
+                    counted.watch_drain(report);
+                }
             }
             Effect::WatchExit { generation, pid } => {
                 let watch = if self.strangers.contains(&generation) {
@@ -459,6 +458,8 @@ impl Actor {
                 if let Some(lineage) = &self.shared.lineage {
                     lineage.register(pgid, &self.name, generation);
                 }
+                // An adopted generation: counted from now on.
+                self.counted(generation, pgid);
             }
             Effect::Forget { generation, pgid } => {
                 if let Some(held) = self.held.remove(&generation) {
@@ -571,8 +572,10 @@ impl Actor {
             Held {
                 _sockets: self.sockets.clone(),
                 tasks: CancellationToken::new(),
+                counted: None,
             },
         );
+        self.counted(generation, pid);
         Input::Spawned {
             generation,
             pid,
@@ -601,9 +604,24 @@ impl Actor {
             .or_insert_with(|| Held {
                 _sockets: sockets.clone(),
                 tasks: CancellationToken::new(),
+                counted: None,
             })
             .tasks
             .clone()
+    }
+
+    /// The generation's place in the agent's connection counts, made on
+    /// first use; `None` for a generation already forgotten.
+    fn counted(&mut self, generation: u64, pgid: Pid) -> Option<&Registration> {
+        let members = self.members(pgid);
+        let listen = self.listen_addrs_of(generation);
+        let held = self.held.get_mut(&generation)?;
+        let counted = held.counted.get_or_insert_with(|| {
+            self.shared
+                .connections
+                .register(&self.name, generation, members, listen)
+        });
+        Some(counted)
     }
 
     /// Turns the reaper's news of a process of the generation into a message.
@@ -669,8 +687,14 @@ impl Actor {
             .unwrap_or(false)
     }
 
-    fn listen_addrs(&self) -> ListenAddrs {
-        ListenAddrs::of(self.sockets.iter().map(|s| &s.bound))
+    /// The stream listeners a generation accepts from: those it was
+    /// started with, which a reload may since have replaced.
+    fn listen_addrs_of(&self, generation: u64) -> ListenAddrs {
+        let sockets = self
+            .held
+            .get(&generation)
+            .map_or(&self.sockets, |held| &held._sockets);
+        ListenAddrs::of(sockets.iter().map(|s| &s.bound))
     }
 
     /// Takes over what the agent's previous image ran, or what a killed
@@ -803,9 +827,10 @@ impl Actor {
         Ok(self.describe(core))
     }
 
-    /// Answers a status request; counting serving generations' connections
-    /// happens off the task, so it never holds up a transition.
-    fn status(&self, count_serving: bool, reply: oneshot::Sender<ServiceStatus>) {
+    /// Answers a status request. Connections are those the core knows
+    /// (a draining generation's, counted every tick); the agent's view adds
+    /// the others from its one count of every service.
+    fn status(&self, ask: super::StatusAsk, reply: oneshot::Sender<ServiceStatus>) {
         let mut status = ServiceStatus {
             name: self.name.clone(),
             state: self.core.state(),
@@ -820,28 +845,25 @@ impl Actor {
             generations: self.core.generations(),
             consecutive_crashes: self.core.consecutive_crashes(),
             running_restart: self.core.running_restart(),
-            last_restart: self.shared.events.last_restart_of(&self.name),
+            last_restart: self
+                .last_restart
+                .filter(|_| ask.last_restart)
+                .and_then(|id| self.shared.events.restart(id)),
             blocked: self.blocked.clone(),
         };
         let usage = self.usage.clone();
-        if !count_serving {
+        if !ask.fresh_usage {
             usage.fill(&mut status.generations);
             let _ = reply.send(status);
             return;
         }
-        let listen = self.listen_addrs();
         let members: Vec<Members> = status
             .generations
             .iter()
             .map(|g| self.members(Pid::from_raw(g.pid as i32)))
             .collect();
+        // Read off the task, so a status never holds up a transition.
         tokio::spawn(async move {
-            for (generation, members) in status.generations.iter_mut().zip(&members) {
-                if generation.connections.is_none() {
-                    generation.connections =
-                        connections::count(members.clone(), listen.clone()).await;
-                }
-            }
             let readings = crate::usage::sample_all(members).await;
             for (generation, reading) in status.generations.iter_mut().zip(readings) {
                 usage.remember(generation.generation, reading);

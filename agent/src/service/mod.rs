@@ -27,6 +27,7 @@ mod tests;
 
 pub use self::core::{HandoverRefused, Predecessor};
 use crate::config::ServiceConfig;
+use crate::connections::ConnectionCounter;
 use crate::events::EventLog;
 use crate::handover::ServiceHandover;
 use crate::notify::NotifyMessage;
@@ -51,12 +52,24 @@ pub struct Shared {
     /// Where each service's state goes when it changes (none in tests of
     /// the service alone).
     pub state: Option<Arc<crate::state::StateWriter>>,
+    /// Counts every service's connections, one scan for all of them.
+    pub connections: Arc<ConnectionCounter>,
 }
 
 /// What a service task takes over instead of starting a generation.
 pub struct Adopted {
     pub service: ServiceHandover,
     pub from: Predecessor,
+}
+
+/// What a status request asks of a service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusAsk {
+    /// Its last restart's report (the server has every restart as events).
+    pub last_restart: bool,
+    /// A fresh reading of its generations' memory and CPU, rather than the
+    /// last one taken.
+    pub fresh_usage: bool,
 }
 
 /// What reaches a service's task, in the order it arrived.
@@ -66,7 +79,7 @@ enum Msg {
         reply: oneshot::Sender<Result<RestartId, ErrorBody>>,
     },
     Status {
-        count_serving: bool,
+        ask: StatusAsk,
         reply: oneshot::Sender<ServiceStatus>,
     },
     Replace {
@@ -117,14 +130,12 @@ impl ServiceHandle {
             .unwrap_or_else(|_| Err(self::core::shutting_down(&self.name)))
     }
 
-    /// With `count_serving`, the connections of generations that are not
-    /// draining (whose count is kept fresh anyway) are read from the kernel.
-    pub async fn status(&self, count_serving: bool) -> Option<ServiceStatus> {
+    /// The service as its task sees it: connections only of draining
+    /// generations (see `AgentView::status` for the others); its last
+    /// restart's report only with `last_restart`.
+    pub async fn status(&self, ask: StatusAsk) -> Option<ServiceStatus> {
         let (reply, answer) = oneshot::channel();
-        self.send(Msg::Status {
-            count_serving,
-            reply,
-        });
+        self.send(Msg::Status { ask, reply });
         answer.await.ok()
     }
 
