@@ -225,18 +225,6 @@ impl EventLog {
             .map(|kept| kept.report.clone())
     }
 
-    pub fn last_restart_of(&self, service: &str) -> Option<RestartReport> {
-        self.inner
-            .lock()
-            .expect("event log lock")
-            .restarts
-            .values()
-            .rev()
-            .map(|kept| &kept.report)
-            .find(|r| r.service == service)
-            .cloned()
-    }
-
     /// Events after `after`, oldest first, and a receiver for the ones to come
     /// (taken under the same lock, so nothing falls between the two).
     pub fn since(&self, after: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {

@@ -740,6 +740,7 @@ impl Actor {
         if from == Predecessor::Dead
             && let Some(restart) = &handed.restart
         {
+            self.last_restart = Some(restart.id);
             self.shared
                 .events
                 .resume_restart(baton_proto::RestartReport {
