@@ -236,6 +236,20 @@ impl Actor {
         outcome
     }
 
+    /// Records the service's state and waits until the file holds it.
+    async fn persist_state(&mut self) {
+        let Some(state) = self.shared.state.clone() else {
+            return;
+        };
+        self.record_state();
+        // Written even when this service's part did not change: the writer
+        // task may not have written the last change yet.
+        let written = tokio::task::spawn_blocking(move || state.write_now()).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(service = %self.name, error = %e, "could not write the state file");
+        }
+    }
+
     /// Hands the service's state to the state file when it changed.
     fn record_state(&mut self) {
         let Some(state) = &self.shared.state else {
@@ -351,6 +365,10 @@ impl Actor {
                 }
             }
             Effect::Signal { pgid, signal } => {
+                // A signalled generation stops serving: the state file must
+                // say so before it happens, or an agent killed right after
+                // would take it back as the serving one.
+                self.persist_state().await;
                 if let Err(errno) = killpg(pgid, signal) {
                     tracing::debug!(service = %self.name, pgid = pgid.as_raw(), %errno, "could not signal a generation");
                 }

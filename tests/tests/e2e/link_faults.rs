@@ -150,6 +150,7 @@ async fn an_agent_behind_a_frozen_proxy_notices_within_seconds_and_links_again()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let noticed = frozen_at.elapsed();
+    eprintln!("frozen link noticed by the agent after {noticed:?}");
     assert!(
         noticed >= Duration::from_secs(4),
         "noticed after {noticed:?}"
@@ -165,6 +166,7 @@ async fn an_agent_behind_a_frozen_proxy_notices_within_seconds_and_links_again()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("linked again {:?} after the freeze", frozen_at.elapsed());
     let restart = server.restart_and_wait("web").await;
     assert_eq!(
         restart.outcome,
