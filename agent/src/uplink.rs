@@ -34,6 +34,10 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// new connection counts. The whole picture is read again this often only
 /// in case something changed without either.
 const STATUS_REBUILD_EVERY: Duration = Duration::from_secs(10);
+/// Generations' memory and CPU are read again for the server this often
+/// (at a rebuild): each reading opens a few files per process, which with a
+/// thousand services is most of an idle agent's work.
+const USAGE_EVERY: Duration = Duration::from_secs(30);
 /// Connection counts of serving generations are read this often for the
 /// server (one count for every service, off this loop); draining ones are
 /// counted every 100 ms anyway.
@@ -258,6 +262,7 @@ async fn session(
     let mut ticker = tokio::time::interval(STATUS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u32;
+    let mut usage_read_at = tokio::time::Instant::now();
     let mut last_status = StatusSent::default();
     // When a status is due after events.
     let mut status_due: Option<tokio::time::Instant> = None;
@@ -324,8 +329,11 @@ async fn session(
                 let recounted = !counts.same_as(&last_status.counts);
                 let rebuild = last_status.built_at.elapsed() >= STATUS_REBUILD_EVERY;
                 if recounted || rebuild {
-                    // Memory and CPU are read again at each rebuild.
-                    let services = agent.services_for_the_server(rebuild).await;
+                    let fresh_usage = rebuild && usage_read_at.elapsed() >= USAGE_EVERY;
+                    if fresh_usage {
+                        usage_read_at = tokio::time::Instant::now();
+                    }
+                    let services = agent.services_for_the_server(fresh_usage).await;
                     last_status.counts = counts;
                     last_status.send_if_changed(&mut sink, services, STATUS_UNCHANGED_RESEND).await?;
                 }
