@@ -170,6 +170,12 @@ pub struct AgentStatus {
     /// started: counted, never stored.
     #[serde(default)]
     pub notify_strangers: u64,
+    /// Restart requests (`X_BATON_RESTART=1`) that generations sent on the
+    /// notify socket and that started no restart, since the agent started:
+    /// from a generation that was not serving, while a restart ran, or
+    /// sooner than the service's request interval allows.
+    #[serde(default)]
+    pub restart_requests_refused: u64,
     /// How the agent knows a generation's processes; `None` from agents
     /// that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,6 +451,23 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Who asked for a restart from inside the service: the serving generation,
+/// and the process of it that sent the request (its pid as the kernel
+/// reported it, which may be a worker of the generation rather than its
+/// first process).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestartRequester {
+    pub generation: u64,
+    pub pid: u32,
+}
+
+impl fmt::Display for RestartRequester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "generation {} (pid {})", self.generation, self.pid)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -452,6 +475,11 @@ pub enum EventKind {
     RestartStarted {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The generation that asked for this restart on the notify socket
+        /// (`X_BATON_RESTART=1`); `None` for a restart asked for through
+        /// the control socket or the server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<RestartRequester>,
     },
     GenerationSpawned {
         generation: u64,
@@ -512,8 +540,10 @@ pub enum EventKind {
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EventKind::RestartStarted { reason: Some(r) } => write!(f, "restart started ({r})"),
-            EventKind::RestartStarted { reason: None } => write!(f, "restart started"),
+            EventKind::RestartStarted {
+                reason: Some(r), ..
+            } => write!(f, "restart started ({r})"),
+            EventKind::RestartStarted { reason: None, .. } => write!(f, "restart started"),
             EventKind::GenerationSpawned { generation, pid } => {
                 write!(f, "generation {generation} spawned (pid {pid})")
             }
