@@ -664,6 +664,39 @@ mod tests {
     }
 
     #[test]
+    fn who_asked_for_a_restart_is_on_its_started_event_only_when_a_generation_did() {
+        let asked = EventKind::RestartStarted {
+            reason: Some("requested by generation 4 (pid 1234): SIGUSR2".into()),
+            requested_by: Some(RestartRequester {
+                generation: 4,
+                pid: 1234,
+            }),
+        };
+        let json = serde_json::to_value(&asked).unwrap();
+        assert_eq!(json["event"], "restart_started");
+        assert_eq!(
+            json["requested_by"],
+            serde_json::json!({"generation": 4, "pid": 1234})
+        );
+        assert_eq!(serde_json::from_value::<EventKind>(json).unwrap(), asked);
+        // Absent from the wire otherwise, and not needed to read an event
+        // from an agent that does not know the field.
+        let plain = serde_json::to_value(EventKind::RestartStarted {
+            reason: None,
+            requested_by: None,
+        })
+        .unwrap();
+        assert_eq!(plain, serde_json::json!({"event": "restart_started"}));
+        assert_eq!(
+            serde_json::from_value::<EventKind>(plain).unwrap(),
+            EventKind::RestartStarted {
+                reason: None,
+                requested_by: None
+            }
+        );
+    }
+
+    #[test]
     fn outcomes_parse_from_their_names() {
         for outcome in RestartOutcome::ALL {
             assert_eq!(outcome.as_str().parse::<RestartOutcome>(), Ok(outcome));
