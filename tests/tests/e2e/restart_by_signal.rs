@@ -6,6 +6,7 @@
 
 use baton_proto::{AgentStatus, EventKind, RestartOutcome, RestartReport, RestartRequester};
 use baton_tests::AgentUnderTest;
+use baton_tests::server::ServerUnderTest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::os::unix::net::UnixDatagram;
@@ -48,10 +49,15 @@ struct Service {
 
 impl Service {
     fn start(drain_seconds: f64) -> Service {
+        Service::start_after("", drain_seconds)
+    }
+
+    /// With `top` (top-level keys and a `[server]` table) before the service.
+    fn start_after(top: &str, drain_seconds: f64) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let sent = dir.path().join("sent");
         let agent = AgentUnderTest::start(&format!(
-            r#"
+            r#"{top}
 [[service]]
 name = "web"
 command = ["/usr/bin/python3", "-c", {SERVICE:?}, {sent:?}, "{drain_seconds}"]
@@ -91,6 +97,22 @@ drain_timeout = "20s"
                 self.sent()
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for a restart to start; its id and who asked.
+    fn wait_restart_started(&self) -> (u64, Option<RestartRequester>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(started) = self.restarts_started().pop() {
+                return started;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no restart\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -157,14 +179,7 @@ fn sigusr2_to_the_serving_generation_restarts_its_service_and_the_report_names_w
     usr2(pid);
     web.wait_sent(1);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (id, requested_by) = loop {
-        if let Some(started) = web.restarts_started().pop() {
-            break started;
-        }
-        assert!(Instant::now() < deadline, "no restart\n{}", web.agent.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (id, requested_by) = web.wait_restart_started();
     assert_eq!(
         requested_by,
         Some(RestartRequester { generation, pid }),
@@ -286,4 +301,80 @@ fn a_draining_generation_cannot_ask_for_a_restart() {
         "{log}"
     );
     web.assert_no_new_restart(1);
+}
+
+/// What the server stored of the host's `restart_started` events, read from
+/// its database with Python's `sqlite3` (the server has no route for the
+/// events of a restart it did not drive).
+fn stored_restart_starts(database: &Path) -> Vec<serde_json::Value> {
+    let script = r#"
+import json, sqlite3, sys
+db = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True)
+rows = db.execute("SELECT body FROM events WHERE kind = 'restart_started' ORDER BY seq")
+print(json.dumps([json.loads(body) for (body,) in rows]))
+"#;
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(database)
+        .output()
+        .expect("python3");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_a_generation_asked_for_reaches_the_servers_history_with_who_asked() {
+    let server = ServerUnderTest::start();
+    let top = format!("host = \"host-a\"\n{}", server.agent_section("host-a"));
+    let web = Service::start_after(&top, 0.0);
+    let (generation, pid) = web.serving();
+    usr2(pid);
+    let (id, _) = web.wait_restart_started();
+    assert_eq!(
+        web.finished_restart(id).outcome,
+        Some(RestartOutcome::Succeeded)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stored = loop {
+        let stored = stored_restart_starts(&server.database());
+        if !stored.is_empty() {
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event stored\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stored.len(), 1, "{stored:#?}");
+    assert_eq!(
+        stored[0]["requested_by"],
+        serde_json::json!({"generation": generation, "pid": pid})
+    );
+    assert_eq!(
+        stored[0]["reason"],
+        format!(
+            "requested by generation {generation} (pid {pid}): SIGUSR2 to generation {generation}"
+        )
+    );
+    // The history the server derives from the events has the new generation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page: serde_json::Value = server.get_json("/services/web/generations").await;
+        let numbers: Vec<u64> = page["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["generation"].as_u64().unwrap())
+            .collect();
+        if numbers.contains(&(generation + 1)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{page:#}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let service: serde_json::Value = server.get_json("/services/web").await;
+    assert_eq!(service["name"], "web", "{service:#}");
 }
