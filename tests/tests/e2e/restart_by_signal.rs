@@ -174,7 +174,16 @@ fn usr2(pid: u32) {
 
 #[test]
 fn sigusr2_to_the_serving_generation_restarts_its_service_and_the_report_names_who_asked() {
-    let web = Service::start(0.0);
+    restart_by_sigusr2(Service::start(0.0));
+}
+
+#[test]
+fn sigusr2_restarts_the_service_without_cgroups_too() {
+    // Attributed by the sender's process group in the generation's session.
+    restart_by_sigusr2(Service::start_after("cgroups = false\n", 0.0));
+}
+
+fn restart_by_sigusr2(web: Service) {
     let (generation, pid) = web.serving();
     usr2(pid);
     web.wait_sent(1);
