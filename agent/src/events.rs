@@ -145,6 +145,7 @@ impl EventLog {
         service: &str,
         reason: Option<String>,
         old_generation: Option<u64>,
+        requested_by: Option<baton_proto::RestartRequester>,
     ) -> RestartId {
         let id = {
             let mut inner = self.inner.lock().expect("event log lock");
@@ -169,7 +170,14 @@ impl EventLog {
             inner.bound_restarts();
             id
         };
-        self.emit(service, Some(id), EventKind::RestartStarted { reason });
+        self.emit(
+            service,
+            Some(id),
+            EventKind::RestartStarted {
+                reason,
+                requested_by,
+            },
+        );
         id
     }
 
@@ -267,7 +275,7 @@ mod tests {
     fn restart_steps_collect_their_events_in_order() {
         let log = EventLog::default();
         let mut live = log.subscribe();
-        let id = log.begin_restart("web", Some("deploy".into()), Some(1));
+        let id = log.begin_restart("web", Some("deploy".into()), Some(1), None);
         log.emit(
             "web",
             Some(id),
@@ -319,7 +327,7 @@ mod tests {
     #[test]
     fn a_restart_report_keeps_a_bounded_number_of_steps_and_its_end() {
         let log = EventLog::default();
-        let id = log.begin_restart("web", None, Some(1));
+        let id = log.begin_restart("web", None, Some(1), None);
         for _ in 0..5_000 {
             log.emit("web", Some(id), status("warming"));
         }
@@ -335,7 +343,7 @@ mod tests {
     #[test]
     fn a_restart_report_outlives_the_events_that_made_it() {
         let log = EventLog::with_history(MIN_EVENT_HISTORY);
-        let id = log.begin_restart("web", None, Some(1));
+        let id = log.begin_restart("web", None, Some(1), None);
         log.finish_restart("web", id, RestartOutcome::Succeeded, None, None);
         for _ in 0..10 * MIN_EVENT_HISTORY {
             log.emit("other", None, status("busy"));
@@ -351,10 +359,10 @@ mod tests {
     #[test]
     fn reports_are_bounded_by_count_and_size_forgetting_the_oldest_finished_first() {
         let log = EventLog::default();
-        let running = log.begin_restart("slow", None, Some(1));
+        let running = log.begin_restart("slow", None, Some(1), None);
         let mut last = running;
         for _ in 0..MAX_RESTARTS + 10 {
-            last = log.begin_restart("web", None, Some(1));
+            last = log.begin_restart("web", None, Some(1), None);
             log.finish_restart("web", last, RestartOutcome::Succeeded, None, None);
         }
         assert!(log.restart(running).is_some(), "a running restart is kept");
@@ -364,7 +372,7 @@ mod tests {
 
         let long = "x".repeat(60 * 1024);
         for _ in 0..MAX_RESTARTS {
-            let id = log.begin_restart("web", None, Some(1));
+            let id = log.begin_restart("web", None, Some(1), None);
             for _ in 0..3 {
                 log.emit("web", Some(id), status(&long));
             }
@@ -379,7 +387,7 @@ mod tests {
     #[test]
     fn one_report_stays_small_enough_for_a_frame_and_keeps_its_end() {
         let log = EventLog::default();
-        let id = log.begin_restart("web", None, Some(1));
+        let id = log.begin_restart("web", None, Some(1), None);
         let long = "x".repeat(60 * 1024);
         for _ in 0..20 {
             log.emit("web", Some(id), status(&long));

@@ -35,6 +35,10 @@ const CONTROL_BYTES: usize =
 /// agent's memory.
 pub const MAX_STATUS_BYTES: usize = 256;
 
+/// The longest `X_BATON_RESTART_REASON=` kept: a longer one is cut, as a
+/// status is. It ends up in the restart's report and in the server's history.
+pub const MAX_RESTART_REASON_BYTES: usize = 256;
+
 /// The longest `FDNAME=` systemd accepts, because names end up joined in `LISTEN_FDNAMES`.
 const MAX_FD_NAME_BYTES: usize = 255;
 
@@ -95,6 +99,12 @@ pub enum NotifyMessage {
     /// `BARRIER=1` (`sd_notify_barrier`): the fd sent with it is closed once
     /// every earlier message of the sender has been acted on.
     Barrier,
+    /// `X_BATON_RESTART=1`: the generation asks the agent to restart its
+    /// service (a service's `kill -USR2` handler sends it). The reason is the
+    /// first non-empty `X_BATON_RESTART_REASON=` of the same datagram,
+    /// escaped and bounded like a status. Variables with the `X_` prefix are
+    /// sd_notify's convention for those systemd does not define.
+    Restart { reason: Option<String> },
     /// Anything else, or a known key with a value that does not parse. Kept for
     /// logging, never acted on.
     Unknown(String),
@@ -253,22 +263,38 @@ fn receive(socket: &UnixDatagram, data: &mut [u8]) -> io::Result<NotifyDatagram>
 /// systemd does: empty lines are skipped, flags must be exactly `=1`, a value that
 /// does not parse (`MAINPID=abc`) yields [`NotifyMessage::Unknown`], and `FDNAME=`
 /// only names the `FDSTORE=1`/`FDSTOREREMOVE=1` of the same datagram (the first valid
-/// one counts, as in systemd).
+/// one counts, as in systemd). `X_BATON_RESTART_REASON=` likewise only explains the
+/// `X_BATON_RESTART=1` of its datagram.
 pub fn parse(text: &str) -> Vec<NotifyMessage> {
     // systemd splits on both characters of its NEWLINE set.
     let lines = || text.split(['\n', '\r']).filter(|line| !line.is_empty());
-    let fd_name = lines()
-        .filter_map(|line| line.strip_prefix("FDNAME="))
-        .find(|name| is_valid_fd_name(name))
-        .map(str::to_owned);
+    let attributes = Attributes {
+        fd_name: lines()
+            .filter_map(|line| line.strip_prefix("FDNAME="))
+            .find(|name| is_valid_fd_name(name))
+            .map(str::to_owned),
+        restart_reason: lines()
+            .filter_map(|line| line.strip_prefix(RESTART_REASON_PREFIX))
+            .find(|reason| !reason.is_empty())
+            .map(|reason| escaped_line(reason, MAX_RESTART_REASON_BYTES)),
+    };
 
     lines()
-        .filter(|line| !line.starts_with("FDNAME="))
-        .map(|line| parse_assignment(line, &fd_name))
+        .filter(|line| !line.starts_with("FDNAME=") && !line.starts_with(RESTART_REASON_PREFIX))
+        .map(|line| parse_assignment(line, &attributes))
         .collect()
 }
 
-fn parse_assignment(line: &str, fd_name: &Option<String>) -> NotifyMessage {
+const RESTART_REASON_PREFIX: &str = "X_BATON_RESTART_REASON=";
+
+/// Assignments that qualify another one of the same datagram rather than
+/// say something of their own.
+struct Attributes {
+    fd_name: Option<String>,
+    restart_reason: Option<String>,
+}
+
+fn parse_assignment(line: &str, attributes: &Attributes) -> NotifyMessage {
     let unknown = || NotifyMessage::Unknown(line.to_owned());
     let Some((key, value)) = line.split_once('=') else {
         return unknown();
@@ -279,7 +305,7 @@ fn parse_assignment(line: &str, fd_name: &Option<String>) -> NotifyMessage {
         ("STOPPING", "1") => NotifyMessage::Stopping,
         ("WATCHDOG", "1") => NotifyMessage::Watchdog,
         ("BARRIER", "1") => NotifyMessage::Barrier,
-        ("STATUS", status) => NotifyMessage::Status(status_line(status)),
+        ("STATUS", status) => NotifyMessage::Status(escaped_line(status, MAX_STATUS_BYTES)),
         ("MAINPID", pid) => match pid.parse::<i32>() {
             Ok(pid) if pid > 0 => NotifyMessage::MainPid(pid),
             _ => unknown(),
@@ -293,28 +319,31 @@ fn parse_assignment(line: &str, fd_name: &Option<String>) -> NotifyMessage {
             _ => unknown(),
         },
         ("FDSTORE", "1") => NotifyMessage::FdStore {
-            name: fd_name.clone(),
+            name: attributes.fd_name.clone(),
         },
         ("FDSTOREREMOVE", "1") => NotifyMessage::FdStoreRemove {
-            name: fd_name.clone(),
+            name: attributes.fd_name.clone(),
+        },
+        ("X_BATON_RESTART", "1") => NotifyMessage::Restart {
+            reason: attributes.restart_reason.clone(),
         },
         _ => unknown(),
     }
 }
 
-/// A status as it is kept: control characters escaped (a status ends up in
-/// log lines and event streams, where a raw one could forge a line), at
-/// most [`MAX_STATUS_BYTES`].
-fn status_line(status: &str) -> String {
-    let mut line = String::with_capacity(status.len().min(MAX_STATUS_BYTES));
-    for c in status.chars() {
+/// A status (or a restart's reason) as it is kept: control characters
+/// escaped (it ends up in log lines and event streams, where a raw one could
+/// forge a line), at most `max_bytes`.
+fn escaped_line(text: &str, max_bytes: usize) -> String {
+    let mut line = String::with_capacity(text.len().min(max_bytes));
+    for c in text.chars() {
         let before = line.len();
         if c.is_control() {
             line.extend(c.escape_default());
         } else {
             line.push(c);
         }
-        if line.len() > MAX_STATUS_BYTES {
+        if line.len() > max_bytes {
             line.truncate(before);
             break;
         }
@@ -387,6 +416,31 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_reason_is_bounded_and_escaped_like_a_status() {
+        let long = format!(
+            "{}{}",
+            "r".repeat(MAX_RESTART_REASON_BYTES),
+            "s".repeat(10_000)
+        );
+        let [Restart { reason: Some(cut) }] =
+            &parse(&format!("X_BATON_RESTART=1\nX_BATON_RESTART_REASON={long}"))[..]
+        else {
+            panic!("one restart request");
+        };
+        assert_eq!(cut, &"r".repeat(MAX_RESTART_REASON_BYTES));
+        let [
+            Restart {
+                reason: Some(escaped),
+            },
+        ] = &parse("X_BATON_RESTART_REASON=rotate\u{1b}[2J\u{7}\nX_BATON_RESTART=1")[..]
+        else {
+            panic!("one restart request");
+        };
+        assert_eq!(escaped, "rotate\\u{1b}[2J\\u{7}");
+        assert!(!escaped.chars().any(char::is_control));
+    }
+
+    #[test]
     fn parse_table() {
         let cases: Vec<(&str, Vec<NotifyMessage>)> = vec![
             ("READY=1", vec![Ready]),
@@ -451,6 +505,28 @@ mod tests {
             ),
             ("FDSTOREREMOVE=1", vec![FdStoreRemove { name: None }]),
             ("FDNAME=orphan", vec![]),
+            ("X_BATON_RESTART=1", vec![Restart { reason: None }]),
+            (
+                "X_BATON_RESTART=1\nX_BATON_RESTART_REASON=new certificates",
+                vec![Restart {
+                    reason: Some("new certificates".into()),
+                }],
+            ),
+            (
+                "X_BATON_RESTART_REASON=\nX_BATON_RESTART_REASON=a=b\nX_BATON_RESTART=1",
+                vec![Restart {
+                    reason: Some("a=b".into()),
+                }],
+            ),
+            ("X_BATON_RESTART_REASON=alone", vec![]),
+            (
+                "X_BATON_RESTART=yes",
+                vec![Unknown("X_BATON_RESTART=yes".into())],
+            ),
+            (
+                "x_baton_restart=1",
+                vec![Unknown("x_baton_restart=1".into())],
+            ),
             ("ready=1", vec![Unknown("ready=1".into())]),
             ("READY", vec![Unknown("READY".into())]),
             (

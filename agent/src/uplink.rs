@@ -440,6 +440,7 @@ mod tests {
             restart: Some(seq),
             kind: EventKind::RestartStarted {
                 reason: Some("r".repeat(reason_bytes)),
+                requested_by: None,
             },
         }
     }
@@ -491,6 +492,7 @@ mod tests {
                         1,
                         EventKind::RestartStarted {
                             reason: Some("deploy 4711".into()),
+                            requested_by: None,
                         },
                     ),
                     step(2, EventKind::GenerationSpawned { generation: 2, pid }),

@@ -138,6 +138,7 @@ impl AgentView {
             started_at: self.started_at,
             services,
             notify_strangers: crate::notify_router::strangers(),
+            restart_requests_refused: crate::service::requests::refused(),
             process_tracking: Some(self.process_tracking),
             untracked: self.untracked(matches!(counting, Counting::Fresh(_))).await,
         }

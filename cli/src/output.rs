@@ -124,6 +124,13 @@ pub fn status_table(status: &AgentStatus) -> String {
             status.notify_strangers
         );
     }
+    if status.restart_requests_refused > 0 {
+        let _ = writeln!(
+            out,
+            "{} restart request(s) from generations refused (not the serving generation, a restart running, or sooner than 10 s after the last one)",
+            status.restart_requests_refused
+        );
+    }
     out
 }
 

@@ -170,6 +170,12 @@ pub struct AgentStatus {
     /// started: counted, never stored.
     #[serde(default)]
     pub notify_strangers: u64,
+    /// Restart requests (`X_BATON_RESTART=1`) that generations sent on the
+    /// notify socket and that started no restart, since the agent started:
+    /// from a generation that was not serving, while a restart ran, or
+    /// sooner than the service's request interval allows.
+    #[serde(default)]
+    pub restart_requests_refused: u64,
     /// How the agent knows a generation's processes; `None` from agents
     /// that do not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,6 +451,23 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Who asked for a restart from inside the service: the serving generation,
+/// and the process of it that sent the request (its pid as the kernel
+/// reported it, which may be a worker of the generation rather than its
+/// first process).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestartRequester {
+    pub generation: u64,
+    pub pid: u32,
+}
+
+impl fmt::Display for RestartRequester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "generation {} (pid {})", self.generation, self.pid)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -452,6 +475,11 @@ pub enum EventKind {
     RestartStarted {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The generation that asked for this restart on the notify socket
+        /// (`X_BATON_RESTART=1`); `None` for a restart asked for through
+        /// the control socket or the server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<RestartRequester>,
     },
     GenerationSpawned {
         generation: u64,
@@ -512,8 +540,10 @@ pub enum EventKind {
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EventKind::RestartStarted { reason: Some(r) } => write!(f, "restart started ({r})"),
-            EventKind::RestartStarted { reason: None } => write!(f, "restart started"),
+            EventKind::RestartStarted {
+                reason: Some(r), ..
+            } => write!(f, "restart started ({r})"),
+            EventKind::RestartStarted { reason: None, .. } => write!(f, "restart started"),
             EventKind::GenerationSpawned { generation, pid } => {
                 write!(f, "generation {generation} spawned (pid {pid})")
             }
@@ -631,6 +661,39 @@ mod tests {
         assert_eq!(json["connections"], 5);
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn who_asked_for_a_restart_is_on_its_started_event_only_when_a_generation_did() {
+        let asked = EventKind::RestartStarted {
+            reason: Some("requested by generation 4 (pid 1234): SIGUSR2".into()),
+            requested_by: Some(RestartRequester {
+                generation: 4,
+                pid: 1234,
+            }),
+        };
+        let json = serde_json::to_value(&asked).unwrap();
+        assert_eq!(json["event"], "restart_started");
+        assert_eq!(
+            json["requested_by"],
+            serde_json::json!({"generation": 4, "pid": 1234})
+        );
+        assert_eq!(serde_json::from_value::<EventKind>(json).unwrap(), asked);
+        // Absent from the wire otherwise, and not needed to read an event
+        // from an agent that does not know the field.
+        let plain = serde_json::to_value(EventKind::RestartStarted {
+            reason: None,
+            requested_by: None,
+        })
+        .unwrap();
+        assert_eq!(plain, serde_json::json!({"event": "restart_started"}));
+        assert_eq!(
+            serde_json::from_value::<EventKind>(plain).unwrap(),
+            EventKind::RestartStarted {
+                reason: None,
+                requested_by: None
+            }
+        );
     }
 
     #[test]

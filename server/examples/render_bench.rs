@@ -132,7 +132,10 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
             let host = host(id % SERVICES + offset);
             let at = (now - i64::from(RESTARTS - id) * 60_000) as u64;
             let kinds = [
-                EventKind::RestartStarted { reason: None },
+                EventKind::RestartStarted {
+                    reason: None,
+                    requested_by: None,
+                },
                 EventKind::GenerationSpawned {
                     generation: 2,
                     pid: 2002,

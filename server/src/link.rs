@@ -483,7 +483,10 @@ mod tests {
                 at: seq,
                 service: "web".into(),
                 restart: None,
-                kind: EventKind::RestartStarted { reason: None },
+                kind: EventKind::RestartStarted {
+                    reason: None,
+                    requested_by: None,
+                },
             })
             .collect()
     }

@@ -557,6 +557,14 @@ mod tests {
         vec![
             EventKind::RestartStarted {
                 reason: Some("deploy".into()),
+                requested_by: None,
+            },
+            EventKind::RestartStarted {
+                reason: Some("requested by generation 2 (pid 4102): new certificates".into()),
+                requested_by: Some(baton_proto::RestartRequester {
+                    generation: 2,
+                    pid: 4102,
+                }),
             },
             EventKind::GenerationSpawned {
                 generation: 3,

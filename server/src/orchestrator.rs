@@ -874,7 +874,10 @@ mod tests {
             seq,
             service,
             Some(id),
-            EventKind::RestartStarted { reason: None },
+            EventKind::RestartStarted {
+                reason: None,
+                requested_by: None,
+            },
         )
     }
 

@@ -322,13 +322,23 @@ impl Actor {
             Effect::Emit { restart, kind } => {
                 self.shared.events.emit(&self.name, restart, kind);
             }
-            Effect::OpenRestart { reason, old } => {
-                let id = self.shared.events.begin_restart(&self.name, reason, old);
+            Effect::OpenRestart {
+                reason,
+                old,
+                requested_by,
+            } => {
+                let id = self
+                    .shared
+                    .events
+                    .begin_restart(&self.name, reason, old, requested_by);
                 self.last_restart = Some(id);
                 outcome.restart = Some(Ok(id));
                 return Some(Input::RestartOpened { id });
             }
             Effect::Refuse(body) => outcome.restart = Some(Err(body)),
+            Effect::RestartRequestRefused { requester, refusal } => {
+                super::requests::note_refused(&self.name, requester, refusal)
+            }
             Effect::RecordNewGeneration {
                 restart,
                 generation,

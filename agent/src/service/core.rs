@@ -10,14 +10,15 @@
 mod handover;
 
 pub use self::handover::{HandedCore, HandoverRefused, Predecessor};
-pub use super::effects::{CountFor, Effect, Input, MainCheck, Now};
+pub use super::effects::{CountFor, Effect, Input, MainCheck, Now, RequestRefusal};
 use super::generation::{Generation, Leftovers, Lifecycle};
 use super::restart::{RestartRun, Verdict};
 use crate::config::{Readiness, ServiceConfig};
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
 use baton_proto::{
-    ErrorBody, ErrorKind, EventKind, GenerationInfo, RestartId, RestartOutcome, ServiceState,
+    ErrorBody, ErrorKind, EventKind, GenerationInfo, RestartId, RestartOutcome, RestartRequester,
+    ServiceState,
 };
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -35,6 +36,10 @@ pub const LINGER_POLL: Duration = Duration::from_millis(50);
 const STOP_GRACE_MAX: Duration = Duration::from_secs(10);
 /// After a SIGKILL, the next one is this far off.
 const KILL_AGAIN_AFTER: Duration = Duration::from_secs(3600);
+/// A service accepts at most one restart request from its own generation
+/// (`X_BATON_RESTART=1`) per this interval: a `kill -USR2` in a loop, or a
+/// library that asks on every signal of a burst, restarts it once.
+pub const RESTART_REQUEST_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A service's state and every decision about it.
 pub struct ServiceCore {
@@ -50,6 +55,9 @@ pub struct ServiceCore {
     opening_reason: Option<String>,
     /// A reload arrived during a restart: restart again once it ends.
     restart_queued: bool,
+    /// When the service last accepted a restart request of its own
+    /// generation, for `RESTART_REQUEST_INTERVAL`.
+    restart_requested_at: Option<Instant>,
     consecutive_crashes: u32,
     backoff_until: Option<Instant>,
     mode: Mode,
@@ -87,6 +95,7 @@ impl ServiceCore {
             restart: None,
             opening_reason: None,
             restart_queued: false,
+            restart_requested_at: None,
             consecutive_crashes: 0,
             backoff_until: None,
             mode: Mode::Running,
@@ -114,14 +123,14 @@ impl ServiceCore {
                     self.start_generation(&mut out);
                 }
             }
-            Input::Restart { reason } => self.request_restart(reason, &mut out),
+            Input::Restart { reason } => self.request_restart(reason, None, &mut out),
             Input::RestartOpened { id } => self.begin_restart(id, now, &mut out),
             Input::Replace { config } => {
                 self.config = config;
                 if self.restart.is_some() {
                     self.restart_queued = true;
                 } else if !self.stopping() {
-                    self.request_restart(Some("configuration changed".into()), &mut out);
+                    self.request_restart(Some("configuration changed".into()), None, &mut out);
                 }
             }
             Input::Stop => self.stop_all(now, &mut out),
@@ -232,7 +241,12 @@ impl ServiceCore {
         self.generations.get(&generation).map(|g| g.lifecycle)
     }
 
-    fn request_restart(&mut self, reason: Option<String>, out: &mut Out) {
+    fn request_restart(
+        &mut self,
+        reason: Option<String>,
+        requested_by: Option<RestartRequester>,
+        out: &mut Out,
+    ) {
         if let Some(run) = &self.restart {
             return out.push(Effect::Refuse(ErrorBody {
                 kind: ErrorKind::RestartInProgress,
@@ -257,7 +271,55 @@ impl ServiceCore {
         out.push(Effect::OpenRestart {
             reason,
             old: self.current,
+            requested_by,
         });
+    }
+
+    /// `X_BATON_RESTART=1` from a process of generation `number`: a restart
+    /// the service asks for itself (its `kill -USR2` handler). Only the
+    /// serving generation speaks for the service; a starting one has not
+    /// taken over yet and a draining one has handed over already. At most
+    /// one is accepted per `RESTART_REQUEST_INTERVAL`, and none while a
+    /// restart runs.
+    fn on_restart_request(
+        &mut self,
+        number: u64,
+        sender: i32,
+        reason: Option<String>,
+        now: Now,
+        out: &mut Out,
+    ) {
+        let requester = RestartRequester {
+            generation: number,
+            pid: u32::try_from(sender).unwrap_or(0),
+        };
+        let serving =
+            self.current == Some(number) && self.lifecycle(number) == Some(Lifecycle::Ready);
+        let next_accepted = self
+            .restart_requested_at
+            .map(|at| at + RESTART_REQUEST_INTERVAL)
+            .filter(|next| *next > now.at);
+        let refusal = if !serving {
+            Some(RequestRefusal::NotServing)
+        } else if self.mode != Mode::Running {
+            Some(RequestRefusal::ShuttingDown)
+        } else if let Some(run) = &self.restart {
+            Some(RequestRefusal::RestartRunning(run.id))
+        } else {
+            next_accepted.map(|next| RequestRefusal::TooSoon {
+                wait: next - now.at,
+            })
+        };
+        if let Some(refusal) = refusal {
+            return out.push(Effect::RestartRequestRefused { requester, refusal });
+        }
+        self.restart_requested_at = Some(now.at);
+        let reason = match reason {
+            Some(reason) => format!("requested by {requester}: {reason}"),
+            None => format!("requested by {requester}"),
+        };
+        tracing::info!(service = %self.name, generation = number, pid = sender, %reason, "restart requested by the serving generation");
+        self.request_restart(Some(reason), Some(requester), out);
     }
 
     fn begin_restart(&mut self, id: RestartId, now: Now, out: &mut Out) {
@@ -819,6 +881,9 @@ impl ServiceCore {
                 NotifyMessage::Barrier => out.push(Effect::CloseFds),
                 NotifyMessage::Stopping => {
                     tracing::debug!(service = %self.name, generation = number, "generation reports it is stopping");
+                }
+                NotifyMessage::Restart { reason } => {
+                    self.on_restart_request(number, sender, reason, now, out)
                 }
                 other => {
                     tracing::debug!(service = %self.name, generation = number, message = ?other, "notify message ignored");

@@ -4,11 +4,12 @@
 use crate::config::ServiceConfig;
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
-use baton_proto::{ErrorBody, EventKind, RestartId, RestartOutcome, UnixMillis};
+use baton_proto::{ErrorBody, EventKind, RestartId, RestartOutcome, RestartRequester, UnixMillis};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The time an input happens at: monotonic for deadlines, wall clock for
 /// what is reported.
@@ -89,6 +90,38 @@ pub enum Input {
     Thaw,
 }
 
+/// Why a generation's own restart request started no restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRefusal {
+    /// The generation is not the serving one: still starting, draining,
+    /// being stopped, or already replaced. Only the generation that serves
+    /// speaks for the service.
+    NotServing,
+    /// The service is stopping, or the agent is upgrading itself.
+    ShuttingDown,
+    /// A restart of the service is running; a new one may be asked for
+    /// once it has ended.
+    RestartRunning(RestartId),
+    /// The service accepted a request less than the request interval ago;
+    /// this one may come again after `wait`.
+    TooSoon { wait: Duration },
+}
+
+impl fmt::Display for RequestRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestRefusal::NotServing => f.write_str("it is not the serving generation"),
+            RequestRefusal::ShuttingDown => f.write_str("the service is stopping"),
+            RequestRefusal::RestartRunning(id) => write!(f, "restart {id} is running"),
+            RequestRefusal::TooSoon { wait } => write!(
+                f,
+                "the service accepted a restart request lately; the next is accepted in {} ms",
+                wait.as_millis()
+            ),
+        }
+    }
+}
+
 /// Why a connection count was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CountFor {
@@ -119,9 +152,17 @@ pub enum Effect {
     OpenRestart {
         reason: Option<String>,
         old: Option<u64>,
+        /// The generation that asked for it on the notify socket, if one did.
+        requested_by: Option<RestartRequester>,
     },
     /// The restart request is refused.
     Refuse(ErrorBody),
+    /// A generation's own restart request (`X_BATON_RESTART=1`) started
+    /// nothing: count it, and log it at most once a second.
+    RestartRequestRefused {
+        requester: RestartRequester,
+        refusal: RequestRefusal,
+    },
     /// The restart's report names its new generation.
     RecordNewGeneration {
         restart: RestartId,

@@ -21,6 +21,7 @@ mod actor;
 pub mod core;
 pub mod effects;
 pub mod generation;
+pub mod requests;
 pub mod restart;
 #[cfg(test)]
 mod tests;

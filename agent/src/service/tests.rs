@@ -2,12 +2,17 @@
 //! and state out. No process is spawned and no clock is read but the one the
 //! test moves.
 
-use super::core::{CountFor, Effect, HandoverRefused, Input, MainCheck, Now, ServiceCore};
+use super::core::{
+    CountFor, Effect, HandoverRefused, Input, MainCheck, Now, RESTART_REQUEST_INTERVAL,
+    RequestRefusal, ServiceCore,
+};
 use super::generation::{Leftovers, Lifecycle};
 use crate::config::{Readiness, ServiceConfig};
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
-use baton_proto::{ErrorKind, EventKind, GenerationState, RestartOutcome, ServiceState};
+use baton_proto::{
+    ErrorKind, EventKind, GenerationState, RestartOutcome, RestartRequester, ServiceState,
+};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::sync::Arc;
@@ -124,6 +129,7 @@ impl Bench {
             [Effect::OpenRestart {
                 reason: Some("deploy".into()),
                 old: Some(1),
+                requested_by: None,
             }]
         );
         assert_eq!(
@@ -209,6 +215,29 @@ impl Bench {
         bench
     }
 
+    /// The restart a request of generation 1 opened runs to success at
+    /// once: generation 2 (pid 200) serves.
+    fn run_requested_restart(&mut self) {
+        self.on(Input::RestartOpened { id: RESTART });
+        self.on(Input::Spawned {
+            generation: 2,
+            pid: pid(NEW),
+            probe_port: None,
+        });
+        self.on(Input::Ready { generation: 2 });
+        self.on(Input::Counted {
+            generation: 1,
+            count: Some(0),
+            purpose: CountFor::Drain,
+        });
+        let done = self.exit_and_empty(1, OLD, ExitInfo::Code(0));
+        assert_eq!(
+            finished(&done).map(|(outcome, ..)| outcome),
+            Some(RestartOutcome::Succeeded)
+        );
+        assert_eq!(self.core.current(), Some(2));
+    }
+
     /// The generation's main process exits and its group empties.
     fn exit_and_empty(&mut self, generation: u64, raw: i32, exit: ExitInfo) -> Vec<Effect> {
         let mut effects = self.on(Input::Exited {
@@ -224,6 +253,27 @@ impl Bench {
         );
         effects.extend(self.on(Input::GroupEmpty { generation }));
         effects
+    }
+}
+
+/// `X_BATON_RESTART=1` from process `sender` of `generation`.
+fn restart_request(generation: u64, sender: i32, reason: Option<&str>) -> Input {
+    Input::Notify {
+        generation,
+        sender,
+        messages: vec![NotifyMessage::Restart {
+            reason: reason.map(str::to_owned),
+        }],
+    }
+}
+
+fn refused(generation: u64, sender: i32, refusal: RequestRefusal) -> Effect {
+    Effect::RestartRequestRefused {
+        requester: RestartRequester {
+            generation,
+            pid: sender as u32,
+        },
+        refusal,
     }
 }
 
@@ -970,6 +1020,7 @@ fn a_reload_during_a_restart_restarts_again_once_it_ends() {
         [Effect::OpenRestart {
             reason: Some("configuration changed".into()),
             old: Some(2),
+            requested_by: None,
         }]
     );
 }
@@ -1232,4 +1283,198 @@ fn a_drain_left_by_a_killed_agent_ends_at_its_wall_clock_deadline_and_finishes_t
         finished(&gone).map(|f| (f.0, f.2)),
         Some((RestartOutcome::Forced, Some(4)))
     );
+}
+
+/// A worker of generation 1 (not its first process, 100): it is in the
+/// generation's cgroup or group, which is how the router attributed it.
+const WORKER: i32 = 101;
+
+#[test]
+fn the_serving_generation_may_ask_for_a_restart_and_is_named_as_who_asked() {
+    let mut bench = Bench::serving();
+    assert_eq!(
+        bench.on(restart_request(1, WORKER, Some("new certificates"))),
+        [Effect::OpenRestart {
+            reason: Some("requested by generation 1 (pid 101): new certificates".into()),
+            old: Some(1),
+            requested_by: Some(RestartRequester {
+                generation: 1,
+                pid: WORKER as u32
+            }),
+        }]
+    );
+    assert_eq!(
+        bench.on(Input::RestartOpened { id: RESTART }),
+        [Effect::Spawn {
+            generation: 2,
+            probe_port: false
+        }]
+    );
+    assert_eq!(bench.core.running_restart(), Some(RESTART));
+}
+
+#[test]
+fn a_restart_request_without_a_reason_still_names_who_asked() {
+    let mut bench = Bench::serving();
+    assert!(matches!(
+        bench.on(restart_request(1, OLD, None)).as_slice(),
+        [Effect::OpenRestart { reason: Some(reason), requested_by: Some(_), .. }]
+            if reason == "requested by generation 1 (pid 100)"
+    ));
+}
+
+#[test]
+fn a_starting_generation_cannot_ask_for_a_restart() {
+    // The first generation, before it is ready: nothing serves yet.
+    let mut bench = Bench::new(config());
+    bench.on(Input::Start);
+    bench.on(Input::Spawned {
+        generation: 1,
+        pid: pid(OLD),
+        probe_port: None,
+    });
+    assert_eq!(
+        bench.on(restart_request(1, OLD, None)),
+        [refused(1, OLD, RequestRefusal::NotServing)]
+    );
+    // The new generation of a restart, warming up next to the serving one.
+    let mut bench = Bench::restarting();
+    assert_eq!(
+        bench.on(restart_request(2, NEW, Some("again"))),
+        [refused(2, NEW, RequestRefusal::NotServing)]
+    );
+    assert_eq!(bench.core.running_restart(), Some(RESTART));
+}
+
+#[test]
+fn a_draining_generation_cannot_ask_for_a_restart() {
+    let mut bench = Bench::draining();
+    assert_eq!(
+        bench.on(restart_request(1, OLD, None)),
+        [refused(1, OLD, RequestRefusal::NotServing)]
+    );
+    // Nor a worker of it that finishes its requests after the main
+    // process exited.
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD),
+        exit: ExitInfo::Code(0),
+    });
+    assert!(matches!(
+        bench.core.lifecycle(1),
+        Some(Lifecycle::Exited { .. })
+    ));
+    assert_eq!(
+        bench.on(restart_request(1, WORKER, None)),
+        [refused(1, WORKER, RequestRefusal::NotServing)]
+    );
+}
+
+#[test]
+fn a_restart_request_while_a_restart_runs_is_refused() {
+    // The old generation still serves while the new one warms up.
+    let mut bench = Bench::restarting();
+    assert_eq!(
+        bench.on(restart_request(1, OLD, None)),
+        [refused(1, OLD, RequestRefusal::RestartRunning(RESTART))]
+    );
+    // The new one serves while the old one drains.
+    let mut bench = Bench::draining();
+    assert_eq!(
+        bench.on(restart_request(2, NEW, None)),
+        [refused(2, NEW, RequestRefusal::RestartRunning(RESTART))]
+    );
+}
+
+#[test]
+fn a_stopping_or_upgrading_service_takes_no_restart_request() {
+    let mut bench = Bench::serving();
+    bench.core.hand_over(bench.now).expect("handed over");
+    assert_eq!(
+        bench.on(restart_request(1, OLD, None)),
+        [refused(1, OLD, RequestRefusal::ShuttingDown)]
+    );
+    bench.on(Input::Thaw);
+    bench.on(Input::Stop);
+    assert_eq!(
+        bench.on(restart_request(1, OLD, None)),
+        [refused(1, OLD, RequestRefusal::NotServing)]
+    );
+}
+
+#[test]
+fn restart_requests_are_held_to_one_per_interval() {
+    let mut bench = Bench::serving();
+    // A burst in one datagram, as a handler that sends on every signal
+    // might: the first is accepted, the rest are too soon.
+    let burst = bench.on(Input::Notify {
+        generation: 1,
+        sender: OLD,
+        messages: vec![NotifyMessage::Restart { reason: None }; 3],
+    });
+    assert!(
+        matches!(&burst[0], Effect::OpenRestart { old: Some(1), .. }),
+        "{burst:?}"
+    );
+    let too_soon = || {
+        refused(
+            1,
+            OLD,
+            RequestRefusal::TooSoon {
+                wait: RESTART_REQUEST_INTERVAL,
+            },
+        )
+    };
+    assert_eq!(burst[1..], [too_soon(), too_soon()]);
+    bench.run_requested_restart();
+
+    // The new serving generation asks too soon after the first request.
+    bench.wait(Duration::from_secs(1));
+    assert_eq!(
+        bench.on(restart_request(2, NEW, None)),
+        [refused(
+            2,
+            NEW,
+            RequestRefusal::TooSoon {
+                wait: RESTART_REQUEST_INTERVAL - Duration::from_secs(1)
+            }
+        )]
+    );
+    assert_eq!(bench.core.running_restart(), None);
+    // A restart asked for on the control socket is not held to it.
+    assert!(matches!(
+        bench.on(Input::Restart { reason: None }).as_slice(),
+        [Effect::OpenRestart {
+            requested_by: None,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_restart_request_is_accepted_again_once_the_interval_has_passed() {
+    let mut bench = Bench::serving();
+    assert!(matches!(
+        bench.on(restart_request(1, OLD, None)).as_slice(),
+        [Effect::OpenRestart { .. }]
+    ));
+    bench.run_requested_restart();
+    bench.wait(RESTART_REQUEST_INTERVAL - Duration::from_millis(1));
+    assert!(matches!(
+        bench.on(restart_request(2, NEW, None)).as_slice(),
+        [Effect::RestartRequestRefused {
+            refusal: RequestRefusal::TooSoon { .. },
+            ..
+        }]
+    ));
+    // Refused requests do not move the interval: only an accepted one does.
+    bench.wait(Duration::from_millis(1));
+    assert!(matches!(
+        bench.on(restart_request(2, NEW, Some("later"))).as_slice(),
+        [Effect::OpenRestart {
+            old: Some(2),
+            requested_by: Some(RestartRequester { generation: 2, .. }),
+            ..
+        }]
+    ));
 }

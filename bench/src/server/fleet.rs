@@ -373,6 +373,7 @@ impl SimHost {
                 id,
                 EventKind::RestartStarted {
                     reason: reason.clone(),
+                    requested_by: None,
                 },
             ),
             self.event(

@@ -465,7 +465,10 @@ impl FakeAgent {
             self.event(
                 service,
                 Some(restart),
-                EventKind::RestartStarted { reason: None },
+                EventKind::RestartStarted {
+                    reason: None,
+                    requested_by: None,
+                },
             ),
             self.event(
                 service,

@@ -81,14 +81,14 @@ async fn forged_high_sequence_numbers_do_not_move_another_hosts_resume_point() {
 async fn a_jump_beyond_the_announced_sequence_is_refused_and_a_gap_below_it_is_recorded() {
     let app = spawn_app().await;
     let mut alpha = FakeAgent::connect(&app, "alpha", "boot-a", vec![service("web", 1)]).await;
-    let first = alpha.event("web", None, EventKind::RestartStarted { reason: None });
-    let second = alpha.event("web", None, EventKind::RestartStarted { reason: None });
+    let first = alpha.event("web", None, restart_started());
+    let second = alpha.event("web", None, restart_started());
     alpha.send_events(vec![first, second]).await;
 
     // A sequence number the agent could not have sent: beyond the last it
     // announced (0) and not following on. Not acknowledged; the link ends.
     alpha.next_seq = 1_000_001;
-    let forged = alpha.event("web", None, EventKind::RestartStarted { reason: None });
+    let forged = alpha.event("web", None, restart_started());
     alpha
         .send(&AgentFrame::Events {
             events: vec![forged],
@@ -105,7 +105,7 @@ async fn a_jump_beyond_the_announced_sequence_is_refused_and_a_gap_below_it_is_r
     // rest stored.
     alpha.next_seq = 40;
     let rest: Vec<_> = (40..=50)
-        .map(|_| alpha.event("web", None, EventKind::RestartStarted { reason: None }))
+        .map(|_| alpha.event("web", None, restart_started()))
         .collect();
     alpha.send_events(rest).await;
     let db = app.db().await;
@@ -214,7 +214,7 @@ async fn stored_events_beyond_what_the_agent_produced_are_forgotten_and_its_own_
     let app = spawn_app().await;
     let mut alpha = FakeAgent::connect(&app, "alpha", "boot-a", vec![service("web", 1)]).await;
     let forged: Vec<_> = (0..6)
-        .map(|_| alpha.event("web", None, EventKind::RestartStarted { reason: None }))
+        .map(|_| alpha.event("web", None, restart_started()))
         .collect();
     alpha.send_events(forged).await;
     alpha.close().await;
@@ -252,4 +252,12 @@ async fn stored_events_beyond_what_the_agent_produced_are_forgotten_and_its_own_
         metrics.contains("baton_event_sequence_anomalies_total{kind=\"ahead_of_agent\"} 1"),
         "{metrics}"
     );
+}
+
+/// An event of the kind these tests send: what it says does not matter.
+fn restart_started() -> EventKind {
+    EventKind::RestartStarted {
+        reason: None,
+        requested_by: None,
+    }
 }

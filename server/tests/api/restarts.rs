@@ -567,7 +567,10 @@ async fn a_restart_whose_agent_was_killed_and_came_back_ends_interrupted() {
     let started = agent.event(
         "web",
         Some(1),
-        baton_proto::EventKind::RestartStarted { reason: None },
+        baton_proto::EventKind::RestartStarted {
+            reason: None,
+            requested_by: None,
+        },
     );
     agent.send_events(vec![started]).await;
     // Killed before its outcome; the agent that takes over has a new lifetime

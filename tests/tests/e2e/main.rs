@@ -18,6 +18,7 @@ mod notify_attribution;
 mod notify_flood;
 mod outcomes;
 mod process_tracking;
+mod restart_by_signal;
 mod restart_under_load;
 mod sockets;
 mod tls;
