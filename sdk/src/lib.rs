@@ -24,7 +24,6 @@
 //! (`[[service.socket]] name = "echo"`) it serves the agent's socket.
 //!
 //! ```
-//! use std::time::Duration;
 //! use baton_sdk::{notify::Notifier, shutdown::Shutdown, sockets::Listeners};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
@@ -42,19 +41,19 @@
 //!         tokio::spawn(async move {
 //!             loop {
 //!                 let (mut stream, _) = tokio::select! {
-//!                     _ = accepting.accept_token().cancelled() => break,
+//!                     _ = accepting.accepting_stopped() => break,
 //!                     accepted = echo.accept() => match accepted {
 //!                         Ok(accepted) => accepted,
 //!                         Err(_) => continue,
 //!                     },
 //!                 };
 //!                 let connection = accepting.connection();
-//!                 let close_idle = accepting.close_idle_token();
+//!                 let connection_handle = accepting.clone();
 //!                 tokio::spawn(async move {
 //!                     let mut buffer = [0u8; 4096];
 //!                     loop {
 //!                         let read = tokio::select! {
-//!                             _ = close_idle.cancelled() => break,
+//!                             _ = connection_handle.closing_idle() => break,
 //!                             read = stream.read(&mut buffer) => read,
 //!                         };
 //!                         let Ok(length @ 1..) = read else { break };

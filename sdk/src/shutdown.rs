@@ -54,7 +54,7 @@
 //! tokio::spawn(async move {
 //!     loop {
 //!         tokio::select! {
-//!             _ = accepting.accept_token().cancelled() => break,
+//!             _ = accepting.accepting_stopped() => break,
 //!             accepted = listener.accept() => {
 //!                 let Ok((stream, _)) = accepted else { continue };
 //!                 let connection = accepting.connection();
@@ -83,7 +83,7 @@ use std::time::Duration;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::notify::{self, Notifier};
 
@@ -224,6 +224,26 @@ impl ShutdownHandle {
     /// Whether the exit has begun.
     pub fn is_draining(&self) -> bool {
         self.state.started.is_cancelled()
+    }
+
+    /// Resolves when the exit begins.
+    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
+        self.state.started.cancelled()
+    }
+
+    /// Resolves when accept loops must stop (phase 1).
+    pub fn accepting_stopped(&self) -> WaitForCancellationFuture<'_> {
+        self.state.accept.cancelled()
+    }
+
+    /// Resolves when consumer loops must stop taking work (phase 2).
+    pub fn consuming_stopped(&self) -> WaitForCancellationFuture<'_> {
+        self.state.consume.cancelled()
+    }
+
+    /// Resolves when idle connections must close (phase 4).
+    pub fn closing_idle(&self) -> WaitForCancellationFuture<'_> {
+        self.state.close_idle.cancelled()
     }
 
     /// Cancelled when the exit begins; the same moment as
