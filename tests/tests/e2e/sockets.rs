@@ -94,6 +94,35 @@ fn udp_and_unix_sockets_are_served_by_the_new_generation_after_a_restart() {
     );
 }
 
+fn environment_of(pid: u32) -> Vec<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    String::from_utf8_lossy(&environ)
+        .split('\0')
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_generation_started_by_a_restart_is_told_its_predecessor_and_the_drain_timeout() {
+    let agent = AgentUnderTest::start(&baton_tests::demo_service(
+        "web",
+        "drain_timeout = \"7s\"",
+    ));
+    let first = environment_of(agent.service("web").generations[0].pid);
+    assert!(first.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
+    assert!(
+        !first.iter().any(|v| v.starts_with("BATON_PREDECESSOR=")),
+        "a first start has no predecessor: {first:?}"
+    );
+
+    let (_, report) = agent.restart("web");
+    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
+    let second = environment_of(agent.service("web").generations[0].pid);
+    assert!(second.iter().any(|v| v == "BATON_GENERATION=2"));
+    assert!(second.iter().any(|v| v == "BATON_PREDECESSOR=1"), "{second:?}");
+    assert!(second.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
+}
+
 #[test]
 fn a_generation_gets_only_its_sockets_and_the_standard_fds() {
     let agent = AgentUnderTest::start(&baton_tests::demo_service("web", ""));
