@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use baton_demo::app::{self, Settings};
 use baton_demo::behaviour::Behaviour;
-use baton_demo::notify::Notifier;
+use baton_sdk::notify::Notifier;
 use baton_demo::sockets::{self, NamedSocket, ServiceSocket};
 use clap::Parser;
 use tokio::signal::unix::{Signal, SignalKind, signal};

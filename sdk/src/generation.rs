@@ -87,6 +87,7 @@ impl Generation {
 }
 
 /// `BATON_DRAIN_TIMEOUT_MS` alone, when set and valid.
+#[cfg(feature = "tokio")]
 pub(crate) fn drain_timeout_from_env() -> Option<Duration> {
     std::env::var("BATON_DRAIN_TIMEOUT_MS")
         .ok()
