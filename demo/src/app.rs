@@ -17,10 +17,10 @@ use tracing::Instrument as _;
 use crate::behaviour::Behaviour;
 use crate::drain::{self, DrainWatch, TaskGuard, TaskTracker};
 use crate::http::{self, HttpContext};
-use baton_sdk::notify::{Notifier, NotifyState};
 use crate::sockets::{NamedSocket, ServiceSocket};
 use crate::udp;
 use crate::warmup;
+use baton_sdk::notify::{Notifier, NotifyState};
 
 /// How often a draining generation reports what it is still waiting for.
 const DRAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use baton_demo::app::{self, Settings};
 use baton_demo::behaviour::Behaviour;
-use baton_sdk::notify::Notifier;
 use baton_demo::sockets::{self, NamedSocket, ServiceSocket};
+use baton_sdk::notify::Notifier;
 use clap::Parser;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::Instrument as _;

@@ -201,7 +201,10 @@ mod tests {
         let name = format!("baton-sdk-test-{}", std::process::id());
         let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let socket = UnixDatagram::bind_addr(&address).unwrap();
-        Notifier::to(format!("@{name}")).unwrap().stopping().unwrap();
+        Notifier::to(format!("@{name}"))
+            .unwrap()
+            .stopping()
+            .unwrap();
         assert_eq!(received(&socket), "STOPPING=1\n");
     }
 

@@ -175,7 +175,10 @@ pub struct Guard {
 
 impl Guard {
     fn new(state: &Arc<State>, connection: bool) -> Guard {
-        state.counter(connection).count.fetch_add(1, Ordering::AcqRel);
+        state
+            .counter(connection)
+            .count
+            .fetch_add(1, Ordering::AcqRel);
         Guard {
             state: state.clone(),
             connection,
@@ -630,15 +633,27 @@ mod tests {
         let handle = shutdown.handle();
         let _stuck = handle.in_flight();
         let _hanging = handle.connection();
-        shutdown.at_exit("never ends", Duration::from_secs(60), std::future::pending());
+        shutdown.at_exit(
+            "never ends",
+            Duration::from_secs(60),
+            std::future::pending(),
+        );
         handle.trigger();
         let report = shutdown.run().await;
         assert!(report.timed_out);
         assert_eq!((report.in_flight_left, report.connections_left), (1, 1));
         assert!(!report.hooks[0].finished);
         // Within the timeout less its margin (20 ms of 400).
-        assert!(report.took < Duration::from_millis(400), "{:?}", report.took);
-        assert!(report.took >= Duration::from_millis(370), "{:?}", report.took);
+        assert!(
+            report.took < Duration::from_millis(400),
+            "{:?}",
+            report.took
+        );
+        assert!(
+            report.took >= Duration::from_millis(370),
+            "{:?}",
+            report.took
+        );
     }
 
     #[tokio::test]

@@ -603,15 +603,13 @@ fn bind_tcp(address: &str) -> io::Result<TcpListener> {
 /// it is replaced. One somebody listens on is not.
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     match UnixListener::bind(path) {
-        Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
-            match UnixStream::connect(path) {
-                Err(refused) if refused.kind() == io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)?;
-                    UnixListener::bind(path)
-                }
-                _ => Err(error),
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => match UnixStream::connect(path) {
+            Err(refused) if refused.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)?;
+                UnixListener::bind(path)
             }
-        }
+            _ => Err(error),
+        },
         other => other,
     }
 }
@@ -668,7 +666,9 @@ mod tests {
                 ..
             })
         ));
-        let error = vars(Some("2"), Some("42"), Some("http")).plan(42).unwrap_err();
+        let error = vars(Some("2"), Some("42"), Some("http"))
+            .plan(42)
+            .unwrap_err();
         assert!(matches!(
             error,
             Error::InvalidEnvironment {
@@ -732,7 +732,13 @@ mod tests {
         );
         assert!(matches!(
             listeners.tcp("admin"),
-            Err(Error::WrongKind { found: Kind { listening: false, .. }, .. })
+            Err(Error::WrongKind {
+                found: Kind {
+                    listening: false,
+                    ..
+                },
+                ..
+            })
         ));
         // A refused socket stays available as what it is.
         listeners.udp("http").unwrap();

@@ -5,13 +5,11 @@
 //! `child_*` test with `BATON_SDK_TEST_CHILD` set; without it those tests do
 //! nothing.
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use baton_sdk::sockets::{Error, Listeners, Source};
 
@@ -121,10 +119,7 @@ fn child_takes_its_sockets() {
     assert!(std::env::var_os("LISTEN_PID").is_none());
 
     let error = listeners.udp("http").unwrap_err();
-    assert!(
-        matches!(&error, Error::WrongKind { fd: 3, .. }),
-        "{error}"
-    );
+    assert!(matches!(&error, Error::WrongKind { fd: 3, .. }), "{error}");
     let http = listeners.tcp("http").unwrap();
     let dns = listeners.udp("dns").unwrap();
     let local = listeners.unix("local").unwrap();
@@ -191,13 +186,14 @@ fn child_binds_its_fallback() {
     );
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn a_real_sigterm_runs_the_graceful_exit_and_main_returns() {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify.sock");
-    let supervisor = UnixDatagram::bind(&notify_path).unwrap();
+    let supervisor = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     supervisor
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let mut process = child("child_drains_on_sigterm")
         .env("NOTIFY_SOCKET", &notify_path)
@@ -205,7 +201,8 @@ fn a_real_sigterm_runs_the_graceful_exit_and_main_returns() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+    use std::io::BufRead as _;
+    let mut lines = std::io::BufReader::new(process.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -216,7 +213,9 @@ fn a_real_sigterm_runs_the_graceful_exit_and_main_returns() {
         }
     }
     assert!(
-        printed.last().is_some_and(|line| line.ends_with("waiting for SIGTERM")),
+        printed
+            .last()
+            .is_some_and(|line| line.ends_with("waiting for SIGTERM")),
         "{printed:#?}"
     );
     nix::sys::signal::kill(
@@ -238,11 +237,13 @@ fn a_real_sigterm_runs_the_graceful_exit_and_main_returns() {
     assert_eq!(&buffer[..length], b"STOPPING=1\n");
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn child_drains_on_sigterm() {
     if !is_child() {
         return;
     }
+    use std::time::Duration;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut shutdown = baton_sdk::shutdown::Shutdown::from_env().unwrap();

@@ -104,10 +104,7 @@ fn environment_of(pid: u32) -> Vec<String> {
 
 #[test]
 fn a_generation_started_by_a_restart_is_told_its_predecessor_and_the_drain_timeout() {
-    let agent = AgentUnderTest::start(&baton_tests::demo_service(
-        "web",
-        "drain_timeout = \"7s\"",
-    ));
+    let agent = AgentUnderTest::start(&baton_tests::demo_service("web", "drain_timeout = \"7s\""));
     let first = environment_of(agent.service("web").generations[0].pid);
     assert!(first.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
     assert!(
@@ -119,7 +116,10 @@ fn a_generation_started_by_a_restart_is_told_its_predecessor_and_the_drain_timeo
     assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
     let second = environment_of(agent.service("web").generations[0].pid);
     assert!(second.iter().any(|v| v == "BATON_GENERATION=2"));
-    assert!(second.iter().any(|v| v == "BATON_PREDECESSOR=1"), "{second:?}");
+    assert!(
+        second.iter().any(|v| v == "BATON_PREDECESSOR=1"),
+        "{second:?}"
+    );
     assert!(second.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
 }
 
