@@ -511,48 +511,40 @@ impl Listeners {
     /// tokio runtime.
     pub fn tokio_tcp(&mut self, name: &str) -> Result<tokio::net::TcpListener, Error> {
         let listener = self.tcp(name)?;
-        to_tokio(name, &listener, || {
-            tokio::net::TcpListener::from_std(listener.try_clone()?)
-        })
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(|source| tokio_error(name, source))
     }
 
     /// [`udp`](Listeners::udp) as a tokio socket. Must be called within a
     /// tokio runtime.
     pub fn tokio_udp(&mut self, name: &str) -> Result<tokio::net::UdpSocket, Error> {
         let socket = self.udp(name)?;
-        to_tokio(name, &socket, || {
-            tokio::net::UdpSocket::from_std(socket.try_clone()?)
-        })
+        socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UdpSocket::from_std(socket))
+            .map_err(|source| tokio_error(name, source))
     }
 
     /// [`unix`](Listeners::unix) as a tokio listener. Must be called within
     /// a tokio runtime.
     pub fn tokio_unix(&mut self, name: &str) -> Result<tokio::net::UnixListener, Error> {
         let listener = self.unix(name)?;
-        to_tokio(name, &listener, || {
-            tokio::net::UnixListener::from_std(listener.try_clone()?)
-        })
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener))
+            .map_err(|source| tokio_error(name, source))
     }
 }
 
-/// Tokio needs the socket non-blocking; the clone shares the description,
-/// and the original is closed when this returns.
+/// Tokio needs the socket non-blocking, and a runtime to register it with.
 #[cfg(feature = "tokio")]
-fn to_tokio<S, T>(
-    name: &str,
-    socket: &S,
-    convert: impl FnOnce() -> io::Result<T>,
-) -> Result<T, Error>
-where
-    S: std::os::fd::AsFd,
-{
-    socket2::SockRef::from(socket)
-        .set_nonblocking(true)
-        .and_then(|()| convert())
-        .map_err(|source| Error::Tokio {
-            name: name.to_owned(),
-            source,
-        })
+fn tokio_error(name: &str, source: io::Error) -> Error {
+    Error::Tokio {
+        name: name.to_owned(),
+        source,
+    }
 }
 
 /// `listenfd` checks that the descriptor is a socket of the family and type
@@ -765,6 +757,44 @@ mod tests {
         let mut listeners = inherited(vec![("http", v4.into()), ("http", v6.into())]);
         assert_eq!(listeners.tcp("http").unwrap().local_addr().unwrap(), a);
         assert_eq!(listeners.tcp("http").unwrap().local_addr().unwrap(), b);
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn tokio_gets_the_same_sockets_ready_to_await() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.sock");
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = tcp.local_addr().unwrap();
+        let mut listeners = inherited(vec![("http", tcp.into())])
+            .or_bind("dns", "127.0.0.1:0")
+            .or_bind("local", path.to_str().unwrap());
+        let http = listeners.tokio_tcp("http").unwrap();
+        let (accepted, connected) =
+            tokio::join!(http.accept(), tokio::net::TcpStream::connect(address));
+        accepted.unwrap();
+        connected.unwrap();
+        // Under baton a fallback is never bound.
+        assert!(matches!(
+            listeners.tokio_udp("dns"),
+            Err(Error::Missing { .. })
+        ));
+        let mut on_its_own = Listeners::empty(Source::NotActivated)
+            .or_bind("dns", "127.0.0.1:0")
+            .or_bind("local", path.to_str().unwrap());
+        let dns = on_its_own.tokio_udp("dns").unwrap();
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(b"ping", dns.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 8];
+        assert_eq!(dns.recv(&mut buffer).await.unwrap(), 4);
+        let local = on_its_own.tokio_unix("local").unwrap();
+        let (accepted, connected) =
+            tokio::join!(local.accept(), tokio::net::UnixStream::connect(&path));
+        accepted.unwrap();
+        connected.unwrap();
     }
 
     #[test]
