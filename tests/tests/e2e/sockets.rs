@@ -103,7 +103,7 @@ fn environment_of(pid: u32) -> Vec<String> {
 }
 
 #[test]
-fn a_generation_started_by_a_restart_is_told_its_predecessor_and_the_drain_timeout() {
+fn only_a_generation_started_by_a_hot_restart_is_told_its_predecessor() {
     let agent = AgentUnderTest::start(&baton_tests::demo_service("web", "drain_timeout = \"7s\""));
     let first = environment_of(agent.service("web").generations[0].pid);
     assert!(first.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
@@ -121,6 +121,34 @@ fn a_generation_started_by_a_restart_is_told_its_predecessor_and_the_drain_timeo
         "{second:?}"
     );
     assert!(second.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
+
+    // A generation started after a crash replaces nobody.
+    let victim = agent.service("web").generations[0].pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = agent.wait_for(
+        "a generation after the crash",
+        Duration::from_secs(10),
+        |s| {
+            s.services[0].state == baton_proto::ServiceState::Ready
+                && s.services[0].generations.iter().any(|g| g.generation == 3)
+        },
+    );
+    let third = status.services[0]
+        .generations
+        .iter()
+        .find(|g| g.generation == 3)
+        .unwrap()
+        .pid;
+    let third = environment_of(third);
+    assert!(third.iter().any(|v| v == "BATON_GENERATION=3"), "{third:?}");
+    assert!(
+        !third.iter().any(|v| v.starts_with("BATON_PREDECESSOR=")),
+        "{third:?}"
+    );
 }
 
 #[test]
