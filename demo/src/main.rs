@@ -35,6 +35,14 @@ fn main() -> ExitCode {
     for note in &inherited.notes {
         tracing::warn!("{note}");
     }
+    if let Ok(Some(started)) = baton_sdk::generation::Generation::from_env()
+        && let Some(predecessor) = started.predecessor
+    {
+        tracing::info!(
+            predecessor,
+            "hot restart: taking over from a serving generation"
+        );
+    }
 
     let behaviour = match Behaviour::resolve(cli.flag_behaviour(), cli.mode_file.as_deref()) {
         Ok(behaviour) => behaviour,
