@@ -304,7 +304,8 @@ impl Listeners {
     /// checked to be a socket, made close-on-exec (children never inherit
     /// it), and its kind read from the kernel; `LISTEN_FDS` and `LISTEN_PID`
     /// are then removed from the environment, so that a child does not
-    /// believe the descriptors are its own.
+    /// believe the descriptors are its own (`LISTEN_FDNAMES` stays; it
+    /// means nothing without them).
     ///
     /// Call it first in `main`, before any thread starts (before a tokio
     /// runtime): changing the environment is sound only while the process
