@@ -22,6 +22,8 @@ const PROTOCOL_VARIABLES: &[&str] = &[
     "NOTIFY_SOCKET",
     "BATON_SERVICE",
     "BATON_GENERATION",
+    "BATON_PREDECESSOR",
+    "BATON_DRAIN_TIMEOUT_MS",
     "BATON_PROBE_PORT",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
@@ -36,6 +38,9 @@ pub struct GenerationLaunch {
     /// Fds kept by earlier generations with `FDSTORE=1`, passed after the sockets.
     pub stored_fds: Vec<(String, OwnedFd)>,
     pub generation: u64,
+    /// The generation serving when this one is started by a hot restart:
+    /// it tells the new one it takes over (`BATON_PREDECESSOR`).
+    pub predecessor: Option<u64>,
     pub notify_socket: PathBuf,
     pub probe_port: Option<u16>,
     /// The generation's cgroup; without one the generation starts a session
@@ -111,6 +116,13 @@ pub fn launch(
     );
     set("BATON_SERVICE", config.name.clone().into());
     set("BATON_GENERATION", launch.generation.to_string().into());
+    if let Some(predecessor) = launch.predecessor {
+        set("BATON_PREDECESSOR", predecessor.to_string().into());
+    }
+    set(
+        "BATON_DRAIN_TIMEOUT_MS",
+        config.drain_timeout.as_millis().to_string().into(),
+    );
     if let Some(port) = launch.probe_port {
         set("BATON_PROBE_PORT", port.to_string().into());
     }

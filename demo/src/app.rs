@@ -17,10 +17,10 @@ use tracing::Instrument as _;
 use crate::behaviour::Behaviour;
 use crate::drain::{self, DrainWatch, TaskGuard, TaskTracker};
 use crate::http::{self, HttpContext};
-use crate::notify::Notifier;
 use crate::sockets::{NamedSocket, ServiceSocket};
 use crate::udp;
 use crate::warmup;
+use baton_sdk::notify::{Notifier, NotifyState};
 
 /// How often a draining generation reports what it is still waiting for.
 const DRAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -103,7 +103,7 @@ pub async fn run(
         tracing::warn!("serving, but never sending READY=1 (never-ready mode)");
     } else {
         let status = format!("serving, generation {}", context.generation());
-        if let Err(error) = notifier.ready(&status) {
+        if let Err(error) = notifier.ready_with_status(&status) {
             tracing::error!(%error, "failed to notify readiness");
         }
         tracing::info!(notify = notifier.is_enabled(), "ready");
@@ -113,7 +113,7 @@ pub async fn run(
     tracing::info!(tasks = tracker.active(), "draining");
     trigger.start();
     let status = format!("draining, generation {}", context.generation());
-    if let Err(error) = notifier.stopping(&status) {
+    if let Err(error) = notifier.send(&[NotifyState::Stopping, NotifyState::Status(&status)]) {
         tracing::warn!(%error, "failed to notify stopping");
     }
     let active = tracker.active_count();

@@ -11,7 +11,6 @@ pub mod app;
 pub mod behaviour;
 pub mod drain;
 pub mod http;
-pub mod notify;
 pub mod sockets;
 pub mod udp;
 pub mod warmup;

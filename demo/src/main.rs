@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use baton_demo::app::{self, Settings};
 use baton_demo::behaviour::Behaviour;
-use baton_demo::notify::Notifier;
 use baton_demo::sockets::{self, NamedSocket, ServiceSocket};
+use baton_sdk::notify::Notifier;
 use clap::Parser;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::Instrument as _;
@@ -34,6 +34,14 @@ fn main() -> ExitCode {
     let _entered = span.enter();
     for note in &inherited.notes {
         tracing::warn!("{note}");
+    }
+    if let Ok(Some(started)) = baton_sdk::generation::Generation::from_env()
+        && let Some(predecessor) = started.predecessor
+    {
+        tracing::info!(
+            predecessor,
+            "hot restart: taking over from a serving generation"
+        );
     }
 
     let behaviour = match Behaviour::resolve(cli.flag_behaviour(), cli.mode_file.as_deref()) {

@@ -538,6 +538,9 @@ impl Actor {
                 .filter_map(|(name, fd)| fd.try_clone().ok().map(|fd| (name.clone(), fd)))
                 .collect(),
             generation,
+            // Serving while a new generation is spawned only in a hot
+            // restart; a first start or a crash restart has none.
+            predecessor: self.core.current().filter(|current| *current != generation),
             notify_socket: self.shared.notify_socket.clone(),
             probe_port,
             cgroup: None,

@@ -94,6 +94,63 @@ fn udp_and_unix_sockets_are_served_by_the_new_generation_after_a_restart() {
     );
 }
 
+fn environment_of(pid: u32) -> Vec<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    String::from_utf8_lossy(&environ)
+        .split('\0')
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn only_a_generation_started_by_a_hot_restart_is_told_its_predecessor() {
+    let agent = AgentUnderTest::start(&baton_tests::demo_service("web", "drain_timeout = \"7s\""));
+    let first = environment_of(agent.service("web").generations[0].pid);
+    assert!(first.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
+    assert!(
+        !first.iter().any(|v| v.starts_with("BATON_PREDECESSOR=")),
+        "a first start has no predecessor: {first:?}"
+    );
+
+    let (_, report) = agent.restart("web");
+    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded));
+    let second = environment_of(agent.service("web").generations[0].pid);
+    assert!(second.iter().any(|v| v == "BATON_GENERATION=2"));
+    assert!(
+        second.iter().any(|v| v == "BATON_PREDECESSOR=1"),
+        "{second:?}"
+    );
+    assert!(second.iter().any(|v| v == "BATON_DRAIN_TIMEOUT_MS=7000"));
+
+    // A generation started after a crash replaces nobody.
+    let victim = agent.service("web").generations[0].pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = agent.wait_for(
+        "a generation after the crash",
+        Duration::from_secs(10),
+        |s| {
+            s.services[0].state == baton_proto::ServiceState::Ready
+                && s.services[0].generations.iter().any(|g| g.generation == 3)
+        },
+    );
+    let third = status.services[0]
+        .generations
+        .iter()
+        .find(|g| g.generation == 3)
+        .unwrap()
+        .pid;
+    let third = environment_of(third);
+    assert!(third.iter().any(|v| v == "BATON_GENERATION=3"), "{third:?}");
+    assert!(
+        !third.iter().any(|v| v.starts_with("BATON_PREDECESSOR=")),
+        "{third:?}"
+    );
+}
+
 #[test]
 fn a_generation_gets_only_its_sockets_and_the_standard_fds() {
     let agent = AgentUnderTest::start(&baton_tests::demo_service("web", ""));
