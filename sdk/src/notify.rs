@@ -1,6 +1,9 @@
 //! Telling the supervisor (baton's agent, or systemd) about the service's
 //! state through the unix datagram socket named in `NOTIFY_SOCKET`:
-//! `READY=1`, `STATUS=`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=`, `MAINPID=`.
+//! `READY=1`, `STATUS=`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=`, `MAINPID=`,
+//! and baton's own `X_BATON_RESTART=1` (restart this service; see
+//! `docs/notify.md`), which [`Notifier::restart_on_signal`] sends when the
+//! service gets SIGUSR2, so `kill -USR2 <pid>` habits keep working.
 //!
 //! The messages are those of the `sd-notify` crate ([`NotifyState`]); the
 //! datagram is sent here rather than with `sd_notify::notify` for two
@@ -129,6 +132,51 @@ impl Notifier {
         self.send(&[NotifyState::MainPid(pid)])
     }
 
+    /// `X_BATON_RESTART=1`: asks baton's agent to hot-restart this service,
+    /// with a reason for its history. The agent takes it only from the
+    /// serving generation, while no restart runs, at most once every 10 s;
+    /// the restart's report says which generation and pid asked. systemd
+    /// ignores it.
+    pub fn request_restart(&self, reason: Option<&str>) -> Result<(), Error> {
+        let reason = reason.map(|r| format!("X_BATON_RESTART_REASON={}", one_line(r)));
+        let mut states = vec![NotifyState::Custom("X_BATON_RESTART=1")];
+        if let Some(reason) = &reason {
+            states.push(NotifyState::Custom(reason));
+        }
+        self.send(&states)
+    }
+
+    /// Asks for a restart ([`Notifier::request_restart`]) each time this
+    /// process gets `signal` (SIGUSR2 is the habit), until the returned task
+    /// is aborted. Opt-in: without it the signal keeps its usual meaning.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> std::io::Result<()> {
+    /// use baton_sdk::notify::Notifier;
+    /// use tokio::signal::unix::SignalKind;
+    ///
+    /// let notifier = Notifier::from_env().expect("NOTIFY_SOCKET");
+    /// let _restarts = notifier.restart_on_signal(SignalKind::user_defined2())?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn restart_on_signal(
+        &self,
+        signal: tokio::signal::unix::SignalKind,
+    ) -> io::Result<tokio::task::JoinHandle<()>> {
+        let mut signals = tokio::signal::unix::signal(signal)?;
+        let notifier = self.clone();
+        Ok(tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                // The agent may be gone for a moment (upgrading, restarting):
+                // the next signal tries again.
+                let _ = notifier.request_restart(Some("signal received"));
+            }
+        }))
+    }
+
     /// Any states, in one datagram. A `Status` or `Custom` text must hold
     /// no newline; the methods above see to it.
     pub fn send(&self, states: &[NotifyState<'_>]) -> Result<(), Error> {
@@ -187,6 +235,42 @@ mod tests {
         assert_eq!(received(&socket), "MAINPID=1234\n");
         notifier.ready().unwrap();
         assert_eq!(received(&socket), "READY=1\n");
+    }
+
+    #[test]
+    fn a_restart_request_names_its_reason_on_a_line_of_its_own() {
+        let (_dir, socket, notifier) = supervisor();
+        notifier.request_restart(None).unwrap();
+        assert_eq!(received(&socket), "X_BATON_RESTART=1\n");
+        notifier
+            .request_restart(Some("config changed\nREADY=1"))
+            .unwrap();
+        assert_eq!(
+            received(&socket),
+            "X_BATON_RESTART=1\nX_BATON_RESTART_REASON=config changed READY=1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn sigusr2_asks_for_a_restart_once_opted_in() {
+        let (_dir, socket, notifier) = supervisor();
+        let task = notifier
+            .restart_on_signal(tokio::signal::unix::SignalKind::user_defined2())
+            .unwrap();
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
+        let received = tokio::task::spawn_blocking(move || {
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            received(&socket)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            received,
+            "X_BATON_RESTART=1\nX_BATON_RESTART_REASON=signal received\n"
+        );
+        task.abort();
     }
 
     #[test]
