@@ -84,6 +84,14 @@ impl Cache {
         }
     }
 
+    /// Whether `generation` has been read at least once.
+    pub fn has(&self, generation: u64) -> bool {
+        self.0
+            .lock()
+            .expect("usage cache lock")
+            .contains_key(&generation)
+    }
+
     pub fn remember(&self, generation: u64, usage: Usage) {
         self.0
             .lock()

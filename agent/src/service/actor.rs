@@ -15,7 +15,7 @@ use crate::probe::{self, ProbeTarget};
 use crate::reaper::{ExitWatch, wait_exit};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, GenerationLaunch};
-use baton_proto::{ErrorBody, RestartId, ServiceStatus, SocketInfo};
+use baton_proto::{ErrorBody, GenerationState, RestartId, ServiceStatus, SocketInfo};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -884,21 +884,30 @@ impl Actor {
             blocked: self.blocked.clone(),
         };
         let usage = self.usage.clone();
-        if !ask.fresh_usage {
+        // A fresh status reads every generation; any other reads only one
+        // never read since it became ready (a reading of a generation still
+        // starting would show what it held before it loaded), so none shows
+        // nothing for long.
+        let unread: Vec<(u64, Members)> = status
+            .generations
+            .iter()
+            .filter(|g| {
+                ask.fresh_usage
+                    || (!usage.has(g.generation) && g.state != GenerationState::Starting)
+            })
+            .map(|g| (g.generation, self.members(Pid::from_raw(g.pid as i32))))
+            .collect();
+        if unread.is_empty() {
             usage.fill(&mut status.generations);
             let _ = reply.send(status);
             return;
         }
-        let members: Vec<Members> = status
-            .generations
-            .iter()
-            .map(|g| self.members(Pid::from_raw(g.pid as i32)))
-            .collect();
         // Read off the task, so a status never holds up a transition.
         tokio::spawn(async move {
+            let (numbers, members): (Vec<u64>, Vec<Members>) = unread.into_iter().unzip();
             let readings = crate::usage::sample_all(members).await;
-            for (generation, reading) in status.generations.iter_mut().zip(readings) {
-                usage.remember(generation.generation, reading);
+            for (generation, reading) in numbers.into_iter().zip(readings) {
+                usage.remember(generation, reading);
             }
             usage.fill(&mut status.generations);
             let _ = reply.send(status);
