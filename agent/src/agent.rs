@@ -548,14 +548,7 @@ fn reload(
         if !new.services.iter().any(|s| s.name == old.name) {
             tracing::info!(service = %old.name, "service removed from the configuration; stopping it");
             summary.removed.push(old.name.clone());
-            let handle = view
-                .services
-                .write()
-                .expect("services lock")
-                .remove(&old.name);
-            if let Some(handle) = handle {
-                tokio::spawn(async move { handle.stop().await });
-            }
+            stop_in_background(view, &old.name);
             running.tasks.remove(&old.name);
         }
     }
@@ -567,14 +560,7 @@ fn reload(
             // Its address is free now: it starts afresh.
             tracing::info!(service = %service.name, "address free again; starting the service");
             summary.changed.push(service.name.clone());
-            let blocked_handle = view
-                .services
-                .write()
-                .expect("services lock")
-                .remove(&service.name);
-            if let Some(handle) = blocked_handle {
-                tokio::spawn(async move { handle.stop().await });
-            }
+            stop_in_background(view, &service.name);
             start_service(
                 service,
                 &next_sockets,
@@ -677,5 +663,14 @@ async fn route_notifications(notify: NotifySocket, shared: Arc<Shared>) {
             Routed::Late => tracing::debug!("notify message from a generation that just ended"),
             Routed::Delivered | Routed::Parked => {}
         }
+    }
+}
+
+/// Takes a service out of the agent's view and stops it without waiting:
+/// its generations drain as long as they need.
+fn stop_in_background(view: &AgentView, name: &str) {
+    let handle = view.services.write().expect("services lock").remove(name);
+    if let Some(handle) = handle {
+        tokio::spawn(async move { handle.stop().await });
     }
 }

@@ -134,21 +134,7 @@ pub fn status_table(status: &AgentStatus) -> String {
     out
 }
 
-/// Bytes in binary units, three figures at most: `512 KiB`, `12.3 MiB`.
-pub fn memory(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value >= 100.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use baton_proto::units::bytes as memory;
 
 /// CPU time: `0.42s`, `75.3s`, `12m05s`, `3h07m`.
 pub fn cpu_time(usec: u64) -> String {
@@ -212,11 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_and_cpu_read_at_a_glance() {
-        assert_eq!(memory(900), "900 B");
-        assert_eq!(memory(512 * 1024), "512 KiB");
-        assert_eq!(memory(12_900_000), "12.3 MiB");
-        assert_eq!(memory(3 << 30), "3.0 GiB");
+    fn cpu_time_reads_at_a_glance() {
         assert_eq!(cpu_time(420_000), "0.42s");
         assert_eq!(cpu_time(75_300_000), "75.3s");
         assert_eq!(cpu_time(725_000_000), "12m05s");

@@ -12,6 +12,7 @@ pub mod api;
 pub mod exit;
 pub mod link;
 mod name;
+pub mod units;
 
 pub use name::{InvalidServiceName, NameProblem, ServiceName};
 

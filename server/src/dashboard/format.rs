@@ -68,21 +68,7 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
-/// Memory in binary units: `900 B`, `512 KiB`, `12.3 MiB`, `3.0 GiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value >= 100.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use baton_proto::units::bytes;
 
 /// CPU time used, from microseconds: `420 ms`, `12.4 s`, `3 min 20 s`.
 pub fn cpu_time(usec: u64) -> String {
