@@ -293,6 +293,9 @@ fn recover_from_state(path: &Path, config: &Config) -> anyhow::Result<Recovered>
     Ok(crate::recovery::recover(&previous, config))
 }
 
+/// How many of the processes holding a service's address its status names.
+const HOLDERS_NAMED: usize = 4;
+
 /// For a socket that could not be bound because a process holds its
 /// address: which processes, as an operator should read it.
 fn held_by_stranger(error: &anyhow::Error) -> Option<String> {
@@ -304,11 +307,16 @@ fn held_by_stranger(error: &anyhow::Error) -> Option<String> {
     let who = if holders.is_empty() {
         "a process the agent cannot see".to_string()
     } else {
-        holders
+        // A prefork server's workers all hold it: a few name the culprit.
+        let mut named: Vec<String> = holders
             .iter()
+            .take(HOLDERS_NAMED)
             .map(|(pid, command)| format!("pid {pid} ({command})"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        if holders.len() > HOLDERS_NAMED {
+            named.push(format!("{} more", holders.len() - HOLDERS_NAMED));
+        }
+        named.join(", ")
     };
     Some(format!(
         "{} is held by {who}, which this agent does not manage (a generation left by an \

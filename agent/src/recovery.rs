@@ -358,13 +358,41 @@ pub fn holders_of(addr: &ListenAddr) -> Vec<(i32, String)> {
                 .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
         });
         if holds {
-            let command = std::fs::read_to_string(process.path().join("cmdline"))
-                .map(|c| c.replace('\0', " ").trim().to_string())
-                .unwrap_or_default();
+            let command = command_line(&process.path().join("cmdline"));
             holders.push((pid, command));
         }
     }
     holders
+}
+
+/// The longest command line of a holder that a status shows.
+const COMMAND_SHOWN: usize = 160;
+
+/// A process's command line as one short line: arguments joined by spaces,
+/// control characters replaced, cut at [`COMMAND_SHOWN`] bytes (a command
+/// line may be megabytes; it goes into a status the server is sent).
+fn command_line(path: &std::path::Path) -> String {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.take(COMMAND_SHOWN as u64 + 1).read_to_end(&mut raw);
+    }
+    let cut = raw.len() > COMMAND_SHOWN;
+    raw.truncate(COMMAND_SHOWN);
+    let text: String = String::from_utf8_lossy(&raw)
+        .chars()
+        .map(|c| {
+            if c == '\0' {
+                ' '
+            } else if c.is_control() {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let text = text.trim().to_string();
+    if cut { format!("{text}…") } else { text }
 }
 
 /// Inodes of the sockets listening on (or, for UDP, bound to) `addr`.
@@ -406,6 +434,20 @@ fn listening_inodes(addr: &ListenAddr) -> Vec<u64> {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn a_holders_command_line_is_one_short_harmless_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cmdline");
+        let mut raw = b"python3\0-m\0http.server\0\x1b[31mred\r\n".to_vec();
+        raw.extend(std::iter::repeat_n(b'x', 1 << 20));
+        std::fs::write(&path, raw).unwrap();
+        let shown = command_line(&path);
+        assert!(shown.starts_with("python3 -m http.server ?[31mred??x"), "{shown}");
+        assert!(shown.len() <= COMMAND_SHOWN + '…'.len_utf8(), "{} bytes", shown.len());
+        assert!(shown.ends_with('…'));
+        assert!(!shown.chars().any(char::is_control));
+    }
 
     #[test]
     fn the_start_time_is_field_22_even_when_the_command_has_spaces_and_parentheses() {
