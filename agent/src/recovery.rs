@@ -443,8 +443,15 @@ mod tests {
         raw.extend(std::iter::repeat_n(b'x', 1 << 20));
         std::fs::write(&path, raw).unwrap();
         let shown = command_line(&path);
-        assert!(shown.starts_with("python3 -m http.server ?[31mred??x"), "{shown}");
-        assert!(shown.len() <= COMMAND_SHOWN + '…'.len_utf8(), "{} bytes", shown.len());
+        assert!(
+            shown.starts_with("python3 -m http.server ?[31mred??x"),
+            "{shown}"
+        );
+        assert!(
+            shown.len() <= COMMAND_SHOWN + '…'.len_utf8(),
+            "{} bytes",
+            shown.len()
+        );
         assert!(shown.ends_with('…'));
         assert!(!shown.chars().any(char::is_control));
     }
