@@ -414,6 +414,17 @@ impl FakeAgent {
         }
     }
 
+    /// Takes the next restart command and answers that it started as this
+    /// agent's restart `id`.
+    pub async fn accept_restart(&mut self, id: RestartId) {
+        let command_id = self.expect_restart_command().await;
+        self.send(&AgentFrame::RestartStarted {
+            command_id,
+            result: Ok(id),
+        })
+        .await;
+    }
+
     /// The next report the server asks for, past its acknowledgements.
     pub async fn expect_fetch_report(&mut self) -> RestartId {
         loop {

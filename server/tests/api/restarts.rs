@@ -247,13 +247,7 @@ async fn a_host_that_goes_away_mid_restart_fails_after_the_grace() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     let id = app.start_restart("web").await;
-    let command_id = agent.expect_restart_command().await;
-    agent
-        .send(&AgentFrame::RestartStarted {
-            command_id,
-            result: Ok(1),
-        })
-        .await;
+    agent.accept_restart(1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     agent.close().await;
     let restart = app.wait_restart(id).await;
@@ -461,13 +455,7 @@ async fn a_restart_whose_events_the_agent_lost_is_settled_from_its_fetched_repor
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     let id = app.start_restart("web").await;
-    let command_id = agent.expect_restart_command().await;
-    agent
-        .send(&AgentFrame::RestartStarted {
-            command_id,
-            result: Ok(1),
-        })
-        .await;
+    agent.accept_restart(1).await;
     let steps = agent.restart_events("web", 1, 1, RestartOutcome::Succeeded);
     agent.send_events(steps[..1].to_vec()).await;
     agent.close().await;
@@ -557,13 +545,7 @@ async fn a_restart_whose_agent_was_killed_and_came_back_ends_interrupted() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     let id = app.start_restart("web").await;
-    let command_id = agent.expect_restart_command().await;
-    agent
-        .send(&AgentFrame::RestartStarted {
-            command_id,
-            result: Ok(1),
-        })
-        .await;
+    agent.accept_restart(1).await;
     let started = agent.event(
         "web",
         Some(1),
@@ -600,13 +582,7 @@ async fn a_restart_taken_over_by_the_agent_that_replaced_a_killed_one_ends_with_
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     let id = app.start_restart("web").await;
-    let command_id = agent.expect_restart_command().await;
-    agent
-        .send(&AgentFrame::RestartStarted {
-            command_id,
-            result: Ok(1),
-        })
-        .await;
+    agent.accept_restart(1).await;
     let steps = agent.restart_events("web", 1, 1, RestartOutcome::Forced);
     agent.send_events(steps[..1].to_vec()).await;
     agent.close().await;
