@@ -177,6 +177,28 @@ impl Load {
     }
 }
 
+/// An agent with one service, `web` (`drain_timeout` 3 s), whose first
+/// generation ignores SIGTERM; the generations after it do not.
+async fn host_whose_first_generation_ignores_sigterm(folder: &Path) -> Host {
+    let mode_file = folder.join("mode");
+    let services = demo_service_args(
+        "web",
+        &["--mode-file", mode_file.to_str().unwrap()],
+        r#"drain_timeout = "3s""#,
+    );
+    std::fs::write(&mode_file, "ignore-sigterm").unwrap();
+    let host = Host::start(folder, &services);
+    let host = blocking(move || {
+        host.wait_for("ready", Duration::from_secs(20), |s| {
+            s.services.iter().all(|s| s.state == ServiceState::Ready)
+        });
+        host
+    })
+    .await;
+    std::fs::remove_file(&mode_file).unwrap();
+    host
+}
+
 async fn sleep(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
@@ -437,22 +459,7 @@ async fn a_generation_spawned_just_before_the_agent_was_killed_is_not_left_behin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_drain_kills_the_old_generation_at_its_original_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mode_file = dir.path().join("mode");
-    let services = demo_service_args(
-        "web",
-        &["--mode-file", mode_file.to_str().unwrap()],
-        r#"drain_timeout = "3s""#,
-    );
-    std::fs::write(&mode_file, "ignore-sigterm").unwrap();
-    let host = Host::start(dir.path(), &services);
-    let mut host = blocking(move || {
-        host.wait_for("ready", Duration::from_secs(20), |s| {
-            s.services.iter().all(|s| s.state == ServiceState::Ready)
-        });
-        host
-    })
-    .await;
-    std::fs::remove_file(&mode_file).unwrap();
+    let mut host = host_whose_first_generation_ignores_sigterm(dir.path()).await;
     let old = host.service("web").generations[0].clone();
     let load = start_load(&host, "web");
     sleep(300).await;
@@ -635,22 +642,7 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_wait_follows_the_restart_onto_the_agent_that_takes_over() {
     let dir = tempfile::tempdir().unwrap();
-    let mode_file = dir.path().join("mode");
-    let services = demo_service_args(
-        "web",
-        &["--mode-file", mode_file.to_str().unwrap()],
-        r#"drain_timeout = "3s""#,
-    );
-    std::fs::write(&mode_file, "ignore-sigterm").unwrap();
-    let host = Host::start(dir.path(), &services);
-    let mut host = blocking(move || {
-        host.wait_for("ready", Duration::from_secs(20), |s| {
-            s.services.iter().all(|s| s.state == ServiceState::Ready)
-        });
-        host
-    })
-    .await;
-    std::fs::remove_file(&mode_file).unwrap();
+    let mut host = host_whose_first_generation_ignores_sigterm(dir.path()).await;
     let old = host.service("web").generations[0].clone();
 
     // What a CI deploy step runs, while the agent is killed under it.
