@@ -78,6 +78,17 @@ fn wait_gone(pid: i32, within: Duration) -> bool {
     false
 }
 
+/// Generation 2's daemon serves, and does not outlive the agent's stop.
+fn the_next_daemon_stops_with_the_agent(dir: &Path, agent: AgentUnderTest) {
+    let second = daemon_pid(dir, 2);
+    assert!(alive(second));
+    agent.stop();
+    assert!(
+        wait_gone(second, Duration::from_secs(5)),
+        "a daemon outlived the agent's stop"
+    );
+}
+
 #[test]
 fn a_daemon_that_left_the_process_group_is_stopped_with_its_generation() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,14 +114,7 @@ fn a_daemon_that_left_the_process_group_is_stopped_with_its_generation() {
         wait_gone(daemon, Duration::from_secs(5)),
         "the old generation's daemon outlived it"
     );
-    let second = daemon_pid(dir.path(), 2);
-    assert!(alive(second));
-
-    agent.stop();
-    assert!(
-        wait_gone(second, Duration::from_secs(5)),
-        "a daemon outlived the agent's stop"
-    );
+    the_next_daemon_stops_with_the_agent(dir.path(), agent);
 }
 
 #[test]
@@ -245,13 +249,7 @@ fn without_cgroups_a_setsid_daemon_is_traced_to_its_generation() {
         "the daemon survived the kill at the drain deadline"
     );
 
-    let second = daemon_pid(dir.path(), 2);
-    assert!(alive(second));
-    agent.stop();
-    assert!(
-        wait_gone(second, Duration::from_secs(5)),
-        "a daemon outlived the agent's stop"
-    );
+    the_next_daemon_stops_with_the_agent(dir.path(), agent);
 }
 
 #[test]
