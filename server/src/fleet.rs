@@ -347,16 +347,18 @@ impl Fleet {
         let hosts = self.hosts.read().expect("fleet lock");
         let state = hosts.get(host).filter(|s| s.boot_id == boot_id)?;
         let link = state.link.as_ref()?;
-        // Registered before sending, so an answer cannot overtake it.
-        self.reports
-            .lock()
-            .expect("reports lock")
-            .push(PendingReport {
-                host: host.to_string(),
-                connection: link.connection,
-                restart_id,
-                answer,
-            });
+        // Registered before sending, so an answer cannot overtake it. Fetches
+        // whose waiter gave up go now, not only when an answer comes: an agent
+        // that never answers (one from before reports) must not grow this.
+        let mut reports = self.reports.lock().expect("reports lock");
+        reports.retain(|pending| !pending.answer.is_closed());
+        reports.push(PendingReport {
+            host: host.to_string(),
+            connection: link.connection,
+            restart_id,
+            answer,
+        });
+        drop(reports);
         if link
             .frames
             .send(ServerFrame::FetchReport { restart_id })
@@ -626,5 +628,18 @@ mod tests {
 
         fleet.command_answered("a", current, "c1", CommandAnswer::Started(1));
         assert!(matches!(answer.try_recv(), Ok(CommandAnswer::Started(1))));
+    }
+
+    #[test]
+    fn fetches_an_agent_never_answers_do_not_pile_up() {
+        let fleet = Fleet::new(Vec::new());
+        let (_link, _frames) = fleet.connect("a", "v", "boot", 0, 0, Vec::new());
+        for restart in 0..1_000 {
+            // The orchestrator gives up on each after a while.
+            drop(fleet.fetch_report("a", "boot", restart).unwrap());
+        }
+        let waiting = fleet.fetch_report("a", "boot", 1_000).unwrap();
+        assert_eq!(fleet.reports.lock().unwrap().len(), 1);
+        drop(waiting);
     }
 }
