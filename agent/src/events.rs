@@ -8,7 +8,7 @@
 //! restart the server has not heard of yet, which it can then fetch
 //! (`ServerFrame::FetchReport`).
 
-use baton_proto::{Event, EventKind, RestartId, RestartOutcome, RestartReport};
+use baton_proto::{ConnectionTally, Event, EventKind, RestartId, RestartOutcome, RestartReport};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
@@ -116,9 +116,27 @@ impl EventLog {
         let size = stored_size(&event);
         if let Some(id) = restart
             && let Some(kept) = inner.restarts.get_mut(&id)
+            && let EventKind::DrainFinished {
+                handed_over,
+                drained,
+                cut,
+                ..
+            } = event.kind
+        {
+            kept.report.connections = Some(ConnectionTally {
+                handed_over,
+                drained,
+                cut,
+            });
+        }
+        if let Some(id) = restart
+            && let Some(kept) = inner.restarts.get_mut(&id)
             && ((kept.report.steps.len() < MAX_RESTART_STEPS
                 && kept.bytes + size <= MAX_ONE_RESTART_BYTES)
-                || matches!(event.kind, EventKind::RestartFinished { .. }))
+                || matches!(
+                    event.kind,
+                    EventKind::RestartFinished { .. } | EventKind::DrainFinished { .. }
+                ))
         {
             kept.report.steps.push(event.clone());
             kept.bytes += size;
@@ -164,6 +182,7 @@ impl EventLog {
                 old_generation,
                 new_generation: None,
                 connections_cut: None,
+                connections: None,
                 steps: Vec::new(),
             };
             inner.restarts.insert(id, Kept { report, bytes });

@@ -264,6 +264,7 @@ mod tests {
             old_generation: Some(1),
             new_generation: Some(2),
             connections_cut: None,
+            connections: None,
             steps: Vec::new(),
         }
     }

@@ -433,6 +433,9 @@ pub struct RestartReport {
     /// Connections of the old generation that were open when it was killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections_cut: Option<u32>,
+    /// What became of the old generation's connections, once its drain ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionTally>,
     /// Every event of this restart, oldest first.
     pub steps: Vec<Event>,
 }
@@ -466,6 +469,29 @@ pub struct RestartRequester {
 impl fmt::Display for RestartRequester {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "generation {} (pid {})", self.generation, self.pid)
+    }
+}
+
+/// What became of the connections a draining generation held when it was
+/// told to stop: handed over to the next generation (`docs/handoff.md`),
+/// finished by the old generation itself, or cut when it was killed at the
+/// drain deadline. `drained` is derived: the count when the drain began
+/// minus the other two, never below zero.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConnectionTally {
+    pub handed_over: u32,
+    pub drained: u32,
+    pub cut: u32,
+}
+
+impl fmt::Display for ConnectionTally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} handed over, {} drained, {} cut",
+            self.handed_over, self.drained, self.cut
+        )
     }
 }
 
@@ -526,6 +552,28 @@ pub enum EventKind {
         generation: u64,
         backoff_ms: u64,
         consecutive_crashes: u32,
+    },
+    /// The agent gave the old and the new generation the two ends of a
+    /// private channel to hand connections over on (`docs/handoff.md`),
+    /// because the new one declared `HANDOFF=1`; sent before the stop signal.
+    HandoffBrokered {
+        from_generation: u64,
+        to_generation: u64,
+    },
+    /// The old generation reported how many connections the new one took
+    /// (`HANDED_OVER=` on its channel). The service's own count.
+    ConnectionsHandedOver {
+        from_generation: u64,
+        to_generation: u64,
+        connections: u32,
+    },
+    /// The old generation's drain ended (it exited, or was killed at the
+    /// deadline): what became of its connections.
+    DrainFinished {
+        generation: u64,
+        handed_over: u32,
+        drained: u32,
+        cut: u32,
     },
     NotifyIgnored {
         pid: u32,
@@ -600,6 +648,30 @@ impl fmt::Display for EventKind {
             } => write!(
                 f,
                 "generation {generation} crashed ({consecutive_crashes} in a row); next start in {backoff_ms} ms"
+            ),
+            EventKind::HandoffBrokered {
+                from_generation,
+                to_generation,
+            } => write!(
+                f,
+                "generation {from_generation} may hand its connections over to generation {to_generation}"
+            ),
+            EventKind::ConnectionsHandedOver {
+                from_generation,
+                to_generation,
+                connections,
+            } => write!(
+                f,
+                "generation {from_generation} handed {connections} connections over to generation {to_generation}"
+            ),
+            EventKind::DrainFinished {
+                generation,
+                handed_over,
+                drained,
+                cut,
+            } => write!(
+                f,
+                "generation {generation} drained: {handed_over} connections handed over, {drained} drained, {cut} cut"
             ),
             EventKind::NotifyIgnored { pid, message } => {
                 write!(f, "ignored notify message from pid {pid}: {message}")

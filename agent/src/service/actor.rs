@@ -785,6 +785,7 @@ impl Actor {
                     old_generation: restart.old,
                     new_generation: restart.new,
                     connections_cut: None,
+                    connections: None,
                     steps: Vec::new(),
                 });
         }

@@ -464,6 +464,7 @@ impl SimHost {
                 old_generation: Some(old.generation),
                 new_generation: Some(new.generation),
                 connections_cut: None,
+                connections: None,
                 steps,
             });
         }

@@ -508,6 +508,7 @@ async fn a_restart_whose_events_the_agent_lost_is_settled_from_its_fetched_repor
                 old_generation: Some(1),
                 new_generation: Some(2),
                 connections_cut: None,
+                connections: None,
                 steps: steps.clone(),
             }),
         })
@@ -601,6 +602,7 @@ async fn a_restart_taken_over_by_the_agent_that_replaced_a_killed_one_ends_with_
         old_generation: Some(1),
         new_generation: Some(2),
         connections_cut: None,
+        connections: None,
         steps: Vec::new(),
     };
     let restart_id = next.expect_fetch_report().await;
