@@ -577,18 +577,6 @@ fn kernel_release() -> Option<String> {
         .map(|release| release.trim().to_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn milliseconds_keep_three_significant_digits() {
-        assert_eq!(ms(Duration::from_micros(1234)), "1.23 ms");
-        assert_eq!(ms(Duration::from_micros(12_345)), "12.3 ms");
-        assert_eq!(ms(Duration::from_micros(512_345)), "512 ms");
-    }
-}
-
 fn write_idle_handoff(out: &mut String, idle: &IdleHandoff) {
     let _ = writeln!(
         out,
@@ -658,4 +646,16 @@ fn write_idle_handoff_targets(out: &mut String, idle: &IdleHandoff) {
 
 fn micros(duration: Duration) -> String {
     format!("{:.1} µs", duration.as_secs_f64() * 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milliseconds_keep_three_significant_digits() {
+        assert_eq!(ms(Duration::from_micros(1234)), "1.23 ms");
+        assert_eq!(ms(Duration::from_micros(12_345)), "12.3 ms");
+        assert_eq!(ms(Duration::from_micros(512_345)), "512 ms");
+    }
 }
