@@ -347,7 +347,7 @@ fn steady_client(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>) -> JoinHand
         let mut sequence = 0u64;
         while !stop.load(Ordering::Relaxed) {
             sequence += 1;
-            let asked = if sequence % 5 == 0 {
+            let asked = if sequence.is_multiple_of(5) {
                 "generation".to_string()
             } else {
                 format!("client {id} line {sequence}")
