@@ -35,6 +35,10 @@ pub const ENV: &str = "BATON_CHANNEL_FD";
 pub const MAX_DATAGRAM_BYTES: usize = 4096;
 /// Most datagrams read from one generation before the task does anything else.
 pub const MAX_MESSAGES_PER_WAKEUP: usize = 64;
+/// Most datagrams read at once before the agent acts on a generation's
+/// readiness or exit: everything it sent before must be seen, and the kernel
+/// queues at most `net.unix.max_dgram_qlen` (512 by default) on the channel.
+pub const MAX_MESSAGES_AT_ONCE: usize = 1024;
 /// Largest `HANDED_OVER=` a generation may report.
 pub const MAX_HANDED_OVER: u32 = 10_000_000;
 /// Malformed or ignored messages are logged at most this often.
@@ -155,13 +159,14 @@ impl Channel {
         self.closed
     }
 
-    /// Reads what is waiting without waiting: before the agent acts on a
-    /// generation's readiness or exit, so what it sent first is seen first.
+    /// Reads everything waiting (up to [`MAX_MESSAGES_AT_ONCE`]) without
+    /// waiting: before the agent acts on a generation's readiness or exit, so
+    /// what it sent first is seen first, however much it sent before.
     pub fn read_now(&mut self, service: &str, generation: u64) -> Batch {
         if self.closed {
             return Batch::default();
         }
-        let batch = match read_batch(self.fd.get_ref(), service, generation) {
+        let batch = match read_batch(self.fd.get_ref(), service, generation, MAX_MESSAGES_AT_ONCE) {
             Ok(batch) => batch,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::default(),
             Err(e) => failed(service, generation, e),
@@ -191,7 +196,10 @@ impl Channel {
                 Poll::Pending => return Poll::Pending,
             };
             // Nothing read clears the readiness, so the next wakeup is real.
-            match guard.try_io(|fd| read_batch(fd.get_ref(), service, generation)) {
+            let read = |fd: &AsyncFd<OwnedFd>| {
+                read_batch(fd.get_ref(), service, generation, MAX_MESSAGES_PER_WAKEUP)
+            };
+            match guard.try_io(read) {
                 Ok(Ok(batch)) => {
                     self.closed |= batch.closed;
                     return Poll::Ready(batch);
@@ -252,12 +260,12 @@ pub fn broker(from: (&Channel, u64), to: (&Channel, u64)) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads up to [`MAX_MESSAGES_PER_WAKEUP`] datagrams. `WouldBlock` only when
-/// nothing at all was waiting.
-fn read_batch(fd: &OwnedFd, service: &str, generation: u64) -> io::Result<Batch> {
+/// Reads up to `most` datagrams. `WouldBlock` only when nothing at all was
+/// waiting.
+fn read_batch(fd: &OwnedFd, service: &str, generation: u64, most: usize) -> io::Result<Batch> {
     let mut batch = Batch::default();
     let mut data = [0u8; MAX_DATAGRAM_BYTES];
-    for read in 0..MAX_MESSAGES_PER_WAKEUP {
+    for read in 0..most {
         let mut control_space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = RecvAncillaryBuffer::new(&mut control_space);
         let received = match rustix::net::recvmsg(
@@ -377,7 +385,9 @@ mod tests {
             send(&generation, b"HANDOFF=1");
         }
         send(&generation, b"nonsense");
-        assert_eq!(channel.read_now("web", 1).messages.len(), 64);
+        let wakeup = std::future::poll_fn(|cx| channel.poll_read(cx, "web", 1)).await;
+        assert_eq!(wakeup.messages.len(), 64);
+        // Before readiness, everything waiting is read.
         let rest = channel.read_now("web", 1);
         assert_eq!((rest.messages.len(), rest.closed), (36, false));
         // An empty datagram is not the end.

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 /// of an unfinished line, then reports `HANDED_OVER=n` and exits. The file
 /// `flags` in the folder it is given changes what a generation started
 /// afterwards does: `no-handoff` (it never declares), `bogus-handed-over`
-/// (it reports a count while it serves).
+/// (it reports a count while it serves), `flood-first` (150 messages of an
+/// unknown key before `HANDOFF=1`).
 const SERVICE: &str = r#"
 import json, os, selectors, signal, socket, struct, sys, time
 
@@ -204,11 +205,24 @@ def on_stop(*_):
     stopping = True
 signal.signal(signal.SIGTERM, on_stop)
 
+def mark(what):
+    open(os.path.join(STATE, "%s-%d" % (what, GENERATION)), "w").close()
+
+if "flood-first" in FLAGS:
+    # The test stops the agent meanwhile: when it goes on, the declaration
+    # is behind more than one wakeup's worth of messages it does not know,
+    # and READY=1 is waiting on the other socket.
+    mark("waiting")
+    while not os.path.exists(os.path.join(STATE, "go-%d" % GENERATION)):
+        time.sleep(0.01)
+    for n in range(150):
+        channel.send(b"X_FILLER=%d\n" % n)
 if "no-handoff" not in FLAGS:
     channel.send(b"HANDOFF=1\n")
 notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 path = os.environ["NOTIFY_SOCKET"]
 notify.sendto(b"READY=1", "\0" + path[1:] if path.startswith("@") else path)
+mark("ready")
 if "bogus-handed-over" in FLAGS:
     channel.send(b"HANDED_OVER=99\n")
 
@@ -449,6 +463,53 @@ fn eight_clients_keep_their_connections_through_five_restarts_every_line_echoed_
         })
         .collect();
     assert_eq!(handed, [8; 5]);
+}
+
+/// Waits up to 5 s for the file `name` in `dir`.
+fn wait_for_file(dir: &Path, name: &str) -> bool {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if dir.join(name).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn a_declaration_behind_many_other_messages_is_seen_before_readiness() {
+    use nix::sys::signal::Signal;
+    let echo = Arc::new(Echo::start(""));
+    set_flags(echo.dir.path(), "flood-first");
+    let mut client = LineClient::connect(echo.addr);
+    for generation in 2..=5u64 {
+        let restarting = echo.clone();
+        let restart = std::thread::spawn(move || restarting.restart());
+        assert!(wait_for_file(
+            echo.dir.path(),
+            &format!("waiting-{generation}")
+        ));
+        // Both sockets fill while the agent cannot read either.
+        echo.agent.signal(Signal::SIGSTOP);
+        std::fs::write(echo.dir.path().join(format!("go-{generation}")), "").unwrap();
+        let sent = wait_for_file(echo.dir.path(), &format!("ready-{generation}"));
+        echo.agent.signal(Signal::SIGCONT);
+        assert!(sent, "generation {generation} did not get to READY=1");
+        let (_, report) = restart.join().unwrap();
+        assert_eq!(
+            report.outcome,
+            Some(RestartOutcome::Succeeded),
+            "{report:#?}"
+        );
+        assert!(
+            brokered(&report),
+            "generation {generation}: {:#?}",
+            kinds(&report)
+        );
+        assert_eq!(report.connections.map(|t| t.handed_over), Some(1));
+        assert_eq!(client.generation(), generation);
+    }
 }
 
 #[test]
