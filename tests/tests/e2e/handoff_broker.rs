@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 /// `flags` in the folder it is given changes what a generation started
 /// afterwards does: `no-handoff` (it never declares), `bogus-handed-over`
 /// (it reports a count while it serves), `flood-first` (150 messages of an
-/// unknown key before `HANDOFF=1`).
+/// unknown key before `HANDOFF=1`), `flood-before-exit` (as many before
+/// its `HANDED_OVER=`).
 const SERVICE: &str = r#"
 import json, os, selectors, signal, socket, struct, sys, time
 
@@ -243,9 +244,20 @@ while not stopping:
 
 selector.unregister(listener)
 listener.close()
+if "flood-before-exit" in FLAGS:
+    # The test stops the agent meanwhile: when it goes on, this exit and a
+    # count behind more than one wakeup's worth of other messages wait.
+    mark("stopping")
+    while not os.path.exists(os.path.join(STATE, "go-stop-%d" % GENERATION)):
+        time.sleep(0.01)
 handed = hand_over()
+if "flood-before-exit" in FLAGS:
+    for n in range(150):
+        channel.send(b"X_FILLER=%d\n" % n)
 if handed is not None:
     channel.send(b"HANDED_OVER=%d\n" % handed)
+if "flood-before-exit" in FLAGS:
+    mark("exiting")
 for c in list(connections.values()):
     close(c)
 sys.exit(0)
@@ -510,6 +522,46 @@ fn a_declaration_behind_many_other_messages_is_seen_before_readiness() {
         assert_eq!(report.connections.map(|t| t.handed_over), Some(1));
         assert_eq!(client.generation(), generation);
     }
+}
+
+#[test]
+fn a_count_sent_just_before_exiting_is_in_the_tally() {
+    use nix::sys::signal::Signal;
+    let echo = Arc::new(Echo::start("flood-before-exit"));
+    let mut client = LineClient::connect(echo.addr);
+    for generation in 1..=3u64 {
+        let restarting = echo.clone();
+        let restart = std::thread::spawn(move || restarting.restart());
+        assert!(wait_for_file(
+            echo.dir.path(),
+            &format!("stopping-{generation}")
+        ));
+        // Its count and its exit both wait while the agent cannot read.
+        echo.agent.signal(Signal::SIGSTOP);
+        std::fs::write(echo.dir.path().join(format!("go-stop-{generation}")), "").unwrap();
+        let exiting = wait_for_file(echo.dir.path(), &format!("exiting-{generation}"));
+        std::thread::sleep(Duration::from_millis(100));
+        echo.agent.signal(Signal::SIGCONT);
+        assert!(exiting, "generation {generation} did not get to its exit");
+        let (_, report) = restart.join().unwrap();
+        assert_eq!(
+            report.outcome,
+            Some(RestartOutcome::Succeeded),
+            "{report:#?}"
+        );
+        assert_eq!(
+            report.connections,
+            Some(ConnectionTally {
+                handed_over: 1,
+                drained: 0,
+                cut: 0
+            }),
+            "generation {generation}: {report:#?}"
+        );
+        assert_eq!(client.generation(), generation + 1);
+    }
+    // The serving generation stops without waiting when the agent does.
+    std::fs::write(echo.dir.path().join("go-stop-4"), "").unwrap();
 }
 
 #[test]
