@@ -138,12 +138,13 @@ async fn a_drain_sent_twice_is_stored_and_counted_once() {
 /// The restart's events before its end reach the server, the rest are lost
 /// while the link is down (the agent keeps none of them), so the host is
 /// settled from the report the server fetches: `report` given the steps.
+/// The agent linked again, to be kept until the restart has ended.
 async fn settle_from_report(
     app: &TestApp,
     agent: FakeAgent,
     steps: &[baton_proto::Event],
     report: impl FnOnce(Vec<baton_proto::Event>) -> RestartReport,
-) {
+) -> FakeAgent {
     agent.close().await;
     app.wait_offline("alpha").await;
     let mut agent = FakeAgent::connect_with_seq(
@@ -176,6 +177,7 @@ async fn settle_from_report(
             report: Some(report(steps.to_vec())),
         })
         .await;
+    agent
 }
 
 fn finished_report(steps: Vec<baton_proto::Event>, connections: Option<ConnectionTally>) -> RestartReport {
@@ -203,7 +205,7 @@ async fn the_tally_of_a_restart_settled_from_its_report_comes_from_the_report() 
     agent.accept_restart(1).await;
     let steps = agent.restart_events("web", 1, 1, RestartOutcome::Succeeded);
     agent.send_events(steps[..1].to_vec()).await;
-    settle_from_report(&app, agent, &steps, |steps| {
+    let _agent = settle_from_report(&app, agent, &steps, |steps| {
         finished_report(steps, Some(TALLY))
     })
     .await;
@@ -230,7 +232,7 @@ async fn a_drain_stored_before_the_rest_was_lost_is_not_counted_again_from_the_r
     let steps = agent.handoff_restart_events("web", 1, 1, TALLY, RestartOutcome::Succeeded);
     // Up to drain_finished; restart_finished is lost.
     agent.send_events(steps[..8].to_vec()).await;
-    settle_from_report(&app, agent, &steps, |steps| {
+    let _agent = settle_from_report(&app, agent, &steps, |steps| {
         finished_report(steps, Some(TALLY))
     })
     .await;
