@@ -324,3 +324,82 @@ async fn the_drain_of_an_agent_that_took_over_a_restart_is_counted_once() {
     );
     assert_counted(&metrics(&app).await, "web", TALLY);
 }
+
+#[tokio::test]
+async fn the_drain_of_an_agent_that_took_over_a_restart_is_recorded_as_it_comes() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    agent.accept_restart(1).await;
+    let steps = agent.handoff_restart_events("web", 1, 1, TALLY, RestartOutcome::Succeeded);
+    agent.send_events(steps[..1].to_vec()).await;
+    agent.close().await;
+
+    // The agent that took over is still draining when the server learns it
+    // carries the restart on (asked once, then at once again).
+    let mut next = FakeAgent::connect(&app, "alpha", "boot-2", vec![service("web", 2)]).await;
+    let mut report = RestartReport {
+        finished_at: None,
+        outcome: None,
+        steps: Vec::new(),
+        ..finished_report(steps[..1].to_vec(), None)
+    };
+    for _ in 0..2 {
+        let restart_id = next.expect_fetch_report().await;
+        next.send(&AgentFrame::Report {
+            restart_id,
+            report: Some(report.clone()),
+        })
+        .await;
+    }
+    let drained = next.event(
+        "web",
+        Some(1),
+        EventKind::DrainFinished {
+            generation: 1,
+            handed_over: TALLY.handed_over,
+            drained: TALLY.drained,
+            cut: TALLY.cut,
+        },
+    );
+    next.send_events(vec![drained.clone()]).await;
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..100 {
+        shown = app.get_json(&format!("/restarts/{id}")).await["hosts"][0]["connections"].clone();
+        if !shown.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        shown,
+        json!({"handed_over": 12, "drained": 3, "cut": 1}),
+        "the tally is shown while the restart still runs"
+    );
+
+    let finished = next.event(
+        "web",
+        Some(1),
+        EventKind::RestartFinished {
+            outcome: RestartOutcome::Succeeded,
+            reason: None,
+        },
+    );
+    next.send(&AgentFrame::Events {
+        events: vec![finished.clone()],
+    })
+    .await;
+    let restart_id = next.expect_fetch_report().await;
+    report.finished_at = Some(finished.at);
+    report.outcome = Some(RestartOutcome::Succeeded);
+    report.connections = Some(TALLY);
+    report.steps = vec![drained, finished];
+    next.send(&AgentFrame::Report {
+        restart_id,
+        report: Some(report),
+    })
+    .await;
+    let restart = app.wait_restart(id).await;
+    assert_eq!(restart["hosts"][0]["outcome"], "succeeded", "{restart}");
+    assert_counted(&metrics(&app).await, "web", TALLY);
+}
