@@ -143,9 +143,7 @@ fn main() -> ExitCode {
                 runtime.block_on(server_mode::history(&client, &service, limit))
             }
             Command::Show { id, json } => runtime.block_on(server_mode::show(&client, id, json)),
-            Command::Events { .. }
-            | Command::Reload
-            | Command::Demo { .. } => {
+            Command::Events { .. } | Command::Reload | Command::Demo { .. } => {
                 eprintln!("baton: this command talks to an agent; drop --server");
                 return ExitCode::from(exit::USAGE);
             }

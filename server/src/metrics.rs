@@ -201,8 +201,14 @@ impl Metrics {
                 "baton_connections_handed_over_total",
                 "handed over to the next generation",
             ),
-            ("baton_connections_drained_total", "finished by the old generation itself"),
-            ("baton_connections_cut_total", "cut when the old generation was killed at its drain deadline"),
+            (
+                "baton_connections_drained_total",
+                "finished by the old generation itself",
+            ),
+            (
+                "baton_connections_cut_total",
+                "cut when the old generation was killed at its drain deadline",
+            ),
         ]
         .into_iter()
         .enumerate()

@@ -797,8 +797,7 @@ async fn fetch_report_if_due(
     // stored it; the report's tally is counted only when that event never
     // arrived.
     let mut stored_tally = None;
-    for boot in std::iter::once(progress.boot_id.as_str()).chain(progress.recovered_by.as_deref())
-    {
+    for boot in std::iter::once(progress.boot_id.as_str()).chain(progress.recovered_by.as_deref()) {
         stored_tally = store::find_drain_finished(&inner.db, host, boot, agent_restart_id).await?;
         if stored_tally.is_some() {
             break;
@@ -902,7 +901,8 @@ async fn read_stored(
         progress.agent_restart_id = Some(id);
     }
     if let Some(id) = progress.agent_restart_id
-        && let Some(tally) = store::find_drain_finished(&inner.db, host, &progress.boot_id, id).await?
+        && let Some(tally) =
+            store::find_drain_finished(&inner.db, host, &progress.boot_id, id).await?
     {
         record_connections(inner, restart, host, tally).await?;
     }

@@ -180,7 +180,10 @@ async fn settle_from_report(
     agent
 }
 
-fn finished_report(steps: Vec<baton_proto::Event>, connections: Option<ConnectionTally>) -> RestartReport {
+fn finished_report(
+    steps: Vec<baton_proto::Event>,
+    connections: Option<ConnectionTally>,
+) -> RestartReport {
     RestartReport {
         id: 1,
         service: "web".into(),
@@ -238,7 +241,10 @@ async fn a_drain_stored_before_the_rest_was_lost_is_not_counted_again_from_the_r
     .await;
 
     let restart = app.wait_restart(id).await;
-    assert_eq!(restart["hosts"][0]["outcome_from_report"], true, "{restart}");
+    assert_eq!(
+        restart["hosts"][0]["outcome_from_report"], true,
+        "{restart}"
+    );
     assert_eq!(
         restart["hosts"][0]["connections"],
         json!({"handed_over": 12, "drained": 3, "cut": 1}),

@@ -1,7 +1,7 @@
 use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
 use baton_proto::{
-    ConnectionTally, Event, EventKind, GenerationInfo, GenerationState, RestartId, RestartOutcome, ServiceState,
-    ServiceStatus,
+    ConnectionTally, Event, EventKind, GenerationInfo, GenerationState, RestartId, RestartOutcome,
+    ServiceState, ServiceStatus,
 };
 use baton_server::domain::Role;
 use baton_server::settings::Settings;

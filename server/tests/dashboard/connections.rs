@@ -56,8 +56,14 @@ async fn a_restart_page_shows_what_became_of_each_hosts_connections_and_the_cut_
     app.wait_restart(second).await;
     let page = browser.page(&format!("/restarts/{second}")).await;
     assert!(page.contains("1 handed over"), "{page}");
-    assert!(page.contains("generation 2 handed 1 connection over"), "{page}");
-    assert!(!page.contains("tally-cut"), "nothing cut, nothing flagged:\n{page}");
+    assert!(
+        page.contains("generation 2 handed 1 connection over"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("tally-cut"),
+        "nothing cut, nothing flagged:\n{page}"
+    );
 
     // The history lists each restart's connections.
     for path in ["/restarts", "/services/web", "/"] {
