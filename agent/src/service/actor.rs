@@ -713,7 +713,7 @@ impl Actor {
 
     /// Gives generation `to` and its predecessor `from` a handoff pair, and
     /// records it. A failure leaves a plain drain.
-    fn broker(&mut self, restart: Option<RestartId>, from: u64, to: u64) {
+    fn broker(&self, restart: Option<RestartId>, from: u64, to: u64) {
         let (Some(old), Some(new)) = (self.channels.get(&from), self.channels.get(&to)) else {
             tracing::warn!(service = %self.name, from, to, "a generation's channel is gone; no handoff, the old generation drains");
             return;
