@@ -13,7 +13,11 @@
 //!   replaces a generation that is serving;
 //! - [`shutdown`] (feature `tokio`): a graceful exit in phases (stop
 //!   accepting, stop consuming, finish in-flight work, close idle
-//!   connections, at-exit hooks) within the drain timeout.
+//!   connections, at-exit hooks) within the drain timeout;
+//! - [`handoff`] (feature `tokio`): established connections, with the bytes
+//!   read from them, handed to the next generation instead of drained;
+//! - [`http1`] (feature `hyper`): a hyper HTTP/1.1 connection that hands
+//!   itself over between two requests.
 //!
 //! The same binary speaks systemd's socket activation and `sd_notify`, so it
 //! runs under systemd too.
@@ -82,6 +86,9 @@ pub mod generation;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod handoff;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod http1;
 pub mod notify;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
