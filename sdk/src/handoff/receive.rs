@@ -204,7 +204,7 @@ async fn take<'a>(
     let fd = fds.pop()?;
     let name = String::from_utf8(name).ok()?;
     if let Some(names) = names
-        && !names.iter().any(|known| *known == name)
+        && !names.contains(&name)
     {
         return None;
     }

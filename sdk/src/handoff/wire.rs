@@ -306,7 +306,8 @@ mod tests {
         .encode()
         .unwrap();
         bad_status[6] = 2;
-        let cases: Vec<(Vec<u8>, fn(&WireError) -> bool)> = vec![
+        type Expected = fn(&WireError) -> bool;
+        let cases: Vec<(Vec<u8>, Expected)> = vec![
             (Vec::new(), |e| matches!(e, WireError::Short(0))),
             (good[..23].to_vec(), |e| matches!(e, WireError::Short(23))),
             (with(0, b'X'), |e| matches!(e, WireError::Magic(_))),

@@ -69,7 +69,7 @@ async fn echo_client(address: SocketAddr, id: usize, stop: watch::Receiver<bool>
                 return tally;
             }
             sequence += 1;
-            let asks_generation = sequence % GENERATION_EVERY == 0;
+            let asks_generation = sequence.is_multiple_of(GENERATION_EVERY);
             let sent = if asks_generation {
                 "generation\n".to_owned()
             } else {
@@ -155,7 +155,7 @@ async fn ws_client(address: SocketAddr, id: usize, stop: watch::Receiver<bool>) 
                 return tally;
             }
             sequence += 1;
-            let asks_generation = sequence % GENERATION_EVERY == 0;
+            let asks_generation = sequence.is_multiple_of(GENERATION_EVERY);
             let sent = if asks_generation {
                 "generation".to_owned()
             } else {
