@@ -315,7 +315,9 @@ impl ShutdownHandle {
     /// closes only this process's copy) and end the connection's task.
     /// `Err` gives it back, with the reason: serve it and drain it as
     /// without handoff. It waits at most about a second, and answers at
-    /// once when nobody takes connections.
+    /// once when nobody takes connections. [`Shutdown::run`] must be
+    /// running: it reads the successor's pair from the channel when the
+    /// exit begins, and ends the offering.
     pub async fn hand_over<S: AsFd>(
         &self,
         name: &str,

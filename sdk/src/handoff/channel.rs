@@ -117,11 +117,13 @@ impl Channel {
     }
 
     /// Reads what is queued on the channel, without waiting, and keeps the
-    /// pairs it brings.
-    pub(crate) fn pump(&self) {
+    /// pairs it brings. Says whether the queue was emptied (rather than the
+    /// reading stopped at its bound per call).
+    pub(crate) fn pump(&self) -> bool {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut buffer = [0u8; MAX_TEXT];
         let mut arrived = false;
+        let mut emptied = false;
         for _ in 0..MAX_PER_PUMP {
             match packet::recv(self.inner.fd.as_fd(), &mut buffer) {
                 Ok(Datagram::Message {
@@ -140,10 +142,14 @@ impl Channel {
                         }
                     }
                 }
-                Ok(Datagram::Empty) => break,
+                Ok(Datagram::Empty) => {
+                    emptied = true;
+                    break;
+                }
                 Ok(Datagram::End) | Err(_) => {
                     slots.closed = true;
                     arrived = true;
+                    emptied = true;
                     break;
                 }
             }
@@ -152,12 +158,18 @@ impl Channel {
         if arrived {
             self.inner.arrived.notify_waiters();
         }
+        emptied
     }
 
     /// The successor's pair, if the agent sent one; read from the channel
     /// now (the agent sends it before the stop signal).
     pub(crate) fn take_successor(&self) -> Option<Pair> {
-        self.pump();
+        // The agent sends little; the bound is against a peer that floods.
+        for _ in 0..16 {
+            if self.pump() {
+                break;
+            }
+        }
         let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.successor.take()
     }
@@ -183,8 +195,11 @@ impl Channel {
                 _ = &mut notified => {}
                 ready = readable.readable() => {
                     let mut ready = ready?;
-                    self.pump();
-                    ready.clear_ready();
+                    // Readiness is cleared only once the queue is empty, or
+                    // what is left would wait for the next datagram.
+                    if self.pump() {
+                        ready.clear_ready();
+                    }
                 }
             }
         }
