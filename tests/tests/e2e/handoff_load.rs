@@ -335,6 +335,14 @@ async fn without_handoff_the_same_restarts_close_long_lived_and_keep_alive_conne
             "--no-handoff declares no HANDOFF=1"
         );
     }
+    // Clients that never go quiet keep the old generation until it is
+    // killed at the deadline, their connections cut.
+    let forced = run
+        .restarts
+        .iter()
+        .filter(|restart| restart.outcome == Some(RestartOutcome::Forced))
+        .count();
+    assert!(forced >= RESTARTS / 2, "only {forced} restarts were forced");
     // Keep-alive connections are closed at every restart (politely: a
     // `Connection: close` response, or an idle close after the grace).
     assert!(
