@@ -271,3 +271,47 @@ async fn a_response_still_being_written_finishes_before_the_connection_moves() {
     assert_eq!(response(&mut client).await, "2 /e\n");
     assert_eq!(exit.await.unwrap().handed_over, 1);
 }
+
+#[tokio::test]
+async fn without_a_successor_a_connection_is_served_on_and_closed_once_quiet() {
+    let shutdown = Shutdown::builder()
+        .signal(None)
+        .drain_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = shutdown.handle();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let serving = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let _open = handle.connection();
+            http1::serve(stream, "http", Vec::new(), service("1"), &handle).await
+        }
+    });
+    handle.trigger();
+    let exit = tokio::spawn(shutdown.run());
+    // Still answered while its client keeps talking.
+    for path in ["/a", "/b", "/c"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        client
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(response(&mut client).await, format!("1 {path}\n"));
+    }
+    // Then quiet: closed between two requests.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("closed once quiet")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(serving.await.unwrap().unwrap(), Outcome::Closed);
+    assert_eq!(exit.await.unwrap().handed_over, 0);
+}
