@@ -252,7 +252,7 @@ fn follow_on_agent(
             Some(Response::Event(event))
                 if event.restart == Some(id) && event.service == service =>
             {
-                println!("{}", output::step_line(&event, started));
+                print!("{}", output::restart_step(&event, started));
                 if let EventKind::RestartFinished { outcome, .. } = event.kind {
                     return Ok(Some(outcome));
                 }
@@ -336,7 +336,7 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
             }
             let followed = client
                 .follow_restart(deadline, |event| {
-                    println!("{}", output::step_line(&event, started));
+                    print!("{}", output::restart_step(&event, started));
                 })
                 .map(|report| report.outcome);
             let followed = match followed {

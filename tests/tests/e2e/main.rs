@@ -10,6 +10,7 @@ mod disk_full;
 mod env_check;
 mod fleet;
 mod gunicorn;
+mod handoff_broker;
 mod handoff_load;
 mod host_binding;
 mod lifecycle;
