@@ -289,6 +289,15 @@ async fn with_handoff_every_connection_survives_twenty_restarts_under_load() {
             "restart {} brokered no handoff",
             restart.id
         );
+        // Every connection open when the drain began went to the next one.
+        let tally = restart.connections.expect("the drain's tally");
+        let all = (HTTP_CONNECTIONS + ECHO_CONNECTIONS + WS_CONNECTIONS) as u32;
+        assert_eq!(
+            (tally.handed_over, tally.cut),
+            (all, 0),
+            "restart {}: {tally}",
+            restart.id
+        );
     }
     assert_eq!(run.final_generation, 1 + RESTARTS as u64);
 
@@ -302,7 +311,7 @@ async fn with_handoff_every_connection_survives_twenty_restarts_under_load() {
         for (id, tally) in tallies.iter().enumerate() {
             assert_eq!(tally.closed, 0, "{protocol} {id} was closed: {tally:?}");
             assert!(tally.wrong.is_empty(), "{protocol} {id}: {:?}", tally.wrong);
-            assert!(tally.echoed > 100, "{protocol} {id}: {tally:?}");
+            assert!(tally.echoed > 50, "{protocol} {id}: {tally:?}");
             // The same connection, served by one generation after another.
             assert!(
                 tally.generations.windows(2).all(|pair| pair[0] <= pair[1]),
