@@ -485,3 +485,26 @@ fn shutting_the_reading_of_a_pair_makes_the_peers_sends_fail_but_keeps_what_was_
         Datagram::End
     ));
 }
+
+#[tokio::test]
+async fn a_unix_stream_connection_arrives_as_a_unix_stream() {
+    let (agent, old_channel, new_channel) = channels();
+    let mut incomings = Handoff::new().accept(&new_channel).unwrap();
+    let (shutdown, handle) = old_generation(old_channel);
+    let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
+    let open = handle.connection();
+    agent.broker();
+    handle.trigger();
+    let running = tokio::spawn(shutdown.run());
+    handle
+        .hand_over("local", server, b"", b"")
+        .await
+        .expect("taken");
+    drop(open);
+    let mut incoming = incomings.recv().await.unwrap();
+    assert!(matches!(incoming.stream, Stream::Unix(_)));
+    assert_eq!(incoming.name, "local");
+    client.write_all(b"over unix").await.unwrap();
+    assert_eq!(read_some(&mut incoming.stream).await, b"over unix");
+    assert_eq!(running.await.unwrap().handed_over, 1);
+}
