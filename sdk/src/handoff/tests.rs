@@ -508,3 +508,32 @@ async fn a_unix_stream_connection_arrives_as_a_unix_stream() {
     assert_eq!(read_some(&mut incoming.stream).await, b"over unix");
     assert_eq!(running.await.unwrap().handed_over, 1);
 }
+
+#[tokio::test]
+async fn with_no_room_in_the_applications_queue_a_connection_is_refused_and_stays_old() {
+    let (agent, old_channel, new_channel) = channels();
+    // Room for one, and the application takes none yet.
+    let mut incomings = Handoff::new().capacity(1).accept(&new_channel).unwrap();
+    let (shutdown, handle) = old_generation(old_channel);
+    let (_first_client, first) = connection().await;
+    let (mut second_client, second) = connection().await;
+    let open = handle.connection();
+    agent.broker();
+    handle.trigger();
+    let running = tokio::spawn(shutdown.run());
+    handle
+        .hand_over("echo", first, b"1", b"")
+        .await
+        .expect("room for one");
+    let returned = handle
+        .hand_over("echo", second, b"2", b"")
+        .await
+        .expect_err("no room for two");
+    assert!(matches!(returned.reason, NotTaken::Refused), "{returned}");
+    let mut second = returned.stream;
+    second.write_all(b"kept").await.unwrap();
+    assert_eq!(read_some(&mut second_client).await, b"kept");
+    drop((open, second));
+    assert_eq!(incomings.recv().await.unwrap().buffer, b"1");
+    assert_eq!(running.await.unwrap().handed_over, 1);
+}
