@@ -100,6 +100,11 @@ impl Offering {
         pair: OwnedFd,
         window_end: Instant,
     ) -> io::Result<Arc<Offering>> {
+        // A datagram must fit the send buffer whole: make room for the
+        // largest connection message even where the default is small.
+        // (The kernel caps it at `net.core.wmem_max`; best effort.)
+        let _ =
+            rustix::net::sockopt::set_socket_send_buffer_size(&pair, 4 * super::wire::MAX_MESSAGE);
         let offering = Arc::new(Offering {
             pair: crate::sys::async_fd(
                 pair,
