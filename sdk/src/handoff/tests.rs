@@ -537,3 +537,28 @@ async fn with_no_room_in_the_applications_queue_a_connection_is_refused_and_stay
     assert_eq!(incomings.recv().await.unwrap().buffer, b"1");
     assert_eq!(running.await.unwrap().handed_over, 1);
 }
+
+#[tokio::test]
+async fn a_connection_at_every_bound_goes_through_whole() {
+    let (agent, old_channel, new_channel) = channels();
+    let mut incomings = Handoff::new().accept(&new_channel).unwrap();
+    let (shutdown, handle) = old_generation(old_channel);
+    let (_client, server) = connection().await;
+    let open = handle.connection();
+    agent.broker();
+    handle.trigger();
+    let running = tokio::spawn(shutdown.run());
+    let name = "n".repeat(super::MAX_NAME);
+    let buffer: Vec<u8> = (0..MAX_BUFFER).map(|i| i as u8).collect();
+    let state = vec![7u8; super::MAX_STATE];
+    handle
+        .hand_over(&name, server, &buffer, &state)
+        .await
+        .expect("taken");
+    drop(open);
+    let incoming = incomings.recv().await.unwrap();
+    assert_eq!(incoming.name, name);
+    assert_eq!(incoming.buffer, buffer);
+    assert_eq!(incoming.state, state);
+    running.await.unwrap();
+}
