@@ -305,7 +305,7 @@ impl ShutdownHandle {
     }
 
     /// Hands a connection over to the next generation (see
-    /// [`handoff`](crate::handoff)): call it at a message boundary once the
+    /// [`handoff`]): call it at a message boundary once the
     /// exit has begun, with the listener's `name`, the bytes read from the
     /// connection and not processed (`buffer`, at most
     /// [`MAX_BUFFER`](crate::handoff::MAX_BUFFER)) and the application's

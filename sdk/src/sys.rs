@@ -51,17 +51,23 @@ pub(crate) fn take_inherited_channel(fd: RawFd) -> Result<OwnedFd, TakeError> {
         return Err(TakeError::AlreadyTaken);
     }
     // Asked of the kernel without touching the descriptor: an fd number
-    // that is closed, or not a socket, is never wrapped at all.
-    match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-        Ok(target) if target.to_string_lossy().starts_with("socket:") => {}
-        _ => return Err(TakeError::NotASocket(fd)),
+    // that is closed, not a socket, or a unix socket of another type is
+    // never wrapped at all.
+    let inode = match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        Ok(target) => socket_inode(&target.to_string_lossy()).ok_or(TakeError::NotASocket(fd))?,
+        Err(_) => return Err(TakeError::NotASocket(fd)),
+    };
+    if unix_socket_type(inode).is_some_and(|kind| kind != UNIX_SEQPACKET) {
+        return Err(TakeError::WrongKind(fd));
     }
-    // SAFETY: `fd` is open (the kernel just listed it) and was inherited at
-    // exec for this purpose: the agent names it in `BATON_CHANNEL_FD`, and
-    // nothing else in the process claims it (the flag above makes this the
-    // only time this process wraps it). If it proves not to be the channel,
-    // ownership is given back with `into_raw_fd` before anything could
-    // close it, so a descriptor that is someone else's is left untouched.
+    // SAFETY: `fd` is open (the kernel just listed it), a socket, and was
+    // inherited at exec for this purpose: the agent names it in
+    // `BATON_CHANNEL_FD`, and nothing else in the process claims it (the
+    // flag above makes this the only time this process wraps it). Should it
+    // still prove not to be the channel (a socket `/proc/net/unix` does not
+    // list), ownership is given back with `into_raw_fd` before anything
+    // could close it, so a descriptor that is someone else's is left
+    // untouched.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let kind = rustix::net::sockopt::socket_type(&owned)
         .and_then(|kind| Ok((kind, rustix::net::sockopt::socket_domain(&owned)?)));
@@ -86,6 +92,29 @@ pub(crate) fn take_inherited_channel(fd: RawFd) -> Result<OwnedFd, TakeError> {
     };
     prepare().map_err(|source| TakeError::Inspect { fd, source })?;
     Ok(owned)
+}
+
+/// `SOCK_SEQPACKET` in `/proc/net/unix`'s `Type` column.
+const UNIX_SEQPACKET: u32 = 5;
+
+/// The inode of `socket:[INODE]`, the link of a socket's descriptor.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The type of the unix socket `inode` as `/proc/net/unix` lists it (`None`
+/// when it does not: not a unix socket, or not of this network namespace).
+fn unix_socket_type(inode: u64) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        // Num RefCount Protocol Flags Type St Inode [Path]
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let listed: u64 = fields.get(6)?.parse().ok()?;
+        (listed == inode).then(|| u32::from_str_radix(fields.get(4)?, 16).ok())?
+    })
 }
 
 /// Removes `name` from the environment when that is sound: only while the
@@ -126,4 +155,28 @@ pub(crate) fn async_fd(
     // returns the same number, until the `AsyncFd` is dropped.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
         .map_err(|error| error.into_parts().1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn inode_of(fd: RawFd) -> u64 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        socket_inode(&link.to_string_lossy()).unwrap()
+    }
+
+    #[test]
+    fn the_kernel_tells_a_seqpacket_pair_from_other_unix_sockets_before_anything_is_wrapped() {
+        let (seqpacket, _other) = crate::handoff::seqpacket_pair().unwrap();
+        let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            unix_socket_type(inode_of(seqpacket.as_raw_fd())),
+            Some(UNIX_SEQPACKET)
+        );
+        assert_eq!(unix_socket_type(inode_of(stream.as_raw_fd())), Some(1));
+        assert_eq!(socket_inode("pipe:[12]"), None);
+        assert_eq!(socket_inode("socket:[12]"), Some(12));
+    }
 }
