@@ -235,9 +235,12 @@ fn http_echo_and_websocket_connections_move_to_the_next_generation_with_their_bu
     ws.write_all(&masked_text(b"generation")).unwrap();
     assert_eq!(read_text_frame(&mut ws), "1");
 
-    // Half a request and half a line are on their way during the restart.
+    // Half a request, half a line and half a frame are on their way during
+    // the restart.
     keep_alive.write_all(b"GET /healthz HT").unwrap();
     line.write_all(b"half a ").unwrap();
+    let split_frame = masked_text(b"split across generations");
+    ws.write_all(&split_frame[..5]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
     let (agent_two, channel_two) = seqpacket_pair();
@@ -280,6 +283,8 @@ fn http_echo_and_websocket_connections_move_to_the_next_generation_with_their_bu
     lines.read_line(&mut answer).unwrap();
     lines.read_line(&mut answer).unwrap();
     assert_eq!(answer, "half a line\n2\n");
+    ws.write_all(&split_frame[5..]).unwrap();
+    assert_eq!(read_text_frame(&mut ws), "split across generations");
     ws.write_all(&masked_text(b"generation")).unwrap();
     assert_eq!(read_text_frame(&mut ws), "2");
     ws.write_all(&masked_text(b"still here")).unwrap();
