@@ -301,7 +301,7 @@ fn write_setup(out: &mut String, results: &Results) {
     );
     let _ = writeln!(
         out,
-        "- Scenarios: `baseline` agent, no restarts; `agent` hot restarts through the control socket; `agent+nice` the same with `warmup_nice = {}`; `naive` no agent, SIGTERM, wait for the exit, start a process that binds the port itself.",
+        "- Scenarios: `baseline` agent, no restarts; `agent` hot restarts through the control socket, the old generation draining its keep-alive connections (`Connection: close` on the next response); `agent+nice` the same with `warmup_nice = {}`; `handoff` hot restarts, the old generation handing its connections over to the new one (`docs/handoff.md`); `naive` no agent, SIGTERM, wait for the exit, start a process that binds the port itself.",
         results.warmup_nice
     );
     let _ = writeln!(
