@@ -126,7 +126,12 @@ impl EchoClients {
     }
 }
 
-fn echo_client(addr: SocketAddr, client: usize, period: Duration, stop: &AtomicBool) -> ClientReport {
+fn echo_client(
+    addr: SocketAddr,
+    client: usize,
+    period: Duration,
+    stop: &AtomicBool,
+) -> ClientReport {
     let mut report = ClientReport::default();
     let stream = match TcpStream::connect(addr) {
         Ok(stream) => stream,
@@ -173,7 +178,10 @@ fn echo_client(addr: SocketAddr, client: usize, period: Duration, stop: &AtomicB
                     .map_err(|_| format!("{answer:?} is not a generation"))
             })
         } else {
-            let line = format!("client {client} line {sequence} {}\n", "x".repeat(sequence as usize % 40));
+            let line = format!(
+                "client {client} line {sequence} {}\n",
+                "x".repeat(sequence as usize % 40)
+            );
             exchange(&line, &mut report).and_then(|answer| {
                 if answer == line {
                     report.lines_echoed += 1;
@@ -323,21 +331,41 @@ fn send_with_fd(channel: &OwnedFd, message: &str, fd: &OwnedFd) {
     .expect("send on a generation's channel");
 }
 
-/// Waits for `READY=1` on the notify socket, skipping other states.
+/// Waits for `READY=1` on the notify socket, skipping other states, and
+/// checks that `HANDOFF=1` came first on the channel.
 fn wait_ready(notify: &UnixDatagram, generation: &Generation) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buffer = [0u8; 4096];
-    while Instant::now() < deadline {
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "generation {} never sent READY=1",
+            generation.number
+        );
         if let Ok(n) = notify.recv(&mut buffer) {
             if String::from_utf8_lossy(&buffer[..n])
                 .lines()
                 .any(|line| line == "READY=1")
             {
-                return;
+                break;
             }
         }
     }
-    panic!("generation {} never sent READY=1", generation.number);
+    // Sent before READY=1, so it is queued by now.
+    assert_eq!(
+        receive(&generation.channel, MsgFlags::MSG_DONTWAIT).as_deref(),
+        Some("HANDOFF=1"),
+        "generation {} declares handoff before it is ready",
+        generation.number
+    );
+}
+
+impl Drop for Generation {
+    /// A failed test leaves no process behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn wait_exit(generation: &mut Generation, within: Duration) -> std::process::ExitStatus {
@@ -380,14 +408,12 @@ fn go_connections_survive_restarts_by_handoff_with_the_agent_part_played_by_the_
     for number in 2..=RESTARTS + 1 {
         let mut next = start_generation(&binary, &listener, number, &notify_path);
         wait_ready(&notify, &next);
-        // HANDOFF=1 went out before READY=1, so it is queued by now.
-        assert_eq!(
-            receive(&next.channel, MsgFlags::MSG_DONTWAIT).as_deref(),
-            Some("HANDOFF=1"),
-            "generation {number} declares handoff before it is ready"
-        );
         let (old_end, new_end) = seqpacket_pair();
-        send_with_fd(&next.channel, &format!("PREDECESSOR={}", serving.number), &new_end);
+        send_with_fd(
+            &next.channel,
+            &format!("PREDECESSOR={}", serving.number),
+            &new_end,
+        );
         send_with_fd(&serving.channel, &format!("SUCCESSOR={number}"), &old_end);
         drop((old_end, new_end));
         sigterm(&serving);

@@ -22,7 +22,7 @@ mod process_tracking;
 mod restart_by_signal;
 mod restart_under_load;
 mod sockets;
-mod tls;
 mod third_party;
+mod tls;
 mod tokens;
 mod upgrade;
