@@ -367,6 +367,10 @@ fn adopt_sockets(
 fn stop_orphaned(service: &ServiceHandover) {
     tracing::info!(service = %service.name, "service no longer configured; stopping its generations");
     for generation in &service.generations {
+        // Its channel came across the exec; nobody reads it now.
+        if let Some(fd) = generation.channel_fd {
+            drop(crate::sys::adopt_inherited_fd(fd));
+        }
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(generation.pid),
             nix::sys::signal::Signal::SIGTERM,

@@ -109,6 +109,11 @@ pub struct GenerationHandover {
     /// deadline, SIGKILL), which outlives the agent's monotonic clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_at: Option<UnixMillis>,
+    /// The agent's end of the generation's channel (`channel.rs`), passed
+    /// across the upgrade so the next image still brokers handoffs. In the
+    /// state file it is the dead agent's number, and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_fd: Option<RawFd>,
 }
 
 impl Handover {
@@ -146,6 +151,7 @@ impl Handover {
         for service in &self.services {
             fds.extend(service.sockets.iter().map(|s| s.fd));
             fds.extend(service.fd_store.iter().map(|(_, fd)| *fd));
+            fds.extend(service.generations.iter().filter_map(|g| g.channel_fd));
         }
         fds
     }

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod channel;
 pub mod config;
 pub mod connections;
 pub mod control;

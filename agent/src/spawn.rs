@@ -25,6 +25,7 @@ const PROTOCOL_VARIABLES: &[&str] = &[
     "BATON_PREDECESSOR",
     "BATON_DRAIN_TIMEOUT_MS",
     "BATON_PROBE_PORT",
+    crate::channel::ENV,
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     crate::handover::ENV,
@@ -46,6 +47,10 @@ pub struct GenerationLaunch {
     /// The generation's cgroup; without one the generation starts a session
     /// of its own.
     pub cgroup: Option<crate::cgroup::GenerationCgroup>,
+    /// The generation's end of its channel to the agent (`channel.rs`),
+    /// placed right after the `LISTEN_FDS` fds and named by
+    /// `BATON_CHANNEL_FD`.
+    pub channel: Option<OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +131,11 @@ pub fn launch(
     if let Some(port) = launch.probe_port {
         set("BATON_PROBE_PORT", port.to_string().into());
     }
+    if launch.channel.is_some() {
+        // Not one of LISTEN_FDS: a library that takes every listed fd as a
+        // listener must not take the channel for one.
+        set(crate::channel::ENV, (3 + fd_count).to_string().into());
+    }
 
     let path_var = env
         .iter()
@@ -162,6 +172,7 @@ pub fn launch(
         .iter()
         .map(|s| s.fd())
         .chain(launch.stored_fds.iter().map(|(_, fd)| fd.as_fd()))
+        .chain(launch.channel.as_ref().map(|fd| fd.as_fd()))
         .collect();
     let spec = SpawnSpec {
         program: cstring(program.into_os_string().into_vec(), "the program path")?,

@@ -231,6 +231,7 @@ mod tests {
                     start_time: Some(777),
                     cgroup: Some("/baton/agent-12/web.3".into()),
                     deadline_at: Some(31_500),
+                    channel_fd: Some(11),
                 },
                 GenerationHandover {
                     number: 4,
@@ -243,6 +244,7 @@ mod tests {
                     start_time: Some(888),
                     cgroup: None,
                     deadline_at: None,
+                    channel_fd: None,
                 },
             ],
             current: Some(4),

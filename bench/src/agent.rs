@@ -6,7 +6,7 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use baton_proto::{EventKind, RestartOutcome};
+use baton_proto::{ConnectionTally, EventKind, RestartOutcome};
 
 /// A restart as the bench saw it, on its own monotonic clock.
 #[derive(Debug, Clone)]
@@ -22,6 +22,11 @@ pub struct RestartRecord {
     pub outcome: Option<RestartOutcome>,
     /// The agent's own spawn-to-ready time for the new generation.
     pub startup: Option<Duration>,
+    /// What became of the old generation's connections (the report's tally).
+    pub connections: Option<ConnectionTally>,
+    /// From the agent brokering the handoff to the old generation's
+    /// `HANDED_OVER=`, on the agent's clock (milliseconds), and the count.
+    pub handoff: Option<(Duration, u32)>,
 }
 
 pub struct Agent(baton_testkit::Agent);
@@ -73,22 +78,34 @@ impl Agent {
         let sent = Instant::now();
         let mut ready = None;
         let mut startup = None;
-        let report = self
-            .0
-            .restart(service, Some("baton-bench".to_owned()), |event| {
-                if let EventKind::GenerationReady { startup_us, .. } = event.kind
-                    && ready.is_none()
-                {
+        let mut brokered_at = None;
+        let mut handoff = None;
+        let report = self.0.restart(
+            service,
+            Some("baton-bench".to_owned()),
+            |event| match event.kind {
+                EventKind::GenerationReady { startup_us, .. } if ready.is_none() => {
                     ready = Some(Instant::now());
                     startup = Some(Duration::from_micros(startup_us));
                 }
-            })?;
+                EventKind::HandoffBrokered { .. } => brokered_at = Some(event.at),
+                EventKind::ConnectionsHandedOver { connections, .. } => {
+                    if let Some(from) = brokered_at {
+                        let span = Duration::from_millis(event.at.saturating_sub(from));
+                        handoff = Some((span, connections));
+                    }
+                }
+                _ => {}
+            },
+        )?;
         Ok(RestartRecord {
             sent,
             ready,
             finished: Instant::now(),
             outcome: report.outcome,
             startup,
+            connections: report.connections,
+            handoff,
         })
     }
 }

@@ -40,7 +40,7 @@ pub struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "baseline,agent,agent+nice,naive,overhead,memory"
+        default_value = "baseline,agent,agent+nice,handoff,naive,overhead,memory,handoff-idle"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -53,6 +53,10 @@ pub struct Cli {
     /// compare with another build (the other programs stay the bench's).
     #[arg(long, value_name = "PATH")]
     pub agent_binary: Option<std::path::PathBuf>,
+
+    /// Idle keep-alive connections the `handoff-idle` scenario hands over.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
 
     /// The nice value of a starting generation in the `agent+nice` scenario.
     #[arg(long, default_value_t = 10)]
@@ -69,6 +73,9 @@ pub enum Scenario {
     /// lower priority.
     #[value(name = "agent+nice")]
     AgentNice,
+    /// Hot restarts through the agent, the old generation handing its
+    /// keep-alive connections over to the new one instead of closing them.
+    Handoff,
     /// No agent: SIGTERM the service, wait for it to exit, start a new one
     /// that binds the port itself.
     Naive,
@@ -80,6 +87,10 @@ pub enum Scenario {
     /// idle CPU, `baton status`, the link's hello, restarting every service,
     /// memory. Not in the default set: it takes minutes at 1,000.
     ManyServices,
+    /// `--idle-connections` idle keep-alive connections handed over in one
+    /// restart: the restart's length, the cost per connection, and whether
+    /// each connection answers from the new generation afterwards.
+    HandoffIdle,
 }
 
 impl Scenario {
@@ -88,17 +99,23 @@ impl Scenario {
             Scenario::Baseline => "baseline",
             Scenario::Agent => "agent",
             Scenario::AgentNice => "agent+nice",
+            Scenario::Handoff => "handoff",
             Scenario::Naive => "naive",
             Scenario::Overhead => "overhead",
             Scenario::Memory => "memory",
             Scenario::ManyServices => "many-services",
+            Scenario::HandoffIdle => "handoff-idle",
         }
     }
 
     pub fn is_load(self) -> bool {
         matches!(
             self,
-            Scenario::Baseline | Scenario::Agent | Scenario::AgentNice | Scenario::Naive
+            Scenario::Baseline
+                | Scenario::Agent
+                | Scenario::AgentNice
+                | Scenario::Handoff
+                | Scenario::Naive
         )
     }
 }

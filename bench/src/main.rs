@@ -5,6 +5,7 @@
 mod agent;
 mod binaries;
 mod cli;
+mod handoff;
 mod load;
 mod many_services;
 mod memory;
@@ -25,7 +26,7 @@ use crate::cli::{Cli, Scenario};
 use crate::memory::Memory;
 use crate::overhead::Overhead;
 use crate::stats::{LoadStats, median};
-use crate::under_load::LoadSettings;
+use crate::under_load::{Connections, LoadSettings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -61,6 +62,7 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
     let mut overheads = Vec::new();
     let mut memories = Vec::new();
     let mut many_services = Vec::new();
+    let mut idle_handoffs = Vec::new();
     // Runs outermost, so that a drift of the machine over time spreads over
     // every scenario instead of favouring the ones that ran first.
     for run in 1..=cli.runs {
@@ -68,19 +70,39 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
             eprintln!("baton-bench: run {run}/{}: {}", cli.runs, scenario.name());
             let context = || format!("scenario {} failed", scenario.name());
             match scenario {
-                Scenario::Baseline | Scenario::Agent | Scenario::AgentNice | Scenario::Naive => {
+                Scenario::Baseline
+                | Scenario::Agent
+                | Scenario::AgentNice
+                | Scenario::Handoff
+                | Scenario::Naive => {
                     let outcome = match scenario {
-                        Scenario::Baseline => {
-                            under_load::through_agent(&binaries, &settings, false, None)
-                        }
-                        Scenario::Agent => {
-                            under_load::through_agent(&binaries, &settings, true, None)
-                        }
+                        Scenario::Baseline => under_load::through_agent(
+                            &binaries,
+                            &settings,
+                            false,
+                            None,
+                            Connections::Drain,
+                        ),
+                        Scenario::Agent => under_load::through_agent(
+                            &binaries,
+                            &settings,
+                            true,
+                            None,
+                            Connections::Drain,
+                        ),
                         Scenario::AgentNice => under_load::through_agent(
                             &binaries,
                             &settings,
                             true,
                             Some(cli.warmup_nice),
+                            Connections::Drain,
+                        ),
+                        Scenario::Handoff => under_load::through_agent(
+                            &binaries,
+                            &settings,
+                            true,
+                            None,
+                            Connections::HandOver,
                         ),
                         _ => under_load::naive(&binaries, &settings),
                     };
@@ -98,6 +120,10 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
                 }
                 Scenario::ManyServices => many_services
                     .push(many_services::measure(&binaries, cli.services).with_context(context)?),
+                Scenario::HandoffIdle => idle_handoffs.push(
+                    handoff::idle_connections(&binaries, cli.idle_connections)
+                        .with_context(context)?,
+                ),
             }
         }
     }
@@ -115,6 +141,7 @@ fn run(cli: &Cli) -> anyhow::Result<String> {
         memory: combine_memories(&memories),
         // One run is minutes long; with several, each run gets its table.
         many_services,
+        idle_handoffs,
         load_average_before,
         load_average_after: report::load_average(),
     };

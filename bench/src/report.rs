@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::cli::Scenario;
+use crate::handoff::IdleHandoff;
 use crate::many_services::ManyServices;
 use crate::memory::Memory;
 use crate::overhead::Overhead;
@@ -23,6 +24,10 @@ const MANY_RESTART_ALL_LIMIT: Duration = Duration::from_secs(30);
 const MANY_MEMORY_LIMIT_BYTES: u64 = 40_000_000;
 /// The server's limit on one frame from an agent.
 const FRAME_LIMIT_BYTES: usize = 1024 * 1024;
+/// Connection handoff (issue 11): the old generation's time per connection,
+/// and a restart handing over `--idle-connections` idle ones.
+const HANDOFF_PER_CONNECTION_LIMIT: Duration = Duration::from_micros(50);
+const HANDOFF_IDLE_RESTART_LIMIT: Duration = Duration::from_secs(1);
 
 pub struct Results {
     pub settings: LoadSettings,
@@ -32,6 +37,8 @@ pub struct Results {
     pub overhead: Option<Overhead>,
     pub memory: Option<Memory>,
     pub many_services: Vec<ManyServices>,
+    /// One table each: a run hands over thousands of connections.
+    pub idle_handoffs: Vec<IdleHandoff>,
     /// `/proc/loadavg`'s first three fields before and after the scenarios,
     /// to tell a quiet machine from one that was busy with something else.
     pub load_average_before: Option<String>,
@@ -71,6 +78,24 @@ pub fn render(results: &Results) -> String {
                     stats.requests_per_second,
                     b.requests_per_second
                 )),
+            );
+        }
+
+        let _ = writeln!(out, "\n## Connections through restarts\n");
+        let _ = writeln!(
+            out,
+            "| scenario | connections the load generator opened again | handed over | drained | cut |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+        for (scenario, stats) in &results.load {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                scenario.name(),
+                stats.reconnects,
+                stats.connections.handed_over,
+                stats.connections.drained,
+                stats.connections.cut,
             );
         }
 
@@ -141,6 +166,9 @@ pub fn render(results: &Results) -> String {
 
     for many in &results.many_services {
         write_many_services(&mut out, many);
+    }
+    for idle in &results.idle_handoffs {
+        write_idle_handoff(&mut out, idle);
     }
 
     write_targets(&mut out, results, baseline);
@@ -294,10 +322,22 @@ fn write_targets(out: &mut String, results: &Results, baseline: Option<&LoadStat
     let _ = writeln!(out, "| target | scenario | measured | limit | result |");
     let _ = writeln!(out, "|---|---|--:|--:|---|");
     for (scenario, stats) in &results.load {
-        if !matches!(scenario, Scenario::Agent | Scenario::AgentNice) {
+        if !matches!(
+            scenario,
+            Scenario::Agent | Scenario::AgentNice | Scenario::Handoff
+        ) {
             continue;
         }
         let name = scenario.name();
+        if *scenario == Scenario::Handoff {
+            let _ = writeln!(
+                out,
+                "| no connection closed | {name} | {} reopened, {} cut | 0 | {} |",
+                stats.reconnects,
+                stats.connections.cut,
+                mark(stats.reconnects == 0 && stats.connections.cut == 0)
+            );
+        }
         let _ = writeln!(
             out,
             "| no failed request | {name} | {} over {} restarts | 0 | {} |",
@@ -342,6 +382,9 @@ fn write_targets(out: &mut String, results: &Results, baseline: Option<&LoadStat
     }
     for many in &results.many_services {
         write_many_services_targets(out, many);
+    }
+    for idle in &results.idle_handoffs {
+        write_idle_handoff_targets(out, idle);
     }
     if let Some(memory) = &results.memory {
         let worst = memory.after_start.max(memory.after_restarts);
@@ -532,6 +575,77 @@ fn kernel_release() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .ok()
         .map(|release| release.trim().to_owned())
+}
+
+fn write_idle_handoff(out: &mut String, idle: &IdleHandoff) {
+    let _ = writeln!(
+        out,
+        "\n## {} idle keep-alive connections handed over in one restart\n",
+        idle.connections
+    );
+    let _ = writeln!(out, "| measure | value |");
+    let _ = writeln!(out, "|---|--:|");
+    let tally = idle.tally.map_or_else(dash, |t| t.to_string());
+    let rows = [
+        ("outcome".to_owned(), idle.outcome.clone()),
+        ("restart command → report".to_owned(), ms(idle.restart)),
+        ("connections (the agent's tally)".to_owned(), tally),
+        (
+            "handoff brokered → old generation done (agent's clock, ms events)".to_owned(),
+            idle.handoff.map_or_else(dash, |(span, _)| ms(span)),
+        ),
+        (
+            "per connection handed over".to_owned(),
+            idle.per_connection().map_or_else(dash, micros),
+        ),
+        (
+            "connections answering afterwards / from the new generation".to_owned(),
+            format!(
+                "{} / {} of {}",
+                idle.answered_after, idle.from_new_generation, idle.connections
+            ),
+        ),
+    ];
+    for (measure, value) in rows {
+        let _ = writeln!(out, "| {measure} | {value} |");
+    }
+}
+
+fn write_idle_handoff_targets(out: &mut String, idle: &IdleHandoff) {
+    let n = idle.connections;
+    let _ = writeln!(
+        out,
+        "| restart with {n} idle keep-alive connections | handoff-idle | {} | < {} | {} |",
+        ms(idle.restart),
+        ms(HANDOFF_IDLE_RESTART_LIMIT),
+        mark(idle.outcome == "succeeded" && idle.restart < HANDOFF_IDLE_RESTART_LIMIT)
+    );
+    if let Some(per) = idle.per_connection() {
+        let _ = writeln!(
+            out,
+            "| handoff cost per connection | handoff-idle | {} | < {} | {} |",
+            micros(per),
+            micros(HANDOFF_PER_CONNECTION_LIMIT),
+            mark(per < HANDOFF_PER_CONNECTION_LIMIT)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "| handoff cost per connection | handoff-idle | nothing handed over | < {} | {} |",
+            micros(HANDOFF_PER_CONNECTION_LIMIT),
+            mark(false)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| every connection answers from the new generation | handoff-idle | {} of {n} | {n} | {} |",
+        idle.from_new_generation,
+        mark(idle.from_new_generation == n)
+    );
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
 }
 
 #[cfg(test)]

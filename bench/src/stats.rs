@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use baton_loadgen::{LoadReport, Sample};
+use baton_proto::ConnectionTally;
 
 /// A load run and the restarts that happened during it.
 #[derive(Debug, Default)]
@@ -16,6 +17,8 @@ pub struct LoadRun {
     pub windows: Vec<Range<Duration>>,
     /// How many restarts ended each way.
     pub outcomes: BTreeMap<String, u64>,
+    /// What became of the old generations' connections, over every restart.
+    pub connections: ConnectionTally,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +56,9 @@ pub struct LoadStats {
     pub requests_per_second: f64,
     pub restarts: u64,
     pub outcomes: BTreeMap<String, u64>,
+    /// Connections the load generator had to open again after one closed.
+    pub reconnects: u64,
+    pub connections: ConnectionTally,
     /// The median length of a restart window.
     pub window: Option<Duration>,
     /// Requests in flight at some moment of a restart window.
@@ -102,6 +108,8 @@ impl LoadStats {
             requests_per_second: report.rps(),
             restarts: windows.len() as u64,
             outcomes: run.outcomes.clone(),
+            reconnects: report.reconnects,
+            connections: run.connections,
             window: lengths.get(lengths.len().saturating_sub(1) / 2).copied(),
             in_restarts: Latencies::of(in_restarts),
             steady: Latencies::of(steady),
@@ -143,6 +151,10 @@ impl LoadStats {
                 .unwrap_or(first.requests_per_second),
             restarts: runs.iter().map(|r| r.restarts).sum(),
             outcomes,
+            reconnects: runs.iter().map(|r| r.reconnects).sum(),
+            connections: runs
+                .iter()
+                .fold(ConnectionTally::default(), |sum, r| add(sum, r.connections)),
             window: median(runs.iter().filter_map(|r| r.window)),
             in_restarts: latencies(|r| r.in_restarts),
             steady: latencies(|r| r.steady),
@@ -150,6 +162,14 @@ impl LoadStats {
             gap_in_restarts: median(runs.iter().filter_map(|r| r.gap_in_restarts)),
             gap_steady: median(runs.iter().map(|r| r.gap_steady)).unwrap_or(first.gap_steady),
         })
+    }
+}
+
+pub fn add(a: ConnectionTally, b: ConnectionTally) -> ConnectionTally {
+    ConnectionTally {
+        handed_over: a.handed_over + b.handed_over,
+        drained: a.drained + b.drained,
+        cut: a.cut + b.cut,
     }
 }
 
@@ -208,6 +228,7 @@ mod tests {
             report,
             windows: vec![ms(300)..ms(600)],
             outcomes: BTreeMap::from([("succeeded".to_owned(), 1)]),
+            ..LoadRun::default()
         };
         let stats = LoadStats::of(&run);
         assert_eq!(stats.in_restarts.unwrap().max, ms(450));

@@ -42,12 +42,22 @@ impl LoadSettings {
     }
 }
 
+/// How the demo service treats its established connections when replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// Hands them over to the next generation (`docs/handoff.md`).
+    HandOver,
+    /// Finishes them itself: `Connection: close` on the next response.
+    Drain,
+}
+
 /// The demo service under the agent; `restarts` false is the baseline.
 pub fn through_agent(
     binaries: &Binaries,
     settings: &LoadSettings,
     restarts: bool,
     warmup_nice: Option<i32>,
+    connections: Connections,
 ) -> anyhow::Result<LoadRun> {
     // Explicit even when off: the agent's default depends on its privileges.
     let nice_line = format!("warmup_nice = {}\n", warmup_nice.unwrap_or(0));
@@ -55,7 +65,7 @@ pub fn through_agent(
         r#"
 [[service]]
 name = "{SERVICE}"
-command = ["{demo}", "--warmup", "{warmup}"]
+command = ["{demo}", "--warmup", "{warmup}"{handoff}]
 {nice_line}
 [[service.socket]]
 name = "http"
@@ -63,6 +73,10 @@ listen = "tcp://127.0.0.1:0"
 "#,
         demo = binaries.demo.display(),
         warmup = humantime::format_duration(settings.warmup),
+        handoff = match connections {
+            Connections::HandOver => "",
+            Connections::Drain => r#", "--no-handoff""#,
+        },
     );
     let agent = Agent::start(&binaries.agent, &services)?;
     agent.wait_all_ready(Duration::from_secs(60))?;
@@ -86,6 +100,9 @@ listen = "tcp://127.0.0.1:0"
                 .outcome
                 .map_or_else(|| "unknown".to_owned(), |o| o.to_string());
             *run.outcomes.entry(outcome).or_default() += 1;
+            if let Some(tally) = record.connections {
+                run.connections = crate::stats::add(run.connections, tally);
+            }
             end = end.max(record.finished + TAIL_AFTER_LAST_RESTART);
         }
     }

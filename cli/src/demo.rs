@@ -147,6 +147,10 @@ drain_timeout = "30s"
 name = "http"
 listen = "tcp://127.0.0.1:0"
 
+[[service.socket]]
+name = "echo"
+listen = "tcp://127.0.0.1:0"
+
 [[service]]
 name = "api"
 command = ["{demo}", "--start-delay", "200ms"]

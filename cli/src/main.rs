@@ -55,7 +55,8 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Show a restart's report.
+    /// Show a restart's report (with --server: the server's restart ID,
+    /// across its hosts).
     Show {
         id: u64,
         #[arg(long)]
@@ -141,10 +142,8 @@ fn main() -> ExitCode {
             Command::History { service, limit } => {
                 runtime.block_on(server_mode::history(&client, &service, limit))
             }
-            Command::Show { .. }
-            | Command::Events { .. }
-            | Command::Reload
-            | Command::Demo { .. } => {
+            Command::Show { id, json } => runtime.block_on(server_mode::show(&client, id, json)),
+            Command::Events { .. } | Command::Reload | Command::Demo { .. } => {
                 eprintln!("baton: this command talks to an agent; drop --server");
                 return ExitCode::from(exit::USAGE);
             }
@@ -252,7 +251,7 @@ fn follow_on_agent(
             Some(Response::Event(event))
                 if event.restart == Some(id) && event.service == service =>
             {
-                println!("{}", output::step_line(&event, started));
+                print!("{}", output::restart_step(&event, started));
                 if let EventKind::RestartFinished { outcome, .. } = event.kind {
                     return Ok(Some(outcome));
                 }
@@ -336,7 +335,7 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
             }
             let followed = client
                 .follow_restart(deadline, |event| {
-                    println!("{}", output::step_line(&event, started));
+                    print!("{}", output::restart_step(&event, started));
                 })
                 .map(|report| report.outcome);
             let followed = match followed {

@@ -1,6 +1,9 @@
 //! How the command line prints what the agent says.
 
-use baton_proto::{AgentStatus, Event, ReloadSummary, RestartReport, UnixMillis, now_millis};
+use baton_proto::{
+    AgentStatus, ConnectionTally, Event, EventKind, ReloadSummary, RestartReport, UnixMillis,
+    now_millis,
+};
 use std::fmt::Write;
 use std::time::Instant;
 
@@ -23,6 +26,28 @@ pub fn step_line(event: &Event, started: Instant) -> String {
         started.elapsed().as_secs_f64(),
         event.kind
     )
+}
+
+/// A step of a restart `--wait` follows; the drain's end adds what became
+/// of the old generation's connections on a line of its own.
+pub fn restart_step(event: &Event, started: Instant) -> String {
+    let mut out = step_line(event, started);
+    out.push('\n');
+    if let EventKind::DrainFinished {
+        handed_over,
+        drained,
+        cut,
+        ..
+    } = event.kind
+    {
+        let tally = ConnectionTally {
+            handed_over,
+            drained,
+            cut,
+        };
+        let _ = writeln!(out, "connections: {tally}");
+    }
+    out
 }
 
 pub fn event_line(event: &Event) -> String {
@@ -180,6 +205,9 @@ pub fn report(report: &RestartReport) -> String {
     if let Some(reason) = &report.outcome_reason {
         let _ = writeln!(out, "  {reason}");
     }
+    if let Some(tally) = &report.connections {
+        let _ = writeln!(out, "  connections: {tally}");
+    }
     for step in &report.steps {
         let offset = step.at.saturating_sub(report.started_at);
         let _ = writeln!(out, "  {}  +{:>6}ms  {}", clock(step.at), offset, step.kind);
@@ -195,6 +223,60 @@ mod tests {
     fn clock_is_utc_time_of_day() {
         // 2023-11-14T22:13:20.123Z
         assert_eq!(clock(1_700_000_000_123), "22:13:20.123");
+    }
+
+    #[test]
+    fn the_end_of_a_drain_and_a_report_say_what_became_of_the_connections() {
+        let kind = EventKind::DrainFinished {
+            generation: 4,
+            handed_over: 12,
+            drained: 3,
+            cut: 0,
+        };
+        let event = Event {
+            seq: 9,
+            at: 1_700_000_000_123,
+            service: "web".into(),
+            restart: Some(2),
+            kind: kind.clone(),
+        };
+        let step = restart_step(&event, Instant::now());
+        assert!(
+            step.ends_with("\nconnections: 12 handed over, 3 drained, 0 cut\n"),
+            "{step}"
+        );
+        let report = RestartReport {
+            id: 2,
+            service: "web".into(),
+            reason: None,
+            started_at: 1_700_000_000_000,
+            finished_at: Some(1_700_000_000_200),
+            outcome: Some(baton_proto::RestartOutcome::Succeeded),
+            outcome_reason: None,
+            old_generation: Some(4),
+            new_generation: Some(5),
+            connections_cut: None,
+            connections: Some(ConnectionTally {
+                handed_over: 12,
+                drained: 3,
+                cut: 0,
+            }),
+            steps: vec![event],
+        };
+        let shown = super::report(&report);
+        assert!(
+            shown.contains("\n  connections: 12 handed over, 3 drained, 0 cut\n"),
+            "{shown}"
+        );
+        // Any other step is one line.
+        let other = Event {
+            kind: EventKind::HandoffBrokered {
+                from_generation: 4,
+                to_generation: 5,
+            },
+            ..report.steps[0].clone()
+        };
+        assert_eq!(restart_step(&other, Instant::now()).lines().count(), 1);
     }
 
     #[test]

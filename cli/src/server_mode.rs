@@ -2,7 +2,7 @@
 
 use crate::output::clock;
 use baton_client::{Error, ServerClient};
-use baton_proto::api::{HostRestartState, RestartRequest, RestartState};
+use baton_proto::api::{HostRestartState, Restart, RestartHost, RestartRequest, RestartState};
 use baton_proto::{ServiceName, exit};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -58,13 +58,8 @@ pub async fn restart(
                     .insert(host.host.clone(), true)
                     .unwrap_or(false)
             {
-                match (host.state, host.outcome) {
-                    (HostRestartState::Skipped, _) => println!("{}: skipped", host.host),
-                    (_, Some(outcome)) => match &host.outcome_reason {
-                        Some(reason) => println!("{}: {outcome} ({reason})", host.host),
-                        None => println!("{}: {outcome}", host.host),
-                    },
-                    _ => {}
+                for line in host_finished_lines(host) {
+                    println!("{line}");
                 }
             }
         }
@@ -85,6 +80,75 @@ pub async fn restart(
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
+}
+
+/// What a host's part of a restart came to once it ended: its outcome, and
+/// what became of the old generation's connections when the agent counted
+/// them.
+fn host_finished_lines(host: &RestartHost) -> Vec<String> {
+    let mut lines = Vec::new();
+    match (host.state, host.outcome) {
+        (HostRestartState::Skipped, _) => lines.push(format!("{}: skipped", host.host)),
+        (_, Some(outcome)) => match &host.outcome_reason {
+            Some(reason) => lines.push(format!("{}: {outcome} ({reason})", host.host)),
+            None => lines.push(format!("{}: {outcome}", host.host)),
+        },
+        _ => {}
+    }
+    if let Some(tally) = host.connections {
+        lines.push(format!("{}: connections: {tally}", host.host));
+    }
+    lines
+}
+
+/// `baton show ID` against the server: the server's restart `ID`, every
+/// host's steps, outcome and connections.
+pub async fn show(client: &ServerClient, id: u64, json: bool) -> Result<u8, Error> {
+    let restart = client.restart(id).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&restart).unwrap_or_default()
+        );
+    } else {
+        print!("{}", restart_text(&restart));
+    }
+    Ok(exit::SUCCEEDED)
+}
+
+fn restart_text(restart: &Restart) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let outcome = match (restart.state, restart.outcome) {
+        (_, Some(outcome)) => outcome.to_string(),
+        (RestartState::Running, None) => "running".into(),
+        (RestartState::Finished, None) => "finished without an outcome".into(),
+    };
+    let _ = writeln!(
+        out,
+        "restart {} of {}: {outcome}",
+        restart.id, restart.service
+    );
+    if let Some(reason) = &restart.outcome_reason {
+        let _ = writeln!(out, "  {reason}");
+    }
+    for host in &restart.hosts {
+        let started = host.started_at.unwrap_or(restart.created_at);
+        for step in &host.steps {
+            let _ = writeln!(
+                out,
+                "  {}  +{:>6}ms  {}: {}",
+                clock(step.at),
+                step.at.saturating_sub(started),
+                host.host,
+                step.kind
+            );
+        }
+        for line in host_finished_lines(host) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
 }
 
 pub async fn status(client: &ServerClient) -> Result<u8, Error> {
@@ -184,4 +248,89 @@ pub async fn history(
         );
     }
     Ok(exit::SUCCEEDED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_proto::{ConnectionTally, Event, EventKind, RestartOutcome};
+
+    fn host(connections: Option<ConnectionTally>) -> RestartHost {
+        RestartHost {
+            host: "alpha".into(),
+            state: HostRestartState::Finished,
+            outcome: Some(RestartOutcome::Forced),
+            outcome_reason: Some("drain timeout".into()),
+            agent_restart_id: Some(4),
+            started_at: Some(1_700_000_000_000),
+            finished_at: Some(1_700_000_002_000),
+            steps: vec![Event {
+                seq: 9,
+                at: 1_700_000_001_500,
+                service: "web".into(),
+                restart: Some(4),
+                kind: EventKind::DrainFinished {
+                    generation: 1,
+                    handed_over: 12,
+                    drained: 3,
+                    cut: 1,
+                },
+            }],
+            outcome_from_report: false,
+            connections,
+        }
+    }
+
+    #[test]
+    fn a_finished_host_shows_its_connection_tally_when_there_is_one() {
+        let tally = ConnectionTally {
+            handed_over: 12,
+            drained: 3,
+            cut: 0,
+        };
+        assert_eq!(
+            host_finished_lines(&host(Some(tally))),
+            [
+                "alpha: forced (drain timeout)",
+                "alpha: connections: 12 handed over, 3 drained, 0 cut",
+            ]
+        );
+        assert_eq!(
+            host_finished_lines(&host(None)),
+            ["alpha: forced (drain timeout)"]
+        );
+    }
+
+    #[test]
+    fn show_prints_each_hosts_steps_in_words_and_its_tally() {
+        let restart = Restart {
+            id: 3,
+            service: "web".into(),
+            reason: None,
+            requested_by: Some("ci".into()),
+            state: RestartState::Finished,
+            outcome: Some(RestartOutcome::Forced),
+            outcome_reason: Some("host alpha: drain timeout".into()),
+            max_parallel: 1,
+            created_at: 1_700_000_000_000,
+            finished_at: Some(1_700_000_002_000),
+            hosts: vec![host(Some(ConnectionTally {
+                handed_over: 12,
+                drained: 3,
+                cut: 1,
+            }))],
+        };
+        let text = restart_text(&restart);
+        assert!(text.starts_with("restart 3 of web: forced\n"), "{text}");
+        assert!(
+            text.contains(
+                "+  1500ms  alpha: generation 1 drained: 12 connections handed over, 3 drained, 1 cut"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  alpha: connections: 12 handed over, 3 drained, 1 cut\n"),
+            "{text}"
+        );
+    }
 }

@@ -16,11 +16,21 @@ use tracing::Instrument as _;
 
 use crate::behaviour::Behaviour;
 use crate::drain::{self, DrainWatch, TaskGuard, TaskTracker};
+use crate::echo;
+use crate::handover::Handover;
 use crate::http::{self, HttpContext};
 use crate::sockets::{NamedSocket, ServiceSocket};
 use crate::udp;
 use crate::warmup;
+use crate::ws;
+use baton_sdk::handoff::{Channel, Handoff, Incomings};
 use baton_sdk::notify::{Notifier, NotifyState};
+use baton_sdk::shutdown::{DEFAULT_DRAIN_TIMEOUT, Shutdown};
+use bytes::BytesMut;
+
+/// The socket name served with the line-echo protocol; every other stream
+/// socket serves HTTP (and WebSocket at `/ws`).
+pub const ECHO_SOCKET: &str = "echo";
 
 /// How often a draining generation reports what it is still waiting for.
 const DRAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -46,6 +56,9 @@ pub struct Settings {
     /// Print `listening on ADDR` lines on stdout, so a test that bound port 0
     /// can learn the port.
     pub print_addresses: bool,
+    /// Take connections from the previous generation and hand ours to the
+    /// next (`--no-handoff` turns it off).
+    pub handoff: bool,
 }
 
 /// Runs one generation until it has drained. `stop` resolves when the
@@ -55,8 +68,10 @@ pub async fn run(
     settings: Settings,
     sockets: Vec<NamedSocket>,
     notifier: Notifier,
+    channel: Option<Channel>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let channel = channel.filter(|_| settings.handoff);
     tokio::pin!(stop);
     tokio::select! {
         _ = start_up(&settings) => {}
@@ -73,10 +88,37 @@ pub async fn run(
     );
     let (trigger, drain_watch) = drain::channel();
     let tracker = TaskTracker::default();
+    // The exit coordinator, here only for handing connections over; the
+    // demo's own drain (below) does the rest, as it always did.
+    let drain_timeout = baton_sdk::generation::Generation::from_env()
+        .ok()
+        .flatten()
+        .and_then(|generation| generation.drain_timeout)
+        .unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+    let shutdown = Shutdown::builder()
+        .signal(None)
+        .drain_timeout(drain_timeout)
+        .channel(channel.clone())
+        .build()?;
+    let exit_handle = shutdown.handle();
+    let handover = match &channel {
+        Some(_) => Handover::new(shutdown.handle()),
+        None => Handover::disabled(),
+    };
+    let serve = Serve {
+        context: context.clone(),
+        drain_watch: drain_watch.clone(),
+        handover,
+    };
     let mut printed = Vec::new();
     for named in sockets {
         printed.push(format!("listening on {}", named.describe()));
-        spawn_socket(named, &context, &drain_watch, tracker.guard())?;
+        spawn_socket(named, &serve, tracker.guard())?;
+    }
+    // Before READY=1: the agent reads HANDOFF=1 when it acts on readiness.
+    if let Some(channel) = &channel {
+        let incomings = Handoff::new().accept(channel)?;
+        tokio::spawn(take_handed_over(incomings, serve.clone(), tracker.guard()).in_current_span());
     }
     for address in &settings.probe_addresses {
         let listener = TcpListener::bind(address)
@@ -84,13 +126,7 @@ pub async fn run(
             .with_context(|| format!("failed to bind probe listener on {address}"))?;
         printed.push(format!("probe listening on {}", listener.local_addr()?));
         let guard = tracker.guard();
-        let task = accept_tcp(
-            listener,
-            "probe".to_owned(),
-            context.clone(),
-            drain_watch.clone(),
-            guard,
-        );
+        let task = accept_tcp(listener, "probe".into(), serve.clone(), guard);
         tokio::spawn(task.in_current_span());
     }
     if settings.print_addresses {
@@ -111,6 +147,8 @@ pub async fn run(
 
     stop.await;
     tracing::info!(tasks = tracker.active(), "draining");
+    exit_handle.trigger();
+    let exit = tokio::spawn(shutdown.run().in_current_span());
     trigger.start();
     let status = format!("draining, generation {}", context.generation());
     if let Err(error) = notifier.send(&[NotifyState::Stopping, NotifyState::Status(&status)]) {
@@ -127,7 +165,9 @@ pub async fn run(
             _ = progress.tick() => tracing::info!(tasks = active.get(), "still draining"),
         }
     }
-    tracing::info!("drained");
+    if let Ok(report) = exit.await {
+        tracing::info!(handed_over = report.handed_over, "drained");
+    }
     Ok(())
 }
 
@@ -142,33 +182,53 @@ async fn start_up(settings: &Settings) {
     }
 }
 
-fn spawn_socket(
-    named: NamedSocket,
-    context: &Arc<HttpContext>,
-    drain_watch: &DrainWatch,
-    guard: TaskGuard,
-) -> anyhow::Result<()> {
+/// What every connection of this generation is served with.
+#[derive(Debug, Clone)]
+struct Serve {
+    context: Arc<HttpContext>,
+    drain_watch: DrainWatch,
+    handover: Handover,
+}
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Echo,
+    WebSocket,
+}
+
+impl Protocol {
+    fn of_socket(name: &str) -> Protocol {
+        if name == ECHO_SOCKET {
+            Protocol::Echo
+        } else {
+            Protocol::Http
+        }
+    }
+}
+
+fn spawn_socket(named: NamedSocket, serve: &Serve, guard: TaskGuard) -> anyhow::Result<()> {
     let NamedSocket { name, socket } = named;
-    let context = context.clone();
-    let drain_watch = drain_watch.clone();
+    let serve = serve.clone();
     match socket {
         ServiceSocket::Tcp(listener) => {
             listener.set_nonblocking(true)?;
             let listener = TcpListener::from_std(listener)?;
-            tokio::spawn(accept_tcp(listener, name, context, drain_watch, guard).in_current_span());
+            tokio::spawn(accept_tcp(listener, name.into(), serve, guard).in_current_span());
         }
         ServiceSocket::Unix(listener) => {
             listener.set_nonblocking(true)?;
             let listener = UnixListener::from_std(listener)?;
-            tokio::spawn(
-                accept_unix(listener, name, context, drain_watch, guard).in_current_span(),
-            );
+            tokio::spawn(accept_unix(listener, name.into(), serve, guard).in_current_span());
         }
         ServiceSocket::Udp(socket) => {
             socket.set_nonblocking(true)?;
             let socket = UdpSocket::from_std(socket)?;
-            let generation = context.generation().to_owned();
-            tokio::spawn(udp::serve_udp(socket, generation, drain_watch, guard).in_current_span());
+            let generation = serve.context.generation().to_owned();
+            tokio::spawn(
+                udp::serve_udp(socket, generation, serve.drain_watch, guard).in_current_span(),
+            );
         }
     }
     Ok(())
@@ -177,13 +237,9 @@ fn spawn_socket(
 /// Accepts until draining begins, then drops the listener. Our fd closes, but
 /// the agent holds the same socket, so connections still queued on it wait
 /// for the next generation instead of being refused.
-async fn accept_tcp(
-    listener: TcpListener,
-    name: String,
-    context: Arc<HttpContext>,
-    mut drain_watch: DrainWatch,
-    guard: TaskGuard,
-) {
+async fn accept_tcp(listener: TcpListener, name: Arc<str>, serve: Serve, guard: TaskGuard) {
+    let mut drain_watch = serve.drain_watch.clone();
+    let protocol = Protocol::of_socket(&name);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -194,7 +250,7 @@ async fn accept_tcp(
             Ok((stream, _)) => {
                 // Responses are written whole; Nagle would only delay them.
                 let _ = stream.set_nodelay(true);
-                spawn_connection(stream, &context, &drain_watch, &guard);
+                spawn_connection(stream, protocol, &name, BytesMut::new(), &serve, &guard);
             }
             Err(error) => accept_failed(&name, error).await,
         }
@@ -203,13 +259,9 @@ async fn accept_tcp(
     tracing::info!(socket = %name, "stopped accepting");
 }
 
-async fn accept_unix(
-    listener: UnixListener,
-    name: String,
-    context: Arc<HttpContext>,
-    mut drain_watch: DrainWatch,
-    guard: TaskGuard,
-) {
+async fn accept_unix(listener: UnixListener, name: Arc<str>, serve: Serve, guard: TaskGuard) {
+    let mut drain_watch = serve.drain_watch.clone();
+    let protocol = Protocol::of_socket(&name);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -217,7 +269,9 @@ async fn accept_unix(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => spawn_connection(stream, &context, &drain_watch, &guard),
+            Ok((stream, _)) => {
+                spawn_connection(stream, protocol, &name, BytesMut::new(), &serve, &guard)
+            }
             Err(error) => accept_failed(&name, error).await,
         }
     }
@@ -225,19 +279,67 @@ async fn accept_unix(
     tracing::info!(socket = %name, "stopped accepting");
 }
 
+/// Serves the connections the previous generation hands over, each as if
+/// just accepted, until this generation itself drains.
+async fn take_handed_over(mut incomings: Incomings, serve: Serve, guard: TaskGuard) {
+    let mut drain_watch = serve.drain_watch.clone();
+    loop {
+        let incoming = tokio::select! {
+            _ = drain_watch.draining() => break,
+            incoming = incomings.recv() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let protocol = if incoming.state == ws::STATE {
+            Protocol::WebSocket
+        } else {
+            Protocol::of_socket(&incoming.name)
+        };
+        let input = BytesMut::from(&incoming.buffer[..]);
+        let name: Arc<str> = incoming.name.into();
+        match incoming.stream {
+            baton_sdk::handoff::Stream::Tcp(stream) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(stream, protocol, &name, input, &serve, &guard);
+            }
+            baton_sdk::handoff::Stream::Unix(stream) => {
+                spawn_connection(stream, protocol, &name, input, &serve, &guard)
+            }
+        }
+    }
+}
+
 fn spawn_connection<S>(
     stream: S,
-    context: &Arc<HttpContext>,
-    drain_watch: &DrainWatch,
+    protocol: Protocol,
+    name: &Arc<str>,
+    input: BytesMut,
+    serve: &Serve,
     guard: &TaskGuard,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsFd + Unpin + Send + 'static,
 {
-    let context = context.clone();
-    let drain_watch = drain_watch.clone();
+    let Serve {
+        context,
+        drain_watch,
+        handover,
+    } = serve.clone();
+    let name = name.clone();
     let guard = guard.clone();
     let connection = async move {
-        if let Err(error) = http::serve_connection(stream, context, drain_watch).await {
+        let served = match protocol {
+            Protocol::Http => {
+                http::serve_connection(stream, name, input, context, drain_watch, handover).await
+            }
+            Protocol::Echo => {
+                echo::serve_echo(stream, name, input, context, drain_watch, handover).await
+            }
+            Protocol::WebSocket => {
+                ws::serve_ws(stream, name, input, context, drain_watch, handover).await
+            }
+        };
+        if let Err(error) = served {
             tracing::debug!(%error, "connection ended with an error");
         }
         drop(guard);

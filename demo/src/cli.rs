@@ -66,6 +66,11 @@ pub struct Cli {
     /// one last request (answered with Connection: close).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2s")]
     pub drain_idle_grace: Duration,
+
+    /// Neither take connections from the previous generation nor hand ours
+    /// to the next: established connections drain (to compare).
+    #[arg(long)]
+    pub no_handoff: bool,
 }
 
 impl Cli {

@@ -4,6 +4,7 @@
 //! `Connection: close` instead, and only then is the connection closed.
 
 use std::io::Write as _;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::drain::DrainWatch;
+use crate::handover::Handover;
+use crate::ws;
 
 /// A request head larger than this is refused: no route needs one.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -59,6 +62,11 @@ impl HttpContext {
     pub fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// While draining, how long an idle connection may stay open.
+    pub fn drain_idle_grace(&self) -> Duration {
+        self.drain_idle_grace
+    }
 }
 
 /// What a parsed request asks for, decided while the head is still borrowed
@@ -68,6 +76,8 @@ enum Route {
     Hello,
     Health,
     Sleep(Duration),
+    /// An upgrade to a WebSocket, with its `Sec-WebSocket-Accept`.
+    WebSocket(String),
     NotFound,
     BadRequest(&'static str),
 }
@@ -96,17 +106,24 @@ enum Parsed {
 }
 
 /// Serves one connection until the client leaves, an error occurs, or
-/// draining ends it politely.
+/// draining ends it: handed over to the next generation between two
+/// requests (with the part of the next one already read), else politely.
+/// `input` holds bytes read before (by a previous generation).
 pub async fn serve_connection<S>(
     mut stream: S,
+    name: Arc<str>,
+    mut input: BytesMut,
     context: Arc<HttpContext>,
     mut drain: DrainWatch,
+    handover: Handover,
 ) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + AsFd + Unpin,
 {
-    let mut input = BytesMut::with_capacity(4096);
+    let _connection = handover.connection();
     let mut output: Vec<u8> = Vec::with_capacity(4096);
+    // Set once this connection was offered to the next generation.
+    let mut offered = false;
     // Set when this connection first sits idle during a drain: the client gets
     // `drain_idle_grace` from then to send one last request.
     let mut idle_deadline: Option<Instant> = None;
@@ -124,8 +141,16 @@ where
                     flush(&mut stream, &mut output).await?;
                     tokio::time::sleep(duration).await;
                 }
+                if let Route::WebSocket(accept) = &request.route {
+                    write_upgrade(&context, accept, &mut output);
+                    flush(&mut stream, &mut output).await?;
+                    return ws::serve_ws(stream, name, input, context, drain, handover).await;
+                }
                 // Decided after any sleep: a drain may have begun meanwhile.
-                let keep_alive = request.keep_alive && !drain.is_draining();
+                // A connection the next generation may still take stays
+                // open: closing it is what handoff avoids.
+                let keep_alive = request.keep_alive
+                    && (!drain.is_draining() || (!offered && handover.possible().await));
                 write_response(&context, &request, keep_alive, &mut output);
                 if !keep_alive {
                     break;
@@ -142,6 +167,15 @@ where
                 }
                 // Responses to pipelined requests go out together, before we wait.
                 flush(&mut stream, &mut output).await?;
+                // Between two requests, every response written: the part of
+                // the next request already read travels with it.
+                if drain.is_draining() && !offered {
+                    offered = true;
+                    match handover.offer(&name, stream, &input, b"").await {
+                        Ok(()) => return Ok(()),
+                        Err(kept) => stream = kept,
+                    }
+                }
                 let idle = input.is_empty();
                 let read = if idle && drain.is_draining() {
                     let deadline = *idle_deadline
@@ -151,6 +185,12 @@ where
                         Err(_) => break,
                     }
                 } else if idle {
+                    tokio::select! {
+                        read = stream.read_buf(&mut input) => read?,
+                        _ = drain.draining() => continue,
+                    }
+                } else if !offered {
+                    // Half a request: it may travel with the connection.
                     tokio::select! {
                         read = stream.read_buf(&mut input) => read?,
                         _ = drain.draining() => continue,
@@ -192,6 +232,7 @@ fn parse_request(input: &[u8]) -> Parsed {
     let http_10 = request.version == Some(0);
     let mut keep_alive = !http_10;
     let mut body_length: Option<u64> = None;
+    let mut upgrade = Upgrade::default();
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("connection") {
             for token in header.value.split(|&b| b == b',') {
@@ -200,8 +241,19 @@ fn parse_request(input: &[u8]) -> Parsed {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") && http_10 {
                     keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    upgrade.connection = true;
                 }
             }
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            upgrade.websocket = header
+                .value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+        } else if header.name.eq_ignore_ascii_case("sec-websocket-key") {
+            upgrade.key = Some(header.value.trim_ascii().to_vec());
+        } else if header.name.eq_ignore_ascii_case("sec-websocket-version") {
+            upgrade.version_13 = header.value.trim_ascii() == b"13";
         } else if header.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(header.value)
                 .ok()
@@ -227,7 +279,12 @@ fn parse_request(input: &[u8]) -> Parsed {
     }
     let method = request.method.unwrap_or_default();
     let path = request.path.unwrap_or_default();
-    let route = if method == "GET" || method == "HEAD" {
+    let route = if method == "GET" && path.split('?').next() == Some("/ws") {
+        match upgrade.accept() {
+            Some(accept) if !http_10 => Route::WebSocket(accept),
+            _ => Route::BadRequest("expected a WebSocket upgrade (RFC 6455)\n"),
+        }
+    } else if method == "GET" || method == "HEAD" {
         route(path)
     } else {
         Route::NotFound
@@ -241,6 +298,23 @@ fn parse_request(input: &[u8]) -> Parsed {
             http_10,
             body_length: body_length.unwrap_or(0),
         },
+    }
+}
+
+/// What a request says about upgrading to a WebSocket.
+#[derive(Debug, Default)]
+struct Upgrade {
+    connection: bool,
+    websocket: bool,
+    version_13: bool,
+    key: Option<Vec<u8>>,
+}
+
+impl Upgrade {
+    fn accept(&self) -> Option<String> {
+        let key = self.key.as_ref()?;
+        (self.connection && self.websocket && self.version_13 && !key.is_empty())
+            .then(|| ws::accept_key(key))
     }
 }
 
@@ -303,6 +377,8 @@ fn write_response(
         }
         Route::NotFound => (404, "not found\n"),
         Route::BadRequest(reason) => (400, reason),
+        // Answered by `write_upgrade`.
+        Route::WebSocket(_) => (500, "not upgraded\n"),
     };
     let connection = match (keep_alive, request.http_10) {
         (false, _) => "Connection: close\r\n",
@@ -313,6 +389,15 @@ fn write_response(
     if !request.head_only {
         output.extend_from_slice(body.as_bytes());
     }
+}
+
+/// `101 Switching Protocols` to a WebSocket.
+fn write_upgrade(context: &HttpContext, accept: &str, output: &mut Vec<u8>) {
+    let _ = write!(
+        output,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{}\r\n",
+        context.identity_headers
+    );
 }
 
 /// A response after which the connection closes.
@@ -442,7 +527,14 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve_connection(stream, context.clone(), watch.clone()));
+                tokio::spawn(serve_connection(
+                    stream,
+                    "http".into(),
+                    BytesMut::new(),
+                    context.clone(),
+                    watch.clone(),
+                    Handover::disabled(),
+                ));
             }
         });
         (address, trigger)

@@ -10,7 +10,10 @@
 pub mod app;
 pub mod behaviour;
 pub mod drain;
+pub mod echo;
+pub mod handover;
 pub mod http;
 pub mod sockets;
 pub mod udp;
 pub mod warmup;
+pub mod ws;

@@ -26,6 +26,11 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // First, while there is only one thread: taking the fds edits the environment.
     let inherited = sockets::take_inherited();
+    let channel = if cli.no_handoff {
+        Ok(None)
+    } else {
+        baton_sdk::handoff::Channel::from_env()
+    };
     init_tracing();
 
     let generation = std::env::var("BATON_GENERATION").unwrap_or_else(|_| "0".to_owned());
@@ -35,6 +40,10 @@ fn main() -> ExitCode {
     for note in &inherited.notes {
         tracing::warn!("{note}");
     }
+    let channel = channel.unwrap_or_else(|error| {
+        tracing::warn!(%error, "no handoff: the channel to the agent is unusable");
+        None
+    });
     if let Ok(Some(started)) = baton_sdk::generation::Generation::from_env()
         && let Some(predecessor) = started.predecessor
     {
@@ -113,13 +122,14 @@ fn main() -> ExitCode {
         drain_idle_grace: cli.drain_idle_grace,
         probe_addresses,
         print_addresses: cli.print_addr,
+        handoff: !cli.no_handoff,
     };
     let result = runtime.block_on(
         async move {
             let signals = StopSignals::install()?;
             let notifier = Notifier::from_env()?;
             let stop = signals.stop_requested(settings.behaviour.ignore_sigterm);
-            app::run(settings, service_sockets, notifier, stop).await
+            app::run(settings, service_sockets, notifier, channel, stop).await
         }
         .instrument(span.clone()),
     );

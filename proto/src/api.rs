@@ -174,6 +174,12 @@ pub struct RestartHost {
     /// longer had them); `steps` then include the report's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub outcome_from_report: bool,
+    /// What became of the old generation's connections on this host, once
+    /// its drain ended (the agent's `drain_finished`, or the report's tally
+    /// when the outcome came from the report). Absent before, and for
+    /// restarts that replaced no serving generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<crate::ConnectionTally>,
 }
 
 /// `GET /restarts`: newest first; pass `next_before` as `before` for the next page.

@@ -13,7 +13,11 @@
 //!   replaces a generation that is serving;
 //! - [`shutdown`] (feature `tokio`): a graceful exit in phases (stop
 //!   accepting, stop consuming, finish in-flight work, close idle
-//!   connections, at-exit hooks) within the drain timeout.
+//!   connections, at-exit hooks) within the drain timeout;
+//! - [`handoff`] (feature `tokio`): established connections, with the bytes
+//!   read from them, handed to the next generation instead of drained;
+//! - [`http1`] (feature `hyper`): a hyper HTTP/1.1 connection that hands
+//!   itself over between two requests.
 //!
 //! The same binary speaks systemd's socket activation and `sd_notify`, so it
 //! runs under systemd too.
@@ -74,13 +78,21 @@
 //!     Ok(())
 //! }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod generation;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod handoff;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod http1;
 pub mod notify;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod shutdown;
 pub mod sockets;
+#[cfg(feature = "tokio")]
+mod sys;

@@ -75,6 +75,7 @@
 //! ```
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,6 +86,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use crate::handoff::{self, Channel, NotTaken, Offering, Returned};
 use crate::notify::{self, Notifier};
 
 /// The drain timeout when the agent gives none (not started by baton): the
@@ -104,6 +106,9 @@ pub enum Error {
     /// `NOTIFY_SOCKET` names no socket.
     #[error(transparent)]
     Notify(#[from] notify::Error),
+    /// `BATON_CHANNEL_FD` names no channel.
+    #[error(transparent)]
+    Handoff(#[from] handoff::Error),
 }
 
 /// Where the exit is; published on a `watch` channel
@@ -162,6 +167,9 @@ struct State {
     close_idle: CancellationToken,
     in_flight: Counter,
     connections: Counter,
+    /// Cancelled once the exit knows whether a successor takes connections.
+    handoff_decided: CancellationToken,
+    offering: std::sync::Mutex<Option<Arc<Offering>>>,
 }
 
 /// Held while one piece of work (a request, a message) or one connection is
@@ -295,6 +303,63 @@ impl ShutdownHandle {
     pub fn phases(&self) -> watch::Receiver<Phase> {
         self.phases.clone()
     }
+
+    /// Hands a connection over to the next generation (see
+    /// [`handoff`]): call it at a message boundary once the
+    /// exit has begun, with the listener's `name`, the bytes read from the
+    /// connection and not processed (`buffer`, at most
+    /// [`MAX_BUFFER`](crate::handoff::MAX_BUFFER)) and the application's
+    /// `state` (at most [`MAX_STATE`](crate::handoff::MAX_STATE)).
+    ///
+    /// `Ok`: the successor owns the connection; drop `stream` (this
+    /// closes only this process's copy) and end the connection's task.
+    /// `Err` gives it back, with the reason: serve it and drain it as
+    /// without handoff. It waits at most about a second, and answers at
+    /// once when nobody takes connections. [`Shutdown::run`] must be
+    /// running: it reads the successor's pair from the channel when the
+    /// exit begins, and ends the offering.
+    pub async fn hand_over<S: AsFd>(
+        &self,
+        name: &str,
+        stream: S,
+        buffer: &[u8],
+        state: &[u8],
+    ) -> Result<(), Returned<S>> {
+        if !self.is_draining() {
+            return Err(Returned {
+                stream,
+                reason: NotTaken::NotDraining,
+            });
+        }
+        match self.offering().await {
+            Some(offering) => offering.offer(name, stream, buffer, state).await,
+            None => Err(Returned {
+                stream,
+                reason: NotTaken::NoSuccessor,
+            }),
+        }
+    }
+
+    /// Whether connections may still be handed over: the exit has begun, a
+    /// successor takes them, and the offering is not over. A connection
+    /// task may skip preparing a handoff when it is `false`.
+    pub async fn can_hand_over(&self) -> bool {
+        if !self.is_draining() {
+            return false;
+        }
+        self.offering()
+            .await
+            .is_some_and(|offering| offering.is_open())
+    }
+
+    async fn offering(&self) -> Option<Arc<Offering>> {
+        self.state.handoff_decided.cancelled().await;
+        self.state
+            .offering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 type HookFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -330,6 +395,8 @@ pub struct Report {
     pub hooks: Vec<HookOutcome>,
     /// From the start of the exit to the end.
     pub took: Duration,
+    /// Connections the next generation took.
+    pub handed_over: usize,
 }
 
 /// Builds a [`Shutdown`] with settings other than the environment's.
@@ -338,9 +405,17 @@ pub struct Builder {
     drain_timeout: Duration,
     signal: Option<SignalKind>,
     notifier: Notifier,
+    channel: Option<Channel>,
 }
 
 impl Builder {
+    /// The generation's channel, on which the successor's handoff pair
+    /// comes; without one, nothing is handed over.
+    pub fn channel(mut self, channel: Option<Channel>) -> Builder {
+        self.channel = channel;
+        self
+    }
+
     /// The time the whole exit may take. The coordinator keeps a margin of
     /// a twentieth of it (at most a second) to return before it is up.
     pub fn drain_timeout(mut self, timeout: Duration) -> Builder {
@@ -379,6 +454,7 @@ impl Builder {
             drain_timeout: self.drain_timeout,
             signal,
             notifier: self.notifier,
+            channel: self.channel,
         })
     }
 }
@@ -392,6 +468,7 @@ pub struct Shutdown {
     drain_timeout: Duration,
     signal: Option<Signal>,
     notifier: Notifier,
+    channel: Option<Channel>,
 }
 
 impl std::fmt::Debug for Shutdown {
@@ -406,7 +483,8 @@ impl std::fmt::Debug for Shutdown {
 
 impl Shutdown {
     /// SIGTERM, the drain timeout from `BATON_DRAIN_TIMEOUT_MS` (else
-    /// [`DEFAULT_DRAIN_TIMEOUT`]) and `STOPPING=1` to `NOTIFY_SOCKET`.
+    /// [`DEFAULT_DRAIN_TIMEOUT`]), `STOPPING=1` to `NOTIFY_SOCKET`, and
+    /// handoff to the successor on [`Channel::from_env`].
     /// Must be called within a tokio runtime, early: a SIGTERM before it
     /// kills the process.
     pub fn from_env() -> Result<Shutdown, Error> {
@@ -415,6 +493,7 @@ impl Shutdown {
                 crate::generation::drain_timeout_from_env().unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             )
             .notifier(Notifier::from_env()?)
+            .channel(Channel::from_env()?)
             .build()
     }
 
@@ -425,6 +504,7 @@ impl Shutdown {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             signal: Some(SignalKind::terminate()),
             notifier: Notifier::disabled(),
+            channel: None,
         }
     }
 
@@ -482,6 +562,15 @@ impl Shutdown {
             self.phase.send_replace(phase);
         };
 
+        // The agent sent the successor's pair before the stop signal: it is
+        // queued on the channel by now.
+        let offering = self.channel.as_ref().and_then(|channel| {
+            let pair = channel.take_successor()?;
+            Offering::start(channel.clone(), pair.fd, begun + self.drain_timeout / 2).ok()
+        });
+        *state.offering.lock().unwrap_or_else(|e| e.into_inner()) = offering.clone();
+        state.handoff_decided.cancel();
+
         enter(Phase::StopAccepting);
         // The agent learns the exit has begun even if it takes long.
         let _ = self.notifier.stopping();
@@ -500,6 +589,11 @@ impl Shutdown {
         timed_out |= tokio::time::timeout_at(deadline, state.connections.zero())
             .await
             .is_err();
+        // Whatever was not taken by now stays ours.
+        let handed_over = offering.map_or(0, |offering| {
+            offering.close();
+            offering.handed_over()
+        });
 
         enter(Phase::AtExit);
         let mut hooks = Vec::with_capacity(self.hooks.len());
@@ -520,6 +614,7 @@ impl Shutdown {
             connections_left: state.connections.get(),
             hooks,
             took: begun.elapsed(),
+            handed_over,
         };
         self.phase.send_replace(Phase::Done);
         report

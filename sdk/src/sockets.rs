@@ -309,9 +309,8 @@ impl Listeners {
     ///
     /// Call it first in `main`, before any thread starts (before a tokio
     /// runtime): changing the environment is sound only while the process
-    /// has one thread. (This crate has no `unsafe` of its own: taking
-    /// ownership of a descriptor given at exec, and that removal, are done
-    /// by the `listenfd` crate.) A descriptor that is not a socket (one an
+    /// has one thread. (Taking ownership of these descriptors, and that
+    /// removal, are done by the `listenfd` crate.) A descriptor that is not a socket (one an
     /// earlier generation kept with `FDSTORE=1`) is left as it is.
     ///
     /// Without `LISTEN_FDS`, or with one meant for another process, there is

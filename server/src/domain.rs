@@ -41,6 +41,23 @@ impl std::str::FromStr for Role {
 
 pub use baton_proto::now_millis;
 
+/// The tally a `drain_finished` event carries; `None` for any other event.
+pub fn drain_tally(kind: &baton_proto::EventKind) -> Option<baton_proto::ConnectionTally> {
+    match *kind {
+        baton_proto::EventKind::DrainFinished {
+            handed_over,
+            drained,
+            cut,
+            ..
+        } => Some(baton_proto::ConnectionTally {
+            handed_over,
+            drained,
+            cut,
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

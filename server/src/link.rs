@@ -359,6 +359,12 @@ pub async fn run(
                         match store::store_events(&context.db, &host, &boot_id, &events, &gaps).await {
                             Ok(new_events) => {
                                 tracing::debug!(host, received = events.len(), new = new_events.len(), max_seq, "events stored");
+                                // Counted only as first stored: a resend is no new drain.
+                                for event in &new_events {
+                                    if let Some(tally) = crate::domain::drain_tally(&event.kind) {
+                                        context.metrics.connections_tallied(&event.service, tally);
+                                    }
+                                }
                                 if !gaps.is_empty() {
                                     context.fleet.events_missing(&host, &boot_id);
                                 }

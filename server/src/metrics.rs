@@ -1,8 +1,8 @@
 //! Prometheus text exposition, written by hand: a handful of series do not
 //! need a metrics framework.
 
-use baton_proto::RestartOutcome;
-use std::collections::HashMap;
+use baton_proto::{ConnectionTally, RestartOutcome};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +44,16 @@ impl SequenceAnomaly {
     }
 }
 
+/// A label value as the exposition format escapes it. Service names cannot
+/// hold a quote, a backslash or a newline today; escaping costs nothing and
+/// keeps the output parseable if that rule ever loosens.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
@@ -61,6 +71,8 @@ struct Inner {
     duration_count: u64,
     duration_sum: f64,
     sequence_anomalies: HashMap<SequenceAnomaly, u64>,
+    /// Per service: handed over, drained, cut.
+    connections: BTreeMap<String, [u64; 3]>,
 }
 
 impl Metrics {
@@ -87,6 +99,19 @@ impl Metrics {
     pub fn sequence_anomaly(&self, anomaly: SequenceAnomaly) {
         let mut inner = self.inner.lock().expect("metrics lock");
         *inner.sequence_anomalies.entry(anomaly).or_default() += 1;
+    }
+
+    /// A drain's tally this server stored: a `drain_finished` event, or the
+    /// tally of a report whose event never arrived.
+    pub fn connections_tallied(&self, service: &str, tally: ConnectionTally) {
+        let mut inner = self.inner.lock().expect("metrics lock");
+        let counts = inner.connections.entry(service.to_owned()).or_default();
+        for (count, n) in counts
+            .iter_mut()
+            .zip([tally.handed_over, tally.drained, tally.cut])
+        {
+            *count += u64::from(n);
+        }
     }
 
     pub fn settled_from_report(&self) {
@@ -171,6 +196,37 @@ impl Metrics {
             "baton_host_restarts_settled_from_report_total {}",
             self.settled_from_report.load(Ordering::Relaxed)
         );
+        for (index, (name, what)) in [
+            (
+                "baton_connections_handed_over_total",
+                "handed over to the next generation",
+            ),
+            (
+                "baton_connections_drained_total",
+                "finished by the old generation itself",
+            ),
+            (
+                "baton_connections_cut_total",
+                "cut when the old generation was killed at its drain deadline",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "# HELP {name} Connections of draining generations {what}, by service, from the drains this server process stored (agents' drain_finished events, or a fetched report's tally when the event was lost); starts at 0 when the server starts."
+            );
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (service, counts) in &inner.connections {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\"}} {}",
+                    label_value(service),
+                    counts[index]
+                );
+            }
+        }
         let _ = writeln!(out, "# HELP baton_agents_online Agents connected now.");
         let _ = writeln!(out, "# TYPE baton_agents_online gauge");
         let _ = writeln!(out, "baton_agents_online {}", fleet.agents_online());

@@ -579,11 +579,20 @@ mod tests {
                 generation: 3,
                 status: "warming".into(),
             },
+            EventKind::HandoffBrokered {
+                from_generation: 2,
+                to_generation: 3,
+            },
             EventKind::GenerationDraining {
                 generation: 2,
                 pid: 4102,
                 signal: "SIGTERM".into(),
                 connections: Some(4),
+            },
+            EventKind::ConnectionsHandedOver {
+                from_generation: 2,
+                to_generation: 3,
+                connections: 2,
             },
             EventKind::DrainProgress {
                 generation: 2,
@@ -599,6 +608,12 @@ mod tests {
                 pid: 4102,
                 status: "killed by SIGKILL".into(),
                 unexpected: false,
+            },
+            EventKind::DrainFinished {
+                generation: 2,
+                handed_over: 2,
+                drained: 1,
+                cut: 1,
             },
             EventKind::CrashRestartScheduled {
                 generation: 3,
@@ -650,6 +665,11 @@ mod tests {
                     finished_at: Some(1_700_000_002_000),
                     steps,
                     outcome_from_report: true,
+                    connections: Some(baton_proto::ConnectionTally {
+                        handed_over: 2,
+                        drained: 1,
+                        cut: 1,
+                    }),
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -661,6 +681,7 @@ mod tests {
                     finished_at: None,
                     steps: Vec::new(),
                     outcome_from_report: false,
+                    connections: None,
                 },
             ],
         }
@@ -776,6 +797,15 @@ mod tests {
         assert_invalid("Restart", restart);
         let mut restart = serde_json::to_value(self::restart()).unwrap();
         restart.as_object_mut().unwrap().remove("hosts");
+        assert_invalid("Restart", restart);
+        let mut restart = serde_json::to_value(self::restart()).unwrap();
+        restart["hosts"][0]["connections"]["cut"] = json!(-1);
+        assert_invalid("Restart", restart);
+        let mut restart = serde_json::to_value(self::restart()).unwrap();
+        restart["hosts"][0]["connections"]
+            .as_object_mut()
+            .unwrap()
+            .remove("drained");
         assert_invalid("Restart", restart);
         for body in [
             json!({"max_parallel": 0}),

@@ -16,7 +16,7 @@
 
 use anyhow::Context;
 use baton_proto::api::{self, Restart};
-use baton_proto::{Event, EventKind, RestartId, RestartOutcome};
+use baton_proto::{ConnectionTally, Event, EventKind, RestartId, RestartOutcome};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::HashSet;
@@ -620,6 +620,8 @@ struct Progress {
 struct Seen {
     /// The agent's restart id, learned from these events.
     started: Option<RestartId>,
+    /// What its old generation's drain came to.
+    drained: Option<ConnectionTally>,
     /// That restart's outcome.
     finished: Option<HostResult>,
 }
@@ -635,6 +637,9 @@ impl Progress {
                 {
                     self.agent_restart_id = event.restart;
                     seen.started = event.restart;
+                }
+                (EventKind::DrainFinished { .. }, Some(id)) if event.restart == Some(id) => {
+                    seen.drained = crate::domain::drain_tally(&event.kind);
                 }
                 (EventKind::RestartFinished { outcome, reason }, Some(id))
                     if event.restart == Some(id) =>
@@ -676,11 +681,22 @@ async fn on_notice(
         Notice::Online { .. } | Notice::Offline { .. } => return Ok(None),
     };
     if from == host && progress.recovered_by.as_deref() == Some(boot_id.as_str()) {
-        let finished = events.iter().any(|e| {
-            matches!(e.kind, EventKind::RestartFinished { .. })
+        let of_this_restart = |e: &&Event| {
+            e.restart.is_some()
                 && e.restart == progress.agent_restart_id
                 && e.service == progress.service
-        });
+        };
+        if let Some(tally) = events
+            .iter()
+            .filter(of_this_restart)
+            .find_map(|e| crate::domain::drain_tally(&e.kind))
+        {
+            record_connections(inner, restart, host, tally).await?;
+        }
+        let finished = events
+            .iter()
+            .filter(of_this_restart)
+            .any(|e| matches!(e.kind, EventKind::RestartFinished { .. }));
         if finished {
             progress.fetch_report_at = Instant::now();
         }
@@ -695,12 +711,30 @@ async fn on_notice(
         store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
         inner.fleet.history_changed();
     }
+    if let Some(tally) = seen.drained {
+        record_connections(inner, restart, host, tally).await?;
+    }
     match seen.finished {
         Some((outcome, reason)) => finish_host(inner, restart, host, outcome, reason)
             .await
             .map(Some),
         None => Ok(None),
     }
+}
+
+/// Writes a host's tally once; `true` when this call wrote it.
+async fn record_connections(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    tally: ConnectionTally,
+) -> anyhow::Result<bool> {
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    let written = store::record_connections(&inner.db, restart_id, host, tally).await?;
+    if written {
+        inner.fleet.history_changed();
+    }
+    Ok(written)
 }
 
 /// Asks the agent for the report of its restart once that is due, and
@@ -759,6 +793,28 @@ async fn fetch_report_if_due(
         .into_iter()
         .filter(|step| step.restart == Some(agent_restart_id))
         .collect();
+    // A stored `drain_finished` was counted in the metrics when the link
+    // stored it; the report's tally is counted only when that event never
+    // arrived.
+    let mut stored_tally = None;
+    for boot in std::iter::once(progress.boot_id.as_str()).chain(progress.recovered_by.as_deref()) {
+        stored_tally = store::find_drain_finished(&inner.db, host, boot, agent_restart_id).await?;
+        if stored_tally.is_some() {
+            break;
+        }
+    }
+    let report_tally = report.connections.or_else(|| {
+        steps
+            .iter()
+            .find_map(|step| crate::domain::drain_tally(&step.kind))
+    });
+    if let Some(tally) = stored_tally {
+        record_connections(inner, restart, host, tally).await?;
+    } else if let Some(tally) = report_tally
+        && record_connections(inner, restart, host, tally).await?
+    {
+        inner.metrics.connections_tallied(&progress.service, tally);
+    }
     store::finish_host_from_report(
         &inner.db,
         restart_id,
@@ -843,6 +899,12 @@ async fn read_stored(
         store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
         inner.fleet.history_changed();
         progress.agent_restart_id = Some(id);
+    }
+    if let Some(id) = progress.agent_restart_id
+        && let Some(tally) =
+            store::find_drain_finished(&inner.db, host, &progress.boot_id, id).await?
+    {
+        record_connections(inner, restart, host, tally).await?;
     }
     if let Some(id) = progress.agent_restart_id
         && let Some((outcome, reason)) =
@@ -950,6 +1012,7 @@ mod tests {
             seen,
             Seen {
                 started: Some(8),
+                drained: None,
                 finished: Some((RestartOutcome::Succeeded, None)),
             }
         );
@@ -960,5 +1023,39 @@ mod tests {
         let mut progress = progress(0, None);
         let seen = progress.on_events(&[finished(1, 8, RestartOutcome::Succeeded)]);
         assert_eq!(seen, Seen::default());
+    }
+
+    fn drain_finished(seq: u64, id: RestartId, handed_over: u32) -> Event {
+        event(
+            seq,
+            "web",
+            Some(id),
+            EventKind::DrainFinished {
+                generation: 1,
+                handed_over,
+                drained: 3,
+                cut: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn the_tally_taken_is_that_of_the_agents_restart_only() {
+        let mut progress = progress(0, None);
+        let seen = progress.on_events(&[
+            drain_finished(1, 7, 99),
+            started(2, "web", 8),
+            drain_finished(3, 8, 12),
+            finished(4, 8, RestartOutcome::Succeeded),
+        ]);
+        assert_eq!(
+            seen.drained,
+            Some(ConnectionTally {
+                handed_over: 12,
+                drained: 3,
+                cut: 0
+            })
+        );
+        assert_eq!(seen.finished, Some((RestartOutcome::Succeeded, None)));
     }
 }

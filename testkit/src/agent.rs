@@ -37,6 +37,19 @@ listen = "tcp://127.0.0.1:0"
     )
 }
 
+/// [`demo_service`] with a second TCP socket, `echo`, on which the demo
+/// serves its line-echo protocol.
+pub fn demo_service_with_echo(demo: &Path, name: &str, args: &[&str], extra: &str) -> String {
+    format!(
+        r#"{}
+[[service.socket]]
+name = "echo"
+listen = "tcp://127.0.0.1:0"
+"#,
+        demo_service(demo, name, args, extra)
+    )
+}
+
 /// What to start: the agent binary, the config after its `control_socket`
 /// line, and where.
 #[derive(Debug)]

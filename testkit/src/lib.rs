@@ -20,7 +20,7 @@ mod binaries;
 mod process;
 mod server;
 
-pub use agent::{Agent, AgentSetup, demo_service};
+pub use agent::{Agent, AgentSetup, demo_service, demo_service_with_echo};
 pub use binaries::{MissingBinary, binary};
 pub use process::{Process, Spawn};
 pub use server::{Server, ServerSetup, create_token, free_port};

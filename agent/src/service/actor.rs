@@ -6,6 +6,7 @@
 
 use super::core::{Effect, Input, Now, Predecessor, ServiceCore};
 use super::{Adopted, Msg, Shared};
+use crate::channel::{self, Batch, Channel};
 use crate::config::ServiceConfig;
 use crate::connections::{self, ListenAddrs, Members, Registration};
 use crate::events::now_millis;
@@ -15,12 +16,13 @@ use crate::probe::{self, ProbeTarget};
 use crate::reaper::{ExitWatch, wait_exit};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, GenerationLaunch};
-use baton_proto::{ErrorBody, GenerationState, RestartId, ServiceStatus, SocketInfo};
+use baton_proto::{ErrorBody, EventKind, GenerationState, RestartId, ServiceStatus, SocketInfo};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +68,12 @@ pub(super) struct Actor {
     /// The newest restart this task opened: its report is the status's
     /// `last_restart`, found without looking through every service's.
     last_restart: Option<RestartId>,
+    /// The agent's end of each generation's channel (`channel.rs`), read
+    /// on this task.
+    channels: BTreeMap<u64, Channel>,
+    /// The generation whose channel was read last: the next read starts
+    /// after it, so one that floods its channel does not starve another's.
+    last_channel_read: u64,
 }
 
 /// What one input led to, beyond its effects.
@@ -106,6 +114,8 @@ impl Actor {
             strangers: HashSet::new(),
             blocked,
             last_restart: None,
+            channels: BTreeMap::new(),
+            last_channel_read: 0,
         }
     }
 
@@ -129,6 +139,10 @@ impl Actor {
                 },
                 _ = sleep_until(deadline) => {
                     self.drive(Input::Timer, Vec::new()).await;
+                }
+                (generation, batch) = next_batch(&mut self.channels, &self.name, self.last_channel_read) => {
+                    self.last_channel_read = generation;
+                    self.on_batch(generation, batch).await;
                 }
             }
             if self.core.is_done() {
@@ -186,6 +200,9 @@ impl Actor {
                 pid,
                 exit,
             } => {
+                // What it said before it exited (its `HANDED_OVER=`) counts
+                // for the drain its exit may end.
+                self.read_channel_now(generation).await;
                 let input = Input::Exited {
                     generation,
                     pid,
@@ -207,6 +224,7 @@ impl Actor {
                 self.drive(input, fds).await;
             }
             Msg::Ready { generation } => {
+                self.read_channel_now(generation).await;
                 self.drive(Input::Ready { generation }, Vec::new()).await;
             }
             Msg::Connections { generation, count } => {
@@ -214,8 +232,36 @@ impl Actor {
                     .await;
             }
             Msg::Requeued(input) => {
+                if let Input::Ready { generation } = input {
+                    self.read_channel_now(generation).await;
+                }
                 self.drive(input, Vec::new()).await;
             }
+        }
+    }
+
+    /// Reads a generation's channel without waiting, before acting on its
+    /// readiness or exit: a generation sends `HANDOFF=1` before `READY=1`
+    /// (and `HANDED_OVER=` before it exits) on two different sockets, and
+    /// the first must be seen first.
+    async fn read_channel_now(&mut self, generation: u64) {
+        let Some(channel) = self.channels.get_mut(&generation) else {
+            return;
+        };
+        let batch = channel.read_now(&self.name, generation);
+        self.on_batch(generation, batch).await;
+    }
+
+    async fn on_batch(&mut self, generation: u64, batch: Batch) {
+        if batch.closed {
+            tracing::debug!(service = %self.name, generation, "the generation closed its channel");
+        }
+        if !batch.messages.is_empty() {
+            let input = Input::Channel {
+                generation,
+                messages: batch.messages,
+            };
+            self.drive(input, Vec::new()).await;
         }
     }
 
@@ -286,6 +332,7 @@ impl Actor {
         for generation in &mut generations {
             generation.start_time = self.start_times.get(&generation.number).copied();
             generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
+            generation.channel_fd = self.channels.get(&generation.number).map(Channel::raw_fd);
         }
         ServiceHandover {
             name: self.name.clone(),
@@ -493,6 +540,7 @@ impl Actor {
                 if let Some(held) = self.held.remove(&generation) {
                     held.tasks.cancel();
                 }
+                self.channels.remove(&generation);
                 self.start_times.remove(&generation);
                 self.strangers.remove(&generation);
                 self.shared.router.remove(pgid);
@@ -514,6 +562,16 @@ impl Actor {
             Effect::Requeue(input) => {
                 let _ = self.tx.send(Msg::Requeued(input));
             }
+            Effect::BrokerHandoff { restart, from, to } => self.broker(restart, from, to),
+            Effect::ChannelMessageIgnored {
+                generation,
+                message,
+                why,
+            } => channel::note(
+                &self.name,
+                generation,
+                &format!("{message:?} ignored: {why}"),
+            ),
         }
         None
     }
@@ -544,6 +602,7 @@ impl Actor {
             notify_socket: self.shared.notify_socket.clone(),
             probe_port,
             cgroup: None,
+            channel: None,
         };
         let cgroup = match self.shared.router.cgroups() {
             Some(cgroups) => match cgroups.create(&self.name, generation) {
@@ -553,7 +612,20 @@ impl Actor {
             None => None,
         };
         let cgroup_name = cgroup.as_ref().map(|c| c.relative.clone());
-        let launch = GenerationLaunch { cgroup, ..launch };
+        // A generation without a channel still runs; it only cannot take
+        // part in a handoff.
+        let (channel_end, child_end) = match channel::pair() {
+            Ok((agent, child)) => (Some(agent), Some(child)),
+            Err(e) => {
+                tracing::warn!(service = %self.name, generation, error = %e, "no channel for the generation; it will not take part in a handoff");
+                (None, None)
+            }
+        };
+        let launch = GenerationLaunch {
+            cgroup,
+            channel: child_end,
+            ..launch
+        };
         let shared = self.shared.clone();
         let route = self.route(generation);
         let unused_cgroup = cgroup_name.clone();
@@ -607,10 +679,22 @@ impl Actor {
             },
         );
         self.counted(generation, pid);
+        let channel = channel_end.and_then(|fd| match Channel::new(fd) {
+            Ok(channel) => Some(channel),
+            Err(e) => {
+                tracing::warn!(service = %self.name, generation, error = %e, "could not watch the generation's channel");
+                None
+            }
+        });
+        let has_channel = channel.is_some();
+        if let Some(channel) = channel {
+            self.channels.insert(generation, channel);
+        }
         Input::Spawned {
             generation,
             pid,
             probe_port,
+            channel: has_channel,
         }
     }
 
@@ -625,6 +709,31 @@ impl Actor {
                 fds: datagram.fds,
             });
         })
+    }
+
+    /// Gives generation `to` and its predecessor `from` a handoff pair, and
+    /// records it. A failure leaves a plain drain.
+    fn broker(&self, restart: Option<RestartId>, from: u64, to: u64) {
+        let (Some(old), Some(new)) = (self.channels.get(&from), self.channels.get(&to)) else {
+            tracing::warn!(service = %self.name, from, to, "a generation's channel is gone; no handoff, the old generation drains");
+            return;
+        };
+        match channel::broker((old, from), (new, to)) {
+            Ok(()) => {
+                tracing::info!(service = %self.name, from, to, "handoff brokered");
+                self.shared.events.emit(
+                    &self.name,
+                    restart,
+                    EventKind::HandoffBrokered {
+                        from_generation: from,
+                        to_generation: to,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.name, from, to, error = %e, "could not broker the handoff; the old generation drains");
+            }
+        }
     }
 
     /// The token that ends a generation's tasks when it is forgotten.
@@ -732,9 +841,10 @@ impl Actor {
     /// agent left running.
     async fn adopt(&mut self, adopted: Adopted) {
         let Adopted {
-            service: handed,
+            service: mut handed,
             from,
         } = adopted;
+        self.adopt_channels(&mut handed, from);
         for (name, fd) in &handed.fd_store {
             match crate::sys::adopt_inherited_fd(*fd) {
                 Ok(fd) => self.fd_store.push((name.clone(), fd)),
@@ -803,6 +913,30 @@ impl Actor {
             self.drive(input, Vec::new()).await;
         }
         self.record_state();
+    }
+
+    /// Takes over the channels the previous image passed across its exec. A
+    /// killed agent's ends died with it: its generations have none, and
+    /// their successors get no handoff.
+    fn adopt_channels(&mut self, handed: &mut ServiceHandover, from: Predecessor) {
+        for generation in &mut handed.generations {
+            let Some(fd) = generation.channel_fd.take() else {
+                continue;
+            };
+            if from == Predecessor::Dead {
+                continue;
+            }
+            let adopted = crate::sys::adopt_inherited_fd(fd).and_then(Channel::new);
+            match adopted {
+                Ok(channel) => {
+                    self.channels.insert(generation.number, channel);
+                    generation.channel_fd = Some(fd);
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.name, generation = generation.number, fd, error = %e, "channel lost in the upgrade; this generation will not hand over")
+                }
+            }
+        }
     }
 
     /// A generation spawned just before the killed agent could write it
@@ -925,6 +1059,27 @@ fn in_group(pid: Pid, pgid: Pid) -> bool {
 fn group_alive(pgid: Pid) -> bool {
     // Signal 0 checks existence; zombies count until the reaper collects them.
     killpg(pgid, None).is_ok()
+}
+
+/// The next batch any generation's channel has, starting after the
+/// generation `after`.
+async fn next_batch(
+    channels: &mut BTreeMap<u64, Channel>,
+    service: &str,
+    after: u64,
+) -> (u64, Batch) {
+    std::future::poll_fn(|cx| {
+        let (later, earlier): (Vec<_>, Vec<_>) = channels
+            .iter_mut()
+            .partition(|(number, _)| **number > after);
+        for (&number, channel) in later.into_iter().chain(earlier) {
+            if let Poll::Ready(batch) = channel.poll_read(cx, service, number) {
+                return Poll::Ready((number, batch));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

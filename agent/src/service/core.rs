@@ -11,8 +11,9 @@ mod handover;
 
 pub use self::handover::{HandedCore, HandoverRefused, Predecessor};
 pub use super::effects::{CountFor, Effect, Input, MainCheck, Now, RequestRefusal};
-use super::generation::{Generation, Leftovers, Lifecycle};
+use super::generation::{DrainTally, Generation, Leftovers, Lifecycle};
 use super::restart::{RestartRun, Verdict};
+use crate::channel::ChannelMessage;
 use crate::config::{Readiness, ServiceConfig};
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
@@ -138,7 +139,8 @@ impl ServiceCore {
                 generation,
                 pid,
                 probe_port,
-            } => self.on_spawned(generation, pid, probe_port, now, &mut out),
+                channel,
+            } => self.on_spawned(generation, pid, probe_port, channel, now, &mut out),
             Input::SpawnFailed { generation, reason } => {
                 self.on_spawn_failed(generation, reason, now, &mut out)
             }
@@ -158,6 +160,10 @@ impl ServiceCore {
                 sender,
                 messages,
             } => self.on_notify(generation, sender, messages, now, &mut out),
+            Input::Channel {
+                generation,
+                messages,
+            } => self.on_channel(generation, messages, &mut out),
             Input::Ready { generation } => self.on_ready(generation, now, &mut out),
             Input::Connections { generation, count } => {
                 self.on_connections(generation, count, &mut out)
@@ -360,6 +366,7 @@ impl ServiceCore {
         number: u64,
         pid: Pid,
         probe_port: Option<u16>,
+        channel: bool,
         now: Now,
         out: &mut Out,
     ) {
@@ -387,6 +394,9 @@ impl ServiceCore {
                 status_text: None,
                 connections: None,
                 main_pid: None,
+                channel,
+                accepts_handoff: false,
+                drain: None,
             },
         );
         tracing::info!(service = %self.name, generation = number, pid = pid.as_raw(), "generation spawned");
@@ -477,8 +487,25 @@ impl ServiceCore {
         generation.lifecycle = Lifecycle::Draining {
             deadline: now.at + self.config.drain_timeout,
         };
+        generation.drain = Some(DrainTally::new(connections));
         let pid = generation.pid;
+        let has_channel = generation.channel;
         let signal = self.config.stop_signal;
+        // Its successor gets its end of the pair first, and the old one
+        // finds its own in its channel by the time the signal arrives.
+        if let Some(successor) = self.current.filter(|&n| n != number)
+            && has_channel
+            && self
+                .generations
+                .get(&successor)
+                .is_some_and(|g| g.channel && g.accepts_handoff)
+        {
+            out.push(Effect::BrokerHandoff {
+                restart: self.restart_of(number),
+                from: number,
+                to: successor,
+            });
+        }
         out.push(Effect::Signal { pgid: pid, signal });
         out.push(Effect::WatchDrain {
             generation: number,
@@ -791,6 +818,8 @@ impl ServiceCore {
         {
             return false;
         }
+        // Gone without being killed at its deadline: nothing was cut.
+        self.finish_drain(number, 0, out);
         let generation = self.generations.remove(&number).expect("present");
         out.push(Effect::Forget {
             generation: number,
@@ -1009,6 +1038,91 @@ impl ServiceCore {
                 generation: number,
                 pid: pid.as_raw() as u32,
                 connections_cut: cut,
+            },
+        });
+        self.finish_drain(number, cut, out);
+    }
+
+    /// Records what became of a draining generation's connections, once:
+    /// when it was killed at its deadline with `cut` still open, or when it
+    /// is gone (`cut` 0).
+    fn finish_drain(&mut self, number: u64, cut: u32, out: &mut Out) {
+        let restart = self.restart_of(number);
+        let Some(tally) = self
+            .generations
+            .get_mut(&number)
+            .and_then(|g| g.drain.as_mut())
+            .filter(|d| !d.finished)
+        else {
+            return;
+        };
+        let tally = tally.finish(cut);
+        tracing::info!(service = %self.name, generation = number, %tally, "drain finished");
+        out.push(Effect::Emit {
+            restart,
+            kind: EventKind::DrainFinished {
+                generation: number,
+                handed_over: tally.handed_over,
+                drained: tally.drained,
+                cut: tally.cut,
+            },
+        });
+    }
+
+    /// What a generation said on its channel.
+    fn on_channel(&mut self, number: u64, messages: Vec<ChannelMessage>, out: &mut Out) {
+        for message in messages {
+            match message {
+                ChannelMessage::Handoff => {
+                    if let Some(generation) = self.generations.get_mut(&number)
+                        && !generation.accepts_handoff
+                    {
+                        generation.accepts_handoff = true;
+                        tracing::debug!(service = %self.name, generation = number, "generation takes connections from its predecessor");
+                    }
+                }
+                ChannelMessage::HandedOver(connections) => {
+                    self.on_handed_over(number, connections, out)
+                }
+            }
+        }
+    }
+
+    /// `HANDED_OVER=n`: counts only from the old generation of the running
+    /// restart, while it drains, and once. A serving or starting generation
+    /// has handed nothing over, whatever it says.
+    fn on_handed_over(&mut self, number: u64, connections: u32, out: &mut Out) {
+        let ignored = |why| Effect::ChannelMessageIgnored {
+            generation: number,
+            message: ChannelMessage::HandedOver(connections),
+            why,
+        };
+        let Some(run) = self.restart.as_ref().filter(|r| r.old == Some(number)) else {
+            return out.push(ignored("it is not the old generation of a running restart"));
+        };
+        let (restart, successor) = (run.id, run.new);
+        let Some(successor) = successor else {
+            return out.push(ignored("its restart has no new generation"));
+        };
+        let Some(tally) = self
+            .generations
+            .get_mut(&number)
+            .and_then(|g| g.drain.as_mut())
+            .filter(|d| !d.finished)
+        else {
+            return out.push(ignored("it is not draining"));
+        };
+        if tally.handed_over.is_some() {
+            return out.push(ignored("it already reported its count"));
+        }
+        tally.handed_over = Some(connections);
+        tracing::info!(service = %self.name, generation = number, to = successor, connections, "connections handed over");
+        out.push(Effect::Emit {
+            restart: Some(restart),
+            kind: EventKind::ConnectionsHandedOver {
+                from_generation: number,
+                to_generation: successor,
+                connections,
             },
         });
     }

@@ -1,6 +1,7 @@
 //! What the service core takes in and what it asks for: the whole
 //! vocabulary between the core and the actor that runs it.
 
+use crate::channel::ChannelMessage;
 use crate::config::ServiceConfig;
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
@@ -41,6 +42,8 @@ pub enum Input {
         generation: u64,
         pid: Pid,
         probe_port: Option<u16>,
+        /// It was started with a channel to the agent (`BATON_CHANNEL_FD`).
+        channel: bool,
     },
     /// Answers `Effect::Spawn`.
     SpawnFailed {
@@ -64,6 +67,11 @@ pub enum Input {
         generation: u64,
         sender: i32,
         messages: Vec<NotifyMessage>,
+    },
+    /// What the generation said on its channel (`docs/handoff.md`).
+    Channel {
+        generation: u64,
+        messages: Vec<ChannelMessage>,
     },
     /// `READY=1` (through the queue) or a successful probe.
     Ready {
@@ -246,6 +254,23 @@ pub enum Effect {
     },
     /// Close the fds that came with the notify message (`BARRIER=1`).
     CloseFds,
+    /// Give generation `to` and its predecessor `from` the two ends of a
+    /// handoff pair (`PREDECESSOR=`, then `SUCCESSOR=`), and record
+    /// `handoff_brokered` once both are sent. Comes before `from`'s stop
+    /// signal; a failure leaves a plain drain.
+    BrokerHandoff {
+        restart: Option<RestartId>,
+        from: u64,
+        to: u64,
+    },
+    /// A channel message that changed nothing (a `HANDED_OVER=` from a
+    /// generation that is not draining for a restart): count it, and log it
+    /// at most once a second.
+    ChannelMessageIgnored {
+        generation: u64,
+        message: ChannelMessage,
+        why: &'static str,
+    },
     /// Feed this input back through the service's queue, after what is
     /// already waiting there.
     Requeue(Input),

@@ -85,6 +85,52 @@ pub struct Generation {
     /// real server and lets the first process exit). Its exit, not `pid`'s,
     /// is the generation's main exit.
     pub main_pid: Option<Pid>,
+    /// It has a channel to the agent (`BATON_CHANNEL_FD`): none after a
+    /// killed agent was recovered, whose ends died with it.
+    pub channel: bool,
+    /// It said `HANDOFF=1` on its channel: it takes connections from its
+    /// predecessor.
+    pub accepts_handoff: bool,
+    /// Its drain, once it began in this agent.
+    pub drain: Option<DrainTally>,
+}
+
+/// What becomes of the connections of a draining generation, for its
+/// `drain_finished` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainTally {
+    /// Counted right before the stop signal (0 when the count failed).
+    pub began_with: u32,
+    /// Its `HANDED_OVER=`, once reported.
+    pub handed_over: Option<u32>,
+    /// `drain_finished` was recorded.
+    pub finished: bool,
+}
+
+impl DrainTally {
+    pub fn new(began_with: Option<u32>) -> Self {
+        DrainTally {
+            began_with: began_with.unwrap_or(0),
+            handed_over: None,
+            finished: false,
+        }
+    }
+
+    /// The tally once the drain ended with `cut` connections still open
+    /// (0 when the generation exited): what was neither handed over nor cut
+    /// was drained.
+    pub fn finish(&mut self, cut: u32) -> baton_proto::ConnectionTally {
+        self.finished = true;
+        let handed_over = self.handed_over.unwrap_or(0);
+        baton_proto::ConnectionTally {
+            handed_over,
+            drained: self
+                .began_with
+                .saturating_sub(handed_over)
+                .saturating_sub(cut),
+            cut,
+        }
+    }
 }
 
 impl Generation {

@@ -16,6 +16,10 @@
 //!                           ▼                                                ▼           ▼
 //!                     stop N+1: rolled_back                             succeeded   SIGKILL: forced
 //! ```
+//!
+//! Between `Ready` and the signal, if N+1 said `HANDOFF=1` on its channel,
+//! the two generations get a handoff pair (`BrokerHandoff`); when N's drain
+//! ends, `drain_finished` says what became of its connections.
 
 mod actor;
 pub mod core;

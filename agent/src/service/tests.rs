@@ -7,6 +7,7 @@ use super::core::{
     RequestRefusal, ServiceCore,
 };
 use super::generation::{Leftovers, Lifecycle};
+use crate::channel::ChannelMessage;
 use crate::config::{Readiness, ServiceConfig};
 use crate::notify::NotifyMessage;
 use crate::reaper::ExitInfo;
@@ -101,6 +102,7 @@ impl Bench {
             generation: 1,
             pid: pid(OLD),
             probe_port: None,
+            channel: true,
         });
         assert_eq!(
             self.on(Input::Notify {
@@ -144,6 +146,7 @@ impl Bench {
                 generation: 2,
                 pid: pid(NEW),
                 probe_port: None,
+                channel: true,
             }),
             [
                 Effect::Emit {
@@ -223,6 +226,7 @@ impl Bench {
             generation: 2,
             pid: pid(NEW),
             probe_port: None,
+            channel: true,
         });
         self.on(Input::Ready { generation: 2 });
         self.on(Input::Counted {
@@ -356,6 +360,16 @@ fn a_restart_succeeds_once_the_old_generation_has_drained() {
     assert_eq!(
         bench.on(Input::GroupEmpty { generation: 1 }),
         [
+            // It exited: its 3 connections were drained.
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::DrainFinished {
+                    generation: 1,
+                    handed_over: 0,
+                    drained: 3,
+                    cut: 0,
+                },
+            },
             Effect::Forget {
                 generation: 1,
                 pgid: pid(OLD)
@@ -511,6 +525,15 @@ fn a_drain_past_its_timeout_is_cut_and_the_restart_forced() {
                     connections_cut: 2
                 },
             },
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::DrainFinished {
+                    generation: 1,
+                    handed_over: 0,
+                    drained: 1,
+                    cut: 2,
+                },
+            },
         ]
     );
     let done = bench.exit_and_empty(1, OLD, ExitInfo::Signal(Signal::SIGKILL));
@@ -596,6 +619,7 @@ fn a_crash_while_serving_restarts_after_a_doubling_backoff() {
             generation,
             pid: pid(OLD + generation as i32),
             probe_port: None,
+            channel: true,
         });
         let effects = bench.exit_and_empty(generation, OLD + generation as i32, ExitInfo::Code(1));
         for kind in events(&effects) {
@@ -622,6 +646,7 @@ fn a_generation_that_stayed_up_long_enough_resets_the_crash_count() {
         generation: 2,
         pid: pid(NEW),
         probe_port: None,
+        channel: true,
     });
     bench.on(Input::Ready { generation: 2 });
     assert_eq!(bench.core.consecutive_crashes(), 1);
@@ -955,6 +980,7 @@ fn with_a_probe_readiness_ready_1_is_not_enough() {
         generation: 1,
         pid: pid(OLD),
         probe_port: Some(4000),
+        channel: true,
     });
     assert_eq!(
         spawned[0],
@@ -986,6 +1012,7 @@ fn exec_readiness_is_ready_on_spawn_and_warm_up_priority_is_restored() {
         generation: 1,
         pid: pid(OLD),
         probe_port: None,
+        channel: true,
     });
     assert!(effects.contains(&Effect::RestorePriority {
         generation: 1,
@@ -1102,6 +1129,7 @@ fn a_handed_over_service_is_adopted_with_its_deadlines() {
         generation: 3,
         pid: pid(300),
         probe_port: None,
+        channel: true,
     });
     assert_eq!(
         bench.core.hand_over(bench.now).err(),
@@ -1332,6 +1360,7 @@ fn a_starting_generation_cannot_ask_for_a_restart() {
         generation: 1,
         pid: pid(OLD),
         probe_port: None,
+        channel: true,
     });
     assert_eq!(
         bench.on(restart_request(1, OLD, None)),
@@ -1477,4 +1506,229 @@ fn a_restart_request_is_accepted_again_once_the_interval_has_passed() {
             ..
         }]
     ));
+}
+
+/// What generation `generation` says on its channel.
+fn channel(generation: u64, messages: &[ChannelMessage]) -> Input {
+    Input::Channel {
+        generation,
+        messages: messages.to_vec(),
+    }
+}
+
+/// Generation 2 becomes ready and generation 1 is counted with `count`
+/// connections: the effects of that count (the drain's start).
+fn ready_and_counted(bench: &mut Bench, count: u32) -> Vec<Effect> {
+    bench.on(Input::Ready { generation: 2 });
+    bench.on(Input::Counted {
+        generation: 1,
+        count: Some(count),
+        purpose: CountFor::Drain,
+    })
+}
+
+fn brokered(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::BrokerHandoff { .. }))
+}
+
+#[test]
+fn a_handoff_is_brokered_before_the_old_generation_gets_its_stop_signal() {
+    let mut bench = Bench::restarting();
+    assert!(bench.on(channel(2, &[ChannelMessage::Handoff])).is_empty());
+    let effects = ready_and_counted(&mut bench, 3);
+    assert_eq!(
+        effects[..2],
+        [
+            Effect::BrokerHandoff {
+                restart: Some(RESTART),
+                from: 1,
+                to: 2
+            },
+            Effect::Signal {
+                pgid: pid(OLD),
+                signal: Signal::SIGTERM
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_new_generation_that_did_not_declare_handoff_gets_none_and_the_old_one_drains() {
+    let mut bench = Bench::restarting();
+    // The old generation declaring it changes nothing: the new one takes.
+    bench.on(channel(1, &[ChannelMessage::Handoff]));
+    let effects = ready_and_counted(&mut bench, 3);
+    assert!(!brokered(&effects), "{effects:?}");
+    assert!(effects.contains(&Effect::Signal {
+        pgid: pid(OLD),
+        signal: Signal::SIGTERM
+    }));
+    assert!(matches!(
+        bench.core.lifecycle(1),
+        Some(Lifecycle::Draining { .. })
+    ));
+}
+
+#[test]
+fn a_generation_started_without_a_channel_takes_no_part_in_a_handoff() {
+    let mut bench = Bench::new(config());
+    bench.on(Input::Start);
+    bench.on(Input::Spawned {
+        generation: 1,
+        pid: pid(OLD),
+        probe_port: None,
+        channel: false,
+    });
+    bench.on(Input::Ready { generation: 1 });
+    bench.restart();
+    bench.on(channel(2, &[ChannelMessage::Handoff]));
+    let effects = ready_and_counted(&mut bench, 3);
+    assert!(!brokered(&effects), "{effects:?}");
+}
+
+#[test]
+fn after_a_killed_agent_the_recovered_generation_has_no_channel_but_after_an_upgrade_it_has() {
+    let bench = Bench::serving();
+    let (mut service, written_at) = state_file_entry(&bench);
+    service.generations[0].channel_fd = Some(9);
+
+    let (mut recovered, _) = recover(&service, written_at, Duration::from_secs(1));
+    recovered.restart();
+    recovered.on(channel(2, &[ChannelMessage::Handoff]));
+    let effects = ready_and_counted(&mut recovered, 3);
+    assert!(!brokered(&effects), "{effects:?}");
+
+    let mut upgraded = Bench::new(config());
+    let now = Now {
+        at: upgraded.now,
+        unix_ms: written_at,
+    };
+    upgraded
+        .core
+        .adopt(&service, now, super::core::Predecessor::Image);
+    upgraded.restart();
+    upgraded.on(channel(2, &[ChannelMessage::Handoff]));
+    let effects = ready_and_counted(&mut upgraded, 3);
+    assert!(brokered(&effects), "{effects:?}");
+}
+
+#[test]
+fn handed_over_counts_only_from_the_draining_old_generation_of_a_restart() {
+    // The serving generation, no restart running.
+    let mut bench = Bench::serving();
+    assert_eq!(
+        bench.on(channel(1, &[ChannelMessage::HandedOver(5)])),
+        [Effect::ChannelMessageIgnored {
+            generation: 1,
+            message: ChannelMessage::HandedOver(5),
+            why: "it is not the old generation of a running restart",
+        }]
+    );
+    // During a restart: the new generation, the old one before it drains,
+    // and a generation that is not there.
+    let mut bench = Bench::restarting();
+    for generation in [2, 1, 9] {
+        let effects = bench.on(channel(generation, &[ChannelMessage::HandedOver(5)]));
+        assert!(
+            matches!(effects.as_slice(), [Effect::ChannelMessageIgnored { .. }]),
+            "generation {generation}: {effects:?}"
+        );
+    }
+    bench.on(Input::Ready { generation: 2 });
+    bench.on(Input::Counted {
+        generation: 1,
+        count: Some(3),
+        purpose: CountFor::Drain,
+    });
+    assert!(matches!(
+        bench
+            .on(channel(2, &[ChannelMessage::HandedOver(5)]))
+            .as_slice(),
+        [Effect::ChannelMessageIgnored { .. }]
+    ));
+    // The draining old generation: counted, once.
+    assert_eq!(
+        bench.on(channel(1, &[ChannelMessage::HandedOver(2)])),
+        [Effect::Emit {
+            restart: Some(RESTART),
+            kind: EventKind::ConnectionsHandedOver {
+                from_generation: 1,
+                to_generation: 2,
+                connections: 2,
+            },
+        }]
+    );
+    assert!(matches!(
+        bench
+            .on(channel(1, &[ChannelMessage::HandedOver(3)]))
+            .as_slice(),
+        [Effect::ChannelMessageIgnored {
+            why: "it already reported its count",
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn an_exited_drain_tallies_handed_over_and_drained_before_the_restart_finishes() {
+    let mut bench = Bench::draining();
+    bench.on(channel(1, &[ChannelMessage::HandedOver(2)]));
+    let done = bench.exit_and_empty(1, OLD, ExitInfo::Code(0));
+    let tally = done
+        .iter()
+        .position(|e| {
+            *e == Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::DrainFinished {
+                    generation: 1,
+                    handed_over: 2,
+                    drained: 1,
+                    cut: 0,
+                },
+            }
+        })
+        .expect("drain_finished");
+    let finish = done
+        .iter()
+        .position(|e| matches!(e, Effect::FinishRestart { .. }))
+        .expect("restart_finished");
+    assert!(tally < finish, "{done:?}");
+    assert_eq!(finished(&done).unwrap().0, RestartOutcome::Succeeded);
+}
+
+#[test]
+fn a_killed_drain_tallies_what_was_cut_and_drained_never_goes_below_zero() {
+    let mut bench = Bench::restarting();
+    ready_and_counted(&mut bench, 10);
+    bench.on(channel(1, &[ChannelMessage::HandedOver(8)]));
+    bench.wait(DRAIN_TIMEOUT);
+    bench.on(Input::Timer);
+    let killed = bench.on(Input::Counted {
+        generation: 1,
+        count: Some(4),
+        purpose: CountFor::Cut,
+    });
+    assert!(
+        killed.contains(&Effect::Emit {
+            restart: Some(RESTART),
+            kind: EventKind::DrainFinished {
+                generation: 1,
+                handed_over: 8,
+                drained: 0,
+                cut: 4,
+            },
+        }),
+        "{killed:?}"
+    );
+    // Recorded once: not again when the group is gone.
+    let gone = bench.exit_and_empty(1, OLD, ExitInfo::Signal(Signal::SIGKILL));
+    assert!(
+        !events(&gone)
+            .iter()
+            .any(|e| matches!(e, EventKind::DrainFinished { .. })),
+        "{gone:?}"
+    );
+    assert_eq!(finished(&gone).unwrap().0, RestartOutcome::Forced);
 }

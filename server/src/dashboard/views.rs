@@ -3,7 +3,7 @@
 
 use askama::Template;
 use baton_proto::api::{Restart, RestartState, Service, ServiceOnHost};
-use baton_proto::{EventKind, UnixMillis};
+use baton_proto::{ConnectionTally, EventKind, UnixMillis};
 
 use crate::dashboard::assets;
 use crate::dashboard::format::{
@@ -167,6 +167,21 @@ pub struct RestartLine {
     pub started: String,
     pub started_ago: String,
     pub duration: String,
+    /// Every host's tally added up; `None` while no host has one.
+    pub connections: Option<ConnectionTally>,
+}
+
+/// The tallies of a restart's hosts, added up.
+fn total_connections(restart: &Restart) -> Option<ConnectionTally> {
+    restart
+        .hosts
+        .iter()
+        .filter_map(|h| h.connections)
+        .reduce(|a, b| ConnectionTally {
+            handed_over: a.handed_over.saturating_add(b.handed_over),
+            drained: a.drained.saturating_add(b.drained),
+            cut: a.cut.saturating_add(b.cut),
+        })
 }
 
 impl RestartLine {
@@ -195,6 +210,7 @@ impl RestartLine {
                     .unwrap_or(now)
                     .saturating_sub(restart.created_at),
             ),
+            connections: total_connections(restart),
         }
     }
 }
@@ -228,6 +244,8 @@ pub struct HostDetail {
     /// The outcome came from the report the server fetched from the agent,
     /// not from its events (they were lost while the link was down).
     pub from_report: bool,
+    /// What became of the old generation's connections, once its drain ended.
+    pub connections: Option<ConnectionTally>,
 }
 
 pub struct RestartDetail {
@@ -252,6 +270,8 @@ fn step_kind(kind: &EventKind) -> &'static str {
         EventKind::GenerationDraining { .. } | EventKind::DrainProgress { .. } => "draining",
         EventKind::GenerationKilled { .. } => "killed",
         EventKind::GenerationExited { .. } => "exited",
+        EventKind::HandoffBrokered { .. } | EventKind::ConnectionsHandedOver { .. } => "handoff",
+        EventKind::DrainFinished { .. } => "drained",
         EventKind::RestartFinished { .. } => "finished",
         _ => "other",
     }
@@ -278,7 +298,7 @@ impl RestartDetail {
                     .map(|event| Step {
                         clock: clock_millis(event.at),
                         offset: format!("+{}", duration_ms(event.at.saturating_sub(first_at))),
-                        text: event.kind.to_string(),
+                        text: step_text(&event.kind),
                         kind: step_kind(&event.kind),
                     })
                     .collect();
@@ -298,6 +318,7 @@ impl RestartDetail {
                     },
                     live: live_line,
                     from_report: host.outcome_from_report,
+                    connections: host.connections,
                 }
             })
             .collect();
@@ -320,6 +341,48 @@ impl RestartDetail {
             hosts,
         }
     }
+}
+
+/// A step in words; the handoff steps counted with the right plural.
+fn step_text(kind: &EventKind) -> String {
+    match kind {
+        EventKind::HandoffBrokered {
+            from_generation,
+            to_generation,
+        } => format!(
+            "handoff channel opened: generation {from_generation} may hand its connections over to generation {to_generation}"
+        ),
+        EventKind::ConnectionsHandedOver {
+            from_generation,
+            to_generation,
+            connections,
+        } => format!(
+            "generation {from_generation} handed {} over to generation {to_generation}",
+            plural(*connections, "connection")
+        ),
+        EventKind::DrainFinished {
+            generation,
+            handed_over,
+            drained,
+            cut,
+        } => format!(
+            "generation {generation}'s drain ended: {}",
+            tally_words(&ConnectionTally {
+                handed_over: *handed_over,
+                drained: *drained,
+                cut: *cut,
+            })
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// `12 handed over · 3 drained · 0 cut`.
+pub fn tally_words(tally: &ConnectionTally) -> String {
+    format!(
+        "{} handed over · {} drained · {} cut",
+        tally.handed_over, tally.drained, tally.cut
+    )
 }
 
 fn plural(n: u32, word: &str) -> String {
@@ -360,6 +423,7 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
     let mut drain_note = String::new();
     let mut drained_from: Option<(u64, Option<u32>)> = None;
     let mut killed = false;
+    let mut tallied = false;
     let mut exited = None;
     let mut exit_note = String::new();
     let mut spawn_note = String::new();
@@ -422,6 +486,7 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
                     exit_note = format!("generation {generation} {status}");
                     if let Some((drained, Some(first))) = drained_from
                         && drained == *generation
+                        && !tallied
                     {
                         drain_note = format!(
                             "generation {generation}: {} drained",
@@ -429,6 +494,24 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
                         );
                     }
                 }
+            }
+            EventKind::DrainFinished {
+                generation,
+                handed_over,
+                drained,
+                cut,
+            } if Some(*generation) != new_generation => {
+                // The agent's own account of the drain, handoff included,
+                // replaces the estimate from the count at its start.
+                tallied = true;
+                drain_note = format!(
+                    "generation {generation}: {}",
+                    tally_words(&ConnectionTally {
+                        handed_over: *handed_over,
+                        drained: *drained,
+                        cut: *cut,
+                    })
+                );
             }
             EventKind::GenerationExited {
                 generation, status, ..

@@ -1,5 +1,5 @@
 use anyhow::Context;
-use baton_proto::{Event, EventKind, RestartId, RestartOutcome};
+use baton_proto::{ConnectionTally, Event, EventKind, RestartId, RestartOutcome};
 
 use super::db::{Db, to_i64, to_u64};
 use super::generations;
@@ -151,6 +151,33 @@ pub async fn find_restart_finished(
     match event.kind {
         EventKind::RestartFinished { outcome, reason } => Ok(Some((outcome, reason))),
         other => anyhow::bail!("an event stored as restart_finished is {other}"),
+    }
+}
+
+/// What the old generation's drain of one agent restart came to, once its
+/// `drain_finished` event is stored.
+pub async fn find_drain_finished(
+    db: &Db,
+    host: &str,
+    boot_id: &str,
+    agent_restart_id: RestartId,
+) -> anyhow::Result<Option<ConnectionTally>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT body FROM events
+         WHERE host = $1 AND boot_id = $2 AND agent_restart_id = $3 AND kind = 'drain_finished'
+         ORDER BY seq LIMIT 1",
+    )
+    .bind(host)
+    .bind(boot_id)
+    .bind(to_i64(agent_restart_id))
+    .fetch_optional(&db.reads)
+    .await
+    .context("failed to look for a drain_finished event")?;
+    let Some((body,)) = row else { return Ok(None) };
+    let event: Event = serde_json::from_str(&body).context("a stored event does not parse")?;
+    match crate::domain::drain_tally(&event.kind) {
+        Some(tally) => Ok(Some(tally)),
+        None => anyhow::bail!("an event stored as drain_finished is {}", event.kind),
     }
 }
 

@@ -15,8 +15,8 @@ mod tokens;
 
 pub use db::{Db, open, probe_write};
 pub use events::{
-    EventGap, find_restart_finished, find_restart_started_after, forget_events_after, max_seq,
-    prune_event_gaps, prune_events, store_events,
+    EventGap, find_drain_finished, find_restart_finished, find_restart_started_after,
+    forget_events_after, max_seq, prune_event_gaps, prune_events, store_events,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{
@@ -27,8 +27,9 @@ pub use restarts::{
     CommandSent, Created, HostRestartState, IdempotencyKey, NewRestart, NewlyCreated, Outcome,
     RestartFilter, RestartHostRow, RestartRow, RestartState, count_restarts_by_outcome,
     create_restart, finish_host, finish_host_from_report, finish_restart, get_restart,
-    list_restarts, mark_host_running, restart_by_idempotency_key, restart_host_rows, restart_row,
-    running_restart_of, running_restarts, set_agent_restart_id, skip_host,
+    list_restarts, mark_host_running, record_connections, restart_by_idempotency_key,
+    restart_host_rows, restart_row, running_restart_of, running_restarts, set_agent_restart_id,
+    skip_host,
 };
 pub use tokens::{
     FoundToken, TokenRow, TokenSelector, bind_token_host, find_token, insert_token, list_tokens,

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use baton_proto::api::{self, Restart, RestartHost, RestartPage};
-use baton_proto::{Event, RestartId, RestartOutcome};
+use baton_proto::{ConnectionTally, Event, RestartId, RestartOutcome};
 use sqlx::Sqlite;
 
 use super::db::{Db, to_i64, to_u64};
@@ -260,6 +260,9 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
                 started_at: None,
                 finished_at: None,
                 from_report: false,
+                connections_handed_over: None,
+                connections_drained: None,
+                connections_cut: None,
             })
             .collect(),
     })))
@@ -335,6 +338,28 @@ pub struct RestartHostRow {
     pub finished_at: Option<i64>,
     /// The outcome came from a report fetched from the agent.
     pub from_report: bool,
+    /// The drain's tally, written together once it is known.
+    pub connections_handed_over: Option<i64>,
+    pub connections_drained: Option<i64>,
+    pub connections_cut: Option<i64>,
+}
+
+impl RestartHostRow {
+    pub fn connections(&self) -> Option<ConnectionTally> {
+        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        match (
+            self.connections_handed_over,
+            self.connections_drained,
+            self.connections_cut,
+        ) {
+            (Some(handed_over), Some(drained), Some(cut)) => Some(ConnectionTally {
+                handed_over: count(handed_over),
+                drained: count(drained),
+                cut: count(cut),
+            }),
+            _ => None,
+        }
+    }
 }
 
 const RESTART_COLUMNS: &str = "id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at";
@@ -354,7 +379,8 @@ pub async fn restart_host_rows(db: &Db, id: u64) -> anyhow::Result<Vec<RestartHo
     sqlx::query_as(
         "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
                 seq_at_command, agent_restart_id, started_at, finished_at,
-                fetched_steps IS NOT NULL AS from_report
+                fetched_steps IS NOT NULL AS from_report,
+                connections_handed_over, connections_drained, connections_cut
          FROM restart_hosts WHERE restart_id = $1 ORDER BY position",
     )
     .bind(to_i64(id))
@@ -380,6 +406,7 @@ fn restart_view(row: RestartRow, hosts: Vec<RestartHost>) -> Restart {
 }
 
 fn host_view(row: RestartHostRow, steps: Vec<Event>) -> RestartHost {
+    let connections = row.connections();
     RestartHost {
         host: row.host,
         state: row.state.into(),
@@ -390,6 +417,7 @@ fn host_view(row: RestartHostRow, steps: Vec<Event>) -> RestartHost {
         finished_at: row.finished_at.map(to_u64),
         steps,
         outcome_from_report: row.from_report,
+        connections,
     }
 }
 
@@ -478,7 +506,8 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         let mut query = sqlx::QueryBuilder::<Sqlite>::new(
             "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
                     seq_at_command, agent_restart_id, started_at, finished_at,
-                    fetched_steps IS NOT NULL AS from_report
+                    fetched_steps IS NOT NULL AS from_report,
+                    connections_handed_over, connections_drained, connections_cut
              FROM restart_hosts WHERE restart_id IN (",
         );
         let mut ids = query.separated(", ");
@@ -611,6 +640,32 @@ pub async fn finish_host_from_report(
     .await
     .context("failed to record a host's outcome from its report")?;
     Ok(())
+}
+
+/// Records what became of the old generation's connections on a host.
+/// Written once: the first tally stands (the same `drain_finished` seen
+/// again, or the report's tally after the event's, changes nothing).
+/// Returns whether this call wrote it.
+pub async fn record_connections(
+    db: &Db,
+    restart_id: u64,
+    host: &str,
+    tally: ConnectionTally,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE restart_hosts SET connections_handed_over = $3, connections_drained = $4,
+                connections_cut = $5
+         WHERE restart_id = $1 AND host = $2 AND connections_handed_over IS NULL",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .bind(i64::from(tally.handed_over))
+    .bind(i64::from(tally.drained))
+    .bind(i64::from(tally.cut))
+    .execute(&db.writes)
+    .await
+    .context("failed to record a host's connection tally")?;
+    Ok(done.rows_affected() == 1)
 }
 
 async fn fetched_steps(db: &Db, restart_id: u64, host: &str) -> anyhow::Result<Vec<Event>> {
@@ -757,5 +812,56 @@ mod tests {
             .await
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_hosts_tally_is_written_once_and_read_back_whole() {
+        let (_dir, db) = fresh_db().await;
+        let hosts = vec!["alpha".to_string(), "beta".to_string()];
+        let Created::New(created) = create_restart(
+            &db,
+            &NewRestart {
+                service: "web",
+                reason: None,
+                requested_by: "ci",
+                idempotency_key: None,
+                max_parallel: 1,
+                hosts: &hosts,
+            },
+        )
+        .await
+        .unwrap() else {
+            panic!("not created")
+        };
+        let id = created.id();
+        let tally = ConnectionTally {
+            handed_over: 12,
+            drained: 3,
+            cut: 1,
+        };
+        assert!(record_connections(&db, id, "alpha", tally).await.unwrap());
+        // The same drain seen again, or another account of it, changes nothing.
+        assert!(!record_connections(&db, id, "alpha", tally).await.unwrap());
+        let other = ConnectionTally {
+            handed_over: 0,
+            drained: 15,
+            cut: 1,
+        };
+        assert!(!record_connections(&db, id, "alpha", other).await.unwrap());
+
+        let restart = get_restart(&db, id).await.unwrap().unwrap();
+        assert_eq!(restart.hosts[0].connections, Some(tally));
+        assert_eq!(restart.hosts[1].connections, None);
+        let page = list_restarts(
+            &db,
+            &RestartFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(page.restarts[0].hosts[0].connections, Some(tally));
+        assert_eq!(page.restarts[0].hosts[1].connections, None);
     }
 }

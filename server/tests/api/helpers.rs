@@ -1,7 +1,7 @@
 use baton_proto::link::{AgentFrame, LINK_VERSION, ServerFrame};
 use baton_proto::{
-    Event, EventKind, GenerationInfo, GenerationState, RestartId, RestartOutcome, ServiceState,
-    ServiceStatus,
+    ConnectionTally, Event, EventKind, GenerationInfo, GenerationState, RestartId, RestartOutcome,
+    ServiceState, ServiceStatus,
 };
 use baton_server::domain::Role;
 use baton_server::settings::Settings;
@@ -552,6 +552,70 @@ impl FakeAgent {
             }
         }
         events
+    }
+
+    /// The events of a restart of `service` from generation `old` to
+    /// `old + 1` in which the old generation hands connections over and its
+    /// drain ends with `tally`, then `outcome`.
+    pub fn handoff_restart_events(
+        &mut self,
+        service: &str,
+        restart: RestartId,
+        old: u64,
+        tally: ConnectionTally,
+        outcome: RestartOutcome,
+    ) -> Vec<Event> {
+        let new = old + 1;
+        let kinds = [
+            EventKind::RestartStarted {
+                reason: None,
+                requested_by: None,
+            },
+            EventKind::GenerationSpawned {
+                generation: new,
+                pid: 2000 + new as u32,
+            },
+            EventKind::GenerationReady {
+                generation: new,
+                pid: 2000 + new as u32,
+                startup_us: 1500,
+            },
+            EventKind::HandoffBrokered {
+                from_generation: old,
+                to_generation: new,
+            },
+            EventKind::GenerationDraining {
+                generation: old,
+                pid: 1000 + old as u32,
+                signal: "SIGTERM".into(),
+                connections: Some(tally.handed_over + tally.drained + tally.cut),
+            },
+            EventKind::ConnectionsHandedOver {
+                from_generation: old,
+                to_generation: new,
+                connections: tally.handed_over,
+            },
+            EventKind::GenerationExited {
+                generation: old,
+                pid: 1000 + old as u32,
+                status: "exited with status 0".into(),
+                unexpected: false,
+            },
+            EventKind::DrainFinished {
+                generation: old,
+                handed_over: tally.handed_over,
+                drained: tally.drained,
+                cut: tally.cut,
+            },
+            EventKind::RestartFinished {
+                outcome,
+                reason: None,
+            },
+        ];
+        kinds
+            .into_iter()
+            .map(|kind| self.event(service, Some(restart), kind))
+            .collect()
     }
 
     /// Waits for a restart command, accepts it, plays the whole restart, and

@@ -1,4 +1,5 @@
 mod auth;
+mod connections;
 mod helpers;
 mod host_binding;
 mod hosts;

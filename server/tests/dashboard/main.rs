@@ -8,6 +8,7 @@ mod helpers;
 
 mod attacks;
 mod browser;
+mod connections;
 mod history;
 mod live;
 mod pages;

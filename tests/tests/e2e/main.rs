@@ -11,6 +11,8 @@ mod env_check;
 mod fleet;
 mod go_handoff;
 mod gunicorn;
+mod handoff_broker;
+mod handoff_load;
 mod host_binding;
 mod lifecycle;
 mod link_faults;

@@ -160,8 +160,9 @@ fn a_generation_gets_only_its_sockets_and_the_standard_fds() {
         .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
         .collect();
     fds.sort();
-    // 0-2, the socket at 3; anything past that is the demo's own (epoll, its
-    // accepted or notify sockets), never one of the agent's: check each.
+    // 0-2, the socket at 3; anything past that is its channel (fd 4, whose
+    // other end is the agent's) or the demo's own (epoll, its accepted or
+    // notify sockets), never one of the agent's: check each.
     assert_eq!(&fds[..4], &[0, 1, 2, 3]);
     let agent_fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
         .unwrap()

@@ -108,6 +108,7 @@ impl ServiceCore {
                     status_text: g.status_text.clone(),
                     start_time: None,
                     cgroup: None,
+                    channel_fd: None,
                     deadline_at: g.lifecycle.deadline().map(wall),
                 })
             })
@@ -194,6 +195,11 @@ impl ServiceCore {
                     status_text: handed.status_text.clone(),
                     connections: None,
                     main_pid,
+                    // The previous image's end came along; a killed agent's
+                    // died with it.
+                    channel: from == Predecessor::Image && handed.channel_fd.is_some(),
+                    accepts_handoff: false,
+                    drain: None,
                 },
             );
         }
