@@ -138,6 +138,9 @@ func inheritedListeners() (map[string]net.Listener, error) {
 		return nil, fmt.Errorf("LISTEN_FDS=%q is not a count", count)
 	}
 	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
+	for _, key := range []string{"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} {
+		os.Unsetenv(key)
+	}
 	listeners := make(map[string]net.Listener, n)
 	for i := 0; i < n; i++ {
 		fd := 3 + i
@@ -384,6 +387,9 @@ func openChannel() (*channel, error) {
 	if kind, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE); err != nil || kind != syscall.SOCK_SEQPACKET {
 		return nil, fmt.Errorf("BATON_CHANNEL_FD=%d is not a SOCK_SEQPACKET socket", fd)
 	}
+	// The channel speaks for this generation: a program it starts must not
+	// inherit it (the duplicate net.FileConn keeps is close-on-exec).
+	os.Unsetenv("BATON_CHANNEL_FD")
 	conn, err := unixConn(fd)
 	if err != nil {
 		return nil, fmt.Errorf("BATON_CHANNEL_FD=%d: %w", fd, err)
@@ -688,11 +694,21 @@ func (svc *service) handOver(pair *net.UnixConn, offerUntil time.Time) int {
 			svc.resume(o.s, o.pending)
 		}
 	}
+	// One acknowledgement overdue ends the offering: the shutdown that
+	// settles it acts on the whole pair.
+	overdue := func() bool {
+		now := time.Now()
+		for _, o := range outstanding {
+			if now.After(o.patientTil) {
+				return true
+			}
+		}
+		return false
+	}
+	// The largest connection message must fit the send buffer.
+	_ = pair.SetWriteBuffer(2 * maxMessage)
 	var id uint64
 	for _, s := range svc.snapshot() {
-		if !time.Now().Before(offerUntil) {
-			break
-		}
 		// Acknowledgements that came meanwhile: each is waited for only so long.
 		for settled := false; !settled; {
 			select {
@@ -705,6 +721,9 @@ func (svc *service) handOver(pair *net.UnixConn, offerUntil time.Time) int {
 			default:
 				settled = true
 			}
+		}
+		if !time.Now().Before(offerUntil) || overdue() {
+			break
 		}
 		patience := time.Until(offerUntil)
 		if patience > ackPatience {
@@ -719,6 +738,8 @@ func (svc *service) handOver(pair *net.UnixConn, offerUntil time.Time) int {
 			continue
 		}
 		id++
+		// A full queue (few datagrams fit) waits for room, not forever.
+		_ = pair.SetWriteDeadline(time.Now().Add(patience))
 		if err := sendConnection(pair, connectionMessage(id, s.listener, pending), s.conn); err != nil {
 			log.Printf("offering a connection: %v", err)
 			svc.resume(s, pending)
@@ -765,6 +786,7 @@ waiting:
 		}
 	}
 	end := header{kind: kindEnd}.encode()
+	_ = pair.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _, _ = pair.WriteMsgUnix(end, nil, nil)
 	pair.Close()
 	return handedOver
