@@ -171,7 +171,7 @@ fn echo_client(
     let mut sequence = 0u64;
     while !stop.load(Ordering::SeqCst) {
         sequence += 1;
-        let result = if sequence % 5 == 0 {
+        let result = if sequence.is_multiple_of(5) {
             exchange("generation\n", &mut report).and_then(|answer| {
                 answer
                     .trim_end()
@@ -344,13 +344,12 @@ fn wait_ready(notify: &UnixDatagram, generation: &Generation) {
             "generation {} never sent READY=1",
             generation.number
         );
-        if let Ok(n) = notify.recv(&mut buffer) {
-            if String::from_utf8_lossy(&buffer[..n])
+        if let Ok(n) = notify.recv(&mut buffer)
+            && String::from_utf8_lossy(&buffer[..n])
                 .lines()
                 .any(|line| line == "READY=1")
-            {
-                break;
-            }
+        {
+            break;
         }
     }
     // Sent before READY=1, so it is queued by now.
