@@ -626,6 +626,13 @@ func (svc *service) receiveFrom(pair *net.UnixConn) {
 		}
 		fds := receivedFds(oob[:oobn])
 		h, err := decodeHeader(message[:n])
+		if err != nil && n >= headerSize && bytes.Equal(message[:4], magic[:]) {
+			// Ours but malformed (flags set): refuse it by its id, so the
+			// old generation need not wait for an acknowledgement.
+			h, err = header{kind: kindConnection, id: binary.LittleEndian.Uint64(message[8:])}, nil
+			closeAll(fds)
+			fds = nil
+		}
 		if err != nil || h.kind != kindConnection {
 			closeAll(fds)
 			if err == nil && h.kind == kindEnd {

@@ -169,3 +169,25 @@ func TestWithoutAnAcknowledgementTheConnectionStaysWithTheOldGeneration(t *testi
 		t.Error("an acknowledgement was sent after the old generation stopped waiting")
 	}
 }
+
+func TestAMalformedConnectionMessageIsRefusedByItsId(t *testing.T) {
+	successor := newService("2")
+	oldEnd, newEnd := seqpacketPair(t)
+	defer oldEnd.Close()
+	go successor.receiveFrom(newEnd)
+	message := connectionMessage(42, "echo", nil)
+	message[5] = 1 // flags must be 0
+	if _, _, err := oldEnd.WriteMsgUnix(message, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = oldEnd.SetReadDeadline(time.Now().Add(5 * time.Second))
+	answer := make([]byte, 64)
+	n, _, _, _, err := oldEnd.ReadMsgUnix(answer, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := decodeHeader(answer[:n])
+	if err != nil || h.kind != kindAck || h.id != 42 || h.field != statusRefused {
+		t.Fatalf("answered %+v (%v), want the refusal of 42", h, err)
+	}
+}
