@@ -1,0 +1,3 @@
+module baton.example/go-handoff
+
+go 1.19
