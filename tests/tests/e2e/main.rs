@@ -21,6 +21,7 @@ mod outcomes;
 mod process_tracking;
 mod restart_by_signal;
 mod restart_under_load;
+mod runtime_folders;
 mod sockets;
 mod tls;
 mod tokens;
