@@ -2,6 +2,7 @@
 
 mod agent_recovery;
 mod api_contract;
+mod binary_swap;
 mod bad_input;
 mod cli;
 mod dashboard;
@@ -12,6 +13,7 @@ mod fleet;
 mod gunicorn;
 mod handoff_broker;
 mod host_binding;
+mod install;
 mod lifecycle;
 mod link_faults;
 mod mainpid;
