@@ -110,9 +110,7 @@ fn create(folder: &RuntimeFolder) -> io::Result<()> {
     }
     for path in missing.into_iter().rev() {
         match std::fs::DirBuilder::new().mode(folder.mode).create(path) {
-            Ok(()) => {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(folder.mode))?
-            }
+            Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(folder.mode))?,
             // Made meanwhile by someone else: theirs, its mode too.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
             Err(e) => return Err(e),

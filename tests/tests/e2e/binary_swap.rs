@@ -78,7 +78,11 @@ fn a_swapped_binary_is_what_the_next_generation_runs_while_the_old_runs_on() {
     assert_eq!(running_inode(old.pid), inode(&releases.join("v1/web")));
 
     let (_, report) = agent.restart("web");
-    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded), "{report:?}");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
     let new = agent.service("web").generations[0].clone();
     assert!(new.generation > old.generation);
     assert_eq!(running_inode(new.pid), inode(&releases.join("v2/web")));

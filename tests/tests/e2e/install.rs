@@ -33,7 +33,11 @@ fn run(command: &mut Command) -> String {
 /// `cargo deb` of one crate, from the binaries already built in this
 /// profile (the tests' build; no release build).
 fn build_deb(package: &str, out: &Path) -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    };
     let have_cargo_deb = Command::new("cargo")
         .args(["deb", "--version"])
         .output()
@@ -46,15 +50,21 @@ fn build_deb(package: &str, out: &Path) -> PathBuf {
     std::fs::create_dir_all(&folder).unwrap();
     run(Command::new("cargo")
         .current_dir(workspace())
-        .args(["deb", "--no-build", "--fast", "--no-dbgsym", "--profile", profile])
+        .args([
+            "deb",
+            "--no-build",
+            "--fast",
+            "--no-dbgsym",
+            "--profile",
+            profile,
+        ])
         .args(["-p", package, "-o"])
         .arg(&folder));
-    let deb = std::fs::read_dir(&folder)
+    std::fs::read_dir(&folder)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .find(|path| path.extension().is_some_and(|e| e == "deb"))
-        .unwrap_or_else(|| panic!("cargo deb -p {package} made no .deb"));
-    deb
+        .unwrap_or_else(|| panic!("cargo deb -p {package} made no .deb"))
 }
 
 fn field(deb: &Path, name: &str) -> String {

@@ -2,8 +2,8 @@
 
 mod agent_recovery;
 mod api_contract;
-mod binary_swap;
 mod bad_input;
+mod binary_swap;
 mod cli;
 mod dashboard;
 mod deploy;
