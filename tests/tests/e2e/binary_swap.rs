@@ -88,3 +88,52 @@ fn a_swapped_binary_is_what_the_next_generation_runs_while_the_old_runs_on() {
     assert_eq!(running_inode(new.pid), inode(&releases.join("v2/web")));
     answers(address);
 }
+
+/// The agent started through a `current` symlink is upgraded (SIGUSR2) to
+/// the release the symlink names at the upgrade, keeping its pid and its
+/// services.
+#[test]
+fn an_agent_upgraded_after_a_symlink_swap_runs_the_new_release() {
+    let agent_binary = bin("baton-agent");
+    // Beside the build, so the releases can be hard links of it: two paths,
+    // and /proc/PID/exe names the one the kernel executed.
+    let deploy = tempfile::tempdir_in(agent_binary.parent().unwrap()).unwrap();
+    let releases = deploy.path().join("releases");
+    for release in ["v1", "v2"] {
+        std::fs::create_dir_all(releases.join(release)).unwrap();
+        let path = releases.join(release).join("baton-agent");
+        if std::fs::hard_link(&agent_binary, &path).is_err() {
+            std::fs::copy(&agent_binary, &path).unwrap();
+        }
+    }
+    let current = deploy.path().join("current");
+    swap_symlink(&current, &releases.join("v1"));
+
+    let agent = AgentUnderTest::start_with_binary(
+        &current.join("baton-agent"),
+        &baton_tests::demo_service("web", ""),
+    );
+    let executed = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(executed(agent.pid()), releases.join("v1/baton-agent"));
+    let serving = agent.service("web").generations[0].pid;
+
+    swap_symlink(&current, &releases.join("v2"));
+    agent.signal(nix::sys::signal::Signal::SIGUSR2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while executed(agent.pid()) != releases.join("v2/baton-agent") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent still runs {}:\n{}",
+            executed(agent.pid()).display(),
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    agent.wait_for(
+        "the upgraded agent answering",
+        std::time::Duration::from_secs(20),
+        |status| status.services.iter().any(|s| s.name == "web"),
+    );
+    assert_eq!(agent.service("web").generations[0].pid, serving);
+    answers(agent.tcp_addr("web", "http"));
+}
