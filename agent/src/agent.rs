@@ -41,7 +41,7 @@ struct Running {
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     // Resolved now: once a new binary is installed over this one, the running
     // image's path no longer names it.
-    let exe = std::env::current_exe().context("could not find the agent's own binary")?;
+    let exe = upgrade_path().context("could not find the agent's own binary")?;
     let inherited = match Handover::inherited() {
         Some(Ok(handover)) => Some(handover),
         Some(Err(e)) => {
@@ -404,6 +404,34 @@ async fn upgrade(exe: &Path, control_fd: RawFd, notify_fd: RawFd, view: &Arc<Age
         let _ = crate::sys::set_cloexec(fd, true);
     }
     frozen.iter().for_each(ServiceHandle::thaw);
+}
+
+/// The path an upgrade re-executes: the one the agent was started by, so a
+/// `current` symlink in it is followed again at the upgrade and a release
+/// swapped in meanwhile is what runs (docs/deploy.md). The kernel's
+/// `/proc/self/exe` has every symlink resolved: it would name the old
+/// release for ever. The started path is used only while it names this
+/// very file; otherwise (started through `PATH`, or the path already
+/// changed) the kernel's.
+fn upgrade_path() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let running = std::env::current_exe()?;
+    let Some(started) = std::env::args_os().next().map(PathBuf::from) else {
+        return Ok(running);
+    };
+    if !started.as_os_str().as_bytes().contains(&b'/') {
+        return Ok(running);
+    }
+    let started = std::env::current_dir()?.join(started);
+    let same_file = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    Ok(if same_file(&started, &running) {
+        started
+    } else {
+        running
+    })
 }
 
 /// Only returns on failure.

@@ -18,6 +18,7 @@ pub mod notify_router;
 pub mod probe;
 pub mod reaper;
 pub mod recovery;
+pub mod runtime_dir;
 pub mod service;
 pub mod sockets;
 pub mod spawn;

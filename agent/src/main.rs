@@ -10,7 +10,8 @@ struct Args {
     /// The agent's TOML configuration.
     #[arg(long, short, env = "BATON_AGENT_CONFIG")]
     config: PathBuf,
-    /// Check the configuration and exit.
+    /// Check the configuration, create the runtime folders it names if
+    /// missing, and exit.
     #[arg(long)]
     check: bool,
 }
@@ -41,6 +42,11 @@ fn main() -> ExitCode {
             "this file holds the server token and others than its owner may read it; \
              `chmod 600` it"
         );
+    }
+    // Before anything binds: a folder that cannot be made fails the check too.
+    if let Err(e) = baton_agent::runtime_dir::create_all(&config) {
+        eprintln!("baton-agent: {e}");
+        return ExitCode::FAILURE;
     }
     if args.check {
         println!(

@@ -68,7 +68,24 @@ impl AgentUnderTest {
     /// Starts an agent and waits only for its control socket. `services` may
     /// begin with top-level keys (`host = ...`) and a `[server]` table.
     pub fn start_unchecked(services: &str) -> AgentUnderTest {
-        let agent = AgentSetup::new(bin("baton-agent"), services)
+        AgentUnderTest::start_unchecked_with_binary(&bin("baton-agent"), services)
+    }
+
+    /// Like [`AgentUnderTest::start`], with another build of the agent (an
+    /// installed package's).
+    pub fn start_with_binary(binary: &Path, services: &str) -> AgentUnderTest {
+        let agent = AgentUnderTest::start_unchecked_with_binary(binary, services);
+        agent.wait_for("every service ready", Duration::from_secs(30), |status| {
+            status
+                .services
+                .iter()
+                .all(|s| s.state == ServiceState::Ready)
+        });
+        agent
+    }
+
+    fn start_unchecked_with_binary(binary: &Path, services: &str) -> AgentUnderTest {
+        let agent = AgentSetup::new(binary, services)
             .prefix("baton-test-")
             .env(
                 "BATON_LOG",
