@@ -84,6 +84,12 @@ pub(crate) struct Offering {
     next_id: AtomicU64,
     handed_over: AtomicUsize,
     closed: Notify,
+    /// One sender at a time, in arrival order. The pair queues only a few
+    /// datagrams (`net.unix.max_dgram_qlen`); without this, every task
+    /// offering a connection waits on the pair's writability, and each
+    /// freed slot wakes all of them: with 10,000 connections the wakeups
+    /// grow with the square of the count.
+    sending: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +121,7 @@ impl Offering {
             next_id: AtomicU64::new(1),
             handed_over: AtomicUsize::new(0),
             closed: Notify::new(),
+            sending: tokio::sync::Mutex::new(()),
         });
         let reader = offering.clone();
         tokio::spawn(async move { reader.read_acknowledgements().await });
@@ -162,6 +169,10 @@ impl Offering {
         let Ok(bytes) = message.encode() else {
             return returned(stream, NotTaken::TooLarge);
         };
+        // Waiting here is waiting for the other connections' sends, not
+        // for the successor: it is not held to ACK_WAIT. A close meanwhile
+        // is seen below, once this one's turn comes.
+        let turn = self.sending.lock().await;
         let mut answer = {
             let mut offer_state = self.lock();
             if offer_state.closed {
@@ -176,6 +187,7 @@ impl Offering {
             packet::send_async(&self.pair, &bytes, Some(stream.as_fd())),
         )
         .await;
+        drop(turn);
         let failure = match sent {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(NotTaken::Send(error)),

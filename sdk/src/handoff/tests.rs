@@ -562,3 +562,66 @@ async fn a_connection_at_every_bound_goes_through_whole() {
     assert_eq!(incoming.state, state);
     running.await.unwrap();
 }
+
+/// Many connection tasks offering at once, the new generation in a runtime
+/// of its own (as in another process): each must wait its turn to send
+/// rather than all waking whenever the pair has room for one more.
+#[tokio::test]
+async fn thousands_of_connections_offered_at_once_are_all_taken() {
+    const CONNECTIONS: usize = 5000;
+    let (agent, old_channel, new_channel) = channels();
+    let (ready_sender, ready) = tokio::sync::oneshot::channel();
+    let received = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut incomings = Handoff::new()
+                .capacity(CONNECTIONS)
+                .accept(&new_channel)
+                .unwrap();
+            let _ = ready_sender.send(());
+            let mut kept = Vec::with_capacity(CONNECTIONS);
+            while kept.len() < CONNECTIONS {
+                match incomings.recv().await {
+                    Some(incoming) => kept.push(incoming),
+                    None => break,
+                }
+            }
+            kept.len()
+        })
+    });
+    ready.await.unwrap();
+    assert_eq!(
+        Agent::read(&agent.new).await.as_deref(),
+        Some("HANDOFF=1\n")
+    );
+    let (shutdown, handle) = old_generation(old_channel);
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    let mut servers = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let (client, server) = tokio::net::UnixStream::pair().unwrap();
+        clients.push(client);
+        servers.push(server);
+    }
+    let guard = handle.connection();
+    agent.broker();
+    handle.trigger();
+    let running = tokio::spawn(shutdown.run());
+    let offers: Vec<_> = servers
+        .into_iter()
+        .map(|server| {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.hand_over("echo", server, b"", b"").await.is_ok() })
+        })
+        .collect();
+    let mut taken = 0;
+    for offer in offers {
+        taken += usize::from(offer.await.unwrap());
+    }
+    drop(guard);
+    assert_eq!(taken, CONNECTIONS, "every connection offered was taken");
+    assert_eq!(received.join().unwrap(), CONNECTIONS);
+    assert_eq!(running.await.unwrap().handed_over, CONNECTIONS);
+}
