@@ -179,11 +179,28 @@ listen = "tcp://127.0.0.1:0"
     println!();
     println!("dashboard:      http://{listen}/");
     println!("operator token: {operator_token}");
-    for (service, address) in &addresses {
+    for (service, address, _) in &addresses {
         println!("service {service:<7} {address}");
+    }
+    let echo = addresses.iter().find_map(|(_, _, echo)| echo.as_deref());
+    if let Some((service, address, _)) = addresses.iter().find(|(s, _, _)| s == "web") {
+        let ws = address.replacen("http://", "ws://", 1);
+        println!("service {service:<7} {ws}/ws (WebSocket echo)");
+    }
+    if let Some(echo) = echo {
+        println!(
+            "service web     {echo} (line echo: the line `generation` answers the serving one)"
+        );
     }
     println!();
     println!("try:");
+    if let Some(echo) = echo.and_then(|e| e.strip_prefix("tcp://"))
+        && let Some((host, port)) = echo.rsplit_once(':')
+    {
+        println!(
+            "  nc {host} {port}      # type lines, and `generation`; restart web: the same connection answers the next"
+        );
+    }
     println!(
         "  curl -X POST -H 'Authorization: Bearer {operator_token}' http://{listen}/services/web/restart"
     );
@@ -203,7 +220,10 @@ listen = "tcp://127.0.0.1:0"
 
 /// `(service, http://address)` of every service whose generation is ready,
 /// for people to curl.
-fn ready_addresses(socket: &Path) -> Result<Vec<(String, String)>, baton_client::Error> {
+/// Each ready service's first address (as a URL) and its `echo` socket's.
+fn ready_addresses(
+    socket: &Path,
+) -> Result<Vec<(String, String, Option<String>)>, baton_client::Error> {
     let status = baton_client::AgentClient::connect(socket)?.status()?;
     Ok(status
         .services
@@ -211,7 +231,16 @@ fn ready_addresses(socket: &Path) -> Result<Vec<(String, String)>, baton_client:
         .filter(|s| s.state == baton_proto::ServiceState::Ready)
         .filter_map(|s| {
             let listen = s.sockets.first()?.listen.as_str();
-            Some((s.name.clone(), listen.replacen("tcp://", "http://", 1)))
+            let echo = s
+                .sockets
+                .iter()
+                .find(|socket| socket.name == "echo")
+                .map(|socket| socket.listen.clone());
+            Some((
+                s.name.clone(),
+                listen.replacen("tcp://", "http://", 1),
+                echo,
+            ))
         })
         .collect())
 }
