@@ -23,7 +23,7 @@ pub async fn restart(
     };
     let restart = client.start_restart(service, &body).await?;
     let hosts: Vec<&str> = restart.hosts.iter().map(|h| h.host.as_str()).collect();
-    println!(
+    outln!(
         "restart {} of {service} started on {} host(s): {}",
         restart.id,
         hosts.len(),
@@ -40,13 +40,7 @@ pub async fn restart(
         for host in &restart.hosts {
             let shown = printed.entry(host.host.clone()).or_default();
             for step in host.steps.iter().skip(*shown) {
-                println!(
-                    "{}  +{:>7.3}s  {}: {}",
-                    clock(step.at),
-                    started.elapsed().as_secs_f64(),
-                    host.host,
-                    step.kind
-                );
+                outln!("{}", wait_step_line(&restart, host, step));
             }
             *shown = host.steps.len().max(*shown);
             let done = matches!(
@@ -59,15 +53,15 @@ pub async fn restart(
                     .unwrap_or(false)
             {
                 for line in host_finished_lines(host) {
-                    println!("{line}");
+                    outln!("{line}");
                 }
             }
         }
         if restart.state == RestartState::Finished {
             match (&restart.outcome, &restart.outcome_reason) {
-                (Some(outcome), Some(reason)) => println!("restart {id}: {outcome} ({reason})"),
-                (Some(outcome), None) => println!("restart {id}: {outcome}"),
-                (None, _) => println!("restart {id}: finished without an outcome"),
+                (Some(outcome), Some(reason)) => outln!("restart {id}: {outcome} ({reason})"),
+                (Some(outcome), None) => outln!("restart {id}: {outcome}"),
+                (None, _) => outln!("restart {id}: finished without an outcome"),
             }
             return Ok(exit::of_outcome(restart.outcome));
         }
@@ -80,6 +74,19 @@ pub async fn restart(
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
+}
+
+/// A step as `--wait` prints it: its own time, and how long after the
+/// restart was created it happened (not when this command saw it: steps
+/// arrive in batches).
+fn wait_step_line(restart: &Restart, host: &RestartHost, step: &baton_proto::Event) -> String {
+    format!(
+        "{}  +{:>7.3}s  {}: {}",
+        clock(step.at),
+        step.at.saturating_sub(restart.created_at) as f64 / 1000.0,
+        host.host,
+        step.kind
+    )
 }
 
 /// What a host's part of a restart came to once it ended: its outcome, and
@@ -106,12 +113,12 @@ fn host_finished_lines(host: &RestartHost) -> Vec<String> {
 pub async fn show(client: &ServerClient, id: u64, json: bool) -> Result<u8, Error> {
     let restart = client.restart(id).await?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&restart).unwrap_or_default()
         );
     } else {
-        print!("{}", restart_text(&restart));
+        out!("{}", restart_text(&restart));
     }
     Ok(exit::SUCCEEDED)
 }
@@ -151,9 +158,16 @@ fn restart_text(restart: &Restart) -> String {
     out
 }
 
-pub async fn status(client: &ServerClient) -> Result<u8, Error> {
+pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
     let list = client.services().await?;
-    println!(
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(exit::SUCCEEDED);
+    }
+    outln!(
         "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  DRAINING",
         "SERVICE", "HOST", "ONLINE", "STATE", "GEN", "PID", "CONNS", "MEM", "CPU"
     );
@@ -184,7 +198,7 @@ pub async fn status(client: &ServerClient) -> Result<u8, Error> {
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  {}",
                 service.name,
                 host.host,
@@ -212,7 +226,7 @@ pub async fn history(
     limit: u32,
 ) -> Result<u8, Error> {
     let page = client.history(service, limit).await?;
-    println!(
+    outln!(
         "{:>6}  {:<20} {:<12} {:>9}  HOSTS",
         "ID", "STARTED (UTC)", "OUTCOME", "DURATION"
     );
@@ -238,7 +252,7 @@ pub async fn history(
                 None => format!("{}={:?}", h.host, h.state).to_lowercase(),
             })
             .collect();
-        println!(
+        outln!(
             "{:>6}  {:<20} {:<12} {:>9}  {}",
             restart.id,
             clock(restart.created_at),

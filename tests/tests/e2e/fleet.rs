@@ -255,6 +255,17 @@ async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("host-a: generation 2 ready"), "{stdout}");
     assert!(stdout.contains("host-a: succeeded"), "{stdout}");
+    // Each step's offset is from the restart's creation to the step's own
+    // time, whenever the command happened to see it.
+    let restart: Restart = server.get_json("/restarts/1").await;
+    for step in &restart.hosts[0].steps {
+        let offset = format!(
+            "+{:>7.3}s  host-a: {}",
+            step.at.saturating_sub(restart.created_at) as f64 / 1000.0,
+            step.kind
+        );
+        assert!(stdout.contains(&offset), "{offset:?} missing:\n{stdout}");
+    }
 
     std::fs::write(&mode, "crash").unwrap();
     let (code, stdout, _) = tokio::task::spawn_blocking({
@@ -279,6 +290,11 @@ async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
     let (code, stdout, stderr) = cli(&viewer, &["status"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("host-a"), "{stdout}");
+    let (code, stdout, stderr) = cli(&viewer, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: baton_proto::api::ServiceList = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is no JSON ({e}):\n{stdout}"));
+    assert_eq!(list.services[0].hosts[0].host, "host-a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
