@@ -163,7 +163,11 @@ pub struct RestartLine {
     pub badge: Badge,
     pub hosts: String,
     pub requested_by: String,
+    /// Why the operator restarted (the history's "why").
     pub reason: String,
+    /// Why it ended as it did, when it did not succeed: shown next to the
+    /// operator's reason, never instead of it.
+    pub outcome_reason: String,
     pub started: String,
     pub started_ago: String,
     pub duration: String,
@@ -197,11 +201,8 @@ impl RestartLine {
                 .collect::<Vec<_>>()
                 .join(", "),
             requested_by: restart.requested_by.clone().unwrap_or_default(),
-            reason: restart
-                .outcome_reason
-                .clone()
-                .or_else(|| restart.reason.clone())
-                .unwrap_or_default(),
+            reason: restart.reason.clone().unwrap_or_default(),
+            outcome_reason: restart.outcome_reason.clone().unwrap_or_default(),
             started: timestamp(restart.created_at),
             started_ago: ago(restart.created_at, now),
             duration: duration_ms(
@@ -219,6 +220,9 @@ impl RestartLine {
 pub struct Phase {
     pub label: &'static str,
     pub reached: bool,
+    /// Reached by force: the old generation was SIGKILLed at the drain
+    /// deadline. Shown as such, never with the check of a clean exit.
+    pub killed: bool,
     pub at: String,
     /// Time since the milestone before it.
     pub after: String,
@@ -523,17 +527,23 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
         }
     }
     let mut previous = first_at;
+    let old_end = if killed && exited.is_some() {
+        "old killed"
+    } else {
+        "old exited"
+    };
     [
         ("spawned", spawned, spawn_note),
         ("ready", ready, ready_note),
         ("draining", draining, drain_note),
-        ("old exited", exited, exit_note),
+        (old_end, exited, exit_note),
     ]
     .into_iter()
     .map(|(label, at, note)| {
         let phase = Phase {
             label,
             reached: at.is_some(),
+            killed: label == "old killed",
             at: at.map(clock_millis).unwrap_or_else(|| "—".into()),
             after: at
                 .map(|at| format!("+{}", duration_ms(at.saturating_sub(previous))))

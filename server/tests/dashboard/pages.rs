@@ -172,6 +172,17 @@ async fn pages_for_unknown_things_are_404_pages() {
     let nowhere = browser.get("/no/such/page").await;
     assert_eq!(nowhere.status(), 404);
     assert!(nowhere.text().await.unwrap().contains("<html"));
+    // Someone signed in keeps the top bar on an error page: the way back,
+    // and who they are.
+    for path in ["/no/such/page", "/restarts/999", "/services/nothing-here"] {
+        let page = browser.get(path).await.text().await.unwrap();
+        assert!(page.contains(r#"<nav aria-label="Main">"#), "{path}: {page}");
+        assert!(page.contains(r#"href="/restarts""#), "{path}: {page}");
+        assert!(page.contains("Sign out"), "{path}: {page}");
+    }
+    // Nobody signed in: no one to show.
+    let page = Browser::new(&app).get("/no/such/page").await.text().await.unwrap();
+    assert!(!page.contains("Sign out"), "{page}");
     // The live stream needs a session too.
     let anonymous = Browser::new(&app).get("/restarts/1/live").await;
     assert_eq!(anonymous.status(), 401);
