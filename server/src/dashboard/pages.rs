@@ -144,7 +144,13 @@ pub async fn overview(
         },
     )
     .await?;
-    let lines: Vec<ServiceLine> = services.iter().map(|s| ServiceLine::new(s, now)).collect();
+    let mut lines = Vec::with_capacity(services.len());
+    for service in &services {
+        lines.push(ServiceLine {
+            name: service.name.clone(),
+            hosts: host_lines(&db, service, now).await?,
+        });
+    }
     let summary = Summary {
         services: services.len(),
         hosts_online: hosts.iter().filter(|h| h.online).count(),
@@ -172,6 +178,27 @@ pub async fn overview(
     })
 }
 
+/// A service's hosts as the pages list them; a crash-looping one also says
+/// how its last generation ended and when the agent starts the next, which
+/// only the stored events know.
+async fn host_lines(
+    db: &Db,
+    service: &baton_proto::api::Service,
+    now: baton_proto::UnixMillis,
+) -> anyhow::Result<Vec<HostLine>> {
+    let mut lines = Vec::with_capacity(service.hosts.len());
+    for on_host in &service.hosts {
+        let mut line = HostLine::new(on_host, now);
+        if on_host.state == baton_proto::ServiceState::CrashLooping
+            && let Some(crash) = store::last_crash(db, &on_host.host, &service.name).await?
+        {
+            line = line.with_last_crash(&crash, now);
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
 fn parse_service(name: &str) -> Result<ServiceName, PageError> {
     ServiceName::parse(name).map_err(|e| PageError::NotFound(e.to_string()))
 }
@@ -189,10 +216,10 @@ pub async fn service_live(
     let running_restart = store::running_restart_of(db, name.as_str()).await?;
     Ok(ServiceLive {
         name: name.to_string(),
-        hosts: service
-            .as_ref()
-            .map(|s| s.hosts.iter().map(|h| HostLine::new(h, now)).collect())
-            .unwrap_or_default(),
+        hosts: match &service {
+            Some(service) => host_lines(db, service, now).await?,
+            None => Vec::new(),
+        },
         timeline: timeline::render(&generations.generations, service.as_ref(), now),
         running_restart,
     })

@@ -74,6 +74,9 @@ pub struct HostLine {
     pub starting: Option<String>,
     pub status_text: Option<String>,
     pub crashes: u32,
+    /// A crash-looping service: how its last generation ended and when the
+    /// next starts (filled from the stored events, see `with_last_crash`).
+    pub last_crash: Option<String>,
     /// Why the service cannot start there (a stranger holds its address).
     pub blocked: Option<String>,
     /// Offline, crash-looping, stopped or blocked: counted on the overview.
@@ -133,8 +136,33 @@ impl HostLine {
                 .map(|g| format!("generation {} starting (pid {})", g.generation, g.pid)),
             status_text: current.and_then(|g| g.status_text.clone()),
             crashes: on_host.consecutive_crashes,
+            last_crash: None,
             blocked: on_host.blocked.clone(),
         }
+    }
+
+    /// Says how the last crash ended and when the agent tries again:
+    /// `generation 4 exited with status 1 at 12:00:01.250; next start at
+    /// 12:00:05.250 (in 3s)`.
+    pub fn with_last_crash(mut self, crash: &crate::store::LastCrash, now: UnixMillis) -> HostLine {
+        let ended = match &crash.status {
+            Some(status) => format!("generation {} {status}", crash.generation),
+            None => format!("generation {} crashed", crash.generation),
+        };
+        let next = if crash.next_start_at > now {
+            format!(
+                "next start at {} (in {})",
+                clock_millis(crash.next_start_at),
+                duration_ms(crash.next_start_at - now)
+            )
+        } else {
+            format!("next start was due at {}", clock_millis(crash.next_start_at))
+        };
+        self.last_crash = Some(format!(
+            "{ended} at {}; {next}",
+            clock_millis(crash.crashed_at)
+        ));
+        self
     }
 }
 

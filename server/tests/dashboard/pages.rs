@@ -250,3 +250,46 @@ async fn a_service_whose_address_a_stranger_holds_says_so_in_the_api_and_on_the_
         );
     }
 }
+
+#[tokio::test]
+async fn a_crash_looping_service_shows_its_last_exit_and_next_start() {
+    let app = spawn_app().await;
+    let mut crashing = service("web", 4);
+    crashing.state = baton_proto::ServiceState::CrashLooping;
+    crashing.generations.clear();
+    crashing.consecutive_crashes = 3;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![crashing]).await;
+    let exited = agent.event(
+        "web",
+        None,
+        baton_proto::EventKind::GenerationExited {
+            generation: 4,
+            pid: 1004,
+            status: "killed by SIGSEGV".into(),
+            unexpected: true,
+        },
+    );
+    let scheduled = agent.event(
+        "web",
+        None,
+        baton_proto::EventKind::CrashRestartScheduled {
+            generation: 4,
+            backoff_ms: 60_000,
+            consecutive_crashes: 3,
+        },
+    );
+    agent.send_events(vec![exited, scheduled]).await;
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.viewer).await;
+    for path in ["/services/web", "/"] {
+        let page = browser.page(path).await;
+        let Some(note) = page.split("class=\"alert alert-bad small last-crash\">").nth(1) else {
+            panic!("{path} says nothing of the crash: {page}");
+        };
+        let note = &note[..note.find("</div>").unwrap()];
+        assert!(note.contains("generation 4 killed by SIGSEGV"), "{path}: {note}");
+        assert!(note.contains("next start at"), "{path}: {note}");
+        assert!(note.contains("(in 5"), "{path}: {note}");
+    }
+}
