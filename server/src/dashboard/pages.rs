@@ -15,7 +15,7 @@ use crate::dashboard::session::{Session, Sessions};
 use crate::dashboard::signed_in::SignedIn;
 use crate::dashboard::timeline;
 use crate::dashboard::views::{
-    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewPage, RestartDetail, RestartLine,
+    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewLiveFragment, RestartDetail, RestartLine,
     RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
 };
 use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
@@ -128,16 +128,13 @@ pub async fn logout(
     Ok(response)
 }
 
-pub async fn overview(
-    SignedIn(session): SignedIn,
-    db: web::Data<Db>,
-    fleet: web::Data<Fleet>,
-) -> Result<HttpResponse, PageError> {
+/// Everything the overview shows, as its live stream re-renders it.
+pub async fn overview_live(db: &Db, fleet: &Fleet) -> anyhow::Result<OverviewLiveFragment> {
     let now = now_millis();
     let services = fleet.services();
     let hosts = fleet.hosts();
     let recent = store::list_restarts(
-        &db,
+        db,
         &RestartFilter {
             limit: RECENT_RESTARTS,
             ..Default::default()
@@ -148,7 +145,7 @@ pub async fn overview(
     for service in &services {
         lines.push(ServiceLine {
             name: service.name.clone(),
-            hosts: host_lines(&db, service, now).await?,
+            hosts: host_lines(db, service, now).await?,
         });
     }
     let summary = Summary {
@@ -166,8 +163,7 @@ pub async fn overview(
             .filter(|h| h.needs_attention)
             .count(),
     };
-    page(&OverviewPage {
-        layout: Layout::for_session(&session, "overview"),
+    Ok(OverviewLiveFragment {
         summary,
         services: lines,
         restarts: recent
@@ -176,6 +172,15 @@ pub async fn overview(
             .map(|r| RestartLine::new(r, now))
             .collect(),
     })
+}
+
+pub async fn overview(
+    SignedIn(session): SignedIn,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
+) -> Result<HttpResponse, PageError> {
+    let live = overview_live(&db, &fleet).await?;
+    page(&live.into_page(Layout::for_session(&session, "overview")))
 }
 
 /// A service's hosts as the pages list them; a crash-looping one also says

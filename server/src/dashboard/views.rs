@@ -613,6 +613,26 @@ pub struct OverviewPage {
     pub restarts: Vec<RestartLine>,
 }
 
+/// The overview but its frame: what the live stream replaces.
+#[derive(Template)]
+#[template(path = "overview_live.html")]
+pub struct OverviewLiveFragment {
+    pub summary: Summary,
+    pub services: Vec<ServiceLine>,
+    pub restarts: Vec<RestartLine>,
+}
+
+impl OverviewLiveFragment {
+    pub fn into_page(self, layout: Layout) -> OverviewPage {
+        OverviewPage {
+            layout,
+            summary: self.summary,
+            services: self.services,
+            restarts: self.restarts,
+        }
+    }
+}
+
 /// The part of the service page that the live stream replaces.
 pub struct ServiceLive {
     pub name: String,

@@ -485,3 +485,58 @@ async fn an_operator_restarts_from_the_browser_and_watches_it_succeed_live() {
 
     browser.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_updates_itself_and_an_error_page_keeps_the_navigation() {
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let _agent = AgentUnderTest::start(&server.host_config(
+        "alpha",
+        "127.0.0.1",
+        "web",
+        &[],
+        r#"ready_timeout = "10s""#,
+    ));
+    wait_for_service(&server).await;
+    let base = server.url();
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &server.viewer_token).await;
+    browser
+        .wait_for_text("#overview-live table.services", "web", Duration::from_secs(5))
+        .await;
+    let before = browser.text("#overview-live").await;
+    assert!(before.contains("No restart yet"), "{before}");
+    // Marks this page load: a reload would lose it.
+    browser.run("window.batonPageLoad = 'first'").await;
+
+    // Someone else restarts web, through the API.
+    let started = reqwest::Client::new()
+        .post(format!("{base}/services/web/restart"))
+        .bearer_auth(&server.operator_token)
+        .json(&json!({"reason": "seen live"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202, "{}", started.text().await.unwrap());
+    let after = browser
+        .wait_for_text("#overview-live", "succeeded", Duration::from_secs(30))
+        .await;
+    assert!(after.contains("#1") && after.contains("seen live"), "{after}");
+    assert_eq!(
+        browser.run("return window.batonPageLoad").await,
+        "first",
+        "the overview reloaded instead of updating itself"
+    );
+
+    // A page that is not there keeps the top bar: the way back, and who
+    // is signed in.
+    browser.goto(&format!("{base}/no/such/page")).await;
+    let top = browser.text("header.topbar").await;
+    assert!(top.contains("Overview") && top.contains("Restarts"), "{top}");
+    assert!(top.contains("Sign out"), "{top}");
+    browser.click("nav[aria-label=Main] a[href='/restarts']").await;
+    browser
+        .wait_for_path(|p| p == "/restarts", "the restarts page from a 404")
+        .await;
+    browser.quit().await;
+}
