@@ -313,3 +313,122 @@ async fn a_restart_on_an_offline_host_fails_there_with_that_reason() {
     let reason = restart.hosts[0].outcome_reason.as_deref().unwrap_or("");
     assert!(reason.contains("offline"), "{reason}");
 }
+
+/// Signs in to the dashboard with `token`: the session cookie.
+async fn dashboard_session(server: &ServerUnderTest, token: &str) -> String {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/login", server.url()))
+        .header("accept", "text/html")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "sign-in");
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("baton_session="))
+        .map(|v| v.split(';').next().unwrap().to_string())
+        .expect("a session cookie")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_handoff_shows_its_tally_in_the_api_the_metrics_and_the_dashboard() {
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentUnderTest::start(&format!(
+        "host = \"alpha\"\n{}{}",
+        server.agent_section("alpha"),
+        baton_tests::handoff::line_echo_service("echo", dir.path(), "tcp://127.0.0.1:0")
+    ));
+    wait_for_hosts(&server, 1).await;
+    let addr = agent.tcp_addr("echo", "echo");
+
+    // Two clients with a connection open: both are handed over.
+    let mut clients: Vec<(std::io::BufReader<std::net::TcpStream>, std::net::TcpStream)> = (0..2)
+        .map(|_| {
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            (std::io::BufReader::new(stream.try_clone().unwrap()), stream)
+        })
+        .collect();
+    let echo = |client: &mut (std::io::BufReader<std::net::TcpStream>, std::net::TcpStream),
+                line: &str| {
+        use std::io::{BufRead, Write};
+        client.1.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        client.0.read_line(&mut answer).unwrap();
+        answer.trim_end().to_string()
+    };
+    for client in &mut clients {
+        assert_eq!(echo(client, "before"), "before");
+    }
+
+    let restart = server.restart_and_wait("echo").await;
+    assert_eq!(
+        restart.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{restart:#?}"
+    );
+    for client in &mut clients {
+        assert_eq!(echo(client, "after"), "after", "the connection survived");
+        assert_eq!(echo(client, "generation"), "2", "and is served by the new one");
+    }
+
+    // The API: the host's tally.
+    let tally = restart.hosts[0]
+        .connections
+        .unwrap_or_else(|| panic!("no tally: {restart:#?}"));
+    assert_eq!(
+        (tally.handed_over, tally.cut),
+        (2, 0),
+        "{restart:#?}"
+    );
+
+    // The metrics: counted by service.
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("baton_connections_handed_over_total{service=\"echo\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("baton_connections_cut_total{service=\"echo\"} 0"),
+        "{metrics}"
+    );
+
+    // The dashboard's restart page.
+    let cookie = dashboard_session(&server, &server.viewer_token).await;
+    let page = reqwest::Client::new()
+        .get(format!("{}/restarts/{}", server.url(), restart.id))
+        .header("accept", "text/html")
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shown = page
+        .split("id=\"tally-alpha\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no tally on the restart page: {page}"));
+    let shown = &shown[..shown.find("</p>").unwrap()];
+    assert!(
+        shown.contains("<span class=\"tally-handed-over\">2 handed over</span>"),
+        "{shown}"
+    );
+    assert!(shown.contains("0 cut"), "{shown}");
+}
