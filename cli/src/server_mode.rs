@@ -7,7 +7,8 @@ use baton_proto::{ServiceName, exit};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How long one request of `--wait` waits for a change before asking again.
+const LONG_POLL: Duration = Duration::from_secs(20);
 
 pub async fn restart(
     client: &ServerClient,
@@ -35,35 +36,21 @@ pub async fn restart(
     let id = restart.id;
     let mut printed: HashMap<String, usize> = HashMap::new();
     let mut finished_hosts: HashMap<String, bool> = HashMap::new();
+    let mut seen: Option<String> = None;
     loop {
-        let restart = client.restart(id).await?;
-        for host in &restart.hosts {
-            let shown = printed.entry(host.host.clone()).or_default();
-            for step in host.steps.iter().skip(*shown) {
-                outln!("{}", wait_step_line(&restart, host, step));
+        // The server answers as soon as the restart changes (a long poll):
+        // each step is printed when it is stored, and nothing is asked
+        // while nothing happens.
+        let wait = match timeout {
+            Some(t) => t.saturating_sub(started.elapsed()).min(LONG_POLL),
+            None => LONG_POLL,
+        };
+        let changed = client.restart_change(id, seen.as_deref(), wait).await?;
+        if let Some((restart, etag)) = changed {
+            seen = Some(etag);
+            if let Some(code) = print_progress(&restart, &mut printed, &mut finished_hosts) {
+                return Ok(code);
             }
-            *shown = host.steps.len().max(*shown);
-            let done = matches!(
-                host.state,
-                HostRestartState::Finished | HostRestartState::Skipped
-            );
-            if done
-                && !finished_hosts
-                    .insert(host.host.clone(), true)
-                    .unwrap_or(false)
-            {
-                for line in host_finished_lines(host) {
-                    outln!("{line}");
-                }
-            }
-        }
-        if restart.state == RestartState::Finished {
-            match (&restart.outcome, &restart.outcome_reason) {
-                (Some(outcome), Some(reason)) => outln!("restart {id}: {outcome} ({reason})"),
-                (Some(outcome), None) => outln!("restart {id}: {outcome}"),
-                (None, _) => outln!("restart {id}: finished without an outcome"),
-            }
-            return Ok(exit::of_outcome(restart.outcome));
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             eprintln!(
@@ -72,8 +59,46 @@ pub async fn restart(
             );
             return Ok(exit::TIMEOUT);
         }
-        tokio::time::sleep(POLL_EVERY).await;
     }
+}
+
+/// Prints what is new in `restart` since the last call: each host's new
+/// steps, a host's end, the restart's end. The exit code once it ended.
+fn print_progress(
+    restart: &Restart,
+    printed: &mut HashMap<String, usize>,
+    finished_hosts: &mut HashMap<String, bool>,
+) -> Option<u8> {
+    let id = restart.id;
+    for host in &restart.hosts {
+        let shown = printed.entry(host.host.clone()).or_default();
+        for step in host.steps.iter().skip(*shown) {
+            outln!("{}", wait_step_line(restart, host, step));
+        }
+        *shown = host.steps.len().max(*shown);
+        let done = matches!(
+            host.state,
+            HostRestartState::Finished | HostRestartState::Skipped
+        );
+        if done
+            && !finished_hosts
+                .insert(host.host.clone(), true)
+                .unwrap_or(false)
+        {
+            for line in host_finished_lines(host) {
+                outln!("{line}");
+            }
+        }
+    }
+    if restart.state != RestartState::Finished {
+        return None;
+    }
+    match (&restart.outcome, &restart.outcome_reason) {
+        (Some(outcome), Some(reason)) => outln!("restart {id}: {outcome} ({reason})"),
+        (Some(outcome), None) => outln!("restart {id}: {outcome}"),
+        (None, _) => outln!("restart {id}: finished without an outcome"),
+    }
+    Some(exit::of_outcome(restart.outcome))
 }
 
 /// A step as `--wait` prints it: its own time, and how long after the
