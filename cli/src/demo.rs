@@ -184,10 +184,15 @@ listen = "tcp://127.0.0.1:0"
     }
     let _ = writeln!(banner);
     let _ = writeln!(banner, "try:");
-    let _ = writeln!(banner, 
+    let _ = writeln!(
+        banner,
         "  curl -X POST -H 'Authorization: Bearer {operator_token}' http://{listen}/services/web/restart"
     );
-    let _ = writeln!(banner, "  baton --agent {} restart web --wait", control.display());
+    let _ = writeln!(
+        banner,
+        "  baton --agent {} restart web --wait",
+        control.display()
+    );
     let _ = writeln!(banner);
     let _ = writeln!(banner, "Ctrl-C stops everything.");
     let _ = std::io::stdout().write_all(banner.as_bytes());

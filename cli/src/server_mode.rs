@@ -194,7 +194,15 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
     }
     outln!(
         "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  DRAINING",
-        "SERVICE", "HOST", "ONLINE", "STATE", "GEN", "PID", "CONNS", "MEM", "CPU"
+        "SERVICE",
+        "HOST",
+        "ONLINE",
+        "STATE",
+        "GEN",
+        "PID",
+        "CONNS",
+        "MEM",
+        "CPU"
     );
     for service in &list.services {
         for host in &service.hosts {
@@ -253,7 +261,10 @@ pub async fn history(
     let page = client.history(service, limit).await?;
     outln!(
         "{:>6}  {:<20} {:<12} {:>9}  HOSTS",
-        "ID", "STARTED (UTC)", "OUTCOME", "DURATION"
+        "ID",
+        "STARTED (UTC)",
+        "OUTCOME",
+        "DURATION"
     );
     for restart in &page.restarts {
         let outcome = restart

@@ -15,8 +15,8 @@ use crate::dashboard::session::{Session, Sessions};
 use crate::dashboard::signed_in::SignedIn;
 use crate::dashboard::timeline;
 use crate::dashboard::views::{
-    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewLiveFragment, RestartDetail, RestartLine,
-    RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
+    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewLiveFragment, RestartDetail,
+    RestartLine, RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
 };
 use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
 use crate::fleet::Fleet;

@@ -1,10 +1,10 @@
 //! How a page answers: the headers every page carries, the error page, and
 //! the redirect after a form.
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError, web};
 use askama::Template;
@@ -110,16 +110,24 @@ impl ShownError {
 pub fn with_navigation<B: MessageBody + 'static>(
     response: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let shown = response.response().extensions().get::<ShownError>().cloned();
+    let shown = response
+        .response()
+        .extensions()
+        .get::<ShownError>()
+        .cloned();
     let session = response
         .request()
         .app_data::<web::Data<Sessions>>()
         .and_then(|sessions| sessions.find(response.request()));
     let (Some(shown), Some(session)) = (shown, session) else {
-        return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
     };
     let Ok(body) = shown.page(Layout::for_session(&session, "")).render() else {
-        return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
     };
     let (request, answered) = response.into_parts();
     let page = with_page_headers(HttpResponse::build(answered.status())).body(body);

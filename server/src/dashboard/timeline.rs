@@ -78,8 +78,7 @@ pub fn render(generations: &[GenerationRecord], live: Option<&Service>, now: Uni
 
     let height = AXIS_HEIGHT + LANE_HEIGHT * by_host.len() as f64 + 4.0;
     // Bars too narrow for their number: listed under the picture instead.
-    let mut unlabelled: Vec<(&str, &GenerationRecord, UnixMillis, Option<UnixMillis>)> =
-        Vec::new();
+    let mut unlabelled: Vec<(&str, &GenerationRecord, UnixMillis, Option<UnixMillis>)> = Vec::new();
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -309,7 +308,11 @@ mod tests {
         crashed.draining_at = None;
         crashed.exit_status = Some("exited with status 1".into());
         let svg = render(
-            &[record(3, 901_000, None), crashed, record(1, 800_000, Some(902_000))],
+            &[
+                record(3, 901_000, None),
+                crashed,
+                record(1, 800_000, Some(902_000)),
+            ],
             None,
             now,
         );

@@ -156,7 +156,10 @@ impl HostLine {
                 duration_ms(crash.next_start_at - now)
             )
         } else {
-            format!("next start was due at {}", clock_millis(crash.next_start_at))
+            format!(
+                "next start was due at {}",
+                clock_millis(crash.next_start_at)
+            )
         };
         self.last_crash = Some(format!(
             "{ended} at {}; {next}",

@@ -162,7 +162,10 @@ pub async fn last_crash(db: &Db, host: &str, service: &str) -> anyhow::Result<Op
         consecutive_crashes,
     } = event.kind
     else {
-        anyhow::bail!("an event stored as crash_restart_scheduled is {}", event.kind);
+        anyhow::bail!(
+            "an event stored as crash_restart_scheduled is {}",
+            event.kind
+        );
     };
     let exits: Vec<(String,)> = sqlx::query_as(
         "SELECT body FROM events
@@ -176,16 +179,17 @@ pub async fn last_crash(db: &Db, host: &str, service: &str) -> anyhow::Result<Op
     .fetch_all(&db.reads)
     .await
     .context("failed to look for the crashed generation's exit")?;
-    let status = exits.iter().find_map(|(body,)| {
-        match serde_json::from_str::<Event>(body).ok()?.kind {
-            EventKind::GenerationExited {
-                generation: exited,
-                status,
-                ..
-            } if exited == generation => Some(status),
-            _ => None,
-        }
-    });
+    let status =
+        exits.iter().find_map(
+            |(body,)| match serde_json::from_str::<Event>(body).ok()?.kind {
+                EventKind::GenerationExited {
+                    generation: exited,
+                    status,
+                    ..
+                } if exited == generation => Some(status),
+                _ => None,
+            },
+        );
     Ok(Some(LastCrash {
         generation,
         status,

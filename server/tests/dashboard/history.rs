@@ -126,7 +126,10 @@ async fn a_failed_restart_lists_the_operators_reason_and_why_it_failed() {
     browser.sign_in(&app.viewer).await;
     for path in ["/restarts", "/services/web"] {
         let page = browser.page(path).await;
-        let Some(cell) = page.split("<td data-label=\"Reason\" class=\"reason\">").nth(1) else {
+        let Some(cell) = page
+            .split("<td data-label=\"Reason\" class=\"reason\">")
+            .nth(1)
+        else {
             // The service page lists restarts only of a service a host runs.
             assert_eq!(path, "/services/web");
             continue;

@@ -176,12 +176,20 @@ async fn pages_for_unknown_things_are_404_pages() {
     // and who they are.
     for path in ["/no/such/page", "/restarts/999", "/services/nothing-here"] {
         let page = browser.get(path).await.text().await.unwrap();
-        assert!(page.contains(r#"<nav aria-label="Main">"#), "{path}: {page}");
+        assert!(
+            page.contains(r#"<nav aria-label="Main">"#),
+            "{path}: {page}"
+        );
         assert!(page.contains(r#"href="/restarts""#), "{path}: {page}");
         assert!(page.contains("Sign out"), "{path}: {page}");
     }
     // Nobody signed in: no one to show.
-    let page = Browser::new(&app).get("/no/such/page").await.text().await.unwrap();
+    let page = Browser::new(&app)
+        .get("/no/such/page")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(!page.contains("Sign out"), "{page}");
     // The live stream needs a session too.
     let anonymous = Browser::new(&app).get("/restarts/1/live").await;
@@ -284,11 +292,17 @@ async fn a_crash_looping_service_shows_its_last_exit_and_next_start() {
     browser.sign_in(&app.viewer).await;
     for path in ["/services/web", "/"] {
         let page = browser.page(path).await;
-        let Some(note) = page.split("class=\"alert alert-bad small last-crash\">").nth(1) else {
+        let Some(note) = page
+            .split("class=\"alert alert-bad small last-crash\">")
+            .nth(1)
+        else {
             panic!("{path} says nothing of the crash: {page}");
         };
         let note = &note[..note.find("</div>").unwrap()];
-        assert!(note.contains("generation 4 killed by SIGSEGV"), "{path}: {note}");
+        assert!(
+            note.contains("generation 4 killed by SIGSEGV"),
+            "{path}: {note}"
+        );
         assert!(note.contains("next start at"), "{path}: {note}");
         assert!(note.contains("(in 5"), "{path}: {note}");
     }

@@ -502,7 +502,11 @@ async fn the_overview_updates_itself_and_an_error_page_keeps_the_navigation() {
     let browser = Browser::start().await;
     browser.sign_in(&base, &server.viewer_token).await;
     browser
-        .wait_for_text("#overview-live table.services", "web", Duration::from_secs(5))
+        .wait_for_text(
+            "#overview-live table.services",
+            "web",
+            Duration::from_secs(5),
+        )
         .await;
     let before = browser.text("#overview-live").await;
     assert!(before.contains("No restart yet"), "{before}");
@@ -521,7 +525,10 @@ async fn the_overview_updates_itself_and_an_error_page_keeps_the_navigation() {
     let after = browser
         .wait_for_text("#overview-live", "succeeded", Duration::from_secs(30))
         .await;
-    assert!(after.contains("#1") && after.contains("seen live"), "{after}");
+    assert!(
+        after.contains("#1") && after.contains("seen live"),
+        "{after}"
+    );
     assert_eq!(
         browser.run("return window.batonPageLoad").await,
         "first",
@@ -532,9 +539,14 @@ async fn the_overview_updates_itself_and_an_error_page_keeps_the_navigation() {
     // is signed in.
     browser.goto(&format!("{base}/no/such/page")).await;
     let top = browser.text("header.topbar").await;
-    assert!(top.contains("Overview") && top.contains("Restarts"), "{top}");
+    assert!(
+        top.contains("Overview") && top.contains("Restarts"),
+        "{top}"
+    );
     assert!(top.contains("Sign out"), "{top}");
-    browser.click("nav[aria-label=Main] a[href='/restarts']").await;
+    browser
+        .click("nav[aria-label=Main] a[href='/restarts']")
+        .await;
     browser
         .wait_for_path(|p| p == "/restarts", "the restarts page from a 404")
         .await;

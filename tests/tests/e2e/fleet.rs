@@ -380,18 +380,18 @@ async fn a_restart_with_handoff_shows_its_tally_in_the_api_the_metrics_and_the_d
     );
     for client in &mut clients {
         assert_eq!(echo(client, "after"), "after", "the connection survived");
-        assert_eq!(echo(client, "generation"), "2", "and is served by the new one");
+        assert_eq!(
+            echo(client, "generation"),
+            "2",
+            "and is served by the new one"
+        );
     }
 
     // The API: the host's tally.
     let tally = restart.hosts[0]
         .connections
         .unwrap_or_else(|| panic!("no tally: {restart:#?}"));
-    assert_eq!(
-        (tally.handed_over, tally.cut),
-        (2, 0),
-        "{restart:#?}"
-    );
+    assert_eq!((tally.handed_over, tally.cut), (2, 0), "{restart:#?}");
 
     // The metrics: counted by service.
     let metrics = reqwest::get(format!("{}/metrics", server.url()))

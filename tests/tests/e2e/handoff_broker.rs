@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-
 /// An agent running the service, and the folder it writes to.
 struct Echo {
     agent: Arc<AgentUnderTest>,

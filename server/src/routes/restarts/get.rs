@@ -1,7 +1,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use std::time::Duration;
 use baton_proto::RestartOutcome;
+use std::time::Duration;
 
 use crate::auth::Reader;
 use crate::domain::{ServiceName, validate_host_name};
