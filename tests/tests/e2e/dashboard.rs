@@ -588,7 +588,10 @@ async fn a_killed_old_generation_and_a_crash_loop_are_shown_for_what_they_are() 
         .await;
     let last = browser.text("#restart-live .phases li:last-child").await;
     assert!(last.to_lowercase().contains("old killed"), "{last}");
-    assert!(!last.contains('✓'), "a SIGKILLed generation has no check: {last}");
+    assert!(
+        !last.contains('✓'),
+        "a SIGKILLed generation has no check: {last}"
+    );
     assert_eq!(
         browser
             .run("return document.querySelector('#restart-live .phases li:last-child').className")
@@ -608,7 +611,11 @@ async fn a_killed_old_generation_and_a_crash_loop_are_shown_for_what_they_are() 
     browser.goto(&format!("{base}/services/web")).await;
     // First the kill, then the generations that crash by themselves.
     let crash = browser
-        .wait_for_text("#service-live", "exited with status", Duration::from_secs(20))
+        .wait_for_text(
+            "#service-live",
+            "exited with status",
+            Duration::from_secs(20),
+        )
         .await;
     assert!(crash.contains("crash-looping"), "{crash}");
     let note = browser.text("#service-live .last-crash").await;
