@@ -130,6 +130,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let control_fd = listener.as_raw_fd();
     let notify_fd = notify.raw_fd();
     let events = Arc::new(EventLog::with_history(config.event_history));
+    if let Some(next) = inherited.as_ref().and_then(|h| h.next_restart) {
+        events.continue_restart_ids(next);
+    }
     let router = NotifyRouter::new(crate::cgroup::Cgroups::detect(config.cgroups));
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_string())
@@ -397,7 +400,8 @@ async fn upgrade(exe: &Path, control_fd: RawFd, notify_fd: RawFd, view: &Arc<Age
             }
         }
     }
-    let handover = Handover::new(control_fd, notify_fd, services);
+    let mut handover = Handover::new(control_fd, notify_fd, services);
+    handover.next_restart = Some(view.events.next_restart_id());
     let error = exec_with(exe, &handover);
     tracing::error!(error = %error, exe = %exe.display(), "upgrade failed; carrying on with this image");
     for fd in handover.fds() {

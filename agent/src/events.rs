@@ -200,6 +200,18 @@ impl EventLog {
         id
     }
 
+    /// The id the next restart will get.
+    pub fn next_restart_id(&self) -> RestartId {
+        self.inner.lock().expect("event log lock").next_restart
+    }
+
+    /// Goes on with the ids of the image before an upgrade: none is given
+    /// out twice.
+    pub fn continue_restart_ids(&self, next: RestartId) {
+        let mut inner = self.inner.lock().expect("event log lock");
+        inner.next_restart = inner.next_restart.max(next);
+    }
+
     /// Takes over the report of a restart that a killed agent was running,
     /// under its id; later restarts get higher ids.
     pub fn resume_restart(&self, report: RestartReport) {

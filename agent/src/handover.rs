@@ -22,6 +22,10 @@ pub struct Handover {
     pub control_fd: RawFd,
     pub notify_fd: RawFd,
     pub services: Vec<ServiceHandover>,
+    /// The id the next restart gets: ids go on across an upgrade, so an id
+    /// the server or a CI log holds never names a second restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart: Option<RestartId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +41,10 @@ pub struct ServiceHandover {
     /// while one runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartHandover>,
+    /// The service's last restart report, so `LAST RESTART` and `baton show`
+    /// survive an upgrade (the upgrade only: the state file stays small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report: Option<baton_proto::RestartReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -123,6 +131,7 @@ impl Handover {
             control_fd,
             notify_fd,
             services,
+            next_restart: None,
         }
     }
 

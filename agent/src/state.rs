@@ -260,6 +260,7 @@ mod tests {
                 verdict: None,
                 connections_cut: None,
             }),
+            last_report: None,
         }
     }
 

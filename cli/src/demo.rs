@@ -175,44 +175,59 @@ listen = "tcp://127.0.0.1:0"
         addresses.len() == 2
     })?;
 
-    println!("baton demo is running (data in {})", dir.display());
-    println!();
-    println!("dashboard:      http://{listen}/");
-    println!("operator token: {operator_token}");
+    // The banner goes out in one write whose failure is ignored: a demo
+    // whose output nobody reads still stops what it started on Ctrl-C.
+    use std::fmt::Write as _;
+    let mut banner = String::new();
+    let _ = writeln!(banner, "baton demo is running (data in {})", dir.display());
+    let _ = writeln!(banner);
+    let _ = writeln!(banner, "dashboard:      http://{listen}/");
+    let _ = writeln!(banner, "operator token: {operator_token}");
     for (service, address, _) in &addresses {
-        println!("service {service:<7} {address}");
+        let _ = writeln!(banner, "service {service:<7} {address}");
     }
     let echo = addresses.iter().find_map(|(_, _, echo)| echo.as_deref());
     if let Some((service, address, _)) = addresses.iter().find(|(s, _, _)| s == "web") {
         let ws = address.replacen("http://", "ws://", 1);
-        println!("service {service:<7} {ws}/ws (WebSocket echo)");
+        let _ = writeln!(banner, "service {service:<7} {ws}/ws (WebSocket echo)");
     }
     if let Some(echo) = echo {
-        println!(
+        let _ = writeln!(
+            banner,
             "service web     {echo} (line echo: the line `generation` answers the serving one)"
         );
     }
-    println!();
-    println!("try:");
+    let _ = writeln!(banner);
+    let _ = writeln!(banner, "try:");
     if let Some(echo) = echo.and_then(|e| e.strip_prefix("tcp://"))
         && let Some((host, port)) = echo.rsplit_once(':')
     {
-        println!(
+        let _ = writeln!(
+            banner,
             "  nc {host} {port}      # type lines, and `generation`; restart web: the same connection answers the next"
         );
     }
-    println!(
+    let _ = writeln!(
+        banner,
         "  curl -X POST -H 'Authorization: Bearer {operator_token}' http://{listen}/services/web/restart"
     );
-    println!("  baton --agent {} restart web --wait", control.display());
-    println!();
-    println!("Ctrl-C stops everything.");
+    let _ = writeln!(
+        banner,
+        "  baton --agent {} restart web --wait",
+        control.display()
+    );
+    let _ = writeln!(banner);
+    let _ = writeln!(banner, "Ctrl-C stops everything.");
+    let _ = std::io::stdout().write_all(banner.as_bytes());
     let _ = std::io::stdout().flush();
 
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("stopping: the agent drains its services, then the server stops");
+    let _ = writeln!(
+        std::io::stdout(),
+        "stopping: the agent drains its services, then the server stops"
+    );
     agent.stop();
     server.stop();
     Ok(())

@@ -1,5 +1,24 @@
 #![forbid(unsafe_code)]
 
+/// `println!` that ends the command quietly when nobody reads its output
+/// any more (`baton events | head`): the standard macro panics on the
+/// broken pipe, since Rust ignores SIGPIPE.
+macro_rules! outln {
+    () => {
+        $crate::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!`, ended quietly on a broken pipe like [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*))
+    };
+}
+
 mod demo;
 mod output;
 mod server_mode;
@@ -8,7 +27,8 @@ use baton_client::{AgentClient, Error, ProtocolError, StatusCode};
 use baton_proto::{
     ErrorBody, ErrorKind, EventKind, Request, Response, RestartOutcome, ServiceName, exit,
 };
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -90,14 +110,25 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (mut cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
+    match front_door(&matches) {
+        Ok(FrontDoor::Agent) => cli.server = None,
+        Ok(FrontDoor::AsGiven) => {}
+        Err(message) => {
+            eprintln!("baton: {message}");
+            return ExitCode::from(exit::USAGE);
+        }
+    }
     if let Command::Demo { listen, data_dir } = cli.command {
         return match demo::run(listen, data_dir) {
             Ok(()) => ExitCode::SUCCESS,
@@ -138,7 +169,7 @@ fn main() -> ExitCode {
             } => runtime.block_on(server_mode::restart(
                 &client, &service, wait, timeout, reason,
             )),
-            Command::Status { .. } => runtime.block_on(server_mode::status(&client)),
+            Command::Status { json } => runtime.block_on(server_mode::status(&client, json)),
             Command::History { service, limit } => {
                 runtime.block_on(server_mode::history(&client, &service, limit))
             }
@@ -166,6 +197,29 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// Which front door a command goes to when the flags and the environment
+/// name both.
+#[derive(Debug, PartialEq, Eq)]
+enum FrontDoor {
+    /// `--agent` on the command line: a `BATON_SERVER` in the environment
+    /// does not take the command elsewhere.
+    Agent,
+    /// The server when one is named, else the agent.
+    AsGiven,
+}
+
+/// An explicit flag always wins over the environment: `--agent` over an
+/// exported `BATON_SERVER` (as `--server` wins over `BATON_AGENT_SOCKET`,
+/// the server being asked first). Both flags at once is a mistake.
+fn front_door(matches: &clap::ArgMatches) -> Result<FrontDoor, &'static str> {
+    let explicit = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    match (explicit("agent"), explicit("server")) {
+        (true, true) => Err("--agent and --server name two front doors; pass one"),
+        (true, false) => Ok(FrontDoor::Agent),
+        (false, _) => Ok(FrontDoor::AsGiven),
+    }
 }
 
 /// How long `restart --wait` waits for an agent that went away mid-restart
@@ -251,7 +305,7 @@ fn follow_on_agent(
             Some(Response::Event(event))
                 if event.restart == Some(id) && event.service == service =>
             {
-                print!("{}", output::restart_step(&event, started));
+                out!("{}", output::restart_step(&event, started));
                 if let EventKind::RestartFinished { outcome, .. } = event.kind {
                     return Ok(Some(outcome));
                 }
@@ -275,29 +329,29 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
         Command::Status { json } => {
             let status = client.status()?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&status).unwrap_or_default()
                 );
             } else {
-                print!("{}", output::status_table(&status));
+                out!("{}", output::status_table(&status));
             }
             Ok(exit::SUCCEEDED)
         }
         Command::Reload => {
             let summary = client.reload()?;
-            print!("{}", output::reload(&summary));
+            out!("{}", output::reload(&summary));
             Ok(exit::SUCCEEDED)
         }
         Command::Show { id, json } => {
             let report = client.restart_report(id)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
-                print!("{}", output::report(&report));
+                out!("{}", output::report(&report));
             }
             Ok(exit::SUCCEEDED)
         }
@@ -309,7 +363,7 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
             }
             loop {
                 match client.receive()? {
-                    Some(Response::Event(event)) => println!("{}", output::event_line(&event)),
+                    Some(Response::Event(event)) => outln!("{}", output::event_line(&event)),
                     Some(Response::Error(body)) => return Err(Error::Agent(body)),
                     Some(_) => {
                         return Err(
@@ -329,13 +383,13 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
             let started = Instant::now();
             let deadline = timeout.map(|t| started + t);
             let id = client.start_restart(service.as_str(), reason, wait)?;
-            println!("restart {id} of {service} started");
+            outln!("restart {id} of {service} started");
             if !wait {
                 return Ok(exit::SUCCEEDED);
             }
             let followed = client
                 .follow_restart(deadline, |event| {
-                    print!("{}", output::restart_step(&event, started));
+                    out!("{}", output::restart_step(&event, started));
                 })
                 .map(|report| report.outcome);
             let followed = match followed {

@@ -7,6 +7,22 @@ use baton_proto::{
 use std::fmt::Write;
 use std::time::Instant;
 
+/// Writes to standard output; when the reader has gone (`baton events |
+/// head`), the command ends at once with success and says nothing, as
+/// there is nobody left to tell.
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        // Anything else (a full disk behind a redirect) is worth a word.
+        eprintln!("baton: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// `HH:MM:SS.mmm` in UTC: CI logs are read next to other UTC timestamps.
 pub fn clock(at: UnixMillis) -> String {
     let ms = at % 1000;

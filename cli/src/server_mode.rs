@@ -7,7 +7,8 @@ use baton_proto::{ServiceName, exit};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How long one request of `--wait` waits for a change before asking again.
+const LONG_POLL: Duration = Duration::from_secs(20);
 
 pub async fn restart(
     client: &ServerClient,
@@ -23,7 +24,7 @@ pub async fn restart(
     };
     let restart = client.start_restart(service, &body).await?;
     let hosts: Vec<&str> = restart.hosts.iter().map(|h| h.host.as_str()).collect();
-    println!(
+    outln!(
         "restart {} of {service} started on {} host(s): {}",
         restart.id,
         hosts.len(),
@@ -35,41 +36,21 @@ pub async fn restart(
     let id = restart.id;
     let mut printed: HashMap<String, usize> = HashMap::new();
     let mut finished_hosts: HashMap<String, bool> = HashMap::new();
+    let mut seen: Option<String> = None;
     loop {
-        let restart = client.restart(id).await?;
-        for host in &restart.hosts {
-            let shown = printed.entry(host.host.clone()).or_default();
-            for step in host.steps.iter().skip(*shown) {
-                println!(
-                    "{}  +{:>7.3}s  {}: {}",
-                    clock(step.at),
-                    started.elapsed().as_secs_f64(),
-                    host.host,
-                    step.kind
-                );
+        // The server answers as soon as the restart changes (a long poll):
+        // each step is printed when it is stored, and nothing is asked
+        // while nothing happens.
+        let wait = match timeout {
+            Some(t) => t.saturating_sub(started.elapsed()).min(LONG_POLL),
+            None => LONG_POLL,
+        };
+        let changed = client.restart_change(id, seen.as_deref(), wait).await?;
+        if let Some((restart, etag)) = changed {
+            seen = Some(etag);
+            if let Some(code) = print_progress(&restart, &mut printed, &mut finished_hosts) {
+                return Ok(code);
             }
-            *shown = host.steps.len().max(*shown);
-            let done = matches!(
-                host.state,
-                HostRestartState::Finished | HostRestartState::Skipped
-            );
-            if done
-                && !finished_hosts
-                    .insert(host.host.clone(), true)
-                    .unwrap_or(false)
-            {
-                for line in host_finished_lines(host) {
-                    println!("{line}");
-                }
-            }
-        }
-        if restart.state == RestartState::Finished {
-            match (&restart.outcome, &restart.outcome_reason) {
-                (Some(outcome), Some(reason)) => println!("restart {id}: {outcome} ({reason})"),
-                (Some(outcome), None) => println!("restart {id}: {outcome}"),
-                (None, _) => println!("restart {id}: finished without an outcome"),
-            }
-            return Ok(exit::of_outcome(restart.outcome));
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             eprintln!(
@@ -78,8 +59,59 @@ pub async fn restart(
             );
             return Ok(exit::TIMEOUT);
         }
-        tokio::time::sleep(POLL_EVERY).await;
     }
+}
+
+/// Prints what is new in `restart` since the last call: each host's new
+/// steps, a host's end, the restart's end. The exit code once it ended.
+fn print_progress(
+    restart: &Restart,
+    printed: &mut HashMap<String, usize>,
+    finished_hosts: &mut HashMap<String, bool>,
+) -> Option<u8> {
+    let id = restart.id;
+    for host in &restart.hosts {
+        let shown = printed.entry(host.host.clone()).or_default();
+        for step in host.steps.iter().skip(*shown) {
+            outln!("{}", wait_step_line(restart, host, step));
+        }
+        *shown = host.steps.len().max(*shown);
+        let done = matches!(
+            host.state,
+            HostRestartState::Finished | HostRestartState::Skipped
+        );
+        if done
+            && !finished_hosts
+                .insert(host.host.clone(), true)
+                .unwrap_or(false)
+        {
+            for line in host_finished_lines(host) {
+                outln!("{line}");
+            }
+        }
+    }
+    if restart.state != RestartState::Finished {
+        return None;
+    }
+    match (&restart.outcome, &restart.outcome_reason) {
+        (Some(outcome), Some(reason)) => outln!("restart {id}: {outcome} ({reason})"),
+        (Some(outcome), None) => outln!("restart {id}: {outcome}"),
+        (None, _) => outln!("restart {id}: finished without an outcome"),
+    }
+    Some(exit::of_outcome(restart.outcome))
+}
+
+/// A step as `--wait` prints it: its own time, and how long after the
+/// restart was created it happened (not when this command saw it: steps
+/// arrive in batches).
+fn wait_step_line(restart: &Restart, host: &RestartHost, step: &baton_proto::Event) -> String {
+    format!(
+        "{}  +{:>7.3}s  {}: {}",
+        clock(step.at),
+        step.at.saturating_sub(restart.created_at) as f64 / 1000.0,
+        host.host,
+        step.kind
+    )
 }
 
 /// What a host's part of a restart came to once it ended: its outcome, and
@@ -106,12 +138,12 @@ fn host_finished_lines(host: &RestartHost) -> Vec<String> {
 pub async fn show(client: &ServerClient, id: u64, json: bool) -> Result<u8, Error> {
     let restart = client.restart(id).await?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&restart).unwrap_or_default()
         );
     } else {
-        print!("{}", restart_text(&restart));
+        out!("{}", restart_text(&restart));
     }
     Ok(exit::SUCCEEDED)
 }
@@ -151,11 +183,26 @@ fn restart_text(restart: &Restart) -> String {
     out
 }
 
-pub async fn status(client: &ServerClient) -> Result<u8, Error> {
+pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
     let list = client.services().await?;
-    println!(
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(exit::SUCCEEDED);
+    }
+    outln!(
         "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  DRAINING",
-        "SERVICE", "HOST", "ONLINE", "STATE", "GEN", "PID", "CONNS", "MEM", "CPU"
+        "SERVICE",
+        "HOST",
+        "ONLINE",
+        "STATE",
+        "GEN",
+        "PID",
+        "CONNS",
+        "MEM",
+        "CPU"
     );
     for service in &list.services {
         for host in &service.hosts {
@@ -184,7 +231,7 @@ pub async fn status(client: &ServerClient) -> Result<u8, Error> {
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  {}",
                 service.name,
                 host.host,
@@ -212,9 +259,12 @@ pub async fn history(
     limit: u32,
 ) -> Result<u8, Error> {
     let page = client.history(service, limit).await?;
-    println!(
+    outln!(
         "{:>6}  {:<20} {:<12} {:>9}  HOSTS",
-        "ID", "STARTED (UTC)", "OUTCOME", "DURATION"
+        "ID",
+        "STARTED (UTC)",
+        "OUTCOME",
+        "DURATION"
     );
     for restart in &page.restarts {
         let outcome = restart
@@ -238,7 +288,7 @@ pub async fn history(
                 None => format!("{}={:?}", h.host, h.state).to_lowercase(),
             })
             .collect();
-        println!(
+        outln!(
             "{:>6}  {:<20} {:<12} {:>9}  {}",
             restart.id,
             clock(restart.created_at),

@@ -97,6 +97,44 @@ impl ServerClient {
         self.get_json(&format!("/restarts/{id}")).await
     }
 
+    /// `GET /restarts/{id}` as a long poll: the restart and its `ETag` once
+    /// it differs from the one `seen` (at once when nothing was seen), or
+    /// `None` when `wait` passed without a change.
+    pub async fn restart_change(
+        &self,
+        id: u64,
+        seen: Option<&str>,
+        wait: Duration,
+    ) -> Result<Option<(Restart, String)>> {
+        let mut request = self
+            .request(
+                Method::GET,
+                &format!("/restarts/{id}?wait_ms={}", wait.as_millis()),
+            )
+            .timeout(wait + self.timeout);
+        if let Some(seen) = seen {
+            request = request.header(reqwest::header::IF_NONE_MATCH, seen);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| Error::ServerUnreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if response.status() == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let restart = Self::answer(response).await?;
+        Ok(Some((restart, etag)))
+    }
+
     pub async fn services(&self) -> Result<ServiceList> {
         self.get_json("/services").await
     }
@@ -135,6 +173,11 @@ impl ServerClient {
                 url: self.base.clone(),
                 source,
             })?;
+        Self::answer(response).await
+    }
+
+    /// The JSON of a successful answer, else the error it says.
+    async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
         let status = response.status();
         if status.is_success() {
             return response

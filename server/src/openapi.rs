@@ -167,6 +167,16 @@ mod paths {
         id: u64,
     }
 
+    /// The long poll of `GET /restarts/{id}`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct RestartWaitQuery {
+        /// With `If-None-Match`: wait up to this many milliseconds (at most
+        /// 60000) for the restart to change before answering `304`.
+        #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
+        wait_ms: Option<u64>,
+    }
+
     /// `limit` and `before`; a repeated or unparsable one is `400`.
     #[derive(IntoParams)]
     #[into_params(parameter_in = Query)]
@@ -371,9 +381,12 @@ mod paths {
         tag = "restarts",
         get,
         path = "/restarts/{id}",
-        params(RestartPath),
+        params(RestartPath, RestartWaitQuery, ("If-None-Match" = Option<String>, Header, description = "The `ETag` of the restart as last seen: unchanged, it is `304`.")),
         responses(
-            (status = 200, description = "The restart.", body = Restart),
+            (status = 200, description = "The restart.", body = Restart,
+                headers(("ETag" = String, description = "Changes whenever the restart does."))),
+            (status = 304, description = "The restart still matches `If-None-Match` (after waiting up to `wait_ms` for a change).",
+                headers(("ETag" = String, description = "The restart's, unchanged."))),
             (status = 400, description = "The id is not an unsigned 64-bit number.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
             (status = 404, description = "No such restart.", body = ApiError),

@@ -103,6 +103,10 @@ impl Application {
                     middleware::DefaultHeaders::new()
                         .add((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000")),
                 ))
+                .wrap(
+                    middleware::ErrorHandlers::new()
+                        .default_handler(dashboard::response::with_navigation),
+                )
                 // Outermost: a refused connection costs nothing more.
                 .wrap(middleware::from_fn(limits::limit_clients))
                 .app_data(limits.clone())

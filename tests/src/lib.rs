@@ -5,6 +5,7 @@
 //! command does it) and found next to the test executable's folder.
 #![forbid(unsafe_code)]
 
+pub mod handoff;
 pub mod server;
 
 use baton_client::AgentClient;

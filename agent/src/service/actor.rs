@@ -356,6 +356,7 @@ impl Actor {
                 .map(|(name, fd)| (name.clone(), fd.as_raw_fd()))
                 .collect(),
             restart: core.restart,
+            last_report: None,
         }
     }
 
@@ -878,6 +879,10 @@ impl Actor {
         if from == Predecessor::Dead {
             self.kill_unrecorded(&handed);
         }
+        if let Some(report) = &handed.last_report {
+            self.last_restart = Some(report.id);
+            self.shared.events.resume_restart(report.clone());
+        }
         if from == Predecessor::Dead
             && let Some(restart) = &handed.restart
         {
@@ -991,7 +996,11 @@ impl Actor {
 
     fn handover(&mut self) -> Result<ServiceHandover, super::HandoverRefused> {
         let core = self.core.hand_over(Instant::now())?;
-        Ok(self.describe(core))
+        let mut service = self.describe(core);
+        service.last_report = self
+            .last_restart
+            .and_then(|id| self.shared.events.restart(id));
+        Ok(service)
     }
 
     /// Answers a status request. Connections are those the core knows

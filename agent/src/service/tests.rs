@@ -1148,6 +1148,7 @@ fn a_handed_over_service_is_adopted_with_its_deadlines() {
         consecutive_crashes: handed.consecutive_crashes,
         fd_store: Vec::new(),
         restart: handed.restart,
+        last_report: None,
     };
 
     let mut next = Bench::new(config());
@@ -1213,6 +1214,7 @@ fn state_file_entry(bench: &Bench) -> (crate::handover::ServiceHandover, u64) {
         consecutive_crashes: core.consecutive_crashes,
         fd_store: Vec::new(),
         restart: core.restart,
+        last_report: None,
     };
     (service, unix_ms)
 }

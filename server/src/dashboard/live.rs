@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::auth::TokenCache;
-use crate::dashboard::pages::{restart_detail, service_live};
+use crate::dashboard::pages::{overview_live, restart_detail, service_live};
 use crate::dashboard::session::{SessionKey, Sessions, StreamPermit};
 use crate::dashboard::views::{RestartLiveFragment, ServiceLiveFragment};
 use crate::domain::ServiceName;
@@ -317,6 +317,36 @@ pub async fn restart(
 
 /// `GET /services/{name}/live`: the hosts table and the timeline, for as
 /// long as the page is open.
+/// The overview, re-rendered whenever the fleet or the history changes.
+pub async fn overview(
+    request: HttpRequest,
+    sessions: web::Data<Sessions>,
+    tokens: web::Data<TokenCache>,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
+    metrics: web::Data<Metrics>,
+) -> HttpResponse {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+        Ok(watcher) => watcher,
+        Err(refused) => return refused.response(),
+    };
+    event_stream(watcher, move || {
+        let (db, fleet) = (db.clone(), fleet.clone());
+        async move {
+            match overview_live(&db, &fleet).await {
+                Ok(fragment) => match fragment.render() {
+                    Ok(html) => Frame::Html {
+                        html,
+                        finished: false,
+                    },
+                    Err(_) => Frame::Gone,
+                },
+                Err(_) => Frame::Gone,
+            }
+        }
+    })
+}
+
 pub async fn service(
     request: HttpRequest,
     path: web::Path<String>,

@@ -46,6 +46,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::post().to(pages::logout)),
         )
         .route("/", web::get().to(pages::overview))
+        .route("/live", web::get().to(live::overview))
         .service(
             web::resource("/services")
                 .guard(html())

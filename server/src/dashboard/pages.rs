@@ -15,8 +15,8 @@ use crate::dashboard::session::{Session, Sessions};
 use crate::dashboard::signed_in::SignedIn;
 use crate::dashboard::timeline;
 use crate::dashboard::views::{
-    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewPage, RestartDetail, RestartLine,
-    RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
+    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewLiveFragment, RestartDetail,
+    RestartLine, RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
 };
 use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
 use crate::fleet::Fleet;
@@ -128,23 +128,26 @@ pub async fn logout(
     Ok(response)
 }
 
-pub async fn overview(
-    SignedIn(session): SignedIn,
-    db: web::Data<Db>,
-    fleet: web::Data<Fleet>,
-) -> Result<HttpResponse, PageError> {
+/// Everything the overview shows, as its live stream re-renders it.
+pub async fn overview_live(db: &Db, fleet: &Fleet) -> anyhow::Result<OverviewLiveFragment> {
     let now = now_millis();
     let services = fleet.services();
     let hosts = fleet.hosts();
     let recent = store::list_restarts(
-        &db,
+        db,
         &RestartFilter {
             limit: RECENT_RESTARTS,
             ..Default::default()
         },
     )
     .await?;
-    let lines: Vec<ServiceLine> = services.iter().map(|s| ServiceLine::new(s, now)).collect();
+    let mut lines = Vec::with_capacity(services.len());
+    for service in &services {
+        lines.push(ServiceLine {
+            name: service.name.clone(),
+            hosts: host_lines(db, service, now).await?,
+        });
+    }
     let summary = Summary {
         services: services.len(),
         hosts_online: hosts.iter().filter(|h| h.online).count(),
@@ -160,8 +163,7 @@ pub async fn overview(
             .filter(|h| h.needs_attention)
             .count(),
     };
-    page(&OverviewPage {
-        layout: Layout::for_session(&session, "overview"),
+    Ok(OverviewLiveFragment {
         summary,
         services: lines,
         restarts: recent
@@ -170,6 +172,36 @@ pub async fn overview(
             .map(|r| RestartLine::new(r, now))
             .collect(),
     })
+}
+
+pub async fn overview(
+    SignedIn(session): SignedIn,
+    db: web::Data<Db>,
+    fleet: web::Data<Fleet>,
+) -> Result<HttpResponse, PageError> {
+    let live = overview_live(&db, &fleet).await?;
+    page(&live.into_page(Layout::for_session(&session, "overview")))
+}
+
+/// A service's hosts as the pages list them; a crash-looping one also says
+/// how its last generation ended and when the agent starts the next, which
+/// only the stored events know.
+async fn host_lines(
+    db: &Db,
+    service: &baton_proto::api::Service,
+    now: baton_proto::UnixMillis,
+) -> anyhow::Result<Vec<HostLine>> {
+    let mut lines = Vec::with_capacity(service.hosts.len());
+    for on_host in &service.hosts {
+        let mut line = HostLine::new(on_host, now);
+        if on_host.state == baton_proto::ServiceState::CrashLooping
+            && let Some(crash) = store::last_crash(db, &on_host.host, &service.name).await?
+        {
+            line = line.with_last_crash(&crash, now);
+        }
+        lines.push(line);
+    }
+    Ok(lines)
 }
 
 fn parse_service(name: &str) -> Result<ServiceName, PageError> {
@@ -189,10 +221,10 @@ pub async fn service_live(
     let running_restart = store::running_restart_of(db, name.as_str()).await?;
     Ok(ServiceLive {
         name: name.to_string(),
-        hosts: service
-            .as_ref()
-            .map(|s| s.hosts.iter().map(|h| HostLine::new(h, now)).collect())
-            .unwrap_or_default(),
+        hosts: match &service {
+            Some(service) => host_lines(db, service, now).await?,
+            None => Vec::new(),
+        },
         timeline: timeline::render(&generations.generations, service.as_ref(), now),
         running_restart,
     })

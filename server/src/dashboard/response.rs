@@ -1,12 +1,16 @@
 //! How a page answers: the headers every page carries, the error page, and
 //! the redirect after a form.
 
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpResponse, ResponseError, web};
 use askama::Template;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use crate::dashboard::session::Sessions;
 use crate::dashboard::views::{ErrorPage, Layout};
 
 /// What a query value may hold unescaped: the unreserved characters of RFC 3986.
@@ -64,17 +68,72 @@ impl ResponseError for PageError {
             other => other.to_string(),
         };
         let status = self.status_code();
-        let page = ErrorPage {
-            layout: Layout::anonymous(""),
+        let shown = ShownError {
             status: status.as_u16(),
             title: status.canonical_reason().unwrap_or("Error"),
             message,
         };
-        match page.render() {
+        let mut response = match shown.page(Layout::anonymous("")).render() {
             Ok(body) => with_page_headers(HttpResponse::build(status)).body(body),
             Err(_) => HttpResponse::build(status).body(status.to_string()),
+        };
+        // Kept for `with_navigation`, which knows the request this answer
+        // does not.
+        response.extensions_mut().insert(shown);
+        response
+    }
+}
+
+/// What an error page says, whoever reads it.
+#[derive(Clone)]
+struct ShownError {
+    status: u16,
+    title: &'static str,
+    message: String,
+}
+
+impl ShownError {
+    fn page(&self, layout: Layout) -> ErrorPage {
+        ErrorPage {
+            layout,
+            status: self.status,
+            title: self.title,
+            message: self.message.clone(),
         }
     }
+}
+
+/// An error page shown to someone signed in keeps the top bar of every
+/// other page (navigation, who is signed in): a [`PageError`] is rendered
+/// without its request, so the page is rendered again here, where the
+/// session is known. Any other answer passes unchanged.
+pub fn with_navigation<B: MessageBody + 'static>(
+    response: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let shown = response
+        .response()
+        .extensions()
+        .get::<ShownError>()
+        .cloned();
+    let session = response
+        .request()
+        .app_data::<web::Data<Sessions>>()
+        .and_then(|sessions| sessions.find(response.request()));
+    let (Some(shown), Some(session)) = (shown, session) else {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    };
+    let Ok(body) = shown.page(Layout::for_session(&session, "")).render() else {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    };
+    let (request, answered) = response.into_parts();
+    let page = with_page_headers(HttpResponse::build(answered.status())).body(body);
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(request, page).map_into_right_body(),
+    ))
 }
 
 fn with_page_headers(

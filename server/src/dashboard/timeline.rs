@@ -77,6 +77,8 @@ pub fn render(generations: &[GenerationRecord], live: Option<&Service>, now: Uni
     };
 
     let height = AXIS_HEIGHT + LANE_HEIGHT * by_host.len() as f64 + 4.0;
+    // Bars too narrow for their number: listed under the picture instead.
+    let mut unlabelled: Vec<(&str, &GenerationRecord, UnixMillis, Option<UnixMillis>)> = Vec::new();
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -135,13 +137,42 @@ pub fn render(generations: &[GenerationRecord], live: Option<&Service>, now: Uni
             } else {
                 None
             };
-            render_bar(&mut svg, generation, start_of(generation), end, now, y, &x);
+            let start = start_of(generation);
+            if !render_bar(&mut svg, generation, start, end, now, y, &x) {
+                unlabelled.push((host, generation, start, end));
+            }
         }
     }
     svg.push_str("</svg>");
+    if !unlabelled.is_empty() {
+        svg.push_str(
+            "<ul class=\"short-generations\" aria-label=\"Generations too short to label in the picture\">",
+        );
+        for (host, generation, start, end) in unlabelled {
+            let lived = match end {
+                Some(end) => format!("lived {}", duration_ms(end.saturating_sub(start))),
+                None => "still running".to_string(),
+            };
+            let status = generation
+                .exit_status
+                .as_deref()
+                .map(|s| format!(", {}", escape(s)))
+                .unwrap_or_default();
+            let _ = write!(
+                svg,
+                "<li data-generation=\"{}\"><strong>{}</strong> generation {}: started {}, {lived}{status}</li>",
+                generation.generation,
+                escape(host),
+                generation.generation,
+                clock(start),
+            );
+        }
+        svg.push_str("</ul>");
+    }
     svg
 }
 
+/// Draws one generation's bar; false when it was too narrow for its label.
 fn render_bar(
     svg: &mut String,
     generation: &GenerationRecord,
@@ -150,7 +181,7 @@ fn render_bar(
     now: UnixMillis,
     y: f64,
     x: &impl Fn(UnixMillis) -> f64,
-) {
+) -> bool {
     let end = ended.unwrap_or(now);
     let ready = generation.ready_at;
     let draining = generation.draining_at;
@@ -214,6 +245,7 @@ fn render_bar(
         .into_iter()
         .filter(|l| serving || !l.contains(' '))
         .find(|l| (l.len() as f64) * LABEL_CHAR_WIDTH + 8.0 <= bar_width);
+    let labelled = label.is_some();
     if let Some(label) = label {
         let _ = write!(
             svg,
@@ -223,6 +255,7 @@ fn render_bar(
         );
     }
     svg.push_str("</g>");
+    labelled
 }
 
 #[cfg(test)]
@@ -265,6 +298,34 @@ mod tests {
         assert_eq!(svg.matches("class=\"draining\"").count(), 1);
         assert!(svg.contains("2 serving"), "{svg}");
         assert!(svg.contains(">alpha<"));
+    }
+
+    #[test]
+    fn a_generation_too_short_for_its_label_is_listed_under_the_picture() {
+        let now = 1_000_000;
+        let mut crashed = record(2, 900_000, Some(900_300));
+        crashed.ready_at = None;
+        crashed.draining_at = None;
+        crashed.exit_status = Some("exited with status 1".into());
+        let svg = render(
+            &[
+                record(3, 901_000, None),
+                crashed,
+                record(1, 800_000, Some(902_000)),
+            ],
+            None,
+            now,
+        );
+        let list = &svg[svg
+            .find("<ul class=\"short-generations\"")
+            .unwrap_or_else(|| panic!("no list of short generations: {svg}"))..];
+        assert!(
+            list.contains("generation 2: started 00:15:00, lived 300 ms, exited with status 1"),
+            "{list}"
+        );
+        // Those with a label in their bar are not listed again.
+        assert!(!list.contains("generation 3"), "{list}");
+        assert!(!list.contains("generation 1:"), "{list}");
     }
 
     #[test]

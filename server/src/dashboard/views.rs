@@ -74,6 +74,9 @@ pub struct HostLine {
     pub starting: Option<String>,
     pub status_text: Option<String>,
     pub crashes: u32,
+    /// A crash-looping service: how its last generation ended and when the
+    /// next starts (filled from the stored events, see `with_last_crash`).
+    pub last_crash: Option<String>,
     /// Why the service cannot start there (a stranger holds its address).
     pub blocked: Option<String>,
     /// Offline, crash-looping, stopped or blocked: counted on the overview.
@@ -133,8 +136,36 @@ impl HostLine {
                 .map(|g| format!("generation {} starting (pid {})", g.generation, g.pid)),
             status_text: current.and_then(|g| g.status_text.clone()),
             crashes: on_host.consecutive_crashes,
+            last_crash: None,
             blocked: on_host.blocked.clone(),
         }
+    }
+
+    /// Says how the last crash ended and when the agent tries again:
+    /// `generation 4 exited with status 1 at 12:00:01.250; next start at
+    /// 12:00:05.250 (in 3s)`.
+    pub fn with_last_crash(mut self, crash: &crate::store::LastCrash, now: UnixMillis) -> HostLine {
+        let ended = match &crash.status {
+            Some(status) => format!("generation {} {status}", crash.generation),
+            None => format!("generation {} crashed", crash.generation),
+        };
+        let next = if crash.next_start_at > now {
+            format!(
+                "next start at {} (in {})",
+                clock_millis(crash.next_start_at),
+                duration_ms(crash.next_start_at - now)
+            )
+        } else {
+            format!(
+                "next start was due at {}",
+                clock_millis(crash.next_start_at)
+            )
+        };
+        self.last_crash = Some(format!(
+            "{ended} at {}; {next}",
+            clock_millis(crash.crashed_at)
+        ));
+        self
     }
 }
 
@@ -163,7 +194,11 @@ pub struct RestartLine {
     pub badge: Badge,
     pub hosts: String,
     pub requested_by: String,
+    /// Why the operator restarted (the history's "why").
     pub reason: String,
+    /// Why it ended as it did, when it did not succeed: shown next to the
+    /// operator's reason, never instead of it.
+    pub outcome_reason: String,
     pub started: String,
     pub started_ago: String,
     pub duration: String,
@@ -197,11 +232,8 @@ impl RestartLine {
                 .collect::<Vec<_>>()
                 .join(", "),
             requested_by: restart.requested_by.clone().unwrap_or_default(),
-            reason: restart
-                .outcome_reason
-                .clone()
-                .or_else(|| restart.reason.clone())
-                .unwrap_or_default(),
+            reason: restart.reason.clone().unwrap_or_default(),
+            outcome_reason: restart.outcome_reason.clone().unwrap_or_default(),
             started: timestamp(restart.created_at),
             started_ago: ago(restart.created_at, now),
             duration: duration_ms(
@@ -219,6 +251,9 @@ impl RestartLine {
 pub struct Phase {
     pub label: &'static str,
     pub reached: bool,
+    /// Reached by force: the old generation was SIGKILLed at the drain
+    /// deadline. Shown as such, never with the check of a clean exit.
+    pub killed: bool,
     pub at: String,
     /// Time since the milestone before it.
     pub after: String,
@@ -523,17 +558,23 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
         }
     }
     let mut previous = first_at;
+    let old_end = if killed && exited.is_some() {
+        "old killed"
+    } else {
+        "old exited"
+    };
     [
         ("spawned", spawned, spawn_note),
         ("ready", ready, ready_note),
         ("draining", draining, drain_note),
-        ("old exited", exited, exit_note),
+        (old_end, exited, exit_note),
     ]
     .into_iter()
     .map(|(label, at, note)| {
         let phase = Phase {
             label,
             reached: at.is_some(),
+            killed: label == "old killed",
             at: at.map(clock_millis).unwrap_or_else(|| "—".into()),
             after: at
                 .map(|at| format!("+{}", duration_ms(at.saturating_sub(previous))))
@@ -573,6 +614,26 @@ pub struct OverviewPage {
     pub summary: Summary,
     pub services: Vec<ServiceLine>,
     pub restarts: Vec<RestartLine>,
+}
+
+/// The overview but its frame: what the live stream replaces.
+#[derive(Template)]
+#[template(path = "overview_live.html")]
+pub struct OverviewLiveFragment {
+    pub summary: Summary,
+    pub services: Vec<ServiceLine>,
+    pub restarts: Vec<RestartLine>,
+}
+
+impl OverviewLiveFragment {
+    pub fn into_page(self, layout: Layout) -> OverviewPage {
+        OverviewPage {
+            layout,
+            summary: self.summary,
+            services: self.services,
+            restarts: self.restarts,
+        }
+    }
 }
 
 /// The part of the service page that the live stream replaces.

@@ -127,6 +127,78 @@ pub async fn find_restart_started_after(
     Ok(row.and_then(|(id,)| id).map(to_u64))
 }
 
+/// How a crash-looping service's last generation ended on a host, and
+/// when the agent starts the next, from its last `crash_restart_scheduled`
+/// and the exit before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCrash {
+    pub generation: u64,
+    /// `exited with status 1`, `killed by SIGSEGV`; `None` when the exit's
+    /// event is no longer stored.
+    pub status: Option<String>,
+    pub crashed_at: u64,
+    pub next_start_at: u64,
+    pub consecutive_crashes: u32,
+}
+
+pub async fn last_crash(db: &Db, host: &str, service: &str) -> anyhow::Result<Option<LastCrash>> {
+    let row: Option<(String, i64, String)> = sqlx::query_as(
+        "SELECT boot_id, seq, body FROM events
+         WHERE host = $1 AND service = $2 AND kind = 'crash_restart_scheduled'
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(host)
+    .bind(service)
+    .fetch_optional(&db.reads)
+    .await
+    .context("failed to look for a crash_restart_scheduled event")?;
+    let Some((boot_id, seq, body)) = row else {
+        return Ok(None);
+    };
+    let event: Event = serde_json::from_str(&body).context("a stored event does not parse")?;
+    let EventKind::CrashRestartScheduled {
+        generation,
+        backoff_ms,
+        consecutive_crashes,
+    } = event.kind
+    else {
+        anyhow::bail!(
+            "an event stored as crash_restart_scheduled is {}",
+            event.kind
+        );
+    };
+    let exits: Vec<(String,)> = sqlx::query_as(
+        "SELECT body FROM events
+         WHERE host = $1 AND boot_id = $2 AND service = $3 AND kind = 'generation_exited' AND seq < $4
+         ORDER BY seq DESC LIMIT 8",
+    )
+    .bind(host)
+    .bind(&boot_id)
+    .bind(service)
+    .bind(seq)
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to look for the crashed generation's exit")?;
+    let status =
+        exits.iter().find_map(
+            |(body,)| match serde_json::from_str::<Event>(body).ok()?.kind {
+                EventKind::GenerationExited {
+                    generation: exited,
+                    status,
+                    ..
+                } if exited == generation => Some(status),
+                _ => None,
+            },
+        );
+    Ok(Some(LastCrash {
+        generation,
+        status,
+        crashed_at: event.at,
+        next_start_at: event.at.saturating_add(backoff_ms),
+        consecutive_crashes,
+    }))
+}
+
 /// The agent's verdict on one of its restarts, once its `restart_finished`
 /// event is stored.
 pub async fn find_restart_finished(

@@ -15,8 +15,8 @@ mod tokens;
 
 pub use db::{Db, open, probe_write};
 pub use events::{
-    EventGap, find_drain_finished, find_restart_finished, find_restart_started_after,
-    forget_events_after, max_seq, prune_event_gaps, prune_events, store_events,
+    EventGap, LastCrash, find_drain_finished, find_restart_finished, find_restart_started_after,
+    forget_events_after, last_crash, max_seq, prune_event_gaps, prune_events, store_events,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{

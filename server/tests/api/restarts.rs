@@ -643,3 +643,62 @@ async fn a_restart_taken_over_by_the_agent_that_replaced_a_killed_one_ends_with_
     );
     assert_eq!(restart["outcome"], "forced", "{restart}");
 }
+
+#[tokio::test]
+async fn a_long_poll_of_a_restart_answers_when_it_changes_and_not_before() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    agent.accept_restart(1).await;
+    let url = format!("{}/restarts/{id}", app.address);
+    let get = |etag: Option<String>, wait_ms: u64| {
+        let mut request = app
+            .client
+            .get(format!("{url}?wait_ms={wait_ms}"))
+            .bearer_auth(&app.viewer);
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        request.send()
+    };
+    // Settled once the command was accepted: the host runs, nothing more
+    // happens until the agent sends its steps.
+    let mut etag = String::new();
+    for _ in 0..100 {
+        let first = get(None, 0).await.unwrap();
+        assert_eq!(first.status(), 200);
+        let tag = first.headers()["etag"].to_str().unwrap().to_string();
+        if tag == etag {
+            break;
+        }
+        etag = tag;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Nothing changes: after the wait, 304 with the same tag.
+    let asked = std::time::Instant::now();
+    let unchanged = get(Some(etag.clone()), 300).await.unwrap();
+    assert_eq!(unchanged.status(), 304);
+    assert_eq!(unchanged.headers()["etag"].to_str().unwrap(), etag);
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+
+    // A step stored while the request waits answers it at once.
+    let waiting = tokio::spawn(get(Some(etag.clone()), 30_000));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let events = agent.restart_events("web", 1, 1, RestartOutcome::Succeeded);
+    agent.send_events(events).await;
+    let changed = waiting.await.unwrap().unwrap();
+    assert_eq!(changed.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+    let restart: serde_json::Value = changed.json().await.unwrap();
+    assert!(
+        !restart["hosts"][0]["steps"].as_array().unwrap().is_empty(),
+        "{restart}"
+    );
+}

@@ -93,3 +93,49 @@ async fn history_filters_by_service_host_and_outcome_and_pages_by_id() {
     assert_eq!(invalid.status(), 422);
     assert!(invalid.text().await.unwrap().contains("unknown outcome"));
 }
+
+#[tokio::test]
+async fn a_failed_restart_lists_the_operators_reason_and_why_it_failed() {
+    let app = spawn_app().await;
+    let db = app.db().await;
+    let hosts = vec!["alpha".to_string()];
+    let Created::New(created) = store::create_restart(
+        &db,
+        &NewRestart {
+            service: "web",
+            reason: Some("deploy 1.4.2"),
+            requested_by: "ci",
+            idempotency_key: None,
+            max_parallel: 1,
+            hosts: &hosts,
+        },
+    )
+    .await
+    .unwrap() else {
+        panic!("not created")
+    };
+    store::finish_restart(
+        &db,
+        created.id(),
+        RestartOutcome::Failed,
+        Some("host alpha: offline"),
+    )
+    .await
+    .unwrap();
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.viewer).await;
+    for path in ["/restarts", "/services/web"] {
+        let page = browser.page(path).await;
+        let Some(cell) = page
+            .split("<td data-label=\"Reason\" class=\"reason\">")
+            .nth(1)
+        else {
+            // The service page lists restarts only of a service a host runs.
+            assert_eq!(path, "/services/web");
+            continue;
+        };
+        let cell = &cell[..cell.find("</td>").unwrap()];
+        assert!(cell.contains("deploy 1.4.2"), "{path}: {cell}");
+        assert!(cell.contains("host alpha: offline"), "{path}: {cell}");
+    }
+}

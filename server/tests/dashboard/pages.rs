@@ -172,6 +172,25 @@ async fn pages_for_unknown_things_are_404_pages() {
     let nowhere = browser.get("/no/such/page").await;
     assert_eq!(nowhere.status(), 404);
     assert!(nowhere.text().await.unwrap().contains("<html"));
+    // Someone signed in keeps the top bar on an error page: the way back,
+    // and who they are.
+    for path in ["/no/such/page", "/restarts/999", "/services/nothing-here"] {
+        let page = browser.get(path).await.text().await.unwrap();
+        assert!(
+            page.contains(r#"<nav aria-label="Main">"#),
+            "{path}: {page}"
+        );
+        assert!(page.contains(r#"href="/restarts""#), "{path}: {page}");
+        assert!(page.contains("Sign out"), "{path}: {page}");
+    }
+    // Nobody signed in: no one to show.
+    let page = Browser::new(&app)
+        .get("/no/such/page")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("Sign out"), "{page}");
     // The live stream needs a session too.
     let anonymous = Browser::new(&app).get("/restarts/1/live").await;
     assert_eq!(anonymous.status(), 401);
@@ -237,5 +256,54 @@ async fn a_service_whose_address_a_stranger_holds_says_so_in_the_api_and_on_the_
             page.contains("held by pid 4242 (old-web)"),
             "{path} does not say why web cannot start:\n{page}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_crash_looping_service_shows_its_last_exit_and_next_start() {
+    let app = spawn_app().await;
+    let mut crashing = service("web", 4);
+    crashing.state = baton_proto::ServiceState::CrashLooping;
+    crashing.generations.clear();
+    crashing.consecutive_crashes = 3;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![crashing]).await;
+    let exited = agent.event(
+        "web",
+        None,
+        baton_proto::EventKind::GenerationExited {
+            generation: 4,
+            pid: 1004,
+            status: "killed by SIGSEGV".into(),
+            unexpected: true,
+        },
+    );
+    let scheduled = agent.event(
+        "web",
+        None,
+        baton_proto::EventKind::CrashRestartScheduled {
+            generation: 4,
+            backoff_ms: 60_000,
+            consecutive_crashes: 3,
+        },
+    );
+    agent.send_events(vec![exited, scheduled]).await;
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.viewer).await;
+    for path in ["/services/web", "/"] {
+        let page = browser.page(path).await;
+        let Some(note) = page
+            .split("class=\"alert alert-bad small last-crash\">")
+            .nth(1)
+        else {
+            panic!("{path} says nothing of the crash: {page}");
+        };
+        let note = &note[..note.find("</div>").unwrap()];
+        assert!(
+            note.contains("generation 4 killed by SIGSEGV"),
+            "{path}: {note}"
+        );
+        assert!(note.contains("next start at"), "{path}: {note}");
+        assert!(note.contains("(in 5"), "{path}: {note}");
     }
 }

@@ -216,3 +216,50 @@ async fn a_running_restart_streams_its_steps_until_it_ends() {
         "{update}"
     );
 }
+
+#[tokio::test]
+async fn a_forced_restart_shows_the_old_generation_killed_not_exited() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    agent.accept_restart(1).await;
+    let mut events = agent.restart_events("web", 1, 1, RestartOutcome::Forced);
+    // The old generation outlived its drain: killed, then reaped.
+    let exited = events
+        .iter()
+        .position(|e| matches!(e.kind, baton_proto::EventKind::GenerationExited { .. }))
+        .unwrap();
+    events[exited].kind = baton_proto::EventKind::GenerationExited {
+        generation: 1,
+        pid: 1001,
+        status: "killed by SIGKILL".into(),
+        unexpected: false,
+    };
+    let killed = agent.event(
+        "web",
+        Some(1),
+        baton_proto::EventKind::GenerationKilled {
+            generation: 1,
+            pid: 1001,
+            connections_cut: 2,
+        },
+    );
+    events.insert(exited, killed);
+    let first = events[0].seq;
+    for (n, event) in events.iter_mut().enumerate() {
+        event.seq = first + n as u64;
+    }
+    agent.send_events(events).await;
+    app.wait_restart(id).await;
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.viewer).await;
+    let page = browser.page(&format!("/restarts/{id}")).await;
+    let phases = &page[page.find("<ol class=\"phases\">").unwrap()..];
+    let phases = &phases[..phases.find("</ol>").unwrap()];
+    let last = &phases[phases.rfind("<li").unwrap()..];
+    assert!(last.contains("class=\"killed\""), "{last}");
+    assert!(last.contains("old killed"), "{last}");
+    assert!(!last.contains('✓'), "a killed process has no check: {last}");
+    assert!(last.contains("2 connections cut"), "{last}");
+}

@@ -213,3 +213,82 @@ fn the_agent_warns_when_others_may_read_its_token() {
     let private = check(0o600);
     assert!(!private.contains("server token"), "{private}");
 }
+
+/// Runs `baton` with its standard output a pipe whose reader is gone
+/// before the first write, as `baton events | head` is once `head` had
+/// its lines.
+fn baton_into_a_closed_pipe(agent: &AgentUnderTest, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin("baton"))
+        .arg("--agent")
+        .arg(&agent.socket)
+        .args(args)
+        .env_remove("BATON_SERVER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_reader_that_stops_reading_ends_every_printing_command_quietly() {
+    let agent = AgentUnderTest::start(&demo_service_args("web", &[], ""));
+    agent.restart("web");
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["events"],
+        &["show", "1"],
+        &["show", "1", "--json"],
+        &["restart", "web", "--wait"],
+    ] {
+        let (code, stderr) = baton_into_a_closed_pipe(&agent, args);
+        assert_eq!(code, Some(0), "baton {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "baton {args:?} said: {stderr}");
+    }
+}
+
+#[test]
+fn an_explicit_agent_flag_wins_over_an_exported_server() {
+    let agent = AgentUnderTest::start(&demo_service_args("web", &[], ""));
+    let baton_with_server_exported = |args: &[&str]| {
+        Command::new(bin("baton"))
+            .args(args)
+            // Nothing listens there: going to it would fail.
+            .env("BATON_SERVER", "http://127.0.0.1:9")
+            .env("BATON_AGENT_SOCKET", "/nonexistent/agent.sock")
+            .output()
+            .unwrap()
+    };
+    let socket = agent.socket.to_str().unwrap();
+    let out = baton_with_server_exported(&["--agent", socket, "status", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: baton_proto::AgentStatus = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status.services[0].name, "web");
+
+    // Both flags at once is a usage error, not a silent choice.
+    let out = baton_with_server_exported(&[
+        "--agent",
+        socket,
+        "--server",
+        "http://127.0.0.1:9",
+        "status",
+    ]);
+    assert_eq!(out.status.code(), Some(i32::from(baton_proto::exit::USAGE)));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--agent and --server"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

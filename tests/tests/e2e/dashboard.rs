@@ -485,3 +485,141 @@ async fn an_operator_restarts_from_the_browser_and_watches_it_succeed_live() {
 
     browser.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_updates_itself_and_an_error_page_keeps_the_navigation() {
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let _agent = AgentUnderTest::start(&server.host_config(
+        "alpha",
+        "127.0.0.1",
+        "web",
+        &[],
+        r#"ready_timeout = "10s""#,
+    ));
+    wait_for_service(&server).await;
+    let base = server.url();
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &server.viewer_token).await;
+    browser
+        .wait_for_text(
+            "#overview-live table.services",
+            "web",
+            Duration::from_secs(5),
+        )
+        .await;
+    let before = browser.text("#overview-live").await;
+    assert!(before.contains("No restart yet"), "{before}");
+    // Marks this page load: a reload would lose it.
+    browser.run("window.batonPageLoad = 'first'").await;
+
+    // Someone else restarts web, through the API.
+    let started = reqwest::Client::new()
+        .post(format!("{base}/services/web/restart"))
+        .bearer_auth(&server.operator_token)
+        .json(&json!({"reason": "seen live"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202, "{}", started.text().await.unwrap());
+    let after = browser
+        .wait_for_text("#overview-live", "succeeded", Duration::from_secs(30))
+        .await;
+    assert!(
+        after.contains("#1") && after.contains("seen live"),
+        "{after}"
+    );
+    assert_eq!(
+        browser.run("return window.batonPageLoad").await,
+        "first",
+        "the overview reloaded instead of updating itself"
+    );
+
+    // A page that is not there keeps the top bar: the way back, and who
+    // is signed in.
+    browser.goto(&format!("{base}/no/such/page")).await;
+    let top = browser.text("header.topbar").await;
+    assert!(
+        top.contains("Overview") && top.contains("Restarts"),
+        "{top}"
+    );
+    assert!(top.contains("Sign out"), "{top}");
+    browser
+        .click("nav[aria-label=Main] a[href='/restarts']")
+        .await;
+    browser
+        .wait_for_path(|p| p == "/restarts", "the restarts page from a 404")
+        .await;
+    browser.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_old_generation_and_a_crash_loop_are_shown_for_what_they_are() {
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "normal").unwrap();
+    let agent = AgentUnderTest::start(&server.host_config(
+        "alpha",
+        "127.0.0.1",
+        "web",
+        &["--mode-file", mode.to_str().unwrap()],
+        "ready_timeout = \"10s\"\ndrain_timeout = \"700ms\"",
+    ));
+    wait_for_service(&server).await;
+    let base = server.url();
+
+    // Generation 2 ignores SIGTERM; replacing it is `forced`.
+    std::fs::write(&mode, "ignore-sigterm").unwrap();
+    server.restart_and_wait("web").await;
+    std::fs::write(&mode, "normal").unwrap();
+    let forced = server.restart_and_wait("web").await;
+    assert_eq!(
+        forced.outcome,
+        Some(baton_proto::RestartOutcome::Forced),
+        "{forced:#?}"
+    );
+
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &server.viewer_token).await;
+    browser
+        .goto(&format!("{base}/restarts/{}", forced.id))
+        .await;
+    let last = browser.text("#restart-live .phases li:last-child").await;
+    assert!(last.to_lowercase().contains("old killed"), "{last}");
+    assert!(
+        !last.contains('✓'),
+        "a SIGKILLed generation has no check: {last}"
+    );
+    assert_eq!(
+        browser
+            .run("return document.querySelector('#restart-live .phases li:last-child').className")
+            .await,
+        "killed"
+    );
+
+    // Every new generation crashes: the service page says how the last
+    // one ended and when the next starts.
+    std::fs::write(&mode, "crash").unwrap();
+    let serving = agent.service("web").generations[0].pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serving as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    browser.goto(&format!("{base}/services/web")).await;
+    // First the kill, then the generations that crash by themselves.
+    let crash = browser
+        .wait_for_text(
+            "#service-live",
+            "exited with status",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(crash.contains("crash-looping"), "{crash}");
+    let note = browser.text("#service-live .last-crash").await;
+    assert!(note.contains("next start"), "{note}");
+    browser.screenshots("crash-loop").await;
+    browser.quit().await;
+}

@@ -255,6 +255,17 @@ async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("host-a: generation 2 ready"), "{stdout}");
     assert!(stdout.contains("host-a: succeeded"), "{stdout}");
+    // Each step's offset is from the restart's creation to the step's own
+    // time, whenever the command happened to see it.
+    let restart: Restart = server.get_json("/restarts/1").await;
+    for step in &restart.hosts[0].steps {
+        let offset = format!(
+            "+{:>7.3}s  host-a: {}",
+            step.at.saturating_sub(restart.created_at) as f64 / 1000.0,
+            step.kind
+        );
+        assert!(stdout.contains(&offset), "{offset:?} missing:\n{stdout}");
+    }
 
     std::fs::write(&mode, "crash").unwrap();
     let (code, stdout, _) = tokio::task::spawn_blocking({
@@ -279,6 +290,11 @@ async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
     let (code, stdout, stderr) = cli(&viewer, &["status"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("host-a"), "{stdout}");
+    let (code, stdout, stderr) = cli(&viewer, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let list: baton_proto::api::ServiceList = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status --json is no JSON ({e}):\n{stdout}"));
+    assert_eq!(list.services[0].hosts[0].host, "host-a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,4 +312,123 @@ async fn a_restart_on_an_offline_host_fails_there_with_that_reason() {
     );
     let reason = restart.hosts[0].outcome_reason.as_deref().unwrap_or("");
     assert!(reason.contains("offline"), "{reason}");
+}
+
+/// Signs in to the dashboard with `token`: the session cookie.
+async fn dashboard_session(server: &ServerUnderTest, token: &str) -> String {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/login", server.url()))
+        .header("accept", "text/html")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "sign-in");
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("baton_session="))
+        .map(|v| v.split(';').next().unwrap().to_string())
+        .expect("a session cookie")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_handoff_shows_its_tally_in_the_api_the_metrics_and_the_dashboard() {
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentUnderTest::start(&format!(
+        "host = \"alpha\"\n{}{}",
+        server.agent_section("alpha"),
+        baton_tests::handoff::line_echo_service("echo", dir.path(), "tcp://127.0.0.1:0")
+    ));
+    wait_for_hosts(&server, 1).await;
+    let addr = agent.tcp_addr("echo", "echo");
+
+    // Two clients with a connection open: both are handed over.
+    let mut clients: Vec<(std::io::BufReader<std::net::TcpStream>, std::net::TcpStream)> = (0..2)
+        .map(|_| {
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            (std::io::BufReader::new(stream.try_clone().unwrap()), stream)
+        })
+        .collect();
+    let echo = |client: &mut (std::io::BufReader<std::net::TcpStream>, std::net::TcpStream),
+                line: &str| {
+        use std::io::{BufRead, Write};
+        client.1.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        client.0.read_line(&mut answer).unwrap();
+        answer.trim_end().to_string()
+    };
+    for client in &mut clients {
+        assert_eq!(echo(client, "before"), "before");
+    }
+
+    let restart = server.restart_and_wait("echo").await;
+    assert_eq!(
+        restart.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{restart:#?}"
+    );
+    for client in &mut clients {
+        assert_eq!(echo(client, "after"), "after", "the connection survived");
+        assert_eq!(
+            echo(client, "generation"),
+            "2",
+            "and is served by the new one"
+        );
+    }
+
+    // The API: the host's tally.
+    let tally = restart.hosts[0]
+        .connections
+        .unwrap_or_else(|| panic!("no tally: {restart:#?}"));
+    assert_eq!((tally.handed_over, tally.cut), (2, 0), "{restart:#?}");
+
+    // The metrics: counted by service.
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("baton_connections_handed_over_total{service=\"echo\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("baton_connections_cut_total{service=\"echo\"} 0"),
+        "{metrics}"
+    );
+
+    // The dashboard's restart page.
+    let cookie = dashboard_session(&server, &server.viewer_token).await;
+    let page = reqwest::Client::new()
+        .get(format!("{}/restarts/{}", server.url(), restart.id))
+        .header("accept", "text/html")
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shown = page
+        .split("id=\"tally-alpha\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no tally on the restart page: {page}"));
+    let shown = &shown[..shown.find("</p>").unwrap()];
+    assert!(
+        shown.contains("<span class=\"tally-handed-over\">2 handed over</span>"),
+        "{shown}"
+    );
+    assert!(shown.contains("0 cut"), "{shown}");
 }

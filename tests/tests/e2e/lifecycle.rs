@@ -252,3 +252,33 @@ fn get(port: u16) -> Result<(), String> {
         Err(String::from_utf8_lossy(&answer).into_owned())
     }
 }
+
+#[test]
+fn restart_ids_and_the_last_report_survive_the_agents_upgrade() {
+    let agent = AgentUnderTest::start(&demo_service("web", ""));
+    let (_, first) = agent.restart("web");
+    assert_eq!(first.id, 1);
+    let boot_before = agent.status().boot_id;
+    agent.signal(Signal::SIGUSR2);
+    let after = agent.wait_for("the new image", Duration::from_secs(10), |s| {
+        s.boot_id != boot_before
+    });
+    // `LAST RESTART` is still restart 1, with its outcome and steps.
+    let last = after.services[0]
+        .last_restart
+        .as_ref()
+        .unwrap_or_else(|| panic!("the last restart was lost: {after:#?}"));
+    assert_eq!(last.id, 1);
+    assert_eq!(last.outcome, first.outcome);
+    assert_eq!(last.steps.len(), first.steps.len());
+    let shown = agent
+        .client()
+        .request(baton_proto::Request::GetRestart { id: 1 });
+    assert!(
+        matches!(&shown, baton_proto::Response::Restart(report) if report.id == 1),
+        "{shown:?}"
+    );
+    // The next restart gets the next id, not 1 again.
+    let (_, second) = agent.restart("web");
+    assert_eq!(second.id, 2);
+}
