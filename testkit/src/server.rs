@@ -60,6 +60,7 @@ pub struct ServerSetup {
     listen: Option<SocketAddr>,
     tls: bool,
     env: Vec<(OsString, OsString)>,
+    args: Vec<OsString>,
     own_process_group: bool,
     stop_grace: Duration,
 }
@@ -73,6 +74,7 @@ impl ServerSetup {
             listen: None,
             tls: false,
             env: Vec::new(),
+            args: Vec::new(),
             own_process_group: false,
             stop_grace: Duration::from_secs(5),
         }
@@ -100,6 +102,13 @@ impl ServerSetup {
     /// CA of its own, whose PEM file is [`Server::ca_file`].
     pub fn tls(mut self) -> ServerSetup {
         self.tls = true;
+        self
+    }
+
+    /// One more argument of `baton-server serve`, after the ones it always
+    /// gets (`--offline-grace 3s`, ...).
+    pub fn arg(mut self, arg: impl Into<OsString>) -> ServerSetup {
+        self.args.push(arg.into());
         self
     }
 
@@ -245,6 +254,7 @@ impl Server {
                 .arg("--tls-key")
                 .arg(&tls.key);
         }
+        command.args(&self.setup.args);
         command.envs(self.setup.env.iter().cloned());
         let mut process = spawn.spawn(&mut command)?;
         self.launches += 1;

@@ -29,6 +29,16 @@ impl ServerUnderTest {
         Self::start_with(ServerSetup::new(bin("baton-server")))
     }
 
+    /// With more arguments of `baton-server serve` (`["--offline-grace", "3s"]`).
+    pub fn start_with_args(args: &[&str]) -> ServerUnderTest {
+        let setup = args
+            .iter()
+            .fold(ServerSetup::new(bin("baton-server")), |setup, arg| {
+                setup.arg(*arg)
+            });
+        Self::start_with(setup)
+    }
+
     /// Serves HTTPS with a certificate for 127.0.0.1 from a CA of its own;
     /// agents configured by [`ServerUnderTest::agent_section`] trust it.
     pub fn start_tls() -> ServerUnderTest {

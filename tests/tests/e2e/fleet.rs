@@ -299,7 +299,8 @@ async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_an_offline_host_fails_there_with_that_reason() {
-    let server = ServerUnderTest::start();
+    // Well under the client's 60 s: the default grace would race it.
+    let server = ServerUnderTest::start_with_args(&["--offline-grace", "3s"]);
     let a = AgentUnderTest::start(&host_config(&server, "host-a", "127.0.0.2", &[]));
     wait_for_hosts(&server, 1).await;
     assert!(a.stop().success());
