@@ -4,6 +4,7 @@ mod agent_recovery;
 mod api_contract;
 mod bad_input;
 mod binary_swap;
+mod ci_deploy;
 mod cli;
 mod dashboard;
 mod deploy;
