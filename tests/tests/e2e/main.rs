@@ -1,5 +1,6 @@
 //! End-to-end tests: the real binaries run together. One test binary, one module per area.
 
+mod agent_log;
 mod agent_recovery;
 mod api_contract;
 mod bad_input;
