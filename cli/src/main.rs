@@ -182,9 +182,7 @@ fn main() -> ExitCode {
                     hosts: (!hosts.is_empty()).then_some(hosts),
                     max_parallel,
                 };
-                runtime.block_on(server_mode::restart(
-                    &client, &service, wait, timeout, body,
-                ))
+                runtime.block_on(server_mode::restart(&client, &service, wait, timeout, body))
             }
             Command::Status { json } => runtime.block_on(server_mode::status(&client, json)),
             Command::History { service, limit } => {
@@ -214,7 +212,9 @@ fn main() -> ExitCode {
     {
         // An agent restarts only its own host: these choose among the
         // server's hosts.
-        eprintln!("baton: --host and --max-parallel choose among the server's hosts; pass --server URL (or set BATON_SERVER)");
+        eprintln!(
+            "baton: --host and --max-parallel choose among the server's hosts; pass --server URL (or set BATON_SERVER)"
+        );
         return ExitCode::from(exit::USAGE);
     }
     let socket = cli.agent.unwrap_or_else(baton_proto::default_agent_socket);

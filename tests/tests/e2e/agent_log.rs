@@ -13,10 +13,16 @@ fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
     agent.restart("web");
     let log = agent.log();
     assert!(log.contains("INFO"), "the agent logged nothing: {log}");
-    assert!(!log.contains('\x1b'), "escape codes in the agent's log:\n{log:?}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in the agent's log:\n{log:?}"
+    );
     let log = server.log();
     assert!(log.contains("INFO"), "the server logged nothing: {log}");
-    assert!(!log.contains('\x1b'), "escape codes in the server's log:\n{log:?}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in the server's log:\n{log:?}"
+    );
 }
 
 #[test]
