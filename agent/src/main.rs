@@ -14,6 +14,16 @@ struct Args {
     /// missing, and exit.
     #[arg(long)]
     check: bool,
+    /// How the agent's own log is written to standard error: text (coloured
+    /// only on a terminal) or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BATON_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// sysexits' EX_CONFIG would be 78; baton uses EX_USAGE (64) for every bad input.
@@ -21,13 +31,19 @@ const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        // A log file or journald shows escape codes as garbage.
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => log.json().init(),
+    }
 
     let config = match Config::load(&args.config) {
         Ok(config) => config,

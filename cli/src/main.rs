@@ -24,6 +24,7 @@ mod output;
 mod server_mode;
 
 use baton_client::{AgentClient, Error, ProtocolError, StatusCode};
+use baton_proto::api::RestartRequest;
 use baton_proto::{
     ErrorBody, ErrorKind, EventKind, Request, Response, RestartOutcome, ServiceName, exit,
 };
@@ -74,6 +75,13 @@ enum Command {
         /// Why, for the history.
         #[arg(long)]
         reason: Option<String>,
+        /// Restart only this host (server mode; repeat for several). Every
+        /// host that runs the service when absent.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// How many hosts restart at the same time (server mode) [default: 1].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_parallel: Option<u32>,
     },
     /// Show a restart's report (with --server: the server's restart ID,
     /// across its hosts).
@@ -166,9 +174,16 @@ fn main() -> ExitCode {
                 wait,
                 timeout,
                 reason,
-            } => runtime.block_on(server_mode::restart(
-                &client, &service, wait, timeout, reason,
-            )),
+                hosts,
+                max_parallel,
+            } => {
+                let body = RestartRequest {
+                    reason,
+                    hosts: (!hosts.is_empty()).then_some(hosts),
+                    max_parallel,
+                };
+                runtime.block_on(server_mode::restart(&client, &service, wait, timeout, body))
+            }
             Command::Status { json } => runtime.block_on(server_mode::status(&client, json)),
             Command::History { service, limit } => {
                 runtime.block_on(server_mode::history(&client, &service, limit))
@@ -186,6 +201,20 @@ fn main() -> ExitCode {
     }
     if let Command::History { .. } = cli.command {
         eprintln!("baton: history is kept by the server; pass --server URL (or set BATON_SERVER)");
+        return ExitCode::from(exit::USAGE);
+    }
+    if let Command::Restart {
+        hosts,
+        max_parallel,
+        ..
+    } = &cli.command
+        && (!hosts.is_empty() || max_parallel.is_some())
+    {
+        // An agent restarts only its own host: these choose among the
+        // server's hosts.
+        eprintln!(
+            "baton: --host and --max-parallel choose among the server's hosts; pass --server URL (or set BATON_SERVER)"
+        );
         return ExitCode::from(exit::USAGE);
     }
     let socket = cli.agent.unwrap_or_else(baton_proto::default_agent_socket);
@@ -379,6 +408,7 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
             wait,
             timeout: _,
             reason,
+            ..
         } => {
             let started = Instant::now();
             let deadline = timeout.map(|t| started + t);

@@ -15,13 +15,9 @@ pub async fn restart(
     service: &ServiceName,
     wait: bool,
     timeout: Option<Duration>,
-    reason: Option<String>,
+    body: RestartRequest,
 ) -> Result<u8, Error> {
     let started = Instant::now();
-    let body = RestartRequest {
-        reason,
-        ..RestartRequest::default()
-    };
     let restart = client.start_restart(service, &body).await?;
     let hosts: Vec<&str> = restart.hosts.iter().map(|h| h.host.as_str()).collect();
     outln!(

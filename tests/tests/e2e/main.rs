@@ -1,9 +1,11 @@
 //! End-to-end tests: the real binaries run together. One test binary, one module per area.
 
+mod agent_log;
 mod agent_recovery;
 mod api_contract;
 mod bad_input;
 mod binary_swap;
+mod ci_deploy;
 mod cli;
 mod dashboard;
 mod deploy;
