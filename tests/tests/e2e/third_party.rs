@@ -138,6 +138,7 @@ struct Measured {
     server: String,
     configuration: &'static str,
     report: baton_loadgen::LoadReport,
+    outcomes: Vec<Option<RestartOutcome>>,
 }
 
 impl Measured {
@@ -148,10 +149,20 @@ impl Measured {
             .iter()
             .map(|(kind, count)| format!("{count} {kind}"))
             .collect();
+        let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+        for outcome in &self.outcomes {
+            let name = outcome.map_or_else(|| "unknown".to_owned(), |o| o.to_string());
+            *outcomes.entry(name).or_default() += 1;
+        }
+        let outcomes: Vec<String> = outcomes
+            .iter()
+            .map(|(outcome, count)| format!("{outcome} {count}"))
+            .collect();
         format!(
-            "| {} | {} | {} | {}{} | {:.1} | {:.0} |",
+            "| {} | {} | {} | {} | {}{} | {:.1} | {:.0} |",
             self.server,
             self.configuration,
+            outcomes.join(", "),
             self.report.ok,
             self.report.failed,
             if failures.is_empty() {
@@ -166,7 +177,7 @@ impl Measured {
 
     fn print(&self) {
         eprintln!(
-            "| server | configuration | ok | failed | failed per restart | req/s |\n|---|---|---|---|---|---|\n{}",
+            "| server | configuration | restarts | ok | failed | failed per restart | req/s |\n|---|---|---|---|---|---|---|\n{}",
             self.row()
         );
         eprintln!("{}", self.report);
@@ -199,8 +210,9 @@ fn wait_until_answering(addr: std::net::SocketAddr) {
 
 /// Runs `command` as service `web` under the agent with `service_extra`
 /// (readiness, drain), 16 busy keep-alive clients through `RESTARTS`
-/// restarts, each followed by `pause`. Every restart must succeed; the
-/// load's report says the rest.
+/// restarts, each followed by `pause`. The restarts' outcomes and the
+/// load's report say the rest (a server that never closes its keep-alive
+/// connections is killed at the drain deadline: `forced`).
 async fn measure(
     dir: &Path,
     server: String,
@@ -217,7 +229,7 @@ name = "web"
 command = [{command}]
 workdir = "{dir}"
 ready_timeout = "30s"
-drain_timeout = "20s"
+drain_timeout = "10s"
 {service_extra}
 
 [[service.socket]]
@@ -233,18 +245,12 @@ listen = "tcp://127.0.0.1:0"
         .unwrap();
     let (outcomes, report) =
         baton_tests::restarts_under_load(&agent, "web", addr, CONNECTIONS, RESTARTS, pause).await;
-    for restart in &outcomes {
-        assert_eq!(
-            restart.outcome,
-            Some(RestartOutcome::Succeeded),
-            "{configuration}: {restart:?}"
-        );
-    }
     assert!(report.ok > 0, "{configuration}: {report}");
     let measured = Measured {
         server,
         configuration,
         report,
+        outcomes: outcomes.iter().map(|restart| restart.outcome).collect(),
     };
     measured.print();
     measured
@@ -267,6 +273,15 @@ const VENV: &str = "run the tests with ./scripts/test, which installs tests/requ
 /// A busy client never loses a request to a fixed configuration, and every
 /// generation served.
 fn assert_lossless(measured: &Measured) {
+    assert!(
+        measured
+            .outcomes
+            .iter()
+            .all(|outcome| *outcome == Some(RestartOutcome::Succeeded)),
+        "{}: restarts ended {:?}",
+        measured.configuration,
+        measured.outcomes
+    );
     assert!(
         measured.report.generations_seen.len() > RESTARTS,
         "{}: answers came from generations {:?}",
