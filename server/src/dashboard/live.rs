@@ -315,9 +315,8 @@ pub async fn restart(
     })
 }
 
-/// `GET /services/{name}/live`: the hosts table and the timeline, for as
-/// long as the page is open.
-/// The overview, re-rendered whenever the fleet or the history changes.
+/// `GET /live`: the overview, re-rendered whenever the fleet or the
+/// history changes.
 pub async fn overview(
     request: HttpRequest,
     sessions: web::Data<Sessions>,
@@ -347,6 +346,8 @@ pub async fn overview(
     })
 }
 
+/// `GET /services/{name}/live`: the hosts table and the timeline, for as
+/// long as the page is open.
 pub async fn service(
     request: HttpRequest,
     path: web::Path<String>,

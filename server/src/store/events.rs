@@ -199,6 +199,30 @@ pub async fn last_crash(db: &Db, host: &str, service: &str) -> anyhow::Result<Op
     }))
 }
 
+/// The first stored event of `kind` of one agent restart.
+async fn first_restart_event(
+    db: &Db,
+    host: &str,
+    boot_id: &str,
+    agent_restart_id: RestartId,
+    kind: &str,
+) -> anyhow::Result<Option<Event>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT body FROM events
+         WHERE host = $1 AND boot_id = $2 AND agent_restart_id = $3 AND kind = $4
+         ORDER BY seq LIMIT 1",
+    )
+    .bind(host)
+    .bind(boot_id)
+    .bind(to_i64(agent_restart_id))
+    .bind(kind)
+    .fetch_optional(&db.reads)
+    .await
+    .with_context(|| format!("failed to look for a {kind} event"))?;
+    row.map(|(body,)| serde_json::from_str(&body).context("a stored event does not parse"))
+        .transpose()
+}
+
 /// The agent's verdict on one of its restarts, once its `restart_finished`
 /// event is stored.
 pub async fn find_restart_finished(
@@ -207,22 +231,12 @@ pub async fn find_restart_finished(
     boot_id: &str,
     agent_restart_id: RestartId,
 ) -> anyhow::Result<Option<(RestartOutcome, Option<String>)>> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT body FROM events
-         WHERE host = $1 AND boot_id = $2 AND agent_restart_id = $3 AND kind = 'restart_finished'
-         ORDER BY seq LIMIT 1",
-    )
-    .bind(host)
-    .bind(boot_id)
-    .bind(to_i64(agent_restart_id))
-    .fetch_optional(&db.reads)
-    .await
-    .context("failed to look for a restart_finished event")?;
-    let Some((body,)) = row else { return Ok(None) };
-    let event: Event = serde_json::from_str(&body).context("a stored event does not parse")?;
-    match event.kind {
-        EventKind::RestartFinished { outcome, reason } => Ok(Some((outcome, reason))),
-        other => anyhow::bail!("an event stored as restart_finished is {other}"),
+    let found =
+        first_restart_event(db, host, boot_id, agent_restart_id, "restart_finished").await?;
+    match found.map(|event| event.kind) {
+        None => Ok(None),
+        Some(EventKind::RestartFinished { outcome, reason }) => Ok(Some((outcome, reason))),
+        Some(other) => anyhow::bail!("an event stored as restart_finished is {other}"),
     }
 }
 
@@ -234,22 +248,13 @@ pub async fn find_drain_finished(
     boot_id: &str,
     agent_restart_id: RestartId,
 ) -> anyhow::Result<Option<ConnectionTally>> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT body FROM events
-         WHERE host = $1 AND boot_id = $2 AND agent_restart_id = $3 AND kind = 'drain_finished'
-         ORDER BY seq LIMIT 1",
-    )
-    .bind(host)
-    .bind(boot_id)
-    .bind(to_i64(agent_restart_id))
-    .fetch_optional(&db.reads)
-    .await
-    .context("failed to look for a drain_finished event")?;
-    let Some((body,)) = row else { return Ok(None) };
-    let event: Event = serde_json::from_str(&body).context("a stored event does not parse")?;
-    match crate::domain::drain_tally(&event.kind) {
-        Some(tally) => Ok(Some(tally)),
-        None => anyhow::bail!("an event stored as drain_finished is {}", event.kind),
+    let found = first_restart_event(db, host, boot_id, agent_restart_id, "drain_finished").await?;
+    match found.map(|event| event.kind) {
+        None => Ok(None),
+        Some(kind) => match crate::domain::drain_tally(&kind) {
+            Some(tally) => Ok(Some(tally)),
+            None => anyhow::bail!("an event stored as drain_finished is {kind}"),
+        },
     }
 }
 
