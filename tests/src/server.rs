@@ -25,6 +25,26 @@ pub fn create_token(database: &Path, name: &str, role: &str, host: Option<&str>)
 }
 
 impl ServerUnderTest {
+    /// Waits up to 20 s until exactly `count` hosts are online.
+    pub async fn wait_for_hosts(&self, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let list: serde_json::Value = self.get_json("/hosts").await;
+            let online = list["hosts"]
+                .as_array()
+                .map(|h| h.iter().filter(|h| h["online"] == true).count())
+                .unwrap_or(0);
+            if online == count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hosts never came online: {list}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn start() -> ServerUnderTest {
         Self::start_with(ServerSetup::new(bin("baton-server")))
     }

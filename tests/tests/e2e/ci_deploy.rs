@@ -8,7 +8,6 @@ use baton_tests::server::ServerUnderTest;
 use baton_tests::{AgentUnderTest, bin};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// `sh -c script` as a CI runner runs a job's step, with the secrets in
 /// its environment and nothing of the test's own baton settings.
@@ -68,22 +67,6 @@ fn host(server: &ServerUnderTest, root: &Path, name: &str, ip: &str) -> AgentUnd
     ))
 }
 
-async fn wait_for_hosts(server: &ServerUnderTest, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list: serde_json::Value = server.get_json("/hosts").await;
-        let online = list["hosts"]
-            .as_array()
-            .map(|h| h.iter().filter(|h| h["online"] == true).count())
-            .unwrap_or(0);
-        if online == count {
-            return;
-        }
-        assert!(Instant::now() < deadline, "hosts never came online: {list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn serving(agent: &AgentUnderTest) -> u64 {
     agent.service("demo").generations[0].generation
 }
@@ -96,7 +79,7 @@ async fn the_deploy_job_exits_0_on_success_and_rolled_back_on_a_build_that_never
     build(root, "1", "normal");
     std::os::unix::fs::symlink(root.join("releases/1"), root.join("current")).unwrap();
     let a = host(&server, root, "host-a", "127.0.0.2");
-    wait_for_hosts(&server, 1).await;
+    server.wait_for_hosts(1).await;
 
     build(root, "2", "normal");
     let (code, output) = step(&server, root, &deploy("2", ""));
@@ -124,7 +107,7 @@ async fn a_deploy_with_host_restarts_only_the_named_hosts() {
     let a = host(&server, root, "host-a", "127.0.0.2");
     let b = host(&server, root, "host-b", "127.0.0.3");
     let c = host(&server, root, "host-c", "127.0.0.4");
-    wait_for_hosts(&server, 3).await;
+    server.wait_for_hosts(3).await;
     let b_pid = b.service("demo").generations[0].pid;
 
     build(root, "2", "normal");

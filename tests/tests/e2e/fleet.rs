@@ -21,28 +21,12 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-async fn wait_for_hosts(server: &ServerUnderTest, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list: serde_json::Value = server.get_json("/hosts").await;
-        let online = list["hosts"]
-            .as_array()
-            .map(|h| h.iter().filter(|h| h["online"] == true).count())
-            .unwrap_or(0);
-        if online == count {
-            return;
-        }
-        assert!(Instant::now() < deadline, "hosts never came online: {list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_across_two_hosts_under_load_fails_no_request() {
     let server = ServerUnderTest::start();
     let a = AgentUnderTest::start(&host_config(&server, "host-a", "127.0.0.2", &[]));
     let b = AgentUnderTest::start(&host_config(&server, "host-b", "127.0.0.3", &[]));
-    wait_for_hosts(&server, 2).await;
+    server.wait_for_hosts(2).await;
 
     let stop = Arc::new(Notify::new());
     let mut loads = Vec::new();
@@ -112,7 +96,7 @@ async fn a_host_that_rolls_back_stops_the_rollout_before_the_next_host() {
         &["--mode-file", mode_b.to_str().unwrap()],
     ));
     let c = AgentUnderTest::start(&host_config(&server, "host-c", "127.0.0.4", &[]));
-    wait_for_hosts(&server, 3).await;
+    server.wait_for_hosts(3).await;
     std::fs::write(&mode_b, "never-ready").unwrap();
     let c_before = c.service("demo").generations[0].clone();
 
@@ -147,7 +131,7 @@ async fn a_server_killed_mid_restart_learns_the_true_outcome_when_it_returns() {
         "127.0.0.2",
         &["--mode-file", mode.to_str().unwrap()],
     ));
-    wait_for_hosts(&server, 1).await;
+    server.wait_for_hosts(1).await;
     std::fs::write(&mode, "slow:1500").unwrap();
 
     let response = http()
@@ -227,7 +211,7 @@ async fn the_cli_drives_a_restart_through_the_server_and_exits_by_outcome() {
         "127.0.0.2",
         &["--mode-file", mode.to_str().unwrap()],
     ));
-    wait_for_hosts(&server, 1).await;
+    server.wait_for_hosts(1).await;
     let url = server.url();
     let cli = move |token: &str, args: &[&str]| {
         let out = std::process::Command::new(bin("baton"))
@@ -302,9 +286,9 @@ async fn a_restart_on_an_offline_host_fails_there_with_that_reason() {
     // Well under the client's 60 s: the default grace would race it.
     let server = ServerUnderTest::start_with_args(&["--offline-grace", "3s"]);
     let a = AgentUnderTest::start(&host_config(&server, "host-a", "127.0.0.2", &[]));
-    wait_for_hosts(&server, 1).await;
+    server.wait_for_hosts(1).await;
     assert!(a.stop().success());
-    wait_for_hosts(&server, 0).await;
+    server.wait_for_hosts(0).await;
     let restart = server.restart_and_wait("demo").await;
     assert_eq!(
         restart.outcome,
@@ -348,7 +332,7 @@ async fn a_restart_with_handoff_shows_its_tally_in_the_api_the_metrics_and_the_d
         server.agent_section("alpha"),
         baton_tests::handoff::line_echo_service("echo", dir.path(), "tcp://127.0.0.1:0")
     ));
-    wait_for_hosts(&server, 1).await;
+    server.wait_for_hosts(1).await;
     let addr = agent.tcp_addr("echo", "echo");
 
     // Two clients with a connection open: both are handed over.
