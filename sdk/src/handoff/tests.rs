@@ -261,19 +261,27 @@ impl FakeNew {
     }
 }
 
-#[tokio::test]
-async fn when_the_new_generation_dies_before_answering_the_old_one_keeps_the_connection() {
+/// An old generation offering `server` to a hand-driven successor whose end
+/// of the pair is `fake`; the exit waits for the connection, so the
+/// offering stays open until it is answered.
+struct Offered {
+    agent: Agent,
+    fake: FakeNew,
+    handle: ShutdownHandle,
+    running: tokio::task::JoinHandle<crate::shutdown::Report>,
+    offering: tokio::task::JoinHandle<Result<(), Returned<TcpStream>>>,
+}
+
+fn offer_to_fake(server: TcpStream) -> Offered {
     let (agent, old_channel, _new_channel) = channels();
     let (shutdown, handle) = old_generation(old_channel);
     let (old_end, new_end) = seqpacket_pair().unwrap();
     agent.send_old_end(old_end);
     let fake = FakeNew::new(new_end);
-    let (mut client, server) = connection().await;
     handle.trigger();
     let running = tokio::spawn(shutdown.run());
     let offering = tokio::spawn({
         let handle = handle.clone();
-        // The exit waits for the connection, so the offering stays open.
         let guard = handle.connection();
         async move {
             let result = handle.hand_over("echo", server, b"", b"").await;
@@ -281,6 +289,25 @@ async fn when_the_new_generation_dies_before_answering_the_old_one_keeps_the_con
             result
         }
     });
+    Offered {
+        agent,
+        fake,
+        handle,
+        running,
+        offering,
+    }
+}
+
+#[tokio::test]
+async fn when_the_new_generation_dies_before_answering_the_old_one_keeps_the_connection() {
+    let (mut client, server) = connection().await;
+    let Offered {
+        agent: _agent,
+        fake,
+        handle: _,
+        running,
+        offering,
+    } = offer_to_fake(server);
     let (_id, fds) = fake.connection().await;
     assert_eq!(fds.len(), 1, "exactly one descriptor travels");
     drop(fds);
@@ -299,24 +326,14 @@ async fn when_the_new_generation_dies_before_answering_the_old_one_keeps_the_con
 
 #[tokio::test]
 async fn an_acknowledgement_queued_before_the_new_generation_died_still_counts() {
-    let (agent, old_channel, _new_channel) = channels();
-    let (shutdown, handle) = old_generation(old_channel);
-    let (old_end, new_end) = seqpacket_pair().unwrap();
-    agent.send_old_end(old_end);
-    let fake = FakeNew::new(new_end);
     let (_client, server) = connection().await;
-    handle.trigger();
-    let running = tokio::spawn(shutdown.run());
-    let offering = tokio::spawn({
-        let handle = handle.clone();
-        // The exit waits for the connection, so the offering stays open.
-        let guard = handle.connection();
-        async move {
-            let result = handle.hand_over("echo", server, b"", b"").await;
-            drop(guard);
-            result
-        }
-    });
+    let Offered {
+        agent,
+        fake,
+        handle: _,
+        running,
+        offering,
+    } = offer_to_fake(server);
     let (id, _fds) = fake.connection().await;
     fake.acknowledge(id, Status::Taken).unwrap();
     drop(fake);
@@ -334,24 +351,14 @@ async fn an_acknowledgement_queued_before_the_new_generation_died_still_counts()
 #[tokio::test]
 async fn after_a_second_without_an_answer_the_old_generation_keeps_the_connection_and_the_late_answer_cannot_be_sent()
  {
-    let (agent, old_channel, _new_channel) = channels();
-    let (shutdown, handle) = old_generation(old_channel);
-    let (old_end, new_end) = seqpacket_pair().unwrap();
-    agent.send_old_end(old_end);
-    let fake = FakeNew::new(new_end);
     let (_client, server) = connection().await;
-    handle.trigger();
-    let running = tokio::spawn(shutdown.run());
-    let offering = tokio::spawn({
-        let handle = handle.clone();
-        // The exit waits for the connection, so the offering stays open.
-        let guard = handle.connection();
-        async move {
-            let result = handle.hand_over("echo", server, b"", b"").await;
-            drop(guard);
-            result
-        }
-    });
+    let Offered {
+        agent: _agent,
+        fake,
+        handle,
+        running,
+        offering,
+    } = offer_to_fake(server);
     let (id, _fds) = fake.connection().await;
     let started = std::time::Instant::now();
     let returned = offering.await.unwrap().expect_err("no answer");
