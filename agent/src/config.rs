@@ -56,6 +56,11 @@ pub struct ServiceConfig {
     pub ready_timeout: Duration,
     pub stop_signal: Signal,
     pub drain_timeout: Duration,
+    /// After the new generation of a restart is ready, both generations
+    /// accept for this long before the old one is told to stop: for servers
+    /// that say ready before their workers are (gunicorn's arbiter). 0 stops
+    /// the old one at once.
+    pub min_overlap: Duration,
     pub restart_on_crash: bool,
     /// Nice value of a generation until it is ready, so its warm-up yields the
     /// CPU to the generation that is serving. 0 leaves the priority alone.
@@ -264,6 +269,7 @@ struct RawService {
     ready_timeout: Option<Spanned<String>>,
     stop_signal: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
+    min_overlap: Option<Spanned<String>>,
     #[serde(default = "default_true")]
     restart_on_crash: bool,
     warmup_nice: Option<Spanned<i32>>,
@@ -286,6 +292,9 @@ fn default_true() -> bool {
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKLOG: i32 = 4096;
+/// `min_overlap` keeps two generations serving; past a few minutes that is
+/// a mistake, not a warm-up.
+pub const MAX_MIN_OVERLAP: Duration = Duration::from_secs(300);
 /// Measured with `baton-bench`: p99 during restart windows drops by about a
 /// third when the warm-up runs at nice 10 (README, "Benchmark").
 pub const DEFAULT_WARMUP_NICE: i32 = 10;
@@ -502,6 +511,20 @@ fn parse_service(
         .map_err(|(span, problem)| err(span, format!("{}: {problem}", at("ready_timeout"))))?;
     let drain_timeout = parse_duration_field(raw.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
         .map_err(|(span, problem)| err(span, format!("{}: {problem}", at("drain_timeout"))))?;
+    let min_overlap_span = raw.min_overlap.as_ref().map(Spanned::span);
+    let min_overlap = parse_duration_field(raw.min_overlap, Duration::ZERO)
+        .map_err(|(span, problem)| err(span, format!("{}: {problem}", at("min_overlap"))))?;
+    if min_overlap > MAX_MIN_OVERLAP {
+        return Err(err(
+            min_overlap_span,
+            format!(
+                "{}: {} is longer than the most allowed, {}",
+                at("min_overlap"),
+                humantime::format_duration(min_overlap),
+                humantime::format_duration(MAX_MIN_OVERLAP)
+            ),
+        ));
+    }
     let stop_signal = match raw.stop_signal {
         None => Signal::SIGTERM,
         Some(spanned) => {
@@ -594,6 +617,7 @@ fn parse_service(
         ready_timeout,
         stop_signal,
         drain_timeout,
+        min_overlap,
         restart_on_crash: raw.restart_on_crash,
         warmup_nice,
         sockets,
@@ -845,6 +869,22 @@ listen = "udp://[::1]:5353"
         let (line, message) = error_of("host = \"a\"\nevent_history = 10\n");
         assert_eq!(line, 2);
         assert!(message.contains("event_history"), "{message}");
+    }
+
+    #[test]
+    fn min_overlap_defaults_to_none_and_is_bounded() {
+        let service = "[[service]]\nname = \"web\"\ncommand = [\"x\"]\n";
+        let config = Config::parse(service, "agent.toml").unwrap();
+        assert_eq!(config.services[0].min_overlap, Duration::ZERO);
+        let config =
+            Config::parse(&format!("{service}min_overlap = \"3s\"\n"), "agent.toml").unwrap();
+        assert_eq!(config.services[0].min_overlap, Duration::from_secs(3));
+        for (value, problem) in [("\"soon\"", "not a duration"), ("\"1h\"", "longer than")] {
+            let (line, message) = error_of(&format!("{service}min_overlap = {value}\n"));
+            assert_eq!(line, 4, "{message}");
+            assert!(message.contains("min_overlap"), "{message}");
+            assert!(message.contains(problem), "{message}");
+        }
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub struct ServiceHandover {
     pub next_generation: u64,
     pub consecutive_crashes: u32,
     pub fd_store: Vec<(String, RawFd)>,
-    /// The restart in progress (the state file only: an upgrade is refused
-    /// while one runs).
+    /// The restart in progress (in an upgrade only one in its overlap, the
+    /// only part of a restart an upgrade is not refused in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartHandover>,
     /// The service's last restart report, so `LAST RESTART` and `baton show`
@@ -73,6 +73,14 @@ pub struct RestartHandover {
     /// generation to be gone).
     pub verdict: Option<(RestartOutcome, Option<String>)>,
     pub connections_cut: Option<u32>,
+    /// Its new generation is ready and the old one serves beside it for
+    /// this much longer (`min_overlap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_left_ms: Option<u64>,
+    /// The wall-clock time the overlap ends, which outlives the agent's
+    /// monotonic clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_until_at: Option<UnixMillis>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -122,6 +130,10 @@ pub struct GenerationHandover {
     /// state file it is the dead agent's number, and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_fd: Option<RawFd>,
+    /// It said `HANDOFF=1` on its channel, so a restart carried across an
+    /// upgrade in its overlap still brokers the handoff.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepts_handoff: bool,
 }
 
 impl Handover {

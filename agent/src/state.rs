@@ -232,6 +232,7 @@ mod tests {
                     cgroup: Some("/baton/agent-12/web.3".into()),
                     deadline_at: Some(31_500),
                     channel_fd: Some(11),
+                    accepts_handoff: false,
                 },
                 GenerationHandover {
                     number: 4,
@@ -245,6 +246,7 @@ mod tests {
                     cgroup: None,
                     deadline_at: None,
                     channel_fd: None,
+                    accepts_handoff: true,
                 },
             ],
             current: Some(4),
@@ -259,6 +261,8 @@ mod tests {
                 new: Some(4),
                 verdict: None,
                 connections_cut: None,
+                overlap_left_ms: Some(1_200),
+                overlap_until_at: Some(3_700),
             }),
             last_report: None,
         }

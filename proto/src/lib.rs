@@ -522,6 +522,20 @@ pub enum EventKind {
         generation: u64,
         status: String,
     },
+    /// The new generation is ready and the service's `min_overlap` keeps
+    /// the old one serving beside it for `overlap_ms` before it is told to
+    /// stop.
+    OverlapStarted {
+        generation: u64,
+        old_generation: u64,
+        overlap_ms: u64,
+    },
+    /// The overlap is over: the new generation serves, and the old one is
+    /// told to stop next.
+    OverlapFinished {
+        generation: u64,
+        old_generation: u64,
+    },
     /// The old generation was sent its stop signal and is draining.
     GenerationDraining {
         generation: u64,
@@ -608,6 +622,21 @@ impl fmt::Display for EventKind {
             EventKind::GenerationStatus { generation, status } => {
                 write!(f, "generation {generation} status: {status}")
             }
+            EventKind::OverlapStarted {
+                generation,
+                old_generation,
+                overlap_ms,
+            } => write!(
+                f,
+                "generation {old_generation} keeps serving beside generation {generation} for {overlap_ms} ms (min_overlap)"
+            ),
+            EventKind::OverlapFinished {
+                generation,
+                old_generation,
+            } => write!(
+                f,
+                "overlap over: generation {generation} takes over from generation {old_generation}"
+            ),
             EventKind::GenerationDraining {
                 generation,
                 pid,

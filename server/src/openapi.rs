@@ -592,6 +592,15 @@ mod tests {
                 generation: 3,
                 status: "warming".into(),
             },
+            EventKind::OverlapStarted {
+                generation: 3,
+                old_generation: 2,
+                overlap_ms: 3_000,
+            },
+            EventKind::OverlapFinished {
+                generation: 3,
+                old_generation: 2,
+            },
             EventKind::HandoffBrokered {
                 from_generation: 2,
                 to_generation: 3,

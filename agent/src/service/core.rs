@@ -203,6 +203,7 @@ impl ServiceCore {
         });
         self.backoff_until
             .into_iter()
+            .chain(self.overlap_until())
             .chain(generations.flatten())
             .min()
     }
@@ -460,6 +461,15 @@ impl ServiceCore {
                 startup_us,
             },
         });
+        if self.start_overlap(number, now, out) {
+            return;
+        }
+        self.take_over(number, out);
+    }
+
+    /// The ready generation `number` becomes the one that serves; the one it
+    /// replaces is counted, then told to stop (`drain_counted`).
+    fn take_over(&mut self, number: u64, out: &mut Out) {
         let previous = self.current.replace(number);
         if let Some(old) = previous
             && old != number
@@ -474,6 +484,75 @@ impl ServiceCore {
             });
         }
         self.check_restart_done(out);
+    }
+
+    /// `min_overlap`: the restart's new generation `number` is ready, but
+    /// the old one stays current and untouched until the overlap ends, so
+    /// a server that says ready before its workers are (gunicorn's arbiter)
+    /// has them up before anyone depends on it alone. If the new one dies
+    /// meanwhile, the restart rolls back as if it had never been ready.
+    /// Returns whether the switch is held.
+    fn start_overlap(&mut self, number: u64, now: Now, out: &mut Out) -> bool {
+        let overlap = self.config.min_overlap;
+        let Some(run) = self
+            .restart
+            .as_mut()
+            .filter(|r| !overlap.is_zero() && r.new == Some(number) && r.verdict.is_none())
+        else {
+            return false;
+        };
+        let Some(old) = run.old.filter(|&old| {
+            self.current == Some(old)
+                && self
+                    .generations
+                    .get(&old)
+                    .is_some_and(|g| g.lifecycle == Lifecycle::Ready)
+        }) else {
+            return false;
+        };
+        run.overlap_until = Some(now.at + overlap);
+        tracing::info!(service = %self.name, generation = number, old, overlap_ms = overlap.as_millis() as u64, "both generations serve until the overlap ends");
+        out.push(Effect::Emit {
+            restart: Some(run.id),
+            kind: EventKind::OverlapStarted {
+                generation: number,
+                old_generation: old,
+                overlap_ms: overlap.as_millis() as u64,
+            },
+        });
+        true
+    }
+
+    /// Ends the running restart's overlap, if it is in one: its new
+    /// generation takes over, unless the restart was decided meanwhile.
+    fn end_overlap(&mut self, out: &mut Out) {
+        let Some(run) = self.restart.as_mut() else {
+            return;
+        };
+        if run.overlap_until.take().is_none() || run.verdict.is_some() {
+            return;
+        }
+        let (id, old) = (run.id, run.old);
+        let Some(new) = run.new.filter(|n| {
+            self.generations
+                .get(n)
+                .is_some_and(|g| g.lifecycle == Lifecycle::Ready)
+        }) else {
+            return;
+        };
+        tracing::info!(service = %self.name, generation = new, ?old, "overlap over");
+        out.push(Effect::Emit {
+            restart: Some(id),
+            kind: EventKind::OverlapFinished {
+                generation: new,
+                old_generation: old.unwrap_or(0),
+            },
+        });
+        self.take_over(new, out);
+    }
+
+    fn overlap_until(&self) -> Option<Instant> {
+        self.restart.as_ref().and_then(|r| r.overlap_until)
     }
 
     fn drain_counted(&mut self, number: u64, connections: Option<u32>, now: Now, out: &mut Out) {
@@ -598,6 +677,9 @@ impl ServiceCore {
             }
         }
         self.current = None;
+        if let Some(run) = &mut self.restart {
+            run.overlap_until = None;
+        }
         if let Some(run) = &mut self.restart
             && run.verdict.is_none()
         {
@@ -725,7 +807,26 @@ impl ServiceCore {
             generation: number,
             pgid: pid,
         });
+        let overlapping = self
+            .restart
+            .as_ref()
+            .filter(|r| r.overlap_until.is_some())
+            .map(|r| (r.new, r.old));
         match was {
+            Lifecycle::Ready if overlapping.is_some_and(|(new, _)| new == Some(number)) => {
+                // It was ready but never served alone: the old one, never
+                // signalled, serves on.
+                if let Some(run) = &mut self.restart {
+                    run.overlap_until = None;
+                }
+                self.roll_back(
+                    format!(
+                        "generation {number} {exit} during its overlap with the old generation"
+                    ),
+                    now,
+                    out,
+                );
+            }
             Lifecycle::Starting { .. } => {
                 if self.restart.as_ref().and_then(|r| r.new) == Some(number) {
                     self.roll_back(
@@ -760,6 +861,10 @@ impl ServiceCore {
                     .is_some_and(|n| self.generations.contains_key(&n));
                 if !new_on_its_way && !self.stopping() {
                     self.on_crash(Some(number), now, out);
+                }
+                if overlapping.is_some_and(|(_, old)| old == Some(number)) {
+                    // The old one is gone early: the ready one serves now.
+                    self.end_overlap(out);
                 }
             }
             _ => {}
@@ -946,6 +1051,9 @@ impl ServiceCore {
     fn on_timer(&mut self, now: Now, out: &mut Out) {
         if self.mode == Mode::Frozen {
             return;
+        }
+        if self.overlap_until().is_some_and(|t| t <= now.at) {
+            self.end_overlap(out);
         }
         if self.backoff_until.is_some_and(|t| t <= now.at) {
             self.backoff_until = None;

@@ -1,7 +1,7 @@
 //! A restart in progress and how its outcome is decided.
 
 use baton_proto::{RestartId, RestartOutcome, UnixMillis};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct RestartRun {
     pub id: RestartId,
@@ -19,6 +19,9 @@ pub struct RestartRun {
     /// The old generation was killed at its drain deadline with this many
     /// connections.
     pub connections_cut: Option<u32>,
+    /// The new generation is ready, and the old one keeps serving (and stays
+    /// current) until then: the service's `min_overlap`.
+    pub overlap_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,7 @@ impl RestartRun {
             new: None,
             verdict: None,
             connections_cut: None,
+            overlap_until: None,
         }
     }
 

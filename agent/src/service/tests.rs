@@ -36,6 +36,7 @@ fn config() -> ServiceConfig {
         ready_timeout: READY_TIMEOUT,
         stop_signal: Signal::SIGTERM,
         drain_timeout: DRAIN_TIMEOUT,
+        min_overlap: Duration::ZERO,
         restart_on_crash: true,
         warmup_nice: 0,
         sockets: Vec::new(),
@@ -1733,4 +1734,337 @@ fn a_killed_drain_tallies_what_was_cut_and_drained_never_goes_below_zero() {
         "{gone:?}"
     );
     assert_eq!(finished(&gone).unwrap().0, RestartOutcome::Forced);
+}
+
+const OVERLAP: Duration = Duration::from_secs(3);
+
+/// Restart 7 with `min_overlap`: generation 2 is ready 250 ms after its
+/// spawn and the overlap begins; generation 1 still serves.
+fn overlapping() -> Bench {
+    let mut bench = Bench::new(ServiceConfig {
+        min_overlap: OVERLAP,
+        ..config()
+    });
+    bench.serve_first();
+    bench.restart();
+    bench.wait(Duration::from_millis(250));
+    assert_eq!(
+        bench.on(Input::Ready { generation: 2 }),
+        [
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::GenerationReady {
+                    generation: 2,
+                    pid: NEW as u32,
+                    startup_us: 250_000,
+                },
+            },
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::OverlapStarted {
+                    generation: 2,
+                    old_generation: 1,
+                    overlap_ms: 3_000,
+                },
+            },
+        ],
+        "no count, no signal: the old generation is left alone"
+    );
+    assert_eq!(bench.core.current(), Some(1));
+    assert_eq!(bench.core.lifecycle(1), Some(Lifecycle::Ready));
+    assert_eq!(bench.core.lifecycle(2), Some(Lifecycle::Ready));
+    assert_eq!(bench.core.state(), ServiceState::Restarting);
+    assert_eq!(
+        bench.core.poll_timeout(bench.now),
+        Some(bench.now + OVERLAP)
+    );
+    bench
+}
+
+/// Whether any effect would stop or signal generation 1 (pid 100).
+fn touches_the_old_generation(effects: &[Effect]) -> bool {
+    effects.iter().any(|e| {
+        matches!(
+            e,
+            Effect::Signal { pgid, .. } | Effect::Kill { pgid } if *pgid == pid(OLD)
+        ) || matches!(
+            e,
+            Effect::Count { generation: 1, .. } | Effect::BrokerHandoff { from: 1, .. }
+        )
+    })
+}
+
+/// The overlap's deadline passes: generation 2 takes over and generation 1
+/// is counted, signalled and drains as without an overlap.
+fn end_the_overlap_and_drain(bench: &mut Bench) {
+    let ended = bench.timer();
+    assert_eq!(
+        ended,
+        [
+            Effect::Emit {
+                restart: Some(RESTART),
+                kind: EventKind::OverlapFinished {
+                    generation: 2,
+                    old_generation: 1,
+                },
+            },
+            Effect::Count {
+                generation: 1,
+                pgid: pid(OLD),
+                purpose: CountFor::Drain,
+            },
+        ]
+    );
+    assert_eq!(bench.core.current(), Some(2));
+    let signalled = bench.on(Input::Counted {
+        generation: 1,
+        count: Some(2),
+        purpose: CountFor::Drain,
+    });
+    assert!(signalled.contains(&Effect::Signal {
+        pgid: pid(OLD),
+        signal: Signal::SIGTERM
+    }));
+    let done = bench.exit_and_empty(1, OLD, ExitInfo::Code(0));
+    assert_eq!(
+        finished(&done).map(|(outcome, ..)| outcome),
+        Some(RestartOutcome::Succeeded)
+    );
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+}
+
+#[test]
+fn min_overlap_holds_the_old_generations_stop_signal_until_it_ends() {
+    let mut bench = overlapping();
+    // Notify traffic and an early timer change nothing.
+    bench.wait(OVERLAP - Duration::from_millis(1));
+    let early = bench.on(Input::Timer);
+    assert!(!touches_the_old_generation(&early), "{early:?}");
+    assert_eq!(bench.core.current(), Some(1));
+    end_the_overlap_and_drain(&mut bench);
+}
+
+#[test]
+fn a_new_generation_that_dies_during_the_overlap_rolls_back_and_the_old_one_is_never_signalled() {
+    let mut bench = overlapping();
+    bench.wait(Duration::from_secs(1));
+    let died = bench.exit_and_empty(2, NEW, ExitInfo::Code(3));
+    assert!(!touches_the_old_generation(&died), "{died:?}");
+    assert_eq!(
+        finished(&died),
+        Some((
+            RestartOutcome::RolledBack,
+            Some(
+                "generation 2 exited with status 3 during its overlap with the old generation"
+                    .into()
+            ),
+            None
+        ))
+    );
+    assert_eq!(bench.core.current(), Some(1));
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+    // The overlap's deadline is gone with it.
+    assert_eq!(bench.core.poll_timeout(bench.now), None);
+    assert_eq!(bench.core.consecutive_crashes(), 0);
+}
+
+#[test]
+fn an_old_generation_that_dies_during_the_overlap_hands_the_service_to_the_ready_one() {
+    let mut bench = overlapping();
+    let died = bench.exit_and_empty(1, OLD, ExitInfo::Code(1));
+    assert!(
+        events(&died).contains(&&EventKind::OverlapFinished {
+            generation: 2,
+            old_generation: 1
+        }),
+        "{died:?}"
+    );
+    assert_eq!(
+        finished(&died).map(|(outcome, ..)| outcome),
+        Some(RestartOutcome::Succeeded)
+    );
+    assert_eq!(bench.core.current(), Some(2));
+    assert!(
+        !died.iter().any(|e| matches!(
+            e,
+            Effect::Emit {
+                kind: EventKind::CrashRestartScheduled { .. },
+                ..
+            }
+        )),
+        "the ready generation serves: no crash restart"
+    );
+}
+
+#[test]
+fn stopping_during_the_overlap_stops_both_and_the_overlap_never_ends() {
+    let mut bench = overlapping();
+    let stopped = bench.on(Input::Stop);
+    assert!(stopped.contains(&Effect::Signal {
+        pgid: pid(OLD),
+        signal: Signal::SIGTERM
+    }));
+    assert!(stopped.contains(&Effect::Signal {
+        pgid: pid(NEW),
+        signal: Signal::SIGTERM
+    }));
+    bench.exit_and_empty(1, OLD, ExitInfo::Code(0));
+    let done = bench.exit_and_empty(2, NEW, ExitInfo::Code(0));
+    assert_eq!(
+        finished(&done).map(|(outcome, ..)| outcome),
+        Some(RestartOutcome::Failed)
+    );
+    assert!(bench.core.is_done());
+}
+
+#[test]
+fn an_upgrade_in_the_overlap_carries_the_restart_and_its_deadline() {
+    let mut bench = overlapping();
+    bench.on(Input::Channel {
+        generation: 2,
+        messages: vec![ChannelMessage::Handoff],
+    });
+    bench.wait(Duration::from_secs(1));
+    let handed = bench
+        .core
+        .hand_over(bench.now)
+        .expect("an overlap is handed over");
+    let restart = handed.restart.clone().expect("the restart goes along");
+    assert_eq!(restart.overlap_left_ms, Some(2_000));
+    assert!(
+        handed
+            .generations
+            .iter()
+            .any(|g| g.number == 2 && g.accepts_handoff)
+    );
+    // The old image is frozen: its overlap ends in the next one.
+    assert_eq!(bench.core.poll_timeout(bench.now), None);
+    assert!(!touches_the_old_generation(&bench.on(Input::Timer)));
+
+    let mut generations = handed.generations;
+    // The actor passes each generation's channel along.
+    for generation in &mut generations {
+        generation.channel_fd = Some(10 + generation.number as i32);
+    }
+    let service = crate::handover::ServiceHandover {
+        name: "web".into(),
+        sockets: Vec::new(),
+        generations,
+        current: handed.current,
+        next_generation: handed.next_generation,
+        consecutive_crashes: handed.consecutive_crashes,
+        fd_store: Vec::new(),
+        restart: handed.restart,
+        last_report: None,
+    };
+    let mut next = Bench::new(config());
+    let now = Now {
+        at: next.now,
+        unix_ms: baton_proto::now_millis(),
+    };
+    let adopted = next
+        .core
+        .adopt(&service, now, super::core::Predecessor::Image);
+    assert!(!touches_the_old_generation(&adopted), "{adopted:?}");
+    assert_eq!(next.core.current(), Some(1));
+    assert_eq!(next.core.running_restart(), Some(RESTART));
+    assert_eq!(
+        next.core.poll_timeout(next.now),
+        Some(next.now + Duration::from_secs(2))
+    );
+    // It ends in the next image as it would have in this one, handoff and all.
+    let ended = next.timer();
+    assert!(ended.contains(&Effect::Count {
+        generation: 1,
+        pgid: pid(OLD),
+        purpose: CountFor::Drain,
+    }));
+    let signalled = next.on(Input::Counted {
+        generation: 1,
+        count: Some(0),
+        purpose: CountFor::Drain,
+    });
+    assert_eq!(
+        signalled.first(),
+        Some(&Effect::BrokerHandoff {
+            restart: Some(RESTART),
+            from: 1,
+            to: 2
+        })
+    );
+}
+
+#[test]
+fn an_upgrade_outside_the_overlap_of_a_restart_is_still_refused() {
+    let mut bench = Bench::new(ServiceConfig {
+        min_overlap: OVERLAP,
+        ..config()
+    });
+    bench.serve_first();
+    bench.restart();
+    assert!(matches!(
+        bench.core.hand_over(bench.now),
+        Err(HandoverRefused::Restarting { .. })
+    ));
+    bench.on(Input::Ready { generation: 2 });
+    bench.timer();
+    assert!(
+        matches!(
+            bench.core.hand_over(bench.now),
+            Err(HandoverRefused::Restarting { .. })
+        ),
+        "draining after the overlap"
+    );
+}
+
+#[test]
+fn an_overlap_left_by_a_killed_agent_ends_at_its_wall_clock_deadline() {
+    let mut bench = overlapping();
+    bench.wait(Duration::from_secs(1));
+    let (service, written_at) = state_file_entry(&bench);
+    let restart = service.restart.as_ref().expect("the restart");
+    assert_eq!(restart.overlap_until_at, Some(written_at + 2_000));
+
+    // The next agent starts 500 ms after the state was written.
+    let (mut next, adopted) = recover(&service, written_at, Duration::from_millis(500));
+    assert!(!touches_the_old_generation(&adopted), "{adopted:?}");
+    assert_eq!(finished(&adopted), None);
+    assert_eq!(next.core.current(), Some(1));
+    assert_eq!(next.core.lifecycle(2), Some(Lifecycle::Ready));
+    assert_eq!(
+        next.core.poll_timeout(next.now),
+        Some(next.now + Duration::from_millis(1_500))
+    );
+    end_the_overlap_and_drain(&mut next);
+}
+
+#[test]
+fn an_overlap_whose_deadline_passed_while_the_agent_was_dead_ends_at_once() {
+    let bench = overlapping();
+    let (service, written_at) = state_file_entry(&bench);
+    let (mut next, adopted) = recover(&service, written_at, Duration::from_secs(60));
+    assert!(
+        !touches_the_old_generation(&adopted),
+        "not before its first timer"
+    );
+    assert_eq!(next.core.poll_timeout(next.now), Some(next.now));
+    end_the_overlap_and_drain(&mut next);
+}
+
+#[test]
+fn an_overlap_whose_old_generation_died_with_the_agent_hands_over_at_once() {
+    let bench = overlapping();
+    let (mut service, written_at) = state_file_entry(&bench);
+    // Recovery leaves out what it found dead.
+    service.generations.retain(|g| g.number != 1);
+    let (next, adopted) = recover(&service, written_at, Duration::from_secs(1));
+    assert!(events(&adopted).contains(&&EventKind::OverlapFinished {
+        generation: 2,
+        old_generation: 1
+    }));
+    assert_eq!(next.core.current(), Some(2));
+    assert_eq!(
+        finished(&adopted).map(|(outcome, ..)| outcome),
+        Some(RestartOutcome::Succeeded)
+    );
 }

@@ -302,6 +302,7 @@ fn step_kind(kind: &EventKind) -> &'static str {
         EventKind::RestartStarted { .. } => "started",
         EventKind::GenerationSpawned { .. } => "spawned",
         EventKind::GenerationReady { .. } => "ready",
+        EventKind::OverlapStarted { .. } | EventKind::OverlapFinished { .. } => "overlap",
         EventKind::GenerationDraining { .. } | EventKind::DrainProgress { .. } => "draining",
         EventKind::GenerationKilled { .. } => "killed",
         EventKind::GenerationExited { .. } => "exited",

@@ -49,7 +49,10 @@ impl ServiceCore {
                 service: self.name.clone(),
             });
         }
-        if let Some(run) = &self.restart {
+        // A restart in its overlap has nothing in flight but a deadline,
+        // which the next image takes over; any other part of a restart waits
+        // on an answer only this image would see.
+        if let Some(run) = self.restart.as_ref().filter(|r| r.overlap_until.is_none()) {
             return Err(HandoverRefused::Restarting {
                 service: self.name.clone(),
                 id: run.id,
@@ -110,6 +113,7 @@ impl ServiceCore {
                     cgroup: None,
                     channel_fd: None,
                     deadline_at: g.lifecycle.deadline().map(wall),
+                    accepts_handoff: g.accepts_handoff,
                 })
             })
             .collect();
@@ -126,6 +130,8 @@ impl ServiceCore {
                 new: run.new,
                 verdict: run.verdict.as_ref().map(|v| (v.outcome, v.reason.clone())),
                 connections_cut: run.connections_cut,
+                overlap_left_ms: run.overlap_until.map(left),
+                overlap_until_at: run.overlap_until.map(wall),
             }),
         }
     }
@@ -198,14 +204,14 @@ impl ServiceCore {
                     // The previous image's end came along; a killed agent's
                     // died with it.
                     channel: from == Predecessor::Image && handed.channel_fd.is_some(),
-                    accepts_handoff: false,
+                    accepts_handoff: from == Predecessor::Image && handed.accepts_handoff,
                     drain: None,
                 },
             );
         }
         self.current = handed.current.filter(|n| self.generations.contains_key(n));
         if let Some(restart) = &handed.restart {
-            self.resume_restart(restart, now, &mut out);
+            self.resume_restart(restart, now, from, &mut out);
         }
         // A generation left starting outside a restart (a crash restart) is
         // stopped: its readiness was the dead agent's to see.
@@ -229,8 +235,17 @@ impl ServiceCore {
         out.0
     }
 
-    /// Takes over a restart a killed agent was running.
-    fn resume_restart(&mut self, handed: &RestartHandover, now: Now, out: &mut Out) {
+    /// Takes over a restart a killed agent (or, in its overlap, the
+    /// previous image) was running. One in its overlap goes on: its new
+    /// generation stays ready and the old one current until the overlap's
+    /// deadline, or the new one takes over at once if the old one is gone.
+    fn resume_restart(
+        &mut self,
+        handed: &RestartHandover,
+        now: Now,
+        from: Predecessor,
+        out: &mut Out,
+    ) {
         let mut run = RestartRun::new(handed.id, handed.old);
         run.reason = handed.reason.clone();
         run.started_at = handed.started_at;
@@ -241,7 +256,29 @@ impl ServiceCore {
             .clone()
             .map(|(outcome, reason)| Verdict { outcome, reason });
         let new_serves = run.new.is_some() && run.new == self.current;
-        if run.verdict.is_none() && !new_serves {
+        let new_ready = run.new.is_some_and(|n| {
+            self.generations
+                .get(&n)
+                .is_some_and(|g| g.lifecycle == Lifecycle::Ready)
+        });
+        if run.verdict.is_none() && !new_serves && new_ready && handed.overlap_left_ms.is_some() {
+            let until = match (from, handed.overlap_until_at) {
+                (Predecessor::Dead, Some(at)) => {
+                    now.at + Duration::from_millis(at.saturating_sub(now.unix_ms))
+                }
+                _ => now.at + Duration::from_millis(handed.overlap_left_ms.unwrap_or(0)),
+            };
+            run.overlap_until = Some(until);
+        }
+        let old_serves = run.old.is_some() && run.old == self.current;
+        if run.overlap_until.is_some() && !old_serves {
+            // The old generation died while nobody watched: the ready one
+            // serves now.
+            self.restart = Some(run);
+            self.end_overlap(out);
+            return;
+        }
+        if run.verdict.is_none() && !new_serves && run.overlap_until.is_none() {
             let what = match run.new {
                 Some(new) if self.generations.contains_key(&new) => {
                     format!("; generation {new}, not ready yet, was stopped")
@@ -256,7 +293,7 @@ impl ServiceCore {
                 self.stop_generation(new, now, out);
             }
         }
-        tracing::info!(service = %self.name, restart = run.id, verdict = ?run.verdict.as_ref().map(|v| v.outcome), "took over the restart the killed agent was running");
+        tracing::info!(service = %self.name, restart = run.id, verdict = ?run.verdict.as_ref().map(|v| v.outcome), "took over the restart the previous agent was running");
         self.restart = Some(run);
         self.check_restart_done(out);
     }
