@@ -24,6 +24,7 @@ mod mainpid;
 mod notify_attribution;
 mod notify_flood;
 mod outcomes;
+mod readiness;
 mod process_tracking;
 mod restart_by_signal;
 mod restart_under_load;
