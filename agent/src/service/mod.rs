@@ -17,6 +17,8 @@
 //!                     stop N+1: rolled_back                             succeeded   SIGKILL: forced
 //! ```
 //!
+//! With `min_overlap`, N+1 is `Ready` but N stays current and unsignalled
+//! until the overlap ends (an exit of N+1 meanwhile rolls back).
 //! Between `Ready` and the signal, if N+1 said `HANDOFF=1` on its channel,
 //! the two generations get a handoff pair (`BrokerHandoff`); when N's drain
 //! ends, `drain_finished` says what became of its connections.

@@ -476,6 +476,24 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
                 ready = Some(event.at);
                 ready_note = format!("generation {generation} serves");
             }
+            EventKind::OverlapStarted {
+                generation,
+                old_generation,
+                overlap_ms,
+            } if Some(*generation) == new_generation => {
+                ready_note = format!(
+                    "generation {generation} ready; generation {old_generation} serves beside it for {}",
+                    duration_ms(*overlap_ms)
+                );
+            }
+            EventKind::OverlapFinished {
+                generation,
+                old_generation,
+            } if Some(*generation) == new_generation => {
+                ready_note = format!(
+                    "generation {generation} serves, after overlapping generation {old_generation}"
+                );
+            }
             EventKind::GenerationDraining {
                 generation,
                 connections,

@@ -11,5 +11,6 @@ mod browser;
 mod connections;
 mod history;
 mod live;
+mod overlap;
 mod pages;
 pub mod restart;

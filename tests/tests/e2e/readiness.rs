@@ -33,6 +33,26 @@ def app(environ, start_response):
     return [body]
 "#;
 
+/// uvicorn on fd 3 with the drain of README's "Third-party servers": its own
+/// shutdown closes connections it accepted but has not read a request from
+/// yet, so on SIGTERM it first only stops accepting, and shuts down a quiet
+/// second later. Readiness is the app's (its lifespan startup).
+const UVICORN_SERVE: &str = r#"
+import asyncio, uvicorn
+
+class Server(uvicorn.Server):
+    def handle_exit(self, sig, frame):
+        loop = asyncio.get_running_loop()
+        loop.call_soon_threadsafe(self.stop_accepting, sig, frame)
+
+    def stop_accepting(self, sig, frame):
+        for server in self.servers:
+            server.close()
+        asyncio.get_running_loop().call_later(1.0, super().handle_exit, sig, frame)
+
+Server(uvicorn.Config("lifespan_app:app", fd=3, log_level="warning")).run()
+"#;
+
 const CONNECTIONS: usize = 4;
 const RESTARTS: usize = 2;
 /// After each restart, before the next.
@@ -84,11 +104,7 @@ impl Run {
                 "{what}: {restart:?}"
             );
         }
-        assert_eq!(
-            self.report.failed, 0,
-            "{what}: {:?}",
-            self.report.failures
-        );
+        assert_eq!(self.report.failed, 0, "{what}: {:?}", self.report.failures);
         assert!(
             self.report.generations_seen.len() > RESTARTS,
             "{what}: answers came from generations {:?}",
@@ -139,7 +155,6 @@ fn gunicorn_app() -> tempfile::TempDir {
     eprintln!("{}", String::from_utf8_lossy(&version.stdout).trim());
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("app.py"), SLOW_WSGI_APP).unwrap();
-    std::fs::write(dir.path().join("gunicorn.conf.py"), GUNICORN_CONF).unwrap();
     dir
 }
 
@@ -157,7 +172,21 @@ const GUNICORN_WITH_HOOK: &[&str] = &[
 async fn gunicorns_own_ready_comes_before_its_workers_and_stalls_requests() {
     let dir = gunicorn_app();
     let run = run(dir.path(), GUNICORN, "").await;
-    eprintln!("arbiter's READY=1: slowest request {:?}", run.slowest());
+    eprintln!(
+        "arbiter's READY=1: slowest request {:?}, {}",
+        run.slowest(),
+        run.report
+    );
+    // The arbiter's own READY=1 carries its status.
+    assert!(
+        run.restarts.iter().flat_map(|r| &r.steps).any(|e| matches!(
+            &e.kind,
+            EventKind::GenerationStatus { status, .. } if status == "Gunicorn arbiter booted"
+        )),
+        "{:?}",
+        run.restarts
+    );
+
     assert!(
         run.slowest() >= STALLED,
         "the old generation was stopped while the new one's workers imported the app, \
@@ -169,6 +198,8 @@ async fn gunicorns_own_ready_comes_before_its_workers_and_stalls_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gunicorn_with_the_post_worker_init_hook_is_ready_once_every_worker_is() {
     let dir = gunicorn_app();
+    // Only here: gunicorn reads ./gunicorn.conf.py without being told to.
+    std::fs::write(dir.path().join("gunicorn.conf.py"), GUNICORN_CONF).unwrap();
     let run = run(dir.path(), GUNICORN_WITH_HOOK, "").await;
     run.assert_prompt("post_worker_init hook");
     assert_eq!(run.overlaps(), 0);
@@ -204,19 +235,8 @@ async fn uvicorn_with_a_lifespan_hook_is_ready_once_its_app_is_loaded() {
     let app = format!("import time\ntime.sleep(1.5)\n{LIFESPAN_APP}");
     std::fs::write(dir.path().join("lifespan_app.py"), app).unwrap();
     std::fs::write(dir.path().join("notify_ready.py"), NOTIFY_READY).unwrap();
-    let run = run(
-        dir.path(),
-        &[
-            "uvicorn",
-            "--fd",
-            "3",
-            "--log-level",
-            "warning",
-            "lifespan_app:app",
-        ],
-        "",
-    )
-    .await;
+    std::fs::write(dir.path().join("serve.py"), UVICORN_SERVE).unwrap();
+    let run = run(dir.path(), &["python3", "serve.py"], "").await;
     run.assert_prompt("uvicorn, READY=1 from the lifespan startup");
 }
 
