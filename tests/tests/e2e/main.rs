@@ -24,6 +24,7 @@ mod mainpid;
 mod notify_attribution;
 mod notify_flood;
 mod outcomes;
+mod overlap;
 mod process_tracking;
 mod readiness;
 mod restart_by_signal;
