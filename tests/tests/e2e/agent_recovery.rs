@@ -688,3 +688,69 @@ async fn restart_wait_follows_the_restart_onto_the_agent_that_takes_over() {
     assert!(stdout.contains("forced"), "{stdout}");
     assert!(!alive(old.pid));
 }
+
+/// `min_overlap`: an agent killed while both generations serve leaves a
+/// restart whose only business is a deadline. The next agent ends the
+/// overlap at its recorded wall-clock time, not earlier and not never, and
+/// the old generation then drains as usual.
+#[test]
+fn an_agent_killed_during_an_overlap_ends_it_at_its_original_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = demo_service("web", "min_overlap = \"4s\"\ndrain_timeout = \"5s\"");
+    let mut host = Host::start(dir.path(), &services);
+    host.wait_for("ready", Duration::from_secs(20), |s| {
+        s.services.iter().all(|s| s.state == ServiceState::Ready)
+    });
+    let old = host.service("web").generations[0].clone();
+    let restart = host.begin_restart("web");
+    let overlapping = host.wait_for("the overlap", Duration::from_secs(20), |s| {
+        let generations = &s.services[0].generations;
+        generations.len() == 2
+            && generations
+                .iter()
+                .all(|g| g.state == GenerationState::Ready)
+    });
+    let new = overlapping.services[0]
+        .generations
+        .iter()
+        .find(|g| g.generation != old.generation)
+        .cloned()
+        .unwrap();
+    let overlap_began = new.ready_at.expect("ready");
+    host.kill_agent();
+    std::thread::sleep(Duration::from_millis(300));
+
+    host.start_agent();
+    let recovered = host.service("web");
+    assert_eq!(recovered.running_restart, Some(restart), "{recovered:?}");
+    assert!(alive(old.pid), "the old generation was not stopped early");
+    host.wait_for("the restart to end", Duration::from_secs(20), |s| {
+        s.services[0].running_restart.is_none()
+    });
+    let report = host.report(restart);
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
+    let ended = report
+        .steps
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::OverlapFinished { .. }))
+        .map(|e| e.at)
+        .expect("the next agent ended the overlap");
+    assert!(
+        ended + 5 >= overlap_began + 4_000,
+        "ended {} ms after it began",
+        ended - overlap_began
+    );
+    assert!(
+        ended <= overlap_began + 4_000 + 3_000,
+        "ended {} ms after it began",
+        ended.saturating_sub(overlap_began)
+    );
+    let after = host.service("web");
+    assert_eq!(after.generations.len(), 1, "{after:?}");
+    assert_eq!(after.generations[0].pid, new.pid);
+    assert!(!alive(old.pid), "the old generation drained and exited");
+}
