@@ -200,6 +200,8 @@ impl ServiceCore {
                     channel: from == Predecessor::Image && handed.channel_fd.is_some(),
                     accepts_handoff: false,
                     drain: None,
+                    instances: Vec::new(),
+                    retired: Vec::new(),
                 },
             );
         }
