@@ -2158,3 +2158,73 @@ fn stopping_a_service_of_instances_signals_each_once_and_starts_none_again() {
     bench.on(Input::GroupEmpty { generation: 1 });
     assert!(bench.core.is_done());
 }
+
+#[test]
+fn an_upgrade_hands_over_every_instance_and_the_next_image_starts_the_missing_one() {
+    let mut bench = Bench::serving_instances(3, 3);
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 2),
+        exit: ExitInfo::Code(1),
+    });
+    let handed = bench.core.hand_over(bench.now).expect("handed over");
+    let service = crate::handover::ServiceHandover {
+        name: "web".into(),
+        sockets: Vec::new(),
+        generations: handed.generations,
+        current: handed.current,
+        next_generation: handed.next_generation,
+        consecutive_crashes: handed.consecutive_crashes,
+        fd_store: Vec::new(),
+        restart: None,
+        last_report: None,
+    };
+    // Through the state file's JSON, as both the upgrade and a recovery read it.
+    let json = serde_json::to_string(&service).expect("serialized");
+    let service: crate::handover::ServiceHandover = serde_json::from_str(&json).expect("parsed");
+
+    let mut next = Bench::new(instances(3, 3));
+    let now = Now {
+        at: next.now,
+        unix_ms: baton_proto::now_millis(),
+    };
+    let effects = next
+        .core
+        .adopt(&service, now, super::core::Predecessor::Image);
+    assert_eq!(
+        effects,
+        [
+            Effect::Route {
+                generation: 1,
+                pgid: pid(OLD)
+            },
+            Effect::WatchExit {
+                generation: 1,
+                pid: pid(OLD)
+            },
+            Effect::Route {
+                generation: 1,
+                pgid: pid(OLD + 1)
+            },
+            Effect::WatchExit {
+                generation: 1,
+                pid: pid(OLD + 1)
+            },
+        ]
+    );
+    use baton_proto::InstanceState::*;
+    assert_eq!(next.instance_states(1), [Ready, Ready, Backoff]);
+    assert_eq!(next.core.current(), Some(1));
+    assert_eq!(next.on(Input::Timer), [spawn_instance(1, 2, 3)]);
+    // An instance of the adopted generation still restarts alone.
+    let effects = next.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 1),
+        exit: ExitInfo::Code(1),
+    });
+    assert!(effects.contains(&Effect::SignalInstance {
+        pgid: pid(OLD + 1),
+        signal: Signal::SIGTERM
+    }));
+    assert_eq!(next.core.state(), ServiceState::Ready);
+}
