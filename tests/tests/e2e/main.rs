@@ -17,6 +17,7 @@ mod gunicorn;
 mod handoff_broker;
 mod handoff_load;
 mod host_binding;
+mod instances;
 mod install;
 mod lifecycle;
 mod link_faults;
