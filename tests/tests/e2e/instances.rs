@@ -104,6 +104,21 @@ fn every_instance_accepts_and_a_killed_one_is_started_again_alone() {
         assert_eq!(after.generations[0].instances[i].restarts, 0);
     }
     assert!(agent.service("web").last_restart.is_none(), "no restart of the others");
+
+    let out = std::process::Command::new(baton_tests::bin("baton"))
+        .arg("--agent")
+        .arg(&agent.socket)
+        .arg("status")
+        .env_remove("BATON_SERVER")
+        .output()
+        .expect("baton status ran");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("ready 4/4"), "{table}");
+    assert!(
+        table.contains(&format!("instance 2   ready     pid {:<8} ready for", now[2])),
+        "{table}"
+    );
+    assert!(table.contains("restarts 1"), "{table}");
 }
 
 #[test]
