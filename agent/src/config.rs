@@ -70,8 +70,7 @@ pub struct ServiceConfig {
     pub max_surge: u32,
 }
 
-/// The most instances a generation may run.
-pub const MAX_INSTANCES: u32 = 256;
+pub use baton_proto::MAX_INSTANCES;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {

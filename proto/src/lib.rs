@@ -311,6 +311,9 @@ pub struct GenerationInfo {
     pub instances: Vec<InstanceInfo>,
 }
 
+/// The most instances a generation may run (`instances = N`).
+pub const MAX_INSTANCES: u32 = 256;
+
 /// One of the processes of a generation that runs several (`instances = N`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
