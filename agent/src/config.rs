@@ -549,10 +549,7 @@ fn parse_service(
         Some(n) => {
             return Err(err(
                 Some(n.span()),
-                format!(
-                    "{}: must be between 1 and {MAX_INSTANCES}",
-                    at("instances")
-                ),
+                format!("{}: must be between 1 and {MAX_INSTANCES}", at("instances")),
             ));
         }
     };
@@ -844,21 +841,33 @@ listen = "udp://[::1]:5353"
 
     #[test]
     fn instances_default_to_one_and_max_surge_to_all_of_them() {
-        let config = Config::parse("[[service]]\nname = \"web\"\ncommand = [\"x\"]\n", "agent.toml")
-            .expect("valid");
-        assert_eq!((config.services[0].instances, config.services[0].max_surge), (1, 1));
+        let config = Config::parse(
+            "[[service]]\nname = \"web\"\ncommand = [\"x\"]\n",
+            "agent.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            (config.services[0].instances, config.services[0].max_surge),
+            (1, 1)
+        );
         let config = Config::parse(
             "[[service]]\nname = \"web\"\ncommand = [\"x\"]\ninstances = 4\n",
             "agent.toml",
         )
         .expect("valid");
-        assert_eq!((config.services[0].instances, config.services[0].max_surge), (4, 4));
+        assert_eq!(
+            (config.services[0].instances, config.services[0].max_surge),
+            (4, 4)
+        );
         let config = Config::parse(
             "[[service]]\nname = \"web\"\ncommand = [\"x\"]\ninstances = 4\nmax_surge = 1\n",
             "agent.toml",
         )
         .expect("valid");
-        assert_eq!((config.services[0].instances, config.services[0].max_surge), (4, 1));
+        assert_eq!(
+            (config.services[0].instances, config.services[0].max_surge),
+            (4, 1)
+        );
     }
 
     #[test]

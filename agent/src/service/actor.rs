@@ -465,7 +465,10 @@ impl Actor {
                 }
                 // Then, once each, whatever of the generation left the
                 // instances' groups.
-                match pgids.first().and_then(|p| self.shared.router.cgroup_folder(*p)) {
+                match pgids
+                    .first()
+                    .and_then(|p| self.shared.router.cgroup_folder(*p))
+                {
                     Some(folder) => {
                         for pid in crate::cgroup::procs_of(&folder) {
                             let pid = Pid::from_raw(pid);

@@ -636,7 +636,10 @@ impl ServiceCore {
         // A generation that has exited already has nothing left to start.
         for generation in self.generations.values_mut() {
             for instance in &mut generation.instances {
-                if matches!(instance.phase, InstancePhase::Backoff { .. } | InstancePhase::Waiting) {
+                if matches!(
+                    instance.phase,
+                    InstancePhase::Backoff { .. } | InstancePhase::Waiting
+                ) {
                     instance.phase = InstancePhase::Exited;
                 }
             }
@@ -924,11 +927,7 @@ impl ServiceCore {
                         continue;
                     }
                     // Through the queue, so readiness is handled like a probe's.
-                    if !self
-                        .generations
-                        .get(&number)
-                        .is_some_and(|g| !g.instances.is_empty())
-                    {
+                    if !self.runs_instances_in(number) {
                         out.push(Effect::Requeue(Input::Ready { generation: number }));
                     } else if let Some(instance) = self.instance_of(number, sender) {
                         out.push(Effect::Requeue(Input::InstanceReady {

@@ -130,11 +130,19 @@ pub enum InstancePhase {
     Waiting,
     /// Asked for with `Effect::SpawnInstance`; its answer has not come.
     Spawning,
-    Starting { deadline: Instant },
+    Starting {
+        deadline: Instant,
+    },
     Ready,
-    Draining { deadline: Instant },
-    Stopping { kill_at: Instant },
-    Backoff { until: Instant },
+    Draining {
+        deadline: Instant,
+    },
+    Stopping {
+        kill_at: Instant,
+    },
+    Backoff {
+        until: Instant,
+    },
     Exited,
 }
 

@@ -1922,13 +1922,18 @@ fn a_new_instance_that_never_gets_ready_rolls_the_restart_back() {
         "{effects:?}"
     );
     assert!(
-        !effects.iter().any(|e| matches!(e, Effect::SignalInstance { .. } | Effect::Count { .. })),
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::SignalInstance { .. } | Effect::Count { .. })),
         "the old instances are left alone: {effects:?}"
     );
     let effects = bench.exit_all(2, NEW, 3);
     assert_eq!(finish(&effects), Some(RestartOutcome::RolledBack));
     assert_eq!(bench.core.current(), Some(1));
-    assert_eq!(bench.instance_states(1), [baton_proto::InstanceState::Ready; 3]);
+    assert_eq!(
+        bench.instance_states(1),
+        [baton_proto::InstanceState::Ready; 3]
+    );
 }
 
 #[test]
@@ -1978,7 +1983,11 @@ fn a_batched_restart_replaces_max_surge_instances_at_a_time() {
     );
     use baton_proto::InstanceState::*;
     assert_eq!(bench.instance_states(1), [Draining, Draining, Ready, Ready]);
-    assert_eq!(bench.core.current(), Some(1), "the old generation serves on");
+    assert_eq!(
+        bench.core.current(),
+        Some(1),
+        "the old generation serves on"
+    );
     bench.instance_up(2, 2, NEW + 2);
     let effects = bench.instance_up(2, 3, NEW + 3);
     assert!(effects.contains(&Effect::Count {
@@ -2053,7 +2062,10 @@ fn a_rollback_in_the_middle_of_a_batched_restart_starts_the_replaced_old_instanc
     assert_eq!(finish(&effects), Some(RestartOutcome::RolledBack));
     bench.wait(DRAIN_TIMEOUT);
     let effects = bench.timer();
-    assert!(effects.contains(&Effect::KillInstance { pgid: pid(OLD + 1) }), "{effects:?}");
+    assert!(
+        effects.contains(&Effect::KillInstance { pgid: pid(OLD + 1) }),
+        "{effects:?}"
+    );
     bench.on(Input::Exited {
         generation: 1,
         pid: pid(OLD + 1),
@@ -2089,7 +2101,11 @@ fn an_instance_that_crashes_is_started_again_alone() {
         ],
         "only its own process group is signalled"
     );
-    assert_eq!(bench.core.state(), ServiceState::Ready, "the others serve on");
+    assert_eq!(
+        bench.core.state(),
+        ServiceState::Ready,
+        "the others serve on"
+    );
     assert_eq!(bench.timer(), [spawn_instance(1, 1, 3)]);
     bench.instance_up(1, 1, OLD + 10);
     let info = &bench.core.generations()[0].instances[1];

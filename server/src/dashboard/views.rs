@@ -169,7 +169,10 @@ impl HostLine {
                             ready_for: i
                                 .ready_at
                                 .filter(|_| i.state == baton_proto::InstanceState::Ready)
-                                .map_or_else(|| "—".into(), |at| duration_ms(now.saturating_sub(at))),
+                                .map_or_else(
+                                    || "—".into(),
+                                    |at| duration_ms(now.saturating_sub(at)),
+                                ),
                             restarts: i.restarts,
                         })
                         .collect()

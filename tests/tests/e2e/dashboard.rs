@@ -667,7 +667,10 @@ async fn the_service_page_lists_each_instance_and_shows_one_started_again() {
         .collect();
     assert_eq!(rows.len(), 4, "{rows:?}");
     for (row, pid) in rows.iter().zip(&pids) {
-        assert!(row.contains(&pid.to_string()) && row.contains("ready"), "{row}");
+        assert!(
+            row.contains(&pid.to_string()) && row.contains("ready"),
+            "{row}"
+        );
     }
 
     // One instance killed: the page shows it started again, live.
@@ -688,7 +691,10 @@ async fn the_service_page_lists_each_instance_and_shows_one_started_again() {
         if restarted {
             break;
         }
-        assert!(Instant::now() < deadline, "instance 1 never shown started again: {second}");
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 never shown started again: {second}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     browser

@@ -87,7 +87,10 @@ fn every_instance_accepts_and_a_killed_one_is_started_again_alone() {
     assert_eq!(distinct.len(), INSTANCES, "{pids:?}");
     let addr = agent.tcp_addr("web", "http");
     let seen = pids_answering(addr, INSTANCES, Duration::from_secs(20));
-    assert_eq!(seen, distinct, "every instance answers on the shared socket");
+    assert_eq!(
+        seen, distinct,
+        "every instance answers on the shared socket"
+    );
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[2] as i32), Signal::SIGKILL)
         .expect("killed");
@@ -96,14 +99,20 @@ fn every_instance_accepts_and_a_killed_one_is_started_again_alone() {
         all_ready(service) && service.generations[0].instances[2].restarts == 1
     });
     let after = &status.services[0];
-    assert_eq!(after.generations[0].generation, service.generations[0].generation);
+    assert_eq!(
+        after.generations[0].generation,
+        service.generations[0].generation
+    );
     let now = instance_pids(after);
     assert_ne!(now[2], pids[2], "instance 2 runs a new process");
     for i in [0, 1, 3] {
         assert_eq!(now[i], pids[i], "instance {i} was left alone");
         assert_eq!(after.generations[0].instances[i].restarts, 0);
     }
-    assert!(agent.service("web").last_restart.is_none(), "no restart of the others");
+    assert!(
+        agent.service("web").last_restart.is_none(),
+        "no restart of the others"
+    );
 
     let out = std::process::Command::new(baton_tests::bin("baton"))
         .arg("--agent")
@@ -115,7 +124,10 @@ fn every_instance_accepts_and_a_killed_one_is_started_again_alone() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("ready 4/4"), "{table}");
     assert!(
-        table.contains(&format!("instance 2   ready     pid {:<8} ready for", now[2])),
+        table.contains(&format!(
+            "instance 2   ready     pid {:<8} ready for",
+            now[2]
+        )),
         "{table}"
     );
     assert!(table.contains("restarts 1"), "{table}");
@@ -126,13 +138,14 @@ fn a_restart_replaces_every_instance_and_a_crashing_build_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let mode_file = dir.path().join("mode");
     let mode_arg = mode_file.display().to_string();
-    let agent = start(
-        "ready_timeout = \"10s\"",
-        &["--mode-file", &mode_arg],
-    );
+    let agent = start("ready_timeout = \"10s\"", &["--mode-file", &mode_arg]);
     let first = agent.service("web");
     let (_, report) = agent.restart("web");
-    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded), "{report:?}");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
     let second = agent.wait_for("the new generation", Duration::from_secs(20), |s| {
         all_ready(&s.services[0])
             && s.services[0].generations[0].generation != first.generations[0].generation
@@ -145,9 +158,16 @@ fn a_restart_replaces_every_instance_and_a_crashing_build_rolls_back() {
 
     std::fs::write(&mode_file, "crash").unwrap();
     let (_, report) = agent.restart("web");
-    assert_eq!(report.outcome, Some(RestartOutcome::RolledBack), "{report:?}");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::RolledBack),
+        "{report:?}"
+    );
     let reason = report.outcome_reason.clone().unwrap_or_default();
-    assert!(reason.contains("before the generation was ready"), "{reason}");
+    assert!(
+        reason.contains("before the generation was ready"),
+        "{reason}"
+    );
     let after = agent.service("web");
     assert!(all_ready(&after), "{after:?}");
     assert_eq!(instance_pids(&after), pids, "the old instances served on");
@@ -174,21 +194,26 @@ fn an_agent_upgrade_keeps_every_instance() {
         all_ready(&s.services[0]) && s.services[0].generations[0].instances[0].restarts == 1
     });
     let (_, report) = agent.restart("web");
-    assert_eq!(report.outcome, Some(RestartOutcome::Succeeded), "{report:?}");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batched_restart_of_instances_under_load_fails_no_request() {
-    let agent = Arc::new(start(
-        "max_surge = 1\ndrain_timeout = \"10s\"",
-        &[],
-    ));
+    let agent = Arc::new(start("max_surge = 1\ndrain_timeout = \"10s\"", &[]));
     let addr = agent.tcp_addr("web", "http");
     let (reports, load) =
         baton_tests::restarts_under_load(&agent, "web", addr, 32, 3, Duration::from_millis(100))
             .await;
     for report in &reports {
-        assert_eq!(report.outcome, Some(RestartOutcome::Succeeded), "{report:?}");
+        assert_eq!(
+            report.outcome,
+            Some(RestartOutcome::Succeeded),
+            "{report:?}"
+        );
     }
     assert_eq!(load.failed, 0, "failed requests: {:?}", load.failures);
     assert!(load.ok > 100, "{load}");

@@ -7,8 +7,8 @@ use crate::handover::{
     GenerationHandover, HandedPhase, InstanceHandover, RestartHandover, ServiceHandover,
 };
 use crate::service::generation::{Generation, Instance, InstancePhase, Lifecycle};
-use baton_proto::InstanceState;
 use crate::service::restart::{RestartRun, Verdict};
+use baton_proto::InstanceState;
 use baton_proto::{RestartId, RestartOutcome};
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};

@@ -264,10 +264,12 @@ impl ServiceCore {
         let Some(generation) = self.generations.get(&number) else {
             return;
         };
-        let in_flight = generation
-            .instances
-            .iter()
-            .any(|i| matches!(i.phase, InstancePhase::Spawning | InstancePhase::Starting { .. }));
+        let in_flight = generation.instances.iter().any(|i| {
+            matches!(
+                i.phase,
+                InstancePhase::Spawning | InstancePhase::Starting { .. }
+            )
+        });
         if in_flight {
             return;
         }
@@ -381,8 +383,12 @@ impl ServiceCore {
         {
             instance.crashes = 0;
         }
-        let serving = matches!(generation.lifecycle, Lifecycle::Ready | Lifecycle::Starting { .. });
-        let unexpected = serving && matches!(was, InstancePhase::Starting { .. } | InstancePhase::Ready);
+        let serving = matches!(
+            generation.lifecycle,
+            Lifecycle::Ready | Lifecycle::Starting { .. }
+        );
+        let unexpected =
+            serving && matches!(was, InstancePhase::Starting { .. } | InstancePhase::Ready);
         if unexpected {
             tracing::warn!(service = %self.name, generation = number, instance = index, pid = pid.as_raw(), %exit, "instance died");
             // Its workers would serve on with nobody to manage them.
@@ -448,9 +454,10 @@ impl ServiceCore {
         };
         if generation.lifecycle.is_exited()
             || !generation.retired.is_empty()
-            || generation.instances.iter().any(|i| {
-                i.phase.alive() || matches!(i.phase, InstancePhase::Backoff { .. })
-            })
+            || generation
+                .instances
+                .iter()
+                .any(|i| i.phase.alive() || matches!(i.phase, InstancePhase::Backoff { .. }))
         {
             return;
         }
@@ -515,8 +522,8 @@ impl ServiceCore {
                     }
                 }
                 InstancePhase::Draining { .. } | InstancePhase::Stopping { .. } => {
-                    self.kill_instance(number, index, now, out, |kill_at| InstancePhase::Stopping {
-                        kill_at,
+                    self.kill_instance(number, index, now, out, |kill_at| {
+                        InstancePhase::Stopping { kill_at }
                     });
                 }
                 _ => {}
@@ -651,7 +658,8 @@ impl ServiceCore {
         self.current
             .and_then(|n| self.generations.get(&n))
             .is_some_and(|g| {
-                !g.instances.is_empty() && !g.instances.iter().any(|i| i.phase == InstancePhase::Ready)
+                !g.instances.is_empty()
+                    && !g.instances.iter().any(|i| i.phase == InstancePhase::Ready)
             })
     }
 }
