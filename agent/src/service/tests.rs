@@ -2244,3 +2244,52 @@ fn an_upgrade_hands_over_every_instance_and_the_next_image_starts_the_missing_on
     }));
     assert_eq!(next.core.state(), ServiceState::Ready);
 }
+
+#[test]
+fn each_instance_is_probed_on_its_own_port() {
+    let mut bench = Bench::new(ServiceConfig {
+        ready: Readiness::Tcp {
+            addr: crate::config::ProbeTemplate::parse("127.0.0.1:{port}"),
+        },
+        ..instances(2, 2)
+    });
+    let wanted: Vec<Effect> = (0..2)
+        .map(|instance| Effect::SpawnInstance {
+            generation: 1,
+            instance,
+            instances: 2,
+            probe_port: true,
+        })
+        .collect();
+    assert_eq!(bench.on(Input::Start), wanted);
+    for (instance, port) in [(0, 4000), (1, 4001)] {
+        let effects = bench.on(Input::InstanceSpawned {
+            generation: 1,
+            instance,
+            pid: pid(OLD + instance as i32),
+            probe_port: Some(port),
+        });
+        assert!(effects.contains(&Effect::ProbeInstance {
+            generation: 1,
+            instance,
+            port: Some(port),
+        }));
+    }
+    // READY=1 does not count with a probe; the probe's answer does.
+    assert!(
+        bench
+            .on(Input::Notify {
+                generation: 1,
+                sender: OLD,
+                messages: vec![NotifyMessage::Ready],
+            })
+            .is_empty()
+    );
+    bench.on(Input::InstanceReady {
+        generation: 1,
+        instance: 1,
+    });
+    use baton_proto::InstanceState::*;
+    assert_eq!(bench.instance_states(1), [Starting, Ready]);
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+}
