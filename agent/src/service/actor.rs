@@ -456,6 +456,12 @@ impl Actor {
             Effect::KillInstance { pgid } => {
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
+            Effect::ForgetInstance { pgid } => {
+                self.shared.router.remove_member(pgid);
+                if let Some(lineage) = &self.shared.lineage {
+                    lineage.forget(pgid);
+                }
+            }
             Effect::SignalInstances { pgids, signal } => {
                 self.persist_state().await;
                 for pgid in &pgids {

@@ -319,6 +319,12 @@ pub enum Effect {
     KillInstance {
         pgid: Pid,
     },
+    /// One instance's process exited and another may take its place: stop
+    /// routing its process group's messages (the generation's cgroup and
+    /// its other instances stay).
+    ForgetInstance {
+        pgid: Pid,
+    },
     /// Signal every instance of a generation that runs several, once each:
     /// their process groups, then whatever of the generation left them.
     SignalInstances {

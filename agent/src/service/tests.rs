@@ -2090,6 +2090,7 @@ fn an_instance_that_crashes_is_started_again_alone() {
                 pgid: pid(OLD + 1),
                 signal: Signal::SIGTERM
             },
+            Effect::ForgetInstance { pgid: pid(OLD + 1) },
             Effect::Emit {
                 restart: None,
                 kind: EventKind::CrashRestartScheduled {

@@ -365,6 +365,9 @@ impl ServiceCore {
         };
         if let Some(at) = generation.retired.iter().position(|(p, _)| *p == pid) {
             generation.retired.swap_remove(at);
+            if pid != generation.pid {
+                out.push(Effect::ForgetInstance { pgid: pid });
+            }
             return self.settle_instances(number, Some(exit), now, out);
         }
         let Some(instance) = generation
@@ -377,6 +380,7 @@ impl ServiceCore {
         let index = instance.index;
         let was = instance.phase;
         instance.phase = InstancePhase::Exited;
+        let let_go = pid != generation.pid;
         if instance
             .ready_instant
             .is_some_and(|t| now.at.duration_since(t) >= CRASH_FORGIVEN_AFTER)
@@ -398,6 +402,12 @@ impl ServiceCore {
             });
         } else {
             tracing::info!(service = %self.name, generation = number, instance = index, pid = pid.as_raw(), %exit, "instance exited");
+        }
+        if let_go {
+            // The generation's first process stays its handle (its cgroup,
+            // its counts) until it is forgotten; any other is let go now,
+            // so an instance that keeps crashing leaves no route behind.
+            out.push(Effect::ForgetInstance { pgid: pid });
         }
         if unexpected {
             let replaced = self.restart.as_ref().is_some_and(|r| r.old == Some(number));
