@@ -228,3 +228,64 @@ fn a_single_process_service_lists_no_instances() {
     let agent = AgentUnderTest::start(&demo_service("web", ""));
     assert!(agent.service("web").generations[0].instances.is_empty());
 }
+
+#[test]
+fn a_rollback_in_the_middle_of_a_batched_restart_starts_the_replaced_old_instances_again() {
+    // Generation 2's instance 2 exits at once: batches 0 and 1 have
+    // replaced old instances 0 and 1 by then.
+    let script = format!(
+        "if [ \"$BATON_GENERATION\" = 2 ] && [ \"$BATON_INSTANCE\" = 2 ]; then exit 3; fi; exec {} --drain-idle-grace 300ms",
+        baton_tests::bin("baton-demo").display()
+    );
+    let agent = AgentUnderTest::start(&format!(
+        r#"
+[[service]]
+name = "web"
+command = ["/bin/sh", "-c", {script:?}]
+instances = {INSTANCES}
+max_surge = 1
+drain_timeout = "5s"
+
+[[service.socket]]
+name = "http"
+listen = "tcp://127.0.0.1:0"
+"#
+    ));
+    let first = agent.wait_for("every instance ready", Duration::from_secs(20), |s| {
+        all_ready(&s.services[0])
+    });
+    let before = instance_pids(&first.services[0]);
+
+    let (_, report) = agent.restart("web");
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::RolledBack),
+        "{report:?}"
+    );
+    let reason = report.outcome_reason.clone().unwrap_or_default();
+    assert!(reason.contains("instance 2 of generation 2"), "{reason}");
+
+    let status = agent.wait_for("generation 1 whole again", Duration::from_secs(20), |s| {
+        all_ready(&s.services[0])
+    });
+    let service = &status.services[0];
+    assert_eq!(service.generations[0].generation, 1, "{service:?}");
+    let after = instance_pids(service);
+    for i in [0, 1] {
+        assert_ne!(
+            after[i], before[i],
+            "old instance {i} was replaced and started again"
+        );
+        assert_eq!(service.generations[0].instances[i].restarts, 1);
+    }
+    for i in [2, 3] {
+        assert_eq!(after[i], before[i], "old instance {i} served throughout");
+    }
+    let addr = agent.tcp_addr("web", "http");
+    let seen = pids_answering(addr, INSTANCES, Duration::from_secs(20));
+    assert_eq!(
+        seen,
+        after.iter().copied().collect(),
+        "every instance answers"
+    );
+}
