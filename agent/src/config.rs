@@ -66,7 +66,16 @@ pub struct ServiceConfig {
     /// CPU to the generation that is serving. 0 leaves the priority alone.
     pub warmup_nice: i32,
     pub sockets: Vec<SocketConfig>,
+    /// How many processes a generation runs on the same sockets
+    /// (`BATON_INSTANCE`, `BATON_INSTANCES`).
+    pub instances: u32,
+    /// How many new instances a restart may run beyond `instances` before
+    /// it stops old ones: `instances` starts the whole new generation at
+    /// once; fewer replaces the old one in batches of this size.
+    pub max_surge: u32,
 }
+
+pub use baton_proto::MAX_INSTANCES;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -273,6 +282,8 @@ struct RawService {
     #[serde(default = "default_true")]
     restart_on_crash: bool,
     warmup_nice: Option<Spanned<i32>>,
+    instances: Option<Spanned<i64>>,
+    max_surge: Option<Spanned<i64>>,
     #[serde(default, rename = "socket")]
     sockets: Vec<RawSocket>,
 }
@@ -555,6 +566,30 @@ fn parse_service(
         }
     };
 
+    let instances = match raw.instances {
+        None => 1,
+        Some(n) if (1..=i64::from(MAX_INSTANCES)).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            return Err(err(
+                Some(n.span()),
+                format!("{}: must be between 1 and {MAX_INSTANCES}", at("instances")),
+            ));
+        }
+    };
+    let max_surge = match raw.max_surge {
+        None => instances,
+        Some(n) if (1..=i64::from(instances)).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            return Err(err(
+                Some(n.span()),
+                format!(
+                    "{}: must be between 1 and `instances` ({instances})",
+                    at("max_surge")
+                ),
+            ));
+        }
+    };
+
     let mut env = BTreeMap::new();
     for (key, value) in raw.env {
         let span = key.span();
@@ -621,6 +656,8 @@ fn parse_service(
         restart_on_crash: raw.restart_on_crash,
         warmup_nice,
         sockets,
+        instances,
+        max_surge,
     })
 }
 
@@ -823,6 +860,55 @@ listen = "udp://[::1]:5353"
                 (line, message)
             }
             other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn instances_default_to_one_and_max_surge_to_all_of_them() {
+        let config = Config::parse(
+            "[[service]]\nname = \"web\"\ncommand = [\"x\"]\n",
+            "agent.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            (config.services[0].instances, config.services[0].max_surge),
+            (1, 1)
+        );
+        let config = Config::parse(
+            "[[service]]\nname = \"web\"\ncommand = [\"x\"]\ninstances = 4\n",
+            "agent.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            (config.services[0].instances, config.services[0].max_surge),
+            (4, 4)
+        );
+        let config = Config::parse(
+            "[[service]]\nname = \"web\"\ncommand = [\"x\"]\ninstances = 4\nmax_surge = 1\n",
+            "agent.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            (config.services[0].instances, config.services[0].max_surge),
+            (4, 1)
+        );
+    }
+
+    #[test]
+    fn instances_and_max_surge_out_of_bounds_name_their_line() {
+        for (fields, line, field) in [
+            ("instances = 0", 4, "`instances`"),
+            ("instances = 257", 4, "`instances`"),
+            ("instances = -1", 4, "`instances`"),
+            ("instances = 2\nmax_surge = 3", 5, "`max_surge`"),
+            ("instances = 2\nmax_surge = 0", 5, "`max_surge`"),
+            ("max_surge = 2", 4, "`max_surge`"),
+        ] {
+            let (at, message) = error_of(&format!(
+                "[[service]]\nname = \"web\"\ncommand = [\"x\"]\n{fields}\n"
+            ));
+            assert_eq!(at, line, "{fields}: {message}");
+            assert!(message.contains(field), "{fields}: {message}");
         }
     }
 

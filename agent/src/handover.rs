@@ -134,6 +134,27 @@ pub struct GenerationHandover {
     /// upgrade in its overlap still brokers the handoff.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepts_handoff: bool,
+    /// Its instances, when it runs several (`instances = N`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceHandover>,
+}
+
+/// One instance of a handed-over generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceHandover {
+    pub index: u32,
+    /// Its process, when one runs (ready, draining or stopping); an instance
+    /// without one is started again by the image that adopts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub state: baton_proto::InstanceState,
+    /// Time left on its drain or stop deadline.
+    #[serde(default)]
+    pub left_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<UnixMillis>,
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 impl Handover {

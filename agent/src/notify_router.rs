@@ -293,6 +293,46 @@ impl NotifyRouter {
         inner.routes.get(&pgid.as_raw())?.1.clone()
     }
 
+    /// Forgets one exited instance of a generation that runs several: its
+    /// process group no longer routes, while the generation's cgroup (and
+    /// the other instances' routes) stay. Its late messages are known for a
+    /// while.
+    pub fn remove_member(&self, pgid: Pid) {
+        let mut inner = self.inner.lock().expect("notify router lock");
+        let Some((_, cgroup)) = inner.routes.remove(&pgid.as_raw()) else {
+            return;
+        };
+        if let Some(cgroup) = &cgroup
+            && inner.by_cgroup.get(cgroup) == Some(&pgid.as_raw())
+        {
+            // The cgroup attributes through another instance of it, if one
+            // is left.
+            let other = inner
+                .routes
+                .iter()
+                .find(|(_, (_, c))| c.as_ref() == Some(cgroup))
+                .map(|(other, _)| *other);
+            match other {
+                Some(other) => {
+                    inner.by_cgroup.insert(cgroup.clone(), other);
+                }
+                None => {
+                    inner.by_cgroup.remove(cgroup);
+                }
+            }
+        }
+        let now = Instant::now();
+        while inner.gone.len() >= GONE_KEPT_MAX
+            || inner
+                .gone
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
+        {
+            inner.gone.pop_front();
+        }
+        inner.gone.push_back((now, pgid.as_raw(), cgroup));
+    }
+
     /// Forgets an ended generation and removes its cgroup; its late
     /// messages are known for a while.
     pub fn remove(&self, pgid: Pid) {

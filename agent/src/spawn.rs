@@ -23,6 +23,8 @@ const PROTOCOL_VARIABLES: &[&str] = &[
     "BATON_SERVICE",
     "BATON_GENERATION",
     "BATON_PREDECESSOR",
+    "BATON_INSTANCE",
+    "BATON_INSTANCES",
     "BATON_DRAIN_TIMEOUT_MS",
     "BATON_PROBE_PORT",
     crate::channel::ENV,
@@ -51,6 +53,9 @@ pub struct GenerationLaunch {
     /// placed right after the `LISTEN_FDS` fds and named by
     /// `BATON_CHANNEL_FD`.
     pub channel: Option<OwnedFd>,
+    /// Which of the generation's processes this is, and how many it runs
+    /// (`BATON_INSTANCE`, `BATON_INSTANCES`), when it runs several.
+    pub instance: Option<(u32, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +128,10 @@ pub fn launch(
     set("BATON_GENERATION", launch.generation.to_string().into());
     if let Some(predecessor) = launch.predecessor {
         set("BATON_PREDECESSOR", predecessor.to_string().into());
+    }
+    if let Some((index, count)) = launch.instance {
+        set("BATON_INSTANCE", index.to_string().into());
+        set("BATON_INSTANCES", count.to_string().into());
     }
     set(
         "BATON_DRAIN_TIMEOUT_MS",

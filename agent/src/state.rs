@@ -233,6 +233,7 @@ mod tests {
                     deadline_at: Some(31_500),
                     channel_fd: Some(11),
                     accepts_handoff: false,
+                    instances: Vec::new(),
                 },
                 GenerationHandover {
                     number: 4,
@@ -247,6 +248,7 @@ mod tests {
                     deadline_at: None,
                     channel_fd: None,
                     accepts_handoff: true,
+                    instances: Vec::new(),
                 },
             ],
             current: Some(4),

@@ -553,6 +553,7 @@ mod tests {
                         memory_source: Some(baton_proto::UsageSource::Processes),
                         cpu_usec: Some(1_234_567_890),
                         cpu_source: Some(baton_proto::UsageSource::Cgroup),
+                        instances: Vec::new(),
                     }],
                     consecutive_crashes: 0,
                     running_restart: None,

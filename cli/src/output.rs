@@ -80,6 +80,24 @@ pub fn event_line(event: &Event) -> String {
     )
 }
 
+/// A generation's state, with how many of its instances are ready when it
+/// runs several: `ready 3/4`.
+fn generation_state(generation: &baton_proto::GenerationInfo) -> String {
+    if generation.instances.is_empty() {
+        return generation.state.to_string();
+    }
+    let ready = generation
+        .instances
+        .iter()
+        .filter(|i| i.state == baton_proto::InstanceState::Ready)
+        .count();
+    format!(
+        "{} {ready}/{}",
+        generation.state,
+        generation.instances.len()
+    )
+}
+
 fn age(since: UnixMillis) -> String {
     let secs = now_millis().saturating_sub(since) / 1000;
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
@@ -136,8 +154,21 @@ pub fn status_table(status: &AgentStatus) -> String {
                     .unwrap_or_else(|| "?".into()),
                 generation.memory_bytes.map_or_else(|| "?".into(), memory),
                 generation.cpu_usec.map_or_else(|| "?".into(), cpu_time),
-                generation.state.to_string()
+                generation_state(generation)
             );
+            for instance in &generation.instances {
+                let _ = writeln!(
+                    out,
+                    "  instance {:<3} {:<9} pid {:<8} ready for {:<10} restarts {}",
+                    instance.index,
+                    instance.state.to_string(),
+                    instance
+                        .pid
+                        .map_or_else(|| "-".into(), |pid| pid.to_string()),
+                    instance.ready_at.map_or_else(|| "-".into(), age),
+                    instance.restarts
+                );
+            }
         }
     }
     for service in &status.services {

@@ -380,6 +380,7 @@ mod tests {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            instances: Vec::new(),
         }
     }
 

@@ -305,6 +305,64 @@ pub struct GenerationInfo {
     pub cpu_usec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_source: Option<UsageSource>,
+    /// The generation's processes when it runs several on the same sockets
+    /// (`instances = N`), by index; empty for a single process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// The most instances a generation may run (`instances = N`).
+pub const MAX_INSTANCES: u32 = 256;
+
+/// One of the processes of a generation that runs several (`instances = N`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InstanceInfo {
+    /// Its `BATON_INSTANCE`, from 0.
+    pub index: u32,
+    /// Its process, leader of its own process group; `None` while none runs
+    /// (waiting for its turn in a restart, or for its crash backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    pub ready_at: Option<UnixMillis>,
+    /// How often it was started again after it exited on its own.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// Where one instance of a generation is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum InstanceState {
+    /// Not started yet: a restart starts it with its batch.
+    Waiting,
+    Starting,
+    Ready,
+    Draining,
+    Stopping,
+    /// It exited and is started again after its backoff.
+    Backoff,
+    /// It exited and is not started again (its generation is being replaced
+    /// or stopped).
+    Exited,
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InstanceState::Waiting => "waiting",
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Draining => "draining",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Backoff => "backoff",
+            InstanceState::Exited => "exited",
+        })
+    }
 }
 
 /// Where a generation's memory or CPU figure was read.

@@ -8,7 +8,10 @@
 //!   was started by a hot restart (unset on a first start or after a crash:
 //!   nobody serves, nothing is handed over);
 //! - `BATON_DRAIN_TIMEOUT_MS`: how long a generation told to stop has to
-//!   finish before it is killed.
+//!   finish before it is killed;
+//! - `BATON_INSTANCE` and `BATON_INSTANCES`, when the service runs several
+//!   processes per generation (`instances = N`): this process's index, from
+//!   0, and N.
 //!
 //! ```
 //! use baton_sdk::generation::Generation;
@@ -48,6 +51,10 @@ pub struct Generation {
     /// `BATON_DRAIN_TIMEOUT_MS`: the time this generation will have to exit
     /// once told to stop.
     pub drain_timeout: Option<Duration>,
+    /// `BATON_INSTANCE` and `BATON_INSTANCES`: this process's index among
+    /// the generation's instances, and how many it runs; `None` for a
+    /// service of one process per generation.
+    pub instance: Option<(u32, u32)>,
 }
 
 impl Generation {
@@ -76,6 +83,10 @@ impl Generation {
             number: generation,
             predecessor: number("BATON_PREDECESSOR")?,
             drain_timeout: number("BATON_DRAIN_TIMEOUT_MS")?.map(Duration::from_millis),
+            instance: match (number("BATON_INSTANCE")?, number("BATON_INSTANCES")?) {
+                (Some(index), Some(count)) => Some((index as u32, count as u32)),
+                _ => None,
+            },
         }))
     }
 
@@ -106,6 +117,27 @@ mod tests {
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| (*value).to_owned())
         })
+    }
+
+    #[test]
+    fn an_instance_knows_its_index_and_how_many_run() {
+        let generation = parse(&[
+            ("BATON_GENERATION", "2"),
+            ("BATON_INSTANCE", "3"),
+            ("BATON_INSTANCES", "4"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(generation.instance, Some((3, 4)));
+        let single = parse(&[("BATON_GENERATION", "2")]).unwrap().unwrap();
+        assert_eq!(single.instance, None);
+        assert_eq!(
+            parse(&[("BATON_GENERATION", "2"), ("BATON_INSTANCE", "x")]),
+            Err(Error {
+                variable: "BATON_INSTANCE",
+                value: "x".into()
+            })
+        );
     }
 
     #[test]

@@ -57,6 +57,7 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                     memory_source: None,
                     cpu_usec: None,
                     cpu_source: None,
+                    instances: Vec::new(),
                 }],
                 consecutive_crashes: 0,
                 running_restart: None,

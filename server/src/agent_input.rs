@@ -99,6 +99,19 @@ fn check_service_names(frame: &AgentFrame) -> Result<(), FrameError> {
 
 fn check_status(status: &ServiceStatus) -> Result<(), FrameError> {
     check_name(&status.name)?;
+    if let Some(generation) = status
+        .generations
+        .iter()
+        .find(|g| g.instances.len() > baton_proto::MAX_INSTANCES as usize)
+    {
+        return Err(FrameError::Refused(format!(
+            "generation {} of {} lists {} instances (at most {})",
+            generation.generation,
+            status.name,
+            generation.instances.len(),
+            baton_proto::MAX_INSTANCES
+        )));
+    }
     if let Some(report) = &status.last_restart {
         check_name(&report.service)?;
         report.steps.iter().try_for_each(check_event)?;
@@ -154,6 +167,38 @@ mod tests {
         assert_eq!(
             services[0].generations[0].status_text.as_deref(),
             Some("ok\\r\\nevent: done\\rdata: x\\u{1b}[2J\\u{0}")
+        );
+    }
+
+    #[test]
+    fn a_generation_listing_more_instances_than_an_agent_runs_refuses_the_frame() {
+        let frame = |count: u32| {
+            let instances: Vec<_> = (0..count)
+                .map(|i| serde_json::json!({"index": i, "pid": 100 + i, "state": "ready", "restarts": 0}))
+                .collect();
+            serde_json::json!({
+                "type": "status",
+                "services": [{
+                    "name": "web",
+                    "state": "ready",
+                    "sockets": [],
+                    "generations": [{
+                        "generation": 1, "pid": 10, "state": "ready", "started_at": 1,
+                        "instances": instances
+                    }],
+                    "consecutive_crashes": 0
+                }]
+            })
+            .to_string()
+        };
+        let AgentFrame::Status { services } = parse_frame(frame(4).as_bytes()).unwrap() else {
+            panic!("a status frame")
+        };
+        assert_eq!(services[0].generations[0].instances.len(), 4);
+        let refused = parse_frame(frame(baton_proto::MAX_INSTANCES + 1).as_bytes());
+        assert!(
+            matches!(&refused, Err(FrameError::Refused(message)) if message.contains("instances")),
+            "{refused:?}"
         );
     }
 

@@ -530,6 +530,7 @@ mod tests {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            instances: Vec::new(),
         }
     }
 
@@ -542,6 +543,22 @@ mod tests {
             memory_source: Some(UsageSource::Processes),
             cpu_usec: Some(1_250_000),
             cpu_source: Some(UsageSource::Cgroup),
+            instances: vec![
+                baton_proto::InstanceInfo {
+                    index: 0,
+                    pid: Some(4123),
+                    state: baton_proto::InstanceState::Ready,
+                    ready_at: Some(1_700_000_000_500),
+                    restarts: 0,
+                },
+                baton_proto::InstanceInfo {
+                    index: 1,
+                    pid: None,
+                    state: baton_proto::InstanceState::Backoff,
+                    ready_at: None,
+                    restarts: 3,
+                },
+            ],
             ..generation(2, GenerationState::Ready)
         };
         let status = ServiceStatus {

@@ -212,10 +212,17 @@ impl Actor {
             }
             Msg::Notify {
                 generation,
-                sender,
+                mut sender,
                 messages,
                 fds,
             } => {
+                // An instance is its process group: a message from any of
+                // its processes is the instance's.
+                if self.core.runs_instances_in(generation)
+                    && let Ok(pgid) = nix::unistd::getpgid(Some(Pid::from_raw(sender)))
+                {
+                    sender = pgid.as_raw();
+                }
                 let input = Input::Notify {
                     generation,
                     sender,
@@ -409,7 +416,80 @@ impl Actor {
             Effect::Spawn {
                 generation,
                 probe_port,
-            } => return Some(self.spawn(generation, probe_port).await),
+            } => return Some(self.spawn(generation, probe_port, None).await),
+            Effect::SpawnInstance {
+                generation,
+                instance,
+                instances,
+                probe_port,
+            } => {
+                return Some(
+                    self.spawn(generation, probe_port, Some((instance, instances)))
+                        .await,
+                );
+            }
+            Effect::ProbeInstance {
+                generation,
+                instance,
+                port,
+            } => {
+                let ready = &self.core.config().ready;
+                if let Some(target) = ProbeTarget::of(ready, generation, port) {
+                    let stop = self.tasks_of(generation);
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        if probe::until_ready(target, stop).await {
+                            let _ = tx.send(Msg::Requeued(Input::InstanceReady {
+                                generation,
+                                instance,
+                            }));
+                        }
+                    });
+                }
+            }
+            Effect::SignalInstance { pgid, signal } => {
+                self.persist_state().await;
+                if let Err(errno) = killpg(pgid, signal) {
+                    tracing::debug!(service = %self.name, pgid = pgid.as_raw(), %errno, "could not signal an instance");
+                }
+            }
+            Effect::KillInstance { pgid } => {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            Effect::ForgetInstance { pgid } => {
+                self.shared.router.remove_member(pgid);
+                if let Some(lineage) = &self.shared.lineage {
+                    lineage.forget(pgid);
+                }
+            }
+            Effect::SignalInstances { pgids, signal } => {
+                self.persist_state().await;
+                for pgid in &pgids {
+                    if let Err(errno) = killpg(*pgid, signal) {
+                        tracing::debug!(service = %self.name, pgid = pgid.as_raw(), %errno, "could not signal an instance");
+                    }
+                }
+                // Then, once each, whatever of the generation left the
+                // instances' groups.
+                match pgids
+                    .first()
+                    .and_then(|p| self.shared.router.cgroup_folder(*p))
+                {
+                    Some(folder) => {
+                        for pid in crate::cgroup::procs_of(&folder) {
+                            let pid = Pid::from_raw(pid);
+                            if !pgids.iter().any(|pgid| in_group(pid, *pgid)) {
+                                let _ = nix::sys::signal::kill(pid, signal);
+                            }
+                        }
+                    }
+                    None => {
+                        for pgid in pgids {
+                            self.signal_escaped(pgid, signal).await;
+                        }
+                    }
+                }
+            }
             Effect::Probe { generation, port } => {
                 let ready = &self.core.config().ready;
                 if let Some(target) = ProbeTarget::of(ready, generation, port) {
@@ -578,8 +658,20 @@ impl Actor {
     }
 
     /// Spawns a generation and answers `Effect::Spawn`.
-    async fn spawn(&mut self, generation: u64, wants_port: bool) -> Input {
-        let failed = |reason: String| Input::SpawnFailed { generation, reason };
+    async fn spawn(
+        &mut self,
+        generation: u64,
+        wants_port: bool,
+        instance: Option<(u32, u32)>,
+    ) -> Input {
+        let failed = |reason: String| match instance {
+            Some((instance, _)) => Input::InstanceSpawnFailed {
+                generation,
+                instance,
+                reason,
+            },
+            None => Input::SpawnFailed { generation, reason },
+        };
         let probe_port = if wants_port {
             match spawn::free_loopback_port() {
                 Ok(port) => Some(port),
@@ -604,6 +696,7 @@ impl Actor {
             probe_port,
             cgroup: None,
             channel: None,
+            instance,
         };
         let cgroup = match self.shared.router.cgroups() {
             Some(cgroups) => match cgroups.create(&self.name, generation) {
@@ -614,8 +707,10 @@ impl Actor {
         };
         let cgroup_name = cgroup.as_ref().map(|c| c.relative.clone());
         // A generation without a channel still runs; it only cannot take
-        // part in a handoff.
+        // part in a handoff. Instances have none: they drain
+        // (`docs/handoff.md`).
         let (channel_end, child_end) = match channel::pair() {
+            _ if instance.is_some() => (None, None),
             Ok((agent, child)) => (Some(agent), Some(child)),
             Err(e) => {
                 tracing::warn!(service = %self.name, generation, error = %e, "no channel for the generation; it will not take part in a handoff");
@@ -655,8 +750,8 @@ impl Actor {
             Ok(Err(e)) => {
                 if let spawn::LaunchError::Spawn(crate::sys::SpawnError::Child { pid, .. }) = &e {
                     self.shared.router.remove(*pid);
-                } else if let (Some(cgroups), Some(cgroup)) =
-                    (self.shared.router.cgroups(), &unused_cgroup)
+                } else if let (Some(cgroups), Some(cgroup), None) =
+                    (self.shared.router.cgroups(), &unused_cgroup, instance)
                 {
                     cgroups.remove(cgroup);
                 }
@@ -668,6 +763,17 @@ impl Actor {
             lineage.register(pid, &self.name, generation);
         }
         self.report_exit(generation, pid, exit_watch);
+        if let Some(index) = instance.map(|(index, _)| index)
+            && self.held.contains_key(&generation)
+        {
+            // Its generation is held and counted by its first instance.
+            return Input::InstanceSpawned {
+                generation,
+                instance: index,
+                pid,
+                probe_port,
+            };
+        }
         if let Some(started) = crate::recovery::start_time(pid.as_raw()) {
             self.start_times.insert(generation, started);
         }
@@ -680,6 +786,14 @@ impl Actor {
             },
         );
         self.counted(generation, pid);
+        if let Some((index, _)) = instance {
+            return Input::InstanceSpawned {
+                generation,
+                instance: index,
+                pid,
+                probe_port,
+            };
+        }
         let channel = channel_end.and_then(|fd| match Channel::new(fd) {
             Ok(channel) => Some(channel),
             Err(e) => {

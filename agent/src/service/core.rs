@@ -8,10 +8,11 @@
 //! interleaves with another.
 
 mod handover;
+mod instances;
 
 pub use self::handover::{HandedCore, HandoverRefused, Predecessor};
 pub use super::effects::{CountFor, Effect, Input, MainCheck, Now, RequestRefusal};
-use super::generation::{DrainTally, Generation, Leftovers, Lifecycle};
+use super::generation::{DrainTally, Generation, InstancePhase, Leftovers, Lifecycle};
 use super::restart::{RestartRun, Verdict};
 use crate::channel::ChannelMessage;
 use crate::config::{Readiness, ServiceConfig};
@@ -34,9 +35,9 @@ pub const CRASH_FORGIVEN_AFTER: Duration = Duration::from_secs(10);
 /// surviving members of its process group.
 pub const LINGER_POLL: Duration = Duration::from_millis(50);
 /// Stopping without draining never waits longer than this for the stop signal.
-const STOP_GRACE_MAX: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE_MAX: Duration = Duration::from_secs(10);
 /// After a SIGKILL, the next one is this far off.
-const KILL_AGAIN_AFTER: Duration = Duration::from_secs(3600);
+pub(super) const KILL_AGAIN_AFTER: Duration = Duration::from_secs(3600);
 /// A service accepts at most one restart request from its own generation
 /// (`X_BATON_RESTART=1`) per this interval: a `kill -USR2` in a loop, or a
 /// library that asks on every signal of a burst, restarts it once.
@@ -121,7 +122,7 @@ impl ServiceCore {
         match input {
             Input::Start => {
                 if self.current.is_none() {
-                    self.start_generation(&mut out);
+                    self.start_generation(now, &mut out);
                 }
             }
             Input::Restart { reason } => self.request_restart(reason, None, &mut out),
@@ -181,6 +182,21 @@ impl ServiceCore {
                     self.check_restart_done(&mut out);
                 }
             }
+            Input::InstanceSpawned {
+                generation,
+                instance,
+                pid,
+                probe_port,
+            } => self.on_instance_spawned(generation, instance, pid, probe_port, now, &mut out),
+            Input::InstanceSpawnFailed {
+                generation,
+                instance,
+                reason,
+            } => self.on_instance_spawn_failed(generation, instance, reason, now, &mut out),
+            Input::InstanceReady {
+                generation,
+                instance,
+            } => self.on_instance_ready(generation, instance, now, &mut out),
             Input::Timer => self.on_timer(now, &mut out),
             Input::Thaw => {
                 if self.mode == Mode::Frozen {
@@ -205,12 +221,17 @@ impl ServiceCore {
             .into_iter()
             .chain(self.overlap_until())
             .chain(generations.flatten())
+            .chain(self.instance_deadline())
             .min()
     }
 
     pub fn state(&self) -> ServiceState {
         if self.restart.is_some() {
             ServiceState::Restarting
+        } else if self.no_instance_ready() {
+            // Every instance of the serving generation is down, each
+            // waiting for its own backoff.
+            ServiceState::CrashLooping
         } else if self.current.is_some() {
             ServiceState::Ready
         } else if self.backoff_until.is_some() || self.consecutive_crashes > 0 && !self.stopping() {
@@ -242,6 +263,13 @@ impl ServiceCore {
     /// The first process of a generation, leader of its process group.
     pub fn first_pid(&self, generation: u64) -> Option<Pid> {
         self.generations.get(&generation).map(|g| g.pid)
+    }
+
+    /// Whether the generation runs several instances.
+    pub fn runs_instances_in(&self, generation: u64) -> bool {
+        self.generations
+            .get(&generation)
+            .is_some_and(|g| !g.instances.is_empty())
     }
 
     pub fn lifecycle(&self, generation: u64) -> Option<Lifecycle> {
@@ -345,12 +373,15 @@ impl ServiceCore {
         run.reason = self.opening_reason.take();
         run.started_at = now.unix_ms;
         self.restart = Some(run);
-        self.start_generation(out);
+        self.start_generation(now, out);
     }
 
-    fn start_generation(&mut self, out: &mut Out) {
+    fn start_generation(&mut self, now: Now, out: &mut Out) {
         let generation = self.next_generation;
         self.next_generation += 1;
+        if self.runs_instances() {
+            return self.start_instances(generation, now, out);
+        }
         out.push(Effect::Spawn {
             generation,
             probe_port: self.config.ready.uses_probe_port(),
@@ -398,6 +429,8 @@ impl ServiceCore {
                 channel,
                 accepts_handoff: false,
                 drain: None,
+                instances: Vec::new(),
+                retired: Vec::new(),
             },
         );
         tracing::info!(service = %self.name, generation = number, pid = pid.as_raw(), "generation spawned");
@@ -446,7 +479,8 @@ impl ServiceCore {
         generation.ready_instant = Some(now.at);
         let startup_us = now.at.duration_since(generation.spawned).as_micros() as u64;
         let pid = generation.pid;
-        if self.config.warmup_nice != 0 {
+        // Instances get their priority back one by one, as each is ready.
+        if self.config.warmup_nice != 0 && generation.instances.is_empty() {
             out.push(Effect::RestorePriority {
                 generation: number,
                 pgid: pid,
@@ -585,7 +619,9 @@ impl ServiceCore {
                 to: successor,
             });
         }
-        out.push(Effect::Signal { pgid: pid, signal });
+        let deadline = now.at + self.config.drain_timeout;
+        self.signal_generation(number, signal, InstancePhase::Draining { deadline }, out);
+        let pid = self.generations.get(&number).map_or(pid, |g| g.pid);
         out.push(Effect::WatchDrain {
             generation: number,
             pgid: pid,
@@ -642,13 +678,10 @@ impl ServiceCore {
                 };
             }
             Lifecycle::Starting { .. } | Lifecycle::Ready => {
-                out.push(Effect::Signal {
-                    pgid: generation.pid,
-                    signal: self.config.stop_signal,
-                });
-                generation.lifecycle = Lifecycle::Stopping {
-                    kill_at: now.at + grace,
-                };
+                let kill_at = now.at + grace;
+                generation.lifecycle = Lifecycle::Stopping { kill_at };
+                let signal = self.config.stop_signal;
+                self.signal_generation(number, signal, InstancePhase::Stopping { kill_at }, out);
             }
             // Already signalled.
             Lifecycle::Draining { .. } => {
@@ -665,15 +698,29 @@ impl ServiceCore {
     fn stop_all(&mut self, now: Now, out: &mut Out) {
         self.mode = Mode::Stopping;
         self.backoff_until = None;
+        let kill_at = now.at + self.config.drain_timeout;
+        let running: Vec<u64> = self
+            .generations
+            .values()
+            .filter(|g| matches!(g.lifecycle, Lifecycle::Starting { .. } | Lifecycle::Ready))
+            .map(|g| g.number)
+            .collect();
+        for number in running {
+            if let Some(generation) = self.generations.get_mut(&number) {
+                generation.lifecycle = Lifecycle::Stopping { kill_at };
+            }
+            let signal = self.config.stop_signal;
+            self.signal_generation(number, signal, InstancePhase::Stopping { kill_at }, out);
+        }
+        // A generation that has exited already has nothing left to start.
         for generation in self.generations.values_mut() {
-            if let Lifecycle::Starting { .. } | Lifecycle::Ready = generation.lifecycle {
-                out.push(Effect::Signal {
-                    pgid: generation.pid,
-                    signal: self.config.stop_signal,
-                });
-                generation.lifecycle = Lifecycle::Stopping {
-                    kill_at: now.at + self.config.drain_timeout,
-                };
+            for instance in &mut generation.instances {
+                if matches!(
+                    instance.phase,
+                    InstancePhase::Backoff { .. } | InstancePhase::Waiting
+                ) {
+                    instance.phase = InstancePhase::Exited;
+                }
             }
         }
         self.current = None;
@@ -697,6 +744,9 @@ impl ServiceCore {
         };
         if generation.lifecycle.is_exited() {
             return;
+        }
+        if !generation.instances.is_empty() {
+            return self.on_instance_exit(number, pid, exit, now, out);
         }
         let main = generation.main();
         if pid != main {
@@ -776,11 +826,14 @@ impl ServiceCore {
         let (unexpected, leftovers) = match was {
             Lifecycle::Starting { .. } | Lifecycle::Ready => {
                 // Workers left behind by a dead main process would keep
-                // serving with nobody to manage them.
-                out.push(Effect::Signal {
-                    pgid: pid,
-                    signal: self.config.stop_signal,
-                });
+                // serving with nobody to manage them. (Each instance's were
+                // signalled as it exited.)
+                if generation.instances.is_empty() {
+                    out.push(Effect::Signal {
+                        pgid: pid,
+                        signal: self.config.stop_signal,
+                    });
+                }
                 let at = now.at + self.config.drain_timeout;
                 (true, Leftovers::Kill { at })
             }
@@ -886,8 +939,12 @@ impl ServiceCore {
         if run.verdict.is_none() {
             run.verdict = Some(Verdict::new(outcome, reason));
         }
+        let old = run.old;
         if let Some(new) = new {
             self.stop_generation(new, now, out);
+        }
+        if let Some(old) = old {
+            self.refill(old, out);
         }
         if self.current.is_none() && !self.stopping() {
             // Nothing serves: the old generation died during the restart.
@@ -926,10 +983,12 @@ impl ServiceCore {
         // Gone without being killed at its deadline: nothing was cut.
         self.finish_drain(number, 0, out);
         let generation = self.generations.remove(&number).expect("present");
-        out.push(Effect::Forget {
-            generation: number,
-            pgid: generation.pid,
-        });
+        for pgid in Self::instance_groups(&generation) {
+            out.push(Effect::Forget {
+                generation: number,
+                pgid,
+            });
+        }
         if self.current == Some(number) {
             self.current = None;
         }
@@ -969,9 +1028,19 @@ impl ServiceCore {
         for message in messages {
             match message {
                 NotifyMessage::Ready => {
-                    if self.config.ready == Readiness::Notify {
-                        // Through the queue, so readiness is handled like a probe's.
+                    if self.config.ready != Readiness::Notify {
+                        continue;
+                    }
+                    // Through the queue, so readiness is handled like a probe's.
+                    if !self.runs_instances_in(number) {
                         out.push(Effect::Requeue(Input::Ready { generation: number }));
+                    } else if let Some(instance) = self.instance_of(number, sender) {
+                        out.push(Effect::Requeue(Input::InstanceReady {
+                            generation: number,
+                            instance,
+                        }));
+                    } else {
+                        tracing::debug!(service = %self.name, generation = number, sender, "READY=1 from no instance's process group; ignored");
                     }
                 }
                 NotifyMessage::Status(text) => {
@@ -1036,6 +1105,10 @@ impl ServiceCore {
         if generation.lifecycle.is_exited() || generation.main_pid == Some(main) {
             return;
         }
+        if !generation.instances.is_empty() {
+            tracing::warn!(service = %self.name, generation = number, "MAINPID is not taken from a generation that runs instances; each instance is its first process");
+            return;
+        }
         if main == generation.pid {
             generation.main_pid = None;
             return;
@@ -1058,9 +1131,10 @@ impl ServiceCore {
         if self.backoff_until.is_some_and(|t| t <= now.at) {
             self.backoff_until = None;
             if self.current.is_none() && !self.stopping() && self.restart.is_none() {
-                self.start_generation(out);
+                self.start_generation(now, out);
             }
         }
+        self.instance_timers(now, out);
         let due: Vec<(u64, Lifecycle)> = self
             .generations
             .values()
@@ -1132,8 +1206,8 @@ impl ServiceCore {
         };
         let cut = count.unwrap_or(0);
         let pid = generation.pid;
-        out.push(Effect::Kill { pgid: pid });
         generation.connections = Some(cut);
+        self.kill_generation(number, out);
         tracing::warn!(service = %self.name, generation = number, connections_cut = cut, "killed at the drain deadline");
         if let Some(run) = &mut self.restart
             && run.old == Some(number)
@@ -1239,9 +1313,6 @@ impl ServiceCore {
         let Some(generation) = self.generations.get_mut(&number) else {
             return;
         };
-        out.push(Effect::Kill {
-            pgid: generation.pid,
-        });
         let at = now.at + KILL_AGAIN_AFTER;
         generation.lifecycle = match generation.lifecycle {
             Lifecycle::Exited { exit, .. } => Lifecycle::Exited {
@@ -1250,6 +1321,7 @@ impl ServiceCore {
             },
             _ => Lifecycle::Stopping { kill_at: at },
         };
+        self.kill_generation(number, out);
     }
 
     /// The restart a generation takes part in, so its events become steps.

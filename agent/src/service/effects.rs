@@ -92,6 +92,25 @@ pub enum Input {
     GroupEmpty {
         generation: u64,
     },
+    /// Answers `Effect::SpawnInstance`.
+    InstanceSpawned {
+        generation: u64,
+        instance: u32,
+        pid: Pid,
+        probe_port: Option<u16>,
+    },
+    /// Answers `Effect::SpawnInstance`.
+    InstanceSpawnFailed {
+        generation: u64,
+        instance: u32,
+        reason: String,
+    },
+    /// One instance of a generation that runs several is ready: its own
+    /// `READY=1` (a sender of its process group) or its probe.
+    InstanceReady {
+        generation: u64,
+        instance: u32,
+    },
     /// `poll_timeout` has passed.
     Timer,
     /// The agent's re-exec failed: carry on.
@@ -274,4 +293,42 @@ pub enum Effect {
     /// Feed this input back through the service's queue, after what is
     /// already waiting there.
     Requeue(Input),
+    /// Spawn one instance of a generation that runs several, told
+    /// `BATON_INSTANCE=instance` and `BATON_INSTANCES=instances`, in the
+    /// generation's cgroup; answered with `Input::InstanceSpawned` or
+    /// `Input::InstanceSpawnFailed`.
+    SpawnInstance {
+        generation: u64,
+        instance: u32,
+        instances: u32,
+        probe_port: bool,
+    },
+    /// Probe one instance until it answers, then `Input::InstanceReady`.
+    ProbeInstance {
+        generation: u64,
+        instance: u32,
+        port: Option<u16>,
+    },
+    /// Signal one instance's process group, and nothing else of its
+    /// generation (the others serve on).
+    SignalInstance {
+        pgid: Pid,
+        signal: Signal,
+    },
+    /// SIGKILL one instance's process group.
+    KillInstance {
+        pgid: Pid,
+    },
+    /// One instance's process exited and another may take its place: stop
+    /// routing its process group's messages (the generation's cgroup and
+    /// its other instances stay).
+    ForgetInstance {
+        pgid: Pid,
+    },
+    /// Signal every instance of a generation that runs several, once each:
+    /// their process groups, then whatever of the generation left them.
+    SignalInstances {
+        pgids: Vec<Pid>,
+        signal: Signal,
+    },
 }

@@ -1,7 +1,7 @@
 //! One generation as the service core sees it, and its lifecycle.
 
 use crate::reaper::ExitInfo;
-use baton_proto::{GenerationInfo, GenerationState, UnixMillis};
+use baton_proto::{GenerationInfo, GenerationState, InstanceInfo, InstanceState, UnixMillis};
 use nix::unistd::Pid;
 use std::time::Instant;
 
@@ -93,6 +93,121 @@ pub struct Generation {
     pub accepts_handoff: bool,
     /// Its drain, once it began in this agent.
     pub drain: Option<DrainTally>,
+    /// Its processes when the service runs several (`instances = N`), by
+    /// index; empty for one. `pid` is then the first instance's process
+    /// (the one its cgroup and connections are found by).
+    pub instances: Vec<Instance>,
+    /// Processes of instances replaced while still draining (a rollback
+    /// started their slots again): watched until they exit, killed at
+    /// their deadline.
+    pub retired: Vec<(Pid, Instant)>,
+}
+
+/// One process of a generation that runs several.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub index: u32,
+    pub pid: Option<Pid>,
+    pub phase: InstancePhase,
+    pub ready_at: Option<UnixMillis>,
+    pub ready_instant: Option<Instant>,
+    /// How often it was started again after it exited on its own.
+    pub restarts: u32,
+    /// Exits in a row without staying up `CRASH_FORGIVEN_AFTER`: its backoff.
+    pub crashes: u32,
+}
+
+/// Where one instance is.
+///
+/// ```text
+/// Waiting ──its batch──▶ Spawning ──▶ Starting ──ready──▶ Ready ──▶ Draining ──▶ Stopping (SIGKILLed)
+///                           ▲            │ exited            │ exited
+///                           └─ Backoff ◀─┴───────────────────┘ (serving generation)
+/// any ──exited, not started again──▶ Exited
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InstancePhase {
+    Waiting,
+    /// Asked for with `Effect::SpawnInstance`; its answer has not come.
+    Spawning,
+    Starting {
+        deadline: Instant,
+    },
+    Ready,
+    Draining {
+        deadline: Instant,
+    },
+    Stopping {
+        kill_at: Instant,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Exited,
+}
+
+impl InstancePhase {
+    /// A process runs (or is being started) in this slot.
+    pub fn alive(&self) -> bool {
+        matches!(
+            self,
+            InstancePhase::Spawning
+                | InstancePhase::Starting { .. }
+                | InstancePhase::Ready
+                | InstancePhase::Draining { .. }
+                | InstancePhase::Stopping { .. }
+        )
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match *self {
+            InstancePhase::Starting { deadline } | InstancePhase::Draining { deadline } => {
+                Some(deadline)
+            }
+            InstancePhase::Stopping { kill_at } => Some(kill_at),
+            InstancePhase::Backoff { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    pub fn state(&self) -> InstanceState {
+        match self {
+            InstancePhase::Waiting => InstanceState::Waiting,
+            InstancePhase::Spawning | InstancePhase::Starting { .. } => InstanceState::Starting,
+            InstancePhase::Ready => InstanceState::Ready,
+            InstancePhase::Draining { .. } => InstanceState::Draining,
+            InstancePhase::Stopping { .. } => InstanceState::Stopping,
+            InstancePhase::Backoff { .. } => InstanceState::Backoff,
+            InstancePhase::Exited => InstanceState::Exited,
+        }
+    }
+}
+
+impl Instance {
+    pub fn new(index: u32) -> Self {
+        Instance {
+            index,
+            pid: None,
+            phase: InstancePhase::Waiting,
+            ready_at: None,
+            ready_instant: None,
+            restarts: 0,
+            crashes: 0,
+        }
+    }
+
+    pub fn info(&self) -> InstanceInfo {
+        InstanceInfo {
+            index: self.index,
+            pid: self
+                .pid
+                .filter(|_| self.phase.alive())
+                .map(|p| p.as_raw() as u32),
+            state: self.phase.state(),
+            ready_at: self.ready_at,
+            restarts: self.restarts,
+        }
+    }
 }
 
 /// What becomes of the connections of a draining generation, for its
@@ -165,6 +280,7 @@ impl Generation {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            instances: self.instances.iter().map(Instance::info).collect(),
         }
     }
 

@@ -40,6 +40,8 @@ fn config() -> ServiceConfig {
         restart_on_crash: true,
         warmup_nice: 0,
         sockets: Vec::new(),
+        instances: 1,
+        max_surge: 1,
     }
 }
 
@@ -2067,4 +2069,562 @@ fn an_overlap_whose_old_generation_died_with_the_agent_hands_over_at_once() {
         finished(&adopted).map(|(outcome, ..)| outcome),
         Some(RestartOutcome::Succeeded)
     );
+}
+
+// A generation of several instances (`instances = N`).
+
+/// The old generation's instance `i` is pid `OLD + i`, the new one's `NEW + i`.
+fn instances(count: u32, max_surge: u32) -> ServiceConfig {
+    ServiceConfig {
+        instances: count,
+        max_surge,
+        ..config()
+    }
+}
+
+fn spawn_instance(generation: u64, instance: u32, instances: u32) -> Effect {
+    Effect::SpawnInstance {
+        generation,
+        instance,
+        instances,
+        probe_port: false,
+    }
+}
+
+fn finish(effects: &[Effect]) -> Option<RestartOutcome> {
+    effects.iter().find_map(|e| match e {
+        Effect::FinishRestart { outcome, .. } => Some(*outcome),
+        _ => None,
+    })
+}
+
+impl Bench {
+    /// Instance `instance` of `generation` spawned as `pid` and ready by
+    /// its own `READY=1`; returns what its readiness led to.
+    fn instance_up(&mut self, generation: u64, instance: u32, pid: i32) -> Vec<Effect> {
+        self.instance_spawned(generation, instance, pid);
+        self.instance_ready(generation, pid)
+    }
+
+    fn instance_spawned(&mut self, generation: u64, instance: u32, raw: i32) {
+        self.on(Input::InstanceSpawned {
+            generation,
+            instance,
+            pid: pid(raw),
+            probe_port: None,
+        });
+    }
+
+    fn instance_ready(&mut self, generation: u64, pid: i32) -> Vec<Effect> {
+        let effects = self.on(Input::Notify {
+            generation,
+            sender: pid,
+            messages: vec![NotifyMessage::Ready],
+        });
+        let [Effect::Requeue(ready)] = <[Effect; 1]>::try_from(effects).expect("one effect") else {
+            panic!("READY=1 is requeued");
+        };
+        assert!(matches!(ready, Input::InstanceReady { .. }), "{ready:?}");
+        self.on(ready)
+    }
+
+    /// Generation 1 with all its instances ready.
+    fn serving_instances(count: u32, max_surge: u32) -> Self {
+        let mut bench = Bench::new(instances(count, max_surge));
+        let effects = bench.on(Input::Start);
+        let wanted: Vec<Effect> = (0..count).map(|i| spawn_instance(1, i, count)).collect();
+        assert_eq!(effects, wanted, "a first start starts every instance");
+        for i in 0..count {
+            bench.instance_up(1, i, OLD + i as i32);
+        }
+        assert_eq!(bench.core.state(), ServiceState::Ready);
+        bench
+    }
+
+    fn open_restart(&mut self) -> Vec<Effect> {
+        self.on(Input::Restart { reason: None });
+        self.on(Input::RestartOpened { id: RESTART })
+    }
+
+    /// The instance states of `generation`.
+    fn instance_states(&self, generation: u64) -> Vec<baton_proto::InstanceState> {
+        self.core
+            .generations()
+            .into_iter()
+            .find(|g| g.generation == generation)
+            .expect("the generation")
+            .instances
+            .iter()
+            .map(|i| i.state)
+            .collect()
+    }
+
+    fn exit_all(&mut self, generation: u64, first_pid: i32, count: u32) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for i in 0..count {
+            effects.extend(self.on(Input::Exited {
+                generation,
+                pid: pid(first_pid + i as i32),
+                exit: ExitInfo::Code(0),
+            }));
+        }
+        effects.extend(self.on(Input::GroupEmpty { generation }));
+        effects
+    }
+}
+
+#[test]
+fn a_generation_of_instances_serves_once_its_first_instance_is_ready() {
+    use baton_proto::InstanceState::*;
+    let mut bench = Bench::new(instances(3, 3));
+    bench.on(Input::Start);
+    bench.instance_spawned(1, 0, OLD);
+    bench.instance_spawned(1, 1, OLD + 1);
+    assert_eq!(bench.core.state(), ServiceState::Starting);
+    bench.instance_ready(1, OLD + 1);
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+    assert_eq!(bench.core.current(), Some(1));
+    assert_eq!(bench.instance_states(1), [Starting, Ready, Starting]);
+    let info = &bench.core.generations()[0].instances[1];
+    assert_eq!((info.index, info.pid), (1, Some(OLD as u32 + 1)));
+}
+
+#[test]
+fn ready_from_a_process_that_leads_no_instance_is_not_counted() {
+    let mut bench = Bench::new(instances(2, 2));
+    bench.on(Input::Start);
+    bench.instance_spawned(1, 0, OLD);
+    let effects = bench.on(Input::Notify {
+        generation: 1,
+        sender: 4242,
+        messages: vec![NotifyMessage::Ready],
+    });
+    assert_eq!(effects, []);
+    assert_eq!(bench.core.state(), ServiceState::Starting);
+}
+
+#[test]
+fn a_restart_drains_the_old_instances_once_every_new_one_is_ready() {
+    let mut bench = Bench::serving_instances(4, 4);
+    let effects = bench.open_restart();
+    let wanted: Vec<Effect> = (0..4).map(|i| spawn_instance(2, i, 4)).collect();
+    assert!(effects.ends_with(&wanted), "{effects:?}");
+    for i in 0..3 {
+        let effects = bench.instance_up(2, i, NEW + i as i32);
+        assert!(
+            !effects.iter().any(|e| matches!(
+                e,
+                Effect::Count { .. } | Effect::Signal { .. } | Effect::SignalInstance { .. }
+            )),
+            "nothing old is stopped before every new instance is ready: {effects:?}"
+        );
+    }
+    let effects = bench.instance_up(2, 3, NEW + 3);
+    assert!(effects.contains(&Effect::Count {
+        generation: 1,
+        pgid: pid(OLD),
+        purpose: CountFor::Drain,
+    }));
+    let effects = bench.on(Input::Counted {
+        generation: 1,
+        count: Some(5),
+        purpose: CountFor::Drain,
+    });
+    assert!(effects.contains(&Effect::SignalInstances {
+        pgids: (0..4).map(|i| pid(OLD + i)).collect(),
+        signal: Signal::SIGTERM,
+    }));
+    assert_eq!(bench.core.current(), Some(2));
+    let effects = bench.exit_all(1, OLD, 4);
+    assert_eq!(finish(&effects), Some(RestartOutcome::Succeeded));
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+}
+
+#[test]
+fn a_new_instance_that_never_gets_ready_rolls_the_restart_back() {
+    let mut bench = Bench::serving_instances(3, 3);
+    bench.open_restart();
+    bench.instance_up(2, 0, NEW);
+    bench.instance_up(2, 1, NEW + 1);
+    bench.instance_spawned(2, 2, NEW + 2);
+    let effects = bench.timer();
+    assert!(
+        effects.contains(&Effect::SignalInstances {
+            pgids: vec![pid(NEW), pid(NEW + 1), pid(NEW + 2)],
+            signal: Signal::SIGTERM,
+        }),
+        "{effects:?}"
+    );
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::SignalInstance { .. } | Effect::Count { .. })),
+        "the old instances are left alone: {effects:?}"
+    );
+    let effects = bench.exit_all(2, NEW, 3);
+    assert_eq!(finish(&effects), Some(RestartOutcome::RolledBack));
+    assert_eq!(bench.core.current(), Some(1));
+    assert_eq!(
+        bench.instance_states(1),
+        [baton_proto::InstanceState::Ready; 3]
+    );
+}
+
+#[test]
+fn a_new_instance_that_exits_before_ready_rolls_the_restart_back() {
+    let mut bench = Bench::serving_instances(2, 2);
+    bench.open_restart();
+    bench.instance_up(2, 0, NEW);
+    bench.instance_spawned(2, 1, NEW + 1);
+    let effects = bench.on(Input::Exited {
+        generation: 2,
+        pid: pid(NEW + 1),
+        exit: ExitInfo::Code(3),
+    });
+    assert!(effects.contains(&Effect::SignalInstances {
+        pgids: vec![pid(NEW)],
+        signal: Signal::SIGTERM,
+    }));
+    let effects = bench.exit_all(2, NEW, 1);
+    assert_eq!(finish(&effects), Some(RestartOutcome::RolledBack));
+    assert_eq!(bench.core.current(), Some(1));
+}
+
+#[test]
+fn a_batched_restart_replaces_max_surge_instances_at_a_time() {
+    let mut bench = Bench::serving_instances(4, 2);
+    let effects = bench.open_restart();
+    assert!(
+        effects.ends_with(&[spawn_instance(2, 0, 4), spawn_instance(2, 1, 4)]),
+        "{effects:?}"
+    );
+    assert!(bench.instance_up(2, 0, NEW).is_empty());
+    let effects = bench.instance_up(2, 1, NEW + 1);
+    assert_eq!(
+        effects,
+        [
+            Effect::SignalInstance {
+                pgid: pid(OLD),
+                signal: Signal::SIGTERM
+            },
+            Effect::SignalInstance {
+                pgid: pid(OLD + 1),
+                signal: Signal::SIGTERM
+            },
+            spawn_instance(2, 2, 4),
+            spawn_instance(2, 3, 4),
+        ]
+    );
+    use baton_proto::InstanceState::*;
+    assert_eq!(bench.instance_states(1), [Draining, Draining, Ready, Ready]);
+    assert_eq!(
+        bench.core.current(),
+        Some(1),
+        "the old generation serves on"
+    );
+    bench.instance_up(2, 2, NEW + 2);
+    let effects = bench.instance_up(2, 3, NEW + 3);
+    assert!(effects.contains(&Effect::Count {
+        generation: 1,
+        pgid: pid(OLD),
+        purpose: CountFor::Drain,
+    }));
+    let effects = bench.on(Input::Counted {
+        generation: 1,
+        count: Some(0),
+        purpose: CountFor::Drain,
+    });
+    assert!(
+        effects.contains(&Effect::SignalInstances {
+            pgids: vec![pid(OLD + 2), pid(OLD + 3)],
+            signal: Signal::SIGTERM,
+        }),
+        "the drained instances are not signalled twice: {effects:?}"
+    );
+    let effects = bench.exit_all(1, OLD, 4);
+    assert_eq!(finish(&effects), Some(RestartOutcome::Succeeded));
+}
+
+#[test]
+fn a_batched_restart_kills_a_replaced_instance_at_its_drain_deadline() {
+    let mut bench = Bench::serving_instances(2, 1);
+    bench.open_restart();
+    bench.instance_up(2, 0, NEW);
+    bench.wait(DRAIN_TIMEOUT);
+    let effects = bench.timer();
+    assert!(
+        effects.contains(&Effect::KillInstance { pgid: pid(OLD) }),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_rollback_in_the_middle_of_a_batched_restart_starts_the_replaced_old_instances_again() {
+    use baton_proto::InstanceState::*;
+    let mut bench = Bench::serving_instances(4, 1);
+    bench.open_restart();
+    bench.instance_up(2, 0, NEW);
+    bench.instance_up(2, 1, NEW + 1);
+    assert_eq!(bench.instance_states(1), [Draining, Draining, Ready, Ready]);
+    // Old 0 has drained and exited; old 1 still drains.
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD),
+        exit: ExitInfo::Code(0),
+    });
+    bench.instance_spawned(2, 2, NEW + 2);
+    let effects = bench.on(Input::Exited {
+        generation: 2,
+        pid: pid(NEW + 2),
+        exit: ExitInfo::Code(1),
+    });
+    assert!(effects.contains(&Effect::SignalInstances {
+        pgids: vec![pid(NEW), pid(NEW + 1)],
+        signal: Signal::SIGTERM,
+    }));
+    assert!(
+        effects.ends_with(&[spawn_instance(1, 0, 4), spawn_instance(1, 1, 4)]),
+        "the replaced old instances start again: {effects:?}"
+    );
+    assert_eq!(bench.core.current(), Some(1));
+    assert_eq!(bench.instance_states(1), [Starting, Starting, Ready, Ready]);
+    // The old 1 that drained is still watched, and killed at its deadline.
+    bench.instance_up(1, 0, OLD + 10);
+    bench.instance_up(1, 1, OLD + 11);
+    assert_eq!(bench.instance_states(1), [Ready; 4]);
+    let effects = bench.exit_all(2, NEW, 2);
+    assert_eq!(finish(&effects), Some(RestartOutcome::RolledBack));
+    bench.wait(DRAIN_TIMEOUT);
+    let effects = bench.timer();
+    assert!(
+        effects.contains(&Effect::KillInstance { pgid: pid(OLD + 1) }),
+        "{effects:?}"
+    );
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 1),
+        exit: ExitInfo::Signal(Signal::SIGKILL),
+    });
+    assert_eq!(bench.core.state(), ServiceState::Ready);
+    assert_eq!(bench.instance_states(1), [Ready; 4]);
+}
+
+#[test]
+fn an_instance_that_crashes_is_started_again_alone() {
+    let mut bench = Bench::serving_instances(3, 3);
+    let effects = bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 1),
+        exit: ExitInfo::Code(1),
+    });
+    assert_eq!(
+        effects,
+        [
+            Effect::SignalInstance {
+                pgid: pid(OLD + 1),
+                signal: Signal::SIGTERM
+            },
+            Effect::ForgetInstance { pgid: pid(OLD + 1) },
+            Effect::Emit {
+                restart: None,
+                kind: EventKind::CrashRestartScheduled {
+                    generation: 1,
+                    backoff_ms: 100,
+                    consecutive_crashes: 1,
+                },
+            },
+        ],
+        "only its own process group is signalled"
+    );
+    assert_eq!(
+        bench.core.state(),
+        ServiceState::Ready,
+        "the others serve on"
+    );
+    assert_eq!(bench.timer(), [spawn_instance(1, 1, 3)]);
+    bench.instance_up(1, 1, OLD + 10);
+    let info = &bench.core.generations()[0].instances[1];
+    assert_eq!((info.pid, info.restarts), (Some(OLD as u32 + 10), 1));
+    // It crashes again at once: its own backoff doubles.
+    let effects = bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 10),
+        exit: ExitInfo::Code(1),
+    });
+    assert!(effects.contains(&Effect::Emit {
+        restart: None,
+        kind: EventKind::CrashRestartScheduled {
+            generation: 1,
+            backoff_ms: 200,
+            consecutive_crashes: 2,
+        },
+    }));
+}
+
+#[test]
+fn a_service_whose_every_instance_is_down_is_crash_looping() {
+    let mut bench = Bench::serving_instances(2, 2);
+    for i in 0..2 {
+        bench.on(Input::Exited {
+            generation: 1,
+            pid: pid(OLD + i),
+            exit: ExitInfo::Code(1),
+        });
+    }
+    assert_eq!(bench.core.state(), ServiceState::CrashLooping);
+    let effects = bench.timer();
+    assert_eq!(effects, [spawn_instance(1, 0, 2), spawn_instance(1, 1, 2)]);
+}
+
+#[test]
+fn stopping_a_service_of_instances_signals_each_once_and_starts_none_again() {
+    let mut bench = Bench::serving_instances(3, 3);
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 2),
+        exit: ExitInfo::Code(1),
+    });
+    let effects = bench.on(Input::Stop);
+    assert_eq!(
+        effects,
+        [Effect::SignalInstances {
+            pgids: vec![pid(OLD), pid(OLD + 1)],
+            signal: Signal::SIGTERM,
+        }]
+    );
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD),
+        exit: ExitInfo::Code(0),
+    });
+    let effects = bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 1),
+        exit: ExitInfo::Code(0),
+    });
+    assert!(effects.contains(&Effect::CheckGroup {
+        generation: 1,
+        pgid: pid(OLD),
+    }));
+    bench.on(Input::GroupEmpty { generation: 1 });
+    assert!(bench.core.is_done());
+}
+
+#[test]
+fn an_upgrade_hands_over_every_instance_and_the_next_image_starts_the_missing_one() {
+    let mut bench = Bench::serving_instances(3, 3);
+    bench.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 2),
+        exit: ExitInfo::Code(1),
+    });
+    let handed = bench.core.hand_over(bench.now).expect("handed over");
+    let service = crate::handover::ServiceHandover {
+        name: "web".into(),
+        sockets: Vec::new(),
+        generations: handed.generations,
+        current: handed.current,
+        next_generation: handed.next_generation,
+        consecutive_crashes: handed.consecutive_crashes,
+        fd_store: Vec::new(),
+        restart: None,
+        last_report: None,
+    };
+    // Through the state file's JSON, as both the upgrade and a recovery read it.
+    let json = serde_json::to_string(&service).expect("serialized");
+    let service: crate::handover::ServiceHandover = serde_json::from_str(&json).expect("parsed");
+
+    let mut next = Bench::new(instances(3, 3));
+    let now = Now {
+        at: next.now,
+        unix_ms: baton_proto::now_millis(),
+    };
+    let effects = next
+        .core
+        .adopt(&service, now, super::core::Predecessor::Image);
+    assert_eq!(
+        effects,
+        [
+            Effect::Route {
+                generation: 1,
+                pgid: pid(OLD)
+            },
+            Effect::WatchExit {
+                generation: 1,
+                pid: pid(OLD)
+            },
+            Effect::Route {
+                generation: 1,
+                pgid: pid(OLD + 1)
+            },
+            Effect::WatchExit {
+                generation: 1,
+                pid: pid(OLD + 1)
+            },
+        ]
+    );
+    use baton_proto::InstanceState::*;
+    assert_eq!(next.instance_states(1), [Ready, Ready, Backoff]);
+    assert_eq!(next.core.current(), Some(1));
+    assert_eq!(next.on(Input::Timer), [spawn_instance(1, 2, 3)]);
+    // An instance of the adopted generation still restarts alone.
+    let effects = next.on(Input::Exited {
+        generation: 1,
+        pid: pid(OLD + 1),
+        exit: ExitInfo::Code(1),
+    });
+    assert!(effects.contains(&Effect::SignalInstance {
+        pgid: pid(OLD + 1),
+        signal: Signal::SIGTERM
+    }));
+    assert_eq!(next.core.state(), ServiceState::Ready);
+}
+
+#[test]
+fn each_instance_is_probed_on_its_own_port() {
+    let mut bench = Bench::new(ServiceConfig {
+        ready: Readiness::Tcp {
+            addr: crate::config::ProbeTemplate::parse("127.0.0.1:{port}"),
+        },
+        ..instances(2, 2)
+    });
+    let wanted: Vec<Effect> = (0..2)
+        .map(|instance| Effect::SpawnInstance {
+            generation: 1,
+            instance,
+            instances: 2,
+            probe_port: true,
+        })
+        .collect();
+    assert_eq!(bench.on(Input::Start), wanted);
+    for (instance, port) in [(0, 4000), (1, 4001)] {
+        let effects = bench.on(Input::InstanceSpawned {
+            generation: 1,
+            instance,
+            pid: pid(OLD + instance as i32),
+            probe_port: Some(port),
+        });
+        assert!(effects.contains(&Effect::ProbeInstance {
+            generation: 1,
+            instance,
+            port: Some(port),
+        }));
+    }
+    // READY=1 does not count with a probe; the probe's answer does.
+    assert!(
+        bench
+            .on(Input::Notify {
+                generation: 1,
+                sender: OLD,
+                messages: vec![NotifyMessage::Ready],
+            })
+            .is_empty()
+    );
+    bench.on(Input::InstanceReady {
+        generation: 1,
+        instance: 1,
+    });
+    use baton_proto::InstanceState::*;
+    assert_eq!(bench.instance_states(1), [Starting, Ready]);
+    assert_eq!(bench.core.state(), ServiceState::Ready);
 }

@@ -195,6 +195,7 @@ impl SimHost {
                         memory_source: None,
                         cpu_usec: None,
                         cpu_source: None,
+                        instances: Vec::new(),
                     }],
                     consecutive_crashes: 0,
                     running_restart: None,
@@ -366,6 +367,7 @@ impl SimHost {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            instances: Vec::new(),
         };
         let mut steps = vec![
             self.event(

@@ -81,6 +81,21 @@ pub struct HostLine {
     pub blocked: Option<String>,
     /// Offline, crash-looping, stopped or blocked: counted on the overview.
     pub needs_attention: bool,
+    /// The serving generation's instances, when it runs several.
+    pub instances: Vec<InstanceLine>,
+    /// `3/4 ready`, when it runs several.
+    pub instances_ready: Option<String>,
+}
+
+/// One instance of the serving generation.
+pub struct InstanceLine {
+    pub index: u32,
+    pub state: String,
+    /// `ok` when ready, `warn` otherwise: the badge's colour.
+    pub tone: &'static str,
+    pub pid: String,
+    pub ready_for: String,
+    pub restarts: u32,
 }
 
 fn connections(n: Option<u32>) -> String {
@@ -138,6 +153,39 @@ impl HostLine {
             crashes: on_host.consecutive_crashes,
             last_crash: None,
             blocked: on_host.blocked.clone(),
+            instances: current
+                .map(|g| {
+                    g.instances
+                        .iter()
+                        .map(|i| InstanceLine {
+                            index: i.index,
+                            state: i.state.to_string(),
+                            tone: if i.state == baton_proto::InstanceState::Ready {
+                                "ok"
+                            } else {
+                                "warn"
+                            },
+                            pid: i.pid.map_or_else(|| "—".into(), |p| p.to_string()),
+                            ready_for: i
+                                .ready_at
+                                .filter(|_| i.state == baton_proto::InstanceState::Ready)
+                                .map_or_else(
+                                    || "—".into(),
+                                    |at| duration_ms(now.saturating_sub(at)),
+                                ),
+                            restarts: i.restarts,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            instances_ready: current.filter(|g| !g.instances.is_empty()).map(|g| {
+                let ready = g
+                    .instances
+                    .iter()
+                    .filter(|i| i.state == baton_proto::InstanceState::Ready)
+                    .count();
+                format!("{ready}/{} ready", g.instances.len())
+            }),
         }
     }
 

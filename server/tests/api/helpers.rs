@@ -259,6 +259,7 @@ pub fn service(name: &str, generation: u64) -> ServiceStatus {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            instances: Vec::new(),
         }],
         consecutive_crashes: 0,
         running_restart: None,

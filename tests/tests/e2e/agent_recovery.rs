@@ -754,3 +754,75 @@ fn an_agent_killed_during_an_overlap_ends_it_at_its_original_deadline() {
     assert_eq!(after.generations[0].pid, new.pid);
     assert!(!alive(old.pid), "the old generation drained and exited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_with_instances_running_adopts_every_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(
+        dir.path(),
+        &demo_service("web", "instances = 3\ndrain_timeout = \"5s\""),
+    );
+    let all_ready = |s: &baton_proto::AgentStatus| {
+        s.services[0].state == ServiceState::Ready
+            && s.services[0].generations.len() == 1
+            && s.services[0].generations[0].instances.len() == 3
+            && s.services[0].generations[0]
+                .instances
+                .iter()
+                .all(|i| i.state == baton_proto::InstanceState::Ready)
+    };
+    let mut host = blocking(move || {
+        host.wait_for("every instance ready", Duration::from_secs(20), all_ready);
+        host
+    })
+    .await;
+    let pids = |s: &baton_proto::ServiceStatus| -> Vec<u32> {
+        s.generations[0]
+            .instances
+            .iter()
+            .map(|i| i.pid.expect("running"))
+            .collect()
+    };
+    let before = pids(&host.service("web"));
+
+    host.kill_agent();
+    sleep(300).await;
+    let host = blocking(move || {
+        host.start_agent();
+        host
+    })
+    .await;
+    let after = host.service("web");
+    assert_eq!(pids(&after), before, "every instance adopted: {after:?}");
+    assert_eq!(after.generations.len(), 1, "no duplicate: {after:?}");
+
+    // An adopted instance (not the agent's child, watched on its pidfd)
+    // that dies is started again alone.
+    kill(Pid::from_raw(before[2] as i32), Signal::SIGKILL).unwrap();
+    let host = blocking(move || {
+        host.wait_for("instance 2 again", Duration::from_secs(20), |s| {
+            all_ready(s) && s.services[0].generations[0].instances[2].restarts == 1
+        });
+        host
+    })
+    .await;
+    let now = pids(&host.service("web"));
+    assert_eq!(now[..2], before[..2]);
+    assert_ne!(now[2], before[2]);
+
+    let report = blocking(move || {
+        let report = host.restart("web");
+        (report, host)
+    })
+    .await;
+    let (report, host) = report;
+    assert_eq!(
+        report.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{report:?}"
+    );
+    for pid in now {
+        assert!(!alive(pid), "old instance {pid} exited");
+    }
+    drop(host);
+}

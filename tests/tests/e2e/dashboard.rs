@@ -623,3 +623,83 @@ async fn a_killed_old_generation_and_a_crash_loop_are_shown_for_what_they_are() 
     browser.screenshots("crash-loop").await;
     browser.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_page_lists_each_instance_and_shows_one_started_again() {
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let agent = AgentUnderTest::start(&server.host_config(
+        "alpha",
+        "127.0.0.1",
+        "web",
+        &[],
+        "instances = 4\nmax_surge = 2",
+    ));
+    wait_for_service(&server).await;
+    let status = agent.wait_for("every instance ready", Duration::from_secs(20), |s| {
+        s.services[0].generations.len() == 1
+            && s.services[0].generations[0].instances.len() == 4
+            && s.services[0].generations[0]
+                .instances
+                .iter()
+                .all(|i| i.state == baton_proto::InstanceState::Ready)
+    });
+    let pids: Vec<u32> = status.services[0].generations[0]
+        .instances
+        .iter()
+        .map(|i| i.pid.unwrap())
+        .collect();
+    let base = server.url();
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &server.viewer_token).await;
+    browser.goto(&format!("{base}/services/web")).await;
+    browser
+        .wait_for_text("#service-live", "4/4 ready", Duration::from_secs(10))
+        .await;
+    let rows = browser
+        .run("return [...document.querySelectorAll('table.instances tr.instance')].map(r => r.innerText)")
+        .await;
+    let rows: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for (row, pid) in rows.iter().zip(&pids) {
+        assert!(
+            row.contains(&pid.to_string()) && row.contains("ready"),
+            "{row}"
+        );
+    }
+
+    // One instance killed: the page shows it started again, live.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[1] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let second = browser
+            .run("return document.querySelectorAll('table.instances tr.instance')[1]?.innerText ?? ''")
+            .await;
+        let second = second.as_str().unwrap_or_default().to_string();
+        let restarted = second.contains("ready")
+            && !second.contains(&pids[1].to_string())
+            && second.trim_end().ends_with('1');
+        if restarted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 never shown started again: {second}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .wait_for_text("#service-live", "4/4 ready", Duration::from_secs(10))
+        .await;
+    browser.screenshots("instances").await;
+    browser.quit().await;
+}

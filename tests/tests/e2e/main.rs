@@ -18,6 +18,7 @@ mod handoff_broker;
 mod handoff_load;
 mod host_binding;
 mod install;
+mod instances;
 mod lifecycle;
 mod link_faults;
 mod mainpid;

@@ -3,9 +3,12 @@
 //! state file, and how an agent takes such a snapshot over.
 
 use super::{Effect, Mode, Now, Out, ServiceCore};
-use crate::handover::{GenerationHandover, HandedPhase, RestartHandover, ServiceHandover};
-use crate::service::generation::{Generation, Lifecycle};
+use crate::handover::{
+    GenerationHandover, HandedPhase, InstanceHandover, RestartHandover, ServiceHandover,
+};
+use crate::service::generation::{Generation, Instance, InstancePhase, Lifecycle};
 use crate::service::restart::{RestartRun, Verdict};
+use baton_proto::InstanceState;
 use baton_proto::{RestartId, RestartOutcome};
 use nix::unistd::Pid;
 use std::time::{Duration, Instant};
@@ -58,7 +61,15 @@ impl ServiceCore {
                 id: run.id,
             });
         }
-        if self.generations.values().any(|g| g.lifecycle.is_starting()) {
+        let instance_starting = self.generations.values().any(|g| {
+            g.instances.iter().any(|i| {
+                matches!(
+                    i.phase,
+                    InstancePhase::Spawning | InstancePhase::Starting { .. }
+                )
+            })
+        });
+        if instance_starting || self.generations.values().any(|g| g.lifecycle.is_starting()) {
             return Err(HandoverRefused::Starting {
                 service: self.name.clone(),
             });
@@ -114,6 +125,18 @@ impl ServiceCore {
                     channel_fd: None,
                     deadline_at: g.lifecycle.deadline().map(wall),
                     accepts_handoff: g.accepts_handoff,
+                    instances: g
+                        .instances
+                        .iter()
+                        .map(|i| InstanceHandover {
+                            index: i.index,
+                            pid: i.pid.filter(|_| i.phase.alive()).map(Pid::as_raw),
+                            state: i.phase.state(),
+                            left_ms: i.phase.deadline().map_or(0, left),
+                            ready_at: i.ready_at,
+                            restarts: i.restarts,
+                        })
+                        .collect(),
                 })
             })
             .collect();
@@ -206,8 +229,11 @@ impl ServiceCore {
                     channel: from == Predecessor::Image && handed.channel_fd.is_some(),
                     accepts_handoff: from == Predecessor::Image && handed.accepts_handoff,
                     drain: None,
+                    instances: Vec::new(),
+                    retired: Vec::new(),
                 },
             );
+            self.adopt_instances(number, &handed.instances, now, &mut out);
         }
         self.current = handed.current.filter(|n| self.generations.contains_key(n));
         if let Some(restart) = &handed.restart {
@@ -233,6 +259,59 @@ impl ServiceCore {
             }
         }
         out.0
+    }
+
+    /// Takes over a generation's instances: each running one is routed and
+    /// watched; one that ran nothing is started again at once.
+    fn adopt_instances(
+        &mut self,
+        number: u64,
+        handed: &[InstanceHandover],
+        now: Now,
+        out: &mut Out,
+    ) {
+        if handed.is_empty() {
+            return;
+        }
+        let first = Pid::from_raw(self.generations.get(&number).map_or(0, |g| g.pid.as_raw()));
+        let mut instances = Vec::with_capacity(handed.len());
+        for (at, handed) in handed.iter().enumerate() {
+            let mut instance = Instance::new(at as u32);
+            instance.ready_at = handed.ready_at;
+            instance.ready_instant = handed.ready_at.map(|_| now.at);
+            instance.restarts = handed.restarts;
+            let until = now.at + Duration::from_millis(handed.left_ms);
+            instance.phase = match (handed.pid, handed.state) {
+                (Some(pid), state) => {
+                    let pid = Pid::from_raw(pid);
+                    instance.pid = Some(pid);
+                    // The first instance's process is the generation's,
+                    // routed and watched already.
+                    if pid != first {
+                        out.push(Effect::Route {
+                            generation: number,
+                            pgid: pid,
+                        });
+                        out.push(Effect::WatchExit {
+                            generation: number,
+                            pid,
+                        });
+                    }
+                    match state {
+                        InstanceState::Draining => InstancePhase::Draining { deadline: until },
+                        InstanceState::Stopping => InstancePhase::Stopping { kill_at: until },
+                        _ => InstancePhase::Ready,
+                    }
+                }
+                (None, InstanceState::Exited) => InstancePhase::Exited,
+                // Its backoff (or its batch) was the previous image's.
+                (None, _) => InstancePhase::Backoff { until: now.at },
+            };
+            instances.push(instance);
+        }
+        if let Some(generation) = self.generations.get_mut(&number) {
+            generation.instances = instances;
+        }
     }
 
     /// Takes over a restart a killed agent (or, in its overlap, the
