@@ -278,6 +278,7 @@ mod tests {
                 cut: 0,
             }),
             steps: vec![event],
+            versions: None,
         };
         let shown = super::report(&report);
         assert!(

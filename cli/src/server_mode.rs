@@ -324,6 +324,7 @@ mod tests {
             }],
             outcome_from_report: false,
             connections,
+            versions: None,
         }
     }
 

@@ -57,11 +57,13 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                     memory_source: None,
                     cpu_usec: None,
                     cpu_source: None,
+                    program: None,
                 }],
                 consecutive_crashes: 0,
                 running_restart: None,
                 last_restart: None,
                 blocked: None,
+                next_start: None,
             })
             .collect();
         sqlx::query(
@@ -139,11 +141,13 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                 EventKind::GenerationSpawned {
                     generation: 2,
                     pid: 2002,
+                    program: None,
                 },
                 EventKind::GenerationReady {
                     generation: 2,
                     pid: 2002,
                     startup_us: 1_500_000,
+                    program: None,
                 },
                 EventKind::GenerationDraining {
                     generation: 1,
@@ -164,6 +168,7 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                 EventKind::RestartFinished {
                     outcome: RestartOutcome::Succeeded,
                     reason: None,
+                    versions: None,
                 },
             ];
             for (step, kind) in kinds.into_iter().enumerate() {

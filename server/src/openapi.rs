@@ -530,6 +530,7 @@ mod tests {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            program: None,
         }
     }
 
@@ -558,6 +559,7 @@ mod tests {
             running_restart: Some(7),
             last_restart: None,
             blocked: None,
+            next_start: None,
         };
         Service {
             name: "web".into(),
@@ -582,11 +584,13 @@ mod tests {
             EventKind::GenerationSpawned {
                 generation: 3,
                 pid: 4103,
+                program: None,
             },
             EventKind::GenerationReady {
                 generation: 3,
                 pid: 4103,
                 startup_us: 12_345,
+                program: None,
             },
             EventKind::GenerationStatus {
                 generation: 3,
@@ -640,6 +644,7 @@ mod tests {
             EventKind::RestartFinished {
                 outcome: Forced,
                 reason: Some("drain timeout".into()),
+                versions: None,
             },
         ]
     }
@@ -683,6 +688,7 @@ mod tests {
                         drained: 1,
                         cut: 1,
                     }),
+                    versions: None,
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -695,6 +701,7 @@ mod tests {
                     steps: Vec::new(),
                     outcome_from_report: false,
                     connections: None,
+                    versions: None,
                 },
             ],
         }
@@ -766,6 +773,7 @@ mod tests {
             exit_status: Some("exited with status 0".into()),
             connections_cut: Some(0),
             agent_restart_id: Some(7),
+            program: None,
         };
         assert_valid(
             "GenerationPage",

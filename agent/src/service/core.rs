@@ -405,6 +405,7 @@ impl ServiceCore {
             kind: EventKind::GenerationSpawned {
                 generation: number,
                 pid: pid.as_raw() as u32,
+                program: None,
             },
         });
         if let Some(run) = self.restart_awaiting_spawn() {
@@ -458,6 +459,7 @@ impl ServiceCore {
                 generation: number,
                 pid: pid.as_raw() as u32,
                 startup_us,
+                program: None,
             },
         });
         let previous = self.current.replace(number);

@@ -165,6 +165,7 @@ impl Generation {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            program: None,
         }
     }
 

@@ -39,6 +39,7 @@ fn config() -> ServiceConfig {
         restart_on_crash: true,
         warmup_nice: 0,
         sockets: Vec::new(),
+        version_env: None,
     }
 }
 
@@ -153,7 +154,8 @@ impl Bench {
                     restart: Some(RESTART),
                     kind: EventKind::GenerationSpawned {
                         generation: 2,
-                        pid: NEW as u32
+                        pid: NEW as u32,
+                        program: None,
                     },
                 },
                 Effect::RecordNewGeneration {
@@ -179,6 +181,7 @@ impl Bench {
                         generation: 2,
                         pid: NEW as u32,
                         startup_us: 250_000,
+                        program: None,
                     },
                 },
                 Effect::Count {

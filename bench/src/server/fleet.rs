@@ -195,11 +195,13 @@ impl SimHost {
                         memory_source: None,
                         cpu_usec: None,
                         cpu_source: None,
+                        program: None,
                     }],
                     consecutive_crashes: 0,
                     running_restart: None,
                     last_restart: None,
                     blocked: None,
+                    next_start: None,
                 }
             })
             .collect();
@@ -366,6 +368,7 @@ impl SimHost {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            program: None,
         };
         let mut steps = vec![
             self.event(
@@ -382,6 +385,7 @@ impl SimHost {
                 EventKind::GenerationSpawned {
                     generation: new.generation,
                     pid: new.pid,
+                    program: None,
                 },
             ),
         ];
@@ -409,6 +413,7 @@ impl SimHost {
                     generation: new.generation,
                     pid: new.pid,
                     startup_us: self.service_start.as_micros() as u64,
+                    program: None,
                 },
             ),
             self.event(
@@ -443,6 +448,7 @@ impl SimHost {
                 EventKind::RestartFinished {
                     outcome: RestartOutcome::Succeeded,
                     reason: None,
+                    versions: None,
                 },
             ),
         ];
@@ -466,6 +472,7 @@ impl SimHost {
                 connections_cut: None,
                 connections: None,
                 steps,
+                versions: None,
             });
         }
         send(ws, &AgentFrame::Events { events: batch }).await?;

@@ -282,6 +282,7 @@ mod tests {
             exit_status: None,
             connections_cut: None,
             agent_restart_id: None,
+            program: None,
         }
     }
 

@@ -465,7 +465,9 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
     let mut ready_note = String::new();
     for event in steps {
         match &event.kind {
-            EventKind::GenerationSpawned { generation, pid } => {
+            EventKind::GenerationSpawned {
+                generation, pid, ..
+            } => {
                 spawned.get_or_insert(event.at);
                 spawn_note = format!("generation {generation}, pid {pid}");
             }

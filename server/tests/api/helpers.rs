@@ -259,11 +259,13 @@ pub fn service(name: &str, generation: u64) -> ServiceStatus {
             memory_source: None,
             cpu_usec: None,
             cpu_source: None,
+            program: None,
         }],
         consecutive_crashes: 0,
         running_restart: None,
         last_restart: None,
         blocked: None,
+        next_start: None,
     }
 }
 
@@ -487,6 +489,7 @@ impl FakeAgent {
                 EventKind::GenerationSpawned {
                     generation: new,
                     pid: 2000 + new as u32,
+                    program: None,
                 },
             ),
         ];
@@ -508,6 +511,7 @@ impl FakeAgent {
                     EventKind::RestartFinished {
                         outcome,
                         reason: Some("not ready within 1s".into()),
+                        versions: None,
                     },
                 ));
             }
@@ -519,6 +523,7 @@ impl FakeAgent {
                         generation: new,
                         pid: 2000 + new as u32,
                         startup_us: 1500,
+                        program: None,
                     },
                 ));
                 events.push(self.event(
@@ -547,6 +552,7 @@ impl FakeAgent {
                     EventKind::RestartFinished {
                         outcome,
                         reason: None,
+                        versions: None,
                     },
                 ));
             }
@@ -574,11 +580,13 @@ impl FakeAgent {
             EventKind::GenerationSpawned {
                 generation: new,
                 pid: 2000 + new as u32,
+                program: None,
             },
             EventKind::GenerationReady {
                 generation: new,
                 pid: 2000 + new as u32,
                 startup_us: 1500,
+                program: None,
             },
             EventKind::HandoffBrokered {
                 from_generation: old,
@@ -610,6 +618,7 @@ impl FakeAgent {
             EventKind::RestartFinished {
                 outcome,
                 reason: None,
+                versions: None,
             },
         ];
         kinds
