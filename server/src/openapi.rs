@@ -543,6 +543,7 @@ mod tests {
             memory_source: Some(UsageSource::Processes),
             cpu_usec: Some(1_250_000),
             cpu_source: Some(UsageSource::Cgroup),
+            program: Some(release("1.4.2")),
             ..generation(2, GenerationState::Ready)
         };
         let status = ServiceStatus {
@@ -559,7 +560,11 @@ mod tests {
             running_restart: Some(7),
             last_restart: None,
             blocked: None,
-            next_start: None,
+            next_start: Some(baton_proto::NextStart {
+                program: release("1.4.3"),
+                rolled_back: true,
+                serving: release("1.4.2"),
+            }),
         };
         Service {
             name: "web".into(),
@@ -584,13 +589,17 @@ mod tests {
             EventKind::GenerationSpawned {
                 generation: 3,
                 pid: 4103,
-                program: None,
+                program: Some(release("1.4.3")),
             },
             EventKind::GenerationReady {
                 generation: 3,
                 pid: 4103,
                 startup_us: 12_345,
-                program: None,
+                program: Some(baton_proto::Program {
+                    script: Some("/srv/app/releases/1.4.3/app.py".into()),
+                    script_id: Some("sha256:4e1f".into()),
+                    ..release("1.4.3")
+                }),
             },
             EventKind::GenerationStatus {
                 generation: 3,
@@ -644,9 +653,22 @@ mod tests {
             EventKind::RestartFinished {
                 outcome: Forced,
                 reason: Some("drain timeout".into()),
-                versions: None,
+                versions: Some(baton_proto::VersionChange {
+                    from: Some(release("1.4.2")),
+                    to: Some(release("1.4.3")),
+                }),
             },
         ]
+    }
+
+    fn release(version: &str) -> baton_proto::Program {
+        baton_proto::Program {
+            executable: format!("/srv/app/releases/{version}/app"),
+            executable_id: Some("build-id:9f86d081884c7d65".into()),
+            script: None,
+            script_id: None,
+            version: Some(version.into()),
+        }
     }
 
     fn restart() -> Restart {
@@ -688,7 +710,10 @@ mod tests {
                         drained: 1,
                         cut: 1,
                     }),
-                    versions: None,
+                    versions: Some(baton_proto::VersionChange {
+                        from: Some(release("1.4.2")),
+                        to: None,
+                    }),
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -773,7 +798,7 @@ mod tests {
             exit_status: Some("exited with status 0".into()),
             connections_cut: Some(0),
             agent_restart_id: Some(7),
-            program: None,
+            program: Some(release("1.4.2")),
         };
         assert_valid(
             "GenerationPage",
