@@ -255,7 +255,11 @@ pub fn report(report: &RestartReport) -> String {
         let _ = writeln!(out, "  {reason}");
     }
     if let Some(versions) = &report.versions {
-        let _ = writeln!(out, "  {}", versions_line(report.new_generation, versions));
+        let _ = writeln!(
+            out,
+            "  {}",
+            versions_line(report.new_generation, versions.as_ref())
+        );
     }
     if let Some(tally) = &report.connections {
         let _ = writeln!(out, "  connections: {tally}");

@@ -447,9 +447,10 @@ pub struct RestartReport {
     pub connections: Option<ConnectionTally>,
     /// Every event of this restart, oldest first.
     pub steps: Vec<Event>,
-    /// What the old generation ran and what the new one runs.
+    /// What the old generation ran and what the new one runs (boxed: a
+    /// report is one of the link's frames, kept small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub versions: Option<VersionChange>,
+    pub versions: Option<Box<VersionChange>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -525,7 +526,7 @@ pub enum EventKind {
         pid: u32,
         /// What it runs, as far as known when it started.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        program: Option<Program>,
+        program: Option<Box<Program>>,
     },
     GenerationReady {
         generation: u64,
@@ -534,7 +535,7 @@ pub enum EventKind {
         startup_us: u64,
         /// What it runs, with the version it declared before `READY=1`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        program: Option<Program>,
+        program: Option<Box<Program>>,
     },
     GenerationStatus {
         generation: u64,
@@ -604,7 +605,7 @@ pub enum EventKind {
         /// What the old generation ran and what the new one ran (for a
         /// `rolled_back` restart: the version that never became ready).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        versions: Option<VersionChange>,
+        versions: Option<Box<VersionChange>>,
     },
 }
 

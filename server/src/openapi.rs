@@ -589,17 +589,17 @@ mod tests {
             EventKind::GenerationSpawned {
                 generation: 3,
                 pid: 4103,
-                program: Some(release("1.4.3")),
+                program: Some(Box::new(release("1.4.3"))),
             },
             EventKind::GenerationReady {
                 generation: 3,
                 pid: 4103,
                 startup_us: 12_345,
-                program: Some(baton_proto::Program {
+                program: Some(Box::new(baton_proto::Program {
                     script: Some("/srv/app/releases/1.4.3/app.py".into()),
                     script_id: Some("sha256:4e1f".into()),
                     ..release("1.4.3")
-                }),
+                })),
             },
             EventKind::GenerationStatus {
                 generation: 3,
@@ -653,10 +653,10 @@ mod tests {
             EventKind::RestartFinished {
                 outcome: Forced,
                 reason: Some("drain timeout".into()),
-                versions: Some(baton_proto::VersionChange {
+                versions: Some(Box::new(baton_proto::VersionChange {
                     from: Some(release("1.4.2")),
                     to: Some(release("1.4.3")),
-                }),
+                })),
             },
         ]
     }

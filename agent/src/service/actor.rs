@@ -1047,7 +1047,7 @@ impl Actor {
         let versions = change.clone();
         self.shared
             .events
-            .update_restart(restart, |report| report.versions = Some(versions));
+            .update_restart(restart, |report| report.versions = Some(Box::new(versions)));
         Some((change, report.new_generation))
     }
 

@@ -121,7 +121,7 @@ impl Versions {
                 generation,
                 program,
                 ..
-            } => *program = self.program(*generation),
+            } => *program = self.program(*generation).map(Box::new),
             _ => {}
         }
     }

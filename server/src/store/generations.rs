@@ -59,7 +59,7 @@ pub(super) async fn record_event(
             phase: Some(GenerationPhase::Starting),
             spawned_at: at,
             agent_restart_id: event.restart,
-            program: program.clone(),
+            program: program.as_deref().cloned(),
             ..Default::default()
         },
         EventKind::GenerationReady {
@@ -72,7 +72,7 @@ pub(super) async fn record_event(
             pid: Some(*pid),
             phase: Some(GenerationPhase::Ready),
             ready_at: at,
-            program: program.clone(),
+            program: program.as_deref().cloned(),
             ..Default::default()
         },
         EventKind::GenerationDraining {
