@@ -566,6 +566,10 @@ pub enum EventKind {
         status: String,
         /// True when the generation died without being asked to stop.
         unexpected: bool,
+        /// What it ran, with the version it declared: the only record of
+        /// it for a generation that never became ready.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program: Option<Box<Program>>,
     },
     CrashRestartScheduled {
         generation: u64,
@@ -675,6 +679,7 @@ impl fmt::Display for EventKind {
                 pid,
                 status,
                 unexpected,
+                ..
             } => {
                 let how = if *unexpected { "died" } else { "exited" };
                 write!(f, "generation {generation} {how} (pid {pid}, {status})")

@@ -164,6 +164,7 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                     pid: 2001,
                     status: "exited with status 0".into(),
                     unexpected: false,
+                    program: None,
                 },
                 EventKind::RestartFinished {
                     outcome: RestartOutcome::Succeeded,

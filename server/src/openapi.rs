@@ -634,6 +634,7 @@ mod tests {
                 pid: 4102,
                 status: "killed by SIGKILL".into(),
                 unexpected: false,
+                program: None,
             },
             EventKind::DrainFinished {
                 generation: 2,

@@ -721,6 +721,7 @@ impl ServiceCore {
                 pid: pid.as_raw() as u32,
                 status: exit.to_string(),
                 unexpected,
+                program: None,
             },
         });
         out.push(Effect::CheckGroup {

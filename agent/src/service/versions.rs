@@ -121,6 +121,11 @@ impl Versions {
                 generation,
                 program,
                 ..
+            }
+            | EventKind::GenerationExited {
+                generation,
+                program,
+                ..
             } => *program = self.program(*generation).map(Box::new),
             _ => {}
         }

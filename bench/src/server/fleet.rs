@@ -440,6 +440,7 @@ impl SimHost {
                     pid: old.pid,
                     status: "exited with status 0".to_owned(),
                     unexpected: false,
+                    program: None,
                 },
             ),
             self.event(

@@ -98,6 +98,7 @@ pub(super) async fn record_event(
             generation,
             pid,
             status,
+            program,
             ..
         } => GenerationUpdate {
             generation: *generation,
@@ -105,6 +106,7 @@ pub(super) async fn record_event(
             phase: Some(GenerationPhase::Exited),
             exited_at: at,
             exit_status: Some(status.clone()),
+            program: program.as_deref().cloned(),
             ..Default::default()
         },
         _ => return Ok(()),

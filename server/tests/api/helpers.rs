@@ -503,6 +503,7 @@ impl FakeAgent {
                         pid: 2000 + new as u32,
                         status: "killed by SIGTERM".into(),
                         unexpected: false,
+                        program: None,
                     },
                 ));
                 events.push(self.event(
@@ -544,6 +545,7 @@ impl FakeAgent {
                         pid: 1000 + old as u32,
                         status: "exited with status 0".into(),
                         unexpected: false,
+                        program: None,
                     },
                 ));
                 events.push(self.event(
@@ -608,6 +610,7 @@ impl FakeAgent {
                 pid: 1000 + old as u32,
                 status: "exited with status 0".into(),
                 unexpected: false,
+                program: None,
             },
             EventKind::DrainFinished {
                 generation: old,
