@@ -33,3 +33,4 @@ mod third_party;
 mod tls;
 mod tokens;
 mod upgrade;
+mod versions;
