@@ -205,8 +205,10 @@ pub struct GenerationLine {
     pub host: String,
     pub generation: u64,
     pub version: String,
-    /// The executable (or script) path, and identities, in words.
+    /// The script (or executable) path and its short identity; every
+    /// file and full identity in `program_words`, for the tooltip.
     pub program: String,
+    pub program_words: String,
     pub started: String,
     pub ready: String,
     pub ended: String,
@@ -224,6 +226,17 @@ impl GenerationLine {
                 .map(|p| p.label())
                 .unwrap_or_else(|| "—".into()),
             program: record
+                .program
+                .as_ref()
+                .map(|p| {
+                    let path = p.script.as_deref().unwrap_or(&p.executable);
+                    match p.short_id() {
+                        Some(id) => format!("{path} · {id}"),
+                        None => path.to_string(),
+                    }
+                })
+                .unwrap_or_default(),
+            program_words: record
                 .program
                 .as_ref()
                 .map(program_words)

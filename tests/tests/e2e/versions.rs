@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// Points `link` at `target` atomically, as docs/deploy.md does.
-fn swap_symlink(link: &Path, target: &Path) {
+pub(super) fn swap_symlink(link: &Path, target: &Path) {
     let fresh = link.with_extension("new");
     let _ = std::fs::remove_file(&fresh);
     std::os::unix::fs::symlink(target, &fresh).unwrap();
@@ -23,7 +23,7 @@ fn swap_symlink(link: &Path, target: &Path) {
 /// `LISTEN_FDS`, declares its version on the notify socket with
 /// `READY=1`, and answers every connection with the version. A broken
 /// release declares its version and dies before it is ready.
-fn release(root: &Path, version: &str, broken: bool) {
+pub(super) fn release(root: &Path, version: &str, broken: bool) {
     let folder = root.join("releases").join(version);
     std::fs::create_dir_all(&folder).unwrap();
     let body = if broken {
@@ -51,7 +51,7 @@ fn release(root: &Path, version: &str, broken: bool) {
     .unwrap();
 }
 
-fn service_block(current: &Path) -> String {
+pub(super) fn service_block(current: &Path) -> String {
     format!(
         r#"
 [[service]]
