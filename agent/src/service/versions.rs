@@ -242,3 +242,81 @@ pub(super) fn rolled_back_reason(reason: Option<String>, change: &VersionChange)
         _ => reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(version: Option<&str>) -> Running {
+        Running {
+            program: Program {
+                executable: "/srv/app/releases/1/app".into(),
+                executable_id: Some("build-id:00ff".into()),
+                version: version.map(str::to_string),
+                ..Program::default()
+            },
+            keys: (None, None),
+        }
+    }
+
+    #[test]
+    fn the_last_declared_version_of_a_datagram_wins_and_lands_on_its_events() {
+        let mut versions = Versions::default();
+        versions.generations.insert(3, running(Some("configured")));
+        versions.notified(
+            3,
+            &[
+                NotifyMessage::Version("1.4.2".into()),
+                NotifyMessage::Ready,
+                NotifyMessage::Version("1.4.3".into()),
+            ],
+        );
+        // A generation it does not know is nobody's version.
+        versions.notified(4, &[NotifyMessage::Version("9".into())]);
+        let mut ready = EventKind::GenerationReady {
+            generation: 3,
+            pid: 1,
+            startup_us: 1,
+            program: None,
+        };
+        versions.stamp(&mut ready);
+        let EventKind::GenerationReady {
+            program: Some(program),
+            ..
+        } = ready
+        else {
+            panic!("no program on {ready:?}");
+        };
+        assert_eq!(program.version.as_deref(), Some("1.4.3"));
+        assert!(versions.program(4).is_none());
+    }
+
+    #[test]
+    fn a_rollback_names_the_version_that_never_became_ready_and_the_one_serving() {
+        let change = VersionChange {
+            from: Some(running(Some("1.4.2")).program),
+            to: Some(running(Some("1.4.3")).program),
+        };
+        assert_eq!(
+            rolled_back_reason(Some("generation 3 exited".into()), &change),
+            "generation 3 exited; 1.4.3 never became ready, 1.4.2 is still serving"
+        );
+        // Without both sides the reason is left as it was.
+        assert_eq!(
+            rolled_back_reason(Some("x".into()), &VersionChange::default()),
+            "x"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_generation_keeps_its_program_for_a_while_then_not() {
+        let mut versions = Versions::default();
+        for generation in 1..=10 {
+            versions.generations.insert(generation, running(None));
+        }
+        versions.forget(10);
+        assert!(versions.program(10).is_some(), "a report may still need it");
+        assert!(versions.program(6).is_some());
+        assert!(versions.program(5).is_none());
+    }
+}
