@@ -122,6 +122,10 @@ pub struct GenerationHandover {
     /// state file it is the dead agent's number, and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_fd: Option<RawFd>,
+    /// What it runs (`service/versions.rs`), so an upgraded or recovered
+    /// agent still shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<baton_proto::Program>,
 }
 
 impl Handover {

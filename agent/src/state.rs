@@ -232,6 +232,7 @@ mod tests {
                     cgroup: Some("/baton/agent-12/web.3".into()),
                     deadline_at: Some(31_500),
                     channel_fd: Some(11),
+                    program: None,
                 },
                 GenerationHandover {
                     number: 4,
@@ -245,6 +246,7 @@ mod tests {
                     cgroup: None,
                     deadline_at: None,
                     channel_fd: None,
+                    program: None,
                 },
             ],
             current: Some(4),

@@ -342,6 +342,7 @@ impl Actor {
             generation.start_time = self.start_times.get(&generation.number).copied();
             generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
             generation.channel_fd = self.channels.get(&generation.number).map(Channel::raw_fd);
+            generation.program = self.versions.program(generation.number);
         }
         ServiceHandover {
             name: self.name.clone(),
@@ -896,6 +897,9 @@ impl Actor {
         let own_pid = std::process::id() as i32;
         for generation in &handed.generations {
             self.tasks_of(generation.number);
+            if let Some(program) = &generation.program {
+                self.versions.adopted(generation.number, program.clone());
+            }
             if let Some(started) = generation.start_time {
                 self.start_times.insert(generation.number, started);
             }

@@ -77,6 +77,18 @@ impl Versions {
         );
     }
 
+    /// A generation an earlier agent started: its files' keys are not
+    /// known, so a status compares identities.
+    pub fn adopted(&mut self, generation: u64, program: Program) {
+        self.generations.insert(
+            generation,
+            Running {
+                program,
+                keys: (None, None),
+            },
+        );
+    }
+
     /// The identities a big file's hash completed, off the task.
     pub fn identified(&mut self, generation: u64, identified: Program) {
         if let Some(running) = self.generations.get_mut(&generation) {

@@ -272,6 +272,24 @@ fn a_binary_deployed_through_a_symlink_shows_its_release_path_and_build_id() {
     let change = report.versions.expect("from → to");
     assert_eq!(change.from.unwrap().executable, old.executable);
     assert_eq!(change.to.unwrap().executable, new.executable);
+    // It survives the agent's upgrade in place (SIGUSR2).
+    agent.signal(nix::sys::signal::Signal::SIGUSR2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !agent
+        .log()
+        .contains("every socket and generation carried over")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    agent.wait_for(
+        "the upgraded agent answering",
+        std::time::Duration::from_secs(20),
+        |status| status.services.iter().any(|s| s.name == "web"),
+    );
+    let upgraded = agent.service("web");
+    assert_eq!(upgraded.generations[0].program.as_ref(), Some(&new));
+    assert!(upgraded.next_start.is_none(), "{:?}", upgraded.next_start);
     // The spawned and ready events carry it too.
     assert!(events.iter().any(|e| matches!(
         &e.kind,

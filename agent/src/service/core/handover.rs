@@ -110,6 +110,7 @@ impl ServiceCore {
                     cgroup: None,
                     channel_fd: None,
                     deadline_at: g.lifecycle.deadline().map(wall),
+                    program: None,
                 })
             })
             .collect();
