@@ -73,6 +73,9 @@ pub struct ServiceConfig {
     /// it stops old ones: `instances` starts the whole new generation at
     /// once; fewer replaces the old one in batches of this size.
     pub max_surge: u32,
+    /// The variable of `env` whose value is the version the service runs,
+    /// until a generation declares its own with `X_BATON_VERSION=`.
+    pub version_env: Option<String>,
 }
 
 pub use baton_proto::MAX_INSTANCES;
@@ -286,6 +289,7 @@ struct RawService {
     max_surge: Option<Spanned<i64>>,
     #[serde(default, rename = "socket")]
     sockets: Vec<RawSocket>,
+    version_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -599,6 +603,17 @@ fn parse_service(
         env.insert(key, value);
     }
 
+    let version_env = match raw.version_env {
+        None => None,
+        Some(spanned) => {
+            let span = spanned.span();
+            let key = spanned.into_inner();
+            check_version_env(&key, &env)
+                .map_err(|problem| err(Some(span), format!("{}: {problem}", at("version_env"))))?;
+            Some(key)
+        }
+    };
+
     let mut sockets = Vec::with_capacity(raw.sockets.len());
     let mut socket_names = HashSet::new();
     for raw_socket in raw.sockets {
@@ -658,6 +673,7 @@ fn parse_service(
         sockets,
         instances,
         max_surge,
+        version_env,
     })
 }
 
@@ -752,6 +768,30 @@ fn check_env(key: &str, value: &str) -> Result<(), String> {
         return Err(format!(
             "{key:?} is set by the agent (LISTEN_*, NOTIFY_SOCKET and BATON_* are reserved)"
         ));
+    }
+    Ok(())
+}
+
+/// `version_env` names a variable of the service's own `env` whose value
+/// reads as a version: one line of at most
+/// [`baton_proto::program::MAX_VERSION_BYTES`], no control characters.
+fn check_version_env(key: &str, env: &BTreeMap<String, String>) -> Result<(), String> {
+    let Some(value) = env.get(key) else {
+        return Err(format!(
+            "names {key:?}, which is not set in the service's `env`"
+        ));
+    };
+    if value.is_empty() {
+        return Err(format!("the value of {key:?} is empty"));
+    }
+    if value.len() > baton_proto::program::MAX_VERSION_BYTES {
+        return Err(format!(
+            "the value of {key:?} is longer than {} bytes",
+            baton_proto::program::MAX_VERSION_BYTES
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("the value of {key:?} contains a control character"));
     }
     Ok(())
 }
@@ -944,6 +984,36 @@ listen = "udp://[::1]:5353"
                 }
             }
         }
+    }
+
+    #[test]
+    fn version_env_names_a_variable_of_the_service_env_that_reads_as_a_version() {
+        let text = |value: &str| {
+            format!(
+                "[[service]]\nname = \"web\"\ncommand = [\"x\"]\nversion_env = \"APP_VERSION\"\n\n[service.env]\n{value}\n"
+            )
+        };
+        let config = Config::parse(&text(r#"APP_VERSION = "1.4.3""#), "agent.toml").unwrap();
+        assert_eq!(
+            config.services[0].version_env.as_deref(),
+            Some("APP_VERSION")
+        );
+        assert_eq!(
+            crate::program::configured_version(&config.services[0]).as_deref(),
+            Some("1.4.3")
+        );
+        for (value, problem) in [
+            (r#"OTHER = "1.4.3""#, "not set in the service's `env`"),
+            (r#"APP_VERSION = """#, "is empty"),
+            (r#"APP_VERSION = "1.4\n3""#, "control character"),
+        ] {
+            let (line, message) = error_of(&text(value));
+            assert_eq!(line, 4, "{value}: {message}");
+            assert!(message.contains("`version_env`"), "{message}");
+            assert!(message.contains(problem), "{value}: {message}");
+        }
+        let long = format!("APP_VERSION = \"{}\"", "1".repeat(65));
+        assert!(error_of(&text(&long)).1.contains("longer than 64 bytes"));
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl EventLog {
                 connections_cut: None,
                 connections: None,
                 steps: Vec::new(),
+                versions: None,
             };
             inner.restarts.insert(id, Kept { report, bytes });
             inner.bound_restarts();
@@ -242,16 +243,22 @@ impl EventLog {
         reason: Option<String>,
         connections_cut: Option<u32>,
     ) {
+        let mut versions = None;
         self.update_restart(id, |report| {
             report.finished_at = Some(now_millis());
             report.outcome = Some(outcome);
             report.outcome_reason = reason.clone();
             report.connections_cut = connections_cut;
+            versions = report.versions.clone();
         });
         self.emit(
             service,
             Some(id),
-            EventKind::RestartFinished { outcome, reason },
+            EventKind::RestartFinished {
+                outcome,
+                reason,
+                versions,
+            },
         );
     }
 
@@ -313,6 +320,7 @@ mod tests {
             EventKind::GenerationSpawned {
                 generation: 2,
                 pid: 42,
+                program: None,
             },
         );
         log.emit(

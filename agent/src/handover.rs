@@ -130,6 +130,10 @@ pub struct GenerationHandover {
     /// state file it is the dead agent's number, and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_fd: Option<RawFd>,
+    /// What it runs (`service/versions.rs`), so an upgraded or recovered
+    /// agent still shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<baton_proto::Program>,
     /// It said `HANDOFF=1` on its channel, so a restart carried across an
     /// upgrade in its overlap still brokers the handoff.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -16,6 +16,7 @@ pub mod lineage;
 pub mod notify;
 pub mod notify_router;
 pub mod probe;
+pub mod program;
 pub mod reaper;
 pub mod recovery;
 pub mod runtime_dir;

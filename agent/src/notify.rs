@@ -105,6 +105,11 @@ pub enum NotifyMessage {
     /// escaped and bounded like a status. Variables with the `X_` prefix are
     /// sd_notify's convention for those systemd does not define.
     Restart { reason: Option<String> },
+    /// `X_BATON_VERSION=`: the version the generation runs, escaped like a
+    /// status and cut to `baton_proto::program::MAX_VERSION_BYTES`; it
+    /// overrides the config's `version_env`. Send it with (or before)
+    /// `READY=1`, so the generation's ready event carries it.
+    Version(String),
     /// Anything else, or a known key with a value that does not parse. Kept for
     /// logging, never acted on.
     Unknown(String),
@@ -327,6 +332,9 @@ fn parse_assignment(line: &str, attributes: &Attributes) -> NotifyMessage {
         ("X_BATON_RESTART", "1") => NotifyMessage::Restart {
             reason: attributes.restart_reason.clone(),
         },
+        ("X_BATON_VERSION", version) if !version.trim().is_empty() => NotifyMessage::Version(
+            escaped_line(version.trim(), baton_proto::program::MAX_VERSION_BYTES),
+        ),
         _ => unknown(),
     }
 }
@@ -441,6 +449,15 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_version_is_bounded() {
+        let long = "9".repeat(baton_proto::program::MAX_VERSION_BYTES + 10);
+        let [Version(cut)] = &parse(&format!("X_BATON_VERSION={long}"))[..] else {
+            panic!("one version expected");
+        };
+        assert_eq!(cut.len(), baton_proto::program::MAX_VERSION_BYTES);
+    }
+
+    #[test]
     fn parse_table() {
         let cases: Vec<(&str, Vec<NotifyMessage>)> = vec![
             ("READY=1", vec![Ready]),
@@ -519,6 +536,20 @@ mod tests {
                 }],
             ),
             ("X_BATON_RESTART_REASON=alone", vec![]),
+            ("X_BATON_VERSION=1.4.3", vec![Version("1.4.3".into())]),
+            (
+                "X_BATON_VERSION=1.4.3\nREADY=1",
+                vec![Version("1.4.3".into()), Ready],
+            ),
+            (
+                "X_BATON_VERSION= v2 (abc) ",
+                vec![Version("v2 (abc)".into())],
+            ),
+            ("X_BATON_VERSION=", vec![Unknown("X_BATON_VERSION=".into())]),
+            (
+                "X_BATON_VERSION=1.4\u{1b}[2J",
+                vec![Version("1.4\\u{1b}[2J".into())],
+            ),
             (
                 "X_BATON_RESTART=yes",
                 vec![Unknown("X_BATON_RESTART=yes".into())],

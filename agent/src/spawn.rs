@@ -232,6 +232,18 @@ fn resolve_user(name: &str) -> Result<ResolvedUser, LaunchError> {
     })
 }
 
+/// The program a spawn of `config` would start now, found on the PATH the
+/// generation gets (its `env`'s, else the agent's).
+pub fn find_program(config: &ServiceConfig) -> Result<PathBuf, LaunchError> {
+    let path_var = config
+        .env
+        .get("PATH")
+        .map(OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    resolve_program(&config.command[0], &path_var, config.workdir.as_deref())
+}
+
 /// Like execvp's search, done before the fork where allocation is allowed.
 fn resolve_program(
     program: &str,

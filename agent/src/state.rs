@@ -234,6 +234,7 @@ mod tests {
                     channel_fd: Some(11),
                     accepts_handoff: false,
                     instances: Vec::new(),
+                    program: None,
                 },
                 GenerationHandover {
                     number: 4,
@@ -249,6 +250,7 @@ mod tests {
                     channel_fd: None,
                     accepts_handoff: true,
                     instances: Vec::new(),
+                    program: None,
                 },
             ],
             current: Some(4),

@@ -495,13 +495,21 @@ mod tests {
                             requested_by: None,
                         },
                     ),
-                    step(2, EventKind::GenerationSpawned { generation: 2, pid }),
+                    step(
+                        2,
+                        EventKind::GenerationSpawned {
+                            generation: 2,
+                            pid,
+                            program: None,
+                        },
+                    ),
                     step(
                         3,
                         EventKind::GenerationReady {
                             generation: 2,
                             pid,
                             startup_us: 51_875,
+                            program: None,
                         },
                     ),
                     step(
@@ -530,6 +538,7 @@ mod tests {
                         EventKind::RestartFinished {
                             outcome: RestartOutcome::Succeeded,
                             reason: None,
+                            versions: None,
                         },
                     ),
                 ];
@@ -554,6 +563,7 @@ mod tests {
                         cpu_usec: Some(1_234_567_890),
                         cpu_source: Some(baton_proto::UsageSource::Cgroup),
                         instances: Vec::new(),
+                        program: None,
                     }],
                     consecutive_crashes: 0,
                     running_restart: None,
@@ -571,7 +581,9 @@ mod tests {
                         connections_cut: None,
                         connections: None,
                         steps,
+                        versions: None,
                     }),
+                    next_start: None,
                 }
             })
             .collect()

@@ -112,8 +112,8 @@ pub fn status_table(status: &AgentStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12}  LAST RESTART",
-        "SERVICE", "STATE", "GEN", "PID", "UPTIME", "CONNS", "MEM", "CPU", "GEN STATE"
+        "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12} {:<16}  LAST RESTART",
+        "SERVICE", "STATE", "GEN", "PID", "UPTIME", "CONNS", "MEM", "CPU", "GEN STATE", "VERSION"
     );
     for service in &status.services {
         let last = service
@@ -127,9 +127,10 @@ pub fn status_table(status: &AgentStatus) -> String {
         if service.generations.is_empty() {
             let _ = writeln!(
                 out,
-                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12}  {last}",
+                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12} {:<16}  {last}",
                 service.name,
                 service.state.to_string(),
+                "-",
                 "-",
                 "-",
                 "-",
@@ -142,7 +143,7 @@ pub fn status_table(status: &AgentStatus) -> String {
         for generation in &service.generations {
             let _ = writeln!(
                 out,
-                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12}  {last}",
+                "{:<20} {:<14} {:>5} {:>8} {:<10} {:>6} {:>9} {:>8} {:<12} {:<16}  {last}",
                 service.name,
                 service.state.to_string(),
                 generation.generation,
@@ -154,7 +155,8 @@ pub fn status_table(status: &AgentStatus) -> String {
                     .unwrap_or_else(|| "?".into()),
                 generation.memory_bytes.map_or_else(|| "?".into(), memory),
                 generation.cpu_usec.map_or_else(|| "?".into(), cpu_time),
-                generation_state(generation)
+                generation_state(generation),
+                version_cell(generation.program.as_ref())
             );
             for instance in &generation.instances {
                 let _ = writeln!(
@@ -174,6 +176,9 @@ pub fn status_table(status: &AgentStatus) -> String {
     for service in &status.services {
         if let Some(reason) = &service.blocked {
             let _ = writeln!(out, "{} does not run: {reason}", service.name);
+        }
+        if let Some(next) = &service.next_start {
+            let _ = writeln!(out, "warning: {}: {}", service.name, next.warning());
         }
     }
     if status.process_tracking == Some(baton_proto::ProcessTracking::Session) {
@@ -208,6 +213,16 @@ pub fn status_table(status: &AgentStatus) -> String {
 
 pub use baton_proto::units::bytes as memory;
 
+/// The VERSION column: the declared version, else the short build id or
+/// hash; at most 16 characters, so the table keeps its shape.
+pub fn version_cell(program: Option<&baton_proto::Program>) -> String {
+    let label = program.map_or_else(|| "-".to_string(), |p| p.label());
+    match label.char_indices().nth(15) {
+        Some((cut, _)) => format!("{}~", &label[..cut]),
+        None => label,
+    }
+}
+
 /// CPU time: `0.42s`, `75.3s`, `12m05s`, `3h07m`.
 pub fn cpu_time(usec: u64) -> String {
     let secs = usec / 1_000_000;
@@ -238,6 +253,24 @@ pub fn reload(summary: &ReloadSummary) -> String {
     out
 }
 
+/// `generation 7: 1.4.2 → 1.4.3`, with each side's files when the
+/// versions alone do not tell them apart.
+pub fn versions_line(new_generation: Option<u64>, versions: &baton_proto::VersionChange) -> String {
+    let mut line = match new_generation {
+        Some(generation) => format!("generation {generation}: {}", versions.arrow()),
+        None => versions.arrow(),
+    };
+    if let Some(to) = &versions.to {
+        let path = to.script.as_deref().unwrap_or(&to.executable);
+        line.push_str(&format!(" ({path}"));
+        if let Some(id) = to.short_id() {
+            line.push_str(&format!(", {id}"));
+        }
+        line.push(')');
+    }
+    line
+}
+
 pub fn report(report: &RestartReport) -> String {
     let mut out = String::new();
     let outcome = report
@@ -251,6 +284,13 @@ pub fn report(report: &RestartReport) -> String {
     );
     if let Some(reason) = &report.outcome_reason {
         let _ = writeln!(out, "  {reason}");
+    }
+    if let Some(versions) = &report.versions {
+        let _ = writeln!(
+            out,
+            "  {}",
+            versions_line(report.new_generation, versions.as_ref())
+        );
     }
     if let Some(tally) = &report.connections {
         let _ = writeln!(out, "  connections: {tally}");
@@ -309,6 +349,7 @@ mod tests {
                 cut: 0,
             }),
             steps: vec![event],
+            versions: None,
         };
         let shown = super::report(&report);
         assert!(

@@ -123,6 +123,17 @@ fn host_finished_lines(host: &RestartHost) -> Vec<String> {
         },
         _ => {}
     }
+    if let Some(versions) = &host.versions {
+        let new_generation = host.steps.iter().find_map(|step| match step.kind {
+            baton_proto::EventKind::GenerationSpawned { generation, .. } => Some(generation),
+            _ => None,
+        });
+        lines.push(format!(
+            "{}: {}",
+            host.host,
+            crate::output::versions_line(new_generation, versions)
+        ));
+    }
     if let Some(tally) = host.connections {
         lines.push(format!("{}: connections: {tally}", host.host));
     }
@@ -189,7 +200,7 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
         return Ok(exit::SUCCEEDED);
     }
     outln!(
-        "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  DRAINING",
+        "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8} {:<16}  DRAINING",
         "SERVICE",
         "HOST",
         "ONLINE",
@@ -198,7 +209,8 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
         "PID",
         "CONNS",
         "MEM",
-        "CPU"
+        "CPU",
+        "VERSION"
     );
     for service in &list.services {
         for host in &service.hosts {
@@ -228,7 +240,7 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
                 })
                 .collect();
             outln!(
-                "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8}  {}",
+                "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8} {:<16}  {}",
                 service.name,
                 host.host,
                 if host.online { "yes" } else { "no" },
@@ -238,12 +250,25 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
                 connections,
                 memory,
                 cpu,
+                crate::output::version_cell(host.current.as_ref().and_then(|g| g.program.as_ref())),
                 if draining.is_empty() {
                     "-".to_string()
                 } else {
                     draining.join(", ")
                 }
             );
+        }
+    }
+    for service in &list.services {
+        for host in &service.hosts {
+            if let Some(next) = &host.next_start {
+                outln!(
+                    "warning: {} on {}: {}",
+                    service.name,
+                    host.host,
+                    next.warning()
+                );
+            }
         }
     }
     Ok(exit::SUCCEEDED)
@@ -324,6 +349,7 @@ mod tests {
             }],
             outcome_from_report: false,
             connections,
+            versions: None,
         }
     }
 

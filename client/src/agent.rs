@@ -266,6 +266,7 @@ mod tests {
             connections_cut: None,
             connections: None,
             steps: Vec::new(),
+            versions: None,
         }
     }
 
@@ -289,6 +290,7 @@ mod tests {
                     EventKind::GenerationSpawned {
                         generation: 2,
                         pid: 42,
+                        program: None,
                     },
                 )),
                 Response::Restart(report(RestartOutcome::Succeeded)),
@@ -380,6 +382,7 @@ mod tests {
                     EventKind::GenerationSpawned {
                         generation: 1,
                         pid: 40,
+                        program: None,
                     },
                 )),
                 Response::Event(event(
@@ -387,6 +390,7 @@ mod tests {
                     EventKind::GenerationSpawned {
                         generation: 2,
                         pid: 41,
+                        program: None,
                     },
                 )),
             ],

@@ -180,6 +180,10 @@ pub struct RestartHost {
     /// restarts that replaced no serving generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<crate::ConnectionTally>,
+    /// What the host's old generation ran and what its new one runs, from
+    /// the restart's steps. Absent in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<crate::VersionChange>,
 }
 
 /// `GET /restarts`: newest first; pass `next_before` as `before` for the next page.
@@ -231,6 +235,10 @@ pub struct ServiceOnHost {
     /// whose state was lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// The program a crash restart would start on this host, when it is
+    /// not what the serving generation runs (a rolled-back build on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start: Option<crate::NextStart>,
 }
 
 impl ServiceOnHost {
@@ -251,6 +259,7 @@ impl ServiceOnHost {
             consecutive_crashes: status.consecutive_crashes,
             running_restart: status.running_restart,
             blocked: status.blocked.clone(),
+            next_start: status.next_start.clone(),
         };
         for (index, generation) in status.generations.iter().enumerate() {
             let list = match generation.state {
@@ -350,6 +359,9 @@ pub struct GenerationRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub agent_restart_id: Option<RestartId>,
+    /// What it ran, from its spawned and ready events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<crate::Program>,
 }
 
 /// `GET /services/{name}/generations`: newest first.
@@ -381,6 +393,7 @@ mod tests {
             cpu_usec: None,
             cpu_source: None,
             instances: Vec::new(),
+            program: None,
         }
     }
 
@@ -394,6 +407,7 @@ mod tests {
             running_restart: None,
             last_restart: None,
             blocked: None,
+            next_start: None,
         }
     }
 

@@ -12,9 +12,11 @@ pub mod api;
 pub mod exit;
 pub mod link;
 mod name;
+pub mod program;
 pub mod units;
 
 pub use name::{InvalidServiceName, NameProblem, ServiceName};
+pub use program::{NextStart, Program, VersionChange};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -228,6 +230,10 @@ pub struct ServiceStatus {
     /// message names it). `baton reload` starts it once that process is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// The program a crash restart would start now, when it is not what the
+    /// serving generation runs (a rolled-back build still on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start: Option<NextStart>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -305,6 +311,9 @@ pub struct GenerationInfo {
     pub cpu_usec: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_source: Option<UsageSource>,
+    /// What the generation runs; `None` from agents that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<Program>,
     /// The generation's processes when it runs several on the same sockets
     /// (`instances = N`), by index; empty for a single process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -496,6 +505,10 @@ pub struct RestartReport {
     pub connections: Option<ConnectionTally>,
     /// Every event of this restart, oldest first.
     pub steps: Vec<Event>,
+    /// What the old generation ran and what the new one runs (boxed: a
+    /// report is one of the link's frames, kept small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Box<VersionChange>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -569,12 +582,18 @@ pub enum EventKind {
     GenerationSpawned {
         generation: u64,
         pid: u32,
+        /// What it runs, as far as known when it started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program: Option<Box<Program>>,
     },
     GenerationReady {
         generation: u64,
         pid: u32,
         /// From spawn to readiness, in microseconds.
         startup_us: u64,
+        /// What it runs, with the version it declared before `READY=1`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program: Option<Box<Program>>,
     },
     GenerationStatus {
         generation: u64,
@@ -619,6 +638,10 @@ pub enum EventKind {
         status: String,
         /// True when the generation died without being asked to stop.
         unexpected: bool,
+        /// What it ran, with the version it declared: the only record of
+        /// it for a generation that never became ready.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        program: Option<Box<Program>>,
     },
     CrashRestartScheduled {
         generation: u64,
@@ -655,6 +678,10 @@ pub enum EventKind {
         outcome: RestartOutcome,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// What the old generation ran and what the new one ran (for a
+        /// `rolled_back` restart: the version that never became ready).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        versions: Option<Box<VersionChange>>,
     },
 }
 
@@ -665,18 +692,33 @@ impl fmt::Display for EventKind {
                 reason: Some(r), ..
             } => write!(f, "restart started ({r})"),
             EventKind::RestartStarted { reason: None, .. } => write!(f, "restart started"),
-            EventKind::GenerationSpawned { generation, pid } => {
-                write!(f, "generation {generation} spawned (pid {pid})")
+            EventKind::GenerationSpawned {
+                generation,
+                pid,
+                program,
+            } => {
+                write!(f, "generation {generation} spawned (pid {pid}")?;
+                match program {
+                    Some(program) => write!(f, ", {program})"),
+                    None => write!(f, ")"),
+                }
             }
             EventKind::GenerationReady {
                 generation,
                 pid,
                 startup_us,
-            } => write!(
-                f,
-                "generation {generation} ready (pid {pid}, after {:.1} ms)",
-                *startup_us as f64 / 1000.0
-            ),
+                program,
+            } => {
+                write!(
+                    f,
+                    "generation {generation} ready (pid {pid}, after {:.1} ms",
+                    *startup_us as f64 / 1000.0
+                )?;
+                match program {
+                    Some(program) => write!(f, ", {program})"),
+                    None => write!(f, ")"),
+                }
+            }
             EventKind::GenerationStatus { generation, status } => {
                 write!(f, "generation {generation} status: {status}")
             }
@@ -724,6 +766,7 @@ impl fmt::Display for EventKind {
                 pid,
                 status,
                 unexpected,
+                ..
             } => {
                 let how = if *unexpected { "died" } else { "exited" };
                 write!(f, "generation {generation} {how} (pid {pid}, {status})")
@@ -765,12 +808,18 @@ impl fmt::Display for EventKind {
             }
             EventKind::RestartFinished {
                 outcome,
-                reason: Some(r),
-            } => write!(f, "restart {outcome}: {r}"),
-            EventKind::RestartFinished {
-                outcome,
-                reason: None,
-            } => write!(f, "restart {outcome}"),
+                reason,
+                versions,
+            } => {
+                write!(f, "restart {outcome}")?;
+                if let Some(versions) = versions {
+                    write!(f, " ({})", versions.arrow())?;
+                }
+                match reason {
+                    Some(r) => write!(f, ": {r}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

@@ -58,11 +58,13 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                     cpu_usec: None,
                     cpu_source: None,
                     instances: Vec::new(),
+                    program: None,
                 }],
                 consecutive_crashes: 0,
                 running_restart: None,
                 last_restart: None,
                 blocked: None,
+                next_start: None,
             })
             .collect();
         sqlx::query(
@@ -140,11 +142,13 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                 EventKind::GenerationSpawned {
                     generation: 2,
                     pid: 2002,
+                    program: None,
                 },
                 EventKind::GenerationReady {
                     generation: 2,
                     pid: 2002,
                     startup_us: 1_500_000,
+                    program: None,
                 },
                 EventKind::GenerationDraining {
                     generation: 1,
@@ -161,10 +165,12 @@ async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
                     pid: 2001,
                     status: "exited with status 0".into(),
                     unexpected: false,
+                    program: None,
                 },
                 EventKind::RestartFinished {
                     outcome: RestartOutcome::Succeeded,
                     reason: None,
+                    versions: None,
                 },
             ];
             for (step, kind) in kinds.into_iter().enumerate() {

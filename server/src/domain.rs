@@ -58,6 +58,35 @@ pub fn drain_tally(kind: &baton_proto::EventKind) -> Option<baton_proto::Connect
     }
 }
 
+/// What a host's restart changed, from its steps: the `restart_finished`
+/// event's, else what the new generation's spawned or ready event says it
+/// runs (while the restart runs, the old side is not known yet).
+pub fn versions_of(steps: &[baton_proto::Event]) -> Option<baton_proto::VersionChange> {
+    use baton_proto::EventKind;
+    let mut to = None;
+    for event in steps {
+        match &event.kind {
+            EventKind::RestartFinished {
+                versions: Some(versions),
+                ..
+            } => return Some((**versions).clone()),
+            EventKind::GenerationSpawned {
+                program: Some(program),
+                ..
+            }
+            | EventKind::GenerationReady {
+                program: Some(program),
+                ..
+            } => to = Some((**program).clone()),
+            _ => {}
+        }
+    }
+    to.map(|to| baton_proto::VersionChange {
+        from: None,
+        to: Some(to),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

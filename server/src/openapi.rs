@@ -531,6 +531,7 @@ mod tests {
             cpu_usec: None,
             cpu_source: None,
             instances: Vec::new(),
+            program: None,
         }
     }
 
@@ -559,6 +560,7 @@ mod tests {
                     restarts: 3,
                 },
             ],
+            program: Some(release("1.4.2")),
             ..generation(2, GenerationState::Ready)
         };
         let status = ServiceStatus {
@@ -575,6 +577,11 @@ mod tests {
             running_restart: Some(7),
             last_restart: None,
             blocked: None,
+            next_start: Some(baton_proto::NextStart {
+                program: release("1.4.3"),
+                rolled_back: true,
+                serving: release("1.4.2"),
+            }),
         };
         Service {
             name: "web".into(),
@@ -599,11 +606,17 @@ mod tests {
             EventKind::GenerationSpawned {
                 generation: 3,
                 pid: 4103,
+                program: Some(Box::new(release("1.4.3"))),
             },
             EventKind::GenerationReady {
                 generation: 3,
                 pid: 4103,
                 startup_us: 12_345,
+                program: Some(Box::new(baton_proto::Program {
+                    script: Some("/srv/app/releases/1.4.3/app.py".into()),
+                    script_id: Some("sha256:4e1f".into()),
+                    ..release("1.4.3")
+                })),
             },
             EventKind::GenerationStatus {
                 generation: 3,
@@ -647,6 +660,7 @@ mod tests {
                 pid: 4102,
                 status: "killed by SIGKILL".into(),
                 unexpected: false,
+                program: None,
             },
             EventKind::DrainFinished {
                 generation: 2,
@@ -666,8 +680,22 @@ mod tests {
             EventKind::RestartFinished {
                 outcome: Forced,
                 reason: Some("drain timeout".into()),
+                versions: Some(Box::new(baton_proto::VersionChange {
+                    from: Some(release("1.4.2")),
+                    to: Some(release("1.4.3")),
+                })),
             },
         ]
+    }
+
+    fn release(version: &str) -> baton_proto::Program {
+        baton_proto::Program {
+            executable: format!("/srv/app/releases/{version}/app"),
+            executable_id: Some("build-id:9f86d081884c7d65".into()),
+            script: None,
+            script_id: None,
+            version: Some(version.into()),
+        }
     }
 
     fn restart() -> Restart {
@@ -709,6 +737,10 @@ mod tests {
                         drained: 1,
                         cut: 1,
                     }),
+                    versions: Some(baton_proto::VersionChange {
+                        from: Some(release("1.4.2")),
+                        to: None,
+                    }),
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -721,6 +753,7 @@ mod tests {
                     steps: Vec::new(),
                     outcome_from_report: false,
                     connections: None,
+                    versions: None,
                 },
             ],
         }
@@ -792,6 +825,7 @@ mod tests {
             exit_status: Some("exited with status 0".into()),
             connections_cut: Some(0),
             agent_restart_id: Some(7),
+            program: Some(release("1.4.2")),
         };
         assert_valid(
             "GenerationPage",

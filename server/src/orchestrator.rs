@@ -641,9 +641,12 @@ impl Progress {
                 (EventKind::DrainFinished { .. }, Some(id)) if event.restart == Some(id) => {
                     seen.drained = crate::domain::drain_tally(&event.kind);
                 }
-                (EventKind::RestartFinished { outcome, reason }, Some(id))
-                    if event.restart == Some(id) =>
-                {
+                (
+                    EventKind::RestartFinished {
+                        outcome, reason, ..
+                    },
+                    Some(id),
+                ) if event.restart == Some(id) => {
                     seen.finished = Some((*outcome, reason.clone()));
                     break;
                 }
@@ -951,6 +954,7 @@ mod tests {
             EventKind::RestartFinished {
                 outcome,
                 reason: None,
+                versions: None,
             },
         )
     }

@@ -207,6 +207,7 @@ mod tests {
             running_restart: None,
             last_restart: None,
             blocked: None,
+            next_start: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! before any other message.
 
 use super::core::{Effect, Input, Now, Predecessor, ServiceCore};
+use super::versions::Found;
 use super::{Adopted, Msg, Shared};
 use crate::channel::{self, Batch, Channel};
 use crate::config::ServiceConfig;
@@ -74,6 +75,8 @@ pub(super) struct Actor {
     /// The generation whose channel was read last: the next read starts
     /// after it, so one that floods its channel does not starve another's.
     last_channel_read: u64,
+    /// What each generation runs (`versions.rs`).
+    versions: super::versions::Versions,
 }
 
 /// What one input led to, beyond its effects.
@@ -116,6 +119,7 @@ impl Actor {
             last_restart: None,
             channels: BTreeMap::new(),
             last_channel_read: 0,
+            versions: Default::default(),
         }
     }
 
@@ -223,6 +227,7 @@ impl Actor {
                 {
                     sender = pgid.as_raw();
                 }
+                self.versions.notified(generation, &messages);
                 let input = Input::Notify {
                     generation,
                     sender,
@@ -244,6 +249,10 @@ impl Actor {
                 }
                 self.drive(input, Vec::new()).await;
             }
+            Msg::Identified {
+                generation,
+                program,
+            } => self.versions.identified(generation, program),
         }
     }
 
@@ -340,6 +349,7 @@ impl Actor {
             generation.start_time = self.start_times.get(&generation.number).copied();
             generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
             generation.channel_fd = self.channels.get(&generation.number).map(Channel::raw_fd);
+            generation.program = self.versions.program(generation.number);
         }
         ServiceHandover {
             name: self.name.clone(),
@@ -374,7 +384,8 @@ impl Actor {
         outcome: &mut Outcome,
     ) -> Option<Input> {
         match effect {
-            Effect::Emit { restart, kind } => {
+            Effect::Emit { restart, mut kind } => {
+                self.versions.stamp(&mut kind);
                 self.shared.events.emit(&self.name, restart, kind);
             }
             Effect::OpenRestart {
@@ -386,6 +397,7 @@ impl Actor {
                     .shared
                     .events
                     .begin_restart(&self.name, reason, old, requested_by);
+                self.record_versions(id);
                 self.last_restart = Some(id);
                 outcome.restart = Some(Ok(id));
                 return Some(Input::RestartOpened { id });
@@ -397,22 +409,34 @@ impl Actor {
             Effect::RecordNewGeneration {
                 restart,
                 generation,
-            } => self
-                .shared
-                .events
-                .update_restart(restart, |report| report.new_generation = Some(generation)),
+            } => {
+                self.shared
+                    .events
+                    .update_restart(restart, |report| report.new_generation = Some(generation));
+                self.record_versions(restart);
+            }
             Effect::FinishRestart {
                 restart,
                 outcome,
                 reason,
                 connections_cut,
-            } => self.shared.events.finish_restart(
-                &self.name,
-                restart,
-                outcome,
-                reason,
-                connections_cut,
-            ),
+            } => {
+                let change = self.record_versions(restart);
+                let reason = match (outcome, change) {
+                    (baton_proto::RestartOutcome::RolledBack, Some(change)) => {
+                        self.versions.rolled_back(change.1);
+                        Some(super::versions::rolled_back_reason(reason, &change.0))
+                    }
+                    _ => reason,
+                };
+                self.shared.events.finish_restart(
+                    &self.name,
+                    restart,
+                    outcome,
+                    reason,
+                    connections_cut,
+                )
+            }
             Effect::Spawn {
                 generation,
                 probe_port,
@@ -622,6 +646,7 @@ impl Actor {
                     held.tasks.cancel();
                 }
                 self.channels.remove(&generation);
+                self.versions.forget(generation);
                 self.start_times.remove(&generation);
                 self.strangers.remove(&generation);
                 self.shared.router.remove(pgid);
@@ -731,13 +756,16 @@ impl Actor {
         let spawned = tokio::task::spawn_blocking(move || {
             // Notify messages that beat the registration wait for it.
             let mut window = shared.router.begin_spawn();
+            let config = launch.config.clone();
             let launched = spawn::launch(&shared.reaper, launch, |pid| {
                 window.register(pid, cgroup_name, route)
             });
             for datagram in window.close() {
                 ignore_notification(datagram);
             }
-            launched
+            // Once the child runs: its start never waits for this.
+            let found = launched.is_ok().then(|| Found::now(&config)).flatten();
+            launched.map(|launched| (launched, found))
         })
         .await;
         if spawned.as_ref().map_or(true, |r| r.is_err())
@@ -745,7 +773,7 @@ impl Actor {
         {
             lineage.spawn_failed(&self.name, generation);
         }
-        let (pid, exit_watch) = match spawned {
+        let ((pid, exit_watch), found) = match spawned {
             Ok(Ok(spawned)) => spawned,
             Ok(Err(e)) => {
                 if let spawn::LaunchError::Spawn(crate::sys::SpawnError::Child { pid, .. }) = &e {
@@ -761,6 +789,18 @@ impl Actor {
         };
         if let Some(lineage) = &self.shared.lineage {
             lineage.register(pid, &self.name, generation);
+        }
+        if let Some(found) = found {
+            self.versions.spawned(generation, &found);
+            if !found.is_complete() {
+                let tx = self.tx.clone();
+                super::versions::complete_later(found, move |program| {
+                    let _ = tx.send(Msg::Identified {
+                        generation,
+                        program,
+                    });
+                });
+            }
         }
         self.report_exit(generation, pid, exit_watch);
         if let Some(index) = instance.map(|(index, _)| index)
@@ -971,6 +1011,9 @@ impl Actor {
         let own_pid = std::process::id() as i32;
         for generation in &handed.generations {
             self.tasks_of(generation.number);
+            if let Some(program) = &generation.program {
+                self.versions.adopted(generation.number, program.clone());
+            }
             if let Some(started) = generation.start_time {
                 self.start_times.insert(generation.number, started);
             }
@@ -1016,6 +1059,7 @@ impl Actor {
                     connections_cut: None,
                     connections: None,
                     steps: Vec::new(),
+                    versions: None,
                 });
         }
         let mut fds = Vec::new();
@@ -1108,6 +1152,23 @@ impl Actor {
         }
     }
 
+    /// Writes what the restart's old and new generations run into its
+    /// report; answers the change with the new generation's number.
+    fn record_versions(
+        &self,
+        restart: RestartId,
+    ) -> Option<(baton_proto::VersionChange, Option<u64>)> {
+        let report = self.shared.events.restart(restart)?;
+        let change = self
+            .versions
+            .change(report.old_generation, report.new_generation);
+        let versions = change.clone();
+        self.shared
+            .events
+            .update_restart(restart, |report| report.versions = Some(Box::new(versions)));
+        Some((change, report.new_generation))
+    }
+
     fn handover(&mut self) -> Result<ServiceHandover, super::HandoverRefused> {
         let core = self.core.hand_over(Instant::now())?;
         let mut service = self.describe(core);
@@ -1140,7 +1201,13 @@ impl Actor {
                 .filter(|_| ask.last_restart)
                 .and_then(|id| self.shared.events.restart(id)),
             blocked: self.blocked.clone(),
+            next_start: None,
         };
+        self.versions.fill(&mut status.generations);
+        status.next_start = self
+            .core
+            .current()
+            .and_then(|serving| self.versions.next_start(self.core.config(), serving));
         let usage = self.usage.clone();
         // A fresh status reads every generation; any other reads only one
         // never read since it became ready (a reading of a generation still

@@ -439,6 +439,7 @@ impl ServiceCore {
             kind: EventKind::GenerationSpawned {
                 generation: number,
                 pid: pid.as_raw() as u32,
+                program: None,
             },
         });
         if let Some(run) = self.restart_awaiting_spawn() {
@@ -493,6 +494,7 @@ impl ServiceCore {
                 generation: number,
                 pid: pid.as_raw() as u32,
                 startup_us,
+                program: None,
             },
         });
         if self.start_overlap(number, now, out) {
@@ -854,6 +856,7 @@ impl ServiceCore {
                 pid: pid.as_raw() as u32,
                 status: exit.to_string(),
                 unexpected,
+                program: None,
             },
         });
         out.push(Effect::CheckGroup {

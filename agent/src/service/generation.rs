@@ -281,6 +281,7 @@ impl Generation {
             cpu_usec: None,
             cpu_source: None,
             instances: self.instances.iter().map(Instance::info).collect(),
+            program: None,
         }
     }
 

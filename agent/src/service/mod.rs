@@ -31,6 +31,7 @@ pub mod requests;
 pub mod restart;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 pub use self::core::{HandoverRefused, Predecessor};
 use crate::config::ServiceConfig;
@@ -120,6 +121,11 @@ enum Msg {
     },
     /// An input the core put back at the end of the queue.
     Requeued(self::core::Input),
+    /// A generation's identities, hashed off the task after its spawn.
+    Identified {
+        generation: u64,
+        program: baton_proto::Program,
+    },
 }
 
 #[derive(Clone)]

@@ -42,6 +42,7 @@ fn config() -> ServiceConfig {
         sockets: Vec::new(),
         instances: 1,
         max_surge: 1,
+        version_env: None,
     }
 }
 
@@ -156,7 +157,8 @@ impl Bench {
                     restart: Some(RESTART),
                     kind: EventKind::GenerationSpawned {
                         generation: 2,
-                        pid: NEW as u32
+                        pid: NEW as u32,
+                        program: None,
                     },
                 },
                 Effect::RecordNewGeneration {
@@ -182,6 +184,7 @@ impl Bench {
                         generation: 2,
                         pid: NEW as u32,
                         startup_us: 250_000,
+                        program: None,
                     },
                 },
                 Effect::Count {
@@ -350,6 +353,7 @@ fn a_restart_succeeds_once_the_old_generation_has_drained() {
                     pid: OLD as u32,
                     status: "exited with status 0".into(),
                     unexpected: false,
+                    program: None,
                 },
             },
             Effect::CheckGroup {
@@ -483,6 +487,7 @@ fn a_crash_during_warm_up_rolls_the_restart_back() {
                     pid: NEW as u32,
                     status: "exited with status 1".into(),
                     unexpected: true,
+                    program: None,
                 },
             },
         ]
@@ -596,6 +601,7 @@ fn a_crash_while_serving_restarts_after_a_doubling_backoff() {
                 pid: OLD as u32,
                 status: "killed by SIGSEGV".into(),
                 unexpected: true,
+                program: None,
             },
             &EventKind::CrashRestartScheduled {
                 generation: 1,
@@ -875,6 +881,7 @@ fn mainpid_moves_the_generation_to_the_named_process_of_its_group() {
         pid: OLD as u32,
         status: "exited with status 3".into(),
         unexpected: true,
+        program: None,
     }));
 }
 
@@ -921,6 +928,7 @@ fn mainpid_outside_the_generation_is_ignored_and_a_vanished_main_ends_it() {
         pid: OLD as u32,
         status: "exited with status 0".into(),
         unexpected: true,
+        program: None,
     }));
 }
 
@@ -1759,6 +1767,7 @@ fn overlapping() -> Bench {
                     generation: 2,
                     pid: NEW as u32,
                     startup_us: 250_000,
+                    program: None,
                 },
             },
             Effect::Emit {

@@ -196,11 +196,13 @@ impl SimHost {
                         cpu_usec: None,
                         cpu_source: None,
                         instances: Vec::new(),
+                        program: None,
                     }],
                     consecutive_crashes: 0,
                     running_restart: None,
                     last_restart: None,
                     blocked: None,
+                    next_start: None,
                 }
             })
             .collect();
@@ -368,6 +370,7 @@ impl SimHost {
             cpu_usec: None,
             cpu_source: None,
             instances: Vec::new(),
+            program: None,
         };
         let mut steps = vec![
             self.event(
@@ -384,6 +387,7 @@ impl SimHost {
                 EventKind::GenerationSpawned {
                     generation: new.generation,
                     pid: new.pid,
+                    program: None,
                 },
             ),
         ];
@@ -411,6 +415,7 @@ impl SimHost {
                     generation: new.generation,
                     pid: new.pid,
                     startup_us: self.service_start.as_micros() as u64,
+                    program: None,
                 },
             ),
             self.event(
@@ -437,6 +442,7 @@ impl SimHost {
                     pid: old.pid,
                     status: "exited with status 0".to_owned(),
                     unexpected: false,
+                    program: None,
                 },
             ),
             self.event(
@@ -445,6 +451,7 @@ impl SimHost {
                 EventKind::RestartFinished {
                     outcome: RestartOutcome::Succeeded,
                     reason: None,
+                    versions: None,
                 },
             ),
         ];
@@ -468,6 +475,7 @@ impl SimHost {
                 connections_cut: None,
                 connections: None,
                 steps,
+                versions: None,
             });
         }
         send(ws, &AgentFrame::Events { events: batch }).await?;

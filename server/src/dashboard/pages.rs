@@ -15,8 +15,9 @@ use crate::dashboard::session::{Session, Sessions};
 use crate::dashboard::signed_in::SignedIn;
 use crate::dashboard::timeline;
 use crate::dashboard::views::{
-    Choice, ConfirmPage, HostLine, Layout, LoginPage, OverviewLiveFragment, RestartDetail,
-    RestartLine, RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage, Summary,
+    Choice, ConfirmPage, GenerationLine, HostLine, Layout, LoginPage, OverviewLiveFragment,
+    RestartDetail, RestartLine, RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage,
+    Summary,
 };
 use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
 use crate::fleet::Fleet;
@@ -28,6 +29,8 @@ const RECENT_RESTARTS: u32 = 12;
 const HISTORY_PAGE: u32 = 50;
 /// Enough generations for the timeline's last restarts on a few hosts.
 const TIMELINE_GENERATIONS: u32 = 60;
+/// Generations listed with what they ran under the timeline, newest first.
+const GENERATION_LINES: usize = 20;
 
 #[derive(serde::Deserialize)]
 pub struct NextQuery {
@@ -226,6 +229,12 @@ pub async fn service_live(
             None => Vec::new(),
         },
         timeline: timeline::render(&generations.generations, service.as_ref(), now),
+        generations: generations
+            .generations
+            .iter()
+            .take(GENERATION_LINES)
+            .map(GenerationLine::new)
+            .collect(),
         running_restart,
     })
 }

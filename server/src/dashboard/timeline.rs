@@ -158,9 +158,14 @@ pub fn render(generations: &[GenerationRecord], live: Option<&Service>, now: Uni
                 .as_deref()
                 .map(|s| format!(", {}", escape(s)))
                 .unwrap_or_default();
+            let version = generation
+                .program
+                .as_ref()
+                .map(|p| format!(" ({})", escape(&p.label())))
+                .unwrap_or_default();
             let _ = write!(
                 svg,
-                "<li data-generation=\"{}\"><strong>{}</strong> generation {}: started {}, {lived}{status}</li>",
+                "<li data-generation=\"{}\"><strong>{}</strong> generation {}{version}: started {}, {lived}{status}</li>",
                 generation.generation,
                 escape(host),
                 generation.generation,
@@ -197,6 +202,14 @@ fn render_bar(
         "generation {} · pid {}",
         generation.generation, generation.pid
     );
+    if let Some(program) = &generation.program {
+        let _ = write!(
+            tooltip,
+            " · {} · {}",
+            program.label(),
+            super::views::program_words(program)
+        );
+    }
     for (label, at) in [
         ("spawned", generation.spawned_at),
         ("ready", ready),
@@ -239,19 +252,26 @@ fn render_bar(
     }
     let serving = ended.is_none() && draining.is_none() && ready.is_some();
     let bar_width = x(end) - x(start);
-    let long_label = format!("{} serving", generation.generation);
+    let version = generation.program.as_ref().map(|p| p.label());
+    let with_version = |label: String| match &version {
+        Some(version) => format!("{label} · {version}"),
+        None => label,
+    };
+    let long_label = with_version(format!("{} serving", generation.generation));
+    let versioned_label = with_version(generation.generation.to_string());
     let short_label = generation.generation.to_string();
-    let label = [long_label, short_label]
+    let label = [long_label.clone(), versioned_label, short_label]
         .into_iter()
-        .filter(|l| serving || !l.contains(' '))
+        .filter(|l| serving || *l != long_label)
         .find(|l| (l.len() as f64) * LABEL_CHAR_WIDTH + 8.0 <= bar_width);
     let labelled = label.is_some();
     if let Some(label) = label {
         let _ = write!(
             svg,
-            "<text class=\"bar-label\" x=\"{:.1}\" y=\"{:.1}\">{label}</text>",
+            "<text class=\"bar-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
             x(start) + 4.0,
             y + BAR_HEIGHT - 4.0,
+            escape(&label),
         );
     }
     svg.push_str("</g>");
@@ -282,6 +302,7 @@ mod tests {
             exit_status: None,
             connections_cut: None,
             agent_restart_id: None,
+            program: None,
         }
     }
 

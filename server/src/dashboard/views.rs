@@ -3,7 +3,7 @@
 
 use askama::Template;
 use baton_proto::api::{Restart, RestartState, Service, ServiceOnHost};
-use baton_proto::{ConnectionTally, EventKind, UnixMillis};
+use baton_proto::{ConnectionTally, EventKind, RestartOutcome, UnixMillis};
 
 use crate::dashboard::assets;
 use crate::dashboard::format::{
@@ -81,6 +81,12 @@ pub struct HostLine {
     pub blocked: Option<String>,
     /// Offline, crash-looping, stopped or blocked: counted on the overview.
     pub needs_attention: bool,
+    /// What the serving generation runs: its version (or short id), and
+    /// its files for the tooltip.
+    pub version: String,
+    pub program: String,
+    /// A crash restart would start other files (a rolled-back build).
+    pub next_start: Option<String>,
     /// The serving generation's instances, when it runs several.
     pub instances: Vec<InstanceLine>,
     /// `3/4 ready`, when it runs several.
@@ -186,6 +192,15 @@ impl HostLine {
                     .count();
                 format!("{ready}/{} ready", g.instances.len())
             }),
+            version: current
+                .and_then(|g| g.program.as_ref())
+                .map(|p| p.label())
+                .unwrap_or_default(),
+            program: current
+                .and_then(|g| g.program.as_ref())
+                .map(program_words)
+                .unwrap_or_default(),
+            next_start: on_host.next_start.as_ref().map(|n| n.warning()),
         }
     }
 
@@ -214,6 +229,74 @@ impl HostLine {
             clock_millis(crash.crashed_at)
         ));
         self
+    }
+}
+
+/// A program's files and identities in words, for a tooltip:
+/// `/srv/app/releases/1.4.3/app (build-id:9f86…)`.
+pub fn program_words(program: &baton_proto::Program) -> String {
+    let mut words = program.executable.clone();
+    if let Some(id) = &program.executable_id {
+        words.push_str(&format!(" ({id})"));
+    }
+    if let Some(script) = &program.script {
+        words.push_str(&format!(" running {script}"));
+        if let Some(id) = &program.script_id {
+            words.push_str(&format!(" ({id})"));
+        }
+    }
+    words
+}
+
+/// One generation in the service's generation history.
+pub struct GenerationLine {
+    pub host: String,
+    pub generation: u64,
+    pub version: String,
+    /// The script (or executable) path and its short identity; every
+    /// file and full identity in `program_words`, for the tooltip.
+    pub program: String,
+    pub program_words: String,
+    pub started: String,
+    pub ready: String,
+    pub ended: String,
+}
+
+impl GenerationLine {
+    pub fn new(record: &baton_proto::api::GenerationRecord) -> GenerationLine {
+        let at = |t: Option<UnixMillis>| t.map(clock_millis).unwrap_or_else(|| "—".into());
+        GenerationLine {
+            host: record.host.clone(),
+            generation: record.generation,
+            version: record
+                .program
+                .as_ref()
+                .map(|p| p.label())
+                .unwrap_or_else(|| "—".into()),
+            program: record
+                .program
+                .as_ref()
+                .map(|p| {
+                    let path = p.script.as_deref().unwrap_or(&p.executable);
+                    match p.short_id() {
+                        Some(id) => format!("{path} · {id}"),
+                        None => path.to_string(),
+                    }
+                })
+                .unwrap_or_default(),
+            program_words: record
+                .program
+                .as_ref()
+                .map(program_words)
+                .unwrap_or_default(),
+            started: at(record.spawned_at),
+            ready: at(record.ready_at),
+            ended: match (&record.exit_status, record.exited_at) {
+                (Some(status), Some(at)) => format!("{} ({status})", clock_millis(at)),
+                (None, Some(at)) => clock_millis(at),
+                _ => "—".into(),
+            },
+        }
     }
 }
 
@@ -329,6 +412,10 @@ pub struct HostDetail {
     pub from_report: bool,
     /// What became of the old generation's connections, once its drain ended.
     pub connections: Option<ConnectionTally>,
+    /// `generation 7: 1.4.2 → 1.4.3`, once the new generation is known.
+    pub versions: Option<String>,
+    /// For a rollback: which version never became ready and which serves.
+    pub rollback: Option<String>,
 }
 
 pub struct RestartDetail {
@@ -403,6 +490,26 @@ impl RestartDetail {
                     live: live_line,
                     from_report: host.outcome_from_report,
                     connections: host.connections,
+                    versions: host.versions.as_ref().map(|v| {
+                        let new = host.steps.iter().find_map(|s| match s.kind {
+                            EventKind::GenerationSpawned { generation, .. } => Some(generation),
+                            _ => None,
+                        });
+                        match new {
+                            Some(generation) => format!("generation {generation}: {}", v.arrow()),
+                            None => v.arrow(),
+                        }
+                    }),
+                    rollback: match (&host.versions, host.outcome) {
+                        (Some(v), Some(RestartOutcome::RolledBack)) => Some(format!(
+                            "The new version {} never became ready; {} is still serving.",
+                            v.to.as_ref().map_or("?".into(), |p| p.label()),
+                            v.from
+                                .as_ref()
+                                .map_or("the old generation".into(), |p| p.label()),
+                        )),
+                        _ => None,
+                    },
                 }
             })
             .collect();
@@ -514,7 +621,9 @@ fn phases(steps: &[baton_proto::Event], first_at: UnixMillis) -> Vec<Phase> {
     let mut ready_note = String::new();
     for event in steps {
         match &event.kind {
-            EventKind::GenerationSpawned { generation, pid } => {
+            EventKind::GenerationSpawned {
+                generation, pid, ..
+            } => {
                 spawned.get_or_insert(event.at);
                 spawn_note = format!("generation {generation}, pid {pid}");
             }
@@ -708,6 +817,8 @@ pub struct ServiceLive {
     pub name: String,
     pub hosts: Vec<HostLine>,
     pub timeline: String,
+    /// The newest generations, newest first, with what each ran.
+    pub generations: Vec<GenerationLine>,
     pub running_restart: Option<u64>,
 }
 

@@ -235,7 +235,9 @@ pub async fn find_restart_finished(
         first_restart_event(db, host, boot_id, agent_restart_id, "restart_finished").await?;
     match found.map(|event| event.kind) {
         None => Ok(None),
-        Some(EventKind::RestartFinished { outcome, reason }) => Ok(Some((outcome, reason))),
+        Some(EventKind::RestartFinished {
+            outcome, reason, ..
+        }) => Ok(Some((outcome, reason))),
         Some(other) => anyhow::bail!("an event stored as restart_finished is {other}"),
     }
 }

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use baton_proto::api::{self, GenerationPage, GenerationRecord};
-use baton_proto::{Event, EventKind, RestartId};
+use baton_proto::{Event, EventKind, Program, RestartId};
 
 use super::db::{Db, to_i64, to_u64};
 
@@ -37,6 +37,7 @@ struct GenerationUpdate {
     exit_status: Option<String>,
     connections_cut: Option<u32>,
     agent_restart_id: Option<RestartId>,
+    program: Option<Program>,
 }
 
 /// Updates the generation history from one newly stored event.
@@ -48,21 +49,30 @@ pub(super) async fn record_event(
 ) -> anyhow::Result<()> {
     let at = Some(event.at);
     let update = match &event.kind {
-        EventKind::GenerationSpawned { generation, pid } => GenerationUpdate {
+        EventKind::GenerationSpawned {
+            generation,
+            pid,
+            program,
+        } => GenerationUpdate {
             generation: *generation,
             pid: Some(*pid),
             phase: Some(GenerationPhase::Starting),
             spawned_at: at,
             agent_restart_id: event.restart,
+            program: program.as_deref().cloned(),
             ..Default::default()
         },
         EventKind::GenerationReady {
-            generation, pid, ..
+            generation,
+            pid,
+            program,
+            ..
         } => GenerationUpdate {
             generation: *generation,
             pid: Some(*pid),
             phase: Some(GenerationPhase::Ready),
             ready_at: at,
+            program: program.as_deref().cloned(),
             ..Default::default()
         },
         EventKind::GenerationDraining {
@@ -88,6 +98,7 @@ pub(super) async fn record_event(
             generation,
             pid,
             status,
+            program,
             ..
         } => GenerationUpdate {
             generation: *generation,
@@ -95,6 +106,7 @@ pub(super) async fn record_event(
             phase: Some(GenerationPhase::Exited),
             exited_at: at,
             exit_status: Some(status.clone()),
+            program: program.as_deref().cloned(),
             ..Default::default()
         },
         _ => return Ok(()),
@@ -103,8 +115,10 @@ pub(super) async fn record_event(
     // before this server knew the agent) still gets a row.
     sqlx::query(
         "INSERT INTO generations (host, boot_id, service, generation, pid, phase, spawned_at,
-                ready_at, draining_at, exited_at, exit_status, connections_cut, agent_restart_id)
-         VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'starting'), $7, $8, $9, $10, $11, $12, $13)
+                ready_at, draining_at, exited_at, exit_status, connections_cut, agent_restart_id,
+                program)
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'starting'), $7, $8, $9, $10, $11, $12, $13,
+                 $14)
          ON CONFLICT (host, boot_id, service, generation) DO UPDATE SET
             pid = COALESCE(excluded.pid, generations.pid),
             phase = COALESCE($6, generations.phase),
@@ -114,7 +128,8 @@ pub(super) async fn record_event(
             exited_at = COALESCE(excluded.exited_at, generations.exited_at),
             exit_status = COALESCE(excluded.exit_status, generations.exit_status),
             connections_cut = COALESCE(excluded.connections_cut, generations.connections_cut),
-            agent_restart_id = COALESCE(generations.agent_restart_id, excluded.agent_restart_id)",
+            agent_restart_id = COALESCE(generations.agent_restart_id, excluded.agent_restart_id),
+            program = COALESCE(excluded.program, generations.program)",
     )
     .bind(host)
     .bind(boot_id)
@@ -129,6 +144,13 @@ pub(super) async fn record_event(
     .bind(update.exit_status)
     .bind(update.connections_cut.map(i64::from))
     .bind(update.agent_restart_id.map(to_i64))
+    .bind(
+        update
+            .program
+            .map(|p| serde_json::to_string(&p))
+            .transpose()
+            .context("failed to encode a generation's program")?,
+    )
     .execute(&mut *tx)
     .await
     .context("failed to update the generation history")?;
@@ -152,6 +174,7 @@ struct GenerationRow {
     exit_status: Option<String>,
     connections_cut: Option<i64>,
     agent_restart_id: Option<i64>,
+    program: Option<String>,
 }
 
 impl From<GenerationRow> for GenerationRecord {
@@ -170,6 +193,9 @@ impl From<GenerationRow> for GenerationRecord {
             exit_status: row.exit_status,
             connections_cut: row.connections_cut.and_then(|n| u32::try_from(n).ok()),
             agent_restart_id: row.agent_restart_id.map(to_u64),
+            // Written by this server from a `Program`: one that no longer
+            // reads (a later format) is shown as unknown, not an error.
+            program: row.program.and_then(|p| serde_json::from_str(&p).ok()),
         }
     }
 }
@@ -182,7 +208,7 @@ pub async fn list_generations(
 ) -> anyhow::Result<GenerationPage> {
     let rows: Vec<GenerationRow> = sqlx::query_as(
         "SELECT id, host, service, generation, pid, phase, spawned_at, ready_at, draining_at,
-                exited_at, exit_status, connections_cut, agent_restart_id
+                exited_at, exit_status, connections_cut, agent_restart_id, program
          FROM generations WHERE service = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
     )
     .bind(service)

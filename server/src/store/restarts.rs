@@ -415,6 +415,7 @@ fn host_view(row: RestartHostRow, steps: Vec<Event>) -> RestartHost {
         agent_restart_id: row.agent_restart_id.map(to_u64),
         started_at: row.started_at.map(to_u64),
         finished_at: row.finished_at.map(to_u64),
+        versions: crate::domain::versions_of(&steps),
         steps,
         outcome_from_report: row.from_report,
         connections,

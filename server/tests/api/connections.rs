@@ -197,6 +197,7 @@ fn finished_report(
         connections_cut: None,
         connections,
         steps,
+        versions: None,
     }
 }
 
@@ -299,6 +300,7 @@ async fn the_drain_of_an_agent_that_took_over_a_restart_is_counted_once() {
         EventKind::RestartFinished {
             outcome: RestartOutcome::Succeeded,
             reason: None,
+            versions: None,
         },
     );
     next.send(&AgentFrame::Events {
@@ -389,6 +391,7 @@ async fn the_drain_of_an_agent_that_took_over_a_restart_is_recorded_as_it_comes(
         EventKind::RestartFinished {
             outcome: RestartOutcome::Succeeded,
             reason: None,
+            versions: None,
         },
     );
     next.send(&AgentFrame::Events {

@@ -260,11 +260,13 @@ pub fn service(name: &str, generation: u64) -> ServiceStatus {
             cpu_usec: None,
             cpu_source: None,
             instances: Vec::new(),
+            program: None,
         }],
         consecutive_crashes: 0,
         running_restart: None,
         last_restart: None,
         blocked: None,
+        next_start: None,
     }
 }
 
@@ -488,6 +490,7 @@ impl FakeAgent {
                 EventKind::GenerationSpawned {
                     generation: new,
                     pid: 2000 + new as u32,
+                    program: None,
                 },
             ),
         ];
@@ -501,6 +504,7 @@ impl FakeAgent {
                         pid: 2000 + new as u32,
                         status: "killed by SIGTERM".into(),
                         unexpected: false,
+                        program: None,
                     },
                 ));
                 events.push(self.event(
@@ -509,6 +513,7 @@ impl FakeAgent {
                     EventKind::RestartFinished {
                         outcome,
                         reason: Some("not ready within 1s".into()),
+                        versions: None,
                     },
                 ));
             }
@@ -520,6 +525,7 @@ impl FakeAgent {
                         generation: new,
                         pid: 2000 + new as u32,
                         startup_us: 1500,
+                        program: None,
                     },
                 ));
                 events.push(self.event(
@@ -540,6 +546,7 @@ impl FakeAgent {
                         pid: 1000 + old as u32,
                         status: "exited with status 0".into(),
                         unexpected: false,
+                        program: None,
                     },
                 ));
                 events.push(self.event(
@@ -548,6 +555,7 @@ impl FakeAgent {
                     EventKind::RestartFinished {
                         outcome,
                         reason: None,
+                        versions: None,
                     },
                 ));
             }
@@ -575,11 +583,13 @@ impl FakeAgent {
             EventKind::GenerationSpawned {
                 generation: new,
                 pid: 2000 + new as u32,
+                program: None,
             },
             EventKind::GenerationReady {
                 generation: new,
                 pid: 2000 + new as u32,
                 startup_us: 1500,
+                program: None,
             },
             EventKind::HandoffBrokered {
                 from_generation: old,
@@ -601,6 +611,7 @@ impl FakeAgent {
                 pid: 1000 + old as u32,
                 status: "exited with status 0".into(),
                 unexpected: false,
+                program: None,
             },
             EventKind::DrainFinished {
                 generation: old,
@@ -611,6 +622,7 @@ impl FakeAgent {
             EventKind::RestartFinished {
                 outcome,
                 reason: None,
+                versions: None,
             },
         ];
         kinds

@@ -229,6 +229,7 @@ async fn stored_events_beyond_what_the_agent_produced_are_forgotten_and_its_own_
         EventKind::RestartFinished {
             outcome: RestartOutcome::Succeeded,
             reason: None,
+            versions: None,
         },
     );
     assert_eq!(own.seq, 3);

@@ -21,11 +21,13 @@ async fn a_restart_page_shows_the_overlap_of_both_generations_as_steps_and_on_th
         EventKind::GenerationSpawned {
             generation: 2,
             pid: 2002,
+            program: None,
         },
         EventKind::GenerationReady {
             generation: 2,
             pid: 2002,
             startup_us: 1500,
+            program: None,
         },
         EventKind::OverlapStarted {
             generation: 2,
@@ -47,10 +49,12 @@ async fn a_restart_page_shows_the_overlap_of_both_generations_as_steps_and_on_th
             pid: 1001,
             status: "exited with status 0".into(),
             unexpected: false,
+            program: None,
         },
         EventKind::RestartFinished {
             outcome: RestartOutcome::Succeeded,
             reason: None,
+            versions: None,
         },
     ];
     let events = kinds

@@ -275,6 +275,7 @@ async fn a_crash_looping_service_shows_its_last_exit_and_next_start() {
             pid: 1004,
             status: "killed by SIGSEGV".into(),
             unexpected: true,
+            program: None,
         },
     );
     let scheduled = agent.event(

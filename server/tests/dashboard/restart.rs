@@ -234,6 +234,7 @@ async fn a_forced_restart_shows_the_old_generation_killed_not_exited() {
         pid: 1001,
         status: "killed by SIGKILL".into(),
         unexpected: false,
+        program: None,
     };
     let killed = agent.event(
         "web",

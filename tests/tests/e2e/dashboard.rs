@@ -703,3 +703,92 @@ async fn the_service_page_lists_each_instance_and_shows_one_started_again() {
     browser.screenshots("instances").await;
     browser.quit().await;
 }
+
+/// The service page's generation history has a version column, the serving
+/// version and the warning about a rolled-back build on disk; the restart
+/// page says "generation N: 1.4.1 → 1.4.2", and for a rollback which
+/// version never became ready and which still serves. The history's
+/// screenshot is README's `docs/images/versions.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_each_generations_version_and_what_a_rollback_left_serving() {
+    use super::versions::{release, service_block, swap_symlink};
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let current = root.join("current");
+    release(root, "1.4.1", false);
+    swap_symlink(&current, &root.join("releases/1.4.1"));
+    let _agent = AgentUnderTest::start(&format!(
+        "host = \"alpha\"\n{}{}",
+        server.agent_section("alpha"),
+        service_block(&current)
+    ));
+    server.wait_for_hosts(1).await;
+    release(root, "1.4.2", false);
+    swap_symlink(&current, &root.join("releases/1.4.2"));
+    let deployed = server.restart_and_wait("app").await;
+    release(root, "1.4.3", true);
+    swap_symlink(&current, &root.join("releases/1.4.3"));
+    let rolled_back = server.restart_and_wait("app").await;
+
+    let base = server.url();
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &server.viewer_token).await;
+
+    browser
+        .goto(&format!("{base}/restarts/{}", deployed.id))
+        .await;
+    let versions = browser
+        .wait_for_text("#versions-alpha", "→", Duration::from_secs(5))
+        .await;
+    assert_eq!(versions.trim(), "generation 2: 1.4.1 → 1.4.2");
+
+    browser
+        .goto(&format!("{base}/restarts/{}", rolled_back.id))
+        .await;
+    let versions = browser.text("#versions-alpha").await;
+    assert_eq!(versions.trim(), "generation 3: 1.4.2 → 1.4.3");
+    let rollback = browser.text("#rollback-alpha").await;
+    assert!(
+        rollback.contains("The new version 1.4.3 never became ready; 1.4.2 is still serving."),
+        "{rollback}"
+    );
+    browser.screenshots("restart-rolled-back").await;
+
+    browser.goto(&format!("{base}/services/app")).await;
+    let warning = browser
+        .wait_for_text(
+            "#service-live .next-start",
+            "the next crash restart would run 1.4.3 (rolled back), not 1.4.2",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(warning.contains("Warning"), "{warning}");
+    let serving = browser.text("#service-live table.hosts td.version").await;
+    assert_eq!(serving.trim(), "1.4.2");
+    let header = browser.text("#service-live table.generations thead").await;
+    assert!(header.to_lowercase().contains("version"), "{header}");
+    let history: Vec<String> = browser
+        .run(
+            "return [...document.querySelectorAll('#service-live table.generations td.version')]\
+             .map(td => td.textContent.trim())",
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(history, ["1.4.3", "1.4.2", "1.4.1"], "newest first");
+    // The timeline labels the serving bar with its version.
+    let labels = browser
+        .run("return document.querySelector('#service-live .timeline-wrap').textContent")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(labels.contains("1.4.2"), "{labels}");
+    browser.screenshots("versions").await;
+    browser.quit().await;
+}

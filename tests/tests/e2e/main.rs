@@ -36,3 +36,4 @@ mod third_party;
 mod tls;
 mod tokens;
 mod upgrade;
+mod versions;

@@ -137,6 +137,7 @@ impl ServiceCore {
                             restarts: i.restarts,
                         })
                         .collect(),
+                    program: None,
                 })
             })
             .collect();

@@ -156,6 +156,7 @@ impl ServiceCore {
                 kind: EventKind::GenerationSpawned {
                     generation: number,
                     pid: pid.as_raw() as u32,
+                    program: None,
                 },
             });
         }
