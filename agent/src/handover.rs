@@ -122,6 +122,18 @@ pub struct GenerationHandover {
     /// state file it is the dead agent's number, and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_fd: Option<RawFd>,
+    /// The agent's read ends of the generation's stdout and stderr
+    /// (`output/capture.rs`). After a killed agent the fd numbers mean
+    /// nothing; the inodes find the pipes in the generation's own fds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputHandover>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputHandover {
+    /// Stdout's, then stderr's.
+    pub fds: [RawFd; 2],
+    pub inodes: [u64; 2],
 }
 
 impl Handover {
@@ -161,6 +173,13 @@ impl Handover {
             fds.extend(service.sockets.iter().map(|s| s.fd));
             fds.extend(service.fd_store.iter().map(|(_, fd)| *fd));
             fds.extend(service.generations.iter().filter_map(|g| g.channel_fd));
+            fds.extend(
+                service
+                    .generations
+                    .iter()
+                    .filter_map(|g| g.output)
+                    .flat_map(|o| o.fds),
+            );
         }
         fds
     }

@@ -221,6 +221,7 @@ mod tests {
             }],
             generations: vec![
                 GenerationHandover {
+                    output: None,
                     number: 3,
                     pid: 4100,
                     main_pid: Some(4101),
@@ -234,6 +235,7 @@ mod tests {
                     channel_fd: Some(11),
                 },
                 GenerationHandover {
+                    output: None,
                     number: 4,
                     pid: 4200,
                     main_pid: None,

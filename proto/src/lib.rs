@@ -12,9 +12,11 @@ pub mod api;
 pub mod exit;
 pub mod link;
 mod name;
+mod output;
 pub mod units;
 
 pub use name::{InvalidServiceName, NameProblem, ServiceName};
+pub use output::{OutputLine, OutputStream};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -88,6 +90,23 @@ pub enum Request {
     /// Read the configuration file again and apply it, as SIGHUP does, but
     /// answered: what changed, or why nothing did.
     Reload,
+    /// The last `lines` lines a service's generations wrote (of one
+    /// generation, or else of the serving one), oldest first, each as a
+    /// [`Response::Output`]. With `follow`, the connection then streams new
+    /// lines as they are read.
+    Logs {
+        service: String,
+        #[serde(default)]
+        generation: Option<u64>,
+        #[serde(default = "default_log_lines")]
+        lines: usize,
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+fn default_log_lines() -> usize {
+    100
 }
 
 /// What a reload changed, by service name.
@@ -133,6 +152,8 @@ pub enum Response {
     Restart(RestartReport),
     Reloaded(ReloadSummary),
     Error(ErrorBody),
+    /// One line of a service's output (`Request::Logs`).
+    Output(OutputLine),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

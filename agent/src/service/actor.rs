@@ -7,7 +7,8 @@
 use super::core::{Effect, Input, Now, Predecessor, ServiceCore};
 use super::{Adopted, Msg, Shared};
 use crate::channel::{self, Batch, Channel};
-use crate::config::ServiceConfig;
+use crate::config::{OutputMode, ServiceConfig};
+use crate::output::capture::Captured;
 use crate::connections::{self, ListenAddrs, Members, Registration};
 use crate::events::now_millis;
 use crate::handover::{HandedPhase, ServiceHandover, SocketHandover};
@@ -74,6 +75,9 @@ pub(super) struct Actor {
     /// The generation whose channel was read last: the next read starts
     /// after it, so one that floods its channel does not starve another's.
     last_channel_read: u64,
+    /// The service's captured output, and each generation's pipes.
+    output: Arc<crate::output::ServiceOutput>,
+    captured: BTreeMap<u64, Captured>,
 }
 
 /// What one input led to, beyond its effects.
@@ -99,6 +103,8 @@ impl Actor {
         blocked: Option<String>,
     ) -> Self {
         Actor {
+            output: shared.output.service(&config.name),
+            captured: BTreeMap::new(),
             name: config.name.clone(),
             core: ServiceCore::new(config),
             sockets,
@@ -190,9 +196,20 @@ impl Actor {
                 self.drive(Input::Stop, Vec::new()).await;
             }
             Msg::Handover { reply } => {
-                let _ = reply.send(self.handover());
+                let answer = self.handover();
+                if answer.is_ok() {
+                    // Nothing read may be in flight when the read ends go
+                    // across the exec.
+                    for captured in self.captured.values_mut() {
+                        captured.pause().await;
+                    }
+                }
+                let _ = reply.send(answer);
             }
             Msg::Thaw => {
+                for (generation, captured) in &mut self.captured {
+                    captured.start(&self.output, *generation);
+                }
                 self.drive(Input::Thaw, Vec::new()).await;
             }
             Msg::Exited {
@@ -279,6 +296,7 @@ impl Actor {
             }
         }
         self.record_state();
+        self.output.set_serving(self.core.current());
         outcome
     }
 
@@ -333,6 +351,7 @@ impl Actor {
             generation.start_time = self.start_times.get(&generation.number).copied();
             generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
             generation.channel_fd = self.channels.get(&generation.number).map(Channel::raw_fd);
+            generation.output = self.captured.get(&generation.number).map(Captured::handover);
         }
         ServiceHandover {
             name: self.name.clone(),
@@ -542,6 +561,9 @@ impl Actor {
                     held.tasks.cancel();
                 }
                 self.channels.remove(&generation);
+                // Its readers go on until its last writer is gone.
+                self.captured.remove(&generation);
+                self.output.forget(generation);
                 self.start_times.remove(&generation);
                 self.strangers.remove(&generation);
                 self.shared.router.remove(pgid);
@@ -604,6 +626,7 @@ impl Actor {
             probe_port,
             cgroup: None,
             channel: None,
+            output: None,
         };
         let cgroup = match self.shared.router.cgroups() {
             Some(cgroups) => match cgroups.create(&self.name, generation) {
@@ -622,9 +645,22 @@ impl Actor {
                 (None, None)
             }
         };
+        // A generation whose pipes cannot be made writes to the agent's
+        // own output rather than not run.
+        let (captured, output_ends) = match self.core.config().output {
+            OutputMode::Inherit => (None, None),
+            OutputMode::Capture => match crate::output::capture::pipes() {
+                Ok((captured, ends)) => (Some(captured), Some(ends)),
+                Err(e) => {
+                    tracing::warn!(service = %self.name, generation, error = %e, "no pipes for the generation's output; it writes to the agent's");
+                    (None, None)
+                }
+            },
+        };
         let launch = GenerationLaunch {
             cgroup,
             channel: child_end,
+            output: output_ends,
             ..launch
         };
         let shared = self.shared.clone();
@@ -668,6 +704,10 @@ impl Actor {
             lineage.register(pid, &self.name, generation);
         }
         self.report_exit(generation, pid, exit_watch);
+        if let Some(mut captured) = captured {
+            captured.start(&self.output, generation);
+            self.captured.insert(generation, captured);
+        }
         if let Some(started) = crate::recovery::start_time(pid.as_raw()) {
             self.start_times.insert(generation, started);
         }
@@ -846,6 +886,7 @@ impl Actor {
             from,
         } = adopted;
         self.adopt_channels(&mut handed, from);
+        self.adopt_output(&handed, from);
         for (name, fd) in &handed.fd_store {
             match crate::sys::adopt_inherited_fd(*fd) {
                 Ok(fd) => self.fd_store.push((name.clone(), fd)),
@@ -939,6 +980,35 @@ impl Actor {
                 }
                 Err(e) => {
                     tracing::warn!(service = %self.name, generation = generation.number, fd, error = %e, "channel lost in the upgrade; this generation will not hand over")
+                }
+            }
+        }
+    }
+
+    /// Takes over the read ends of the generations' output: passed across
+    /// the exec by the previous image, or copied out of the generations
+    /// themselves (their spare read ends) after a killed agent.
+    fn adopt_output(&mut self, handed: &ServiceHandover, from: Predecessor) {
+        for generation in &handed.generations {
+            let Some(output) = &generation.output else {
+                continue;
+            };
+            let adopted = match from {
+                Predecessor::Image => Captured::adopt_inherited(output),
+                Predecessor::Dead => {
+                    let pids: Vec<i32> = std::iter::once(generation.pid)
+                        .chain(generation.main_pid)
+                        .collect();
+                    Captured::take_from(&pids, output)
+                }
+            };
+            match adopted {
+                Ok(mut captured) => {
+                    captured.start(&self.output, generation.number);
+                    self.captured.insert(generation.number, captured);
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.name, generation = generation.number, error = %e, "the generation's output is no longer captured")
                 }
             }
         }

@@ -39,6 +39,7 @@ fn config() -> ServiceConfig {
         restart_on_crash: true,
         warmup_nice: 0,
         sockets: Vec::new(),
+        output: crate::config::OutputMode::Capture,
     }
 }
 

@@ -99,6 +99,7 @@ impl ServiceCore {
                     Lifecycle::Exited { .. } => return None,
                 };
                 Some(GenerationHandover {
+                    output: None,
                     number: g.number,
                     pid: g.pid.as_raw(),
                     main_pid: g.main_pid.map(Pid::as_raw),
