@@ -129,11 +129,19 @@ pub struct GenerationHandover {
     pub output: Option<OutputHandover>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OutputHandover {
     /// Stdout's, then stderr's.
     pub fds: [RawFd; 2],
     pub inodes: [u64; 2],
+    /// The start of a line each reader had read when it stopped, so the
+    /// next image ends that line whole (the upgrade only).
+    #[serde(default, skip_serializing_if = "no_partial")]
+    pub partial: [Vec<u8>; 2],
+}
+
+fn no_partial(partial: &[Vec<u8>; 2]) -> bool {
+    partial.iter().all(Vec::is_empty)
 }
 
 impl Handover {
@@ -177,7 +185,7 @@ impl Handover {
                 service
                     .generations
                     .iter()
-                    .filter_map(|g| g.output)
+                    .filter_map(|g| g.output.as_ref())
                     .flat_map(|o| o.fds),
             );
         }

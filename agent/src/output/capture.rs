@@ -41,7 +41,11 @@ pub struct Captured {
     reads: [OwnedFd; 2],
     inodes: [u64; 2],
     stop: CancellationToken,
-    readers: Vec<JoinHandle<()>>,
+    /// Each stream's reader (by index: stdout, stderr), which gives back the
+    /// start of a line it read when it is stopped.
+    readers: Vec<(usize, JoinHandle<Vec<u8>>)>,
+    /// What the stopped readers gave back, for the next ones.
+    partial: [Vec<u8>; 2],
 }
 
 /// Two pipes for a generation about to be spawned.
@@ -57,6 +61,7 @@ pub fn pipes() -> std::io::Result<(Captured, ChildEnds)> {
             inodes,
             stop: CancellationToken::new(),
             readers: Vec::new(),
+            partial: Default::default(),
         },
         ChildEnds {
             stdout: out_write,
@@ -83,7 +88,7 @@ impl Captured {
     pub fn start(&mut self, output: &Arc<ServiceOutput>, generation: u64) {
         self.stop = CancellationToken::new();
         self.readers.clear();
-        for (read, stream) in self.reads.iter().zip(STREAMS) {
+        for (index, (read, stream)) in self.reads.iter().zip(STREAMS).enumerate() {
             let fd = match read.try_clone() {
                 Ok(fd) => fd,
                 Err(e) => {
@@ -91,8 +96,16 @@ impl Captured {
                     continue;
                 }
             };
-            let task = read_lines(fd, stream, generation, output.clone(), self.stop.clone());
-            self.readers.push(tokio::spawn(task));
+            let begun = std::mem::take(&mut self.partial[index]);
+            let task = read_lines(
+                fd,
+                stream,
+                generation,
+                begun,
+                output.clone(),
+                self.stop.clone(),
+            );
+            self.readers.push((index, tokio::spawn(task)));
         }
     }
 
@@ -100,9 +113,16 @@ impl Captured {
     /// before the read ends go across an exec.
     pub async fn pause(&mut self) {
         self.stop.cancel();
-        for reader in self.readers.drain(..) {
-            let _ = reader.await;
+        for (index, reader) in self.readers.drain(..) {
+            if let Ok(begun) = reader.await {
+                self.partial[index] = begun;
+            }
         }
+    }
+
+    /// The start of a line each paused reader had read.
+    pub fn partial(&self) -> [Vec<u8>; 2] {
+        self.partial.clone()
     }
 
     /// The fd numbers to pass across an exec, and the pipes' inodes for
@@ -111,6 +131,7 @@ impl Captured {
         OutputHandover {
             fds: [self.reads[0].as_raw_fd(), self.reads[1].as_raw_fd()],
             inodes: self.inodes,
+            partial: self.partial.clone(),
         }
     }
 
@@ -118,7 +139,9 @@ impl Captured {
     pub fn adopt_inherited(handed: &OutputHandover) -> std::io::Result<Captured> {
         let stdout = crate::sys::adopt_inherited_fd(handed.fds[0])?;
         let stderr = crate::sys::adopt_inherited_fd(handed.fds[1])?;
-        Captured::adopted([stdout, stderr], handed.inodes)
+        let mut captured = Captured::adopted([stdout, stderr], handed.inodes)?;
+        captured.partial = handed.partial.clone();
+        Ok(captured)
     }
 
     /// The read ends a killed agent's generation still holds (its spare
@@ -154,6 +177,7 @@ impl Captured {
             inodes,
             stop: CancellationToken::new(),
             readers: Vec::new(),
+            partial: Default::default(),
         })
     }
 }
@@ -184,28 +208,31 @@ fn inode_matches(fd: &OwnedFd, expected: u64) -> bool {
 }
 
 /// Reads one pipe until every writer is gone or it is told to stop,
-/// handing each complete line on as it comes.
+/// handing each complete line on as it comes, `begun` the start of the
+/// first. Stopped, it gives back the start of a line it read.
 async fn read_lines(
     fd: OwnedFd,
     stream: OutputStream,
     generation: u64,
+    begun: Vec<u8>,
     output: Arc<ServiceOutput>,
     stop: CancellationToken,
-) {
+) -> Vec<u8> {
     let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(pipe) => pipe,
         Err(e) => {
             tracing::warn!(service = %output.name, generation, error = %e, "cannot read the generation's output");
-            return;
+            return begun;
         }
     };
     let mut buffer = vec![0u8; READ_CHUNK];
     let mut splitter = LineSplitter::new(MAX_LINE);
     let mut texts = Vec::new();
+    splitter.push(&begun, &mut texts);
     loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => return splitter.take_partial(),
             ready = pipe.readable() => if ready.is_err() { break },
         }
         match pipe.try_read(&mut buffer) {
@@ -224,9 +251,9 @@ async fn read_lines(
             }
         }
     }
-    // A line the generation did not end (it exited, or the agent is being
-    // replaced) is kept as it is.
+    // A line the generation did not end before it exited is kept as it is.
     if let Some(rest) = splitter.finish() {
         output.append(generation, stream, vec![rest]);
     }
+    Vec::new()
 }

@@ -36,6 +36,11 @@ impl LineSplitter {
         }
     }
 
+    /// The bytes of the line begun, taken out as they are.
+    pub fn take_partial(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.partial)
+    }
+
     /// What is left without its newline: the service exited mid-line.
     pub fn finish(&mut self) -> Option<String> {
         (!self.partial.is_empty()).then(|| lossy(std::mem::take(&mut self.partial)))

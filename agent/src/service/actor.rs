@@ -196,12 +196,19 @@ impl Actor {
                 self.drive(Input::Stop, Vec::new()).await;
             }
             Msg::Handover { reply } => {
-                let answer = self.handover();
-                if answer.is_ok() {
+                let mut answer = self.handover();
+                if let Ok(service) = &mut answer {
                     // Nothing read may be in flight when the read ends go
-                    // across the exec.
+                    // across the exec; a line begun goes with them.
                     for captured in self.captured.values_mut() {
                         captured.pause().await;
+                    }
+                    for generation in &mut service.generations {
+                        if let (Some(output), Some(captured)) =
+                            (&mut generation.output, self.captured.get(&generation.number))
+                        {
+                            output.partial = captured.partial();
+                        }
                     }
                 }
                 let _ = reply.send(answer);
@@ -352,6 +359,10 @@ impl Actor {
             generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
             generation.channel_fd = self.channels.get(&generation.number).map(Channel::raw_fd);
             generation.output = self.captured.get(&generation.number).map(Captured::handover);
+            if let Some(output) = &mut generation.output {
+                // The state file holds no half lines.
+                output.partial = Default::default();
+            }
         }
         ServiceHandover {
             name: self.name.clone(),
