@@ -51,6 +51,7 @@ impl Outputs {
                     store: Mutex::new(Store::default()),
                     live: broadcast::channel(FOLLOW_BACKLOG).0,
                     files: self.files.as_ref().map(|(sink, _)| sink.clone()),
+                    reader_done: tokio::sync::Notify::new(),
                 })
             })
             .clone()
@@ -100,6 +101,7 @@ pub struct ServiceOutput {
     store: Mutex<Store>,
     live: broadcast::Sender<OutputLine>,
     files: Option<Arc<FileSink>>,
+    reader_done: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -107,6 +109,22 @@ struct Store {
     tails: BTreeMap<u64, Tail>,
     forgotten: VecDeque<u64>,
     serving: Option<u64>,
+    /// Readers still reading, by generation.
+    readers: HashMap<u64, usize>,
+}
+
+/// The last lines of `lines` whose text holds at most `max_bytes`.
+pub fn bound_bytes(mut lines: Vec<OutputLine>, max_bytes: usize) -> Vec<OutputLine> {
+    let mut bytes = 0;
+    let keep = lines
+        .iter()
+        .rev()
+        .take_while(|line| {
+            bytes += line.text.len();
+            bytes <= max_bytes
+        })
+        .count();
+    lines.split_off(lines.len() - keep)
 }
 
 impl ServiceOutput {
@@ -185,6 +203,37 @@ impl ServiceOutput {
                 all.sort_by_key(|line| line.time);
                 let skip = all.len().saturating_sub(n);
                 all.split_off(skip)
+            }
+        }
+    }
+
+    pub(crate) fn reader_started(&self, generation: u64) {
+        *self.lock().readers.entry(generation).or_default() += 1;
+    }
+
+    pub(crate) fn reader_ended(&self, generation: u64) {
+        let mut store = self.lock();
+        if let Some(count) = store.readers.get_mut(&generation) {
+            *count -= 1;
+            if *count == 0 {
+                store.readers.remove(&generation);
+            }
+        }
+        drop(store);
+        self.reader_done.notify_waiters();
+    }
+
+    /// Waits (at most `patience`) until nothing of `generation`'s output is
+    /// left to read: every writer gone and every line read.
+    pub async fn drained(&self, generation: u64, patience: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let done = self.reader_done.notified();
+            if !self.lock().readers.contains_key(&generation) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return;
             }
         }
     }

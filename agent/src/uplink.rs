@@ -570,6 +570,7 @@ mod tests {
                         connections_cut: None,
                         connections: None,
                         steps,
+                        output_tail: Vec::new(),
                     }),
                 }
             })

@@ -289,6 +289,7 @@ mod tests {
                 cut: 0,
             }),
             steps: vec![event],
+            output_tail: Vec::new(),
         };
         let shown = super::report(&report);
         assert!(

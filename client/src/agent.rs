@@ -266,6 +266,7 @@ mod tests {
             connections_cut: None,
             connections: None,
             steps: Vec::new(),
+            output_tail: Vec::new(),
         }
     }
 

@@ -459,6 +459,10 @@ pub struct RestartReport {
     pub connections: Option<ConnectionTally>,
     /// Every event of this restart, oldest first.
     pub steps: Vec<Event>,
+    /// For a restart that did not succeed: the last lines its new
+    /// generation wrote (its `output_tail` event's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<OutputLine>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -605,7 +609,19 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The last lines the new generation of a restart that did not succeed
+    /// wrote (at most [`OUTPUT_TAIL_LINES`] and [`OUTPUT_TAIL_BYTES`]): why
+    /// it failed, in its own words. Just before `restart_finished`.
+    OutputTail {
+        generation: u64,
+        lines: Vec<OutputLine>,
+    },
 }
+
+/// Lines of a failed generation's output a restart report carries at most.
+pub const OUTPUT_TAIL_LINES: usize = 40;
+/// Bytes of text those lines hold at most.
+pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
 
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -705,6 +721,13 @@ impl fmt::Display for EventKind {
                 outcome,
                 reason: None,
             } => write!(f, "restart {outcome}"),
+            EventKind::OutputTail { generation, lines } => {
+                write!(f, "generation {generation} wrote last:")?;
+                for line in lines {
+                    write!(f, "\n    [{}] {}", line.stream.as_str(), line.text)?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which of a generation's two outputs a line was written to.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
     Stdout,
@@ -34,8 +35,10 @@ impl OutputStream {
 /// the agent's bound arrives as several; bytes that are not UTF-8 are
 /// replaced by U+FFFD.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputLine {
     /// When the agent read it.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub time: UnixMillis,
     pub generation: u64,
     pub stream: OutputStream,

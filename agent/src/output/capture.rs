@@ -97,6 +97,7 @@ impl Captured {
                 }
             };
             let begun = std::mem::take(&mut self.partial[index]);
+            output.reader_started(generation);
             let task = read_lines(
                 fd,
                 stream,
@@ -217,6 +218,19 @@ async fn read_lines(
     begun: Vec<u8>,
     output: Arc<ServiceOutput>,
     stop: CancellationToken,
+) -> Vec<u8> {
+    let begun = read_pipe(fd, stream, generation, begun, &output, &stop).await;
+    output.reader_ended(generation);
+    begun
+}
+
+async fn read_pipe(
+    fd: OwnedFd,
+    stream: OutputStream,
+    generation: u64,
+    begun: Vec<u8>,
+    output: &Arc<ServiceOutput>,
+    stop: &CancellationToken,
 ) -> Vec<u8> {
     let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(pipe) => pipe,

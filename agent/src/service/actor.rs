@@ -17,7 +17,9 @@ use crate::probe::{self, ProbeTarget};
 use crate::reaper::{ExitWatch, wait_exit};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, GenerationLaunch};
-use baton_proto::{ErrorBody, EventKind, GenerationState, RestartId, ServiceStatus, SocketInfo};
+use baton_proto::{
+    ErrorBody, EventKind, GenerationState, RestartId, RestartOutcome, ServiceStatus, SocketInfo,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -27,6 +29,10 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// How long a failed restart's report waits for its new generation's last
+/// output to be read.
+const OUTPUT_TAIL_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Most fds one service may keep in the fd store.
 const FDSTORE_MAX: usize = 64;
@@ -398,6 +404,16 @@ impl Actor {
     ) -> Option<Input> {
         match effect {
             Effect::Emit { restart, kind } => {
+                if let (
+                    Some(id),
+                    EventKind::RestartFinished {
+                        outcome: RestartOutcome::RolledBack | RestartOutcome::Failed,
+                        ..
+                    },
+                ) = (restart, &kind)
+                {
+                    self.emit_output_tail(id).await;
+                }
                 self.shared.events.emit(&self.name, restart, kind);
             }
             Effect::OpenRestart {
@@ -954,6 +970,7 @@ impl Actor {
                     connections_cut: None,
                     connections: None,
                     steps: Vec::new(),
+                    output_tail: Vec::new(),
                 });
         }
         let mut fds = Vec::new();
@@ -994,6 +1011,34 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Records the last lines the new generation of restart `id` wrote,
+    /// before the restart's outcome: the lines that say why it failed. Its
+    /// last words may still be in its pipes: they are read first, for a
+    /// moment at most (a process it left behind may hold them open).
+    async fn emit_output_tail(&self, id: RestartId) {
+        let Some(generation) = self
+            .shared
+            .events
+            .restart(id)
+            .and_then(|report| report.new_generation)
+        else {
+            return;
+        };
+        self.output
+            .drained(generation, OUTPUT_TAIL_PATIENCE)
+            .await;
+        let lines = self.output.last(Some(generation), baton_proto::OUTPUT_TAIL_LINES);
+        let lines = crate::output::bound_bytes(lines, baton_proto::OUTPUT_TAIL_BYTES);
+        if lines.is_empty() {
+            return;
+        }
+        self.shared.events.emit(
+            &self.name,
+            Some(id),
+            EventKind::OutputTail { generation, lines },
+        );
     }
 
     /// Takes over the read ends of the generations' output: passed across

@@ -466,6 +466,7 @@ impl SimHost {
                 connections_cut: None,
                 connections: None,
                 steps,
+                output_tail: Vec::new(),
             });
         }
         send(ws, &AgentFrame::Events { events: batch }).await?;
