@@ -405,7 +405,8 @@ async fn upgrade(exe: &Path, control_fd: RawFd, notify_fd: RawFd, view: &Arc<Age
     // Every line the paused readers handed on is in the files before the
     // exec (the tails do not survive it).
     let output = view.output.clone();
-    let _ = tokio::task::spawn_blocking(move || output.flush(std::time::Duration::from_secs(2))).await;
+    let _ =
+        tokio::task::spawn_blocking(move || output.flush(std::time::Duration::from_secs(2))).await;
     let mut handover = Handover::new(control_fd, notify_fd, services);
     handover.next_restart = Some(view.events.next_restart_id());
     let error = exec_with(exe, &handover);

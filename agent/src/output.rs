@@ -77,7 +77,12 @@ impl Outputs {
     /// The last `n` lines of a service (of `generation`, else of its
     /// serving generation), from the tail, or from the files when the tail
     /// has fewer (an older line, or a tail lost in an upgrade).
-    pub fn last(&self, service: &ServiceOutput, generation: Option<u64>, n: usize) -> Vec<OutputLine> {
+    pub fn last(
+        &self,
+        service: &ServiceOutput,
+        generation: Option<u64>,
+        n: usize,
+    ) -> Vec<OutputLine> {
         let generation = generation.or_else(|| service.serving());
         let from_tail = service.last(generation, n);
         if from_tail.len() >= n {

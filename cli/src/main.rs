@@ -220,7 +220,9 @@ fn main() -> ExitCode {
         }));
     }
     if let Command::Logs { host: Some(_), .. } = &cli.command {
-        eprintln!("baton: --host chooses among the server's hosts; pass --server URL (or set BATON_SERVER)");
+        eprintln!(
+            "baton: --host chooses among the server's hosts; pass --server URL (or set BATON_SERVER)"
+        );
         return ExitCode::from(exit::USAGE);
     }
     if let Command::History { .. } = cli.command {

@@ -683,6 +683,12 @@ mod tests {
                         drained: 1,
                         cut: 1,
                     }),
+                    output_tail: vec![baton_proto::OutputLine {
+                        time: 1_700_000_001_900,
+                        generation: 8,
+                        stream: baton_proto::OutputStream::Stderr,
+                        text: "error: no database at DATABASE_URL".into(),
+                    }],
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -695,6 +701,7 @@ mod tests {
                     steps: Vec::new(),
                     outcome_from_report: false,
                     connections: None,
+                    output_tail: Vec::new(),
                 },
             ],
         }

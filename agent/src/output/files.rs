@@ -32,7 +32,10 @@ pub struct FileLimits {
 }
 
 enum Job {
-    Lines { service: Arc<str>, lines: Vec<OutputLine> },
+    Lines {
+        service: Arc<str>,
+        lines: Vec<OutputLine>,
+    },
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -68,7 +71,10 @@ impl FileSink {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let dropped = self.dropped.fetch_add(count, Ordering::Relaxed) + count;
-                let mut last = self.last_complaint.lock().unwrap_or_else(|e| e.into_inner());
+                let mut last = self
+                    .last_complaint
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 if last.is_none_or(|at| at.elapsed() >= COMPLAIN_EVERY) {
                     *last = Some(Instant::now());
                     tracing::warn!(
@@ -335,7 +341,10 @@ mod tests {
         let mut text = Vec::new();
         format_line(&original, &mut text);
         let text = String::from_utf8(text).unwrap();
-        assert_eq!(text, "2025-12-03T21:33:25.123Z 7 err listening on :8080 (two  spaces)\n");
+        assert_eq!(
+            text,
+            "2025-12-03T21:33:25.123Z 7 err listening on :8080 (two  spaces)\n"
+        );
         assert_eq!(parse_line(text.trim_end()), Some(original));
     }
 

@@ -8,11 +8,11 @@ use super::core::{Effect, Input, Now, Predecessor, ServiceCore};
 use super::{Adopted, Msg, Shared};
 use crate::channel::{self, Batch, Channel};
 use crate::config::{OutputMode, ServiceConfig};
-use crate::output::capture::Captured;
 use crate::connections::{self, ListenAddrs, Members, Registration};
 use crate::events::now_millis;
 use crate::handover::{HandedPhase, ServiceHandover, SocketHandover};
 use crate::notify_router::{Route, ignore_notification};
+use crate::output::capture::Captured;
 use crate::probe::{self, ProbeTarget};
 use crate::reaper::{ExitWatch, wait_exit};
 use crate::sockets::BoundSocket;
@@ -210,9 +210,10 @@ impl Actor {
                         captured.pause().await;
                     }
                     for generation in &mut service.generations {
-                        if let (Some(output), Some(captured)) =
-                            (&mut generation.output, self.captured.get(&generation.number))
-                        {
+                        if let (Some(output), Some(captured)) = (
+                            &mut generation.output,
+                            self.captured.get(&generation.number),
+                        ) {
                             output.partial = captured.partial();
                         }
                     }
@@ -364,7 +365,10 @@ impl Actor {
             generation.start_time = self.start_times.get(&generation.number).copied();
             generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
             generation.channel_fd = self.channels.get(&generation.number).map(Channel::raw_fd);
-            generation.output = self.captured.get(&generation.number).map(Captured::handover);
+            generation.output = self
+                .captured
+                .get(&generation.number)
+                .map(Captured::handover);
             if let Some(output) = &mut generation.output {
                 // The state file holds no half lines.
                 output.partial = Default::default();
@@ -1026,10 +1030,10 @@ impl Actor {
         else {
             return;
         };
-        self.output
-            .drained(generation, OUTPUT_TAIL_PATIENCE)
-            .await;
-        let lines = self.output.last(Some(generation), baton_proto::OUTPUT_TAIL_LINES);
+        self.output.drained(generation, OUTPUT_TAIL_PATIENCE).await;
+        let lines = self
+            .output
+            .last(Some(generation), baton_proto::OUTPUT_TAIL_LINES);
         let lines = crate::output::bound_bytes(lines, baton_proto::OUTPUT_TAIL_BYTES);
         if lines.is_empty() {
             return;

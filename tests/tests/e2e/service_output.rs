@@ -37,7 +37,12 @@ fn baton(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
 
 /// Polls until `done` holds, panicking with `what` and `context()` after
 /// `timeout`.
-fn eventually(what: &str, timeout: Duration, done: impl Fn() -> bool, context: impl Fn() -> String) {
+fn eventually(
+    what: &str,
+    timeout: Duration,
+    done: impl Fn() -> bool,
+    context: impl Fn() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !done() {
         if Instant::now() > deadline {
@@ -99,7 +104,8 @@ fn process_alive(pid: u32) -> bool {
 }
 
 #[test]
-fn a_service_s_output_is_captured_tagged_by_generation_and_stream_and_kept_out_of_the_agent_s_log() {
+fn a_service_s_output_is_captured_tagged_by_generation_and_stream_and_kept_out_of_the_agent_s_log()
+{
     let agent = AgentUnderTest::start(&sh_service(
         "web",
         "echo hello from generation $BATON_GENERATION; echo trouble on stderr >&2; exec sleep 600",
@@ -113,7 +119,10 @@ fn a_service_s_output_is_captured_tagged_by_generation_and_stream_and_kept_out_o
         || format!("{}\n{}", logs(), agent.log()),
     );
     let printed = logs();
-    assert!(printed.contains("[1 out] hello from generation 1"), "{printed}");
+    assert!(
+        printed.contains("[1 out] hello from generation 1"),
+        "{printed}"
+    );
     assert!(printed.contains("[1 err] trouble on stderr"), "{printed}");
 
     let file = agent.dir().join("logs").join("web.log");
