@@ -408,16 +408,6 @@ impl Actor {
     ) -> Option<Input> {
         match effect {
             Effect::Emit { restart, kind } => {
-                if let (
-                    Some(id),
-                    EventKind::RestartFinished {
-                        outcome: RestartOutcome::RolledBack | RestartOutcome::Failed,
-                        ..
-                    },
-                ) = (restart, &kind)
-                {
-                    self.emit_output_tail(id).await;
-                }
                 self.shared.events.emit(&self.name, restart, kind);
             }
             Effect::OpenRestart {
@@ -449,13 +439,18 @@ impl Actor {
                 outcome,
                 reason,
                 connections_cut,
-            } => self.shared.events.finish_restart(
-                &self.name,
-                restart,
-                outcome,
-                reason,
-                connections_cut,
-            ),
+            } => {
+                if matches!(outcome, RestartOutcome::RolledBack | RestartOutcome::Failed) {
+                    self.emit_output_tail(restart).await;
+                }
+                self.shared.events.finish_restart(
+                    &self.name,
+                    restart,
+                    outcome,
+                    reason,
+                    connections_cut,
+                )
+            }
             Effect::Spawn {
                 generation,
                 probe_port,

@@ -4,8 +4,12 @@
 //! not by a fast writer, not by a folder that cannot be written, not by the
 //! agent's upgrade or its `kill -9`.
 
-use baton_proto::{GenerationState, ServiceState};
+use baton_proto::api::Restart;
+use baton_proto::{
+    EventKind, GenerationState, OutputStream, Request, Response, RestartOutcome, ServiceState,
+};
 use baton_testkit::{Agent, AgentSetup};
+use baton_tests::server::ServerUnderTest;
 use baton_tests::{AgentUnderTest, bin};
 use nix::sys::signal::Signal;
 use std::io::BufRead as _;
@@ -420,4 +424,135 @@ fn after_a_kill_9_of_the_agent_the_writer_lives_on_and_its_output_is_captured_ag
     assert_eq!(status.generations[0].state, GenerationState::Ready);
     let mut agent = agent;
     agent.process_mut().stop();
+}
+
+/// Signs in to the dashboard with `token`: the session cookie.
+async fn dashboard_session(server: &ServerUnderTest, token: &str) -> String {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/login", server.url()))
+        .header("accept", "text/html")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303, "sign-in");
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("baton_session="))
+        .map(|v| v.split(';').next().unwrap().to_string())
+        .expect("a session cookie")
+}
+
+/// A service that says `READY=1` (from the process that stays), unless
+/// the file `broken` exists: then it explains itself on stderr, with
+/// markup and a terminal colour code, and exits.
+fn fussy_service(broken: &Path) -> String {
+    let script = format!(
+        "if [ -f {broken} ]; then echo starting; echo '<b>fatal</b>: no key \"db\" in /etc/web.toml' >&2; \
+         printf 'colour \\033[31mred\\n' >&2; exit 3; fi; \
+         exec python3 -c \"import os, socket, time; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); \
+         s.connect(os.environ['NOTIFY_SOCKET']); s.send(b'READY=1'); time.sleep(600)\"",
+        broken = broken.display()
+    );
+    format!(
+        "[[service]]\nname = \"web\"\ncommand = [\"/bin/sh\", \"-c\", '''{script}''']\nready_timeout = \"10s\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_restart_says_why_in_the_new_generation_s_words_in_the_report_the_api_and_the_page()
+ {
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    let agent = AgentUnderTest::start(&format!(
+        "host = \"alpha\"\n{}{}",
+        server.agent_section("alpha"),
+        fussy_service(&broken)
+    ));
+    server.wait_for_hosts(1).await;
+    std::fs::write(&broken, b"").unwrap();
+    let restart = server.restart_and_wait("web").await;
+    assert_eq!(
+        restart.outcome,
+        Some(RestartOutcome::RolledBack),
+        "{restart:#?}"
+    );
+
+    // The API.
+    let host = &restart.hosts[0];
+    let said: Vec<(OutputStream, &str)> = host
+        .output_tail
+        .iter()
+        .map(|l| (l.stream, l.text.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (OutputStream::Stdout, "starting"),
+            (
+                OutputStream::Stderr,
+                "<b>fatal</b>: no key \"db\" in /etc/web.toml"
+            ),
+            // Escaped by the server, as every string an agent sends.
+            (OutputStream::Stderr, "colour \\u{1b}[31mred"),
+        ],
+        "{host:#?}"
+    );
+    assert!(host.output_tail.iter().all(|l| l.generation == 2));
+    let fetched: Restart = server.get_json(&format!("/restarts/{}", restart.id)).await;
+    assert_eq!(fetched.hosts[0].output_tail, host.output_tail);
+
+    // The agent's own report of its restart.
+    let report = agent.client().request(Request::GetRestart {
+        id: host.agent_restart_id.unwrap(),
+    });
+    let Response::Restart(report) = report else {
+        panic!("{report:?}")
+    };
+    assert_eq!(report.output_tail.len(), 3, "{report:#?}");
+    assert!(report.output_tail[1].text.contains("<b>fatal</b>"));
+    let tail_step = report
+        .steps
+        .iter()
+        .position(|s| matches!(s.kind, EventKind::OutputTail { .. }))
+        .expect("an output_tail step");
+    assert!(matches!(
+        report.steps[tail_step + 1].kind,
+        EventKind::RestartFinished { .. }
+    ));
+
+    // The restart page, escaped.
+    let cookie = dashboard_session(&server, &server.viewer_token).await;
+    let page = reqwest::Client::new()
+        .get(format!("{}/restarts/{}", server.url(), restart.id))
+        .header("accept", "text/html")
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shown = page
+        .split("id=\"output-alpha\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no output on the restart page: {page}"));
+    let shown = &shown[..shown.find("</pre>").unwrap()];
+    assert!(shown.contains("Last output of generation 2"), "{shown}");
+    assert!(
+        shown.contains("&#60;b&#62;fatal&#60;/b&#62;")
+            || shown.contains("&lt;b&gt;fatal&lt;/b&gt;"),
+        "{shown}"
+    );
+    assert!(!shown.contains("<b>"), "{shown}");
+    assert!(!shown.contains('\u{1b}'), "{shown}");
+    assert!(shown.contains("log-err"), "{shown}");
 }
