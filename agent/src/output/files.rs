@@ -128,19 +128,18 @@ impl Writer {
                         .files
                         .entry(service.clone())
                         .or_insert_with(|| Rotating::new(&self.limits, &service));
-                    if let Err(e) = file.write(&text) {
-                        if self
+                    if let Err(e) = file.write(&text)
+                        && self
                             .last_complaint
                             .is_none_or(|at| at.elapsed() >= COMPLAIN_EVERY)
-                        {
-                            self.last_complaint = Some(Instant::now());
-                            tracing::warn!(
-                                service = %service,
-                                file = %file.path.display(),
-                                error = %e,
-                                "could not write the service's output file; its tail in memory goes on"
-                            );
-                        }
+                    {
+                        self.last_complaint = Some(Instant::now());
+                        tracing::warn!(
+                            service = %service,
+                            file = %file.path.display(),
+                            error = %e,
+                            "could not write the service's output file; its tail in memory goes on"
+                        );
                     }
                 }
             }

@@ -53,6 +53,10 @@ impl Tail {
         self.lines.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }
