@@ -376,6 +376,11 @@ fn stop_orphaned(service: &ServiceHandover) {
         if let Some(fd) = generation.channel_fd {
             drop(crate::sys::adopt_inherited_fd(fd));
         }
+        // So are its output's read ends: its own spare ones keep it from
+        // EPIPE until it has stopped.
+        for fd in generation.output.iter().flat_map(|o| o.fds) {
+            drop(crate::sys::adopt_inherited_fd(fd));
+        }
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(generation.pid),
             nix::sys::signal::Signal::SIGTERM,
