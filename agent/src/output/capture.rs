@@ -271,3 +271,53 @@ async fn read_pipe(
     }
     Vec::new()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    async fn lines_of(output: &ServiceOutput, generation: u64, want: usize) -> Vec<String> {
+        for _ in 0..200 {
+            let lines = output.last(Some(generation), 100);
+            if lines.len() >= want {
+                return lines.into_iter().map(|l| l.text).collect();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!(
+            "fewer than {want} lines: {:?}",
+            output.last(Some(generation), 100)
+        );
+    }
+
+    /// An upgrade stops the readers between two writes of one line: the
+    /// half read goes with the read end, and the line arrives whole.
+    #[tokio::test]
+    async fn a_reader_stopped_mid_line_hands_the_half_it_read_to_the_next() {
+        let outputs = crate::output::Outputs::new(None);
+        let output = outputs.service("web");
+        let (mut captured, ends) = pipes().unwrap();
+        let mut stdout = std::fs::File::from(ends.stdout);
+        captured.start(&output, 1);
+        stdout.write_all(b"first\nsecond ha").unwrap();
+        assert_eq!(lines_of(&output, 1, 1).await, ["first"]);
+        // Give the reader time to take the half line out of the pipe.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        captured.pause().await;
+        assert_eq!(captured.handover().partial[0], b"second ha");
+        let handed = captured.handover();
+        drop(captured);
+
+        // The next image's reader, on the same pipe.
+        let fds = [
+            nix::unistd::dup(&ends.spare_reads[0]).unwrap(),
+            nix::unistd::dup(&ends.spare_reads[1]).unwrap(),
+        ];
+        let mut next = Captured::adopted(fds, handed.inodes).unwrap();
+        next.partial = handed.partial.clone();
+        next.start(&output, 1);
+        stdout.write_all(b"lf\n").unwrap();
+        assert_eq!(lines_of(&output, 1, 2).await, ["first", "second half"]);
+    }
+}

@@ -311,9 +311,35 @@ fn a_folder_that_cannot_be_written_holds_up_nothing_and_is_complained_about_rare
 const COUNTER: &str =
     "i=0; while :; do i=$((i+1)); echo line $i; if [ $((i % 100)) = 0 ]; then sleep 0.01; fi; done";
 
+/// Like [`COUNTER`], each line in two writes (its text, then its newline),
+/// so a reader stopped at any moment has often read half a line.
+const HALVES: &str = "i=0; while :; do i=$((i+1)); printf 'line %d' $i; printf '\\n'; \
+                      if [ $((i % 100)) = 0 ]; then sleep 0.01; fi; done";
+
+/// Every line of the service's files that is not `line N`.
+fn other_lines(folder: &Path, service: &str) -> Vec<String> {
+    let mut others = Vec::new();
+    for index in 0..5 {
+        let name = match index {
+            0 => format!("{service}.log"),
+            n => format!("{service}.log.{n}"),
+        };
+        for line in read(&folder.join(name)).lines() {
+            let text = line.splitn(4, ' ').nth(3).unwrap_or("");
+            let well_formed = text
+                .strip_prefix("line ")
+                .is_some_and(|n| n.parse::<u64>().is_ok());
+            if !well_formed {
+                others.push(line.to_string());
+            }
+        }
+    }
+    others
+}
+
 #[test]
 fn an_upgrade_loses_no_line_and_the_writer_never_notices() {
-    let agent = AgentUnderTest::start(&sh_service("counter", COUNTER, ""));
+    let agent = AgentUnderTest::start(&sh_service("counter", HALVES, ""));
     let folder = agent.dir().join("logs");
     let pid = agent.service("counter").generations[0].pid;
     eventually(
@@ -343,6 +369,8 @@ fn an_upgrade_loses_no_line_and_the_writer_never_notices() {
     assert_eq!(status.generations.len(), 1);
     assert_eq!(status.generations[0].pid, pid, "the writer was replaced");
     assert!(process_alive(pid));
+    let cut = other_lines(&folder, "counter");
+    assert!(cut.is_empty(), "lines cut in two: {cut:?}");
     let numbers = numbers_in_files(&folder, "counter");
     let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
     if numbers != expected {
