@@ -148,6 +148,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         notify_socket: config.notify_socket.clone(),
         state: Some(state.clone()),
         connections: connections.clone(),
+        output: crate::output::Outputs::new(Some(config.logs.clone())),
     });
     let host = config.host.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -169,6 +170,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         lineage: shared.lineage.clone(),
         connections,
         reloads: reload_tx,
+        output: shared.output.clone(),
     });
 
     // What was taken over is in the file before any service reports, so an
@@ -374,6 +376,11 @@ fn stop_orphaned(service: &ServiceHandover) {
         if let Some(fd) = generation.channel_fd {
             drop(crate::sys::adopt_inherited_fd(fd));
         }
+        // So are its output's read ends: its own spare ones keep it from
+        // EPIPE until it has stopped.
+        for fd in generation.output.iter().flat_map(|o| o.fds) {
+            drop(crate::sys::adopt_inherited_fd(fd));
+        }
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(generation.pid),
             nix::sys::signal::Signal::SIGTERM,
@@ -400,6 +407,11 @@ async fn upgrade(exe: &Path, control_fd: RawFd, notify_fd: RawFd, view: &Arc<Age
             }
         }
     }
+    // Every line the paused readers handed on is in the files before the
+    // exec (the tails do not survive it).
+    let output = view.output.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || output.flush(std::time::Duration::from_secs(2))).await;
     let mut handover = Handover::new(control_fd, notify_fd, services);
     handover.next_restart = Some(view.events.next_restart_id());
     let error = exec_with(exe, &handover);

@@ -31,6 +31,8 @@ pub struct Config {
     /// How many events the agent keeps for the server and `baton events`
     /// (`event_history`); restart reports are kept apart from them.
     pub event_history: usize,
+    /// Where captured output is written, and how much is kept (`[logs]`).
+    pub logs: crate::output::files::FileLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,17 @@ pub struct ServiceConfig {
     /// The variable of `env` whose value is the version the service runs,
     /// until a generation declares its own with `X_BATON_VERSION=`.
     pub version_env: Option<String>,
+    /// Where the generations' stdout and stderr go (`output`).
+    pub output: OutputMode,
+}
+
+/// `output = "capture"` (the default): the agent reads each generation's
+/// stdout and stderr (`docs/logs.md`); `"inherit"`: the generations write
+/// to the agent's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    Capture,
+    Inherit,
 }
 
 pub use baton_proto::MAX_INSTANCES;
@@ -255,8 +268,17 @@ struct RawConfig {
     server: Option<RawServer>,
     cgroups: Option<bool>,
     event_history: Option<Spanned<usize>>,
+    logs: Option<RawLogs>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    folder: Option<PathBuf>,
+    max_bytes: Option<Spanned<u64>>,
+    files: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +309,7 @@ struct RawService {
     warmup_nice: Option<Spanned<i32>>,
     instances: Option<Spanned<i64>>,
     max_surge: Option<Spanned<i64>>,
+    output: Option<Spanned<String>>,
     #[serde(default, rename = "socket")]
     sockets: Vec<RawSocket>,
     version_env: Option<Spanned<String>>,
@@ -313,6 +336,12 @@ pub const MAX_MIN_OVERLAP: Duration = Duration::from_secs(300);
 /// Measured with `baton-bench`: p99 during restart windows drops by about a
 /// third when the warm-up runs at nice 10 (README, "Benchmark").
 pub const DEFAULT_WARMUP_NICE: i32 = 10;
+/// Each service's output file is rotated at this size (`[logs] max_bytes`).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Files kept per service, the one written included (`[logs] files`).
+pub const DEFAULT_LOG_FILES: u32 = 5;
+const MIN_LOG_MAX_BYTES: u64 = 4096;
+const MAX_LOG_FILES: u32 = 1000;
 
 impl Config {
     /// The files holding the server token (the config itself, or its
@@ -413,7 +442,45 @@ impl Config {
                 ));
             }
         };
+        let raw_logs = raw.logs.unwrap_or(RawLogs {
+            folder: None,
+            max_bytes: None,
+            files: None,
+        });
+        let max_bytes = match raw_logs.max_bytes {
+            None => DEFAULT_LOG_MAX_BYTES,
+            Some(n) if *n.get_ref() >= MIN_LOG_MAX_BYTES => n.into_inner(),
+            Some(n) => {
+                return Err(err(
+                    Some(n.span()),
+                    format!("logs field `max_bytes`: must be at least {MIN_LOG_MAX_BYTES}"),
+                ));
+            }
+        };
+        let files = match raw_logs.files {
+            None => DEFAULT_LOG_FILES,
+            Some(n) if (1..=MAX_LOG_FILES).contains(n.get_ref()) => n.into_inner(),
+            Some(n) => {
+                return Err(err(
+                    Some(n.span()),
+                    format!("logs field `files`: must be between 1 and {MAX_LOG_FILES}"),
+                ));
+            }
+        };
+        // Beside the state file (next to the control socket) unless set.
+        let folder = raw_logs.folder.unwrap_or_else(|| {
+            control_socket
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("logs")
+        });
+        let logs = crate::output::files::FileLimits {
+            folder,
+            max_bytes,
+            files,
+        };
         Ok(Config {
+            logs,
             control_socket,
             notify_socket,
             host: raw.host,
@@ -593,6 +660,22 @@ fn parse_service(
             ));
         }
     };
+    let output = match raw.output {
+        None => OutputMode::Capture,
+        Some(mode) => match mode.get_ref().as_str() {
+            "capture" => OutputMode::Capture,
+            "inherit" => OutputMode::Inherit,
+            other => {
+                return Err(err(
+                    Some(mode.span()),
+                    format!(
+                        "{}: {other:?} is neither \"capture\" nor \"inherit\"",
+                        at("output")
+                    ),
+                ));
+            }
+        },
+    };
 
     let mut env = BTreeMap::new();
     for (key, value) in raw.env {
@@ -674,6 +757,7 @@ fn parse_service(
         instances,
         max_surge,
         version_env,
+        output,
     })
 }
 
@@ -1086,6 +1170,42 @@ listen = "udp://[::1]:5353"
 
         let (line, _) = error_of("this is not toml\n");
         assert_eq!(line, 1);
+    }
+
+    #[test]
+    fn output_and_logs_settings_are_checked_and_name_their_line() {
+        let config = Config::parse(
+            "control_socket = \"/run/b/agent.sock\"\n[[service]]\nname = \"web\"\ncommand = [\"x\"]\n[[service]]\nname = \"old\"\ncommand = [\"x\"]\noutput = \"inherit\"\n",
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(config.services[0].output, OutputMode::Capture);
+        assert_eq!(config.services[1].output, OutputMode::Inherit);
+        assert_eq!(config.logs.folder, Path::new("/run/b/logs"));
+        assert_eq!(config.logs.max_bytes, DEFAULT_LOG_MAX_BYTES);
+        assert_eq!(config.logs.files, DEFAULT_LOG_FILES);
+
+        let config = Config::parse(
+            "[logs]\nfolder = \"/var/log/baton\"\nmax_bytes = 1048576\nfiles = 3\n",
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(config.logs.folder, Path::new("/var/log/baton"));
+        assert_eq!((config.logs.max_bytes, config.logs.files), (1_048_576, 3));
+
+        let (line, message) =
+            error_of("[[service]]\nname = \"web\"\ncommand = [\"x\"]\noutput = \"file\"\n");
+        assert_eq!(line, 4);
+        assert!(message.contains("output"), "{message}");
+        let (line, message) = error_of("[logs]\nmax_bytes = 10\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("max_bytes"), "{message}");
+        let (line, message) = error_of("[logs]\n\nfiles = 0\n");
+        assert_eq!(line, 3);
+        assert!(message.contains("files"), "{message}");
+        let (line, message) = error_of("[logs]\nfolders = \"/x\"\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("folders"), "{message}");
     }
 
     #[test]

@@ -131,6 +131,13 @@ impl EventLog {
         }
         if let Some(id) = restart
             && let Some(kept) = inner.restarts.get_mut(&id)
+            && let EventKind::OutputTail { lines, .. } = &event.kind
+        {
+            // Bounded by the agent to a few KiB (`OUTPUT_TAIL_BYTES`).
+            kept.report.output_tail = lines.clone();
+        }
+        if let Some(id) = restart
+            && let Some(kept) = inner.restarts.get_mut(&id)
             && ((kept.report.steps.len() < MAX_RESTART_STEPS
                 && kept.bytes + size <= MAX_ONE_RESTART_BYTES)
                 || matches!(
@@ -185,6 +192,7 @@ impl EventLog {
                 connections: None,
                 steps: Vec::new(),
                 versions: None,
+                output_tail: Vec::new(),
             };
             inner.restarts.insert(id, Kept { report, bytes });
             inner.bound_restarts();

@@ -141,6 +141,11 @@ pub struct GenerationHandover {
     /// Its instances, when it runs several (`instances = N`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceHandover>,
+    /// The agent's read ends of the generation's stdout and stderr
+    /// (`output/capture.rs`). After a killed agent the fd numbers mean
+    /// nothing; the inodes find the pipes in the generation's own fds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputHandover>,
 }
 
 /// One instance of a handed-over generation.
@@ -159,6 +164,25 @@ pub struct InstanceHandover {
     pub ready_at: Option<UnixMillis>,
     #[serde(default)]
     pub restarts: u32,
+    /// Its output's read ends, when it has pipes of its own (every
+    /// instance but the first, whose are the generation's `output`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputHandover>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputHandover {
+    /// Stdout's, then stderr's.
+    pub fds: [RawFd; 2],
+    pub inodes: [u64; 2],
+    /// The start of a line each reader had read when it stopped, so the
+    /// next image ends that line whole (the upgrade only).
+    #[serde(default, skip_serializing_if = "no_partial")]
+    pub partial: [Vec<u8>; 2],
+}
+
+fn no_partial(partial: &[Vec<u8>; 2]) -> bool {
+    partial.iter().all(Vec::is_empty)
 }
 
 impl Handover {
@@ -198,6 +222,13 @@ impl Handover {
             fds.extend(service.sockets.iter().map(|s| s.fd));
             fds.extend(service.fd_store.iter().map(|(_, fd)| *fd));
             fds.extend(service.generations.iter().filter_map(|g| g.channel_fd));
+            fds.extend(
+                service
+                    .generations
+                    .iter()
+                    .filter_map(|g| g.output.as_ref())
+                    .flat_map(|o| o.fds),
+            );
         }
         fds
     }

@@ -15,6 +15,7 @@ pub mod handover;
 pub mod lineage;
 pub mod notify;
 pub mod notify_router;
+pub mod output;
 pub mod probe;
 pub mod program;
 pub mod reaper;

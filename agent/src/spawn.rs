@@ -56,6 +56,9 @@ pub struct GenerationLaunch {
     /// Which of the generation's processes this is, and how many it runs
     /// (`BATON_INSTANCE`, `BATON_INSTANCES`), when it runs several.
     pub instance: Option<(u32, u32)>,
+    /// The generation's captured output (`output/capture.rs`): its fds 1
+    /// and 2, and the spare read ends it keeps after everything else.
+    pub output: Option<crate::output::capture::ChildEnds>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,12 +185,20 @@ pub fn launch(
         .map(|s| s.fd())
         .chain(launch.stored_fds.iter().map(|(_, fd)| fd.as_fd()))
         .chain(launch.channel.as_ref().map(|fd| fd.as_fd()))
+        .chain(
+            launch
+                .output
+                .iter()
+                .flat_map(|ends| ends.spare_reads.iter().map(|fd| fd.as_fd())),
+        )
         .collect();
     let spec = SpawnSpec {
         program: cstring(program.into_os_string().into_vec(), "the program path")?,
         argv,
         env,
         fds,
+        stdout: launch.output.as_ref().map(|ends| ends.stdout.as_fd()),
+        stderr: launch.output.as_ref().map(|ends| ends.stderr.as_fd()),
         listen_pid: fd_count > 0,
         workdir,
         credentials: credentials.map(|c| c.ids),

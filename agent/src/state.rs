@@ -221,6 +221,7 @@ mod tests {
             }],
             generations: vec![
                 GenerationHandover {
+                    output: None,
                     number: 3,
                     pid: 4100,
                     main_pid: Some(4101),
@@ -237,6 +238,7 @@ mod tests {
                     program: None,
                 },
                 GenerationHandover {
+                    output: None,
                     number: 4,
                     pid: 4200,
                     main_pid: None,

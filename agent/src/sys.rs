@@ -51,6 +51,10 @@ pub struct SpawnSpec<'a> {
     pub env: Vec<CString>,
     /// Become fds 3, 4, ... in the child, in this order.
     pub fds: Vec<BorrowedFd<'a>>,
+    /// Become the child's fds 1 and 2 (its captured output); `None` leaves
+    /// the agent's own.
+    pub stdout: Option<BorrowedFd<'a>>,
+    pub stderr: Option<BorrowedFd<'a>>,
     pub listen_pid: bool,
     pub workdir: Option<CString>,
     pub credentials: Option<Credentials>,
@@ -82,6 +86,7 @@ pub enum ChildStep {
     Exec = 8,
     Cgroup = 9,
     Session = 10,
+    Output = 11,
 }
 
 impl ChildStep {
@@ -98,6 +103,7 @@ impl ChildStep {
             Exec,
             Cgroup,
             Session,
+            Output,
         ]
         .into_iter()
         .find(|s| *s as u32 == code)
@@ -115,6 +121,7 @@ impl ChildStep {
             ChildStep::Exec => "exec",
             ChildStep::Cgroup => "joining the generation's cgroup",
             ChildStep::Session => "setsid",
+            ChildStep::Output => "placing stdout and stderr",
         }
     }
 }
@@ -166,7 +173,12 @@ pub fn fork_exec(spec: &SpawnSpec<'_>) -> Result<Forked, SpawnError> {
     }
     envp.push(ptr::null());
     let source_fds: Vec<RawFd> = spec.fds.iter().map(|fd| fd.as_raw_fd()).collect();
-    let mut scratch_fds: Vec<RawFd> = vec![-1; source_fds.len()];
+    // One slot per socket, then one each for stdout and stderr.
+    let mut scratch_fds: Vec<RawFd> = vec![-1; source_fds.len() + 2];
+    let stdio_fds = [
+        spec.stdout.map_or(-1, |fd| fd.as_raw_fd()),
+        spec.stderr.map_or(-1, |fd| fd.as_raw_fd()),
+    ];
     let groups: Vec<libc::gid_t> = spec
         .credentials
         .as_ref()
@@ -183,6 +195,7 @@ pub fn fork_exec(spec: &SpawnSpec<'_>) -> Result<Forked, SpawnError> {
             ptr::null_mut()
         },
         source_fds: &source_fds,
+        stdio_fds,
         scratch_fds: scratch_fds.as_mut_ptr(),
         workdir: spec.workdir.as_ref().map(|w| w.as_ptr()),
         credentials: spec.credentials.as_ref().map(|c| (c.uid, c.gid)),
@@ -396,6 +409,9 @@ struct ChildSetup<'a> {
     envp: *const *const c_char,
     listen_pid: *mut u8,
     source_fds: &'a [RawFd],
+    /// The child's fds 1 and 2 to be, -1 to keep the agent's.
+    stdio_fds: [RawFd; 2],
+    /// Room for `source_fds.len() + 2` fd numbers.
     scratch_fds: *mut RawFd,
     workdir: Option<*const c_char>,
     credentials: Option<(u32, u32)>,
@@ -505,10 +521,28 @@ unsafe fn child_main(setup: &ChildSetup<'_>) -> ! {
             }
             *setup.scratch_fds.add(i) = moved;
         }
+        // The output's pipes too: one may have a number among 3.. that a
+        // socket is about to take.
+        for (i, fd) in setup.stdio_fds.iter().enumerate() {
+            let mut moved = -1;
+            if *fd >= 0 {
+                moved = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, floor);
+                if moved < 0 {
+                    fail(setup.status_fd, ChildStep::Output);
+                }
+            }
+            *setup.scratch_fds.add(count as usize + i) = moved;
+        }
         for i in 0..count {
             // dup2 clears close-on-exec on the target: these are the fds we pass.
             if libc::dup2(*setup.scratch_fds.add(i as usize), 3 + i) < 0 {
                 fail(setup.status_fd, ChildStep::PassFds);
+            }
+        }
+        for i in 0..2 {
+            let moved = *setup.scratch_fds.add(count as usize + i as usize);
+            if moved >= 0 && libc::dup2(moved, 1 + i) < 0 {
+                fail(setup.status_fd, ChildStep::Output);
             }
         }
         // Anything else open in the agent must not leak into the service, even
@@ -675,6 +709,8 @@ mod tests {
             argv: vec![CString::new("sleep").unwrap(), CString::new("30").unwrap()],
             env: vec![],
             fds: vec![],
+            stdout: None,
+            stderr: None,
             listen_pid: false,
             workdir: None,
             credentials: None,

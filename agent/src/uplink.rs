@@ -582,6 +582,7 @@ mod tests {
                         connections: None,
                         steps,
                         versions: None,
+                        output_tail: Vec::new(),
                     }),
                     next_start: None,
                 }

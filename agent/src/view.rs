@@ -28,6 +28,8 @@ pub struct AgentView {
     pub connections: Arc<ConnectionCounter>,
     /// To the agent's main loop, which owns the running configuration.
     pub reloads: mpsc::Sender<ReloadRequest>,
+    /// The generations' captured output, for `baton logs`.
+    pub output: Arc<crate::output::Outputs>,
 }
 
 /// A reload asked for on the control socket, with where its answer goes.
@@ -232,6 +234,7 @@ mod tests {
             lineage: None,
             connections,
             reloads: mpsc::channel(1).0,
+            output: crate::output::Outputs::new(None),
         };
         (view, (queue, runtime))
     }
@@ -310,6 +313,7 @@ mod tests {
             notify_socket: dir.path().join("notify.sock"),
             state: None,
             connections: connections.clone(),
+            output: crate::output::Outputs::new(None),
         });
         let mut services = BTreeMap::new();
         for service in &config.services {
@@ -338,6 +342,7 @@ mod tests {
             lineage: None,
             connections,
             reloads: mpsc::channel(1).0,
+            output: crate::output::Outputs::new(None),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {

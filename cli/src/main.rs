@@ -96,6 +96,23 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// A service's output (stdout and stderr), as the agent captured it:
+    /// its serving generation's last lines unless told otherwise.
+    Logs {
+        service: ServiceName,
+        /// Keep printing new lines as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this generation's lines.
+        #[arg(long, value_name = "N")]
+        generation: Option<u64>,
+        /// How many of the last lines to print first.
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
+        lines: usize,
+        /// The host whose agent has the service (server mode).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+    },
     /// Have the agent read its configuration again and apply it: added
     /// services start, removed ones stop, changed ones hot-restart. A bad
     /// file changes nothing and is reported with its line.
@@ -189,7 +206,10 @@ fn main() -> ExitCode {
                 runtime.block_on(server_mode::history(&client, &service, limit))
             }
             Command::Show { id, json } => runtime.block_on(server_mode::show(&client, id, json)),
-            Command::Events { .. } | Command::Reload | Command::Demo { .. } => {
+            Command::Logs { .. }
+            | Command::Events { .. }
+            | Command::Reload
+            | Command::Demo { .. } => {
                 eprintln!("baton: this command talks to an agent; drop --server");
                 return ExitCode::from(exit::USAGE);
             }
@@ -198,6 +218,12 @@ fn main() -> ExitCode {
             eprintln!("baton: {e}");
             exit_code(&e)
         }));
+    }
+    if let Command::Logs { host: Some(_), .. } = &cli.command {
+        eprintln!(
+            "baton: --host chooses among the server's hosts; pass --server URL (or set BATON_SERVER)"
+        );
+        return ExitCode::from(exit::USAGE);
     }
     if let Command::History { .. } = cli.command {
         eprintln!("baton: history is kept by the server; pass --server URL (or set BATON_SERVER)");
@@ -383,6 +409,36 @@ fn run(socket: &std::path::Path, command: Command) -> Result<u8, Error> {
                 out!("{}", output::report(&report));
             }
             Ok(exit::SUCCEEDED)
+        }
+        Command::Logs {
+            service,
+            follow,
+            generation,
+            lines,
+            ..
+        } => {
+            client.send(Request::Logs {
+                service: service.to_string(),
+                generation,
+                lines,
+                follow,
+            })?;
+            if !follow {
+                client.finish_sending()?;
+            }
+            loop {
+                match client.receive()? {
+                    Some(Response::Output(line)) => outln!("{}", output::output_line(&line)),
+                    Some(Response::Error(body)) => return Err(Error::Agent(body)),
+                    Some(_) => {
+                        return Err(baton_client::ProtocolError::Unexpected {
+                            expected: "output line",
+                        }
+                        .into());
+                    }
+                    None => return Ok(exit::SUCCEEDED),
+                }
+            }
         }
         Command::Events { follow } => {
             client.send(Request::Events { after: 0, follow })?;

@@ -66,6 +66,17 @@ pub fn restart_step(event: &Event, started: Instant) -> String {
     out
 }
 
+/// One line of a service's output: `21:33:25.123 [7 err] the text`.
+pub fn output_line(line: &baton_proto::OutputLine) -> String {
+    format!(
+        "{} [{} {}] {}",
+        clock(line.time),
+        line.generation,
+        line.stream.as_str(),
+        line.text
+    )
+}
+
 pub fn event_line(event: &Event) -> String {
     let restart = event
         .restart
@@ -350,6 +361,7 @@ mod tests {
             }),
             steps: vec![event],
             versions: None,
+            output_tail: Vec::new(),
         };
         let shown = super::report(&report);
         assert!(

@@ -348,6 +348,7 @@ mod tests {
                 },
             }],
             outcome_from_report: false,
+            output_tail: Vec::new(),
             connections,
             versions: None,
         }

@@ -267,6 +267,7 @@ mod tests {
             connections: None,
             steps: Vec::new(),
             versions: None,
+            output_tail: Vec::new(),
         }
     }
 

@@ -184,6 +184,11 @@ pub struct RestartHost {
     /// the restart's steps. Absent in lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versions: Option<crate::VersionChange>,
+    /// For a host whose restart rolled back or failed: the last lines the
+    /// new generation wrote (its stdout and stderr, as the agent captured
+    /// them), oldest first. Empty in lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<crate::OutputLine>,
 }
 
 /// `GET /restarts`: newest first; pass `next_before` as `before` for the next page.

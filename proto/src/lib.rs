@@ -12,10 +12,12 @@ pub mod api;
 pub mod exit;
 pub mod link;
 mod name;
+mod output;
 pub mod program;
 pub mod units;
 
 pub use name::{InvalidServiceName, NameProblem, ServiceName};
+pub use output::{OutputLine, OutputStream};
 pub use program::{NextStart, Program, VersionChange};
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,23 @@ pub enum Request {
     /// Read the configuration file again and apply it, as SIGHUP does, but
     /// answered: what changed, or why nothing did.
     Reload,
+    /// The last `lines` lines a service's generations wrote (of one
+    /// generation, or else of the serving one), oldest first, each as a
+    /// [`Response::Output`]. With `follow`, the connection then streams new
+    /// lines as they are read.
+    Logs {
+        service: String,
+        #[serde(default)]
+        generation: Option<u64>,
+        #[serde(default = "default_log_lines")]
+        lines: usize,
+        #[serde(default)]
+        follow: bool,
+    },
+}
+
+fn default_log_lines() -> usize {
+    100
 }
 
 /// What a reload changed, by service name.
@@ -135,6 +154,8 @@ pub enum Response {
     Restart(RestartReport),
     Reloaded(ReloadSummary),
     Error(ErrorBody),
+    /// One line of a service's output (`Request::Logs`).
+    Output(OutputLine),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -509,6 +530,10 @@ pub struct RestartReport {
     /// report is one of the link's frames, kept small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versions: Option<Box<VersionChange>>,
+    /// For a restart that did not succeed: the last lines its new
+    /// generation wrote (its `output_tail` event's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<OutputLine>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -683,7 +708,19 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         versions: Option<Box<VersionChange>>,
     },
+    /// The last lines the new generation of a restart that did not succeed
+    /// wrote (at most [`OUTPUT_TAIL_LINES`] and [`OUTPUT_TAIL_BYTES`]): why
+    /// it failed, in its own words. Just before `restart_finished`.
+    OutputTail {
+        generation: u64,
+        lines: Vec<OutputLine>,
+    },
 }
+
+/// Lines of a failed generation's output a restart report carries at most.
+pub const OUTPUT_TAIL_LINES: usize = 40;
+/// Bytes of text those lines hold at most.
+pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
 
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -819,6 +856,13 @@ impl fmt::Display for EventKind {
                     Some(r) => write!(f, ": {r}"),
                     None => Ok(()),
                 }
+            }
+            EventKind::OutputTail { generation, lines } => {
+                write!(f, "generation {generation} wrote last:")?;
+                for line in lines {
+                    write!(f, "\n    [{}] {}", line.stream.as_str(), line.text)?;
+                }
+                Ok(())
             }
         }
     }

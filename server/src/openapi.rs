@@ -741,6 +741,12 @@ mod tests {
                         from: Some(release("1.4.2")),
                         to: None,
                     }),
+                    output_tail: vec![baton_proto::OutputLine {
+                        time: 1_700_000_001_900,
+                        generation: 8,
+                        stream: baton_proto::OutputStream::Stderr,
+                        text: "error: no database at DATABASE_URL".into(),
+                    }],
                 },
                 RestartHost {
                     host: "host-b".into(),
@@ -754,6 +760,7 @@ mod tests {
                     outcome_from_report: false,
                     connections: None,
                     versions: None,
+                    output_tail: Vec::new(),
                 },
             ],
         }

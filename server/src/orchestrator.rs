@@ -622,6 +622,8 @@ struct Seen {
     started: Option<RestartId>,
     /// What its old generation's drain came to.
     drained: Option<ConnectionTally>,
+    /// The last lines its new generation wrote, when it did not succeed.
+    output_tail: Option<Vec<baton_proto::OutputLine>>,
     /// That restart's outcome.
     finished: Option<HostResult>,
 }
@@ -640,6 +642,9 @@ impl Progress {
                 }
                 (EventKind::DrainFinished { .. }, Some(id)) if event.restart == Some(id) => {
                     seen.drained = crate::domain::drain_tally(&event.kind);
+                }
+                (EventKind::OutputTail { lines, .. }, Some(id)) if event.restart == Some(id) => {
+                    seen.output_tail = Some(lines.clone());
                 }
                 (
                     EventKind::RestartFinished {
@@ -696,6 +701,17 @@ async fn on_notice(
         {
             record_connections(inner, restart, host, tally).await?;
         }
+        if let Some(lines) = events
+            .iter()
+            .filter(of_this_restart)
+            .find_map(|e| match &e.kind {
+                EventKind::OutputTail { lines, .. } => Some(lines),
+                _ => None,
+            })
+        {
+            let restart_id = u64::try_from(restart.id).unwrap_or(0);
+            store::record_output_tail(&inner.db, restart_id, host, lines).await?;
+        }
         let finished = events
             .iter()
             .filter(of_this_restart)
@@ -716,6 +732,9 @@ async fn on_notice(
     }
     if let Some(tally) = seen.drained {
         record_connections(inner, restart, host, tally).await?;
+    }
+    if let Some(lines) = &seen.output_tail {
+        store::record_output_tail(&inner.db, restart_id, host, lines).await?;
     }
     match seen.finished {
         Some((outcome, reason)) => finish_host(inner, restart, host, outcome, reason)
@@ -817,6 +836,9 @@ async fn fetch_report_if_due(
         && record_connections(inner, restart, host, tally).await?
     {
         inner.metrics.connections_tallied(&progress.service, tally);
+    }
+    if !report.output_tail.is_empty() {
+        store::record_output_tail(&inner.db, restart_id, host, &report.output_tail).await?;
     }
     store::finish_host_from_report(
         &inner.db,
@@ -1017,6 +1039,7 @@ mod tests {
             Seen {
                 started: Some(8),
                 drained: None,
+                output_tail: None,
                 finished: Some((RestartOutcome::Succeeded, None)),
             }
         );

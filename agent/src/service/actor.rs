@@ -8,16 +8,19 @@ use super::core::{Effect, Input, Now, Predecessor, ServiceCore};
 use super::versions::Found;
 use super::{Adopted, Msg, Shared};
 use crate::channel::{self, Batch, Channel};
-use crate::config::ServiceConfig;
+use crate::config::{OutputMode, ServiceConfig};
 use crate::connections::{self, ListenAddrs, Members, Registration};
 use crate::events::now_millis;
-use crate::handover::{HandedPhase, ServiceHandover, SocketHandover};
+use crate::handover::{HandedPhase, OutputHandover, ServiceHandover, SocketHandover};
 use crate::notify_router::{Route, ignore_notification};
+use crate::output::capture::Captured;
 use crate::probe::{self, ProbeTarget};
 use crate::reaper::{ExitWatch, wait_exit};
 use crate::sockets::BoundSocket;
 use crate::spawn::{self, GenerationLaunch};
-use baton_proto::{ErrorBody, EventKind, GenerationState, RestartId, ServiceStatus, SocketInfo};
+use baton_proto::{
+    ErrorBody, EventKind, GenerationState, RestartId, RestartOutcome, ServiceStatus, SocketInfo,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -27,6 +30,10 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// How long a failed restart's report waits for its new generation's last
+/// output to be read.
+const OUTPUT_TAIL_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Most fds one service may keep in the fd store.
 const FDSTORE_MAX: usize = 64;
@@ -77,6 +84,9 @@ pub(super) struct Actor {
     last_channel_read: u64,
     /// What each generation runs (`versions.rs`).
     versions: super::versions::Versions,
+    /// The service's captured output, and each generation's pipes.
+    output: Arc<crate::output::ServiceOutput>,
+    captured: BTreeMap<(u64, u32), Captured>,
 }
 
 /// What one input led to, beyond its effects.
@@ -102,6 +112,8 @@ impl Actor {
         blocked: Option<String>,
     ) -> Self {
         Actor {
+            output: shared.output.service(&config.name),
+            captured: BTreeMap::new(),
             name: config.name.clone(),
             core: ServiceCore::new(config),
             sockets,
@@ -194,9 +206,36 @@ impl Actor {
                 self.drive(Input::Stop, Vec::new()).await;
             }
             Msg::Handover { reply } => {
-                let _ = reply.send(self.handover());
+                let mut answer = self.handover();
+                if let Ok(service) = &mut answer {
+                    // Nothing read may be in flight when the read ends go
+                    // across the exec; a line begun goes with them.
+                    for captured in self.captured.values_mut() {
+                        captured.pause().await;
+                    }
+                    for generation in &mut service.generations {
+                        if let (Some(output), Some(captured)) = (
+                            &mut generation.output,
+                            self.captured.get(&(generation.number, 0)),
+                        ) {
+                            output.partial = captured.partial();
+                        }
+                        for instance in &mut generation.instances {
+                            if let (Some(output), Some(captured)) = (
+                                &mut instance.output,
+                                self.captured.get(&(generation.number, instance.index)),
+                            ) {
+                                output.partial = captured.partial();
+                            }
+                        }
+                    }
+                }
+                let _ = reply.send(answer);
             }
             Msg::Thaw => {
+                for ((generation, _), captured) in &mut self.captured {
+                    captured.start(&self.output, *generation);
+                }
                 self.drive(Input::Thaw, Vec::new()).await;
             }
             Msg::Exited {
@@ -295,6 +334,7 @@ impl Actor {
             }
         }
         self.record_state();
+        self.output.set_serving(self.core.current());
         outcome
     }
 
@@ -350,6 +390,12 @@ impl Actor {
             generation.cgroup = self.shared.router.cgroup_of(Pid::from_raw(generation.pid));
             generation.channel_fd = self.channels.get(&generation.number).map(Channel::raw_fd);
             generation.program = self.versions.program(generation.number);
+            // Instance 0's pipes are the generation's; every other instance
+            // has its own.
+            generation.output = self.output_handover(generation.number, 0);
+            for instance in generation.instances.iter_mut().filter(|i| i.index != 0) {
+                instance.output = self.output_handover(generation.number, instance.index);
+            }
         }
         ServiceHandover {
             name: self.name.clone(),
@@ -429,6 +475,9 @@ impl Actor {
                     }
                     _ => reason,
                 };
+                if matches!(outcome, RestartOutcome::RolledBack | RestartOutcome::Failed) {
+                    self.emit_output_tail(restart).await;
+                }
                 self.shared.events.finish_restart(
                     &self.name,
                     restart,
@@ -647,6 +696,9 @@ impl Actor {
                 }
                 self.channels.remove(&generation);
                 self.versions.forget(generation);
+                // Its readers go on until its last writer is gone.
+                self.captured.retain(|(number, _), _| *number != generation);
+                self.output.forget(generation);
                 self.start_times.remove(&generation);
                 self.strangers.remove(&generation);
                 self.shared.router.remove(pgid);
@@ -722,6 +774,7 @@ impl Actor {
             cgroup: None,
             channel: None,
             instance,
+            output: None,
         };
         let cgroup = match self.shared.router.cgroups() {
             Some(cgroups) => match cgroups.create(&self.name, generation) {
@@ -742,9 +795,22 @@ impl Actor {
                 (None, None)
             }
         };
+        // A generation whose pipes cannot be made writes to the agent's
+        // own output rather than not run.
+        let (captured, output_ends) = match self.core.config().output {
+            OutputMode::Inherit => (None, None),
+            OutputMode::Capture => match crate::output::capture::pipes() {
+                Ok((captured, ends)) => (Some(captured), Some(ends)),
+                Err(e) => {
+                    tracing::warn!(service = %self.name, generation, error = %e, "no pipes for the generation's output; it writes to the agent's");
+                    (None, None)
+                }
+            },
+        };
         let launch = GenerationLaunch {
             cgroup,
             channel: child_end,
+            output: output_ends,
             ..launch
         };
         let shared = self.shared.clone();
@@ -803,6 +869,13 @@ impl Actor {
             }
         }
         self.report_exit(generation, pid, exit_watch);
+        if let Some(mut captured) = captured {
+            captured.start(&self.output, generation);
+            self.captured.insert(
+                (generation, instance.map_or(0, |(index, _)| index)),
+                captured,
+            );
+        }
         if let Some(index) = instance.map(|(index, _)| index)
             && self.held.contains_key(&generation)
         {
@@ -1000,6 +1073,7 @@ impl Actor {
             from,
         } = adopted;
         self.adopt_channels(&mut handed, from);
+        self.adopt_output(&handed, from);
         for (name, fd) in &handed.fd_store {
             match crate::sys::adopt_inherited_fd(*fd) {
                 Ok(fd) => self.fd_store.push((name.clone(), fd)),
@@ -1060,6 +1134,7 @@ impl Actor {
                     connections: None,
                     steps: Vec::new(),
                     versions: None,
+                    output_tail: Vec::new(),
                 });
         }
         let mut fds = Vec::new();
@@ -1097,6 +1172,85 @@ impl Actor {
                 }
                 Err(e) => {
                     tracing::warn!(service = %self.name, generation = generation.number, fd, error = %e, "channel lost in the upgrade; this generation will not hand over")
+                }
+            }
+        }
+    }
+
+    /// Records the last lines the new generation of restart `id` wrote,
+    /// before the restart's outcome: the lines that say why it failed. Its
+    /// last words may still be in its pipes: they are read first, for a
+    /// moment at most (a process it left behind may hold them open).
+    async fn emit_output_tail(&self, id: RestartId) {
+        let Some(generation) = self
+            .shared
+            .events
+            .restart(id)
+            .and_then(|report| report.new_generation)
+        else {
+            return;
+        };
+        self.output.drained(generation, OUTPUT_TAIL_PATIENCE).await;
+        let lines = self
+            .output
+            .last(Some(generation), baton_proto::OUTPUT_TAIL_LINES);
+        let lines = crate::output::bound_bytes(lines, baton_proto::OUTPUT_TAIL_BYTES);
+        if lines.is_empty() {
+            return;
+        }
+        self.shared.events.emit(
+            &self.name,
+            Some(id),
+            EventKind::OutputTail { generation, lines },
+        );
+    }
+
+    /// What the next image needs of one process's pipes. The state file
+    /// holds no half lines: the upgrade adds them once the readers paused.
+    fn output_handover(&self, generation: u64, instance: u32) -> Option<OutputHandover> {
+        let mut output = self.captured.get(&(generation, instance))?.handover();
+        output.partial = Default::default();
+        Some(output)
+    }
+
+    /// Takes over the read ends of the generations' output: passed across
+    /// the exec by the previous image, or copied out of the generations
+    /// themselves (their spare read ends) after a killed agent.
+    fn adopt_output(&mut self, handed: &ServiceHandover, from: Predecessor) {
+        for generation in &handed.generations {
+            let first = generation.instances.iter().find(|i| i.index == 0);
+            let pipes = std::iter::once((
+                0,
+                generation.output.as_ref(),
+                std::iter::once(generation.pid)
+                    .chain(generation.main_pid)
+                    .chain(first.and_then(|i| i.pid))
+                    .collect::<Vec<i32>>(),
+            ))
+            .chain(
+                generation
+                    .instances
+                    .iter()
+                    .filter(|i| i.index != 0)
+                    .map(|i| (i.index, i.output.as_ref(), i.pid.into_iter().collect())),
+            );
+            for (instance, output, pids) in pipes {
+                let Some(output) = output else {
+                    continue;
+                };
+                let adopted = match from {
+                    Predecessor::Image => Captured::adopt_inherited(output),
+                    Predecessor::Dead => Captured::take_from(&pids, output),
+                };
+                match adopted {
+                    Ok(mut captured) => {
+                        captured.start(&self.output, generation.number);
+                        self.captured
+                            .insert((generation.number, instance), captured);
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %self.name, generation = generation.number, instance, error = %e, "the generation's output is no longer captured")
+                    }
                 }
             }
         }

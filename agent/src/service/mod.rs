@@ -62,6 +62,8 @@ pub struct Shared {
     pub state: Option<Arc<crate::state::StateWriter>>,
     /// Counts every service's connections, one scan for all of them.
     pub connections: Arc<ConnectionCounter>,
+    /// The generations' captured output (`output.rs`).
+    pub output: Arc<crate::output::Outputs>,
 }
 
 /// What a service task takes over instead of starting a generation.

@@ -43,6 +43,7 @@ fn config() -> ServiceConfig {
         instances: 1,
         max_surge: 1,
         version_env: None,
+        output: crate::config::OutputMode::Capture,
     }
 }
 

@@ -476,6 +476,7 @@ impl SimHost {
                 connections: None,
                 steps,
                 versions: None,
+                output_tail: Vec::new(),
             });
         }
         send(ws, &AgentFrame::Events { events: batch }).await?;

@@ -416,6 +416,29 @@ pub struct HostDetail {
     pub versions: Option<String>,
     /// For a rollback: which version never became ready and which serves.
     pub rollback: Option<String>,
+    /// The last lines the new generation wrote, when it did not succeed.
+    pub output: Vec<OutputRow>,
+}
+
+/// One line a generation wrote, as the dashboard shows it (escaped by the
+/// template; control characters were escaped when the agent's frame came).
+pub struct OutputRow {
+    pub clock: String,
+    pub generation: u64,
+    /// `out` or `err`.
+    pub stream: &'static str,
+    pub text: String,
+}
+
+impl OutputRow {
+    pub fn new(line: &baton_proto::OutputLine) -> OutputRow {
+        OutputRow {
+            clock: clock_millis(line.time),
+            generation: line.generation,
+            stream: line.stream.as_str(),
+            text: line.text.clone(),
+        }
+    }
 }
 
 pub struct RestartDetail {
@@ -510,6 +533,7 @@ impl RestartDetail {
                         )),
                         _ => None,
                     },
+                    output: host.output_tail.iter().map(OutputRow::new).collect(),
                 }
             })
             .collect();

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use baton_proto::api::{self, Restart, RestartHost, RestartPage};
-use baton_proto::{ConnectionTally, Event, RestartId, RestartOutcome};
+use baton_proto::{ConnectionTally, Event, OutputLine, RestartId, RestartOutcome};
 use sqlx::Sqlite;
 
 use super::db::{Db, to_i64, to_u64};
@@ -408,6 +408,7 @@ fn restart_view(row: RestartRow, hosts: Vec<RestartHost>) -> Restart {
 fn host_view(row: RestartHostRow, steps: Vec<Event>) -> RestartHost {
     let connections = row.connections();
     RestartHost {
+        output_tail: Vec::new(),
         host: row.host,
         state: row.state.into(),
         outcome: row.outcome.map(Into::into),
@@ -438,7 +439,10 @@ pub async fn get_restart(db: &Db, id: u64) -> anyhow::Result<Option<Restart>> {
         if host.from_report {
             merge_steps(&mut steps, fetched_steps(db, id, &host.host).await?);
         }
-        hosts.push(host_view(host, steps));
+        let output_tail = output_tail(db, id, &host.host).await?;
+        let mut view = host_view(host, steps);
+        view.output_tail = output_tail;
+        hosts.push(view);
     }
     Ok(Some(restart_view(row, hosts)))
 }
@@ -667,6 +671,70 @@ pub async fn record_connections(
     .await
     .context("failed to record a host's connection tally")?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Most lines, and bytes of text, stored of a host's failed generation:
+/// the agent's own bounds, held again here (an agent is not trusted about
+/// sizes).
+const OUTPUT_TAIL_LINES: usize = baton_proto::OUTPUT_TAIL_LINES;
+const OUTPUT_TAIL_BYTES: usize = baton_proto::OUTPUT_TAIL_BYTES;
+const OUTPUT_LINE_BYTES: usize = 1024;
+
+/// Records the last lines a host's new generation wrote before its restart
+/// rolled back or failed. Written once. Returns whether this call wrote it.
+pub async fn record_output_tail(
+    db: &Db,
+    restart_id: u64,
+    host: &str,
+    lines: &[OutputLine],
+) -> anyhow::Result<bool> {
+    let mut kept: Vec<OutputLine> = Vec::new();
+    let mut bytes = 0;
+    for line in lines.iter().rev().take(OUTPUT_TAIL_LINES) {
+        let mut line = line.clone();
+        if line.text.len() > OUTPUT_LINE_BYTES {
+            let mut cut = OUTPUT_LINE_BYTES;
+            while !line.text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.text.truncate(cut);
+        }
+        bytes += line.text.len();
+        if bytes > OUTPUT_TAIL_BYTES {
+            break;
+        }
+        kept.push(line);
+    }
+    if kept.is_empty() {
+        return Ok(false);
+    }
+    kept.reverse();
+    let json = serde_json::to_string(&kept).context("output lines serialize")?;
+    let done = sqlx::query(
+        "UPDATE restart_hosts SET output_tail = $3
+         WHERE restart_id = $1 AND host = $2 AND output_tail IS NULL",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .bind(json)
+    .execute(&db.writes)
+    .await
+    .context("failed to record a host's output tail")?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn output_tail(db: &Db, restart_id: u64, host: &str) -> anyhow::Result<Vec<OutputLine>> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT output_tail FROM restart_hosts WHERE restart_id = $1 AND host = $2")
+            .bind(to_i64(restart_id))
+            .bind(host)
+            .fetch_optional(&db.reads)
+            .await
+            .context("failed to read a host's output tail")?;
+    match row.and_then(|(lines,)| lines) {
+        Some(json) => serde_json::from_str(&json).context("a stored output tail does not parse"),
+        None => Ok(Vec::new()),
+    }
 }
 
 async fn fetched_steps(db: &Db, restart_id: u64, host: &str) -> anyhow::Result<Vec<Event>> {

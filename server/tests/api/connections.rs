@@ -198,6 +198,7 @@ fn finished_report(
         connections,
         steps,
         versions: None,
+        output_tail: Vec::new(),
     }
 }
 
@@ -286,6 +287,7 @@ async fn the_drain_of_an_agent_that_took_over_a_restart_is_counted_once() {
         finished_at: None,
         outcome: None,
         steps: vec![drained.clone()],
+        output_tail: Vec::new(),
         ..finished_report(steps[..1].to_vec(), Some(TALLY))
     };
     let restart_id = next.expect_fetch_report().await;
@@ -350,6 +352,7 @@ async fn the_drain_of_an_agent_that_took_over_a_restart_is_recorded_as_it_comes(
         finished_at: None,
         outcome: None,
         steps: Vec::new(),
+        output_tail: Vec::new(),
         ..finished_report(steps[..1].to_vec(), None)
     };
     for _ in 0..2 {

@@ -511,6 +511,7 @@ async fn a_restart_whose_events_the_agent_lost_is_settled_from_its_fetched_repor
                 connections: None,
                 steps: steps.clone(),
                 versions: None,
+                output_tail: Vec::new(),
             }),
         })
         .await;
@@ -606,6 +607,7 @@ async fn a_restart_taken_over_by_the_agent_that_replaced_a_killed_one_ends_with_
         connections: None,
         steps: Vec::new(),
         versions: None,
+        output_tail: Vec::new(),
     };
     let restart_id = next.expect_fetch_report().await;
     assert_eq!(restart_id, 1);

@@ -792,3 +792,39 @@ async fn the_dashboard_shows_each_generations_version_and_what_a_rollback_left_s
     browser.screenshots("versions").await;
     browser.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_restart_shows_what_its_new_generation_wrote() {
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "normal").unwrap();
+    let _agent = AgentUnderTest::start(&server.host_config(
+        "alpha",
+        "127.0.0.1",
+        "web",
+        &["--mode-file", mode.to_str().unwrap()],
+        "ready_timeout = \"10s\"",
+    ));
+    wait_for_service(&server).await;
+    let base = server.url();
+    std::fs::write(&mode, "crash").unwrap();
+    let rolled_back = server.restart_and_wait("web").await;
+    assert_eq!(
+        rolled_back.outcome,
+        Some(baton_proto::RestartOutcome::RolledBack),
+        "{rolled_back:#?}"
+    );
+
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &server.viewer_token).await;
+    browser
+        .goto(&format!("{base}/restarts/{}", rolled_back.id))
+        .await;
+    let shown = browser.text("#output-alpha").await;
+    assert!(shown.contains("Last output of generation 2"), "{shown}");
+    assert!(shown.contains("crashing at start"), "{shown}");
+    browser.screenshot("restart-output", 1280).await;
+    browser.quit().await;
+}

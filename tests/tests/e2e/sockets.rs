@@ -161,7 +161,8 @@ fn a_generation_gets_only_its_sockets_and_the_standard_fds() {
         .collect();
     fds.sort();
     // 0-2, the socket at 3; anything past that is its channel (fd 4, whose
-    // other end is the agent's) or the demo's own (epoll, its accepted or
+    // other end is the agent's), the spare read ends of its own stdout and
+    // stderr pipes (docs/logs.md) or the demo's own (epoll, its accepted or
     // notify sockets), never one of the agent's: check each.
     assert_eq!(&fds[..4], &[0, 1, 2, 3]);
     let agent_fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
@@ -171,11 +172,26 @@ fn a_generation_gets_only_its_sockets_and_the_standard_fds() {
         .filter(|p| p.starts_with("socket:") || p.starts_with("pipe:"))
         .collect();
     let listener = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
+    let own_output: Vec<String> = [1, 2]
+        .iter()
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(
+        own_output.iter().all(|t| t.starts_with("pipe:")),
+        "{own_output:?}"
+    );
     for fd in &fds[4..] {
         if let Ok(target) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
             let target = target.to_string_lossy().into_owned();
             assert!(
-                target == listener.to_string_lossy() || !agent_fds.contains(&target),
+                target == listener.to_string_lossy()
+                    || own_output.contains(&target)
+                    || !agent_fds.contains(&target),
                 "fd {fd} ({target}) leaked from the agent"
             );
         }

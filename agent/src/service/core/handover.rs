@@ -113,6 +113,7 @@ impl ServiceCore {
                     Lifecycle::Exited { .. } => return None,
                 };
                 Some(GenerationHandover {
+                    output: None,
                     number: g.number,
                     pid: g.pid.as_raw(),
                     main_pid: g.main_pid.map(Pid::as_raw),
@@ -135,6 +136,7 @@ impl ServiceCore {
                             left_ms: i.phase.deadline().map_or(0, left),
                             ready_at: i.ready_at,
                             restarts: i.restarts,
+                            output: None,
                         })
                         .collect(),
                     program: None,
