@@ -378,13 +378,19 @@ fn stop_orphaned(service: &ServiceHandover) {
         }
         // So are its output's read ends: its own spare ones keep it from
         // EPIPE until it has stopped.
-        for fd in generation.output.iter().flat_map(|o| o.fds) {
+        for fd in generation.outputs().flat_map(|o| o.fds) {
             drop(crate::sys::adopt_inherited_fd(fd));
         }
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(generation.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        // Each instance leads a process group of its own.
+        let groups = std::iter::once(generation.pid)
+            .chain(generation.instances.iter().filter_map(|i| i.pid))
+            .collect::<std::collections::BTreeSet<_>>();
+        for group in groups {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(group),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
 }
 

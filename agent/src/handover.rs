@@ -148,6 +148,16 @@ pub struct GenerationHandover {
     pub output: Option<OutputHandover>,
 }
 
+impl GenerationHandover {
+    /// The read ends of its output: the generation's, then those of each
+    /// instance with pipes of its own.
+    pub fn outputs(&self) -> impl Iterator<Item = &OutputHandover> {
+        self.output
+            .iter()
+            .chain(self.instances.iter().filter_map(|i| i.output.as_ref()))
+    }
+}
+
 /// One instance of a handed-over generation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceHandover {
@@ -226,7 +236,7 @@ impl Handover {
                 service
                     .generations
                     .iter()
-                    .filter_map(|g| g.output.as_ref())
+                    .flat_map(GenerationHandover::outputs)
                     .flat_map(|o| o.fds),
             );
         }

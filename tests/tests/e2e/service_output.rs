@@ -590,3 +590,73 @@ async fn a_rolled_back_restart_says_why_in_the_new_generation_s_words_in_the_rep
     assert!(!shown.contains('\u{1b}'), "{shown}");
     assert!(shown.contains("log-err"), "{shown}");
 }
+
+/// The highest `tick N` each instance (`instance I tick N`) wrote, from
+/// `baton logs`.
+fn ticks_by_instance(socket: &Path) -> std::collections::BTreeMap<u32, u64> {
+    let (_, printed, _) = baton(socket, &["logs", "multi", "--lines", "1000"]);
+    let mut last = std::collections::BTreeMap::new();
+    for line in printed.lines() {
+        let Some((_, rest)) = line.split_once("instance ") else {
+            continue;
+        };
+        let Some((index, tick)) = rest.split_once(" tick ") else {
+            continue;
+        };
+        if let (Ok(index), Ok(tick)) = (index.parse::<u32>(), tick.trim().parse::<u64>()) {
+            let seen = last.entry(index).or_insert(0);
+            *seen = (*seen).max(tick);
+        }
+    }
+    last
+}
+
+#[test]
+fn every_instance_s_output_is_captured_and_stays_captured_across_an_upgrade() {
+    let agent = AgentUnderTest::start(&sh_service(
+        "multi",
+        "i=0; while :; do i=$((i+1)); echo instance $BATON_INSTANCE tick $i; sleep 0.05; done",
+        "instances = 3",
+    ));
+    let all_three = || ticks_by_instance(&agent.socket).len() == 3;
+    eventually(
+        "lines from each of the three instances",
+        Duration::from_secs(15),
+        all_three,
+        || format!("{:?}\n{}", ticks_by_instance(&agent.socket), agent.log()),
+    );
+    let pids = |agent: &AgentUnderTest| -> Vec<Option<u32>> {
+        agent.service("multi").generations[0]
+            .instances
+            .iter()
+            .map(|i| i.pid)
+            .collect()
+    };
+    let before = pids(&agent);
+    agent.signal(Signal::SIGUSR2);
+    eventually(
+        "the upgrade",
+        Duration::from_secs(20),
+        || agent.log().contains("upgraded in place"),
+        || agent.log(),
+    );
+    let at_upgrade = ticks_by_instance(&agent.socket);
+    eventually(
+        "each instance's lines after the upgrade",
+        Duration::from_secs(15),
+        || {
+            let now = ticks_by_instance(&agent.socket);
+            (0..3).all(|i| {
+                now.get(&i).copied().unwrap_or(0) > at_upgrade.get(&i).copied().unwrap_or(0) + 10
+            })
+        },
+        || {
+            format!(
+                "{at_upgrade:?} → {:?}\n{}",
+                ticks_by_instance(&agent.socket),
+                agent.log()
+            )
+        },
+    );
+    assert_eq!(pids(&agent), before, "an instance was replaced");
+}
