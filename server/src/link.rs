@@ -37,6 +37,9 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// written at most this often.
 const STATUS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
+// One value at a time per link, moved once: boxing the frame would cost an
+// allocation per frame to save stack nobody misses.
+#[allow(clippy::large_enum_variant)]
 enum Incoming {
     Frame(AgentFrame),
     /// A ping, pong or unparsable message: proof of life, nothing to do.
