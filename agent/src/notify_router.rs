@@ -50,6 +50,23 @@ struct RouterInner {
 const GONE_KEPT_FOR: Duration = Duration::from_secs(5);
 const GONE_KEPT_MAX: usize = 1024;
 
+impl RouterInner {
+    /// Keeps an ended group (and its cgroup) known for its late messages,
+    /// forgetting the oldest past the bounds.
+    fn remember_gone(&mut self, pgid: Pid, cgroup: Option<String>) {
+        let now = Instant::now();
+        while self.gone.len() >= GONE_KEPT_MAX
+            || self
+                .gone
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
+        {
+            self.gone.pop_front();
+        }
+        self.gone.push_back((now, pgid.as_raw(), cgroup));
+    }
+}
+
 /// Where a sender was when its message was read.
 #[derive(Clone, Debug, PartialEq)]
 enum Origin {
@@ -321,16 +338,7 @@ impl NotifyRouter {
                 }
             }
         }
-        let now = Instant::now();
-        while inner.gone.len() >= GONE_KEPT_MAX
-            || inner
-                .gone
-                .front()
-                .is_some_and(|(at, _, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
-        {
-            inner.gone.pop_front();
-        }
-        inner.gone.push_back((now, pgid.as_raw(), cgroup));
+        inner.remember_gone(pgid, cgroup);
     }
 
     /// Forgets an ended generation and removes its cgroup; its late
@@ -344,16 +352,7 @@ impl NotifyRouter {
                     cgroups.remove(cgroup);
                 }
             }
-            let now = Instant::now();
-            while inner.gone.len() >= GONE_KEPT_MAX
-                || inner
-                    .gone
-                    .front()
-                    .is_some_and(|(at, _, _)| now.duration_since(*at) >= GONE_KEPT_FOR)
-            {
-                inner.gone.pop_front();
-            }
-            inner.gone.push_back((now, pgid.as_raw(), cgroup));
+            inner.remember_gone(pgid, cgroup);
         }
     }
 }

@@ -101,6 +101,30 @@ impl ServerUnderTest {
         self.server.database()
     }
 
+    /// Signs in to the dashboard with `token`: the session cookie.
+    pub async fn dashboard_session(&self, token: &str) -> String {
+        let response = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/login", self.url()))
+            .header("accept", "text/html")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "sign-in");
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("baton_session="))
+            .map(|v| v.split(';').next().unwrap().to_string())
+            .expect("a session cookie")
+    }
+
     pub fn url(&self) -> String {
         self.server.url()
     }

@@ -299,30 +299,6 @@ async fn a_restart_on_an_offline_host_fails_there_with_that_reason() {
     assert!(reason.contains("offline"), "{reason}");
 }
 
-/// Signs in to the dashboard with `token`: the session cookie.
-async fn dashboard_session(server: &ServerUnderTest, token: &str) -> String {
-    let response = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .post(format!("{}/login", server.url()))
-        .header("accept", "text/html")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303, "sign-in");
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("baton_session="))
-        .map(|v| v.split(';').next().unwrap().to_string())
-        .expect("a session cookie")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_handoff_shows_its_tally_in_the_api_the_metrics_and_the_dashboard() {
     let server = ServerUnderTest::start();
@@ -395,7 +371,7 @@ async fn a_restart_with_handoff_shows_its_tally_in_the_api_the_metrics_and_the_d
     );
 
     // The dashboard's restart page.
-    let cookie = dashboard_session(&server, &server.viewer_token).await;
+    let cookie = server.dashboard_session(&server.viewer_token).await;
     let page = reqwest::Client::new()
         .get(format!("{}/restarts/{}", server.url(), restart.id))
         .header("accept", "text/html")

@@ -454,30 +454,6 @@ fn after_a_kill_9_of_the_agent_the_writer_lives_on_and_its_output_is_captured_ag
     agent.process_mut().stop();
 }
 
-/// Signs in to the dashboard with `token`: the session cookie.
-async fn dashboard_session(server: &ServerUnderTest, token: &str) -> String {
-    let response = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .post(format!("{}/login", server.url()))
-        .header("accept", "text/html")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303, "sign-in");
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("baton_session="))
-        .map(|v| v.split(';').next().unwrap().to_string())
-        .expect("a session cookie")
-}
-
 /// A service that says `READY=1` (from the process that stays), unless
 /// the file `broken` exists: then it explains itself on stderr, with
 /// markup and a terminal colour code, and exits.
@@ -564,7 +540,7 @@ async fn a_rolled_back_restart_says_why_in_the_new_generation_s_words_in_the_rep
     ));
 
     // The restart page, escaped.
-    let cookie = dashboard_session(&server, &server.viewer_token).await;
+    let cookie = server.dashboard_session(&server.viewer_token).await;
     let page = reqwest::Client::new()
         .get(format!("{}/restarts/{}", server.url(), restart.id))
         .header("accept", "text/html")
