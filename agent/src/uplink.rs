@@ -273,7 +273,8 @@ async fn session(
     // When a status is due after events.
     let mut status_due: Option<tokio::time::Instant> = None;
     let mut last_heard = tokio::time::Instant::now();
-    let (log_frames, mut log_frames_out) = tokio::sync::mpsc::channel::<AgentFrame>(LOG_FRAMES_QUEUED);
+    let (log_frames, mut log_frames_out) =
+        tokio::sync::mpsc::channel::<AgentFrame>(LOG_FRAMES_QUEUED);
     let mut log_streams = LogStreams::default();
     loop {
         tokio::select! {

@@ -514,7 +514,11 @@ impl Fleet {
         }
         drop(streams);
         if !done && !kept {
-            tracing::debug!(host, stream_id, "a log reader fell behind or left; stream cancelled");
+            tracing::debug!(
+                host,
+                stream_id,
+                "a log reader fell behind or left; stream cancelled"
+            );
             self.cancel_logs_on(host, connection, stream_id);
         }
     }

@@ -464,7 +464,7 @@ mod paths {
     /// A service's output on one host, read from its agent: JSON lines
     /// (`application/x-ndjson`), one `OutputLine` per line, oldest first.
     /// With `follow=true` new lines follow until the client closes the
-    /// connection; a blank line is sent every 15 s while nothing is printed
+    /// connection; a blank line is sent every 5 s while nothing is printed
     /// (skip blank lines). A reader that falls far behind is disconnected.
     /// A token may follow at most 8 streams at once.
     #[utoipa::path(

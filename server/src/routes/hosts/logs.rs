@@ -1,7 +1,7 @@
 //! `GET /hosts/{host}/services/{name}/logs`: a service's output on one host,
 //! read from its agent over the link, as JSON lines (`application/x-ndjson`,
 //! one `OutputLine` per line). With `follow=true` the stream stays open and
-//! new lines follow; a blank line every 15 s keeps idle proxies and tells
+//! new lines follow; a blank line every 5 s keeps idle proxies and tells
 //! the server a client has left.
 
 use actix_web::http::header;
@@ -26,7 +26,7 @@ pub const MAX_FOLLOWS_PER_TOKEN: usize = 8;
 /// An agent that does not answer within this long predates log streams or
 /// is stuck.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
 pub struct LogsQuery {
