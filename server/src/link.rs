@@ -37,6 +37,9 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// written at most this often.
 const STATUS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
+// One lives at a time, moved straight into a match: boxing the frame would
+// only add an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 enum Incoming {
     Frame(AgentFrame),
     /// A ping, pong or unparsable message: proof of life, nothing to do.
