@@ -382,6 +382,88 @@ pub async fn service(
     })
 }
 
+/// Lines the service page's tail starts with, and keeps.
+pub const TAIL_LINES: usize = 50;
+
+#[derive(serde::Deserialize)]
+pub struct OutputQuery {
+    host: String,
+}
+
+/// Ends the agent's stream when the browser goes.
+struct TailGuard {
+    fleet: std::sync::Arc<Fleet>,
+    stream_id: String,
+    _permit: StreamPermit,
+}
+
+impl Drop for TailGuard {
+    fn drop(&mut self) {
+        self.fleet.close_logs(&self.stream_id);
+    }
+}
+
+/// `GET /services/{name}/output?host=H`: the live tail of the service's
+/// output on one host, read from its agent: an `event: line` per line, its
+/// `OutputLine` as JSON (which escapes every control character, so a line
+/// cannot end the message). The page's script shows the last
+/// [`TAIL_LINES`] as text. It counts among the session's streams.
+pub async fn output(
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<OutputQuery>,
+    sessions: web::Data<Sessions>,
+    fleet: web::Data<Fleet>,
+) -> HttpResponse {
+    let Ok(name) = ServiceName::parse(&path) else {
+        return HttpResponse::NotFound().finish();
+    };
+    let Some(session) = sessions.find(&request) else {
+        return HttpResponse::Unauthorized().finish();
+    };
+    let Some(permit) = session.stream_permit() else {
+        return HttpResponse::TooManyRequests().finish();
+    };
+    let fleet: std::sync::Arc<Fleet> = fleet.into_inner();
+    let Some((stream_id, chunks)) =
+        fleet.open_logs(&query.host, name.as_str(), None, TAIL_LINES, true)
+    else {
+        return HttpResponse::NoContent().finish();
+    };
+    let guard = TailGuard {
+        fleet: std::sync::Arc::clone(&fleet),
+        stream_id,
+        _permit: permit,
+    };
+    let body = futures::stream::unfold((chunks, guard), |(mut chunks, guard)| async move {
+        let bytes = match tokio::time::timeout(KEEP_ALIVE, chunks.recv()).await {
+            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+            Ok(None) | Ok(Some(crate::fleet::LogChunk::Failed(_))) => return None,
+            Ok(Some(crate::fleet::LogChunk::Lines(lines))) => {
+                let mut out = String::new();
+                for line in &lines {
+                    if let Ok(json) = serde_json::to_string(line) {
+                        out.push_str("event: line\ndata: ");
+                        out.push_str(&json);
+                        out.push_str("\n\n");
+                    }
+                }
+                if out.is_empty() {
+                    Bytes::from_static(b": no lines yet\n\n")
+                } else {
+                    Bytes::from(out)
+                }
+            }
+        };
+        Some((Ok::<_, Infallible>(bytes), (chunks, guard)))
+    });
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
