@@ -394,7 +394,6 @@ pub struct OutputQuery {
 struct TailGuard {
     fleet: std::sync::Arc<Fleet>,
     stream_id: String,
-    _permit: StreamPermit,
 }
 
 impl Drop for TailGuard {
@@ -407,24 +406,28 @@ impl Drop for TailGuard {
 /// output on one host, read from its agent: an `event: line` per line, its
 /// `OutputLine` as JSON (which escapes every control character, so a line
 /// cannot end the message). The page's script shows the last
-/// [`TAIL_LINES`] as text. It counts among the session's streams.
+/// [`TAIL_LINES`] as text. It counts among the session's streams and ends,
+/// as the other live streams do, when the session closes or its token is
+/// revoked.
+#[allow(clippy::too_many_arguments)]
 pub async fn output(
     request: HttpRequest,
     path: web::Path<String>,
     query: web::Query<OutputQuery>,
     sessions: web::Data<Sessions>,
+    tokens: web::Data<TokenCache>,
     fleet: web::Data<Fleet>,
+    metrics: web::Data<Metrics>,
 ) -> HttpResponse {
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
-    let Some(session) = sessions.find(&request) else {
-        return HttpResponse::Unauthorized().finish();
-    };
-    let Some(permit) = session.stream_permit() else {
-        return HttpResponse::TooManyRequests().finish();
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+        Ok(watcher) => watcher,
+        Err(refused) => return refused.response(),
     };
     let fleet: std::sync::Arc<Fleet> = fleet.into_inner();
+    // An offline host: 204 tells the browser not to reconnect.
     let Some((stream_id, chunks)) =
         fleet.open_logs(&query.host, name.as_str(), None, TAIL_LINES, true)
     else {
@@ -433,35 +436,49 @@ pub async fn output(
     let guard = TailGuard {
         fleet: std::sync::Arc::clone(&fleet),
         stream_id,
-        _permit: permit,
     };
-    let body = futures::stream::unfold((chunks, guard), |(mut chunks, guard)| async move {
-        let bytes = match tokio::time::timeout(KEEP_ALIVE, chunks.recv()).await {
-            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
-            Ok(None) | Ok(Some(crate::fleet::LogChunk::Failed(_))) => return None,
-            Ok(Some(crate::fleet::LogChunk::Lines(lines))) => {
-                let mut out = String::new();
-                for line in &lines {
-                    if let Ok(json) = serde_json::to_string(line) {
-                        out.push_str("event: line\ndata: ");
-                        out.push_str(&json);
-                        out.push_str("\n\n");
+    let body = futures::stream::unfold(
+        (chunks, watcher, guard),
+        |(mut chunks, mut watcher, guard)| async move {
+            let keep_alive_at = Instant::now() + KEEP_ALIVE;
+            let bytes = loop {
+                tokio::select! {
+                    chunk = chunks.recv() => match chunk {
+                        None | Some(crate::fleet::LogChunk::Failed(_)) => return None,
+                        Some(crate::fleet::LogChunk::Lines(lines)) => break sse_output(&lines),
+                    },
+                    _ = watcher.recheck.tick() => {
+                        if !watcher.still_signed_in().await {
+                            return None;
+                        }
                     }
+                    _ = tokio::time::sleep_until(keep_alive_at) => break Bytes::from_static(b": keep-alive\n\n"),
                 }
-                if out.is_empty() {
-                    Bytes::from_static(b": no lines yet\n\n")
-                } else {
-                    Bytes::from(out)
-                }
-            }
-        };
-        Some((Ok::<_, Infallible>(bytes), (chunks, guard)))
-    });
+            };
+            Some((Ok::<_, Infallible>(bytes), (chunks, watcher, guard)))
+        },
+    );
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body)
+}
+
+fn sse_output(lines: &[baton_proto::OutputLine]) -> Bytes {
+    let mut out = String::new();
+    for line in lines {
+        if let Ok(json) = serde_json::to_string(line) {
+            out.push_str("event: line\ndata: ");
+            out.push_str(&json);
+            out.push_str("\n\n");
+        }
+    }
+    if out.is_empty() {
+        // The agent's first answer, with no line yet.
+        out.push_str(": no lines yet\n\n");
+    }
+    Bytes::from(out)
 }
 
 #[cfg(test)]
