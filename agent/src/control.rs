@@ -258,9 +258,7 @@ async fn handle_request(conn: &mut Conn, agent: &AgentView, request: Request) ->
 /// Most lines one `logs` request is answered from the past.
 const MAX_LOG_LINES: usize = 100_000;
 
-/// `baton logs`: the last lines, then (with `follow`) every new one. A
-/// follower too slow for the service misses lines rather than slow it;
-/// it is told how many.
+/// `baton logs`: the last lines, then (with `follow`) every new one.
 async fn follow_logs(
     conn: &mut Conn,
     agent: &AgentView,
@@ -269,66 +267,19 @@ async fn follow_logs(
     lines: usize,
     follow: bool,
 ) -> io::Result<()> {
-    let Some(output) = agent
-        .services
-        .read()
-        .map(|services| services.contains_key(service))
-        .unwrap_or(false)
-        .then(|| agent.output.service(service))
-    else {
-        return send(
-            conn,
-            error(
-                ErrorKind::UnknownService,
-                format!("no service named {service:?}"),
-            ),
-        )
-        .await;
-    };
-    // Subscribed before the past is read, so no line falls between.
-    let mut live = output.subscribe();
-    let outputs = agent.output.clone();
-    let past_output = output.clone();
-    let lines = lines.min(MAX_LOG_LINES);
-    let past = tokio::task::spawn_blocking(move || outputs.last(&past_output, generation, lines))
-        .await
-        .unwrap_or_default();
-    let mut newest = past.last().map(|line| (line.time, line.generation));
+    let (past, mut reader) =
+        match crate::log_reader::open(agent, service, generation, lines.min(MAX_LOG_LINES)).await {
+            Ok(opened) => opened,
+            Err(body) => return send(conn, Response::Error(body)).await,
+        };
     for line in past {
         send(conn, Response::Output(line)).await?;
     }
     if !follow {
         return Ok(());
     }
-    let wanted = generation;
-    loop {
-        let line = tokio::select! {
-            _ = agent.shutting_down.cancelled() => return Ok(()),
-            line = live.recv() => line,
-        };
-        match line {
-            Ok(line) => {
-                if wanted.is_some_and(|g| g != line.generation) {
-                    continue;
-                }
-                // A line read before the past was taken is in it already.
-                if newest.is_some_and(|(time, _)| line.time < time) {
-                    continue;
-                }
-                newest = None;
-                send(conn, Response::Output(line)).await?;
-            }
-            Err(RecvError::Lagged(missed)) => {
-                tracing::debug!(service, missed, "a log follower fell behind");
-                let notice = baton_proto::OutputLine {
-                    time: baton_proto::now_millis(),
-                    generation: wanted.unwrap_or(0),
-                    stream: baton_proto::OutputStream::Stderr,
-                    text: format!("[baton: {missed} lines missed: this reader fell behind]"),
-                };
-                send(conn, Response::Output(notice)).await?;
-            }
-            Err(RecvError::Closed) => return Ok(()),
-        }
+    while let Some(line) = reader.next().await {
+        send(conn, Response::Output(line)).await?;
     }
+    Ok(())
 }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod events;
 pub mod handover;
 pub mod lineage;
+pub mod log_reader;
 pub mod notify;
 pub mod notify_router;
 pub mod output;

@@ -64,6 +64,12 @@ const BATCH_BYTES: usize = 256 * 1024;
 const SERVER_SILENCE: Duration = Duration::from_secs(5);
 /// A frame the server does not take within this long means the same.
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
+/// Log streams one link serves at once; the server bounds its own readers
+/// well below this.
+const MAX_LOG_STREAMS: usize = 64;
+/// Frames of log lines waiting for the link; a stream that finds it full
+/// waits, and its follower misses lines rather than grow the agent.
+const LOG_FRAMES_QUEUED: usize = 64;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -174,7 +180,7 @@ async fn session(
     url: &str,
     token: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
-    agent: &AgentView,
+    agent: &Arc<AgentView>,
 ) -> Result<(), LinkError> {
     let mut request = url.into_client_request()?;
     request.headers_mut().insert(
@@ -267,8 +273,14 @@ async fn session(
     // When a status is due after events.
     let mut status_due: Option<tokio::time::Instant> = None;
     let mut last_heard = tokio::time::Instant::now();
+    let (log_frames, mut log_frames_out) =
+        tokio::sync::mpsc::channel::<AgentFrame>(LOG_FRAMES_QUEUED);
+    let mut log_streams = LogStreams::default();
     loop {
         tokio::select! {
+            Some(log_frame) = log_frames_out.recv() => {
+                send(&mut sink, frame(&log_frame)?).await?;
+            }
             _ = agent.shutting_down.cancelled() => {
                 let _ = send(&mut sink, Message::Close(None)).await;
                 return Ok(());
@@ -350,6 +362,10 @@ async fn session(
                             let report = agent.events.restart(restart_id);
                             send(&mut sink, frame(&AgentFrame::Report { restart_id, report })?).await?;
                         }
+                        Ok(ServerFrame::Logs { stream_id, service, generation, lines, follow }) => {
+                            log_streams.start(agent, &log_frames, stream_id, service, generation, lines, follow);
+                        }
+                        Ok(ServerFrame::CancelLogs { stream_id }) => log_streams.cancel(&stream_id),
                         Ok(ServerFrame::Ack { .. }) | Ok(ServerFrame::Welcome { .. }) => {}
                         Ok(ServerFrame::Refused { message, refusal }) => {
                             return Err(Refused { message, refusal }.into());
@@ -363,6 +379,138 @@ async fn session(
             },
         }
     }
+}
+
+/// The log streams a link serves, each a task of its own; they end with
+/// the link.
+#[derive(Default)]
+struct LogStreams {
+    running: std::collections::HashMap<String, tokio::task::AbortHandle>,
+}
+
+impl LogStreams {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        agent: &Arc<AgentView>,
+        frames: &tokio::sync::mpsc::Sender<AgentFrame>,
+        stream_id: String,
+        service: String,
+        generation: Option<u64>,
+        lines: usize,
+        follow: bool,
+    ) {
+        self.running.retain(|_, task| !task.is_finished());
+        let frames = frames.clone();
+        if self.running.len() >= MAX_LOG_STREAMS || self.running.contains_key(&stream_id) {
+            let error = baton_proto::ErrorBody {
+                kind: baton_proto::ErrorKind::BadRequest,
+                message: format!("this agent serves at most {MAX_LOG_STREAMS} log streams at once"),
+                running_restart: None,
+            };
+            let _ = frames.try_send(AgentFrame::Logs {
+                stream_id,
+                lines: Vec::new(),
+                done: true,
+                error: Some(error),
+            });
+            return;
+        }
+        let agent = Arc::clone(agent);
+        let id = stream_id.clone();
+        let lines = lines.min(baton_proto::link::MAX_LOG_LINES);
+        let task = tokio::spawn(async move {
+            let (past, mut reader) =
+                match crate::log_reader::open(&agent, &service, generation, lines).await {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        let _ = frames
+                            .send(AgentFrame::Logs {
+                                stream_id: id,
+                                lines: Vec::new(),
+                                done: true,
+                                error: Some(error),
+                            })
+                            .await;
+                        return;
+                    }
+                };
+            let chunks = line_batches(past);
+            let count = chunks.len();
+            for (index, chunk) in chunks.into_iter().enumerate() {
+                let done = !follow && index + 1 == count;
+                let sent = frames
+                    .send(AgentFrame::Logs {
+                        stream_id: id.clone(),
+                        lines: chunk,
+                        done,
+                        error: None,
+                    })
+                    .await;
+                if sent.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            while let Some(line) = reader.next().await {
+                let sent = frames
+                    .send(AgentFrame::Logs {
+                        stream_id: id.clone(),
+                        lines: vec![line],
+                        done: false,
+                        error: None,
+                    })
+                    .await;
+                if sent.is_err() {
+                    return;
+                }
+            }
+            let _ = frames
+                .send(AgentFrame::Logs {
+                    stream_id: id,
+                    lines: Vec::new(),
+                    done: true,
+                    error: None,
+                })
+                .await;
+        });
+        self.running.insert(stream_id, task.abort_handle());
+    }
+
+    fn cancel(&mut self, stream_id: &str) {
+        if let Some(task) = self.running.remove(stream_id) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for LogStreams {
+    fn drop(&mut self) {
+        for task in self.running.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Splits lines into frames of about `BATCH_BYTES` (always at least one
+/// frame, the answer, even when there is no line).
+fn line_batches(lines: Vec<baton_proto::OutputLine>) -> Vec<Vec<baton_proto::OutputLine>> {
+    let mut out = vec![Vec::new()];
+    let mut bytes = 0;
+    for line in lines {
+        let size = line.weight() + 64;
+        if bytes + size > BATCH_BYTES && !out.last().is_none_or(Vec::is_empty) {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(last) = out.last_mut() {
+            last.push(line);
+        }
+    }
+    out
 }
 
 /// The last status sent to the server, to send only what changed.

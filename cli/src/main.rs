@@ -206,10 +206,16 @@ fn main() -> ExitCode {
                 runtime.block_on(server_mode::history(&client, &service, limit))
             }
             Command::Show { id, json } => runtime.block_on(server_mode::show(&client, id, json)),
-            Command::Logs { .. }
-            | Command::Events { .. }
-            | Command::Reload
-            | Command::Demo { .. } => {
+            Command::Logs {
+                service,
+                follow,
+                generation,
+                lines,
+                host,
+            } => runtime.block_on(server_mode::logs(
+                &client, &service, host, generation, lines, follow,
+            )),
+            Command::Events { .. } | Command::Reload | Command::Demo { .. } => {
                 eprintln!("baton: this command talks to an agent; drop --server");
                 return ExitCode::from(exit::USAGE);
             }

@@ -321,6 +321,53 @@ pub async fn history(
     Ok(exit::SUCCEEDED)
 }
 
+/// `baton logs NAME [--host H]` through the server. Without `--host` the
+/// service must run on exactly one host.
+pub async fn logs(
+    client: &ServerClient,
+    service: &ServiceName,
+    host: Option<String>,
+    generation: Option<u64>,
+    lines: usize,
+    follow: bool,
+) -> Result<u8, Error> {
+    let host = match host {
+        Some(host) => host,
+        None => {
+            let hosts: Vec<String> = client
+                .service(service)
+                .await?
+                .hosts
+                .into_iter()
+                .map(|h| h.host)
+                .collect();
+            match hosts.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    eprintln!("baton: no host runs {service}");
+                    return Ok(exit::USAGE);
+                }
+                several => {
+                    eprintln!(
+                        "baton: {service} runs on {} hosts ({}); choose one with --host",
+                        several.len(),
+                        several.join(", ")
+                    );
+                    return Ok(exit::USAGE);
+                }
+            }
+        }
+    };
+    let lines = lines.min(baton_proto::link::MAX_LOG_LINES);
+    let mut stream = client
+        .logs(&host, service, generation, lines, follow)
+        .await?;
+    while let Some(line) = stream.next_line().await? {
+        outln!("{}", crate::output::output_line(&line));
+    }
+    Ok(exit::SUCCEEDED)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

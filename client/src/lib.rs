@@ -16,7 +16,7 @@ mod server;
 
 pub use agent::AgentClient;
 pub use reqwest::StatusCode;
-pub use server::ServerClient;
+pub use server::{LogStream, ServerClient};
 
 use baton_proto::ErrorBody;
 use std::path::PathBuf;
@@ -72,6 +72,8 @@ pub enum ProtocolError {
     AgentUnreadable(#[from] serde_json::Error),
     #[error("the server sent something unreadable: {0}")]
     ServerUnreadable(reqwest::Error),
+    #[error("the server sent an unreadable line: {0}")]
+    ServerLine(serde_json::Error),
     #[error("the agent closed the connection")]
     Closed,
     #[error("the agent answered with something other than a {expected}")]

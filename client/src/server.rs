@@ -149,6 +149,54 @@ impl ServerClient {
             .await
     }
 
+    /// `GET /hosts/{host}/services/{name}/logs`: the last `lines` of the
+    /// service's output on `host`, then (with `follow`) every new line.
+    pub async fn logs(
+        &self,
+        host: &str,
+        service: &ServiceName,
+        generation: Option<u64>,
+        lines: usize,
+        follow: bool,
+    ) -> Result<LogStream> {
+        let mut path = format!("/hosts/{host}/services/{service}/logs?lines={lines}");
+        if let Some(generation) = generation {
+            path.push_str(&format!("&generation={generation}"));
+        }
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if follow {
+            path.push_str("&follow=true");
+            request = self.http.get(format!("{}{path}", self.base));
+        } else {
+            request = request.timeout(self.timeout);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| Error::ServerUnreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            return Err(Self::answer::<serde_json::Value>(response)
+                .await
+                .err()
+                .unwrap_or(
+                    ProtocolError::Unexpected {
+                        expected: "an error",
+                    }
+                    .into(),
+                ));
+        }
+        Ok(LogStream {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
     /// `GET path`: the JSON of a successful answer.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.request(Method::GET, path)).await
@@ -200,6 +248,36 @@ impl ServerClient {
                 restart_id: body.and_then(|b| b.restart_id),
             },
         })
+    }
+}
+
+/// The JSON lines of a logs answer, read as they come.
+pub struct LogStream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl LogStream {
+    /// The next line, `None` at the end of the stream.
+    pub async fn next_line(&mut self) -> Result<Option<baton_proto::OutputLine>> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                let line = &line[..end];
+                // Blank lines keep an idle stream alive.
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(|e| ProtocolError::ServerLine(e).into());
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(ProtocolError::ServerUnreadable(e).into()),
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! The server acknowledges what it has committed; the agent resends
 //! unacknowledged events after a reconnect, and the server drops duplicates.
 
-use crate::{ErrorBody, Event, RestartId, RestartReport, ServiceStatus};
+use crate::{ErrorBody, Event, OutputLine, RestartId, RestartReport, ServiceStatus};
 use serde::{Deserialize, Serialize};
 
 pub const LINK_VERSION: u32 = 1;
@@ -44,7 +44,22 @@ pub enum AgentFrame {
         restart_id: RestartId,
         report: Option<RestartReport>,
     },
+    /// Lines for [`ServerFrame::Logs`] `stream_id`: the first frame answers
+    /// the request (with `error` when it cannot be served), the following
+    /// ones carry new lines while it follows. `done` ends the stream.
+    Logs {
+        stream_id: String,
+        #[serde(default)]
+        lines: Vec<OutputLine>,
+        #[serde(default)]
+        done: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
 }
+
+/// Most lines one [`ServerFrame::Logs`] asks of the past.
+pub const MAX_LOG_LINES: usize = 1_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -66,6 +81,22 @@ pub enum ServerFrame {
     /// link was down) still learns its outcome. An agent that predates it
     /// ignores it.
     FetchReport { restart_id: RestartId },
+    /// Send the last `lines` (at most [`MAX_LOG_LINES`]) of a service's
+    /// output, of one generation or all, and with `follow` every new line
+    /// until [`ServerFrame::CancelLogs`] or the link drops. Answered by
+    /// [`AgentFrame::Logs`] frames. An agent that predates it ignores it,
+    /// so the server gives up when no answer comes.
+    Logs {
+        stream_id: String,
+        service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<u64>,
+        lines: usize,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Stop the stream `stream_id`: its reader is gone.
+    CancelLogs { stream_id: String },
     /// The server refuses the link (bad version, a host its token does not
     /// speak for...). The server closes the link after it.
     Refused {
@@ -133,6 +164,32 @@ mod tests {
         let json = serde_json::to_string(&unknown).unwrap();
         assert_eq!(json, r#"{"type":"report","restart_id":7,"report":null}"#);
         assert_eq!(serde_json::from_str::<AgentFrame>(&json).unwrap(), unknown);
+    }
+
+    #[test]
+    fn a_log_request_and_its_lines_travel_as_tagged_json() {
+        let ask = ServerFrame::Logs {
+            stream_id: "s1".into(),
+            service: "web".into(),
+            generation: None,
+            lines: 50,
+            follow: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&ask).unwrap(),
+            r#"{"type":"logs","stream_id":"s1","service":"web","lines":50,"follow":true}"#
+        );
+        let answer: AgentFrame =
+            serde_json::from_str(r#"{"type":"logs","stream_id":"s1","done":true}"#).unwrap();
+        assert_eq!(
+            answer,
+            AgentFrame::Logs {
+                stream_id: "s1".into(),
+                lines: Vec::new(),
+                done: true,
+                error: None,
+            }
+        );
     }
 
     #[test]

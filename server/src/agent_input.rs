@@ -86,7 +86,9 @@ fn check_service_names(frame: &AgentFrame) -> Result<(), FrameError> {
             services.iter().try_for_each(check_status)
         }
         AgentFrame::Events { events } => events.iter().try_for_each(check_event),
-        AgentFrame::RestartStarted { .. } | AgentFrame::Report { report: None, .. } => Ok(()),
+        AgentFrame::RestartStarted { .. }
+        | AgentFrame::Logs { .. }
+        | AgentFrame::Report { report: None, .. } => Ok(()),
         AgentFrame::Report {
             report: Some(report),
             ..

@@ -110,8 +110,31 @@ struct PendingReport {
     answer: oneshot::Sender<Option<RestartReport>>,
 }
 
+/// What a log stream's reader gets from the agent.
+#[derive(Debug)]
+pub enum LogChunk {
+    Lines(Vec<baton_proto::OutputLine>),
+    /// The agent cannot serve the stream (no such service...).
+    Failed(ErrorBody),
+}
+
+/// Chunks a log stream's reader may be behind before the stream is dropped
+/// and cancelled on the agent: a slow client does not grow the server.
+const LOG_CHUNKS_QUEUED: usize = 256;
+
+/// A log stream asked of an agent, which counts only from the link it was
+/// asked on.
+struct PendingLogs {
+    host: String,
+    connection: u64,
+    chunks: mpsc::Sender<LogChunk>,
+}
+
 pub struct Fleet {
     hosts: RwLock<BTreeMap<String, HostState>>,
+    log_streams: Mutex<HashMap<String, PendingLogs>>,
+    /// Follow streams open per token hash.
+    log_followers: Mutex<HashMap<String, usize>>,
     commands: Mutex<HashMap<String, PendingCommand>>,
     reports: Mutex<Vec<PendingReport>>,
     notices: broadcast::Sender<Notice>,
@@ -152,6 +175,8 @@ impl Fleet {
         let (notices, _) = broadcast::channel(4096);
         Fleet {
             hosts: RwLock::new(hosts),
+            log_streams: Mutex::new(HashMap::new()),
+            log_followers: Mutex::new(HashMap::new()),
             commands: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
             notices,
@@ -262,6 +287,11 @@ impl Fleet {
             }
         }
         drop(commands);
+        // Dropped: their readers' streams end.
+        self.log_streams
+            .lock()
+            .expect("log streams lock")
+            .retain(|_, pending| pending.connection != connection);
         // Dropped: whoever waits on one learns the link is gone.
         self.reports
             .lock()
@@ -403,6 +433,140 @@ impl Fleet {
                 restart_id,
                 "a report no fetch on this link waits for; ignored"
             );
+        }
+    }
+
+    /// Asks the host's agent for a service's output (`ServerFrame::Logs`).
+    /// `None` when the host is offline. The receiver ends when the agent
+    /// says the stream is done, the link closes, or the stream is closed.
+    pub fn open_logs(
+        &self,
+        host: &str,
+        service: &str,
+        generation: Option<u64>,
+        lines: usize,
+        follow: bool,
+    ) -> Option<(String, mpsc::Receiver<LogChunk>)> {
+        let stream_id = format!("logs-{:016x}", rand::random::<u64>());
+        let (chunks, receiver) = mpsc::channel(LOG_CHUNKS_QUEUED);
+        let hosts = self.hosts.read().expect("fleet lock");
+        let link = hosts.get(host).and_then(|s| s.link.as_ref())?;
+        // Registered before sending, so an answer cannot overtake it.
+        self.log_streams.lock().expect("log streams lock").insert(
+            stream_id.clone(),
+            PendingLogs {
+                host: host.to_string(),
+                connection: link.connection,
+                chunks,
+            },
+        );
+        let sent = link
+            .frames
+            .send(ServerFrame::Logs {
+                stream_id: stream_id.clone(),
+                service: service.to_string(),
+                generation,
+                lines,
+                follow,
+            })
+            .is_ok();
+        drop(hosts);
+        if !sent {
+            self.log_streams
+                .lock()
+                .expect("log streams lock")
+                .remove(&stream_id);
+            return None;
+        }
+        Some((stream_id, receiver))
+    }
+
+    /// Lines that arrived on `host`'s link `connection` for `stream_id`. A
+    /// reader that fell too far behind (or left) loses its stream, and the
+    /// agent is told to stop.
+    pub fn logs_arrived(
+        &self,
+        host: &str,
+        connection: u64,
+        stream_id: &str,
+        lines: Vec<baton_proto::OutputLine>,
+        done: bool,
+        error: Option<ErrorBody>,
+    ) {
+        let mut streams = self.log_streams.lock().expect("log streams lock");
+        let Some(pending) = streams
+            .get(stream_id)
+            .filter(|p| p.host == host && p.connection == connection)
+        else {
+            drop(streams);
+            if !done {
+                self.cancel_logs_on(host, connection, stream_id);
+            }
+            return;
+        };
+        let chunk = match error {
+            Some(error) => LogChunk::Failed(error),
+            None => LogChunk::Lines(lines),
+        };
+        let kept = pending.chunks.try_send(chunk).is_ok();
+        if done || !kept {
+            streams.remove(stream_id);
+        }
+        drop(streams);
+        if !done && !kept {
+            tracing::debug!(
+                host,
+                stream_id,
+                "a log reader fell behind or left; stream cancelled"
+            );
+            self.cancel_logs_on(host, connection, stream_id);
+        }
+    }
+
+    /// The reader of `stream_id` is gone: forget it and stop it on the agent.
+    pub fn close_logs(&self, stream_id: &str) {
+        let pending = self
+            .log_streams
+            .lock()
+            .expect("log streams lock")
+            .remove(stream_id);
+        if let Some(pending) = pending {
+            self.cancel_logs_on(&pending.host, pending.connection, stream_id);
+        }
+    }
+
+    fn cancel_logs_on(&self, host: &str, connection: u64, stream_id: &str) {
+        let hosts = self.hosts.read().expect("fleet lock");
+        if let Some(link) = hosts
+            .get(host)
+            .and_then(|s| s.link.as_ref())
+            .filter(|l| l.connection == connection)
+        {
+            let _ = link.frames.send(ServerFrame::CancelLogs {
+                stream_id: stream_id.to_string(),
+            });
+        }
+    }
+
+    /// Counts one more follow stream of `token_hash`, unless it has `max`
+    /// open already.
+    pub fn start_following(&self, token_hash: &str, max: usize) -> bool {
+        let mut followers = self.log_followers.lock().expect("log followers lock");
+        let count = followers.entry(token_hash.to_string()).or_default();
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    pub fn stop_following(&self, token_hash: &str) {
+        let mut followers = self.log_followers.lock().expect("log followers lock");
+        if let Some(count) = followers.get_mut(token_hash) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                followers.remove(token_hash);
+            }
         }
     }
 

@@ -401,6 +401,10 @@ pub async fn run(
                         };
                         context.fleet.command_answered(&host, connection, &command_id, answer);
                     }
+                    Incoming::Frame(AgentFrame::Logs { stream_id, lines, done, error }) => {
+                        context.fleet.touch(&host, connection);
+                        context.fleet.logs_arrived(&host, connection, &stream_id, lines, done, error);
+                    }
                     Incoming::Frame(AgentFrame::Report { restart_id, report }) => {
                         context.fleet.touch(&host, connection);
                         context.fleet.report_answered(&host, connection, restart_id, report);

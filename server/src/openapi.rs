@@ -35,6 +35,7 @@ a path does not have is answered 405 with an Allow header."
         paths::restart_by_id,
         paths::hosts,
         paths::forget_host,
+        paths::service_logs,
         paths::agent_connect,
     ),
     modifiers(&BearerToken, &RestartBodyMayBeLeftOut, &SharedResponses)
@@ -435,6 +436,54 @@ mod paths {
         security(("bearer" = []))
     )]
     pub fn forget_host() {}
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Path)]
+    struct LogsPath {
+        /// The host, by the name its agent reports.
+        #[param(value_type = Name)]
+        host: String,
+        /// The service on that host.
+        #[param(value_type = Name)]
+        name: String,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    #[allow(dead_code)]
+    struct LogsQuery {
+        /// How many of the last lines to send first (default 100, at most 1000).
+        #[param(minimum = 0, maximum = 1000)]
+        lines: Option<usize>,
+        /// Only this generation's lines (default: every generation's).
+        generation: Option<u64>,
+        /// Keep the stream open and send every new line (default false).
+        follow: Option<bool>,
+    }
+
+    /// A service's output on one host, read from its agent: JSON lines
+    /// (`application/x-ndjson`), one `OutputLine` per line, oldest first.
+    /// With `follow=true` new lines follow until the client closes the
+    /// connection; a blank line is sent every 5 s while nothing is printed
+    /// (skip blank lines). A reader that falls far behind is disconnected.
+    /// A token may follow at most 8 streams at once.
+    #[utoipa::path(
+        tag = "hosts",
+        get,
+        path = "/hosts/{host}/services/{name}/logs",
+        params(LogsPath, LogsQuery),
+        responses(
+            (status = 200, description = "The lines, one JSON object per line.", content_type = "application/x-ndjson", body = baton_proto::OutputLine),
+            (status = 400, description = "More than 1000 lines asked.", body = ApiError),
+            (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
+            (status = 404, description = "No such host, or the host runs no such service.", body = ApiError),
+            (status = 422, description = "Invalid host name.", body = ApiError),
+            (status = 429, description = "The token follows 8 streams already.", body = ApiError),
+            (status = 503, description = "The host is offline, or its agent did not answer in time.", body = ApiError),
+        ),
+        security(("bearer" = []))
+    )]
+    pub fn service_logs() {}
 
     /// The agent link: a WebSocket of JSON text frames (`baton_proto::link`).
     ///

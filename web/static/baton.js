@@ -26,6 +26,31 @@ function followLive(element) {
   });
 }
 
+// A service's live output on one host. Lines are the service's own,
+// untrusted: they go in as text, never as HTML. At most data-max-lines stay.
+function followOutput(element) {
+  const max = Number(element.dataset.maxLines) || 50;
+  const source = new EventSource(element.dataset.logTail);
+  // A reconnect starts again with the last lines: no duplicates.
+  source.addEventListener("open", () => element.replaceChildren());
+  source.addEventListener("line", (event) => {
+    let line;
+    try {
+      line = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    const row = document.createElement("div");
+    row.className = "log-line " + line.stream;
+    const time = new Date(line.time).toLocaleTimeString();
+    const stream = line.stream === "stderr" ? "err" : "out";
+    row.textContent = `${time} [${line.generation} ${stream}] ${line.text}`;
+    element.appendChild(row);
+    while (element.childElementCount > max) element.firstElementChild.remove();
+    element.scrollTop = element.scrollHeight;
+  });
+}
+
 function openDialogs() {
   for (const trigger of document.querySelectorAll("[data-dialog]")) {
     const dialog = document.getElementById(trigger.dataset.dialog);
@@ -41,5 +66,6 @@ function openDialogs() {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-live]").forEach(followLive);
+  document.querySelectorAll("[data-log-tail]").forEach(followOutput);
   openDialogs();
 });

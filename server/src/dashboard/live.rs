@@ -382,6 +382,105 @@ pub async fn service(
     })
 }
 
+/// Lines the service page's tail starts with, and keeps.
+pub const TAIL_LINES: usize = 50;
+
+#[derive(serde::Deserialize)]
+pub struct OutputQuery {
+    host: String,
+}
+
+/// Ends the agent's stream when the browser goes.
+struct TailGuard {
+    fleet: std::sync::Arc<Fleet>,
+    stream_id: String,
+}
+
+impl Drop for TailGuard {
+    fn drop(&mut self) {
+        self.fleet.close_logs(&self.stream_id);
+    }
+}
+
+/// `GET /services/{name}/output?host=H`: the live tail of the service's
+/// output on one host, read from its agent: an `event: line` per line, its
+/// `OutputLine` as JSON (which escapes every control character, so a line
+/// cannot end the message). The page's script shows the last
+/// [`TAIL_LINES`] as text. It counts among the session's streams and ends,
+/// as the other live streams do, when the session closes or its token is
+/// revoked.
+#[allow(clippy::too_many_arguments)]
+pub async fn output(
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<OutputQuery>,
+    sessions: web::Data<Sessions>,
+    tokens: web::Data<TokenCache>,
+    fleet: web::Data<Fleet>,
+    metrics: web::Data<Metrics>,
+) -> HttpResponse {
+    let Ok(name) = ServiceName::parse(&path) else {
+        return HttpResponse::NotFound().finish();
+    };
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+        Ok(watcher) => watcher,
+        Err(refused) => return refused.response(),
+    };
+    let fleet: std::sync::Arc<Fleet> = fleet.into_inner();
+    // An offline host: 204 tells the browser not to reconnect.
+    let Some((stream_id, chunks)) =
+        fleet.open_logs(&query.host, name.as_str(), None, TAIL_LINES, true)
+    else {
+        return HttpResponse::NoContent().finish();
+    };
+    let guard = TailGuard {
+        fleet: std::sync::Arc::clone(&fleet),
+        stream_id,
+    };
+    let body = futures::stream::unfold(
+        (chunks, watcher, guard),
+        |(mut chunks, mut watcher, guard)| async move {
+            let keep_alive_at = Instant::now() + KEEP_ALIVE;
+            let bytes = loop {
+                tokio::select! {
+                    chunk = chunks.recv() => match chunk {
+                        None | Some(crate::fleet::LogChunk::Failed(_)) => return None,
+                        Some(crate::fleet::LogChunk::Lines(lines)) => break sse_output(&lines),
+                    },
+                    _ = watcher.recheck.tick() => {
+                        if !watcher.still_signed_in().await {
+                            return None;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(keep_alive_at) => break Bytes::from_static(b": keep-alive\n\n"),
+                }
+            };
+            Some((Ok::<_, Infallible>(bytes), (chunks, watcher, guard)))
+        },
+    );
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
+fn sse_output(lines: &[baton_proto::OutputLine]) -> Bytes {
+    let mut out = String::new();
+    for line in lines {
+        if let Ok(json) = serde_json::to_string(line) {
+            out.push_str("event: line\ndata: ");
+            out.push_str(&json);
+            out.push_str("\n\n");
+        }
+    }
+    if out.is_empty() {
+        // The agent's first answer, with no line yet.
+        out.push_str(": no lines yet\n\n");
+    }
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

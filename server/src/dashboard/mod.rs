@@ -58,6 +58,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::get().to(pages::service)),
         )
         .route("/services/{name}/live", web::get().to(live::service))
+        .route("/services/{name}/output", web::get().to(live::output))
         .service(
             web::resource("/services/{name}/restart/confirm")
                 .route(web::get().to(pages::confirm_restart))

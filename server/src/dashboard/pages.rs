@@ -269,6 +269,7 @@ pub async fn service(
         layout: Layout::for_session(&session, "overview"),
         name: name.to_string(),
         host_count: live.hosts.len(),
+        tail_lines: crate::dashboard::live::TAIL_LINES,
         live,
         restarts: restarts
             .restarts

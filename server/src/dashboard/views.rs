@@ -860,6 +860,8 @@ pub struct ServicePage {
     pub live: ServiceLive,
     pub host_count: usize,
     pub restarts: Vec<RestartLine>,
+    /// Lines of the live output tail per host.
+    pub tail_lines: usize,
 }
 
 #[derive(Template)]

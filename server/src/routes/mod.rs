@@ -38,6 +38,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/restarts/{id}").route(web::get().to(restarts::get::one)))
         .service(resource("/hosts").route(web::get().to(hosts::get::list)))
         .service(resource("/hosts/{name}").route(web::delete().to(hosts::delete::forget)))
+        .service(
+            resource("/hosts/{host}/services/{name}/logs").route(web::get().to(hosts::logs::logs)),
+        )
         .service(resource("/agent/v1/connect").route(web::get().to(agent::connect)));
 }
 

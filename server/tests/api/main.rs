@@ -6,6 +6,7 @@ mod hosts;
 mod input;
 mod limits;
 mod link;
+mod logs;
 mod openapi;
 mod restarts;
 mod services;

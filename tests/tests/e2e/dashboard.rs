@@ -828,3 +828,40 @@ async fn a_rolled_back_restart_shows_what_its_new_generation_wrote() {
     browser.screenshot("restart-output", 1280).await;
     browser.quit().await;
 }
+
+/// The service page shows each host's live output tail; the 1280-wide
+/// screenshot is README's `docs/images/log-tail.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_page_shows_a_line_the_service_prints_as_it_prints_it() {
+    chromedriver_path();
+    let server = ServerUnderTest::start();
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = dir.path().join("print");
+    let _agent = AgentUnderTest::start(&format!(
+        "host = \"alpha\"\n{}[[service]]\nname = \"web\"\nready = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", '''\
+echo listening on :8080; echo warning: cache cold >&2; echo 'GET /healthz 200 <script>alert(1)</script>'; \
+while true; do if [ -e {trigger} ]; then rm -f {trigger}; echo GET /orders 200 printed while watched; fi; sleep 0.05; done''']\n",
+        server.agent_section("alpha"),
+        trigger = trigger.display(),
+    ));
+    server.wait_for_hosts(1).await;
+    let base = server.url();
+    let browser = Browser::start().await;
+    browser.sign_in(&base, &server.viewer_token).await;
+    browser.goto(&format!("{base}/services/web")).await;
+    let shown = browser
+        .wait_for_text("pre.log-tail", "cache cold", Duration::from_secs(10))
+        .await;
+    // The service's words are text, not markup.
+    assert!(shown.contains("<script>alert(1)</script>"), "{shown}");
+    std::fs::write(&trigger, b"").unwrap();
+    browser
+        .wait_for_text(
+            "pre.log-tail",
+            "printed while watched",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.screenshot("log-tail", 1280).await;
+    browser.quit().await;
+}

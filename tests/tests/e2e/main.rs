@@ -31,6 +31,7 @@ mod readiness;
 mod restart_by_signal;
 mod restart_under_load;
 mod runtime_folders;
+mod server_logs;
 mod service_output;
 mod sockets;
 mod third_party;
