@@ -42,7 +42,8 @@ function followOutput(element) {
     }
     const row = document.createElement("div");
     row.className = "log-line " + line.stream;
-    const time = new Date(line.time).toLocaleTimeString();
+    // UTC with milliseconds, as every time the server renders.
+    const time = new Date(line.time).toISOString().slice(11, 23);
     const stream = line.stream === "stderr" ? "err" : "out";
     row.textContent = `${time} [${line.generation} ${stream}] ${line.text}`;
     element.appendChild(row);
