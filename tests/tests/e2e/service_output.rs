@@ -636,3 +636,60 @@ fn every_instance_s_output_is_captured_and_stays_captured_across_an_upgrade() {
     );
     assert_eq!(pids(&agent), before, "an instance was replaced");
 }
+
+#[test]
+fn after_a_kill_9_of_the_agent_every_instance_s_output_is_captured_again() {
+    let folder = tempfile::Builder::new()
+        .prefix("baton-test-")
+        .tempdir()
+        .unwrap();
+    let services = sh_service(
+        "multi",
+        "i=0; while :; do i=$((i+1)); echo instance $BATON_INSTANCE tick $i; sleep 0.05; done",
+        "instances = 3",
+    );
+    let start = || {
+        AgentSetup::new(bin("baton-agent"), services.clone())
+            .in_folder(folder.path())
+            .env("BATON_LOG", "info")
+            .start()
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let socket = folder.path().join("agent.sock");
+    let mut agent = start();
+    agent.wait_all_ready(Duration::from_secs(30)).unwrap();
+    eventually(
+        "lines from each of the three instances",
+        Duration::from_secs(15),
+        || ticks_by_instance(&socket).len() == 3,
+        || agent.process().log(),
+    );
+    let at_kill = ticks_by_instance(&socket);
+    agent.process_mut().kill();
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = start();
+    agent.wait_all_ready(Duration::from_secs(30)).unwrap();
+    eventually(
+        "each instance's new lines read by the new agent",
+        Duration::from_secs(15),
+        || {
+            let now = ticks_by_instance(&socket);
+            (0..3).all(|i| now.get(&i).copied().unwrap_or(0) > at_kill[&i] + 20)
+        },
+        || {
+            format!(
+                "{at_kill:?} → {:?}\n{}",
+                ticks_by_instance(&socket),
+                agent.process().log()
+            )
+        },
+    );
+    assert!(
+        !agent.process().log().contains("no longer captured"),
+        "{}",
+        agent.process().log()
+    );
+    let mut agent = agent;
+    agent.process_mut().stop();
+}
