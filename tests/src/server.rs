@@ -125,6 +125,22 @@ impl ServerUnderTest {
             .expect("a session cookie")
     }
 
+    /// A dashboard page (`path`, e.g. `/restarts/7`) as a signed-in viewer
+    /// sees it.
+    pub async fn page_as_viewer(&self, path: &str) -> String {
+        let cookie = self.dashboard_session(&self.viewer_token).await;
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url()))
+            .header("accept", "text/html")
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self) -> String {
         self.server.url()
     }

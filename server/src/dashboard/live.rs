@@ -409,7 +409,6 @@ impl Drop for TailGuard {
 /// [`TAIL_LINES`] as text. It counts among the session's streams and ends,
 /// as the other live streams do, when the session closes or its token is
 /// revoked.
-#[allow(clippy::too_many_arguments)]
 pub async fn output(
     request: HttpRequest,
     path: web::Path<String>,

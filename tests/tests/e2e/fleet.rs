@@ -371,17 +371,9 @@ async fn a_restart_with_handoff_shows_its_tally_in_the_api_the_metrics_and_the_d
     );
 
     // The dashboard's restart page.
-    let cookie = server.dashboard_session(&server.viewer_token).await;
-    let page = reqwest::Client::new()
-        .get(format!("{}/restarts/{}", server.url(), restart.id))
-        .header("accept", "text/html")
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server
+        .page_as_viewer(&format!("/restarts/{}", restart.id))
+        .await;
     let shown = page
         .split("id=\"tally-alpha\"")
         .nth(1)

@@ -540,17 +540,9 @@ async fn a_rolled_back_restart_says_why_in_the_new_generation_s_words_in_the_rep
     ));
 
     // The restart page, escaped.
-    let cookie = server.dashboard_session(&server.viewer_token).await;
-    let page = reqwest::Client::new()
-        .get(format!("{}/restarts/{}", server.url(), restart.id))
-        .header("accept", "text/html")
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server
+        .page_as_viewer(&format!("/restarts/{}", restart.id))
+        .await;
     let shown = page
         .split("id=\"output-alpha\"")
         .nth(1)
