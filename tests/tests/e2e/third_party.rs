@@ -56,7 +56,10 @@ async def app(scope, receive, send):
 /// on SIGTERM it first stops accepting and answers every request with
 /// `Connection: close`, so that each busy client closes its connection
 /// itself after one more response; only after a quiet second does uvicorn's
-/// own shutdown run, which closes idle keep-alive connections at once.
+/// own shutdown run, which closes idle keep-alive connections at once. It
+/// stops accepting by no longer reading the listening socket: closing the
+/// `asyncio.Server` drops a connection accepted in the same batch as the
+/// signal (`readiness::uvicorn_stopping_to_accept_drops_no_connection_it_just_accepted`).
 const UVICORN_DRAIN: &str = r#"
 import asyncio, os, socket, uvicorn
 import app
@@ -82,9 +85,11 @@ class Server(uvicorn.Server):
         asyncio.get_running_loop().call_soon_threadsafe(self.drain, sig, frame)
 
     def drain(self, sig, frame):
+        loop = asyncio.get_running_loop()
         for server in self.servers:
-            server.close()
-        asyncio.get_running_loop().call_later(QUIET_SECONDS, super().handle_exit, sig, frame)
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        loop.call_later(QUIET_SECONDS, super().handle_exit, sig, frame)
 
 Server(uvicorn.Config("app:app", fd=3, log_level="warning")).run()
 "#;
