@@ -116,7 +116,7 @@ pub async fn open(path: &Path) -> anyhow::Result<Db> {
         .connect_with(options.clone())
         .await
         .with_context(|| format!("failed to open the database {}", path.display()))?;
-    sqlx::migrate!("../migrations")
+    sqlx::migrate!("../migrations/sqlite")
         .run(&writes)
         .await
         .context("failed to apply the database migrations")?;
