@@ -6,13 +6,14 @@ use baton_proto::api::{Host, Service, ServiceOnHost};
 use baton_proto::link::ServerFrame;
 use baton_proto::{ErrorBody, Event, GenerationState, RestartId, RestartReport, ServiceStatus};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::domain::now_millis;
-use crate::store::{HostForgotten, HostRow};
+use crate::store::{HostForgotten, HostRow, LinkedHostRow};
 
 /// What the orchestrator waits on.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ pub struct HostState {
     pub last_seen: u64,
     pub services: Vec<ServiceStatus>,
     link: Option<LinkHandle>,
+    /// The host's link when another replica holds it (and is alive).
+    remote: Option<RemoteLink>,
     /// The agent's `last_seq` at its hello: once `stored_seq` reaches it, every
     /// event the agent had before it connected is stored.
     pub announced_seq: u64,
@@ -81,6 +84,22 @@ struct LinkHandle {
     frames: mpsc::UnboundedSender<ServerFrame>,
 }
 
+/// A link another replica holds, as the database and the change feed tell.
+#[derive(Debug, Clone)]
+struct RemoteLink {
+    replica: String,
+    connection: u64,
+    announced_seq: u64,
+    stored_seq: u64,
+}
+
+impl HostState {
+    /// Linked to this replica or to another live one.
+    fn online(&self) -> bool {
+        self.link.is_some() || self.remote.is_some()
+    }
+}
+
 /// A host as the orchestrator sees it at one moment.
 #[derive(Debug, Clone)]
 pub struct LinkState {
@@ -91,6 +110,9 @@ pub struct LinkState {
     /// Every event the agent had at its hello is stored.
     pub caught_up: bool,
     pub stored_seq: u64,
+    /// The link is held by another replica: commands go through the
+    /// database (`replicas::Router`).
+    pub remote: bool,
 }
 
 /// A command waiting for its answer, which counts only from the link it
@@ -138,7 +160,6 @@ pub struct Fleet {
     commands: Mutex<HashMap<String, PendingCommand>>,
     reports: Mutex<Vec<PendingReport>>,
     notices: broadcast::Sender<Notice>,
-    next_connection: AtomicU64,
     /// Bumped on every change `GET /services` can show, so a reader can tell
     /// whether what it rendered before is still the picture.
     version: AtomicU64,
@@ -146,6 +167,9 @@ pub struct Fleet {
     /// above, stored events, and a restart's progress (`history_changed`).
     /// Live pages re-render when it fires instead of on a timer.
     changes: watch::Sender<()>,
+    /// Set on every change of this replica; the change feed tells the
+    /// other replicas (`replicas.rs`) and clears it.
+    changed_here: AtomicBool,
 }
 
 impl Fleet {
@@ -165,6 +189,7 @@ impl Fleet {
                         last_seen: u64::try_from(row.last_seen).unwrap_or(0),
                         services: row.services,
                         link: None,
+                        remote: None,
                         announced_seq: 0,
                         stored_seq: 0,
                         offline_since: Some(now),
@@ -180,9 +205,9 @@ impl Fleet {
             commands: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
             notices,
-            next_connection: AtomicU64::new(1),
             version: AtomicU64::new(1),
             changes: watch::Sender::new(()),
+            changed_here: AtomicBool::new(false),
         }
     }
 
@@ -194,7 +219,20 @@ impl Fleet {
     /// Something the pages read from the database changed (a restart was
     /// written, a host's step moved on).
     pub fn history_changed(&self) {
+        self.changed_here.store(true, Ordering::Release);
         self.changes.send_replace(());
+    }
+
+    /// Another replica changed something a page shows: pages here
+    /// re-render, and nothing is told back.
+    pub fn changed_elsewhere(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+        self.changes.send_replace(());
+    }
+
+    /// Whether something changed here since the last call.
+    pub fn take_changed_here(&self) -> bool {
+        self.changed_here.swap(false, Ordering::AcqRel)
     }
 
     /// Fires after every change a page can show; a receiver sees a burst of
@@ -229,7 +267,9 @@ impl Fleet {
         stored_seq: u64,
         services: Vec<ServiceStatus>,
     ) -> (u64, mpsc::UnboundedReceiver<ServerFrame>) {
-        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        // Random, so that link ids are unique across replicas; positive as
+        // a BIGINT.
+        let connection = (rand::random::<u64>() >> 1).max(1);
         let (frames, receiver) = mpsc::unbounded_channel();
         let now = now_millis();
         {
@@ -241,6 +281,7 @@ impl Fleet {
                 last_seen: now,
                 services: Vec::new(),
                 link: None,
+                remote: None,
                 announced_seq: 0,
                 stored_seq: 0,
                 offline_since: None,
@@ -250,6 +291,7 @@ impl Fleet {
             state.last_seen = now;
             state.services = services;
             state.link = Some(LinkHandle { connection, frames });
+            state.remote = None;
             state.announced_seq = announced_seq;
             state.stored_seq = stored_seq;
             state.offline_since = None;
@@ -570,6 +612,109 @@ impl Fleet {
         }
     }
 
+    /// Events another replica stored for a host (the change feed), in
+    /// sequence order: the same notice as a link of this replica gives.
+    pub fn events_stored_elsewhere(&self, host: &str, boot_id: &str, events: Vec<Event>) {
+        let Some(max_seq) = events.iter().map(|e| e.seq).max() else {
+            return;
+        };
+        let mut hosts = self.hosts.write().expect("fleet lock");
+        if let Some(state) = hosts.get_mut(host)
+            && state.boot_id == boot_id
+            && let Some(remote) = &mut state.remote
+        {
+            remote.stored_seq = remote.stored_seq.max(max_seq);
+        }
+        self.notify(Notice::Events {
+            host: host.to_string(),
+            boot_id: boot_id.to_string(),
+            events: events.into(),
+        });
+        drop(hosts);
+        self.changed_elsewhere();
+    }
+
+    /// Takes in the hosts' links as the database has them: a host linked
+    /// to another replica in `alive` is online through it; one whose
+    /// replica died is offline. Hosts linked here are this replica's own
+    /// business and left alone.
+    pub fn apply_links(&self, rows: Vec<LinkedHostRow>, this_replica: &str, alive: &HashSet<String>) {
+        let mut notices = Vec::new();
+        let mut changed = false;
+        {
+            let mut hosts = self.hosts.write().expect("fleet lock");
+            for row in rows {
+                let remote = row
+                    .link
+                    .filter(|(replica, _)| replica != this_replica && alive.contains(replica))
+                    .map(|(replica, connection)| RemoteLink {
+                        replica,
+                        connection,
+                        announced_seq: row.announced_seq,
+                        stored_seq: row.stored_seq,
+                    });
+                let state = hosts.entry(row.name.clone()).or_insert_with(|| {
+                    changed = true;
+                    HostState {
+                        agent_version: String::new(),
+                        boot_id: String::new(),
+                        first_seen: row.first_seen,
+                        last_seen: row.last_seen,
+                        services: Vec::new(),
+                        link: None,
+                        remote: None,
+                        announced_seq: 0,
+                        stored_seq: 0,
+                        offline_since: Some(Instant::now()),
+                    }
+                });
+                if state.link.is_some() {
+                    continue;
+                }
+                let before = state.remote.as_ref().map(|r| (r.replica.clone(), r.connection));
+                let after = remote.as_ref().map(|r| (r.replica.clone(), r.connection));
+                if before != after {
+                    changed = true;
+                    if after.is_some() {
+                        state.offline_since = None;
+                        notices.push(Notice::Online {
+                            host: row.name.clone(),
+                        });
+                    } else {
+                        state.offline_since = Some(Instant::now());
+                        notices.push(Notice::Offline {
+                            host: row.name.clone(),
+                        });
+                    }
+                }
+                let stored_seq = match (&state.remote, &remote) {
+                    (Some(old), Some(new)) if old.connection == new.connection => {
+                        old.stored_seq.max(new.stored_seq)
+                    }
+                    (_, Some(new)) => new.stored_seq,
+                    _ => 0,
+                };
+                state.remote = remote.map(|r| RemoteLink { stored_seq, ..r });
+                if state.services != row.services
+                    || state.boot_id != row.boot_id
+                    || state.agent_version != row.agent_version
+                {
+                    changed = true;
+                    state.services = row.services;
+                    state.boot_id = row.boot_id;
+                    state.agent_version = row.agent_version;
+                }
+                state.last_seen = state.last_seen.max(row.last_seen);
+            }
+        }
+        for notice in notices {
+            self.notify(notice);
+        }
+        if changed {
+            self.changed_elsewhere();
+        }
+    }
+
     pub fn services_of(&self, host: &str) -> Option<Vec<ServiceStatus>> {
         let hosts = self.hosts.read().expect("fleet lock");
         hosts.get(host).map(|s| s.services.clone())
@@ -577,13 +722,25 @@ impl Fleet {
 
     pub fn link_state(&self, host: &str) -> Option<LinkState> {
         let hosts = self.hosts.read().expect("fleet lock");
-        hosts.get(host).map(|s| LinkState {
-            online: s.link.is_some(),
-            boot_id: s.boot_id.clone(),
-            connection: s.link.as_ref().map(|l| l.connection),
-            offline_since: s.offline_since,
-            caught_up: s.link.is_some() && s.stored_seq >= s.announced_seq,
-            stored_seq: s.stored_seq,
+        hosts.get(host).map(|s| match (&s.link, &s.remote) {
+            (None, Some(remote)) => LinkState {
+                online: true,
+                boot_id: s.boot_id.clone(),
+                connection: Some(remote.connection),
+                offline_since: None,
+                caught_up: remote.stored_seq >= remote.announced_seq,
+                stored_seq: remote.stored_seq,
+                remote: true,
+            },
+            (link, _) => LinkState {
+                online: link.is_some(),
+                boot_id: s.boot_id.clone(),
+                connection: link.as_ref().map(|l| l.connection),
+                offline_since: s.offline_since,
+                caught_up: link.is_some() && s.stored_seq >= s.announced_seq,
+                stored_seq: s.stored_seq,
+                remote: false,
+            },
         })
     }
 
@@ -681,11 +838,7 @@ impl Fleet {
                 services
                     .entry(status.name.as_str())
                     .or_default()
-                    .push(ServiceOnHost::from_status(
-                        name,
-                        state.link.is_some(),
-                        status,
-                    ));
+                    .push(ServiceOnHost::from_status(name, state.online(), status));
             }
         }
         services
@@ -706,7 +859,7 @@ impl Fleet {
                     .services
                     .iter()
                     .find(|s| s.name == service)
-                    .map(|status| ServiceOnHost::from_status(name, state.link.is_some(), status))
+                    .map(|status| ServiceOnHost::from_status(name, state.online(), status))
             })
             .collect();
         (!on_hosts.is_empty()).then(|| Service {
@@ -723,7 +876,7 @@ impl Fleet {
                 name: name.clone(),
                 agent_version: state.agent_version.clone(),
                 boot_id: state.boot_id.clone(),
-                online: state.link.is_some(),
+                online: state.online(),
                 first_seen: state.first_seen,
                 last_seen: state.last_seen,
                 services: state.services.iter().map(|s| s.name.clone()).collect(),
@@ -737,7 +890,7 @@ impl Fleet {
             let mut hosts = self.hosts.write().expect("fleet lock");
             match hosts.get(host) {
                 None => HostForgotten::Unknown,
-                Some(state) if state.link.is_some() => HostForgotten::Online,
+                Some(state) if state.online() => HostForgotten::Online,
                 Some(_) => {
                     hosts.remove(host);
                     HostForgotten::Forgotten

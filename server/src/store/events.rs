@@ -60,6 +60,19 @@ pub async fn store_events(
     events: &[Event],
     gaps: &[EventGap],
 ) -> anyhow::Result<Vec<Event>> {
+    store_events_by(db, None, host, boot_id, events, gaps).await
+}
+
+/// [`store_events`], recording which replica stored them: the change feed
+/// of the other replicas hands them on (`store::events_stored_elsewhere`).
+pub async fn store_events_by(
+    db: &Db,
+    replica: Option<&str>,
+    host: &str,
+    boot_id: &str,
+    events: &[Event],
+    gaps: &[EventGap],
+) -> anyhow::Result<Vec<Event>> {
     let mut tx = db.begin_write().await?;
     for gap in gaps {
         sqlx::query(
@@ -78,8 +91,8 @@ pub async fn store_events(
     let mut new_events = Vec::new();
     for event in events {
         let inserted = sqlx::query(
-            "INSERT INTO events (host, boot_id, seq, at, service, agent_restart_id, kind, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO events (host, boot_id, seq, at, service, agent_restart_id, kind, body, replica)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (host, boot_id, seq) DO NOTHING",
         )
         .bind(host)
@@ -90,6 +103,7 @@ pub async fn store_events(
         .bind(event.restart.map(to_i64))
         .bind(event_kind_name(&event.kind))
         .bind(serde_json::to_string(event)?)
+        .bind(replica)
         .execute(&mut *tx)
         .await
         .context("failed to store an event")?

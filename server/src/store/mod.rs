@@ -10,6 +10,7 @@ mod db;
 mod events;
 mod generations;
 mod hosts;
+mod replicas;
 mod restarts;
 mod tokens;
 
@@ -17,11 +18,20 @@ pub use db::{Db, open, probe_write};
 pub use events::{
     EventGap, LastCrash, find_drain_finished, find_restart_finished, find_restart_started_after,
     forget_events_after, last_crash, max_seq, prune_event_gaps, prune_events, store_events,
+    store_events_by,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{
     HostForgotten, HostRow, forget_host, host_names, hosts_offline_since, load_hosts,
     mark_all_hosts_offline, save_host_status, upsert_host,
+};
+pub use replicas::{
+    FedEvent, HostCommandKind, HostCommandRow, LinkedHostRow, NewHostCommand, ReplicaRow,
+    answer_host_command, claim_restart, commands_to_deliver, events_stored_elsewhere,
+    heartbeat, hold_host_link, host_command_answer, last_event_id, linked_hosts,
+    mark_host_running_as_driver, orphaned_restarts, prune_host_commands, queue_host_command,
+    register_replica, release_dead_replicas, release_host_link, release_leases, remove_replica,
+    renew_leases, replica_rows, take_host_command,
 };
 pub use restarts::{
     CommandSent, Created, HostRestartState, IdempotencyKey, NewRestart, NewlyCreated, Outcome,

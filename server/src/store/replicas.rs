@@ -1,0 +1,530 @@
+//! Several servers on one database: each replica's heartbeat, which
+//! replica holds each host's link, the lease of the replica driving each
+//! running restart, the outbox of commands for hosts linked elsewhere, and
+//! the change feed (events stored by other replicas).
+
+use anyhow::Context;
+use baton_proto::{Event, ServiceStatus};
+
+use super::db::{Db, to_i64, to_u64};
+use super::restarts::CommandSent;
+
+/// A replica as its row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub heartbeat_at: u64,
+    pub change_seq: u64,
+}
+
+pub async fn register_replica(db: &Db, id: &str, now: u64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO replicas (id, started_at, heartbeat_at, change_seq) VALUES ($1, $2, $2, 0)
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+    )
+    .bind(id)
+    .bind(to_i64(now))
+    .execute(&db.writes)
+    .await
+    .context("failed to register the replica")?;
+    Ok(())
+}
+
+/// Says this replica is alive; `changed` moves its change sequence too.
+pub async fn heartbeat(db: &Db, id: &str, now: u64, changed: bool) -> anyhow::Result<()> {
+    let moved = if changed { 1 } else { 0 };
+    let done = sqlx::query(
+        "UPDATE replicas SET heartbeat_at = $2, change_seq = change_seq + $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(to_i64(now))
+    .bind(moved as i64)
+    .execute(&db.writes)
+    .await
+    .context("failed to write the replica's heartbeat")?;
+    // Forgotten as dead by another replica after a long stall: back again.
+    if done.rows_affected() == 0 {
+        register_replica(db, id, now).await?;
+    }
+    Ok(())
+}
+
+/// A replica that stops on purpose leaves at once: its hosts count as
+/// offline without waiting for its heartbeat to age.
+pub async fn remove_replica(db: &Db, id: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM replicas WHERE id = $1")
+        .bind(id)
+        .execute(&db.writes)
+        .await
+        .context("failed to remove the replica")?;
+    Ok(())
+}
+
+pub async fn replica_rows(db: &Db) -> anyhow::Result<Vec<ReplicaRow>> {
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT id, heartbeat_at, change_seq FROM replicas ORDER BY id")
+            .fetch_all(&db.reads)
+            .await
+            .context("failed to read the replicas")?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, heartbeat_at, change_seq)| ReplicaRow {
+            id,
+            heartbeat_at: to_u64(heartbeat_at),
+            change_seq: to_u64(change_seq),
+        })
+        .collect())
+}
+
+/// Hosts whose link replica is gone or silent since before `alive_after`
+/// are offline; replicas silent since before `forget_before` are forgotten.
+/// Returns how many hosts went offline.
+pub async fn release_dead_replicas(
+    db: &Db,
+    alive_after: u64,
+    forget_before: u64,
+) -> anyhow::Result<u64> {
+    let mut tx = db.begin_write().await?;
+    let released = sqlx::query(
+        "UPDATE hosts SET online = FALSE, link_replica = NULL, link_id = NULL
+         WHERE (link_replica IS NULL AND online = TRUE)
+            OR (link_replica IS NOT NULL
+                AND link_replica NOT IN (SELECT id FROM replicas WHERE heartbeat_at >= $1))",
+    )
+    .bind(to_i64(alive_after))
+    .execute(&mut *tx)
+    .await
+    .context("failed to release the hosts of dead replicas")?
+    .rows_affected();
+    sqlx::query("DELETE FROM replicas WHERE heartbeat_at < $1")
+        .bind(to_i64(forget_before))
+        .execute(&mut *tx)
+        .await
+        .context("failed to forget dead replicas")?;
+    tx.commit()
+        .await
+        .context("failed to commit the release of dead replicas")?;
+    Ok(released)
+}
+
+/// Records that `replica` holds the host's link `link_id`, right after its
+/// hello.
+pub async fn hold_host_link(
+    db: &Db,
+    host: &str,
+    replica: &str,
+    link_id: u64,
+    announced_seq: u64,
+    stored_seq: u64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE hosts SET link_replica = $2, link_id = $3, link_announced_seq = $4,
+                link_stored_seq = $5, online = TRUE
+         WHERE name = $1",
+    )
+    .bind(host)
+    .bind(replica)
+    .bind(to_i64(link_id))
+    .bind(to_i64(announced_seq))
+    .bind(to_i64(stored_seq))
+    .execute(&db.writes)
+    .await
+    .context("failed to record the host's link")?;
+    Ok(())
+}
+
+/// The link `link_id` closed: the host is offline, unless a newer link (on
+/// any replica) holds it already. Whether this call marked it offline.
+pub async fn release_host_link(
+    db: &Db,
+    host: &str,
+    link_id: u64,
+    now: u64,
+    services: &[ServiceStatus],
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE hosts SET online = FALSE, link_replica = NULL, link_id = NULL, last_seen = $3,
+                services = $4
+         WHERE name = $1 AND link_id = $2",
+    )
+    .bind(host)
+    .bind(to_i64(link_id))
+    .bind(to_i64(now))
+    .bind(serde_json::to_string(services)?)
+    .execute(&db.writes)
+    .await
+    .context("failed to release the host's link")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A host with the link it has, as the database says.
+#[derive(Debug)]
+pub struct LinkedHostRow {
+    pub name: String,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub services: Vec<ServiceStatus>,
+    /// The replica holding its link and the link's id.
+    pub link: Option<(String, u64)>,
+    pub announced_seq: u64,
+    pub stored_seq: u64,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredLinkedHost {
+    name: String,
+    agent_version: String,
+    boot_id: String,
+    first_seen: i64,
+    last_seen: i64,
+    services: String,
+    link_replica: Option<String>,
+    link_id: Option<i64>,
+    link_announced_seq: Option<i64>,
+    link_stored_seq: Option<i64>,
+}
+
+pub async fn linked_hosts(db: &Db) -> anyhow::Result<Vec<LinkedHostRow>> {
+    let rows: Vec<StoredLinkedHost> = sqlx::query_as(
+        "SELECT name, agent_version, boot_id, first_seen, last_seen, services, link_replica,
+                link_id, link_announced_seq, link_stored_seq
+         FROM hosts ORDER BY name",
+    )
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to read the hosts' links")?;
+    rows.into_iter()
+        .map(|row| {
+            let services = serde_json::from_str(&row.services).with_context(|| {
+                format!("the stored services of host {} do not parse", row.name)
+            })?;
+            Ok(LinkedHostRow {
+                link: row.link_replica.zip(row.link_id.map(to_u64)),
+                name: row.name,
+                agent_version: row.agent_version,
+                boot_id: row.boot_id,
+                first_seen: to_u64(row.first_seen),
+                last_seen: to_u64(row.last_seen),
+                services,
+                announced_seq: row.link_announced_seq.map(to_u64).unwrap_or(0),
+                stored_seq: row.link_stored_seq.map(to_u64).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Makes `driver` the driver of a running restart until `until`, if no
+/// other replica drives it with a live lease. A restart that never had a
+/// driver is claimable only once it is `unclaimed_after` old, so the
+/// replica that created it claims it first.
+pub async fn claim_restart(
+    db: &Db,
+    restart_id: u64,
+    driver: &str,
+    now: u64,
+    until: u64,
+    unclaimed_before: u64,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE restarts SET driver = $2, lease_until = $4
+         WHERE id = $1 AND state = 'running'
+           AND (driver = $2
+                OR (lease_until IS NOT NULL AND lease_until < $3)
+                OR (lease_until IS NULL AND (driver IS NULL OR created_at < $5)))",
+    )
+    .bind(to_i64(restart_id))
+    .bind(driver)
+    .bind(to_i64(now))
+    .bind(to_i64(until))
+    .bind(to_i64(unclaimed_before))
+    .execute(&db.writes)
+    .await
+    .context("failed to claim a restart")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Running restarts with no live driver: a lease that ran out, or none
+/// taken since `unclaimed_before`. At most `limit`, oldest first.
+pub async fn orphaned_restarts(
+    db: &Db,
+    now: u64,
+    unclaimed_before: u64,
+    limit: u32,
+) -> anyhow::Result<Vec<u64>> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM restarts
+         WHERE state = 'running'
+           AND ((lease_until IS NOT NULL AND lease_until < $1)
+                OR (lease_until IS NULL AND created_at < $2))
+         ORDER BY id LIMIT $3",
+    )
+    .bind(to_i64(now))
+    .bind(to_i64(unclaimed_before))
+    .bind(i64::from(limit))
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to look for restarts without a driver")?;
+    Ok(rows.into_iter().map(|(id,)| to_u64(id)).collect())
+}
+
+/// Extends the leases `driver` holds; the running restarts it still drives.
+pub async fn renew_leases(db: &Db, driver: &str, until: u64) -> anyhow::Result<Vec<u64>> {
+    let rows: Vec<(i64,)> = sqlx::query_as(
+        "UPDATE restarts SET lease_until = $2 WHERE driver = $1 AND state = 'running' RETURNING id",
+    )
+    .bind(driver)
+    .bind(to_i64(until))
+    .fetch_all(&db.writes)
+    .await
+    .context("failed to renew the restarts' leases")?;
+    Ok(rows.into_iter().map(|(id,)| to_u64(id)).collect())
+}
+
+/// A replica that stops lets others take its restarts at once.
+pub async fn release_leases(db: &Db, driver: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE restarts SET lease_until = 0 WHERE driver = $1 AND state = 'running'")
+        .bind(driver)
+        .execute(&db.writes)
+        .await
+        .context("failed to release the restarts' leases")?;
+    Ok(())
+}
+
+/// Records that the command is about to go to the host, only while
+/// `driver` drives the restart and the host has not been commanded: the
+/// fence that keeps a replica that lost its lease from commanding a host
+/// its successor commands. Whether it was recorded.
+pub async fn mark_host_running_as_driver(
+    db: &Db,
+    sent: &CommandSent<'_>,
+    driver: &str,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE restart_hosts SET state = 'running', command_id = $3, boot_id = $4,
+                seq_at_command = $5, started_at = $6
+         WHERE restart_id = $1 AND host = $2 AND state = 'pending'
+           AND EXISTS (SELECT 1 FROM restarts WHERE id = $1 AND driver = $7 AND state = 'running')",
+    )
+    .bind(to_i64(sent.restart_id))
+    .bind(sent.host)
+    .bind(sent.command_id)
+    .bind(sent.boot_id)
+    .bind(to_i64(sent.seq_at_command))
+    .bind(to_i64(crate::domain::now_millis()))
+    .bind(driver)
+    .execute(&db.writes)
+    .await
+    .context("failed to record the restart command")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The highest event id stored; the change feed starts after it.
+pub async fn last_event_id(db: &Db) -> anyhow::Result<u64> {
+    let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM events")
+        .fetch_one(&db.reads)
+        .await
+        .context("failed to read the last event id")?;
+    Ok(max.map(to_u64).unwrap_or(0))
+}
+
+/// An event another replica stored.
+#[derive(Debug, Clone)]
+pub struct FedEvent {
+    pub id: u64,
+    pub host: String,
+    pub boot_id: String,
+    pub event: Event,
+}
+
+/// Events after `after_id` that a replica other than `replica` stored, at
+/// most `limit`, by id; and the highest id read (the feed's next start,
+/// past events that did not parse).
+pub async fn events_stored_elsewhere(
+    db: &Db,
+    after_id: u64,
+    replica: &str,
+    limit: u32,
+) -> anyhow::Result<(Vec<FedEvent>, u64)> {
+    let rows: Vec<(i64, String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, host, boot_id, replica, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(to_i64(after_id))
+    .bind(i64::from(limit))
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to read the change feed")?;
+    let mut last = after_id;
+    let mut events = Vec::new();
+    for (id, host, boot_id, stored_by, body) in rows {
+        last = last.max(to_u64(id));
+        if stored_by.as_deref() == Some(replica) {
+            continue;
+        }
+        match serde_json::from_str::<Event>(&body) {
+            Ok(event) => events.push(FedEvent {
+                id: to_u64(id),
+                host,
+                boot_id,
+                event,
+            }),
+            Err(error) => tracing::warn!(id, %error, "a stored event does not parse; skipped"),
+        }
+    }
+    Ok((events, last))
+}
+
+/// `host_commands.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(rename_all = "snake_case")]
+pub enum HostCommandKind {
+    Restart,
+    FetchReport,
+}
+
+/// `host_commands.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(rename_all = "snake_case")]
+pub enum HostCommandState {
+    Pending,
+    Sent,
+    Answered,
+}
+
+/// A command for a host whose link another replica holds.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HostCommandRow {
+    pub id: i64,
+    pub host: String,
+    pub link_id: i64,
+    pub kind: HostCommandKind,
+    pub command_id: Option<String>,
+    pub service: Option<String>,
+    pub reason: Option<String>,
+    pub boot_id: Option<String>,
+    pub agent_restart_id: Option<i64>,
+    pub expires_at: i64,
+}
+
+pub struct NewHostCommand<'a> {
+    pub host: &'a str,
+    pub link_id: u64,
+    pub kind: HostCommandKind,
+    pub command_id: Option<&'a str>,
+    pub service: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub boot_id: Option<&'a str>,
+    pub agent_restart_id: Option<u64>,
+    pub expires_at: u64,
+}
+
+/// Queues a command, unless `max_pending` wait for the host already: its
+/// id, or `None`.
+pub async fn queue_host_command(
+    db: &Db,
+    new: &NewHostCommand<'_>,
+    now: u64,
+    max_pending: u32,
+) -> anyhow::Result<Option<u64>> {
+    let mut tx = db.begin_write().await?;
+    let (pending,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM host_commands WHERE host = $1 AND state = 'pending' AND expires_at >= $2",
+    )
+    .bind(new.host)
+    .bind(to_i64(now))
+    .fetch_one(&mut *tx)
+    .await
+    .context("failed to count a host's waiting commands")?;
+    if pending >= i64::from(max_pending) {
+        tx.rollback().await;
+        return Ok(None);
+    }
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO host_commands (host, link_id, kind, command_id, service, reason, boot_id,
+                agent_restart_id, state, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10) RETURNING id",
+    )
+    .bind(new.host)
+    .bind(to_i64(new.link_id))
+    .bind(new.kind)
+    .bind(new.command_id)
+    .bind(new.service)
+    .bind(new.reason)
+    .bind(new.boot_id)
+    .bind(new.agent_restart_id.map(to_i64))
+    .bind(to_i64(now))
+    .bind(to_i64(new.expires_at))
+    .fetch_one(&mut *tx)
+    .await
+    .context("failed to queue a host command")?;
+    tx.commit().await.context("failed to commit a host command")?;
+    Ok(Some(to_u64(id)))
+}
+
+/// Commands waiting for hosts whose link `replica` holds, at most `limit`.
+pub async fn commands_to_deliver(
+    db: &Db,
+    replica: &str,
+    now: u64,
+    limit: u32,
+) -> anyhow::Result<Vec<HostCommandRow>> {
+    sqlx::query_as(
+        "SELECT c.id, c.host, c.link_id, c.kind, c.command_id, c.service, c.reason, c.boot_id,
+                c.agent_restart_id, c.expires_at
+         FROM host_commands c JOIN hosts h ON h.name = c.host
+         WHERE c.state = 'pending' AND c.expires_at >= $2 AND h.link_replica = $1
+         ORDER BY c.id LIMIT $3",
+    )
+    .bind(replica)
+    .bind(to_i64(now))
+    .bind(i64::from(limit))
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to read the commands to deliver")
+}
+
+/// Takes a waiting command for delivery; false when another took it.
+pub async fn take_host_command(db: &Db, id: u64) -> anyhow::Result<bool> {
+    let done =
+        sqlx::query("UPDATE host_commands SET state = 'sent' WHERE id = $1 AND state = 'pending'")
+            .bind(to_i64(id))
+            .execute(&db.writes)
+            .await
+            .context("failed to take a host command")?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn answer_host_command(db: &Db, id: u64, answer: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE host_commands SET state = 'answered', answer = $2 WHERE id = $1")
+        .bind(to_i64(id))
+        .bind(answer)
+        .execute(&db.writes)
+        .await
+        .context("failed to answer a host command")?;
+    Ok(())
+}
+
+/// The answer's JSON, once there is one.
+pub async fn host_command_answer(db: &Db, id: u64) -> anyhow::Result<Option<String>> {
+    let row: Option<(HostCommandState, Option<String>)> =
+        sqlx::query_as("SELECT state, answer FROM host_commands WHERE id = $1")
+            .bind(to_i64(id))
+            .fetch_optional(&db.reads)
+            .await
+            .context("failed to read a host command")?;
+    Ok(match row {
+        Some((HostCommandState::Answered, answer)) => answer,
+        _ => None,
+    })
+}
+
+/// Commands expired before `before` go.
+pub async fn prune_host_commands(db: &Db, before: u64) -> anyhow::Result<u64> {
+    let done = sqlx::query("DELETE FROM host_commands WHERE expires_at < $1")
+        .bind(to_i64(before))
+        .execute(&db.writes)
+        .await
+        .context("failed to prune host commands")?;
+    Ok(done.rows_affected())
+}
