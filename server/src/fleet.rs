@@ -5,8 +5,8 @@
 use baton_proto::api::{Host, Service, ServiceOnHost};
 use baton_proto::link::ServerFrame;
 use baton_proto::{ErrorBody, Event, GenerationState, RestartId, RestartReport, ServiceStatus};
-use std::collections::{BTreeMap, HashMap};
 use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -638,7 +638,12 @@ impl Fleet {
     /// to another replica in `alive` is online through it; one whose
     /// replica died is offline. Hosts linked here are this replica's own
     /// business and left alone.
-    pub fn apply_links(&self, rows: Vec<LinkedHostRow>, this_replica: &str, alive: &HashSet<String>) {
+    pub fn apply_links(
+        &self,
+        rows: Vec<LinkedHostRow>,
+        this_replica: &str,
+        alive: &HashSet<String>,
+    ) {
         let mut notices = Vec::new();
         let mut changed = false;
         {
@@ -671,7 +676,10 @@ impl Fleet {
                 if state.link.is_some() {
                     continue;
                 }
-                let before = state.remote.as_ref().map(|r| (r.replica.clone(), r.connection));
+                let before = state
+                    .remote
+                    .as_ref()
+                    .map(|r| (r.replica.clone(), r.connection));
                 let after = remote.as_ref().map(|r| (r.replica.clone(), r.connection));
                 if before != after {
                     changed = true;

@@ -25,6 +25,7 @@ pub mod link;
 pub mod metrics;
 pub mod openapi;
 pub mod orchestrator;
+pub mod replicas;
 pub mod restarts;
 pub mod routes;
 pub mod settings;

@@ -127,6 +127,9 @@ pub struct LinkContext {
     pub tokens: Arc<TokenCache>,
     pub metrics: Arc<Metrics>,
     pub timeouts: Timeouts,
+    /// This replica's id: the database says which replica holds each
+    /// host's link, and which stored each event.
+    pub replica_id: Arc<str>,
 }
 
 /// The host the agent token speaks for. A token from before tokens named
@@ -286,6 +289,25 @@ pub async fn run(
         stored,
         services.clone(),
     );
+    if let Err(error) = store::hold_host_link(
+        &context.db,
+        &host,
+        &context.replica_id,
+        connection,
+        last_seq,
+        stored,
+    )
+    .await
+    {
+        tracing::error!(
+            host,
+            error = format!("{error:#}"),
+            "cannot record the host's link"
+        );
+        context.fleet.disconnect(&host, connection);
+        let _ = session.close(None).await;
+        return;
+    }
     tracing::info!(
         host,
         agent_version,
@@ -359,7 +381,7 @@ pub async fn run(
                             context.metrics.sequence_anomaly(SequenceAnomaly::Gap);
                             tracing::warn!(host, boot_id, after = gap.after_seq, next = gap.next_seq, "events missing from the agent's sequence; gap recorded");
                         }
-                        match store::store_events(&context.db, &host, &boot_id, &events, &gaps).await {
+                        match store::store_events_by(&context.db, Some(&context.replica_id), &host, &boot_id, &events, &gaps).await {
                             Ok(new_events) => {
                                 tracing::debug!(host, received = events.len(), new = new_events.len(), max_seq, "events stored");
                                 // Counted only as first stored: a resend is no new drain.
@@ -416,7 +438,16 @@ pub async fn run(
     tracing::info!(host, reason, "agent link closed");
     if context.fleet.disconnect(&host, connection) {
         let services = context.fleet.services_of(&host).unwrap_or_default();
-        persist_status(&context, &host, false, &services).await;
+        // Offline only if no newer link (on any replica) holds the host.
+        if let Err(error) =
+            store::release_host_link(&context.db, &host, connection, now_millis(), &services).await
+        {
+            tracing::warn!(
+                host,
+                error = format!("{error:#}"),
+                "cannot store the host's status"
+            );
+        }
     }
     let _ = session.close(None).await;
 }

@@ -19,7 +19,7 @@ use baton_proto::api::{self, Restart};
 use baton_proto::{ConnectionTally, Event, EventKind, RestartId, RestartOutcome};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{CommandAnswer, Fleet, Notice};
 use crate::metrics::Metrics;
+use crate::replicas::{self, Router};
 use crate::settings::Timeouts;
 use crate::store::{
     self, CommandSent, Db, HostRestartState, NewlyCreated, RestartHostRow, RestartRow, RestartState,
@@ -44,6 +45,12 @@ struct Inner {
     timeouts: Timeouts,
     /// Restarts driven by a task right now, so a restart never gets two.
     active: Mutex<HashSet<u64>>,
+    /// The restarts whose lease this replica holds, each with what stops
+    /// its task when another replica turns out to drive it.
+    leases: Mutex<HashMap<u64, CancellationToken>>,
+    /// Commands go on the host's link here or through the replica that
+    /// holds it; `restarts.driver` names this replica.
+    router: Router,
     /// The id of every restart that ends, for `?wait=true`.
     finished: broadcast::Sender<u64>,
     /// Restarts run on the server's main runtime, not on the HTTP worker that
@@ -55,6 +62,39 @@ struct Inner {
 }
 
 type HostResult = (RestartOutcome, Option<String>);
+
+/// Another replica drives the restart now: this one stops, and commands
+/// nothing more for it.
+#[derive(Debug, thiserror::Error)]
+#[error("another replica drives the restart now")]
+struct LostLease;
+
+/// Makes this replica the restart's driver if no live one drives it: what
+/// stops the driving task when the lease is lost, or `None` when another
+/// replica drives it.
+async fn claim(inner: &Inner, restart_id: u64) -> anyhow::Result<Option<CancellationToken>> {
+    let now = crate::domain::now_millis();
+    let lease = replicas::LEASE.as_millis() as u64;
+    let claimed = store::claim_restart(
+        &inner.db,
+        restart_id,
+        inner.router.replica().id(),
+        now,
+        now + lease,
+        now.saturating_sub(lease),
+    )
+    .await?;
+    if !claimed {
+        return Ok(None);
+    }
+    let token = inner.shutdown.child_token();
+    inner
+        .leases
+        .lock()
+        .expect("leases lock")
+        .insert(restart_id, token.clone());
+    Ok(Some(token))
+}
 
 /// A host's outcome not in its events this long after the command is asked
 /// of its agent (the restart's report), and again every
@@ -78,6 +118,7 @@ impl Orchestrator {
         metrics: Arc<Metrics>,
         timeouts: Timeouts,
         runtime: tokio::runtime::Handle,
+        router: Router,
     ) -> Self {
         let (finished, _) = broadcast::channel(1024);
         Orchestrator {
@@ -87,6 +128,8 @@ impl Orchestrator {
                 metrics,
                 timeouts,
                 active: Mutex::new(HashSet::new()),
+                leases: Mutex::new(HashMap::new()),
+                router,
                 finished,
                 runtime,
                 shutdown: CancellationToken::new(),
@@ -117,12 +160,43 @@ impl Orchestrator {
         }
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
+            let lease = match claim(&inner, restart_id).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    inner
+                        .active
+                        .lock()
+                        .expect("active lock")
+                        .remove(&restart_id);
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        restart_id,
+                        error = format!("{error:#}"),
+                        "cannot claim the restart; another replica will"
+                    );
+                    inner
+                        .active
+                        .lock()
+                        .expect("active lock")
+                        .remove(&restart_id);
+                    return;
+                }
+            };
             // A database error must not lose the restart: its state is on
             // disk, so try again until it ends.
             let drive = async {
                 loop {
                     match drive_restart(&inner, restart_id, stored.take()).await {
-                        Ok(()) => break,
+                        Ok(()) => return true,
+                        Err(error) if error.downcast_ref::<LostLease>().is_some() => {
+                            tracing::warn!(
+                                restart_id,
+                                "another replica drives the restart now; stopped"
+                            );
+                            return false;
+                        }
                         Err(error) => {
                             tracing::error!(
                                 restart_id,
@@ -134,37 +208,114 @@ impl Orchestrator {
                     }
                 }
             };
-            tokio::select! {
+            let ended = tokio::select! {
                 _ = inner.shutdown.cancelled() => return,
-                _ = drive => {}
-            }
+                _ = lease.cancelled() => false,
+                ended = drive => ended,
+            };
+            inner
+                .leases
+                .lock()
+                .expect("leases lock")
+                .remove(&restart_id);
             inner
                 .active
                 .lock()
                 .expect("active lock")
                 .remove(&restart_id);
-            let _ = inner.finished.send(restart_id);
+            if ended {
+                let _ = inner.finished.send(restart_id);
+            }
         });
     }
 
-    /// Stops driving restarts, leaving them `running` in the database.
-    pub fn shutdown(&self) {
+    /// Stops driving restarts, leaving them `running` in the database, and
+    /// lets other replicas take them over at once.
+    pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        if let Err(error) =
+            store::release_leases(&self.inner.db, self.inner.router.replica().id()).await
+        {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot release the restarts' leases"
+            );
+        }
     }
 
-    /// Re-attaches to the restarts a previous run of the server left running.
+    /// Re-attaches to the running restarts no live replica drives (a
+    /// previous run of this server left them, or their driver died), and
+    /// from then on renews this replica's leases and takes over the
+    /// restarts of replicas that die.
     pub async fn resume_running(&self) -> anyhow::Result<()> {
-        for id in store::running_restarts(&self.inner.db).await? {
-            tracing::info!(restart_id = id, "resuming restart");
+        self.take_over_orphans().await?;
+        let orchestrator = self.clone();
+        self.inner.runtime.spawn(async move {
+            let shutdown = orchestrator.inner.shutdown.clone();
+            let mut every = tokio::time::interval(replicas::HEARTBEAT_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                if let Err(error) = orchestrator.renew_leases().await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "cannot renew the restarts' leases"
+                    );
+                }
+                if let Err(error) = orchestrator.take_over_orphans().await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "cannot look for restarts without a driver"
+                    );
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn take_over_orphans(&self) -> anyhow::Result<()> {
+        let now = crate::domain::now_millis();
+        let unclaimed_before = now.saturating_sub(replicas::LEASE.as_millis() as u64);
+        for id in store::orphaned_restarts(&self.inner.db, now, unclaimed_before, 16).await? {
+            if self.inner.active.lock().expect("active lock").contains(&id) {
+                continue;
+            }
+            tracing::info!(restart_id = id, "resuming a restart no live replica drives");
             self.start(id);
         }
         Ok(())
     }
 
-    /// Answers once the restart has ended.
+    /// Extends the leases of the restarts driven here; a restart whose
+    /// renewal finds another driver stops being driven here.
+    async fn renew_leases(&self) -> anyhow::Result<()> {
+        let until = crate::domain::now_millis() + replicas::LEASE.as_millis() as u64;
+        let held: HashSet<u64> =
+            store::renew_leases(&self.inner.db, self.inner.router.replica().id(), until)
+                .await?
+                .into_iter()
+                .collect();
+        let mut leases = self.inner.leases.lock().expect("leases lock");
+        leases.retain(|id, lease| {
+            if held.contains(id) {
+                return true;
+            }
+            lease.cancel();
+            false
+        });
+        Ok(())
+    }
+
+    /// Answers once the restart has ended, whichever replica drives it.
     pub async fn wait_finished(&self, restart_id: u64) -> anyhow::Result<Restart> {
         let mut finished = self.inner.finished.subscribe();
+        // Another replica's progress arrives as a change (the change feed).
+        let mut changes = self.inner.fleet.watch_changes();
         loop {
+            changes.borrow_and_update();
             let restart = store::get_restart(&self.inner.db, restart_id)
                 .await?
                 .context("the restart disappeared")?;
@@ -172,13 +323,21 @@ impl Orchestrator {
                 return Ok(restart);
             }
             loop {
-                match finished.recv().await {
-                    Ok(id) if id == restart_id => break,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        anyhow::bail!("the orchestrator stopped")
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            anyhow::bail!("the fleet is gone");
+                        }
+                        break;
                     }
+                    id = finished.recv() => match id {
+                        Ok(id) if id == restart_id => break,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            anyhow::bail!("the orchestrator stopped")
+                        }
+                    },
                 }
             }
         }
@@ -407,25 +566,37 @@ async fn follow_host(
             .await;
         };
         let command_id = new_command_id();
-        store::mark_host_running(
+        // Another replica stores this host's events: what it stored so far
+        // is in the database, maybe not yet in the change feed.
+        let stored_seq = if link.remote {
+            link.stored_seq
+                .max(store::max_seq(&inner.db, host, &link.boot_id).await?)
+        } else {
+            link.stored_seq
+        };
+        let recorded = store::mark_host_running_as_driver(
             &inner.db,
             &CommandSent {
                 restart_id,
                 host,
                 command_id: &command_id,
                 boot_id: &link.boot_id,
-                seq_at_command: link.stored_seq,
+                seq_at_command: stored_seq,
             },
+            inner.router.replica().id(),
         )
         .await?;
+        if !recorded {
+            return Err(LostLease.into());
+        }
         inner.fleet.history_changed();
         boot_id = link.boot_id.clone();
-        seq_at_command = link.stored_seq;
+        seq_at_command = stored_seq;
         command_connection = link.connection;
-        let Some(answer) =
-            inner
-                .fleet
-                .send_restart(host, &command_id, service, restart.reason.clone())
+        let Some(answer) = inner
+            .router
+            .send_restart(host, &link, &command_id, service, restart.reason.clone())
+            .await?
         else {
             return finish_host(
                 inner,
@@ -778,7 +949,11 @@ async fn fetch_report_if_due(
         .recovered_by
         .as_deref()
         .unwrap_or(&progress.boot_id);
-    let Some(answer) = inner.fleet.fetch_report(host, boot_id, agent_restart_id) else {
+    let Some(answer) = inner
+        .router
+        .fetch_report(host, boot_id, agent_restart_id)
+        .await?
+    else {
         return Ok(None);
     };
     let restart_id = u64::try_from(restart.id).unwrap_or(0);
@@ -875,7 +1050,11 @@ async fn follow_recovery(
     let Some(agent_restart_id) = progress.agent_restart_id else {
         return Ok(None);
     };
-    let Some(answer) = inner.fleet.fetch_report(host, new_boot, agent_restart_id) else {
+    let Some(answer) = inner
+        .router
+        .fetch_report(host, new_boot, agent_restart_id)
+        .await?
+    else {
         return Ok(None);
     };
     let Ok(Ok(Some(report))) = tokio::time::timeout(REPORT_ANSWER, answer).await else {

@@ -237,6 +237,15 @@ mod tests {
             Arc::new(Metrics::default()),
             Timeouts::default(),
             tokio::runtime::Handle::current(),
+            crate::replicas::Router::new(
+                crate::replicas::Replica::start(
+                    db.clone(),
+                    fleet.clone(),
+                    &tokio::runtime::Handle::current(),
+                )
+                .await
+                .unwrap(),
+            ),
         );
         Setup {
             _dir: dir,

@@ -17,6 +17,7 @@ use crate::fleet::Fleet;
 use crate::limits::{self, ClientLimits};
 use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
+use crate::replicas::{Replica, ReplicaId, Router};
 use crate::restarts::Restarts;
 use crate::routes;
 use crate::routes::services::get::ServicesDocuments;
@@ -29,6 +30,7 @@ pub struct Application {
     tls: bool,
     server: Server,
     orchestrator: Orchestrator,
+    replica: Arc<Replica>,
     housekeeping: tokio::task::JoinHandle<()>,
 }
 
@@ -38,8 +40,15 @@ impl Application {
     /// runtime, which is where restarts are driven.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let db = store::open(&settings.database).await?;
-        store::mark_all_hosts_offline(&db).await?;
+        // Every host starts offline here; the replica's first look of the
+        // database brings the ones other live replicas hold online.
         let fleet = Arc::new(Fleet::new(store::load_hosts(&db).await?));
+        let replica = Replica::start(
+            db.clone(),
+            fleet.clone(),
+            &tokio::runtime::Handle::current(),
+        )
+        .await?;
         let metrics = Arc::new(Metrics::with_counts(
             store::count_restarts_by_outcome(&db).await?,
         ));
@@ -49,6 +58,7 @@ impl Application {
             metrics.clone(),
             settings.timeouts.clone(),
             tokio::runtime::Handle::current(),
+            Router::new(replica.clone()),
         );
         // Read before binding, so a bad file stops the start with its name.
         let tls = match &settings.tls {
@@ -78,6 +88,7 @@ impl Application {
         let body_limit = settings.body_limit;
         let documents = web::Data::new(ServicesDocuments::default());
         let write_probe = web::Data::new(WriteProbe::default());
+        let replica_id = web::Data::new(ReplicaId(replica.id().into()));
         let fleet = web::Data::from(fleet);
         let metrics = web::Data::from(metrics);
         let db = web::Data::new(db);
@@ -118,6 +129,7 @@ impl Application {
                 .app_data(metrics.clone())
                 .app_data(documents.clone())
                 .app_data(write_probe.clone())
+                .app_data(replica_id.clone())
                 .app_data(settings.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid query string: {error}")).into()
@@ -158,6 +170,7 @@ impl Application {
             port,
             server,
             orchestrator,
+            replica,
             housekeeping,
         })
     }
@@ -178,7 +191,8 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        self.orchestrator.shutdown();
+        self.orchestrator.shutdown().await;
+        self.replica.stop().await;
         self.housekeeping.abort();
         result
     }

@@ -5,6 +5,7 @@ use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::link::{self, LinkContext};
 use crate::metrics::Metrics;
+use crate::replicas::ReplicaId;
 use crate::settings::Settings;
 use crate::store::Db;
 
@@ -22,6 +23,10 @@ pub async fn connect(
         .app_data::<web::Data<Metrics>>()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("the metrics are not registered"))?;
+    let replica_id = request
+        .app_data::<web::Data<ReplicaId>>()
+        .map(|id| id.0.clone())
+        .ok_or_else(|| anyhow::anyhow!("the replica id is not registered"))?;
     let (response, session, stream) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream
@@ -34,6 +39,7 @@ pub async fn connect(
         tokens: tokens.into_inner(),
         metrics: metrics.into_inner(),
         timeouts: settings.timeouts.clone(),
+        replica_id,
     };
     // The request body stream is bound to this worker, so the link runs here.
     actix_web::rt::spawn(link::run(context, agent.0, session, stream));

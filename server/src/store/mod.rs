@@ -27,11 +27,11 @@ pub use hosts::{
 };
 pub use replicas::{
     FedEvent, HostCommandKind, HostCommandRow, LinkedHostRow, NewHostCommand, ReplicaRow,
-    answer_host_command, claim_restart, commands_to_deliver, events_stored_elsewhere,
-    heartbeat, hold_host_link, host_command_answer, last_event_id, linked_hosts,
-    mark_host_running_as_driver, orphaned_restarts, prune_host_commands, queue_host_command,
-    register_replica, release_dead_replicas, release_host_link, release_leases, remove_replica,
-    renew_leases, replica_rows, take_host_command,
+    answer_host_command, claim_restart, commands_to_deliver, events_stored_elsewhere, heartbeat,
+    hold_host_link, host_command_answer, last_event_id, linked_hosts, mark_host_running_as_driver,
+    orphaned_restarts, prune_host_commands, queue_host_command, register_replica,
+    release_dead_replicas, release_host_link, release_leases, remove_replica, renew_leases,
+    replica_rows, take_host_command,
 };
 pub use restarts::{
     CommandSent, Created, HostRestartState, IdempotencyKey, NewRestart, NewlyCreated, Outcome,

@@ -458,7 +458,9 @@ pub async fn queue_host_command(
     .fetch_one(&mut *tx)
     .await
     .context("failed to queue a host command")?;
-    tx.commit().await.context("failed to commit a host command")?;
+    tx.commit()
+        .await
+        .context("failed to commit a host command")?;
     Ok(Some(to_u64(id)))
 }
 
