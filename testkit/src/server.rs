@@ -56,6 +56,7 @@ pub fn create_token(
 pub struct ServerSetup {
     binary: PathBuf,
     folder: Option<PathBuf>,
+    database: Option<PathBuf>,
     prefix: String,
     listen: Option<SocketAddr>,
     tls: bool,
@@ -70,6 +71,7 @@ impl ServerSetup {
         ServerSetup {
             binary: binary.into(),
             folder: None,
+            database: None,
             prefix: "baton-server-".to_owned(),
             listen: None,
             tls: false,
@@ -84,6 +86,13 @@ impl ServerSetup {
     /// folder.
     pub fn in_folder(mut self, folder: impl Into<PathBuf>) -> ServerSetup {
         self.folder = Some(folder.into());
+        self
+    }
+
+    /// Serves from this database rather than `baton.db` in its folder:
+    /// another replica of a server already running on it.
+    pub fn database(mut self, path: impl Into<PathBuf>) -> ServerSetup {
+        self.database = Some(path.into());
         self
     }
 
@@ -178,7 +187,10 @@ impl Server {
     }
 
     pub fn database(&self) -> PathBuf {
-        self.folder.path().join("baton.db")
+        match &self.setup.database {
+            Some(path) => path.clone(),
+            None => self.folder.path().join("baton.db"),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -101,6 +101,31 @@ impl ServerUnderTest {
         self.server.database()
     }
 
+    /// Another `baton-server` on this one's database (a replica), with
+    /// more arguments of `serve`; the same tokens work on both.
+    pub fn start_replica(&self, args: &[&str]) -> ServerUnderTest {
+        baton_tls::install_default_provider();
+        let setup = args.iter().fold(
+            ServerSetup::new(bin("baton-server")).database(self.database()),
+            |setup, arg| setup.arg(*arg),
+        );
+        let mut server = setup
+            .prefix("baton-server-replica-")
+            .env(
+                "RUST_LOG",
+                std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .prepare()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        server.launch().unwrap_or_else(|e| panic!("{e:#}"));
+        ServerUnderTest {
+            addr: server.addr(),
+            server,
+            operator_token: self.operator_token.clone(),
+            viewer_token: self.viewer_token.clone(),
+        }
+    }
+
     /// Signs in to the dashboard with `token`: the session cookie.
     pub async fn dashboard_session(&self, token: &str) -> String {
         let response = reqwest::Client::builder()

@@ -32,13 +32,12 @@ pub async fn register_replica(db: &Db, id: &str, now: u64) -> anyhow::Result<()>
 
 /// Says this replica is alive; `changed` moves its change sequence too.
 pub async fn heartbeat(db: &Db, id: &str, now: u64, changed: bool) -> anyhow::Result<()> {
-    let moved = if changed { 1 } else { 0 };
     let done = sqlx::query(
         "UPDATE replicas SET heartbeat_at = $2, change_seq = change_seq + $3 WHERE id = $1",
     )
     .bind(id)
     .bind(to_i64(now))
-    .bind(moved as i64)
+    .bind(i64::from(changed))
     .execute(&db.writes)
     .await
     .context("failed to write the replica's heartbeat")?;

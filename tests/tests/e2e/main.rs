@@ -28,6 +28,7 @@ mod outcomes;
 mod overlap;
 mod process_tracking;
 mod readiness;
+mod replicas;
 mod restart_by_signal;
 mod restart_under_load;
 mod runtime_folders;
