@@ -71,8 +71,13 @@ struct LostLease;
 
 /// Makes this replica the restart's driver if no live one drives it: what
 /// stops the driving task when the lease is lost, or `None` when another
-/// replica drives it.
-async fn claim(inner: &Inner, restart_id: u64) -> anyhow::Result<Option<CancellationToken>> {
+/// replica drives it. `created_here`: this replica just created it, and
+/// claims it before any other may.
+async fn claim(
+    inner: &Inner,
+    restart_id: u64,
+    created_here: bool,
+) -> anyhow::Result<Option<CancellationToken>> {
     let now = crate::domain::now_millis();
     let lease = replicas::LEASE.as_millis() as u64;
     let claimed = store::claim_restart(
@@ -81,7 +86,11 @@ async fn claim(inner: &Inner, restart_id: u64) -> anyhow::Result<Option<Cancella
         inner.router.replica().id(),
         now,
         now + lease,
-        now.saturating_sub(lease),
+        if created_here {
+            u64::MAX
+        } else {
+            now.saturating_sub(lease)
+        },
     )
     .await?;
     if !claimed {
@@ -160,7 +169,7 @@ impl Orchestrator {
         }
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
-            let lease = match claim(&inner, restart_id).await {
+            let lease = match claim(&inner, restart_id, stored.is_some()).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     inner

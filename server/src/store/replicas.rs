@@ -216,8 +216,8 @@ pub async fn linked_hosts(db: &Db) -> anyhow::Result<Vec<LinkedHostRow>> {
 
 /// Makes `driver` the driver of a running restart until `until`, if no
 /// other replica drives it with a live lease. A restart that never had a
-/// driver is claimable only once it is `unclaimed_after` old, so the
-/// replica that created it claims it first.
+/// driver is claimable only if it was created before `unclaimed_before`:
+/// the replica that created it passes `u64::MAX` and claims it first.
 pub async fn claim_restart(
     db: &Db,
     restart_id: u64,
@@ -231,7 +231,7 @@ pub async fn claim_restart(
          WHERE id = $1 AND state = 'running'
            AND (driver = $2
                 OR (lease_until IS NOT NULL AND lease_until < $3)
-                OR (lease_until IS NULL AND (driver IS NULL OR created_at < $5)))",
+                OR (lease_until IS NULL AND created_at < $5))",
     )
     .bind(to_i64(restart_id))
     .bind(driver)
@@ -528,4 +528,226 @@ pub async fn prune_host_commands(db: &Db, before: u64) -> anyhow::Result<u64> {
         .await
         .context("failed to prune host commands")?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Created, NewRestart, create_restart, open};
+
+    async fn restart_on(db: &Db, hosts: &[String]) -> u64 {
+        let Created::New(created) = create_restart(
+            db,
+            &NewRestart {
+                service: "web",
+                reason: None,
+                requested_by: "ci",
+                idempotency_key: None,
+                max_parallel: 1,
+                hosts,
+            },
+        )
+        .await
+        .unwrap() else {
+            panic!("not created")
+        };
+        created.id()
+    }
+
+    fn sent<'a>(restart_id: u64, host: &'a str, command_id: &'a str) -> CommandSent<'a> {
+        CommandSent {
+            restart_id,
+            host,
+            command_id,
+            boot_id: "boot",
+            seq_at_command: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_replica_drives_a_restart_until_its_lease_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("baton.db")).await.unwrap();
+        let id = restart_on(&db, &["alpha".to_string()]).await;
+        let now = crate::domain::now_millis();
+        // Fresh and unclaimed: the replica that created it claims it, no
+        // other may yet.
+        assert!(
+            orphaned_restarts(&db, now, now - 3_000, 16)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !claim_restart(&db, id, "b", now, now + 3_000, now - 3_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            claim_restart(&db, id, "a", now, now + 3_000, u64::MAX)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !claim_restart(&db, id, "b", now + 1_000, now + 4_000, now - 2_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(renew_leases(&db, "a", now + 3_000).await.unwrap(), vec![id]);
+        assert!(
+            renew_leases(&db, "b", now + 3_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // A's lease ran out: B takes it over, and A's renewal finds it gone.
+        let later = now + 3_001;
+        assert_eq!(
+            orphaned_restarts(&db, later, later - 3_000, 16)
+                .await
+                .unwrap(),
+            vec![id]
+        );
+        assert!(
+            claim_restart(&db, id, "b", later, later + 3_000, later - 3_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            renew_leases(&db, "a", later + 3_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_lost_its_lease_cannot_command_a_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("baton.db")).await.unwrap();
+        let id = restart_on(&db, &["alpha".to_string(), "beta".to_string()]).await;
+        let now = crate::domain::now_millis();
+        assert!(
+            claim_restart(&db, id, "a", now, now + 3_000, u64::MAX)
+                .await
+                .unwrap()
+        );
+        assert!(
+            mark_host_running_as_driver(&db, &sent(id, "alpha", "c1"), "a")
+                .await
+                .unwrap()
+        );
+        let later = now + 3_001;
+        assert!(
+            claim_restart(&db, id, "b", later, later + 3_000, later - 3_000)
+                .await
+                .unwrap()
+        );
+
+        // A has not noticed yet: its command for beta is not recorded, so
+        // it is not sent.
+        assert!(
+            !mark_host_running_as_driver(&db, &sent(id, "beta", "c2"), "a")
+                .await
+                .unwrap()
+        );
+        // B resumes: alpha was commanded already and is not commanded again.
+        assert!(
+            !mark_host_running_as_driver(&db, &sent(id, "alpha", "c3"), "b")
+                .await
+                .unwrap()
+        );
+        assert!(
+            mark_host_running_as_driver(&db, &sent(id, "beta", "c4"), "b")
+                .await
+                .unwrap()
+        );
+        let hosts = crate::store::restart_host_rows(&db, id).await.unwrap();
+        let commands: Vec<Option<&str>> = hosts.iter().map(|h| h.command_id.as_deref()).collect();
+        assert_eq!(commands, vec![Some("c1"), Some("c4")]);
+    }
+
+    #[tokio::test]
+    async fn a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("baton.db")).await.unwrap();
+        crate::store::upsert_host(&db, "alpha", "1", "boot", 1, &[])
+            .await
+            .unwrap();
+        hold_host_link(&db, "alpha", "a", 11, 0, 0).await.unwrap();
+        // The agent linked to B before A saw its old link close.
+        hold_host_link(&db, "alpha", "b", 22, 0, 0).await.unwrap();
+        assert!(!release_host_link(&db, "alpha", 11, 2, &[]).await.unwrap());
+        let hosts = linked_hosts(&db).await.unwrap();
+        assert_eq!(hosts[0].link, Some(("b".to_string(), 22)));
+        assert!(release_host_link(&db, "alpha", 22, 3, &[]).await.unwrap());
+        assert_eq!(linked_hosts(&db).await.unwrap()[0].link, None);
+    }
+
+    #[tokio::test]
+    async fn the_hosts_of_a_dead_replica_go_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("baton.db")).await.unwrap();
+        register_replica(&db, "a", 1_000).await.unwrap();
+        register_replica(&db, "b", 5_000).await.unwrap();
+        for (host, replica) in [("alpha", "a"), ("beta", "b")] {
+            crate::store::upsert_host(&db, host, "1", "boot", 1, &[])
+                .await
+                .unwrap();
+            hold_host_link(&db, host, replica, 1, 0, 0).await.unwrap();
+        }
+        // At 5 s, A was last heard of 4 s ago: dead.
+        assert_eq!(release_dead_replicas(&db, 2_000, 0).await.unwrap(), 1);
+        let links: Vec<Option<(String, u64)>> = linked_hosts(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.link)
+            .collect();
+        assert_eq!(links, vec![None, Some(("b".to_string(), 1))]);
+    }
+
+    #[tokio::test]
+    async fn a_host_holds_only_so_many_waiting_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("baton.db")).await.unwrap();
+        let command = NewHostCommand {
+            host: "alpha",
+            link_id: 1,
+            kind: HostCommandKind::FetchReport,
+            command_id: None,
+            service: None,
+            reason: None,
+            boot_id: Some("boot"),
+            agent_restart_id: Some(1),
+            expires_at: 10_000,
+        };
+        for _ in 0..3 {
+            assert!(
+                queue_host_command(&db, &command, 1, 3)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        assert!(
+            queue_host_command(&db, &command, 1, 3)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Expired ones no longer count, and go.
+        let fresh = NewHostCommand {
+            expires_at: 20_000,
+            ..command
+        };
+        assert!(
+            queue_host_command(&db, &fresh, 10_001, 3)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(prune_host_commands(&db, 10_001).await.unwrap(), 3);
+    }
 }
