@@ -310,7 +310,7 @@ pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Re
     .context("failed to find the hosts' last events")?;
     let mut deleted = 0;
     loop {
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        let mut query = sqlx::QueryBuilder::<sqlx::Any>::new(
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE (at < ",
         );
         query

@@ -1,23 +1,26 @@
 use anyhow::Context;
 use baton_proto::api::{self, Restart, RestartHost, RestartPage};
 use baton_proto::{ConnectionTally, Event, OutputLine, RestartId, RestartOutcome};
-use sqlx::Sqlite;
+use sqlx::Any;
 
-use super::db::{Db, to_i64, to_u64};
+use super::db::{Db, Flag, text_enum, to_i64, to_u64};
 use super::events::agent_restart_steps;
 use crate::domain::now_millis;
 
 /// `restarts.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartState {
     Running,
     Finished,
 }
 
+text_enum!(RestartState {
+    Running = "running",
+    Finished = "finished",
+});
+
 /// `restart_hosts.state`: one host's step of a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostRestartState {
     /// Not started yet.
     Pending,
@@ -30,10 +33,16 @@ pub enum HostRestartState {
     Skipped,
 }
 
+text_enum!(HostRestartState {
+    Pending = "pending",
+    Running = "running",
+    Finished = "finished",
+    Skipped = "skipped",
+});
+
 /// `restarts.outcome` and `restart_hosts.outcome`, named as the agent names
 /// them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
     Forced,
@@ -41,6 +50,14 @@ pub enum Outcome {
     Failed,
     Interrupted,
 }
+
+text_enum!(Outcome {
+    Succeeded = "succeeded",
+    Forced = "forced",
+    RolledBack = "rolled_back",
+    Failed = "failed",
+    Interrupted = "interrupted",
+});
 
 impl From<RestartOutcome> for Outcome {
     fn from(outcome: RestartOutcome) -> Self {
@@ -337,6 +354,7 @@ pub struct RestartHostRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// The outcome came from a report fetched from the agent.
+    #[sqlx(try_from = "Flag")]
     pub from_report: bool,
     /// The drain's tally, written together once it is known.
     pub connections_handed_over: Option<i64>,
@@ -469,7 +487,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         .join(", ");
     let (mut query, id_column) = match &filter.host {
         Some(host) => {
-            let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            let mut query = sqlx::QueryBuilder::<Any>::new(format!(
                 "SELECT {columns} FROM restart_hosts h JOIN restarts r ON r.id = h.restart_id
                  WHERE h.host = "
             ));
@@ -477,7 +495,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
             (query, "h.restart_id")
         }
         None => (
-            sqlx::QueryBuilder::<Sqlite>::new(format!(
+            sqlx::QueryBuilder::<Any>::new(format!(
                 "SELECT {columns} FROM restarts r WHERE 1 = 1"
             )),
             "r.id",
@@ -508,7 +526,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
     let mut hosts_by_restart: std::collections::HashMap<i64, Vec<RestartHost>> =
         std::collections::HashMap::new();
     if !rows.is_empty() {
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+        let mut query = sqlx::QueryBuilder::<Any>::new(
             "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
                     seq_at_command, agent_restart_id, started_at, finished_at,
                     fetched_steps IS NOT NULL AS from_report,
