@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use futures::TryStreamExt;
-use sqlx::{Any, Row};
+use sqlx::Row;
 
-use super::db::{Backend, Db, Flag};
+use super::db::{Backend, Db, Flag, SqlBuilder};
 
 /// Every table of history, each after the tables it refers to. A table the
 /// migrations add must be named here: a test compares this list with the
@@ -96,19 +96,23 @@ pub async fn copy_database(from: &Db, to: &Db) -> anyhow::Result<Vec<CopiedTable
                 batch.push(values(&row, &columns).with_context(|| format!("a row of {table}"))?);
             }
             if batch.len() == BATCH_ROWS || (done && !batch.is_empty()) {
-                let mut insert =
-                    sqlx::QueryBuilder::<Any>::new(format!("INSERT INTO {table} ({names}) "));
-                insert.push_values(batch.drain(..), |mut values, row| {
-                    for value in row {
+                let mut insert = SqlBuilder::new(format!("INSERT INTO {table} ({names}) VALUES "));
+                for (i, row) in batch.drain(..).enumerate() {
+                    insert.push(if i == 0 { "(" } else { ", (" });
+                    for (j, value) in row.into_iter().enumerate() {
+                        if j > 0 {
+                            insert.push(", ");
+                        }
                         match value {
-                            Value::Integer(n) => values.push_bind(n),
-                            Value::Text(s) => values.push_bind(s),
-                            Value::Boolean(b) => values.push_bind(b),
+                            Value::Integer(n) => insert.push_bind(n),
+                            Value::Text(s) => insert.push_bind(s),
+                            Value::Boolean(b) => insert.push_bind(b),
                         };
                     }
-                });
+                    insert.push(")");
+                }
                 let written = insert
-                    .build()
+                    .build()?
                     .execute(&mut *tx)
                     .await
                     .with_context(|| format!("failed to write {table}"))?

@@ -551,3 +551,76 @@ impl<'r> sqlx::Decode<'r, Any> for Flag {
         }
     }
 }
+
+/// Builds a statement whose conditions depend on the request, numbering
+/// its parameters `$1`, `$2`, ... as both engines read them. (sqlx's
+/// `QueryBuilder<Any>` writes `?`, which PostgreSQL does not take.)
+pub(crate) struct SqlBuilder {
+    sql: String,
+    args: sqlx::any::AnyArguments,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl SqlBuilder {
+    pub(crate) fn new(sql: impl Into<String>) -> Self {
+        SqlBuilder {
+            sql: sql.into(),
+            args: Default::default(),
+            error: None,
+        }
+    }
+
+    pub(crate) fn push(&mut self, sql: impl AsRef<str>) -> &mut Self {
+        self.sql.push_str(sql.as_ref());
+        self
+    }
+
+    pub(crate) fn push_bind<'t, T>(&mut self, value: T) -> &mut Self
+    where
+        T: sqlx::Encode<'t, Any> + sqlx::Type<Any>,
+    {
+        use sqlx::Arguments;
+        if let Err(e) = self.args.add(value) {
+            self.error.get_or_insert(e);
+        }
+        self.sql.push_str(&format!("${}", self.args.len()));
+        self
+    }
+
+    /// `value, value, ...`, each a parameter.
+    pub(crate) fn push_binds<'t, T>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self
+    where
+        T: sqlx::Encode<'t, Any> + sqlx::Type<Any>,
+    {
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push_bind(value);
+        }
+        self
+    }
+
+    /// Fails when a value could not be encoded.
+    pub(crate) fn build(
+        self,
+    ) -> anyhow::Result<sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>> {
+        match self.error {
+            Some(e) => Err(anyhow::anyhow!(e).context("a statement parameter does not encode")),
+            None => Ok(sqlx::query_with(sqlx::AssertSqlSafe(self.sql), self.args)),
+        }
+    }
+
+    /// Fails when a value could not be encoded.
+    pub(crate) fn build_query_as<O>(
+        self,
+    ) -> anyhow::Result<sqlx::query::QueryAs<'static, Any, O, sqlx::any::AnyArguments>>
+    where
+        O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        match self.error {
+            Some(e) => Err(anyhow::anyhow!(e).context("a statement parameter does not encode")),
+            None => Ok(sqlx::query_as_with(sqlx::AssertSqlSafe(self.sql), self.args)),
+        }
+    }
+}

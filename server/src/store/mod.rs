@@ -15,6 +15,8 @@ mod events;
 mod generations;
 mod hosts;
 mod restarts;
+#[cfg(test)]
+pub(crate) mod testing;
 mod tokens;
 
 pub use copy::{CopiedTable, CopyRefused, NOT_COPIED, TABLES, column_names, copy_database, schema_tables};

@@ -1,9 +1,8 @@
 use anyhow::Context;
 use baton_proto::api::{self, Restart, RestartHost, RestartPage};
 use baton_proto::{ConnectionTally, Event, OutputLine, RestartId, RestartOutcome};
-use sqlx::Any;
 
-use super::db::{Db, Flag, text_enum, to_i64, to_u64};
+use super::db::{Db, Flag, SqlBuilder, text_enum, to_i64, to_u64};
 use super::events::agent_restart_steps;
 use crate::domain::now_millis;
 
@@ -487,7 +486,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         .join(", ");
     let (mut query, id_column) = match &filter.host {
         Some(host) => {
-            let mut query = sqlx::QueryBuilder::<Any>::new(format!(
+            let mut query = SqlBuilder::new(format!(
                 "SELECT {columns} FROM restart_hosts h JOIN restarts r ON r.id = h.restart_id
                  WHERE h.host = "
             ));
@@ -495,7 +494,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
             (query, "h.restart_id")
         }
         None => (
-            sqlx::QueryBuilder::<Any>::new(format!(
+            SqlBuilder::new(format!(
                 "SELECT {columns} FROM restarts r WHERE 1 = 1"
             )),
             "r.id",
@@ -518,7 +517,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         .push(format!(" ORDER BY {id_column} DESC LIMIT "))
         .push_bind(i64::from(filter.limit));
     let rows: Vec<RestartRow> = query
-        .build_query_as()
+        .build_query_as()?
         .fetch_all(&db.reads)
         .await
         .context("failed to list restarts")?;
@@ -526,20 +525,17 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
     let mut hosts_by_restart: std::collections::HashMap<i64, Vec<RestartHost>> =
         std::collections::HashMap::new();
     if !rows.is_empty() {
-        let mut query = sqlx::QueryBuilder::<Any>::new(
+        let mut query = SqlBuilder::new(
             "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
                     seq_at_command, agent_restart_id, started_at, finished_at,
                     fetched_steps IS NOT NULL AS from_report,
                     connections_handed_over, connections_drained, connections_cut
              FROM restart_hosts WHERE restart_id IN (",
         );
-        let mut ids = query.separated(", ");
-        for row in &rows {
-            ids.push_bind(row.id);
-        }
+        query.push_binds(rows.iter().map(|row| row.id));
         query.push(") ORDER BY restart_id, position");
         let host_rows: Vec<RestartHostRow> = query
-            .build_query_as()
+            .build_query_as()?
             .fetch_all(&db.reads)
             .await
             .context("failed to list the restarts' hosts")?;
@@ -842,18 +838,9 @@ pub async fn count_restarts_by_outcome(db: &Db) -> anyhow::Result<Vec<(RestartOu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_both_engines;
 
-    async fn fresh_db() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = super::super::open(&dir.path().join("baton.db"))
-            .await
-            .unwrap();
-        (dir, db)
-    }
-
-    #[tokio::test]
-    async fn a_state_no_variant_names_is_an_error_not_a_default() {
-        let (_dir, db) = fresh_db().await;
+    async fn a_state_no_variant_names_is_an_error_not_a_default(db: &Db) {
         let known: (RestartState, HostRestartState, Outcome) =
             sqlx::query_as("SELECT 'finished', 'skipped', 'rolled_back'")
                 .fetch_one(&db.reads)
@@ -875,9 +862,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_restart_with_an_unknown_outcome_fails_to_read() {
-        let (_dir, db) = fresh_db().await;
+    async fn a_restart_with_an_unknown_outcome_fails_to_read(db: &Db) {
         sqlx::query(
             "INSERT INTO restarts (id, service, max_parallel, state, outcome, created_at)
              VALUES (7, 'web', 1, 'finished', 'sideways', 0)",
@@ -901,9 +886,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_hosts_tally_is_written_once_and_read_back_whole() {
-        let (_dir, db) = fresh_db().await;
+    async fn a_hosts_tally_is_written_once_and_read_back_whole(db: &Db) {
         let hosts = vec!["alpha".to_string(), "beta".to_string()];
         let Created::New(created) = create_restart(
             &db,
@@ -951,4 +934,10 @@ mod tests {
         assert_eq!(page.restarts[0].hosts[0].connections, Some(tally));
         assert_eq!(page.restarts[0].hosts[1].connections, None);
     }
+
+    on_both_engines!(
+        a_state_no_variant_names_is_an_error_not_a_default,
+        a_restart_with_an_unknown_outcome_fails_to_read,
+        a_hosts_tally_is_written_once_and_read_back_whole,
+    );
 }
