@@ -17,6 +17,8 @@ mod hosts;
 mod restarts;
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 mod tokens;
 
 pub use copy::{CopiedTable, CopyRefused, NOT_COPIED, TABLES, column_names, copy_database, schema_tables};
