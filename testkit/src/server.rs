@@ -63,6 +63,7 @@ pub struct ServerSetup {
     args: Vec<OsString>,
     own_process_group: bool,
     stop_grace: Duration,
+    database: Option<OsString>,
 }
 
 impl ServerSetup {
@@ -77,6 +78,7 @@ impl ServerSetup {
             args: Vec::new(),
             own_process_group: false,
             stop_grace: Duration::from_secs(5),
+            database: None,
         }
     }
 
@@ -114,6 +116,13 @@ impl ServerSetup {
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> ServerSetup {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The `--database` of the server and its token commands (a
+    /// `postgres://` URL) instead of a SQLite file in its folder.
+    pub fn database(mut self, location: impl Into<OsString>) -> ServerSetup {
+        self.database = Some(location.into());
         self
     }
 
@@ -177,8 +186,13 @@ impl Server {
         self.folder.path()
     }
 
+    /// The value of `--database`: `baton.db` in the folder, or the
+    /// location given to [`ServerSetup::database`].
     pub fn database(&self) -> PathBuf {
-        self.folder.path().join("baton.db")
+        match &self.setup.database {
+            Some(location) => PathBuf::from(location),
+            None => self.folder.path().join("baton.db"),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

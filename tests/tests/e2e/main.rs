@@ -25,6 +25,7 @@ mod mainpid;
 mod notify_attribution;
 mod notify_flood;
 mod outcomes;
+mod postgres;
 mod overlap;
 mod process_tracking;
 mod readiness;
