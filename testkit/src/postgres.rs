@@ -137,7 +137,14 @@ impl Postgres {
             self.databases.fetch_add(1, Ordering::Relaxed)
         );
         let output = Command::new(self.bin.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "baton"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "baton",
+            ])
             .arg(&name)
             .stdin(Stdio::null())
             .output()

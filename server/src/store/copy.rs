@@ -59,12 +59,11 @@ struct Column {
 /// same version (`open` does that). Refuses a target that holds history.
 pub async fn copy_database(from: &Db, to: &Db) -> anyhow::Result<Vec<CopiedTable>> {
     for &table in TABLES {
-        let (rows,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM {table}"
-        )))
-        .fetch_one(&to.reads)
-        .await
-        .with_context(|| format!("failed to count the target's {table}"))?;
+        let (rows,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&to.reads)
+                .await
+                .with_context(|| format!("failed to count the target's {table}"))?;
         if rows > 0 {
             return Err(CopyRefused::TargetNotEmpty {
                 table,
@@ -134,10 +133,7 @@ pub async fn copy_database(from: &Db, to: &Db) -> anyhow::Result<Vec<CopiedTable
             .await
             .with_context(|| format!("failed to move the id sequence of {table}"))?;
         }
-        copied.push(CopiedTable {
-            table,
-            rows: count,
-        });
+        copied.push(CopiedTable { table, rows: count });
     }
     tx.commit().await.context("failed to commit the copy")?;
     Ok(copied)
@@ -161,9 +157,7 @@ fn values(row: &sqlx::any::AnyRow, columns: &[Column]) -> anyhow::Result<Vec<Val
                         .map(|flag| flag.map(|f| i64::from(f.0)))
                 })?),
                 Kind::Text => Value::Text(row.try_get(i)?),
-                Kind::Boolean => {
-                    Value::Boolean(row.try_get::<Option<Flag>, _>(i)?.map(bool::from))
-                }
+                Kind::Boolean => Value::Boolean(row.try_get::<Option<Flag>, _>(i)?.map(bool::from)),
             };
             Ok(value)
         })

@@ -36,7 +36,9 @@ impl Location {
 pub enum BadLocation {
     #[error("the database location is empty")]
     Empty,
-    #[error("{0:?} names no database baton knows: give a SQLite path, sqlite://PATH or postgres://...")]
+    #[error(
+        "{0:?} names no database baton knows: give a SQLite path, sqlite://PATH or postgres://..."
+    )]
     UnknownScheme(String),
 }
 
@@ -62,7 +64,9 @@ impl FromStr for Location {
         // looks like a URL scheme (letters only before it).
         if let Some((scheme, _)) = s.split_once("://")
             && !scheme.is_empty()
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+')
         {
             return Err(BadLocation::UnknownScheme(s.to_owned()));
         }
@@ -118,7 +122,9 @@ fn without_password(url: &str) -> String {
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
         Some((user_info, host)) => {
-            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
             format!("{scheme}://{user}@{host}{tail}")
         }
         None => url.to_owned(),
@@ -319,8 +325,8 @@ fn sqlite_url(path: &Path) -> anyhow::Result<String> {
 }
 
 async fn connect_postgres(url: &str, location: &Location) -> anyhow::Result<Db> {
-    let options = AnyConnectOptions::from_str(url)
-        .with_context(|| format!("bad database URL {location}"))?;
+    let options =
+        AnyConnectOptions::from_str(url).with_context(|| format!("bad database URL {location}"))?;
     let pool = AnyPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(Duration::from_secs(10))
@@ -620,7 +626,10 @@ impl SqlBuilder {
     {
         match self.error {
             Some(e) => Err(anyhow::anyhow!(e).context("a statement parameter does not encode")),
-            None => Ok(sqlx::query_as_with(sqlx::AssertSqlSafe(self.sql), self.args)),
+            None => Ok(sqlx::query_as_with(
+                sqlx::AssertSqlSafe(self.sql),
+                self.args,
+            )),
         }
     }
 }

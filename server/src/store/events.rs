@@ -310,9 +310,8 @@ pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Re
     .context("failed to find the hosts' last events")?;
     let mut deleted = 0;
     loop {
-        let mut query = SqlBuilder::new(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE (at < ",
-        );
+        let mut query =
+            SqlBuilder::new("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE (at < ");
         query
             .push_bind(to_i64(older_than))
             .push(" OR id <= ")

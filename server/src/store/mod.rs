@@ -21,7 +21,9 @@ pub(crate) mod testing;
 mod tests;
 mod tokens;
 
-pub use copy::{CopiedTable, CopyRefused, NOT_COPIED, TABLES, column_names, copy_database, schema_tables};
+pub use copy::{
+    CopiedTable, CopyRefused, NOT_COPIED, TABLES, column_names, copy_database, schema_tables,
+};
 pub(crate) use db::text_enum;
 pub use db::{
     Backend, BadLocation, Db, Flag, Location, MigrationStep, apply_migrations, connect, migrator,

@@ -494,9 +494,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
             (query, "h.restart_id")
         }
         None => (
-            SqlBuilder::new(format!(
-                "SELECT {columns} FROM restarts r WHERE 1 = 1"
-            )),
+            SqlBuilder::new(format!("SELECT {columns} FROM restarts r WHERE 1 = 1")),
             "r.id",
         ),
     };

@@ -85,9 +85,17 @@ async fn tokens_keep_their_role_and_host(db: &Db) {
         bind_token_host(db, "hash-agent", "beta").await.unwrap(),
         Some("alpha".to_string())
     );
-    assert_eq!(revoke_tokens(db, TokenSelector::Name("ci")).await.unwrap(), 1);
+    assert_eq!(
+        revoke_tokens(db, TokenSelector::Name("ci")).await.unwrap(),
+        1
+    );
     assert!(find_token(db, "hash-ci").await.unwrap().is_none());
-    let roles: Vec<Role> = list_tokens(db).await.unwrap().iter().map(|t| t.role).collect();
+    let roles: Vec<Role> = list_tokens(db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.role)
+        .collect();
     assert_eq!(roles, [Role::Operator, Role::Agent]);
 }
 
