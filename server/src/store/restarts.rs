@@ -868,12 +868,12 @@ mod tests {
         .execute(&db.writes)
         .await
         .unwrap();
-        let error = get_restart(&db, 7).await.unwrap_err();
+        let error = get_restart(db, 7).await.unwrap_err();
         assert!(format!("{error:#}").contains("sideways"), "{error:#}");
-        assert!(count_restarts_by_outcome(&db).await.is_err());
+        assert!(count_restarts_by_outcome(db).await.is_err());
         assert!(
             list_restarts(
-                &db,
+                db,
                 &RestartFilter {
                     limit: 10,
                     ..Default::default()
@@ -887,7 +887,7 @@ mod tests {
     async fn a_hosts_tally_is_written_once_and_read_back_whole(db: &Db) {
         let hosts = vec!["alpha".to_string(), "beta".to_string()];
         let Created::New(created) = create_restart(
-            &db,
+            db,
             &NewRestart {
                 service: "web",
                 reason: None,
@@ -907,21 +907,21 @@ mod tests {
             drained: 3,
             cut: 1,
         };
-        assert!(record_connections(&db, id, "alpha", tally).await.unwrap());
+        assert!(record_connections(db, id, "alpha", tally).await.unwrap());
         // The same drain seen again, or another account of it, changes nothing.
-        assert!(!record_connections(&db, id, "alpha", tally).await.unwrap());
+        assert!(!record_connections(db, id, "alpha", tally).await.unwrap());
         let other = ConnectionTally {
             handed_over: 0,
             drained: 15,
             cut: 1,
         };
-        assert!(!record_connections(&db, id, "alpha", other).await.unwrap());
+        assert!(!record_connections(db, id, "alpha", other).await.unwrap());
 
-        let restart = get_restart(&db, id).await.unwrap().unwrap();
+        let restart = get_restart(db, id).await.unwrap().unwrap();
         assert_eq!(restart.hosts[0].connections, Some(tally));
         assert_eq!(restart.hosts[1].connections, None);
         let page = list_restarts(
-            &db,
+            db,
             &RestartFilter {
                 limit: 10,
                 ..Default::default()
