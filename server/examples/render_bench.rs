@@ -35,7 +35,7 @@ fn service(i: u32) -> String {
     format!("svc-{:04}", i % SERVICES)
 }
 
-async fn fill(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
+async fn fill(db: &sqlx::AnyPool) -> anyhow::Result<()> {
     let now = now_millis() as i64;
     for h in 0..HOSTS {
         let services: Vec<ServiceStatus> = (0..SERVICES)

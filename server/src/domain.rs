@@ -9,13 +9,18 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
 }
 
 /// Stored in `api_tokens.role` by its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Viewer,
     Operator,
     Agent,
 }
+
+crate::store::text_enum!(Role {
+    Viewer = "viewer",
+    Operator = "operator",
+    Agent = "agent",
+});
 
 impl Role {
     pub fn as_str(self) -> &'static str {

@@ -94,6 +94,21 @@ pub(crate) fn database_unavailable(error: &anyhow::Error) -> Option<&'static str
         .chain()
         .find_map(|e| e.downcast_ref::<sqlx::Error>())?;
     match sqlx_error {
+        // PostgreSQL's SQLSTATE codes.
+        sqlx::Error::Database(db)
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some() =>
+        {
+            match db.code()?.as_ref() {
+                "53100" => Some("disk full"),
+                "25006" => Some("database read-only"),
+                "58030" => Some("I/O error"),
+                "40001" | "40P01" | "55P03" => Some("database locked"),
+                "53300" | "57P03" => Some("database busy"),
+                _ => None,
+            }
+        }
         // SQLite's primary result codes (the low byte of an extended one).
         sqlx::Error::Database(db) => match db.code()?.parse::<u32>().ok()? & 0xff {
             13 => Some("disk full"),

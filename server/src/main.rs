@@ -4,7 +4,7 @@ use anyhow::Context;
 use baton_server::domain::Role;
 use baton_server::settings::{Settings, TlsFiles};
 use baton_server::startup::Application;
-use baton_server::store::{self, TokenSelector};
+use baton_server::store::{self, Location, TokenSelector};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,9 +33,11 @@ enum Command {
     Serve {
         #[arg(long, default_value = "127.0.0.1:8080", env = "BATON_LISTEN")]
         listen: SocketAddr,
-        /// SQLite file, created on first start.
+        /// The database: a SQLite file (a path or sqlite://PATH, created on
+        /// first start) or postgres://USER:PASSWORD@HOST/NAME. Migrated on
+        /// start.
         #[arg(long, env = "BATON_DATABASE")]
-        database: PathBuf,
+        database: Location,
         /// How long a host may stay offline during its restart before it
         /// fails there; a host offline for longer when its turn in a
         /// rollout comes is skipped (`skipped: offline`).
@@ -87,6 +89,27 @@ enum Command {
         #[command(subcommand)]
         command: HostCommand,
     },
+    /// Apply the database migrations this version has and the database
+    /// lacks, and print them. `serve` does the same on start.
+    Migrate {
+        #[arg(long, env = "BATON_DATABASE")]
+        database: Location,
+        /// Only print the pending migrations; apply nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Copy a whole history into a fresh database, ids kept, in one
+    /// transaction: from a SQLite file to PostgreSQL when one server is no
+    /// longer enough. Stop the server on --from first.
+    Copy {
+        /// The database to read, e.g. sqlite:///var/lib/baton/baton.db.
+        #[arg(long)]
+        from: Location,
+        /// The database to fill, migrated first; refused if it holds any
+        /// history.
+        #[arg(long)]
+        to: Location,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,7 +119,7 @@ enum HostCommand {
     /// running server drops it within a minute.
     Forget {
         #[arg(long, env = "BATON_DATABASE")]
-        database: PathBuf,
+        database: Location,
         name: String,
     },
 }
@@ -106,7 +129,7 @@ enum TokenCommand {
     /// Create a token and print it; it is stored hashed and cannot be shown again.
     Create {
         #[arg(long, env = "BATON_DATABASE")]
-        database: PathBuf,
+        database: Location,
         #[arg(long)]
         name: String,
         /// viewer (reads), operator (reads and restarts) or agent (the agent link).
@@ -120,14 +143,14 @@ enum TokenCommand {
     /// List every token: id, name, role, host, when it was created and revoked.
     List {
         #[arg(long, env = "BATON_DATABASE")]
-        database: PathBuf,
+        database: Location,
     },
     /// Revoke tokens: a running server refuses them within its
     /// --token-recheck, and closes agent links and dashboard sessions opened
     /// with them.
     Revoke {
         #[arg(long, env = "BATON_DATABASE")]
-        database: PathBuf,
+        database: Location,
         /// Every live token of this name.
         #[arg(long, required_unless_present = "id", conflicts_with = "id")]
         name: Option<String>,
@@ -265,6 +288,43 @@ async fn main() -> anyhow::Result<()> {
                     anyhow::bail!("no host is named {name}; `GET /hosts` lists them")
                 }
             }
+        }
+        Command::Migrate { database, check } => {
+            let db = store::connect(&database).await?;
+            if check {
+                let pending = store::pending_migrations(&db).await?;
+                if pending.is_empty() {
+                    println!("{database} is up to date");
+                }
+                for step in pending {
+                    println!("pending {} {}", step.version, step.description);
+                }
+            } else {
+                let applied = store::apply_migrations(&db).await?;
+                if applied.is_empty() {
+                    println!("{database} is up to date");
+                }
+                for step in applied {
+                    println!("applied {} {}", step.version, step.description);
+                }
+            }
+            db.close().await;
+        }
+        Command::Copy { from, to } => {
+            anyhow::ensure!(from != to, "--from and --to are the same database");
+            let source = store::open(&from)
+                .await
+                .with_context(|| format!("cannot open {from}"))?;
+            let target = store::open(&to)
+                .await
+                .with_context(|| format!("cannot open {to}"))?;
+            let copied = store::copy_database(&source, &target).await?;
+            for table in &copied {
+                println!("{:<18} {:>10} rows", table.table, table.rows);
+            }
+            println!("copied {from} to {to}");
+            source.close().await;
+            target.close().await;
         }
     }
     Ok(())

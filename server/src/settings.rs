@@ -1,5 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use crate::store::Location;
 use std::time::Duration;
 
 /// Everything the server needs to start. Built by `main.rs` from the command
@@ -8,8 +10,9 @@ use std::time::Duration;
 pub struct Settings {
     /// Port 0 picks a free port; `Application::port` tells which.
     pub listen: SocketAddr,
-    /// The SQLite file; created with its migrations on first start.
-    pub database: PathBuf,
+    /// The SQLite file (created on first start) or the PostgreSQL
+    /// database; migrated on start.
+    pub database: Location,
     pub timeouts: Timeouts,
     /// Largest accepted request body; bigger ones get `413`.
     pub body_limit: usize,
@@ -99,10 +102,10 @@ impl Default for Timeouts {
 }
 
 impl Settings {
-    pub fn new(listen: SocketAddr, database: PathBuf) -> Self {
+    pub fn new(listen: SocketAddr, database: impl Into<Location>) -> Self {
         Settings {
             listen,
-            database,
+            database: database.into(),
             timeouts: Timeouts::default(),
             body_limit: 16 * 1024,
             tls: None,

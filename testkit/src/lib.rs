@@ -10,6 +10,8 @@
 //!   it and talks to it through [`baton_client::AgentClient`].
 //! - [`Server`] runs `baton-server` on a fresh SQLite file, creates tokens,
 //!   and waits for `/healthz` through [`baton_client::ServerClient`].
+//! - [`Postgres`] starts a PostgreSQL server of the tests' own and creates
+//!   a fresh database per test.
 //!
 //! Errors are `anyhow` with the context a person needs; the tests wrap this
 //! in panicking helpers of their own.
@@ -17,11 +19,13 @@
 
 mod agent;
 mod binaries;
+mod postgres;
 mod process;
 mod server;
 
 pub use agent::{Agent, AgentSetup, demo_service, demo_service_with_echo};
 pub use binaries::{MissingBinary, binary};
+pub use postgres::Postgres;
 pub use process::{Process, Spawn};
 pub use server::{Server, ServerSetup, create_token, free_port};
 

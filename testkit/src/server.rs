@@ -56,7 +56,6 @@ pub fn create_token(
 pub struct ServerSetup {
     binary: PathBuf,
     folder: Option<PathBuf>,
-    database: Option<PathBuf>,
     prefix: String,
     listen: Option<SocketAddr>,
     tls: bool,
@@ -64,6 +63,7 @@ pub struct ServerSetup {
     args: Vec<OsString>,
     own_process_group: bool,
     stop_grace: Duration,
+    database: Option<OsString>,
 }
 
 impl ServerSetup {
@@ -71,7 +71,6 @@ impl ServerSetup {
         ServerSetup {
             binary: binary.into(),
             folder: None,
-            database: None,
             prefix: "baton-server-".to_owned(),
             listen: None,
             tls: false,
@@ -79,6 +78,7 @@ impl ServerSetup {
             args: Vec::new(),
             own_process_group: false,
             stop_grace: Duration::from_secs(5),
+            database: None,
         }
     }
 
@@ -86,13 +86,6 @@ impl ServerSetup {
     /// folder.
     pub fn in_folder(mut self, folder: impl Into<PathBuf>) -> ServerSetup {
         self.folder = Some(folder.into());
-        self
-    }
-
-    /// Serves from this database rather than `baton.db` in its folder:
-    /// another replica of a server already running on it.
-    pub fn database(mut self, path: impl Into<PathBuf>) -> ServerSetup {
-        self.database = Some(path.into());
         self
     }
 
@@ -123,6 +116,14 @@ impl ServerSetup {
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> ServerSetup {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The `--database` of the server and its token commands (a
+    /// `postgres://` URL, or the SQLite file of a server already running on
+    /// it: another replica) instead of a SQLite file in its folder.
+    pub fn database(mut self, location: impl Into<OsString>) -> ServerSetup {
+        self.database = Some(location.into());
         self
     }
 
@@ -186,9 +187,11 @@ impl Server {
         self.folder.path()
     }
 
+    /// The value of `--database`: `baton.db` in the folder, or the
+    /// location given to [`ServerSetup::database`].
     pub fn database(&self) -> PathBuf {
         match &self.setup.database {
-            Some(path) => path.clone(),
+            Some(location) => PathBuf::from(location),
             None => self.folder.path().join("baton.db"),
         }
     }

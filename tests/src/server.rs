@@ -8,6 +8,8 @@ use std::time::Duration;
 
 pub struct ServerUnderTest {
     server: Server,
+    // After the server: it stops before its database does.
+    postgres: Option<std::sync::Arc<baton_testkit::Postgres>>,
     pub addr: SocketAddr,
     pub operator_token: String,
     pub viewer_token: String,
@@ -59,6 +61,18 @@ impl ServerUnderTest {
         Self::start_with(setup)
     }
 
+    /// On a fresh database of the test process's own PostgreSQL server.
+    pub fn start_on_postgres() -> ServerUnderTest {
+        let postgres = baton_testkit::Postgres::shared()
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e:#}"));
+        let url = postgres
+            .create_database()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut server = Self::start_with(ServerSetup::new(bin("baton-server")).database(url));
+        server.postgres = Some(postgres);
+        server
+    }
+
     /// Serves HTTPS with a certificate for 127.0.0.1 from a CA of its own;
     /// agents configured by [`ServerUnderTest::agent_section`] trust it.
     pub fn start_tls() -> ServerUnderTest {
@@ -92,6 +106,7 @@ impl ServerUnderTest {
         ServerUnderTest {
             addr: server.addr(),
             server,
+            postgres: None,
             operator_token,
             viewer_token,
         }

@@ -1,7 +1,7 @@
 use anyhow::Context;
 use baton_proto::{ConnectionTally, Event, EventKind, RestartId, RestartOutcome};
 
-use super::db::{Db, to_i64, to_u64};
+use super::db::{Db, SqlBuilder, to_i64, to_u64};
 use super::generations;
 
 /// The highest event sequence stored for one agent lifetime; 0 if none.
@@ -324,9 +324,8 @@ pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Re
     .context("failed to find the hosts' last events")?;
     let mut deleted = 0;
     loop {
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE (at < ",
-        );
+        let mut query =
+            SqlBuilder::new("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE (at < ");
         query
             .push_bind(to_i64(older_than))
             .push(" OR id <= ")
@@ -334,19 +333,14 @@ pub async fn prune_events(db: &Db, older_than: u64, max_rows: u64) -> anyhow::Re
             .push(")");
         let kept: Vec<i64> = resume_points.iter().filter_map(|&(id,)| id).collect();
         if !kept.is_empty() {
-            query.push(" AND id NOT IN (");
-            let mut ids = query.separated(", ");
-            for id in kept {
-                ids.push_bind(id);
-            }
-            query.push(")");
+            query.push(" AND id NOT IN (").push_binds(kept).push(")");
         }
         query
             .push(" ORDER BY id LIMIT ")
             .push_bind(PRUNE_CHUNK)
             .push(")");
         let n = query
-            .build()
+            .build()?
             .execute(&db.writes)
             .await
             .context("failed to prune events")?
@@ -378,6 +372,7 @@ pub async fn prune_event_gaps(db: &Db, older_than: u64, max_rows: u64) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_both_engines;
     use baton_proto::ServiceStatus;
 
     fn event(seq: u64, at: u64) -> Event {
@@ -403,91 +398,71 @@ mod tests {
         rows.into_iter().map(|(seq,)| seq).collect()
     }
 
-    #[tokio::test]
-    async fn events_past_the_retention_are_deleted_and_the_rest_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = super::super::open(&dir.path().join("baton.db"))
-            .await
-            .unwrap();
+    async fn events_past_the_retention_are_deleted_and_the_rest_kept(db: &Db) {
         // An older lifetime of alpha, then its current one.
         let old: Vec<Event> = (1..=3).map(|seq| event(seq, 1_000 + seq)).collect();
-        store_events(&db, "alpha", "boot-0", &old, &[])
+        store_events(db, "alpha", "boot-0", &old, &[])
             .await
             .unwrap();
         let current: Vec<Event> = (1..=4)
             .map(|seq| event(seq, if seq <= 2 { 2_000 + seq } else { 9_000 + seq }))
             .collect();
-        store_events(&db, "alpha", "boot-1", &current, &[])
+        store_events(db, "alpha", "boot-1", &current, &[])
             .await
             .unwrap();
-        super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
+        super::super::upsert_host(db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
             .await
             .unwrap();
 
-        let deleted = prune_events(&db, 5_000, 1_000).await.unwrap();
+        let deleted = prune_events(db, 5_000, 1_000).await.unwrap();
         assert_eq!(deleted, 5);
-        assert_eq!(seqs(&db, "alpha").await, [3, 4]);
-        assert_eq!(max_seq(&db, "alpha", "boot-1").await.unwrap(), 4);
-        assert_eq!(max_seq(&db, "alpha", "boot-0").await.unwrap(), 0);
+        assert_eq!(seqs(db, "alpha").await, [3, 4]);
+        assert_eq!(max_seq(db, "alpha", "boot-1").await.unwrap(), 4);
+        assert_eq!(max_seq(db, "alpha", "boot-0").await.unwrap(), 0);
         // Nothing more to do.
-        assert_eq!(prune_events(&db, 5_000, 1_000).await.unwrap(), 0);
+        assert_eq!(prune_events(db, 5_000, 1_000).await.unwrap(), 0);
     }
 
-    #[tokio::test]
-    async fn beyond_the_row_cap_the_oldest_go_in_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = super::super::open(&dir.path().join("baton.db"))
-            .await
-            .unwrap();
+    async fn beyond_the_row_cap_the_oldest_go_in_chunks(db: &Db) {
         let n = (PRUNE_CHUNK as u64) * 2 + 10;
         let events: Vec<Event> = (1..=n).map(|seq| event(seq, 10_000 + seq)).collect();
-        store_events(&db, "alpha", "boot-1", &events, &[])
+        store_events(db, "alpha", "boot-1", &events, &[])
             .await
             .unwrap();
 
-        let deleted = prune_events(&db, 0, 100).await.unwrap();
+        let deleted = prune_events(db, 0, 100).await.unwrap();
         assert_eq!(deleted, n - 100);
-        let kept = seqs(&db, "alpha").await;
+        let kept = seqs(db, "alpha").await;
         assert_eq!(kept.len(), 100);
         assert_eq!(kept[0], i64::try_from(n).unwrap() - 99);
     }
 
-    #[tokio::test]
-    async fn the_last_event_of_a_hosts_current_lifetime_survives_any_pruning() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = super::super::open(&dir.path().join("baton.db"))
-            .await
-            .unwrap();
+    async fn the_last_event_of_a_hosts_current_lifetime_survives_any_pruning(db: &Db) {
         let events: Vec<Event> = (1..=5).map(|seq| event(seq, seq)).collect();
-        store_events(&db, "alpha", "boot-1", &events, &[])
+        store_events(db, "alpha", "boot-1", &events, &[])
             .await
             .unwrap();
-        store_events(&db, "beta", "boot-9", &events, &[])
+        store_events(db, "beta", "boot-9", &events, &[])
             .await
             .unwrap();
-        super::super::upsert_host(&db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
+        super::super::upsert_host(db, "alpha", "1", "boot-1", 9_000, &[] as &[ServiceStatus])
             .await
             .unwrap();
 
-        prune_events(&db, u64::MAX, 0).await.unwrap();
+        prune_events(db, u64::MAX, 0).await.unwrap();
         // alpha resumes after 5, not from the start; beta is no host.
-        assert_eq!(seqs(&db, "alpha").await, [5]);
-        assert_eq!(seqs(&db, "beta").await, Vec::<i64>::new());
+        assert_eq!(seqs(db, "alpha").await, [5]);
+        assert_eq!(seqs(db, "beta").await, Vec::<i64>::new());
     }
 
-    #[tokio::test]
-    async fn recorded_gaps_are_bounded_by_age_and_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = super::super::open(&dir.path().join("baton.db"))
-            .await
-            .unwrap();
+    async fn recorded_gaps_are_bounded_by_age_and_count(db: &Db) {
         let gaps: Vec<EventGap> = (0..50)
             .map(|i| EventGap {
                 after_seq: 2 * i + 1,
                 next_seq: 2 * i + 3,
             })
             .collect();
-        store_events(&db, "alpha", "boot-1", &[], &gaps)
+        store_events(db, "alpha", "boot-1", &[], &gaps)
             .await
             .unwrap();
         let count = || async {
@@ -498,9 +473,16 @@ mod tests {
             n
         };
 
-        assert_eq!(prune_event_gaps(&db, 0, 20).await.unwrap(), 30);
+        assert_eq!(prune_event_gaps(db, 0, 20).await.unwrap(), 30);
         assert_eq!(count().await, 20);
-        assert_eq!(prune_event_gaps(&db, u64::MAX, 1_000).await.unwrap(), 20);
+        assert_eq!(prune_event_gaps(db, u64::MAX, 1_000).await.unwrap(), 20);
         assert_eq!(count().await, 0);
     }
+
+    on_both_engines!(
+        events_past_the_retention_are_deleted_and_the_rest_kept,
+        beyond_the_row_cap_the_oldest_go_in_chunks,
+        the_last_event_of_a_hosts_current_lifetime_survives_any_pruning,
+        recorded_gaps_are_bounded_by_age_and_count,
+    );
 }

@@ -2,17 +2,23 @@ use anyhow::Context;
 use baton_proto::api::{self, GenerationPage, GenerationRecord};
 use baton_proto::{Event, EventKind, Program, RestartId};
 
-use super::db::{Db, to_i64, to_u64};
+use super::db::{Db, text_enum, to_i64, to_u64};
 
 /// `generations.phase`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenerationPhase {
     Starting,
     Ready,
     Draining,
     Exited,
 }
+
+text_enum!(GenerationPhase {
+    Starting = "starting",
+    Ready = "ready",
+    Draining = "draining",
+    Exited = "exited",
+});
 
 impl From<GenerationPhase> for api::GenerationPhase {
     fn from(phase: GenerationPhase) -> Self {
@@ -42,7 +48,7 @@ struct GenerationUpdate {
 
 /// Updates the generation history from one newly stored event.
 pub(super) async fn record_event(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     host: &str,
     boot_id: &str,
     event: &Event,

@@ -1,7 +1,7 @@
 use anyhow::Context;
 use baton_proto::ServiceStatus;
 
-use super::db::{Db, to_i64};
+use super::db::{Db, Flag, to_i64};
 
 /// A host as the last run of the server left it.
 #[derive(Debug)]
@@ -22,6 +22,7 @@ struct StoredHost {
     boot_id: String,
     first_seen: i64,
     last_seen: i64,
+    #[sqlx(try_from = "Flag")]
     online: bool,
     services: String,
 }
@@ -128,7 +129,7 @@ pub async fn forget_host(db: &Db, name: &str) -> anyhow::Result<HostForgotten> {
     if deleted > 0 {
         return Ok(HostForgotten::Forgotten);
     }
-    let online: Option<(bool,)> = sqlx::query_as("SELECT online FROM hosts WHERE name = $1")
+    let online: Option<(Flag,)> = sqlx::query_as("SELECT online FROM hosts WHERE name = $1")
         .bind(name)
         .fetch_optional(&db.writes)
         .await

@@ -3,18 +3,33 @@
 //! indexes, RETURNING) so that a PostgreSQL pool can follow without
 //! rewriting them.
 //!
-//! Columns that hold a state are read into enums (`sqlx::Type`): a value no
-//! variant names is an error, never a silent default.
+//! Everything goes through sqlx's `Any` driver, on SQLite (the default) or
+//! PostgreSQL; [`Db::backend`] tells which when a statement must differ.
+//! Columns that hold a state are read into enums ([`text_enum!`]): a value
+//! no variant names is an error, never a silent default. Booleans are read
+//! through [`Flag`]: SQLite returns them as integers.
 
+mod copy;
 mod db;
 mod events;
 mod generations;
 mod hosts;
 mod replicas;
 mod restarts;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 mod tokens;
 
-pub use db::{Db, open, probe_write};
+pub use copy::{
+    CopiedTable, CopyRefused, NOT_COPIED, TABLES, column_names, copy_database, schema_tables,
+};
+pub(crate) use db::text_enum;
+pub use db::{
+    Backend, BadLocation, Db, Flag, Location, MigrationStep, apply_migrations, connect, migrator,
+    open, pending_migrations, probe_write,
+};
 pub use events::{
     EventGap, LastCrash, find_drain_finished, find_restart_finished, find_restart_started_after,
     forget_events_after, last_crash, max_seq, prune_event_gaps, prune_events, store_events,

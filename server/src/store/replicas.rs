@@ -6,7 +6,7 @@
 use anyhow::Context;
 use baton_proto::{Event, ServiceStatus};
 
-use super::db::{Db, to_i64, to_u64};
+use super::db::{Db, text_enum, to_i64, to_u64};
 use super::restarts::CommandSent;
 
 /// A replica as its row says.
@@ -375,21 +375,30 @@ pub async fn events_stored_elsewhere(
 }
 
 /// `host_commands.kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostCommandKind {
     Restart,
     FetchReport,
 }
 
+text_enum!(HostCommandKind {
+    Restart = "restart",
+    FetchReport = "fetch_report",
+});
+
 /// `host_commands.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostCommandState {
     Pending,
     Sent,
     Answered,
 }
+
+text_enum!(HostCommandState {
+    Pending = "pending",
+    Sent = "sent",
+    Answered = "answered",
+});
 
 /// A command for a host whose link another replica holds.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -533,7 +542,8 @@ pub async fn prune_host_commands(db: &Db, before: u64) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Created, NewRestart, create_restart, open};
+    use crate::store::testing::on_both_engines;
+    use crate::store::{Created, NewRestart, create_restart};
 
     async fn restart_on(db: &Db, hosts: &[String]) -> u64 {
         let Created::New(created) = create_restart(
@@ -564,10 +574,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn one_replica_drives_a_restart_until_its_lease_runs_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("baton.db")).await.unwrap();
+    async fn one_replica_drives_a_restart_until_its_lease_runs_out(db: &Db) {
         let id = restart_on(&db, &["alpha".to_string()]).await;
         let now = crate::domain::now_millis();
         // Fresh and unclaimed: the replica that created it claims it, no
@@ -622,10 +629,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_replica_that_lost_its_lease_cannot_command_a_host() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("baton.db")).await.unwrap();
+    async fn a_replica_that_lost_its_lease_cannot_command_a_host(db: &Db) {
         let id = restart_on(&db, &["alpha".to_string(), "beta".to_string()]).await;
         let now = crate::domain::now_millis();
         assert!(
@@ -668,10 +672,7 @@ mod tests {
         assert_eq!(commands, vec![Some("c1"), Some("c4")]);
     }
 
-    #[tokio::test]
-    async fn a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("baton.db")).await.unwrap();
+    async fn a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed(db: &Db) {
         crate::store::upsert_host(&db, "alpha", "1", "boot", 1, &[])
             .await
             .unwrap();
@@ -685,10 +686,7 @@ mod tests {
         assert_eq!(linked_hosts(&db).await.unwrap()[0].link, None);
     }
 
-    #[tokio::test]
-    async fn the_hosts_of_a_dead_replica_go_offline() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("baton.db")).await.unwrap();
+    async fn the_hosts_of_a_dead_replica_go_offline(db: &Db) {
         register_replica(&db, "a", 1_000).await.unwrap();
         register_replica(&db, "b", 5_000).await.unwrap();
         for (host, replica) in [("alpha", "a"), ("beta", "b")] {
@@ -708,10 +706,7 @@ mod tests {
         assert_eq!(links, vec![None, Some(("b".to_string(), 1))]);
     }
 
-    #[tokio::test]
-    async fn a_host_holds_only_so_many_waiting_commands() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("baton.db")).await.unwrap();
+    async fn a_host_holds_only_so_many_waiting_commands(db: &Db) {
         let command = NewHostCommand {
             host: "alpha",
             link_id: 1,
@@ -750,4 +745,12 @@ mod tests {
         );
         assert_eq!(prune_host_commands(&db, 10_001).await.unwrap(), 3);
     }
+
+    on_both_engines!(
+        one_replica_drives_a_restart_until_its_lease_runs_out,
+        a_replica_that_lost_its_lease_cannot_command_a_host,
+        a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed,
+        the_hosts_of_a_dead_replica_go_offline,
+        a_host_holds_only_so_many_waiting_commands,
+    );
 }

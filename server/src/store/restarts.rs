@@ -1,23 +1,25 @@
 use anyhow::Context;
 use baton_proto::api::{self, Restart, RestartHost, RestartPage};
 use baton_proto::{ConnectionTally, Event, OutputLine, RestartId, RestartOutcome};
-use sqlx::Sqlite;
 
-use super::db::{Db, to_i64, to_u64};
+use super::db::{Db, Flag, SqlBuilder, text_enum, to_i64, to_u64};
 use super::events::agent_restart_steps;
 use crate::domain::now_millis;
 
 /// `restarts.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartState {
     Running,
     Finished,
 }
 
+text_enum!(RestartState {
+    Running = "running",
+    Finished = "finished",
+});
+
 /// `restart_hosts.state`: one host's step of a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostRestartState {
     /// Not started yet.
     Pending,
@@ -30,10 +32,16 @@ pub enum HostRestartState {
     Skipped,
 }
 
+text_enum!(HostRestartState {
+    Pending = "pending",
+    Running = "running",
+    Finished = "finished",
+    Skipped = "skipped",
+});
+
 /// `restarts.outcome` and `restart_hosts.outcome`, named as the agent names
 /// them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
     Forced,
@@ -41,6 +49,14 @@ pub enum Outcome {
     Failed,
     Interrupted,
 }
+
+text_enum!(Outcome {
+    Succeeded = "succeeded",
+    Forced = "forced",
+    RolledBack = "rolled_back",
+    Failed = "failed",
+    Interrupted = "interrupted",
+});
 
 impl From<RestartOutcome> for Outcome {
     fn from(outcome: RestartOutcome) -> Self {
@@ -337,6 +353,7 @@ pub struct RestartHostRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// The outcome came from a report fetched from the agent.
+    #[sqlx(try_from = "Flag")]
     pub from_report: bool,
     /// The drain's tally, written together once it is known.
     pub connections_handed_over: Option<i64>,
@@ -469,7 +486,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         .join(", ");
     let (mut query, id_column) = match &filter.host {
         Some(host) => {
-            let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            let mut query = SqlBuilder::new(format!(
                 "SELECT {columns} FROM restart_hosts h JOIN restarts r ON r.id = h.restart_id
                  WHERE h.host = "
             ));
@@ -477,9 +494,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
             (query, "h.restart_id")
         }
         None => (
-            sqlx::QueryBuilder::<Sqlite>::new(format!(
-                "SELECT {columns} FROM restarts r WHERE 1 = 1"
-            )),
+            SqlBuilder::new(format!("SELECT {columns} FROM restarts r WHERE 1 = 1")),
             "r.id",
         ),
     };
@@ -500,7 +515,7 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
         .push(format!(" ORDER BY {id_column} DESC LIMIT "))
         .push_bind(i64::from(filter.limit));
     let rows: Vec<RestartRow> = query
-        .build_query_as()
+        .build_query_as()?
         .fetch_all(&db.reads)
         .await
         .context("failed to list restarts")?;
@@ -508,20 +523,17 @@ pub async fn list_restarts(db: &Db, filter: &RestartFilter) -> anyhow::Result<Re
     let mut hosts_by_restart: std::collections::HashMap<i64, Vec<RestartHost>> =
         std::collections::HashMap::new();
     if !rows.is_empty() {
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+        let mut query = SqlBuilder::new(
             "SELECT restart_id, host, position, state, outcome, outcome_reason, command_id, boot_id,
                     seq_at_command, agent_restart_id, started_at, finished_at,
                     fetched_steps IS NOT NULL AS from_report,
                     connections_handed_over, connections_drained, connections_cut
              FROM restart_hosts WHERE restart_id IN (",
         );
-        let mut ids = query.separated(", ");
-        for row in &rows {
-            ids.push_bind(row.id);
-        }
+        query.push_binds(rows.iter().map(|row| row.id));
         query.push(") ORDER BY restart_id, position");
         let host_rows: Vec<RestartHostRow> = query
-            .build_query_as()
+            .build_query_as()?
             .fetch_all(&db.reads)
             .await
             .context("failed to list the restarts' hosts")?;
@@ -824,18 +836,9 @@ pub async fn count_restarts_by_outcome(db: &Db) -> anyhow::Result<Vec<(RestartOu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::on_both_engines;
 
-    async fn fresh_db() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = super::super::open(&dir.path().join("baton.db"))
-            .await
-            .unwrap();
-        (dir, db)
-    }
-
-    #[tokio::test]
-    async fn a_state_no_variant_names_is_an_error_not_a_default() {
-        let (_dir, db) = fresh_db().await;
+    async fn a_state_no_variant_names_is_an_error_not_a_default(db: &Db) {
         let known: (RestartState, HostRestartState, Outcome) =
             sqlx::query_as("SELECT 'finished', 'skipped', 'rolled_back'")
                 .fetch_one(&db.reads)
@@ -857,9 +860,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_restart_with_an_unknown_outcome_fails_to_read() {
-        let (_dir, db) = fresh_db().await;
+    async fn a_restart_with_an_unknown_outcome_fails_to_read(db: &Db) {
         sqlx::query(
             "INSERT INTO restarts (id, service, max_parallel, state, outcome, created_at)
              VALUES (7, 'web', 1, 'finished', 'sideways', 0)",
@@ -867,12 +868,12 @@ mod tests {
         .execute(&db.writes)
         .await
         .unwrap();
-        let error = get_restart(&db, 7).await.unwrap_err();
+        let error = get_restart(db, 7).await.unwrap_err();
         assert!(format!("{error:#}").contains("sideways"), "{error:#}");
-        assert!(count_restarts_by_outcome(&db).await.is_err());
+        assert!(count_restarts_by_outcome(db).await.is_err());
         assert!(
             list_restarts(
-                &db,
+                db,
                 &RestartFilter {
                     limit: 10,
                     ..Default::default()
@@ -883,12 +884,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_hosts_tally_is_written_once_and_read_back_whole() {
-        let (_dir, db) = fresh_db().await;
+    async fn a_hosts_tally_is_written_once_and_read_back_whole(db: &Db) {
         let hosts = vec!["alpha".to_string(), "beta".to_string()];
         let Created::New(created) = create_restart(
-            &db,
+            db,
             &NewRestart {
                 service: "web",
                 reason: None,
@@ -908,21 +907,21 @@ mod tests {
             drained: 3,
             cut: 1,
         };
-        assert!(record_connections(&db, id, "alpha", tally).await.unwrap());
+        assert!(record_connections(db, id, "alpha", tally).await.unwrap());
         // The same drain seen again, or another account of it, changes nothing.
-        assert!(!record_connections(&db, id, "alpha", tally).await.unwrap());
+        assert!(!record_connections(db, id, "alpha", tally).await.unwrap());
         let other = ConnectionTally {
             handed_over: 0,
             drained: 15,
             cut: 1,
         };
-        assert!(!record_connections(&db, id, "alpha", other).await.unwrap());
+        assert!(!record_connections(db, id, "alpha", other).await.unwrap());
 
-        let restart = get_restart(&db, id).await.unwrap().unwrap();
+        let restart = get_restart(db, id).await.unwrap().unwrap();
         assert_eq!(restart.hosts[0].connections, Some(tally));
         assert_eq!(restart.hosts[1].connections, None);
         let page = list_restarts(
-            &db,
+            db,
             &RestartFilter {
                 limit: 10,
                 ..Default::default()
@@ -933,4 +932,10 @@ mod tests {
         assert_eq!(page.restarts[0].hosts[0].connections, Some(tally));
         assert_eq!(page.restarts[0].hosts[1].connections, None);
     }
+
+    on_both_engines!(
+        a_state_no_variant_names_is_an_error_not_a_default,
+        a_restart_with_an_unknown_outcome_fails_to_read,
+        a_hosts_tally_is_written_once_and_read_back_whole,
+    );
 }

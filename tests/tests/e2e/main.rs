@@ -26,6 +26,7 @@ mod notify_attribution;
 mod notify_flood;
 mod outcomes;
 mod overlap;
+mod postgres;
 mod process_tracking;
 mod readiness;
 mod replicas;
