@@ -193,13 +193,14 @@ impl Pause {
 }
 
 impl fmt::Display for Pause {
-    /// In the largest unit that says it exactly, as [`Pause::parse`] reads it.
+    /// Exactly, as [`Pause::parse`] reads it: whole hours in hours, ten
+    /// minutes or more in minutes, else seconds or milliseconds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.as_millis();
         match ms {
             0 => write!(f, "0s"),
             _ if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
-            _ if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            _ if ms % 60_000 == 0 && ms >= 600_000 => write!(f, "{}m", ms / 60_000),
             _ if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
             _ => write!(f, "{ms}ms"),
         }
@@ -406,7 +407,8 @@ mod tests {
             assert_eq!(Pause::parse(&pause.to_string()), Ok(pause), "{text}");
         }
         assert_eq!(Pause::parse("90s").unwrap().to_string(), "90s");
-        assert_eq!(Pause::parse("120s").unwrap().to_string(), "2m");
+        assert_eq!(Pause::parse("60s").unwrap().to_string(), "60s");
+        assert_eq!(Pause::parse("15m").unwrap().to_string(), "15m");
     }
 
     #[test]
