@@ -34,7 +34,7 @@ pub struct RestartRequest {
     /// 1 when absent.
     #[cfg_attr(
         feature = "openapi",
-        schema(schema_with = crate::rollout::max_parallel_schema)
+        schema(schema_with = crate::rollout::max_parallel_request_schema)
     )]
     pub max_parallel: Option<MaxParallel>,
     /// How many hosts (the first ones, in host-name order) restart first,

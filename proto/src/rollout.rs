@@ -61,6 +61,9 @@ impl MaxParallel {
         };
         match text.strip_suffix('%') {
             Some(percent) => {
+                if percent.len() > 1 && percent.starts_with('0') {
+                    return Err(problem());
+                }
                 let percent = whole_number(percent).ok_or_else(problem)?;
                 if (1..=100).contains(&percent) {
                     Ok(MaxParallel::Percent(percent as u32))
@@ -307,8 +310,21 @@ pub struct Rollout {
 /// `max_parallel`: a whole number from 1, or a percentage from `1%` to `100%`.
 #[cfg(feature = "openapi")]
 pub fn max_parallel_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaFormat, KnownFormat, Type};
-    OneOfBuilder::new()
+    max_parallel_one_of(false)
+}
+
+/// `max_parallel` in a request, where `null` means the default.
+#[cfg(feature = "openapi")]
+pub fn max_parallel_request_schema() -> utoipa::openapi::schema::Schema {
+    max_parallel_one_of(true)
+}
+
+#[cfg(feature = "openapi")]
+fn max_parallel_one_of(nullable: bool) -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+    };
+    let mut one_of = OneOfBuilder::new()
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
@@ -320,7 +336,11 @@ pub fn max_parallel_schema() -> utoipa::openapi::schema::Schema {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .pattern(Some(MaxParallel::PERCENT_PATTERN)),
-        )
+        );
+    if nullable {
+        one_of = one_of.item(ObjectBuilder::new().schema_type(Type::Null));
+    }
+    one_of
         .description(Some(
             "How many hosts restart at the same time: a whole number from 1, or a percentage \
              of the restart's hosts from \"1%\" to \"100%\" (rounded up, at least 1).",
@@ -332,9 +352,9 @@ pub fn max_parallel_schema() -> utoipa::openapi::schema::Schema {
 /// `pause`: a whole number and one unit, at most 24 hours.
 #[cfg(feature = "openapi")]
 pub fn pause_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
     ObjectBuilder::new()
-        .schema_type(Type::String)
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
         .pattern(Some(Pause::PATTERN))
         .description(Some(
             "A whole number without leading zeros and one unit (ms, s, m or h), at most 24 hours: \"60s\", \"500ms\", \"5m\".",
@@ -351,7 +371,7 @@ mod tests {
         assert_eq!(MaxParallel::parse("3"), Ok(MaxParallel::Hosts(3)));
         assert_eq!(MaxParallel::parse("10%"), Ok(MaxParallel::Percent(10)));
         assert_eq!(MaxParallel::parse("100%"), Ok(MaxParallel::Percent(100)));
-        for bad in ["0", "0%", "101%", "-1", "1.5", "", "%", " 3", "3 %", "ten", "4294967296"] {
+        for bad in ["0", "0%", "01%", "101%", "-1", "1.5", "", "%", " 3", "3 %", "ten", "4294967296"] {
             let error = MaxParallel::parse(bad).unwrap_err();
             assert_eq!(error.field, "max_parallel", "{bad}");
         }

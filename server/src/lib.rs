@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod orchestrator;
 pub mod restarts;
+pub mod rollout;
 pub mod routes;
 pub mod settings;
 pub mod startup;
