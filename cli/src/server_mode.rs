@@ -88,7 +88,10 @@ fn policy_line(restart: &Restart) -> Option<String> {
         parts.push(canary);
     }
     if rollout.failure_budget > 0 {
-        parts.push(format!("failure budget {}", hosts_word(rollout.failure_budget)));
+        parts.push(format!(
+            "failure budget {}",
+            hosts_word(rollout.failure_budget)
+        ));
     }
     (!parts.is_empty()).then(|| format!("rollout: {}", parts.join("; ")))
 }

@@ -71,7 +71,9 @@ pub struct RestartRequest {
     pub failure_budget: Option<u32>,
 }
 
-fn canary_count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+fn canary_count<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
     crate::rollout::host_count(deserializer, "canary")
 }
 

@@ -56,7 +56,9 @@ impl MaxParallel {
         let problem = || {
             InvalidPolicy::new(
                 "max_parallel",
-                format!("{text:?} is neither a whole number from 1 nor a percentage from 1% to 100%"),
+                format!(
+                    "{text:?} is neither a whole number from 1 nor a percentage from 1% to 100%"
+                ),
             )
         };
         match text.strip_suffix('%') {
@@ -133,7 +135,9 @@ impl<'de> Deserialize<'de> for MaxParallel {
             }
             other => Err(de::Error::custom(InvalidPolicy::new(
                 "max_parallel",
-                format!("{other} is neither a whole number from 1 nor a percentage such as \"10%\""),
+                format!(
+                    "{other} is neither a whole number from 1 nor a percentage such as \"10%\""
+                ),
             ))),
         }
     }
@@ -321,9 +325,7 @@ pub fn max_parallel_request_schema() -> utoipa::openapi::schema::Schema {
 
 #[cfg(feature = "openapi")]
 fn max_parallel_one_of(nullable: bool) -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{
-        KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
-    };
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
     let mut one_of = OneOfBuilder::new()
         .item(
             ObjectBuilder::new()
@@ -371,7 +373,20 @@ mod tests {
         assert_eq!(MaxParallel::parse("3"), Ok(MaxParallel::Hosts(3)));
         assert_eq!(MaxParallel::parse("10%"), Ok(MaxParallel::Percent(10)));
         assert_eq!(MaxParallel::parse("100%"), Ok(MaxParallel::Percent(100)));
-        for bad in ["0", "0%", "01%", "101%", "-1", "1.5", "", "%", " 3", "3 %", "ten", "4294967296"] {
+        for bad in [
+            "0",
+            "0%",
+            "01%",
+            "101%",
+            "-1",
+            "1.5",
+            "",
+            "%",
+            " 3",
+            "3 %",
+            "ten",
+            "4294967296",
+        ] {
             let error = MaxParallel::parse(bad).unwrap_err();
             assert_eq!(error.field, "max_parallel", "{bad}");
         }
@@ -389,7 +404,16 @@ mod tests {
         assert_eq!(read("3").unwrap(), MaxParallel::Hosts(3));
         assert_eq!(read("3.0").unwrap(), MaxParallel::Hosts(3));
         assert_eq!(read(r#""25%""#).unwrap(), MaxParallel::Percent(25));
-        for bad in ["0", "-1", "1.5", "4294967296", r#""2""#, r#""0%""#, "true", "[]"] {
+        for bad in [
+            "0",
+            "-1",
+            "1.5",
+            "4294967296",
+            r#""2""#,
+            r#""0%""#,
+            "true",
+            "[]",
+        ] {
             let error = read(bad).unwrap_err().to_string();
             assert!(error.starts_with("max_parallel: "), "{bad}: {error}");
         }
@@ -416,8 +440,20 @@ mod tests {
             assert_eq!(Pause::parse(text).map(Pause::as_millis), Ok(ms), "{text}");
         }
         for bad in [
-            "", "60", "s", "1m30s", "25h", "86401s", "1441m", "86400001ms", "060s", "-1s",
-            "1.5s", "60 s", "1d", "99999999999h",
+            "",
+            "60",
+            "s",
+            "1m30s",
+            "25h",
+            "86401s",
+            "1441m",
+            "86400001ms",
+            "060s",
+            "-1s",
+            "1.5s",
+            "60 s",
+            "1d",
+            "99999999999h",
         ] {
             let error = Pause::parse(bad).unwrap_err();
             assert_eq!(error.field, "pause", "{bad}");

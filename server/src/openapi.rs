@@ -1007,13 +1007,44 @@ mod tests {
     #[test]
     fn the_pause_and_percentage_patterns_are_the_parsers_rules() {
         use baton_proto::api::{MaxParallel, Pause};
-        let pause = jsonschema::validator_for(&json!({"type": "string", "pattern": Pause::PATTERN}))
-            .unwrap();
+        let pause =
+            jsonschema::validator_for(&json!({"type": "string", "pattern": Pause::PATTERN}))
+                .unwrap();
         let numbers = [
-            "0", "00", "01", "1", "9", "10", "23", "24", "25", "59", "60", "99", "100", "999",
-            "1439", "1440", "1441", "9999", "10000", "79999", "85999", "86399", "86400", "86401",
-            "99999", "999999", "9999999", "79999999", "85999999", "86399999", "86400000",
-            "86400001", "99999999", "4294967296",
+            "0",
+            "00",
+            "01",
+            "1",
+            "9",
+            "10",
+            "23",
+            "24",
+            "25",
+            "59",
+            "60",
+            "99",
+            "100",
+            "999",
+            "1439",
+            "1440",
+            "1441",
+            "9999",
+            "10000",
+            "79999",
+            "85999",
+            "86399",
+            "86400",
+            "86401",
+            "99999",
+            "999999",
+            "9999999",
+            "79999999",
+            "85999999",
+            "86399999",
+            "86400000",
+            "86400001",
+            "99999999",
+            "4294967296",
         ];
         for number in numbers {
             for unit in ["ms", "s", "m", "h", "", "d", " s"] {
@@ -1029,7 +1060,9 @@ mod tests {
             &json!({"type": "string", "pattern": MaxParallel::PERCENT_PATTERN}),
         )
         .unwrap();
-        for number in ["0", "00", "01", "1", "9", "10", "50", "99", "100", "101", "1000"] {
+        for number in [
+            "0", "00", "01", "1", "9", "10", "50", "99", "100", "101", "1000",
+        ] {
             let text = format!("{number}%");
             assert_eq!(
                 percent.is_valid(&json!(text)),

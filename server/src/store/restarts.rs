@@ -837,11 +837,12 @@ pub async fn begin_pause(db: &Db, restart_id: u64, until: u64) -> anyhow::Result
         .execute(&db.writes)
         .await
         .context("failed to record the rollout's pause")?;
-    let (stored,): (Option<i64>,) = sqlx::query_as("SELECT pause_until FROM restarts WHERE id = $1")
-        .bind(to_i64(restart_id))
-        .fetch_one(&db.writes)
-        .await
-        .context("failed to read the rollout's pause")?;
+    let (stored,): (Option<i64>,) =
+        sqlx::query_as("SELECT pause_until FROM restarts WHERE id = $1")
+            .bind(to_i64(restart_id))
+            .fetch_one(&db.writes)
+            .await
+            .context("failed to read the rollout's pause")?;
     Ok(stored.map_or(until, to_u64))
 }
 

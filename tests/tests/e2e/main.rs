@@ -30,6 +30,7 @@ mod process_tracking;
 mod readiness;
 mod restart_by_signal;
 mod restart_under_load;
+mod rollout;
 mod runtime_folders;
 mod server_logs;
 mod service_output;
