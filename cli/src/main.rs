@@ -24,7 +24,7 @@ mod output;
 mod server_mode;
 
 use baton_client::{AgentClient, Error, ProtocolError, StatusCode};
-use baton_proto::api::RestartRequest;
+use baton_proto::api::{MaxParallel, Pause, RestartRequest};
 use baton_proto::{
     ErrorBody, ErrorKind, EventKind, Request, Response, RestartOutcome, ServiceName, exit,
 };
@@ -79,9 +79,21 @@ enum Command {
         /// host that runs the service when absent.
         #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
-        /// How many hosts restart at the same time (server mode) [default: 1].
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        max_parallel: Option<u32>,
+        /// How many hosts restart at the same time, a count or a percentage
+        /// of the restart's hosts such as 10% (server mode) [default: 1].
+        #[arg(long, value_name = "N|P%")]
+        max_parallel: Option<MaxParallel>,
+        /// Restart this many hosts first, alone as a batch (server mode).
+        #[arg(long, value_name = "N")]
+        canary: Option<u32>,
+        /// Wait this long after the canary batch, e.g. 60s (server mode;
+        /// at most 24h).
+        #[arg(long, value_name = "DURATION", requires = "canary")]
+        pause: Option<Pause>,
+        /// How many hosts may end without succeeding before the rollout
+        /// stops and skips the rest (server mode) [default: 0].
+        #[arg(long, value_name = "N")]
+        failure_budget: Option<u32>,
     },
     /// Show a restart's report (with --server: the server's restart ID,
     /// across its hosts).
@@ -193,11 +205,17 @@ fn main() -> ExitCode {
                 reason,
                 hosts,
                 max_parallel,
+                canary,
+                pause,
+                failure_budget,
             } => {
                 let body = RestartRequest {
                     reason,
                     hosts: (!hosts.is_empty()).then_some(hosts),
                     max_parallel,
+                    canary,
+                    pause,
+                    failure_budget,
                 };
                 runtime.block_on(server_mode::restart(&client, &service, wait, timeout, body))
             }
@@ -238,14 +256,21 @@ fn main() -> ExitCode {
     if let Command::Restart {
         hosts,
         max_parallel,
+        canary,
+        pause,
+        failure_budget,
         ..
     } = &cli.command
-        && (!hosts.is_empty() || max_parallel.is_some())
+        && (!hosts.is_empty()
+            || max_parallel.is_some()
+            || canary.is_some()
+            || pause.is_some()
+            || failure_budget.is_some())
     {
         // An agent restarts only its own host: these choose among the
         // server's hosts.
         eprintln!(
-            "baton: --host and --max-parallel choose among the server's hosts; pass --server URL (or set BATON_SERVER)"
+            "baton: --host, --max-parallel, --canary, --pause and --failure-budget choose among the server's hosts; pass --server URL (or set BATON_SERVER)"
         );
         return ExitCode::from(exit::USAGE);
     }

@@ -26,6 +26,9 @@ pub async fn restart(
         hosts.len(),
         hosts.join(", ")
     );
+    if let Some(line) = policy_line(&restart) {
+        outln!("{line}");
+    }
     if !wait {
         return Ok(exit::SUCCEEDED);
     }
@@ -33,6 +36,7 @@ pub async fn restart(
     let mut printed: HashMap<String, usize> = HashMap::new();
     let mut finished_hosts: HashMap<String, bool> = HashMap::new();
     let mut seen: Option<String> = None;
+    let mut pause_shown = false;
     loop {
         // The server answers as soon as the restart changes (a long poll):
         // each step is printed when it is stored, and nothing is asked
@@ -44,6 +48,10 @@ pub async fn restart(
         let changed = client.restart_change(id, seen.as_deref(), wait).await?;
         if let Some((restart, etag)) = changed {
             seen = Some(etag);
+            if !pause_shown && let Some(line) = pause_line(&restart) {
+                outln!("{line}");
+                pause_shown = true;
+            }
             if let Some(code) = print_progress(&restart, &mut printed, &mut finished_hosts) {
                 return Ok(code);
             }
@@ -56,6 +64,58 @@ pub async fn restart(
             return Ok(exit::TIMEOUT);
         }
     }
+}
+
+/// The rollout policy when it is not the default one host at a time.
+fn policy_line(restart: &Restart) -> Option<String> {
+    let rollout = &restart.rollout;
+    let mut parts = Vec::new();
+    match rollout.max_parallel {
+        baton_proto::api::MaxParallel::Percent(percent) => parts.push(format!(
+            "{percent}% of the hosts at a time ({})",
+            restart.max_parallel
+        )),
+        _ if restart.max_parallel > 1 => {
+            parts.push(format!("{} hosts at a time", restart.max_parallel))
+        }
+        _ => {}
+    }
+    if rollout.canary > 0 {
+        let mut canary = format!("canary {} first", hosts_word(rollout.canary));
+        if let Some(pause) = rollout.pause {
+            canary.push_str(&format!(", then a pause of {pause}"));
+        }
+        parts.push(canary);
+    }
+    if rollout.failure_budget > 0 {
+        parts.push(format!(
+            "failure budget {}",
+            hosts_word(rollout.failure_budget)
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("rollout: {}", parts.join("; ")))
+}
+
+fn hosts_word(n: u32) -> String {
+    if n == 1 {
+        "1 host".into()
+    } else {
+        format!("{n} hosts")
+    }
+}
+
+/// The pause after the canary batch, once it began: when, for how long,
+/// and when it ends, in the form of a step.
+fn pause_line(restart: &Restart) -> Option<String> {
+    let until = restart.rollout.pause_until?;
+    let pause = restart.rollout.pause?;
+    let began = until.saturating_sub(pause.as_millis());
+    Some(format!(
+        "{}  +{:>7.3}s  canary batch done: the rollout pauses for {pause}, until {}",
+        clock(began),
+        began.saturating_sub(restart.created_at) as f64 / 1000.0,
+        clock(until)
+    ))
 }
 
 /// Prints what is new in `restart` since the last call: each host's new
@@ -116,7 +176,10 @@ fn wait_step_line(restart: &Restart, host: &RestartHost, step: &baton_proto::Eve
 fn host_finished_lines(host: &RestartHost) -> Vec<String> {
     let mut lines = Vec::new();
     match (host.state, host.outcome) {
-        (HostRestartState::Skipped, _) => lines.push(format!("{}: skipped", host.host)),
+        (HostRestartState::Skipped, _) => match &host.outcome_reason {
+            Some(reason) => lines.push(format!("{}: skipped ({reason})", host.host)),
+            None => lines.push(format!("{}: skipped", host.host)),
+        },
         (_, Some(outcome)) => match &host.outcome_reason {
             Some(reason) => lines.push(format!("{}: {outcome} ({reason})", host.host)),
             None => lines.push(format!("{}: {outcome}", host.host)),
@@ -170,6 +233,12 @@ fn restart_text(restart: &Restart) -> String {
     );
     if let Some(reason) = &restart.outcome_reason {
         let _ = writeln!(out, "  {reason}");
+    }
+    if let Some(line) = policy_line(restart) {
+        let _ = writeln!(out, "  {line}");
+    }
+    if let Some(line) = pause_line(restart) {
+        let _ = writeln!(out, "  {line}");
     }
     for host in &restart.hosts {
         let started = host.started_at.unwrap_or(restart.created_at);
@@ -422,6 +491,50 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_and_the_pause_are_shown_with_the_pauses_end() {
+        use baton_proto::api::{MaxParallel, Pause, Rollout};
+        let restart = Restart {
+            id: 4,
+            service: "web".into(),
+            reason: None,
+            requested_by: None,
+            state: RestartState::Running,
+            outcome: None,
+            outcome_reason: None,
+            max_parallel: 3,
+            rollout: Rollout {
+                max_parallel: MaxParallel::Percent(10),
+                canary: 1,
+                pause: Some(Pause::parse("60s").unwrap()),
+                pause_until: Some(1_700_000_072_000),
+                failure_budget: 2,
+            },
+            created_at: 1_700_000_000_000,
+            finished_at: None,
+            hosts: Vec::new(),
+        };
+        assert_eq!(
+            policy_line(&restart).as_deref(),
+            Some(
+                "rollout: 10% of the hosts at a time (3); canary 1 host first, then a pause of 60s; failure budget 2 hosts"
+            )
+        );
+        assert_eq!(
+            pause_line(&restart).as_deref(),
+            Some(
+                "22:13:32.000  + 12.000s  canary batch done: the rollout pauses for 60s, until 22:14:32.000"
+            )
+        );
+        let plain = Restart {
+            rollout: Rollout::default(),
+            max_parallel: 1,
+            ..restart
+        };
+        assert_eq!(policy_line(&plain), None);
+        assert_eq!(pause_line(&plain), None);
+    }
+
+    #[test]
     fn show_prints_each_hosts_steps_in_words_and_its_tally() {
         let restart = Restart {
             id: 3,
@@ -432,6 +545,7 @@ mod tests {
             outcome: Some(RestartOutcome::Forced),
             outcome_reason: Some("host alpha: drain timeout".into()),
             max_parallel: 1,
+            rollout: Default::default(),
             created_at: 1_700_000_000_000,
             finished_at: Some(1_700_000_002_000),
             hosts: vec![host(Some(ConnectionTally {

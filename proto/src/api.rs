@@ -2,6 +2,7 @@
 //! line. Times are [`UnixMillis`]; ids are the server's, except
 //! `agent_restart_id`, which is the agent's own [`RestartId`].
 
+pub use crate::rollout::{MaxParallel, Pause, Rollout};
 use crate::{
     Event, GenerationInfo, RestartId, RestartOutcome, ServiceState, ServiceStatus, UnixMillis,
 };
@@ -28,13 +29,58 @@ pub struct RestartRequest {
     /// service; every host that runs the service when absent.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Name>>, min_items = 1))]
     pub hosts: Option<Vec<String>>,
-    /// How many hosts restart at the same time; 1 when absent.
+    /// How many hosts restart at the same time: a whole number, or a
+    /// percentage of the restart's hosts (`"10%"`, rounded up, at least 1);
+    /// 1 when absent.
     #[cfg_attr(
         feature = "openapi",
-        schema(minimum = 1, maximum = 4294967295u32, format = Int64)
+        schema(schema_with = crate::rollout::max_parallel_request_schema)
     )]
-    #[serde(deserialize_with = "whole_number")]
-    pub max_parallel: Option<u32>,
+    pub max_parallel: Option<MaxParallel>,
+    /// How many hosts (the first ones, in host-name order) restart first,
+    /// alone as a batch, before any other; none when absent or 0.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 4294967295u32, format = Int64)
+    )]
+    // Left out when absent, so a server that predates the field takes the
+    // body of a newer client that did not ask for it.
+    #[serde(
+        deserialize_with = "canary_count",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub canary: Option<u32>,
+    /// How long to wait after the canary batch before the other hosts
+    /// (`"60s"`, at most 24 hours); needs a `canary`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(schema_with = crate::rollout::pause_schema)
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+    /// How many hosts may end without succeeding before the rollout stops
+    /// and skips the rest; 0 (stop at the first) when absent.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 4294967295u32, format = Int64)
+    )]
+    #[serde(
+        deserialize_with = "failure_budget_count",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failure_budget: Option<u32>,
+}
+
+fn canary_count<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    crate::rollout::host_count(deserializer, "canary")
+}
+
+fn failure_budget_count<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    crate::rollout::host_count(deserializer, "failure_budget")
 }
 
 impl RestartRequest {
@@ -44,33 +90,6 @@ impl RestartRequest {
         let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
         serde_json::from_value(serde_json::Value::Object(object))
     }
-}
-
-/// JSON has one kind of number, and JSON Schema calls `2.0` an integer, so a
-/// client that writes whole numbers with a fraction is understood.
-fn whole_number<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<u32>, D::Error> {
-    use serde::de::{Error, Unexpected};
-    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
-        return Ok(None);
-    };
-    let whole = number.as_u64().or_else(|| {
-        number
-            .as_f64()
-            .filter(|f| f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(f))
-            .map(|f| f as u64)
-    });
-    whole
-        .and_then(|n| u32::try_from(n).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            let unexpected = match number.as_f64() {
-                Some(f) => Unexpected::Float(f),
-                None => Unexpected::Other("a number"),
-            };
-            D::Error::invalid_value(unexpected, &"a whole number from 0 to 4294967295")
-        })
 }
 
 /// A service or host name as the OpenAPI document describes it: 1 to 64
@@ -115,7 +134,9 @@ pub enum HostRestartState {
     Pending,
     Running,
     Finished,
-    /// Never started because a host before it did not succeed.
+    /// Never started: hosts before it did not succeed, past the failure
+    /// budget, or it was offline when its turn came (`outcome_reason` says
+    /// which).
     Skipped,
 }
 
@@ -132,12 +153,19 @@ pub struct Restart {
     pub requested_by: Option<String>,
     pub state: RestartState,
     /// `succeeded` only when every host succeeded; otherwise the outcome of the
-    /// first host that did not.
+    /// first host that did not (`outcome_reason` says how many did not, when
+    /// a failure budget let the rollout go on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<RestartOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_reason: Option<String>,
+    /// How many hosts restart at the same time (a percentage resolved
+    /// against the restart's hosts).
     pub max_parallel: u32,
+    /// The policy it runs by, as asked, and when the pause after its canary
+    /// batch ends.
+    #[serde(default)]
+    pub rollout: Rollout,
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub created_at: UnixMillis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,7 +448,7 @@ mod tests {
     fn a_restart_request_is_a_json_object_with_whole_numbers() {
         let request =
             RestartRequest::from_json(br#"{"max_parallel": 3.0, "hosts": ["a"]}"#).unwrap();
-        assert_eq!(request.max_parallel, Some(3));
+        assert_eq!(request.max_parallel, Some(MaxParallel::Hosts(3)));
         assert_eq!(request.hosts, Some(vec!["a".to_string()]));
         let request =
             RestartRequest::from_json(br#"{"max_parallel": null, "reason": null}"#).unwrap();
@@ -439,6 +467,47 @@ mod tests {
                 RestartRequest::from_json(body.as_bytes()).is_err(),
                 "{body}"
             );
+        }
+    }
+
+    #[test]
+    fn a_restart_request_carries_its_rollout_policy_and_names_a_wrong_field() {
+        let request = RestartRequest::from_json(
+            br#"{"max_parallel": "10%", "canary": 1, "pause": "60s", "failure_budget": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(request.max_parallel, Some(MaxParallel::Percent(10)));
+        assert_eq!(request.canary, Some(1));
+        assert_eq!(request.pause.map(Pause::as_millis), Some(60_000));
+        assert_eq!(request.failure_budget, Some(2));
+        let back = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"reason": null, "hosts": null, "max_parallel": "10%",
+                "canary": 1, "pause": "60s", "failure_budget": 2})
+        );
+        // Fields not asked for are left out, so an older server takes the body.
+        assert_eq!(
+            serde_json::to_value(RestartRequest::default()).unwrap(),
+            serde_json::json!({"reason": null, "hosts": null, "max_parallel": null})
+        );
+        for (body, field) in [
+            (r#"{"max_parallel": 0}"#, "max_parallel"),
+            (r#"{"max_parallel": "0%"}"#, "max_parallel"),
+            (r#"{"max_parallel": "101%"}"#, "max_parallel"),
+            (r#"{"max_parallel": "ten"}"#, "max_parallel"),
+            (r#"{"canary": -1}"#, "canary"),
+            (r#"{"canary": "1"}"#, "canary"),
+            (r#"{"pause": "25h"}"#, "pause"),
+            (r#"{"pause": 60}"#, "pause"),
+            (r#"{"pause": "soon"}"#, "pause"),
+            (r#"{"failure_budget": 1.5}"#, "failure_budget"),
+            (r#"{"failure_budget": 4294967296}"#, "failure_budget"),
+        ] {
+            let error = RestartRequest::from_json(body.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(&format!("{field}: ")), "{body}: {error}");
         }
     }
 

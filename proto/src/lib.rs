@@ -14,6 +14,7 @@ pub mod link;
 mod name;
 mod output;
 pub mod program;
+pub mod rollout;
 pub mod units;
 
 pub use name::{InvalidServiceName, NameProblem, ServiceName};

@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod orchestrator;
 pub mod replicas;
 pub mod restarts;
+pub mod rollout;
 pub mod routes;
 pub mod settings;
 pub mod startup;

@@ -331,8 +331,11 @@ mod paths {
     pub fn generations() {}
 
     /// Rolling restart of a service on every host that runs it (or those
-    /// named in `hosts`), `max_parallel` hosts at a time in host-name order,
-    /// stopping at the first host that does not succeed.
+    /// named in `hosts`), in host-name order: the first `canary` hosts alone
+    /// as a batch, then `pause`, then the rest, `max_parallel` hosts (a count
+    /// or a percentage) at a time, stopping once more hosts than
+    /// `failure_budget` (0: the first) did not succeed; the hosts not
+    /// started then are skipped with the reason.
     #[utoipa::path(
         tag = "services",
         post,
@@ -350,12 +353,12 @@ mod paths {
                 headers(("Location" = String, description = "`/restarts/{id}`"))),
             (status = 200, description = "With `?wait=true`: the restart as it ended.", body = Restart,
                 headers(("Location" = String, description = "`/restarts/{id}`"))),
-            (status = 400, description = "Malformed JSON, an unknown field, a bad Idempotency-Key, an unparsable query, or a body that did not arrive within the server's `--request-timeout`.", body = ApiError),
+            (status = 400, description = "Malformed JSON, an unknown field, a value out of its field's bounds (`max_parallel`, `canary`, `pause`, `failure_budget`: the message begins with the field's name), a bad Idempotency-Key, an unparsable query, or a body that did not arrive within the server's `--request-timeout`.", body = ApiError),
             (status = 403, description = "Not an operator token.", body = ApiError),
             (status = 404, description = "No host runs the service.", body = ApiError),
             (status = 409, description = "A restart of the service is running; `restart_id` tells which.", body = ApiError),
             (status = 413, description = "A body over the limit (16 KiB by default).", body = ApiError),
-            (status = 422, description = "Invalid service name, `max_parallel`, `hosts` (or a host that does not run the service) or `reason`.", body = ApiError),
+            (status = 422, description = "Invalid service name, `hosts` (or a host that does not run the service) or `reason`, or a `pause` without a `canary`.", body = ApiError),
         ),
         security(("bearer" = []))
     )]
@@ -767,7 +770,14 @@ mod tests {
             state: RestartState::Finished,
             outcome: Some(baton_proto::RestartOutcome::Forced),
             outcome_reason: Some("host host-a: drain timeout".into()),
-            max_parallel: 1,
+            max_parallel: 3,
+            rollout: baton_proto::api::Rollout {
+                max_parallel: baton_proto::api::MaxParallel::Percent(10),
+                canary: 1,
+                pause: Some(baton_proto::api::Pause::parse("60s").unwrap()),
+                pause_until: Some(1_700_000_001_500),
+                failure_budget: 2,
+            },
             created_at: 1_700_000_000_900,
             finished_at: Some(1_700_000_002_000),
             hosts: vec![
@@ -902,7 +912,18 @@ mod tests {
             &RestartRequest {
                 reason: Some("deploy".into()),
                 hosts: Some(vec!["host-a".into()]),
-                max_parallel: Some(2),
+                max_parallel: Some(baton_proto::api::MaxParallel::Hosts(2)),
+                canary: Some(1),
+                pause: Some(baton_proto::api::Pause::parse("500ms").unwrap()),
+                failure_budget: Some(0),
+            },
+        );
+        assert_valid(
+            "RestartRequest",
+            &RestartRequest {
+                max_parallel: Some(baton_proto::api::MaxParallel::Percent(100)),
+                pause: Some(baton_proto::api::Pause::parse("24h").unwrap()),
+                ..Default::default()
             },
         );
         assert_valid("RestartRequest", &RestartRequest::default());
@@ -939,6 +960,14 @@ mod tests {
         for body in [
             json!({"max_parallel": 0}),
             json!({"max_parallel": 4_294_967_296u64}),
+            json!({"max_parallel": "0%"}),
+            json!({"max_parallel": "101%"}),
+            json!({"max_parallel": "2"}),
+            json!({"canary": -1}),
+            json!({"failure_budget": 4_294_967_296u64}),
+            json!({"pause": "25h"}),
+            json!({"pause": "1m30s"}),
+            json!({"pause": 60}),
             json!({"hosts": []}),
             json!({"hosts": [""]}),
             json!({"hosts": [".hidden"]}),
@@ -971,6 +1000,74 @@ mod tests {
                 crate::domain::ServiceName::parse(name).is_ok(),
                 crate::domain::validate_host_name(name).is_ok(),
                 "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pause_and_percentage_patterns_are_the_parsers_rules() {
+        use baton_proto::api::{MaxParallel, Pause};
+        let pause =
+            jsonschema::validator_for(&json!({"type": "string", "pattern": Pause::PATTERN}))
+                .unwrap();
+        let numbers = [
+            "0",
+            "00",
+            "01",
+            "1",
+            "9",
+            "10",
+            "23",
+            "24",
+            "25",
+            "59",
+            "60",
+            "99",
+            "100",
+            "999",
+            "1439",
+            "1440",
+            "1441",
+            "9999",
+            "10000",
+            "79999",
+            "85999",
+            "86399",
+            "86400",
+            "86401",
+            "99999",
+            "999999",
+            "9999999",
+            "79999999",
+            "85999999",
+            "86399999",
+            "86400000",
+            "86400001",
+            "99999999",
+            "4294967296",
+        ];
+        for number in numbers {
+            for unit in ["ms", "s", "m", "h", "", "d", " s"] {
+                let text = format!("{number}{unit}");
+                assert_eq!(
+                    pause.is_valid(&json!(text)),
+                    Pause::parse(&text).is_ok(),
+                    "{text:?}"
+                );
+            }
+        }
+        let percent = jsonschema::validator_for(
+            &json!({"type": "string", "pattern": MaxParallel::PERCENT_PATTERN}),
+        )
+        .unwrap();
+        for number in [
+            "0", "00", "01", "1", "9", "10", "50", "99", "100", "101", "1000",
+        ] {
+            let text = format!("{number}%");
+            assert_eq!(
+                percent.is_valid(&json!(text)),
+                MaxParallel::parse(&text).is_ok(),
+                "{text:?}"
             );
         }
     }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::{CommandAnswer, Fleet, Notice};
 use crate::metrics::Metrics;
 use crate::replicas::{self, Router};
+use crate::rollout::{Next, RolloutState};
 use crate::settings::Timeouts;
 use crate::store::{
     self, CommandSent, Db, HostRestartState, NewlyCreated, RestartHostRow, RestartRow, RestartState,
@@ -374,53 +375,84 @@ async fn drive_restart(
         return Ok(());
     }
     let max_parallel = usize::try_from(restart.max_parallel).unwrap_or(1).max(1);
+    let mut rollout = RolloutState::new(&restart.rollout(), max_parallel, hosts.len());
 
     let mut results: Vec<Option<HostResult>> = vec![None; hosts.len()];
-    let mut stop = false;
     let mut n_skipped_offline = 0;
     let mut pending = std::collections::VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     for (index, host) in hosts.into_iter().enumerate() {
         match host.state {
             // Only a host gone offline is skipped while its restart runs.
-            HostRestartState::Skipped => n_skipped_offline += 1,
+            HostRestartState::Skipped => {
+                n_skipped_offline += 1;
+                rollout.host_ended(index, None);
+            }
             HostRestartState::Finished => {
                 let outcome = host.outcome.map_or(RestartOutcome::Failed, Into::into);
-                stop |= outcome != RestartOutcome::Succeeded;
+                rollout.host_ended(index, Some(outcome));
                 results[index] = Some((outcome, host.outcome_reason));
             }
             // Already started by a previous run: always followed to its end.
-            HostRestartState::Running => in_flight.push(drive_host_indexed(
-                inner.clone(),
-                restart.clone(),
-                host,
-                index,
-            )),
+            HostRestartState::Running => {
+                rollout.host_started(index);
+                in_flight.push(drive_host_indexed(
+                    inner.clone(),
+                    restart.clone(),
+                    host,
+                    index,
+                ));
+            }
             HostRestartState::Pending => pending.push_back((index, host)),
         }
     }
     loop {
-        while in_flight.len() < max_parallel && !stop {
-            let Some((index, host)) = pending.pop_front() else {
-                break;
-            };
-            in_flight.push(drive_host_indexed(
-                inner.clone(),
-                restart.clone(),
-                host,
-                index,
-            ));
+        loop {
+            let next_pending = pending.front().map(|(index, _)| *index);
+            match rollout.next(next_pending, in_flight.len(), crate::domain::now_millis()) {
+                Next::Start => {
+                    let Some((index, host)) = pending.pop_front() else {
+                        break;
+                    };
+                    rollout.host_started(index);
+                    in_flight.push(drive_host_indexed(
+                        inner.clone(),
+                        restart.clone(),
+                        host,
+                        index,
+                    ));
+                }
+                Next::BeginPause(until) => {
+                    let until = store::begin_pause(&inner.db, restart_id, until).await?;
+                    rollout.pause_began(until);
+                    inner.fleet.history_changed();
+                    tracing::info!(restart_id, service = %restart.service, pause_until = until, "canary batch done; rollout paused");
+                }
+                // Nothing runs during the pause (the canary batch ended,
+                // no other host started): only time passes.
+                Next::PauseUntil(until) => {
+                    let left = until.saturating_sub(crate::domain::now_millis());
+                    tokio::time::sleep(Duration::from_millis(left)).await;
+                }
+                Next::Wait | Next::Stop => break,
+            }
         }
         let Some((index, result)) = in_flight.next().await else {
             break;
         };
         match result? {
             Some(result) => {
-                stop |= result.0 != RestartOutcome::Succeeded;
+                rollout.host_ended(index, Some(result.0));
                 results[index] = Some(result);
             }
-            None => n_skipped_offline += 1,
+            None => {
+                rollout.host_ended(index, None);
+                n_skipped_offline += 1;
+            }
         }
+    }
+    if rollout.over_budget() && !pending.is_empty() {
+        store::skip_pending_hosts(&inner.db, restart_id, &rollout.stop_reason()).await?;
     }
 
     let host_names = store::restart_host_rows(&inner.db, restart_id).await?;
@@ -430,10 +462,13 @@ async fn drive_restart(
         .find_map(|(result, host)| match result {
             Some((outcome, reason)) if *outcome != RestartOutcome::Succeeded => Some((
                 *outcome,
-                Some(format!(
-                    "host {}: {}",
-                    host.host,
-                    reason.as_deref().unwrap_or(outcome.as_str())
+                Some(rollout.outcome_reason(
+                    format!(
+                        "host {}: {}",
+                        host.host,
+                        reason.as_deref().unwrap_or(outcome.as_str())
+                    ),
+                    results.len(),
                 )),
             )),
             _ => None,

@@ -3,7 +3,7 @@
 //! restart, and hands it to the orchestrator; the callers only translate its
 //! answer into a status or a page.
 
-use baton_proto::api::Restart;
+use baton_proto::api::{MaxParallel, Pause, Restart, Rollout};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,15 @@ pub struct RestartOrder<'a> {
     pub reason: Option<&'a str>,
     /// Only these hosts; every host that runs the service when `None`.
     pub hosts: Option<&'a [String]>,
-    /// How many hosts restart at once; 1 when `None`.
-    pub max_parallel: Option<u32>,
+    /// How many hosts restart at once (a count, or a percentage of the
+    /// restart's hosts); 1 when `None`.
+    pub max_parallel: Option<MaxParallel>,
+    /// How many hosts restart first, alone as a batch.
+    pub canary: Option<u32>,
+    /// The wait after the canary batch; only with a canary.
+    pub pause: Option<Pause>,
+    /// How many hosts may end without succeeding before the rollout stops.
+    pub failure_budget: Option<u32>,
     /// The token's name, recorded with the restart.
     pub requested_by: &'a str,
     /// A retry with the same key, from the same token for the same service,
@@ -99,12 +106,25 @@ impl Restarts {
                 "reason is longer than {MAX_REASON_CHARS} characters"
             )));
         }
-        let max_parallel = order.max_parallel.unwrap_or(1);
-        if max_parallel == 0 {
+        let max_parallel = order.max_parallel.unwrap_or_default();
+        if max_parallel == MaxParallel::Hosts(0) {
             return Err(StartError::Invalid(
                 "max_parallel must be at least 1".into(),
             ));
         }
+        let canary = order.canary.unwrap_or(0);
+        if order.pause.is_some() && canary == 0 {
+            return Err(StartError::Invalid(
+                "pause: the pause follows the canary batch; ask for a canary too".into(),
+            ));
+        }
+        let rollout = Rollout {
+            max_parallel,
+            canary,
+            pause: order.pause,
+            pause_until: None,
+            failure_budget: order.failure_budget.unwrap_or(0),
+        };
         let running_hosts = self.fleet.hosts_running(service.as_str());
         let hosts = match order.hosts {
             None => running_hosts,
@@ -151,7 +171,9 @@ impl Restarts {
                     reason: order.reason,
                     requested_by: order.requested_by,
                     idempotency_key,
-                    max_parallel,
+                    max_parallel: u32::try_from(max_parallel.hosts_at_once(hosts.len()))
+                        .unwrap_or(u32::MAX),
+                    rollout,
                     hosts: &hosts,
                 },
             )
@@ -312,7 +334,16 @@ mod tests {
         let bad_name = vec!["a/b".to_string()];
         let invalid = [
             RestartOrder {
-                max_parallel: Some(0),
+                max_parallel: Some(MaxParallel::Hosts(0)),
+                ..order()
+            },
+            RestartOrder {
+                pause: Some(Pause::parse("5s").unwrap()),
+                ..order()
+            },
+            RestartOrder {
+                canary: Some(0),
+                pause: Some(Pause::parse("5s").unwrap()),
                 ..order()
             },
             RestartOrder {

@@ -264,7 +264,7 @@ pub async fn rolling(
         .with_timeout(Duration::from_secs(600));
     let name = ServiceName::parse(service)?;
     let body = RestartRequest {
-        max_parallel: Some(1),
+        max_parallel: Some(baton_proto::api::MaxParallel::Hosts(1)),
         reason: Some("baton-server-bench rolling restart".to_owned()),
         ..RestartRequest::default()
     };

@@ -452,7 +452,80 @@ pub struct RestartDetail {
     pub started: String,
     pub finished: Option<String>,
     pub duration: String,
+    /// The rollout policy and how far it got: at a time, canary, the
+    /// pause's end, the failure budget used.
+    pub rollout: Vec<RolloutFact>,
     pub hosts: Vec<HostDetail>,
+}
+
+/// One line of a restart's rollout policy on its page.
+pub struct RolloutFact {
+    /// For the element's id (`rollout-canary`).
+    pub id: &'static str,
+    pub label: &'static str,
+    pub value: String,
+}
+
+fn rollout_facts(restart: &Restart, now: UnixMillis) -> Vec<RolloutFact> {
+    use baton_proto::api::MaxParallel;
+    let rollout = &restart.rollout;
+    let mut facts = vec![RolloutFact {
+        id: "at-a-time",
+        label: "At a time",
+        value: match rollout.max_parallel {
+            MaxParallel::Percent(percent) => format!(
+                "{percent}% of the hosts ({})",
+                plural(restart.max_parallel, "host")
+            ),
+            MaxParallel::Hosts(_) => plural(restart.max_parallel, "host"),
+        },
+    }];
+    if rollout.canary > 0 {
+        facts.push(RolloutFact {
+            id: "canary",
+            label: "Canary",
+            value: match rollout.pause {
+                Some(pause) => format!(
+                    "{} first, alone, then a pause of {pause}",
+                    plural(rollout.canary, "host")
+                ),
+                None => format!("{} first, alone", plural(rollout.canary, "host")),
+            },
+        });
+    }
+    if let Some(until) = rollout.pause_until {
+        let pausing = restart.state == RestartState::Running && now < until;
+        facts.push(RolloutFact {
+            id: "pause-until",
+            label: "Paused until",
+            value: if pausing {
+                format!("{} (paused now)", clock_millis(until))
+            } else {
+                clock_millis(until)
+            },
+        });
+    }
+    let failures = restart
+        .hosts
+        .iter()
+        .filter(|h| h.outcome.is_some_and(|o| o != RestartOutcome::Succeeded))
+        .count();
+    if rollout.failure_budget > 0 {
+        facts.push(RolloutFact {
+            id: "budget",
+            label: "Failure budget",
+            value: format!(
+                "{failures} of {} used{}",
+                rollout.failure_budget,
+                if failures > rollout.failure_budget as usize {
+                    ": past it, the rollout stopped"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    facts
 }
 
 fn step_kind(kind: &EventKind) -> &'static str {
@@ -553,6 +626,7 @@ impl RestartDetail {
                     .unwrap_or(now)
                     .saturating_sub(restart.created_at),
             ),
+            rollout: rollout_facts(restart, now),
             hosts,
         }
     }

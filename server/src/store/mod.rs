@@ -50,11 +50,11 @@ pub use replicas::{
 };
 pub use restarts::{
     CommandSent, Created, HostRestartState, IdempotencyKey, NewRestart, NewlyCreated, Outcome,
-    RestartFilter, RestartHostRow, RestartRow, RestartState, count_restarts_by_outcome,
-    create_restart, finish_host, finish_host_from_report, finish_restart, get_restart,
-    list_restarts, mark_host_running, record_connections, record_output_tail,
-    restart_by_idempotency_key, restart_host_rows, restart_row, running_restart_of,
-    running_restarts, set_agent_restart_id, skip_host,
+    RestartFilter, RestartHostRow, RestartRow, RestartState, begin_pause,
+    count_restarts_by_outcome, create_restart, finish_host, finish_host_from_report,
+    finish_restart, get_restart, list_restarts, mark_host_running, record_connections,
+    record_output_tail, restart_by_idempotency_key, restart_host_rows, restart_row,
+    running_restart_of, running_restarts, set_agent_restart_id, skip_host, skip_pending_hosts,
 };
 pub use tokens::{
     FoundToken, TokenRow, TokenSelector, bind_token_host, find_token, insert_token, list_tokens,

@@ -554,6 +554,7 @@ mod tests {
                 requested_by: "ci",
                 idempotency_key: None,
                 max_parallel: 1,
+                rollout: Default::default(),
                 hosts,
             },
         )

@@ -1,5 +1,5 @@
 use anyhow::Context;
-use baton_proto::api::{self, Restart, RestartHost, RestartPage};
+use baton_proto::api::{self, MaxParallel, Pause, Restart, RestartHost, RestartPage, Rollout};
 use baton_proto::{ConnectionTally, Event, OutputLine, RestartId, RestartOutcome};
 
 use super::db::{Db, Flag, SqlBuilder, text_enum, to_i64, to_u64};
@@ -117,7 +117,11 @@ pub struct NewRestart<'a> {
     pub reason: Option<&'a str>,
     pub requested_by: &'a str,
     pub idempotency_key: Option<IdempotencyKey<'a>>,
+    /// The count of hosts at once the restart runs with (a percentage
+    /// already resolved against `hosts`).
     pub max_parallel: u32,
+    /// The policy as asked (its `pause_until` is not stored here).
+    pub rollout: Rollout,
     /// In restart order.
     pub hosts: &'a [String],
 }
@@ -170,8 +174,9 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
     let created_at = now_millis();
     let mut tx = db.begin_write().await?;
     let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-        "INSERT INTO restarts (service, reason, requested_by, max_parallel, state, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        "INSERT INTO restarts (service, reason, requested_by, max_parallel, state, created_at,
+                               max_parallel_percent, canary, pause_ms, failure_budget)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(new.service)
     .bind(new.reason)
@@ -179,6 +184,10 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
     .bind(i64::from(new.max_parallel))
     .bind(RestartState::Running)
     .bind(to_i64(created_at))
+    .bind(max_parallel_percent(new.rollout.max_parallel))
+    .bind(i64::from(new.rollout.canary))
+    .bind(new.rollout.pause.map(|pause| to_i64(pause.as_millis())))
+    .bind(i64::from(new.rollout.failure_budget))
     .fetch_one(&mut *tx)
     .await;
     let id = match inserted {
@@ -257,6 +266,11 @@ pub async fn create_restart(db: &Db, new: &NewRestart<'_>) -> anyhow::Result<Cre
             outcome_reason: None,
             created_at: to_i64(created_at),
             finished_at: None,
+            max_parallel_percent: max_parallel_percent(new.rollout.max_parallel),
+            canary: i64::from(new.rollout.canary),
+            pause_ms: new.rollout.pause.map(|pause| to_i64(pause.as_millis())),
+            pause_until: None,
+            failure_budget: i64::from(new.rollout.failure_budget),
         },
         hosts: new
             .hosts
@@ -336,6 +350,39 @@ pub struct RestartRow {
     pub outcome_reason: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// Set when `max_parallel` was asked for as a percentage.
+    pub max_parallel_percent: Option<i64>,
+    pub canary: i64,
+    pub pause_ms: Option<i64>,
+    /// When the pause after the canary batch ends; set when it begins.
+    pub pause_until: Option<i64>,
+    pub failure_budget: i64,
+}
+
+fn max_parallel_percent(max_parallel: MaxParallel) -> Option<i64> {
+    match max_parallel {
+        MaxParallel::Percent(percent) => Some(i64::from(percent)),
+        MaxParallel::Hosts(_) => None,
+    }
+}
+
+impl RestartRow {
+    /// The policy the restart runs by, as it was asked for.
+    pub fn rollout(&self) -> Rollout {
+        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        Rollout {
+            max_parallel: match self.max_parallel_percent {
+                Some(percent) => MaxParallel::Percent(count(percent)),
+                None => MaxParallel::Hosts(count(self.max_parallel)),
+            },
+            canary: count(self.canary),
+            pause: self
+                .pause_ms
+                .and_then(|ms| Pause::from_duration(std::time::Duration::from_millis(to_u64(ms)))),
+            pause_until: self.pause_until.map(to_u64),
+            failure_budget: count(self.failure_budget),
+        }
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -379,11 +426,12 @@ impl RestartHostRow {
     }
 }
 
-const RESTART_COLUMNS: &str = "id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at";
+const RESTART_COLUMNS: &str = "id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at, max_parallel_percent, canary, pause_ms, pause_until, failure_budget";
 
 pub async fn restart_row(db: &Db, id: u64) -> anyhow::Result<Option<RestartRow>> {
     sqlx::query_as(
-        "SELECT id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at
+        "SELECT id, service, reason, requested_by, max_parallel, state, outcome, outcome_reason, created_at, finished_at,
+                max_parallel_percent, canary, pause_ms, pause_until, failure_budget
          FROM restarts WHERE id = $1",
     )
     .bind(to_i64(id))
@@ -407,7 +455,9 @@ pub async fn restart_host_rows(db: &Db, id: u64) -> anyhow::Result<Vec<RestartHo
 }
 
 fn restart_view(row: RestartRow, hosts: Vec<RestartHost>) -> Restart {
+    let rollout = row.rollout();
     Restart {
+        rollout,
         id: to_u64(row.id),
         service: row.service,
         reason: row.reason,
@@ -788,6 +838,42 @@ pub async fn skip_host(db: &Db, restart_id: u64, host: &str, reason: &str) -> an
     Ok(())
 }
 
+/// Starts the pause after the canary batch, to end at `until` (Unix ms),
+/// unless it began already: the end first written stands, so a server that
+/// takes the restart over waits for that pause, not a new one. Returns the
+/// stored end.
+pub async fn begin_pause(db: &Db, restart_id: u64, until: u64) -> anyhow::Result<u64> {
+    sqlx::query("UPDATE restarts SET pause_until = $2 WHERE id = $1 AND pause_until IS NULL")
+        .bind(to_i64(restart_id))
+        .bind(to_i64(until))
+        .execute(&db.writes)
+        .await
+        .context("failed to record the rollout's pause")?;
+    let (stored,): (Option<i64>,) =
+        sqlx::query_as("SELECT pause_until FROM restarts WHERE id = $1")
+            .bind(to_i64(restart_id))
+            .fetch_one(&db.writes)
+            .await
+            .context("failed to read the rollout's pause")?;
+    Ok(stored.map_or(until, to_u64))
+}
+
+/// Passes by every host not started yet, with `reason`: the rollout
+/// stopped before their turn.
+pub async fn skip_pending_hosts(db: &Db, restart_id: u64, reason: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE restart_hosts SET state = 'skipped', outcome_reason = $2, finished_at = $3
+         WHERE restart_id = $1 AND state = 'pending'",
+    )
+    .bind(to_i64(restart_id))
+    .bind(reason)
+    .bind(to_i64(now_millis()))
+    .execute(&db.writes)
+    .await
+    .context("failed to skip the hosts after the rollout stopped")?;
+    Ok(())
+}
+
 /// Ends a restart: hosts never started become `skipped`.
 pub async fn finish_restart(
     db: &Db,
@@ -894,6 +980,7 @@ mod tests {
                 requested_by: "ci",
                 idempotency_key: None,
                 max_parallel: 1,
+                rollout: Rollout::default(),
                 hosts: &hosts,
             },
         )

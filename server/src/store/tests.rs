@@ -152,6 +152,7 @@ async fn fill(db: &Db) -> u64 {
                 not_before: 0,
             }),
             max_parallel: 1,
+            rollout: Default::default(),
             hosts: &hosts,
         },
     )
@@ -233,6 +234,7 @@ async fn a_history_copied_from_sqlite_to_postgresql_reads_back_the_same() {
             requested_by: "ci",
             idempotency_key: None,
             max_parallel: 1,
+            rollout: Default::default(),
             hosts: &hosts,
         },
     )

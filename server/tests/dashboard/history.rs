@@ -34,6 +34,7 @@ async fn history_filters_by_service_host_and_outcome_and_pages_by_id() {
                 requested_by: "ci",
                 idempotency_key: None,
                 max_parallel: 1,
+                rollout: Default::default(),
                 hosts,
             },
         )
@@ -107,6 +108,7 @@ async fn a_failed_restart_lists_the_operators_reason_and_why_it_failed() {
             requested_by: "ci",
             idempotency_key: None,
             max_parallel: 1,
+            rollout: Default::default(),
             hosts: &hosts,
         },
     )

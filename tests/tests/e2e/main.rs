@@ -32,6 +32,7 @@ mod readiness;
 mod replicas;
 mod restart_by_signal;
 mod restart_under_load;
+mod rollout;
 mod runtime_folders;
 mod server_logs;
 mod service_output;

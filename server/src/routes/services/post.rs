@@ -41,6 +41,9 @@ pub async fn restart(
         reason: body.reason.as_deref(),
         hosts: body.hosts.as_deref(),
         max_parallel: body.max_parallel,
+        canary: body.canary,
+        pause: body.pause,
+        failure_budget: body.failure_budget,
         requested_by: &operator.0.name,
         idempotency_key: idempotency_key(&request)?.map(|key| RequestKey {
             token_hash: &operator.0.token_hash,
