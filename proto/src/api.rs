@@ -281,6 +281,18 @@ impl ServiceOnHost {
         on_host
     }
 
+    /// Offline, blocked, or crash-looping or stopped with nothing left
+    /// draining: someone should look.
+    pub fn needs_attention(&self) -> bool {
+        !self.online
+            || self.blocked.is_some()
+            || (self.draining.is_empty()
+                && matches!(
+                    self.state,
+                    ServiceState::CrashLooping | ServiceState::Stopped
+                ))
+    }
+
     /// Every live generation, oldest first.
     pub fn generations(&self) -> Vec<&GenerationInfo> {
         let mut all: Vec<&GenerationInfo> = self
@@ -295,11 +307,38 @@ impl ServiceOnHost {
     }
 }
 
+/// One service on one host in the fleet's list.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ServiceList {
-    pub services: Vec<Service>,
+pub struct FleetService {
+    /// The service's name.
+    pub service: String,
+    #[serde(flatten)]
+    pub on_host: ServiceOnHost,
 }
+
+/// `GET /services`: one page of the fleet's services, one entry per service
+/// on a host, ordered by host then service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServicePage {
+    pub services: Vec<FleetService>,
+    /// Entries that match the filters, on every page together.
+    pub total: u64,
+    /// This page's number, from 1.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub page: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 500))]
+    pub per_page: u32,
+    /// The next page's number; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<u32>,
+}
+
+/// The most entries one page of `GET /services` holds, and the number
+/// when the client does not say.
+pub const SERVICES_PER_PAGE_MAX: u32 = 500;
+pub const SERVICES_PER_PAGE_DEFAULT: u32 = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -19,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
 use crate::restarts::Restarts;
 use crate::routes;
-use crate::routes::services::get::ServicesDocuments;
 use crate::settings::Settings;
 use crate::store;
 use crate::write_probe::WriteProbe;
@@ -39,6 +38,10 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let db = store::open(&settings.database).await?;
         store::mark_all_hosts_offline(&db).await?;
+        let backfilled = store::backfill_fleet_services(&db).await?;
+        if backfilled > 0 {
+            tracing::info!(hosts = backfilled, "listed the services of hosts stored before the fleet table");
+        }
         let fleet = Arc::new(Fleet::new(store::load_hosts(&db).await?));
         let metrics = Arc::new(Metrics::with_counts(
             store::count_restarts_by_outcome(&db).await?,
@@ -76,7 +79,6 @@ impl Application {
         let connection_limits = limits.get_ref().clone();
         let request_timeout = settings.timeouts.request_timeout;
         let body_limit = settings.body_limit;
-        let documents = web::Data::new(ServicesDocuments::default());
         let write_probe = web::Data::new(WriteProbe::default());
         let fleet = web::Data::from(fleet);
         let metrics = web::Data::from(metrics);
@@ -116,7 +118,6 @@ impl Application {
                 .app_data(sessions.clone())
                 .app_data(restarts.clone())
                 .app_data(metrics.clone())
-                .app_data(documents.clone())
                 .app_data(write_probe.clone())
                 .app_data(settings.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {

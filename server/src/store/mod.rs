@@ -8,6 +8,7 @@
 
 mod db;
 mod events;
+mod fleet_services;
 mod generations;
 mod hosts;
 mod restarts;
@@ -17,6 +18,10 @@ pub use db::{Db, open, probe_write};
 pub use events::{
     EventGap, LastCrash, find_drain_finished, find_restart_finished, find_restart_started_after,
     forget_events_after, last_crash, max_seq, prune_event_gaps, prune_events, store_events,
+};
+pub use fleet_services::{
+    FleetCounts, FleetFilter, FleetPage, FleetServiceRow, backfill_fleet_services, fleet_counts,
+    list_fleet_services, state_name,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{
