@@ -8,6 +8,38 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
         .map_err(|e| e.to_string().replacen("service", "host", 1))
 }
 
+/// The states a service can be in on a host, as the API and the dashboard's
+/// filter name them.
+pub const SERVICE_STATE_NAMES: [&str; 5] = [
+    "starting",
+    "ready",
+    "restarting",
+    "crash_looping",
+    "stopped",
+];
+
+/// A state by its API name (`crash_looping`).
+pub fn parse_service_state(text: &str) -> Result<baton_proto::ServiceState, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("must be one of {}", SERVICE_STATE_NAMES.join(", ")))
+}
+
+/// What a search of the fleet's list may be: a piece of a name, so only the
+/// characters names have (and nothing LIKE or a URL would read specially
+/// but `_`, which the store escapes).
+pub fn validate_search(text: &str) -> Result<(), String> {
+    if !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("must be 1 to 64 characters of letters, digits, '.', '_' and '-'".into())
+    }
+}
+
 /// Stored in `api_tokens.role` by its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(rename_all = "lowercase")]

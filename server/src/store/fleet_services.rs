@@ -32,27 +32,41 @@ pub(super) async fn replace_host_services(
         .execute(&mut **tx)
         .await
         .context("failed to clear the host's services")?;
-    insert_rows(tx, host, services, "DO UPDATE SET
-                state = excluded.state,
-                draining = excluded.draining,
-                troubled = excluded.troubled,
-                status = excluded.status").await
+    insert_rows(tx, host, services, OnConflict::Replace).await
+}
+
+/// What an insert does to a row that exists.
+#[derive(Clone, Copy)]
+enum OnConflict {
+    Replace,
+    Keep,
 }
 
 async fn insert_rows(
     tx: &mut WriteTx,
     host: &str,
     services: &[ServiceStatus],
-    on_conflict: &str,
+    on_conflict: OnConflict,
 ) -> anyhow::Result<()> {
     for status in services {
         let on_host = ServiceOnHost::from_status(host, true, status);
-        let statement = format!(
-            "INSERT INTO fleet_services (host, service, state, draining, troubled, status)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (host, service) {on_conflict}"
-        );
-        sqlx::query(&statement)
+        let statement = match on_conflict {
+            OnConflict::Replace => {
+                "INSERT INTO fleet_services (host, service, state, draining, troubled, status)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (host, service) DO UPDATE SET
+                    state = excluded.state,
+                    draining = excluded.draining,
+                    troubled = excluded.troubled,
+                    status = excluded.status"
+            }
+            OnConflict::Keep => {
+                "INSERT INTO fleet_services (host, service, state, draining, troubled, status)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (host, service) DO NOTHING"
+            }
+        };
+        sqlx::query(statement)
         .bind(host)
         .bind(&status.name)
         .bind(state_name(status.state))
@@ -78,7 +92,7 @@ pub struct FleetFilter {
 }
 
 impl FleetFilter {
-    fn push_where(&self, query: &mut sqlx::QueryBuilder<'_, Sqlite>) {
+    fn push_where(&self, query: &mut sqlx::QueryBuilder<Sqlite>) {
         query.push(" WHERE 1 = 1");
         if let Some(service) = &self.service {
             query.push(" AND f.service = ").push_bind(service.clone());
@@ -243,7 +257,7 @@ pub async fn backfill_fleet_services(db: &Db) -> anyhow::Result<usize> {
         let services: Vec<ServiceStatus> = serde_json::from_str(&services)
             .with_context(|| format!("the stored services of host {host} do not parse"))?;
         let mut tx = db.begin_write().await?;
-        insert_rows(&mut tx, &host, &services, "DO NOTHING").await?;
+        insert_rows(&mut tx, &host, &services, OnConflict::Keep).await?;
         tx.commit()
             .await
             .context("failed to commit the host's services")?;

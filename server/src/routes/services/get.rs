@@ -3,14 +3,13 @@ use actix_web::http::header::{
     Quality,
 };
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use baton_proto::ServiceState;
 use baton_proto::api::{
     FleetService, SERVICES_PER_PAGE_DEFAULT, SERVICES_PER_PAGE_MAX, ServiceOnHost, ServicePage,
 };
 use bytes::Bytes;
 
 use crate::auth::Reader;
-use crate::domain::{ServiceName, validate_host_name};
+use crate::domain::{ServiceName, parse_service_state, validate_host_name, validate_search};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::routes::request::page_limit;
@@ -80,23 +79,10 @@ impl ListQuery {
                     parsed.filter.host = Some(value.clone());
                 }
                 "state" => {
-                    let state = serde_json::from_value::<ServiceState>(serde_json::Value::String(
-                        value.clone(),
-                    ))
-                    .map_err(|_| bad(&format!("must be one of {}", STATE_NAMES.join(", "))))?;
-                    parsed.filter.state = Some(state);
+                    parsed.filter.state = Some(parse_service_state(value).map_err(|e| bad(&e))?);
                 }
                 "search" => {
-                    if value.is_empty()
-                        || value.len() > 64
-                        || !value
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                    {
-                        return Err(bad(
-                            "must be 1 to 64 characters of letters, digits, '.', '_' and '-'",
-                        ));
-                    }
+                    validate_search(value).map_err(|e| bad(&e))?;
                     parsed.filter.search = Some(value.clone());
                 }
                 _ => {}
@@ -123,14 +109,6 @@ impl ListQuery {
         url
     }
 }
-
-const STATE_NAMES: [&str; 5] = [
-    "starting",
-    "ready",
-    "restarting",
-    "crash_looping",
-    "stopped",
-];
 
 /// One page of the fleet's services, as the database has them, with the
 /// number of the next page when there is one.
