@@ -8,20 +8,16 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
         .map_err(|e| e.to_string().replacen("service", "host", 1))
 }
 
-/// The states a service can be in on a host, as the API and the dashboard's
-/// filter name them.
-pub const SERVICE_STATE_NAMES: [&str; 5] = [
-    "starting",
-    "ready",
-    "restarting",
-    "crash_looping",
-    "stopped",
-];
-
 /// A state by its API name (`crash_looping`).
 pub fn parse_service_state(text: &str) -> Result<baton_proto::ServiceState, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| format!("must be one of {}", SERVICE_STATE_NAMES.join(", ")))
+    use baton_proto::ServiceState;
+    ServiceState::ALL
+        .into_iter()
+        .find(|state| state.as_str() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ServiceState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("must be one of {}", names.join(", "))
+        })
 }
 
 /// What a search of the fleet's list may be: a piece of a name, so only the

@@ -9,8 +9,8 @@
 
 use std::sync::LazyLock;
 
-use baton_proto::{RestartOutcome, ServiceState};
 use baton_proto::api::Name;
+use baton_proto::{RestartOutcome, ServiceState};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
@@ -544,9 +544,9 @@ mod tests {
     use actix_web::test::{self as actix_test, TestRequest};
     use actix_web::{App, HttpRequest, HttpResponse, web};
     use baton_proto::api::{
-        ApiError, GenerationPage, GenerationPhase, GenerationRecord, Host, HostList,
-        FleetService, HostRestartState, Restart, RestartHost, RestartPage, RestartRequest,
-        RestartState, Service, ServiceOnHost, ServicePage,
+        ApiError, FleetService, GenerationPage, GenerationPhase, GenerationRecord, Host, HostList,
+        HostRestartState, Restart, RestartHost, RestartPage, RestartRequest, RestartState, Service,
+        ServiceOnHost, ServicePage,
     };
     use baton_proto::{
         Event, EventKind, GenerationInfo, GenerationState, ServiceState, ServiceStatus, UsageSource,

@@ -40,7 +40,10 @@ impl Application {
         store::mark_all_hosts_offline(&db).await?;
         let backfilled = store::backfill_fleet_services(&db).await?;
         if backfilled > 0 {
-            tracing::info!(hosts = backfilled, "listed the services of hosts stored before the fleet table");
+            tracing::info!(
+                hosts = backfilled,
+                "listed the services of hosts stored before the fleet table"
+            );
         }
         let fleet = Arc::new(Fleet::new(store::load_hosts(&db).await?));
         let metrics = Arc::new(Metrics::with_counts(

@@ -155,7 +155,12 @@ pub struct OverviewRequest {
 
 impl OverviewQuery {
     pub fn read(&self) -> OverviewRequest {
-        let search = self.search.as_deref().unwrap_or_default().trim().to_string();
+        let search = self
+            .search
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let state = self.state.as_deref().unwrap_or_default().trim().to_string();
         let mut request = OverviewRequest {
             filter: FleetFilter::default(),
@@ -192,7 +197,10 @@ impl OverviewRequest {
     fn query_of_page(&self, page: u32) -> String {
         let mut params = Vec::new();
         if let Some(search) = &self.filter.search {
-            params.push(format!("search={}", utf8_percent_encode(search, QUERY_VALUE)));
+            params.push(format!(
+                "search={}",
+                utf8_percent_encode(search, QUERY_VALUE)
+            ));
         }
         if let Some(state) = self.filter.state {
             params.push(format!("state={}", store::state_name(state)));
@@ -214,15 +222,15 @@ impl OverviewRequest {
     pub fn search_form(&self) -> FleetSearch {
         FleetSearch {
             search: self.search.clone(),
-            states: crate::domain::SERVICE_STATE_NAMES
+            states: baton_proto::ServiceState::ALL
                 .iter()
-                .map(|&name| Choice {
-                    value: name,
-                    label: match name {
-                        "crash_looping" => "crash-looping",
-                        other => other,
+                .map(|state| Choice {
+                    value: state.as_str(),
+                    label: match state {
+                        baton_proto::ServiceState::CrashLooping => "crash-looping",
+                        other => other.as_str(),
                     },
-                    selected: name == self.state,
+                    selected: state.as_str() == self.state,
                 })
                 .collect(),
             filtered: self.filtered() || self.error.is_some(),

@@ -12,13 +12,7 @@ use super::db::{Db, WriteTx, to_i64, to_u64};
 
 /// `fleet_services.state`, as the agent's `ServiceState` is named in JSON.
 pub fn state_name(state: ServiceState) -> &'static str {
-    match state {
-        ServiceState::Starting => "starting",
-        ServiceState::Ready => "ready",
-        ServiceState::Restarting => "restarting",
-        ServiceState::CrashLooping => "crash_looping",
-        ServiceState::Stopped => "stopped",
-    }
+    state.as_str()
 }
 
 /// Replaces the host's rows by `services`, inside the host row's transaction.
@@ -67,16 +61,16 @@ async fn insert_rows(
             }
         };
         sqlx::query(statement)
-        .bind(host)
-        .bind(&status.name)
-        .bind(state_name(status.state))
-        .bind(i64::try_from(on_host.draining.len()).unwrap_or(i64::MAX))
-        // Online here: whether the host is is `hosts.online`, joined on read.
-        .bind(on_host.needs_attention())
-        .bind(serde_json::to_string(status)?)
-        .execute(&mut **tx)
-        .await
-        .context("failed to store the host's services")?;
+            .bind(host)
+            .bind(&status.name)
+            .bind(state_name(status.state))
+            .bind(i64::try_from(on_host.draining.len()).unwrap_or(i64::MAX))
+            // Online here: whether the host is is `hosts.online`, joined on read.
+            .bind(on_host.needs_attention())
+            .bind(serde_json::to_string(status)?)
+            .execute(&mut **tx)
+            .await
+            .context("failed to store the host's services")?;
     }
     Ok(())
 }
@@ -185,7 +179,10 @@ pub async fn list_fleet_services(
         .into_iter()
         .map(|row| {
             let status = serde_json::from_str(&row.status).with_context(|| {
-                format!("a stored service status of host {} does not parse", row.host)
+                format!(
+                    "a stored service status of host {} does not parse",
+                    row.host
+                )
             })?;
             Ok(FleetServiceRow {
                 host: row.host,

@@ -101,17 +101,16 @@ pub async fn save_host_status(
     services: &[ServiceStatus],
 ) -> anyhow::Result<()> {
     let mut tx = db.begin_write().await?;
-    let updated = sqlx::query(
-        "UPDATE hosts SET last_seen = $2, online = $3, services = $4 WHERE name = $1",
-    )
-    .bind(name)
-    .bind(to_i64(now))
-    .bind(online)
-    .bind(serde_json::to_string(services)?)
-    .execute(&mut *tx)
-    .await
-    .context("failed to store the host's status")?
-    .rows_affected();
+    let updated =
+        sqlx::query("UPDATE hosts SET last_seen = $2, online = $3, services = $4 WHERE name = $1")
+            .bind(name)
+            .bind(to_i64(now))
+            .bind(online)
+            .bind(serde_json::to_string(services)?)
+            .execute(&mut *tx)
+            .await
+            .context("failed to store the host's status")?
+            .rows_affected();
     // A host forgotten meanwhile has no row for its services to refer to.
     if updated > 0 {
         replace_host_services(&mut tx, name, services).await?;

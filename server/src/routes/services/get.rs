@@ -155,8 +155,8 @@ pub async fn list(
     // The two encodings are two representations, so two tags; a client
     // holding either has this version.
     let if_none_match = request.get_header::<IfNoneMatch>();
-    let not_modified = has_etag(if_none_match.as_ref(), &etag)
-        || has_etag(if_none_match.as_ref(), &gzip_etag);
+    let not_modified =
+        has_etag(if_none_match.as_ref(), &etag) || has_etag(if_none_match.as_ref(), &gzip_etag);
     let mut response = if not_modified {
         HttpResponse::NotModified()
     } else {
@@ -189,8 +189,10 @@ pub async fn list(
 /// tenfold.
 fn gzipped(json: &[u8]) -> Bytes {
     use std::io::Write as _;
-    let mut encoder =
-        flate2::write::GzEncoder::new(Vec::with_capacity(json.len() / 8), flate2::Compression::new(3));
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(json.len() / 8),
+        flate2::Compression::new(3),
+    );
     // Writing into a Vec cannot fail.
     let _ = encoder.write_all(json);
     Bytes::from(encoder.finish().unwrap_or_default())
