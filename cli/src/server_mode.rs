@@ -217,7 +217,7 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
         "VERSION"
     );
     for entry in &services {
-        let host = &entry.on_host;
+        let host = entry;
         let (generation, pid, connections, memory, cpu) = match &host.current {
             Some(g) => (
                 g.generation.to_string(),
@@ -263,11 +263,11 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
         );
     }
     for entry in &services {
-        if let Some(next) = &entry.on_host.next_start {
+        if let Some(next) = &entry.next_start {
             outln!(
                 "warning: {} on {}: {}",
                 entry.service,
-                entry.on_host.host,
+                entry.host,
                 next.warning()
             );
         }

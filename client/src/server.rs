@@ -3,7 +3,7 @@
 use crate::{Error, ProtocolError, Result};
 use baton_proto::ServiceName;
 use baton_proto::api::{
-    ApiError, FleetService, Restart, RestartPage, RestartRequest, SERVICES_PER_PAGE_MAX, Service,
+    ApiError, Restart, RestartPage, RestartRequest, SERVICES_PER_PAGE_MAX, Service, ServiceOnHost,
     ServicePage,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -186,7 +186,7 @@ impl ServerClient {
     /// page (500 a page), host then service. Entries that move while the
     /// pages are read (a host linking or forgotten) may be missed or seen
     /// twice.
-    pub async fn services(&self, filter: &ServiceFilter) -> Result<Vec<FleetService>> {
+    pub async fn services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceOnHost>> {
         let mut all = Vec::new();
         let mut page = 1;
         loop {

@@ -213,6 +213,8 @@ pub struct Service {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceOnHost {
+    /// The service's name.
+    pub service: String,
     pub host: String,
     /// False when the host's agent is not connected; the rest is what it last reported.
     pub online: bool,
@@ -254,6 +256,7 @@ impl ServiceOnHost {
             .iter()
             .rposition(|g| g.state == GenerationState::Ready);
         let mut on_host = ServiceOnHost {
+            service: status.name.clone(),
             host: host.to_string(),
             online,
             state: status.state,
@@ -307,22 +310,12 @@ impl ServiceOnHost {
     }
 }
 
-/// One service on one host in the fleet's list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct FleetService {
-    /// The service's name.
-    pub service: String,
-    #[serde(flatten)]
-    pub on_host: ServiceOnHost,
-}
-
 /// `GET /services`: one page of the fleet's services, one entry per service
 /// on a host, ordered by host then service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServicePage {
-    pub services: Vec<FleetService>,
+    pub services: Vec<ServiceOnHost>,
     /// Entries that match the filters, on every page together.
     pub total: u64,
     /// This page's number, from 1.

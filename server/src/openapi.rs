@@ -544,7 +544,7 @@ mod tests {
     use actix_web::test::{self as actix_test, TestRequest};
     use actix_web::{App, HttpRequest, HttpResponse, web};
     use baton_proto::api::{
-        ApiError, FleetService, GenerationPage, GenerationPhase, GenerationRecord, Host, HostList,
+        ApiError, GenerationPage, GenerationPhase, GenerationRecord, Host, HostList,
         HostRestartState, Restart, RestartHost, RestartPage, RestartRequest, RestartState, Service,
         ServiceOnHost, ServicePage,
     };
@@ -859,14 +859,7 @@ mod tests {
         assert_valid(
             "ServicePage",
             &ServicePage {
-                services: service
-                    .hosts
-                    .iter()
-                    .map(|on_host| FleetService {
-                        service: service.name.clone(),
-                        on_host: on_host.clone(),
-                    })
-                    .collect(),
+                services: service.hosts.clone(),
                 total: 3,
                 page: 1,
                 per_page: 2,

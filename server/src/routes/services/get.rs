@@ -4,7 +4,7 @@ use actix_web::http::header::{
 };
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use baton_proto::api::{
-    FleetService, SERVICES_PER_PAGE_DEFAULT, SERVICES_PER_PAGE_MAX, ServiceOnHost, ServicePage,
+    SERVICES_PER_PAGE_DEFAULT, SERVICES_PER_PAGE_MAX, ServiceOnHost, ServicePage,
 };
 use bytes::Bytes;
 
@@ -126,10 +126,7 @@ pub async fn read_page(db: &Db, query: &ListQuery) -> anyhow::Result<ServicePage
         services: page
             .services
             .into_iter()
-            .map(|row| FleetService {
-                service: row.status.name.clone(),
-                on_host: ServiceOnHost::from_status(&row.host, row.online, &row.status),
-            })
+            .map(|row| ServiceOnHost::from_status(&row.host, row.online, &row.status))
             .collect(),
     })
 }
