@@ -311,3 +311,85 @@ async fn the_list_comes_from_the_database_offline_hosts_included_forgotten_ones_
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["services"][0]["host"], "beta");
 }
+
+/// Not a test: the time and size of one page against the whole list, with
+/// 1,000 hosts × 10 services linked. Run it with
+/// `cargo nextest run -p baton-server --run-ignored only -E 'test(/a_page_against/)' --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed"]
+async fn measure_a_page_against_the_whole_list() {
+    use std::time::Instant;
+    let app = crate::helpers::spawn_app_with(|settings| settings.connections_per_ip = 4_096).await;
+    let mut agents = Vec::new();
+    for index in 0..1_000 {
+        let services = (0..10).map(|s| service(&format!("svc-{s}"), 1)).collect();
+        agents
+            .push(FakeAgent::connect(&app, &format!("host-{index:04}"), "boot-1", services).await);
+    }
+    let timed = |query: String, gzip: bool| {
+        let app = &app;
+        async move {
+            let mut best = Duration::MAX;
+            let mut size = 0;
+            for _ in 0..20 {
+                let started = Instant::now();
+                let mut request = app
+                    .client
+                    .get(format!("{}/services?{query}", app.address))
+                    .bearer_auth(&app.viewer);
+                if gzip {
+                    request = request.header("accept-encoding", "gzip");
+                }
+                let body = request.send().await.unwrap().bytes().await.unwrap();
+                best = best.min(started.elapsed());
+                size = body.len();
+            }
+            (best, size)
+        }
+    };
+    for (query, gzip) in [
+        ("per_page=100".to_string(), false),
+        ("per_page=100".to_string(), true),
+        ("per_page=500".to_string(), false),
+        ("page=20&per_page=500".to_string(), false),
+        ("service=svc-3&per_page=100".to_string(), false),
+        ("state=crash_looping".to_string(), false),
+        ("search=host-09&per_page=100".to_string(), false),
+    ] {
+        let (time, size) = timed(query.clone(), gzip).await;
+        println!("GET /services?{query} gzip={gzip}: {time:?}, {size} bytes");
+    }
+    // The whole list as one answer, as `GET /services` gave it before it
+    // paged: every entry, grouped by service.
+    let started = Instant::now();
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    for page in 1..=20 {
+        let answer = app
+            .get_json(&format!("/services?page={page}&per_page=500"))
+            .await;
+        all.extend(answer["services"].as_array().unwrap().iter().cloned());
+    }
+    let walked = started.elapsed();
+    assert_eq!(all.len(), 10_000);
+    let mut by_service: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    for mut entry in all {
+        let name = entry["service"].as_str().unwrap().to_string();
+        entry.as_object_mut().unwrap().remove("service");
+        by_service.entry(name).or_default().push(entry);
+    }
+    let whole = serde_json::json!({
+        "services": by_service
+            .into_iter()
+            .map(|(name, hosts)| serde_json::json!({"name": name, "hosts": hosts}))
+            .collect::<Vec<_>>()
+    });
+    let whole = serde_json::to_vec(&whole).unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(3));
+    std::io::Write::write_all(&mut gzip, &whole).unwrap();
+    println!(
+        "the whole list (10,000 entries): {} bytes, {} gzipped; all 20 pages of 500 read in {walked:?}",
+        whole.len(),
+        gzip.finish().unwrap().len()
+    );
+}

@@ -116,7 +116,10 @@ async fn the_overview_pages_and_searches_and_a_page_updates_itself_live() {
 
     let search = browser.page("/?search=ST-01").await;
     assert!(search.contains("1–10 of 10"), "{search}");
-    assert!(search.contains("data-live=\"/live?search=ST-01\""), "{search}");
+    assert!(
+        search.contains("data-live=\"/live?search=ST-01\""),
+        "{search}"
+    );
     let looping = browser.page("/services?state=crash_looping").await;
     assert!(looping.contains("1–3 of 3"), "{looping}");
     for host in ["host-003", "host-023", "host-043"] {
@@ -132,7 +135,10 @@ async fn the_overview_pages_and_searches_and_a_page_updates_itself_live() {
     assert_eq!(stream.status(), 200);
     let events = events_within(&mut stream, Duration::from_millis(500)).await;
     let html = &events.first().expect("a first render").data;
-    assert!(html.contains("host-059") && !html.contains("host-000"), "{html}");
+    assert!(
+        html.contains("host-059") && !html.contains("host-000"),
+        "{html}"
+    );
     let mut web = service("web", 7);
     web.generations[0].pid = 4242;
     agents[55]
