@@ -1,6 +1,7 @@
 //! The live picture of the fleet: which agents are connected, what each last
-//! reported, and the channel to send each one a command. Reads for the API
-//! come from here, not from the database, so `GET /services` costs no query.
+//! reported, and the channel to send each one a command. The fleet's list
+//! (`GET /services`, the overview) is read from the database instead, which
+//! every server process shares; this is what this process's links know.
 
 use baton_proto::api::{Host, Service, ServiceOnHost};
 use baton_proto::link::ServerFrame;
@@ -139,8 +140,8 @@ pub struct Fleet {
     reports: Mutex<Vec<PendingReport>>,
     notices: broadcast::Sender<Notice>,
     next_connection: AtomicU64,
-    /// Bumped on every change `GET /services` can show, so a reader can tell
-    /// whether what it rendered before is still the picture.
+    /// Bumped on every change of a host's link or status, so a reader can
+    /// tell whether what it rendered before is still the picture.
     version: AtomicU64,
     /// Signalled on every change a dashboard page can show: the picture
     /// above, stored events, and a restart's progress (`history_changed`).
