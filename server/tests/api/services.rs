@@ -108,7 +108,7 @@ fn fleet_services(index: usize) -> Vec<baton_proto::ServiceStatus> {
         .into_iter()
         .map(|name| service(name, 1))
         .collect();
-    if index % 7 == 0 {
+    if index.is_multiple_of(7) {
         services[2].state = baton_proto::ServiceState::CrashLooping;
     }
     services
