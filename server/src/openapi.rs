@@ -51,11 +51,39 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 /// The document as served.
 pub fn json() -> bytes::Bytes {
     static JSON: LazyLock<bytes::Bytes> = LazyLock::new(|| {
-        serde_json::to_vec(document())
+        let mut document =
+            serde_json::to_value(document()).expect("the OpenAPI document serialises");
+        link_services_to_service(&mut document);
+        serde_json::to_vec(&document)
             .expect("the OpenAPI document serialises")
             .into()
     });
     JSON.clone()
+}
+
+/// Each entry of `GET /services` names a service that `GET /services/{name}`
+/// and its restart take: an OpenAPI link says so, for clients that follow links
+/// (schemathesis). Written into the JSON because utoipa 5 spells a link's
+/// `operationId` as `operation_id`.
+fn link_services_to_service(document: &mut serde_json::Value) {
+    if let Some(ok) = document
+        .pointer_mut("/paths/~1services/get/responses/200")
+        .and_then(|r| r.as_object_mut())
+    {
+        ok.insert(
+            "links".into(),
+            serde_json::json!({
+                "service": {
+                    "operationId": "service",
+                    "parameters": {"name": "$response.body#/services/0/service"}
+                },
+                "restart": {
+                    "operationId": "restart",
+                    "parameters": {"name": "$response.body#/services/0/service"}
+                }
+            }),
+        );
+    }
 }
 
 struct BearerToken;
