@@ -1,7 +1,7 @@
 //! Commands run against the server (`--server URL` or `BATON_SERVER`).
 
 use crate::output::clock;
-use baton_client::{Error, ServerClient};
+use baton_client::{Error, ServerClient, ServiceFilter};
 use baton_proto::api::{HostRestartState, Restart, RestartHost, RestartRequest, RestartState};
 use baton_proto::{ServiceName, exit};
 use std::collections::HashMap;
@@ -259,12 +259,16 @@ fn restart_text(restart: &Restart) -> String {
     out
 }
 
+/// The fleet's services, every page of `GET /services` read in turn: host
+/// then service. `--json` prints them as one `{"services": [...]}`, the
+/// entries as the API gives them.
 pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
-    let list = client.services().await?;
+    let services = client.services(&ServiceFilter::default()).await?;
     if json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
+            serde_json::to_string_pretty(&serde_json::json!({ "services": services }))
+                .unwrap_or_default()
         );
         return Ok(exit::SUCCEEDED);
     }
@@ -281,63 +285,60 @@ pub async fn status(client: &ServerClient, json: bool) -> Result<u8, Error> {
         "CPU",
         "VERSION"
     );
-    for service in &list.services {
-        for host in &service.hosts {
-            let (generation, pid, connections, memory, cpu) = match &host.current {
-                Some(g) => (
-                    g.generation.to_string(),
-                    g.main_pid().to_string(),
-                    g.connections
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "?".into()),
-                    g.memory_bytes
-                        .map_or_else(|| "?".into(), crate::output::memory),
-                    g.cpu_usec
-                        .map_or_else(|| "?".into(), crate::output::cpu_time),
-                ),
-                None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
-            };
-            let draining: Vec<String> = host
-                .draining
-                .iter()
-                .map(|g| {
-                    format!(
-                        "gen {} ({} conns)",
-                        g.generation,
-                        g.connections.unwrap_or(0)
-                    )
-                })
-                .collect();
-            outln!(
-                "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8} {:<16}  {}",
-                service.name,
-                host.host,
-                if host.online { "yes" } else { "no" },
-                host.state.to_string(),
-                generation,
-                pid,
-                connections,
-                memory,
-                cpu,
-                crate::output::version_cell(host.current.as_ref().and_then(|g| g.program.as_ref())),
-                if draining.is_empty() {
-                    "-".to_string()
-                } else {
-                    draining.join(", ")
-                }
-            );
-        }
-    }
-    for service in &list.services {
-        for host in &service.hosts {
-            if let Some(next) = &host.next_start {
-                outln!(
-                    "warning: {} on {}: {}",
-                    service.name,
-                    host.host,
-                    next.warning()
-                );
+    for entry in &services {
+        let host = entry;
+        let (generation, pid, connections, memory, cpu) = match &host.current {
+            Some(g) => (
+                g.generation.to_string(),
+                g.main_pid().to_string(),
+                g.connections
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                g.memory_bytes
+                    .map_or_else(|| "?".into(), crate::output::memory),
+                g.cpu_usec
+                    .map_or_else(|| "?".into(), crate::output::cpu_time),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let draining: Vec<String> = host
+            .draining
+            .iter()
+            .map(|g| {
+                format!(
+                    "gen {} ({} conns)",
+                    g.generation,
+                    g.connections.unwrap_or(0)
+                )
+            })
+            .collect();
+        outln!(
+            "{:<20} {:<16} {:<8} {:<14} {:>5} {:>8} {:>6} {:>9} {:>8} {:<16}  {}",
+            entry.service,
+            host.host,
+            if host.online { "yes" } else { "no" },
+            host.state.to_string(),
+            generation,
+            pid,
+            connections,
+            memory,
+            cpu,
+            crate::output::version_cell(host.current.as_ref().and_then(|g| g.program.as_ref())),
+            if draining.is_empty() {
+                "-".to_string()
+            } else {
+                draining.join(", ")
             }
+        );
+    }
+    for entry in &services {
+        if let Some(next) = &entry.next_start {
+            outln!(
+                "warning: {} on {}: {}",
+                entry.service,
+                entry.host,
+                next.warning()
+            );
         }
     }
     Ok(exit::SUCCEEDED)

@@ -16,7 +16,7 @@ mod server;
 
 pub use agent::AgentClient;
 pub use reqwest::StatusCode;
-pub use server::{LogStream, ServerClient};
+pub use server::{LogStream, ServerClient, ServiceFilter};
 
 use baton_proto::ErrorBody;
 use std::path::PathBuf;

@@ -2,7 +2,10 @@
 
 use crate::{Error, ProtocolError, Result};
 use baton_proto::ServiceName;
-use baton_proto::api::{ApiError, Restart, RestartPage, RestartRequest, Service, ServiceList};
+use baton_proto::api::{
+    ApiError, Restart, RestartPage, RestartRequest, SERVICES_PER_PAGE_MAX, Service, ServiceOnHost,
+    ServicePage,
+};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -10,6 +13,39 @@ use std::time::Duration;
 
 /// How long one request may take unless the caller says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which entries of `GET /services` to list: names match exactly; `search`
+/// matches a host or service name containing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceFilter {
+    pub service: Option<String>,
+    pub host: Option<String>,
+    pub state: Option<baton_proto::ServiceState>,
+    pub search: Option<String>,
+}
+
+impl ServiceFilter {
+    fn path(&self, page: u32, per_page: u32) -> String {
+        let mut query = reqwest::Url::parse("http://server/services").expect("a valid URL");
+        {
+            let mut pairs = query.query_pairs_mut();
+            pairs.append_pair("page", &page.to_string());
+            pairs.append_pair("per_page", &per_page.to_string());
+            let state = self.state.map(|state| state.as_str());
+            for (name, value) in [
+                ("service", self.service.as_deref()),
+                ("host", self.host.as_deref()),
+                ("state", state),
+                ("search", self.search.as_deref()),
+            ] {
+                if let Some(value) = value {
+                    pairs.append_pair(name, value);
+                }
+            }
+        }
+        format!("/services?{}", query.query().unwrap_or_default())
+    }
+}
 
 #[derive(Clone)]
 pub struct ServerClient {
@@ -135,8 +171,35 @@ impl ServerClient {
         Ok(Some((restart, etag)))
     }
 
-    pub async fn services(&self) -> Result<ServiceList> {
-        self.get_json("/services").await
+    /// `GET /services`: page `page` (from 1) of the fleet's services that
+    /// match `filter`, `per_page` entries at most (1 to 500).
+    pub async fn services_page(
+        &self,
+        filter: &ServiceFilter,
+        page: u32,
+        per_page: u32,
+    ) -> Result<ServicePage> {
+        self.get_json(&filter.path(page, per_page)).await
+    }
+
+    /// Every entry of the fleet's list that matches `filter`, page after
+    /// page (500 a page), host then service. Entries that move while the
+    /// pages are read (a host linking or forgotten) may be missed or seen
+    /// twice.
+    pub async fn services(&self, filter: &ServiceFilter) -> Result<Vec<ServiceOnHost>> {
+        let mut all = Vec::new();
+        let mut page = 1;
+        loop {
+            let answer = self
+                .services_page(filter, page, SERVICES_PER_PAGE_MAX)
+                .await?;
+            all.extend(answer.services);
+            match answer.next_page {
+                // Only forward: a server that points back ends the walk.
+                Some(next) if next > page => page = next,
+                _ => return Ok(all),
+            }
+        }
     }
 
     pub async fn service(&self, service: &ServiceName) -> Result<Service> {
@@ -326,12 +389,26 @@ mod tests {
 
     #[tokio::test]
     async fn the_token_goes_with_every_request_and_a_json_answer_is_read() {
-        let (url, request) = server(leak(json_answer("200 OK", r#"{"services":[]}"#))).await;
+        let (url, request) = server(leak(json_answer(
+            "200 OK",
+            r#"{"services":[],"total":0,"page":1,"per_page":500}"#,
+        )))
+        .await;
         let client = ServerClient::new(&url, Some("s3cret".into()), None).unwrap();
-        let list = client.services().await.unwrap();
-        assert!(list.services.is_empty());
+        let filter = ServiceFilter {
+            host: Some("host-a".into()),
+            state: Some(baton_proto::ServiceState::CrashLooping),
+            ..Default::default()
+        };
+        let list = client.services(&filter).await.unwrap();
+        assert!(list.is_empty());
         let request = request.await.unwrap();
-        assert!(request.starts_with("GET /services HTTP/1.1"), "{request}");
+        assert!(
+            request.starts_with(
+                "GET /services?page=1&per_page=500&host=host-a&state=crash_looping HTTP/1.1"
+            ),
+            "{request}"
+        );
         assert!(
             request
                 .to_lowercase()
@@ -348,7 +425,7 @@ mod tests {
         )))
         .await;
         let client = ServerClient::new(&url, Some("revoked".into()), None).unwrap();
-        match client.services().await {
+        match client.services(&ServiceFilter::default()).await {
             Err(Error::TokenRefused { status, message }) => {
                 assert_eq!(status, StatusCode::UNAUTHORIZED);
                 assert_eq!(message, "no live token");
@@ -391,7 +468,10 @@ mod tests {
             server("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                 .await;
         let client = ServerClient::new(&url, None, None).unwrap();
-        let error = client.services().await.unwrap_err();
+        let error = client
+            .services(&ServiceFilter::default())
+            .await
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "the server answered 502 Bad Gateway: Bad Gateway"
@@ -403,7 +483,7 @@ mod tests {
         let (url, _) = server(leak(json_answer("200 OK", r#"{"surprise":true}"#))).await;
         let client = ServerClient::new(&url, None, None).unwrap();
         assert!(matches!(
-            client.services().await,
+            client.services(&ServiceFilter::default()).await,
             Err(Error::Protocol(ProtocolError::ServerUnreadable(_)))
         ));
     }
@@ -415,7 +495,7 @@ mod tests {
             listener.local_addr().unwrap().port()
         };
         let client = ServerClient::new(&format!("http://127.0.0.1:{port}"), None, None).unwrap();
-        match client.services().await {
+        match client.services(&ServiceFilter::default()).await {
             Err(error @ Error::ServerUnreachable { .. }) => {
                 assert!(
                     error.to_string().contains("cannot reach the server"),

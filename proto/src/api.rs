@@ -241,6 +241,8 @@ pub struct Service {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceOnHost {
+    /// The service's name.
+    pub service: String,
     pub host: String,
     /// False when the host's agent is not connected; the rest is what it last reported.
     pub online: bool,
@@ -282,6 +284,7 @@ impl ServiceOnHost {
             .iter()
             .rposition(|g| g.state == GenerationState::Ready);
         let mut on_host = ServiceOnHost {
+            service: status.name.clone(),
             host: host.to_string(),
             online,
             state: status.state,
@@ -309,6 +312,18 @@ impl ServiceOnHost {
         on_host
     }
 
+    /// Offline, blocked, or crash-looping or stopped with nothing left
+    /// draining: someone should look.
+    pub fn needs_attention(&self) -> bool {
+        !self.online
+            || self.blocked.is_some()
+            || (self.draining.is_empty()
+                && matches!(
+                    self.state,
+                    ServiceState::CrashLooping | ServiceState::Stopped
+                ))
+    }
+
     /// Every live generation, oldest first.
     pub fn generations(&self) -> Vec<&GenerationInfo> {
         let mut all: Vec<&GenerationInfo> = self
@@ -323,11 +338,28 @@ impl ServiceOnHost {
     }
 }
 
+/// `GET /services`: one page of the fleet's services, one entry per service
+/// on a host, ordered by host then service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ServiceList {
-    pub services: Vec<Service>,
+pub struct ServicePage {
+    pub services: Vec<ServiceOnHost>,
+    /// Entries that match the filters, on every page together.
+    pub total: u64,
+    /// This page's number, from 1.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub page: u32,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 500))]
+    pub per_page: u32,
+    /// The next page's number; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<u32>,
 }
+
+/// The most entries one page of `GET /services` holds, and the number
+/// when the client does not say.
+pub const SERVICES_PER_PAGE_MAX: u32 = 500;
+pub const SERVICES_PER_PAGE_DEFAULT: u32 = 100;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

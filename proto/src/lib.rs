@@ -274,6 +274,27 @@ pub enum ServiceState {
     Stopped,
 }
 
+impl ServiceState {
+    pub const ALL: [ServiceState; 5] = [
+        ServiceState::Starting,
+        ServiceState::Ready,
+        ServiceState::Restarting,
+        ServiceState::CrashLooping,
+        ServiceState::Stopped,
+    ];
+
+    /// Its name in JSON and in the API's query strings (`crash_looping`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Starting => "starting",
+            ServiceState::Ready => "ready",
+            ServiceState::Restarting => "restarting",
+            ServiceState::CrashLooping => "crash_looping",
+            ServiceState::Stopped => "stopped",
+        }
+    }
+}
+
 impl fmt::Display for ServiceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

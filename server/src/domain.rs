@@ -8,6 +8,34 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
         .map_err(|e| e.to_string().replacen("service", "host", 1))
 }
 
+/// A state by its API name (`crash_looping`).
+pub fn parse_service_state(text: &str) -> Result<baton_proto::ServiceState, String> {
+    use baton_proto::ServiceState;
+    ServiceState::ALL
+        .into_iter()
+        .find(|state| state.as_str() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ServiceState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("must be one of {}", names.join(", "))
+        })
+}
+
+/// What a search of the fleet's list may be: a piece of a name, so only the
+/// characters names have (and nothing LIKE or a URL would read specially
+/// but `_`, which the store escapes).
+pub fn validate_search(text: &str) -> Result<(), String> {
+    if !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("must be 1 to 64 characters of letters, digits, '.', '_' and '-'".into())
+    }
+}
+
 /// Stored in `api_tokens.role` by its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

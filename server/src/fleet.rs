@@ -1,6 +1,7 @@
 //! The live picture of the fleet: which agents are connected, what each last
-//! reported, and the channel to send each one a command. Reads for the API
-//! come from here, not from the database, so `GET /services` costs no query.
+//! reported, and the channel to send each one a command. The fleet's list
+//! (`GET /services`, the overview) is read from the database instead, which
+//! every server process shares; this is what this process's links know.
 
 use baton_proto::api::{Host, Service, ServiceOnHost};
 use baton_proto::link::ServerFrame;

@@ -458,14 +458,15 @@ async fn persist_status(
     online: bool,
     services: &[ServiceStatus],
 ) {
-    if let Err(error) =
-        store::save_host_status(&context.db, host, now_millis(), online, services).await
-    {
-        tracing::warn!(
+    match store::save_host_status(&context.db, host, now_millis(), online, services).await {
+        // Pages read the fleet's list from the database: they look again
+        // once what they would read is there.
+        Ok(()) => context.fleet.history_changed(),
+        Err(error) => tracing::warn!(
             host,
             error = format!("{error:#}"),
             "cannot store the host's status"
-        );
+        ),
     }
 }
 

@@ -9,8 +9,8 @@
 
 use std::sync::LazyLock;
 
-use baton_proto::RestartOutcome;
 use baton_proto::api::Name;
+use baton_proto::{RestartOutcome, ServiceState};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
@@ -51,11 +51,39 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 /// The document as served.
 pub fn json() -> bytes::Bytes {
     static JSON: LazyLock<bytes::Bytes> = LazyLock::new(|| {
-        serde_json::to_vec(document())
+        let mut document =
+            serde_json::to_value(document()).expect("the OpenAPI document serialises");
+        link_services_to_service(&mut document);
+        serde_json::to_vec(&document)
             .expect("the OpenAPI document serialises")
             .into()
     });
     JSON.clone()
+}
+
+/// Each entry of `GET /services` names a service that `GET /services/{name}`
+/// and its restart take: an OpenAPI link says so, for clients that follow links
+/// (schemathesis). Written into the JSON because utoipa 5 spells a link's
+/// `operationId` as `operation_id`.
+fn link_services_to_service(document: &mut serde_json::Value) {
+    if let Some(ok) = document
+        .pointer_mut("/paths/~1services/get/responses/200")
+        .and_then(|r| r.as_object_mut())
+    {
+        ok.insert(
+            "links".into(),
+            serde_json::json!({
+                "service": {
+                    "operationId": "service",
+                    "parameters": {"name": "$response.body#/services/0/service"}
+                },
+                "restart": {
+                    "operationId": "restart",
+                    "parameters": {"name": "$response.body#/services/0/service"}
+                }
+            }),
+        );
+    }
 }
 
 struct BearerToken;
@@ -149,7 +177,7 @@ mod paths {
     use super::*;
     use baton_proto::api::{
         ApiError, GenerationPage, HostList, Restart, RestartPage, RestartRequest, Service,
-        ServiceList,
+        ServicePage,
     };
 
     #[derive(IntoParams)]
@@ -189,6 +217,31 @@ mod paths {
         /// Only items with an id below this: the `next_before` of the previous page.
         #[param(minimum = 0, maximum = 18446744073709551615u64, format = "uint64")]
         before: Option<u64>,
+    }
+
+    /// The page and filters of `GET /services`; a parameter that is
+    /// repeated, empty or breaks its rule is `400`.
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct ServiceListQuery {
+        /// The page, from 1; past the last it is empty.
+        #[param(minimum = 1, maximum = 4294967295u32, format = "uint32", default = 1)]
+        page: Option<u32>,
+        /// Entries per page, 1 to 500; 100 when absent.
+        #[param(minimum = 1, maximum = 500, format = "uint32", default = 100)]
+        per_page: Option<u32>,
+        /// Only this service.
+        #[param(value_type = Option<Name>)]
+        service: Option<String>,
+        /// Only this host.
+        #[param(value_type = Option<Name>)]
+        host: Option<String>,
+        /// Only services in this state on their host.
+        #[param(value_type = Option<ServiceState>)]
+        state: Option<String>,
+        /// Only entries whose host or service name contains this, ignoring case.
+        #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
+        search: Option<String>,
     }
 
     /// The filters of `GET /restarts`; a value that breaks its rule is `422`.
@@ -271,25 +324,33 @@ mod paths {
     )]
     pub fn openapi_json() {}
 
-    /// Every service on every host, as last reported (offline hosts
-    /// included, with `online: false`).
+    /// The fleet's services: one entry per service on a host, as its agent
+    /// last reported it (offline hosts included, with `online: false`),
+    /// ordered by host then service, a page at a time.
     ///
-    /// Gzipped for a client that sends `Accept-Encoding: gzip`. Every answer
-    /// carries an ETag that changes with the fleet; a request whose
-    /// `If-None-Match` holds it gets `304` and no body.
+    /// `total` counts the entries that match on every page together;
+    /// `next_page` (and the `Link` header) name the next page. Each page
+    /// carries an ETag of its content: a request whose `If-None-Match`
+    /// holds it gets `304` and no body. Gzipped for a client that sends
+    /// `Accept-Encoding: gzip`.
     #[utoipa::path(
         tag = "services",
         get,
         path = "/services",
         params(
+            ServiceListQuery,
             ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETags of versions the client has, or `*`."),
             ("Accept-Encoding" = Option<String>, Header, nullable = false, description = "`gzip` for a gzipped answer."),
         ),
         responses(
-            (status = 200, description = "Services by name.", body = ServiceList,
-                headers(("ETag" = String, description = "The version of the list."))),
+            (status = 200, description = "A page of the fleet's services.", body = ServicePage,
+                headers(
+                    ("ETag" = String, description = "The version of this page."),
+                    ("Link" = Option<String>, description = "`</services?page=N&...>; rel=\"next\"` when there is a next page."),
+                )),
             (status = 304, description = "Unchanged since the ETag sent in If-None-Match.",
-                headers(("ETag" = String, description = "The version of the list."))),
+                headers(("ETag" = String, description = "The version of this page."))),
+            (status = 400, description = "A parameter that is repeated, empty or breaks its rule; the error names it.", body = ApiError),
             (status = 403, description = "The token's role may not read (agent tokens).", body = ApiError),
         ),
         security(("bearer" = []))
@@ -516,7 +577,7 @@ mod tests {
     use baton_proto::api::{
         ApiError, GenerationPage, GenerationPhase, GenerationRecord, Host, HostList,
         HostRestartState, Restart, RestartHost, RestartPage, RestartRequest, RestartState, Service,
-        ServiceList, ServiceOnHost,
+        ServiceOnHost, ServicePage,
     };
     use baton_proto::{
         Event, EventKind, GenerationInfo, GenerationState, ServiceState, ServiceStatus, UsageSource,
@@ -834,9 +895,13 @@ mod tests {
         assert_valid("GenerationInfo", on_host.current.as_ref().unwrap());
         assert_valid("Service", &service);
         assert_valid(
-            "ServiceList",
-            &ServiceList {
-                services: vec![service],
+            "ServicePage",
+            &ServicePage {
+                services: service.hosts.clone(),
+                total: 3,
+                page: 1,
+                per_page: 2,
+                next_page: Some(2),
             },
         );
     }

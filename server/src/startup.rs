@@ -20,7 +20,6 @@ use crate::orchestrator::Orchestrator;
 use crate::replicas::{Replica, ReplicaId, Router};
 use crate::restarts::Restarts;
 use crate::routes;
-use crate::routes::services::get::ServicesDocuments;
 use crate::settings::Settings;
 use crate::store;
 use crate::write_probe::WriteProbe;
@@ -40,6 +39,13 @@ impl Application {
     /// runtime, which is where restarts are driven.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let db = store::open(&settings.database).await?;
+        let backfilled = store::backfill_fleet_services(&db).await?;
+        if backfilled > 0 {
+            tracing::info!(
+                hosts = backfilled,
+                "listed the services of hosts stored before the fleet table"
+            );
+        }
         // Every host starts offline here; the replica's first look of the
         // database brings the ones other live replicas hold online.
         let fleet = Arc::new(Fleet::new(store::load_hosts(&db).await?));
@@ -86,7 +92,6 @@ impl Application {
         let connection_limits = limits.get_ref().clone();
         let request_timeout = settings.timeouts.request_timeout;
         let body_limit = settings.body_limit;
-        let documents = web::Data::new(ServicesDocuments::default());
         let write_probe = web::Data::new(WriteProbe::default());
         let replica_id = web::Data::new(ReplicaId(replica.id().into()));
         let fleet = web::Data::from(fleet);
@@ -127,7 +132,6 @@ impl Application {
                 .app_data(sessions.clone())
                 .app_data(restarts.clone())
                 .app_data(metrics.clone())
-                .app_data(documents.clone())
                 .app_data(write_probe.clone())
                 .app_data(replica_id.clone())
                 .app_data(settings.clone())

@@ -156,13 +156,7 @@ pub fn host_restart_badge(state: HostRestartState, outcome: Option<RestartOutcom
 /// Whether a service on a host wants a person to look: the badges
 /// offline, crash-looping and stopped.
 pub fn needs_attention(on_host: &ServiceOnHost) -> bool {
-    !on_host.online
-        || on_host.blocked.is_some()
-        || (on_host.draining.is_empty()
-            && matches!(
-                on_host.state,
-                ServiceState::CrashLooping | ServiceState::Stopped
-            ))
+    on_host.needs_attention()
 }
 
 /// The five states the overview shows for a service on a host.

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::auth::TokenCache;
-use crate::dashboard::pages::{overview_live, restart_detail, service_live};
+use crate::dashboard::pages::{OverviewQuery, overview_live, restart_detail, service_live};
 use crate::dashboard::session::{SessionKey, Sessions, StreamPermit};
 use crate::dashboard::views::{RestartLiveFragment, ServiceLiveFragment};
 use crate::domain::ServiceName;
@@ -315,10 +315,11 @@ pub async fn restart(
     })
 }
 
-/// `GET /live`: the overview, re-rendered whenever the fleet or the
-/// history changes.
+/// `GET /live?page=&search=&state=`: the overview with that page of the
+/// fleet's list, re-rendered whenever the fleet or the history changes.
 pub async fn overview(
     request: HttpRequest,
+    query: web::Query<OverviewQuery>,
     sessions: web::Data<Sessions>,
     tokens: web::Data<TokenCache>,
     db: web::Data<Db>,
@@ -329,10 +330,11 @@ pub async fn overview(
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };
+    let list = std::sync::Arc::new(query.read());
     event_stream(watcher, move || {
-        let (db, fleet) = (db.clone(), fleet.clone());
+        let (db, list) = (db.clone(), list.clone());
         async move {
-            match overview_live(&db, &fleet).await {
+            match overview_live(&db, &list).await {
                 Ok(fragment) => match fragment.render() {
                     Ok(html) => Frame::Html {
                         html,

@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use baton_proto::RestartOutcome;
-use baton_proto::api::RestartState;
+use baton_proto::api::{RestartState, ServiceOnHost};
 
 use percent_encoding::utf8_percent_encode;
 
@@ -15,18 +15,22 @@ use crate::dashboard::session::{Session, Sessions};
 use crate::dashboard::signed_in::SignedIn;
 use crate::dashboard::timeline;
 use crate::dashboard::views::{
-    Choice, ConfirmPage, GenerationLine, HostLine, Layout, LoginPage, OverviewLiveFragment,
-    RestartDetail, RestartLine, RestartPage, RestartsPage, ServiceLine, ServiceLive, ServicePage,
-    Summary,
+    Choice, ConfirmPage, FleetLine, FleetSearch, GenerationLine, HostLine, Layout, LoginPage,
+    OverviewLiveFragment, Pager, RestartDetail, RestartLine, RestartPage, RestartsPage,
+    ServiceLive, ServicePage, Summary,
 };
-use crate::domain::{Role, ServiceName, now_millis, validate_host_name};
+use crate::domain::{
+    Role, ServiceName, now_millis, parse_service_state, validate_host_name, validate_search,
+};
 use crate::fleet::Fleet;
 use crate::restarts::{MAX_REASON_CHARS, RestartOrder, Restarts, StartError};
 use crate::settings::Settings;
-use crate::store::{self, Db, RestartFilter};
+use crate::store::{self, Db, FleetFilter, RestartFilter};
 
 const RECENT_RESTARTS: u32 = 12;
 const HISTORY_PAGE: u32 = 50;
+/// Services on hosts the overview lists per page.
+const OVERVIEW_PAGE: u32 = 50;
 /// Enough generations for the timeline's last restarts on a few hosts.
 const TIMELINE_GENERATIONS: u32 = 60;
 /// Generations listed with what they ran under the timeline, newest first.
@@ -131,11 +135,120 @@ pub async fn logout(
     Ok(response)
 }
 
-/// Everything the overview shows, as its live stream re-renders it.
-pub async fn overview_live(db: &Db, fleet: &Fleet) -> anyhow::Result<OverviewLiveFragment> {
+/// The overview's list: its page and filters, from the address. Empty
+/// fields of the search form mean no filter.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct OverviewQuery {
+    page: Option<String>,
+    search: Option<String>,
+    state: Option<String>,
+}
+
+/// [`OverviewQuery`] read: the filter, the page, and what was wrong with it.
+pub struct OverviewRequest {
+    filter: FleetFilter,
+    page: u32,
+    search: String,
+    state: String,
+    error: Option<String>,
+}
+
+impl OverviewQuery {
+    pub fn read(&self) -> OverviewRequest {
+        let search = self
+            .search
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let state = self.state.as_deref().unwrap_or_default().trim().to_string();
+        let mut request = OverviewRequest {
+            filter: FleetFilter::default(),
+            page: 1,
+            search,
+            state,
+            error: None,
+        };
+        if let Some(page) = self.page.as_deref().filter(|p| !p.is_empty()) {
+            match page.parse::<u32>() {
+                Ok(n) if n >= 1 => request.page = n,
+                _ => request.error = Some("The page must be a whole number from 1.".into()),
+            }
+        }
+        if !request.search.is_empty() {
+            match validate_search(&request.search) {
+                Ok(()) => request.filter.search = Some(request.search.clone()),
+                Err(e) => request.error = Some(format!("The search {e}.")),
+            }
+        }
+        if !request.state.is_empty() {
+            match parse_service_state(&request.state) {
+                Ok(state) => request.filter.state = Some(state),
+                Err(e) => request.error = Some(format!("The state {e}.")),
+            }
+        }
+        request
+    }
+}
+
+impl OverviewRequest {
+    /// The query string of page `page` of this list (`?` included; empty
+    /// for the first page unfiltered).
+    fn query_of_page(&self, page: u32) -> String {
+        let mut params = Vec::new();
+        if let Some(search) = &self.filter.search {
+            params.push(format!(
+                "search={}",
+                utf8_percent_encode(search, QUERY_VALUE)
+            ));
+        }
+        if let Some(state) = self.filter.state {
+            params.push(format!("state={}", store::state_name(state)));
+        }
+        if page > 1 {
+            params.push(format!("page={page}"));
+        }
+        if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", params.join("&"))
+        }
+    }
+
+    fn filtered(&self) -> bool {
+        self.filter != FleetFilter::default()
+    }
+
+    pub fn search_form(&self) -> FleetSearch {
+        FleetSearch {
+            search: self.search.clone(),
+            states: baton_proto::ServiceState::ALL
+                .iter()
+                .map(|state| Choice {
+                    value: state.as_str(),
+                    label: match state {
+                        baton_proto::ServiceState::CrashLooping => "crash-looping",
+                        other => other.as_str(),
+                    },
+                    selected: state.as_str() == self.state,
+                })
+                .collect(),
+            filtered: self.filtered() || self.error.is_some(),
+            error: self.error.clone(),
+            live_url: format!("/live{}", self.query_of_page(self.page)),
+        }
+    }
+}
+
+/// Everything the overview shows, as its live stream re-renders it: the
+/// fleet's numbers, the recent restarts, and one page of the fleet's list
+/// from the database (every replica shows every host).
+pub async fn overview_live(
+    db: &Db,
+    request: &OverviewRequest,
+) -> anyhow::Result<OverviewLiveFragment> {
     let now = now_millis();
-    let services = fleet.services();
-    let hosts = fleet.hosts();
+    let counts = store::fleet_counts(db).await?;
     let recent = store::list_restarts(
         db,
         &RestartFilter {
@@ -144,31 +257,50 @@ pub async fn overview_live(db: &Db, fleet: &Fleet) -> anyhow::Result<OverviewLiv
         },
     )
     .await?;
-    let mut lines = Vec::with_capacity(services.len());
-    for service in &services {
-        lines.push(ServiceLine {
-            name: service.name.clone(),
-            hosts: host_lines(db, service, now).await?,
+    let (rows, total) = if request.error.is_some() {
+        (Vec::new(), 0)
+    } else {
+        let offset = u64::from(request.page - 1) * u64::from(OVERVIEW_PAGE);
+        let page = store::list_fleet_services(db, &request.filter, offset, OVERVIEW_PAGE).await?;
+        (page.services, page.total)
+    };
+    let mut services = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let on_host = ServiceOnHost::from_status(&row.host, row.online, &row.status);
+        services.push(FleetLine {
+            service: row.status.name.clone(),
+            host: host_line(db, &row.status.name, &on_host, now).await?,
         });
     }
-    let summary = Summary {
-        services: services.len(),
-        hosts_online: hosts.iter().filter(|h| h.online).count(),
-        hosts: hosts.len(),
-        draining: lines
-            .iter()
-            .flat_map(|s| &s.hosts)
-            .map(|h| h.draining.len())
-            .sum(),
-        attention: lines
-            .iter()
-            .flat_map(|s| &s.hosts)
-            .filter(|h| h.needs_attention)
-            .count(),
+    let first = u64::from(request.page - 1) * u64::from(OVERVIEW_PAGE);
+    let last = first + services.len() as u64;
+    let pager = Pager {
+        shown: if services.is_empty() {
+            format!("none of {total}")
+        } else {
+            format!("{}–{last} of {total}", first + 1)
+        },
+        first: (request.page > 2).then(|| format!("/{}", request.query_of_page(1))),
+        previous: (request.page > 1).then(|| {
+            // Past the end, back to the last page that has entries.
+            let last_page = total.div_ceil(u64::from(OVERVIEW_PAGE)).max(1);
+            let previous = u64::from(request.page - 1).min(last_page);
+            format!("/{}", request.query_of_page(previous as u32))
+        }),
+        next: (last < total && !services.is_empty())
+            .then(|| format!("/{}", request.query_of_page(request.page + 1))),
     };
     Ok(OverviewLiveFragment {
-        summary,
-        services: lines,
+        summary: Summary {
+            services: counts.services,
+            hosts_online: counts.hosts_online,
+            hosts: counts.hosts,
+            draining: counts.draining,
+            attention: counts.attention,
+        },
+        services,
+        pager,
+        filtered: request.filtered(),
         restarts: recent
             .restarts
             .iter()
@@ -179,11 +311,41 @@ pub async fn overview_live(db: &Db, fleet: &Fleet) -> anyhow::Result<OverviewLiv
 
 pub async fn overview(
     SignedIn(session): SignedIn,
+    query: web::Query<OverviewQuery>,
     db: web::Data<Db>,
-    fleet: web::Data<Fleet>,
 ) -> Result<HttpResponse, PageError> {
-    let live = overview_live(&db, &fleet).await?;
-    page(&live.into_page(Layout::for_session(&session, "overview")))
+    let request = query.read();
+    let live = overview_live(&db, &request).await?;
+    let status = if request.error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    page_with_status(
+        status,
+        &live.into_page(
+            Layout::for_session(&session, "overview"),
+            request.search_form(),
+        ),
+    )
+}
+
+/// One service on one host as the pages list it; a crash-looping one also
+/// says how its last generation ended and when the agent starts the next,
+/// which only the stored events know.
+async fn host_line(
+    db: &Db,
+    service: &str,
+    on_host: &ServiceOnHost,
+    now: baton_proto::UnixMillis,
+) -> anyhow::Result<HostLine> {
+    let mut line = HostLine::new(on_host, now);
+    if on_host.state == baton_proto::ServiceState::CrashLooping
+        && let Some(crash) = store::last_crash(db, &on_host.host, service).await?
+    {
+        line = line.with_last_crash(&crash, now);
+    }
+    Ok(line)
 }
 
 /// A service's hosts as the pages list them; a crash-looping one also says
@@ -196,13 +358,7 @@ async fn host_lines(
 ) -> anyhow::Result<Vec<HostLine>> {
     let mut lines = Vec::with_capacity(service.hosts.len());
     for on_host in &service.hosts {
-        let mut line = HostLine::new(on_host, now);
-        if on_host.state == baton_proto::ServiceState::CrashLooping
-            && let Some(crash) = store::last_crash(db, &on_host.host, &service.name).await?
-        {
-            line = line.with_last_crash(&crash, now);
-        }
-        lines.push(line);
+        lines.push(host_line(db, &service.name, on_host, now).await?);
     }
     Ok(lines)
 }

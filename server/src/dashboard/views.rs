@@ -300,24 +300,6 @@ impl GenerationLine {
     }
 }
 
-pub struct ServiceLine {
-    pub name: String,
-    pub hosts: Vec<HostLine>,
-}
-
-impl ServiceLine {
-    pub fn new(service: &Service, now: UnixMillis) -> ServiceLine {
-        ServiceLine {
-            name: service.name.clone(),
-            hosts: service
-                .hosts
-                .iter()
-                .map(|h| HostLine::new(h, now))
-                .collect(),
-        }
-    }
-}
-
 /// One restart in a list.
 pub struct RestartLine {
     pub id: u64,
@@ -874,37 +856,71 @@ pub struct LoginPage {
 }
 
 pub struct Summary {
-    pub services: usize,
-    pub hosts_online: usize,
-    pub hosts: usize,
-    pub draining: usize,
-    pub attention: usize,
+    pub services: u64,
+    pub hosts_online: u64,
+    pub hosts: u64,
+    pub draining: u64,
+    pub attention: u64,
+}
+
+/// One service on one host in the overview's list.
+pub struct FleetLine {
+    pub service: String,
+    pub host: HostLine,
+}
+
+/// Where the overview's list is, and the links to its neighbours.
+pub struct Pager {
+    /// `1–50 of 10000`.
+    pub shown: String,
+    pub first: Option<String>,
+    pub previous: Option<String>,
+    pub next: Option<String>,
+}
+
+/// The overview's search: what the form shows again.
+pub struct FleetSearch {
+    pub search: String,
+    pub states: Vec<Choice>,
+    pub filtered: bool,
+    pub error: Option<String>,
+    /// The live stream of this very page of the list.
+    pub live_url: String,
 }
 
 #[derive(Template)]
 #[template(path = "overview.html")]
 pub struct OverviewPage {
     pub layout: Layout,
+    pub search: FleetSearch,
     pub summary: Summary,
-    pub services: Vec<ServiceLine>,
+    pub services: Vec<FleetLine>,
+    pub pager: Pager,
+    pub filtered: bool,
     pub restarts: Vec<RestartLine>,
 }
 
-/// The overview but its frame: what the live stream replaces.
+/// The overview but its frame and search form: what the live stream replaces.
 #[derive(Template)]
 #[template(path = "overview_live.html")]
 pub struct OverviewLiveFragment {
     pub summary: Summary,
-    pub services: Vec<ServiceLine>,
+    pub services: Vec<FleetLine>,
+    pub pager: Pager,
+    /// The list is filtered: an empty one says so.
+    pub filtered: bool,
     pub restarts: Vec<RestartLine>,
 }
 
 impl OverviewLiveFragment {
-    pub fn into_page(self, layout: Layout) -> OverviewPage {
+    pub fn into_page(self, layout: Layout, search: FleetSearch) -> OverviewPage {
         OverviewPage {
             layout,
+            search,
             summary: self.summary,
             services: self.services,
+            pager: self.pager,
+            filtered: self.filtered,
             restarts: self.restarts,
         }
     }

@@ -13,6 +13,7 @@ use super::db::{Backend, Db, Flag, SqlBuilder};
 pub const TABLES: &[&str] = &[
     "api_tokens",
     "hosts",
+    "fleet_services",
     "events",
     "event_gaps",
     "generations",

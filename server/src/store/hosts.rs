@@ -2,6 +2,7 @@ use anyhow::Context;
 use baton_proto::ServiceStatus;
 
 use super::db::{Db, Flag, to_i64};
+use super::fleet_services::replace_host_services;
 
 /// A host as the last run of the server left it.
 #[derive(Debug)]
@@ -69,6 +70,7 @@ pub async fn upsert_host(
     now: u64,
     services: &[ServiceStatus],
 ) -> anyhow::Result<()> {
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "INSERT INTO hosts (name, agent_version, boot_id, first_seen, last_seen, online, services)
          VALUES ($1, $2, $3, $4, $4, TRUE, $5)
@@ -84,9 +86,11 @@ pub async fn upsert_host(
     .bind(boot_id)
     .bind(to_i64(now))
     .bind(serde_json::to_string(services)?)
-    .execute(&db.writes)
+    .execute(&mut *tx)
     .await
     .context("failed to store the host")?;
+    replace_host_services(&mut tx, name, services).await?;
+    tx.commit().await.context("failed to commit the host")?;
     Ok(())
 }
 
@@ -97,14 +101,24 @@ pub async fn save_host_status(
     online: bool,
     services: &[ServiceStatus],
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE hosts SET last_seen = $2, online = $3, services = $4 WHERE name = $1")
-        .bind(name)
-        .bind(to_i64(now))
-        .bind(online)
-        .bind(serde_json::to_string(services)?)
-        .execute(&db.writes)
+    let mut tx = db.begin_write().await?;
+    let updated =
+        sqlx::query("UPDATE hosts SET last_seen = $2, online = $3, services = $4 WHERE name = $1")
+            .bind(name)
+            .bind(to_i64(now))
+            .bind(online)
+            .bind(serde_json::to_string(services)?)
+            .execute(&mut *tx)
+            .await
+            .context("failed to store the host's status")?
+            .rows_affected();
+    // A host forgotten meanwhile has no row for its services to refer to.
+    if updated > 0 {
+        replace_host_services(&mut tx, name, services).await?;
+    }
+    tx.commit()
         .await
-        .context("failed to store the host's status")?;
+        .context("failed to commit the host's status")?;
     Ok(())
 }
 
@@ -117,8 +131,9 @@ pub enum HostForgotten {
     Unknown,
 }
 
-/// Deletes a host that is offline. Its events, generations and restarts
-/// stay: they are history, pruned with the rest of it.
+/// Deletes a host that is offline, and its rows in `fleet_services` with it
+/// (`ON DELETE CASCADE`). Its events, generations and restarts stay: they
+/// are history, pruned with the rest of it.
 pub async fn forget_host(db: &Db, name: &str) -> anyhow::Result<HostForgotten> {
     let deleted = sqlx::query("DELETE FROM hosts WHERE name = $1 AND online = FALSE")
         .bind(name)

@@ -12,6 +12,7 @@
 mod copy;
 mod db;
 mod events;
+mod fleet_services;
 mod generations;
 mod hosts;
 mod replicas;
@@ -34,6 +35,10 @@ pub use events::{
     EventGap, LastCrash, find_drain_finished, find_restart_finished, find_restart_started_after,
     forget_events_after, last_crash, max_seq, prune_event_gaps, prune_events, store_events,
     store_events_by,
+};
+pub use fleet_services::{
+    FleetCounts, FleetFilter, FleetPage, FleetServiceRow, backfill_fleet_services, fleet_counts,
+    list_fleet_services, state_name,
 };
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{

@@ -262,7 +262,7 @@ async fn a_forged_service_name_is_refused_and_the_link_closed() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| s["name"].as_str().unwrap())
+            .map(|s| s["service"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["web"], "{forged:?}");
     }

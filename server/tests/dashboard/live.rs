@@ -87,3 +87,68 @@ async fn line_breaks_in_a_status_text_do_not_inject_an_event_into_the_live_strea
         events[0].data
     );
 }
+
+#[tokio::test]
+async fn the_overview_pages_and_searches_and_a_page_updates_itself_live() {
+    let app = spawn_app().await;
+    let mut agents = Vec::new();
+    for index in 0..60 {
+        let mut web = service("web", 1);
+        if index % 20 == 3 {
+            web.state = baton_proto::ServiceState::CrashLooping;
+        }
+        let host = format!("host-{index:03}");
+        agents.push(FakeAgent::connect(&app, &host, "boot-1", vec![web]).await);
+    }
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.viewer).await;
+
+    let first = browser.page("/").await;
+    assert!(first.contains("1–50 of 60"), "{first}");
+    assert!(first.contains("host-049") && !first.contains("host-050"));
+    assert!(first.contains("href=\"/?page=2\" rel=\"next\""), "{first}");
+    let second = browser.page("/?page=2").await;
+    assert!(second.contains("51–60 of 60"), "{second}");
+    assert!(second.contains("host-059") && !second.contains("host-000"));
+    assert!(second.contains("rel=\"prev\"") && !second.contains("rel=\"next\""));
+    // The counts are the whole fleet's, whatever the page.
+    assert!(second.contains("<span class=\"stat\">60/60</span> hosts online"));
+
+    let search = browser.page("/?search=ST-01").await;
+    assert!(search.contains("1–10 of 10"), "{search}");
+    assert!(
+        search.contains("data-live=\"/live?search=ST-01\""),
+        "{search}"
+    );
+    let looping = browser.page("/services?state=crash_looping").await;
+    assert!(looping.contains("1–3 of 3"), "{looping}");
+    for host in ["host-003", "host-023", "host-043"] {
+        assert!(looping.contains(host), "{host}: {looping}");
+    }
+    let nothing = browser.page("/?search=nope").await;
+    assert!(nothing.contains("No service on any host matches this search."));
+    let refused = browser.get("/?search=a%25b&state=dozing").await;
+    assert_eq!(refused.status(), 422);
+
+    // The live stream of page 2 shows page 2, and what changes on it.
+    let mut stream = browser.get("/live?page=2").await;
+    assert_eq!(stream.status(), 200);
+    let events = events_within(&mut stream, Duration::from_millis(500)).await;
+    let html = &events.first().expect("a first render").data;
+    assert!(
+        html.contains("host-059") && !html.contains("host-000"),
+        "{html}"
+    );
+    let mut web = service("web", 7);
+    web.generations[0].pid = 4242;
+    agents[55]
+        .send(&AgentFrame::Status {
+            services: vec![web],
+        })
+        .await;
+    let events = events_within(&mut stream, Duration::from_secs(2)).await;
+    assert!(
+        events.iter().any(|e| e.data.contains("4242")),
+        "page 2 did not show host-055's new generation: {events:?}"
+    );
+}

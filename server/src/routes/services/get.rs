@@ -3,129 +3,205 @@ use actix_web::http::header::{
     Quality,
 };
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use baton_proto::api::{
+    SERVICES_PER_PAGE_DEFAULT, SERVICES_PER_PAGE_MAX, ServiceOnHost, ServicePage,
+};
 use bytes::Bytes;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::auth::Reader;
-use crate::domain::ServiceName;
+use crate::domain::{ServiceName, parse_service_state, validate_host_name, validate_search};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::routes::request::page_limit;
-use crate::store::{self, Db};
+use crate::store::{self, Db, FleetFilter};
 
-/// `GET /services` rendered once per fleet change: the JSON, its gzip made on
-/// first demand, and the tags that name this version.
-pub struct ServicesDocument {
-    version: u64,
-    etag: EntityTag,
-    /// The tag of the gzipped bytes, another representation.
-    gzip_etag: EntityTag,
-    json: Bytes,
-    gzip: OnceLock<Bytes>,
+/// What `GET /services` was asked for, each parameter checked on its own so
+/// that a refusal names it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ListQuery {
+    pub page: u32,
+    pub per_page: u32,
+    pub filter: FleetFilter,
 }
 
-impl ServicesDocument {
-    /// The JSON compressed once for every client that accepts gzip. A fast
-    /// level: the list repeats the same keys, so it still shrinks about
-    /// tenfold, and a change must not stall the next reader for long.
-    fn gzip(&self) -> Bytes {
-        self.gzip
-            .get_or_init(|| {
-                use std::io::Write as _;
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.json.len() / 8),
-                    flate2::Compression::new(3),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = encoder.write_all(&self.json);
-                Bytes::from(encoder.finish().unwrap_or_default())
-            })
-            .clone()
-    }
-}
-
-/// The last rendered [`ServicesDocument`], shared by every worker.
-pub struct ServicesDocuments {
-    last: Mutex<Option<Arc<ServicesDocument>>>,
-    /// Makes ETags of this run differ from those of an earlier one, whose
-    /// fleet versions started at 1 too.
-    etag_prefix: String,
-}
-
-impl Default for ServicesDocuments {
-    fn default() -> Self {
-        ServicesDocuments {
-            last: Mutex::new(None),
-            etag_prefix: format!("{:08x}", rand::random::<u32>()),
-        }
-    }
-}
-
-impl ServicesDocuments {
-    /// The fleet's services, rendered at most once per change.
-    fn current(&self, fleet: &Fleet) -> Arc<ServicesDocument> {
-        let version = fleet.version();
-        if let Some(doc) = &*self.last.lock().expect("services document lock")
-            && doc.version == version
-        {
-            return doc.clone();
-        }
-        let list = baton_proto::api::ServiceList {
-            services: fleet.services(),
+impl ListQuery {
+    /// Reads the query string: a repeated, empty or invalid parameter is an
+    /// error naming it; parameters it does not know are ignored, as on
+    /// every other path.
+    pub fn parse(query: &str) -> Result<ListQuery, ApiError> {
+        let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+            .map_err(|e| ApiError::BadRequest(format!("the query does not parse: {e}")))?
+            .into_inner();
+        let mut seen = std::collections::HashSet::new();
+        let mut parsed = ListQuery {
+            page: 1,
+            per_page: SERVICES_PER_PAGE_DEFAULT,
+            filter: FleetFilter::default(),
         };
-        let doc = Arc::new(ServicesDocument {
-            version,
-            etag: EntityTag::new_strong(format!("{}-{version}", self.etag_prefix)),
-            gzip_etag: EntityTag::new_strong(format!("{}-{version}-gzip", self.etag_prefix)),
-            json: Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
-            gzip: OnceLock::new(),
-        });
-        let mut last = self.last.lock().expect("services document lock");
-        // A slower reader that rendered an older version must not replace a newer one.
-        if last.as_ref().is_none_or(|l| l.version < version) {
-            *last = Some(doc.clone());
+        for (name, value) in &pairs {
+            let known = matches!(
+                name.as_str(),
+                "page" | "per_page" | "service" | "host" | "state" | "search"
+            );
+            if known && !seen.insert(name.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} is given more than once"
+                )));
+            }
+            let bad = |rule: &str| ApiError::BadRequest(format!("{name} {rule}"));
+            match name.as_str() {
+                "page" => {
+                    parsed.page = value
+                        .parse()
+                        .ok()
+                        .filter(|&n| n >= 1)
+                        .ok_or_else(|| bad("must be a whole number from 1 to 4294967295"))?;
+                }
+                "per_page" => {
+                    parsed.per_page = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=SERVICES_PER_PAGE_MAX).contains(n))
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "must be a whole number from 1 to {SERVICES_PER_PAGE_MAX}"
+                            ))
+                        })?;
+                }
+                "service" => {
+                    let service = ServiceName::parse(value)
+                        .map_err(|e| ApiError::BadRequest(format!("service: {e}")))?;
+                    parsed.filter.service = Some(service.as_str().to_string());
+                }
+                "host" => {
+                    validate_host_name(value)
+                        .map_err(|e| ApiError::BadRequest(format!("host: {e}")))?;
+                    parsed.filter.host = Some(value.clone());
+                }
+                "state" => {
+                    parsed.filter.state = Some(parse_service_state(value).map_err(|e| bad(&e))?);
+                }
+                "search" => {
+                    validate_search(value).map_err(|e| bad(&e))?;
+                    parsed.filter.search = Some(value.clone());
+                }
+                _ => {}
+            }
         }
-        doc
+        Ok(parsed)
+    }
+
+    /// The query string of page `page` with the same filters.
+    pub fn url_of_page(&self, page: u32) -> String {
+        let mut url = format!("/services?page={page}&per_page={}", self.per_page);
+        let filter = &self.filter;
+        for (name, value) in [
+            ("service", filter.service.as_deref()),
+            ("host", filter.host.as_deref()),
+            ("state", filter.state.map(store::state_name)),
+            ("search", filter.search.as_deref()),
+        ] {
+            // Every accepted value is made of URL-safe characters.
+            if let Some(value) = value {
+                url.push_str(&format!("&{name}={value}"));
+            }
+        }
+        url
     }
 }
 
-/// The list is polled by dashboards and deploy scripts and is large with a
-/// big fleet, so it is rendered once per change, gzipped once for the clients
-/// that accept it, and answered with `304` to a client that has this version.
+/// One page of the fleet's services, as the database has them, with the
+/// number of the next page when there is one.
+pub async fn read_page(db: &Db, query: &ListQuery) -> anyhow::Result<ServicePage> {
+    let offset = u64::from(query.page - 1) * u64::from(query.per_page);
+    let page = store::list_fleet_services(db, &query.filter, offset, query.per_page).await?;
+    let shown = offset + page.services.len() as u64;
+    Ok(ServicePage {
+        next_page: (shown < page.total && !page.services.is_empty())
+            .then(|| query.page.checked_add(1))
+            .flatten(),
+        total: page.total,
+        page: query.page,
+        per_page: query.per_page,
+        services: page
+            .services
+            .into_iter()
+            .map(|row| ServiceOnHost::from_status(&row.host, row.online, &row.status))
+            .collect(),
+    })
+}
+
+/// `GET /services`: a page of the fleet's services from the database (so
+/// every replica answers the whole fleet, not only the hosts linked to it),
+/// host then service, filtered by service, host, state or a search. The
+/// next page is in the body (`next_page`) and in a `Link` header. Each page
+/// has an `ETag` of its bytes for `304`s, and is gzipped for a client that
+/// accepts it.
 pub async fn list(
     _reader: Reader,
     request: HttpRequest,
-    fleet: web::Data<Fleet>,
-    documents: web::Data<ServicesDocuments>,
-) -> HttpResponse {
-    let doc = documents.current(&fleet);
+    db: web::Data<Db>,
+) -> Result<HttpResponse, ApiError> {
+    let query = ListQuery::parse(request.query_string())?;
+    let page = read_page(&db, &query).await?;
+    let json = serde_json::to_vec(&page).map_err(|e| ApiError::Unexpected(e.into()))?;
+    let tag = entity_tag(&json);
+    let etag = EntityTag::new_strong(tag.clone());
+    let gzip_etag = EntityTag::new_strong(format!("{tag}-gzip"));
     let gzip = accepts_gzip(request.get_header::<AcceptEncoding>().as_ref());
     // The two encodings are two representations, so two tags; a client
     // holding either has this version.
-    let etag = if gzip { &doc.gzip_etag } else { &doc.etag };
     let if_none_match = request.get_header::<IfNoneMatch>();
-    let not_modified = has_etag(if_none_match.as_ref(), &doc.etag)
-        || has_etag(if_none_match.as_ref(), &doc.gzip_etag);
+    let not_modified =
+        has_etag(if_none_match.as_ref(), &etag) || has_etag(if_none_match.as_ref(), &gzip_etag);
     let mut response = if not_modified {
         HttpResponse::NotModified()
     } else {
         HttpResponse::Ok()
     };
     response
-        .insert_header(ETag(etag.clone()))
+        .insert_header(ETag(if gzip { gzip_etag } else { etag }))
         .insert_header((header::VARY, "Accept, Accept-Encoding"))
         .insert_header((header::CACHE_CONTROL, "no-cache"));
+    if let Some(next) = page.next_page {
+        response.insert_header((
+            header::LINK,
+            format!("<{}>; rel=\"next\"", query.url_of_page(next)),
+        ));
+    }
     if not_modified {
-        return response.finish();
+        return Ok(response.finish());
     }
     response.content_type("application/json");
-    if gzip {
+    Ok(if gzip {
         response
             .insert_header(ContentEncoding::Gzip)
-            .body(doc.gzip())
+            .body(gzipped(&json))
     } else {
-        response.body(doc.json.clone())
-    }
+        response.body(json)
+    })
+}
+
+/// A fast level: a page repeats the same keys, so it still shrinks about
+/// tenfold.
+fn gzipped(json: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(json.len() / 8),
+        flate2::Compression::new(3),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(json);
+    Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+/// A strong validator of the page's JSON: the same bytes have the same tag
+/// on every replica and across restarts (SipHash with fixed keys).
+fn entity_tag(body: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    body.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// `If-None-Match` holds `*` or a list of tags; weak tags match too, as a
