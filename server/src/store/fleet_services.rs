@@ -3,10 +3,10 @@
 //! every server replica answers it from the one database. The rows are
 //! written with their host row (`hosts.rs`), in its transaction.
 
+use super::db::{Db, Flag, SqlBuilder, WriteTx, to_i64, to_u64};
 use anyhow::Context;
 use baton_proto::api::ServiceOnHost;
 use baton_proto::{ServiceState, ServiceStatus};
-use super::db::{Db, Flag, SqlBuilder, WriteTx, to_i64, to_u64};
 
 /// `fleet_services.state`, as the agent's `ServiceState` is named in JSON.
 pub fn state_name(state: ServiceState) -> &'static str {
@@ -151,9 +151,8 @@ pub async fn list_fleet_services(
     offset: u64,
     limit: u32,
 ) -> anyhow::Result<FleetPage> {
-    let mut count = SqlBuilder::new(
-        "SELECT COUNT(*) FROM fleet_services f JOIN hosts h ON h.name = f.host",
-    );
+    let mut count =
+        SqlBuilder::new("SELECT COUNT(*) FROM fleet_services f JOIN hosts h ON h.name = f.host");
     filter.push_where(&mut count);
     let (total,): (i64,) = count
         .build_query_as()?

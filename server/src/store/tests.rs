@@ -99,7 +99,109 @@ async fn tokens_keep_their_role_and_host(db: &Db) {
     assert_eq!(roles, [Role::Operator, Role::Agent]);
 }
 
+fn status(service: &str, state: baton_proto::ServiceState) -> ServiceStatus {
+    ServiceStatus {
+        name: service.into(),
+        state,
+        sockets: Vec::new(),
+        generations: Vec::new(),
+        consecutive_crashes: 0,
+        running_restart: None,
+        last_restart: None,
+        blocked: None,
+        next_start: None,
+    }
+}
+
+/// The fleet's list pages in host then service order, filters by name and
+/// state, searches with LIKE's wildcards taken literally, and counts.
+async fn the_fleet_list_pages_filters_and_counts(db: &Db) {
+    use baton_proto::ServiceState::{CrashLooping, Ready};
+    upsert_host(
+        db,
+        "web_1",
+        "1.0",
+        "boot-a",
+        1_000,
+        &[status("api", Ready), status("web", Ready)],
+    )
+    .await
+    .unwrap();
+    upsert_host(
+        db,
+        "web-2",
+        "1.0",
+        "boot-b",
+        1_000,
+        &[status("web", CrashLooping)],
+    )
+    .await
+    .unwrap();
+    save_host_status(db, "web-2", 2_000, false, &[status("web", CrashLooping)])
+        .await
+        .unwrap();
+    let page = |filter: FleetFilter, offset, limit| async move {
+        let page = list_fleet_services(db, &filter, offset, limit)
+            .await
+            .unwrap();
+        let rows: Vec<(String, String, bool)> = page
+            .services
+            .into_iter()
+            .map(|row| (row.host, row.status.name.to_string(), row.online))
+            .collect();
+        (page.total, rows)
+    };
+    let row = |host: &str, service: &str, online| (host.to_owned(), service.to_owned(), online);
+    assert_eq!(
+        page(FleetFilter::default(), 0, 2).await,
+        (
+            3,
+            vec![row("web-2", "web", false), row("web_1", "api", true)]
+        )
+    );
+    assert_eq!(
+        page(FleetFilter::default(), 2, 2).await,
+        (3, vec![row("web_1", "web", true)])
+    );
+    let by_state = FleetFilter {
+        state: Some(CrashLooping),
+        ..Default::default()
+    };
+    assert_eq!(
+        page(by_state, 0, 10).await,
+        (1, vec![row("web-2", "web", false)])
+    );
+    let by_service = FleetFilter {
+        service: Some("api".into()),
+        ..Default::default()
+    };
+    assert_eq!(page(by_service, 0, 10).await.0, 1);
+    // `_` is a character here, not LIKE's any-one-character.
+    let search = FleetFilter {
+        search: Some("WEB_".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        page(search, 0, 10).await,
+        (
+            2,
+            vec![row("web_1", "api", true), row("web_1", "web", true)]
+        )
+    );
+    let counts = fleet_counts(db).await.unwrap();
+    assert_eq!(
+        (
+            counts.services,
+            counts.hosts,
+            counts.hosts_online,
+            counts.attention
+        ),
+        (2, 2, 1, 1)
+    );
+}
+
 on_both_engines!(
+    the_fleet_list_pages_filters_and_counts,
     a_migrated_database_has_nothing_pending,
     hosts_read_back_online_or_not,
     tokens_keep_their_role_and_host,
