@@ -11,6 +11,7 @@ mod events;
 mod generations;
 mod hosts;
 mod restarts;
+mod sessions;
 mod tokens;
 
 pub use db::{Db, open, probe_write};
@@ -30,6 +31,10 @@ pub use restarts::{
     list_restarts, mark_host_running, record_connections, record_output_tail,
     restart_by_idempotency_key, restart_host_rows, restart_row, running_restart_of,
     running_restarts, set_agent_restart_id, skip_host,
+};
+pub use sessions::{
+    NewSession, SessionRow, close_session, close_sessions_of_token, count_sessions_of_token,
+    find_session, open_session, touch_session,
 };
 pub use tokens::{
     FoundToken, TokenRow, TokenSelector, bind_token_host, find_token, insert_token, list_tokens,
