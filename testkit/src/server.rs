@@ -63,6 +63,7 @@ pub struct ServerSetup {
     args: Vec<OsString>,
     own_process_group: bool,
     stop_grace: Duration,
+    database: Option<PathBuf>,
 }
 
 impl ServerSetup {
@@ -77,7 +78,15 @@ impl ServerSetup {
             args: Vec::new(),
             own_process_group: false,
             stop_grace: Duration::from_secs(5),
+            database: None,
         }
+    }
+
+    /// Serves from this SQLite file rather than one of its own in its
+    /// folder: several servers on one database.
+    pub fn database(mut self, path: impl Into<PathBuf>) -> ServerSetup {
+        self.database = Some(path.into());
+        self
     }
 
     /// Keeps the database and log in `folder` rather than in a temporary
@@ -178,7 +187,10 @@ impl Server {
     }
 
     pub fn database(&self) -> PathBuf {
-        self.folder.path().join("baton.db")
+        self.setup
+            .database
+            .clone()
+            .unwrap_or_else(|| self.folder.path().join("baton.db"))
     }
 
     pub fn addr(&self) -> SocketAddr {

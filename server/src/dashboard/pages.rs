@@ -102,7 +102,9 @@ pub async fn login(
     if token.is_empty() {
         return refused("Paste a viewer or operator token.");
     }
-    match tokens.check(&hash_token(token)).await? {
+    // Asked of the database, not the cache: a session opened now is refused
+    // at once if its token was revoked, so its sign-in must be too.
+    match tokens.check_now(&hash_token(token)).await? {
         Some(principal) if principal.role != Role::Agent => {
             tracing::info!(token = %principal.name, role = principal.role.as_str(), "dashboard sign-in");
             let cookie = sessions.open(&principal, settings.tls.is_some()).await?;
