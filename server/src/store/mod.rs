@@ -33,8 +33,8 @@ pub use restarts::{
     running_restarts, set_agent_restart_id, skip_host,
 };
 pub use sessions::{
-    NewSession, SessionRow, close_session, close_sessions_of_token, count_sessions_of_token,
-    find_session, open_session, touch_session,
+    NewSession, SessionRow, close_session, close_sessions_of_token, find_session, open_session,
+    touch_session,
 };
 pub use tokens::{
     FoundToken, TokenRow, TokenSelector, bind_token_host, find_token, insert_token, list_tokens,

@@ -124,15 +124,3 @@ pub async fn close_sessions_of_token(db: &Db, token_hash: &str) -> anyhow::Resul
         .context("failed to end the token's sessions")?;
     Ok(done.rows_affected())
 }
-
-/// How many sessions a token holds, expired ones included until the next
-/// sign-in forgets them.
-pub async fn count_sessions_of_token(db: &Db, token_hash: &str) -> anyhow::Result<u64> {
-    let (count,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM dashboard_sessions WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_one(&db.reads)
-            .await
-            .context("failed to count the token's sessions")?;
-    Ok(super::db::to_u64(count))
-}
