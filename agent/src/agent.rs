@@ -171,6 +171,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         connections,
         reloads: reload_tx,
         output: shared.output.clone(),
+        server_link: std::sync::Mutex::new(None),
     });
 
     // What was taken over is in the file before any service reports, so an

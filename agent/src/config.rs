@@ -38,8 +38,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// `http://HOST:PORT` or `https://HOST:PORT` (or `ws://`, `wss://`); the
-    /// agent dials `/agent/v1/connect`.
-    pub url: String,
+    /// agent dials `/agent/v1/connect`. Several (`urls`) are servers on one
+    /// database: the link tries them in turn, never none.
+    pub urls: Vec<String>,
     pub token: String,
     /// Where the token was read from, when not from the config itself.
     pub token_file: Option<PathBuf>,
@@ -284,7 +285,8 @@ struct RawLogs {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
     token: Option<String>,
     token_file: Option<Spanned<PathBuf>>,
     ca_file: Option<Spanned<PathBuf>>,
@@ -427,7 +429,7 @@ impl Config {
         }
         let server = match raw.server {
             None => None,
-            Some(server) => Some(parse_server(server, &err)?),
+            Some(server) => Some(parse_server(server, find_span(text, "[server]", 1), &err)?),
         };
         let event_history = match raw.event_history {
             None => crate::events::DEFAULT_EVENT_HISTORY,
@@ -494,23 +496,64 @@ impl Config {
 
 fn parse_server(
     raw: RawServer,
+    section_span: Option<Range<usize>>,
     err: &impl Fn(Option<Range<usize>>, String) -> ConfigError,
 ) -> Result<ServerConfig, ConfigError> {
-    let url_span = raw.url.span();
-    let url = raw.url.into_inner();
-    let rest = ["http://", "ws://", "https://", "wss://"]
-        .iter()
-        .find_map(|scheme| url.strip_prefix(scheme));
-    match rest {
-        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
-        _ => {
+    let (urls, url_span, field) = match (raw.url, raw.urls) {
+        (Some(url), None) => {
+            let span = url.span();
+            (vec![url], span, "url")
+        }
+        (None, Some(urls)) => {
+            let span = urls.span();
+            let urls = urls.into_inner();
+            if urls.is_empty() {
+                return Err(err(
+                    Some(span),
+                    "server field `urls`: name at least one server".to_string(),
+                ));
+            }
+            (urls, span, "urls")
+        }
+        (None, None) => {
             return Err(err(
-                Some(url_span),
-                format!(
-                    "server field `url`: {url:?} is not like \"http://HOST:PORT\" or \"https://HOST:PORT\""
-                ),
+                section_span,
+                "server: set `url` (one server) or `urls` (servers tried in turn)".to_string(),
             ));
         }
+        (Some(url), Some(_)) => {
+            return Err(err(
+                Some(url.span()),
+                "server: set either `url` or `urls`, not both".to_string(),
+            ));
+        }
+    };
+    let mut checked: Vec<String> = Vec::with_capacity(urls.len());
+    for url in urls {
+        let span = url.span();
+        let url = url.into_inner();
+        let rest = ["http://", "ws://", "https://", "wss://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme));
+        match rest {
+            Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
+            _ => {
+                return Err(err(
+                    Some(span),
+                    format!(
+                        "server field `{field}`: {url:?} is not like \"http://HOST:PORT\" or \"https://HOST:PORT\""
+                    ),
+                ));
+            }
+        }
+        let url = url.trim_end_matches('/').to_string();
+        if checked.contains(&url) {
+            return Err(err(
+                Some(span),
+                format!("server field `{field}`: {url:?} is listed twice"),
+            ));
+        }
+        checked.push(url);
     }
     let mut token_file = None;
     let token = match (raw.token, raw.token_file) {
@@ -554,7 +597,7 @@ fn parse_server(
         }
     };
     Ok(ServerConfig {
-        url: url.trim_end_matches('/').to_string(),
+        urls: checked,
         token,
         token_file,
         ca_file,
@@ -1247,7 +1290,7 @@ listen = "udp://[::1]:5353"
         )
         .unwrap();
         let server = config.server.unwrap();
-        assert_eq!(server.url, "http://127.0.0.1:8080");
+        assert_eq!(server.urls, ["http://127.0.0.1:8080"]);
         assert_eq!(server.token, "abc");
 
         let dir = tempfile::tempdir().unwrap();
@@ -1271,6 +1314,43 @@ listen = "udp://[::1]:5353"
     }
 
     #[test]
+    fn the_server_section_takes_a_list_of_servers_tried_in_turn() {
+        let config = Config::parse(
+            "[server]\nurls = [\"http://a:8080/\", \"https://b:8443\"]\ntoken = \"t\"\n",
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.unwrap().urls,
+            ["http://a:8080", "https://b:8443"]
+        );
+
+        // Each entry is checked as `url` is, its own line named.
+        let (line, message) =
+            error_of("[server]\nurls = [\n  \"http://a:1\",\n  \"ftp://b\",\n]\ntoken = \"t\"\n");
+        assert_eq!(line, 4);
+        assert!(
+            message.contains("`urls`") && message.contains("ftp://b"),
+            "{message}"
+        );
+        let (line, message) = error_of(
+            "[server]\nurls = [\n  \"http://a:1\",\n  \"http://a:1/\",\n]\ntoken = \"t\"\n",
+        );
+        assert_eq!(line, 4);
+        assert!(message.contains("twice"), "{message}");
+        let (line, message) = error_of("[server]\ntoken = \"t\"\nurls = []\n");
+        assert_eq!(line, 3);
+        assert!(message.contains("at least one"), "{message}");
+        let (line, message) =
+            error_of("[server]\nurl = \"http://a:1\"\nurls = [\"http://b:1\"]\ntoken = \"t\"\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("not both"), "{message}");
+        let (line, message) = error_of("\n\n[server]\ntoken = \"t\"\n");
+        assert_eq!(line, 3);
+        assert!(message.contains("`urls`"), "{message}");
+    }
+
+    #[test]
     fn an_https_server_takes_a_ca_file_that_must_hold_a_certificate() {
         let config = Config::parse(
             "[server]\nurl = \"https://baton.example:8443\"\ntoken = \"t\"\n",
@@ -1278,7 +1358,7 @@ listen = "udp://[::1]:5353"
         )
         .unwrap();
         let server = config.server.unwrap();
-        assert_eq!(server.url, "https://baton.example:8443");
+        assert_eq!(server.urls, ["https://baton.example:8443"]);
         assert_eq!(server.ca_file, None);
 
         let dir = tempfile::tempdir().unwrap();

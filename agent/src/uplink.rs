@@ -14,12 +14,16 @@
 //!
 //! A refusal that no retry can cure (the token speaks for another host) ends
 //! the link for good, logged as an error; the services run on regardless.
+//!
+//! Several servers on one database (`urls`) are one control plane: the
+//! agent links to one of them at a time, trying them in turn, and resumes
+//! its events on whichever it reaches from what that database stored.
 
 use crate::config::ServerConfig;
 use crate::connections::Counts;
 use crate::view::AgentView;
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
-use baton_proto::{Event, ServiceStatus};
+use baton_proto::{Event, ServerLink, ServiceStatus};
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,11 +77,35 @@ const LOG_FRAMES_QUEUED: usize = 64;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// A link that stayed up this long was a working one: what follows starts
+/// the backoff again from the beginning.
+const LINK_HELD: Duration = Duration::from_secs(10);
+
+/// One server of the config, as the link dials it.
+struct Target {
+    /// As the config names it, for the status and the log.
+    url: String,
+    /// Its `ws(s)://.../agent/v1/connect`.
+    connect: String,
+}
+
+/// Links to the servers of the config, one at a time, for as long as the
+/// agent runs. Servers are tried in the config's order: a server that
+/// cannot be reached, or whose link closes, is followed by the next one at
+/// once; after a round in which none held a link, the agent waits (100 ms,
+/// doubling to 5 s) before it begins the next round.
 pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
-    let url = format!("{}/agent/v1/connect", websocket_url(&server.url));
+    let targets: Vec<Target> = server
+        .urls
+        .iter()
+        .map(|url| Target {
+            url: url.clone(),
+            connect: format!("{}/agent/v1/connect", websocket_url(url)),
+        })
+        .collect();
     // Built once: the roots do not change while the agent runs, and a bad CA
     // file was refused when the config was read.
-    let tls = if url.starts_with("wss://") {
+    let tls = if targets.iter().any(|t| t.connect.starts_with("wss://")) {
         match baton_tls::client_config(server.ca_file.as_deref()) {
             Ok(config) => Some(Arc::new(config)),
             Err(e) => {
@@ -89,31 +117,76 @@ pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
         None
     };
     let mut backoff = BACKOFF_FIRST;
+    let mut position = 0;
+    // Servers tried since the last wait, or since a link that held.
+    let mut tried = 0;
     loop {
         if agent.shutting_down.is_cancelled() {
             return;
         }
-        match session(&url, &server.token, tls.clone(), &agent).await {
+        let target = &targets[position];
+        show_link(&agent, &server.urls, &target.url, false);
+        let mut linked_at = None;
+        let target_tls = tls.clone().filter(|_| target.connect.starts_with("wss://"));
+        let ended = session(&target.connect, &server.token, target_tls, &agent, || {
+            linked_at = Some(tokio::time::Instant::now());
+            show_link(&agent, &server.urls, &target.url, true);
+        })
+        .await;
+        if agent.shutting_down.is_cancelled() {
+            return;
+        }
+        if linked_at.is_some_and(|at| at.elapsed() >= LINK_HELD) {
+            backoff = BACKOFF_FIRST;
+            tried = 0;
+        }
+        tried += 1;
+        position = (position + 1) % targets.len();
+        let next = &targets[position].url;
+        match ended {
             Ok(()) => backoff = BACKOFF_FIRST,
             Err(e) => match e.downcast_ref::<Refused>() {
                 Some(refused) if refused.refusal.is_final() => {
                     tracing::error!(
-                        server = %url,
+                        server = %target.connect,
                         reason = %refused.message,
                         "the server refuses this agent for good; no longer linking \
                          (the services keep running; fix the token or host in the config and restart the agent)"
                     );
+                    show_link(&agent, &server.urls, &target.url, false);
                     return;
                 }
-                _ => tracing::warn!(server = %url, error = %e, "server link down; retrying"),
+                _ if targets.len() == 1 => {
+                    tracing::warn!(server = %target.connect, error = %e, "server link down; retrying")
+                }
+                _ => tracing::warn!(
+                    server = %target.connect,
+                    next = %next,
+                    error = %e,
+                    "server link down; trying the next server"
+                ),
             },
         }
+        if tried < targets.len() {
+            continue;
+        }
+        tried = 0;
         tokio::select! {
             _ = agent.shutting_down.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Puts where the link stands in the agent's status.
+fn show_link(agent: &AgentView, urls: &[String], url: &str, linked: bool) {
+    *agent.server_link.lock().expect("server link lock") = Some(ServerLink {
+        url: url.to_owned(),
+        linked,
+        since: baton_proto::now_millis(),
+        urls: urls.to_vec(),
+    });
 }
 
 type LinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -176,11 +249,14 @@ fn websocket_url(url: &str) -> String {
     }
 }
 
+/// One link to one server, from the dial to its end; `on_linked` runs once
+/// the server has welcomed the agent.
 async fn session(
     url: &str,
     token: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
     agent: &Arc<AgentView>,
+    on_linked: impl FnOnce(),
 ) -> Result<(), LinkError> {
     let mut request = url.into_client_request()?;
     request.headers_mut().insert(
@@ -250,6 +326,7 @@ async fn session(
     // From building the hello to the welcome: what grows with the services.
     let hello_ms = hello_started.elapsed().as_millis() as u64;
     tracing::info!(server = %url, resume_after, hello_ms, "linked to the server");
+    on_linked();
 
     // Backlog and live stream come from one lock, so nothing falls between.
     let (backlog, mut live) = agent.events.since(resume_after);

@@ -6,10 +6,11 @@ use crate::connections::ConnectionCounter;
 use crate::events::EventLog;
 use crate::service::{ServiceHandle, StatusAsk};
 use baton_proto::{
-    AgentStatus, ErrorBody, ErrorKind, ProcessTracking, ReloadSummary, RestartId, ServiceStatus,
+    AgentStatus, ErrorBody, ErrorKind, ProcessTracking, ReloadSummary, RestartId, ServerLink,
+    ServiceStatus,
 };
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,9 @@ pub struct AgentView {
     pub reloads: mpsc::Sender<ReloadRequest>,
     /// The generations' captured output, for `baton logs`.
     pub output: Arc<crate::output::Outputs>,
+    /// Where the link to the server stands (`uplink.rs` keeps it), for
+    /// `baton status`.
+    pub server_link: Mutex<Option<ServerLink>>,
 }
 
 /// A reload asked for on the control socket, with where its answer goes.
@@ -143,6 +147,7 @@ impl AgentView {
             restart_requests_refused: crate::service::requests::refused(),
             process_tracking: Some(self.process_tracking),
             untracked: self.untracked(matches!(counting, Counting::Fresh(_))).await,
+            server_link: self.server_link.lock().expect("server link lock").clone(),
         }
     }
 
@@ -235,6 +240,7 @@ mod tests {
             connections,
             reloads: mpsc::channel(1).0,
             output: crate::output::Outputs::new(None),
+            server_link: Mutex::new(None),
         };
         (view, (queue, runtime))
     }
@@ -343,6 +349,7 @@ mod tests {
             connections,
             reloads: mpsc::channel(1).0,
             output: crate::output::Outputs::new(None),
+            server_link: Mutex::new(None),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {

@@ -219,7 +219,34 @@ pub fn status_table(status: &AgentStatus) -> String {
             status.restart_requests_refused
         );
     }
+    if let Some(link) = &status.server_link {
+        let _ = writeln!(out, "{}", server_link_line(link));
+    }
     out
+}
+
+/// Which server the agent is linked to, or tries now (and its place among
+/// the servers it tries in turn).
+fn server_link_line(link: &baton_proto::ServerLink) -> String {
+    let place = match link.urls.iter().position(|url| *url == link.url) {
+        Some(index) if link.urls.len() > 1 => {
+            format!(", server {} of {}", index + 1, link.urls.len())
+        }
+        _ => String::new(),
+    };
+    if link.linked {
+        format!(
+            "server: linked to {} for {}{place}",
+            link.url,
+            age(link.since)
+        )
+    } else {
+        format!(
+            "server: not linked; trying {} for {}{place}",
+            link.url,
+            age(link.since)
+        )
+    }
 }
 
 pub use baton_proto::units::bytes as memory;
@@ -377,6 +404,31 @@ mod tests {
             ..report.steps[0].clone()
         };
         assert_eq!(restart_step(&other, Instant::now()).lines().count(), 1);
+    }
+
+    #[test]
+    fn the_status_says_which_server_the_agent_is_linked_to() {
+        let urls = vec!["http://a:8080".to_string(), "http://b:8080".to_string()];
+        let linked = baton_proto::ServerLink {
+            url: "http://b:8080".into(),
+            linked: true,
+            since: now_millis() - 65_000,
+            urls: urls.clone(),
+        };
+        assert_eq!(
+            server_link_line(&linked),
+            "server: linked to http://b:8080 for 1m 5s, server 2 of 2"
+        );
+        let trying = baton_proto::ServerLink {
+            url: "http://a:8080".into(),
+            linked: false,
+            since: now_millis(),
+            urls: vec!["http://a:8080".into()],
+        };
+        assert_eq!(
+            server_link_line(&trying),
+            "server: not linked; trying http://a:8080 for 0s"
+        );
     }
 
     #[test]

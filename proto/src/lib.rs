@@ -209,6 +209,24 @@ pub struct AgentStatus {
     /// no generation could be traced to. They are not stopped by the agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub untracked: Vec<UntrackedProcess>,
+    /// The agent's link to the server: which of its servers it is linked
+    /// to, or trying now. `None` without a `[server]` (and from agents that
+    /// do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_link: Option<ServerLink>,
+}
+
+/// Where the agent's link to the server stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerLink {
+    /// The server linked to, or being tried (one of `urls`).
+    pub url: String,
+    /// Whether the server welcomed the agent on `url`.
+    pub linked: bool,
+    /// Since when the link has been up, or since when `url` has been tried.
+    pub since: UnixMillis,
+    /// Every server of the config, in the order they are tried.
+    pub urls: Vec<String>,
 }
 
 /// A process that escaped every generation, as the agent found it.

@@ -84,7 +84,7 @@ impl Application {
             orchestrator.clone(),
             settings.timeouts.idempotency_key_lifetime,
         ));
-        let sessions = web::Data::new(Sessions::default());
+        let sessions = web::Data::new(Sessions::new(db.clone()));
         let limits = web::Data::new(ClientLimits::new(
             settings.connections_per_ip,
             settings.timeouts.request_timeout,

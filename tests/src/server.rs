@@ -84,17 +84,27 @@ impl ServerUnderTest {
         self.server.ca_file()
     }
 
-    fn start_with(setup: ServerSetup) -> ServerUnderTest {
+    /// Another server process on this one's database, on a port of its
+    /// own: the same tokens work on both.
+    pub fn replica(&self) -> ServerUnderTest {
+        self.start_replica(&[])
+    }
+
+    fn prepare(setup: ServerSetup) -> Server {
         // For the tests' own HTTP clients.
         baton_tls::install_default_provider();
-        let mut server = setup
+        setup
             .prefix("baton-server-test-")
             .env(
                 "RUST_LOG",
                 std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .prepare()
-            .unwrap_or_else(|e| panic!("{e:#}"));
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn start_with(setup: ServerSetup) -> ServerUnderTest {
+        let mut server = Self::prepare(setup);
         let token = |name: &str, role: &str| {
             server
                 .create_token(name, role, None)
@@ -138,6 +148,7 @@ impl ServerUnderTest {
             server,
             operator_token: self.operator_token.clone(),
             viewer_token: self.viewer_token.clone(),
+            postgres: self.postgres.clone(),
         }
     }
 

@@ -135,13 +135,21 @@ impl Watcher {
     }
 
     async fn still_signed_in(&self) -> bool {
-        if !self.sessions.is_open(&self.session) {
-            return false;
+        match self.sessions.is_open(&self.session).await {
+            Ok(true) => {}
+            Ok(false) => return false,
+            // The database being away says nothing about the session.
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot check a live page's session"
+                );
+            }
         }
         match self.tokens.check_now(&self.token_hash).await {
             Ok(Some(_)) => true,
             Ok(None) => {
-                self.sessions.forget(&self.token_hash);
+                self.sessions.forget(&self.token_hash).await;
                 false
             }
             // The database being away says nothing about the token.
@@ -232,6 +240,8 @@ where
 enum Refused {
     SignIn,
     TooManyStreams,
+    /// The sessions could not be read.
+    Unavailable,
 }
 
 impl Refused {
@@ -243,22 +253,36 @@ impl Refused {
             Refused::TooManyStreams => HttpResponse::TooManyRequests()
                 .insert_header((header::RETRY_AFTER, "5"))
                 .body("too many live pages open in this session"),
+            Refused::Unavailable => HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "5"))
+                .body("the sessions cannot be read right now"),
         }
     }
 }
 
 /// The request's session and a place among its streams, or the refusal.
-fn watch(
+async fn watch(
     request: &HttpRequest,
     sessions: &web::Data<Sessions>,
     tokens: &web::Data<TokenCache>,
     fleet: &Fleet,
     metrics: &web::Data<Metrics>,
 ) -> Result<Watcher, Refused> {
-    let (Some(session), Some(key)) = (sessions.find(request), Sessions::key(request)) else {
+    let session = match sessions.find(request).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Err(Refused::SignIn),
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot look up a live page's session"
+            );
+            return Err(Refused::Unavailable);
+        }
+    };
+    let Some(key) = Sessions::key(request) else {
         return Err(Refused::SignIn);
     };
-    let Some(permit) = session.stream_permit() else {
+    let Some(permit) = sessions.stream_permit(&session) else {
         return Err(Refused::TooManyStreams);
     };
     let every = |period| {
@@ -293,7 +317,7 @@ pub async fn restart(
     fleet: web::Data<Fleet>,
     metrics: web::Data<Metrics>,
 ) -> HttpResponse {
-    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics).await {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };
@@ -326,7 +350,7 @@ pub async fn overview(
     fleet: web::Data<Fleet>,
     metrics: web::Data<Metrics>,
 ) -> HttpResponse {
-    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics).await {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };
@@ -362,7 +386,7 @@ pub async fn service(
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
-    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics).await {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };
@@ -423,7 +447,7 @@ pub async fn output(
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
-    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics) {
+    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics).await {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };

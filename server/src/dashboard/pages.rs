@@ -67,7 +67,7 @@ pub async fn login_form(
     request: HttpRequest,
 ) -> Result<HttpResponse, PageError> {
     let next = safe_next(query.next.as_deref());
-    if sessions.find(&request).is_some() {
+    if sessions.find(&request).await?.is_some() {
         return Ok(see_other(&next));
     }
     page(&LoginPage {
@@ -106,10 +106,12 @@ pub async fn login(
     if token.is_empty() {
         return refused("Paste a viewer or operator token.");
     }
-    match tokens.check(&hash_token(token)).await? {
+    // Asked of the database, not the cache: a session opened now is refused
+    // at once if its token was revoked, so its sign-in must be too.
+    match tokens.check_now(&hash_token(token)).await? {
         Some(principal) if principal.role != Role::Agent => {
             tracing::info!(token = %principal.name, role = principal.role.as_str(), "dashboard sign-in");
-            let cookie = sessions.open(&principal, settings.tls.is_some());
+            let cookie = sessions.open(&principal, settings.tls.is_some()).await?;
             let mut response = see_other(&next);
             response
                 .add_cookie(&cookie)
@@ -127,7 +129,7 @@ pub async fn logout(
     settings: web::Data<Settings>,
 ) -> Result<HttpResponse, PageError> {
     require_same_origin(&request)?;
-    let cookie = sessions.close(&request, settings.tls.is_some());
+    let cookie = sessions.close(&request, settings.tls.is_some()).await?;
     let mut response = see_other("/login");
     response
         .add_cookie(&cookie)

@@ -115,25 +115,29 @@ pub fn with_navigation<B: MessageBody + 'static>(
         .extensions()
         .get::<ShownError>()
         .cloned();
-    let session = response
+    let sessions = response
         .request()
         .app_data::<web::Data<Sessions>>()
-        .and_then(|sessions| sessions.find(response.request()));
-    let (Some(shown), Some(session)) = (shown, session) else {
+        .cloned();
+    let (Some(shown), Some(sessions)) = (shown, sessions) else {
         return Ok(ErrorHandlerResponse::Response(
             response.map_into_left_body(),
         ));
     };
-    let Ok(body) = shown.page(Layout::for_session(&session, "")).render() else {
-        return Ok(ErrorHandlerResponse::Response(
-            response.map_into_left_body(),
-        ));
-    };
-    let (request, answered) = response.into_parts();
-    let page = with_page_headers(HttpResponse::build(answered.status())).body(body);
-    Ok(ErrorHandlerResponse::Response(
-        ServiceResponse::new(request, page).map_into_right_body(),
-    ))
+    Ok(ErrorHandlerResponse::Future(Box::pin(async move {
+        // An error page needs no session: one that cannot be read leaves it
+        // as it is.
+        let session = sessions.find(response.request()).await.ok().flatten();
+        let Some(session) = session else {
+            return Ok(response.map_into_left_body());
+        };
+        let Ok(body) = shown.page(Layout::for_session(&session, "")).render() else {
+            return Ok(response.map_into_left_body());
+        };
+        let (request, answered) = response.into_parts();
+        let page = with_page_headers(HttpResponse::build(answered.status())).body(body);
+        Ok(ServiceResponse::new(request, page).map_into_right_body())
+    })))
 }
 
 fn with_page_headers(

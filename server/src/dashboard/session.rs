@@ -1,30 +1,35 @@
 //! Browser sessions. A person signs in by pasting an API token once; the
 //! browser then holds only a random session id in an HttpOnly,
 //! SameSite=Strict cookie, never the token. The server keeps the sha256 of
-//! that id, so a memory dump of the map does not hand out live cookies.
-//! Sessions live in memory: a server restart signs everyone out, which is
-//! cheaper than a table and its expiry sweeps for a tool used by a few people.
+//! that id, so a copy of its sessions does not hand out live cookies.
+//! Sessions live in the database (`store::sessions`): every server on one
+//! database serves a person signed in on any of them, and a server restart
+//! signs nobody out. Only the live streams a session holds are counted per
+//! server: a stream is a connection to one server, and ends with it.
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::auth::Principal;
-use crate::domain::Role;
+use crate::domain::{Role, now_millis};
+use crate::store::{self, Db};
 
 pub const COOKIE_NAME: &str = "baton_session";
 /// A working day: long enough not to interrupt an incident, short enough that
 /// a forgotten laptop does not stay signed in for a week.
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions one token may hold at once; signing in once more ends its
-/// oldest. A few browsers per person, never a memory leak driven by logins.
+/// oldest. A few browsers per person, never a table that grows with logins.
 pub const SESSIONS_PER_TOKEN: usize = 10;
-/// Live streams one session may hold open at once (a few tabs).
+/// Live streams one session may hold open at once on one server (a few tabs).
 pub const STREAMS_PER_SESSION: usize = 8;
+/// A session's last use is written at most this often: a page view is a
+/// read, not a write.
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -35,9 +40,7 @@ pub struct Session {
     pub(super) token_hash: String,
     /// Sent back in a hidden field of every form that changes something.
     pub csrf_token: String,
-    expires_at: Instant,
-    /// How many live streams the session has open.
-    streams: Arc<AtomicUsize>,
+    key: SessionKey,
 }
 
 impl Session {
@@ -62,67 +65,31 @@ impl Session {
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
     }
-
-    /// A place among the session's live streams, or `None` when it has
-    /// [`STREAMS_PER_SESSION`] open already. The place is given back when
-    /// the permit is dropped, that is when the stream ends.
-    pub fn stream_permit(&self) -> Option<StreamPermit> {
-        self.streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < STREAMS_PER_SESSION).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| StreamPermit(self.streams.clone()))
-    }
 }
 
-/// One open live stream of a session.
-pub struct StreamPermit(Arc<AtomicUsize>);
+/// One open live stream of a session on this server; its place is given
+/// back when it is dropped, that is when the stream ends.
+pub struct StreamPermit {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Every lookup is by key: a request finds its session by the id's hash, a
-/// revocation or a new sign-in finds a token's sessions by the token's hash,
-/// and expiry pops the oldest from the front of a queue (every session lives
-/// equally long, so opening order is expiry order).
-#[derive(Default)]
-struct Table {
-    by_id_hash: HashMap<String, Session>,
-    /// Each token's sessions, oldest first.
-    by_token: HashMap<String, VecDeque<String>>,
-    /// Every session by expiry, oldest first; ids already closed are skipped.
-    expiry: VecDeque<(Instant, String)>,
-}
-
-impl Table {
-    fn remove(&mut self, id_hash: &str) -> Option<Session> {
-        let session = self.by_id_hash.remove(id_hash)?;
-        if let Some(ids) = self.by_token.get_mut(&session.token_hash) {
-            ids.retain(|id| id != id_hash);
-            if ids.is_empty() {
-                self.by_token.remove(&session.token_hash);
+        let mut open = self.open.lock().expect("streams lock");
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
             }
         }
-        Some(session)
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some((expires_at, _)) = self.expiry.front()
-            && *expires_at <= now
-        {
-            let (_, id_hash) = self.expiry.pop_front().expect("a front entry");
-            self.remove(&id_hash);
-        }
     }
 }
 
-#[derive(Default)]
 pub struct Sessions {
-    table: RwLock<Table>,
+    db: Db,
+    /// Live streams open on this server, by session.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 fn hash_id(id: &str) -> String {
@@ -134,51 +101,41 @@ fn random_hex() -> String {
     hex::encode(bytes)
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Sessions {
+    pub fn new(db: Db) -> Sessions {
+        Sessions {
+            db,
+            streams: Arc::default(),
+        }
+    }
+
     /// Opens a session and returns the cookie that names it, `Secure` when
     /// the server speaks HTTPS. The token's oldest session ends when it has
     /// [`SESSIONS_PER_TOKEN`] already.
-    pub fn open(&self, principal: &Principal, secure: bool) -> Cookie<'static> {
+    pub async fn open(
+        &self,
+        principal: &Principal,
+        secure: bool,
+    ) -> anyhow::Result<Cookie<'static>> {
         let id = random_hex();
-        let id_hash = hash_id(&id);
-        let now = Instant::now();
-        let session = Session {
-            name: principal.name.clone(),
-            role: principal.role,
-            token_hash: principal.token_hash.clone(),
-            csrf_token: random_hex(),
-            expires_at: now + SESSION_LIFETIME,
-            streams: Arc::new(AtomicUsize::new(0)),
-        };
-        let mut table = self.table.write().expect("sessions lock");
-        table.expire(now);
-        let oldest = {
-            let ids = table
-                .by_token
-                .entry(principal.token_hash.clone())
-                .or_default();
-            let oldest = (ids.len() >= SESSIONS_PER_TOKEN)
-                .then(|| ids.pop_front())
-                .flatten();
-            ids.push_back(id_hash.clone());
-            oldest
-        };
-        if let Some(oldest) = oldest {
-            table.by_id_hash.remove(&oldest);
-        }
-        table
-            .expiry
-            .push_back((session.expires_at, id_hash.clone()));
-        table.by_id_hash.insert(id_hash, session);
-        // Evicted and closed sessions leave their place in the queue; drop
-        // those places once they outnumber the live ones (amortised O(1)).
-        if table.expiry.len() > 2 * table.by_id_hash.len() + 64 {
-            let Table {
-                by_id_hash, expiry, ..
-            } = &mut *table;
-            expiry.retain(|(_, id)| by_id_hash.contains_key(id));
-        }
-        Cookie::build(COOKIE_NAME, id)
+        let now = now_millis();
+        store::open_session(
+            &self.db,
+            &store::NewSession {
+                id_hash: &hash_id(&id),
+                token_hash: &principal.token_hash,
+                csrf_token: &random_hex(),
+                now,
+                expires_at: now.saturating_add(millis(SESSION_LIFETIME)),
+                per_token: SESSIONS_PER_TOKEN,
+            },
+        )
+        .await?;
+        Ok(Cookie::build(COOKIE_NAME, id)
             .path("/")
             .http_only(true)
             .secure(secure)
@@ -186,27 +143,45 @@ impl Sessions {
             .max_age(actix_web::cookie::time::Duration::seconds(
                 SESSION_LIFETIME.as_secs() as i64,
             ))
-            .finish()
+            .finish())
     }
 
-    pub fn find(&self, request: &HttpRequest) -> Option<Session> {
-        let id = request.cookie(COOKIE_NAME)?;
-        self.find_by_id_hash(&hash_id(id.value()))
+    /// The request's session, if it names one that is open and whose token
+    /// is live.
+    pub async fn find(&self, request: &HttpRequest) -> anyhow::Result<Option<Session>> {
+        match Sessions::key(request) {
+            Some(key) => self.find_by_key(key).await,
+            None => Ok(None),
+        }
     }
 
-    fn find_by_id_hash(&self, id_hash: &str) -> Option<Session> {
-        let table = self.table.read().expect("sessions lock");
-        table
-            .by_id_hash
-            .get(id_hash)
-            .filter(|s| s.expires_at > Instant::now())
-            .cloned()
+    async fn find_by_key(&self, key: SessionKey) -> anyhow::Result<Option<Session>> {
+        let now = now_millis();
+        let Some(row) = store::find_session(&self.db, &key.0, now).await? else {
+            return Ok(None);
+        };
+        if now.saturating_sub(row.last_used_at) >= millis(LAST_USED_EVERY) {
+            // Only a record: a database that takes no writes (a full disk)
+            // still serves pages.
+            if let Err(error) = store::touch_session(&self.db, &key.0, now).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot record a session's use"
+                );
+            }
+        }
+        Ok(Some(Session {
+            name: row.name,
+            role: row.role,
+            token_hash: row.token_hash,
+            csrf_token: row.csrf_token,
+            key,
+        }))
     }
 
-    /// Whether the session of this request is still open (a live stream
-    /// asks now and then).
-    pub fn is_open(&self, request_cookie: &SessionKey) -> bool {
-        self.find_by_id_hash(&request_cookie.0).is_some()
+    /// Whether a session is still open (a live stream asks now and then).
+    pub async fn is_open(&self, key: &SessionKey) -> anyhow::Result<bool> {
+        Ok(self.find_by_key(key.clone()).await?.is_some())
     }
 
     /// What names the request's session, to ask [`Sessions::is_open`] later.
@@ -216,24 +191,41 @@ impl Sessions {
             .map(|id| SessionKey(hash_id(id.value())))
     }
 
+    /// A place among the session's live streams on this server, or `None`
+    /// when it has [`STREAMS_PER_SESSION`] open here already.
+    pub fn stream_permit(&self, session: &Session) -> Option<StreamPermit> {
+        let mut open = self.streams.lock().expect("streams lock");
+        let count = open.entry(session.key.0.clone()).or_default();
+        if *count >= STREAMS_PER_SESSION {
+            return None;
+        }
+        *count += 1;
+        Some(StreamPermit {
+            open: self.streams.clone(),
+            key: session.key.0.clone(),
+        })
+    }
+
     /// Ends every session opened with a token that was revoked.
-    pub fn forget(&self, token_hash: &str) {
-        let mut table = self.table.write().expect("sessions lock");
-        if let Some(ids) = table.by_token.remove(token_hash) {
-            for id in ids {
-                table.by_id_hash.remove(&id);
-            }
+    pub async fn forget(&self, token_hash: &str) {
+        if let Err(error) = store::close_sessions_of_token(&self.db, token_hash).await {
+            // The sessions are refused anyway: their token is not live.
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot delete the sessions of a revoked token"
+            );
         }
     }
 
     /// Ends the request's session, if any, and returns a cookie that makes
     /// the browser forget it.
-    pub fn close(&self, request: &HttpRequest, secure: bool) -> Cookie<'static> {
-        if let Some(id) = request.cookie(COOKIE_NAME) {
-            self.table
-                .write()
-                .expect("sessions lock")
-                .remove(&hash_id(id.value()));
+    pub async fn close(
+        &self,
+        request: &HttpRequest,
+        secure: bool,
+    ) -> anyhow::Result<Cookie<'static>> {
+        if let Some(key) = Sessions::key(request) {
+            store::close_session(&self.db, &key.0).await?;
         }
         let mut cookie = Cookie::build(COOKIE_NAME, "")
             .path("/")
@@ -242,7 +234,7 @@ impl Sessions {
             .same_site(SameSite::Strict)
             .finish();
         cookie.make_removal();
-        cookie
+        Ok(cookie)
     }
 }
 
@@ -254,28 +246,20 @@ pub struct SessionKey(String);
 mod tests {
     use super::*;
 
+    fn session(csrf_token: &str) -> Session {
+        Session {
+            name: "ci".into(),
+            role: Role::Operator,
+            token_hash: "ab".into(),
+            csrf_token: csrf_token.into(),
+            key: SessionKey(hash_id("id")),
+        }
+    }
+
     #[test]
     fn csrf_tokens_must_match_exactly() {
-        let sessions = Sessions::default();
-        let _ = sessions.open(
-            &Principal {
-                name: "ci".into(),
-                role: Role::Operator,
-                token_hash: "ab".into(),
-                host: None,
-            },
-            false,
-        );
-        let session = sessions
-            .table
-            .read()
-            .unwrap()
-            .by_id_hash
-            .values()
-            .next()
-            .unwrap()
-            .clone();
-        let token = session.csrf_token.clone();
+        let token = random_hex();
+        let session = session(&token);
         assert!(session.csrf_matches(Some(&token)));
         assert!(!session.csrf_matches(None));
         assert!(!session.csrf_matches(Some("")));

@@ -18,9 +18,7 @@ impl FromRequest for SignedIn {
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let sessions = request.app_data::<web::Data<Sessions>>().cloned();
         let tokens = request.app_data::<web::Data<TokenCache>>().cloned();
-        let session = sessions
-            .as_ref()
-            .and_then(|sessions| sessions.find(request));
+        let request = request.clone();
         let sign_in = PageError::SignInRequired {
             next: request
                 .uri()
@@ -29,13 +27,16 @@ impl FromRequest for SignedIn {
                 .unwrap_or_else(|| "/".into()),
         };
         Box::pin(async move {
-            let (Some(sessions), Some(tokens), Some(session)) = (sessions, tokens, session) else {
+            let (Some(sessions), Some(tokens)) = (sessions, tokens) else {
+                return Err(sign_in);
+            };
+            let Some(session) = sessions.find(&request).await? else {
                 return Err(sign_in);
             };
             match tokens.check(&session.token_hash).await? {
                 Some(_) => Ok(SignedIn(session)),
                 None => {
-                    sessions.forget(&session.token_hash);
+                    sessions.forget(&session.token_hash).await;
                     Err(sign_in)
                 }
             }

@@ -24,8 +24,13 @@ pub const TABLES: &[&str] = &[
 
 /// Tables that are not history and are not copied: the probe row, the
 /// running replicas and the commands they pass each other (which expire
-/// within seconds).
-pub const NOT_COPIED: &[&str] = &["write_probe", "replicas", "host_commands"];
+/// within seconds), and dashboard sessions (signing in again is cheap).
+pub const NOT_COPIED: &[&str] = &[
+    "write_probe",
+    "replicas",
+    "host_commands",
+    "dashboard_sessions",
+];
 
 /// Rows inserted by one statement: few enough parameters for either engine.
 const BATCH_ROWS: usize = 500;

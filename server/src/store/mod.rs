@@ -17,6 +17,7 @@ mod generations;
 mod hosts;
 mod replicas;
 mod restarts;
+mod sessions;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -60,6 +61,10 @@ pub use restarts::{
     finish_restart, get_restart, list_restarts, mark_host_running, record_connections,
     record_output_tail, restart_by_idempotency_key, restart_host_rows, restart_row,
     running_restart_of, running_restarts, set_agent_restart_id, skip_host, skip_pending_hosts,
+};
+pub use sessions::{
+    NewSession, SessionRow, close_session, close_sessions_of_token, find_session, open_session,
+    touch_session,
 };
 pub use tokens::{
     FoundToken, TokenRow, TokenSelector, bind_token_host, find_token, insert_token, list_tokens,
