@@ -576,34 +576,34 @@ mod tests {
     }
 
     async fn one_replica_drives_a_restart_until_its_lease_runs_out(db: &Db) {
-        let id = restart_on(&db, &["alpha".to_string()]).await;
+        let id = restart_on(db, &["alpha".to_string()]).await;
         let now = crate::domain::now_millis();
         // Fresh and unclaimed: the replica that created it claims it, no
         // other may yet.
         assert!(
-            orphaned_restarts(&db, now, now - 3_000, 16)
+            orphaned_restarts(db, now, now - 3_000, 16)
                 .await
                 .unwrap()
                 .is_empty()
         );
         assert!(
-            !claim_restart(&db, id, "b", now, now + 3_000, now - 3_000)
+            !claim_restart(db, id, "b", now, now + 3_000, now - 3_000)
                 .await
                 .unwrap()
         );
         assert!(
-            claim_restart(&db, id, "a", now, now + 3_000, u64::MAX)
+            claim_restart(db, id, "a", now, now + 3_000, u64::MAX)
                 .await
                 .unwrap()
         );
         assert!(
-            !claim_restart(&db, id, "b", now + 1_000, now + 4_000, now - 2_000)
+            !claim_restart(db, id, "b", now + 1_000, now + 4_000, now - 2_000)
                 .await
                 .unwrap()
         );
-        assert_eq!(renew_leases(&db, "a", now + 3_000).await.unwrap(), vec![id]);
+        assert_eq!(renew_leases(db, "a", now + 3_000).await.unwrap(), vec![id]);
         assert!(
-            renew_leases(&db, "b", now + 3_000)
+            renew_leases(db, "b", now + 3_000)
                 .await
                 .unwrap()
                 .is_empty()
@@ -612,18 +612,18 @@ mod tests {
         // A's lease ran out: B takes it over, and A's renewal finds it gone.
         let later = now + 3_001;
         assert_eq!(
-            orphaned_restarts(&db, later, later - 3_000, 16)
+            orphaned_restarts(db, later, later - 3_000, 16)
                 .await
                 .unwrap(),
             vec![id]
         );
         assert!(
-            claim_restart(&db, id, "b", later, later + 3_000, later - 3_000)
+            claim_restart(db, id, "b", later, later + 3_000, later - 3_000)
                 .await
                 .unwrap()
         );
         assert!(
-            renew_leases(&db, "a", later + 3_000)
+            renew_leases(db, "a", later + 3_000)
                 .await
                 .unwrap()
                 .is_empty()
@@ -631,21 +631,21 @@ mod tests {
     }
 
     async fn a_replica_that_lost_its_lease_cannot_command_a_host(db: &Db) {
-        let id = restart_on(&db, &["alpha".to_string(), "beta".to_string()]).await;
+        let id = restart_on(db, &["alpha".to_string(), "beta".to_string()]).await;
         let now = crate::domain::now_millis();
         assert!(
-            claim_restart(&db, id, "a", now, now + 3_000, u64::MAX)
+            claim_restart(db, id, "a", now, now + 3_000, u64::MAX)
                 .await
                 .unwrap()
         );
         assert!(
-            mark_host_running_as_driver(&db, &sent(id, "alpha", "c1"), "a")
+            mark_host_running_as_driver(db, &sent(id, "alpha", "c1"), "a")
                 .await
                 .unwrap()
         );
         let later = now + 3_001;
         assert!(
-            claim_restart(&db, id, "b", later, later + 3_000, later - 3_000)
+            claim_restart(db, id, "b", later, later + 3_000, later - 3_000)
                 .await
                 .unwrap()
         );
@@ -653,52 +653,52 @@ mod tests {
         // A has not noticed yet: its command for beta is not recorded, so
         // it is not sent.
         assert!(
-            !mark_host_running_as_driver(&db, &sent(id, "beta", "c2"), "a")
+            !mark_host_running_as_driver(db, &sent(id, "beta", "c2"), "a")
                 .await
                 .unwrap()
         );
         // B resumes: alpha was commanded already and is not commanded again.
         assert!(
-            !mark_host_running_as_driver(&db, &sent(id, "alpha", "c3"), "b")
+            !mark_host_running_as_driver(db, &sent(id, "alpha", "c3"), "b")
                 .await
                 .unwrap()
         );
         assert!(
-            mark_host_running_as_driver(&db, &sent(id, "beta", "c4"), "b")
+            mark_host_running_as_driver(db, &sent(id, "beta", "c4"), "b")
                 .await
                 .unwrap()
         );
-        let hosts = crate::store::restart_host_rows(&db, id).await.unwrap();
+        let hosts = crate::store::restart_host_rows(db, id).await.unwrap();
         let commands: Vec<Option<&str>> = hosts.iter().map(|h| h.command_id.as_deref()).collect();
         assert_eq!(commands, vec![Some("c1"), Some("c4")]);
     }
 
     async fn a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed(db: &Db) {
-        crate::store::upsert_host(&db, "alpha", "1", "boot", 1, &[])
+        crate::store::upsert_host(db, "alpha", "1", "boot", 1, &[])
             .await
             .unwrap();
-        hold_host_link(&db, "alpha", "a", 11, 0, 0).await.unwrap();
+        hold_host_link(db, "alpha", "a", 11, 0, 0).await.unwrap();
         // The agent linked to B before A saw its old link close.
-        hold_host_link(&db, "alpha", "b", 22, 0, 0).await.unwrap();
-        assert!(!release_host_link(&db, "alpha", 11, 2, &[]).await.unwrap());
-        let hosts = linked_hosts(&db).await.unwrap();
+        hold_host_link(db, "alpha", "b", 22, 0, 0).await.unwrap();
+        assert!(!release_host_link(db, "alpha", 11, 2, &[]).await.unwrap());
+        let hosts = linked_hosts(db).await.unwrap();
         assert_eq!(hosts[0].link, Some(("b".to_string(), 22)));
-        assert!(release_host_link(&db, "alpha", 22, 3, &[]).await.unwrap());
-        assert_eq!(linked_hosts(&db).await.unwrap()[0].link, None);
+        assert!(release_host_link(db, "alpha", 22, 3, &[]).await.unwrap());
+        assert_eq!(linked_hosts(db).await.unwrap()[0].link, None);
     }
 
     async fn the_hosts_of_a_dead_replica_go_offline(db: &Db) {
-        register_replica(&db, "a", 1_000).await.unwrap();
-        register_replica(&db, "b", 5_000).await.unwrap();
+        register_replica(db, "a", 1_000).await.unwrap();
+        register_replica(db, "b", 5_000).await.unwrap();
         for (host, replica) in [("alpha", "a"), ("beta", "b")] {
-            crate::store::upsert_host(&db, host, "1", "boot", 1, &[])
+            crate::store::upsert_host(db, host, "1", "boot", 1, &[])
                 .await
                 .unwrap();
-            hold_host_link(&db, host, replica, 1, 0, 0).await.unwrap();
+            hold_host_link(db, host, replica, 1, 0, 0).await.unwrap();
         }
         // At 5 s, A was last heard of 4 s ago: dead.
-        assert_eq!(release_dead_replicas(&db, 2_000, 0).await.unwrap(), 1);
-        let links: Vec<Option<(String, u64)>> = linked_hosts(&db)
+        assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 1);
+        let links: Vec<Option<(String, u64)>> = linked_hosts(db)
             .await
             .unwrap()
             .into_iter()
@@ -721,14 +721,14 @@ mod tests {
         };
         for _ in 0..3 {
             assert!(
-                queue_host_command(&db, &command, 1, 3)
+                queue_host_command(db, &command, 1, 3)
                     .await
                     .unwrap()
                     .is_some()
             );
         }
         assert!(
-            queue_host_command(&db, &command, 1, 3)
+            queue_host_command(db, &command, 1, 3)
                 .await
                 .unwrap()
                 .is_none()
@@ -739,12 +739,12 @@ mod tests {
             ..command
         };
         assert!(
-            queue_host_command(&db, &fresh, 10_001, 3)
+            queue_host_command(db, &fresh, 10_001, 3)
                 .await
                 .unwrap()
                 .is_some()
         );
-        assert_eq!(prune_host_commands(&db, 10_001).await.unwrap(), 3);
+        assert_eq!(prune_host_commands(db, 10_001).await.unwrap(), 3);
     }
 
     on_both_engines!(
