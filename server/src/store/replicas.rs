@@ -602,12 +602,7 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(renew_leases(db, "a", now + 3_000).await.unwrap(), vec![id]);
-        assert!(
-            renew_leases(db, "b", now + 3_000)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(renew_leases(db, "b", now + 3_000).await.unwrap().is_empty());
 
         // A's lease ran out: B takes it over, and A's renewal finds it gone.
         let later = now + 3_001;

@@ -33,7 +33,12 @@ async fn wait_for_host(server: &ServerUnderTest) {
 /// Warnings fail the run too, and what the schema cannot say.
 fn config_file() -> &'static str {
     r#"
-warnings = { fail-on = true }
+# Every warning fails the run but `validation_mismatch` ("most generated
+# requests got 4xx"): a restart's answer depends on the fleet's state (which
+# hosts run the service, whether a restart is running, how many hosts a
+# canary may take), so most generated restarts are rightly refused, and
+# schemathesis reads that warning's setting only here, for every operation.
+warnings = { fail-on = ["missing_auth", "missing_test_data", "missing_deserializer", "unused_openapi_auth", "method_not_allowed"] }
 
 # Which hosts run a service is the fleet's state, which no schema can
 # declare: a restart the schema calls valid may still get the documented 422

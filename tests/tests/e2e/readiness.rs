@@ -69,6 +69,9 @@ const STALLED: Duration = Duration::from_secs(1);
 /// because the machine is shared.
 const PROMPT: Duration = Duration::from_millis(600);
 
+/// How much later than the decision it records an event may be stamped.
+const STAMP_SLACK_MS: u64 = 20;
+
 const VENV: &str = "run the tests with ./scripts/test, which installs tests/requirements.txt \
                     into target/test-venv and puts it first on PATH";
 
@@ -239,7 +242,10 @@ async fn gunicorn_with_min_overlap_keeps_the_old_generation_serving_until_the_wo
         let started = at(|k| matches!(k, EventKind::OverlapStarted { .. }));
         let finished = at(|k| matches!(k, EventKind::OverlapFinished { .. }));
         let draining = at(|k| matches!(k, EventKind::GenerationDraining { .. }));
-        assert!(finished - started >= 3_000, "{restart:?}");
+        // The overlap's deadline counts from the moment readiness was
+        // decided; each event is stamped when the event log writes it, a few
+        // milliseconds later on a busy machine.
+        assert!(finished - started >= 3_000 - STAMP_SLACK_MS, "{restart:?}");
         assert!(draining >= finished, "{restart:?}");
     }
 }
