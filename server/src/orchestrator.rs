@@ -170,29 +170,23 @@ impl Orchestrator {
         }
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
-            let lease = match claim(&inner, restart_id, stored.is_some()).await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    inner
-                        .active
-                        .lock()
-                        .expect("active lock")
-                        .remove(&restart_id);
-                    return;
-                }
-                Err(error) => {
+            let claimed = claim(&inner, restart_id, stored.is_some())
+                .await
+                .unwrap_or_else(|error| {
                     tracing::error!(
                         restart_id,
                         error = format!("{error:#}"),
                         "cannot claim the restart; another replica will"
                     );
-                    inner
-                        .active
-                        .lock()
-                        .expect("active lock")
-                        .remove(&restart_id);
-                    return;
-                }
+                    None
+                });
+            let Some(lease) = claimed else {
+                inner
+                    .active
+                    .lock()
+                    .expect("active lock")
+                    .remove(&restart_id);
+                return;
             };
             // A database error must not lose the restart: its state is on
             // disk, so try again until it ends.
