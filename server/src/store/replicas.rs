@@ -542,28 +542,7 @@ pub async fn prune_host_commands(db: &Db, before: u64) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::on_both_engines;
-    use crate::store::{Created, NewRestart, create_restart};
-
-    async fn restart_on(db: &Db, hosts: &[String]) -> u64 {
-        let Created::New(created) = create_restart(
-            db,
-            &NewRestart {
-                service: "web",
-                reason: None,
-                requested_by: "ci",
-                idempotency_key: None,
-                max_parallel: 1,
-                rollout: Default::default(),
-                hosts,
-            },
-        )
-        .await
-        .unwrap() else {
-            panic!("not created")
-        };
-        created.id()
-    }
+    use crate::store::testing::{on_both_engines, restart_on};
 
     fn sent<'a>(restart_id: u64, host: &'a str, command_id: &'a str) -> CommandSent<'a> {
         CommandSent {

@@ -37,6 +37,28 @@ pub(crate) async fn postgres() -> TestDb {
     }
 }
 
+/// A new running restart of `web` on `hosts`, one at a time, no reason or
+/// key: its id.
+pub(crate) async fn restart_on(db: &Db, hosts: &[String]) -> u64 {
+    let super::Created::New(created) = super::create_restart(
+        db,
+        &super::NewRestart {
+            service: "web",
+            reason: None,
+            requested_by: "ci",
+            idempotency_key: None,
+            max_parallel: 1,
+            rollout: Default::default(),
+            hosts,
+        },
+    )
+    .await
+    .unwrap() else {
+        panic!("not created")
+    };
+    created.id()
+}
+
 /// Runs each named `async fn(&Db)` as two tests, `NAME::on_sqlite` and
 /// `NAME::on_postgres`, each on a fresh migrated database.
 macro_rules! on_both_engines {

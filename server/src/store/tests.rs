@@ -327,24 +327,8 @@ async fn a_history_copied_from_sqlite_to_postgresql_reads_back_the_same() {
     );
 
     // New rows continue after the copied ids.
-    let hosts = vec!["alpha".to_string()];
-    let Created::New(next) = create_restart(
-        to,
-        &NewRestart {
-            service: "web",
-            reason: None,
-            requested_by: "ci",
-            idempotency_key: None,
-            max_parallel: 1,
-            rollout: Default::default(),
-            hosts: &hosts,
-        },
-    )
-    .await
-    .unwrap() else {
-        panic!("not created")
-    };
-    assert!(next.id() > id, "{} after {id}", next.id());
+    let next = testing::restart_on(to, &["alpha".to_string()]).await;
+    assert!(next > id, "{next} after {id}");
 
     // A target holding history is refused, and left as it was.
     let error = copy_database(from, to).await.unwrap_err();
@@ -355,5 +339,5 @@ async fn a_history_copied_from_sqlite_to_postgresql_reads_back_the_same() {
         ),
         "{error:#}"
     );
-    assert_eq!(running_restarts(to).await.unwrap(), [next.id()]);
+    assert_eq!(running_restarts(to).await.unwrap(), [next]);
 }
