@@ -1,9 +1,13 @@
 //! Simulated hosts: WebSocket clients that speak `proto::link` the way the
 //! real agent's uplink does (hello, a status every second, events followed
-//! by a fresh status, restart commands answered with the agent's id), with no
-//! process behind them. The server cannot tell them from agents, so what is
-//! measured is the server alone.
+//! by a fresh status and resent after the welcome's `resume_after`, restart
+//! commands answered with the agent's id, reports fetched by id), with no
+//! process behind them. Each host knows every server URL and links to the
+//! next one when its link drops, as the agent's `[server] urls` does. The
+//! server cannot tell them from agents, so what is measured is the server
+//! alone.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,36 +29,58 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// The real uplink reads connection counts on every fifth status and repeats
 /// the last reading in between, so counts change at most this often.
 const COUNT_EVERY_N_STATUS: u32 = 5;
+/// The agent's uplink waits this long before it tries the next URL after a
+/// failed attempt; a link that was up and dropped is retried at once.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+/// How long the first link of every host may take, all hosts together.
+const LINK_ALL_WITHIN: Duration = Duration::from_secs(300);
 
 pub struct FleetSettings {
-    pub url: String,
+    /// Every server's base URL. Host `i` links to `urls[i % n]` first and
+    /// goes on down the list from there.
+    pub urls: Vec<String>,
     /// One agent token per host, by host index: a token speaks for one host.
     pub tokens: Vec<String>,
-    pub hosts: usize,
     pub services_per_host: usize,
     /// From `generation_spawned` to `generation_ready`: the service's own start.
     pub service_start: Duration,
+}
+
+/// A `restart` command frame as a simulated host read it.
+#[derive(Debug, Clone)]
+pub struct CommandRead {
+    pub host: String,
+    /// The server's restart names itself here: the bench gives each restart
+    /// a reason of its own.
+    pub reason: Option<String>,
+    pub at: Instant,
 }
 
 /// One host's part in a restart, on the bench's monotonic clock.
 #[derive(Debug, Clone)]
 pub struct HostRestart {
     pub host: String,
-    pub service: String,
+    pub reason: Option<String>,
     /// When the `restart` command frame was read.
     pub command: Instant,
-    /// When the frame carrying `restart_finished` was handed to the socket.
+    /// When the host emitted `restart_finished` (sent at once when linked).
     pub finished: Instant,
+}
+
+#[derive(Default)]
+struct Logs {
+    commands: Vec<CommandRead>,
+    finished: Vec<HostRestart>,
 }
 
 pub struct Fleet {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
-    restarts: Arc<Mutex<Vec<HostRestart>>>,
+    logs: Arc<Mutex<Logs>>,
 }
 
 pub fn host_name(index: usize) -> String {
-    format!("sim-{index:03}")
+    format!("sim-{index:04}")
 }
 
 pub fn service_name(index: usize) -> String {
@@ -66,8 +92,8 @@ impl Fleet {
     pub fn start(settings: FleetSettings) -> anyhow::Result<Fleet> {
         let (stop, stop_requested) = oneshot::channel::<()>();
         let (ready_sender, ready) = std::sync::mpsc::channel::<anyhow::Result<()>>();
-        let restarts = Arc::new(Mutex::new(Vec::new()));
-        let log = restarts.clone();
+        let logs = Arc::new(Mutex::new(Logs::default()));
+        let shared = logs.clone();
         // A thread and a single-threaded runtime of its own, like the HTTP
         // load: the whole fleet costs the machine at most one core.
         let thread = std::thread::Builder::new()
@@ -77,13 +103,13 @@ impl Fleet {
                     .enable_all()
                     .build()
                     .context("cannot start the fleet's runtime")?;
-                runtime.block_on(run(settings, log, ready_sender, stop_requested))
+                runtime.block_on(run(settings, shared, ready_sender, stop_requested))
             })
             .context("cannot start the fleet thread")?;
         let mut fleet = Fleet {
             stop: Some(stop),
             thread: Some(thread),
-            restarts,
+            logs,
         };
         match ready.recv() {
             Ok(Ok(())) => Ok(fleet),
@@ -95,13 +121,32 @@ impl Fleet {
         }
     }
 
-    /// Forgets the restarts recorded so far.
-    pub fn clear_restarts(&self) {
-        self.restarts.lock().expect("restart log").clear();
+    /// The commands of the restart with this reason.
+    pub fn commands_for(&self, reason: &str) -> Vec<CommandRead> {
+        let logs = self.logs.lock().expect("fleet log");
+        logs.commands
+            .iter()
+            .filter(|c| c.reason.as_deref() == Some(reason))
+            .cloned()
+            .collect()
     }
 
-    pub fn restarts(&self) -> Vec<HostRestart> {
-        self.restarts.lock().expect("restart log").clone()
+    /// The hosts that finished the restart with this reason.
+    pub fn finished_for(&self, reason: &str) -> Vec<HostRestart> {
+        let logs = self.logs.lock().expect("fleet log");
+        logs.finished
+            .iter()
+            .filter(|r| r.reason.as_deref() == Some(reason))
+            .cloned()
+            .collect()
+    }
+
+    pub fn finished_count(&self, reason: &str) -> usize {
+        let logs = self.logs.lock().expect("fleet log");
+        logs.finished
+            .iter()
+            .filter(|r| r.reason.as_deref() == Some(reason))
+            .count()
     }
 }
 
@@ -118,33 +163,46 @@ impl Drop for Fleet {
 
 async fn run(
     settings: FleetSettings,
-    log: Arc<Mutex<Vec<HostRestart>>>,
+    logs: Arc<Mutex<Logs>>,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/agent/v1/connect",
-        settings.url.replacen("http://", "ws://", 1)
-    );
-    let mut hosts = Vec::with_capacity(settings.hosts);
-    for index in 0..settings.hosts {
-        let host = SimHost::new(index, &settings, log.clone());
-        let token = settings
-            .tokens
-            .get(index)
-            .with_context(|| format!("no agent token for host {}", host_name(index)))?;
-        match host.connect(&url, token).await {
-            Ok(connected) => hosts.push(connected),
-            Err(error) => {
-                let _ = ready.send(Err(error.context(format!("host {}", host_name(index)))));
-                return Ok(());
+    let urls: Vec<String> = settings
+        .urls
+        .iter()
+        .map(|url| format!("{}/agent/v1/connect", url.replacen("http://", "ws://", 1)))
+        .collect();
+    if urls.is_empty() {
+        let _ = ready.send(Err(anyhow::anyhow!("no server URL for the fleet")));
+        return Ok(());
+    }
+    let deadline = Instant::now() + LINK_ALL_WITHIN;
+    let mut tasks = Vec::with_capacity(settings.tokens.len());
+    // One host after the other, as hosts whose agents start over a few
+    // seconds do: a thousand hellos at once measure the accept queue.
+    for (index, token) in settings.tokens.iter().enumerate() {
+        let host = SimHost::new(index, &settings, logs.clone());
+        let (linked, first_link) = oneshot::channel();
+        let mut order: Vec<String> = urls.clone();
+        order.rotate_left(index % urls.len());
+        tasks.push(tokio::spawn(host.run(order, token.clone(), linked)));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let failure = match tokio::time::timeout(left, first_link).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(error))) => Some(error),
+            Ok(Err(_)) => Some(anyhow::anyhow!("its task ended before linking")),
+            Err(_) => Some(anyhow::anyhow!(
+                "not every host linked within {LINK_ALL_WITHIN:?}"
+            )),
+        };
+        if let Some(error) = failure {
+            let _ = ready.send(Err(error.context(format!("host {}", host_name(index)))));
+            for task in tasks {
+                task.abort();
             }
+            return Ok(());
         }
     }
-    let tasks: Vec<_> = hosts
-        .into_iter()
-        .map(|(host, ws)| tokio::spawn(host.serve(ws)))
-        .collect();
     let _ = ready.send(Ok(()));
     let _ = stop.await;
     for task in tasks {
@@ -155,21 +213,45 @@ async fn run(
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A restart between `generation_spawned` and `generation_ready`.
+struct Starting {
+    service: usize,
+    id: RestartId,
+    reason: Option<String>,
+    command: Instant,
+    ready_at: Instant,
+    started_at: u64,
+    steps: Vec<Event>,
+}
+
 struct SimHost {
     name: String,
     boot_id: String,
     next_seq: u64,
+    /// Events the server has not acknowledged yet, oldest first: sent again
+    /// on the next link after its welcome's `resume_after`.
+    unacked: VecDeque<Event>,
     next_restart: RestartId,
     services: Vec<ServiceStatus>,
+    starting: Vec<Starting>,
+    reports: HashMap<RestartId, RestartReport>,
     /// Stands in for the pids the kernel would hand out.
     next_pid: u32,
     ticks: u32,
     service_start: Duration,
-    log: Arc<Mutex<Vec<HostRestart>>>,
+    logs: Arc<Mutex<Logs>>,
+}
+
+/// Why a link ended.
+enum LinkEnd {
+    /// The server refused the host: another URL would refuse it too.
+    Refused(String),
+    /// Closed or broken: try the next URL.
+    Dropped,
 }
 
 impl SimHost {
-    fn new(index: usize, settings: &FleetSettings, log: Arc<Mutex<Vec<HostRestart>>>) -> SimHost {
+    fn new(index: usize, settings: &FleetSettings, logs: Arc<Mutex<Logs>>) -> SimHost {
         let started = now_millis().saturating_sub(3_600_000);
         let mut next_pid = 10_000 + index as u32 * 1_000;
         let services = (0..settings.services_per_host)
@@ -210,16 +292,74 @@ impl SimHost {
             name: host_name(index),
             boot_id: format!("bench-{:016x}-{index}", now_millis()),
             next_seq: 1,
+            unacked: VecDeque::new(),
             next_restart: 1,
             services,
+            starting: Vec::new(),
+            reports: HashMap::new(),
             next_pid,
             ticks: 0,
             service_start: settings.service_start,
-            log,
+            logs,
         }
     }
 
-    async fn connect(self, url: &str, token: &str) -> anyhow::Result<(SimHost, Ws)> {
+    /// Links to the URLs in turn for as long as the fleet runs; `linked`
+    /// hears of the first welcome or the reason there was none.
+    async fn run(
+        mut self,
+        urls: Vec<String>,
+        token: String,
+        linked: oneshot::Sender<anyhow::Result<()>>,
+    ) {
+        let mut linked = Some(linked);
+        for url in urls.iter().cycle() {
+            match self.connect(url, &token).await {
+                Ok(mut ws) => {
+                    if let Some(linked) = linked.take() {
+                        let _ = linked.send(Ok(()));
+                    }
+                    match self.serve(&mut ws).await {
+                        LinkEnd::Dropped => continue,
+                        LinkEnd::Refused(message) => {
+                            eprintln!("baton-server-bench: {} refused: {message}", self.name);
+                            return;
+                        }
+                    }
+                }
+                Err(LinkError::Refused(message)) => {
+                    eprintln!("baton-server-bench: {} refused: {message}", self.name);
+                    if let Some(linked) = linked.take() {
+                        let _ = linked.send(Err(anyhow::anyhow!("refused: {message}")));
+                    }
+                    return;
+                }
+                Err(LinkError::Failed) => {}
+            }
+            // Between two failed attempts the restarts in flight go on.
+            let pause = tokio::time::sleep(RETRY_AFTER);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = &mut pause => break,
+                    _ = self.next_ready() => {
+                        let _ = self.make_ready(None).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&mut self, url: &str, token: &str) -> Result<Ws, LinkError> {
+        self.try_connect(url, token).await.map_err(|error| {
+            match error.downcast::<Refusal>() {
+                Ok(Refusal(message)) => LinkError::Refused(message),
+                Err(_) => LinkError::Failed,
+            }
+        })
+    }
+
+    async fn try_connect(&mut self, url: &str, token: &str) -> anyhow::Result<Ws> {
         let mut request = url.into_client_request()?;
         request
             .headers_mut()
@@ -243,8 +383,15 @@ impl SimHost {
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(&text)? {
-                    ServerFrame::Welcome { .. } => return Ok((self, ws)),
-                    ServerFrame::Refused { message, .. } => bail!("refused: {message}"),
+                    ServerFrame::Welcome { resume_after } => {
+                        self.forget_acked(resume_after);
+                        if !self.unacked.is_empty() {
+                            let events = self.unacked.iter().cloned().collect();
+                            send(&mut ws, &AgentFrame::Events { events }).await?;
+                        }
+                        return Ok(ws);
+                    }
+                    ServerFrame::Refused { message, .. } => return Err(Refusal(message).into()),
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None => bail!("closed before welcome"),
@@ -254,31 +401,74 @@ impl SimHost {
         }
     }
 
-    async fn serve(mut self, mut ws: Ws) -> anyhow::Result<()> {
+    fn forget_acked(&mut self, seq: u64) {
+        while self.unacked.front().is_some_and(|e| e.seq <= seq) {
+            self.unacked.pop_front();
+        }
+    }
+
+    async fn serve(&mut self, ws: &mut Ws) -> LinkEnd {
         let mut ticker = tokio::time::interval(STATUS_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let sent = tokio::select! {
                 _ = ticker.tick() => {
                     self.ticks = self.ticks.wrapping_add(1);
                     if self.ticks % COUNT_EVERY_N_STATUS == 1 {
                         self.drift_counts();
                     }
-                    self.send_status(&mut ws).await?;
+                    self.send_status(ws).await
                 }
+                _ = self.next_ready() => self.make_ready(Some(ws)).await,
                 message = ws.next() => match message {
-                    Some(Ok(Message::Text(text))) => {
-                        if let ServerFrame::Restart { command_id, service, reason } = serde_json::from_str(&text)? {
-                            let command = Instant::now();
-                            self.restart(&mut ws, command_id, &service, reason, command).await?;
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | None => bail!("the server closed the link"),
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => return Err(error.into()),
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
+                        Ok(frame) => match self.on_frame(ws, frame).await {
+                            Ok(Some(end)) => return end,
+                            Ok(None) => Ok(()),
+                            Err(error) => Err(error),
+                        },
+                        Err(error) => Err(error.into()),
+                    },
+                    Some(Ok(Message::Close(_))) | None => return LinkEnd::Dropped,
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(_)) => return LinkEnd::Dropped,
                 }
+            };
+            if sent.is_err() {
+                return LinkEnd::Dropped;
             }
         }
+    }
+
+    async fn on_frame(&mut self, ws: &mut Ws, frame: ServerFrame) -> anyhow::Result<Option<LinkEnd>> {
+        match frame {
+            ServerFrame::Restart {
+                command_id,
+                service,
+                reason,
+            } => {
+                let command = Instant::now();
+                self.logs
+                    .lock()
+                    .expect("fleet log")
+                    .commands
+                    .push(CommandRead {
+                        host: self.name.clone(),
+                        reason: reason.clone(),
+                        at: command,
+                    });
+                self.start_restart(ws, command_id, &service, reason, command)
+                    .await?;
+            }
+            ServerFrame::FetchReport { restart_id } => {
+                let report = self.reports.get(&restart_id).cloned();
+                send(ws, &AgentFrame::Report { restart_id, report }).await?;
+            }
+            ServerFrame::Ack { seq } => self.forget_acked(seq),
+            ServerFrame::Refused { message, .. } => return Ok(Some(LinkEnd::Refused(message))),
+            _ => {}
+        }
+        Ok(None)
     }
 
     /// Live connection counts move a little between readings, as they do on
@@ -318,9 +508,9 @@ impl SimHost {
         event
     }
 
-    /// Plays a whole successful restart, in the batches the real uplink
-    /// sends: each group of events as it happens, then a fresh status.
-    async fn restart(
+    /// Answers a command and plays the restart up to `generation_spawned`;
+    /// [`SimHost::make_ready`] plays the rest once the service has started.
+    async fn start_restart(
         &mut self,
         ws: &mut Ws,
         command_id: String,
@@ -342,6 +532,20 @@ impl SimHost {
             )
             .await;
         };
+        if let Some(running) = self.services[index].running_restart {
+            return send(
+                ws,
+                &AgentFrame::RestartStarted {
+                    command_id,
+                    result: Err(ErrorBody {
+                        kind: ErrorKind::RestartInProgress,
+                        message: format!("{service} is already restarting"),
+                        running_restart: Some(running),
+                    }),
+                },
+            )
+            .await;
+        }
         let id = self.next_restart;
         self.next_restart += 1;
         send(
@@ -356,7 +560,7 @@ impl SimHost {
         let started_at = now_millis();
         let old = self.services[index].generations[0].clone();
         self.next_pid += 1;
-        let mut new = GenerationInfo {
+        let new = GenerationInfo {
             generation: old.generation + 1,
             pid: self.next_pid,
             main_pid: None,
@@ -372,7 +576,7 @@ impl SimHost {
             instances: Vec::new(),
             program: None,
         };
-        let mut steps = vec![
+        let steps = vec![
             self.event(
                 service,
                 id,
@@ -395,13 +599,61 @@ impl SimHost {
             let status = &mut self.services[index];
             status.state = ServiceState::Restarting;
             status.running_restart = Some(id);
-            status.generations = vec![old.clone(), new.clone()];
+            status.generations = vec![old, new];
         }
-        self.send_events(ws, steps.clone()).await?;
+        self.starting.push(Starting {
+            service: index,
+            id,
+            reason,
+            command,
+            ready_at: Instant::now() + self.service_start,
+            started_at,
+            steps: steps.clone(),
+        });
+        self.emit(Some(ws), steps).await
+    }
 
-        if !self.service_start.is_zero() {
-            tokio::time::sleep(self.service_start).await;
+    /// Resolves when the earliest starting service is ready; never when
+    /// none is starting.
+    async fn next_ready(&self) {
+        match self.starting.iter().map(|s| s.ready_at).min() {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
         }
+    }
+
+    /// Plays the rest of every restart whose service is ready: ready,
+    /// draining, exited, finished. Sent on `ws` when linked; kept for the
+    /// next link otherwise, and on a failed send.
+    async fn make_ready(&mut self, mut ws: Option<&mut Ws>) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.starting)
+            .into_iter()
+            .partition(|s| s.ready_at <= now);
+        self.starting = waiting;
+        let mut result = Ok(());
+        for starting in due {
+            if let Err(error) = self.finish(ws.as_deref_mut(), starting).await {
+                ws = None;
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    async fn finish(&mut self, mut ws: Option<&mut Ws>, starting: Starting) -> anyhow::Result<()> {
+        let Starting {
+            service: index,
+            id,
+            reason,
+            command,
+            started_at,
+            mut steps,
+            ..
+        } = starting;
+        let service = self.services[index].name.clone();
+        let old = self.services[index].generations[0].clone();
+        let mut new = self.services[index].generations[1].clone();
         new.state = GenerationState::Ready;
         new.ready_at = Some(now_millis());
         new.status_text = Some("serving".to_owned());
@@ -409,7 +661,7 @@ impl SimHost {
         draining.state = GenerationState::Draining;
         let batch = vec![
             self.event(
-                service,
+                &service,
                 id,
                 EventKind::GenerationReady {
                     generation: new.generation,
@@ -419,7 +671,7 @@ impl SimHost {
                 },
             ),
             self.event(
-                service,
+                &service,
                 id,
                 EventKind::GenerationDraining {
                     generation: old.generation,
@@ -431,11 +683,14 @@ impl SimHost {
         ];
         steps.extend(batch.iter().cloned());
         self.services[index].generations = vec![draining, new.clone()];
-        self.send_events(ws, batch).await?;
+        let mut sent = self.emit(ws.as_deref_mut(), batch).await;
+        if sent.is_err() {
+            ws = None;
+        }
 
         let batch = vec![
             self.event(
-                service,
+                &service,
                 id,
                 EventKind::GenerationExited {
                     generation: old.generation,
@@ -446,7 +701,7 @@ impl SimHost {
                 },
             ),
             self.event(
-                service,
+                &service,
                 id,
                 EventKind::RestartFinished {
                     outcome: RestartOutcome::Succeeded,
@@ -457,44 +712,77 @@ impl SimHost {
         ];
         steps.extend(batch.iter().cloned());
         let finished_at = now_millis();
+        let report = RestartReport {
+            id,
+            service: service.clone(),
+            reason: reason.clone(),
+            started_at,
+            finished_at: Some(finished_at),
+            outcome: Some(RestartOutcome::Succeeded),
+            outcome_reason: None,
+            old_generation: Some(old.generation),
+            new_generation: Some(new.generation),
+            connections_cut: None,
+            connections: None,
+            steps,
+            versions: None,
+            output_tail: Vec::new(),
+        };
+        self.reports.insert(id, report.clone());
         {
             let status = &mut self.services[index];
             status.state = ServiceState::Ready;
             status.running_restart = None;
-            status.generations = vec![new.clone()];
-            status.last_restart = Some(RestartReport {
-                id,
-                service: service.to_owned(),
-                reason,
-                started_at,
-                finished_at: Some(finished_at),
-                outcome: Some(RestartOutcome::Succeeded),
-                outcome_reason: None,
-                old_generation: Some(old.generation),
-                new_generation: Some(new.generation),
-                connections_cut: None,
-                connections: None,
-                steps,
-                versions: None,
-                output_tail: Vec::new(),
-            });
+            status.generations = vec![new];
+            status.last_restart = Some(report);
         }
-        send(ws, &AgentFrame::Events { events: batch }).await?;
         let finished = Instant::now();
-        self.send_status(ws).await?;
-        self.log.lock().expect("restart log").push(HostRestart {
-            host: self.name.clone(),
-            service: service.to_owned(),
-            command,
-            finished,
-        });
-        Ok(())
+        if sent.is_ok() {
+            sent = self.emit(ws, batch).await;
+        } else {
+            self.unacked.extend(batch);
+        }
+        self.logs
+            .lock()
+            .expect("fleet log")
+            .finished
+            .push(HostRestart {
+                host: self.name.clone(),
+                reason,
+                command,
+                finished,
+            });
+        sent
     }
 
-    async fn send_events(&self, ws: &mut Ws, events: Vec<Event>) -> anyhow::Result<()> {
+    /// Keeps `events` until the server acknowledges them and, when linked,
+    /// sends them followed by a fresh status, as the uplink does.
+    async fn emit(&mut self, ws: Option<&mut Ws>, events: Vec<Event>) -> anyhow::Result<()> {
+        self.unacked.extend(events.iter().cloned());
+        let Some(ws) = ws else {
+            return Ok(());
+        };
         send(ws, &AgentFrame::Events { events }).await?;
         self.send_status(ws).await
     }
+}
+
+/// The server's `refused` frame: another URL would refuse the host too.
+#[derive(Debug)]
+struct Refusal(String);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+enum LinkError {
+    Refused(String),
+    /// Unreachable, or closed before the welcome: try the next URL.
+    Failed,
 }
 
 async fn send(ws: &mut Ws, frame: &AgentFrame) -> anyhow::Result<()> {

@@ -1,5 +1,7 @@
-//! A lean HTTP/1.1 keep-alive load for one `GET` path with a bearer token,
-//! through [`baton_loadgen::Client`]: each answer's body is counted without
+//! A lean HTTP/1.1 keep-alive `GET` load with a bearer token, through
+//! [`baton_loadgen::Client`]: the connections are spread over the servers
+//! and each one goes round the paths from its own starting point, so every
+//! page is asked of every server. Each answer's body is counted without
 //! being kept (a gzipped body is not unpacked), so that as little of the
 //! shared cores as possible goes to the client.
 
@@ -11,51 +13,25 @@ use anyhow::{Context as _, bail};
 use baton_loadgen::{Body, Client, Target};
 
 pub struct LoadSettings {
-    pub address: SocketAddr,
-    pub path: String,
+    /// Connection `i` goes to `addresses[i % n]`.
+    pub addresses: Vec<SocketAddr>,
+    pub paths: Vec<String>,
     pub token: String,
     pub connections: usize,
     /// Client threads, each with a single-threaded runtime driving its share
     /// of the connections.
     pub threads: usize,
     pub duration: Duration,
-    pub client: ClientKind,
-}
-
-/// What the client says it can take, as the clients of `GET /services` do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientKind {
-    /// No `Accept-Encoding`: curl without `--compressed`.
-    Plain,
-    /// `Accept-Encoding: gzip`: browsers, Python requests, Go's net/http.
-    Gzip,
-    /// Gzip, and each connection sends the last `ETag` it saw as
-    /// `If-None-Match`, as a poller that caches does.
-    Revalidating,
-}
-
-impl ClientKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            ClientKind::Plain => "plain",
-            ClientKind::Gzip => "gzip",
-            ClientKind::Revalidating => "gzip + `If-None-Match`",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Throughput {
-    pub path: String,
-    pub client: ClientKind,
     pub requests: u64,
     pub elapsed: Duration,
     /// Every request's latency, sorted.
     pub latencies: Vec<Duration>,
-    /// The largest body of a `200`, in bytes as sent.
+    /// The largest body, in bytes as sent.
     pub body_bytes: u64,
-    /// Answers that were `304 Not Modified`.
-    pub not_modified: u64,
 }
 
 impl Throughput {
@@ -65,19 +41,26 @@ impl Throughput {
 }
 
 pub fn run(settings: &LoadSettings) -> anyhow::Result<Throughput> {
+    if settings.addresses.is_empty() || settings.paths.is_empty() {
+        bail!("a load needs at least one server and one path");
+    }
     let threads = settings.threads.clamp(1, settings.connections.max(1));
     let started = Instant::now();
     let deadline = started + settings.duration;
+    let paths = Arc::new(settings.paths.clone());
+    let authorization = Arc::new(format!("Bearer {}", settings.token));
     let workers: Vec<_> = (0..threads)
         .map(|thread| {
-            let share = settings.connections / threads
-                + usize::from(thread < settings.connections % threads);
-            let request = Request {
-                target: Target::Tcp(settings.address),
-                path: settings.path.clone(),
-                authorization: format!("Bearer {}", settings.token),
-                client: settings.client,
-            };
+            // Connection numbers of this thread: thread, thread + threads, ...
+            let connections: Vec<Connection> = (thread..settings.connections)
+                .step_by(threads)
+                .map(|number| Connection {
+                    target: Target::Tcp(settings.addresses[number % settings.addresses.len()]),
+                    paths: paths.clone(),
+                    first_path: number * 7919 % paths.len(),
+                    authorization: authorization.clone(),
+                })
+                .collect();
             std::thread::Builder::new()
                 .name(format!("http-load-{thread}"))
                 .spawn(move || -> anyhow::Result<Vec<ConnectionResult>> {
@@ -86,13 +69,13 @@ pub fn run(settings: &LoadSettings) -> anyhow::Result<Throughput> {
                         .build()
                         .context("cannot start a load runtime")?;
                     runtime.block_on(async move {
-                        let request = Arc::new(request);
-                        let connections: Vec<_> = (0..share)
-                            .map(|_| tokio::spawn(connection(request.clone(), deadline)))
+                        let tasks: Vec<_> = connections
+                            .into_iter()
+                            .map(|connection| tokio::spawn(connection.run(deadline)))
                             .collect();
-                        let mut results = Vec::with_capacity(share);
-                        for connection in connections {
-                            results.push(connection.await.context("a load task panicked")??);
+                        let mut results = Vec::with_capacity(tasks.len());
+                        for task in tasks {
+                            results.push(task.await.context("a load task panicked")??);
                         }
                         Ok(results)
                     })
@@ -102,7 +85,6 @@ pub fn run(settings: &LoadSettings) -> anyhow::Result<Throughput> {
         .collect::<anyhow::Result<_>>()?;
     let mut latencies = Vec::new();
     let mut body_bytes = 0;
-    let mut not_modified = 0;
     for worker in workers {
         let results = match worker.join() {
             Ok(results) => results?,
@@ -111,90 +93,70 @@ pub fn run(settings: &LoadSettings) -> anyhow::Result<Throughput> {
         for mut result in results {
             latencies.append(&mut result.latencies);
             body_bytes = body_bytes.max(result.body_bytes);
-            not_modified += result.not_modified;
         }
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     Ok(Throughput {
-        path: settings.path.clone(),
-        client: settings.client,
         requests: latencies.len() as u64,
         elapsed,
         latencies,
         body_bytes,
-        not_modified,
     })
 }
 
-/// What every connection of a thread sends.
-struct Request {
+/// One keep-alive connection's server and share of the paths.
+struct Connection {
     target: Target,
-    path: String,
-    authorization: String,
-    client: ClientKind,
+    paths: Arc<Vec<String>>,
+    first_path: usize,
+    authorization: Arc<String>,
 }
 
 struct ConnectionResult {
     latencies: Vec<Duration>,
     body_bytes: u64,
-    not_modified: u64,
 }
 
-/// One keep-alive connection sending the request again as soon as the
-/// previous answer is complete, until `deadline`.
-async fn connection(request: Arc<Request>, deadline: Instant) -> anyhow::Result<ConnectionResult> {
-    let connect = || async {
-        Client::connect(&request.target, Duration::from_secs(5))
-            .await
-            .with_context(|| format!("cannot connect to {}", request.target))
-    };
-    let mut client = connect().await?;
-    let mut result = ConnectionResult {
-        latencies: Vec::with_capacity(64 * 1024),
-        body_bytes: 0,
-        not_modified: 0,
-    };
-    let mut etag: Option<String> = None;
-    while Instant::now() < deadline {
-        let mut headers = [
-            ("Authorization", request.authorization.as_str()),
+impl Connection {
+    /// Sends the next path as soon as the previous answer is complete,
+    /// until `deadline`.
+    async fn run(self, deadline: Instant) -> anyhow::Result<ConnectionResult> {
+        let connect = || async {
+            Client::connect(&self.target, Duration::from_secs(5))
+                .await
+                .with_context(|| format!("cannot connect to {}", self.target))
+        };
+        let mut client = connect().await?;
+        let mut result = ConnectionResult {
+            latencies: Vec::with_capacity(16 * 1024),
+            body_bytes: 0,
+        };
+        let headers = [
+            ("Authorization", self.authorization.as_str()),
             ("Accept", "application/json"),
-            ("", ""),
-            ("", ""),
+            // As browsers, curl --compressed, Python requests and Go's
+            // net/http ask.
+            ("Accept-Encoding", "gzip"),
         ];
-        let mut count = 2;
-        if request.client != ClientKind::Plain {
-            headers[count] = ("Accept-Encoding", "gzip");
-            count += 1;
+        let mut next = self.first_path;
+        while Instant::now() < deadline {
+            let path = &self.paths[next];
+            next = (next + 1) % self.paths.len();
+            let sent = Instant::now();
+            let answer = client
+                .get(path, &headers, Body::Discard)
+                .await
+                .with_context(|| format!("GET {path} from {}", self.target))?;
+            result.latencies.push(sent.elapsed());
+            match answer.status {
+                200 => result.body_bytes = result.body_bytes.max(answer.body_len as u64),
+                status => bail!("GET {path}: expected 200, got {status}"),
+            }
+            if !answer.keep_alive {
+                client = connect().await?;
+            }
         }
-        if request.client == ClientKind::Revalidating
-            && let Some(tag) = etag.as_deref()
-        {
-            headers[count] = ("If-None-Match", tag);
-            count += 1;
-        }
-        let sent = Instant::now();
-        let answer = client
-            .get(&request.path, &headers[..count], Body::Discard)
-            .await
-            .with_context(|| format!("GET {}", request.path))?;
-        result.latencies.push(sent.elapsed());
-        match answer.status {
-            304 => result.not_modified += 1,
-            200 => result.body_bytes = result.body_bytes.max(answer.body_len as u64),
-            status => bail!("expected 200 or 304, got {status}"),
-        }
-        let keep_alive = answer.keep_alive;
-        if request.client == ClientKind::Revalidating
-            && let Some(tag) = answer.header("etag")
-            && etag.as_deref() != Some(tag)
-        {
-            etag = Some(tag.to_owned());
-        }
-        if !keep_alive {
-            client = connect().await?;
-        }
+        Ok(result)
     }
-    Ok(result)
 }

@@ -1,214 +1,157 @@
-//! The real programs this bench drives, started through [`baton_testkit`]:
-//! a release `baton-server` on a fresh SQLite file and, for the POST → spawn
-//! scenario, one real `baton-agent` linked to it. Both are taken from the
-//! folder this bench was built into, so a stale or debug build is never
-//! measured.
+//! The real `baton-server` processes this bench drives, started through
+//! [`baton_testkit`]: one on a fresh SQLite file, one on a fresh PostgreSQL
+//! database, or several replicas on one PostgreSQL database. The binary is
+//! taken from the folder this bench was built into, so a stale build of
+//! another profile is never measured.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
-use baton_client::AgentClient;
-use baton_proto::{Event, Request, Response};
+use super::fleet;
+use super::stats::{Memory, memory};
 
-pub struct Binaries {
-    pub server: PathBuf,
-    pub agent: PathBuf,
-    pub demo: PathBuf,
+/// Token commands run at once while the fleet's agent tokens are made: each
+/// is a process of its own that opens the database.
+const TOKEN_COMMANDS_AT_ONCE: usize = 4;
+
+pub fn server_binary() -> anyhow::Result<PathBuf> {
+    baton_testkit::binary("baton-server").map_err(|missing| {
+        anyhow::anyhow!(
+            "{missing}; build it in the same profile as the bench: \
+             cargo build --release -p baton-bench -p baton-server"
+        )
+    })
 }
 
-impl Binaries {
-    pub fn next_to_this_program() -> anyhow::Result<Binaries> {
-        let find = |name: &str| {
-            baton_testkit::binary(name).map_err(|missing| {
-                anyhow::anyhow!(
-                    "{missing}; build it in the same profile as the bench: \
-                     cargo build --release -p baton-bench -p baton-server -p baton-agent -p baton-demo"
-                )
-            })
-        };
-        Ok(Binaries {
-            server: find("baton-server")?,
-            agent: find("baton-agent")?,
-            demo: find("baton-demo")?,
-        })
-    }
-}
-
-pub struct Tokens {
+/// The servers of one setup, on one database, with the tokens of the bench
+/// and of every simulated host.
+pub struct Servers {
+    /// In the order started; a killed one stays, without a process.
+    pub replicas: Vec<baton_testkit::Server>,
     pub operator: String,
     pub viewer: String,
+    /// One per simulated host, by host index.
+    pub agent_tokens: Vec<String>,
 }
 
-pub struct Server {
-    pub port: u16,
-    pub tokens: Tokens,
-    server: baton_testkit::Server,
-}
-
-impl Server {
-    /// Creates an operator and a viewer token on a fresh database (agent
-    /// tokens, one per host, come from [`Server::agent_token`]), then serves it and
-    /// returns once `/healthz` answers.
-    pub fn start(binary: &Path) -> anyhow::Result<Server> {
-        let mut server = baton_testkit::ServerSetup::new(binary)
-            .prefix("baton-server-bench-")
-            .env("RUST_LOG", "warn")
-            .prepare()?;
-        let tokens = Tokens {
-            operator: server.create_token("bench-operator", "operator", None)?,
-            viewer: server.create_token("bench-viewer", "viewer", None)?,
+impl Servers {
+    /// `count` servers on `database` (a `postgres://` URL; a SQLite file of
+    /// the first server's folder when `None`), each answering `/healthz`.
+    pub fn start(
+        binary: &Path,
+        database: Option<&str>,
+        count: usize,
+        hosts: usize,
+    ) -> anyhow::Result<Servers> {
+        let setup = |prefix: &str| {
+            let setup = baton_testkit::ServerSetup::new(binary)
+                .prefix(prefix)
+                .env("RUST_LOG", "warn")
+                // Every simulated host links from 127.0.0.1.
+                .arg("--connections-per-ip")
+                .arg("1000000");
+            match database {
+                Some(url) => setup.database(url),
+                None => setup,
+            }
         };
-        server.launch().context("baton-server did not start")?;
-        Ok(Server {
-            port: server.addr().port(),
-            tokens,
-            server,
+        let mut first = setup("baton-server-bench-").prepare()?;
+        let operator = first.create_token("bench-operator", "operator", None)?;
+        let viewer = first.create_token("bench-viewer", "viewer", None)?;
+        let agent_tokens = agent_tokens(binary, &first.database(), hosts)?;
+        first.launch().context("baton-server did not start")?;
+        let mut replicas = vec![first];
+        for number in 1..count {
+            let mut replica = setup("baton-server-bench-replica-")
+                .database(replicas[0].database())
+                .prepare()?;
+            replica
+                .launch()
+                .with_context(|| format!("replica {number} did not start"))?;
+            replicas.push(replica);
+        }
+        Ok(Servers {
+            replicas,
+            operator,
+            viewer,
+            agent_tokens,
         })
     }
 
-    /// A new agent token for `host` (an agent token speaks for one host).
-    pub fn agent_token(&self, host: &str) -> anyhow::Result<String> {
-        self.server
-            .create_token(&format!("bench-agent-{host}"), "agent", Some(host))
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.url()).collect()
     }
 
-    pub fn url(&self) -> String {
-        self.server.url()
+    /// The servers still running, with their index.
+    pub fn running(&self) -> impl Iterator<Item = (usize, &baton_testkit::Server)> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.pid().is_some())
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.server.pid()
+    /// `VmRSS` and `VmHWM` of each running server.
+    pub fn memory(&self) -> Vec<Option<Memory>> {
+        self.replicas
+            .iter()
+            .map(|r| r.pid().and_then(memory))
+            .collect()
     }
 
-    pub fn log_tail(&self) -> String {
-        self.server
-            .process()
-            .map(|p| p.log_tail())
-            .unwrap_or_default()
-    }
-}
-
-/// One real `baton-agent` with one demo service, linked to the server.
-pub struct RealAgent {
-    agent: baton_testkit::Agent,
-}
-
-impl RealAgent {
-    pub fn start(
-        binaries: &Binaries,
-        host: &str,
-        server: &Server,
-        service: &str,
-    ) -> anyhow::Result<RealAgent> {
-        let config = format!(
-            r#"host = "{host}"
-
-{server_section}
-[[service]]
-name = "{service}"
-command = ["{demo}"]
-# The spawn is what is timed; a lowered priority would only slow the demo's start.
-warmup_nice = 0
-
-[[service.socket]]
-name = "http"
-listen = "tcp://127.0.0.1:0"
-"#,
-            server_section = server.server.agent_section(&server.agent_token(host)?),
-            demo = binaries.demo.display(),
-        );
-        let agent = baton_testkit::AgentSetup::new(&binaries.agent, config)
-            .prefix("baton-server-bench-agent-")
-            .env("RUST_LOG", "warn")
-            .start()
-            .context("baton-agent did not start")?;
-        agent
-            .wait_all_ready(Duration::from_secs(20))
-            .context("baton-agent did not start")?;
-        Ok(RealAgent { agent })
+    /// SIGKILL to one server.
+    pub fn kill(&mut self, index: usize) {
+        self.replicas[index].kill();
     }
 
-    pub fn log_tail(&self) -> String {
-        self.agent.process().log_tail()
-    }
-
-    /// Asks for a restart without following it (its events arrive on the
-    /// [`EventFeed`]); returns once the agent has accepted it.
-    pub fn restart(&self, service: &str) -> anyhow::Result<()> {
-        let mut client =
-            AgentClient::connect(self.agent.socket())?.with_patience(Some(Duration::from_secs(30)));
-        client
-            .start_restart(
-                service,
-                Some("baton-server-bench baseline".to_owned()),
-                false,
-            )
-            .with_context(|| format!("restart of {service} not accepted"))?;
-        Ok(())
-    }
-
-    /// Every event of the agent from now on, each stamped with the moment
-    /// this process read it.
-    pub fn follow_events(&self) -> anyhow::Result<EventFeed> {
-        // A read timeout would end the feed during a quiet stretch.
-        let mut client = AgentClient::connect(self.agent.socket())?;
-        // The backlog comes first; callers drain it before they time anything.
-        client.send(Request::Events {
-            after: 0,
-            follow: true,
-        })?;
-        let (sender, receiver) = mpsc::channel();
-        // A thread of its own, blocked in read(2): the stamp is taken the
-        // moment the line arrives, never delayed by an async scheduler busy
-        // with something else.
-        std::thread::Builder::new()
-            .name("agent-events".to_owned())
-            .spawn(move || {
-                while let Ok(Some(response)) = client.receive() {
-                    if let Response::Event(event) = response
-                        && sender.send((Instant::now(), event)).is_err()
-                    {
-                        return;
-                    }
-                }
+    /// The last lines of every server's log, for an error.
+    pub fn log_tails(&self) -> String {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(index, replica)| {
+                let log = replica.log();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                format!("server {index} ({}):\n{tail}", replica.log_path().display())
             })
-            .context("cannot start the event thread")?;
-        Ok(EventFeed { receiver })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
-pub struct EventFeed {
-    receiver: mpsc::Receiver<(Instant, Event)>,
-}
-
-impl EventFeed {
-    /// Forgets whatever arrived so far.
-    pub fn drain(&self) {
-        while self.receiver.try_recv().is_ok() {}
-    }
-
-    /// The first event that `wanted` accepts, with its arrival time.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        mut wanted: impl FnMut(&Event) -> bool,
-    ) -> anyhow::Result<(Instant, Event)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.receiver.recv_timeout(left) {
-                Ok((at, event)) if wanted(&event) => return Ok((at, event)),
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("the awaited agent event did not come within {timeout:?}")
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("the agent's event stream ended")
-                }
+/// One agent token per host (a token speaks for one host), made a few at a
+/// time by `baton-server token create`.
+fn agent_tokens(binary: &Path, database: &Path, hosts: usize) -> anyhow::Result<Vec<String>> {
+    let mut tokens: Vec<Option<String>> = vec![None; hosts];
+    let chunk = hosts.div_ceil(TOKEN_COMMANDS_AT_ONCE).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = tokens
+            .chunks_mut(chunk)
+            .enumerate()
+            .map(|(part, slots)| {
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for (offset, slot) in slots.iter_mut().enumerate() {
+                        let host = fleet::host_name(part * chunk + offset);
+                        *slot = Some(baton_testkit::create_token(
+                            binary,
+                            database,
+                            &format!("bench-agent-{host}"),
+                            "agent",
+                            Some(&host),
+                        )?);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(result) => result?,
+                Err(_) => anyhow::bail!("a token thread panicked"),
             }
         }
-    }
+        Ok(())
+    })?;
+    Ok(tokens.into_iter().flatten().collect())
 }

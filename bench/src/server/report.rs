@@ -1,44 +1,88 @@
-//! The markdown this bench prints, in the style of `baton-bench`'s: the
-//! setup, one table per scenario, then the issue's targets with PASS or FAIL.
+//! The markdown this bench prints: the setup, one table whose rows are the
+//! measurements and whose columns are the setups, then the issue's targets
+//! with PASS or FAIL.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::scenarios::{PostToSpawn, RollingSummary, ThroughputRun};
-use super::stats::{cpu_model, kernel_release, median, percentile, sorted};
+use super::scenarios::{KillRun, PageRun, RollingRun};
+use super::stats::{Memory, cpu_model, kernel_release, percentile};
 
-const GET_SERVICES_TARGET: f64 = 20_000.0;
-const POST_TO_SPAWN_TARGET: Duration = Duration::from_millis(5);
-const ROLLING_OVERHEAD_TARGET: Duration = Duration::from_secs(1);
+const ROLLING_OVERHEAD_TARGET: Duration = Duration::from_secs(2);
+const RESUME_TARGET: Duration = Duration::from_secs(5);
 
 pub struct Setup {
     pub command: String,
+    pub profile: &'static str,
     pub hosts: usize,
     pub services_per_host: usize,
     pub service_start: Duration,
+    pub max_parallel: u32,
+    pub postgres_version: Option<String>,
     pub load_average_before: Option<String>,
     pub load_average_after: Option<String>,
 }
 
-pub struct Results {
-    pub setup: Setup,
-    /// `GET /services` first; the others are for comparison.
-    pub throughput: Vec<ThroughputRun>,
-    pub post_to_spawn: Option<PostToSpawn>,
-    pub rolling: Option<RollingSummary>,
+/// What one setup measured; a measurement not taken is `None` or empty.
+pub struct Column {
+    pub name: String,
+    pub servers: usize,
+    /// Why the setup stopped early, if it did.
+    pub error: Option<String>,
+    pub memory_settled: Vec<Option<Memory>>,
+    pub memory_end: Vec<Option<Memory>>,
+    pub pages: Option<PageRun>,
+    /// Sorted.
+    pub post_to_link_holder: Vec<Duration>,
+    /// Sorted; only with several servers.
+    pub post_to_another: Vec<Duration>,
+    pub rolling: Option<RollingRun>,
+    pub kill: Option<KillRun>,
 }
 
-pub fn render(results: &Results) -> String {
+impl Column {
+    pub fn new(name: impl Into<String>, servers: usize) -> Column {
+        Column {
+            name: name.into(),
+            servers,
+            error: None,
+            memory_settled: Vec::new(),
+            memory_end: Vec::new(),
+            pages: None,
+            post_to_link_holder: Vec::new(),
+            post_to_another: Vec::new(),
+            rolling: None,
+            kill: None,
+        }
+    }
+
+    /// The rollout was killed and did not finish, or some host was
+    /// commanded twice for one restart: the bench fails.
+    pub fn broken(&self) -> bool {
+        self.error.is_some()
+            || self
+                .kill
+                .as_ref()
+                .is_some_and(|k| !k.finished() || !k.commanded_twice.is_empty())
+    }
+}
+
+pub fn render(setup: &Setup, columns: &[Column]) -> String {
     let mut out = String::new();
-    let setup = &results.setup;
     let _ = writeln!(out, "# baton-server-bench\n");
     let _ = writeln!(out, "```sh\n{}\n```\n", setup.command);
     let core_count = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(
         out,
-        "- Machine: {core_count} cores ({}), Linux {}. The server, the simulated hosts, the real agent and the HTTP load all run on it and share its cores.",
+        "- Machine: {core_count} cores ({}), Linux {}. The servers, PostgreSQL, the simulated hosts and the HTTP load all run on it and share its cores.",
         cpu_model().unwrap_or_else(|| "unknown CPU".to_owned()),
         kernel_release().unwrap_or_else(|| "unknown".to_owned()),
+    );
+    let _ = writeln!(
+        out,
+        "- Build: {} (`baton-server` and this bench). PostgreSQL: {}, started by the bench (`initdb` in a temporary folder, `fsync` off), a fresh database per setup.",
+        setup.profile,
+        setup.postgres_version.as_deref().unwrap_or("not used"),
     );
     let _ = writeln!(
         out,
@@ -48,211 +92,214 @@ pub fn render(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "- Server: the release `baton-server` on a fresh SQLite file. Fleet: {} simulated hosts × {} services = {} services, each host a WebSocket client of `proto::link` on one bench thread: a status every second, connection counts that move every 5 s (as the real uplink reads them), and every restart command played as a real agent reports it (restart_started, generation_spawned, generation_ready, generation_draining, generation_exited, restart_finished, each batch followed by a status). A simulated service starts in {}.",
+        "- Fleet: {} simulated hosts × {} services = {} services. Each host is a WebSocket client of `proto::link` on one bench thread (a status every second, every restart command played as an agent reports it, events resent after a new link's welcome, reports answered); it knows every server's URL, links to server `i % n` first and to the next one when its link drops. A simulated service starts in {}. Rolling restarts: `max_parallel` {}.",
         setup.hosts,
         setup.services_per_host,
         setup.hosts * setup.services_per_host,
         humantime::format_duration(setup.service_start),
+        setup.max_parallel,
     );
+    let _ = writeln!(out);
 
-    if !results.throughput.is_empty() {
-        let _ = writeln!(out, "\n## GET throughput\n");
-        let _ = writeln!(
-            out,
-            "Keep-alive connections, one request in flight each, viewer token; the client reads and counts every body byte (a gzipped body as sent, not unpacked). `GET /services` is served from a copy rendered once per change of the fleet and gzipped once per change for clients that accept gzip; the revalidating client sends the last `ETag` each connection saw as `If-None-Match` and gets a `304` while nothing changed (the simulated counts change about 20 times a second, so some answers are whole lists); `GET /services/svc-0` (one service on every host) is rendered per request; `GET /metrics` is a small body and no query; `GET /healthz` runs `SELECT 1` on the database. Cores are CPU time during the run divided by its length: bench is the load and the simulated hosts; interrupts (softirqs, where much of loopback TCP's receive work runs, charged to no process), other processes and the hypervisor's steal come from `/proc/stat`."
-        );
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "| request | client | body | connections (client threads) | requests | of them 304 | req/s | p50 / p99 / max | server cores | bench cores | interrupts | other processes | steal |"
-        );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-        for run in &results.throughput {
-            let result = &run.result;
-            let _ = writeln!(
-                out,
-                "| `GET {}` | {} | {} | {} ({}) | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                result.path,
-                result.client.label(),
-                bytes(result.body_bytes),
-                run.connections,
-                run.threads,
-                result.requests,
-                result.not_modified,
-                result.per_second(),
-                triple(&result.latencies),
-                cores(run.server_cores),
-                cores(run.bench_cores),
-                cores(run.interrupt_cores),
-                cores(run.other_cores),
-                cores(run.steal_cores),
-            );
-        }
+    let _ = write!(out, "| measurement |");
+    for column in columns {
+        let _ = write!(out, " {} |", column.name);
     }
-
-    if let Some(post) = &results.post_to_spawn {
-        let _ = writeln!(out, "\n## POST → spawn (one real agent, `baton-demo`)\n");
-        let _ = writeln!(
-            out,
-            "Times are on the bench's clock: from sending the request to reading the agent's `generation_spawned` on a `events --follow` stream of its control socket (read by a thread blocked on it); the agent emits that event once the child has exec'd. Restarts through the server and through the control socket alternate; each waits for the previous one to end. One untimed round first."
-        );
-        let _ = writeln!(out);
-        let _ = writeln!(out, "| path | restarts | median | p90 | max |");
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|");
-        let rows = [
-            (
-                "`POST /services/web/restart` → `generation_spawned`",
-                &post.via_server,
-            ),
-            (
-                "`POST /services/web/restart` → its `202`",
-                &post.post_answer,
-            ),
-            (
-                "control socket `restart` → `generation_spawned` (the agent alone)",
-                &post.via_control,
-            ),
-            (
-                "fork + exec of `baton-demo` by the bench, nothing else",
-                &post.bare_spawn,
-            ),
-        ];
-        for (name, samples) in rows {
-            let sorted = sorted(samples);
-            let _ = writeln!(
-                out,
-                "| {name} | {} | {} | {} | {} |",
-                sorted.len(),
-                opt_ms(percentile(&sorted, 0.5)),
-                opt_ms(percentile(&sorted, 0.9)),
-                opt_ms(sorted.last().copied()),
-            );
-        }
-        let _ = writeln!(
-            out,
-            "| the server's share (difference of medians) | {} | {} | | |",
-            post.runs,
-            opt_ms(server_share(post)),
-        );
+    let _ = write!(out, "\n|---|");
+    for _ in columns {
+        let _ = write!(out, "--:|");
     }
-
-    if let Some(rolling) = &results.rolling {
-        let _ = writeln!(
-            out,
-            "\n## Rolling restart across {} hosts (`max_parallel` 1, `?wait=true`)\n",
-            setup.hosts
-        );
-        let _ = writeln!(
-            out,
-            "Total: from sending the POST to reading its answer. Overhead: total minus {} hosts × the services' start time. A gap runs from a host sending its `restart_finished` to the next host reading its `restart` command.",
-            setup.hosts
-        );
+    let _ = writeln!(out);
+    let mut row = |name: &str, cell: &dyn Fn(&Column) -> String| {
+        let _ = write!(out, "| {name} |");
+        for column in columns {
+            let _ = write!(out, " {} |", cell(column));
+        }
         let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "| runs | outcome | total (median) | each run | overhead | per host | POST → first command | on a host, command → `restart_finished`, p50 | gap between hosts p50 / p99 / max | last `restart_finished` → answer |"
-        );
-        let _ = writeln!(out, "|--:|---|--:|---|--:|--:|--:|--:|--:|--:|");
-        let outcomes: Vec<String> = rolling
-            .runs
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} ({}/{} hosts)",
-                    r.outcome.map_or("none", |o| o.as_str()),
-                    r.hosts_succeeded,
-                    r.hosts
-                )
+    };
+    row("servers", &|c| match c.servers {
+        1 => "1".to_owned(),
+        n => format!("{n} replicas"),
+    });
+    row(
+        "memory per server once linked and settled, `VmRSS` (`VmHWM`)",
+        &|c| memories(&c.memory_settled),
+    );
+    row("memory per server at the end, `VmRSS` (`VmHWM`)", &|c| {
+        memories(&c.memory_end)
+    });
+    row("`GET /services?page=N` per second", &|c| {
+        c.pages.as_ref().map_or_else(dash, |p| {
+            format!(
+                "{:.0} ({} pages of {}, up to {} gzipped, {} connections)",
+                p.result.per_second(),
+                p.pages,
+                p.per_page,
+                kb(p.result.body_bytes),
+                p.connections
+            )
+        })
+    });
+    row("`GET /services?page=N` latency p50 / p99", &|c| {
+        c.pages
+            .as_ref()
+            .map_or_else(dash, |p| pair(&p.result.latencies))
+    });
+    row("cores during the `GET` load: servers / bench", &|c| {
+        c.pages.as_ref().map_or_else(dash, |p| {
+            format!("{} / {}", cores(p.server_cores), cores(p.bench_cores))
+        })
+    });
+    row(
+        "`POST /services/{svc}/restart` (one host) → the host reads the command, median / p99: to the server holding its link",
+        &|c| samples(&c.post_to_link_holder),
+    );
+    row(
+        "the same, to another replica (through the `host_commands` outbox)",
+        &|c| samples(&c.post_to_another),
+    );
+    row("rolling restart of every host: total", &|c| {
+        c.rolling.as_ref().map_or_else(dash, |r| {
+            format!(
+                "{} ({}, {}/{} hosts)",
+                ms(r.total),
+                r.outcome.map_or("no outcome", |o| o.as_str()),
+                r.hosts_succeeded,
+                r.hosts
+            )
+        })
+    });
+    row(
+        "the hosts' own time (their measured restarts, `max_parallel` at a time; ideal ⌈hosts / max_parallel⌉ × start)",
+        &|c| {
+            c.rolling.as_ref().map_or_else(dash, |r| {
+                format!("{} (ideal {})", ms(r.on_hosts), ms(r.on_hosts_ideal))
             })
-            .collect();
-        let each: Vec<String> = rolling.runs.iter().map(|r| ms(r.total)).collect();
-        let overhead = rolling_overhead(rolling, setup);
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |",
-            rolling.runs.len(),
-            outcomes.join(", "),
-            ms(rolling.total),
-            each.join(", "),
-            ms(overhead),
-            ms(overhead / setup.hosts.max(1) as u32),
-            ms(rolling.first_command),
-            ms(rolling.on_host_p50),
-            ms(rolling.gap_p50),
-            ms(rolling.gap_p99),
-            ms(rolling.gap_max),
-            ms(rolling.last_to_answer),
-        );
-    }
+        },
+    );
+    row("control-plane overhead (total − the hosts' own time)", &|c| {
+        c.rolling.as_ref().map_or_else(dash, |r| ms(r.overhead()))
+    });
+    row(
+        "driver SIGKILLed halfway: hosts finished by then",
+        &|c| {
+            c.kill.as_ref().map_or_else(dash, |k| {
+                format!("{} (server {} killed)", k.finished_at_kill, k.killed)
+            })
+        },
+    );
+    row("kill → another replica drives it (`restarts.driver`)", &|c| {
+        c.kill
+            .as_ref()
+            .map_or_else(dash, |k| opt_ms(k.takeover))
+    });
+    row(
+        "kill → rollout resumes (a host not commanded before the kill reads its command)",
+        &|c| c.kill.as_ref().map_or_else(dash, |k| opt_ms(k.resume)),
+    );
+    row("hosts commanded twice for that restart", &|c| {
+        c.kill.as_ref().map_or_else(dash, |k| {
+            if k.commanded_twice.is_empty() {
+                "0".to_owned()
+            } else {
+                format!(
+                    "{} ({})",
+                    k.commanded_twice.len(),
+                    k.commanded_twice.join(", ")
+                )
+            }
+        })
+    });
+    row("that restart's end", &|c| {
+        c.kill.as_ref().map_or_else(dash, |k| {
+            format!(
+                "{} {} after the POST, {} ({}/{} hosts succeeded)",
+                if k.finished() { "finished" } else { "NOT finished" },
+                ms(k.total),
+                k.outcome.map_or("no outcome", |o| o.as_str()),
+                k.hosts_succeeded,
+                k.hosts
+            )
+        })
+    });
+    row("error", &|c| {
+        c.error
+            .as_deref()
+            .map_or_else(dash, |e| e.lines().next().unwrap_or("").replace('|', "\\|"))
+    });
 
-    write_targets(&mut out, results);
+    write_targets(&mut out, columns);
     out
 }
 
-fn write_targets(out: &mut String, results: &Results) {
+fn write_targets(out: &mut String, columns: &[Column]) {
     let _ = writeln!(out, "\n## Targets\n");
-    let _ = writeln!(out, "| target | measured | limit | result |");
-    let _ = writeln!(out, "|---|--:|--:|---|");
-    let services = results.setup.hosts * results.setup.services_per_host;
-    for run in results
-        .throughput
+    let _ = writeln!(out, "| target | setup | measured | limit | result |");
+    let _ = writeln!(out, "|---|---|--:|--:|---|");
+    for column in columns {
+        if let Some(rolling) = &column.rolling {
+            let overhead = rolling.overhead();
+            let _ = writeln!(
+                out,
+                "| rolling restart, control-plane overhead | {} | {} | < {} | {} |",
+                column.name,
+                ms(overhead),
+                ms(ROLLING_OVERHEAD_TARGET),
+                mark(overhead < ROLLING_OVERHEAD_TARGET),
+            );
+        }
+        if let Some(kill) = &column.kill {
+            let _ = writeln!(
+                out,
+                "| driver killed: kill → rollout resumes | {} | {} | < {} | {} |",
+                column.name,
+                opt_ms(kill.resume),
+                ms(RESUME_TARGET),
+                mark(kill.resume.is_some_and(|r| r < RESUME_TARGET)),
+            );
+            let _ = writeln!(
+                out,
+                "| driver killed: no host restarted twice, rollout finished | {} | {} twice, {} | 0, finished | {} |",
+                column.name,
+                kill.commanded_twice.len(),
+                if kill.finished() { "finished" } else { "not finished" },
+                mark(kill.commanded_twice.is_empty() && kill.finished()),
+            );
+        }
+    }
+}
+
+fn memories(memories: &[Option<Memory>]) -> String {
+    if memories.is_empty() {
+        return dash();
+    }
+    memories
         .iter()
-        .filter(|run| run.result.path == "/services")
-    {
-        let rate = run.result.per_second();
-        let _ = writeln!(
-            out,
-            "| `GET /services` per second, {services} services on {} hosts, {} client | {rate:.0} | > {GET_SERVICES_TARGET:.0} | {} |",
-            results.setup.hosts,
-            run.result.client.label(),
-            mark(rate > GET_SERVICES_TARGET),
-        );
-    }
-    if let Some(post) = &results.post_to_spawn
-        && let Some(spawn) = median(post.via_server.iter().copied())
-    {
-        let _ = writeln!(
-            out,
-            "| `POST .../restart` → agent's spawn, median | {} | < {} | {} |",
-            ms(spawn),
-            ms(POST_TO_SPAWN_TARGET),
-            mark(spawn < POST_TO_SPAWN_TARGET),
-        );
-    }
-    if let Some(rolling) = &results.rolling {
-        let overhead = rolling_overhead(rolling, &results.setup);
-        let _ = writeln!(
-            out,
-            "| rolling restart of {} hosts, overhead beyond the services' start | {} | < {} | {} |",
-            results.setup.hosts,
-            ms(overhead),
-            ms(ROLLING_OVERHEAD_TARGET),
-            mark(overhead < ROLLING_OVERHEAD_TARGET),
-        );
-    }
+        .map(|m| m.map_or_else(|| "gone".to_owned(), |m| format!("{} ({})", mb(m.resident), mb(m.peak))))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-fn rolling_overhead(rolling: &RollingSummary, setup: &Setup) -> Duration {
-    rolling
-        .total
-        .saturating_sub(setup.service_start * setup.hosts as u32)
+fn samples(sorted: &[Duration]) -> String {
+    if sorted.is_empty() {
+        return dash();
+    }
+    format!("{} ({} restarts)", pair(sorted), sorted.len())
 }
 
-fn server_share(post: &PostToSpawn) -> Option<Duration> {
-    let server = median(post.via_server.iter().copied())?;
-    let control = median(post.via_control.iter().copied())?;
-    Some(server.saturating_sub(control))
-}
-
-fn triple(sorted: &[Duration]) -> String {
-    match (
-        percentile(sorted, 0.5),
-        percentile(sorted, 0.99),
-        sorted.last(),
-    ) {
-        (Some(p50), Some(p99), Some(max)) => format!("{} / {} / {}", ms(p50), ms(p99), ms(*max)),
+fn pair(sorted: &[Duration]) -> String {
+    match (percentile(sorted, 0.5), percentile(sorted, 0.99)) {
+        (Some(p50), Some(p99)) => format!("{} / {}", ms(p50), ms(p99)),
         _ => dash(),
     }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn kb(bytes: u64) -> String {
+    format!("{:.1} kB", bytes as f64 / 1e3)
 }
 
 fn cores(cores: Option<f64>) -> String {
@@ -272,14 +319,6 @@ fn ms(duration: Duration) -> String {
 
 fn opt_ms(duration: Option<Duration>) -> String {
     duration.map_or_else(dash, ms)
-}
-
-fn bytes(count: u64) -> String {
-    if count >= 10_000 {
-        format!("{:.0} kB", count as f64 / 1000.0)
-    } else {
-        format!("{count} B")
-    }
 }
 
 fn dash() -> String {

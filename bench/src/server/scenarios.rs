@@ -1,241 +1,154 @@
-//! The three measurements of the server: `GET` throughput against the
-//! simulated fleet, the time from `POST .../restart` to a real agent's spawn,
-//! and a rolling restart across every simulated host.
+//! What is measured on each setup: `GET /services?page=N` throughput, the
+//! time from `POST .../restart` to the simulated host reading the command,
+//! a rolling restart of one service on every host, and (replicas only) the
+//! same rolling restart with its driving replica killed halfway.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use baton_client::ServerClient;
-use baton_proto::api::{RestartRequest, RestartState};
-use baton_proto::{EventKind, RestartOutcome, ServiceName};
+use baton_proto::api::{MaxParallel, RestartRequest, RestartState};
+use baton_proto::{RestartOutcome, ServiceName};
 
-use super::fleet::{Fleet, HostRestart};
-use super::load::{self, ClientKind, LoadSettings, Throughput};
-use super::procs::{EventFeed, RealAgent, Server};
-use super::stats::{cpu_seconds, machine_times, median, percentile};
+use super::database::Database;
+use super::fleet::{self, Fleet, HostRestart};
+use super::load::{self, LoadSettings, Throughput};
+use super::procs::Servers;
+use super::stats::cpu_seconds;
 
-/// `GET` throughput, with the CPU time the server and this process used.
-pub struct ThroughputRun {
-    pub result: Throughput,
-    pub connections: usize,
-    pub threads: usize,
-    /// Cores busy on average during the run.
-    pub server_cores: Option<f64>,
-    pub bench_cores: Option<f64>,
-    pub interrupt_cores: Option<f64>,
-    /// Every other process on the machine: a busy neighbour shows here.
-    pub other_cores: Option<f64>,
-    pub steal_cores: Option<f64>,
+/// The longest a restart driven by the bench may take, driver kill included.
+const RESTART_PATIENCE: Duration = Duration::from_secs(600);
+
+fn client(url: &str, token: &str) -> anyhow::Result<ServerClient> {
+    Ok(ServerClient::new(url, Some(token.to_owned()), None)?.with_timeout(RESTART_PATIENCE))
 }
 
-pub fn throughput(
-    server: &Server,
-    path: &str,
-    client: ClientKind,
-    connections: usize,
-    threads: usize,
-    duration: Duration,
-) -> anyhow::Result<ThroughputRun> {
-    let settings = LoadSettings {
-        address: ([127, 0, 0, 1], server.port).into(),
-        path: path.to_owned(),
-        token: server.tokens.viewer.clone(),
-        connections,
-        threads,
-        duration,
-        client,
+/// `GET /services?page=N` throughput, with the CPU time the servers and this
+/// process used.
+pub struct PageRun {
+    pub result: Throughput,
+    pub pages: u32,
+    pub per_page: u32,
+    pub connections: usize,
+    /// Cores busy on average during the run: every server together.
+    pub server_cores: Option<f64>,
+    /// The load and the simulated hosts.
+    pub bench_cores: Option<f64>,
+}
+
+pub struct PageSettings {
+    pub services: usize,
+    pub per_page: u32,
+    pub connections: usize,
+    pub threads: usize,
+    pub duration: Duration,
+}
+
+/// Every page of the fleet, asked round-robin of every server.
+pub fn pages(servers: &Servers, settings: &PageSettings) -> anyhow::Result<PageRun> {
+    let per_page = settings.per_page.max(1);
+    let pages = u32::try_from(settings.services.div_ceil(per_page as usize))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let load = LoadSettings {
+        addresses: servers.running().map(|(_, s)| s.addr()).collect(),
+        paths: (1..=pages)
+            .map(|page| format!("/services?page={page}&per_page={per_page}"))
+            .collect(),
+        token: servers.viewer.clone(),
+        connections: settings.connections,
+        threads: settings.threads,
+        duration: settings.duration,
     };
-    let server_before = server.pid().and_then(cpu_seconds);
+    let server_cpu = || -> Option<f64> {
+        servers
+            .running()
+            .map(|(_, s)| s.pid().and_then(cpu_seconds))
+            .sum()
+    };
+    let server_before = server_cpu();
     let bench_before = cpu_seconds(std::process::id());
-    let machine_before = machine_times();
-    let result = load::run(&settings).with_context(|| format!("GET {path}"))?;
+    let result = load::run(&load).context("GET /services?page=N")?;
     let cores = |before: Option<f64>, after: Option<f64>| {
         Some((after? - before?) / result.elapsed.as_secs_f64())
     };
-    let server_cores = cores(server_before, server.pid().and_then(cpu_seconds));
-    let bench_cores = cores(bench_before, cpu_seconds(std::process::id()));
-    let machine_after = machine_times();
-    let machine = |pick: fn(&super::stats::MachineTimes) -> f64| {
-        cores(
-            machine_before.as_ref().map(pick),
-            machine_after.as_ref().map(pick),
-        )
-    };
-    let processes = machine(|m| m.processes);
-    Ok(ThroughputRun {
-        other_cores: (|| Some((processes? - server_cores? - bench_cores?).max(0.0)))(),
-        interrupt_cores: machine(|m| m.interrupts),
-        steal_cores: machine(|m| m.steal),
-        server_cores,
-        bench_cores,
+    Ok(PageRun {
+        server_cores: cores(server_before, server_cpu()),
+        bench_cores: cores(bench_before, cpu_seconds(std::process::id())),
+        pages,
+        per_page,
+        connections: settings.connections,
         result,
-        connections,
-        threads,
     })
 }
 
-pub struct PostToSpawn {
-    pub runs: usize,
-    /// POST sent → `generation_spawned` read on the agent's control socket.
-    pub via_server: Vec<Duration>,
-    /// POST sent → its `202` read.
-    pub post_answer: Vec<Duration>,
-    /// Restart asked on the control socket → `generation_spawned` read there.
-    pub via_control: Vec<Duration>,
-    /// `Command::spawn` of the same program by this bench: fork and exec,
-    /// which the agent's spawn also waits for, with nothing else.
-    pub bare_spawn: Vec<Duration>,
+/// Which server a single-host restart is posted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostTo {
+    /// The one holding the host's link: the command goes straight out.
+    LinkHolder,
+    /// Another one: the command goes through the `host_commands` outbox.
+    Another,
 }
 
-/// Restarts `service` of one real agent alternately through the server and
-/// through the agent's control socket, `runs` times each, after one untimed
-/// round that warms connections and caches.
-pub async fn post_to_spawn(
-    server: &Server,
-    agent: &RealAgent,
-    service: &str,
-    program: &Path,
-    runs: usize,
-) -> anyhow::Result<PostToSpawn> {
-    let viewer = ServerClient::new(&server.url(), Some(server.tokens.viewer.clone()), None)?;
-    let operator = viewer.with_token(server.tokens.operator.clone());
-    let name = ServiceName::parse(service)?;
-    let feed = agent.follow_events()?;
-    wait_until_listed(&viewer, server, &name).await?;
-    let mut result = PostToSpawn {
-        runs,
-        via_server: Vec::with_capacity(runs),
-        post_answer: Vec::with_capacity(runs),
-        via_control: Vec::with_capacity(runs),
-        bare_spawn: Vec::with_capacity(runs),
-    };
-    for run in 0..=runs {
-        let (spawn, answer) = restart_via_server(&viewer, &operator, &feed, &name)
+/// `samples` restarts of one service on one host each, one after the other,
+/// each from sending the POST to the simulated host reading its command.
+/// Host `i` holds its link on server `i % n` (the fleet links it there
+/// first, and nothing has dropped it yet).
+pub async fn post_to_command(
+    servers: &Servers,
+    fleet: &Fleet,
+    hosts: usize,
+    services_per_host: usize,
+    samples: usize,
+    post_to: PostTo,
+    label: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let urls = servers.urls();
+    let mut latencies = Vec::with_capacity(samples);
+    // One untimed round warms the connections and caches.
+    for sample in 0..=samples {
+        // Spread over the fleet; a prime stride visits every host.
+        let host = sample * 7919 % hosts;
+        let service = fleet::service_name(sample % services_per_host);
+        let server = match post_to {
+            PostTo::LinkHolder => host % urls.len(),
+            PostTo::Another => (host + 1) % urls.len(),
+        };
+        let reason = format!("baton-server-bench {label} {sample}");
+        let body = RestartRequest {
+            hosts: Some(vec![fleet::host_name(host)]),
+            reason: Some(reason.clone()),
+            ..RestartRequest::default()
+        };
+        let operator = client(&urls[server], &servers.operator)?;
+        let sent = Instant::now();
+        // The answer comes once the host finished, so the next POST of the
+        // same service finds none running.
+        let restart = operator
+            .restart_and_wait(&ServiceName::parse(&service)?, &body)
             .await
-            .with_context(|| format!("restart {run} through the server"))?;
-        let control = restart_via_control(agent, &feed, service)
-            .with_context(|| format!("restart {run} through the control socket"))?;
-        if run > 0 {
-            result.via_server.push(spawn);
-            result.post_answer.push(answer);
-            result.via_control.push(control);
+            .with_context(|| format!("POST /services/{service}/restart ({reason})"))?;
+        ensure!(
+            restart.outcome == Some(RestartOutcome::Succeeded),
+            "restart {} ({reason}) ended {:?}: {:?}",
+            restart.id,
+            restart.outcome,
+            restart.outcome_reason
+        );
+        let commands = fleet.commands_for(&reason);
+        ensure!(
+            commands.len() == 1,
+            "{} commands for one restart of one host ({reason})",
+            commands.len()
+        );
+        if sample > 0 {
+            latencies.push(commands[0].at.saturating_duration_since(sent));
         }
     }
-    for _ in 0..runs {
-        result.bare_spawn.push(bare_spawn(program)?);
-    }
-    Ok(result)
-}
-
-fn bare_spawn(program: &Path) -> anyhow::Result<Duration> {
-    let sent = Instant::now();
-    // std waits for the exec to succeed (a close-on-exec pipe), as the agent does.
-    let mut child = std::process::Command::new(program)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
-    let spawned = sent.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
-    Ok(spawned)
-}
-
-async fn wait_until_listed(
-    viewer: &ServerClient,
-    server: &Server,
-    service: &ServiceName,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match viewer.service(service).await {
-            Ok(listed) if listed.hosts.iter().any(|h| h.online) => return Ok(()),
-            // Not listed yet.
-            Ok(_) | Err(baton_client::Error::Status { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the server never listed {service} as online:\n{}",
-                server.log_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn is_spawn(service: &str) -> impl FnMut(&baton_proto::Event) -> bool + '_ {
-    move |event| {
-        event.service == service && matches!(event.kind, EventKind::GenerationSpawned { .. })
-    }
-}
-
-fn wait_finished(feed: &EventFeed, service: &str) -> anyhow::Result<()> {
-    let (_, event) = feed.wait_for(Duration::from_secs(60), |event| {
-        event.service == service && matches!(event.kind, EventKind::RestartFinished { .. })
-    })?;
-    match event.kind {
-        EventKind::RestartFinished {
-            outcome: RestartOutcome::Succeeded,
-            ..
-        } => Ok(()),
-        other => bail!("the agent's restart did not succeed: {other:?}"),
-    }
-}
-
-async fn restart_via_server(
-    viewer: &ServerClient,
-    operator: &ServerClient,
-    feed: &EventFeed,
-    service: &ServiceName,
-) -> anyhow::Result<(Duration, Duration)> {
-    feed.drain();
-    let sent = Instant::now();
-    let restart = operator
-        .start_restart(service, &RestartRequest::default())
-        .await
-        .with_context(|| format!("POST /services/{service}/restart"))?;
-    let answered = Instant::now();
-    let service = service.as_str();
-    // The feed's thread stamped the event when it arrived, whether that was
-    // before or after the answer above was read.
-    let (spawned, _) = feed.wait_for(Duration::from_secs(10), is_spawn(service))?;
-    wait_finished(feed, service)?;
-    // The next POST would get a 409 until the server has recorded the end.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = viewer.restart(restart.id).await?;
-        if state.state == RestartState::Finished {
-            ensure!(
-                state.outcome == Some(RestartOutcome::Succeeded),
-                "restart {} ended {:?}: {:?}",
-                restart.id,
-                state.outcome,
-                state.outcome_reason
-            );
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the server never finished restart {}", restart.id);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok((spawned - sent, answered - sent))
-}
-
-fn restart_via_control(
-    agent: &RealAgent,
-    feed: &EventFeed,
-    service: &str,
-) -> anyhow::Result<Duration> {
-    feed.drain();
-    let sent = Instant::now();
-    agent.restart(service)?;
-    let (spawned, _) = feed.wait_for(Duration::from_secs(10), is_spawn(service))?;
-    wait_finished(feed, service)?;
-    Ok(spawned - sent)
+    latencies.sort_unstable();
+    Ok(latencies)
 }
 
 pub struct RollingRun {
@@ -243,105 +156,219 @@ pub struct RollingRun {
     pub outcome: Option<RestartOutcome>,
     pub hosts: usize,
     pub hosts_succeeded: usize,
-    /// POST sent → the first host's command read.
-    pub first_command: Duration,
-    /// One host's `restart_finished` sent → the next host's command read.
-    pub gaps: Vec<Duration>,
-    /// The last host's `restart_finished` sent → the `?wait=true` answer read.
-    pub last_to_answer: Duration,
-    /// Each simulated host's own time: command read → `restart_finished` sent.
-    pub on_hosts: Vec<Duration>,
+    /// The hosts' own time, as the server's policy would have it with no
+    /// overhead at all: each host's measured command → `restart_finished`,
+    /// started in host order, `max_parallel` at a time, each slot taken again
+    /// the moment it frees.
+    pub on_hosts: Duration,
+    /// `ceil(hosts / max_parallel)` × the service's start.
+    pub on_hosts_ideal: Duration,
 }
 
+impl RollingRun {
+    pub fn overhead(&self) -> Duration {
+        self.total.saturating_sub(self.on_hosts)
+    }
+}
+
+/// A rolling restart of `service` on every host, posted with `?wait=true`
+/// to the first server.
 pub async fn rolling(
-    server: &Server,
+    servers: &Servers,
     fleet: &Fleet,
     service: &str,
-    expected_hosts: usize,
+    hosts: usize,
+    max_parallel: u32,
+    service_start: Duration,
+    label: &str,
 ) -> anyhow::Result<RollingRun> {
-    let operator = ServerClient::new(&server.url(), Some(server.tokens.operator.clone()), None)?
-        // The answer waits for every host.
-        .with_timeout(Duration::from_secs(600));
-    let name = ServiceName::parse(service)?;
+    let operator = client(&servers.urls()[0], &servers.operator)?;
+    let reason = format!("baton-server-bench {label}");
     let body = RestartRequest {
-        max_parallel: Some(baton_proto::api::MaxParallel::Hosts(1)),
-        reason: Some("baton-server-bench rolling restart".to_owned()),
+        max_parallel: Some(MaxParallel::Hosts(max_parallel)),
+        reason: Some(reason.clone()),
         ..RestartRequest::default()
     };
-    fleet.clear_restarts();
     let sent = Instant::now();
     let restart = operator
-        .restart_and_wait(&name, &body)
+        .restart_and_wait(&ServiceName::parse(service)?, &body)
         .await
         .with_context(|| format!("POST /services/{service}/restart?wait=true"))?;
-    let answered = Instant::now();
-    let mut hosts: Vec<HostRestart> = fleet
-        .restarts()
-        .into_iter()
-        .filter(|r| r.service == service)
-        .collect();
-    hosts.sort_by_key(|r| r.command);
+    let total = sent.elapsed();
+    let finished = fleet.finished_for(&reason);
     ensure!(
-        hosts.len() == expected_hosts,
-        "{} of {expected_hosts} simulated hosts saw the restart (outcome {:?}: {:?})",
-        hosts.len(),
+        finished.len() == hosts,
+        "{} of {hosts} simulated hosts finished the rolling restart (outcome {:?}: {:?})",
+        finished.len(),
         restart.outcome,
         restart.outcome_reason
     );
-    // The orchestrator takes hosts by name; any other order means the
-    // commands were not one after another as the timing below assumes.
-    ensure!(
-        hosts.windows(2).all(|pair| pair[0].host < pair[1].host),
-        "the hosts did not restart one by one in name order"
-    );
-    let gaps = hosts
-        .windows(2)
-        .map(|pair| pair[1].command.saturating_duration_since(pair[0].finished))
-        .collect();
     Ok(RollingRun {
-        total: answered - sent,
+        total,
         outcome: restart.outcome,
         hosts: restart.hosts.len(),
-        hosts_succeeded: restart
-            .hosts
-            .iter()
-            .filter(|h| h.outcome == Some(RestartOutcome::Succeeded))
-            .count(),
-        first_command: hosts[0].command.saturating_duration_since(sent),
-        gaps,
-        last_to_answer: answered.saturating_duration_since(hosts[hosts.len() - 1].finished),
-        on_hosts: hosts
-            .iter()
-            .map(|r| r.finished.saturating_duration_since(r.command))
-            .collect(),
+        hosts_succeeded: succeeded(&restart),
+        on_hosts: own_time(finished, max_parallel),
+        on_hosts_ideal: service_start * hosts.div_ceil(max_parallel.max(1) as usize) as u32,
     })
 }
 
-/// The median run by total time, and the medians of the per-run figures.
-pub struct RollingSummary {
-    pub runs: Vec<RollingRun>,
-    pub total: Duration,
-    pub first_command: Duration,
-    pub gap_p50: Duration,
-    pub gap_p99: Duration,
-    pub gap_max: Duration,
-    pub last_to_answer: Duration,
-    pub on_host_p50: Duration,
+fn succeeded(restart: &baton_proto::api::Restart) -> usize {
+    restart
+        .hosts
+        .iter()
+        .filter(|h| h.outcome == Some(RestartOutcome::Succeeded))
+        .count()
 }
 
-impl RollingSummary {
-    pub fn of(runs: Vec<RollingRun>) -> Option<RollingSummary> {
-        let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.clone()).collect();
-        gaps.sort_unstable();
-        Some(RollingSummary {
-            total: median(runs.iter().map(|r| r.total))?,
-            first_command: median(runs.iter().map(|r| r.first_command))?,
-            gap_p50: percentile(&gaps, 0.50)?,
-            gap_p99: percentile(&gaps, 0.99)?,
-            gap_max: *gaps.last()?,
-            last_to_answer: median(runs.iter().map(|r| r.last_to_answer))?,
-            on_host_p50: median(runs.iter().flat_map(|r| r.on_hosts.iter().copied()))?,
-            runs,
-        })
+/// The makespan of the hosts' own times in host-name order (the order the
+/// server takes them) on `max_parallel` slots.
+fn own_time(mut hosts: Vec<HostRestart>, max_parallel: u32) -> Duration {
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    let mut slots = vec![Duration::ZERO; max_parallel.max(1) as usize];
+    for host in &hosts {
+        let own = host.finished.saturating_duration_since(host.command);
+        let earliest = slots
+            .iter_mut()
+            .min()
+            .expect("at least one slot");
+        *earliest += own;
     }
+    slots.into_iter().max().unwrap_or_default()
+}
+
+pub struct KillRun {
+    /// Which server drove the rollout and was killed.
+    pub killed: usize,
+    /// Hosts finished when it was killed.
+    pub finished_at_kill: usize,
+    /// Kill → `restarts.driver` names another replica.
+    pub takeover: Option<Duration>,
+    /// Kill → a host not commanded before the kill reads its command.
+    pub resume: Option<Duration>,
+    pub total: Duration,
+    pub state: Option<RestartState>,
+    pub outcome: Option<RestartOutcome>,
+    pub hosts: usize,
+    pub hosts_succeeded: usize,
+    /// Hosts that read two or more commands for this one restart.
+    pub commanded_twice: Vec<String>,
+}
+
+impl KillRun {
+    pub fn finished(&self) -> bool {
+        self.state == Some(RestartState::Finished)
+    }
+}
+
+/// Starts a rolling restart of `service` on the first server, SIGKILLs the
+/// replica driving it once half the hosts have finished, and follows it to
+/// its end on the others.
+pub async fn driver_kill(
+    servers: &mut Servers,
+    database: &Database,
+    fleet: &Fleet,
+    service: &str,
+    hosts: usize,
+    max_parallel: u32,
+) -> anyhow::Result<KillRun> {
+    let urls = servers.urls();
+    let reason = "baton-server-bench rolling restart, driver killed".to_owned();
+    let body = RestartRequest {
+        max_parallel: Some(MaxParallel::Hosts(max_parallel)),
+        reason: Some(reason.clone()),
+        ..RestartRequest::default()
+    };
+    let sent = Instant::now();
+    let restart = client(&urls[0], &servers.operator)?
+        .start_restart(&ServiceName::parse(service)?, &body)
+        .await
+        .with_context(|| format!("POST /services/{service}/restart"))?;
+    let half = hosts.div_ceil(2);
+    let deadline = Instant::now() + RESTART_PATIENCE;
+    while fleet.finished_count(&reason) < half {
+        ensure!(
+            Instant::now() < deadline,
+            "half the hosts did not finish within {RESTART_PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let driver = database
+        .driver(restart.id)
+        .await?
+        .context("the restart has no driver")?;
+    // Host `i` linked to server `i % n` first: its row names that server's
+    // replica id.
+    let mut killed = None;
+    for index in 0..urls.len().min(hosts) {
+        if database.link_replica(&fleet::host_name(index)).await?.as_deref() == Some(&driver) {
+            killed = Some(index % urls.len());
+        }
+    }
+    let killed = killed.with_context(|| {
+        format!("no server holds the links of replica {driver}, which drives the restart")
+    })?;
+    let finished_at_kill = fleet.finished_count(&reason);
+    let killed_at = Instant::now();
+    servers.kill(killed);
+    let pending: BTreeSet<String> = database.pending_hosts(restart.id).await?.into_iter().collect();
+
+    let survivor = servers
+        .running()
+        .map(|(index, _)| index)
+        .next()
+        .context("no server left")?;
+    let viewer = client(&urls[survivor], &servers.viewer)?;
+    let mut takeover = None;
+    let mut last_look = Instant::now() - Duration::from_secs(1);
+    let state = loop {
+        if takeover.is_none()
+            && let Some(now_driver) = database.driver(restart.id).await?
+            && now_driver != driver
+        {
+            takeover = Some(killed_at.elapsed());
+        }
+        if last_look.elapsed() >= Duration::from_millis(250) {
+            last_look = Instant::now();
+            let state = viewer.restart(restart.id).await?;
+            if state.state == RestartState::Finished {
+                break state;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "restart {} did not finish within {RESTART_PATIENCE:?} after its driver was killed",
+                restart.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let total = sent.elapsed();
+    let commands = fleet.commands_for(&reason);
+    let resume = commands
+        .iter()
+        .filter(|c| c.at > killed_at && pending.contains(&c.host))
+        .map(|c| c.at - killed_at)
+        .min();
+    let mut per_host: BTreeMap<&str, usize> = BTreeMap::new();
+    for command in &commands {
+        *per_host.entry(command.host.as_str()).or_default() += 1;
+    }
+    Ok(KillRun {
+        killed,
+        finished_at_kill,
+        takeover,
+        resume,
+        total,
+        state: Some(state.state),
+        outcome: state.outcome,
+        hosts: state.hosts.len(),
+        hosts_succeeded: succeeded(&state),
+        commanded_twice: per_host
+            .into_iter()
+            .filter(|(_, count)| *count > 1)
+            .map(|(host, _)| host.to_owned())
+            .collect(),
+    })
 }
