@@ -78,11 +78,16 @@ pub fn render(setup: &Setup, columns: &[Column]) -> String {
         cpu_model().unwrap_or_else(|| "unknown CPU".to_owned()),
         kernel_release().unwrap_or_else(|| "unknown".to_owned()),
     );
+    let postgres = match &setup.postgres_version {
+        Some(version) => format!(
+            "PostgreSQL {version}, started by the bench (`initdb` in a temporary folder, `fsync` off), a fresh database per setup."
+        ),
+        None => "No PostgreSQL.".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "- Build: {} (`baton-server` and this bench). PostgreSQL: {}, started by the bench (`initdb` in a temporary folder, `fsync` off), a fresh database per setup.",
+        "- Build: {} (`baton-server` and this bench). {postgres}",
         setup.profile,
-        setup.postgres_version.as_deref().unwrap_or("not used"),
     );
     let _ = writeln!(
         out,
