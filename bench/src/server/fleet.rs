@@ -351,12 +351,12 @@ impl SimHost {
     }
 
     async fn connect(&mut self, url: &str, token: &str) -> Result<Ws, LinkError> {
-        self.try_connect(url, token).await.map_err(|error| {
-            match error.downcast::<Refusal>() {
+        self.try_connect(url, token)
+            .await
+            .map_err(|error| match error.downcast::<Refusal>() {
                 Ok(Refusal(message)) => LinkError::Refused(message),
                 Err(_) => LinkError::Failed,
-            }
-        })
+            })
     }
 
     async fn try_connect(&mut self, url: &str, token: &str) -> anyhow::Result<Ws> {
@@ -440,7 +440,11 @@ impl SimHost {
         }
     }
 
-    async fn on_frame(&mut self, ws: &mut Ws, frame: ServerFrame) -> anyhow::Result<Option<LinkEnd>> {
+    async fn on_frame(
+        &mut self,
+        ws: &mut Ws,
+        frame: ServerFrame,
+    ) -> anyhow::Result<Option<LinkEnd>> {
         match frame {
             ServerFrame::Restart {
                 command_id,

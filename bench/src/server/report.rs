@@ -182,25 +182,28 @@ pub fn render(setup: &Setup, columns: &[Column]) -> String {
             })
         },
     );
-    row("control-plane overhead (total − the hosts' own time)", &|c| {
-        c.rolling.as_ref().map_or_else(dash, |r| ms(r.overhead()))
-    });
     row(
-        "driver SIGKILLed halfway: hosts finished by then",
+        "control-plane overhead (total − the hosts' own time)",
+        &|c| c.rolling.as_ref().map_or_else(dash, |r| ms(r.overhead())),
+    );
+    row(
+        "driver SIGKILLed once half the hosts finished: hosts then",
         &|c| {
             c.kill.as_ref().map_or_else(dash, |k| {
-                format!("{} (server {} killed)", k.finished_at_kill, k.killed)
+                format!(
+                    "{} finished, {} not yet commanded (server {} killed)",
+                    k.finished_at_kill, k.pending_at_kill, k.killed
+                )
             })
         },
     );
-    row("kill → another replica drives it (`restarts.driver`)", &|c| {
-        c.kill
-            .as_ref()
-            .map_or_else(dash, |k| opt_ms(k.takeover))
-    });
+    row(
+        "kill → another replica drives it (`restarts.driver`)",
+        &|c| c.kill.as_ref().map_or_else(dash, |k| opt_ms(k.takeover)),
+    );
     row(
         "kill → rollout resumes (a host not commanded before the kill reads its command)",
-        &|c| c.kill.as_ref().map_or_else(dash, |k| opt_ms(k.resume)),
+        &|c| c.kill.as_ref().map_or_else(dash, resume),
     );
     row("hosts commanded twice for that restart", &|c| {
         c.kill.as_ref().map_or_else(dash, |k| {
@@ -219,7 +222,11 @@ pub fn render(setup: &Setup, columns: &[Column]) -> String {
         c.kill.as_ref().map_or_else(dash, |k| {
             format!(
                 "{} {} after the POST, {} ({}/{} hosts succeeded)",
-                if k.finished() { "finished" } else { "NOT finished" },
+                if k.finished() {
+                    "finished"
+                } else {
+                    "NOT finished"
+                },
                 ms(k.total),
                 k.outcome.map_or("no outcome", |o| o.as_str()),
                 k.hosts_succeeded,
@@ -254,23 +261,40 @@ fn write_targets(out: &mut String, columns: &[Column]) {
             );
         }
         if let Some(kill) = &column.kill {
+            let result = if kill.pending_at_kill == 0 {
+                "not measured"
+            } else {
+                mark(kill.resume.is_some_and(|r| r < RESUME_TARGET))
+            };
             let _ = writeln!(
                 out,
-                "| driver killed: kill → rollout resumes | {} | {} | < {} | {} |",
+                "| driver killed: kill → rollout resumes | {} | {} | < {} | {result} |",
                 column.name,
-                opt_ms(kill.resume),
+                resume(kill),
                 ms(RESUME_TARGET),
-                mark(kill.resume.is_some_and(|r| r < RESUME_TARGET)),
             );
             let _ = writeln!(
                 out,
                 "| driver killed: no host restarted twice, rollout finished | {} | {} twice, {} | 0, finished | {} |",
                 column.name,
                 kill.commanded_twice.len(),
-                if kill.finished() { "finished" } else { "not finished" },
+                if kill.finished() {
+                    "finished"
+                } else {
+                    "not finished"
+                },
                 mark(kill.commanded_twice.is_empty() && kill.finished()),
             );
         }
+    }
+}
+
+fn resume(kill: &KillRun) -> String {
+    if kill.pending_at_kill == 0 {
+        // max_parallel is at least half the hosts.
+        "– (every host was commanded before the kill)".to_owned()
+    } else {
+        opt_ms(kill.resume)
     }
 }
 
@@ -280,7 +304,12 @@ fn memories(memories: &[Option<Memory>]) -> String {
     }
     memories
         .iter()
-        .map(|m| m.map_or_else(|| "gone".to_owned(), |m| format!("{} ({})", mb(m.resident), mb(m.peak))))
+        .map(|m| {
+            m.map_or_else(
+                || "gone".to_owned(),
+                |m| format!("{} ({})", mb(m.resident), mb(m.peak)),
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
