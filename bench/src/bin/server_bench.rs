@@ -201,6 +201,16 @@ async fn measure(
     ));
     let url = database.as_ref().map(|(url, _)| url.as_str());
     let mut servers = Servers::start(binary, url, kind.servers(), cli.hosts)?;
+    let replica_ids = match &database {
+        Some((_, database)) => database.replicas_by_start().await?,
+        None => Vec::new(),
+    };
+    anyhow::ensure!(
+        database.is_none() || replica_ids.len() == kind.servers(),
+        "{} replicas registered for {} servers",
+        replica_ids.len(),
+        kind.servers()
+    );
     progress(&format!("linking {} simulated hosts", cli.hosts));
     let fleet = Fleet::start(FleetSettings {
         urls: servers.urls(),
@@ -286,6 +296,7 @@ async fn measure(
         let kill = scenarios::driver_kill(
             &mut servers,
             database,
+            &replica_ids,
             &fleet,
             &service,
             cli.hosts,

@@ -1,5 +1,5 @@
 //! What the API does not show and the replicas setup needs: which replica
-//! drives a restart, which replica holds a host's link, and which hosts of a
+//! drives a restart, which server is which replica, and which hosts of a
 //! restart were never commanded. Read from the replicas' PostgreSQL
 //! database, as an operator would with `psql`.
 
@@ -31,15 +31,28 @@ impl Database {
         Ok(driver.flatten())
     }
 
-    /// The replica id in `hosts.link_replica`.
-    pub async fn link_replica(&self, host: &str) -> anyhow::Result<Option<String>> {
-        let replica: Option<Option<String>> =
-            sqlx::query_scalar("SELECT link_replica FROM hosts WHERE name = $1")
-                .bind(host)
-                .fetch_optional(&self.pool)
+    /// `restarts.driver` and whether the restart has finished, in one read.
+    pub async fn driver_and_finished(
+        &self,
+        restart: u64,
+    ) -> anyhow::Result<(Option<String>, bool)> {
+        let (driver, state): (Option<String>, String) =
+            sqlx::query_as("SELECT driver, state FROM restarts WHERE id = $1")
+                .bind(restart as i64)
+                .fetch_one(&self.pool)
                 .await
-                .context("cannot read the host's link")?;
-        Ok(replica.flatten())
+                .context("cannot read the restart")?;
+        Ok((driver, state == "finished"))
+    }
+
+    /// Every replica's id, the first started first: the bench starts the
+    /// replicas one after the other, each once the previous one answers,
+    /// and a replica registers before it serves.
+    pub async fn replicas_by_start(&self) -> anyhow::Result<Vec<String>> {
+        sqlx::query_scalar("SELECT id FROM replicas ORDER BY started_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .context("cannot read the replicas")
     }
 
     /// The hosts of a restart still `pending`: never commanded.
