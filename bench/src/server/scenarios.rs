@@ -389,3 +389,45 @@ pub async fn driver_kill(
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(own_times_ms: &[u64]) -> Vec<HostRestart> {
+        let start = Instant::now();
+        own_times_ms
+            .iter()
+            .enumerate()
+            .map(|(index, ms)| HostRestart {
+                host: fleet::host_name(index),
+                reason: None,
+                command: start,
+                finished: start + Duration::from_millis(*ms),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_hosts_take_one_service_start_per_batch() {
+        let own = own_time(hosts(&[200; 120]), 50);
+        assert_eq!(own, Duration::from_millis(600));
+    }
+
+    #[test]
+    fn a_slow_host_holds_only_its_own_slot() {
+        // Two slots: the slow first host keeps one while the other three
+        // pass through the second.
+        let own = own_time(hosts(&[900, 200, 200, 200]), 2);
+        assert_eq!(own, Duration::from_millis(900));
+    }
+
+    #[test]
+    fn hosts_start_in_name_order_whatever_order_they_finished_in() {
+        let mut restarts = hosts(&[300, 100, 100]);
+        restarts.reverse();
+        // In name order the slow first host overlaps both others (300 ms);
+        // taken as listed it would start last, after a short one (400 ms).
+        assert_eq!(own_time(restarts, 2), Duration::from_millis(300));
+    }
+}
