@@ -712,3 +712,91 @@ async fn listen(replica: &Replica, url: &str, failed_before: bool) -> anyhow::Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pid of the session `LISTEN`ing on this database, once there is
+    /// exactly one, other than `not`.
+    async fn listening_session(db: &Db, not: Option<i32>) -> i32 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids: Vec<(i32,)> = sqlx::query_as(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_all(db.reads())
+            .await
+            .unwrap();
+            if let [(pid,)] = pids[..]
+                && Some(pid) != not
+            {
+                return pid;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no listening session: {pids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether answering the queued command `id` wakes the replica's
+    /// answer waiters: only a notification does (polling reads the row
+    /// without being woken).
+    async fn an_answer_wakes(replica: &Replica, id: u64) -> bool {
+        // Past the wake of a listener that just connected.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut answers = replica.wakes.answers.subscribe();
+        answers.borrow_and_update();
+        store::answer_host_command(&replica.db, id, "{}")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), answers.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_replica_on_postgresql_is_woken_by_notifications_and_listens_again_after_its_connection_is_cut()
+     {
+        let db = crate::store::testing::postgres().await;
+        let replica = Replica::start(
+            db.db.clone(),
+            Arc::new(Fleet::new(Vec::new())),
+            &tokio::runtime::Handle::current(),
+        )
+        .await
+        .unwrap();
+        let command = NewHostCommand {
+            host: "alpha",
+            link_id: 1,
+            kind: HostCommandKind::FetchReport,
+            command_id: None,
+            service: None,
+            reason: None,
+            boot_id: Some("boot"),
+            agent_restart_id: Some(1),
+            expires_at: now_millis() + 30_000,
+        };
+        let id = store::queue_host_command(&db.db, &command, now_millis(), 16)
+            .await
+            .unwrap()
+            .unwrap();
+        let first = listening_session(&db.db, None).await;
+        assert!(an_answer_wakes(&replica, id).await);
+
+        // The server ends the listening session, as a restart of
+        // PostgreSQL or a proxy would.
+        let ended: Vec<(bool,)> = sqlx::query_as("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .fetch_all(db.db.reads())
+            .await
+            .unwrap();
+        assert_eq!(ended, vec![(true,)]);
+        listening_session(&db.db, Some(first)).await;
+        assert!(an_answer_wakes(&replica, id).await);
+        replica.stop().await;
+    }
+}
