@@ -18,20 +18,24 @@
 //! The [`Router`] sends a command or a report fetch on the host's link when
 //! this replica holds it, and through the outbox when another does.
 //!
-//! The loops poll the database. [`Replica::wake`] is the one place where a
-//! push from the database (PostgreSQL's `LISTEN`/`NOTIFY`) plugs in: whoever
-//! receives one calls it, and the feed and the delivery look at once.
+//! The loops poll the database. On PostgreSQL the writers of what the
+//! loops look for also `NOTIFY` (`store::CHANGES_CHANNEL`), and each replica
+//! holds one `LISTEN`ing connection ([`listen_loop`]) that wakes the loop
+//! concerned at once; polling stays as the fallback, and is the only way on
+//! SQLite. [`Replica::wake`] wakes them all.
 
+use anyhow::Context;
 use baton_proto::{ErrorBody, RestartId, RestartReport};
+use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::now_millis;
 use crate::fleet::{CommandAnswer, Fleet, LinkState};
-use crate::store::{self, Db, HostCommandKind, HostCommandRow, NewHostCommand};
+use crate::store::{self, Change, Db, FeedCursor, HostCommandKind, HostCommandRow, NewHostCommand};
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -43,6 +47,9 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 pub const LEASE: Duration = Duration::from_secs(3);
 /// How often the change feed looks, when nothing wakes it.
 pub const FEED_EVERY: Duration = Duration::from_millis(150);
+/// Looks of the change feed woken by notifications start at least this far
+/// apart: a burst of writes elsewhere costs a look per this, not per write.
+pub const FEED_SPACING: Duration = Duration::from_millis(20);
 /// Events read per look of the feed.
 pub const FEED_BATCH: u32 = 500;
 /// The hosts' links are read again at least this often.
@@ -59,6 +66,18 @@ pub const COMMAND_LIFETIME: Duration = Duration::from_secs(30);
 const REPORT_ANSWER: Duration = Duration::from_secs(5);
 /// Dead replicas' rows are kept this long, for the operator's eyes.
 const FORGET_DEAD_AFTER: Duration = Duration::from_secs(3600);
+/// A listener that hears nothing of its own replica's heartbeat (a
+/// notification every [`HEARTBEAT_EVERY`]) for this long takes its
+/// connection for dead (a peer gone without a word) and connects again.
+const LISTEN_SILENCE: Duration = Duration::from_secs(5);
+/// How long a listener may take to connect and `LISTEN`.
+const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The wait before connecting the listener again, doubled after each
+/// failure up to [`LISTEN_RETRY_MAX`]; back to the first after a
+/// connection that lasted [`LISTEN_HEALTHY`].
+const LISTEN_RETRY_FIRST: Duration = Duration::from_millis(250);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
+const LISTEN_HEALTHY: Duration = Duration::from_secs(30);
 
 /// The answer to a relayed command, as the replica holding the link writes
 /// it in `host_commands.answer`.
@@ -87,8 +106,34 @@ pub struct Replica {
     id: String,
     db: Db,
     fleet: Arc<Fleet>,
-    wake: Notify,
+    wakes: Wakes,
     stop: CancellationToken,
+}
+
+/// What wakes the loops before their next tick.
+struct Wakes {
+    /// The change feed; a wake during a look makes one more look.
+    feed: Notify,
+    /// The delivery of queued commands; likewise.
+    delivery: Notify,
+    /// Every sender waiting for a relayed answer.
+    answers: watch::Sender<()>,
+}
+
+impl Wakes {
+    fn new() -> Wakes {
+        Wakes {
+            feed: Notify::new(),
+            delivery: Notify::new(),
+            answers: watch::Sender::new(()),
+        }
+    }
+
+    fn all(&self) {
+        self.feed.notify_one();
+        self.delivery.notify_one();
+        self.answers.send_replace(());
+    }
 }
 
 impl Replica {
@@ -104,12 +149,12 @@ impl Replica {
         let now = now_millis();
         store::register_replica(&db, &id, now).await?;
         store::release_dead_replicas(&db, alive_after(now), forget_before(now)).await?;
-        let cursor = store::last_event_id(&db).await?;
+        let cursor = FeedCursor::after(store::last_event_id(&db).await?);
         let replica = Arc::new(Replica {
             id,
             db,
             fleet,
-            wake: Notify::new(),
+            wakes: Wakes::new(),
             stop: CancellationToken::new(),
         });
         let mut feed = Feed {
@@ -123,6 +168,9 @@ impl Replica {
         runtime.spawn(heartbeat_loop(replica.clone()));
         runtime.spawn(feed_loop(replica.clone(), feed));
         runtime.spawn(delivery_loop(replica.clone()));
+        if let Some(url) = replica.db.postgres_url() {
+            runtime.spawn(listen_loop(replica.clone(), url.to_owned()));
+        }
         Ok(replica)
     }
 
@@ -133,9 +181,10 @@ impl Replica {
     }
 
     /// Something changed in the database: the feed and the delivery look
-    /// now rather than at their next tick.
+    /// now rather than at their next tick, and the senders waiting for
+    /// relayed answers read them again.
     pub fn wake(&self) {
-        self.wake.notify_waiters();
+        self.wakes.all();
     }
 
     /// Stops the loops and leaves: the hosts it held are offline at once
@@ -150,11 +199,13 @@ impl Replica {
         }
     }
 
-    async fn tick(&self, every: Duration) -> bool {
+    /// Waits for the next tick of a loop `every`, or for `wake`; false
+    /// once the replica stops.
+    async fn tick(&self, every: Duration, wake: &Notify) -> bool {
         tokio::select! {
             _ = self.stop.cancelled() => false,
             _ = tokio::time::sleep(every) => true,
-            _ = self.wake.notified() => true,
+            _ = wake.notified() => true,
         }
     }
 }
@@ -169,7 +220,9 @@ fn forget_before(now: u64) -> u64 {
 
 async fn heartbeat_loop(replica: Arc<Replica>) {
     let mut beats: u64 = 0;
-    while replica.tick(HEARTBEAT_EVERY).await {
+    // Nothing wakes the heartbeat early.
+    let never = Notify::new();
+    while replica.tick(HEARTBEAT_EVERY, &never).await {
         let now = now_millis();
         let beat = async {
             store::heartbeat(&replica.db, &replica.id, now, false).await?;
@@ -197,8 +250,8 @@ async fn heartbeat_loop(replica: Arc<Replica>) {
 
 /// What the change feed has seen so far.
 struct Feed {
-    /// The last event id read.
-    cursor: u64,
+    /// Where it is in the events.
+    cursor: FeedCursor,
     /// Each other replica's change sequence, as last read.
     change_seqs: HashMap<String, u64>,
     /// The replicas alive at the last look.
@@ -211,16 +264,13 @@ impl Feed {
         let now = now_millis();
         // Other replicas' events, in bounded batches.
         loop {
-            let (events, last) =
-                store::events_stored_elsewhere(&replica.db, self.cursor, &replica.id, FEED_BATCH)
-                    .await?;
-            // Ids may have holes (pruned events): a wide read is looked past
-            // once more, at worst for nothing.
-            let full = last.saturating_sub(self.cursor) >= u64::from(FEED_BATCH);
-            self.cursor = last;
+            let read = self
+                .cursor
+                .read(&replica.db, &replica.id, now, FEED_BATCH)
+                .await?;
             let mut batch: Vec<baton_proto::Event> = Vec::new();
             let mut of: Option<(String, String)> = None;
-            for fed in events {
+            for fed in read.events {
                 let key = (fed.host, fed.boot_id);
                 if of.as_ref() != Some(&key) {
                     if let Some((host, boot_id)) = of.take()
@@ -243,7 +293,7 @@ impl Feed {
                     .fleet
                     .events_stored_elsewhere(&host, &boot_id, batch);
             }
-            if !full {
+            if !read.more {
                 break;
             }
         }
@@ -284,7 +334,16 @@ impl Feed {
 }
 
 async fn feed_loop(replica: Arc<Replica>, mut feed: Feed) {
-    while replica.tick(FEED_EVERY).await {
+    let mut looked_at = tokio::time::Instant::now();
+    while replica.tick(FEED_EVERY, &replica.wakes.feed).await {
+        let spaced = looked_at + FEED_SPACING;
+        if tokio::time::Instant::now() < spaced {
+            tokio::select! {
+                _ = replica.stop.cancelled() => return,
+                _ = tokio::time::sleep_until(spaced) => {}
+            }
+        }
+        looked_at = tokio::time::Instant::now();
         if let Err(error) = feed.look(&replica).await {
             tracing::warn!(
                 error = format!("{error:#}"),
@@ -295,7 +354,7 @@ async fn feed_loop(replica: Arc<Replica>, mut feed: Feed) {
 }
 
 async fn delivery_loop(replica: Arc<Replica>) {
-    while replica.tick(DELIVERY_EVERY).await {
+    while replica.tick(DELIVERY_EVERY, &replica.wakes.delivery).await {
         let now = now_millis();
         let rows =
             match store::commands_to_deliver(&replica.db, &replica.id, now, DELIVERY_BATCH).await {
@@ -540,6 +599,9 @@ async fn wait_for_answer<T>(
     waiter: &oneshot::Sender<T>,
 ) -> Option<RelayedAnswer> {
     let deadline = tokio::time::Instant::now() + COMMAND_LIFETIME;
+    // Subscribed before the first read: an answer notified in between is
+    // not missed.
+    let mut answers = replica.wakes.answers.subscribe();
     while tokio::time::Instant::now() < deadline && !waiter.is_closed() {
         match store::host_command_answer(&replica.db, id).await {
             Ok(Some(json)) => match serde_json::from_str(&json) {
@@ -557,8 +619,184 @@ async fn wait_for_answer<T>(
         }
         tokio::select! {
             _ = tokio::time::sleep(DELIVERY_EVERY) => {}
-            _ = replica.wake.notified() => {}
+            _ = answers.changed() => {}
         }
     }
     None
+}
+
+/// Holds one `LISTEN`ing connection to PostgreSQL for as long as the
+/// replica runs, and wakes the loops each notification concerns. A lost
+/// connection is made again, after a wait that grows with each failure;
+/// whatever was notified meanwhile is found by the loops' polling, and by
+/// one look of each once the listener is back.
+async fn listen_loop(replica: Arc<Replica>, url: String) {
+    let mut retry = LISTEN_RETRY_FIRST;
+    let mut failed_before = false;
+    loop {
+        let began = Instant::now();
+        let error = match listen(&replica, &url, failed_before).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if began.elapsed() >= LISTEN_HEALTHY {
+            retry = LISTEN_RETRY_FIRST;
+        }
+        tracing::warn!(
+            error = format!("{error:#}"),
+            retry_in_ms = retry.as_millis() as u64,
+            "not listening for the other replicas' changes; polling meanwhile"
+        );
+        failed_before = true;
+        tokio::select! {
+            _ = replica.stop.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(LISTEN_RETRY_MAX);
+    }
+}
+
+/// One listening connection, until it fails (an error) or the replica
+/// stops (`Ok`).
+async fn listen(replica: &Replica, url: &str, failed_before: bool) -> anyhow::Result<()> {
+    let connect = async {
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(store::CHANGES_CHANNEL).await?;
+        anyhow::Ok(listener)
+    };
+    let mut listener = tokio::select! {
+        _ = replica.stop.cancelled() => return Ok(()),
+        connected = tokio::time::timeout(LISTEN_CONNECT_TIMEOUT, connect) => connected
+            .context("connecting took too long")?
+            .context("cannot listen")?,
+    };
+    if failed_before {
+        tracing::info!("listening for the other replicas' changes again");
+    } else {
+        tracing::info!(
+            channel = store::CHANGES_CHANNEL,
+            "listening for the other replicas' changes"
+        );
+    }
+    // What was notified before this connection listened.
+    replica.wake();
+    let mut heard_self = tokio::time::Instant::now();
+    loop {
+        let notification = tokio::select! {
+            _ = replica.stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep_until(heard_self + LISTEN_SILENCE) => {
+                anyhow::bail!(
+                    "heard nothing of this replica's own heartbeat for {} s",
+                    LISTEN_SILENCE.as_secs()
+                )
+            }
+            received = listener.try_recv() => received.context("the listening connection failed")?,
+        };
+        let Some(notification) = notification else {
+            // The connection was lost and made again: what was notified in
+            // between is gone.
+            tracing::info!("the listening connection was lost and made again");
+            replica.wake();
+            continue;
+        };
+        match Change::parse(notification.payload()) {
+            Some(Change::Feed { from } | Change::Beat { from }) if from == replica.id => {
+                heard_self = tokio::time::Instant::now();
+            }
+            Some(Change::Feed { .. }) => replica.wakes.feed.notify_one(),
+            Some(Change::Command) => replica.wakes.delivery.notify_one(),
+            Some(Change::Answer) => {
+                replica.wakes.answers.send_replace(());
+            }
+            Some(Change::Beat { .. }) | None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pid of the session `LISTEN`ing on this database, once there is
+    /// exactly one, other than `not`.
+    async fn listening_session(db: &Db, not: Option<i32>) -> i32 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids: Vec<(i32,)> = sqlx::query_as(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_all(db.reads())
+            .await
+            .unwrap();
+            if let [(pid,)] = pids[..]
+                && Some(pid) != not
+            {
+                return pid;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no listening session: {pids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether answering the queued command `id` wakes the replica's
+    /// answer waiters: only a notification does (polling reads the row
+    /// without being woken).
+    async fn an_answer_wakes(replica: &Replica, id: u64) -> bool {
+        // Past the wake of a listener that just connected.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut answers = replica.wakes.answers.subscribe();
+        answers.borrow_and_update();
+        store::answer_host_command(&replica.db, id, "{}")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), answers.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_replica_on_postgresql_is_woken_by_notifications_and_listens_again_after_its_connection_is_cut()
+     {
+        let db = crate::store::testing::postgres().await;
+        let replica = Replica::start(
+            db.db.clone(),
+            Arc::new(Fleet::new(Vec::new())),
+            &tokio::runtime::Handle::current(),
+        )
+        .await
+        .unwrap();
+        let command = NewHostCommand {
+            host: "alpha",
+            link_id: 1,
+            kind: HostCommandKind::FetchReport,
+            command_id: None,
+            service: None,
+            reason: None,
+            boot_id: Some("boot"),
+            agent_restart_id: Some(1),
+            expires_at: now_millis() + 30_000,
+        };
+        let id = store::queue_host_command(&db.db, &command, now_millis(), 16)
+            .await
+            .unwrap()
+            .unwrap();
+        let first = listening_session(&db.db, None).await;
+        assert!(an_answer_wakes(&replica, id).await);
+
+        // The server ends the listening session, as a restart of
+        // PostgreSQL or a proxy would.
+        let ended: Vec<(bool,)> = sqlx::query_as("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .fetch_all(db.db.reads())
+            .await
+            .unwrap();
+        assert_eq!(ended, vec![(true,)]);
+        listening_session(&db.db, Some(first)).await;
+        assert!(an_answer_wakes(&replica, id).await);
+        replica.stop().await;
+    }
 }

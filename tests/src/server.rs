@@ -26,6 +26,27 @@ pub fn create_token(database: &Path, name: &str, role: &str, host: Option<&str>)
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Runs each named `async fn(ServerUnderTest)` as two tests of its module:
+/// `NAME::on_sqlite`, given a server on a fresh SQLite file, and
+/// `NAME::on_postgres`, one on a fresh database of the test process's own
+/// PostgreSQL server. Replicas started from it share its database.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$test($crate::server::ServerUnderTest::start()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                super::$test($crate::server::ServerUnderTest::start_on_postgres()).await;
+            }
+        }
+    )+};
+}
+
 impl ServerUnderTest {
     /// Waits up to 20 s until exactly `count` hosts are online.
     pub async fn wait_for_hosts(&self, count: usize) {

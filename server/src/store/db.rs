@@ -142,6 +142,9 @@ pub struct Db {
     pub(super) reads: AnyPool,
     pub(super) writes: AnyPool,
     backend: Backend,
+    /// Where it is: on PostgreSQL the URL opens a connection of its own
+    /// outside the pools (a `LISTEN`er). Its `Debug` hides the password.
+    location: Location,
 }
 
 impl Db {
@@ -159,6 +162,14 @@ impl Db {
         self.backend
     }
 
+    /// The URL of a PostgreSQL database; `None` on SQLite.
+    pub fn postgres_url(&self) -> Option<&str> {
+        match &self.location {
+            Location::Postgres(url) => Some(url),
+            Location::Sqlite(_) => None,
+        }
+    }
+
     pub async fn close(&self) {
         self.reads.close().await;
         self.writes.close().await;
@@ -171,7 +182,16 @@ impl Db {
             .acquire()
             .await
             .context("the database writer is unavailable")?;
-        conn.execute("BEGIN")
+        // On SQLite a plain BEGIN reads first and asks for the write lock
+        // at its first write; when another process (a replica on the same
+        // file) wrote in between, that fails at once with
+        // SQLITE_BUSY_SNAPSHOT, which no busy timeout waits out. IMMEDIATE
+        // takes the write lock at the start, waiting its turn.
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        conn.execute(begin)
             .await
             .context("failed to begin a transaction")?;
         Ok(WriteTx { conn: Some(conn) })
@@ -301,6 +321,7 @@ async fn connect_sqlite(path: &Path) -> anyhow::Result<Db> {
         reads,
         writes,
         backend: Backend::Sqlite,
+        location: Location::Sqlite(path.to_path_buf()),
     })
 }
 
@@ -337,6 +358,7 @@ async fn connect_postgres(url: &str, location: &Location) -> anyhow::Result<Db> 
         reads: pool.clone(),
         writes: pool,
         backend: Backend::Postgres,
+        location: location.clone(),
     })
 }
 

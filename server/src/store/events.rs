@@ -2,7 +2,7 @@ use anyhow::Context;
 use baton_proto::{ConnectionTally, Event, EventKind, RestartId, RestartOutcome};
 
 use super::db::{Db, SqlBuilder, to_i64, to_u64};
-use super::generations;
+use super::{generations, replicas};
 
 /// The highest event sequence stored for one agent lifetime; 0 if none.
 pub async fn max_seq(db: &Db, host: &str, boot_id: &str) -> anyhow::Result<u64> {
@@ -112,6 +112,14 @@ pub async fn store_events_by(
             generations::record_event(&mut tx, host, boot_id, event).await?;
             new_events.push(event.clone());
         }
+    }
+    if let Some(from) = replica
+        && !new_events.is_empty()
+    {
+        let change = replicas::Change::Feed {
+            from: from.to_owned(),
+        };
+        replicas::notify(db, &mut tx, &change).await?;
     }
     tx.commit().await.context("failed to commit events")?;
     Ok(new_events)

@@ -47,9 +47,10 @@ pub use hosts::{
     mark_all_hosts_offline, save_host_status, upsert_host,
 };
 pub use replicas::{
-    FedEvent, HostCommandKind, HostCommandRow, LinkedHostRow, NewHostCommand, ReplicaRow,
-    answer_host_command, claim_restart, commands_to_deliver, events_stored_elsewhere, heartbeat,
-    hold_host_link, host_command_answer, last_event_id, linked_hosts, mark_host_running_as_driver,
+    CHANGES_CHANNEL, Change, FEED_HOLE_LIFETIME, FEED_MAX_HOLES, FedEvent, FeedCursor, FeedRead,
+    HostCommandKind, HostCommandRow, LinkedHostRow, NewHostCommand, ReplicaRow,
+    answer_host_command, claim_restart, commands_to_deliver, heartbeat, hold_host_link,
+    host_command_answer, last_event_id, linked_hosts, mark_host_running_as_driver,
     orphaned_restarts, prune_host_commands, queue_host_command, register_replica,
     release_dead_replicas, release_host_link, release_leases, remove_replica, renew_leases,
     replica_rows, take_host_command,

@@ -5,8 +5,11 @@
 
 use anyhow::Context;
 use baton_proto::{Event, ServiceStatus};
+use sqlx::{AnyConnection, Executor};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use super::db::{Db, text_enum, to_i64, to_u64};
+use super::db::{Backend, Db, SqlBuilder, text_enum, to_i64, to_u64};
 use super::restarts::CommandSent;
 
 /// A replica as its row says.
@@ -45,6 +48,13 @@ pub async fn heartbeat(db: &Db, id: &str, now: u64, changed: bool) -> anyhow::Re
     if done.rows_affected() == 0 {
         register_replica(db, id, now).await?;
     }
+    let from = id.to_owned();
+    let change = if changed {
+        Change::Feed { from }
+    } else {
+        Change::Beat { from }
+    };
+    notify_after(db, &change).await;
     Ok(())
 }
 
@@ -56,6 +66,13 @@ pub async fn remove_replica(db: &Db, id: &str) -> anyhow::Result<()> {
         .execute(&db.writes)
         .await
         .context("failed to remove the replica")?;
+    notify_after(
+        db,
+        &Change::Feed {
+            from: id.to_owned(),
+        },
+    )
+    .await;
     Ok(())
 }
 
@@ -337,41 +354,247 @@ pub struct FedEvent {
     pub event: Event,
 }
 
-/// Events after `after_id` that a replica other than `replica` stored, at
-/// most `limit`, by id; and the highest id read (the feed's next start,
-/// past events that did not parse).
-pub async fn events_stored_elsewhere(
-    db: &Db,
-    after_id: u64,
-    replica: &str,
-    limit: u32,
-) -> anyhow::Result<(Vec<FedEvent>, u64)> {
-    let rows: Vec<(i64, String, String, Option<String>, String)> = sqlx::query_as(
-        "SELECT id, host, boot_id, replica, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
-    )
-    .bind(to_i64(after_id))
-    .bind(i64::from(limit))
-    .fetch_all(&db.reads)
-    .await
-    .context("failed to read the change feed")?;
-    let mut last = after_id;
-    let mut events = Vec::new();
-    for (id, host, boot_id, stored_by, body) in rows {
-        last = last.max(to_u64(id));
-        if stored_by.as_deref() == Some(replica) {
-            continue;
-        }
-        match serde_json::from_str::<Event>(&body) {
-            Ok(event) => events.push(FedEvent {
-                id: to_u64(id),
-                host,
-                boot_id,
-                event,
-            }),
-            Err(error) => tracing::warn!(id, %error, "a stored event does not parse; skipped"),
+/// How long an id the change feed skipped over is looked for again.
+pub const FEED_HOLE_LIFETIME: Duration = Duration::from_secs(30);
+/// At most this many skipped ids are looked for again; beyond, the lowest
+/// are given up.
+pub const FEED_MAX_HOLES: usize = 1024;
+/// Skipped ids looked for in one statement.
+const HOLES_PER_READ: usize = 512;
+
+/// Where the change feed is in `events`.
+///
+/// Ids are handed out when a row is inserted but the row is seen only once
+/// its transaction commits, and on PostgreSQL transactions commit in any
+/// order: a transaction holding id 10 may commit after id 11 was read. So
+/// the ids below the highest read that were not there yet are kept as holes
+/// and looked for again at every read, until they show up or are older than
+/// [`FEED_HOLE_LIFETIME`] (an id no row will ever have: a rolled back
+/// insert, or on PostgreSQL an insert that conflicted), at most
+/// [`FEED_MAX_HOLES`] of them. On SQLite one writer commits at a time, so
+/// ids show up in order and a hole is only ever an id never used; the same
+/// code runs on both.
+#[derive(Debug, Clone)]
+pub struct FeedCursor {
+    /// The highest id read.
+    last: u64,
+    /// Ids below `last` not seen yet, with when they were first missed
+    /// (Unix ms).
+    holes: BTreeMap<u64, u64>,
+}
+
+/// One read of the change feed.
+#[derive(Debug, Default)]
+pub struct FeedRead {
+    /// Events other replicas stored: the late ones (holes filled) first,
+    /// then the new ones, each part by id.
+    pub events: Vec<FedEvent>,
+    /// The read was full: more may follow at once.
+    pub more: bool,
+}
+
+impl FeedCursor {
+    /// A feed that reads the events after `last`.
+    pub fn after(last: u64) -> FeedCursor {
+        FeedCursor {
+            last,
+            holes: BTreeMap::new(),
         }
     }
-    Ok((events, last))
+
+    /// The highest id read.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The skipped ids still looked for.
+    pub fn holes(&self) -> usize {
+        self.holes.len()
+    }
+
+    /// The events a replica other than `replica` stored that this cursor
+    /// has not read: those committed late below the highest id read, then
+    /// at most `limit` after it. `now` (Unix ms) ages the holes.
+    pub async fn read(
+        &mut self,
+        db: &Db,
+        replica: &str,
+        now: u64,
+        limit: u32,
+    ) -> anyhow::Result<FeedRead> {
+        let lifetime = FEED_HOLE_LIFETIME.as_millis() as u64;
+        self.holes
+            .retain(|_, missed_at| missed_at.saturating_add(lifetime) >= now);
+        let mut read = FeedRead::default();
+
+        let holes: Vec<u64> = self.holes.keys().copied().collect();
+        for chunk in holes.chunks(HOLES_PER_READ) {
+            let mut sql = SqlBuilder::new(
+                "SELECT id, host, boot_id, replica, body FROM events WHERE id IN (",
+            );
+            sql.push_binds(chunk.iter().map(|id| to_i64(*id)));
+            sql.push(") ORDER BY id");
+            let rows: Vec<FeedRow> = sql
+                .build_query_as()?
+                .fetch_all(&db.reads)
+                .await
+                .context("failed to read the change feed's late events")?;
+            for row in rows {
+                self.holes.remove(&to_u64(row.0));
+                take_into(row, replica, &mut read.events);
+            }
+        }
+
+        let rows: Vec<FeedRow> = sqlx::query_as(
+            "SELECT id, host, boot_id, replica, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(to_i64(self.last))
+        .bind(i64::from(limit))
+        .fetch_all(&db.reads)
+        .await
+        .context("failed to read the change feed")?;
+        read.more = rows.len() >= limit as usize;
+        for row in rows {
+            let id = to_u64(row.0);
+            // Only the top of a wide jump is kept: the cap would drop the
+            // rest at once.
+            let skipped_from = (self.last + 1).max(id.saturating_sub(FEED_MAX_HOLES as u64));
+            for hole in skipped_from..id {
+                self.holes.insert(hole, now);
+            }
+            self.last = self.last.max(id);
+            take_into(row, replica, &mut read.events);
+        }
+        let mut given_up = 0;
+        while self.holes.len() > FEED_MAX_HOLES {
+            self.holes.pop_first();
+            given_up += 1;
+        }
+        if given_up > 0 {
+            tracing::warn!(
+                ids = given_up,
+                "the change feed stopped looking for ids not committed yet; a late event among them is seen only through a report fetch"
+            );
+        }
+        Ok(read)
+    }
+}
+
+/// `id, host, boot_id, replica, body` of an event.
+type FeedRow = (i64, String, String, Option<String>, String);
+
+/// The row's event, unless `replica` stored it itself; one that does not
+/// parse is skipped.
+fn take_into(row: FeedRow, replica: &str, events: &mut Vec<FedEvent>) {
+    let (id, host, boot_id, stored_by, body) = row;
+    if stored_by.as_deref() == Some(replica) {
+        return;
+    }
+    match serde_json::from_str::<Event>(&body) {
+        Ok(event) => events.push(FedEvent {
+            id: to_u64(id),
+            host,
+            boot_id,
+            event,
+        }),
+        Err(error) => tracing::warn!(id, %error, "a stored event does not parse; skipped"),
+    }
+}
+
+/// The channel writers `NOTIFY` on PostgreSQL and every replica `LISTEN`s
+/// to (`replicas::listen`).
+pub const CHANGES_CHANNEL: &str = "baton_replicas";
+
+/// What a notification on [`CHANGES_CHANNEL`] says changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `from` stored events, or moved its change sequence, or left: the
+    /// change feed of the others has something to read.
+    Feed { from: String },
+    /// A command was queued for a host: the replica holding its link
+    /// delivers it.
+    Command,
+    /// A queued command was answered: its sender reads the answer.
+    Answer,
+    /// `from` is alive; tells its own listener that notifications arrive.
+    Beat { from: String },
+}
+
+impl Change {
+    fn payload(&self) -> String {
+        // Replica ids are ours (hex), but a payload is spliced into the
+        // statement: nothing but these characters goes in.
+        let id = |from: &str| -> String {
+            from.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect()
+        };
+        match self {
+            Change::Feed { from } => format!("feed {}", id(from)),
+            Change::Command => "command".to_owned(),
+            Change::Answer => "answer".to_owned(),
+            Change::Beat { from } => format!("beat {}", id(from)),
+        }
+    }
+
+    /// A notification's payload; `None` for one this version does not know.
+    pub fn parse(payload: &str) -> Option<Change> {
+        let (kind, from) = payload.split_once(' ').unwrap_or((payload, ""));
+        match (kind, from) {
+            ("feed", from) if !from.is_empty() => Some(Change::Feed {
+                from: from.to_owned(),
+            }),
+            ("command", "") => Some(Change::Command),
+            ("answer", "") => Some(Change::Answer),
+            ("beat", from) if !from.is_empty() => Some(Change::Beat {
+                from: from.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// On PostgreSQL, `NOTIFY`s the change on `conn`: inside a transaction it
+/// is delivered at its commit, with what it wrote; outside one, right away.
+/// Nothing on SQLite, whose replicas poll.
+pub(super) async fn notify(
+    db: &Db,
+    conn: &mut AnyConnection,
+    change: &Change,
+) -> anyhow::Result<()> {
+    if db.backend() != Backend::Postgres {
+        return Ok(());
+    }
+    // NOTIFY takes no parameters; `pg_notify` would, but returns `void`,
+    // which the `Any` driver cannot read.
+    let statement = format!("NOTIFY {CHANGES_CHANNEL}, '{}'", change.payload());
+    conn.execute(sqlx::AssertSqlSafe(statement))
+        .await
+        .context("failed to notify the other replicas")?;
+    Ok(())
+}
+
+/// [`notify`] on a connection of the pool, after a write that committed on
+/// its own. A failure only costs the others a tick of their polling: it is
+/// logged, not returned, since the write itself is done.
+async fn notify_after(db: &Db, change: &Change) {
+    if db.backend() != Backend::Postgres {
+        return;
+    }
+    let notified = async {
+        let mut conn = db
+            .writes
+            .acquire()
+            .await
+            .context("the database writer is unavailable")?;
+        notify(db, &mut conn, change).await
+    };
+    if let Err(error) = notified.await {
+        tracing::debug!(
+            error = format!("{error:#}"),
+            "cannot notify the other replicas"
+        );
+    }
 }
 
 /// `host_commands.kind`.
@@ -466,6 +689,7 @@ pub async fn queue_host_command(
     .fetch_one(&mut *tx)
     .await
     .context("failed to queue a host command")?;
+    notify(db, &mut tx, &Change::Command).await?;
     tx.commit()
         .await
         .context("failed to commit a host command")?;
@@ -512,6 +736,7 @@ pub async fn answer_host_command(db: &Db, id: u64, answer: &str) -> anyhow::Resu
         .execute(&db.writes)
         .await
         .context("failed to answer a host command")?;
+    notify_after(db, &Change::Answer).await;
     Ok(())
 }
 
@@ -542,6 +767,7 @@ pub async fn prune_host_commands(db: &Db, before: u64) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replicas::FEED_BATCH;
     use crate::store::testing::{on_both_engines, restart_on};
 
     fn sent<'a>(restart_id: u64, host: &'a str, command_id: &'a str) -> CommandSent<'a> {
@@ -721,7 +947,147 @@ mod tests {
         assert_eq!(prune_host_commands(db, 10_001).await.unwrap(), 3);
     }
 
+    fn spawned(seq: u64) -> Event {
+        Event {
+            seq,
+            at: 1_000 + seq,
+            service: "web".into(),
+            restart: None,
+            kind: baton_proto::EventKind::GenerationSpawned {
+                generation: seq,
+                pid: 100,
+                program: None,
+            },
+        }
+    }
+
+    /// Inserts an event as replica `b` stored it, with the id given or the
+    /// next one, on `conn` (maybe inside a transaction left open).
+    async fn insert_event(conn: &mut AnyConnection, id: Option<u64>, host: &str, seq: u64) {
+        let body = serde_json::to_string(&spawned(seq)).unwrap();
+        let columns = "host, boot_id, seq, at, service, kind, body, replica";
+        let values = "$1, 'boot', $2, 1000, 'web', 'generation_spawned', $3, 'b'";
+        let statement = match id {
+            Some(id) => format!("INSERT INTO events (id, {columns}) VALUES ({id}, {values})"),
+            None => format!("INSERT INTO events ({columns}) VALUES ({values})"),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(host)
+            .bind(to_i64(seq))
+            .bind(body)
+            .execute(conn)
+            .await
+            .unwrap();
+    }
+
+    fn hosts_of(read: FeedRead) -> Vec<String> {
+        read.events.into_iter().map(|e| e.host).collect()
+    }
+
+    async fn the_change_feed_reads_an_event_committed_after_a_higher_id(db: &Db) {
+        let mut feed = FeedCursor::after(last_event_id(db).await.unwrap());
+        match db.backend() {
+            Backend::Postgres => {
+                // One transaction takes the next id and holds it while
+                // another takes the one after and commits first.
+                let mut slow = db.begin_write().await.unwrap();
+                insert_event(&mut slow, None, "alpha", 1).await;
+                let stored = crate::store::store_events_by(
+                    db,
+                    Some("b"),
+                    "beta",
+                    "boot",
+                    &[spawned(1)],
+                    &[],
+                )
+                .await
+                .unwrap();
+                assert_eq!(stored.len(), 1);
+                let read = feed.read(db, "a", 1_000, FEED_BATCH).await.unwrap();
+                assert_eq!(hosts_of(read), vec!["beta"]);
+                slow.commit().await.unwrap();
+            }
+            Backend::Sqlite => {
+                // One writer at a time takes ids in commit order: a lower
+                // id committed later can only be given explicitly.
+                let mut tx = db.begin_write().await.unwrap();
+                insert_event(&mut tx, Some(2), "beta", 1).await;
+                tx.commit().await.unwrap();
+                let read = feed.read(db, "a", 1_000, FEED_BATCH).await.unwrap();
+                assert_eq!(hosts_of(read), vec!["beta"]);
+                let mut tx = db.begin_write().await.unwrap();
+                insert_event(&mut tx, Some(1), "alpha", 1).await;
+                tx.commit().await.unwrap();
+            }
+        }
+        let read = feed.read(db, "a", 1_100, FEED_BATCH).await.unwrap();
+        assert_eq!(hosts_of(read), vec!["alpha"]);
+        // Read once, and looked for no more.
+        assert_eq!(feed.holes(), 0);
+        let read = feed.read(db, "a", 1_200, FEED_BATCH).await.unwrap();
+        assert!(read.events.is_empty(), "{read:?}");
+        // A replica is not fed its own events.
+        let mut own = FeedCursor::after(0);
+        assert!(
+            own.read(db, "b", 1_300, FEED_BATCH)
+                .await
+                .unwrap()
+                .events
+                .is_empty()
+        );
+    }
+
+    async fn the_change_feed_looks_for_a_bounded_number_of_missing_ids_for_a_while(db: &Db) {
+        let mut feed = FeedCursor::after(last_event_id(db).await.unwrap());
+        // Ids 1 to 4,999 are missing (as after inserts rolled back).
+        let mut tx = db.begin_write().await.unwrap();
+        insert_event(&mut tx, Some(5_000), "beta", 1).await;
+        tx.commit().await.unwrap();
+        let read = feed.read(db, "a", 1_000, FEED_BATCH).await.unwrap();
+        assert_eq!(hosts_of(read), vec!["beta"]);
+        assert_eq!(feed.holes(), FEED_MAX_HOLES);
+        // The highest missing ids are the ones looked for.
+        let mut tx = db.begin_write().await.unwrap();
+        insert_event(&mut tx, Some(4_999), "alpha", 1).await;
+        insert_event(&mut tx, Some(10), "gamma", 1).await;
+        tx.commit().await.unwrap();
+        let read = feed.read(db, "a", 2_000, FEED_BATCH).await.unwrap();
+        assert_eq!(hosts_of(read), vec!["alpha"]);
+        assert_eq!(feed.holes(), FEED_MAX_HOLES - 1);
+        // Given up once old.
+        let later = 2_000 + FEED_HOLE_LIFETIME.as_millis() as u64;
+        feed.read(db, "a", later, FEED_BATCH).await.unwrap();
+        assert_eq!(feed.holes(), 0);
+    }
+
+    /// Two replicas on one SQLite file: one reads inside a write
+    /// transaction, the other writes meanwhile, then the first writes.
+    #[tokio::test]
+    async fn a_write_transaction_on_sqlite_waits_for_another_replicas_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        let a = crate::store::open(&path).await.unwrap();
+        let b = crate::store::open(&path).await.unwrap();
+        let mut tx = a.begin_write().await.unwrap();
+        let (_,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM host_commands")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let other = tokio::spawn(async move { register_replica(&b, "b", 1).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let written =
+            sqlx::query("INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ('a', 1, 1)")
+                .execute(&mut *tx)
+                .await;
+        assert!(written.is_ok(), "{written:?}");
+        tx.commit().await.unwrap();
+        other.await.unwrap().unwrap();
+        assert_eq!(replica_rows(&a).await.unwrap().len(), 2);
+    }
+
     on_both_engines!(
+        the_change_feed_reads_an_event_committed_after_a_higher_id,
+        the_change_feed_looks_for_a_bounded_number_of_missing_ids_for_a_while,
         one_replica_drives_a_restart_until_its_lease_runs_out,
         a_replica_that_lost_its_lease_cannot_command_a_host,
         a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed,

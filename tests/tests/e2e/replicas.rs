@@ -1,12 +1,13 @@
-//! Two `baton-server` replicas on one SQLite file, agents linked to one or
+//! Two `baton-server` replicas on one database (a SQLite file, and a
+//! PostgreSQL database: every test runs on both), agents linked to one or
 //! the other: commands go to the replica holding a host's link, a
 //! rollout whose driving replica is killed is taken over by the other, and
 //! a long poll on one replica follows a restart the other drives.
 
 use baton_proto::RestartOutcome;
 use baton_proto::api::{HostRestartState, Restart};
-use baton_tests::AgentUnderTest;
 use baton_tests::server::ServerUnderTest;
+use baton_tests::{AgentUnderTest, on_both_engines};
 use std::time::{Duration, Instant};
 
 fn host_config(server: &ServerUnderTest, host: &str, ip: &str, mode: &std::path::Path) -> String {
@@ -60,9 +61,13 @@ fn newest_generation(agent: &AgentUnderTest) -> u64 {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_started_on_one_replica_runs_on_hosts_linked_to_the_other() {
-    let a = ServerUnderTest::start();
+on_both_engines!(
+    a_restart_started_on_one_replica_runs_on_hosts_linked_to_the_other,
+    a_replica_killed_mid_rollout_is_taken_over_and_no_host_restarts_twice,
+    a_long_poll_on_one_replica_sees_every_step_of_a_restart_the_other_drives,
+);
+
+async fn a_restart_started_on_one_replica_runs_on_hosts_linked_to_the_other(a: ServerUnderTest) {
     let b = a.start_replica(&[]);
     let dir = tempfile::tempdir().unwrap();
     let mode = dir.path().join("mode");
@@ -102,9 +107,9 @@ async fn a_restart_started_on_one_replica_runs_on_hosts_linked_to_the_other() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_mid_rollout_is_taken_over_and_no_host_restarts_twice() {
-    let mut a = ServerUnderTest::start();
+async fn a_replica_killed_mid_rollout_is_taken_over_and_no_host_restarts_twice(
+    mut a: ServerUnderTest,
+) {
     let b = a.start_replica(&[]);
     let dir = tempfile::tempdir().unwrap();
     let mode = dir.path().join("mode");
@@ -180,9 +185,9 @@ async fn a_replica_killed_mid_rollout_is_taken_over_and_no_host_restarts_twice()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_on_one_replica_sees_every_step_of_a_restart_the_other_drives() {
-    let a = ServerUnderTest::start();
+async fn a_long_poll_on_one_replica_sees_every_step_of_a_restart_the_other_drives(
+    a: ServerUnderTest,
+) {
     let b = a.start_replica(&[]);
     let dir = tempfile::tempdir().unwrap();
     let mode = dir.path().join("mode");
@@ -250,4 +255,83 @@ async fn a_long_poll_on_one_replica_sees_every_step_of_a_restart_the_other_drive
         "{:?}",
         began.elapsed()
     );
+}
+
+/// Restarts `service` 20 times through `server`: the times from each POST
+/// to the agent's `restart_started`, sorted.
+async fn command_latencies(server: &ServerUnderTest, service: &str) -> Vec<u64> {
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let posted = baton_proto::now_millis();
+        let response = http()
+            .post(format!("{}/services/{service}/restart", server.url()))
+            .bearer_auth(&server.operator_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let restart: Restart = response.json().await.unwrap();
+        let finished = wait_finished(server, restart.id, Duration::from_secs(30)).await;
+        assert_eq!(
+            finished.outcome,
+            Some(RestartOutcome::Succeeded),
+            "{finished:#?}"
+        );
+        let started = finished.hosts[0]
+            .steps
+            .iter()
+            .find(|s| matches!(s.kind, baton_proto::EventKind::RestartStarted { .. }))
+            .unwrap_or_else(|| panic!("no restart_started: {finished:#?}"))
+            .at;
+        latencies.push(started.saturating_sub(posted));
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+/// Not a check but a measurement, for docs/replicas.md: how long a restart
+/// POSTed on one replica takes to reach the agent of a host linked to the
+/// other (from the POST to the agent's `restart_started`), median of 20;
+/// and, to compare, of a host linked to the replica the POST reached.
+/// `cargo nextest run -p baton-tests --run-ignored only -E 'test(/reaches_an_agent/)' --no-capture`
+async fn a_command_reaches_an_agent_linked_to_another_replica(a: ServerUnderTest) {
+    let b = a.start_replica(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "normal").unwrap();
+    let args = ["--mode-file", mode.to_str().unwrap()];
+    let extra = r#"ready_timeout = "10s""#;
+    let _on_b = AgentUnderTest::start(&b.host_config("host-b1", "127.0.0.2", "demo", &args, extra));
+    let _on_a =
+        AgentUnderTest::start(&a.host_config("host-a1", "127.0.0.3", "local", &args, extra));
+    a.wait_for_hosts(2).await;
+    for (what, service) in [("the other replica", "demo"), ("this replica", "local")] {
+        let latencies = command_latencies(&a, service).await;
+        println!(
+            "POST on a replica -> agent of a host linked to {what}: median {} ms, min {} ms, max {} ms ({latencies:?})",
+            latencies[latencies.len() / 2],
+            latencies[0],
+            latencies[latencies.len() - 1],
+        );
+    }
+}
+
+mod a_command_reaches_an_agent_linked_to_another_replica {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn on_sqlite() {
+        super::a_command_reaches_an_agent_linked_to_another_replica(
+            baton_tests::server::ServerUnderTest::start(),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check"]
+    async fn on_postgres() {
+        super::a_command_reaches_an_agent_linked_to_another_replica(
+            baton_tests::server::ServerUnderTest::start_on_postgres(),
+        )
+        .await;
+    }
 }

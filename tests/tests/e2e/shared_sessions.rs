@@ -1,4 +1,5 @@
-//! Two real `baton-server` processes on one SQLite file serve one signed-in
+//! Two real `baton-server` processes on one database (a SQLite file, and a
+//! PostgreSQL database: every test runs on both) serve one signed-in
 //! person: the session made on one is good on the other (its pages, a form
 //! with its CSRF token), signing out on one ends it on both, and it outlives
 //! a server's restart. An `Idempotency-Key` used on one server names the
@@ -6,7 +7,7 @@
 
 use baton_proto::RestartOutcome;
 use baton_tests::server::ServerUnderTest;
-use baton_tests::{AgentUnderTest, demo_service};
+use baton_tests::{AgentUnderTest, demo_service, on_both_engines};
 use reqwest::StatusCode;
 use reqwest::header;
 use std::time::{Duration, Instant};
@@ -89,9 +90,15 @@ fn agent_of(server: &ServerUnderTest, host: &str) -> AgentUnderTest {
     agent
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_person_signed_in_on_one_server_uses_the_dashboard_on_another() {
-    let mut first = ServerUnderTest::start();
+on_both_engines!(
+    a_person_signed_in_on_one_server_uses_the_dashboard_on_another,
+    revoking_a_token_ends_its_sessions_on_every_server,
+    an_idempotency_key_names_the_same_restart_on_every_server,
+);
+
+async fn a_person_signed_in_on_one_server_uses_the_dashboard_on_another(
+    mut first: ServerUnderTest,
+) {
     let second = first.replica();
     let _agent = agent_of(&second, "alpha");
     second.wait_for_hosts(1).await;
@@ -160,9 +167,7 @@ async fn a_person_signed_in_on_one_server_uses_the_dashboard_on_another() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn revoking_a_token_ends_its_sessions_on_every_server() {
-    let first = ServerUnderTest::start();
+async fn revoking_a_token_ends_its_sessions_on_every_server(first: ServerUnderTest) {
     let second = first.replica();
     let cookie = first.dashboard_session(&first.viewer_token).await;
     assert_eq!(
@@ -197,9 +202,7 @@ async fn restart_with_key(server: &ServerUnderTest, key: &str) -> reqwest::Respo
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_idempotency_key_names_the_same_restart_on_every_server() {
-    let first = ServerUnderTest::start();
+async fn an_idempotency_key_names_the_same_restart_on_every_server(first: ServerUnderTest) {
     let second = first.replica();
     let _agent = agent_of(&first, "alpha");
     first.wait_for_hosts(1).await;
