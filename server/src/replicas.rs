@@ -138,6 +138,12 @@ impl Replica {
         self.wake.notify_waiters();
     }
 
+    /// Returns at the next [`Replica::wake`]: a poll of the database
+    /// elsewhere (a relayed log stream) looks at once too.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
     /// Stops the loops and leaves: the hosts it held are offline at once
     /// for the other replicas.
     pub async fn stop(&self) {
@@ -323,6 +329,11 @@ async fn delivery_loop(replica: Arc<Replica>) {
 /// Sends one queued command on this replica's link of the host, if it is
 /// still the link the command was for, and writes the answer back.
 async fn deliver(replica: Arc<Replica>, row: HostCommandRow) {
+    // A log stream runs as long as its reader reads, with its own end.
+    if row.kind == HostCommandKind::OpenLogs {
+        crate::log_relay::serve(&replica.db, &replica.fleet, row).await;
+        return;
+    }
     let id = u64::try_from(row.id).unwrap_or(0);
     let link_id = u64::try_from(row.link_id).unwrap_or(0);
     let on_this_link = replica
@@ -382,6 +393,7 @@ async fn deliver(replica: Arc<Replica>, row: HostCommandRow) {
                     }
                 }
             }
+            HostCommandKind::OpenLogs => None,
         }
     };
     let Some(answer) = answer else {

@@ -379,11 +379,15 @@ pub async fn events_stored_elsewhere(
 pub enum HostCommandKind {
     Restart,
     FetchReport,
+    /// A log stream relayed through the database; `command_id` names it
+    /// (`store::log_relay`).
+    OpenLogs,
 }
 
 text_enum!(HostCommandKind {
     Restart = "restart",
     FetchReport = "fetch_report",
+    OpenLogs = "open_logs",
 });
 
 /// `host_commands.state`.
