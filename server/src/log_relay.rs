@@ -90,6 +90,11 @@ impl LogRelay {
         LogRelay { db, fleet, replica }
     }
 
+    /// The picture of the links it opens streams by.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
     /// Asks the host's agent for a service's output, over this replica's
     /// link or through the replica holding it. The stream ends as
     /// [`Fleet::open_logs`]'s does.
@@ -261,7 +266,7 @@ fn decode(row: &store::LogChunkRow) -> Option<LogChunk> {
     if let Some(error) = &row.error {
         return Some(LogChunk::Failed(
             serde_json::from_str::<ErrorBody>(error).unwrap_or_else(|_| ErrorBody {
-                kind: baton_proto::ErrorKind::Internal,
+                kind: baton_proto::ErrorKind::BadRequest,
                 message: "the agent refused the log stream".into(),
                 running_restart: None,
             }),
@@ -409,8 +414,7 @@ async fn append(
     done: bool,
     error: Option<&str>,
 ) -> Option<Appended> {
-    match store::append_log_chunk(db, stream_id, lines, done, error, now_millis(), MAX_UNREAD)
-        .await
+    match store::append_log_chunk(db, stream_id, lines, done, error, now_millis(), MAX_UNREAD).await
     {
         Ok(appended) => Some(appended),
         Err(error) => {

@@ -95,11 +95,7 @@ impl Application {
         let body_limit = settings.body_limit;
         let write_probe = web::Data::new(WriteProbe::default());
         let replica_id = web::Data::new(ReplicaId(replica.id().into()));
-        let log_relay = web::Data::new(LogRelay::new(
-            db.clone(),
-            fleet.clone(),
-            replica.clone(),
-        ));
+        let log_relay = web::Data::new(LogRelay::new(db.clone(), fleet.clone(), replica.clone()));
         let fleet = web::Data::from(fleet);
         let metrics = web::Data::from(metrics);
         let db = web::Data::new(db);

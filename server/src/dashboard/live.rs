@@ -383,7 +383,6 @@ pub async fn service(
     db: web::Data<Db>,
     fleet: web::Data<Fleet>,
     metrics: web::Data<Metrics>,
-    relay: web::Data<LogRelay>,
 ) -> HttpResponse {
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
@@ -432,14 +431,13 @@ pub async fn output(
     query: web::Query<OutputQuery>,
     sessions: web::Data<Sessions>,
     tokens: web::Data<TokenCache>,
-    fleet: web::Data<Fleet>,
     metrics: web::Data<Metrics>,
     relay: web::Data<LogRelay>,
 ) -> HttpResponse {
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
-    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics).await {
+    let watcher = match watch(&request, &sessions, &tokens, relay.fleet(), &metrics).await {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };
@@ -452,31 +450,31 @@ pub async fn output(
         // An offline host: 204 tells the browser not to reconnect.
         Err(OpenError::Offline(_)) => return HttpResponse::NoContent().finish(),
         Err(error) => {
-            tracing::warn!(error = format!("{error:#}"), "cannot open a live output tail");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot open a live output tail"
+            );
             return HttpResponse::ServiceUnavailable().finish();
         }
     };
-    let body = futures::stream::unfold(
-        (stream, watcher),
-        |(mut stream, mut watcher)| async move {
-            let keep_alive_at = Instant::now() + KEEP_ALIVE;
-            let bytes = loop {
-                tokio::select! {
-                    chunk = stream.chunks.recv() => match chunk {
-                        None | Some(crate::fleet::LogChunk::Failed(_)) => return None,
-                        Some(crate::fleet::LogChunk::Lines(lines)) => break sse_output(&lines),
-                    },
-                    _ = watcher.recheck.tick() => {
-                        if !watcher.still_signed_in().await {
-                            return None;
-                        }
+    let body = futures::stream::unfold((stream, watcher), |(mut stream, mut watcher)| async move {
+        let keep_alive_at = Instant::now() + KEEP_ALIVE;
+        let bytes = loop {
+            tokio::select! {
+                chunk = stream.chunks.recv() => match chunk {
+                    None | Some(crate::fleet::LogChunk::Failed(_)) => return None,
+                    Some(crate::fleet::LogChunk::Lines(lines)) => break sse_output(&lines),
+                },
+                _ = watcher.recheck.tick() => {
+                    if !watcher.still_signed_in().await {
+                        return None;
                     }
-                    _ = tokio::time::sleep_until(keep_alive_at) => break Bytes::from_static(b": keep-alive\n\n"),
                 }
-            };
-            Some((Ok::<_, Infallible>(bytes), (stream, watcher)))
-        },
-    );
+                _ = tokio::time::sleep_until(keep_alive_at) => break Bytes::from_static(b": keep-alive\n\n"),
+            }
+        };
+        Some((Ok::<_, Infallible>(bytes), (stream, watcher)))
+    });
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -81,8 +81,8 @@ pub async fn log_relay_request(
     .fetch_optional(&db.reads)
     .await
     .context("failed to read a log stream's request")?;
-    Ok(
-        row.map(|(host, link_id, service, generation, lines, follow)| LogRelayRequest {
+    Ok(row.map(
+        |(host, link_id, service, generation, lines, follow)| LogRelayRequest {
             stream_id: stream_id.to_owned(),
             host,
             link_id: to_u64(link_id),
@@ -90,8 +90,8 @@ pub async fn log_relay_request(
             generation: generation.map(to_u64),
             lines: usize::try_from(lines).unwrap_or(0),
             follow: follow != 0,
-        }),
-    )
+        },
+    ))
 }
 
 /// Whether someone still reads `stream_id` at `now`.

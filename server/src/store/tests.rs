@@ -350,9 +350,7 @@ async fn a_copy_from_a_database_a_server_runs_on_is_refused() {
     let now = crate::domain::now_millis();
     register_replica(&sqlite.db, "running", now).await.unwrap();
 
-    let error = copy_database(&sqlite.db, &postgres.db)
-        .await
-        .unwrap_err();
+    let error = copy_database(&sqlite.db, &postgres.db).await.unwrap_err();
     assert!(
         matches!(
             error.downcast_ref::<CopyRefused>(),

@@ -70,7 +70,8 @@ fn generations(page: &serde_json::Value) -> Vec<(serde_json::Value, serde_json::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_copied_to_postgresql_is_served_by_a_server_there() {
     let mut on_sqlite = ServerUnderTest::start();
-    let agent = AgentUnderTest::start(&on_sqlite.host_config("alpha", "127.0.0.2", "demo", &[], ""));
+    let agent =
+        AgentUnderTest::start(&on_sqlite.host_config("alpha", "127.0.0.2", "demo", &[], ""));
     on_sqlite.wait_for_hosts(1).await;
     let restart = on_sqlite.restart_and_wait("demo").await;
     assert_eq!(
@@ -100,7 +101,10 @@ async fn a_history_copied_to_postgresql_is_served_by_a_server_there() {
     let out = copy(&from, &target);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout.contains("restarts") && stdout.contains("copied"), "{stdout}");
+    assert!(
+        stdout.contains("restarts") && stdout.contains("copied"),
+        "{stdout}"
+    );
 
     // A server on PostgreSQL answers the SQLite server's token with the
     // same history.
