@@ -24,8 +24,10 @@ CREATE INDEX log_relays_by_lease ON log_relays (lease_until);
 -- What the agent sent for a stream, in order: a JSON array of output lines
 -- (bounded per row), or its refusal (`error`, JSON); `done` ends the
 -- stream. `bytes` is the row's size, bounded per stream while unread.
+-- AUTOINCREMENT: the reader deletes what it read, and a plain rowid would
+-- give the next chunk an id it has read past.
 CREATE TABLE log_relay_chunks (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     stream_id TEXT NOT NULL,
     lines TEXT NOT NULL,
     bytes BIGINT NOT NULL,

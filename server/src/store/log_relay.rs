@@ -305,6 +305,13 @@ mod tests {
                 .unwrap()
         );
         assert!(log_chunks(db, "s1", 0, 10).await.unwrap().is_empty());
+        // What comes after the read chunks were deleted is after them.
+        append_log_chunk(db, "s1", "[3]", false, None, 1_200, 1_000)
+            .await
+            .unwrap();
+        let next = log_chunks(db, "s1", chunks[1].id, 10).await.unwrap();
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(next[0].lines, "[3]");
         // Renewed: still wanted after the first lease.
         assert!(log_relay_wanted(db, "s1", 6_000).await.unwrap());
     }
