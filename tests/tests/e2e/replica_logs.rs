@@ -165,6 +165,30 @@ async fn logs_through_another_replica(a: ServerUnderTest) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The dashboard's live tail on A, read through B too.
+    let cookie = a.dashboard_session(&a.viewer_token).await;
+    let mut tail = reqwest::Client::new()
+        .get(format!("{}/services/web/output?host=alpha", a.url()))
+        .header("accept", "text/event-stream")
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    let mut events = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(chunk) = tail.chunk().await.unwrap() {
+            events.push_str(&String::from_utf8_lossy(&chunk));
+            if events.contains("event: line") && events.contains("printed after the request") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "{events:?}");
+    drop(tail);
+
     // `baton logs web --host alpha` through A.
     let out = std::process::Command::new(baton_tests::bin("baton"))
         .args(["--server", &a.url(), "logs", "web", "--host", "alpha"])
