@@ -71,6 +71,14 @@ pub async fn run_once(db: &Db, fleet: &Fleet, settings: &Housekeeping) -> anyhow
         settings.event_max_rows,
     )
     .await?;
+    // Log streams relayed for replicas that died meanwhile; a live reader
+    // renews its lease every second.
+    store::prune_log_relays(
+        db,
+        before(crate::log_relay::LEASE),
+        before(crate::log_relay::CHUNK_LIFETIME),
+    )
+    .await?;
     let mut hosts_forgotten = Vec::new();
     for name in store::hosts_offline_since(db, before(settings.forget_offline_hosts_after)).await? {
         match forget_host(db, fleet, &name).await {

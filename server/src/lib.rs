@@ -22,6 +22,7 @@ pub mod fleet;
 pub mod housekeeping;
 pub mod limits;
 pub mod link;
+pub mod log_relay;
 pub mod metrics;
 pub mod openapi;
 pub mod orchestrator;

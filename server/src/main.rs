@@ -4,7 +4,7 @@ use anyhow::Context;
 use baton_server::domain::Role;
 use baton_server::settings::{Settings, TlsFiles};
 use baton_server::startup::Application;
-use baton_server::store::{self, Location, TokenSelector};
+use baton_server::store::{self, Location, PoolSize, TokenSelector};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +38,10 @@ enum Command {
         /// start.
         #[arg(long, env = "BATON_DATABASE")]
         database: Location,
+        /// Connections kept to PostgreSQL at most (1 to 256; default 16),
+        /// shared by reads and writes. Not for SQLite, which has one writer.
+        #[arg(long, env = "BATON_DATABASE_POOL")]
+        database_pool: Option<PoolSize>,
         /// How long a host may stay offline during its restart before it
         /// fails there; a host offline for longer when its turn in a
         /// rollout comes is skipped (`skipped: offline`).
@@ -180,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             database,
+            database_pool,
             offline_grace,
             event_retention,
             event_max_rows,
@@ -192,7 +197,13 @@ async fn main() -> anyhow::Result<()> {
             connections_per_ip,
             idempotency_key_lifetime,
         } => {
+            if let (Some(_), Location::Sqlite(_)) = (database_pool, &database) {
+                anyhow::bail!(
+                    "--database-pool sizes the PostgreSQL pool; a SQLite database has one writer and needs none"
+                );
+            }
             let mut settings = Settings::new(listen, database);
+            settings.database_pool = database_pool.unwrap_or_default();
             settings.tls = tls_cert
                 .zip(tls_key)
                 .map(|(certificate, key)| TlsFiles { certificate, key });

@@ -118,6 +118,8 @@ struct Wakes {
     delivery: Notify,
     /// Every sender waiting for a relayed answer.
     answers: watch::Sender<()>,
+    /// Every relayed log stream read here.
+    logs: watch::Sender<()>,
 }
 
 impl Wakes {
@@ -126,6 +128,7 @@ impl Wakes {
             feed: Notify::new(),
             delivery: Notify::new(),
             answers: watch::Sender::new(()),
+            logs: watch::Sender::new(()),
         }
     }
 
@@ -133,6 +136,7 @@ impl Wakes {
         self.feed.notify_one();
         self.delivery.notify_one();
         self.answers.send_replace(());
+        self.logs.send_replace(());
     }
 }
 
@@ -185,6 +189,13 @@ impl Replica {
     /// relayed answers read them again.
     pub fn wake(&self) {
         self.wakes.all();
+    }
+
+    /// Changes at each [`Replica::wake`] and each notification that a log
+    /// chunk was relayed: a relayed log stream reads at once rather than at
+    /// its next poll.
+    pub fn log_wakes(&self) -> watch::Receiver<()> {
+        self.wakes.logs.subscribe()
     }
 
     /// Stops the loops and leaves: the hosts it held are offline at once
@@ -382,6 +393,11 @@ async fn delivery_loop(replica: Arc<Replica>) {
 /// Sends one queued command on this replica's link of the host, if it is
 /// still the link the command was for, and writes the answer back.
 async fn deliver(replica: Arc<Replica>, row: HostCommandRow) {
+    // A log stream runs as long as its reader reads, with its own end.
+    if row.kind == HostCommandKind::OpenLogs {
+        crate::log_relay::serve(&replica.db, &replica.fleet, row).await;
+        return;
+    }
     let id = u64::try_from(row.id).unwrap_or(0);
     let link_id = u64::try_from(row.link_id).unwrap_or(0);
     let on_this_link = replica
@@ -441,6 +457,7 @@ async fn deliver(replica: Arc<Replica>, row: HostCommandRow) {
                     }
                 }
             }
+            HostCommandKind::OpenLogs => None,
         }
     };
     let Some(answer) = answer else {
@@ -707,6 +724,9 @@ async fn listen(replica: &Replica, url: &str, failed_before: bool) -> anyhow::Re
             Some(Change::Command) => replica.wakes.delivery.notify_one(),
             Some(Change::Answer) => {
                 replica.wakes.answers.send_replace(());
+            }
+            Some(Change::Logs) => {
+                replica.wakes.logs.send_replace(());
             }
             Some(Change::Beat { .. }) | None => {}
         }

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::store::Location;
+use crate::store::{Location, PoolSize};
 use std::time::Duration;
 
 /// Everything the server needs to start. Built by `main.rs` from the command
@@ -13,6 +13,8 @@ pub struct Settings {
     /// The SQLite file (created on first start) or the PostgreSQL
     /// database; migrated on start.
     pub database: Location,
+    /// Connections kept to PostgreSQL at most; SQLite has its own.
+    pub database_pool: PoolSize,
     pub timeouts: Timeouts,
     /// Largest accepted request body; bigger ones get `413`.
     pub body_limit: usize,
@@ -106,6 +108,7 @@ impl Settings {
         Settings {
             listen,
             database: database.into(),
+            database_pool: PoolSize::DEFAULT,
             timeouts: Timeouts::default(),
             body_limit: 16 * 1024,
             tls: None,

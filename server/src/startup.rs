@@ -15,6 +15,7 @@ use crate::dashboard::{self, PageError, Sessions};
 use crate::error::ApiError;
 use crate::fleet::Fleet;
 use crate::limits::{self, ClientLimits};
+use crate::log_relay::LogRelay;
 use crate::metrics::Metrics;
 use crate::orchestrator::Orchestrator;
 use crate::replicas::{Replica, ReplicaId, Router};
@@ -38,7 +39,7 @@ impl Application {
     /// to restarts a previous run left running. Must be called inside a tokio
     /// runtime, which is where restarts are driven.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let db = store::open(&settings.database).await?;
+        let db = store::open_with(&settings.database, settings.database_pool).await?;
         let backfilled = store::backfill_fleet_services(&db).await?;
         if backfilled > 0 {
             tracing::info!(
@@ -94,6 +95,7 @@ impl Application {
         let body_limit = settings.body_limit;
         let write_probe = web::Data::new(WriteProbe::default());
         let replica_id = web::Data::new(ReplicaId(replica.id().into()));
+        let log_relay = web::Data::new(LogRelay::new(db.clone(), fleet.clone(), replica.clone()));
         let fleet = web::Data::from(fleet);
         let metrics = web::Data::from(metrics);
         let db = web::Data::new(db);
@@ -134,6 +136,7 @@ impl Application {
                 .app_data(metrics.clone())
                 .app_data(write_probe.clone())
                 .app_data(replica_id.clone())
+                .app_data(log_relay.clone())
                 .app_data(settings.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid query string: {error}")).into()

@@ -94,6 +94,16 @@ impl ServerUnderTest {
         server
     }
 
+    /// On `url`, a database of the test process's own PostgreSQL server
+    /// (from `baton_testkit::Postgres::shared`), kept until the server stops.
+    pub fn start_on_postgres_database(url: &str) -> ServerUnderTest {
+        let postgres = baton_testkit::Postgres::shared()
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e:#}"));
+        let mut server = Self::start_with(ServerSetup::new(bin("baton-server")).database(url));
+        server.postgres = Some(postgres);
+        server
+    }
+
     /// Serves HTTPS with a certificate for 127.0.0.1 from a CA of its own;
     /// agents configured by [`ServerUnderTest::agent_section`] trust it.
     pub fn start_tls() -> ServerUnderTest {
@@ -256,6 +266,11 @@ impl ServerUnderTest {
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         self.server.kill();
+    }
+
+    /// SIGTERM, as an operator stops it (SIGKILL after a grace).
+    pub fn stop(&mut self) {
+        self.server.stop();
     }
 
     /// A whole agent config for one host of this server: `service` runs the

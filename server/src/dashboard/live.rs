@@ -27,6 +27,7 @@ use crate::dashboard::session::{SessionKey, Sessions, StreamPermit};
 use crate::dashboard::views::{RestartLiveFragment, ServiceLiveFragment};
 use crate::domain::ServiceName;
 use crate::fleet::Fleet;
+use crate::log_relay::{LogRelay, OpenError};
 use crate::metrics::Metrics;
 use crate::store::Db;
 
@@ -417,17 +418,6 @@ pub struct OutputQuery {
 }
 
 /// Ends the agent's stream when the browser goes.
-struct TailGuard {
-    fleet: std::sync::Arc<Fleet>,
-    stream_id: String,
-}
-
-impl Drop for TailGuard {
-    fn drop(&mut self) {
-        self.fleet.close_logs(&self.stream_id);
-    }
-}
-
 /// `GET /services/{name}/output?host=H`: the live tail of the service's
 /// output on one host, read from its agent: an `event: line` per line, its
 /// `OutputLine` as JSON (which escapes every control character, so a line
@@ -441,48 +431,50 @@ pub async fn output(
     query: web::Query<OutputQuery>,
     sessions: web::Data<Sessions>,
     tokens: web::Data<TokenCache>,
-    fleet: web::Data<Fleet>,
     metrics: web::Data<Metrics>,
+    relay: web::Data<LogRelay>,
 ) -> HttpResponse {
     let Ok(name) = ServiceName::parse(&path) else {
         return HttpResponse::NotFound().finish();
     };
-    let watcher = match watch(&request, &sessions, &tokens, &fleet, &metrics).await {
+    let watcher = match watch(&request, &sessions, &tokens, relay.fleet(), &metrics).await {
         Ok(watcher) => watcher,
         Err(refused) => return refused.response(),
     };
-    let fleet: std::sync::Arc<Fleet> = fleet.into_inner();
-    // An offline host: 204 tells the browser not to reconnect.
-    let Some((stream_id, chunks)) =
-        fleet.open_logs(&query.host, name.as_str(), None, TAIL_LINES, true)
-    else {
-        return HttpResponse::NoContent().finish();
+    // Through the replica holding the host's link when it is another.
+    let stream = match relay
+        .open(&query.host, name.as_str(), None, TAIL_LINES, true)
+        .await
+    {
+        Ok(stream) => stream,
+        // An offline host: 204 tells the browser not to reconnect.
+        Err(OpenError::Offline(_)) => return HttpResponse::NoContent().finish(),
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot open a live output tail"
+            );
+            return HttpResponse::ServiceUnavailable().finish();
+        }
     };
-    let guard = TailGuard {
-        fleet: std::sync::Arc::clone(&fleet),
-        stream_id,
-    };
-    let body = futures::stream::unfold(
-        (chunks, watcher, guard),
-        |(mut chunks, mut watcher, guard)| async move {
-            let keep_alive_at = Instant::now() + KEEP_ALIVE;
-            let bytes = loop {
-                tokio::select! {
-                    chunk = chunks.recv() => match chunk {
-                        None | Some(crate::fleet::LogChunk::Failed(_)) => return None,
-                        Some(crate::fleet::LogChunk::Lines(lines)) => break sse_output(&lines),
-                    },
-                    _ = watcher.recheck.tick() => {
-                        if !watcher.still_signed_in().await {
-                            return None;
-                        }
+    let body = futures::stream::unfold((stream, watcher), |(mut stream, mut watcher)| async move {
+        let keep_alive_at = Instant::now() + KEEP_ALIVE;
+        let bytes = loop {
+            tokio::select! {
+                chunk = stream.chunks.recv() => match chunk {
+                    None | Some(crate::fleet::LogChunk::Failed(_)) => return None,
+                    Some(crate::fleet::LogChunk::Lines(lines)) => break sse_output(&lines),
+                },
+                _ = watcher.recheck.tick() => {
+                    if !watcher.still_signed_in().await {
+                        return None;
                     }
-                    _ = tokio::time::sleep_until(keep_alive_at) => break Bytes::from_static(b": keep-alive\n\n"),
                 }
-            };
-            Some((Ok::<_, Infallible>(bytes), (chunks, watcher, guard)))
-        },
-    );
+                _ = tokio::time::sleep_until(keep_alive_at) => break Bytes::from_static(b": keep-alive\n\n"),
+            }
+        };
+        Some((Ok::<_, Infallible>(bytes), (stream, watcher)))
+    });
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

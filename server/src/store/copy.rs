@@ -24,12 +24,15 @@ pub const TABLES: &[&str] = &[
 
 /// Tables that are not history and are not copied: the probe row, the
 /// running replicas and the commands they pass each other (which expire
-/// within seconds), and dashboard sessions (signing in again is cheap).
+/// within seconds), log streams relayed between them (which end with their
+/// readers), and dashboard sessions (signing in again is cheap).
 pub const NOT_COPIED: &[&str] = &[
     "write_probe",
     "replicas",
     "host_commands",
     "dashboard_sessions",
+    "log_relays",
+    "log_relay_chunks",
 ];
 
 /// Rows inserted by one statement: few enough parameters for either engine.
@@ -48,6 +51,36 @@ pub enum CopyRefused {
         "the target already holds history ({rows} rows in {table}); copy only into a fresh database"
     )]
     TargetNotEmpty { table: &'static str, rows: u64 },
+    /// A server writes the database: a copy would miss what it writes
+    /// meanwhile (and, on the target, mix with it).
+    #[error(
+        "a baton-server is running on the {side} database (its replica {replica} was alive {millis} ms ago); stop it first"
+    )]
+    InUse {
+        side: &'static str,
+        replica: String,
+        millis: u64,
+    },
+}
+
+/// Refuses a database a live server (a replica with a fresh heartbeat)
+/// runs on. A server stopped with SIGTERM has removed its row; one killed
+/// counts as gone once its heartbeat is older than `replicas::DEAD_AFTER`.
+async fn not_in_use(db: &Db, side: &'static str) -> anyhow::Result<()> {
+    let now = crate::domain::now_millis();
+    let dead_after = u64::try_from(crate::replicas::DEAD_AFTER.as_millis()).unwrap_or(u64::MAX);
+    for row in super::replica_rows(db).await? {
+        let millis = now.saturating_sub(row.heartbeat_at);
+        if millis < dead_after {
+            return Err(CopyRefused::InUse {
+                side,
+                replica: row.id,
+                millis,
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +99,8 @@ struct Column {
 /// on `to`: a failure leaves `to` as it was. Both must be migrated to the
 /// same version (`open` does that). Refuses a target that holds history.
 pub async fn copy_database(from: &Db, to: &Db) -> anyhow::Result<Vec<CopiedTable>> {
+    not_in_use(from, "source").await?;
+    not_in_use(to, "target").await?;
     for &table in TABLES {
         let (rows,): (i64,) =
             sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
@@ -81,6 +116,19 @@ pub async fn copy_database(from: &Db, to: &Db) -> anyhow::Result<Vec<CopiedTable
         }
     }
     let mut tx = to.begin_write().await?;
+    // Every table read from one snapshot: a server started on the source
+    // meanwhile cannot leave a restart copied without its hosts.
+    let mut snapshot = from
+        .reads
+        .begin()
+        .await
+        .context("failed to begin reading the source")?;
+    if from.backend() == Backend::Postgres {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *snapshot)
+            .await
+            .context("failed to read the source from one snapshot")?;
+    }
     let mut copied = Vec::new();
     for &table in TABLES {
         let columns = columns(to, table).await?;
@@ -90,7 +138,7 @@ pub async fn copy_database(from: &Db, to: &Db) -> anyhow::Result<Vec<CopiedTable
             .collect::<Vec<_>>()
             .join(", ");
         let select = format!("SELECT {names} FROM {table}");
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch(&from.reads);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch(&mut *snapshot);
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         let mut count = 0u64;
         loop {
@@ -144,6 +192,10 @@ pub async fn copy_database(from: &Db, to: &Db) -> anyhow::Result<Vec<CopiedTable
         copied.push(CopiedTable { table, rows: count });
     }
     tx.commit().await.context("failed to commit the copy")?;
+    snapshot
+        .rollback()
+        .await
+        .context("failed to end reading the source")?;
     Ok(copied)
 }
 

@@ -265,10 +265,60 @@ pub fn migrator(backend: Backend) -> &'static Migrator {
     }
 }
 
+/// How many connections a server keeps to PostgreSQL at most
+/// (`--database-pool`). SQLite has its own: one writer, eight readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSize(u32);
+
+impl PoolSize {
+    pub const DEFAULT: PoolSize = PoolSize(16);
+    /// More would only queue inside PostgreSQL, whose default
+    /// `max_connections` is 100 for every client together.
+    pub const MAX: u32 = 256;
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        PoolSize::DEFAULT
+    }
+}
+
+/// A `--database-pool` value out of bounds.
+#[derive(Debug, thiserror::Error)]
+pub enum BadPoolSize {
+    #[error("{0:?} is not a number of connections")]
+    NotANumber(String),
+    #[error("the database pool holds 1 to {max} connections, not {0}", max = PoolSize::MAX)]
+    OutOfRange(u64),
+}
+
+impl FromStr for PoolSize {
+    type Err = BadPoolSize;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| BadPoolSize::NotANumber(s.to_owned()))?;
+        match u32::try_from(n) {
+            Ok(n) if (1..=PoolSize::MAX).contains(&n) => Ok(PoolSize(n)),
+            _ => Err(BadPoolSize::OutOfRange(n)),
+        }
+    }
+}
+
 /// Opens (creating a SQLite file if needed) the database and applies the
 /// migrations.
 pub async fn open(location: impl Into<Location>) -> anyhow::Result<Db> {
-    let db = connect(&location.into()).await?;
+    open_with(location, PoolSize::DEFAULT).await
+}
+
+/// As [`open`], with `pool` connections at most on PostgreSQL.
+pub async fn open_with(location: impl Into<Location>, pool: PoolSize) -> anyhow::Result<Db> {
+    let db = connect_with(&location.into(), pool).await?;
     migrator(db.backend)
         .run(&db.writes)
         .await
@@ -278,10 +328,15 @@ pub async fn open(location: impl Into<Location>) -> anyhow::Result<Db> {
 
 /// Opens the database without migrating it.
 pub async fn connect(location: &Location) -> anyhow::Result<Db> {
+    connect_with(location, PoolSize::DEFAULT).await
+}
+
+/// As [`connect`], with `pool` connections at most on PostgreSQL.
+pub async fn connect_with(location: &Location, pool: PoolSize) -> anyhow::Result<Db> {
     sqlx::any::install_default_drivers();
     match location {
         Location::Sqlite(path) => connect_sqlite(path).await,
-        Location::Postgres(url) => connect_postgres(url, location).await,
+        Location::Postgres(url) => connect_postgres(url, location, pool).await,
     }
 }
 
@@ -345,11 +400,11 @@ fn sqlite_url(path: &Path) -> anyhow::Result<String> {
     Ok(url)
 }
 
-async fn connect_postgres(url: &str, location: &Location) -> anyhow::Result<Db> {
+async fn connect_postgres(url: &str, location: &Location, size: PoolSize) -> anyhow::Result<Db> {
     let options =
         AnyConnectOptions::from_str(url).with_context(|| format!("bad database URL {location}"))?;
     let pool = AnyPoolOptions::new()
-        .max_connections(16)
+        .max_connections(size.get())
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
@@ -653,5 +708,43 @@ impl SqlBuilder {
                 self.args,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_size_is_between_one_and_the_maximum() {
+        assert_eq!("1".parse::<PoolSize>().unwrap().get(), 1);
+        assert_eq!("256".parse::<PoolSize>().unwrap().get(), 256);
+        for bad in ["0", "257", "-1", "many", ""] {
+            let error = bad.parse::<PoolSize>().unwrap_err().to_string();
+            assert!(
+                error.contains("1 to 256") || error.contains("not a number"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_postgres_pool_keeps_at_most_the_connections_asked_for() {
+        let server = baton_testkit::Postgres::shared()
+            .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e:#}"));
+        let location = Location::Postgres(server.create_database().unwrap());
+        let db = open_with(&location, "2".parse().unwrap()).await.unwrap();
+        assert_eq!(db.reads.options().get_max_connections(), 2);
+        // Two held: a third waits rather than opening another connection.
+        let first = db.reads.acquire().await.unwrap();
+        let second = db.writes.acquire().await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), db.reads.acquire())
+                .await
+                .is_err()
+        );
+        drop((first, second));
+        let default = open(&location).await.unwrap();
+        assert_eq!(default.reads.options().get_max_connections(), 16);
     }
 }

@@ -15,6 +15,7 @@ mod events;
 mod fleet_services;
 mod generations;
 mod hosts;
+mod log_relay;
 mod replicas;
 mod restarts;
 mod sessions;
@@ -29,8 +30,9 @@ pub use copy::{
 };
 pub(crate) use db::text_enum;
 pub use db::{
-    Backend, BadLocation, Db, Flag, Location, MigrationStep, apply_migrations, connect, migrator,
-    open, pending_migrations, probe_write,
+    Backend, BadLocation, BadPoolSize, Db, Flag, Location, MigrationStep, PoolSize,
+    apply_migrations, connect, connect_with, migrator, open, open_with, pending_migrations,
+    probe_write,
 };
 pub use events::{
     EventGap, LastCrash, find_drain_finished, find_restart_finished, find_restart_started_after,
@@ -45,6 +47,10 @@ pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{
     HostForgotten, HostRow, forget_host, host_names, hosts_offline_since, load_hosts,
     mark_all_hosts_offline, save_host_status, upsert_host,
+};
+pub use log_relay::{
+    Appended, LogChunkRow, LogRelayRequest, append_log_chunk, close_log_relay, log_chunks,
+    log_relay_request, log_relay_wanted, open_log_relay, prune_log_relays, took_log_chunks,
 };
 pub use replicas::{
     CHANGES_CHANNEL, Change, FEED_HOLE_LIFETIME, FEED_MAX_HOLES, FedEvent, FeedCursor, FeedRead,

@@ -516,6 +516,8 @@ pub enum Change {
     Command,
     /// A queued command was answered: its sender reads the answer.
     Answer,
+    /// A log chunk was relayed: the replicas reading relayed streams read.
+    Logs,
     /// `from` is alive; tells its own listener that notifications arrive.
     Beat { from: String },
 }
@@ -533,6 +535,7 @@ impl Change {
             Change::Feed { from } => format!("feed {}", id(from)),
             Change::Command => "command".to_owned(),
             Change::Answer => "answer".to_owned(),
+            Change::Logs => "logs".to_owned(),
             Change::Beat { from } => format!("beat {}", id(from)),
         }
     }
@@ -546,6 +549,7 @@ impl Change {
             }),
             ("command", "") => Some(Change::Command),
             ("answer", "") => Some(Change::Answer),
+            ("logs", "") => Some(Change::Logs),
             ("beat", from) if !from.is_empty() => Some(Change::Beat {
                 from: from.to_owned(),
             }),
@@ -577,7 +581,7 @@ pub(super) async fn notify(
 /// [`notify`] on a connection of the pool, after a write that committed on
 /// its own. A failure only costs the others a tick of their polling: it is
 /// logged, not returned, since the write itself is done.
-async fn notify_after(db: &Db, change: &Change) {
+pub(super) async fn notify_after(db: &Db, change: &Change) {
     if db.backend() != Backend::Postgres {
         return;
     }
@@ -602,11 +606,15 @@ async fn notify_after(db: &Db, change: &Change) {
 pub enum HostCommandKind {
     Restart,
     FetchReport,
+    /// A log stream relayed through the database; `command_id` names it
+    /// (`store::log_relay`).
+    OpenLogs,
 }
 
 text_enum!(HostCommandKind {
     Restart = "restart",
     FetchReport = "fetch_report",
+    OpenLogs = "open_logs",
 });
 
 /// `host_commands.state`.

@@ -341,3 +341,31 @@ async fn a_history_copied_from_sqlite_to_postgresql_reads_back_the_same() {
     );
     assert_eq!(running_restarts(to).await.unwrap(), [next]);
 }
+
+#[tokio::test]
+async fn a_copy_from_a_database_a_server_runs_on_is_refused() {
+    let sqlite = testing::sqlite().await;
+    let postgres = testing::postgres().await;
+    fill(&sqlite.db).await;
+    let now = crate::domain::now_millis();
+    register_replica(&sqlite.db, "running", now).await.unwrap();
+
+    let error = copy_database(&sqlite.db, &postgres.db).await.unwrap_err();
+    assert!(
+        matches!(
+            error.downcast_ref::<CopyRefused>(),
+            Some(CopyRefused::InUse { side: "source", .. })
+        ),
+        "{error:#}"
+    );
+    assert!(error.to_string().contains("stop it first"), "{error:#}");
+    assert!(load_hosts(&postgres.db).await.unwrap().is_empty());
+
+    // Killed: once its heartbeat is older than a live replica's, the copy
+    // goes ahead.
+    heartbeat(&sqlite.db, "running", now - 10_000, false)
+        .await
+        .unwrap();
+    let copied = copy_database(&sqlite.db, &postgres.db).await.unwrap();
+    assert!(copied.iter().any(|c| c.table == "restarts" && c.rows == 1));
+}

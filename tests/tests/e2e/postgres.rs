@@ -53,3 +53,35 @@ async fn a_server_on_postgresql_restarts_a_service_and_keeps_the_restart() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("is up to date"), "{stdout}");
 }
+
+#[test]
+fn a_database_pool_out_of_bounds_or_on_sqlite_stops_the_start_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("baton.db");
+    for (pool, database, because) in [
+        (
+            "0",
+            "postgres://baton@127.0.0.1:1/none",
+            "1 to 256 connections, not 0",
+        ),
+        (
+            "257",
+            "postgres://baton@127.0.0.1:1/none",
+            "1 to 256 connections, not 257",
+        ),
+        ("many", "postgres://baton@127.0.0.1:1/none", "not a number"),
+        (
+            "4",
+            sqlite.to_str().unwrap(),
+            "--database-pool sizes the PostgreSQL pool",
+        ),
+    ] {
+        let (ok, _, stderr) = server_command(
+            &["serve", "--listen", "127.0.0.1:0", "--database-pool", pool],
+            std::path::Path::new(database),
+        );
+        assert!(!ok, "{pool} {database}");
+        assert!(stderr.contains(because), "{pool}: {stderr}");
+    }
+    assert!(!sqlite.exists(), "a refused start created the database");
+}

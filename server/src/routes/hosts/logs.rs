@@ -2,7 +2,8 @@
 //! read from its agent over the link, as JSON lines (`application/x-ndjson`,
 //! one `OutputLine` per line). With `follow=true` the stream stays open and
 //! new lines follow; a blank line every 5 s keeps idle proxies and tells
-//! the server a client has left.
+//! the server a client has left. A host linked to another replica is read
+//! through it (`log_relay.rs`).
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
@@ -11,12 +12,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 use crate::auth::Reader;
 use crate::domain::validate_host_name;
 use crate::error::ApiError;
 use crate::fleet::{Fleet, LogChunk};
+use crate::log_relay::{LogRelay, LogStream, OpenError};
 
 /// Lines a request may ask of the past (the link's own bound).
 pub const MAX_LINES: usize = baton_proto::link::MAX_LOG_LINES;
@@ -34,23 +35,6 @@ pub struct LogsQuery {
     pub generation: Option<u64>,
     #[serde(default)]
     pub follow: bool,
-}
-
-/// Ends the agent's stream and frees the follow slot when the response is
-/// dropped: finished, or its client gone.
-struct StreamGuard {
-    fleet: Arc<Fleet>,
-    stream_id: String,
-    follower: Option<String>,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.fleet.close_logs(&self.stream_id);
-        if let Some(token) = &self.follower {
-            self.fleet.stop_following(token);
-        }
-    }
 }
 
 /// Frees a follow slot taken before the stream exists.
@@ -72,6 +56,7 @@ pub async fn logs(
     path: web::Path<(String, String)>,
     query: web::Query<LogsQuery>,
     fleet: web::Data<Fleet>,
+    relay: web::Data<LogRelay>,
 ) -> Result<HttpResponse, ApiError> {
     let (host, service) = path.into_inner();
     validate_host_name(&host).map_err(ApiError::Unprocessable)?;
@@ -102,15 +87,14 @@ pub async fn logs(
         }
         slot.token = Some(reader.0.token_hash.clone());
     }
-    let (stream_id, mut chunks) = fleet
-        .open_logs(&host, &service, query.generation, lines, query.follow)
-        .ok_or_else(|| ApiError::Unavailable(format!("host {host:?} is offline")))?;
-    let guard = StreamGuard {
-        fleet: Arc::clone(&fleet),
-        stream_id,
-        follower: slot.token.take(),
-    };
-    let first = match tokio::time::timeout(ANSWER_DEADLINE, chunks.recv()).await {
+    let mut stream = relay
+        .open(&host, &service, query.generation, lines, query.follow)
+        .await
+        .map_err(|error| match error {
+            OpenError::Offline(_) | OpenError::Busy(_) => ApiError::Unavailable(error.to_string()),
+            OpenError::Unexpected(error) => ApiError::Unexpected(error),
+        })?;
+    let first = match tokio::time::timeout(ANSWER_DEADLINE, stream.chunks.recv()).await {
         Err(_) => {
             return Err(ApiError::Unavailable(format!(
                 "the agent of host {host:?} did not answer within {}s (an agent older than log streaming does not)",
@@ -133,8 +117,8 @@ pub async fn logs(
     let body = futures::stream::unfold(
         Stream {
             first: Some(first),
-            chunks,
-            _guard: guard,
+            stream,
+            _slot: slot,
             follow: query.follow,
         },
         |mut state| async move {
@@ -149,10 +133,12 @@ pub async fn logs(
         .streaming(body))
 }
 
+/// The response's body. Dropped (finished, or its client gone), it ends
+/// the agent's stream and then frees the follow slot.
 struct Stream {
     first: Option<Vec<baton_proto::OutputLine>>,
-    chunks: mpsc::Receiver<LogChunk>,
-    _guard: StreamGuard,
+    stream: LogStream,
+    _slot: FollowSlot,
     follow: bool,
 }
 
@@ -163,12 +149,12 @@ impl Stream {
         }
         loop {
             let chunk = if self.follow {
-                match tokio::time::timeout(KEEPALIVE_EVERY, self.chunks.recv()).await {
+                match tokio::time::timeout(KEEPALIVE_EVERY, self.stream.chunks.recv()).await {
                     Ok(chunk) => chunk,
                     Err(_) => return Some(Bytes::from_static(b"\n")),
                 }
             } else {
-                self.chunks.recv().await
+                self.stream.chunks.recv().await
             };
             match chunk? {
                 LogChunk::Lines(lines) if lines.is_empty() => continue,
