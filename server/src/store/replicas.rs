@@ -745,6 +745,77 @@ mod tests {
         assert_eq!(links, vec![None, Some(("b".to_string(), 1))]);
     }
 
+    async fn a_host_between_its_hello_and_its_link_is_not_released(db: &Db) {
+        register_replica(db, "a", 5_000).await.unwrap();
+        // Its hello wrote the row at 4.5 s; the link is not recorded yet.
+        crate::store::upsert_host(db, "alpha", "1", "boot", 4_500, &[])
+            .await
+            .unwrap();
+        assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 0);
+        hold_host_link(db, "alpha", "a", 7, 0, 0).await.unwrap();
+        assert_eq!(
+            linked_hosts(db).await.unwrap()[0].link,
+            Some(("a".to_string(), 7))
+        );
+        // One whose link was never recorded, long ago, is offline.
+        crate::store::upsert_host(db, "beta", "1", "boot", 1_000, &[])
+            .await
+            .unwrap();
+        assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 1);
+        let online: Vec<(String, bool)> = sqlx::query_as::<_, (String, super::super::db::Flag)>(
+            "SELECT name, online FROM hosts ORDER BY name",
+        )
+        .fetch_all(&db.reads)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(name, online)| (name, online.into()))
+        .collect();
+        assert_eq!(
+            online,
+            vec![("alpha".to_string(), true), ("beta".to_string(), false)]
+        );
+    }
+
+    async fn a_replica_back_from_a_stall_records_its_links_again_but_not_over_newer_ones(
+        db: &Db,
+    ) {
+        register_replica(db, "a", 5_000).await.unwrap();
+        register_replica(db, "b", 1_000).await.unwrap();
+        for host in ["alpha", "beta"] {
+            crate::store::upsert_host(db, host, "1", "boot", 1, &[])
+                .await
+                .unwrap();
+            hold_host_link(db, host, "b", 1, 0, 0).await.unwrap();
+        }
+        // B stalled: A takes it for dead and releases its hosts.
+        assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 2);
+        assert!(links_of_replica(db, "b").await.unwrap().is_empty());
+        // Meanwhile beta's agent linked to A.
+        hold_host_link(db, "beta", "a", 9, 0, 0).await.unwrap();
+
+        // B is back: alpha's link is recorded again, beta's newer one stays.
+        heartbeat(db, "b", 6_000, false).await.unwrap();
+        assert!(reassert_host_link(db, "alpha", "b", 1).await.unwrap());
+        assert!(!reassert_host_link(db, "beta", "b", 1).await.unwrap());
+        assert_eq!(
+            links_of_replica(db, "b").await.unwrap(),
+            vec![("alpha".to_string(), 1)]
+        );
+        let links: Vec<Option<(String, u64)>> = linked_hosts(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.link)
+            .collect();
+        assert_eq!(
+            links,
+            vec![Some(("b".to_string(), 1)), Some(("a".to_string(), 9))]
+        );
+        // Alive again, it keeps them.
+        assert_eq!(release_dead_replicas(db, 3_000, 0).await.unwrap(), 0);
+    }
+
     async fn a_host_holds_only_so_many_waiting_commands(db: &Db) {
         let command = NewHostCommand {
             host: "alpha",
@@ -791,5 +862,7 @@ mod tests {
         a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed,
         the_hosts_of_a_dead_replica_go_offline,
         a_host_holds_only_so_many_waiting_commands,
+        a_host_between_its_hello_and_its_link_is_not_released,
+        a_replica_back_from_a_stall_records_its_links_again_but_not_over_newer_ones,
     );
 }

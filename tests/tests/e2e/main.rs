@@ -29,6 +29,7 @@ mod overlap;
 mod postgres;
 mod process_tracking;
 mod readiness;
+mod replica_stall;
 mod replicas;
 mod restart_by_signal;
 mod restart_under_load;
