@@ -39,6 +39,10 @@ use crate::store::{self, Db, HostCommandKind, HostCommandRow, NewHostCommand};
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A replica not heard from for this long is dead: its hosts are offline
 /// and the restarts it drove are taken over once their leases run out.
+/// Not longer than [`LEASE`]: a driver resuming a dead replica's rollout
+/// must see that replica's hosts offline rather than queue their commands
+/// for a replica that never delivers them. A replica that was only stalled
+/// records its links again on its return (`reassert_links`).
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 /// How long a restart's driver holds it without renewing (every
 /// [`HEARTBEAT_EVERY`]).

@@ -777,9 +777,7 @@ mod tests {
         );
     }
 
-    async fn a_replica_back_from_a_stall_records_its_links_again_but_not_over_newer_ones(
-        db: &Db,
-    ) {
+    async fn a_replica_back_from_a_stall_records_its_links_again_but_not_over_newer_ones(db: &Db) {
         register_replica(db, "a", 5_000).await.unwrap();
         register_replica(db, "b", 1_000).await.unwrap();
         for host in ["alpha", "beta"] {
