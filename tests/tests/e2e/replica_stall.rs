@@ -40,7 +40,16 @@ fn newest_generation(agent: &AgentUnderTest) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_back_from_a_stall_has_its_hosts_online_and_commanded_again() {
-    let a = ServerUnderTest::start();
+    stalled_replica_comes_back(ServerUnderTest::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_from_a_stall_has_its_hosts_online_again_on_postgres() {
+    stalled_replica_comes_back(ServerUnderTest::start_on_postgres()).await;
+}
+
+/// Two replicas on `a`'s database, a host linked to B; B stalls.
+async fn stalled_replica_comes_back(a: ServerUnderTest) {
     let b = a.start_replica(&[]);
     let dir = tempfile::tempdir().unwrap();
     let mode = dir.path().join("mode");
