@@ -724,6 +724,20 @@ impl Fleet {
         }
     }
 
+    /// The hosts whose link this replica holds, with the link's id.
+    pub fn links_held_here(&self) -> Vec<(String, u64)> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts
+            .iter()
+            .filter_map(|(name, state)| {
+                state
+                    .link
+                    .as_ref()
+                    .map(|link| (name.clone(), link.connection))
+            })
+            .collect()
+    }
+
     pub fn services_of(&self, host: &str) -> Option<Vec<ServiceStatus>> {
         let hosts = self.hosts.read().expect("fleet lock");
         hosts.get(host).map(|s| s.services.clone())

@@ -2,10 +2,12 @@
 //!
 //! Each process is a replica with a random id and a row it refreshes every
 //! [`HEARTBEAT_EVERY`]; one not heard from for [`DEAD_AFTER`] is dead, and
-//! the hosts whose links it held count as offline. Three loops run here:
+//! the hosts whose links it held count as offline. Four loops run here:
 //!
-//! - the heartbeat, which also releases the hosts of dead replicas and
-//!   prunes expired commands;
+//! - the heartbeat, alone in its loop so that nothing slow delays it, and
+//!   the housekeeping, which releases the hosts of dead replicas, records
+//!   again the links of this one if others took it for dead, and prunes
+//!   expired commands;
 //! - the change feed, which reads the events other replicas stored (by id,
 //!   in bounded batches) and hands them to the [`Fleet`] as the same notices
 //!   a link of this replica gives, follows the other replicas' change
@@ -41,6 +43,10 @@ use crate::store::{self, Change, Db, FeedCursor, HostCommandKind, HostCommandRow
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A replica not heard from for this long is dead: its hosts are offline
 /// and the restarts it drove are taken over once their leases run out.
+/// Not longer than [`LEASE`]: a driver resuming a dead replica's rollout
+/// must see that replica's hosts offline rather than queue their commands
+/// for a replica that never delivers them. A replica that was only stalled
+/// records its links again on its return (`reassert_links`).
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 /// How long a restart's driver holds it without renewing (every
 /// [`HEARTBEAT_EVERY`]).
@@ -170,6 +176,7 @@ impl Replica {
         feed.look(&replica).await?;
         tracing::info!(replica = replica.id, "replica registered");
         runtime.spawn(heartbeat_loop(replica.clone()));
+        runtime.spawn(housekeeping_loop(replica.clone()));
         runtime.spawn(feed_loop(replica.clone(), feed));
         runtime.spawn(delivery_loop(replica.clone()));
         if let Some(url) = replica.db.postgres_url() {
@@ -229,20 +236,39 @@ fn forget_before(now: u64) -> u64 {
     now.saturating_sub(FORGET_DEAD_AFTER.as_millis() as u64)
 }
 
+/// Only the heartbeat: nothing slow runs before it in its loop, so a slow
+/// release or prune does not make this replica look dead to the others.
 async fn heartbeat_loop(replica: Arc<Replica>) {
+    let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = replica.stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(error) = store::heartbeat(&replica.db, &replica.id, now_millis(), false).await {
+            tracing::warn!(error = format!("{error:#}"), "replica heartbeat failed");
+        }
+    }
+}
+
+/// Releases the hosts of dead replicas, records again the links of this
+/// one that others released while it looked dead, and prunes expired
+/// commands.
+async fn housekeeping_loop(replica: Arc<Replica>) {
     let mut beats: u64 = 0;
     // Nothing wakes the heartbeat early.
     let never = Notify::new();
     while replica.tick(HEARTBEAT_EVERY, &never).await {
         let now = now_millis();
-        let beat = async {
-            store::heartbeat(&replica.db, &replica.id, now, false).await?;
+        let work = async {
             let released =
                 store::release_dead_replicas(&replica.db, alive_after(now), forget_before(now))
                     .await?;
             if released > 0 {
                 tracing::info!(hosts = released, "hosts of a dead replica are offline");
             }
+            reassert_links(&replica).await?;
             if beats.is_multiple_of(60) {
                 store::prune_host_commands(
                     &replica.db,
@@ -252,11 +278,57 @@ async fn heartbeat_loop(replica: Arc<Replica>) {
             }
             anyhow::Ok(())
         };
-        if let Err(error) = beat.await {
-            tracing::warn!(error = format!("{error:#}"), "replica heartbeat failed");
+        if let Err(error) = work.await {
+            tracing::warn!(error = format!("{error:#}"), "replica housekeeping failed");
         }
         beats += 1;
     }
+}
+
+/// A replica that stalled longer than [`DEAD_AFTER`] (a slow database, a
+/// pause of the process) finds on its return that the others released
+/// the hosts it holds, though their agents' links here never closed;
+/// nothing else would record them again until those agents reconnect, so
+/// every other replica would show them offline and skip them. The links
+/// still open here are recorded again, where no newer link took their
+/// place.
+async fn reassert_links(replica: &Replica) -> anyhow::Result<()> {
+    let held = replica.fleet.links_held_here();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let recorded: HashMap<String, u64> = store::links_of_replica(&replica.db, &replica.id)
+        .await?
+        .into_iter()
+        .collect();
+    let mut reasserted = 0;
+    for (host, link_id) in held {
+        if recorded.contains_key(&host) {
+            continue;
+        }
+        // Closed or replaced since it was read: its own release or hold
+        // writes the row.
+        if replica
+            .fleet
+            .link_state(&host)
+            .is_none_or(|link| link.remote || link.connection != Some(link_id))
+        {
+            continue;
+        }
+        if store::reassert_host_link(&replica.db, &host, &replica.id, link_id).await? {
+            reasserted += 1;
+        }
+    }
+    if reasserted > 0 {
+        tracing::warn!(
+            hosts = reasserted,
+            "this replica was taken for dead; the links it holds are recorded again"
+        );
+        // The others read the links again when this replica's change
+        // sequence moves.
+        store::heartbeat(&replica.db, &replica.id, now_millis(), true).await?;
+    }
+    Ok(())
 }
 
 /// What the change feed has seen so far.

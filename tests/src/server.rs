@@ -263,6 +263,11 @@ impl ServerUnderTest {
         self.server.launch().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// The server process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         self.server.kill();

@@ -61,6 +61,7 @@ pub use replicas::{
     release_dead_replicas, release_host_link, release_leases, remove_replica, renew_leases,
     replica_rows, take_host_command,
 };
+pub use replicas::{links_of_replica, reassert_host_link};
 pub use restarts::{
     CommandSent, Created, HostRestartState, IdempotencyKey, NewRestart, NewlyCreated, Outcome,
     RestartFilter, RestartHostRow, RestartRow, RestartState, begin_pause,

@@ -93,34 +93,98 @@ pub async fn replica_rows(db: &Db) -> anyhow::Result<Vec<ReplicaRow>> {
 }
 
 /// Hosts whose link replica is gone or silent since before `alive_after`
-/// are offline; replicas silent since before `forget_before` are forgotten.
-/// Returns how many hosts went offline.
+/// are offline, and so are hosts marked online with no link recorded since
+/// before `alive_after` (a hello whose link was never recorded: a younger
+/// one may be between its row and its link); replicas silent since before
+/// `forget_before` are forgotten. Returns how many hosts went offline.
+///
+/// It runs every second on every replica, next to the hosts' status writes:
+/// it looks first, on the read pool and without locking anything, and
+/// writes only when something is to be released, each statement checking
+/// again that the replica is still silent so that one back in the meantime
+/// keeps its hosts.
 pub async fn release_dead_replicas(
     db: &Db,
     alive_after: u64,
     forget_before: u64,
 ) -> anyhow::Result<u64> {
-    let mut tx = db.begin_write().await?;
-    let released = sqlx::query(
-        "UPDATE hosts SET online = FALSE, link_replica = NULL, link_id = NULL
-         WHERE (link_replica IS NULL AND online = TRUE)
+    let candidates: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT DISTINCT link_replica FROM hosts
+         WHERE (link_replica IS NULL AND online = TRUE AND last_seen < $1)
             OR (link_replica IS NOT NULL
                 AND link_replica NOT IN (SELECT id FROM replicas WHERE heartbeat_at >= $1))",
     )
     .bind(to_i64(alive_after))
-    .execute(&mut *tx)
+    .fetch_all(&db.reads)
     .await
-    .context("failed to release the hosts of dead replicas")?
-    .rows_affected();
+    .context("failed to look for the hosts of dead replicas")?;
+    let mut released = 0;
+    for (replica,) in candidates {
+        let done = match replica {
+            Some(replica) => sqlx::query(
+                "UPDATE hosts SET online = FALSE, link_replica = NULL, link_id = NULL
+                 WHERE link_replica = $1
+                   AND NOT EXISTS (SELECT 1 FROM replicas WHERE id = $1 AND heartbeat_at >= $2)",
+            )
+            .bind(replica)
+            .bind(to_i64(alive_after)),
+            None => sqlx::query(
+                "UPDATE hosts SET online = FALSE
+                 WHERE link_replica IS NULL AND online = TRUE AND last_seen < $1",
+            )
+            .bind(to_i64(alive_after)),
+        };
+        released += done
+            .execute(&db.writes)
+            .await
+            .context("failed to release the hosts of dead replicas")?
+            .rows_affected();
+    }
     sqlx::query("DELETE FROM replicas WHERE heartbeat_at < $1")
         .bind(to_i64(forget_before))
-        .execute(&mut *tx)
+        .execute(&db.writes)
         .await
         .context("failed to forget dead replicas")?;
-    tx.commit()
-        .await
-        .context("failed to commit the release of dead replicas")?;
     Ok(released)
+}
+
+/// The hosts whose link the database says `replica` holds, with the link's
+/// id.
+pub async fn links_of_replica(db: &Db, replica: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let rows: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT name, link_id FROM hosts WHERE link_replica = $1")
+            .bind(replica)
+            .fetch_all(&db.reads)
+            .await
+            .context("failed to read the links a replica holds")?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, link_id)| (name, link_id.map(to_u64).unwrap_or(0)))
+        .collect())
+}
+
+/// Records again that `replica` holds the host's link `link_id` after the
+/// other replicas took it for dead and released it (a stall longer than
+/// the time a replica may stay silent), only while no link is recorded:
+/// one an agent made since, here or elsewhere, is newer and stays.
+/// Whether it was recorded.
+pub async fn reassert_host_link(
+    db: &Db,
+    host: &str,
+    replica: &str,
+    link_id: u64,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE hosts SET link_replica = $2, link_id = $3, online = TRUE
+         WHERE name = $1 AND link_replica IS NULL",
+    )
+    .bind(host)
+    .bind(replica)
+    .bind(to_i64(link_id))
+    .execute(&db.writes)
+    .await
+    .context("failed to record the host's link again")?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Records that `replica` holds the host's link `link_id`, right after its
@@ -915,6 +979,75 @@ mod tests {
         assert_eq!(links, vec![None, Some(("b".to_string(), 1))]);
     }
 
+    async fn a_host_between_its_hello_and_its_link_is_not_released(db: &Db) {
+        register_replica(db, "a", 5_000).await.unwrap();
+        // Its hello wrote the row at 4.5 s; the link is not recorded yet.
+        crate::store::upsert_host(db, "alpha", "1", "boot", 4_500, &[])
+            .await
+            .unwrap();
+        assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 0);
+        hold_host_link(db, "alpha", "a", 7, 0, 0).await.unwrap();
+        assert_eq!(
+            linked_hosts(db).await.unwrap()[0].link,
+            Some(("a".to_string(), 7))
+        );
+        // One whose link was never recorded, long ago, is offline.
+        crate::store::upsert_host(db, "beta", "1", "boot", 1_000, &[])
+            .await
+            .unwrap();
+        assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 1);
+        let online: Vec<(String, bool)> = sqlx::query_as::<_, (String, super::super::db::Flag)>(
+            "SELECT name, online FROM hosts ORDER BY name",
+        )
+        .fetch_all(&db.reads)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(name, online)| (name, online.into()))
+        .collect();
+        assert_eq!(
+            online,
+            vec![("alpha".to_string(), true), ("beta".to_string(), false)]
+        );
+    }
+
+    async fn a_replica_back_from_a_stall_records_its_links_again_but_not_over_newer_ones(db: &Db) {
+        register_replica(db, "a", 5_000).await.unwrap();
+        register_replica(db, "b", 1_000).await.unwrap();
+        for host in ["alpha", "beta"] {
+            crate::store::upsert_host(db, host, "1", "boot", 1, &[])
+                .await
+                .unwrap();
+            hold_host_link(db, host, "b", 1, 0, 0).await.unwrap();
+        }
+        // B stalled: A takes it for dead and releases its hosts.
+        assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 2);
+        assert!(links_of_replica(db, "b").await.unwrap().is_empty());
+        // Meanwhile beta's agent linked to A.
+        hold_host_link(db, "beta", "a", 9, 0, 0).await.unwrap();
+
+        // B is back: alpha's link is recorded again, beta's newer one stays.
+        heartbeat(db, "b", 6_000, false).await.unwrap();
+        assert!(reassert_host_link(db, "alpha", "b", 1).await.unwrap());
+        assert!(!reassert_host_link(db, "beta", "b", 1).await.unwrap());
+        assert_eq!(
+            links_of_replica(db, "b").await.unwrap(),
+            vec![("alpha".to_string(), 1)]
+        );
+        let links: Vec<Option<(String, u64)>> = linked_hosts(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.link)
+            .collect();
+        assert_eq!(
+            links,
+            vec![Some(("b".to_string(), 1)), Some(("a".to_string(), 9))]
+        );
+        // Alive again, it keeps them.
+        assert_eq!(release_dead_replicas(db, 3_000, 0).await.unwrap(), 0);
+    }
+
     async fn a_host_holds_only_so_many_waiting_commands(db: &Db) {
         let command = NewHostCommand {
             host: "alpha",
@@ -1101,5 +1234,7 @@ mod tests {
         a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed,
         the_hosts_of_a_dead_replica_go_offline,
         a_host_holds_only_so_many_waiting_commands,
+        a_host_between_its_hello_and_its_link_is_not_released,
+        a_replica_back_from_a_stall_records_its_links_again_but_not_over_newer_ones,
     );
 }

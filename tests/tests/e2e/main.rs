@@ -31,6 +31,7 @@ mod postgres;
 mod process_tracking;
 mod readiness;
 mod replica_logs;
+mod replica_stall;
 mod replicas;
 mod restart_by_signal;
 mod restart_under_load;
