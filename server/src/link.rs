@@ -32,9 +32,10 @@ use crate::store::{self, Db, EventGap};
 /// agent's; the link closes before the frame is read.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 
-/// Agents report every second; the database needs a copy only for
-/// `GET /services` after a server restart, so connection-count churn is
-/// written at most this often.
+/// Agents report every second, and connection counts change with most
+/// readings; `GET /services` and the other replicas read the database, so a
+/// changed status is written at once and an unchanged one refreshed at most
+/// this often.
 const STATUS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
 // One value at a time per link, moved once: boxing the frame would cost an

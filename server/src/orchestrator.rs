@@ -15,7 +15,7 @@
 //! while it lagged behind.
 
 use anyhow::Context;
-use baton_proto::api::{self, Restart};
+use baton_proto::api::Restart;
 use baton_proto::{ConnectionTally, Event, EventKind, RestartId, RestartOutcome};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -320,11 +320,16 @@ impl Orchestrator {
         let mut changes = self.inner.fleet.watch_changes();
         loop {
             changes.borrow_and_update();
-            let restart = store::get_restart(&self.inner.db, restart_id)
+            // The restart's own row on every change, the whole restart
+            // (every host's steps) once: a rolling restart of a thousand
+            // hosts changes a hundred times a second.
+            let row = store::restart_row(&self.inner.db, restart_id)
                 .await?
                 .context("the restart disappeared")?;
-            if restart.state == api::RestartState::Finished {
-                return Ok(restart);
+            if row.state == store::RestartState::Finished {
+                return store::get_restart(&self.inner.db, restart_id)
+                    .await?
+                    .context("the restart disappeared");
             }
             loop {
                 tokio::select! {

@@ -345,22 +345,27 @@ async fn connect_sqlite(path: &Path) -> anyhow::Result<Db> {
     let options = AnyConnectOptions::from_str(&sqlite_url(path)?)
         .with_context(|| format!("bad database path {}", path.display()))?;
     let pool = || {
-        AnyPoolOptions::new().after_connect(|conn, _| {
-            Box::pin(async move {
-                for pragma in [
-                    "PRAGMA busy_timeout = 10000",
-                    "PRAGMA journal_mode = WAL",
-                    // With WAL, NORMAL still never corrupts the database; a
-                    // power loss may drop the last transactions, but a killed
-                    // process loses nothing.
-                    "PRAGMA synchronous = NORMAL",
-                    "PRAGMA foreign_keys = ON",
-                ] {
-                    conn.execute(pragma).await?;
-                }
-                Ok(())
+        AnyPoolOptions::new()
+            // A file in this process cannot drop its connection: a ping
+            // before each use would only cost a round trip to sqlx's
+            // connection thread on every statement.
+            .test_before_acquire(false)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA journal_mode = WAL",
+                        // With WAL, NORMAL still never corrupts the database; a
+                        // power loss may drop the last transactions, but a killed
+                        // process loses nothing.
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        conn.execute(pragma).await?;
+                    }
+                    Ok(())
+                })
             })
-        })
     };
     let writes = pool()
         .max_connections(1)

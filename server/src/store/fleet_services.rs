@@ -34,38 +34,61 @@ enum OnConflict {
     Keep,
 }
 
+/// Rows written by one statement: a host's services in one round trip to
+/// the database rather than one each (its status is written every few
+/// seconds by every host), well under both engines' parameter limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
 async fn insert_rows(
     tx: &mut WriteTx,
     host: &str,
     services: &[ServiceStatus],
     on_conflict: OnConflict,
 ) -> anyhow::Result<()> {
-    for status in services {
-        let on_host = ServiceOnHost::from_status(host, true, status);
-        let statement = match on_conflict {
+    // One statement may not upsert a row twice (PostgreSQL refuses it): a
+    // service listed twice keeps its last entry, as writing them one by one
+    // did.
+    let mut seen = std::collections::HashSet::with_capacity(services.len());
+    let mut last_of_each: Vec<&ServiceStatus> = services
+        .iter()
+        .rev()
+        .filter(|status| seen.insert(status.name.as_str()))
+        .collect();
+    last_of_each.reverse();
+    for chunk in last_of_each.chunks(ROWS_PER_STATEMENT) {
+        let mut query = SqlBuilder::new(
+            "INSERT INTO fleet_services (host, service, state, draining, troubled, status) VALUES ",
+        );
+        for (i, status) in chunk.iter().enumerate() {
+            let on_host = ServiceOnHost::from_status(host, true, status);
+            query
+                .push(if i == 0 { "(" } else { ", (" })
+                .push_bind(host.to_owned())
+                .push(", ")
+                .push_bind(status.name.clone())
+                .push(", ")
+                .push_bind(state_name(status.state))
+                .push(", ")
+                .push_bind(i64::try_from(on_host.draining.len()).unwrap_or(i64::MAX))
+                // Online here: whether the host is is `hosts.online`, joined on read.
+                .push(", ")
+                .push_bind(on_host.needs_attention())
+                .push(", ")
+                .push_bind(serde_json::to_string(status)?)
+                .push(")");
+        }
+        query.push(match on_conflict {
             OnConflict::Replace => {
-                "INSERT INTO fleet_services (host, service, state, draining, troubled, status)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (host, service) DO UPDATE SET
+                " ON CONFLICT (host, service) DO UPDATE SET
                     state = excluded.state,
                     draining = excluded.draining,
                     troubled = excluded.troubled,
                     status = excluded.status"
             }
-            OnConflict::Keep => {
-                "INSERT INTO fleet_services (host, service, state, draining, troubled, status)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (host, service) DO NOTHING"
-            }
-        };
-        sqlx::query(statement)
-            .bind(host)
-            .bind(&status.name)
-            .bind(state_name(status.state))
-            .bind(i64::try_from(on_host.draining.len()).unwrap_or(i64::MAX))
-            // Online here: whether the host is is `hosts.online`, joined on read.
-            .bind(on_host.needs_attention())
-            .bind(serde_json::to_string(status)?)
+            OnConflict::Keep => " ON CONFLICT (host, service) DO NOTHING",
+        });
+        query
+            .build()?
             .execute(&mut **tx)
             .await
             .context("failed to store the host's services")?;

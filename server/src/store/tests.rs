@@ -113,6 +113,37 @@ fn status(service: &str, state: baton_proto::ServiceState) -> ServiceStatus {
     }
 }
 
+/// A host's services are written in one statement, which may not upsert
+/// a row twice: an agent that lists a service twice is stored with the last
+/// entry, not refused (as writing them one by one did).
+async fn a_status_naming_a_service_twice_keeps_its_last_entry(db: &Db) {
+    use baton_proto::ServiceState::{CrashLooping, Ready, Starting};
+    let twice = [
+        status("web", Starting),
+        status("api", Ready),
+        status("web", CrashLooping),
+    ];
+    upsert_host(db, "h", "1.0", "boot-a", 1_000, &twice)
+        .await
+        .unwrap();
+    save_host_status(db, "h", 2_000, true, &twice)
+        .await
+        .unwrap();
+    let page = list_fleet_services(db, &FleetFilter::default(), 0, 10)
+        .await
+        .unwrap();
+    let rows: Vec<(String, baton_proto::ServiceState)> = page
+        .services
+        .into_iter()
+        .map(|row| (row.status.name.to_string(), row.status.state))
+        .collect();
+    assert_eq!(
+        rows,
+        [("api".to_owned(), Ready), ("web".to_owned(), CrashLooping)]
+    );
+    assert_eq!(page.total, 2);
+}
+
 /// The fleet's list pages in host then service order, filters by name and
 /// state, searches with LIKE's wildcards taken literally, and counts.
 async fn the_fleet_list_pages_filters_and_counts(db: &Db) {
@@ -202,6 +233,7 @@ async fn the_fleet_list_pages_filters_and_counts(db: &Db) {
 
 on_both_engines!(
     the_fleet_list_pages_filters_and_counts,
+    a_status_naming_a_service_twice_keeps_its_last_entry,
     a_migrated_database_has_nothing_pending,
     hosts_read_back_online_or_not,
     tokens_keep_their_role_and_host,
