@@ -19,6 +19,14 @@ use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 /// A binary of this workspace, built in the same profile as the tests.
+/// The output lines of a log stream's body (NDJSON, one line a line).
+pub fn output_lines(body: &str) -> Vec<baton_proto::OutputLine> {
+    body.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
 pub fn bin(name: &str) -> PathBuf {
     baton_testkit::binary(name)
         .unwrap_or_else(|missing| panic!("{missing}: run `cargo build --workspace` first"))
@@ -130,6 +138,17 @@ impl AgentUnderTest {
 
     pub fn service(&self, name: &str) -> ServiceStatus {
         self.agent.service(name).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// The newest generation the agent has started of its first service:
+    /// 1 before any restart, one more per restart.
+    pub fn newest_generation(&self) -> u64 {
+        self.status().services[0]
+            .generations
+            .iter()
+            .map(|g| g.generation)
+            .max()
+            .expect("a running service has a generation")
     }
 
     /// The bound address of a service's TCP socket (configs use port 0).

@@ -55,13 +55,6 @@ async fn get(server: &ServerUnderTest, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-fn parse(body: &str) -> Vec<OutputLine> {
-    body.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect()
-}
-
 /// The last lines of `web`, asked of `server` until `text` is among them.
 async fn wait_for_line(server: &ServerUnderTest, text: &str) -> Vec<OutputLine> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -70,7 +63,7 @@ async fn wait_for_line(server: &ServerUnderTest, text: &str) -> Vec<OutputLine> 
         let status = response.status();
         let body = response.text().await.unwrap();
         if status == 200 {
-            let lines = parse(&body);
+            let lines = baton_tests::output_lines(&body);
             if lines.iter().any(|l| l.text == text) {
                 return lines;
             }
@@ -90,7 +83,10 @@ async fn read_until(response: &mut reqwest::Response, text: &str) -> bool {
     tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(chunk) = response.chunk().await.unwrap() {
             seen.push_str(&String::from_utf8_lossy(&chunk));
-            if parse(&seen).iter().any(|l| l.text == text) {
+            if baton_tests::output_lines(&seen)
+                .iter()
+                .any(|l| l.text == text)
+            {
                 return true;
             }
         }
@@ -137,7 +133,7 @@ async fn logs_through_another_replica(a: ServerUnderTest) {
     let lines = wait_for_line(&a, "second line").await;
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     assert!(texts.contains(&"first line"), "{texts:?}");
-    let one = parse(
+    let one = baton_tests::output_lines(
         &get(&a, "/hosts/alpha/services/web/logs?lines=1")
             .await
             .text()

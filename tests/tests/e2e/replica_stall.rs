@@ -29,15 +29,6 @@ impl Drop for Stopped {
     }
 }
 
-fn newest_generation(agent: &AgentUnderTest) -> u64 {
-    agent.status().services[0]
-        .generations
-        .iter()
-        .map(|g| g.generation)
-        .max()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_back_from_a_stall_has_its_hosts_online_and_commanded_again() {
     stalled_replica_comes_back(ServerUnderTest::start()).await;
@@ -116,5 +107,5 @@ async fn stalled_replica_comes_back(a: ServerUnderTest) {
         "{restart:#?}"
     );
     assert_eq!(restart.hosts[0].state, HostRestartState::Finished);
-    assert_eq!(newest_generation(&agent), 2, "{restart:#?}");
+    assert_eq!(agent.newest_generation(), 2, "{restart:#?}");
 }

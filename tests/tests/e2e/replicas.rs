@@ -50,17 +50,6 @@ async fn wait_finished(server: &ServerUnderTest, id: u64, within: Duration) -> R
     }
 }
 
-/// The generations an agent has started of `demo`: 1 before any restart,
-/// one more per restart.
-fn newest_generation(agent: &AgentUnderTest) -> u64 {
-    agent.status().services[0]
-        .generations
-        .iter()
-        .map(|g| g.generation)
-        .max()
-        .unwrap()
-}
-
 on_both_engines!(
     a_restart_started_on_one_replica_runs_on_hosts_linked_to_the_other,
     a_replica_killed_mid_rollout_is_taken_over_and_no_host_restarts_twice,
@@ -98,8 +87,8 @@ async fn a_restart_started_on_one_replica_runs_on_hosts_linked_to_the_other(a: S
             "{restart:#?}"
         );
     }
-    assert_eq!(newest_generation(&on_b), 2);
-    assert_eq!(newest_generation(&on_a), 2);
+    assert_eq!(on_b.newest_generation(), 2);
+    assert_eq!(on_a.newest_generation(), 2);
     assert!(
         b.log().contains("replica registered") && a.log().contains("replica registered"),
         "{}",
@@ -178,7 +167,7 @@ async fn a_replica_killed_mid_rollout_is_taken_over_and_no_host_restarts_twice(
     // Every host restarted exactly once: one new generation each.
     for (i, agent) in agents.iter().enumerate() {
         assert_eq!(
-            newest_generation(agent),
+            agent.newest_generation(),
             2,
             "host-{i} restarted more than once"
         );

@@ -28,13 +28,6 @@ async fn get(server: &ServerUnderTest, token: &str, path: &str) -> reqwest::Resp
         .unwrap()
 }
 
-fn parse(body: &str) -> Vec<OutputLine> {
-    body.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect()
-}
-
 async fn wait_for_line(server: &ServerUnderTest, text: &str) -> Vec<OutputLine> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -45,7 +38,7 @@ async fn wait_for_line(server: &ServerUnderTest, text: &str) -> Vec<OutputLine> 
         )
         .await;
         assert_eq!(response.status(), 200);
-        let lines = parse(&response.text().await.unwrap());
+        let lines = baton_tests::output_lines(&response.text().await.unwrap());
         if lines.iter().any(|l| l.text == text) {
             return lines;
         }
@@ -87,7 +80,7 @@ async fn the_server_streams_a_service_s_output_from_its_agent() {
     assert!(lines.iter().all(|l| l.generation == 1), "{lines:?}");
 
     // `lines` bounds what comes.
-    let one = parse(
+    let one = baton_tests::output_lines(
         &get(
             &server,
             &server.operator_token,
@@ -114,7 +107,7 @@ async fn the_server_streams_a_service_s_output_from_its_agent() {
     let found = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(chunk) = body.chunk().await.unwrap() {
             seen.push_str(&String::from_utf8_lossy(&chunk));
-            if parse(&seen)
+            if baton_tests::output_lines(&seen)
                 .iter()
                 .any(|l| l.text == "printed after the request")
             {
