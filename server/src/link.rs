@@ -38,6 +38,12 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// this often.
 const STATUS_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A status write carries only the services that changed since the link's
+/// last one; this often it carries them all, so the fleet's list cannot
+/// stay apart from the agent's word for long (an older link of the same
+/// host on another replica may have written in between).
+const STATUS_REWRITE_INTERVAL: Duration = Duration::from_secs(60);
+
 // One value at a time per link, moved once: boxing the frame would cost an
 // allocation per frame to save stack nobody misses.
 #[allow(clippy::large_enum_variant)]
@@ -332,6 +338,8 @@ pub async fn run(
     let mut sequence = Sequence::new(stored, last_seq);
     let mut persisted_services = services;
     let mut persisted_at = Instant::now();
+    // The hello wrote every service.
+    let mut written_whole_at = Instant::now();
     let mut deadline = tokio::time::Instant::now() + silence;
     let mut token_check = tokio::time::interval(context.timeouts.token_recheck);
     token_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,8 +419,14 @@ pub async fn run(
                             break "replaced by a newer link";
                         }
                         if services != persisted_services || persisted_at.elapsed() >= STATUS_PERSIST_INTERVAL {
-                            persist_status(&context, &host, true, &services).await;
-                            persisted_services = services;
+                            let whole = written_whole_at.elapsed() >= STATUS_REWRITE_INTERVAL;
+                            let previous = (!whole).then_some(persisted_services.as_slice());
+                            if persist_status(&context, &host, &services, previous).await {
+                                persisted_services = services;
+                                if whole {
+                                    written_whole_at = Instant::now();
+                                }
+                            }
                             persisted_at = Instant::now();
                         }
                     }
@@ -453,21 +467,33 @@ pub async fn run(
     let _ = session.close(None).await;
 }
 
+/// Writes the host's status; only the services that differ from
+/// `previous` (what this link last wrote) when given. Whether it was
+/// written: after a failure the next write must still differ from what
+/// the database holds.
 async fn persist_status(
     context: &LinkContext,
     host: &str,
-    online: bool,
     services: &[ServiceStatus],
-) {
-    match store::save_host_status(&context.db, host, now_millis(), online, services).await {
+    previous: Option<&[ServiceStatus]>,
+) -> bool {
+    match store::save_host_status_since(&context.db, host, now_millis(), true, services, previous)
+        .await
+    {
         // Pages read the fleet's list from the database: they look again
         // once what they would read is there.
-        Ok(()) => context.fleet.history_changed(),
-        Err(error) => tracing::warn!(
-            host,
-            error = format!("{error:#}"),
-            "cannot store the host's status"
-        ),
+        Ok(()) => {
+            context.fleet.history_changed();
+            true
+        }
+        Err(error) => {
+            tracing::warn!(
+                host,
+                error = format!("{error:#}"),
+                "cannot store the host's status"
+            );
+            false
+        }
     }
 }
 

@@ -27,6 +27,41 @@ pub(super) async fn replace_host_services(
     insert_rows(tx, host, services, OnConflict::Replace).await
 }
 
+/// Writes only what changed since `previous`, the services this link last
+/// wrote for the host: a restart changes one service of many, and every
+/// host's status is written every few seconds.
+pub(super) async fn update_host_services(
+    tx: &mut WriteTx,
+    host: &str,
+    services: &[ServiceStatus],
+    previous: &[ServiceStatus],
+) -> anyhow::Result<()> {
+    let gone: Vec<String> = previous
+        .iter()
+        .filter(|old| !services.iter().any(|new| new.name == old.name))
+        .map(|old| old.name.clone())
+        .collect();
+    for chunk in gone.chunks(ROWS_PER_STATEMENT) {
+        let mut query = SqlBuilder::new("DELETE FROM fleet_services WHERE host = ");
+        query
+            .push_bind(host.to_owned())
+            .push(" AND service IN (")
+            .push_binds(chunk.iter().cloned())
+            .push(")");
+        query
+            .build()?
+            .execute(&mut **tx)
+            .await
+            .context("failed to clear the host's services")?;
+    }
+    let changed: Vec<ServiceStatus> = services
+        .iter()
+        .filter(|new| !previous.iter().any(|old| old == *new))
+        .cloned()
+        .collect();
+    insert_rows(tx, host, &changed, OnConflict::Replace).await
+}
+
 /// What an insert does to a row that exists.
 #[derive(Clone, Copy)]
 enum OnConflict {

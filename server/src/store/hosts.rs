@@ -2,7 +2,7 @@ use anyhow::Context;
 use baton_proto::ServiceStatus;
 
 use super::db::{Db, Flag, to_i64};
-use super::fleet_services::replace_host_services;
+use super::fleet_services::{replace_host_services, update_host_services};
 
 /// A host as the last run of the server left it.
 #[derive(Debug)]
@@ -101,6 +101,20 @@ pub async fn save_host_status(
     online: bool,
     services: &[ServiceStatus],
 ) -> anyhow::Result<()> {
+    save_host_status_since(db, name, now, online, services, None).await
+}
+
+/// [`save_host_status`], writing to the fleet's list only the services
+/// that differ from `previous`: what the caller last saved for this host
+/// (`None`: all of them).
+pub async fn save_host_status_since(
+    db: &Db,
+    name: &str,
+    now: u64,
+    online: bool,
+    services: &[ServiceStatus],
+    previous: Option<&[ServiceStatus]>,
+) -> anyhow::Result<()> {
     let mut tx = db.begin_write().await?;
     let updated =
         sqlx::query("UPDATE hosts SET last_seen = $2, online = $3, services = $4 WHERE name = $1")
@@ -114,7 +128,10 @@ pub async fn save_host_status(
             .rows_affected();
     // A host forgotten meanwhile has no row for its services to refer to.
     if updated > 0 {
-        replace_host_services(&mut tx, name, services).await?;
+        match previous {
+            Some(previous) => update_host_services(&mut tx, name, services, previous).await?,
+            None => replace_host_services(&mut tx, name, services).await?,
+        }
     }
     tx.commit()
         .await

@@ -113,6 +113,45 @@ fn status(service: &str, state: baton_proto::ServiceState) -> ServiceStatus {
     }
 }
 
+/// A link writes only the services that changed since its last write: the
+/// fleet's list ends up as if every service had been written.
+async fn a_status_written_as_changes_leaves_the_list_as_a_whole_write_would(db: &Db) {
+    use baton_proto::ServiceState::{CrashLooping, Ready, Starting};
+    let first = [
+        status("api", Ready),
+        status("gone", Ready),
+        status("web", Starting),
+    ];
+    upsert_host(db, "h", "1.0", "boot-a", 1_000, &first)
+        .await
+        .unwrap();
+    let second = [
+        status("api", Ready),
+        status("new", Starting),
+        status("web", CrashLooping),
+    ];
+    save_host_status_since(db, "h", 2_000, true, &second, Some(&first))
+        .await
+        .unwrap();
+    let page = list_fleet_services(db, &FleetFilter::default(), 0, 10)
+        .await
+        .unwrap();
+    let rows: Vec<(String, baton_proto::ServiceState)> = page
+        .services
+        .into_iter()
+        .map(|row| (row.status.name.to_string(), row.status.state))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("api".to_owned(), Ready),
+            ("new".to_owned(), Starting),
+            ("web".to_owned(), CrashLooping)
+        ]
+    );
+    assert_eq!(page.total, 3);
+}
+
 /// A host's services are written in one statement, which may not upsert
 /// a row twice: an agent that lists a service twice is stored with the last
 /// entry, not refused (as writing them one by one did).
@@ -234,6 +273,7 @@ async fn the_fleet_list_pages_filters_and_counts(db: &Db) {
 on_both_engines!(
     the_fleet_list_pages_filters_and_counts,
     a_status_naming_a_service_twice_keeps_its_last_entry,
+    a_status_written_as_changes_leaves_the_list_as_a_whole_write_would,
     a_migrated_database_has_nothing_pending,
     hosts_read_back_online_or_not,
     tokens_keep_their_role_and_host,
