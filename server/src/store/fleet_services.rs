@@ -36,9 +36,16 @@ pub(super) async fn update_host_services(
     services: &[ServiceStatus],
     previous: &[ServiceStatus],
 ) -> anyhow::Result<()> {
+    // By name: an agent may run a thousand services, written every few seconds.
+    let before: std::collections::HashMap<&str, &ServiceStatus> = previous
+        .iter()
+        .map(|old| (old.name.as_str(), old))
+        .collect();
+    let now: std::collections::HashSet<&str> =
+        services.iter().map(|new| new.name.as_str()).collect();
     let gone: Vec<String> = previous
         .iter()
-        .filter(|old| !services.iter().any(|new| new.name == old.name))
+        .filter(|old| !now.contains(old.name.as_str()))
         .map(|old| old.name.clone())
         .collect();
     for chunk in gone.chunks(ROWS_PER_STATEMENT) {
@@ -56,7 +63,7 @@ pub(super) async fn update_host_services(
     }
     let changed: Vec<ServiceStatus> = services
         .iter()
-        .filter(|new| !previous.iter().any(|old| old == *new))
+        .filter(|new| before.get(new.name.as_str()) != Some(new))
         .cloned()
         .collect();
     insert_rows(tx, host, &changed, OnConflict::Replace).await

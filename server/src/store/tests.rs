@@ -113,6 +113,19 @@ fn status(service: &str, state: baton_proto::ServiceState) -> ServiceStatus {
     }
 }
 
+/// The fleet's list as (service, state) in its order, and its total.
+async fn fleet_rows(db: &Db) -> (Vec<(String, baton_proto::ServiceState)>, u64) {
+    let page = list_fleet_services(db, &FleetFilter::default(), 0, 10)
+        .await
+        .unwrap();
+    let rows = page
+        .services
+        .into_iter()
+        .map(|row| (row.status.name.to_string(), row.status.state))
+        .collect();
+    (rows, page.total)
+}
+
 /// A link writes only the services that changed since its last write: the
 /// fleet's list ends up as if every service had been written.
 async fn a_status_written_as_changes_leaves_the_list_as_a_whole_write_would(db: &Db) {
@@ -133,14 +146,7 @@ async fn a_status_written_as_changes_leaves_the_list_as_a_whole_write_would(db: 
     save_host_status_since(db, "h", 2_000, true, &second, Some(&first))
         .await
         .unwrap();
-    let page = list_fleet_services(db, &FleetFilter::default(), 0, 10)
-        .await
-        .unwrap();
-    let rows: Vec<(String, baton_proto::ServiceState)> = page
-        .services
-        .into_iter()
-        .map(|row| (row.status.name.to_string(), row.status.state))
-        .collect();
+    let (rows, total) = fleet_rows(db).await;
     assert_eq!(
         rows,
         [
@@ -149,7 +155,7 @@ async fn a_status_written_as_changes_leaves_the_list_as_a_whole_write_would(db: 
             ("web".to_owned(), CrashLooping)
         ]
     );
-    assert_eq!(page.total, 3);
+    assert_eq!(total, 3);
 }
 
 /// A host's services are written in one statement, which may not upsert
@@ -168,19 +174,12 @@ async fn a_status_naming_a_service_twice_keeps_its_last_entry(db: &Db) {
     save_host_status(db, "h", 2_000, true, &twice)
         .await
         .unwrap();
-    let page = list_fleet_services(db, &FleetFilter::default(), 0, 10)
-        .await
-        .unwrap();
-    let rows: Vec<(String, baton_proto::ServiceState)> = page
-        .services
-        .into_iter()
-        .map(|row| (row.status.name.to_string(), row.status.state))
-        .collect();
+    let (rows, total) = fleet_rows(db).await;
     assert_eq!(
         rows,
         [("api".to_owned(), Ready), ("web".to_owned(), CrashLooping)]
     );
-    assert_eq!(page.total, 2);
+    assert_eq!(total, 2);
 }
 
 /// The fleet's list pages in host then service order, filters by name and
