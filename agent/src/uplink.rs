@@ -1,6 +1,8 @@
 //! The agent's link to the server: it dials out (the server never reaches
 //! into hosts), says who it is, sends every event the server has not stored
-//! yet, a status picture every second, and takes restart commands.
+//! yet, a status picture every second, and takes restart commands. A
+//! command heard again (its id seen before: the server lost the answer and
+//! sent it again) gets the first answer and starts nothing.
 //!
 //! Exactly-once delivery as the server sees it: the server answers `Hello`
 //! with the highest sequence number it stored for this agent's `boot_id`, and
@@ -23,8 +25,9 @@ use crate::config::ServerConfig;
 use crate::connections::Counts;
 use crate::view::AgentView;
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
-use baton_proto::{Event, ServerLink, ServiceStatus};
+use baton_proto::{ErrorBody, Event, RestartId, ServerLink, ServiceStatus};
 use futures::{SinkExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -74,6 +77,8 @@ const MAX_LOG_STREAMS: usize = 64;
 /// Frames of log lines waiting for the link; a stream that finds it full
 /// waits, and its follower misses lines rather than grow the agent.
 const LOG_FRAMES_QUEUED: usize = 64;
+/// Restart commands whose answers are kept for a command heard again.
+const COMMANDS_REMEMBERED: usize = 1024;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -118,6 +123,9 @@ pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
     };
     let mut backoff = BACKOFF_FIRST;
     let mut position = 0;
+    // Kept across links: a command is sent again on whichever link the
+    // agent holds next.
+    let mut heard = CommandsHeard::default();
     // Servers tried since the last wait, or since a link that held.
     let mut tried = 0;
     loop {
@@ -128,10 +136,17 @@ pub async fn run(server: ServerConfig, agent: Arc<AgentView>) {
         show_link(&agent, &server.urls, &target.url, false);
         let mut linked_at = None;
         let target_tls = tls.clone().filter(|_| target.connect.starts_with("wss://"));
-        let ended = session(&target.connect, &server.token, target_tls, &agent, || {
-            linked_at = Some(tokio::time::Instant::now());
-            show_link(&agent, &server.urls, &target.url, true);
-        })
+        let ended = session(
+            &target.connect,
+            &server.token,
+            target_tls,
+            &agent,
+            &mut heard,
+            || {
+                linked_at = Some(tokio::time::Instant::now());
+                show_link(&agent, &server.urls, &target.url, true);
+            },
+        )
         .await;
         if agent.shutting_down.is_cancelled() {
             return;
@@ -256,6 +271,7 @@ async fn session(
     token: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
     agent: &Arc<AgentView>,
+    heard: &mut CommandsHeard,
     on_linked: impl FnOnce(),
 ) -> Result<(), LinkError> {
     let mut request = url.into_client_request()?;
@@ -432,7 +448,17 @@ async fn session(
                     last_heard = tokio::time::Instant::now();
                     match serde_json::from_str::<ServerFrame>(&text) {
                         Ok(ServerFrame::Restart { command_id, service, reason }) => {
-                            let result = agent.restart(&service, reason).await;
+                            let result = match heard.answer(&command_id) {
+                                Some(answer) => {
+                                    tracing::info!(command_id, service, "restart command heard again; answered as before");
+                                    answer
+                                }
+                                None => {
+                                    let result = agent.restart(&service, reason).await;
+                                    heard.remember(&command_id, &result);
+                                    result
+                                }
+                            };
                             send(&mut sink, frame(&AgentFrame::RestartStarted { command_id, result })?).await?;
                         }
                         Ok(ServerFrame::FetchReport { restart_id }) => {
@@ -454,6 +480,37 @@ async fn session(
                 Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
                 Some(Err(e)) => return Err(e.into()),
             },
+        }
+    }
+}
+
+/// The answers to the restart commands heard, by command id. A server
+/// whose answer was lost (with the link it came over, or with the replica
+/// that sent the command) sends the command again under the same id; the
+/// agent answers as it did the first time and starts nothing, so a command
+/// heard twice is one restart. The oldest are forgotten past
+/// [`COMMANDS_REMEMBERED`]; the server sends again within seconds.
+#[derive(Default)]
+struct CommandsHeard {
+    order: VecDeque<String>,
+    answers: HashMap<String, Result<RestartId, ErrorBody>>,
+}
+
+impl CommandsHeard {
+    fn answer(&self, command_id: &str) -> Option<Result<RestartId, ErrorBody>> {
+        self.answers.get(command_id).cloned()
+    }
+
+    fn remember(&mut self, command_id: &str, answer: &Result<RestartId, ErrorBody>) {
+        if self.answers.contains_key(command_id) {
+            return;
+        }
+        self.answers.insert(command_id.to_owned(), answer.clone());
+        self.order.push_back(command_id.to_owned());
+        while self.order.len() > COMMANDS_REMEMBERED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.answers.remove(&oldest);
+            }
         }
     }
 }
@@ -656,6 +713,30 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 mod tests {
     use super::*;
     use baton_proto::EventKind;
+
+    #[test]
+    fn a_command_heard_again_has_its_first_answer_and_the_oldest_are_forgotten() {
+        let mut heard = CommandsHeard::default();
+        heard.remember("c0", &Ok(7));
+        let busy = ErrorBody {
+            kind: baton_proto::ErrorKind::RestartInProgress,
+            message: "web is already restarting".into(),
+            running_restart: Some(7),
+        };
+        heard.remember("c1", &Err(busy.clone()));
+        assert_eq!(heard.answer("c0"), Some(Ok(7)));
+        assert_eq!(heard.answer("c1"), Some(Err(busy)));
+        assert_eq!(heard.answer("c2"), None);
+        // Remembering an id again keeps its place and its first answer.
+        heard.remember("c0", &Ok(8));
+        assert_eq!(heard.answer("c0"), Some(Ok(7)));
+        for n in 2..=COMMANDS_REMEMBERED {
+            heard.remember(&format!("c{n}"), &Ok(n as u64));
+        }
+        assert_eq!(heard.answers.len(), COMMANDS_REMEMBERED);
+        assert_eq!(heard.answer("c0"), None, "the oldest is forgotten");
+        assert_eq!(heard.answer("c1").map(|a| a.is_err()), Some(true));
+    }
 
     fn event(seq: u64, reason_bytes: usize) -> Event {
         Event {

@@ -68,7 +68,10 @@ pub enum ServerFrame {
     Welcome { resume_after: u64 },
     /// Every event up to and including `seq` is stored.
     Ack { seq: u64 },
-    /// Start a restart of one service on this host.
+    /// Start a restart of one service on this host. The id names one
+    /// restart: a server that lost the answer sends the command again under
+    /// the same id, and the agent answers a command id it has heard with
+    /// its first answer, starting nothing.
     Restart {
         command_id: String,
         service: String,

@@ -70,6 +70,10 @@ pub struct HostState {
     pub first_seen: u64,
     pub last_seen: u64,
     pub services: Vec<ServiceStatus>,
+    /// The `hosts.services_rev` of `services` when they were read from the
+    /// database (another replica wrote them); `None` when they came from a
+    /// link here, or were never read.
+    services_rev: Option<u64>,
     link: Option<LinkHandle>,
     /// The host's link when another replica holds it (and is alive).
     remote: Option<RemoteLink>,
@@ -189,6 +193,7 @@ impl Fleet {
                         first_seen: u64::try_from(row.first_seen).unwrap_or(0),
                         last_seen: u64::try_from(row.last_seen).unwrap_or(0),
                         services: row.services,
+                        services_rev: None,
                         link: None,
                         remote: None,
                         announced_seq: 0,
@@ -281,6 +286,7 @@ impl Fleet {
                 first_seen: now,
                 last_seen: now,
                 services: Vec::new(),
+                services_rev: None,
                 link: None,
                 remote: None,
                 announced_seq: 0,
@@ -291,6 +297,7 @@ impl Fleet {
             state.boot_id = boot_id.to_string();
             state.last_seen = now;
             state.services = services;
+            state.services_rev = None;
             state.link = Some(LinkHandle { connection, frames });
             state.remote = None;
             state.announced_seq = announced_seq;
@@ -353,6 +360,7 @@ impl Fleet {
             Some(state) if state.link.as_ref().map(|l| l.connection) == Some(connection) => {
                 if state.services != services {
                     state.services = services;
+                    state.services_rev = None;
                     self.changed();
                 }
                 state.last_seen = now_millis();
@@ -667,6 +675,7 @@ impl Fleet {
                         first_seen: row.first_seen,
                         last_seen: row.last_seen,
                         services: Vec::new(),
+                        services_rev: None,
                         link: None,
                         remote: None,
                         announced_seq: 0,
@@ -704,12 +713,15 @@ impl Fleet {
                     _ => 0,
                 };
                 state.remote = remote.map(|r| RemoteLink { stored_seq, ..r });
-                if state.services != row.services
-                    || state.boot_id != row.boot_id
-                    || state.agent_version != row.agent_version
-                {
+                if let Some((rev, services)) = row.services {
+                    state.services_rev = Some(rev);
+                    if state.services != services {
+                        changed = true;
+                        state.services = services;
+                    }
+                }
+                if state.boot_id != row.boot_id || state.agent_version != row.agent_version {
                     changed = true;
-                    state.services = row.services;
                     state.boot_id = row.boot_id;
                     state.agent_version = row.agent_version;
                 }
@@ -722,6 +734,16 @@ impl Fleet {
         if changed {
             self.changed_elsewhere();
         }
+    }
+
+    /// The `hosts.services_rev` of the services held for each host whose
+    /// services were last read from the database.
+    pub fn services_revisions(&self) -> HashMap<String, u64> {
+        let hosts = self.hosts.read().expect("fleet lock");
+        hosts
+            .iter()
+            .filter_map(|(name, state)| state.services_rev.map(|rev| (name.clone(), rev)))
+            .collect()
     }
 
     /// The hosts whose link this replica holds, with the link's id.

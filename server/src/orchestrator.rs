@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::{CommandAnswer, Fleet, Notice};
+use crate::fleet::{CommandAnswer, Fleet, LinkState, Notice};
 use crate::metrics::Metrics;
 use crate::replicas::{self, Router};
 use crate::rollout::{Next, RolloutState};
@@ -105,6 +105,15 @@ async fn claim(
         .insert(restart_id, token.clone());
     Ok(Some(token))
 }
+
+/// Times a host's restart command goes out before the host fails with "its
+/// command was lost". A command whose answer did not come and whose
+/// restart is not in the agent's events, once they are all in, goes again
+/// over the host's current link under the same id: it may have been lost
+/// with the link it went over, or with the replica that sent it (killed
+/// between recording the command and sending it), and an agent that did
+/// hear it answers as before and starts nothing.
+const COMMAND_SENDS: u32 = 3;
 
 /// A host's outcome not in its events this long after the command is asked
 /// of its agent (the restart's report), and again every
@@ -593,6 +602,10 @@ async fn follow_host(
     // new link is a reconnect.
     let mut command_connection = None;
     let mut answer_lost = false;
+    // The command's id, once it was sent (here or by the replica that drove
+    // the restart before), and how often it went out from here.
+    let mut sent_command = row.command_id.clone();
+    let mut sends = 0;
 
     // A host resumed after a server restart may have its events stored
     // already; a command sent now has all of them still to come.
@@ -636,43 +649,26 @@ async fn follow_host(
         boot_id = link.boot_id.clone();
         seq_at_command = stored_seq;
         command_connection = link.connection;
-        let Some(answer) = inner
-            .router
-            .send_restart(host, &link, &command_id, service, restart.reason.clone())
-            .await?
-        else {
-            return finish_host(
-                inner,
-                restart,
-                host,
-                RestartOutcome::Failed,
-                Some("host offline".into()),
-            )
-            .await;
-        };
-        tracing::info!(restart_id, host, service, "restart command sent");
-        match tokio::time::timeout(inner.timeouts.command_answer, answer).await {
-            Ok(Ok(CommandAnswer::Started(id))) => {
-                store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
-                inner.fleet.history_changed();
-                agent_restart_id = Some(id);
-            }
-            Ok(Ok(CommandAnswer::Refused(error))) => {
+        sends = 1;
+        match send_command(inner, restart, host, &link, &command_id).await? {
+            Sent::Offline => {
                 return finish_host(
                     inner,
                     restart,
                     host,
                     RestartOutcome::Failed,
-                    Some(error.message),
+                    Some("host offline".into()),
                 )
                 .await;
             }
-            Ok(Ok(CommandAnswer::LinkClosed)) | Ok(Err(_)) => {}
-            Err(_) => {
-                inner.fleet.forget_command(&command_id);
-                answer_lost = true;
+            Sent::Started(id) => agent_restart_id = Some(id),
+            Sent::Refused(message) => {
+                return finish_host(inner, restart, host, RestartOutcome::Failed, Some(message))
+                    .await;
             }
+            Sent::NoAnswer { timed_out } => answer_lost = timed_out,
         }
+        sent_command = Some(command_id);
     } else {
         boot_id = row.boot_id.clone().unwrap_or_default();
         seq_at_command = row
@@ -758,7 +754,53 @@ async fn follow_host(
                     && (answer_lost
                         || command_connection.is_none_or(|c| link.connection != Some(c))) =>
             {
-                Some("the agent never started the restart (its command was lost)".to_string())
+                match sent_command.as_deref() {
+                    Some(command_id) if sends < COMMAND_SENDS => {
+                        if !store::still_commanding(
+                            &inner.db,
+                            restart_id,
+                            host,
+                            command_id,
+                            inner.router.replica().id(),
+                        )
+                        .await?
+                        {
+                            return Err(LostLease.into());
+                        }
+                        sends += 1;
+                        command_connection = link.connection;
+                        answer_lost = false;
+                        tracing::warn!(
+                            restart_id,
+                            host,
+                            service,
+                            "no answer to the restart command and no restart in the agent's events; \
+                             sending it again"
+                        );
+                        match send_command(inner, restart, host, link, command_id).await? {
+                            // Gone again: the offline arms below decide.
+                            Sent::Offline => {}
+                            Sent::Started(id) => {
+                                progress.agent_restart_id.get_or_insert(id);
+                            }
+                            Sent::Refused(message) => {
+                                return finish_host(
+                                    inner,
+                                    restart,
+                                    host,
+                                    RestartOutcome::Failed,
+                                    Some(message),
+                                )
+                                .await;
+                            }
+                            Sent::NoAnswer { timed_out } => answer_lost = timed_out,
+                        }
+                        continue;
+                    }
+                    _ => Some(
+                        "the agent never started the restart (its command was lost)".to_string(),
+                    ),
+                }
             }
             Some(link)
                 if !link.online
@@ -801,6 +843,56 @@ async fn follow_host(
             }
         }
     }
+}
+
+/// What became of a restart command sent over the host's link.
+enum Sent {
+    /// The host has no link to send it over.
+    Offline,
+    /// The agent's restart id, recorded.
+    Started(RestartId),
+    /// Why the agent refused it.
+    Refused(String),
+    /// The link closed before the answer came, or (`timed_out`) the agent
+    /// did not answer in time. It may have started the restart anyway:
+    /// its events tell.
+    NoAnswer { timed_out: bool },
+}
+
+/// Sends the host's restart command over its current link, here or through
+/// the replica that holds it, and waits for the agent's answer.
+async fn send_command(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    link: &LinkState,
+    command_id: &str,
+) -> anyhow::Result<Sent> {
+    let restart_id = u64::try_from(restart.id).unwrap_or(0);
+    let service = restart.service.as_str();
+    let Some(answer) = inner
+        .router
+        .send_restart(host, link, command_id, service, restart.reason.clone())
+        .await?
+    else {
+        return Ok(Sent::Offline);
+    };
+    tracing::info!(restart_id, host, service, "restart command sent");
+    Ok(
+        match tokio::time::timeout(inner.timeouts.command_answer, answer).await {
+            Ok(Ok(CommandAnswer::Started(id))) => {
+                store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
+                inner.fleet.history_changed();
+                Sent::Started(id)
+            }
+            Ok(Ok(CommandAnswer::Refused(error))) => Sent::Refused(error.message),
+            Ok(Ok(CommandAnswer::LinkClosed)) | Ok(Err(_)) => Sent::NoAnswer { timed_out: false },
+            Err(_) => {
+                inner.fleet.forget_command(command_id);
+                Sent::NoAnswer { timed_out: true }
+            }
+        },
+    )
 }
 
 /// 128 random bits, so no one can guess a command's id; and an answer counts

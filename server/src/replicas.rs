@@ -400,7 +400,8 @@ impl Feed {
             .links_read_at
             .is_none_or(|at| at.elapsed() >= LINKS_EVERY);
         if changed_elsewhere || alive != self.alive || links_due {
-            let hosts = store::linked_hosts(&replica.db).await?;
+            let known = replica.fleet.services_revisions();
+            let hosts = store::linked_hosts(&replica.db, &replica.id, &known).await?;
             replica.fleet.apply_links(hosts, &replica.id, &alive);
             self.links_read_at = Some(Instant::now());
             self.alive = alive;

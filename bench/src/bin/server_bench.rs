@@ -305,8 +305,9 @@ async fn measure(
         .await
         .map_err(|e| with_logs(e, &servers))?;
         progress(&format!(
-            "  resumed after {:?}, {} hosts commanded twice",
+            "  resumed after {:?}, {} commands sent again, {} hosts restarted twice",
             kill.resume,
+            kill.commands_again,
             kill.commanded_twice.len()
         ));
         column.kill = Some(kill);

@@ -54,6 +54,8 @@ pub struct CommandRead {
     /// a reason of its own.
     pub reason: Option<String>,
     pub at: Instant,
+    /// Its id was heard before: answered as then, and nothing started.
+    pub repeat: bool,
 }
 
 /// One host's part in a restart, on the bench's monotonic clock.
@@ -240,6 +242,11 @@ struct SimHost {
     ticks: u32,
     service_start: Duration,
     logs: Arc<Mutex<Logs>>,
+    /// The answer to every command id heard, as the real agent keeps them:
+    /// a command sent again under its id is answered the same, and starts
+    /// nothing. A bench run sends fewer commands per host than the agent
+    /// remembers, so these are not bounded here.
+    heard: HashMap<String, Result<RestartId, ErrorBody>>,
 }
 
 /// Why a link ended.
@@ -301,6 +308,7 @@ impl SimHost {
             ticks: 0,
             service_start: settings.service_start,
             logs,
+            heard: HashMap::new(),
         }
     }
 
@@ -452,6 +460,7 @@ impl SimHost {
                 reason,
             } => {
                 let command = Instant::now();
+                let before = self.heard.get(&command_id).cloned();
                 self.logs
                     .lock()
                     .expect("fleet log")
@@ -460,9 +469,23 @@ impl SimHost {
                         host: self.name.clone(),
                         reason: reason.clone(),
                         at: command,
+                        repeat: before.is_some(),
                     });
-                self.start_restart(ws, command_id, &service, reason, command)
-                    .await?;
+                match before {
+                    Some(result) => {
+                        send(ws, &AgentFrame::RestartStarted { command_id, result }).await?;
+                    }
+                    None => {
+                        let started = self.start_restart(&service, reason, command);
+                        let result = started.as_ref().map(|(id, _)| *id).map_err(Clone::clone);
+                        self.heard.insert(command_id.clone(), result.clone());
+                        send(ws, &AgentFrame::RestartStarted { command_id, result }).await?;
+                        if let Ok((_, events)) = started {
+                            send(ws, &AgentFrame::Events { events }).await?;
+                            self.send_status(ws).await?;
+                        }
+                    }
+                }
             }
             ServerFrame::FetchReport { restart_id } => {
                 let report = self.reports.get(&restart_id).cloned();
@@ -512,55 +535,31 @@ impl SimHost {
         event
     }
 
-    /// Answers a command and plays the restart up to `generation_spawned`;
-    /// [`SimHost::make_ready`] plays the rest once the service has started.
-    async fn start_restart(
+    /// Starts a restart and plays it up to `generation_spawned` (kept as
+    /// unacknowledged events, to be sent); [`SimHost::make_ready`] plays the
+    /// rest once the service has started. The answer to the command.
+    fn start_restart(
         &mut self,
-        ws: &mut Ws,
-        command_id: String,
         service: &str,
         reason: Option<String>,
         command: Instant,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(RestartId, Vec<Event>), ErrorBody> {
         let Some(index) = self.services.iter().position(|s| s.name == service) else {
-            return send(
-                ws,
-                &AgentFrame::RestartStarted {
-                    command_id,
-                    result: Err(ErrorBody {
-                        kind: ErrorKind::UnknownService,
-                        message: format!("no service named {service:?} on this agent"),
-                        running_restart: None,
-                    }),
-                },
-            )
-            .await;
+            return Err(ErrorBody {
+                kind: ErrorKind::UnknownService,
+                message: format!("no service named {service:?} on this agent"),
+                running_restart: None,
+            });
         };
         if let Some(running) = self.services[index].running_restart {
-            return send(
-                ws,
-                &AgentFrame::RestartStarted {
-                    command_id,
-                    result: Err(ErrorBody {
-                        kind: ErrorKind::RestartInProgress,
-                        message: format!("{service} is already restarting"),
-                        running_restart: Some(running),
-                    }),
-                },
-            )
-            .await;
+            return Err(ErrorBody {
+                kind: ErrorKind::RestartInProgress,
+                message: format!("{service} is already restarting"),
+                running_restart: Some(running),
+            });
         }
         let id = self.next_restart;
         self.next_restart += 1;
-        send(
-            ws,
-            &AgentFrame::RestartStarted {
-                command_id,
-                result: Ok(id),
-            },
-        )
-        .await?;
-
         let started_at = now_millis();
         let old = self.services[index].generations[0].clone();
         self.next_pid += 1;
@@ -614,7 +613,8 @@ impl SimHost {
             started_at,
             steps: steps.clone(),
         });
-        self.emit(Some(ws), steps).await
+        self.unacked.extend(steps.iter().cloned());
+        Ok((id, steps))
     }
 
     /// Resolves when the earliest starting service is ready; never when

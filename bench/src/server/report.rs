@@ -56,14 +56,10 @@ impl Column {
         }
     }
 
-    /// The rollout was killed and did not finish, or some host was
-    /// commanded twice for one restart: the bench fails.
+    /// The rollout whose driver was killed did not finish with every host
+    /// restarted, or some host restarted twice for it: the bench fails.
     pub fn broken(&self) -> bool {
-        self.error.is_some()
-            || self
-                .kill
-                .as_ref()
-                .is_some_and(|k| !k.finished() || !k.commanded_twice.is_empty())
+        self.error.is_some() || self.kill.as_ref().is_some_and(|k| !k.sound())
     }
 }
 
@@ -206,7 +202,15 @@ pub fn render(setup: &Setup, columns: &[Column]) -> String {
         "kill → rollout resumes (a host not commanded before the kill reads its command)",
         &|c| c.kill.as_ref().map_or_else(dash, resume),
     );
-    row("hosts commanded twice for that restart", &|c| {
+    row(
+        "commands sent again under their id (answered as before)",
+        &|c| {
+            c.kill
+                .as_ref()
+                .map_or_else(dash, |k| k.commands_again.to_string())
+        },
+    );
+    row("hosts restarted twice for that restart", &|c| {
         c.kill.as_ref().map_or_else(dash, |k| {
             if k.commanded_twice.is_empty() {
                 "0".to_owned()
@@ -285,7 +289,7 @@ fn write_targets(out: &mut String, columns: &[Column]) {
             );
             let _ = writeln!(
                 out,
-                "| driver killed: no host restarted twice, rollout finished | {} | {} twice, {} | 0, finished | {} |",
+                "| driver killed: no host restarted twice, every host restarted | {} | {} twice, {}, {}/{} succeeded | 0, finished, all | {} |",
                 column.name,
                 kill.commanded_twice.len(),
                 if kill.finished() {
@@ -293,7 +297,9 @@ fn write_targets(out: &mut String, columns: &[Column]) {
                 } else {
                     "not finished"
                 },
-                mark(kill.commanded_twice.is_empty() && kill.finished()),
+                kill.hosts_succeeded,
+                kill.hosts,
+                mark(kill.sound()),
             );
         }
     }

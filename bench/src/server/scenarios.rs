@@ -278,13 +278,20 @@ pub struct KillRun {
     pub hosts_succeeded: usize,
     /// What became of the hosts that did not succeed.
     pub others: String,
-    /// Hosts that read two or more commands for this one restart.
+    /// Commands a host heard again under their id (answered as before).
+    pub commands_again: usize,
+    /// Hosts that started two or more restarts for this one restart.
     pub commanded_twice: Vec<String>,
 }
 
 impl KillRun {
     pub fn finished(&self) -> bool {
         self.state == Some(RestartState::Finished)
+    }
+
+    /// Finished with every host restarted, none twice.
+    pub fn sound(&self) -> bool {
+        self.finished() && self.hosts_succeeded == self.hosts && self.commanded_twice.is_empty()
     }
 }
 
@@ -366,8 +373,10 @@ pub async fn driver_kill(
         .filter(|c| c.at > killed_at && pending.contains(&c.host))
         .map(|c| c.at - killed_at)
         .min();
+    // A command heard again under its id starts nothing: only the others
+    // are restarts.
     let mut per_host: BTreeMap<&str, usize> = BTreeMap::new();
-    for command in &commands {
+    for command in commands.iter().filter(|c| !c.repeat) {
         *per_host.entry(command.host.as_str()).or_default() += 1;
     }
     Ok(KillRun {
@@ -382,6 +391,7 @@ pub async fn driver_kill(
         hosts: state.hosts.len(),
         hosts_succeeded: succeeded(&state),
         others: not_succeeded(&state),
+        commands_again: commands.iter().filter(|c| c.repeat).count(),
         commanded_twice: per_host
             .into_iter()
             .filter(|(_, count)| *count > 1)

@@ -79,7 +79,8 @@ pub async fn upsert_host(
             boot_id = excluded.boot_id,
             last_seen = excluded.last_seen,
             online = TRUE,
-            services = excluded.services",
+            services = excluded.services,
+            services_rev = hosts.services_rev + 1",
     )
     .bind(name)
     .bind(agent_version)
@@ -116,16 +117,19 @@ pub async fn save_host_status_since(
     previous: Option<&[ServiceStatus]>,
 ) -> anyhow::Result<()> {
     let mut tx = db.begin_write().await?;
-    let updated =
-        sqlx::query("UPDATE hosts SET last_seen = $2, online = $3, services = $4 WHERE name = $1")
-            .bind(name)
-            .bind(to_i64(now))
-            .bind(online)
-            .bind(serde_json::to_string(services)?)
-            .execute(&mut *tx)
-            .await
-            .context("failed to store the host's status")?
-            .rows_affected();
+    let updated = sqlx::query(
+        "UPDATE hosts SET last_seen = $2, online = $3, services = $4,
+                    services_rev = services_rev + 1
+             WHERE name = $1",
+    )
+    .bind(name)
+    .bind(to_i64(now))
+    .bind(online)
+    .bind(serde_json::to_string(services)?)
+    .execute(&mut *tx)
+    .await
+    .context("failed to store the host's status")?
+    .rows_affected();
     // A host forgotten meanwhile has no row for its services to refer to.
     if updated > 0 {
         match previous {

@@ -6,7 +6,7 @@
 use anyhow::Context;
 use baton_proto::{Event, ServiceStatus};
 use sqlx::{AnyConnection, Executor};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::db::{Backend, Db, SqlBuilder, text_enum, to_i64, to_u64};
@@ -224,7 +224,7 @@ pub async fn release_host_link(
 ) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "UPDATE hosts SET online = FALSE, link_replica = NULL, link_id = NULL, last_seen = $3,
-                services = $4
+                services = $4, services_rev = services_rev + 1
          WHERE name = $1 AND link_id = $2",
     )
     .bind(host)
@@ -245,7 +245,9 @@ pub struct LinkedHostRow {
     pub boot_id: String,
     pub first_seen: u64,
     pub last_seen: u64,
-    pub services: Vec<ServiceStatus>,
+    /// Its services and their `services_rev`, when read (see
+    /// [`linked_hosts`]).
+    pub services: Option<(u64, Vec<ServiceStatus>)>,
     /// The replica holding its link and the link's id.
     pub link: Option<(String, u64)>,
     pub announced_seq: u64,
@@ -259,41 +261,74 @@ struct StoredLinkedHost {
     boot_id: String,
     first_seen: i64,
     last_seen: i64,
-    services: String,
+    services_rev: i64,
     link_replica: Option<String>,
     link_id: Option<i64>,
     link_announced_seq: Option<i64>,
     link_stored_seq: Option<i64>,
 }
 
-pub async fn linked_hosts(db: &Db) -> anyhow::Result<Vec<LinkedHostRow>> {
+/// Every host with its link. The services, the bulk of a row, only of the
+/// hosts whose services another replica wrote (`link_replica` is not
+/// `this_replica`) and whose `services_rev` is not the one in `known`: the
+/// revision of the services the caller holds for each host.
+pub async fn linked_hosts(
+    db: &Db,
+    this_replica: &str,
+    known: &HashMap<String, u64>,
+) -> anyhow::Result<Vec<LinkedHostRow>> {
     let rows: Vec<StoredLinkedHost> = sqlx::query_as(
-        "SELECT name, agent_version, boot_id, first_seen, last_seen, services, link_replica,
+        "SELECT name, agent_version, boot_id, first_seen, last_seen, services_rev, link_replica,
                 link_id, link_announced_seq, link_stored_seq
          FROM hosts ORDER BY name",
     )
     .fetch_all(&db.reads)
     .await
     .context("failed to read the hosts' links")?;
-    rows.into_iter()
-        .map(|row| {
-            let services = serde_json::from_str(&row.services).with_context(|| {
-                format!("the stored services of host {} do not parse", row.name)
-            })?;
-            Ok(LinkedHostRow {
-                link: row.link_replica.zip(row.link_id.map(to_u64)),
-                name: row.name,
-                agent_version: row.agent_version,
-                boot_id: row.boot_id,
-                first_seen: to_u64(row.first_seen),
-                last_seen: to_u64(row.last_seen),
-                services,
-                announced_seq: row.link_announced_seq.map(to_u64).unwrap_or(0),
-                stored_seq: row.link_stored_seq.map(to_u64).unwrap_or(0),
-            })
+    let wanted: Vec<&str> = rows
+        .iter()
+        .filter(|row| {
+            row.link_replica.as_deref() != Some(this_replica)
+                && known.get(&row.name) != Some(&to_u64(row.services_rev))
         })
-        .collect()
+        .map(|row| row.name.as_str())
+        .collect();
+    let mut services: HashMap<String, (u64, Vec<ServiceStatus>)> = HashMap::new();
+    for chunk in wanted.chunks(SERVICES_PER_READ) {
+        let mut query =
+            SqlBuilder::new("SELECT name, services_rev, services FROM hosts WHERE name IN (");
+        query
+            .push_binds(chunk.iter().map(|name| (*name).to_owned()))
+            .push(")");
+        let read: Vec<(String, i64, String)> = query
+            .build_query_as()?
+            .fetch_all(&db.reads)
+            .await
+            .context("failed to read the hosts' services")?;
+        for (name, rev, json) in read {
+            let list = serde_json::from_str(&json)
+                .with_context(|| format!("the stored services of host {name} do not parse"))?;
+            services.insert(name, (to_u64(rev), list));
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| LinkedHostRow {
+            link: row.link_replica.zip(row.link_id.map(to_u64)),
+            services: services.remove(&row.name),
+            name: row.name,
+            agent_version: row.agent_version,
+            boot_id: row.boot_id,
+            first_seen: to_u64(row.first_seen),
+            last_seen: to_u64(row.last_seen),
+            announced_seq: row.link_announced_seq.map(to_u64).unwrap_or(0),
+            stored_seq: row.link_stored_seq.map(to_u64).unwrap_or(0),
+        })
+        .collect())
 }
+
+/// Hosts whose services one statement of [`linked_hosts`] reads.
+const SERVICES_PER_READ: usize = 200;
 
 /// Makes `driver` the driver of a running restart until `until`, if no
 /// other replica drives it with a live lease. A restart that never had a
@@ -398,6 +433,30 @@ pub async fn mark_host_running_as_driver(
     .await
     .context("failed to record the restart command")?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Whether `driver` still drives the restart and the host still waits on
+/// the command `command_id`: the fence before a command goes out again.
+pub async fn still_commanding(
+    db: &Db,
+    restart_id: u64,
+    host: &str,
+    command_id: &str,
+    driver: &str,
+) -> anyhow::Result<bool> {
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM restart_hosts
+         WHERE restart_id = $1 AND host = $2 AND state = 'running' AND command_id = $3
+           AND EXISTS (SELECT 1 FROM restarts WHERE id = $1 AND driver = $4 AND state = 'running')",
+    )
+    .bind(to_i64(restart_id))
+    .bind(host)
+    .bind(command_id)
+    .bind(driver)
+    .fetch_one(&db.reads)
+    .await
+    .context("failed to read the restart command")?;
+    Ok(count > 0)
 }
 
 /// The highest event id stored; the change feed starts after it.
@@ -943,6 +1002,12 @@ mod tests {
         let hosts = crate::store::restart_host_rows(db, id).await.unwrap();
         let commands: Vec<Option<&str>> = hosts.iter().map(|h| h.command_id.as_deref()).collect();
         assert_eq!(commands, vec![Some("c1"), Some("c4")]);
+
+        // A command goes again only from the driver, under its own id.
+        assert!(still_commanding(db, id, "alpha", "c1", "b").await.unwrap());
+        assert!(!still_commanding(db, id, "alpha", "c1", "a").await.unwrap());
+        assert!(!still_commanding(db, id, "alpha", "c3", "b").await.unwrap());
+        assert!(!still_commanding(db, id, "gamma", "c1", "b").await.unwrap());
     }
 
     async fn a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed(db: &Db) {
@@ -953,10 +1018,67 @@ mod tests {
         // The agent linked to B before A saw its old link close.
         hold_host_link(db, "alpha", "b", 22, 0, 0).await.unwrap();
         assert!(!release_host_link(db, "alpha", 11, 2, &[]).await.unwrap());
-        let hosts = linked_hosts(db).await.unwrap();
+        let hosts = linked_hosts(db, "x", &HashMap::new()).await.unwrap();
         assert_eq!(hosts[0].link, Some(("b".to_string(), 22)));
         assert!(release_host_link(db, "alpha", 22, 3, &[]).await.unwrap());
-        assert_eq!(linked_hosts(db).await.unwrap()[0].link, None);
+        assert_eq!(
+            linked_hosts(db, "x", &HashMap::new()).await.unwrap()[0].link,
+            None
+        );
+    }
+
+    async fn services_are_read_only_of_hosts_linked_elsewhere_whose_revision_moved(db: &Db) {
+        let web = |crashes: u32| ServiceStatus {
+            name: "web".into(),
+            state: baton_proto::ServiceState::Ready,
+            sockets: Vec::new(),
+            generations: Vec::new(),
+            consecutive_crashes: crashes,
+            running_restart: None,
+            last_restart: None,
+            blocked: None,
+            next_start: None,
+        };
+        for host in ["alpha", "beta"] {
+            crate::store::upsert_host(db, host, "1", "boot", 1, &[web(1)])
+                .await
+                .unwrap();
+        }
+        hold_host_link(db, "alpha", "a", 1, 0, 0).await.unwrap();
+        hold_host_link(db, "beta", "b", 2, 0, 0).await.unwrap();
+        let read = |hosts: Vec<LinkedHostRow>| {
+            hosts
+                .into_iter()
+                .map(|h| {
+                    (
+                        h.name,
+                        h.services
+                            .map(|(rev, list)| (rev, list[0].consecutive_crashes)),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // A holds alpha's link: only beta's services are read, at its revision.
+        let first = read(linked_hosts(db, "a", &HashMap::new()).await.unwrap());
+        assert_eq!(
+            first,
+            vec![("alpha".into(), None), ("beta".into(), Some((0, 1)))]
+        );
+        let known = HashMap::from([("beta".to_string(), 0)]);
+        let unchanged = read(linked_hosts(db, "a", &known).await.unwrap());
+        assert_eq!(
+            unchanged,
+            vec![("alpha".into(), None), ("beta".into(), None)]
+        );
+        // B writes beta's status: its revision moves and A reads it again.
+        crate::store::save_host_status(db, "beta", 2, true, &[web(2)])
+            .await
+            .unwrap();
+        let moved = read(linked_hosts(db, "a", &known).await.unwrap());
+        assert_eq!(
+            moved,
+            vec![("alpha".into(), None), ("beta".into(), Some((1, 2)))]
+        );
     }
 
     async fn the_hosts_of_a_dead_replica_go_offline(db: &Db) {
@@ -970,7 +1092,7 @@ mod tests {
         }
         // At 5 s, A was last heard of 4 s ago: dead.
         assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 1);
-        let links: Vec<Option<(String, u64)>> = linked_hosts(db)
+        let links: Vec<Option<(String, u64)>> = linked_hosts(db, "x", &HashMap::new())
             .await
             .unwrap()
             .into_iter()
@@ -988,7 +1110,7 @@ mod tests {
         assert_eq!(release_dead_replicas(db, 2_000, 0).await.unwrap(), 0);
         hold_host_link(db, "alpha", "a", 7, 0, 0).await.unwrap();
         assert_eq!(
-            linked_hosts(db).await.unwrap()[0].link,
+            linked_hosts(db, "x", &HashMap::new()).await.unwrap()[0].link,
             Some(("a".to_string(), 7))
         );
         // One whose link was never recorded, long ago, is offline.
@@ -1034,7 +1156,7 @@ mod tests {
             links_of_replica(db, "b").await.unwrap(),
             vec![("alpha".to_string(), 1)]
         );
-        let links: Vec<Option<(String, u64)>> = linked_hosts(db)
+        let links: Vec<Option<(String, u64)>> = linked_hosts(db, "x", &HashMap::new())
             .await
             .unwrap()
             .into_iter()
@@ -1232,6 +1354,7 @@ mod tests {
         one_replica_drives_a_restart_until_its_lease_runs_out,
         a_replica_that_lost_its_lease_cannot_command_a_host,
         a_host_goes_offline_only_if_its_link_is_still_the_one_that_closed,
+        services_are_read_only_of_hosts_linked_elsewhere_whose_revision_moved,
         the_hosts_of_a_dead_replica_go_offline,
         a_host_holds_only_so_many_waiting_commands,
         a_host_between_its_hello_and_its_link_is_not_released,

@@ -308,23 +308,70 @@ async fn a_restart_survives_a_server_restart() {
     assert_eq!(restart["hosts"][0]["steps"].as_array().unwrap().len(), 6);
 }
 
+/// The server dies right after sending the command, which never reached
+/// the agent: once the agent is back and its events are all in, none of
+/// them a restart, the command goes again under the same id.
 #[tokio::test]
-async fn a_restart_whose_command_never_arrived_fails_once_the_agent_caught_up() {
+async fn a_command_lost_with_its_link_goes_again_under_its_id_once_the_agent_caught_up() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     let id = app.start_restart("web").await;
-    let _ = agent.recv().await;
+    let first = agent.expect_restart_command().await;
     let app = app.restart_server().await;
-    let _agent =
+    let mut agent =
         FakeAgent::connect_with_seq(&app, "alpha", "boot-1", 0, vec![service("web", 1)]).await;
+    let again = agent.expect_restart_command().await;
+    assert_eq!(again, first, "the same command, under its id");
+    agent
+        .send(&AgentFrame::RestartStarted {
+            command_id: again,
+            result: Ok(1),
+        })
+        .await;
+    let events = agent.restart_events("web", 1, 1, RestartOutcome::Succeeded);
+    agent.send_events(events).await;
     let restart = app.wait_restart(id).await;
-    assert_eq!(restart["outcome"], "failed");
-    assert!(
-        restart["hosts"][0]["outcome_reason"]
-            .as_str()
-            .unwrap()
-            .contains("never started")
-    );
+    assert_eq!(restart["outcome"], "succeeded", "{restart}");
+    assert_eq!(restart["hosts"][0]["agent_restart_id"], 1);
+}
+
+/// An agent that never answers hears the command three times, under one
+/// id, and the host fails.
+#[tokio::test]
+async fn a_command_never_answered_goes_three_times_then_the_host_fails() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let id = app.start_restart("web").await;
+    let mut heard = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "heard {heard:?}");
+        // A live agent: it sends a status every second.
+        agent
+            .send(&AgentFrame::Status {
+                services: vec![service("web", 1)],
+            })
+            .await;
+        if let Some(ServerFrame::Restart { command_id, .. }) =
+            agent.recv_within(Duration::from_secs(1)).await
+        {
+            heard.push(command_id);
+        }
+        let restart = app.get_json(&format!("/restarts/{id}")).await;
+        if restart["state"] == "finished" {
+            assert_eq!(restart["outcome"], "failed");
+            assert!(
+                restart["hosts"][0]["outcome_reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("never started"),
+                "{restart}"
+            );
+            break;
+        }
+    }
+    assert_eq!(heard.len(), 3, "{heard:?}");
+    assert!(heard.iter().all(|c| *c == heard[0]), "{heard:?}");
 }
 
 #[tokio::test]

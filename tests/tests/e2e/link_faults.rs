@@ -273,3 +273,177 @@ async fn a_restart_that_ends_while_the_link_is_down_and_its_events_are_evicted_k
         "the gap is recorded as a gap:\n{metrics}"
     );
 }
+
+/// The link freezes just as the restart command goes out: the command is
+/// lost with it. Once the agent is back on a new link and its events are
+/// all in, none of them the restart, the server sends the command again,
+/// and the service restarts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_command_lost_with_a_frozen_link_goes_again_and_restarts_once() {
+    let server = ServerUnderTest::start();
+    let proxy = FreezingProxy::start(server.addr);
+    let config = server
+        .host_config("host-a", "127.0.0.1", "web", &[], "")
+        .replace(&server.url(), &format!("http://{}", proxy.addr));
+    let agent = AgentUnderTest::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while online_with_run(&server, "host-a").await.is_none() {
+        assert!(Instant::now() < deadline, "host-a never linked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(agent.newest_generation(), 1);
+
+    proxy.freeze_current();
+    let restart = server.restart_and_wait("web").await;
+    assert_eq!(
+        restart.outcome,
+        Some(RestartOutcome::Succeeded),
+        "{restart:?}\n{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("sending it again"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(agent.newest_generation(), 2, "one restart, not two");
+    assert_eq!(
+        agent.log().matches("linked to the server").count(),
+        2,
+        "{}",
+        agent.log()
+    );
+}
+
+/// A server that lost the answer to a restart command sends the command
+/// again under the same id. The real agent, linked to a server played by
+/// this test, answers a command id it heard with its first answer and
+/// restarts the service once; a new id is a new restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_answers_a_command_heard_again_as_before_and_restarts_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = format!(
+        "host = \"host-a\"\n[server]\nurl = \"http://{}\"\ntoken = \"any\"\n{}",
+        listener.local_addr().unwrap(),
+        baton_tests::demo_service("web", "")
+    );
+    let agent = AgentUnderTest::start(&config);
+    let mut server = PlayedServer::accept(listener).await;
+    let answer = async |server: &mut PlayedServer, id: &str| {
+        server.command(id, "web");
+        server.answer_to(id).await
+    };
+
+    let first = answer(&mut server, "c-1").await;
+    let restart = first.clone().expect("the restart starts");
+    // Heard again while the restart runs, and again once it ended.
+    assert_eq!(answer(&mut server, "c-1").await, first);
+    let ended = |id: u64| {
+        move |status: &baton_proto::AgentStatus| {
+            status.services[0]
+                .last_restart
+                .as_ref()
+                .is_some_and(|r| r.id == id && r.outcome.is_some())
+        }
+    };
+    agent.wait_for("the restart ends", Duration::from_secs(30), ended(restart));
+    assert_eq!(answer(&mut server, "c-1").await, first);
+    assert_eq!(agent.newest_generation(), 2, "one restart for one command");
+
+    let second = answer(&mut server, "c-2").await.expect("a new restart");
+    assert_ne!(second, restart);
+    agent.wait_for(
+        "the second restart ends",
+        Duration::from_secs(30),
+        ended(second),
+    );
+    assert_eq!(agent.newest_generation(), 3);
+}
+
+/// The server's side of one agent link, played by a test: it welcomes the
+/// agent past all its events, keeps the link alive, sends the commands it
+/// is given and hands back the agent's answers.
+struct PlayedServer {
+    commands: tokio::sync::mpsc::UnboundedSender<baton_proto::link::ServerFrame>,
+    answers: tokio::sync::mpsc::UnboundedReceiver<(
+        String,
+        Result<baton_proto::RestartId, baton_proto::ErrorBody>,
+    )>,
+}
+
+impl PlayedServer {
+    async fn accept(listener: tokio::net::TcpListener) -> PlayedServer {
+        use baton_proto::link::{AgentFrame, ServerFrame};
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+            .await
+            .expect("the agent dials the server")
+            .unwrap();
+        let mut link = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let (commands, mut to_send) = tokio::sync::mpsc::unbounded_channel::<ServerFrame>();
+        let (heard, answers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut last_seq = None;
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let frame = tokio::select! {
+                    // Commands wait for the welcome: before it the agent
+                    // reads nothing else.
+                    Some(frame) = to_send.recv(), if last_seq.is_some() => frame,
+                    // The agent takes a silent server for a dead one.
+                    _ = ticker.tick() => match last_seq {
+                        Some(seq) => ServerFrame::Ack { seq },
+                        None => continue,
+                    },
+                    message = link.next() => {
+                        let Some(Ok(message)) = message else { return };
+                        let Message::Text(text) = message else { continue };
+                        match serde_json::from_str::<AgentFrame>(&text).unwrap() {
+                            AgentFrame::Hello { last_seq: seq, .. } => {
+                                last_seq = Some(seq);
+                                ServerFrame::Welcome { resume_after: seq }
+                            }
+                            AgentFrame::RestartStarted { command_id, result } => {
+                                let _ = heard.send((command_id, result));
+                                continue;
+                            }
+                            _ => continue,
+                        }
+                    }
+                };
+                let text = serde_json::to_string(&frame).unwrap();
+                if link.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        PlayedServer { commands, answers }
+    }
+
+    fn command(&self, command_id: &str, service: &str) {
+        self.commands
+            .send(baton_proto::link::ServerFrame::Restart {
+                command_id: command_id.to_owned(),
+                service: service.to_owned(),
+                reason: None,
+            })
+            .unwrap();
+    }
+
+    async fn answer_to(
+        &mut self,
+        command_id: &str,
+    ) -> Result<baton_proto::RestartId, baton_proto::ErrorBody> {
+        loop {
+            let (id, result) = tokio::time::timeout(Duration::from_secs(10), self.answers.recv())
+                .await
+                .expect("an answer from the agent")
+                .expect("the link is open");
+            if id == command_id {
+                return result;
+            }
+        }
+    }
+}
