@@ -603,9 +603,10 @@ async fn follow_host(
     let mut command_connection = None;
     let mut answer_lost = false;
     // The command's id, once it was sent (here or by the replica that drove
-    // the restart before), and how often it went out from here.
+    // the restart before), and how often it went out: once, as far as
+    // anyone knows, when this driver resumes a host commanded before.
     let mut sent_command = row.command_id.clone();
-    let mut sends = 0;
+    let mut sends = u32::from(sent_command.is_some());
 
     // A host resumed after a server restart may have its events stored
     // already; a command sent now has all of them still to come.
