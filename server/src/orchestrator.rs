@@ -522,8 +522,28 @@ async fn finish_host(
     outcome: RestartOutcome,
     reason: Option<String>,
 ) -> anyhow::Result<HostResult> {
+    finish_host_with(inner, restart, host, outcome, reason, None).await
+}
+
+/// [`finish_host`], writing the drain's tally in the same statement.
+async fn finish_host_with(
+    inner: &Inner,
+    restart: &RestartRow,
+    host: &str,
+    outcome: RestartOutcome,
+    reason: Option<String>,
+    tally: Option<ConnectionTally>,
+) -> anyhow::Result<HostResult> {
     let restart_id = u64::try_from(restart.id).unwrap_or(0);
-    store::finish_host(&inner.db, restart_id, host, outcome, reason.as_deref()).await?;
+    store::finish_host(
+        &inner.db,
+        restart_id,
+        host,
+        outcome,
+        reason.as_deref(),
+        tally,
+    )
+    .await?;
     inner.fleet.history_changed();
     tracing::info!(restart_id, host, %outcome, reason = reason.as_deref().unwrap_or(""), "host restart finished");
     Ok((outcome, reason))
@@ -623,29 +643,24 @@ async fn follow_host(
             .await;
         };
         let command_id = new_command_id();
-        // Another replica stores this host's events: what it stored so far
-        // is in the database, maybe not yet in the change feed.
-        let stored_seq = if link.remote {
-            link.stored_seq
-                .max(store::max_seq(&inner.db, host, &link.boot_id).await?)
-        } else {
-            link.stored_seq
-        };
-        let recorded = store::mark_host_running_as_driver(
+        // The sequence recorded is also at least what is stored of the
+        // host's events: another replica holding its link may have stored
+        // more than has reached this one.
+        let Some(stored_seq) = store::mark_host_running_as_driver(
             &inner.db,
             &CommandSent {
                 restart_id,
                 host,
                 command_id: &command_id,
                 boot_id: &link.boot_id,
-                seq_at_command: stored_seq,
+                seq_at_command: link.stored_seq,
             },
             inner.router.replica().id(),
         )
-        .await?;
-        if !recorded {
+        .await?
+        else {
             return Err(LostLease.into());
-        }
+        };
         inner.fleet.history_changed();
         boot_id = link.boot_id.clone();
         seq_at_command = stored_seq;
@@ -1037,17 +1052,22 @@ async fn on_notice(
         store::set_agent_restart_id(&inner.db, restart_id, host, id).await?;
         inner.fleet.history_changed();
     }
-    if let Some(tally) = seen.drained {
-        record_connections(inner, restart, host, tally).await?;
-    }
     if let Some(lines) = &seen.output_tail {
         store::record_output_tail(&inner.db, restart_id, host, lines).await?;
     }
     match seen.finished {
-        Some((outcome, reason)) => finish_host(inner, restart, host, outcome, reason)
-            .await
-            .map(Some),
-        None => Ok(None),
+        // One write for both: a rollout writes this for every host.
+        Some((outcome, reason)) => {
+            finish_host_with(inner, restart, host, outcome, reason, seen.drained)
+                .await
+                .map(Some)
+        }
+        None => {
+            if let Some(tally) = seen.drained {
+                record_connections(inner, restart, host, tally).await?;
+            }
+            Ok(None)
+        }
     }
 }
 

@@ -30,7 +30,8 @@ use anyhow::Context;
 use baton_proto::{ErrorBody, RestartId, RestartReport};
 use sqlx::postgres::PgListener;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -60,8 +61,19 @@ pub const FEED_SPACING: Duration = Duration::from_millis(20);
 pub const FEED_BATCH: u32 = 500;
 /// The hosts' links are read again at least this often.
 pub const LINKS_EVERY: Duration = Duration::from_secs(2);
+/// And, when another replica changed something, at most this often: a
+/// rollout changes something on every replica many times a second, and
+/// each read takes every host's row.
+pub const LINKS_SPACING: Duration = Duration::from_millis(250);
+/// A replica's change count (which wakes the others' pages, long polls and
+/// link reads) moves at most this often.
+pub const CHANGES_SPACING: Duration = Duration::from_millis(250);
 /// How often queued commands are looked for, and answers waited on.
 pub const DELIVERY_EVERY: Duration = Duration::from_millis(100);
+/// How often an answer is looked for while notifications come (on
+/// PostgreSQL, with the listener connected): each answer's notification
+/// wakes its sender, and this is only the fallback.
+const ANSWER_POLL_WHILE_LISTENING: Duration = Duration::from_secs(1);
 /// Commands taken per look of the delivery.
 pub const DELIVERY_BATCH: u32 = 64;
 /// Commands that may wait for one host; more are refused.
@@ -122,10 +134,15 @@ struct Wakes {
     feed: Notify,
     /// The delivery of queued commands; likewise.
     delivery: Notify,
-    /// Every sender waiting for a relayed answer.
-    answers: watch::Sender<()>,
+    /// Each sender waiting for a relayed answer, by the queued command's id:
+    /// an answer wakes its own sender, not every one (a rollout has dozens
+    /// waiting at once, and each wake is a read).
+    answers: Mutex<HashMap<u64, Arc<Notify>>>,
     /// Every relayed log stream read here.
     logs: watch::Sender<()>,
+    /// A listener is connected: notifications come, and the waits for
+    /// answers poll only as a fallback.
+    listening: AtomicBool,
 }
 
 impl Wakes {
@@ -133,16 +150,57 @@ impl Wakes {
         Wakes {
             feed: Notify::new(),
             delivery: Notify::new(),
-            answers: watch::Sender::new(()),
+            answers: Mutex::new(HashMap::new()),
             logs: watch::Sender::new(()),
+            listening: AtomicBool::new(false),
         }
     }
 
     fn all(&self) {
         self.feed.notify_one();
         self.delivery.notify_one();
-        self.answers.send_replace(());
+        for waiter in self.answers.lock().expect("answers lock").values() {
+            waiter.notify_one();
+        }
         self.logs.send_replace(());
+    }
+
+    /// Registers a wait for the answer to the queued command `id`, until
+    /// the returned guard drops.
+    fn wait_answer(&self, id: u64) -> AnswerWait<'_> {
+        let notify = Arc::new(Notify::new());
+        self.answers
+            .lock()
+            .expect("answers lock")
+            .insert(id, notify.clone());
+        AnswerWait {
+            wakes: self,
+            id,
+            notify,
+        }
+    }
+
+    fn answered(&self, id: u64) {
+        if let Some(waiter) = self.answers.lock().expect("answers lock").get(&id) {
+            // A permit is kept: a wait that starts after this returns at once.
+            waiter.notify_one();
+        }
+    }
+}
+
+struct AnswerWait<'a> {
+    wakes: &'a Wakes,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Drop for AnswerWait<'_> {
+    fn drop(&mut self) {
+        self.wakes
+            .answers
+            .lock()
+            .expect("answers lock")
+            .remove(&self.id);
     }
 }
 
@@ -172,6 +230,8 @@ impl Replica {
             change_seqs: HashMap::new(),
             alive: HashSet::new(),
             links_read_at: None,
+            links_stale: false,
+            counted_at: None,
         };
         feed.look(&replica).await?;
         tracing::info!(replica = replica.id, "replica registered");
@@ -340,6 +400,10 @@ struct Feed {
     /// The replicas alive at the last look.
     alive: HashSet<String>,
     links_read_at: Option<Instant>,
+    /// Another replica changed something since the links were last read.
+    links_stale: bool,
+    /// When this replica last moved its change sequence.
+    counted_at: Option<Instant>,
 }
 
 impl Feed {
@@ -396,22 +460,32 @@ impl Feed {
                 changed_elsewhere = true;
             }
         }
-        let links_due = self
-            .links_read_at
-            .is_none_or(|at| at.elapsed() >= LINKS_EVERY);
-        if changed_elsewhere || alive != self.alive || links_due {
+        self.links_stale |= changed_elsewhere;
+        // A replica that died or came changes the links at once; changes
+        // elsewhere are taken in at most every LINKS_SPACING, as during a
+        // rollout they come with every look.
+        let since_read = self.links_read_at.map(|at| at.elapsed());
+        let links_due = since_read.is_none_or(|since| {
+            since >= LINKS_EVERY || (self.links_stale && since >= LINKS_SPACING)
+        });
+        if alive != self.alive || links_due {
             let known = replica.fleet.services_revisions();
             let hosts = store::linked_hosts(&replica.db, &replica.id, &known).await?;
             replica.fleet.apply_links(hosts, &replica.id, &alive);
             self.links_read_at = Some(Instant::now());
             self.alive = alive;
+            if std::mem::take(&mut self.links_stale) {
+                replica.fleet.changed_elsewhere();
+            }
         }
-        if changed_elsewhere {
-            replica.fleet.changed_elsewhere();
-        }
-        // This replica's changes, for the others.
-        if replica.fleet.take_changed_here() {
+        // This replica's changes, for the others: their count moves at most
+        // every CHANGES_SPACING, since each move wakes every other replica.
+        let count_due = self
+            .counted_at
+            .is_none_or(|at| at.elapsed() >= CHANGES_SPACING);
+        if count_due && replica.fleet.take_changed_here() {
             store::heartbeat(&replica.db, &replica.id, now, true).await?;
+            self.counted_at = Some(Instant::now());
         }
         Ok(())
     }
@@ -689,9 +763,9 @@ async fn wait_for_answer<T>(
     waiter: &oneshot::Sender<T>,
 ) -> Option<RelayedAnswer> {
     let deadline = tokio::time::Instant::now() + COMMAND_LIFETIME;
-    // Subscribed before the first read: an answer notified in between is
+    // Registered before the first read: an answer notified in between is
     // not missed.
-    let mut answers = replica.wakes.answers.subscribe();
+    let wait = replica.wakes.wait_answer(id);
     while tokio::time::Instant::now() < deadline && !waiter.is_closed() {
         match store::host_command_answer(&replica.db, id).await {
             Ok(Some(json)) => match serde_json::from_str(&json) {
@@ -707,9 +781,14 @@ async fn wait_for_answer<T>(
                 "cannot read a command's answer"
             ),
         }
+        let poll = if replica.wakes.listening.load(Ordering::Relaxed) {
+            ANSWER_POLL_WHILE_LISTENING
+        } else {
+            DELIVERY_EVERY
+        };
         tokio::select! {
-            _ = tokio::time::sleep(DELIVERY_EVERY) => {}
-            _ = answers.changed() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = wait.notify.notified() => {}
         }
     }
     None
@@ -725,7 +804,9 @@ async fn listen_loop(replica: Arc<Replica>, url: String) {
     let mut failed_before = false;
     loop {
         let began = Instant::now();
-        let error = match listen(&replica, &url, failed_before).await {
+        let listened = listen(&replica, &url, failed_before).await;
+        replica.wakes.listening.store(false, Ordering::Relaxed);
+        let error = match listened {
             Ok(()) => return,
             Err(error) => error,
         };
@@ -769,6 +850,7 @@ async fn listen(replica: &Replica, url: &str, failed_before: bool) -> anyhow::Re
         );
     }
     // What was notified before this connection listened.
+    replica.wakes.listening.store(true, Ordering::Relaxed);
     replica.wake();
     let mut heard_self = tokio::time::Instant::now();
     loop {
@@ -795,9 +877,7 @@ async fn listen(replica: &Replica, url: &str, failed_before: bool) -> anyhow::Re
             }
             Some(Change::Feed { .. }) => replica.wakes.feed.notify_one(),
             Some(Change::Command) => replica.wakes.delivery.notify_one(),
-            Some(Change::Answer) => {
-                replica.wakes.answers.send_replace(());
-            }
+            Some(Change::Answer { id }) => replica.wakes.answered(id),
             Some(Change::Logs) => {
                 replica.wakes.logs.send_replace(());
             }
@@ -841,12 +921,13 @@ mod tests {
     async fn an_answer_wakes(replica: &Replica, id: u64) -> bool {
         // Past the wake of a listener that just connected.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut answers = replica.wakes.answers.subscribe();
-        answers.borrow_and_update();
+        let wait = replica.wakes.wait_answer(id);
+        // Not the wake of every waiter when the listener connected.
+        let _ = tokio::time::timeout(Duration::from_millis(1), wait.notify.notified()).await;
         store::answer_host_command(&replica.db, id, "{}")
             .await
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(2), answers.changed())
+        tokio::time::timeout(Duration::from_secs(2), wait.notify.notified())
             .await
             .is_ok()
     }

@@ -67,6 +67,12 @@ pub struct HostRestart {
     pub command: Instant,
     /// When the host emitted `restart_finished` (sent at once when linked).
     pub finished: Instant,
+    /// The same two on the wall clock (Unix ms), to set beside the
+    /// server's record of the host's restart.
+    pub command_ms: u64,
+    pub finished_ms: u64,
+    /// Where the host was linked when it finished ([`link_url`]).
+    pub linked_to: Option<String>,
 }
 
 #[derive(Default)]
@@ -79,6 +85,12 @@ pub struct Fleet {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
     logs: Arc<Mutex<Logs>>,
+}
+
+/// Where a host links to the server at `url`; [`HostRestart::linked_to`]
+/// names it so.
+pub fn link_url(url: &str) -> String {
+    format!("{}/agent/v1/connect", url.replacen("http://", "ws://", 1))
 }
 
 pub fn host_name(index: usize) -> String {
@@ -169,11 +181,7 @@ async fn run(
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
-    let urls: Vec<String> = settings
-        .urls
-        .iter()
-        .map(|url| format!("{}/agent/v1/connect", url.replacen("http://", "ws://", 1)))
-        .collect();
+    let urls: Vec<String> = settings.urls.iter().map(|url| link_url(url)).collect();
     if urls.is_empty() {
         let _ = ready.send(Err(anyhow::anyhow!("no server URL for the fleet")));
         return Ok(());
@@ -247,6 +255,8 @@ struct SimHost {
     /// nothing. A bench run sends fewer commands per host than the agent
     /// remembers, so these are not bounded here.
     heard: HashMap<String, Result<RestartId, ErrorBody>>,
+    /// The URL of the server holding the link, while linked.
+    linked_to: Option<String>,
 }
 
 /// Why a link ended.
@@ -309,6 +319,7 @@ impl SimHost {
             service_start: settings.service_start,
             logs,
             heard: HashMap::new(),
+            linked_to: None,
         }
     }
 
@@ -327,7 +338,10 @@ impl SimHost {
                     if let Some(linked) = linked.take() {
                         let _ = linked.send(Ok(()));
                     }
-                    match self.serve(&mut ws).await {
+                    self.linked_to = Some(url.clone());
+                    let end = self.serve(&mut ws).await;
+                    self.linked_to = None;
+                    match end {
                         LinkEnd::Dropped => continue,
                         LinkEnd::Refused(message) => {
                             eprintln!("baton-server-bench: {} refused: {message}", self.name);
@@ -755,6 +769,9 @@ impl SimHost {
                 reason,
                 command,
                 finished,
+                command_ms: started_at,
+                finished_ms: finished_at,
+                linked_to: self.linked_to.clone(),
             });
         sent
     }

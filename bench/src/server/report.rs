@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::scenarios::{KillRun, PageRun, RollingRun};
+use super::scenarios::{KillRun, PageRun, RollingRun, Split};
 use super::stats::{Memory, cpu_model, kernel_release, percentile};
 
 const ROLLING_OVERHEAD_TARGET: Duration = Duration::from_secs(2);
@@ -184,6 +184,14 @@ pub fn render(setup: &Setup, columns: &[Column]) -> String {
         &|c| c.rolling.as_ref().map_or_else(dash, |r| ms(r.overhead())),
     );
     row(
+        "per host, median: server records the command → host reads it (linked to the driving server / to another)",
+        &|c| c.rolling.as_ref().map_or_else(dash, |r| split(&r.delivery)),
+    );
+    row(
+        "per host, median: host finishes → server records the outcome (linked to the driving server / to another)",
+        &|c| c.rolling.as_ref().map_or_else(dash, |r| split(&r.reported)),
+    );
+    row(
         "driver SIGKILLed once half the hosts finished: hosts then",
         &|c| {
             c.kill.as_ref().map_or_else(dash, |k| {
@@ -303,6 +311,10 @@ fn write_targets(out: &mut String, columns: &[Column]) {
             );
         }
     }
+}
+
+fn split(split: &Split) -> String {
+    format!("{} / {}", opt_ms(split.direct), opt_ms(split.elsewhere))
 }
 
 fn resume(kill: &KillRun) -> String {

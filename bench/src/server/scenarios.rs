@@ -3,19 +3,19 @@
 //! a rolling restart of one service on every host, and (replicas only) the
 //! same rolling restart with its driving replica killed halfway.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use baton_client::ServerClient;
-use baton_proto::api::{MaxParallel, RestartRequest, RestartState};
+use baton_proto::api::{MaxParallel, RestartHost, RestartRequest, RestartState};
 use baton_proto::{RestartOutcome, ServiceName};
 
 use super::database::Database;
 use super::fleet::{self, Fleet, HostRestart};
 use super::load::{self, LoadSettings, Throughput};
 use super::procs::Servers;
-use super::stats::cpu_seconds;
+use super::stats::{cpu_seconds, percentile};
 
 /// The longest a restart driven by the bench may take, driver kill included.
 const RESTART_PATIENCE: Duration = Duration::from_secs(600);
@@ -165,6 +165,37 @@ pub struct RollingRun {
     pub on_hosts: Duration,
     /// `ceil(hosts / max_parallel)` × the service's start.
     pub on_hosts_ideal: Duration,
+    /// Per host, the server's record of its command → the host reads it.
+    pub delivery: Split,
+    /// Per host, the host's `restart_finished` → the server's record of
+    /// its outcome.
+    pub reported: Split,
+}
+
+/// Medians per host, apart for the hosts linked to the server driving the
+/// rollout and those linked to another replica.
+#[derive(Debug, Default)]
+pub struct Split {
+    pub direct: Option<Duration>,
+    pub elsewhere: Option<Duration>,
+}
+
+impl Split {
+    fn of(samples: Vec<(bool, Duration)>) -> Split {
+        let median = |direct: bool| {
+            let mut picked: Vec<Duration> = samples
+                .iter()
+                .filter(|(d, _)| *d == direct)
+                .map(|(_, sample)| *sample)
+                .collect();
+            picked.sort_unstable();
+            percentile(&picked, 0.5)
+        };
+        Split {
+            direct: median(true),
+            elsewhere: median(false),
+        }
+    }
 }
 
 impl RollingRun {
@@ -198,6 +229,11 @@ pub async fn rolling(
         .with_context(|| format!("POST /services/{service}/restart?wait=true"))?;
     let total = sent.elapsed();
     let finished = fleet.finished_for(&reason);
+    let (delivery, reported) = hops(
+        &restart.hosts,
+        &finished,
+        &fleet::link_url(&servers.urls()[0]),
+    );
     ensure!(
         !finished.is_empty(),
         "no simulated host finished the rolling restart (outcome {:?}: {:?})",
@@ -212,7 +248,34 @@ pub async fn rolling(
         others: not_succeeded(&restart),
         on_hosts: own_time(finished, max_parallel),
         on_hosts_ideal: service_start * hosts.div_ceil(max_parallel.max(1) as usize) as u32,
+        delivery,
+        reported,
     })
+}
+
+/// The two hops of each host's restart between the driving server and the
+/// host, on the wall clock (milliseconds): the server recorded the command
+/// (`started_at`) → the host read it, and the host finished → the server
+/// recorded the outcome (`finished_at`).
+fn hops(hosts: &[RestartHost], finished: &[HostRestart], driver_link: &str) -> (Split, Split) {
+    let by_host: HashMap<&str, &HostRestart> =
+        finished.iter().map(|h| (h.host.as_str(), h)).collect();
+    let mut delivery = Vec::new();
+    let mut outcome = Vec::new();
+    for host in hosts {
+        let Some(sim) = by_host.get(host.host.as_str()) else {
+            continue;
+        };
+        let direct = sim.linked_to.as_deref() == Some(driver_link);
+        let ms = |from: u64, to: u64| Duration::from_millis(to.saturating_sub(from));
+        if let Some(started) = host.started_at {
+            delivery.push((direct, ms(started, sim.command_ms)));
+        }
+        if let Some(done) = host.finished_at {
+            outcome.push((direct, ms(sim.finished_ms, done)));
+        }
+    }
+    (Split::of(delivery), Split::of(outcome))
 }
 
 fn succeeded(restart: &baton_proto::api::Restart) -> usize {
@@ -414,8 +477,32 @@ mod tests {
                 reason: None,
                 command: start,
                 finished: start + Duration::from_millis(*ms),
+                command_ms: 1_000,
+                finished_ms: 1_000 + ms,
+                linked_to: Some(format!("http://server-{}", index % 2)),
             })
             .collect()
+    }
+
+    #[test]
+    fn hops_are_split_by_whether_the_host_is_linked_to_the_driver() {
+        let sims = hosts(&[200, 200, 200, 200]);
+        let restart: Vec<RestartHost> = (0..4)
+            .map(|index| {
+                serde_json::from_value(serde_json::json!({
+                    "host": fleet::host_name(index), "state": "finished",
+                    "started_at": 990 - index as u64, "finished_at": 1_210 + 10 * index as u64,
+                }))
+                .unwrap()
+            })
+            .collect();
+        let (delivery, reported) = hops(&restart, &sims, "http://server-0");
+        // Hosts 0 and 2 are linked to the driver: 10 and 12 ms; 11 and 13 ms.
+        assert_eq!(delivery.direct, Some(Duration::from_millis(10)));
+        assert_eq!(delivery.elsewhere, Some(Duration::from_millis(11)));
+        // 10 and 30 ms; 20 and 40 ms (nearest rank: the lower of two).
+        assert_eq!(reported.direct, Some(Duration::from_millis(10)));
+        assert_eq!(reported.elsewhere, Some(Duration::from_millis(20)));
     }
 
     #[test]

@@ -282,25 +282,29 @@ pub async fn find_drain_finished(
     }
 }
 
-/// Every event of one agent restart, in order: the steps of a host's restart.
-pub(super) async fn agent_restart_steps(
+/// Every event of every host's agent restart in the restart `restart_id`,
+/// in order, by host: one statement for the whole rollout.
+pub(super) async fn restart_steps_by_host(
     db: &Db,
-    host: &str,
-    boot_id: &str,
-    agent_restart_id: RestartId,
-) -> anyhow::Result<Vec<Event>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT body FROM events WHERE host = $1 AND boot_id = $2 AND agent_restart_id = $3 ORDER BY seq",
+    restart_id: u64,
+) -> anyhow::Result<std::collections::HashMap<String, Vec<Event>>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT rh.host, e.body FROM restart_hosts rh
+         JOIN events e ON e.host = rh.host AND e.boot_id = rh.boot_id
+                      AND e.agent_restart_id = rh.agent_restart_id
+         WHERE rh.restart_id = $1
+         ORDER BY rh.host, e.seq",
     )
-    .bind(host)
-    .bind(boot_id)
-    .bind(to_i64(agent_restart_id))
+    .bind(to_i64(restart_id))
     .fetch_all(&db.reads)
     .await
     .context("failed to read a restart's events")?;
-    rows.into_iter()
-        .map(|(body,)| serde_json::from_str(&body).context("a stored event does not parse"))
-        .collect()
+    let mut steps: std::collections::HashMap<String, Vec<Event>> = Default::default();
+    for (host, body) in rows {
+        let event = serde_json::from_str(&body).context("a stored event does not parse")?;
+        steps.entry(host).or_default().push(event);
+    }
+    Ok(steps)
 }
 
 /// How many events one statement of [`prune_events`] deletes at most: the

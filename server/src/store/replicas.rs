@@ -410,17 +410,23 @@ pub async fn release_leases(db: &Db, driver: &str) -> anyhow::Result<()> {
 /// Records that the command is about to go to the host, only while
 /// `driver` drives the restart and the host has not been commanded: the
 /// fence that keeps a replica that lost its lease from commanding a host
-/// its successor commands. Whether it was recorded.
+/// its successor commands. The sequence recorded is the highest of
+/// `sent.seq_at_command` and the host's events stored so far (by whichever
+/// replica holds its link: some may not have reached this one yet); `None`
+/// when nothing was recorded.
 pub async fn mark_host_running_as_driver(
     db: &Db,
     sent: &CommandSent<'_>,
     driver: &str,
-) -> anyhow::Result<bool> {
-    let done = sqlx::query(
+) -> anyhow::Result<Option<u64>> {
+    let recorded: Option<(i64,)> = sqlx::query_as(
         "UPDATE restart_hosts SET state = 'running', command_id = $3, boot_id = $4,
-                seq_at_command = $5, started_at = $6
+                seq_at_command = (SELECT CASE WHEN MAX(seq) > $5 THEN MAX(seq) ELSE $5 END
+                                  FROM events WHERE host = $2 AND boot_id = $4),
+                started_at = $6
          WHERE restart_id = $1 AND host = $2 AND state = 'pending'
-           AND EXISTS (SELECT 1 FROM restarts WHERE id = $1 AND driver = $7 AND state = 'running')",
+           AND EXISTS (SELECT 1 FROM restarts WHERE id = $1 AND driver = $7 AND state = 'running')
+         RETURNING seq_at_command",
     )
     .bind(to_i64(sent.restart_id))
     .bind(sent.host)
@@ -429,10 +435,10 @@ pub async fn mark_host_running_as_driver(
     .bind(to_i64(sent.seq_at_command))
     .bind(to_i64(crate::domain::now_millis()))
     .bind(driver)
-    .execute(&db.writes)
+    .fetch_optional(&db.writes)
     .await
     .context("failed to record the restart command")?;
-    Ok(done.rows_affected() == 1)
+    Ok(recorded.map(|(seq,)| to_u64(seq)))
 }
 
 /// Whether `driver` still drives the restart and the host still waits on
@@ -637,8 +643,8 @@ pub enum Change {
     /// A command was queued for a host: the replica holding its link
     /// delivers it.
     Command,
-    /// A queued command was answered: its sender reads the answer.
-    Answer,
+    /// The queued command `id` was answered: its sender reads the answer.
+    Answer { id: u64 },
     /// A log chunk was relayed: the replicas reading relayed streams read.
     Logs,
     /// `from` is alive; tells its own listener that notifications arrive.
@@ -657,7 +663,7 @@ impl Change {
         match self {
             Change::Feed { from } => format!("feed {}", id(from)),
             Change::Command => "command".to_owned(),
-            Change::Answer => "answer".to_owned(),
+            Change::Answer { id } => format!("answer {id}"),
             Change::Logs => "logs".to_owned(),
             Change::Beat { from } => format!("beat {}", id(from)),
         }
@@ -671,7 +677,7 @@ impl Change {
                 from: from.to_owned(),
             }),
             ("command", "") => Some(Change::Command),
-            ("answer", "") => Some(Change::Answer),
+            ("answer", id) => id.parse().ok().map(|id| Change::Answer { id }),
             ("logs", "") => Some(Change::Logs),
             ("beat", from) if !from.is_empty() => Some(Change::Beat {
                 from: from.to_owned(),
@@ -867,7 +873,7 @@ pub async fn answer_host_command(db: &Db, id: u64, answer: &str) -> anyhow::Resu
         .execute(&db.writes)
         .await
         .context("failed to answer a host command")?;
-    notify_after(db, &Change::Answer).await;
+    notify_after(db, &Change::Answer { id }).await;
     Ok(())
 }
 
@@ -898,6 +904,23 @@ pub async fn prune_host_commands(db: &Db, before: u64) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notifications_say_what_changed_and_an_answer_names_its_command() {
+        for change in [
+            Change::Feed { from: "a1".into() },
+            Change::Command,
+            Change::Answer { id: 42 },
+            Change::Logs,
+            Change::Beat { from: "b2".into() },
+        ] {
+            assert_eq!(Change::parse(&change.payload()), Some(change));
+        }
+        assert_eq!(Change::Answer { id: 7 }.payload(), "answer 7");
+        for unknown in ["answer", "answer x", "feed", "command 1", "later 1"] {
+            assert_eq!(Change::parse(unknown), None, "{unknown}");
+        }
+    }
     use crate::replicas::FEED_BATCH;
     use crate::store::testing::{on_both_engines, restart_on};
 
@@ -969,10 +992,12 @@ mod tests {
                 .await
                 .unwrap()
         );
-        assert!(
+        assert_eq!(
             mark_host_running_as_driver(db, &sent(id, "alpha", "c1"), "a")
                 .await
-                .unwrap()
+                .unwrap(),
+            Some(0),
+            "no event stored: the sequence given"
         );
         let later = now + 3_001;
         assert!(
@@ -984,20 +1009,41 @@ mod tests {
         // A has not noticed yet: its command for beta is not recorded, so
         // it is not sent.
         assert!(
-            !mark_host_running_as_driver(db, &sent(id, "beta", "c2"), "a")
+            mark_host_running_as_driver(db, &sent(id, "beta", "c2"), "a")
                 .await
                 .unwrap()
+                .is_none()
         );
         // B resumes: alpha was commanded already and is not commanded again.
         assert!(
-            !mark_host_running_as_driver(db, &sent(id, "alpha", "c3"), "b")
+            mark_host_running_as_driver(db, &sent(id, "alpha", "c3"), "b")
                 .await
                 .unwrap()
+                .is_none()
         );
-        assert!(
+        // Beta's link is elsewhere and its events up to 7 are stored: the
+        // sequence recorded is 7, whatever this replica has seen.
+        let event = |seq: u64| baton_proto::Event {
+            seq,
+            at: seq,
+            service: "web".into(),
+            restart: None,
+            kind: baton_proto::EventKind::RestartStarted {
+                reason: None,
+                requested_by: None,
+            },
+        };
+        crate::store::store_events(db, "beta", "boot", &[event(6), event(7)], &[])
+            .await
+            .unwrap();
+        crate::store::store_events(db, "beta", "old-boot", &[event(9)], &[])
+            .await
+            .unwrap();
+        assert_eq!(
             mark_host_running_as_driver(db, &sent(id, "beta", "c4"), "b")
                 .await
-                .unwrap()
+                .unwrap(),
+            Some(7)
         );
         let hosts = crate::store::restart_host_rows(db, id).await.unwrap();
         let commands: Vec<Option<&str>> = hosts.iter().map(|h| h.command_id.as_deref()).collect();

@@ -3,7 +3,7 @@ use baton_proto::api::{self, MaxParallel, Pause, Restart, RestartHost, RestartPa
 use baton_proto::{ConnectionTally, Event, OutputLine, RestartId, RestartOutcome};
 
 use super::db::{Db, Flag, SqlBuilder, text_enum, to_i64, to_u64};
-use super::events::agent_restart_steps;
+use super::events::restart_steps_by_host;
 use crate::domain::now_millis;
 
 /// `restarts.state`.
@@ -495,18 +495,17 @@ pub async fn get_restart(db: &Db, id: u64) -> anyhow::Result<Option<Restart>> {
     let Some(row) = restart_row(db, id).await? else {
         return Ok(None);
     };
-    let mut hosts = Vec::new();
-    for host in restart_host_rows(db, id).await? {
-        let mut steps = match (&host.boot_id, host.agent_restart_id) {
-            (Some(boot_id), Some(agent_id)) => {
-                agent_restart_steps(db, &host.host, boot_id, to_u64(agent_id)).await?
-            }
-            _ => Vec::new(),
-        };
+    // A statement per kind of thing, not per host: a rollout has thousands.
+    let rows = restart_host_rows(db, id).await?;
+    let mut steps = restart_steps_by_host(db, id).await?;
+    let mut tails = output_tails(db, id).await?;
+    let mut hosts = Vec::with_capacity(rows.len());
+    for host in rows {
+        let mut steps = steps.remove(&host.host).unwrap_or_default();
         if host.from_report {
             merge_steps(&mut steps, fetched_steps(db, id, &host.host).await?);
         }
-        let output_tail = output_tail(db, id, &host.host).await?;
+        let output_tail = tails.remove(&host.host).unwrap_or_default();
         let mut view = host_view(host, steps);
         view.output_tail = output_tail;
         hosts.push(view);
@@ -657,16 +656,27 @@ pub async fn set_agent_restart_id(
     Ok(())
 }
 
+/// Records a host's outcome, and with it the drain's tally when the same
+/// events brought both (as [`record_connections`]: a tally written before
+/// stands).
 pub async fn finish_host(
     db: &Db,
     restart_id: u64,
     host: &str,
     outcome: RestartOutcome,
     reason: Option<&str>,
+    tally: Option<ConnectionTally>,
 ) -> anyhow::Result<()> {
+    // The right-hand sides all read the row as it was: the three counts
+    // are written together, only if none was.
     sqlx::query(
         "UPDATE restart_hosts SET state = 'finished', outcome = $3, outcome_reason = $4,
-                finished_at = $5, started_at = COALESCE(started_at, $5)
+                finished_at = $5, started_at = COALESCE(started_at, $5),
+                connections_handed_over = COALESCE(connections_handed_over, $6),
+                connections_drained = CASE WHEN connections_handed_over IS NULL
+                                           THEN $7 ELSE connections_drained END,
+                connections_cut = CASE WHEN connections_handed_over IS NULL
+                                       THEN $8 ELSE connections_cut END
          WHERE restart_id = $1 AND host = $2",
     )
     .bind(to_i64(restart_id))
@@ -674,6 +684,9 @@ pub async fn finish_host(
     .bind(Outcome::from(outcome))
     .bind(reason)
     .bind(to_i64(now_millis()))
+    .bind(tally.map(|t| i64::from(t.handed_over)))
+    .bind(tally.map(|t| i64::from(t.drained)))
+    .bind(tally.map(|t| i64::from(t.cut)))
     .execute(&db.writes)
     .await
     .context("failed to record a host's outcome")?;
@@ -785,18 +798,26 @@ pub async fn record_output_tail(
     Ok(done.rows_affected() == 1)
 }
 
-async fn output_tail(db: &Db, restart_id: u64, host: &str) -> anyhow::Result<Vec<OutputLine>> {
-    let row: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT output_tail FROM restart_hosts WHERE restart_id = $1 AND host = $2")
-            .bind(to_i64(restart_id))
-            .bind(host)
-            .fetch_optional(&db.reads)
-            .await
-            .context("failed to read a host's output tail")?;
-    match row.and_then(|(lines,)| lines) {
-        Some(json) => serde_json::from_str(&json).context("a stored output tail does not parse"),
-        None => Ok(Vec::new()),
-    }
+/// The output tails recorded in the restart `restart_id`, by host.
+async fn output_tails(
+    db: &Db,
+    restart_id: u64,
+) -> anyhow::Result<std::collections::HashMap<String, Vec<OutputLine>>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT host, output_tail FROM restart_hosts
+         WHERE restart_id = $1 AND output_tail IS NOT NULL",
+    )
+    .bind(to_i64(restart_id))
+    .fetch_all(&db.reads)
+    .await
+    .context("failed to read the restart's output tails")?;
+    rows.into_iter()
+        .map(|(host, json)| {
+            let lines =
+                serde_json::from_str(&json).context("a stored output tail does not parse")?;
+            Ok((host, lines))
+        })
+        .collect()
 }
 
 async fn fetched_steps(db: &Db, restart_id: u64, host: &str) -> anyhow::Result<Vec<Event>> {
@@ -1003,10 +1024,25 @@ mod tests {
             cut: 1,
         };
         assert!(!record_connections(db, id, "alpha", other).await.unwrap());
+        // Nor does one that comes with the outcome.
+        let ok = baton_proto::RestartOutcome::Succeeded;
+        finish_host(db, id, "alpha", ok, None, Some(other))
+            .await
+            .unwrap();
 
         let restart = get_restart(db, id).await.unwrap().unwrap();
         assert_eq!(restart.hosts[0].connections, Some(tally));
         assert_eq!(restart.hosts[1].connections, None);
+        // A host's first tally may come with its outcome; none keeps none.
+        finish_host(db, id, "beta", ok, None, None).await.unwrap();
+        let restart = get_restart(db, id).await.unwrap().unwrap();
+        assert_eq!(restart.hosts[1].connections, None);
+        finish_host(db, id, "beta", ok, None, Some(other))
+            .await
+            .unwrap();
+        let restart = get_restart(db, id).await.unwrap().unwrap();
+        assert_eq!(restart.hosts[0].connections, Some(tally));
+        assert_eq!(restart.hosts[1].connections, Some(other));
         let page = list_restarts(
             db,
             &RestartFilter {
@@ -1017,10 +1053,95 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(page.restarts[0].hosts[0].connections, Some(tally));
-        assert_eq!(page.restarts[0].hosts[1].connections, None);
+        assert_eq!(page.restarts[0].hosts[1].connections, Some(other));
+    }
+
+    async fn each_host_of_a_restart_reads_its_own_steps_and_output_tail(db: &Db) {
+        let hosts = vec!["alpha".to_string(), "beta".to_string(), "gamma".to_string()];
+        let Created::New(created) = create_restart(
+            db,
+            &NewRestart {
+                service: "web",
+                reason: None,
+                requested_by: "ci",
+                idempotency_key: None,
+                max_parallel: 3,
+                rollout: Rollout::default(),
+                hosts: &hosts,
+            },
+        )
+        .await
+        .unwrap() else {
+            panic!("not created")
+        };
+        let id = created.id();
+        let event = |seq: u64, restart: u64| baton_proto::Event {
+            seq,
+            at: seq,
+            service: "web".into(),
+            restart: Some(restart),
+            kind: baton_proto::EventKind::RestartStarted {
+                reason: None,
+                requested_by: None,
+            },
+        };
+        // Alpha's agent restart 5 and beta's 9; each also has an event of
+        // another restart, and another lifetime's restart 5 on alpha.
+        for (host, agent_id) in [("alpha", 5), ("beta", 9)] {
+            crate::store::store_events(
+                db,
+                host,
+                "boot",
+                &[event(1, 1), event(2, agent_id), event(3, agent_id)],
+                &[],
+            )
+            .await
+            .unwrap();
+            mark_host_running(
+                db,
+                &CommandSent {
+                    restart_id: id,
+                    host,
+                    command_id: "c",
+                    boot_id: "boot",
+                    seq_at_command: 1,
+                },
+            )
+            .await
+            .unwrap();
+            set_agent_restart_id(db, id, host, agent_id).await.unwrap();
+        }
+        crate::store::store_events(db, "alpha", "old-boot", &[event(7, 5)], &[])
+            .await
+            .unwrap();
+        let line = baton_proto::OutputLine {
+            time: 1,
+            generation: 2,
+            stream: baton_proto::OutputStream::Stderr,
+            text: "beta says why".into(),
+        };
+        assert!(
+            record_output_tail(db, id, "beta", std::slice::from_ref(&line))
+                .await
+                .unwrap()
+        );
+
+        let restart = get_restart(db, id).await.unwrap().unwrap();
+        let seqs: Vec<Vec<u64>> = restart
+            .hosts
+            .iter()
+            .map(|h| h.steps.iter().map(|e| e.seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![2, 3], vec![2, 3], vec![]]);
+        assert_eq!(restart.hosts[0].steps[0].restart, Some(5));
+        assert_eq!(restart.hosts[1].steps[0].restart, Some(9));
+        let tails: Vec<usize> = restart.hosts.iter().map(|h| h.output_tail.len()).collect();
+        assert_eq!(tails, vec![0, 1, 0]);
+        assert_eq!(restart.hosts[1].output_tail[0].text, "beta says why");
     }
 
     on_both_engines!(
+        each_host_of_a_restart_reads_its_own_steps_and_output_tail,
         a_state_no_variant_names_is_an_error_not_a_default,
         a_restart_with_an_unknown_outcome_fails_to_read,
         a_hosts_tally_is_written_once_and_read_back_whole,

@@ -340,6 +340,7 @@ async fn fill(db: &Db) -> u64 {
         "alpha",
         baton_proto::RestartOutcome::Succeeded,
         None,
+        None,
     )
     .await
     .unwrap();
