@@ -118,6 +118,8 @@ pub struct LinkState {
     /// The link is held by another replica: commands go through the
     /// database (`replicas::Router`).
     pub remote: bool,
+    /// That replica's id.
+    pub holder: Option<String>,
 }
 
 /// A command waiting for its answer, which counts only from the link it
@@ -776,6 +778,7 @@ impl Fleet {
                 caught_up: remote.stored_seq >= remote.announced_seq,
                 stored_seq: remote.stored_seq,
                 remote: true,
+                holder: Some(remote.replica.clone()),
             },
             (link, _) => LinkState {
                 online: link.is_some(),
@@ -785,6 +788,7 @@ impl Fleet {
                 caught_up: link.is_some() && s.stored_seq >= s.announced_seq,
                 stored_seq: s.stored_seq,
                 remote: false,
+                holder: None,
             },
         })
     }

@@ -138,6 +138,7 @@ impl LogRelay {
             &self.db,
             &store::NewHostCommand {
                 host,
+                holder: link.holder.as_deref(),
                 link_id,
                 kind: HostCommandKind::OpenLogs,
                 command_id: Some(&request.stream_id),

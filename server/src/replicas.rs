@@ -662,6 +662,7 @@ impl Router {
         let Some(id) = self
             .queue(&NewHostCommand {
                 host,
+                holder: link.holder.as_deref(),
                 link_id,
                 kind: HostCommandKind::Restart,
                 command_id: Some(command_id),
@@ -710,6 +711,7 @@ impl Router {
         let Some(id) = self
             .queue(&NewHostCommand {
                 host,
+                holder: link.holder.as_deref(),
                 link_id,
                 kind: HostCommandKind::FetchReport,
                 command_id: None,
@@ -876,7 +878,11 @@ async fn listen(replica: &Replica, url: &str, failed_before: bool) -> anyhow::Re
                 heard_self = tokio::time::Instant::now();
             }
             Some(Change::Feed { .. }) => replica.wakes.feed.notify_one(),
-            Some(Change::Command) => replica.wakes.delivery.notify_one(),
+            Some(Change::Command { to }) => {
+                if to.is_none_or(|to| to == replica.id) {
+                    replica.wakes.delivery.notify_one();
+                }
+            }
             Some(Change::Answer { id }) => replica.wakes.answered(id),
             Some(Change::Logs) => {
                 replica.wakes.logs.send_replace(());
@@ -945,6 +951,7 @@ mod tests {
         .unwrap();
         let command = NewHostCommand {
             host: "alpha",
+            holder: None,
             link_id: 1,
             kind: HostCommandKind::FetchReport,
             command_id: None,

@@ -641,8 +641,8 @@ pub enum Change {
     /// change feed of the others has something to read.
     Feed { from: String },
     /// A command was queued for a host: the replica holding its link
-    /// delivers it.
-    Command,
+    /// (`to`; any, when not said) delivers it.
+    Command { to: Option<String> },
     /// The queued command `id` was answered: its sender reads the answer.
     Answer { id: u64 },
     /// A log chunk was relayed: the replicas reading relayed streams read.
@@ -662,7 +662,8 @@ impl Change {
         };
         match self {
             Change::Feed { from } => format!("feed {}", id(from)),
-            Change::Command => "command".to_owned(),
+            Change::Command { to: None } => "command".to_owned(),
+            Change::Command { to: Some(to) } => format!("command {}", id(to)),
             Change::Answer { id } => format!("answer {id}"),
             Change::Logs => "logs".to_owned(),
             Change::Beat { from } => format!("beat {}", id(from)),
@@ -676,7 +677,10 @@ impl Change {
             ("feed", from) if !from.is_empty() => Some(Change::Feed {
                 from: from.to_owned(),
             }),
-            ("command", "") => Some(Change::Command),
+            ("command", "") => Some(Change::Command { to: None }),
+            ("command", to) => Some(Change::Command {
+                to: Some(to.to_owned()),
+            }),
             ("answer", id) => id.parse().ok().map(|id| Change::Answer { id }),
             ("logs", "") => Some(Change::Logs),
             ("beat", from) if !from.is_empty() => Some(Change::Beat {
@@ -777,6 +781,9 @@ pub struct HostCommandRow {
 
 pub struct NewHostCommand<'a> {
     pub host: &'a str,
+    /// The replica holding the host's link: only its delivery is woken
+    /// (every replica's when `None`).
+    pub holder: Option<&'a str>,
     pub link_id: u64,
     pub kind: HostCommandKind,
     pub command_id: Option<&'a str>,
@@ -826,7 +833,8 @@ pub async fn queue_host_command(
     .fetch_one(&mut *tx)
     .await
     .context("failed to queue a host command")?;
-    notify(db, &mut tx, &Change::Command).await?;
+    let to = new.holder.map(str::to_owned);
+    notify(db, &mut tx, &Change::Command { to }).await?;
     tx.commit()
         .await
         .context("failed to commit a host command")?;
@@ -909,7 +917,10 @@ mod tests {
     fn notifications_say_what_changed_and_an_answer_names_its_command() {
         for change in [
             Change::Feed { from: "a1".into() },
-            Change::Command,
+            Change::Command { to: None },
+            Change::Command {
+                to: Some("c3".into()),
+            },
             Change::Answer { id: 42 },
             Change::Logs,
             Change::Beat { from: "b2".into() },
@@ -917,7 +928,7 @@ mod tests {
             assert_eq!(Change::parse(&change.payload()), Some(change));
         }
         assert_eq!(Change::Answer { id: 7 }.payload(), "answer 7");
-        for unknown in ["answer", "answer x", "feed", "command 1", "later 1"] {
+        for unknown in ["answer", "answer x", "feed", "later 1"] {
             assert_eq!(Change::parse(unknown), None, "{unknown}");
         }
     }
@@ -1219,6 +1230,7 @@ mod tests {
     async fn a_host_holds_only_so_many_waiting_commands(db: &Db) {
         let command = NewHostCommand {
             host: "alpha",
+            holder: None,
             link_id: 1,
             kind: HostCommandKind::FetchReport,
             command_id: None,
@@ -1245,6 +1257,7 @@ mod tests {
         // Expired ones no longer count, and go.
         let fresh = NewHostCommand {
             expires_at: 20_000,
+            holder: None,
             ..command
         };
         assert!(
