@@ -76,6 +76,8 @@ pub const DELIVERY_EVERY: Duration = Duration::from_millis(100);
 const ANSWER_POLL_WHILE_LISTENING: Duration = Duration::from_secs(1);
 /// Commands taken per look of the delivery.
 pub const DELIVERY_BATCH: u32 = 64;
+/// Commands named by notifications that wait to be taken by id.
+const NAMED_MAX: usize = 1024;
 /// Commands that may wait for one host; more are refused.
 pub const PENDING_COMMANDS_PER_HOST: u32 = 16;
 /// A command not delivered and answered in this time has expired.
@@ -134,6 +136,13 @@ struct Wakes {
     feed: Notify,
     /// The delivery of queued commands; likewise.
     delivery: Notify,
+    /// Commands for hosts linked here that notifications named, to be
+    /// taken by id without looking for them (at most [`NAMED_MAX`]; past
+    /// that, the next look finds them).
+    named: Mutex<Vec<u64>>,
+    /// The next delivery looks for every command of the hosts linked here,
+    /// woken or not.
+    look_all: AtomicBool,
     /// Each sender waiting for a relayed answer, by the queued command's id:
     /// an answer wakes its own sender, not every one (a rollout has dozens
     /// waiting at once, and each wake is a read).
@@ -150,6 +159,8 @@ impl Wakes {
         Wakes {
             feed: Notify::new(),
             delivery: Notify::new(),
+            named: Mutex::new(Vec::new()),
+            look_all: AtomicBool::new(true),
             answers: Mutex::new(HashMap::new()),
             logs: watch::Sender::new(()),
             listening: AtomicBool::new(false),
@@ -158,6 +169,7 @@ impl Wakes {
 
     fn all(&self) {
         self.feed.notify_one();
+        self.look_all.store(true, Ordering::Relaxed);
         self.delivery.notify_one();
         for waiter in self.answers.lock().expect("answers lock").values() {
             waiter.notify_one();
@@ -512,8 +524,29 @@ async fn feed_loop(replica: Arc<Replica>, mut feed: Feed) {
 }
 
 async fn delivery_loop(replica: Arc<Replica>) {
+    let mut looked_at = Instant::now();
     while replica.tick(DELIVERY_EVERY, &replica.wakes.delivery).await {
         let now = now_millis();
+        // Commands a notification named: one statement each, no look.
+        let named = std::mem::take(&mut *replica.wakes.named.lock().expect("named lock"));
+        for id in named {
+            match store::take_host_command_named(&replica.db, id, now).await {
+                Ok(Some(row)) => {
+                    tokio::spawn(deliver(replica.clone(), row));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "cannot take a queued command")
+                }
+            }
+        }
+        // The look for every command of the hosts here: at each tick, and
+        // when a wake asked for it.
+        let look_all = replica.wakes.look_all.swap(false, Ordering::Relaxed);
+        if !look_all && looked_at.elapsed() < DELIVERY_EVERY {
+            continue;
+        }
+        looked_at = Instant::now();
         let rows =
             match store::commands_to_deliver(&replica.db, &replica.id, now, DELIVERY_BATCH).await {
                 Ok(rows) => rows,
@@ -878,11 +911,23 @@ async fn listen(replica: &Replica, url: &str, failed_before: bool) -> anyhow::Re
                 heard_self = tokio::time::Instant::now();
             }
             Some(Change::Feed { .. }) => replica.wakes.feed.notify_one(),
-            Some(Change::Command { to }) => {
-                if to.is_none_or(|to| to == replica.id) {
-                    replica.wakes.delivery.notify_one();
-                }
+            Some(Change::Command { to: None }) => {
+                replica.wakes.look_all.store(true, Ordering::Relaxed);
+                replica.wakes.delivery.notify_one();
             }
+            Some(Change::Command {
+                to: Some((to, command)),
+            }) if to == replica.id => {
+                let mut named = replica.wakes.named.lock().expect("named lock");
+                if named.len() < NAMED_MAX {
+                    named.push(command);
+                } else {
+                    replica.wakes.look_all.store(true, Ordering::Relaxed);
+                }
+                drop(named);
+                replica.wakes.delivery.notify_one();
+            }
+            Some(Change::Command { .. }) => {}
             Some(Change::Answer { id }) => replica.wakes.answered(id),
             Some(Change::Logs) => {
                 replica.wakes.logs.send_replace(());

@@ -224,8 +224,9 @@ async fn measure(
     tokio::time::sleep(cli.settle).await;
     column.memory_settled = servers.memory();
 
+    // What failed comes first: the table shows an error's first line.
     let with_logs = |error: anyhow::Error, servers: &Servers| {
-        error.context(format!("server logs:\n{}", servers.log_tails()))
+        anyhow::anyhow!("{error:#}\nserver logs:\n{}", servers.log_tails())
     };
 
     progress(&format!(

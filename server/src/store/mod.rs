@@ -59,7 +59,7 @@ pub use replicas::{
     host_command_answer, last_event_id, linked_hosts, mark_host_running_as_driver,
     orphaned_restarts, prune_host_commands, queue_host_command, register_replica,
     release_dead_replicas, release_host_link, release_leases, remove_replica, renew_leases,
-    replica_rows, still_commanding, take_host_command,
+    replica_rows, still_commanding, take_host_command, take_host_command_named,
 };
 pub use replicas::{links_of_replica, reassert_host_link};
 pub use restarts::{

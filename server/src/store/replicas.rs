@@ -641,8 +641,9 @@ pub enum Change {
     /// change feed of the others has something to read.
     Feed { from: String },
     /// A command was queued for a host: the replica holding its link
-    /// (`to`; any, when not said) delivers it.
-    Command { to: Option<String> },
+    /// delivers it. `to` names that replica and the command's id; when not
+    /// said, every replica looks for commands of its hosts.
+    Command { to: Option<(String, u64)> },
     /// The queued command `id` was answered: its sender reads the answer.
     Answer { id: u64 },
     /// A log chunk was relayed: the replicas reading relayed streams read.
@@ -663,7 +664,9 @@ impl Change {
         match self {
             Change::Feed { from } => format!("feed {}", id(from)),
             Change::Command { to: None } => "command".to_owned(),
-            Change::Command { to: Some(to) } => format!("command {}", id(to)),
+            Change::Command {
+                to: Some((replica, command)),
+            } => format!("command {} {command}", id(replica)),
             Change::Answer { id } => format!("answer {id}"),
             Change::Logs => "logs".to_owned(),
             Change::Beat { from } => format!("beat {}", id(from)),
@@ -678,9 +681,12 @@ impl Change {
                 from: from.to_owned(),
             }),
             ("command", "") => Some(Change::Command { to: None }),
-            ("command", to) => Some(Change::Command {
-                to: Some(to.to_owned()),
-            }),
+            ("command", to) => {
+                let (replica, command) = to.split_once(' ')?;
+                Some(Change::Command {
+                    to: Some((replica.to_owned(), command.parse().ok()?)),
+                })
+            }
             ("answer", id) => id.parse().ok().map(|id| Change::Answer { id }),
             ("logs", "") => Some(Change::Logs),
             ("beat", from) if !from.is_empty() => Some(Change::Beat {
@@ -833,7 +839,7 @@ pub async fn queue_host_command(
     .fetch_one(&mut *tx)
     .await
     .context("failed to queue a host command")?;
-    let to = new.holder.map(str::to_owned);
+    let to = new.holder.map(|holder| (holder.to_owned(), to_u64(id)));
     notify(db, &mut tx, &Change::Command { to }).await?;
     tx.commit()
         .await
@@ -861,6 +867,26 @@ pub async fn commands_to_deliver(
     .fetch_all(&db.reads)
     .await
     .context("failed to read the commands to deliver")
+}
+
+/// Takes the waiting command `id` for delivery, named by a notification:
+/// its row, or `None` when it was taken, answered or expired already.
+pub async fn take_host_command_named(
+    db: &Db,
+    id: u64,
+    now: u64,
+) -> anyhow::Result<Option<HostCommandRow>> {
+    sqlx::query_as(
+        "UPDATE host_commands SET state = 'sent'
+         WHERE id = $1 AND state = 'pending' AND expires_at >= $2
+         RETURNING id, host, link_id, kind, command_id, service, reason, boot_id,
+                   agent_restart_id, expires_at",
+    )
+    .bind(to_i64(id))
+    .bind(to_i64(now))
+    .fetch_optional(&db.writes)
+    .await
+    .context("failed to take a host command")
 }
 
 /// Takes a waiting command for delivery; false when another took it.
@@ -919,7 +945,7 @@ mod tests {
             Change::Feed { from: "a1".into() },
             Change::Command { to: None },
             Change::Command {
-                to: Some("c3".into()),
+                to: Some(("c3".into(), 17)),
             },
             Change::Answer { id: 42 },
             Change::Logs,
@@ -928,7 +954,14 @@ mod tests {
             assert_eq!(Change::parse(&change.payload()), Some(change));
         }
         assert_eq!(Change::Answer { id: 7 }.payload(), "answer 7");
-        for unknown in ["answer", "answer x", "feed", "later 1"] {
+        for unknown in [
+            "answer",
+            "answer x",
+            "feed",
+            "command c3",
+            "command c3 x",
+            "later 1",
+        ] {
             assert_eq!(Change::parse(unknown), None, "{unknown}");
         }
     }
@@ -1269,6 +1302,39 @@ mod tests {
         assert_eq!(prune_host_commands(db, 10_001).await.unwrap(), 3);
     }
 
+    async fn a_command_named_by_a_notification_is_taken_once_and_not_once_expired(db: &Db) {
+        let command = NewHostCommand {
+            host: "alpha",
+            holder: Some("b"),
+            link_id: 7,
+            kind: HostCommandKind::Restart,
+            command_id: Some("c1"),
+            service: Some("web"),
+            reason: None,
+            boot_id: None,
+            agent_restart_id: None,
+            expires_at: 10_000,
+        };
+        let id = queue_host_command(db, &command, 1, 16)
+            .await
+            .unwrap()
+            .unwrap();
+        let expired = queue_host_command(db, &command, 1, 16)
+            .await
+            .unwrap()
+            .unwrap();
+        let row = take_host_command_named(db, id, 2).await.unwrap().unwrap();
+        assert_eq!((row.link_id, row.command_id.as_deref()), (7, Some("c1")));
+        assert!(take_host_command_named(db, id, 3).await.unwrap().is_none());
+        assert!(!take_host_command(db, id).await.unwrap());
+        assert!(
+            take_host_command_named(db, expired, 10_001)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
     fn spawned(seq: u64) -> Event {
         Event {
             seq,
@@ -1416,6 +1482,7 @@ mod tests {
         services_are_read_only_of_hosts_linked_elsewhere_whose_revision_moved,
         the_hosts_of_a_dead_replica_go_offline,
         a_host_holds_only_so_many_waiting_commands,
+        a_command_named_by_a_notification_is_taken_once_and_not_once_expired,
         a_host_between_its_hello_and_its_link_is_not_released,
         a_replica_back_from_a_stall_records_its_links_again_but_not_over_newer_ones,
     );
