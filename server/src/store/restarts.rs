@@ -993,23 +993,7 @@ mod tests {
 
     async fn a_hosts_tally_is_written_once_and_read_back_whole(db: &Db) {
         let hosts = vec!["alpha".to_string(), "beta".to_string()];
-        let Created::New(created) = create_restart(
-            db,
-            &NewRestart {
-                service: "web",
-                reason: None,
-                requested_by: "ci",
-                idempotency_key: None,
-                max_parallel: 1,
-                rollout: Rollout::default(),
-                hosts: &hosts,
-            },
-        )
-        .await
-        .unwrap() else {
-            panic!("not created")
-        };
-        let id = created.id();
+        let id = restart_of(db, &hosts).await;
         let tally = ConnectionTally {
             handed_over: 12,
             drained: 3,
@@ -1056,8 +1040,8 @@ mod tests {
         assert_eq!(page.restarts[0].hosts[1].connections, Some(other));
     }
 
-    async fn each_host_of_a_restart_reads_its_own_steps_and_output_tail(db: &Db) {
-        let hosts = vec!["alpha".to_string(), "beta".to_string(), "gamma".to_string()];
+    /// A new restart of `web` on `hosts`: its id.
+    async fn restart_of(db: &Db, hosts: &[String]) -> u64 {
         let Created::New(created) = create_restart(
             db,
             &NewRestart {
@@ -1065,16 +1049,21 @@ mod tests {
                 reason: None,
                 requested_by: "ci",
                 idempotency_key: None,
-                max_parallel: 3,
+                max_parallel: 1,
                 rollout: Rollout::default(),
-                hosts: &hosts,
+                hosts,
             },
         )
         .await
         .unwrap() else {
             panic!("not created")
         };
-        let id = created.id();
+        created.id()
+    }
+
+    async fn each_host_of_a_restart_reads_its_own_steps_and_output_tail(db: &Db) {
+        let hosts = vec!["alpha".to_string(), "beta".to_string(), "gamma".to_string()];
+        let id = restart_of(db, &hosts).await;
         let event = |seq: u64, restart: u64| baton_proto::Event {
             seq,
             at: seq,

@@ -124,8 +124,9 @@ async fn online_with_run(server: &ServerUnderTest, host: &str) -> Option<String>
         .map(|h| h.to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_behind_a_frozen_proxy_notices_within_seconds_and_links_again() {
+/// A server, and an agent of host `host-a` with one service `web` linked
+/// to it through a [`FreezingProxy`].
+async fn linked_through_a_proxy() -> (ServerUnderTest, FreezingProxy, AgentUnderTest) {
     let server = ServerUnderTest::start();
     let proxy = FreezingProxy::start(server.addr);
     let config = server
@@ -137,6 +138,12 @@ async fn an_agent_behind_a_frozen_proxy_notices_within_seconds_and_links_again()
         assert!(Instant::now() < deadline, "host-a never linked");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (server, proxy, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_behind_a_frozen_proxy_notices_within_seconds_and_links_again() {
+    let (server, proxy, agent) = linked_through_a_proxy().await;
 
     proxy.freeze_current();
     let frozen_at = Instant::now();
@@ -280,17 +287,7 @@ async fn a_restart_that_ends_while_the_link_is_down_and_its_events_are_evicted_k
 /// and the service restarts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_command_lost_with_a_frozen_link_goes_again_and_restarts_once() {
-    let server = ServerUnderTest::start();
-    let proxy = FreezingProxy::start(server.addr);
-    let config = server
-        .host_config("host-a", "127.0.0.1", "web", &[], "")
-        .replace(&server.url(), &format!("http://{}", proxy.addr));
-    let agent = AgentUnderTest::start(&config);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while online_with_run(&server, "host-a").await.is_none() {
-        assert!(Instant::now() < deadline, "host-a never linked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (server, proxy, agent) = linked_through_a_proxy().await;
     assert_eq!(agent.newest_generation(), 1);
 
     proxy.freeze_current();
