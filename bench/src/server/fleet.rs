@@ -34,6 +34,8 @@ const COUNT_EVERY_N_STATUS: u32 = 5;
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// How long the first link of every host may take, all hosts together.
 const LINK_ALL_WITHIN: Duration = Duration::from_secs(300);
+/// How long the links get to close when the fleet stops.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 pub struct FleetSettings {
     /// Every server's base URL. Host `i` links to `urls[i % n]` first and
@@ -187,11 +189,12 @@ async fn run(
         return Ok(());
     }
     let deadline = Instant::now() + LINK_ALL_WITHIN;
+    let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(settings.tokens.len());
     // One host after the other, as hosts whose agents start over a few
     // seconds do: a thousand hellos at once measure the accept queue.
     for (index, token) in settings.tokens.iter().enumerate() {
-        let host = SimHost::new(index, &settings, logs.clone());
+        let host = SimHost::new(index, &settings, logs.clone(), stopping_seen.clone());
         let (linked, first_link) = oneshot::channel();
         let mut order: Vec<String> = urls.clone();
         order.rotate_left(index % urls.len());
@@ -215,6 +218,11 @@ async fn run(
     }
     let _ = ready.send(Ok(()));
     let _ = stop.await;
+    // Each link closed with a close frame, as agents that stop do; then
+    // whatever is left is cut.
+    let _ = stopping.send(true);
+    let closing = futures::future::join_all(tasks.iter_mut());
+    let _ = tokio::time::timeout(CLOSE_WITHIN, closing).await;
     for task in tasks {
         task.abort();
     }
@@ -257,10 +265,15 @@ struct SimHost {
     heard: HashMap<String, Result<RestartId, ErrorBody>>,
     /// The URL of the server holding the link, while linked.
     linked_to: Option<String>,
+    /// Turns true when the fleet stops: the link is closed as an agent
+    /// that stops closes it.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a link ended.
 enum LinkEnd {
+    /// The fleet stops; the link was closed.
+    Stopped,
     /// The server refused the host: another URL would refuse it too.
     Refused(String),
     /// Closed or broken: try the next URL.
@@ -268,7 +281,12 @@ enum LinkEnd {
 }
 
 impl SimHost {
-    fn new(index: usize, settings: &FleetSettings, logs: Arc<Mutex<Logs>>) -> SimHost {
+    fn new(
+        index: usize,
+        settings: &FleetSettings,
+        logs: Arc<Mutex<Logs>>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> SimHost {
         let started = now_millis().saturating_sub(3_600_000);
         let mut next_pid = 10_000 + index as u32 * 1_000;
         let services = (0..settings.services_per_host)
@@ -320,6 +338,7 @@ impl SimHost {
             logs,
             heard: HashMap::new(),
             linked_to: None,
+            stopping,
         }
     }
 
@@ -342,6 +361,7 @@ impl SimHost {
                     let end = self.serve(&mut ws).await;
                     self.linked_to = None;
                     match end {
+                        LinkEnd::Stopped => return,
                         LinkEnd::Dropped => continue,
                         LinkEnd::Refused(message) => {
                             eprintln!("baton-server-bench: {} refused: {message}", self.name);
@@ -430,6 +450,7 @@ impl SimHost {
     }
 
     async fn serve(&mut self, ws: &mut Ws) -> LinkEnd {
+        let mut stopping = self.stopping.clone();
         let mut ticker = tokio::time::interval(STATUS_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -442,6 +463,16 @@ impl SimHost {
                     self.send_status(ws).await
                 }
                 _ = self.next_ready() => self.make_ready(Some(ws)).await,
+                // It only ever turns true: any change is the stop.
+                _ = stopping.changed() => {
+                    // The server's close answers ours; the link ends once
+                    // it came, not with a connection cut under the server.
+                    if ws.close(None).await.is_ok() {
+                        let drained = async { while let Some(Ok(_)) = ws.next().await {} };
+                        let _ = tokio::time::timeout(CLOSE_WITHIN, drained).await;
+                    }
+                    return LinkEnd::Stopped;
+                }
                 message = ws.next() => match message {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
                         Ok(frame) => match self.on_frame(ws, frame).await {
