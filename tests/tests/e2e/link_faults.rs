@@ -444,3 +444,25 @@ impl PlayedServer {
         }
     }
 }
+
+/// An agent that stops closes its link the WebSocket way: the server hears
+/// its close, not a connection cut in the middle of a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_stops_closes_its_link_cleanly() {
+    let server = ServerUnderTest::start();
+    let agent = AgentUnderTest::start(&server.host_config("host-a", "127.0.0.1", "web", &[], ""));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while online_with_run(&server, "host-a").await.is_none() {
+        assert!(Instant::now() < deadline, "host-a never linked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(agent.stop().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("agent link closed") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    assert!(!log.contains("protocol error"), "{log}");
+    assert!(log.contains(r#"reason="closed""#), "{log}");
+}
