@@ -71,6 +71,8 @@ const BATCH_BYTES: usize = 256 * 1024;
 const SERVER_SILENCE: Duration = Duration::from_secs(5);
 /// A frame the server does not take within this long means the same.
 const SEND_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a stopping agent waits for the server to answer its close.
+const CLOSE_ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// Log streams one link serves at once; the server bounds its own readers
 /// well below this.
 const MAX_LOG_STREAMS: usize = 64;
@@ -375,7 +377,19 @@ async fn session(
                 send(&mut sink, frame(&log_frame)?).await?;
             }
             _ = agent.shutting_down.cancelled() => {
-                let _ = send(&mut sink, Message::Close(None)).await;
+                // The link ends when the server's close answers ours: a
+                // connection cut right after the close frame can reach the
+                // server before the frame is read, as a broken link.
+                if send(&mut sink, Message::Close(None)).await.is_ok() {
+                    let answered = async {
+                        while let Some(Ok(message)) = stream.next().await {
+                            if matches!(message, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(CLOSE_ANSWER_WITHIN, answered).await;
+                }
                 return Ok(());
             }
             received = live.recv() => {
