@@ -32,5 +32,6 @@ pub mod rollout;
 pub mod routes;
 pub mod settings;
 pub mod startup;
+pub mod status_writer;
 pub mod store;
 pub mod write_probe;

@@ -12,8 +12,8 @@
 //! the agent cannot have produced that event without the ones before it.
 
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use baton_proto::Event;
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
-use baton_proto::{Event, ServiceStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::domain::{now_millis, validate_host_name};
 use crate::fleet::{CommandAnswer, Fleet};
 use crate::metrics::{Metrics, SequenceAnomaly};
 use crate::settings::Timeouts;
+use crate::status_writer::StatusWriter;
 use crate::store::{self, Db, EventGap};
 
 /// The largest frame an agent may send. An agent sends events in batches of
@@ -137,6 +138,7 @@ pub struct LinkContext {
     /// This replica's id: the database says which replica holds each
     /// host's link, and which stored each event.
     pub replica_id: Arc<str>,
+    pub statuses: StatusWriter,
 }
 
 /// The host the agent token speaks for. A token from before tokens named
@@ -421,7 +423,7 @@ pub async fn run(
                         if services != persisted_services || persisted_at.elapsed() >= STATUS_PERSIST_INTERVAL {
                             let whole = written_whole_at.elapsed() >= STATUS_REWRITE_INTERVAL;
                             let previous = (!whole).then_some(persisted_services.as_slice());
-                            if persist_status(&context, &host, &services, previous).await {
+                            if context.statuses.write(&host, &services, previous).await {
                                 persisted_services = services;
                                 if whole {
                                     written_whole_at = Instant::now();
@@ -465,36 +467,6 @@ pub async fn run(
         }
     }
     let _ = session.close(None).await;
-}
-
-/// Writes the host's status; only the services that differ from
-/// `previous` (what this link last wrote) when given. Whether it was
-/// written: after a failure the next write must still differ from what
-/// the database holds.
-async fn persist_status(
-    context: &LinkContext,
-    host: &str,
-    services: &[ServiceStatus],
-    previous: Option<&[ServiceStatus]>,
-) -> bool {
-    match store::save_host_status_since(&context.db, host, now_millis(), true, services, previous)
-        .await
-    {
-        // Pages read the fleet's list from the database: they look again
-        // once what they would read is there.
-        Ok(()) => {
-            context.fleet.history_changed();
-            true
-        }
-        Err(error) => {
-            tracing::warn!(
-                host,
-                error = format!("{error:#}"),
-                "cannot store the host's status"
-            );
-            false
-        }
-    }
 }
 
 /// One link's view of the agent's event sequence, without I/O.

@@ -22,6 +22,7 @@ use crate::replicas::{Replica, ReplicaId, Router};
 use crate::restarts::Restarts;
 use crate::routes;
 use crate::settings::Settings;
+use crate::status_writer::StatusWriter;
 use crate::store;
 use crate::write_probe::WriteProbe;
 
@@ -96,6 +97,11 @@ impl Application {
         let write_probe = web::Data::new(WriteProbe::default());
         let replica_id = web::Data::new(ReplicaId(replica.id().into()));
         let log_relay = web::Data::new(LogRelay::new(db.clone(), fleet.clone(), replica.clone()));
+        let statuses = web::Data::new(StatusWriter::spawn(
+            db.clone(),
+            fleet.clone(),
+            &tokio::runtime::Handle::current(),
+        ));
         let fleet = web::Data::from(fleet);
         let metrics = web::Data::from(metrics);
         let db = web::Data::new(db);
@@ -137,6 +143,7 @@ impl Application {
                 .app_data(write_probe.clone())
                 .app_data(replica_id.clone())
                 .app_data(log_relay.clone())
+                .app_data(statuses.clone())
                 .app_data(settings.clone())
                 .app_data(web::QueryConfig::default().error_handler(|error, _| {
                     ApiError::BadRequest(format!("invalid query string: {error}")).into()

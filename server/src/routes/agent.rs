@@ -7,6 +7,7 @@ use crate::link::{self, LinkContext};
 use crate::metrics::Metrics;
 use crate::replicas::ReplicaId;
 use crate::settings::Settings;
+use crate::status_writer::StatusWriter;
 use crate::store::Db;
 
 /// `GET /agent/v1/connect`: the WebSocket upgrade of the agent link.
@@ -27,6 +28,10 @@ pub async fn connect(
         .app_data::<web::Data<ReplicaId>>()
         .map(|id| id.0.clone())
         .ok_or_else(|| anyhow::anyhow!("the replica id is not registered"))?;
+    let statuses = request
+        .app_data::<web::Data<StatusWriter>>()
+        .map(|statuses| statuses.get_ref().clone())
+        .ok_or_else(|| anyhow::anyhow!("the status writer is not registered"))?;
     let (response, session, stream) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let stream = stream
@@ -40,6 +45,7 @@ pub async fn connect(
         metrics: metrics.into_inner(),
         timeouts: settings.timeouts.clone(),
         replica_id,
+        statuses,
     };
     // The request body stream is bound to this worker, so the link runs here.
     actix_web::rt::spawn(link::run(context, agent.0, session, stream));

@@ -116,25 +116,57 @@ pub async fn save_host_status_since(
     services: &[ServiceStatus],
     previous: Option<&[ServiceStatus]>,
 ) -> anyhow::Result<()> {
+    save_host_statuses(
+        db,
+        &[HostStatus {
+            host: name,
+            now,
+            online,
+            services,
+            previous,
+        }],
+    )
+    .await
+}
+
+/// One host's status to write: see [`save_host_status_since`].
+#[derive(Debug, Clone, Copy)]
+pub struct HostStatus<'a> {
+    pub host: &'a str,
+    pub now: u64,
+    pub online: bool,
+    pub services: &'a [ServiceStatus],
+    pub previous: Option<&'a [ServiceStatus]>,
+}
+
+/// Writes the statuses of many hosts in one transaction: all or none. On
+/// SQLite every write waits its turn on one connection, and a rollout's
+/// writes wait behind the statuses of a whole fleet; one transaction for
+/// the statuses that arrived together costs one turn.
+pub async fn save_host_statuses(db: &Db, statuses: &[HostStatus<'_>]) -> anyhow::Result<()> {
     let mut tx = db.begin_write().await?;
-    let updated = sqlx::query(
-        "UPDATE hosts SET last_seen = $2, online = $3, services = $4,
+    for status in statuses {
+        let updated = sqlx::query(
+            "UPDATE hosts SET last_seen = $2, online = $3, services = $4,
                     services_rev = services_rev + 1
              WHERE name = $1",
-    )
-    .bind(name)
-    .bind(to_i64(now))
-    .bind(online)
-    .bind(serde_json::to_string(services)?)
-    .execute(&mut *tx)
-    .await
-    .context("failed to store the host's status")?
-    .rows_affected();
-    // A host forgotten meanwhile has no row for its services to refer to.
-    if updated > 0 {
-        match previous {
-            Some(previous) => update_host_services(&mut tx, name, services, previous).await?,
-            None => replace_host_services(&mut tx, name, services).await?,
+        )
+        .bind(status.host)
+        .bind(to_i64(status.now))
+        .bind(status.online)
+        .bind(serde_json::to_string(status.services)?)
+        .execute(&mut *tx)
+        .await
+        .context("failed to store the host's status")?
+        .rows_affected();
+        // A host forgotten meanwhile has no row for its services to refer to.
+        if updated > 0 {
+            match status.previous {
+                Some(previous) => {
+                    update_host_services(&mut tx, status.host, status.services, previous).await?
+                }
+                None => replace_host_services(&mut tx, status.host, status.services).await?,
+            }
         }
     }
     tx.commit()

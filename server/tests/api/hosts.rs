@@ -1,6 +1,6 @@
 use baton_proto::RestartOutcome;
-use std::process::Command;
 use std::time::Duration;
+use tokio::process::Command;
 
 use crate::helpers::{FakeAgent, TestApp, service, spawn_app, spawn_app_with};
 
@@ -103,12 +103,15 @@ async fn a_host_offline_for_longer_than_the_limit_is_forgotten_on_its_own() {
     panic!("alpha was never forgotten: {:?}", host_names(&app).await);
 }
 
-fn host_forget(app: &TestApp, name: &str) -> (Option<i32>, String) {
+/// Runs `baton-server host forget` without blocking the test's runtime,
+/// which also runs the server: a status write it holds open must finish.
+async fn host_forget(app: &TestApp, name: &str) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_baton-server"))
         .args(["host", "forget", name, "--database"])
         .arg(&app.database)
         .env("RUST_LOG", "warn")
         .output()
+        .await
         .unwrap();
     let text = format!(
         "{}{}",
@@ -127,16 +130,16 @@ async fn host_forget_removes_an_offline_host_and_refuses_a_connected_or_unknown_
     let alpha = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     let _beta = FakeAgent::connect(&app, "beta", "boot-1", vec![service("web", 1)]).await;
 
-    let (code, text) = host_forget(&app, "alpha");
+    let (code, text) = host_forget(&app, "alpha").await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("connected"), "{text}");
-    let (code, text) = host_forget(&app, "nobody");
+    let (code, text) = host_forget(&app, "nobody").await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("no host is named nobody"), "{text}");
 
     alpha.close().await;
     app.wait_offline("alpha").await;
-    let (code, text) = host_forget(&app, "alpha");
+    let (code, text) = host_forget(&app, "alpha").await;
     assert_eq!(code, Some(0), "{text}");
     // The running server drops it from its picture at its next round.
     for _ in 0..100 {

@@ -1,0 +1,328 @@
+//! The hosts' statuses, written to the database together. Every linked
+//! agent reports its services every second and each changed report is
+//! stored; one transaction per report makes a fleet's statuses the bulk of
+//! the database's writes, and on SQLite, whose writes take turns on one
+//! connection, a rollout's own writes (the command, the events, the
+//! outcome) queue behind them. Here the reports that arrive while a batch
+//! is being written go together in the next one: a thousand hosts cost a
+//! few transactions a second instead of hundreds, whatever the engine.
+
+use baton_proto::ServiceStatus;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::now_millis;
+use crate::fleet::Fleet;
+use crate::store::{self, Db, HostStatus};
+
+/// Hosts written by one transaction at most.
+const MAX_BATCH_HOSTS: usize = 256;
+
+/// Services written by one transaction at most (an agent may run a
+/// thousand); a batch takes at least one host, whatever its size.
+const MAX_BATCH_SERVICES: usize = 20_000;
+
+/// Reports waiting for a batch. Each link waits for its own report to be
+/// written before it sends the next, so this fills only with more links
+/// than it holds; then they wait for room.
+const QUEUE: usize = 1024;
+
+/// Hands statuses to the task that writes them.
+#[derive(Clone, Debug)]
+pub struct StatusWriter {
+    queue: mpsc::Sender<Report>,
+}
+
+#[derive(Debug)]
+struct Report {
+    host: String,
+    now: u64,
+    services: Vec<ServiceStatus>,
+    previous: Option<Vec<ServiceStatus>>,
+    written: oneshot::Sender<bool>,
+}
+
+impl StatusWriter {
+    /// Starts the writing task on `runtime`; it ends once every
+    /// `StatusWriter` is dropped and the queue is written.
+    pub fn spawn(db: Db, fleet: Arc<Fleet>, runtime: &tokio::runtime::Handle) -> StatusWriter {
+        let (queue, reports) = mpsc::channel(QUEUE);
+        runtime.spawn(write_batches(db, fleet, reports));
+        StatusWriter { queue }
+    }
+
+    /// Writes a linked host's status, only the services that differ from
+    /// `previous` (what this link last wrote) when given. Whether it was
+    /// written: after a failure the next write must still differ from what
+    /// the database holds.
+    pub async fn write(
+        &self,
+        host: &str,
+        services: &[ServiceStatus],
+        previous: Option<&[ServiceStatus]>,
+    ) -> bool {
+        let (written, answer) = oneshot::channel();
+        let report = Report {
+            host: host.to_owned(),
+            now: now_millis(),
+            services: services.to_vec(),
+            previous: previous.map(<[ServiceStatus]>::to_vec),
+            written,
+        };
+        if self.queue.send(report).await.is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+async fn write_batches(db: Db, fleet: Arc<Fleet>, mut reports: mpsc::Receiver<Report>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH_HOSTS);
+    while let Some(first) = reports.recv().await {
+        let mut services = first.services.len();
+        batch.push(first);
+        while batch.len() < MAX_BATCH_HOSTS && services < MAX_BATCH_SERVICES {
+            let Ok(report) = reports.try_recv() else {
+                break;
+            };
+            services += report.services.len();
+            batch.push(report);
+        }
+        let written = write(&db, &batch).await;
+        // Pages read the fleet's list from the database: they look again
+        // once what they would read is there.
+        if written.iter().any(|w| *w) {
+            fleet.history_changed();
+        }
+        for (report, written) in batch.drain(..).zip(written) {
+            let _ = report.written.send(written);
+        }
+    }
+}
+
+/// Writes the batch whole; when that fails, each report alone, so that one
+/// that cannot be written (or a failure that passes) costs only itself.
+async fn write(db: &Db, batch: &[Report]) -> Vec<bool> {
+    let statuses: Vec<HostStatus<'_>> = batch.iter().map(status).collect();
+    let whole = store::save_host_statuses(db, &statuses).await;
+    match whole {
+        Ok(()) => vec![true; batch.len()],
+        Err(error) if batch.len() == 1 => {
+            warn(&batch[0].host, &error);
+            vec![false]
+        }
+        Err(_) => {
+            let mut written = Vec::with_capacity(batch.len());
+            for (report, status) in batch.iter().zip(&statuses) {
+                match store::save_host_statuses(db, std::slice::from_ref(status)).await {
+                    Ok(()) => written.push(true),
+                    Err(error) => {
+                        warn(&report.host, &error);
+                        written.push(false);
+                    }
+                }
+            }
+            written
+        }
+    }
+}
+
+fn status(report: &Report) -> HostStatus<'_> {
+    HostStatus {
+        host: &report.host,
+        now: report.now,
+        online: true,
+        services: &report.services,
+        previous: report.previous.as_deref(),
+    }
+}
+
+fn warn(host: &str, error: &anyhow::Error) {
+    tracing::warn!(
+        host,
+        error = format!("{error:#}"),
+        "cannot store the host's status"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{self, on_both_engines};
+    use crate::store::{Backend, upsert_host};
+    use baton_proto::ServiceState;
+    use sqlx::Executor;
+    use std::time::Duration;
+
+    fn web(state: ServiceState) -> Vec<ServiceStatus> {
+        vec![ServiceStatus {
+            name: "web".into(),
+            state,
+            sockets: Vec::new(),
+            generations: Vec::new(),
+            consecutive_crashes: 0,
+            running_restart: None,
+            last_restart: None,
+            blocked: None,
+            next_start: None,
+        }]
+    }
+
+    impl StatusWriter {
+        /// Reports sent and not yet taken into a batch.
+        fn queued(&self) -> usize {
+            self.queue.max_capacity() - self.queue.capacity()
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} did not happen within 5 s");
+    }
+
+    /// Keeps the writer from writing until dropped: SQLite's one writer
+    /// connection taken, or PostgreSQL's `hosts` locked.
+    enum Hold {
+        Sqlite(#[allow(dead_code)] sqlx::pool::PoolConnection<sqlx::Any>),
+        Postgres(sqlx::Transaction<'static, sqlx::Any>),
+    }
+
+    async fn hold_writes(db: &Db) -> Hold {
+        match db.backend() {
+            Backend::Sqlite => Hold::Sqlite(db.writes().acquire().await.unwrap()),
+            Backend::Postgres => {
+                let mut tx = db.writes().begin().await.unwrap();
+                tx.execute("LOCK TABLE hosts IN EXCLUSIVE MODE")
+                    .await
+                    .unwrap();
+                Hold::Postgres(tx)
+            }
+        }
+    }
+
+    async fn release(hold: Hold) {
+        match hold {
+            Hold::Sqlite(conn) => drop(conn),
+            Hold::Postgres(tx) => tx.commit().await.unwrap(),
+        }
+    }
+
+    /// Sends `hosts`' reports while the writer is busy with one before
+    /// them, so that they are taken as one batch; what each came to.
+    async fn written_together(db: &Db, hosts: &[String]) -> Vec<bool> {
+        let writer = StatusWriter::spawn(
+            db.clone(),
+            Arc::new(Fleet::new(Vec::new())),
+            &tokio::runtime::Handle::current(),
+        );
+        upsert_host(db, "first", "1.0", "boot", 1, &[])
+            .await
+            .unwrap();
+        let hold = hold_writes(db).await;
+        // Polled once, the first report is queued; taken alone, it holds
+        // the writer until the hold ends.
+        let ready = web(ServiceState::Ready);
+        let mut first = std::pin::pin!(writer.write("first", &ready, None));
+        assert!(futures::poll!(&mut first).is_pending());
+        assert_eq!(writer.queued(), 1);
+        until("the first report taken", || writer.queued() == 0).await;
+        let reports: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                let (writer, host) = (writer.clone(), host.clone());
+                tokio::spawn(
+                    async move { writer.write(&host, &web(ServiceState::Ready), None).await },
+                )
+            })
+            .collect();
+        until("every report queued", || writer.queued() == hosts.len()).await;
+        release(hold).await;
+        assert!(first.await);
+        let mut written = Vec::new();
+        for report in reports {
+            written.push(report.await.unwrap());
+        }
+        written
+    }
+
+    async fn stored_state(db: &Db, host: &str) -> Option<String> {
+        let services: String = sqlx::query_scalar("SELECT services FROM hosts WHERE name = $1")
+            .bind(host)
+            .fetch_one(db.reads())
+            .await
+            .unwrap();
+        let services: Vec<ServiceStatus> = serde_json::from_str(&services).unwrap();
+        services.first().map(|s| s.state.to_string())
+    }
+
+    /// One host whose status the database refuses must not cost the hosts
+    /// written in the same batch their writes.
+    async fn a_status_the_database_refuses_fails_alone(db: &Db) {
+        let refuse = match db.backend() {
+            Backend::Sqlite => {
+                "CREATE TRIGGER refuse_bad BEFORE UPDATE ON hosts WHEN NEW.name = 'bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION refuse_bad() RETURNS trigger AS $$
+                 BEGIN IF NEW.name = 'bad' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END
+                 $$ LANGUAGE plpgsql;
+                 CREATE TRIGGER refuse_bad BEFORE UPDATE ON hosts
+                 FOR EACH ROW EXECUTE FUNCTION refuse_bad();"
+            }
+        };
+        sqlx::raw_sql(refuse).execute(db.writes()).await.unwrap();
+        let hosts: Vec<String> = ["good-1", "bad", "good-2"].map(String::from).to_vec();
+        for host in &hosts {
+            upsert_host(db, host, "1.0", "boot", 1, &web(ServiceState::Starting))
+                .await
+                .unwrap();
+        }
+        assert_eq!(written_together(db, &hosts).await, [true, false, true]);
+        assert_eq!(stored_state(db, "good-1").await.as_deref(), Some("ready"));
+        assert_eq!(stored_state(db, "bad").await.as_deref(), Some("starting"));
+        assert_eq!(stored_state(db, "good-2").await.as_deref(), Some("ready"));
+    }
+
+    on_both_engines!(a_status_the_database_refuses_fails_alone);
+
+    /// The reports queued while the writer was busy are written by one
+    /// transaction (PostgreSQL numbers them; SQLite cannot tell).
+    #[tokio::test]
+    async fn statuses_queued_together_are_written_in_one_transaction() {
+        let db = testing::postgres().await;
+        let db = &db.db;
+        sqlx::raw_sql(
+            "CREATE TABLE written_in (host TEXT NOT NULL, tx BIGINT NOT NULL);
+             CREATE FUNCTION log_tx() RETURNS trigger AS $$
+             BEGIN INSERT INTO written_in VALUES (NEW.name, txid_current()); RETURN NEW; END
+             $$ LANGUAGE plpgsql;
+             CREATE TRIGGER log_tx BEFORE UPDATE ON hosts
+             FOR EACH ROW EXECUTE FUNCTION log_tx();",
+        )
+        .execute(db.writes())
+        .await
+        .unwrap();
+        let hosts: Vec<String> = (0..20).map(|i| format!("host-{i}")).collect();
+        for host in &hosts {
+            upsert_host(db, host, "1.0", "boot", 1, &[]).await.unwrap();
+        }
+        sqlx::raw_sql("DELETE FROM written_in")
+            .execute(db.writes())
+            .await
+            .unwrap();
+        assert_eq!(written_together(db, &hosts).await, vec![true; hosts.len()]);
+        let (rows, transactions): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(DISTINCT tx) FROM written_in WHERE host LIKE 'host-%'",
+        )
+        .fetch_one(db.reads())
+        .await
+        .unwrap();
+        assert_eq!((rows, transactions), (20, 1));
+    }
+}
