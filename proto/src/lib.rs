@@ -276,6 +276,23 @@ pub struct ServiceStatus {
     pub next_start: Option<NextStart>,
 }
 
+impl ServiceStatus {
+    /// A service in `state` with no sockets, generations or history.
+    pub fn new(name: impl Into<String>, state: ServiceState) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            state,
+            sockets: Vec::new(),
+            generations: Vec::new(),
+            consecutive_crashes: 0,
+            running_restart: None,
+            last_restart: None,
+            blocked: None,
+            next_start: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

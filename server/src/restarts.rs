@@ -220,17 +220,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn status(service: &str) -> ServiceStatus {
-        ServiceStatus {
-            name: service.into(),
-            state: ServiceState::Ready,
-            sockets: Vec::new(),
-            generations: Vec::new(),
-            consecutive_crashes: 0,
-            running_restart: None,
-            last_restart: None,
-            blocked: None,
-            next_start: None,
-        }
+        ServiceStatus::new(service, ServiceState::Ready)
     }
 
     /// A real database and fleet, with `web` on hosts alpha and beta.

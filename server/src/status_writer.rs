@@ -88,6 +88,9 @@ async fn write_batches(db: Db, fleet: Arc<Fleet>, mut reports: mpsc::Receiver<Re
             services += report.services.len();
             batch.push(report);
         }
+        // Rows locked in one order by every replica's batches cannot
+        // deadlock each other; a host's reports keep theirs (stable).
+        batch.sort_by(|a, b| a.host.cmp(&b.host));
         let written = write(&db, &batch).await;
         // Pages read the fleet's list from the database: they look again
         // once what they would read is there.
@@ -155,17 +158,7 @@ mod tests {
     use std::time::Duration;
 
     fn web(state: ServiceState) -> Vec<ServiceStatus> {
-        vec![ServiceStatus {
-            name: "web".into(),
-            state,
-            sockets: Vec::new(),
-            generations: Vec::new(),
-            consecutive_crashes: 0,
-            running_restart: None,
-            last_restart: None,
-            blocked: None,
-            next_start: None,
-        }]
+        vec![ServiceStatus::new("web", state)]
     }
 
     impl StatusWriter {

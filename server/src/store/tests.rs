@@ -100,17 +100,7 @@ async fn tokens_keep_their_role_and_host(db: &Db) {
 }
 
 fn status(service: &str, state: baton_proto::ServiceState) -> ServiceStatus {
-    ServiceStatus {
-        name: service.into(),
-        state,
-        sockets: Vec::new(),
-        generations: Vec::new(),
-        consecutive_crashes: 0,
-        running_restart: None,
-        last_restart: None,
-        blocked: None,
-        next_start: None,
-    }
+    ServiceStatus::new(service, state)
 }
 
 /// The fleet's list as (service, state) in its order, and its total.
