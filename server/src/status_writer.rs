@@ -9,6 +9,7 @@
 
 use baton_proto::ServiceStatus;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::now_millis;
@@ -21,6 +22,13 @@ const MAX_BATCH_HOSTS: usize = 256;
 /// Services written by one transaction at most (an agent may run a
 /// thousand); a batch takes at least one host, whatever its size.
 const MAX_BATCH_SERVICES: usize = 20_000;
+
+/// How long a batch the database refused is written again host by host;
+/// the reports left are answered as not written (their links write them
+/// again with their next status). A database that refuses every statement
+/// slowly (a lock timeout) must not hold every link's status for one
+/// timeout per host.
+const ONE_BY_ONE_WITHIN: Duration = Duration::from_secs(1);
 
 /// Reports waiting for a batch. Each link waits for its own report to be
 /// written before it sends the next, so this fills only with more links
@@ -103,31 +111,50 @@ async fn write_batches(db: Db, fleet: Arc<Fleet>, mut reports: mpsc::Receiver<Re
     }
 }
 
-/// Writes the batch whole; when that fails, each report alone, so that one
-/// that cannot be written (or a failure that passes) costs only itself.
+/// Writes the batch whole. When the database refused it (a statement
+/// failed, not the connection), each report alone, so that one status that
+/// cannot be written costs only itself; for [`ONE_BY_ONE_WITHIN`] at most.
 async fn write(db: &Db, batch: &[Report]) -> Vec<bool> {
     let statuses: Vec<HostStatus<'_>> = batch.iter().map(status).collect();
-    let whole = store::save_host_statuses(db, &statuses).await;
-    match whole {
-        Ok(()) => vec![true; batch.len()],
-        Err(error) if batch.len() == 1 => {
-            warn(&batch[0].host, &error);
-            vec![false]
+    let error = match store::save_host_statuses(db, &statuses).await {
+        Ok(()) => return vec![true; batch.len()],
+        Err(error) => error,
+    };
+    if batch.len() == 1 || !refused_by_the_database(&error) {
+        warn(batch, &error);
+        return vec![false; batch.len()];
+    }
+    let deadline = Instant::now() + ONE_BY_ONE_WITHIN;
+    let mut written = Vec::with_capacity(batch.len());
+    for (at, status) in statuses.iter().enumerate() {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                hosts = batch.len() - at,
+                "statuses not written: the database refused their batch and took too long host by host"
+            );
+            written.resize(batch.len(), false);
+            break;
         }
-        Err(_) => {
-            let mut written = Vec::with_capacity(batch.len());
-            for (report, status) in batch.iter().zip(&statuses) {
-                match store::save_host_statuses(db, std::slice::from_ref(status)).await {
-                    Ok(()) => written.push(true),
-                    Err(error) => {
-                        warn(&report.host, &error);
-                        written.push(false);
-                    }
-                }
+        match store::save_host_statuses(db, std::slice::from_ref(status)).await {
+            Ok(()) => written.push(true),
+            Err(error) => {
+                warn(&batch[at..=at], &error);
+                written.push(false);
             }
-            written
         }
     }
+    written
+}
+
+/// A statement the database refused, rather than a database out of reach:
+/// the same batch would fail the same way, a smaller one may not.
+fn refused_by_the_database(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(_))
+        )
+    })
 }
 
 fn status(report: &Report) -> HostStatus<'_> {
@@ -140,22 +167,25 @@ fn status(report: &Report) -> HostStatus<'_> {
     }
 }
 
-fn warn(host: &str, error: &anyhow::Error) {
-    tracing::warn!(
-        host,
-        error = format!("{error:#}"),
-        "cannot store the host's status"
-    );
+fn warn(batch: &[Report], error: &anyhow::Error) {
+    let error = format!("{error:#}");
+    match batch {
+        [one] => tracing::warn!(host = one.host, error, "cannot store the host's status"),
+        _ => tracing::warn!(
+            hosts = batch.len(),
+            error,
+            "cannot store the hosts' statuses"
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::testing::{self, on_both_engines};
-    use crate::store::{Backend, upsert_host};
+    use crate::store::{Backend, Location, upsert_host};
     use baton_proto::ServiceState;
     use sqlx::Executor;
-    use std::time::Duration;
 
     fn web(state: ServiceState) -> Vec<ServiceStatus> {
         vec![ServiceStatus::new("web", state)]
@@ -317,5 +347,75 @@ mod tests {
         .await
         .unwrap();
         assert_eq!((rows, transactions), (20, 1));
+    }
+
+    /// A database that fails each statement only after a while (here a
+    /// lock timeout of 100 ms) holds the links' statuses for about a second
+    /// per batch, not a timeout per host.
+    #[tokio::test]
+    async fn a_database_that_refuses_every_status_slowly_holds_a_batch_about_a_second() {
+        let test = testing::postgres().await;
+        let db = &test.db;
+        let hosts: Vec<String> = (0..100).map(|i| format!("host-{i:03}")).collect();
+        for host in &hosts {
+            upsert_host(db, host, "1.0", "boot", 1, &[]).await.unwrap();
+        }
+        let name: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(db.reads())
+            .await
+            .unwrap();
+        // The name is the test server's own, made by `create_database`.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{name}\" SET lock_timeout = '100ms'"
+        )))
+        .execute(db.writes())
+        .await
+        .unwrap();
+        // Connections opened from now on wait 100 ms for a lock, then fail.
+        let impatient =
+            crate::store::connect(&Location::Postgres(db.postgres_url().unwrap().to_owned()))
+                .await
+                .unwrap();
+        let hold = hold_writes(db).await;
+        let writer = StatusWriter::spawn(
+            impatient,
+            Arc::new(Fleet::new(Vec::new())),
+            &tokio::runtime::Handle::current(),
+        );
+        let started = Instant::now();
+        let reports: Vec<_> = hosts
+            .iter()
+            .map(|host| {
+                let (writer, host) = (writer.clone(), host.clone());
+                tokio::spawn(
+                    async move { writer.write(&host, &web(ServiceState::Ready), None).await },
+                )
+            })
+            .collect();
+        let mut written = Vec::new();
+        for report in reports {
+            written.push(report.await.unwrap());
+        }
+        let took = started.elapsed();
+        release(hold).await;
+        assert_eq!(written, vec![false; hosts.len()]);
+        // One host at a time, 100 hosts would take 10 s.
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+    }
+
+    /// Only a statement the database refused makes a batch go again host
+    /// by host; a database out of reach fails the batch at once.
+    #[tokio::test]
+    async fn only_a_refused_statement_is_tried_again_host_by_host() {
+        let test = testing::sqlite().await;
+        let refused = sqlx::query("INSERT INTO hosts (name) VALUES ('incomplete')")
+            .execute(test.db.writes())
+            .await
+            .unwrap_err();
+        let refused = anyhow::Error::from(refused).context("failed to store the host's status");
+        assert!(refused_by_the_database(&refused), "{refused:#}");
+        let closed = anyhow::Error::from(sqlx::Error::PoolClosed)
+            .context("the database writer is unavailable");
+        assert!(!refused_by_the_database(&closed));
     }
 }
