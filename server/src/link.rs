@@ -12,8 +12,8 @@
 //! the agent cannot have produced that event without the ones before it.
 
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
-use baton_proto::Event;
 use baton_proto::link::{AgentFrame, LINK_VERSION, Refusal, ServerFrame};
+use baton_proto::{Event, ServiceStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use crate::domain::{now_millis, validate_host_name};
 use crate::fleet::{CommandAnswer, Fleet};
 use crate::metrics::{Metrics, SequenceAnomaly};
 use crate::settings::Timeouts;
-use crate::status_writer::StatusWriter;
+use crate::status_writer::{StatusWriter, Written};
 use crate::store::{self, Db, EventGap};
 
 /// The largest frame an agent may send. An agent sends events in batches of
@@ -338,10 +338,7 @@ pub async fn run(
     }
 
     let mut sequence = Sequence::new(stored, last_seq);
-    let mut persisted_services = services;
-    let mut persisted_at = Instant::now();
-    // The hello wrote every service.
-    let mut written_whole_at = Instant::now();
+    let mut statuses = StatusWrites::new(services);
     let mut deadline = tokio::time::Instant::now() + silence;
     let mut token_check = tokio::time::interval(context.timeouts.token_recheck);
     token_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -362,6 +359,9 @@ pub async fn run(
                 None => break "replaced by a newer link",
             },
             _ = tokio::time::sleep_until(deadline) => break "silent for too long",
+            written = statuses.written(), if statuses.writing() => {
+                statuses.answered(written, &context.statuses, &host).await;
+            }
             incoming = receive(&mut session, &mut stream, &host) => {
                 deadline = tokio::time::Instant::now() + silence;
                 match incoming {
@@ -420,17 +420,7 @@ pub async fn run(
                         if !context.fleet.update_status(&host, connection, services.clone()) {
                             break "replaced by a newer link";
                         }
-                        if services != persisted_services || persisted_at.elapsed() >= STATUS_PERSIST_INTERVAL {
-                            let whole = written_whole_at.elapsed() >= STATUS_REWRITE_INTERVAL;
-                            let previous = (!whole).then_some(persisted_services.as_slice());
-                            if context.statuses.write(&host, &services, previous).await {
-                                persisted_services = services;
-                                if whole {
-                                    written_whole_at = Instant::now();
-                                }
-                            }
-                            persisted_at = Instant::now();
-                        }
+                        statuses.offer(services, &context.statuses, &host).await;
                     }
                     Incoming::Frame(AgentFrame::RestartStarted { command_id, result }) => {
                         context.fleet.touch(&host, connection);
@@ -453,6 +443,8 @@ pub async fn run(
         }
     };
     tracing::info!(host, reason, "agent link closed");
+    // Its status written after the release would mark the host online.
+    statuses.finish().await;
     if context.fleet.disconnect(&host, connection) {
         let services = context.fleet.services_of(&host).unwrap_or_default();
         // Offline only if no newer link (on any replica) holds the host.
@@ -467,6 +459,86 @@ pub async fn run(
         }
     }
     let _ = session.close(None).await;
+}
+
+/// What a link wrote of its host's status, and the write under way. The
+/// link goes on reading while a status is written: a database that is slow
+/// for a while must not keep it from answering the agent's pings (the
+/// agent would drop the link after 5 s) or from relaying a command.
+struct StatusWrites {
+    /// What the database holds, as far as this link knows.
+    persisted: Vec<ServiceStatus>,
+    persisted_at: Instant,
+    written_whole_at: Instant,
+    /// The write under way, what it writes, and whether whole.
+    writing: Option<(Written, Vec<ServiceStatus>, bool)>,
+    /// The newest status that came during it, offered once it is answered.
+    next: Option<Vec<ServiceStatus>>,
+}
+
+impl StatusWrites {
+    /// The hello wrote every service.
+    fn new(services: Vec<ServiceStatus>) -> StatusWrites {
+        StatusWrites {
+            persisted: services,
+            persisted_at: Instant::now(),
+            written_whole_at: Instant::now(),
+            writing: None,
+            next: None,
+        }
+    }
+
+    fn writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Whether the write under way was written; pending when there is none.
+    async fn written(&mut self) -> bool {
+        match &mut self.writing {
+            Some((written, _, _)) => written.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A status the agent sent: written when it changed, or when the last
+    /// write is older than [`STATUS_PERSIST_INTERVAL`]; kept for later
+    /// while a write is under way.
+    async fn offer(&mut self, services: Vec<ServiceStatus>, writer: &StatusWriter, host: &str) {
+        if self.writing.is_some() {
+            self.next = Some(services);
+            return;
+        }
+        if services == self.persisted && self.persisted_at.elapsed() < STATUS_PERSIST_INTERVAL {
+            return;
+        }
+        let whole = self.written_whole_at.elapsed() >= STATUS_REWRITE_INTERVAL;
+        let previous = (!whole).then_some(self.persisted.as_slice());
+        let written = writer.submit(host, &services, previous).await;
+        self.writing = Some((written, services, whole));
+    }
+
+    async fn answered(&mut self, written: bool, writer: &StatusWriter, host: &str) {
+        let Some((_, services, whole)) = self.writing.take() else {
+            return;
+        };
+        if written {
+            self.persisted = services;
+            if whole {
+                self.written_whole_at = Instant::now();
+            }
+        }
+        self.persisted_at = Instant::now();
+        if let Some(next) = self.next.take() {
+            self.offer(next, writer, host).await;
+        }
+    }
+
+    /// Waits for the write under way; the status kept for later is dropped.
+    async fn finish(&mut self) {
+        if let Some((written, _, _)) = self.writing.take() {
+            written.await;
+        }
+    }
 }
 
 /// One link's view of the agent's event sequence, without I/O.

@@ -8,7 +8,10 @@
 //! few transactions a second instead of hundreds, whatever the engine.
 
 use baton_proto::ServiceStatus;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,10 +33,10 @@ const MAX_BATCH_SERVICES: usize = 20_000;
 /// timeout per host.
 const ONE_BY_ONE_WITHIN: Duration = Duration::from_secs(1);
 
-/// Reports waiting for a batch. Each link waits for its own report to be
-/// written before it sends the next, so this fills only with more links
-/// than it holds; then they wait for room.
-const QUEUE: usize = 1024;
+/// Reports waiting for a batch. Each link has at most one report under way,
+/// so this fills only with more links than it holds; then they wait for
+/// room.
+const QUEUE: usize = 8192;
 
 /// Hands statuses to the task that writes them.
 #[derive(Clone, Debug)]
@@ -59,16 +62,17 @@ impl StatusWriter {
         StatusWriter { queue }
     }
 
-    /// Writes a linked host's status, only the services that differ from
-    /// `previous` (what this link last wrote) when given. Whether it was
+    /// Hands a linked host's status over to be written, only the services
+    /// that differ from `previous` (what this link last wrote) when given;
+    /// waits only for room in the queue. The answer says whether it was
     /// written: after a failure the next write must still differ from what
     /// the database holds.
-    pub async fn write(
+    pub async fn submit(
         &self,
         host: &str,
         services: &[ServiceStatus],
         previous: Option<&[ServiceStatus]>,
-    ) -> bool {
+    ) -> Written {
         let (written, answer) = oneshot::channel();
         let report = Report {
             host: host.to_owned(),
@@ -77,10 +81,36 @@ impl StatusWriter {
             previous: previous.map(<[ServiceStatus]>::to_vec),
             written,
         };
-        if self.queue.send(report).await.is_err() {
-            return false;
+        match self.queue.send(report).await {
+            Ok(()) => Written(Some(answer)),
+            Err(_) => Written(None),
         }
-        answer.await.unwrap_or(false)
+    }
+
+    /// [`StatusWriter::submit`], waiting for the answer.
+    pub async fn write(
+        &self,
+        host: &str,
+        services: &[ServiceStatus],
+        previous: Option<&[ServiceStatus]>,
+    ) -> bool {
+        self.submit(host, services, previous).await.await
+    }
+}
+
+/// Whether a submitted status was written, once it was tried.
+#[derive(Debug)]
+pub struct Written(Option<oneshot::Receiver<bool>>);
+
+impl Future for Written {
+    type Output = bool;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        match self.0.as_mut() {
+            None => Poll::Ready(false),
+            Some(answer) => Pin::new(answer)
+                .poll(cx)
+                .map(|answer| answer.unwrap_or(false)),
+        }
     }
 }
 

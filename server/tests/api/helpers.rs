@@ -389,6 +389,22 @@ impl FakeAgent {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
+    /// Sends a ping: whether the server answered it within `limit`.
+    pub async fn ping_within(&mut self, limit: Duration) -> bool {
+        self.ws
+            .send(Message::Ping(b"baton".to_vec().into()))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Pong(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) | Err(_) => return false,
+            }
+        }
+    }
+
     pub async fn recv_within(&mut self, limit: Duration) -> Option<ServerFrame> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {

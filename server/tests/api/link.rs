@@ -358,3 +358,44 @@ async fn control_characters_in_agent_text_are_kept_escaped() {
     }
     panic!("the status never showed");
 }
+
+/// The agent drops a link that answers nothing for 5 s: a status waiting
+/// for a busy database must not keep the link from answering pings, and
+/// is written once the database is free.
+#[tokio::test]
+async fn a_link_answers_pings_while_its_status_waits_for_the_database() {
+    let app = spawn_app().await;
+    let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    // Another connection to the file takes SQLite's write lock; the
+    // server's writer waits for it (up to its 10 s busy timeout).
+    let db = app.db().await;
+    let mut holder = db.writes().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    agent
+        .send(&AgentFrame::Status {
+            services: vec![service("web", 2)],
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        agent.ping_within(Duration::from_secs(2)).await,
+        "no pong while the status waited for the database"
+    );
+    sqlx::query("COMMIT").execute(&mut *holder).await.unwrap();
+    drop(holder);
+    for _ in 0..100 {
+        let services: String =
+            sqlx::query_scalar("SELECT services FROM hosts WHERE name = 'alpha'")
+                .fetch_one(db.reads())
+                .await
+                .unwrap();
+        if services.contains("\"generation\":2") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the status was not written once the database was free");
+}
