@@ -399,3 +399,57 @@ async fn a_link_answers_pings_while_its_status_waits_for_the_database() {
     }
     panic!("the status was not written once the database was free");
 }
+
+/// A link that ends releases its host (offline) only after the status it
+/// was writing is written: that write marks the host online, and landing
+/// after the release it would leave a gone host online in the database.
+#[tokio::test]
+async fn a_status_written_as_the_link_ends_does_not_bring_the_host_back_online() {
+    let app = spawn_app().await;
+    let mut first = FakeAgent::connect(&app, "first", "boot-1", vec![service("web", 1)]).await;
+    let mut alpha = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
+    let db = app.db().await;
+    let mut holder = db.writes().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // The writer takes `first`'s status and waits for the lock with it;
+    // `alpha`'s waits behind, and its link ends meanwhile.
+    first
+        .send(&AgentFrame::Status {
+            services: vec![service("web", 2)],
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alpha
+        .send(&AgentFrame::Status {
+            services: vec![service("web", 2)],
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alpha.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("COMMIT").execute(&mut *holder).await.unwrap();
+    drop(holder);
+    app.wait_offline("alpha").await;
+    let online = || async {
+        let online: i64 = sqlx::query_scalar("SELECT online FROM hosts WHERE name = 'alpha'")
+            .fetch_one(db.reads())
+            .await
+            .unwrap();
+        online
+    };
+    // Housekeeping would set a stray online right after some seconds; the
+    // link's end must leave it right at once.
+    for _ in 0..20 {
+        if online().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        assert_eq!(online().await, 0, "alpha is online in the database");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
