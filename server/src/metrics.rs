@@ -62,6 +62,11 @@ pub struct Metrics {
     /// Hosts' restarts settled from a report fetched from the agent, their
     /// events lost while the link was down.
     settled_from_report: AtomicU64,
+    /// Hosts' statuses written, and not written (`status_writer.rs`).
+    statuses_written: AtomicU64,
+    statuses_failed: AtomicU64,
+    /// The transactions that wrote them.
+    status_transactions: AtomicU64,
 }
 
 #[derive(Default)]
@@ -116,6 +121,20 @@ impl Metrics {
 
     pub fn settled_from_report(&self) {
         self.settled_from_report.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A transaction that wrote hosts' statuses, or tried to.
+    pub fn status_transaction(&self) {
+        self.status_transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What became of a batch of statuses: written, and not.
+    pub fn statuses_settled(&self, written: usize, failed: usize) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.statuses_written
+            .fetch_add(count(written), Ordering::Relaxed);
+        self.statuses_failed
+            .fetch_add(count(failed), Ordering::Relaxed);
     }
 
     pub fn live_part_rendered(&self) {
@@ -195,6 +214,31 @@ impl Metrics {
             out,
             "baton_host_restarts_settled_from_report_total {}",
             self.settled_from_report.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_status_writes_total Hosts' statuses this server process wrote to the database, or failed to, by result."
+        );
+        let _ = writeln!(out, "# TYPE baton_status_writes_total counter");
+        for (result, count) in [
+            ("written", &self.statuses_written),
+            ("failed", &self.statuses_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "baton_status_writes_total{{result=\"{result}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP baton_status_transactions_total Transactions that wrote hosts' statuses: one per batch, one per host of a batch the database refused."
+        );
+        let _ = writeln!(out, "# TYPE baton_status_transactions_total counter");
+        let _ = writeln!(
+            out,
+            "baton_status_transactions_total {}",
+            self.status_transactions.load(Ordering::Relaxed)
         );
         for (index, (name, what)) in [
             (

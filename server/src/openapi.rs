@@ -302,7 +302,8 @@ mod paths {
     /// `baton_restart_duration_seconds`, `baton_event_sequence_anomalies_total{kind}`, `baton_agents_online`,
     /// `baton_generations_draining`, `baton_database_writable`,
     /// `baton_database_write_probe_timestamp_seconds`,
-    /// `baton_host_restarts_settled_from_report_total`.
+    /// `baton_host_restarts_settled_from_report_total`,
+    /// `baton_status_writes_total{result}`, `baton_status_transactions_total`.
     #[utoipa::path(
         tag = "health",
         get,

@@ -100,6 +100,7 @@ impl Application {
         let statuses = web::Data::new(StatusWriter::spawn(
             db.clone(),
             fleet.clone(),
+            metrics.clone(),
             &tokio::runtime::Handle::current(),
         ));
         let fleet = web::Data::from(fleet);

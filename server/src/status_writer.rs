@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::now_millis;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::store::{self, Db, HostStatus};
 
 /// Hosts written by one transaction at most.
@@ -56,9 +57,14 @@ struct Report {
 impl StatusWriter {
     /// Starts the writing task on `runtime`; it ends once every
     /// `StatusWriter` is dropped and the queue is written.
-    pub fn spawn(db: Db, fleet: Arc<Fleet>, runtime: &tokio::runtime::Handle) -> StatusWriter {
+    pub fn spawn(
+        db: Db,
+        fleet: Arc<Fleet>,
+        metrics: Arc<Metrics>,
+        runtime: &tokio::runtime::Handle,
+    ) -> StatusWriter {
         let (queue, reports) = mpsc::channel(QUEUE);
-        runtime.spawn(write_batches(db, fleet, reports));
+        runtime.spawn(write_batches(db, fleet, metrics, reports));
         StatusWriter { queue }
     }
 
@@ -114,7 +120,12 @@ impl Future for Written {
     }
 }
 
-async fn write_batches(db: Db, fleet: Arc<Fleet>, mut reports: mpsc::Receiver<Report>) {
+async fn write_batches(
+    db: Db,
+    fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
+    mut reports: mpsc::Receiver<Report>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH_HOSTS);
     while let Some(first) = reports.recv().await {
         let mut services = first.services.len();
@@ -129,10 +140,12 @@ async fn write_batches(db: Db, fleet: Arc<Fleet>, mut reports: mpsc::Receiver<Re
         // Rows locked in one order by every replica's batches cannot
         // deadlock each other; a host's reports keep theirs (stable).
         batch.sort_by(|a, b| a.host.cmp(&b.host));
-        let written = write(&db, &batch).await;
+        let written = write(&db, &metrics, &batch).await;
+        let n_written = written.iter().filter(|w| **w).count();
+        metrics.statuses_settled(n_written, written.len() - n_written);
         // Pages read the fleet's list from the database: they look again
         // once what they would read is there.
-        if written.iter().any(|w| *w) {
+        if n_written > 0 {
             fleet.history_changed();
         }
         for (report, written) in batch.drain(..).zip(written) {
@@ -144,8 +157,9 @@ async fn write_batches(db: Db, fleet: Arc<Fleet>, mut reports: mpsc::Receiver<Re
 /// Writes the batch whole. When the database refused it (a statement
 /// failed, not the connection), each report alone, so that one status that
 /// cannot be written costs only itself; for [`ONE_BY_ONE_WITHIN`] at most.
-async fn write(db: &Db, batch: &[Report]) -> Vec<bool> {
+async fn write(db: &Db, metrics: &Metrics, batch: &[Report]) -> Vec<bool> {
     let statuses: Vec<HostStatus<'_>> = batch.iter().map(status).collect();
+    metrics.status_transaction();
     let error = match store::save_host_statuses(db, &statuses).await {
         Ok(()) => return vec![true; batch.len()],
         Err(error) => error,
@@ -165,6 +179,7 @@ async fn write(db: &Db, batch: &[Report]) -> Vec<bool> {
             written.resize(batch.len(), false);
             break;
         }
+        metrics.status_transaction();
         match store::save_host_statuses(db, std::slice::from_ref(status)).await {
             Ok(()) => written.push(true),
             Err(error) => {
@@ -267,10 +282,11 @@ mod tests {
 
     /// Sends `hosts`' reports while the writer is busy with one before
     /// them, so that they are taken as one batch; what each came to.
-    async fn written_together(db: &Db, hosts: &[String]) -> Vec<bool> {
+    async fn written_together(db: &Db, metrics: &Arc<Metrics>, hosts: &[String]) -> Vec<bool> {
         let writer = StatusWriter::spawn(
             db.clone(),
             Arc::new(Fleet::new(Vec::new())),
+            metrics.clone(),
             &tokio::runtime::Handle::current(),
         );
         upsert_host(db, "first", "1.0", "boot", 1, &[])
@@ -301,6 +317,20 @@ mod tests {
             written.push(report.await.unwrap());
         }
         written
+    }
+
+    /// The status series of `GET /metrics`.
+    fn status_series(metrics: &Metrics) -> Vec<String> {
+        let probed = crate::write_probe::Probed {
+            failure: None,
+            at: 0,
+        };
+        metrics
+            .render(&Fleet::new(Vec::new()), &probed)
+            .lines()
+            .filter(|line| line.starts_with("baton_status_"))
+            .map(str::to_owned)
+            .collect()
     }
 
     async fn stored_state(db: &Db, host: &str) -> Option<String> {
@@ -336,7 +366,20 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(written_together(db, &hosts).await, [true, false, true]);
+        let metrics = Arc::new(Metrics::default());
+        assert_eq!(
+            written_together(db, &metrics, &hosts).await,
+            [true, false, true]
+        );
+        // `first` alone, then the batch, then its three hosts one by one.
+        assert_eq!(
+            status_series(&metrics),
+            [
+                "baton_status_writes_total{result=\"written\"} 3",
+                "baton_status_writes_total{result=\"failed\"} 1",
+                "baton_status_transactions_total 5",
+            ]
+        );
         assert_eq!(stored_state(db, "good-1").await.as_deref(), Some("ready"));
         assert_eq!(stored_state(db, "bad").await.as_deref(), Some("starting"));
         assert_eq!(stored_state(db, "good-2").await.as_deref(), Some("ready"));
@@ -369,7 +412,19 @@ mod tests {
             .execute(db.writes())
             .await
             .unwrap();
-        assert_eq!(written_together(db, &hosts).await, vec![true; hosts.len()]);
+        let metrics = Arc::new(Metrics::default());
+        assert_eq!(
+            written_together(db, &metrics, &hosts).await,
+            vec![true; hosts.len()]
+        );
+        assert_eq!(
+            status_series(&metrics),
+            [
+                "baton_status_writes_total{result=\"written\"} 21",
+                "baton_status_writes_total{result=\"failed\"} 0",
+                "baton_status_transactions_total 2",
+            ]
+        );
         let (rows, transactions): (i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), COUNT(DISTINCT tx) FROM written_in WHERE host LIKE 'host-%'",
         )
@@ -407,9 +462,11 @@ mod tests {
                 .await
                 .unwrap();
         let hold = hold_writes(db).await;
+        let metrics = Arc::new(Metrics::default());
         let writer = StatusWriter::spawn(
             impatient,
             Arc::new(Fleet::new(Vec::new())),
+            metrics.clone(),
             &tokio::runtime::Handle::current(),
         );
         let started = Instant::now();
@@ -429,6 +486,12 @@ mod tests {
         let took = started.elapsed();
         release(hold).await;
         assert_eq!(written, vec![false; hosts.len()]);
+        assert!(
+            status_series(&metrics)
+                .contains(&"baton_status_writes_total{result=\"failed\"} 100".to_owned()),
+            "{:?}",
+            status_series(&metrics)
+        );
         // One host at a time, 100 hosts would take 10 s.
         assert!(took < Duration::from_secs(4), "took {took:?}");
     }

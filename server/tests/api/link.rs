@@ -393,6 +393,11 @@ async fn a_link_answers_pings_while_its_status_waits_for_the_database() {
                 .await
                 .unwrap();
         if services.contains("\"generation\":2") {
+            let metrics = app.get("/metrics", None).await.text().await.unwrap();
+            assert!(
+                metrics.contains("baton_status_writes_total{result=\"written\"} 1"),
+                "{metrics}"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
