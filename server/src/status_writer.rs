@@ -300,7 +300,16 @@ mod tests {
         assert!(futures::poll!(&mut first).is_pending());
         assert_eq!(writer.queued(), 1);
         until("the first report taken", || writer.queued() == 0).await;
-        let reports: Vec<_> = hosts
+        let reports = report_ready(&writer, hosts);
+        until("every report queued", || writer.queued() == hosts.len()).await;
+        release(hold).await;
+        assert!(first.await);
+        answers(reports).await
+    }
+
+    /// Each host's report that `web` is ready, sent from its own task.
+    fn report_ready(writer: &StatusWriter, hosts: &[String]) -> Vec<tokio::task::JoinHandle<bool>> {
+        hosts
             .iter()
             .map(|host| {
                 let (writer, host) = (writer.clone(), host.clone());
@@ -308,10 +317,10 @@ mod tests {
                     async move { writer.write(&host, &web(ServiceState::Ready), None).await },
                 )
             })
-            .collect();
-        until("every report queued", || writer.queued() == hosts.len()).await;
-        release(hold).await;
-        assert!(first.await);
+            .collect()
+    }
+
+    async fn answers(reports: Vec<tokio::task::JoinHandle<bool>>) -> Vec<bool> {
         let mut written = Vec::new();
         for report in reports {
             written.push(report.await.unwrap());
@@ -470,19 +479,7 @@ mod tests {
             &tokio::runtime::Handle::current(),
         );
         let started = Instant::now();
-        let reports: Vec<_> = hosts
-            .iter()
-            .map(|host| {
-                let (writer, host) = (writer.clone(), host.clone());
-                tokio::spawn(
-                    async move { writer.write(&host, &web(ServiceState::Ready), None).await },
-                )
-            })
-            .collect();
-        let mut written = Vec::new();
-        for report in reports {
-            written.push(report.await.unwrap());
-        }
+        let written = answers(report_ready(&writer, &hosts)).await;
         let took = started.elapsed();
         release(hold).await;
         assert_eq!(written, vec![false; hosts.len()]);

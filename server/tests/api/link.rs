@@ -359,6 +359,25 @@ async fn control_characters_in_agent_text_are_kept_escaped() {
     panic!("the status never showed");
 }
 
+/// Another connection to the file takes SQLite's write lock; the server's
+/// writer waits for it (up to its 10 s busy timeout) until `COMMIT`.
+async fn hold_writes(db: &baton_server::store::Db) -> sqlx::pool::PoolConnection<sqlx::Any> {
+    let mut holder = db.writes().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
+async fn send_web_generation(agent: &mut FakeAgent, generation: u64) {
+    agent
+        .send(&AgentFrame::Status {
+            services: vec![service("web", generation)],
+        })
+        .await;
+}
+
 /// The agent drops a link that answers nothing for 5 s: a status waiting
 /// for a busy database must not keep the link from answering pings, and
 /// is written once the database is free.
@@ -366,19 +385,9 @@ async fn control_characters_in_agent_text_are_kept_escaped() {
 async fn a_link_answers_pings_while_its_status_waits_for_the_database() {
     let app = spawn_app().await;
     let mut agent = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
-    // Another connection to the file takes SQLite's write lock; the
-    // server's writer waits for it (up to its 10 s busy timeout).
     let db = app.db().await;
-    let mut holder = db.writes().acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    agent
-        .send(&AgentFrame::Status {
-            services: vec![service("web", 2)],
-        })
-        .await;
+    let mut holder = hold_writes(&db).await;
+    send_web_generation(&mut agent, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         agent.ping_within(Duration::from_secs(2)).await,
@@ -414,24 +423,12 @@ async fn a_status_written_as_the_link_ends_does_not_bring_the_host_back_online()
     let mut first = FakeAgent::connect(&app, "first", "boot-1", vec![service("web", 1)]).await;
     let mut alpha = FakeAgent::connect(&app, "alpha", "boot-1", vec![service("web", 1)]).await;
     let db = app.db().await;
-    let mut holder = db.writes().acquire().await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let mut holder = hold_writes(&db).await;
     // The writer takes `first`'s status and waits for the lock with it;
     // `alpha`'s waits behind, and its link ends meanwhile.
-    first
-        .send(&AgentFrame::Status {
-            services: vec![service("web", 2)],
-        })
-        .await;
+    send_web_generation(&mut first, 2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    alpha
-        .send(&AgentFrame::Status {
-            services: vec![service("web", 2)],
-        })
-        .await;
+    send_web_generation(&mut alpha, 2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     alpha.close().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
