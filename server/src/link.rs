@@ -23,8 +23,9 @@ use crate::domain::{now_millis, validate_host_name};
 use crate::fleet::{CommandAnswer, Fleet};
 use crate::metrics::{Metrics, SequenceAnomaly};
 use crate::settings::Timeouts;
-use crate::status_writer::{StatusWriter, Written};
+use crate::status_writer::StatusWriter;
 use crate::store::{self, Db, EventGap};
+use tokio::sync::oneshot;
 
 /// The largest frame an agent may send. An agent sends events in batches of
 /// at most 500 (a few hundred bytes each; reasons the server sends are at
@@ -471,7 +472,7 @@ struct StatusWrites {
     persisted_at: Instant,
     written_whole_at: Instant,
     /// The write under way, what it writes, and whether whole.
-    writing: Option<(Written, Vec<ServiceStatus>, bool)>,
+    writing: Option<(oneshot::Receiver<bool>, Vec<ServiceStatus>, bool)>,
     /// The newest status that came during it, offered once it is answered.
     next: Option<Vec<ServiceStatus>>,
 }
@@ -495,7 +496,7 @@ impl StatusWrites {
     /// Whether the write under way was written; pending when there is none.
     async fn written(&mut self) -> bool {
         match &mut self.writing {
-            Some((written, _, _)) => written.await,
+            Some((written, _, _)) => written.await.unwrap_or(false),
             None => std::future::pending().await,
         }
     }
@@ -536,7 +537,7 @@ impl StatusWrites {
     /// Waits for the write under way; the status kept for later is dropped.
     async fn finish(&mut self) {
         if let Some((written, _, _)) = self.writing.take() {
-            written.await;
+            let _ = written.await;
         }
     }
 }

@@ -44,6 +44,12 @@ impl SequenceAnomaly {
     }
 }
 
+/// A series' `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// A label value as the exposition format escapes it. Service names cannot
 /// hold a quote, a backslash or a newline today; escaping costs nothing and
 /// keeps the output parseable if that rule ever loosens.
@@ -144,30 +150,33 @@ impl Metrics {
     pub fn render(&self, fleet: &Fleet, probed: &Probed) -> String {
         let inner = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP baton_dashboard_live_renders_total Renders of the live part of an open dashboard page."
+        header(
+            &mut out,
+            "baton_dashboard_live_renders_total",
+            "counter",
+            "Renders of the live part of an open dashboard page.",
         );
-        let _ = writeln!(out, "# TYPE baton_dashboard_live_renders_total counter");
         let _ = writeln!(
             out,
             "baton_dashboard_live_renders_total {}",
             self.live_renders.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_restarts_total Restarts that ended, by outcome."
+        header(
+            &mut out,
+            "baton_restarts_total",
+            "counter",
+            "Restarts that ended, by outcome.",
         );
-        let _ = writeln!(out, "# TYPE baton_restarts_total counter");
         for outcome in RestartOutcome::ALL {
             let n = inner.restarts.get(&outcome).copied().unwrap_or(0);
             let _ = writeln!(out, "baton_restarts_total{{outcome=\"{outcome}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP baton_restart_duration_seconds From the request to the end of a restart across its hosts."
+        header(
+            &mut out,
+            "baton_restart_duration_seconds",
+            "histogram",
+            "From the request to the end of a restart across its hosts.",
         );
-        let _ = writeln!(out, "# TYPE baton_restart_duration_seconds histogram");
         for (bound, count) in DURATION_BUCKETS.iter().zip(inner.bucket_counts.iter()) {
             let _ = writeln!(
                 out,
@@ -189,11 +198,12 @@ impl Metrics {
             "baton_restart_duration_seconds_count {}",
             inner.duration_count
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_event_sequence_anomalies_total Agent event sequences that did not follow on: gaps recorded, jumps refused, stored events ahead of the agent."
+        header(
+            &mut out,
+            "baton_event_sequence_anomalies_total",
+            "counter",
+            "Agent event sequences that did not follow on: gaps recorded, jumps refused, stored events ahead of the agent.",
         );
-        let _ = writeln!(out, "# TYPE baton_event_sequence_anomalies_total counter");
         for anomaly in SequenceAnomaly::ALL {
             let n = inner.sequence_anomalies.get(&anomaly).copied().unwrap_or(0);
             let _ = writeln!(
@@ -202,24 +212,23 @@ impl Metrics {
                 anomaly.as_str()
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP baton_host_restarts_settled_from_report_total Hosts' restarts whose outcome came from the report fetched from the agent, their events lost while the link was down."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE baton_host_restarts_settled_from_report_total counter"
+        header(
+            &mut out,
+            "baton_host_restarts_settled_from_report_total",
+            "counter",
+            "Hosts' restarts whose outcome came from the report fetched from the agent, their events lost while the link was down.",
         );
         let _ = writeln!(
             out,
             "baton_host_restarts_settled_from_report_total {}",
             self.settled_from_report.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_status_writes_total Hosts' statuses this server process wrote to the database, or failed to, by result."
+        header(
+            &mut out,
+            "baton_status_writes_total",
+            "counter",
+            "Hosts' statuses this server process wrote to the database, or failed to, by result.",
         );
-        let _ = writeln!(out, "# TYPE baton_status_writes_total counter");
         for (result, count) in [
             ("written", &self.statuses_written),
             ("failed", &self.statuses_failed),
@@ -230,11 +239,12 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP baton_status_transactions_total Transactions that wrote hosts' statuses: one per batch, one per host of a batch the database refused."
+        header(
+            &mut out,
+            "baton_status_transactions_total",
+            "counter",
+            "Transactions that wrote hosts' statuses: one per batch, one per host of a batch the database refused.",
         );
-        let _ = writeln!(out, "# TYPE baton_status_transactions_total counter");
         let _ = writeln!(
             out,
             "baton_status_transactions_total {}",
@@ -257,11 +267,14 @@ impl Metrics {
         .into_iter()
         .enumerate()
         {
-            let _ = writeln!(
-                out,
-                "# HELP {name} Connections of draining generations {what}, by service, from the drains this server process stored (agents' drain_finished events, or a fetched report's tally when the event was lost); starts at 0 when the server starts."
+            header(
+                &mut out,
+                name,
+                "counter",
+                &format!(
+                    "Connections of draining generations {what}, by service, from the drains this server process stored (agents' drain_finished events, or a fetched report's tally when the event was lost); starts at 0 when the server starts."
+                ),
             );
-            let _ = writeln!(out, "# TYPE {name} counter");
             for (service, counts) in &inner.connections {
                 let _ = writeln!(
                     out,
@@ -271,36 +284,40 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP baton_agents_online Agents connected now.");
-        let _ = writeln!(out, "# TYPE baton_agents_online gauge");
-        let _ = writeln!(out, "baton_agents_online {}", fleet.agents_online());
-        let _ = writeln!(
-            out,
-            "# HELP baton_generations_draining Old generations still draining connections, across connected hosts."
+        header(
+            &mut out,
+            "baton_agents_online",
+            "gauge",
+            "Agents connected now.",
         );
-        let _ = writeln!(out, "# TYPE baton_generations_draining gauge");
+        let _ = writeln!(out, "baton_agents_online {}", fleet.agents_online());
+        header(
+            &mut out,
+            "baton_generations_draining",
+            "gauge",
+            "Old generations still draining connections, across connected hosts.",
+        );
         let _ = writeln!(
             out,
             "baton_generations_draining {}",
             fleet.generations_draining()
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_database_writable Whether the last write probe of the database went through (1) or not (0)."
+        header(
+            &mut out,
+            "baton_database_writable",
+            "gauge",
+            "Whether the last write probe of the database went through (1) or not (0).",
         );
-        let _ = writeln!(out, "# TYPE baton_database_writable gauge");
         let _ = writeln!(
             out,
             "baton_database_writable {}",
             u8::from(probed.writable())
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_database_write_probe_timestamp_seconds When the last write probe of the database ran."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE baton_database_write_probe_timestamp_seconds gauge"
+        header(
+            &mut out,
+            "baton_database_write_probe_timestamp_seconds",
+            "gauge",
+            "When the last write probe of the database ran.",
         );
         let _ = writeln!(
             out,

@@ -8,10 +8,7 @@
 //! few transactions a second instead of hundreds, whatever the engine.
 
 use baton_proto::ServiceStatus;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,14 +68,14 @@ impl StatusWriter {
     /// Hands a linked host's status over to be written, only the services
     /// that differ from `previous` (what this link last wrote) when given;
     /// waits only for room in the queue. The answer says whether it was
-    /// written: after a failure the next write must still differ from what
-    /// the database holds.
+    /// written (an error, as `false`: the writer is gone): after a failure
+    /// the next write must still differ from what the database holds.
     pub async fn submit(
         &self,
         host: &str,
         services: &[ServiceStatus],
         previous: Option<&[ServiceStatus]>,
-    ) -> Written {
+    ) -> oneshot::Receiver<bool> {
         let (written, answer) = oneshot::channel();
         let report = Report {
             host: host.to_owned(),
@@ -87,10 +84,9 @@ impl StatusWriter {
             previous: previous.map(<[ServiceStatus]>::to_vec),
             written,
         };
-        match self.queue.send(report).await {
-            Ok(()) => Written(Some(answer)),
-            Err(_) => Written(None),
-        }
+        // Refused, the report drops its sender: the answer is an error.
+        let _ = self.queue.send(report).await;
+        answer
     }
 
     /// [`StatusWriter::submit`], waiting for the answer.
@@ -100,23 +96,8 @@ impl StatusWriter {
         services: &[ServiceStatus],
         previous: Option<&[ServiceStatus]>,
     ) -> bool {
-        self.submit(host, services, previous).await.await
-    }
-}
-
-/// Whether a submitted status was written, once it was tried.
-#[derive(Debug)]
-pub struct Written(Option<oneshot::Receiver<bool>>);
-
-impl Future for Written {
-    type Output = bool;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        match self.0.as_mut() {
-            None => Poll::Ready(false),
-            Some(answer) => Pin::new(answer)
-                .poll(cx)
-                .map(|answer| answer.unwrap_or(false)),
-        }
+        let answer = self.submit(host, services, previous).await;
+        answer.await.unwrap_or(false)
     }
 }
 

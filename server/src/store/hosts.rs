@@ -102,20 +102,6 @@ pub async fn save_host_status(
     online: bool,
     services: &[ServiceStatus],
 ) -> anyhow::Result<()> {
-    save_host_status_since(db, name, now, online, services, None).await
-}
-
-/// [`save_host_status`], writing to the fleet's list only the services
-/// that differ from `previous`: what the caller last saved for this host
-/// (`None`: all of them).
-pub async fn save_host_status_since(
-    db: &Db,
-    name: &str,
-    now: u64,
-    online: bool,
-    services: &[ServiceStatus],
-    previous: Option<&[ServiceStatus]>,
-) -> anyhow::Result<()> {
     save_host_statuses(
         db,
         &[HostStatus {
@@ -123,13 +109,15 @@ pub async fn save_host_status_since(
             now,
             online,
             services,
-            previous,
+            previous: None,
         }],
     )
     .await
 }
 
-/// One host's status to write: see [`save_host_status_since`].
+/// One host's status to write: with `previous` (what the caller last
+/// saved for this host), only the services that differ from it go to the
+/// fleet's list; all of them without.
 #[derive(Debug, Clone, Copy)]
 pub struct HostStatus<'a> {
     pub host: &'a str,

@@ -46,8 +46,7 @@ pub use fleet_services::{
 pub use generations::{GenerationPhase, list_generations};
 pub use hosts::{
     HostForgotten, HostRow, HostStatus, forget_host, host_names, hosts_offline_since, load_hosts,
-    mark_all_hosts_offline, save_host_status, save_host_status_since, save_host_statuses,
-    upsert_host,
+    mark_all_hosts_offline, save_host_status, save_host_statuses, upsert_host,
 };
 pub use log_relay::{
     Appended, LogChunkRow, LogRelayRequest, append_log_chunk, close_log_relay, log_chunks,

@@ -133,9 +133,14 @@ async fn a_status_written_as_changes_leaves_the_list_as_a_whole_write_would(db: 
         status("new", Starting),
         status("web", CrashLooping),
     ];
-    save_host_status_since(db, "h", 2_000, true, &second, Some(&first))
-        .await
-        .unwrap();
+    let written = HostStatus {
+        host: "h",
+        now: 2_000,
+        online: true,
+        services: &second,
+        previous: Some(&first),
+    };
+    save_host_statuses(db, &[written]).await.unwrap();
     let (rows, total) = fleet_rows(db).await;
     assert_eq!(
         rows,
